@@ -1,0 +1,539 @@
+//! # Hardware profiles
+//!
+//! A profile describes one target device to the cost model: sustained compute throughput per kernel
+//! precision, memory bandwidth, per-layer overhead, which sparsity patterns the device accelerates, what
+//! a precision it lacks runs as, optional measured latencies that override the analytic model, and where
+//! every number came from.
+//!
+//! The file format (TOML; every table but `[profile]`, `[provenance]`, `[compute]` and `[memory]` may be
+//! left out):
+//!
+//! ```toml
+//! [profile]
+//! name = "cortex-a76"
+//! description = "Phone big core, Arm Cortex-A76 class, one thread"
+//! device = "cpu"                 # cpu | gpu | npu | accelerator
+//!
+//! [provenance]
+//! sources = ["Arm Cortex-A76 Software Optimization Guide", "..."]
+//! date = "2026-11-25"
+//! method = "analytic: peak NEON throughput x 0.6 sustained; STREAM-class bandwidth"
+//!
+//! [compute]                      # sustained dense GMAC/s per kernel precision; f32 is required
+//! f32 = 19.2
+//! f16 = 38.4
+//! int8 = 76.8
+//! # weight_only = "f16"          # int weights with float activations are dequantized and computed
+//! #                              # in this precision; left out: in the integer kernel of their bits
+//! # bit_serial_gbops = 4096.0    # bit-serial: an int layer of w-bit weights and a-bit activations
+//! #                              # runs at bit_serial_gbops / (w * a) GMAC/s
+//!
+//! [memory]
+//! bandwidth_gbs = 12.0           # sustained GB/s for streaming weights and activations
+//!
+//! [overhead]
+//! per_layer_us = 2.0             # fixed cost of launching one kernel
+//!
+//! [sparsity]
+//! nm = ["2:4"]                   # N:M patterns computed at N/M of the dense work
+//! unstructured_efficiency = 0.0  # share of the pruned work an unstructured-sparse layer saves
+//!
+//! [fallback]                     # kernel precisions the device lacks, and what they run as
+//! int4 = "int8"
+//!
+//! [[measured]]                   # measured latencies; a matching entry wins over the analytic model
+//! kind = "linear"
+//! shape = [3072, 768]
+//! batch = 1
+//! weights = "int4"               # f32 | f16 | bf16 | int<b>
+//! act = "none"                   # none | act8-static | act8-dynamic (default none)
+//! sparsity = "dense"             # dense | sparse<P> | <N>:<M> | channels<P> (default dense)
+//! us = 75.3
+//! spread_us = 4.0                # optional: interquartile range
+//! kernel = "Q4K"                 # optional: what ran
+//! ```
+//!
+//! Without an explicit `[fallback]` entry a missing integer precision runs as the next wider integer
+//! precision the device has, then as f16, then f32; f16 and bf16 fall back to f32.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+use crate::space::{ActQuant, Sparsity};
+
+/// A kernel precision: what a device multiplies in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+    /// Integer weights of this many bits.
+    Int(u8),
+}
+
+impl Precision {
+    /// Bits per weight value.
+    pub fn bits(&self) -> u8 {
+        match self {
+            Precision::F32 => 32,
+            Precision::F16 | Precision::Bf16 => 16,
+            Precision::Int(b) => *b,
+        }
+    }
+
+    /// The precision a weight format is computed in when activations are quantized too (or it is float).
+    pub fn of_weights(w: &crate::space::WeightQuant) -> Precision {
+        use crate::space::WeightQuant;
+        match w {
+            WeightQuant::F32 => Precision::F32,
+            WeightQuant::F16 => Precision::F16,
+            WeightQuant::Bf16 => Precision::Bf16,
+            WeightQuant::Int { bits, .. } => Precision::Int(*bits),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Precision::F32 => f.write_str("f32"),
+            Precision::F16 => f.write_str("f16"),
+            Precision::Bf16 => f.write_str("bf16"),
+            Precision::Int(b) => write!(f, "int{b}"),
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            "bf16" => Ok(Precision::Bf16),
+            _ => s
+                .strip_prefix("int")
+                .and_then(|b| b.parse::<u8>().ok())
+                .filter(|b| crate::space::BITS.contains(b))
+                .map(Precision::Int)
+                .ok_or_else(|| format!("`{s}` is not a precision; use f32, f16, bf16 or int2..int8")),
+        }
+    }
+}
+
+impl Serialize for Precision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Precision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The class of device, for people reading the profile list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    Cpu,
+    Gpu,
+    Npu,
+    Accelerator,
+}
+
+impl fmt::Display for DeviceClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceClass::Cpu => "cpu",
+            DeviceClass::Gpu => "gpu",
+            DeviceClass::Npu => "npu",
+            DeviceClass::Accelerator => "accelerator",
+        })
+    }
+}
+
+/// `[profile]`: what the device is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub name: String,
+    pub description: String,
+    pub device: DeviceClass,
+}
+
+/// `[provenance]`: where the numbers come from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Public sources (documents, papers, datasheets) behind the numbers.
+    pub sources: Vec<String>,
+    /// When the numbers were written or measured (YYYY-MM-DD).
+    pub date: String,
+    /// How the numbers were obtained.
+    pub method: String,
+    /// Measuring machine, for calibrated profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candle_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetitions: Option<usize>,
+}
+
+/// `[compute]` as written: GMAC/s per precision (`f32 = 19.2`), plus `weight_only = "<precision>"`
+/// and `bit_serial_gbops = <number>`.
+pub type ComputeFile = BTreeMap<String, Spanned<toml::Value>>;
+
+/// `[memory]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    pub bandwidth_gbs: Spanned<f64>,
+}
+
+/// `[overhead]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overhead {
+    #[serde(default)]
+    pub per_layer_us: f64,
+}
+
+/// `[sparsity]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparsitySupport {
+    #[serde(default)]
+    pub nm: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub unstructured_efficiency: Option<Spanned<f64>>,
+}
+
+/// One `[[measured]]` entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasuredEntry {
+    pub kind: crate::space::LayerKind,
+    pub shape: Vec<usize>,
+    pub batch: u32,
+    pub weights: Precision,
+    #[serde(default = "default_act")]
+    pub act: String,
+    #[serde(default = "default_sparsity")]
+    pub sparsity: String,
+    pub us: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+fn default_act() -> String {
+    "none".into()
+}
+fn default_sparsity() -> String {
+    "dense".into()
+}
+
+/// `[calibration]`: facts `mpsearch calibrate` found about candle's kernels on the measured machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Integer bit-width -> the candle type measured for it (e.g. `"4" = "Q4K"`).
+    #[serde(default)]
+    pub bit_types: BTreeMap<String, String>,
+    /// Candle types with no fast kernel on this CPU (slower than f32 at batch 1).
+    #[serde(default)]
+    pub slow_kernels: Vec<String>,
+    /// Candle types that could not run on some measured shape, with the reason.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A profile file exactly as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    pub profile: Header,
+    pub provenance: Provenance,
+    pub compute: ComputeFile,
+    pub memory: Memory,
+    #[serde(default)]
+    pub overhead: Overhead,
+    #[serde(default)]
+    pub sparsity: SparsitySupport,
+    #[serde(default)]
+    pub fallback: BTreeMap<String, Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measured: Vec<MeasuredEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Key of a measured entry: everything that must match for it to apply.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MeasuredKey {
+    pub kind: crate::space::LayerKind,
+    pub shape: Vec<usize>,
+    pub batch: u32,
+    pub weights: Precision,
+    pub act: ActQuant,
+    pub sparsity: Sparsity,
+}
+
+/// A validated hardware profile, ready for the cost model.
+#[derive(Clone, Debug)]
+pub struct HardwareProfile {
+    /// The file as written (for provenance and re-serialisation).
+    pub file: ProfileFile,
+    /// Where it was loaded from (`shipped:NAME` for embedded profiles).
+    pub origin: PathBuf,
+    /// GMAC/s for each precision the device has.
+    pub gmacs: BTreeMap<Precision, f64>,
+    /// Precision that weight-only quantized layers (int weights, float activations) are computed in after
+    /// dequantizing; `None`: the device's integer kernel of the weights' bit-width (activations
+    /// quantized on the fly inside the kernel, as llama.cpp and candle do on CPUs).
+    pub weight_only: Option<Precision>,
+    pub bit_serial_gbops: Option<f64>,
+    pub bandwidth_gbs: f64,
+    pub per_layer_us: f64,
+    /// N:M patterns computed at N/M of the dense work.
+    pub nm: Vec<(u8, u8)>,
+    pub unstructured_efficiency: f64,
+    /// Explicit fallbacks.
+    pub fallback: BTreeMap<Precision, Precision>,
+    pub measured: std::collections::HashMap<MeasuredKey, f64>,
+}
+
+impl HardwareProfile {
+    /// The profile's name.
+    pub fn name(&self) -> &str {
+        &self.file.profile.name
+    }
+
+    /// Parses and validates a profile from TOML `text` read from `path`.
+    pub fn from_toml(text: &str, path: impl Into<PathBuf>) -> Result<HardwareProfile> {
+        let path: PathBuf = path.into();
+        let file: ProfileFile = toml::from_str(text).map_err(|e| toml_error(&path, text, &e))?;
+        let at = |span: std::ops::Range<usize>, msg: String| Error::at(&path, text, span.start, msg);
+
+        let mut gmacs = BTreeMap::new();
+        let mut weight_only = None;
+        let mut bit_serial_gbops = None;
+        for (key, value) in &file.compute {
+            let number = || -> Result<f64> {
+                let v = match value.get_ref() {
+                    toml::Value::Float(f) => *f,
+                    toml::Value::Integer(i) => *i as f64,
+                    _ => f64::NAN,
+                };
+                if v.is_finite() && v > 0.0 {
+                    Ok(v)
+                } else {
+                    Err(at(
+                        value.span(),
+                        format!("[compute] {key} must be a positive number (GMAC/s, or giga bit-operations/s for bit_serial_gbops)"),
+                    ))
+                }
+            };
+            match key.as_str() {
+                "weight_only" => {
+                    weight_only = Some(value
+                        .get_ref()
+                        .as_str()
+                        .ok_or_else(|| "weight_only must be a string".to_string())
+                        .and_then(str::parse)
+                        .map_err(|e: String| at(value.span(), format!("[compute] weight_only: {e}")))?);
+                }
+                "bit_serial_gbops" => bit_serial_gbops = Some(number()?),
+                _ => {
+                    let p: Precision = key.parse().map_err(|e: String| {
+                        at(
+                            value.span(),
+                            format!("[compute] key {e}; the other allowed keys are weight_only and bit_serial_gbops"),
+                        )
+                    })?;
+                    gmacs.insert(p, number()?);
+                }
+            }
+        }
+        if !gmacs.contains_key(&Precision::F32) {
+            return Err(Error::file(
+                &path,
+                "[compute] has no f32 entry: every profile needs the f32 throughput, which is what a \
+                 precision the device lacks finally runs as (for an accelerator, give its host fallback)",
+            ));
+        }
+        if let Some(w) = weight_only.filter(|w| !gmacs.contains_key(w)) {
+            return Err(Error::file(
+                &path,
+                format!("[compute] weight_only = \"{w}\" but the device has no {w} throughput in [compute]"),
+            ));
+        }
+        let bw = *file.memory.bandwidth_gbs.get_ref();
+        if !(bw.is_finite() && bw > 0.0) {
+            return Err(at(
+                file.memory.bandwidth_gbs.span(),
+                format!("[memory] bandwidth_gbs = {bw}: must be a positive number of GB/s"),
+            ));
+        }
+        if !(file.overhead.per_layer_us.is_finite() && file.overhead.per_layer_us >= 0.0) {
+            return Err(Error::file(
+                &path,
+                "[overhead] per_layer_us must be a number of microseconds >= 0",
+            ));
+        }
+        let mut nm = Vec::new();
+        for p in &file.sparsity.nm {
+            match format!("f32+{}", p.get_ref()).parse::<crate::space::Choice>() {
+                Ok(c) => match c.sparsity {
+                    Sparsity::NM { n, m } => nm.push((n, m)),
+                    _ => return Err(at(p.span(), format!("[sparsity] nm: `{}` is not an N:M pattern such as 2:4", p.get_ref()))),
+                },
+                Err(_) => {
+                    return Err(at(
+                        p.span(),
+                        format!("[sparsity] nm: `{}` is not an N:M pattern such as 2:4 (1 <= N < M)", p.get_ref()),
+                    ))
+                }
+            }
+        }
+        let unstructured_efficiency = match &file.sparsity.unstructured_efficiency {
+            Some(e) if !(0.0..=1.0).contains(e.get_ref()) => {
+                return Err(at(
+                    e.span(),
+                    format!("[sparsity] unstructured_efficiency = {}: must be in [0, 1]", e.get_ref()),
+                ))
+            }
+            Some(e) => *e.get_ref(),
+            None => 0.0,
+        };
+        let mut fallback = BTreeMap::new();
+        for (from, to) in &file.fallback {
+            let f: Precision = from
+                .parse()
+                .map_err(|e: String| at(to.span(), format!("[fallback] key {e}")))?;
+            let t: Precision = to
+                .get_ref()
+                .parse()
+                .map_err(|e: String| at(to.span(), format!("[fallback] {from}: {e}")))?;
+            if !gmacs.contains_key(&t) {
+                return Err(at(
+                    to.span(),
+                    format!("[fallback] {from} = \"{t}\": the device has no {t} throughput in [compute]"),
+                ));
+            }
+            fallback.insert(f, t);
+        }
+        let mut measured = std::collections::HashMap::new();
+        for (i, m) in file.measured.iter().enumerate() {
+            let bad = |msg: String| Error::file(&path, format!("[[measured]] entry {}: {msg}", i + 1));
+            let act = match m.act.as_str() {
+                "none" => ActQuant::None,
+                "act8-static" => ActQuant::Int8Static,
+                "act8-dynamic" => ActQuant::Int8Dynamic,
+                other => return Err(bad(format!("act `{other}` is not none, act8-static or act8-dynamic"))),
+            };
+            let sparsity = if m.sparsity == "dense" {
+                Sparsity::None
+            } else {
+                format!("f32+{}", m.sparsity)
+                    .parse::<crate::space::Choice>()
+                    .map_err(|_| {
+                        bad(format!(
+                            "sparsity `{}` is not dense, sparse<P>, <N>:<M> or channels<P>",
+                            m.sparsity
+                        ))
+                    })?
+                    .sparsity
+            };
+            if !(m.us.is_finite() && m.us >= 0.0) {
+                return Err(bad(format!("us = {} must be a number of microseconds >= 0", m.us)));
+            }
+            if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
+                return Err(bad("batch and every dimension of shape must be >= 1".into()));
+            }
+            measured.insert(
+                MeasuredKey {
+                    kind: m.kind,
+                    shape: m.shape.clone(),
+                    batch: m.batch,
+                    weights: m.weights,
+                    act,
+                    sparsity,
+                },
+                m.us,
+            );
+        }
+        Ok(HardwareProfile {
+            gmacs,
+            weight_only,
+            bit_serial_gbops,
+            bandwidth_gbs: bw,
+            per_layer_us: file.overhead.per_layer_us,
+            nm,
+            unstructured_efficiency,
+            fallback,
+            measured,
+            origin: path,
+            file,
+        })
+    }
+
+    /// Reads a profile file.
+    pub fn load(path: &Path) -> Result<HardwareProfile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The precision a kernel of precision `want` really runs as on this device.
+    pub fn runs_as(&self, want: Precision) -> Precision {
+        if self.gmacs.contains_key(&want) {
+            return want;
+        }
+        if let Some(p) = self.fallback.get(&want) {
+            return *p;
+        }
+        let ladder: Vec<Precision> = match want {
+            Precision::Int(b) => ((b + 1)..=8)
+                .map(Precision::Int)
+                .chain([Precision::F16, Precision::F32])
+                .collect(),
+            Precision::F16 | Precision::Bf16 => vec![Precision::F32],
+            Precision::F32 => vec![],
+        };
+        ladder
+            .into_iter()
+            .find(|p| self.gmacs.contains_key(p))
+            .unwrap_or(Precision::F32)
+    }
+
+    /// Whether the device computes the N:M pattern at N/M of the dense work.
+    pub fn accelerates_nm(&self, n: u8, m: u8) -> bool {
+        self.nm.contains(&(n, m))
+    }
+
+    /// Serialises the profile back to TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.file).unwrap_or_default()
+    }
+}
+
+/// A TOML parse error as an [`Error::At`] with line and column, or [`Error::File`] without a span.
+pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => Error::at(path, text, span.start, message),
+        None => Error::file(path, message),
+    }
+}

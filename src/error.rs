@@ -1,0 +1,143 @@
+//! # Errors
+//!
+//! One error type for the whole library. Variants are grouped by kind and carry typed fields; every
+//! message is one paragraph that names the file (and line and column where there is one) and says what to
+//! fix. `main.rs` wraps it in `anyhow` only to print it.
+
+use std::path::PathBuf;
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in mpsearch.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- files ----
+    /// A file or folder could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A problem at a known place in a text file (TOML syntax, an unknown key, a value out of range, a
+    /// pattern that matches nothing…).
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    At {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A problem with a whole file that has no single place to point at.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+
+    // ---- notation and assignments ----
+    /// A choice string that does not follow the choice notation.
+    #[error("invalid choice `{text}`: {message}\n    {text}\n    {marker}")]
+    Choice {
+        text: String,
+        /// Byte offset of the bad part in `text`.
+        offset: usize,
+        /// A `^^^` line under the bad part.
+        marker: String,
+        message: String,
+    },
+    /// An assignment that does not fit the search space (unknown layer, choice not allowed, group split).
+    #[error("assignment{}: {message}", source_name.as_ref().map(|s| format!(" {s}")).unwrap_or_default())]
+    Assignment {
+        source_name: Option<String>,
+        message: String,
+    },
+
+    // ---- models ----
+    /// A model that cannot be found, read or understood.
+    #[error("model {}: {message}", path.display())]
+    Model { path: PathBuf, message: String },
+
+    // ---- cost ----
+    /// A budget outside what the search space can reach under the profile.
+    #[error("{message}")]
+    Infeasible { message: String },
+
+    // ---- arguments resolved by the library ----
+    /// A named shipped file (profile, search space, model) that does not exist.
+    #[error("{message}")]
+    NotFound { message: String },
+
+    // ---- candle ----
+    /// An error from candle's kernels.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::File`] for `path`.
+    pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::At`] at a byte `span` start of `text`, read from `path`.
+    pub fn at(path: impl Into<PathBuf>, text: &str, offset: usize, message: impl Into<String>) -> Self {
+        let (line, column) = line_column(text, offset);
+        Error::At {
+            path: path.into(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Choice`] pointing at `text[offset..offset+len]`.
+    pub fn choice(text: &str, offset: usize, len: usize, message: impl Into<String>) -> Self {
+        let marker = format!("{}{}", " ".repeat(offset), "^".repeat(len.max(1)));
+        Error::Choice {
+            text: text.to_string(),
+            offset,
+            marker,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_counts_from_one() {
+        let t = "ab\ncd\nef";
+        assert_eq!(line_column(t, 0), (1, 1));
+        assert_eq!(line_column(t, 4), (2, 2));
+        assert_eq!(line_column(t, 6), (3, 1));
+        assert_eq!(line_column(t, 100), (3, 3));
+    }
+}

@@ -1,0 +1,13 @@
+//! # mpsearch
+//!
+//! Automated mixed-precision search for neural-network compression: per-layer bit-width × sparsity ×
+//! low-rank assignments, scored by a candle evaluator and a hardware cost model, searched by exact,
+//! evolutionary and Bayesian strategies, with the Pareto front of quality against cost as the result.
+//!
+//! See `DESIGN.md` in the project's shared folder for the architecture; each module's docs say its job.
+
+pub mod cost;
+pub mod error;
+pub mod space;
+
+pub use error::{Error, Result};

@@ -1,0 +1,523 @@
+//! # Choices and their notation
+//!
+//! A layer's [`Choice`] is its weight quantization, activation quantization, sparsity and rank. The
+//! choice notation (DESIGN.md, "Interfaces that scripts rely on") writes one as a string:
+//!
+//! ```text
+//! WEIGHTS ( '+' PART )*
+//! WEIGHTS = f32 | f16 | bf16 | int<b>-<sym|asym>-<tensor|channel|g<N>>      b in 2..=8
+//! PART    = act8-static | act8-dynamic                                      activation quantization
+//!         | sparse<P> | <N>:<M> | channels<P>                               sparsity (one at most)
+//!         | rank<P>                                                         percent of full rank kept
+//! ```
+//!
+//! Parts appear in the canonical order act, sparsity, rank, each at most once. Defaults are written by
+//! leaving the part out (dense, full rank, float activations), so every choice has exactly one spelling
+//! and `print(parse(s)) == s` for every accepted `s`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Smallest and largest integer bit-width.
+pub const BITS: std::ops::RangeInclusive<u8> = 2..=8;
+/// Allowed per-group sizes (columns of the input dimension that share one scale).
+pub const GROUP_SIZES: std::ops::RangeInclusive<u32> = 2..=65536;
+/// Allowed percentages for `sparse<P>`, `channels<P>` and `rank<P>`.
+pub const PERCENT: std::ops::RangeInclusive<u8> = 1..=99;
+/// Largest M of an N:M pattern.
+pub const MAX_M: u8 = 32;
+
+const WEIGHTS_HELP: &str = "weights are f32, f16, bf16 or int<b>-<sym|asym>-<tensor|channel|g<N>> with b in 2..=8 \
+     (e.g. int8-sym-channel, int4-asym-g32)";
+const PARTS_HELP: &str = "parts after the weights, in this order: act8-static | act8-dynamic, then one of \
+     sparse<P> | <N>:<M> | channels<P>, then rank<P> (P a whole percent 1..=99)";
+
+/// Symmetric (zero point 0) or asymmetric (affine) integer quantization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QuantScheme {
+    Symmetric,
+    Asymmetric,
+}
+
+/// Which weights share one scale (and zero point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per output channel (row of the weight matrix).
+    Channel,
+    /// One scale per group of this many consecutive input columns, in every row.
+    Group(u32),
+}
+
+/// How a layer's weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightQuant {
+    /// Keep f32.
+    F32,
+    F16,
+    Bf16,
+    /// Integer with `bits` in 2..=8.
+    Int {
+        bits: u8,
+        scheme: QuantScheme,
+        granularity: Granularity,
+    },
+}
+
+impl WeightQuant {
+    /// Bits per stored weight value (before scales and sparsity metadata).
+    pub fn bits(&self) -> u8 {
+        match self {
+            WeightQuant::F32 => 32,
+            WeightQuant::F16 | WeightQuant::Bf16 => 16,
+            WeightQuant::Int { bits, .. } => *bits,
+        }
+    }
+
+    /// Whether this is one of the float formats.
+    pub fn is_float(&self) -> bool {
+        !matches!(self, WeightQuant::Int { .. })
+    }
+}
+
+/// How a layer's input activations are quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum ActQuant {
+    /// Activations stay float.
+    #[default]
+    None,
+    /// int8 with ranges calibrated once on the calibration split.
+    Int8Static,
+    /// int8 with ranges measured on every batch.
+    Int8Dynamic,
+}
+
+impl ActQuant {
+    /// Bits per activation value (32 when float).
+    pub fn bits(&self) -> u8 {
+        match self {
+            ActQuant::None => 32,
+            ActQuant::Int8Static | ActQuant::Int8Dynamic => 8,
+        }
+    }
+}
+
+/// Which weights are pruned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Sparsity {
+    /// Dense.
+    #[default]
+    None,
+    /// This percentage of individual weights, by magnitude.
+    Unstructured(u8),
+    /// N of every M consecutive weights along the input dimension are kept.
+    NM { n: u8, m: u8 },
+    /// This percentage of whole output channels is removed.
+    Channels(u8),
+}
+
+impl Sparsity {
+    /// Fraction of the weights that are zero.
+    pub fn zero_fraction(&self) -> f64 {
+        match self {
+            Sparsity::None => 0.0,
+            Sparsity::Unstructured(p) | Sparsity::Channels(p) => f64::from(*p) / 100.0,
+            Sparsity::NM { n, m } => 1.0 - f64::from(*n) / f64::from(*m),
+        }
+    }
+}
+
+/// One layer's compression: weights, activations, sparsity and rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Choice {
+    pub weights: WeightQuant,
+    pub act: ActQuant,
+    pub sparsity: Sparsity,
+    /// Percent of full rank kept, 1..=99; `None` keeps full rank (no factorization).
+    pub rank: Option<u8>,
+}
+
+impl Choice {
+    /// The uncompressed choice: f32, float activations, dense, full rank.
+    pub const F32: Choice = Choice {
+        weights: WeightQuant::F32,
+        act: ActQuant::None,
+        sparsity: Sparsity::None,
+        rank: None,
+    };
+
+    /// A choice with only the weight format set.
+    pub fn weights(weights: WeightQuant) -> Choice {
+        Choice {
+            weights,
+            ..Choice::F32
+        }
+    }
+
+    /// Whether this choice changes nothing.
+    pub fn is_uncompressed(&self) -> bool {
+        *self == Choice::F32
+    }
+
+    /// Validates the numeric ranges a [`Choice`] built in code might violate.
+    pub fn validate(&self) -> Result<()> {
+        // Printing and re-parsing checks every range with the parser's messages.
+        let s = self.to_string();
+        let back: Choice = s.parse()?;
+        debug_assert_eq!(back, *self);
+        Ok(())
+    }
+}
+
+impl fmt::Display for QuantScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuantScheme::Symmetric => "sym",
+            QuantScheme::Asymmetric => "asym",
+        })
+    }
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Granularity::Tensor => f.write_str("tensor"),
+            Granularity::Channel => f.write_str("channel"),
+            Granularity::Group(n) => write!(f, "g{n}"),
+        }
+    }
+}
+
+impl fmt::Display for WeightQuant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightQuant::F32 => f.write_str("f32"),
+            WeightQuant::F16 => f.write_str("f16"),
+            WeightQuant::Bf16 => f.write_str("bf16"),
+            WeightQuant::Int {
+                bits,
+                scheme,
+                granularity,
+            } => write!(f, "int{bits}-{scheme}-{granularity}"),
+        }
+    }
+}
+
+impl fmt::Display for ActQuant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ActQuant::None => "none",
+            ActQuant::Int8Static => "act8-static",
+            ActQuant::Int8Dynamic => "act8-dynamic",
+        })
+    }
+}
+
+impl fmt::Display for Sparsity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sparsity::None => f.write_str("dense"),
+            Sparsity::Unstructured(p) => write!(f, "sparse{p}"),
+            Sparsity::NM { n, m } => write!(f, "{n}:{m}"),
+            Sparsity::Channels(p) => write!(f, "channels{p}"),
+        }
+    }
+}
+
+impl fmt::Display for Choice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.weights)?;
+        if self.act != ActQuant::None {
+            write!(f, "+{}", self.act)?;
+        }
+        if self.sparsity != Sparsity::None {
+            write!(f, "+{}", self.sparsity)?;
+        }
+        if let Some(r) = self.rank {
+            write!(f, "+rank{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a whole decimal number with no sign, no leading zeros and no spaces.
+fn whole(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 6 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if s.len() > 1 && s.starts_with('0') {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_weights(text: &str, part: &str, at: usize) -> Result<WeightQuant> {
+    let err = |off: usize, len: usize, msg: String| Error::choice(text, at + off, len, msg);
+    match part {
+        "f32" => return Ok(WeightQuant::F32),
+        "f16" => return Ok(WeightQuant::F16),
+        "bf16" => return Ok(WeightQuant::Bf16),
+        _ => {}
+    }
+    let Some(rest) = part.strip_prefix("int") else {
+        return Err(err(0, part.len(), format!("unknown weight format `{part}`; {WEIGHTS_HELP}")));
+    };
+    let fields: Vec<&str> = rest.split('-').collect();
+    if fields.len() != 3 {
+        return Err(err(
+            0,
+            part.len(),
+            format!("`{part}` needs three fields, int<b>-<scheme>-<granularity>; {WEIGHTS_HELP}"),
+        ));
+    }
+    let bits_at = 3;
+    let bits = whole(fields[0])
+        .and_then(|b| u8::try_from(b).ok())
+        .filter(|b| BITS.contains(b))
+        .ok_or_else(|| {
+            err(
+                bits_at,
+                fields[0].len(),
+                format!("bit-width `{}` is not in 2..=8", fields[0]),
+            )
+        })?;
+    let scheme_at = bits_at + fields[0].len() + 1;
+    let scheme = match fields[1] {
+        "sym" => QuantScheme::Symmetric,
+        "asym" => QuantScheme::Asymmetric,
+        other => {
+            return Err(err(
+                scheme_at,
+                other.len(),
+                format!("scheme `{other}` is not one of sym, asym"),
+            ))
+        }
+    };
+    let gran_at = scheme_at + fields[1].len() + 1;
+    let granularity = match fields[2] {
+        "tensor" => Granularity::Tensor,
+        "channel" => Granularity::Channel,
+        g => match g.strip_prefix('g').and_then(whole) {
+            Some(n) if GROUP_SIZES.contains(&n) => Granularity::Group(n),
+            _ => {
+                return Err(err(
+                    gran_at,
+                    g.len().max(1),
+                    format!(
+                        "granularity `{g}` is not one of tensor, channel, g<N> (N a group size in {}..={})",
+                        GROUP_SIZES.start(),
+                        GROUP_SIZES.end()
+                    ),
+                ))
+            }
+        },
+    };
+    Ok(WeightQuant::Int {
+        bits,
+        scheme,
+        granularity,
+    })
+}
+
+fn percent(s: &str) -> Option<u8> {
+    whole(s)
+        .and_then(|p| u8::try_from(p).ok())
+        .filter(|p| PERCENT.contains(p))
+}
+
+/// Which slot of the canonical order a part fills.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    Act,
+    Sparsity,
+    Rank,
+}
+
+enum Part {
+    Act(ActQuant),
+    Sparsity(Sparsity),
+    Rank(u8),
+}
+
+fn parse_part(text: &str, part: &str, at: usize) -> Result<Part> {
+    let bad = |msg: String| Error::choice(text, at, part.len(), msg);
+    match part {
+        "act8-static" => return Ok(Part::Act(ActQuant::Int8Static)),
+        "act8-dynamic" => return Ok(Part::Act(ActQuant::Int8Dynamic)),
+        _ => {}
+    }
+    let pct = |name: &str, rest: &str, what: &str| {
+        percent(rest).ok_or_else(|| {
+            bad(format!(
+                "`{name}{rest}`: {what} must be a whole percent in 1..=99 (leave the part out for {})",
+                if name == "rank" { "full rank" } else { "dense" }
+            ))
+        })
+    };
+    if let Some(rest) = part.strip_prefix("sparse") {
+        return Ok(Part::Sparsity(Sparsity::Unstructured(pct(
+            "sparse",
+            rest,
+            "the pruned share",
+        )?)));
+    }
+    if let Some(rest) = part.strip_prefix("channels") {
+        return Ok(Part::Sparsity(Sparsity::Channels(pct(
+            "channels",
+            rest,
+            "the removed share of output channels",
+        )?)));
+    }
+    if let Some(rest) = part.strip_prefix("rank") {
+        return Ok(Part::Rank(pct("rank", rest, "the kept share of full rank")?));
+    }
+    if let Some((n, m)) = part.split_once(':') {
+        let n = whole(n).and_then(|v| u8::try_from(v).ok());
+        let m = whole(m).and_then(|v| u8::try_from(v).ok());
+        return match (n, m) {
+            (Some(n), Some(m)) if n >= 1 && n < m && m <= MAX_M => Ok(Part::Sparsity(Sparsity::NM { n, m })),
+            _ => Err(bad(format!(
+                "`{part}`: an N:M pattern keeps N of every M weights and needs 1 <= N < M <= {MAX_M} (e.g. 2:4, 4:8)"
+            ))),
+        };
+    }
+    Err(bad(format!("unknown part `{part}`; {PARTS_HELP}")))
+}
+
+impl FromStr for Choice {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Choice> {
+        if text.is_empty() {
+            return Err(Error::choice(text, 0, 1, format!("empty choice; {WEIGHTS_HELP}")));
+        }
+        let mut parts = text.split('+');
+        let first = parts.next().unwrap_or_default();
+        let weights = parse_weights(text, first, 0)?;
+        let mut choice = Choice::weights(weights);
+        let mut at = first.len() + 1;
+        let mut last: Option<Slot> = None;
+        for part in parts {
+            let parsed = parse_part(text, part, at)?;
+            let slot = match parsed {
+                Part::Act(_) => Slot::Act,
+                Part::Sparsity(_) => Slot::Sparsity,
+                Part::Rank(_) => Slot::Rank,
+            };
+            if let Some(prev) = last {
+                if slot == prev {
+                    return Err(Error::choice(
+                        text,
+                        at,
+                        part.len(),
+                        format!("a second {} part; a choice has at most one of each; {PARTS_HELP}", slot_name(slot)),
+                    ));
+                }
+                if slot < prev {
+                    return Err(Error::choice(
+                        text,
+                        at,
+                        part.len(),
+                        format!("`{part}` is out of order; {PARTS_HELP}"),
+                    ));
+                }
+            }
+            last = Some(slot);
+            match parsed {
+                Part::Act(a) => choice.act = a,
+                Part::Sparsity(s) => choice.sparsity = s,
+                Part::Rank(r) => choice.rank = Some(r),
+            }
+            at += part.len() + 1;
+        }
+        Ok(choice)
+    }
+}
+
+fn slot_name(s: Slot) -> &'static str {
+    match s {
+        Slot::Act => "activation",
+        Slot::Sparsity => "sparsity",
+        Slot::Rank => "rank",
+    }
+}
+
+impl serde::Serialize for Choice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Choice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Choice, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_strings_round_trip() {
+        for s in [
+            "f32",
+            "f16",
+            "bf16",
+            "int8-sym-channel",
+            "int4-asym-g32",
+            "int2-sym-tensor",
+            "int4-asym-g32+2:4+rank50",
+            "int8-sym-channel+act8-static",
+            "f16+act8-dynamic+sparse50+rank25",
+            "int6-asym-g128+channels25",
+            "f32+4:8",
+        ] {
+            let c: Choice = s.parse().unwrap();
+            assert_eq!(c.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn errors_point_at_the_bad_part() {
+        let e = "int4-asym-g32+2:5x".parse::<Choice>().unwrap_err();
+        match e {
+            Error::Choice { offset, .. } => assert_eq!(offset, 14),
+            other => panic!("{other}"),
+        }
+        let e = "int9-sym-channel".parse::<Choice>().unwrap_err();
+        assert!(e.to_string().contains("2..=8"), "{e}");
+        match e {
+            Error::Choice { offset, .. } => assert_eq!(offset, 3),
+            other => panic!("{other}"),
+        }
+        let e = "int4-foo-g32".parse::<Choice>().unwrap_err();
+        assert!(e.to_string().contains("sym, asym"), "{e}");
+    }
+
+    #[test]
+    fn non_canonical_spellings_are_refused() {
+        for s in [
+            "",
+            "F32",
+            "int8-sym-channel+rank50+2:4",
+            "int8-sym-channel+sparse0",
+            "int8-sym-channel+rank100",
+            "int8-sym-channel+sparse50+2:4",
+            "int08-sym-channel",
+            "int4-sym-g032",
+            "f32+4:4",
+            "f32+0:4",
+            "f32+",
+            "int4-sym",
+            "int4-sym-g1",
+            "f32+act8-static+act8-dynamic",
+        ] {
+            assert!(s.parse::<Choice>().is_err(), "{s:?} was accepted");
+        }
+    }
+}
