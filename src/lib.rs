@@ -7,7 +7,9 @@
 //! See `DESIGN.md` in the project's shared folder for the architecture; each module's docs say its job.
 
 pub mod cost;
+pub mod model;
 pub mod error;
+pub mod shipped;
 pub mod space;
 
 pub use error::{Error, Result};

@@ -1,1 +1,597 @@
-fn main() {}
+//! The `mpsearch` command line: parses arguments into plain values, resolves them into ready objects
+//! through the library, runs one library call, prints, and returns an exit code.
+//!
+//! Exit codes: 0 success (also when the reader of standard output goes away: a broken pipe is not an
+//! error), 1 an error in the input or the run (the message says which file and what to fix), 2 bad
+//! command-line usage.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mpsearch::cost::calibrate::{self, CalibrateOptions};
+use mpsearch::cost::{model::parse_budget, CostModel, CostTable, HardwareProfile, Objective};
+use mpsearch::model::{self, Inventory, ModelSource};
+use mpsearch::shipped::{self, Kind};
+use mpsearch::space::{Assignment, Choice, SearchSpace};
+
+#[derive(Parser)]
+#[command(
+    name = "mpsearch",
+    version,
+    about = "Automated mixed-precision search for neural-network compression",
+    long_about = "Searches per-layer bit-width x sparsity x low-rank assignments of a model against a hardware \
+                  cost model. Models: `--model demo` (embedded) or a Hugging Face folder (config.json + \
+                  model.safetensors). Search spaces and hardware profiles: a path, or the bare name of a \
+                  shipped one (`mpsearch profiles` lists profiles)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List a model's compressible layers (name, kind, shape, params, MACs) and, with --space, each
+    /// layer's allowed choices and group.
+    Inspect(InspectArgs),
+    /// Predicted latency, weight bytes and bit operations of an assignment (or of the baselines and the
+    /// reachable range of a search space) under a hardware profile.
+    Cost(CostArgs),
+    /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
+    Profiles,
+    /// Measure this machine's candle CPU kernels and write a hardware profile.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// `demo` (the embedded demo CNN) or a Hugging Face model folder.
+    #[arg(long, default_value = "demo")]
+    model: String,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Search space (path or shipped name): adds each layer's choices, group and status.
+    #[arg(long)]
+    space: Option<String>,
+    /// Print JSON: {"model", "layers": [{"name", "kind", "shape", "params", "macs", "choices", "group"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CostArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Search space (path or shipped name); default: the model's own (`demo`, or `bert-base`).
+    #[arg(long)]
+    space: Option<String>,
+    /// Hardware profile (path or shipped name, see `mpsearch profiles`).
+    #[arg(long)]
+    profile: String,
+    /// Assignment JSON file: {"default": "<choice>", "layers": {"<layer>": "<choice>"}}.
+    #[arg(long)]
+    assignment: Option<PathBuf>,
+    /// Samples per inference (images, or tokens of a sequence).
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Check a latency budget against the reachable range (e.g. 800us, 2.5ms).
+    #[arg(long, value_name = "LATENCY")]
+    max_latency: Option<String>,
+    /// Check a size budget against the reachable range (e.g. 300000, 512KiB, 2MB).
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<String>,
+    /// Check a bit-operations budget against the reachable range (e.g. 1.2G).
+    #[arg(long, value_name = "BOPS")]
+    max_bops: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    /// Measure the distinct layer shapes of this model (`demo` or a folder); default: a standard grid
+    /// of transformer-sized matrices.
+    #[arg(long)]
+    model: Option<String>,
+    /// Where to write the profile; default: hardware-profiles/calibrated-<host>.toml.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Profile name; default: the output file's stem.
+    #[arg(long)]
+    name: Option<String>,
+    /// Timed repetitions per measurement (at most; a measurement also stops after its time budget).
+    #[arg(long, default_value_t = 30)]
+    repetitions: usize,
+    /// The larger batch measured besides batch 1.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Inspect(a) => inspect(a),
+        Command::Cost(a) => cost(a),
+        Command::Profiles => profiles(),
+        Command::Calibrate(a) => calibrate_cmd(a),
+    }
+}
+
+/// Writes `text` to standard output at once.
+fn emit(text: &str) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_model(arg: &str) -> anyhow::Result<Inventory> {
+    Ok(model::inventory(&ModelSource::parse(arg))?)
+}
+
+fn load_space(arg: Option<&str>, inv: &Inventory) -> anyhow::Result<SearchSpace> {
+    Ok(shipped::space(arg.unwrap_or(inv.default_space), &inv.layers)?)
+}
+
+/// Left-aligns the first `left` columns, right-aligns the rest.
+fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if i < left {
+                s.push_str(c);
+                if i + 1 < cells.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            } else {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let inv = load_model(&a.model.model)?;
+    let space = a.space.as_deref().map(|s| load_space(Some(s), &inv)).transpose()?;
+    if a.json {
+        let layers: Vec<serde_json::Value> = inv
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let mut v = serde_json::json!({
+                    "name": l.name, "kind": l.kind, "shape": l.shape, "params": l.params(), "macs": l.macs,
+                });
+                if let Some(s) = &space {
+                    let g = &s.groups[s.layers[i].group];
+                    v["choices"] = g.choices.iter().map(|c| c.to_string()).collect();
+                    v["group"] = g.name.clone().into();
+                    v["status"] = s.layers[i].status.to_string().into();
+                }
+                v
+            })
+            .collect();
+        let mut doc = serde_json::json!({
+            "model": inv.name, "model_kind": inv.kind, "architecture": inv.architecture,
+            "totals": {"layers": inv.layers.len(), "params": inv.params(), "macs": inv.macs()},
+            "layers": layers,
+        });
+        if let Some(s) = &space {
+            doc["space"] = s.name.clone().into();
+        }
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    }
+    let mut out = format!(
+        "model {} ({}, {:?}): {} compressible layers, {} weights, {} MACs per sample\n\n",
+        inv.name,
+        inv.architecture,
+        inv.kind,
+        inv.layers.len(),
+        thousands(inv.params()),
+        thousands(inv.macs())
+    )
+    .to_lowercase();
+    let mut header = vec!["layer", "kind", "shape", "params", "MACs"];
+    if space.is_some() {
+        header.extend(["status", "choices", "group"]);
+    }
+    let rows: Vec<Vec<String>> = inv
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut r = vec![
+                l.name.clone(),
+                l.kind.to_string(),
+                l.shape_string(),
+                thousands(l.params()),
+                thousands(l.macs),
+            ];
+            if let Some(s) = &space {
+                let g = &s.groups[s.layers[i].group];
+                r.push(s.layers[i].status.to_string());
+                r.push(g.choices.len().to_string());
+                r.push(if g.members.len() > 1 { g.name.clone() } else { "-".into() });
+            }
+            r
+        })
+        .collect();
+    out.push_str(&table(&header, &rows, 3));
+    out.push_str(&format!(
+        "total: {} weights, {} MACs per sample\n",
+        thousands(inv.params()),
+        thousands(inv.macs())
+    ));
+    if let Some(s) = &space {
+        out.push_str(&format!(
+            "\nsearch space `{}` ({}): {} groups, {} searchable, {:.3e} assignments\n",
+            s.name,
+            s.origin.display(),
+            s.groups.len(),
+            s.searchable_groups().count(),
+            s.size()
+        ));
+        for g in &s.groups {
+            let names: Vec<&str> = g.members.iter().map(|&m| s.layers[m].info.name.as_str()).collect();
+            out.push_str(&format!("\n{} [{}, {} choices]\n", names.join(" + "), g.status, g.choices.len()));
+            let all: Vec<String> = g.choices.iter().map(|c| c.to_string()).collect();
+            out.push_str(&wrap(&all, 100, "    "));
+        }
+    }
+    emit(&out)
+}
+
+fn wrap(items: &[String], width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from(indent);
+    for it in items {
+        if line.len() > indent.len() && line.len() + it.len() + 1 > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = String::from(indent);
+        }
+        line.push_str(it);
+        line.push(' ');
+    }
+    if line.len() > indent.len() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The baselines `cost` and reports compare against.
+fn baselines() -> Vec<(&'static str, Choice)> {
+    [("all-f32", "f32"), ("all-int8", "int8-sym-channel"), ("all-int4", "int4-asym-g32")]
+        .into_iter()
+        .filter_map(|(n, c)| Some((n, c.parse().ok()?)))
+        .collect()
+}
+
+fn cost(a: CostArgs) -> anyhow::Result<ExitCode> {
+    let inv = load_model(&a.model.model)?;
+    let space = load_space(a.space.as_deref(), &inv)?;
+    let profile: HardwareProfile = shipped::profile(&a.profile)?;
+    let budgets: Vec<(Objective, f64)> = [
+        (Objective::Latency, &a.max_latency, "--max-latency"),
+        (Objective::Size, &a.max_size, "--max-size"),
+        (Objective::Bops, &a.max_bops, "--max-bops"),
+    ]
+    .into_iter()
+    .filter_map(|(o, v, flag)| v.as_ref().map(|v| (o, v, flag)))
+    .map(|(o, v, flag)| {
+        parse_budget(o, v)
+            .map(|b| (o, b))
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+    })
+    .collect::<anyhow::Result<_>>()?;
+    let model = CostModel::new(profile, a.batch)?;
+    let layers: Vec<_> = inv.layers.clone();
+    let profile_name = model.profile.name().to_string();
+
+    if let Some(path) = &a.assignment {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let asg = space.parse_assignment(&text, Some(&path.display().to_string()))?;
+        return print_assignment_cost(&model, &space, &layers, &asg, a.json);
+    }
+
+    let table_ = CostTable::new(&model, &space);
+    let ranges: Vec<_> = Objective::ALL.iter().map(|&o| table_.feasibility(o)).collect();
+    let mut notes = Vec::new();
+    for (o, b) in &budgets {
+        let f = ranges.iter().find(|f| f.objective == *o).expect("every objective has a range");
+        match f.check_max(*b, &space.name, &profile_name)? {
+            mpsearch::cost::feasibility::BudgetFit::NonBinding => notes.push(format!(
+                "max {o} {} is at or above the dearest reachable {}: it constrains nothing",
+                o.format(*b),
+                o.format(f.max)
+            )),
+            mpsearch::cost::feasibility::BudgetFit::Binding => notes.push(format!(
+                "max {o} {} is reachable (range {} to {})",
+                o.format(*b),
+                o.format(f.min),
+                o.format(f.max)
+            )),
+        }
+    }
+    let base: Vec<(String, Assignment, mpsearch::cost::Cost)> = baselines()
+        .into_iter()
+        .map(|(n, c)| {
+            let asg = space.baseline(&c);
+            let (_, total) = model.assignment(&layers, &asg);
+            (format!("{n} ({c})"), asg, total)
+        })
+        .collect();
+    if a.json {
+        let doc = serde_json::json!({
+            "model": inv.name, "space": space.name, "profile": profile_name, "batch": a.batch,
+            "baselines": base.iter().map(|(n, asg, c)| serde_json::json!({
+                "name": n, "hash": asg.hash_hex(), "cost": c})).collect::<Vec<_>>(),
+            "reachable": ranges.iter().map(|f| serde_json::json!({
+                "objective": f.objective, "min": f.min, "max": f.max,
+                "cheapest": space.assignment(&f.cheapest).to_json(),
+                "dearest": space.assignment(&f.dearest).to_json()})).collect::<Vec<_>>(),
+            "budgets": notes,
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    }
+    let mut out = format!(
+        "model {} · space `{}` · profile `{}` ({}) · batch {}\n\n",
+        inv.name, space.name, profile_name, model.profile.file.profile.description, a.batch
+    );
+    let rows: Vec<Vec<String>> = base
+        .iter()
+        .map(|(n, _, c)| {
+            vec![
+                n.clone(),
+                Objective::Latency.format(c.latency_us),
+                Objective::Size.format(c.bytes as f64),
+                Objective::Bops.format(c.bops),
+            ]
+        })
+        .collect();
+    out.push_str("baselines (every searchable layer at one choice; excluded layers f32, pins kept)\n");
+    out.push_str(&table(&["baseline", "latency", "size", "BOPs"], &rows, 1));
+    out.push_str("\nreachable range over the search space (exact)\n");
+    let rows: Vec<Vec<String>> = ranges
+        .iter()
+        .map(|f| {
+            vec![
+                f.objective.to_string(),
+                f.objective.format(f.min),
+                f.objective.format(f.max),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["objective", "cheapest", "dearest"], &rows, 1));
+    for n in notes {
+        out.push_str(&format!("\n{n}"));
+    }
+    out.push('\n');
+    emit(&out)
+}
+
+fn print_assignment_cost(
+    model: &CostModel,
+    space: &SearchSpace,
+    layers: &[mpsearch::space::LayerInfo],
+    asg: &Assignment,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (per, total) = model.assignment(layers, asg);
+    if json {
+        let doc = serde_json::json!({
+            "space": space.name, "profile": model.profile.name(), "batch": model.batch, "hash": asg.hash_hex(),
+            "layers": layers.iter().zip(&per).map(|(l, c)| serde_json::json!({
+                "name": l.name, "choice": asg.get(&l.name).map(|c| c.to_string()),
+                "macs": c.macs, "bytes": c.cost.bytes, "latency_us": c.cost.latency_us, "bops": c.cost.bops,
+                "runs_as": c.runs_as.to_string(), "measured": c.measured})).collect::<Vec<_>>(),
+            "total": total,
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    }
+    let rows: Vec<Vec<String>> = layers
+        .iter()
+        .zip(&per)
+        .map(|(l, c)| {
+            vec![
+                l.name.clone(),
+                asg.get(&l.name).map(|c| c.to_string()).unwrap_or_else(|| "f32".into()),
+                c.runs_as.to_string(),
+                thousands(c.macs.round() as u64),
+                thousands(c.cost.bytes),
+                format!("{:.2}{}", c.cost.latency_us, if c.measured { "*" } else { "" }),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "space `{}` · profile `{}` · batch {} · assignment {}\n\n",
+        space.name,
+        model.profile.name(),
+        model.batch,
+        &asg.hash_hex()[..16]
+    );
+    out.push_str(&table(&["layer", "choice", "runs as", "MACs", "bytes", "µs"], &rows, 3));
+    out.push_str(&format!(
+        "total: {} · {} · {}   (* = measured entry of the profile)\n",
+        Objective::Latency.format(total.latency_us),
+        Objective::Size.format(total.bytes as f64),
+        Objective::Bops.format(total.bops)
+    ));
+    emit(&out)
+}
+
+fn profiles() -> anyhow::Result<ExitCode> {
+    let mut rows = Vec::new();
+    let local = shipped::local(Kind::Profile);
+    for (name, text) in Kind::Profile.embedded() {
+        let p = HardwareProfile::from_toml(text, format!("shipped:{name}"))?;
+        let overridden = local.iter().any(|(n, path)| {
+            n == name && std::fs::read_to_string(path).is_ok_and(|t| t != *text)
+        });
+        let origin = if overridden {
+            format!("shipped, overridden by ./hardware-profiles/{name}.toml")
+        } else {
+            "shipped".into()
+        };
+        rows.push(vec![
+            name.to_string(),
+            p.file.profile.device.to_string(),
+            origin,
+            p.file.profile.description.clone(),
+        ]);
+    }
+    for (name, path) in local {
+        if Kind::Profile.embedded().iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let (device, description) = match HardwareProfile::load(&path) {
+            Ok(p) => (p.file.profile.device.to_string(), p.file.profile.description.clone()),
+            Err(e) => ("?".into(), format!("does not load: {e}")),
+        };
+        rows.push(vec![name, device, format!("local {}", path.display()), description]);
+    }
+    emit(&table(&["profile", "device", "origin", "description"], &rows, 4))
+}
+
+fn calibrate_cmd(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = match &a.model {
+        Some(m) => {
+            let inv = load_model(m)?;
+            CalibrateOptions::for_layers(&inv.layers)
+        }
+        None => CalibrateOptions::standard_grid(),
+    };
+    anyhow::ensure!(a.repetitions >= 1, "--repetitions must be at least 1");
+    anyhow::ensure!(a.batch >= 2, "--batch is the larger batch measured besides 1: give 2 or more");
+    opts.repetitions = a.repetitions;
+    opts.batches = vec![1, a.batch];
+    let out = a.out.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "this-machine".into());
+        PathBuf::from("hardware-profiles").join(format!("calibrated-{host}.toml"))
+    });
+    let name = a.name.clone().unwrap_or_else(|| {
+        out.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "calibrated".into())
+    });
+    let shapes: Vec<String> = opts.shapes.iter().map(|s| s.shape_string()).collect();
+    eprintln!(
+        "measuring {} shapes ({}) at batch 1 and {} with {} kernels, up to {} repetitions each",
+        opts.shapes.len(),
+        shapes.join(", "),
+        a.batch,
+        opts.kernels.len(),
+        opts.repetitions
+    );
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let ms = calibrate::measure(&opts, &mut |done, total, what| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(what.to_string());
+    })?;
+    bar.finish_and_clear();
+    let file = calibrate::to_profile(&ms, &opts, &name)?;
+    let text = toml::to_string_pretty(&file).context("serialising the profile")?;
+    // Check that what we write loads back before writing it.
+    HardwareProfile::from_toml(&text, &out)?;
+    write_atomically(&out, &text)?;
+    let mut report = calibrate::table(&ms);
+    if let Some(c) = &file.calibration {
+        report.push_str(&format!(
+            "\nbit-width -> candle type: {}\n",
+            c.bit_types
+                .iter()
+                .map(|(b, t)| format!("{b}={t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        report.push_str(&format!(
+            "no fast kernel here (slower than f32 at batch 1): {}\n",
+            if c.slow_kernels.is_empty() { "none".into() } else { c.slow_kernels.join(", ") }
+        ));
+    }
+    report.push_str(&format!(
+        "\nwrote {} (use it as --profile {})\n",
+        out.display(),
+        if out.parent() == Some(std::path::Path::new("hardware-profiles")) { name } else { out.display().to_string() }
+    ));
+    emit(&report)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a crash never leaves half a file.
+fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,7 +1,14 @@
 //! # Cost model
 //!
-//! Hardware profiles and what an assignment costs under one: latency, weight storage and bit operations.
+//! Hardware profiles ([`profile`]), what a layer choice and an assignment cost under one ([`model`]),
+//! precomputed per-group tables with the exact cheapest and dearest reachable totals of a search space
+//! ([`feasibility`]), and `calibrate`, which measures this machine with candle's kernels.
 
+pub mod calibrate;
+pub mod feasibility;
+pub mod model;
 pub mod profile;
 
+pub use feasibility::{CostTable, Feasibility};
+pub use model::{Cost, CostModel, LayerCost, Objective};
 pub use profile::{HardwareProfile, Precision};

@@ -7,10 +7,155 @@
 //!
 //! This module depends on nothing else of ours.
 
+mod assignment;
 mod choice;
+pub mod file;
 mod layer;
 
+use std::path::PathBuf;
+
+pub use assignment::{Assignment, AssignmentJson};
 pub use choice::{
     ActQuant, Choice, Granularity, QuantScheme, Sparsity, WeightQuant, BITS, GROUP_SIZES, MAX_M, PERCENT,
 };
 pub use layer::{LayerInfo, LayerKind};
+
+/// Whether the search may change a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerStatus {
+    /// Several choices.
+    Searchable,
+    /// One fixed choice (a pin, or a group whose members leave one choice in common).
+    Pinned,
+    /// Left f32 and not searched.
+    Excluded,
+}
+
+impl std::fmt::Display for LayerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayerStatus::Searchable => "searchable",
+            LayerStatus::Pinned => "pinned",
+            LayerStatus::Excluded => "excluded",
+        })
+    }
+}
+
+/// A layer of the model as the space sees it.
+#[derive(Clone, Debug)]
+pub struct SpaceLayer {
+    pub info: LayerInfo,
+    /// Index into [`SearchSpace::groups`].
+    pub group: usize,
+    pub status: LayerStatus,
+}
+
+/// Layers that take one shared choice (a single layer is a group of one).
+#[derive(Clone, Debug)]
+pub struct SpaceGroup {
+    /// The group's id: the name of its first layer.
+    pub name: String,
+    /// Indices into [`SearchSpace::layers`].
+    pub members: Vec<usize>,
+    /// Allowed choices, sorted; never empty.
+    pub choices: Vec<Choice>,
+    pub status: LayerStatus,
+}
+
+impl SpaceGroup {
+    fn new(name: String, first: usize, choices: Vec<Choice>, status: LayerStatus) -> SpaceGroup {
+        SpaceGroup {
+            name,
+            members: vec![first],
+            choices,
+            status,
+        }
+    }
+}
+
+/// A point of the space: one choice index per group (the form strategies work with).
+pub type Point = Vec<u16>;
+
+/// A search space resolved against a model's layers.
+#[derive(Clone, Debug)]
+pub struct SearchSpace {
+    pub name: String,
+    pub description: String,
+    /// The file it was read from (`shipped:NAME` for an embedded one).
+    pub origin: PathBuf,
+    /// Every compressible layer of the model, in inventory order.
+    pub layers: Vec<SpaceLayer>,
+    pub groups: Vec<SpaceGroup>,
+}
+
+impl SearchSpace {
+    /// The assignment of `point` (one choice index per group).
+    pub fn assignment(&self, point: &[u16]) -> Assignment {
+        Assignment::new(self.layers.iter().map(|l| {
+            let g = &self.groups[l.group];
+            (l.info.name.clone(), g.choices[point[l.group] as usize])
+        }))
+    }
+
+    /// The point of an assignment that fits this space (see [`SearchSpace::assignment_from_json`]).
+    pub fn point(&self, a: &Assignment) -> crate::Result<Point> {
+        self.groups
+            .iter()
+            .map(|g| {
+                let name = &self.layers[g.members[0]].info.name;
+                let c = a.get(name).ok_or_else(|| crate::Error::Assignment {
+                    source_name: None,
+                    message: format!("layer `{name}` has no choice"),
+                })?;
+                g.choices
+                    .iter()
+                    .position(|x| x == c)
+                    .map(|i| i as u16)
+                    .ok_or_else(|| crate::Error::Assignment {
+                        source_name: None,
+                        message: format!("layer `{name}`: `{c}` is not allowed by search space `{}`", self.name),
+                    })
+            })
+            .collect()
+    }
+
+    /// The same choice for every group that allows it, the group's first choice elsewhere; `None` if no
+    /// searchable group allows `choice`.
+    pub fn uniform(&self, choice: &Choice) -> Option<Point> {
+        let mut any = false;
+        let point = self
+            .groups
+            .iter()
+            .map(|g| match g.choices.iter().position(|c| c == choice) {
+                Some(i) => {
+                    any |= g.status == LayerStatus::Searchable;
+                    i as u16
+                }
+                None => 0,
+            })
+            .collect();
+        any.then_some(point)
+    }
+
+    /// Every layer at `choice`, whether the space allows it or not, except excluded layers (f32) and
+    /// pinned ones (their pin): the reference points reports compare against (all-int8, all-int4, …).
+    pub fn baseline(&self, choice: &Choice) -> Assignment {
+        Assignment::new(self.layers.iter().map(|l| {
+            let c = match l.status {
+                LayerStatus::Searchable => *choice,
+                _ => self.groups[l.group].choices[0],
+            };
+            (l.info.name.clone(), c)
+        }))
+    }
+
+    /// Number of points in the space (saturating).
+    pub fn size(&self) -> f64 {
+        self.groups.iter().map(|g| g.choices.len() as f64).product()
+    }
+
+    /// The groups the search can change.
+    pub fn searchable_groups(&self) -> impl Iterator<Item = &SpaceGroup> {
+        self.groups.iter().filter(|g| g.status == LayerStatus::Searchable)
+    }
+}

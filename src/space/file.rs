@@ -1,0 +1,656 @@
+//! # Search-space files
+//!
+//! A search space is a TOML file: choice sets for all layers (`[defaults]`), per-layer overrides by
+//! name pattern (`[[layer]]`), pins (`[[pin]]`), groups of layers that must share one choice
+//! (`[[group]]`) and layers excluded from the search (`exclude`). Patterns are Rust regular expressions
+//! searched anywhere in the layer name (anchor them with `^…$`).
+//!
+//! ```toml
+//! [space]
+//! name = "bert-base"
+//! description = "..."
+//! exclude = ['embeddings\.']          # these layers stay f32 and are not searched
+//!
+//! [defaults]                          # a product of the lists below...
+//! float = ["f32"]                     # f32, f16, bf16
+//! bits = [8, 4]                       # integer bit-widths, 2..=8
+//! schemes = ["sym", "asym"]           # sym, asym
+//! granularity = ["channel", "g32"]    # tensor, channel, g<N>
+//! activations = ["none"]              # none, act8-static, act8-dynamic
+//! sparsity = [0.0, 0.5]               # unstructured pruned fractions in [0, 1); 0.0 = dense
+//! nm = ["2:4"]                        # N:M patterns (N < M)
+//! channels = [0.25]                   # fractions of output channels removed, in [0, 1)
+//! rank = [1.0, 0.5]                   # fractions of full rank kept, in (0, 1]; 1.0 = full rank
+//! # choices = ["int8-sym-channel", "int4-asym-g32+2:4"]   # ...or an explicit list (not both)
+//!
+//! [[layer]]                           # overrides for matching layers; later tables win
+//! match = 'attention\.output\.dense$'
+//! bits = [8]
+//!
+//! [[pin]]                             # a fixed choice
+//! match = '^pooler\.dense$'
+//! choice = "int8-sym-channel"
+//!
+//! [[group]]                           # layers whose captured text is equal share one choice
+//! match = '^encoder\.layer\.(\d+)\.attention\.self\.(?:query|key|value)$'
+//! ```
+//!
+//! Fields left out of `[defaults]` take these values: `float = ["f32"]`, `bits = []`,
+//! `schemes = ["sym"]`, `granularity = ["channel"]`, `activations = ["none"]`, `sparsity = [0.0]`,
+//! `nm = []`, `channels = []`, `rank = [1.0]`. A layer's choice set is the product
+//! (float formats ∪ bits × schemes × granularity) × activations × (sparsity ∪ nm ∪ channels) × rank.
+//! A `[[layer]]` table with product fields replaces just those fields; one with `choices` replaces the
+//! whole set. A group's choices are the intersection of its members' sets.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::choice::{ActQuant, Choice, Granularity, QuantScheme, Sparsity, WeightQuant, BITS};
+use super::{LayerInfo, LayerStatus, SearchSpace, SpaceGroup, SpaceLayer};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpaceFile {
+    space: Header,
+    #[serde(default)]
+    defaults: Option<Spanned<ChoiceSet>>,
+    #[serde(default)]
+    layer: Vec<ChoiceSet>,
+    #[serde(default)]
+    pin: Vec<Pin>,
+    #[serde(default)]
+    group: Vec<GroupRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct ChoiceSet {
+    /// Only in `[[layer]]` tables.
+    #[serde(rename = "match")]
+    pattern: Option<Spanned<String>>,
+    choices: Option<Vec<Spanned<String>>>,
+    float: Option<Vec<Spanned<String>>>,
+    bits: Option<Vec<Spanned<i64>>>,
+    schemes: Option<Vec<Spanned<String>>>,
+    granularity: Option<Vec<Spanned<String>>>,
+    activations: Option<Vec<Spanned<String>>>,
+    sparsity: Option<Vec<Spanned<f64>>>,
+    nm: Option<Vec<Spanned<String>>>,
+    channels: Option<Vec<Spanned<f64>>>,
+    rank: Option<Vec<Spanned<f64>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pin {
+    #[serde(rename = "match")]
+    pattern: Spanned<String>,
+    choice: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupRule {
+    #[serde(rename = "match")]
+    pattern: Spanned<String>,
+}
+
+/// Reads `path` and resolves it against `layers`.
+pub fn load(path: &Path, layers: &[LayerInfo]) -> Result<SearchSpace> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text, path, layers)
+}
+
+/// Parses search-space TOML `text` (read from `path`) and resolves it against a model's `layers`.
+pub fn parse(text: &str, path: impl Into<PathBuf>, layers: &[LayerInfo]) -> Result<SearchSpace> {
+    let path: PathBuf = path.into();
+    let file: SpaceFile =
+        toml::from_str(text).map_err(|e| crate::cost::profile::toml_error(&path, text, &e))?;
+    Resolver {
+        path: &path,
+        text,
+        layers,
+    }
+    .resolve(file)
+}
+
+struct Resolver<'a> {
+    path: &'a Path,
+    text: &'a str,
+    layers: &'a [LayerInfo],
+}
+
+/// The product fields with defaults filled in, already validated.
+#[derive(Clone, Debug)]
+struct Product {
+    float: Vec<WeightQuant>,
+    bits: Vec<u8>,
+    schemes: Vec<QuantScheme>,
+    granularity: Vec<Granularity>,
+    activations: Vec<ActQuant>,
+    sparsity: Vec<Sparsity>,
+    nm: Vec<Sparsity>,
+    channels: Vec<Sparsity>,
+    rank: Vec<Option<u8>>,
+}
+
+impl Default for Product {
+    fn default() -> Self {
+        Product {
+            float: vec![WeightQuant::F32],
+            bits: vec![],
+            schemes: vec![QuantScheme::Symmetric],
+            granularity: vec![Granularity::Channel],
+            activations: vec![ActQuant::None],
+            sparsity: vec![Sparsity::None],
+            nm: vec![],
+            channels: vec![],
+            rank: vec![None],
+        }
+    }
+}
+
+impl Product {
+    fn choices(&self) -> Vec<Choice> {
+        let mut weights = self.float.clone();
+        for &bits in &self.bits {
+            for &scheme in &self.schemes {
+                for &granularity in &self.granularity {
+                    weights.push(WeightQuant::Int {
+                        bits,
+                        scheme,
+                        granularity,
+                    });
+                }
+            }
+        }
+        let sparsities: Vec<Sparsity> = self
+            .sparsity
+            .iter()
+            .chain(&self.nm)
+            .chain(&self.channels)
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        for &w in &weights {
+            for &act in &self.activations {
+                for &sparsity in &sparsities {
+                    for &rank in &self.rank {
+                        out.push(Choice {
+                            weights: w,
+                            act,
+                            sparsity,
+                            rank,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// A layer's choice set while overrides are applied.
+#[derive(Clone, Debug)]
+enum Set {
+    Product(Product),
+    Explicit(Vec<Choice>),
+}
+
+impl Set {
+    fn choices(&self) -> Vec<Choice> {
+        match self {
+            Set::Product(p) => p.choices(),
+            Set::Explicit(c) => c.clone(),
+        }
+    }
+}
+
+impl Resolver<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> Error {
+        Error::at(self.path, self.text, span.start, message)
+    }
+
+    fn regex(&self, p: &Spanned<String>) -> Result<Regex> {
+        Regex::new(p.get_ref()).map_err(|e| {
+            self.err(
+                p.span(),
+                format!("`{}` is not a valid regular expression: {e}", p.get_ref()),
+            )
+        })
+    }
+
+    /// Indices of the layers `p` matches; an error if none.
+    fn matching(&self, p: &Spanned<String>, re: &Regex, what: &str) -> Result<Vec<usize>> {
+        let hits: Vec<usize> = (0..self.layers.len())
+            .filter(|&i| re.is_match(&self.layers[i].name))
+            .collect();
+        if hits.is_empty() {
+            let names: Vec<&str> = self.layers.iter().take(6).map(|l| l.name.as_str()).collect();
+            return Err(self.err(
+                p.span(),
+                format!(
+                    "{what} pattern `{}` matches no layer of the model; its {} layers are named like {}{} \
+                     (`mpsearch inspect` lists them all)",
+                    p.get_ref(),
+                    self.layers.len(),
+                    names.join(", "),
+                    if self.layers.len() > 6 { ", …" } else { "" }
+                ),
+            ));
+        }
+        Ok(hits)
+    }
+
+    fn strings<T>(
+        &self,
+        list: &[Spanned<String>],
+        field: &str,
+        allowed: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        list.iter()
+            .map(|s| {
+                parse(s.get_ref()).ok_or_else(|| {
+                    self.err(
+                        s.span(),
+                        format!("{field}: `{}` is not allowed; use {allowed}", s.get_ref()),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn percents(
+        &self,
+        list: &[Spanned<f64>],
+        field: &str,
+        range: &str,
+        ok: impl Fn(f64) -> bool,
+    ) -> Result<Vec<u8>> {
+        list.iter()
+            .map(|v| {
+                let x = *v.get_ref();
+                if !ok(x) {
+                    return Err(self.err(v.span(), format!("{field}: {x} is outside {range}")));
+                }
+                let p = (x * 100.0).round();
+                if (x * 100.0 - p).abs() > 1e-6 {
+                    return Err(self.err(
+                        v.span(),
+                        format!("{field}: {x} is not a whole percent; use two decimals at most (e.g. 0.25)"),
+                    ));
+                }
+                Ok(p as u8)
+            })
+            .collect()
+    }
+
+    /// Applies the product fields of `set` on top of `base`, validating each value.
+    fn merge(&self, mut base: Product, set: &ChoiceSet) -> Result<Product> {
+        if let Some(v) = &set.float {
+            base.float = self.strings(v, "float", "f32, f16 or bf16", |s| match s {
+                "f32" => Some(WeightQuant::F32),
+                "f16" => Some(WeightQuant::F16),
+                "bf16" => Some(WeightQuant::Bf16),
+                _ => None,
+            })?;
+        }
+        if let Some(v) = &set.bits {
+            base.bits = v
+                .iter()
+                .map(|b| {
+                    u8::try_from(*b.get_ref())
+                        .ok()
+                        .filter(|b| BITS.contains(b))
+                        .ok_or_else(|| {
+                            self.err(
+                                b.span(),
+                                format!("bits: {} is outside 2..=8 (use float = [...] for 16 and 32 bits)", b.get_ref()),
+                            )
+                        })
+                })
+                .collect::<Result<_>>()?;
+        }
+        if let Some(v) = &set.schemes {
+            base.schemes = self.strings(v, "schemes", "sym or asym", |s| match s {
+                "sym" => Some(QuantScheme::Symmetric),
+                "asym" => Some(QuantScheme::Asymmetric),
+                _ => None,
+            })?;
+        }
+        if let Some(v) = &set.granularity {
+            base.granularity = self.strings(v, "granularity", "tensor, channel or g<N> (N in 2..=65536)", |s| {
+                match format!("int8-sym-{s}").parse::<Choice>() {
+                    Ok(Choice {
+                        weights: WeightQuant::Int { granularity, .. },
+                        ..
+                    }) => Some(granularity),
+                    _ => None,
+                }
+            })?;
+        }
+        if let Some(v) = &set.activations {
+            base.activations = self.strings(v, "activations", "none, act8-static or act8-dynamic", |s| match s {
+                "none" => Some(ActQuant::None),
+                "act8-static" => Some(ActQuant::Int8Static),
+                "act8-dynamic" => Some(ActQuant::Int8Dynamic),
+                _ => None,
+            })?;
+        }
+        if let Some(v) = &set.sparsity {
+            base.sparsity = self
+                .percents(v, "sparsity", "[0, 1)", |x| (0.0..1.0).contains(&x))?
+                .into_iter()
+                .map(|p| if p == 0 { Sparsity::None } else { Sparsity::Unstructured(p) })
+                .collect();
+        }
+        if let Some(v) = &set.nm {
+            base.nm = v
+                .iter()
+                .map(|s| match format!("f32+{}", s.get_ref()).parse::<Choice>() {
+                    Ok(Choice {
+                        sparsity: nm @ Sparsity::NM { .. },
+                        ..
+                    }) => Ok(nm),
+                    _ => Err(self.err(
+                        s.span(),
+                        format!(
+                            "nm: `{}` is not an N:M pattern with 1 <= N < M <= {} (e.g. \"2:4\", \"4:8\")",
+                            s.get_ref(),
+                            super::MAX_M
+                        ),
+                    )),
+                })
+                .collect::<Result<_>>()?;
+        }
+        if let Some(v) = &set.channels {
+            base.channels = self
+                .percents(v, "channels", "[0, 1)", |x| (0.0..1.0).contains(&x))?
+                .into_iter()
+                .filter(|&p| p > 0)
+                .map(Sparsity::Channels)
+                .collect();
+        }
+        if let Some(v) = &set.rank {
+            base.rank = self
+                .percents(v, "rank", "(0, 1]", |x| x > 0.0 && x <= 1.0)?
+                .into_iter()
+                .map(|p| if p >= 100 { None } else { Some(p) })
+                .collect();
+            if let Some(bad) = v.iter().find(|x| (*x.get_ref() * 100.0).round() < 1.0) {
+                return Err(self.err(bad.span(), "rank: keep at least 1% of full rank (0.01)"));
+            }
+        }
+        Ok(base)
+    }
+
+    fn explicit(&self, list: &[Spanned<String>]) -> Result<Vec<Choice>> {
+        let mut out = list
+            .iter()
+            .map(|s| {
+                s.get_ref()
+                    .parse::<Choice>()
+                    .map_err(|e| self.err(s.span(), format!("choices: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Applies one table (defaults or an override) to a layer's set.
+    fn apply(&self, current: &Set, table: &ChoiceSet, span: Range<usize>) -> Result<Set> {
+        let has_product = table.float.is_some()
+            || table.bits.is_some()
+            || table.schemes.is_some()
+            || table.granularity.is_some()
+            || table.activations.is_some()
+            || table.sparsity.is_some()
+            || table.nm.is_some()
+            || table.channels.is_some()
+            || table.rank.is_some();
+        if let Some(list) = &table.choices {
+            if has_product {
+                return Err(self.err(
+                    span,
+                    "a table gives either `choices` or the product fields (float, bits, schemes, granularity, \
+                     activations, sparsity, nm, channels, rank), not both",
+                ));
+            }
+            return Ok(Set::Explicit(self.explicit(list)?));
+        }
+        let base = match current {
+            Set::Product(p) => p.clone(),
+            Set::Explicit(_) => Product::default(),
+        };
+        Ok(Set::Product(self.merge(base, table)?))
+    }
+
+    fn resolve(&self, file: SpaceFile) -> Result<SearchSpace> {
+        let n = self.layers.len();
+        if n == 0 {
+            return Err(Error::file(self.path, "the model has no compressible layers"));
+        }
+        let default_span = file.defaults.as_ref().map(|d| d.span()).unwrap_or(0..0);
+        let defaults = match &file.defaults {
+            Some(d) if d.get_ref().pattern.is_some() => {
+                return Err(self.err(
+                    d.span(),
+                    "[defaults] applies to every layer and takes no `match`; put per-layer choices in a [[layer]] table",
+                ))
+            }
+            Some(d) => self.apply(&Set::Product(Product::default()), d.get_ref(), d.span())?,
+            None => Set::Product(Product::default()),
+        };
+        let mut sets: Vec<Set> = vec![defaults; n];
+        // Where each layer's set was last given, for error messages.
+        let mut set_span: Vec<Range<usize>> = vec![default_span; n];
+        for o in &file.layer {
+            let Some(pattern) = &o.pattern else {
+                return Err(Error::file(
+                    self.path,
+                    "every [[layer]] table needs `match = '<regex>'` naming the layers it overrides",
+                ));
+            };
+            let re = self.regex(pattern)?;
+            let span = pattern.span();
+            for i in self.matching(pattern, &re, "[[layer]]")? {
+                sets[i] = self.apply(&sets[i], o, span.clone())?;
+                set_span[i] = span.clone();
+            }
+        }
+        let mut status = vec![LayerStatus::Searchable; n];
+        let mut choices: Vec<Vec<Choice>> = sets.iter().map(Set::choices).collect();
+        for p in &file.pin {
+            let re = self.regex(&p.pattern)?;
+            let choice: Choice = p
+                .choice
+                .get_ref()
+                .parse()
+                .map_err(|e| self.err(p.choice.span(), format!("pin: {e}")))?;
+            for i in self.matching(&p.pattern, &re, "[[pin]]")? {
+                choices[i] = vec![choice];
+                status[i] = LayerStatus::Pinned;
+                set_span[i] = p.pattern.span();
+            }
+        }
+        for e in &file.space.exclude {
+            let re = self.regex(e)?;
+            for i in self.matching(e, &re, "exclude")? {
+                if status[i] == LayerStatus::Pinned {
+                    return Err(self.err(
+                        e.span(),
+                        format!(
+                            "layer `{}` is both pinned and excluded; remove it from one of them",
+                            self.layers[i].name
+                        ),
+                    ));
+                }
+                choices[i] = vec![Choice::F32];
+                status[i] = LayerStatus::Excluded;
+            }
+        }
+        for i in 0..n {
+            if choices[i].is_empty() {
+                return Err(self.err(
+                    set_span[i].clone(),
+                    format!(
+                        "layer `{}` has an empty choice set: a list here (or in [defaults]) is empty, so there \
+                         is nothing to choose from; give at least one weight format (float or bits) and one \
+                         value of each other list",
+                        self.layers[i].name
+                    ),
+                ));
+            }
+        }
+        let group_of = self.groups(&file.group)?;
+        self.build(file.space, choices, status, group_of)
+    }
+
+    /// Group key per layer: `Some((rule, captures))` for grouped layers.
+    fn groups(&self, rules: &[GroupRule]) -> Result<Vec<Option<(usize, String)>>> {
+        let mut out: Vec<Option<(usize, String)>> = vec![None; self.layers.len()];
+        for (r, rule) in rules.iter().enumerate() {
+            let re = self.regex(&rule.pattern)?;
+            for i in self.matching(&rule.pattern, &re, "[[group]]")? {
+                let caps = re
+                    .captures(&self.layers[i].name)
+                    .map(|c| {
+                        c.iter()
+                            .skip(1)
+                            .map(|m| m.map_or("", |m| m.as_str()))
+                            .collect::<Vec<_>>()
+                            .join("\u{1f}")
+                    })
+                    .unwrap_or_default();
+                if let Some((prev, _)) = &out[i] {
+                    return Err(self.err(
+                        rule.pattern.span(),
+                        format!(
+                            "layer `{}` is matched by group rule {} and by group rule {}; a layer belongs to one group",
+                            self.layers[i].name,
+                            prev + 1,
+                            r + 1
+                        ),
+                    ));
+                }
+                out[i] = Some((r, caps));
+            }
+        }
+        Ok(out)
+    }
+
+    fn build(
+        &self,
+        header: Header,
+        choices: Vec<Vec<Choice>>,
+        status: Vec<LayerStatus>,
+        group_of: Vec<Option<(usize, String)>>,
+    ) -> Result<SearchSpace> {
+        let mut groups: Vec<SpaceGroup> = Vec::new();
+        let mut by_key: BTreeMap<(usize, String), usize> = BTreeMap::new();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, info) in self.layers.iter().enumerate() {
+            let g = match &group_of[i] {
+                Some(key) => match by_key.get(key) {
+                    Some(&g) => {
+                        let group: &mut SpaceGroup = &mut groups[g];
+                        let before = group.choices.len();
+                        group.choices.retain(|c| choices[i].contains(c));
+                        if group.choices.is_empty() {
+                            return Err(Error::file(
+                                self.path,
+                                format!(
+                                    "group `{}`: its layers have no choice in common (`{}` allows {}; the group \
+                                     so far allowed {} choices); align their [[layer]] overrides, pins and exclusions",
+                                    group.name,
+                                    info.name,
+                                    list(&choices[i]),
+                                    before
+                                ),
+                            ));
+                        }
+                        group.members.push(i);
+                        group.status = merge_status(group.status, status[i]);
+                        g
+                    }
+                    None => {
+                        by_key.insert(key.clone(), groups.len());
+                        groups.push(SpaceGroup::new(info.name.clone(), i, choices[i].clone(), status[i]));
+                        groups.len() - 1
+                    }
+                },
+                None => {
+                    groups.push(SpaceGroup::new(info.name.clone(), i, choices[i].clone(), status[i]));
+                    groups.len() - 1
+                }
+            };
+            layers.push(SpaceLayer {
+                info: info.clone(),
+                group: g,
+                status: status[i],
+            });
+        }
+        // A group that mixes searchable and pinned/excluded members ends with one choice; mark it.
+        for g in &mut groups {
+            if g.choices.len() == 1 && g.status == LayerStatus::Searchable {
+                g.status = LayerStatus::Pinned;
+            }
+        }
+        for l in &mut layers {
+            l.status = match (l.status, groups[l.group].status) {
+                (LayerStatus::Searchable, s) => s,
+                (s, _) => s,
+            };
+        }
+        Ok(SearchSpace {
+            name: header.name,
+            description: header.description,
+            origin: self.path.to_path_buf(),
+            layers,
+            groups,
+        })
+    }
+}
+
+fn merge_status(a: LayerStatus, b: LayerStatus) -> LayerStatus {
+    use LayerStatus::*;
+    match (a, b) {
+        (Excluded, _) | (_, Excluded) => Excluded,
+        (Pinned, _) | (_, Pinned) => Pinned,
+        _ => Searchable,
+    }
+}
+
+/// `a, b, c` (at most 12, then `… (N in all)`).
+pub(crate) fn list(choices: &[Choice]) -> String {
+    let mut s = choices
+        .iter()
+        .take(12)
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if choices.len() > 12 {
+        s.push_str(&format!(", … ({} in all)", choices.len()));
+    }
+    s
+}
