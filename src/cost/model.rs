@@ -213,6 +213,22 @@ pub struct CostModel {
     pub profile: HardwareProfile,
     /// Samples per inference (images, or tokens for sequence models).
     pub batch: u32,
+    /// Per precision slot ([`slot`]): the precision it really runs as, and µs per MAC there.
+    runs: [(Precision, f64); SLOTS],
+    /// µs per byte of memory traffic.
+    us_per_byte: f64,
+}
+
+/// Precisions have 10 slots: f32, f16, bf16, int2..=int8 (int0/int1 unused).
+const SLOTS: usize = 11;
+
+fn slot(p: Precision) -> usize {
+    match p {
+        Precision::F32 => 0,
+        Precision::F16 => 1,
+        Precision::Bf16 => 2,
+        Precision::Int(b) => 2 + usize::from(b.min(8)),
+    }
 }
 
 impl CostModel {
@@ -223,7 +239,22 @@ impl CostModel {
                 message: "batch must be at least 1 sample per inference".into(),
             });
         }
-        Ok(CostModel { profile, batch })
+        let mut runs = [(Precision::F32, 0.0); SLOTS];
+        for p in [Precision::F32, Precision::F16, Precision::Bf16]
+            .into_iter()
+            .chain((2..=8).map(Precision::Int))
+        {
+            let run = profile.runs_as(p);
+            let gmacs = profile.gmacs.get(&run).copied().unwrap_or(profile.gmacs[&Precision::F32]);
+            runs[slot(p)] = (run, 1.0 / (gmacs * 1e3));
+        }
+        let us_per_byte = 1.0 / (profile.bandwidth_gbs * 1e3);
+        Ok(CostModel {
+            profile,
+            batch,
+            runs,
+            us_per_byte,
+        })
     }
 
     /// The cost of `layer` under `choice`.
@@ -234,12 +265,17 @@ impl CostModel {
             _ => rows,
         };
         // The kernels of the layer: one matrix, or the two factors of a low-rank layer.
-        let factors: Vec<Matrix> = match choice.rank {
+        let storage: [Matrix; 2];
+        let factors: &[Matrix] = match choice.rank {
             Some(r) => {
                 let k = rank_k(rows, cols, r);
-                vec![Matrix { rows: kept_rows, cols: k }, Matrix { rows: k, cols }]
+                storage = [Matrix { rows: kept_rows, cols: k }, Matrix { rows: k, cols }];
+                &storage
             }
-            None => vec![Matrix { rows: kept_rows, cols }],
+            None => {
+                storage = [Matrix { rows: kept_rows, cols }, Matrix { rows: 0, cols: 0 }];
+                &storage[..1]
+            }
         };
         let mut bytes: u64 = factors.iter().map(|m| stored_bytes(m, choice)).sum();
         if let Sparsity::Channels(_) = choice.sparsity {
@@ -262,19 +298,22 @@ impl CostModel {
             };
             let work = m_macs * self.work_fraction(&choice.sparsity);
             macs += work;
-            let key_shape = self.factor_shape(layer, m, choice.rank.is_some(), i);
-            let hit = self.profile.measured.get(&MeasuredKey {
-                kind: if choice.rank.is_some() && layer.kind == LayerKind::Embedding && i == 1 {
-                    LayerKind::Linear
-                } else {
-                    layer.kind
-                },
-                shape: key_shape,
-                batch: self.batch,
-                weights: Precision::of_weights(&choice.weights),
-                act: choice.act,
-                sparsity: choice.sparsity,
-            });
+            let hit = if self.profile.measured.is_empty() {
+                None
+            } else {
+                self.profile.measured.get(&MeasuredKey {
+                    kind: if choice.rank.is_some() && layer.kind == LayerKind::Embedding && i == 1 {
+                        LayerKind::Linear
+                    } else {
+                        layer.kind
+                    },
+                    shape: self.factor_shape(layer, m, choice.rank.is_some(), i),
+                    batch: self.batch,
+                    weights: Precision::of_weights(&choice.weights),
+                    act: choice.act,
+                    sparsity: choice.sparsity,
+                })
+            };
             latency += match hit {
                 Some(&us) => us,
                 None => {
@@ -306,7 +345,7 @@ impl CostModel {
         if self.bit_serial(want) {
             return want;
         }
-        self.profile.runs_as(want)
+        self.runs[slot(want)].0
     }
 
     fn bit_serial(&self, p: Precision) -> bool {
@@ -345,13 +384,13 @@ impl CostModel {
     fn roofline(&self, layer: &LayerInfo, m: &Matrix, i: usize, c: &Choice, run: Precision, work: f64) -> f64 {
         let p = &self.profile;
         let batch = f64::from(self.batch);
-        let gmacs = if self.bit_serial(run) {
+        let us_per_mac = if self.bit_serial(run) {
             let a_bits = if c.act == ActQuant::None { 8.0 } else { f64::from(c.act.bits()) };
-            p.bit_serial_gbops.unwrap_or(1.0) / (f64::from(run.bits()) * a_bits)
+            f64::from(run.bits()) * a_bits / (p.bit_serial_gbops.unwrap_or(1.0) * 1e3)
         } else {
-            p.gmacs.get(&run).copied().unwrap_or(p.gmacs[&Precision::F32])
+            self.runs[slot(run)].1
         };
-        let compute_us = work * batch / (gmacs * 1e3);
+        let compute_us = work * batch * us_per_mac;
         // Weights as the device reads them.
         let read_sparse = match c.sparsity {
             Sparsity::NM { n, m } => p.accelerates_nm(n, m),
@@ -392,7 +431,7 @@ impl CostModel {
             _ => m.cols as f64,
         };
         let act_traffic = batch * apps * (inputs + m.rows as f64) * act_bytes;
-        let memory_us = (weight_bytes + act_traffic) / (p.bandwidth_gbs * 1e3);
+        let memory_us = (weight_bytes + act_traffic) * self.us_per_byte;
         compute_us.max(memory_us) + p.per_layer_us
     }
 

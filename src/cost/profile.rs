@@ -504,16 +504,19 @@ impl HardwareProfile {
         if let Some(p) = self.fallback.get(&want) {
             return *p;
         }
-        let ladder: Vec<Precision> = match want {
-            Precision::Int(b) => ((b + 1)..=8)
-                .map(Precision::Int)
-                .chain([Precision::F16, Precision::F32])
-                .collect(),
-            Precision::F16 | Precision::Bf16 => vec![Precision::F32],
-            Precision::F32 => vec![],
+        // The next wider integer precisions, then f16, then f32 (no allocation: this is on the hot path).
+        let wider_ints = match want {
+            Precision::Int(b) => (b + 1)..=8,
+            _ => 1..=0,
         };
-        ladder
-            .into_iter()
+        let floats: &[Precision] = match want {
+            Precision::Int(_) => &[Precision::F16, Precision::F32],
+            Precision::F16 | Precision::Bf16 => &[Precision::F32],
+            Precision::F32 => &[],
+        };
+        wider_ints
+            .map(Precision::Int)
+            .chain(floats.iter().copied())
             .find(|p| self.gmacs.contains_key(p))
             .unwrap_or(Precision::F32)
     }

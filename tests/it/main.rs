@@ -1,0 +1,8 @@
+//! Integration tests, compiled as one crate. Each area has its own module; `util` builds temporary
+//! model folders and runs the real binary.
+
+mod cli;
+mod cost;
+mod profiles;
+mod space;
+mod util;

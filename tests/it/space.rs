@@ -1,0 +1,214 @@
+//! Search-space files, assignments and the canonical hash.
+
+use mpsearch::space::{file, Assignment, Choice, LayerStatus, SearchSpace};
+
+use crate::util::{toy_layers, Dir};
+
+const HEAD: &str = "[space]\nname = \"toy\"\n";
+
+fn parse(body: &str) -> mpsearch::Result<SearchSpace> {
+    file::parse(&format!("{HEAD}{body}"), "toy.toml", &toy_layers())
+}
+
+/// Asserts that `body` is refused with a message at `line:column` containing every one of `needles`.
+fn refused_at(body: &str, line: usize, column: usize, needles: &[&str]) {
+    let err = parse(body).expect_err("accepted").to_string();
+    let place = format!("toy.toml:{line}:{column}:");
+    assert!(err.starts_with(&place), "expected {place} in:\n{err}\n--- file\n{HEAD}{body}");
+    for n in needles {
+        assert!(err.contains(n), "expected `{n}` in:\n{err}");
+    }
+}
+
+#[test]
+fn defaults_make_a_product_and_overrides_replace_fields() {
+    let s = parse(
+        "[defaults]\nfloat = [\"f32\"]\nbits = [8, 4]\nschemes = [\"sym\", \"asym\"]\nsparsity = [0.0, 0.5]\n\
+         [[layer]]\nmatch = '^head$'\nbits = [8]\nsparsity = [0.0]\n",
+    )
+    .unwrap();
+    // (f32 + 2 bits × 2 schemes) × (dense, sparse50) = 10
+    assert_eq!(s.groups[0].choices.len(), 10);
+    let head = s.groups.iter().find(|g| g.name == "head").unwrap();
+    let names: Vec<String> = head.choices.iter().map(|c| c.to_string()).collect();
+    assert_eq!(names, ["f32", "int8-sym-channel", "int8-asym-channel"]);
+}
+
+#[test]
+fn groups_pins_and_exclusions() {
+    let s = parse(
+        "exclude = ['^head$']\n[defaults]\nbits = [8, 4]\n\
+         [[group]]\nmatch = '^block\\.(\\d+)\\.[qkv]$'\n\
+         [[pin]]\nmatch = 'block\\.1\\.ffn'\nchoice = \"int8-sym-channel\"\n",
+    )
+    .unwrap();
+    // q/k/v of each block share one group: 2 groups + 2 ffn + head = 5.
+    assert_eq!(s.groups.len(), 5);
+    let qkv0 = &s.groups[s.layers[0].group];
+    assert_eq!(qkv0.members, vec![0, 1, 2]);
+    assert_ne!(s.layers[0].group, s.layers[4].group, "blocks 0 and 1 are separate groups");
+    let head = s.layers.iter().find(|l| l.info.name == "head").unwrap();
+    assert_eq!(head.status, LayerStatus::Excluded);
+    assert_eq!(s.groups[head.group].choices, vec![Choice::F32]);
+    let ffn1 = s.layers.iter().find(|l| l.info.name == "block.1.ffn").unwrap();
+    assert_eq!(ffn1.status, LayerStatus::Pinned);
+    assert_eq!(s.searchable_groups().count(), 3);
+}
+
+#[test]
+fn explicit_choices_list() {
+    let s = parse("[defaults]\nchoices = [\"int4-asym-g32+2:4\", \"f32\", \"int8-sym-channel+rank50\"]\n").unwrap();
+    let names: Vec<String> = s.groups[0].choices.iter().map(|c| c.to_string()).collect();
+    assert_eq!(names, ["f32", "int4-asym-g32+2:4", "int8-sym-channel+rank50"]);
+}
+
+#[test]
+fn every_validation_error_names_file_line_and_column() {
+    refused_at("[defaults]\nbits = [8, 9]\n", 4, 12, &["bits: 9 is outside 2..=8"]);
+    refused_at("[defaults]\nsparsity = [0.0, 1.0]\n", 4, 18, &["sparsity: 1 is outside [0, 1)"]);
+    refused_at("[defaults]\nsparsity = [-0.5]\n", 4, 13, &["outside [0, 1)"]);
+    refused_at("[defaults]\nnm = [\"4:4\"]\n", 4, 7, &["1 <= N < M"]);
+    refused_at("[defaults]\nnm = [\"5:4\"]\n", 4, 7, &["N:M pattern"]);
+    refused_at("[defaults]\nrank = [1.0, 0.0]\n", 4, 14, &["rank: 0 is outside (0, 1]"]);
+    refused_at("[defaults]\nrank = [1.5]\n", 4, 9, &["outside (0, 1]"]);
+    refused_at("[defaults]\nbitz = [8]\n", 4, 1, &["unknown field `bitz`", "bits"]);
+    refused_at("[defaults]\nbits = [8\n", 4, 10, &[]);
+    refused_at("[[layer]]\nmatch = '^nope$'\nbits = [8]\n", 4, 9, &["matches no layer", "block.0.q"]);
+    refused_at("[[layer]]\nmatch = '('\n", 4, 9, &["not a valid regular expression"]);
+    refused_at("[[pin]]\nmatch = 'head'\nchoice = \"int4-sym-g7x\"\n", 5, 10, &["granularity `g7x`"]);
+    refused_at("[defaults]\nfloat = []\nbits = []\n", 3, 1, &["empty choice set"]);
+    refused_at("[defaults]\nbits = [8]\n[[layer]]\nmatch = 'ffn'\nactivations = []\n", 6, 9, &["empty choice set", "block.0.ffn"]);
+    refused_at("[defaults]\nsparsity = [0.125]\n", 4, 13, &["not a whole percent"]);
+    refused_at("[defaults]\ngranularity = [\"g1\"]\n", 4, 16, &["granularity: `g1` is not allowed"]);
+    refused_at("exclude = ['nothing-here']\n", 3, 12, &["exclude pattern", "matches no layer"]);
+    refused_at(
+        "exclude = ['head']\n[[pin]]\nmatch = 'head'\nchoice = \"f16\"\n",
+        3,
+        12,
+        &["both pinned and excluded"],
+    );
+    refused_at(
+        "[[group]]\nmatch = 'q$'\n[[group]]\nmatch = 'block.0.q'\n",
+        6,
+        9,
+        &["belongs to one group"],
+    );
+}
+
+#[test]
+fn a_group_without_common_choices_is_refused() {
+    let err = parse(
+        "[defaults]\nbits = [8]\n[[group]]\nmatch = '^block\\.0\\.'\n\
+         [[layer]]\nmatch = 'block\\.0\\.ffn'\nfloat = []\nbits = [4]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("toy.toml: group `block.0.q`"), "{err}");
+    assert!(err.contains("no choice in common"), "{err}");
+}
+
+#[test]
+fn unknown_top_level_and_missing_files() {
+    let err = file::parse("[space]\nname='x'\n[defaultz]\n", "a.toml", &toy_layers())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("a.toml:3:2:") && err.contains("unknown field `defaultz`"), "{err}");
+    let err = file::load(std::path::Path::new("/nonexistent/space.toml"), &toy_layers())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/space.toml"), "{err}");
+}
+
+fn toy_space() -> SearchSpace {
+    parse(
+        "exclude = ['^head$']\n[defaults]\nbits = [8, 4]\ngranularity = [\"channel\", \"g32\"]\nnm = [\"2:4\"]\n\
+         [[group]]\nmatch = '^block\\.(\\d+)\\.[qkv]$'\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn assignment_json_fills_defaults_and_checks_everything() {
+    let s = toy_space();
+    let a = s
+        .parse_assignment(r#"{"default": "int8-sym-channel", "layers": {"block.1.ffn": "int4-sym-g32+2:4"}}"#, None)
+        .unwrap();
+    assert_eq!(a.len(), 9);
+    assert_eq!(a.get("block.0.q").unwrap().to_string(), "int8-sym-channel");
+    assert_eq!(a.get("block.1.ffn").unwrap().to_string(), "int4-sym-g32+2:4");
+    assert_eq!(a.get("head"), Some(&Choice::F32), "excluded layers stay f32");
+    // The JSON form re-loads to the same assignment.
+    let back = s.parse_assignment(&a.to_json_string(), None).unwrap();
+    assert_eq!(back, a);
+    assert_eq!(back.hash_hex(), a.hash_hex());
+    // A point round-trips too.
+    assert_eq!(s.assignment(&s.point(&a).unwrap()), a);
+
+    let bad = |json: &str, needles: &[&str]| {
+        let e = s.parse_assignment(json, Some("a.json")).unwrap_err().to_string();
+        assert!(e.starts_with("assignment a.json: "), "{e}");
+        for n in needles {
+            assert!(e.contains(n), "expected `{n}` in: {e}");
+        }
+    };
+    bad(r#"{"default": "f32", "layers": {"block.0.qq": "f32"}}"#, &["unknown layer `block.0.qq`", "`block.0.q`"]);
+    bad(r#"{"default": "int2-sym-channel"}"#, &["`int2-sym-channel` (from \"default\") is not allowed", "int8-sym-channel"]);
+    bad(r#"{"default": "f32", "layers": {"head": "int8-sym-channel"}}"#, &["layer `head`", "allowed: f32"]);
+    bad(r#"{"default": "f32", "layers": {"block.0.q": "int8-sym-channel"}}"#, &["one group", "block.0.k"]);
+    bad(r#"{"layers": {"block.0.q": "f32"}}"#, &["has no choice", "default"]);
+    bad(r#"{"default": "int8-sym-chanel"}"#, &["granularity `chanel`"]);
+    bad(r#"{"default": "f32", "extra": 1}"#, &["unknown field `extra`"]);
+    bad("{not json", &["not valid assignment JSON"]);
+}
+
+#[test]
+fn canonical_encoding_and_hash_are_pinned() {
+    let a = Assignment::new([
+        ("fc1".to_string(), "int4-asym-g32+2:4+rank50".parse().unwrap()),
+        ("conv1".to_string(), "int8-sym-channel".parse().unwrap()),
+        ("fc2".to_string(), Choice::F32),
+    ]);
+    assert_eq!(
+        String::from_utf8(a.canonical_bytes()).unwrap(),
+        "mpsearch-assignment-v1\nconv1\tint8-sym-channel\nfc1\tint4-asym-g32+2:4+rank50\nfc2\tf32\n"
+    );
+    // Pinned: this hash keys every stored evaluation. If it changes, stored caches are orphaned.
+    assert_eq!(a.hash_hex(), PINNED_HASH);
+}
+
+/// BLAKE3 of the encoding above, checked independently with the Python `blake3` package.
+const PINNED_HASH: &str = "9066216af0ad7425ea881f1fc94a67e075df57220c13fcadb79db530f192da95";
+
+#[test]
+fn every_choice_of_the_shipped_spaces_round_trips() {
+    let inv = mpsearch::model::inventory(&mpsearch::model::ModelSource::Demo).unwrap();
+    let s = mpsearch::shipped::space("demo", &inv.layers).unwrap();
+    let mut n = 0;
+    for g in &s.groups {
+        for c in &g.choices {
+            let text = c.to_string();
+            assert_eq!(text.parse::<Choice>().unwrap(), *c, "{text}");
+            n += 1;
+        }
+    }
+    assert!(n > 100, "{n} choices");
+}
+
+#[test]
+fn bert_base_fits_a_minilm_shaped_folder() {
+    let dir = Dir::new();
+    let folder = crate::util::minilm_folder(&dir);
+    let inv = mpsearch::model::inventory(&mpsearch::model::ModelSource::Folder(folder)).unwrap();
+    // 3 embeddings + 6 × 6 linear + pooler.
+    assert_eq!(inv.layers.len(), 40);
+    // Natural order: layer 2 before layer 10 would hold; names within a block sort alphabetically.
+    assert_eq!(inv.layers[0].name, "embeddings.position_embeddings");
+    assert!(inv.layers.iter().any(|l| l.name == "encoder.layer.5.attention.self.query"));
+    let s = mpsearch::shipped::space("bert-base", &inv.layers).unwrap();
+    // 6 blocks × (qkv + attention.output + intermediate + output) + word embeddings + pooler + 2 excluded.
+    assert_eq!(s.groups.len(), 6 * 4 + 4);
+    let word_layer = s.layers.iter().find(|l| l.info.name == "embeddings.word_embeddings").unwrap();
+    let word = &s.groups[word_layer.group];
+    assert!(word.choices.iter().all(|c| c.sparsity == mpsearch::space::Sparsity::None));
+    assert_eq!(s.layers[0].status, LayerStatus::Excluded, "position embeddings");
+}

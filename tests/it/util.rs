@@ -1,0 +1,162 @@
+//! Helpers: temporary folders, synthetic Hugging Face model folders, running the binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mpsearch::space::LayerInfo;
+
+/// A temporary folder that lives as long as the value.
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir {
+            tmp: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Writes `text` to `name` inside the folder and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// Writes a safetensors file holding f32 tensors of these shapes. The data region is left as a sparse
+/// hole (all zeros), so large shapes cost no disk; `truncate_by` bytes are cut off the end.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], truncate_by: u64) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in tensors {
+        let bytes = 4 * shape.iter().map(|&d| d as u64).product::<u64>();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::to_string(&header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    let total = 8 + text.len() as u64 + offset;
+    f.set_len(total - truncate_by).unwrap();
+}
+
+/// Tensor list of a BERT-family encoder named as Hugging Face's BertModel does.
+pub fn bert_tensors(prefix: &str, vocab: usize, hidden: usize, inter: usize, layers: usize) -> Vec<(String, Vec<usize>)> {
+    let mut t = vec![
+        (format!("{prefix}embeddings.word_embeddings.weight"), vec![vocab, hidden]),
+        (format!("{prefix}embeddings.position_embeddings.weight"), vec![512, hidden]),
+        (format!("{prefix}embeddings.token_type_embeddings.weight"), vec![2, hidden]),
+        (format!("{prefix}embeddings.LayerNorm.weight"), vec![hidden]),
+        (format!("{prefix}embeddings.LayerNorm.bias"), vec![hidden]),
+    ];
+    for i in 0..layers {
+        let l = format!("{prefix}encoder.layer.{i}");
+        for (name, shape) in [
+            ("attention.self.query", vec![hidden, hidden]),
+            ("attention.self.key", vec![hidden, hidden]),
+            ("attention.self.value", vec![hidden, hidden]),
+            ("attention.output.dense", vec![hidden, hidden]),
+            ("intermediate.dense", vec![inter, hidden]),
+            ("output.dense", vec![hidden, inter]),
+        ] {
+            t.push((format!("{l}.{name}.weight"), shape.clone()));
+            t.push((format!("{l}.{name}.bias"), vec![shape[0]]));
+        }
+        for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            t.push((format!("{l}.{ln}.weight"), vec![hidden]));
+            t.push((format!("{l}.{ln}.bias"), vec![hidden]));
+        }
+    }
+    t.push((format!("{prefix}pooler.dense.weight"), vec![hidden, hidden]));
+    t.push((format!("{prefix}pooler.dense.bias"), vec![hidden]));
+    t
+}
+
+/// A Hugging Face folder with config.json and model.safetensors of all-MiniLM-L6-v2's shapes
+/// (vocabulary 30522, hidden 384, intermediate 1536, 6 layers).
+pub fn minilm_folder(dir: &Dir) -> PathBuf {
+    let m = dir.path().join("all-MiniLM-L6-v2");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("config.json"),
+        r#"{"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6}"#,
+    )
+    .unwrap();
+    write_safetensors(&m.join("model.safetensors"), &bert_tensors("", 30522, 384, 1536, 6), 0);
+    m
+}
+
+/// Layers of a tiny made-up model for space tests.
+pub fn toy_layers() -> Vec<LayerInfo> {
+    let l = |name: &str, rows: usize, cols: usize| LayerInfo {
+        name: name.into(),
+        kind: mpsearch::space::LayerKind::Linear,
+        shape: vec![rows, cols],
+        macs: (rows * cols) as u64,
+        bias: true,
+    };
+    vec![
+        l("block.0.q", 64, 64),
+        l("block.0.k", 64, 64),
+        l("block.0.v", 64, 64),
+        l("block.0.ffn", 256, 64),
+        l("block.1.q", 64, 64),
+        l("block.1.k", 64, 64),
+        l("block.1.v", 64, 64),
+        l("block.1.ffn", 256, 64),
+        l("head", 10, 64),
+    ]
+}
+
+/// Runs the binary with `args` in `cwd`.
+pub fn run(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mpsearch"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run mpsearch")
+}
+
+/// Describes a finished command for assertion messages.
+pub fn describe(args: &[&str], out: &Output) -> String {
+    format!(
+        "mpsearch {}\nexit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(cwd: &Path, args: &[&str]) -> String {
+    let out = run(cwd, args);
+    assert!(out.status.success(), "expected success:\n{}", describe(args, &out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs and asserts exit code 1 with no panic; returns stderr.
+pub fn fails(cwd: &Path, args: &[&str]) -> String {
+    let out = run(cwd, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1:\n{}", describe(args, &out));
+    assert!(!err.contains("panicked"), "panicked:\n{}", describe(args, &out));
+    err
+}
