@@ -6,6 +6,7 @@
 //!
 //! See `DESIGN.md` in the project's shared folder for the architecture; each module's docs say its job.
 
+pub mod compress;
 pub mod cost;
 pub mod model;
 pub mod error;

@@ -4,10 +4,12 @@
 //! without running it. Later: candle forward passes with replaced weights.
 
 mod demo;
+pub mod forward;
 mod inventory;
 
 use std::path::{Path, PathBuf};
 
+pub use forward::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
 pub use inventory::{read_safetensors_header, TensorEntry};
 
 use crate::error::{Error, Result};

@@ -1,0 +1,97 @@
+//! The contract between models and everything that runs them: a [`Model`] owns its forward pass and
+//! asks a [`ForwardCtx`] for each compressible layer's weight and input, so that compressed weights,
+//! activation quantization and input capture work the same way in every architecture.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::Tensor;
+
+use super::Inventory;
+use crate::error::Result;
+use crate::space::ActQuant;
+
+/// One batch of model input.
+#[derive(Clone, Debug)]
+pub enum Batch {
+    /// Images `[n, channels, height, width]`, f32.
+    Images(Tensor),
+    /// Token ids `[n, seq]` (u32) with attention mask `[n, seq]` (u32, 1 = real token).
+    Tokens { ids: Tensor, mask: Tensor },
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        let t = match self {
+            Batch::Images(t) => t,
+            Batch::Tokens { ids, .. } => ids,
+        };
+        t.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How one layer runs differently from the f32 model.
+#[derive(Clone, Debug, Default)]
+pub struct LayerOverride {
+    /// The (compressed) weight to use instead of the original, same shape.
+    pub weight: Option<Tensor>,
+    /// Activation quantization of the layer's input.
+    pub act: ActQuant,
+    /// For [`ActQuant::Int8Static`]: the calibrated input range (min, max).
+    pub act_range: Option<(f32, f32)>,
+}
+
+/// Per-layer overrides by layer name; layers not listed run as in the f32 model.
+pub type Overrides = HashMap<String, LayerOverride>;
+
+/// What a forward pass does besides computing the output.
+#[derive(Default)]
+pub struct ForwardCtx<'a> {
+    pub overrides: Option<&'a Overrides>,
+    /// Layers whose inputs to record, and where they go (one tensor per call, in call order).
+    pub capture: Option<&'a Mutex<HashMap<String, Vec<Tensor>>>>,
+}
+
+impl ForwardCtx<'_> {
+    /// The weight of `layer`: its override, or `original`.
+    pub fn weight<'t>(&'t self, layer: &str, original: &'t Tensor) -> &'t Tensor {
+        self.overrides
+            .and_then(|o| o.get(layer))
+            .and_then(|o| o.weight.as_ref())
+            .unwrap_or(original)
+    }
+
+    /// The input of `layer` as the layer sees it: recorded if asked, then activation-quantized if its
+    /// override says so. Models call this on every compressible layer's input.
+    pub fn input(&self, layer: &str, x: &Tensor) -> Result<Tensor> {
+        if let Some(cap) = self.capture {
+            if let Ok(mut m) = cap.lock() {
+                if let Some(v) = m.get_mut(layer) {
+                    v.push(x.clone());
+                }
+            }
+        }
+        match self.overrides.and_then(|o| o.get(layer)) {
+            Some(o) if o.act != ActQuant::None => crate::compress::quantize_activation(x, o.act, o.act_range),
+            _ => Ok(x.clone()),
+        }
+    }
+}
+
+/// A model whose forward pass the project owns.
+pub trait Model: Send + Sync {
+    /// Its compressible layers.
+    fn inventory(&self) -> &Inventory;
+    /// The original f32 weight of a compressible layer, in its stored shape.
+    fn weight(&self, layer: &str) -> Result<Tensor>;
+    /// Runs a batch: logits `[n, classes]` for a classifier, embeddings `[n, dim]` for an encoder.
+    fn forward(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor>;
+    /// Bytes that identify the model's weights and architecture (hashed into fingerprints).
+    fn fingerprint(&self) -> blake3::Hash;
+}
