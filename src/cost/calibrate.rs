@@ -1,0 +1,1037 @@
+//! # Calibrate: measure this machine
+//!
+//! The measuring core of `mpsearch calibrate`. For each weight matrix shape (rows = out-features,
+//! cols = in-features) and batch size it times `y = x · Wᵀ` on candle's CPU kernels:
+//!
+//! - `F32`: candle's f32 matmul against the transposed view of the `[out, in]` weight, exactly what a
+//!   candle-nn `Linear` runs (`x.matmul(&w.t())`, gemm reads the strided view; no copy per call);
+//! - `F16`, `BF16`: candle's plain half-precision matmul, activations and weights in that dtype (candle
+//!   has no bf16 gemm on the CPU: it widens both operands to f32 on every call);
+//! - `QMatMul-F16`, `QMatMul-BF16`: `QMatMul` built from an F16/BF16 `QTensor`, which dequantizes the
+//!   weight to f32 once at construction and then runs the f32 matmul;
+//! - every quantized `GgmlDType` (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `Q8_1`, `Q2K`..`Q8K`) through
+//!   `QMatMul::forward`, which quantizes the f32 activations to the type's dot-product partner (Q8_0,
+//!   Q8_1 or Q8K) on the fly and runs the integer dot products.
+//!
+//! A type runs only where the in-features are a multiple of its block: 256 for K-types, 32 for the
+//! legacy types, and 64 for Q4_1, Q5_0 and Q5_1, whose dot products take their 32-blocks in pairs
+//! (see [`Kernel::skip_reason`]); skipped pairs become notes in the profile.
+//!
+//! A convolution is timed as its im2col matrix product: `batch · applications` rows of `x` (the output
+//! pixels) against the `[out, in·kh·kw]` weight matrix; the im2col copy itself is not timed.
+//!
+//! Weights (N(0, 0.02)) and inputs (N(0, 1)) come from a seeded SplitMix64 generator in this file:
+//! candle's CPU RNG cannot be seeded. Each measurement does at least `warmup` untimed runs (at least
+//! one: some quantized types repack their weights lazily on the first call) for at least
+//! `warmup_seconds` (see [`CalibrateOptions::warmup_seconds`]), then up to `repetitions` timed runs
+//! (stopping early once `max_seconds` have passed and at least [`MIN_REPETITIONS`] runs are done), and
+//! reports the median and the interquartile range in microseconds.
+//!
+//! [`to_profile`] turns the measurements into a complete hardware profile (see [`super::profile`]).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use toml::Spanned;
+
+use super::profile::{
+    Calibration, DeviceClass, Header, MeasuredEntry, Memory, Overhead, Precision, ProfileFile,
+    Provenance, SparsitySupport,
+};
+use crate::error::{Error, Result};
+use crate::space::{LayerInfo, LayerKind};
+
+/// The candle-core version whose kernels are measured (pinned in Cargo.toml).
+pub const CANDLE_VERSION: &str = "0.11.1";
+
+/// Timed runs always done, whatever the time budget.
+pub const MIN_REPETITIONS: usize = 5;
+
+/// One weight matrix to measure.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MatrixShape {
+    pub kind: LayerKind,
+    /// Weight shape as stored: linear `[out, in]`, conv2d `[out, in, kh, kw]`.
+    pub shape: Vec<usize>,
+    /// Output features (first dimension).
+    pub rows: usize,
+    /// Input features: the product of the other dimensions.
+    pub cols: usize,
+    /// How many times the matrix is applied per sample: output pixels for a convolution (im2col rows),
+    /// 1 for a linear layer.
+    pub applications: usize,
+}
+
+impl MatrixShape {
+    /// A linear layer with weight `[rows, cols]`.
+    pub fn linear(rows: usize, cols: usize) -> MatrixShape {
+        MatrixShape {
+            kind: LayerKind::Linear,
+            shape: vec![rows, cols],
+            rows,
+            cols,
+            applications: 1,
+        }
+    }
+
+    /// The matrix of a layer, or `None` for an embedding (a lookup, not a matrix product) or a layer
+    /// without a usable shape.
+    pub fn of_layer(layer: &LayerInfo) -> Option<MatrixShape> {
+        if layer.kind == LayerKind::Embedding || layer.shape.is_empty() || layer.shape.contains(&0)
+        {
+            return None;
+        }
+        let rows = layer.rows() as usize;
+        let cols = layer.cols() as usize;
+        let applications = match layer.kind {
+            LayerKind::Linear => 1,
+            _ => (layer.applications().round() as usize).max(1),
+        };
+        Some(MatrixShape {
+            kind: layer.kind,
+            shape: layer.shape.clone(),
+            rows,
+            cols,
+            applications,
+        })
+    }
+
+    /// Multiply-accumulates of one product at `batch`.
+    pub fn macs(&self, batch: u32) -> u64 {
+        self.rows as u64 * self.cols as u64 * batch as u64 * self.applications as u64
+    }
+
+    /// Rows of `x` at `batch`.
+    pub fn x_rows(&self, batch: u32) -> usize {
+        batch as usize * self.applications
+    }
+
+    /// The stored shape written as `3072x768`.
+    pub fn shape_string(&self) -> String {
+        let s = self
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        if self.applications > 1 {
+            format!("{s} ({} {}x)", self.kind, self.applications)
+        } else if self.kind != LayerKind::Linear {
+            format!("{s} ({})", self.kind)
+        } else {
+            s
+        }
+    }
+}
+
+/// What to measure and how often.
+#[derive(Clone, Debug)]
+pub struct CalibrateOptions {
+    pub shapes: Vec<MatrixShape>,
+    pub batches: Vec<u32>,
+    /// Untimed runs before timing (at least one is always done).
+    pub warmup: usize,
+    /// ... and keep warming up until this many seconds have passed: right after a rayon-parallel f32
+    /// gemm, candle's quantized kernels can run many times slower for tens of milliseconds (gemm's
+    /// idle rayon threads compete with candle's pinned barrier-pool threads on a small machine).
+    pub warmup_seconds: f64,
+    /// Timed runs per measurement (at most).
+    pub repetitions: usize,
+    /// Stop repeating a measurement after this many seconds once [`MIN_REPETITIONS`] runs are done.
+    pub max_seconds: f64,
+    /// Seed of the weights and inputs.
+    pub seed: u64,
+    /// Kernels to measure (default: [`Kernel::all`]).
+    pub kernels: Vec<Kernel>,
+}
+
+impl Default for CalibrateOptions {
+    fn default() -> Self {
+        CalibrateOptions {
+            shapes: Vec::new(),
+            batches: vec![1, 32],
+            warmup: 2,
+            warmup_seconds: 0.1,
+            repetitions: 100,
+            max_seconds: 1.0,
+            seed: 0x6d70_7365_6172_6368, // "mpsearch"
+            kernels: Kernel::all(),
+        }
+    }
+}
+
+impl CalibrateOptions {
+    /// Transformer-sized matrices without a model: BERT-base attention (768x768), FFN up (3072x768) and
+    /// down (768x3072), and a 7B-class projection (4096x4096), at batch 1 and 32. About 1.5 minutes
+    /// on 2 cores.
+    pub fn standard_grid() -> Self {
+        CalibrateOptions {
+            shapes: vec![
+                MatrixShape::linear(768, 768),
+                MatrixShape::linear(3072, 768),
+                MatrixShape::linear(768, 3072),
+                MatrixShape::linear(4096, 4096),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// The distinct weight matrices of `layers` (embeddings skipped), at batch 1 and 32.
+    pub fn for_layers(layers: &[LayerInfo]) -> Self {
+        let mut shapes: Vec<MatrixShape> = Vec::new();
+        for s in layers.iter().filter_map(MatrixShape::of_layer) {
+            if !shapes.contains(&s) {
+                shapes.push(s);
+            }
+        }
+        CalibrateOptions {
+            shapes,
+            ..Default::default()
+        }
+    }
+}
+
+impl CalibrateOptions {
+    /// Checks that every shape is a consistent, non-empty matrix and every batch is at least 1.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::file("calibrate options", msg));
+        if self.batches.contains(&0) {
+            return bad("batch sizes must be >= 1".into());
+        }
+        for s in &self.shapes {
+            let cols: usize = s.shape.iter().skip(1).product();
+            if s.shape.len() < 2
+                || s.shape.contains(&0)
+                || s.rows != s.shape[0]
+                || s.cols != cols
+                || s.applications == 0
+            {
+                return bad(format!(
+                    "shape {:?} (rows {}, cols {}, applications {}) is not a weight matrix: rows must \
+                     be the first dimension, cols the product of the others, all >= 1",
+                    s.shape, s.rows, s.cols, s.applications
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A way of computing `y = x · Wᵀ` with candle on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// f32 matmul against the transposed weight view (candle-nn `Linear`).
+    F32,
+    /// Plain f16 matmul (activations and weights f16).
+    F16,
+    /// Plain bf16 matmul (candle widens both to f32 on every call).
+    Bf16,
+    /// `QMatMul` of an F16 `QTensor`: dequantized to f32 at construction, f32 matmul.
+    QMatMulF16,
+    /// `QMatMul` of a BF16 `QTensor`: dequantized to f32 at construction, f32 matmul.
+    QMatMulBf16,
+    /// `QMatMul` of a quantized `QTensor` (never F32/F16/BF16).
+    Quant(GgmlDType),
+}
+
+/// Candle's quantized types, in the order they are measured.
+pub const QUANT_TYPES: [GgmlDType; 12] = [
+    GgmlDType::Q8_0,
+    GgmlDType::Q8K,
+    GgmlDType::Q6K,
+    GgmlDType::Q5K,
+    GgmlDType::Q4K,
+    GgmlDType::Q4_0,
+    GgmlDType::Q3K,
+    GgmlDType::Q2K,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_1,
+];
+
+impl Kernel {
+    /// Every kernel: the float ones, then [`QUANT_TYPES`].
+    pub fn all() -> Vec<Kernel> {
+        let mut v = vec![
+            Kernel::F32,
+            Kernel::F16,
+            Kernel::Bf16,
+            Kernel::QMatMulF16,
+            Kernel::QMatMulBf16,
+        ];
+        v.extend(QUANT_TYPES.iter().map(|&t| Kernel::Quant(t)));
+        v
+    }
+
+    /// The name written in tables and profiles: `F32`, `F16`, `BF16`, `QMatMul-F16`, `QMatMul-BF16`,
+    /// or the candle type (`Q4K`, `Q8_0`…).
+    pub fn name(&self) -> String {
+        match self {
+            Kernel::F32 => "F32".into(),
+            Kernel::F16 => "F16".into(),
+            Kernel::Bf16 => "BF16".into(),
+            Kernel::QMatMulF16 => "QMatMul-F16".into(),
+            Kernel::QMatMulBf16 => "QMatMul-BF16".into(),
+            Kernel::Quant(t) => format!("{t:?}"),
+        }
+    }
+
+    /// Parses a [`Kernel::name`].
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Kernel::all().into_iter().find(|k| k.name() == name)
+    }
+
+    /// The weight precision this kernel computes.
+    pub fn precision(&self) -> Precision {
+        match self {
+            Kernel::F32 => Precision::F32,
+            Kernel::F16 | Kernel::QMatMulF16 => Precision::F16,
+            Kernel::Bf16 | Kernel::QMatMulBf16 => Precision::Bf16,
+            Kernel::Quant(t) => Precision::Int(quant_bits(*t)),
+        }
+    }
+
+    /// Integer bit-width of a quantized type; `None` for float kernels.
+    pub fn bits(&self) -> Option<u8> {
+        match self {
+            Kernel::Quant(t) => Some(quant_bits(*t)),
+            _ => None,
+        }
+    }
+
+    /// In-features must be a multiple of this: 1 for floats, the block size for quantized types (256
+    /// for K-types, 32 for the others), except Q4_1, Q5_0 and Q5_1, whose candle dot products assert
+    /// an even number of 32-blocks (64); a failed assertion panics inside candle's thread pool and
+    /// poisons it for the rest of the process, so such shapes must never reach the kernel.
+    pub fn in_features_multiple(&self) -> usize {
+        match self {
+            Kernel::Quant(GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) => 64,
+            Kernel::Quant(t) => t.block_size(),
+            _ => 1,
+        }
+    }
+
+    /// Why this kernel cannot run on `shape`, or `None` if it can.
+    pub fn skip_reason(&self, shape: &MatrixShape) -> Option<String> {
+        let b = self.in_features_multiple();
+        let why = match self {
+            Kernel::Quant(t) if b != t.block_size() => {
+                format!(
+                    "its dot product takes its {}-blocks in pairs",
+                    t.block_size()
+                )
+            }
+            _ => "its block size".to_string(),
+        };
+        (shape.cols % b != 0).then(|| {
+            format!(
+                "{} skipped on {} {}: in-features {} not a multiple of {b} ({why})",
+                self.name(),
+                shape.kind,
+                shape.shape_string(),
+                shape.cols
+            )
+        })
+    }
+}
+
+/// Bits per weight value of a quantized candle type (scales not counted).
+fn quant_bits(t: GgmlDType) -> u8 {
+    match t {
+        GgmlDType::Q2K => 2,
+        GgmlDType::Q3K => 3,
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => 4,
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K => 5,
+        GgmlDType::Q6K => 6,
+        GgmlDType::Q8_0 | GgmlDType::Q8_1 | GgmlDType::Q8K => 8,
+        GgmlDType::F16 | GgmlDType::BF16 => 16,
+        GgmlDType::F32 => 32,
+    }
+}
+
+/// A kernel with its weight in place: [`Prepared::forward`] is exactly what [`measure`] times.
+pub struct Prepared {
+    kernel: Kernel,
+    op: Op,
+}
+
+enum Op {
+    /// `x.matmul(&w.t())` with `w` `[rows, cols]` of x's dtype.
+    Matmul(Tensor),
+    Q(QMatMul),
+}
+
+impl Prepared {
+    /// Builds `kernel` for the f32 weight `w` `[rows, cols]`: converts or quantizes it once, outside
+    /// the timed region.
+    pub fn new(kernel: Kernel, w: &Tensor) -> Result<Prepared> {
+        let (_, cols) = w.dims2()?;
+        if cols % kernel.in_features_multiple() != 0 {
+            return Err(Error::Candle(candle_core::Error::Msg(format!(
+                "{}: in-features {cols} not a multiple of {}",
+                kernel.name(),
+                kernel.in_features_multiple()
+            ))));
+        }
+        let qmatmul = |t: GgmlDType| -> Result<Op> {
+            let q = QTensor::quantize(w, t)?;
+            Ok(Op::Q(QMatMul::from_qtensor(q)?))
+        };
+        let op = match kernel {
+            Kernel::F32 => Op::Matmul(w.contiguous()?),
+            Kernel::F16 => Op::Matmul(w.to_dtype(DType::F16)?),
+            Kernel::Bf16 => Op::Matmul(w.to_dtype(DType::BF16)?),
+            Kernel::QMatMulF16 => qmatmul(GgmlDType::F16)?,
+            Kernel::QMatMulBf16 => qmatmul(GgmlDType::BF16)?,
+            Kernel::Quant(t) => qmatmul(t)?,
+        };
+        Ok(Prepared { kernel, op })
+    }
+
+    /// The kernel.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// The f32 input `x` `[m, cols]` in the kernel's activation dtype (f16/bf16 for the plain half
+    /// kernels, f32 otherwise): activations of a half-precision model are already half.
+    pub fn input(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = match self.kernel {
+            Kernel::F16 => DType::F16,
+            Kernel::Bf16 => DType::BF16,
+            _ => DType::F32,
+        };
+        Ok(x.to_dtype(dtype)?.contiguous()?)
+    }
+
+    /// Computes `y = x · Wᵀ`, `[m, rows]`, for `x` from [`Prepared::input`].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.op {
+            Op::Matmul(w) => x.matmul(&w.t()?)?,
+            Op::Q(q) => q.forward(x)?,
+        })
+    }
+}
+
+/// One timed kernel on one shape and batch.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub shape: MatrixShape,
+    pub batch: u32,
+    /// [`Kernel::name`]: `F32`, `F16`, `BF16`, `QMatMul-F16`, `QMatMul-BF16`, `Q4K`…
+    pub kernel: String,
+    /// Integer bit-width of a quantized type; `None` for float kernels.
+    pub bits: Option<u8>,
+    /// The weight precision computed.
+    pub precision: Precision,
+    /// Median of the timed runs, µs.
+    pub median_us: f64,
+    /// Interquartile range of the timed runs, µs.
+    pub spread_us: f64,
+    /// Timed runs done.
+    pub repetitions: usize,
+}
+
+impl Measurement {
+    /// Sustained GMAC/s of this measurement.
+    pub fn gmacs(&self) -> f64 {
+        self.shape.macs(self.batch) as f64 / (self.median_us * 1e3)
+    }
+}
+
+/// SplitMix64: a small, well-known seeded generator (weights only need to be reproducible, not good).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `n` values of N(0, std²) by Box–Muller.
+    fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
+        let mut v = Vec::with_capacity(n + 1);
+        while v.len() < n {
+            let r = (-2.0 * self.unit().ln()).sqrt();
+            let a = std::f64::consts::TAU * self.unit();
+            v.push((r * a.cos()) as f32 * std);
+            v.push((r * a.sin()) as f32 * std);
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+/// A seeded f32 weight `[rows, cols]`, N(0, 0.02) (BERT's initialiser scale).
+pub fn weight(rows: usize, cols: usize, seed: u64) -> Result<Tensor> {
+    let mut rng = SplitMix64(seed ^ ((rows as u64) << 32) ^ cols as u64);
+    Ok(Tensor::from_vec(
+        rng.normals(rows * cols, 0.02),
+        (rows, cols),
+        &Device::Cpu,
+    )?)
+}
+
+/// A seeded f32 input `[m, cols]`, N(0, 1).
+pub fn input(m: usize, cols: usize, seed: u64) -> Result<Tensor> {
+    let mut rng = SplitMix64(!seed ^ ((m as u64) << 32) ^ cols as u64);
+    Ok(Tensor::from_vec(
+        rng.normals(m * cols, 1.0),
+        (m, cols),
+        &Device::Cpu,
+    )?)
+}
+
+/// [`weight`] `[rows, cols]` and [`input`] `[m, cols]`.
+pub fn operands(rows: usize, cols: usize, m: usize, seed: u64) -> Result<(Tensor, Tensor)> {
+    Ok((weight(rows, cols, seed)?, input(m, cols, seed)?))
+}
+
+/// Median and interquartile range (linear interpolation between order statistics).
+fn median_iqr(times: &mut [f64]) -> (f64, f64) {
+    times.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        let pos = p * (times.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        times[lo] + (times[hi] - times[lo]) * (pos - lo as f64)
+    };
+    (q(0.5), q(0.75) - q(0.25))
+}
+
+/// Times every runnable kernel of `opts.kernels` on every shape and batch. A kernel that cannot run on
+/// a shape (see [`Kernel::skip_reason`]) is left out; [`to_profile`] records why. `progress` is called
+/// before each (shape, batch, kernel) with the count done, the total and a description.
+pub fn measure(
+    opts: &CalibrateOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Vec<Measurement>> {
+    opts.validate()?;
+    let total = opts.shapes.len() * opts.batches.len() * opts.kernels.len();
+    let budget = Duration::from_secs_f64(opts.max_seconds.max(0.0));
+    let warmup_time = Duration::from_secs_f64(opts.warmup_seconds.max(0.0));
+    let reps = opts.repetitions.max(1);
+    let mut done = 0;
+    // (shape, batch, kernel) indices, to list the measurements by shape and batch at the end
+    let mut out: Vec<((usize, usize, usize), Measurement)> = Vec::new();
+    for (si, shape) in opts.shapes.iter().enumerate() {
+        let w = weight(shape.rows, shape.cols, opts.seed)?;
+        let xs = opts
+            .batches
+            .iter()
+            .map(|&b| input(shape.x_rows(b), shape.cols, opts.seed))
+            .collect::<Result<Vec<_>>>()?;
+        for (ki, &kernel) in opts.kernels.iter().enumerate() {
+            if kernel.skip_reason(shape).is_some() {
+                for &batch in &opts.batches {
+                    let what = format!(
+                        "{} batch {batch} {}: skipped",
+                        shape.shape_string(),
+                        kernel.name()
+                    );
+                    progress(done, total, &what);
+                    done += 1;
+                }
+                continue;
+            }
+            // The weight is converted or quantized once per shape and kernel, for every batch.
+            let p = Prepared::new(kernel, &w)?;
+            for (bi, (&batch, x)) in opts.batches.iter().zip(&xs).enumerate() {
+                let what = format!("{} batch {batch} {}", shape.shape_string(), kernel.name());
+                progress(done, total, &what);
+                done += 1;
+                let x = p.input(x)?;
+                // at least one untimed run: some quantized types repack their weight on the first call
+                let warming = Instant::now();
+                let mut runs = 0;
+                while runs < opts.warmup.max(1) || warming.elapsed() < warmup_time {
+                    std::hint::black_box(p.forward(&x)?);
+                    runs += 1;
+                }
+                let started = Instant::now();
+                let mut times = Vec::with_capacity(reps);
+                while times.len() < reps
+                    && (times.len() < MIN_REPETITIONS.min(reps) || started.elapsed() < budget)
+                {
+                    let t = Instant::now();
+                    let y = p.forward(&x)?;
+                    times.push(t.elapsed().as_secs_f64() * 1e6);
+                    std::hint::black_box(y);
+                }
+                let (median_us, spread_us) = median_iqr(&mut times);
+                out.push((
+                    (si, bi, ki),
+                    Measurement {
+                        shape: shape.clone(),
+                        batch,
+                        kernel: kernel.name(),
+                        bits: kernel.bits(),
+                        precision: kernel.precision(),
+                        median_us,
+                        spread_us,
+                        repetitions: times.len(),
+                    },
+                ));
+            }
+        }
+    }
+    out.sort_by_key(|(k, _)| *k);
+    let out = out.into_iter().map(|(_, m)| m).collect();
+    progress(done, total, "done");
+    Ok(out)
+}
+
+/// The notes [`to_profile`] records: every kernel of `opts` that could not run on a shape, and why.
+pub fn skip_notes(opts: &CalibrateOptions) -> Vec<String> {
+    let mut notes = Vec::new();
+    for shape in &opts.shapes {
+        for k in &opts.kernels {
+            if let Some(r) = k.skip_reason(shape) {
+                notes.push(r);
+            }
+        }
+    }
+    notes
+}
+
+/// A human-readable table: shape, batch, kernel, bits, median µs, spread µs, ratio to f32 (of the same
+/// shape and batch).
+pub fn table(ms: &[Measurement]) -> String {
+    let f32_us = |m: &Measurement| {
+        ms.iter()
+            .find(|o| o.shape == m.shape && o.batch == m.batch && o.kernel == "F32")
+            .map(|o| o.median_us)
+    };
+    let rows: Vec<[String; 8]> = ms
+        .iter()
+        .map(|m| {
+            [
+                m.shape.shape_string(),
+                m.batch.to_string(),
+                m.kernel.clone(),
+                m.bits.map_or("-".into(), |b| b.to_string()),
+                format!("{:.1}", m.median_us),
+                format!("{:.1}", m.spread_us),
+                f32_us(m).map_or("-".into(), |f| format!("{:.2}", m.median_us / f)),
+                format!("{:.2}", m.gmacs()),
+            ]
+        })
+        .collect();
+    let head = [
+        "shape",
+        "batch",
+        "kernel",
+        "bits",
+        "median µs",
+        "spread µs",
+        "× f32",
+        "GMAC/s",
+    ];
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            let pad = " ".repeat(w - c.chars().count());
+            if i < 3 {
+                s.push_str(&format!("{c}{pad}  "));
+            } else {
+                s.push_str(&format!("{pad}{c}  "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut s = line(&head.map(String::from));
+    s.push_str(&line(
+        &width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
+    ));
+    let mut last: Option<(&MatrixShape, u32)> = None;
+    for (m, r) in ms.iter().zip(&rows) {
+        if last.is_some_and(|l| l != (&m.shape, m.batch)) {
+            s.push('\n');
+        }
+        last = Some((&m.shape, m.batch));
+        s.push_str(&line(r));
+    }
+    s
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// Today's date (UTC) from the system clock, `YYYY-MM-DD`.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The CPU's model name from `/proc/cpuinfo` (or the architecture where there is none).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| {
+                    l.starts_with("model name")
+                        || l.starts_with("Model")
+                        || l.starts_with("Hardware")
+                })
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The SIMD extensions candle's kernels can use here, for the notes.
+fn simd_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! feature {
+            ($($f:tt),*) => {$( if std::arch::is_x86_feature_detected!($f) { v.push($f) } )*};
+        }
+        feature!(
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vnni",
+            "avx512bf16"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! feature {
+            ($($f:tt),*) => {$( if std::arch::is_aarch64_feature_detected!($f) { v.push($f) } )*};
+        }
+        feature!("neon", "dotprod", "i8mm", "fp16");
+    }
+    v
+}
+
+/// Writes the measurements as a complete hardware profile named `name` (see the module docs of
+/// [`super::profile`] for the format):
+///
+/// - `[compute]`: f32, f16, bf16 and int<b> GMAC/s at the largest measured shape (most MACs per
+///   sample) and the largest batch; f16/bf16 from the faster of their plain and `QMatMul` kernels,
+///   int<b> from `[calibration] bit_types[b]`, the fastest candle type of b bits there. No
+///   `weight_only`: candle quantizes activations on the fly, so int layers run at their integer
+///   kernel's rate.
+/// - `[memory] bandwidth_gbs`: an effective figure, f32 weight bytes of the largest linear weight (the
+///   largest weight when there is no linear one) over its f32 batch-1 time.
+/// - `[overhead] per_layer_us`: the least-squares intercept of f32 batch-1 time against f32 weight
+///   bytes over the measured shapes, clamped to [0, smallest f32 batch-1 time]; 0 with fewer than two
+///   distinct sizes.
+/// - `[[measured]]`: per shape and batch, f32, f16, bf16 (faster kernel) and, per bit-width, the
+///   fastest runnable candle type of that width, dense, `act = "none"`.
+/// - `[calibration]`: `bit_types`, `slow_kernels` (kernels more than 10% slower than f32 at batch 1
+///   on the largest shape where both ran: no fast SIMD kernel here) and notes (skips, CPU features).
+pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Result<ProfileFile> {
+    let nowhere = || Error::file("<calibrate>", "no f32 measurement to build a profile from");
+    let f32s: Vec<&Measurement> = ms.iter().filter(|m| m.kernel == "F32").collect();
+    let size = |s: &MatrixShape| s.rows as u64 * s.cols as u64 * s.applications as u64;
+    let largest = f32s
+        .iter()
+        .map(|m| &m.shape)
+        .max_by_key(|s| (size(s), *s))
+        .ok_or_else(nowhere)?
+        .clone();
+    let max_batch = ms
+        .iter()
+        .filter(|m| m.shape == largest)
+        .map(|m| m.batch)
+        .max()
+        .ok_or_else(nowhere)?;
+    let min_batch = ms
+        .iter()
+        .filter(|m| m.shape == largest)
+        .map(|m| m.batch)
+        .min()
+        .ok_or_else(nowhere)?;
+    /// Fastest measurement per precision at one (shape, batch).
+    fn best<'a>(
+        ms: &'a [Measurement],
+        shape: &MatrixShape,
+        batch: u32,
+    ) -> BTreeMap<Precision, &'a Measurement> {
+        let mut b: BTreeMap<Precision, &Measurement> = BTreeMap::new();
+        for m in ms.iter().filter(|m| &m.shape == shape && m.batch == batch) {
+            let e = b.entry(m.precision).or_insert(m);
+            if m.median_us < e.median_us {
+                *e = m;
+            }
+        }
+        b
+    }
+
+    // [compute] and bit_types from the largest shape at the largest batch.
+    let mut compute = BTreeMap::new();
+    let mut bit_types = BTreeMap::new();
+    for (p, m) in best(ms, &largest, max_batch) {
+        compute.insert(
+            p.to_string(),
+            Spanned::new(0..0, toml::Value::Float(round(m.gmacs(), 3).max(0.001))),
+        );
+        if let Precision::Int(b) = p {
+            bit_types.insert(b.to_string(), m.kernel.clone());
+        }
+    }
+    if !compute.contains_key("f32") {
+        return Err(nowhere());
+    }
+
+    // [memory] and [overhead] from f32 at the smallest batch.
+    // Bandwidth from the f32 weight that streams the most bytes per application (a linear layer where
+    // there is one: a convolution reuses its weight over many pixels and is compute-bound).
+    let bytes = |s: &MatrixShape| (s.rows * s.cols * 4) as f64;
+    let f32_b1 = f32s
+        .iter()
+        .filter(|m| m.batch == min_batch)
+        .max_by(|a, b| {
+            let key = |m: &Measurement| (m.shape.applications == 1, m.shape.rows * m.shape.cols);
+            key(a).cmp(&key(b))
+        })
+        .ok_or_else(nowhere)?;
+    let bandwidth = bytes(&f32_b1.shape) / (f32_b1.median_us * 1e3);
+    let points: Vec<(f64, f64)> = f32s
+        .iter()
+        .filter(|m| m.batch == min_batch && m.shape.applications == 1)
+        .map(|m| (bytes(&m.shape), m.median_us))
+        .collect();
+    let per_layer_us = intercept(&points);
+
+    // [[measured]]: per shape and batch, the fastest kernel of every precision. A profile entry is
+    // keyed by the stored weight shape, which cannot tell one convolution weight applied at two output
+    // sizes apart: such shapes get no entry (the analytic model prices them) and a note.
+    let mut notes = skip_notes(opts);
+    let mut applications: BTreeMap<(LayerKind, &[usize]), Vec<usize>> = BTreeMap::new();
+    for m in ms {
+        let a = applications
+            .entry((m.shape.kind, &m.shape.shape))
+            .or_default();
+        if !a.contains(&m.shape.applications) {
+            a.push(m.shape.applications);
+        }
+    }
+    for ((kind, shape), a) in applications.iter().filter(|(_, a)| a.len() > 1) {
+        notes.push(format!(
+            "{kind} {} is applied at {} different output sizes ({}); [[measured]] entries are keyed \
+             by weight shape only, so none is written for it",
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
+            a.len(),
+            a.iter().map(|n| format!("{n} pixels")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let mut measured = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (shape, batch) in ms.iter().map(|m| (&m.shape, m.batch)) {
+        if !seen.insert((shape, batch))
+            || applications[&(shape.kind, shape.shape.as_slice())].len() > 1
+        {
+            continue;
+        }
+        for (p, m) in best(ms, shape, batch) {
+            measured.push(MeasuredEntry {
+                kind: shape.kind,
+                shape: shape.shape.clone(),
+                batch,
+                weights: p,
+                act: "none".into(),
+                sparsity: "dense".into(),
+                us: round(m.median_us, 2),
+                spread_us: Some(round(m.spread_us, 2)),
+                kernel: Some(m.kernel.clone()),
+            });
+        }
+    }
+
+    // slow kernels: slower than f32 at the smallest batch on the largest shape where both ran.
+    let mut slow_kernels = Vec::new();
+    for k in &opts.kernels {
+        let name = k.name();
+        if name == "F32" {
+            continue;
+        }
+        let pair = ms
+            .iter()
+            .filter(|m| m.kernel == name && m.batch == min_batch)
+            .filter_map(|m| {
+                let f = ms
+                    .iter()
+                    .find(|o| o.kernel == "F32" && o.shape == m.shape && o.batch == m.batch)?;
+                Some((size(&m.shape), m.median_us, f.median_us))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0));
+        if let Some((_, us, f32_us)) = pair {
+            if us > 1.1 * f32_us {
+                slow_kernels.push(name);
+            }
+        }
+    }
+
+    let features = simd_features();
+    if !features.is_empty() {
+        notes.push(format!(
+            "CPU SIMD features detected: {}",
+            features.join(" ")
+        ));
+    }
+    notes.push(format!(
+        "timed kernels: F32 = x.matmul(w.t()) as candle-nn Linear; F16/BF16 = plain candle half matmul \
+         (BF16 widens to f32 on every call); QMatMul-F16/BF16 = QMatMul, which dequantizes the weight to \
+         f32 once; quantized types via QMatMul::forward (activations quantized on the fly); \
+         f16/bf16 entries use the faster of the two"
+    ));
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cpu_model();
+    let batches = opts
+        .batches
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let method = format!(
+        "measured by mpsearch calibrate: y = x·Wᵀ on candle-core {CANDLE_VERSION} CPU kernels with seeded \
+         N(0, 0.02) weights and N(0, 1) inputs; at least {} warm-up runs and {:.2} s of warm-up, then \
+         up to {} timed runs per kernel (stopping after {:.1} s once {} are done); median and interquartile range in µs; batch sizes \
+         [{batches}] (a convolution is timed as its im2col product, batch x output-pixel rows); \
+         [compute] GMAC/s from the largest shape ({}) at batch {max_batch}, int<b> from the fastest \
+         candle type of b bits there (see [calibration] bit_types); [memory] bandwidth_gbs is an \
+         effective figure: f32 weight bytes of the largest linear weight / its f32 batch-{min_batch} time; \
+         [overhead] per_layer_us is the least-squares intercept of f32 batch-{min_batch} time against \
+         weight bytes over the measured linear shapes, clamped to [0, smallest time]",
+        opts.warmup.max(1),
+        opts.warmup_seconds,
+        opts.repetitions.max(1),
+        opts.max_seconds,
+        MIN_REPETITIONS.min(opts.repetitions.max(1)),
+        largest.shape_string(),
+    );
+
+    Ok(ProfileFile {
+        profile: Header {
+            name: name.to_string(),
+            description: format!(
+                "This machine ({cpu}, {cores} threads) measured with candle-core {CANDLE_VERSION} CPU kernels"
+            ),
+            device: DeviceClass::Cpu,
+        },
+        provenance: Provenance {
+            sources: vec![
+                format!("candle-core {CANDLE_VERSION} (huggingface/candle) CPU and quantized kernels"),
+                "measured by mpsearch calibrate".into(),
+            ],
+            date: today(),
+            method,
+            cpu: Some(cpu),
+            cores: Some(cores),
+            candle_version: Some(CANDLE_VERSION.into()),
+            repetitions: Some(opts.repetitions.max(1)),
+        },
+        compute,
+        memory: Memory {
+            bandwidth_gbs: Spanned::new(0..0, round(bandwidth, 3).max(0.001)),
+        },
+        overhead: Overhead {
+            per_layer_us: round(per_layer_us, 2),
+        },
+        sparsity: SparsitySupport::default(),
+        fallback: BTreeMap::new(),
+        measured,
+        calibration: Some(Calibration {
+            bit_types,
+            slow_kernels,
+            notes,
+        }),
+    })
+}
+
+/// Least-squares intercept of `y` against `x`, clamped to [0, min y]; 0 without two distinct x.
+fn intercept(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let min_y = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    if points.len() < 2 || sxx <= 0.0 {
+        return 0.0;
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (my - sxy / sxx * mx).clamp(0.0, min_y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+    }
+
+    #[test]
+    fn quartiles() {
+        let mut t = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(median_iqr(&mut t), (3.0, 2.0));
+        let mut one = vec![7.0];
+        assert_eq!(median_iqr(&mut one), (7.0, 0.0));
+    }
+
+    #[test]
+    fn intercept_fits_a_line() {
+        let b = intercept(&[(1.0, 3.0), (2.0, 5.0), (3.0, 7.0)]);
+        assert!((b - 1.0).abs() < 1e-9);
+        assert_eq!(intercept(&[(1.0, 3.0)]), 0.0);
+        assert_eq!(intercept(&[(1.0, 1.0), (2.0, 5.0)]), 0.0);
+    }
+
+    #[test]
+    fn kernel_names_round_trip() {
+        for k in Kernel::all() {
+            assert_eq!(Kernel::from_name(&k.name()), Some(k));
+        }
+        assert_eq!(Kernel::Quant(GgmlDType::Q4K).name(), "Q4K");
+        assert_eq!(Kernel::Quant(GgmlDType::Q8_0).name(), "Q8_0");
+    }
+}
