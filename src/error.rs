@@ -66,6 +66,11 @@ pub enum Error {
     #[error("{message}")]
     NotFound { message: String },
 
+    // ---- evaluation ----
+    /// An evaluation that could not be done or gave no usable number.
+    #[error("evaluation: {message}")]
+    Eval { message: String },
+
     // ---- candle ----
     /// An error from candle's kernels.
     #[error("candle: {0}")]
