@@ -55,6 +55,29 @@ pub enum Error {
     /// A model that cannot be found, read or understood.
     #[error("model {}: {message}", path.display())]
     Model { path: PathBuf, message: String },
+    /// A weight tensor that does not fit the architecture: missing, unexpected, or of the wrong shape or
+    /// dtype (`message` gives both shapes or dtypes).
+    #[error("model {model}: tensor `{tensor}`: {message}")]
+    Tensor {
+        model: String,
+        tensor: String,
+        message: String,
+    },
+    /// A layer name that the model does not have.
+    #[error("model {model} has no layer `{layer}`; its layers are: {}", known.join(", "))]
+    UnknownLayer {
+        model: String,
+        layer: String,
+        known: Vec<String>,
+    },
+    /// Model input of the wrong kind or shape.
+    #[error("model {model}: {message}")]
+    Input { model: String, message: String },
+
+    // ---- data ----
+    /// An embedded or loaded data set that is malformed, or a request it cannot serve.
+    #[error("data set {name}: {message}")]
+    Data { name: String, message: String },
 
     // ---- cost ----
     /// A budget outside what the search space can reach under the profile.

@@ -1,10 +1,25 @@
-//! The embedded demo: a small CNN for the 8×8 digits data set.
+//! # The embedded demo: a small CNN for the 8×8 digits data set
 //!
 //! Architecture (input 1×8×8): conv1 3×3, 1→16, padding 1, ReLU; conv2 3×3, 16→32, padding 1, ReLU;
 //! 2×2 max-pool to 32×4×4; fc1 512→64, ReLU; fc2 64→10. Both convolutions keep the 8×8 size, so each
-//! applies its kernel at 64 output pixels.
+//! applies its kernel at 64 output pixels. All layers have biases.
+//!
+//! [`DemoModel::embedded`] loads the shipped weights (`demo.safetensors`, trained by [`train`] from
+//! [`SEED`] for [`EPOCHS`] epochs on [`Digits`](crate::data::Digits)' training split). To regenerate them:
+//! `cargo test --release -- --ignored regenerate_demo_weights` (or `scripts/train-demo.sh`).
 
-use super::{Inventory, ModelKind};
+mod train;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+pub use train::{train, Trained, EPOCHS, SEED};
+
+use super::{Batch, ForwardCtx, Inventory, Model, ModelKind};
+use crate::data::{Split, SIDE};
+use crate::error::{Error, Result};
 use crate::space::{LayerInfo, LayerKind};
 
 /// Output pixels of each convolution.
@@ -34,5 +49,279 @@ pub fn inventory() -> Inventory {
             layer("fc1", LayerKind::Linear, &[64, 512], 1),
             layer("fc2", LayerKind::Linear, &[10, 64], 1),
         ],
+    }
+}
+
+// ---- the model ----
+
+/// What the fingerprint hashes besides the weights: the architecture and the forward's conventions.
+/// Change it whenever the forward computes something else from the same weights.
+pub const ARCHITECTURE_TAG: &str =
+    "mpsearch demo-cnn v1: conv3x3(1->16,pad1)+relu, conv3x3(16->32,pad1)+relu, maxpool2, fc(512->64)+relu, fc(64->10)";
+
+/// Name of the shipped weights, used in error messages.
+pub const WEIGHTS_NAME: &str = "demo.safetensors";
+
+/// The shipped weights: f32, trained by [`train`] with [`SEED`] and [`EPOCHS`].
+static WEIGHTS: &[u8] = include_bytes!("demo.safetensors");
+
+/// One layer's parameters.
+#[derive(Clone, Debug)]
+pub(crate) struct Params {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+}
+
+/// The demo CNN with its weights, on the CPU.
+///
+/// Its forward asks the [`ForwardCtx`] for every layer's weight and input. The *input* of a layer is
+/// the tensor the layer is applied to: for a convolution its input feature map (`conv1`: the images
+/// `[n, 1, 8, 8]`; `conv2`: conv1's activations `[n, 16, 8, 8]`), for a linear layer its input vectors
+/// (`fc1`: the pooled, flattened features `[n, 512]`; `fc2`: `[n, 64]`).
+#[derive(Clone, Debug)]
+pub struct DemoModel {
+    inventory: Inventory,
+    /// In inventory order.
+    params: Vec<Params>,
+    fingerprint: blake3::Hash,
+}
+
+impl DemoModel {
+    /// The shipped, trained model.
+    pub fn embedded() -> Result<DemoModel> {
+        DemoModel::from_safetensors(WEIGHTS, WEIGHTS_NAME)
+    }
+
+    /// A model from safetensors bytes holding exactly the f32 tensors of [`tensor_shapes`];
+    /// `name` names the source in errors. A missing, extra or mis-shaped tensor is an error that names
+    /// the tensor (and both shapes).
+    pub fn from_safetensors(bytes: &[u8], name: &str) -> Result<DemoModel> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::Model {
+            path: name.into(),
+            message: format!("not a valid safetensors file ({e})"),
+        })?;
+        let expected = tensor_shapes();
+        if let Some(extra) = file
+            .names()
+            .into_iter()
+            .find(|n| !expected.iter().any(|(e, _)| e == n))
+        {
+            return Err(tensor_error(
+                name,
+                extra,
+                "not a tensor of the demo architecture".into(),
+            ));
+        }
+        let params = inventory()
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Params {
+                    weight: load_f32(&file, name, &format!("{}.weight", l.name), &l.shape)?,
+                    bias: load_f32(&file, name, &format!("{}.bias", l.name), &[l.shape[0]])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        DemoModel::from_params(params)
+    }
+
+    /// A model from parameters in inventory order (their shapes already checked).
+    pub(crate) fn from_params(params: Vec<Params>) -> Result<DemoModel> {
+        let fingerprint = fingerprint(&params)?;
+        Ok(DemoModel {
+            inventory: inventory(),
+            params,
+            fingerprint,
+        })
+    }
+
+    /// The parameters as a safetensors file (f32, names as in [`tensor_shapes`]), with one metadata
+    /// entry `mpsearch` holding `note`.
+    pub fn to_safetensors(&self, note: &str) -> Result<Vec<u8>> {
+        let names = tensor_shapes();
+        let tensors = self.params.iter().flat_map(|p| [&p.weight, &p.bias]);
+        let data: Vec<(&str, &Tensor)> =
+            names.iter().map(|(n, _)| n.as_str()).zip(tensors).collect();
+        let meta = HashMap::from([("mpsearch".to_string(), note.to_string())]);
+        safetensors::serialize(data, Some(meta)).map_err(|e| Error::Model {
+            path: WEIGHTS_NAME.into(),
+            message: format!("cannot serialize the weights ({e})"),
+        })
+    }
+
+    /// The bias of a compressible layer (kept in f32 by every choice).
+    pub fn bias(&self, layer: &str) -> Result<Tensor> {
+        Ok(self.params[self.layer_index(layer)?].bias.clone())
+    }
+
+    fn layer_index(&self, layer: &str) -> Result<usize> {
+        self.inventory
+            .layers
+            .iter()
+            .position(|l| l.name == layer)
+            .ok_or_else(|| Error::UnknownLayer {
+                model: self.inventory.name.clone(),
+                layer: layer.to_string(),
+                known: self
+                    .inventory
+                    .layers
+                    .iter()
+                    .map(|l| l.name.clone())
+                    .collect(),
+            })
+    }
+}
+
+impl Model for DemoModel {
+    fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    fn weight(&self, layer: &str) -> Result<Tensor> {
+        Ok(self.params[self.layer_index(layer)?].weight.clone())
+    }
+
+    fn forward(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+        let images = match batch {
+            Batch::Images(t) => t,
+            Batch::Tokens { .. } => return Err(input_error("takes images, not tokens".into())),
+        };
+        match images.dims() {
+            [_, 1, SIDE, SIDE] if images.dtype() == DType::F32 => {
+                forward(&self.params, images, ctx)
+            }
+            dims => Err(input_error(format!(
+                "takes f32 images [n, 1, {SIDE}, {SIDE}], got {:?} {dims:?}",
+                images.dtype()
+            ))),
+        }
+    }
+
+    fn fingerprint(&self) -> blake3::Hash {
+        self.fingerprint
+    }
+}
+
+/// The forward pass, shared by [`DemoModel::forward`] and [`train`]: logits `[n, 10]`.
+pub(crate) fn forward(params: &[Params], x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+    let [conv1, conv2, fc1, fc2] = params else {
+        unreachable!("the demo has four layers");
+    };
+    let x = conv(conv1, "conv1", x, ctx)?.relu()?;
+    let x = conv(conv2, "conv2", &x, ctx)?.relu()?;
+    let x = x.max_pool2d(2)?.flatten_from(1)?;
+    let x = linear(fc1, "fc1", &x, ctx)?.relu()?;
+    linear(fc2, "fc2", &x, ctx)
+}
+
+/// 3×3 convolution, stride 1, padding 1, plus bias.
+fn conv(p: &Params, name: &str, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+    let x = ctx.input(name, x)?;
+    let w = layer_weight(p, name, ctx)?;
+    let y = x.conv2d(w, 1, 1, 1, 1)?;
+    Ok(y.broadcast_add(&p.bias.reshape((1, (), 1, 1))?)?)
+}
+
+/// `x Wᵀ + b`.
+fn linear(p: &Params, name: &str, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+    let x = ctx.input(name, x)?;
+    let w = layer_weight(p, name, ctx)?;
+    Ok(x.matmul(&w.t()?)?.broadcast_add(&p.bias)?)
+}
+
+/// The layer's weight from the context, which must keep the original's shape.
+fn layer_weight<'t>(p: &'t Params, name: &str, ctx: &'t ForwardCtx) -> Result<&'t Tensor> {
+    let w = ctx.weight(name, &p.weight);
+    if w.dims() != p.weight.dims() {
+        let message = format!(
+            "override weight of shape {:?}, expected {:?}",
+            w.dims(),
+            p.weight.dims()
+        );
+        return Err(tensor_error("demo", &format!("{name}.weight"), message));
+    }
+    Ok(w)
+}
+
+/// Names and shapes of the stored tensors, in inventory order: `<layer>.weight`, `<layer>.bias`.
+pub fn tensor_shapes() -> Vec<(String, Vec<usize>)> {
+    inventory()
+        .layers
+        .iter()
+        .flat_map(|l| {
+            [
+                (format!("{}.weight", l.name), l.shape.clone()),
+                (format!("{}.bias", l.name), vec![l.shape[0]]),
+            ]
+        })
+        .collect()
+}
+
+/// The f32 tensor `tensor` of `file` (named `source` in errors), which must have `shape`.
+fn load_f32(file: &SafeTensors, source: &str, tensor: &str, shape: &[usize]) -> Result<Tensor> {
+    let view = file
+        .tensor(tensor)
+        .map_err(|_| tensor_error(source, tensor, format!("missing (expected F32 {shape:?})")))?;
+    if view.dtype() != Dtype::F32 {
+        let message = format!("dtype F32 expected, found {:?}", view.dtype());
+        return Err(tensor_error(source, tensor, message));
+    }
+    if view.shape() != shape {
+        let message = format!("shape {shape:?} expected, found {:?}", view.shape());
+        return Err(tensor_error(source, tensor, message));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// blake3 of [`ARCHITECTURE_TAG`] and every tensor's name, shape and little-endian f32 bytes.
+fn fingerprint(params: &[Params]) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update(ARCHITECTURE_TAG.as_bytes());
+    let tensors = params.iter().flat_map(|p| [&p.weight, &p.bias]);
+    for ((name, shape), t) in tensor_shapes().iter().zip(tensors) {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        for &d in shape {
+            h.update(&(d as u64).to_le_bytes());
+        }
+        for v in t.flatten_all()?.to_vec1::<f32>()? {
+            h.update(&v.to_le_bytes());
+        }
+    }
+    Ok(h.finalize())
+}
+
+/// Top-1 accuracy of `model` on `split` (batches of 256), with `ctx` applied to every batch.
+pub fn accuracy(model: &dyn Model, split: &Split, ctx: &ForwardCtx) -> Result<f64> {
+    let mut correct = 0u64;
+    for b in split.batches(256)? {
+        let (batch, labels) = b?;
+        let predicted = model.forward(&batch, ctx)?.argmax(1)?;
+        correct += predicted
+            .eq(&labels)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as u64;
+    }
+    Ok(correct as f64 / split.len().max(1) as f64)
+}
+
+fn tensor_error(model: &str, tensor: &str, message: String) -> Error {
+    Error::Tensor {
+        model: model.to_string(),
+        tensor: tensor.to_string(),
+        message,
+    }
+}
+
+fn input_error(message: String) -> Error {
+    Error::Input {
+        model: "demo".into(),
+        message,
     }
 }

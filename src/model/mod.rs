@@ -1,14 +1,15 @@
 //! # Models
 //!
 //! Where a model comes from (`--model demo` or a Hugging Face folder) and its layer inventory, read
-//! without running it. Later: candle forward passes with replaced weights.
+//! without running it; the [`Model`] trait and the embedded, trained demo CNN ([`DemoModel`]).
 
-mod demo;
+pub mod demo;
 pub mod forward;
 mod inventory;
 
 use std::path::{Path, PathBuf};
 
+pub use demo::DemoModel;
 pub use forward::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
 pub use inventory::{read_safetensors_header, TensorEntry};
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cost;
+mod demo;
 mod profiles;
 mod space;
 mod util;
