@@ -505,17 +505,15 @@ impl HardwareProfile {
             return *p;
         }
         // The next wider integer precisions, then f16, then f32 (no allocation: this is on the hot path).
-        let wider_ints = match want {
-            Precision::Int(b) => (b + 1)..=8,
-            _ => 1..=0,
-        };
+        let wider_ints = (2..=8u8)
+            .filter(move |&k| matches!(want, Precision::Int(b) if k > b))
+            .map(Precision::Int);
         let floats: &[Precision] = match want {
             Precision::Int(_) => &[Precision::F16, Precision::F32],
             Precision::F16 | Precision::Bf16 => &[Precision::F32],
             Precision::F32 => &[],
         };
         wider_ints
-            .map(Precision::Int)
             .chain(floats.iter().copied())
             .find(|p| self.gmacs.contains_key(p))
             .unwrap_or(Precision::F32)
