@@ -8,6 +8,7 @@
 
 pub mod compress;
 pub mod cost;
+pub mod data;
 pub mod model;
 pub mod error;
 pub mod shipped;
