@@ -55,6 +55,9 @@ pub enum Error {
     /// A model that cannot be found, read or understood.
     #[error("model {}: {message}", path.display())]
     Model { path: PathBuf, message: String },
+    /// A layer given something it cannot use while running (an override weight of the wrong shape…).
+    #[error("layer `{layer}`: {message}")]
+    Layer { layer: String, message: String },
 
     // ---- cost ----
     /// A budget outside what the search space can reach under the profile.

@@ -1,14 +1,16 @@
 //! # Models
 //!
 //! Where a model comes from (`--model demo` or a Hugging Face folder) and its layer inventory, read
-//! without running it. Later: candle forward passes with replaced weights.
+//! without running it, and the architectures whose forward passes the project owns ([`bert`]).
 
+pub mod bert;
 mod demo;
 pub mod forward;
 mod inventory;
 
 use std::path::{Path, PathBuf};
 
+pub use bert::{BertConfig, BertEncoder};
 pub use forward::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
 pub use inventory::{read_safetensors_header, TensorEntry};
 
