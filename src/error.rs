@@ -78,6 +78,9 @@ pub enum Error {
     /// An embedded or loaded data set that is malformed, or a request it cannot serve.
     #[error("data set {name}: {message}")]
     Data { name: String, message: String },
+    /// A layer given something it cannot use while running (an override weight of the wrong shape…).
+    #[error("layer `{layer}`: {message}")]
+    Layer { layer: String, message: String },
 
     // ---- cost ----
     /// A budget outside what the search space can reach under the profile.

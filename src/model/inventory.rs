@@ -100,7 +100,7 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// The model's safetensors files: `model.safetensors`, or the shards of `model.safetensors.index.json`.
-fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);

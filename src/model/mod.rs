@@ -1,14 +1,17 @@
 //! # Models
 //!
 //! Where a model comes from (`--model demo` or a Hugging Face folder) and its layer inventory, read
-//! without running it; the [`Model`] trait and the embedded, trained demo CNN ([`DemoModel`]).
+//! without running it; the [`Model`] trait and the architectures whose forward passes the project owns:
+//! the embedded, trained demo CNN ([`DemoModel`]) and BERT-family encoders ([`bert`]).
 
+pub mod bert;
 pub mod demo;
 pub mod forward;
 mod inventory;
 
 use std::path::{Path, PathBuf};
 
+pub use bert::{BertConfig, BertEncoder};
 pub use demo::DemoModel;
 pub use forward::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
 pub use inventory::{read_safetensors_header, TensorEntry};

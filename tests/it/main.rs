@@ -1,6 +1,7 @@
 //! Integration tests, compiled as one crate. Each area has its own module; `util` builds temporary
 //! model folders and runs the real binary.
 
+mod bert;
 mod cli;
 mod cost;
 mod demo;
