@@ -145,13 +145,7 @@ pub fn from_folder(dir: &Path) -> Result<Inventory> {
         tensors.extend(read_safetensors_header(&f)?);
     }
     tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    let layers = layers_from_tensors(&tensors);
-    if layers.is_empty() {
-        return Err(model_error(
-            dir,
-            "its safetensors file has no 2-D or 4-D `*.weight` tensor: nothing to compress",
-        ));
-    }
+    let mut layers = layers_from_tensors(&tensors);
     let kind = if config
         .architectures
         .iter()
@@ -161,6 +155,17 @@ pub fn from_folder(dir: &Path) -> Result<Inventory> {
     } else {
         ModelKind::Encoder
     };
+    if kind == ModelKind::Encoder {
+        // An encoder's output is the mean of its last hidden states (as sentence-transformers pools):
+        // the pooler and any task head are never run, so they are neither compressed nor costed.
+        layers.retain(|l| !is_head(&l.name));
+    }
+    if layers.is_empty() {
+        return Err(model_error(
+            dir,
+            "its safetensors file has no 2-D or 4-D `*.weight` tensor: nothing to compress",
+        ));
+    }
     let architecture = config
         .model_type
         .clone()
@@ -206,6 +211,12 @@ pub fn layers_from_tensors(tensors: &[TensorEntry]) -> Vec<LayerInfo> {
             })
         })
         .collect()
+}
+
+/// The pooler and task heads of a Hugging Face encoder (`pooler.*`, `cls.*`, `classifier*`).
+fn is_head(name: &str) -> bool {
+    let n = name.split_once('.').filter(|(p, _)| matches!(*p, "bert" | "roberta" | "electra")).map_or(name, |(_, r)| r);
+    n.starts_with("pooler.") || n.starts_with("cls.") || n.starts_with("classifier")
 }
 
 fn is_embedding(name: &str) -> bool {

@@ -199,14 +199,15 @@ fn bert_base_fits_a_minilm_shaped_folder() {
     let dir = Dir::new();
     let folder = crate::util::minilm_folder(&dir);
     let inv = mpsearch::model::inventory(&mpsearch::model::ModelSource::Folder(folder)).unwrap();
-    // 3 embeddings + 6 × 6 linear + pooler.
-    assert_eq!(inv.layers.len(), 40);
+    // 3 embeddings + 6 × 6 linear; the pooler is never run by an encoder.
+    assert_eq!(inv.layers.len(), 39);
+    assert!(inv.layers.iter().all(|l| !l.name.starts_with("pooler")));
     // Natural order: layer 2 before layer 10 would hold; names within a block sort alphabetically.
     assert_eq!(inv.layers[0].name, "embeddings.position_embeddings");
     assert!(inv.layers.iter().any(|l| l.name == "encoder.layer.5.attention.self.query"));
     let s = mpsearch::shipped::space("bert-base", &inv.layers).unwrap();
-    // 6 blocks × (qkv + attention.output + intermediate + output) + word embeddings + pooler + 2 excluded.
-    assert_eq!(s.groups.len(), 6 * 4 + 4);
+    // 6 blocks × (qkv + attention.output + intermediate + output) + word embeddings + 2 excluded.
+    assert_eq!(s.groups.len(), 6 * 4 + 3);
     let word_layer = s.layers.iter().find(|l| l.info.name == "embeddings.word_embeddings").unwrap();
     let word = &s.groups[word_layer.group];
     assert!(word.choices.iter().all(|c| c.sparsity == mpsearch::space::Sparsity::None));
