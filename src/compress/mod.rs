@@ -21,6 +21,7 @@
 //! Each file's docs give its formulas and references; `apply.rs` gives the order of the steps and why.
 
 mod matrix;
+pub mod prune;
 mod quant;
 
 pub use matrix::WeightMatrix;
