@@ -20,10 +20,12 @@
 //!
 //! Each file's docs give its formulas and references; `apply.rs` gives the order of the steps and why.
 
+mod lowrank;
 mod matrix;
 pub mod prune;
 mod quant;
 
+pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;
 pub use quant::{quantize_weight, IntGrid, QuantizedWeight, ScaleMethod, MSE_CLIP_RATIOS};
 
