@@ -20,23 +20,13 @@
 //!
 //! Each file's docs give its formulas and references; `apply.rs` gives the order of the steps and why.
 
+mod activation;
 mod lowrank;
 mod matrix;
 pub mod prune;
 mod quant;
 
+pub use activation::{activation_params, calibrate_range, quantize_activation, RangeMethod};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;
 pub use quant::{quantize_weight, IntGrid, QuantizedWeight, ScaleMethod, MSE_CLIP_RATIOS};
-
-use candle_core::Tensor;
-
-use crate::error::Result;
-use crate::space::ActQuant;
-
-/// Fake-quantizes activations `x` to int8 (affine, range from `range` for static quantization or from
-/// `x` itself for dynamic), returning dequantized f32 values.
-pub fn quantize_activation(x: &Tensor, act: ActQuant, range: Option<(f32, f32)>) -> Result<Tensor> {
-    let _ = (act, range);
-    Ok(x.clone())
-}
