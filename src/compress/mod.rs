@@ -21,12 +21,14 @@
 //! Each file's docs give its formulas and references; `apply.rs` gives the order of the steps and why.
 
 mod activation;
+mod apply;
 mod lowrank;
 mod matrix;
 pub mod prune;
 mod quant;
 
 pub use activation::{activation_params, calibrate_range, quantize_activation, RangeMethod};
+pub use apply::{apply_choice, compress_factors, CompressedWeight};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;
 pub use quant::{quantize_weight, IntGrid, QuantizedWeight, ScaleMethod, MSE_CLIP_RATIOS};
