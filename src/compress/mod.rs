@@ -22,6 +22,7 @@
 
 mod activation;
 mod apply;
+mod cache;
 mod lowrank;
 mod matrix;
 pub mod prune;
@@ -29,6 +30,7 @@ mod quant;
 
 pub use activation::{activation_params, calibrate_range, quantize_activation, RangeMethod};
 pub use apply::{apply_choice, compress_factors, CompressedWeight};
+pub use cache::{CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;
 pub use quant::{quantize_weight, IntGrid, QuantizedWeight, ScaleMethod, MSE_CLIP_RATIOS};
