@@ -2,6 +2,7 @@
 //! model folders and runs the real binary.
 
 mod cli;
+mod compress;
 mod cost;
 mod profiles;
 mod space;
