@@ -5,6 +5,8 @@
 //! compressed weight of each `(layer name, choice, scale method)` it has computed, up to a byte budget,
 //! and evicts the least recently used entries beyond it.
 //!
+//! - **Key**: the activation part of a choice is left out of the key, since it does not change the
+//!   weight.
 //! - **One cache per model**: the key names the layer, not the weight's bytes, so a cache must not be
 //!   shared between models.
 //! - **Threads**: the cache is `Sync`; a `Mutex` guards the map only for lookups and insertions, and
@@ -28,7 +30,7 @@ use lru::LruCache;
 use super::apply::apply_choice;
 use super::quant::ScaleMethod;
 use crate::error::{Error, Result};
-use crate::space::Choice;
+use crate::space::{ActQuant, Choice};
 
 /// Default byte budget of a [`CompressCache`]: 1 GiB.
 pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
@@ -37,8 +39,24 @@ pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub layer: String,
+    /// The choice with its activation part cleared: activation quantization does not change the
+    /// weight, so `int4-sym-g32` and `int4-sym-g32+act8-static` share one entry.
     pub choice: Choice,
     pub scale: ScaleMethod,
+}
+
+impl CacheKey {
+    /// The key of `(layer, choice, scale)`.
+    pub fn new(layer: &str, choice: &Choice, scale: ScaleMethod) -> CacheKey {
+        CacheKey {
+            layer: layer.to_string(),
+            choice: Choice {
+                act: ActQuant::None,
+                ..*choice
+            },
+            scale,
+        }
+    }
 }
 
 /// Counters and occupancy of a [`CompressCache`].
@@ -123,11 +141,7 @@ impl CompressCache {
         scale: ScaleMethod,
         compute: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let key = CacheKey {
-            layer: layer.to_string(),
-            choice: *choice,
-            scale,
-        };
+        let key = CacheKey::new(layer, choice, scale);
         {
             let mut inner = self.lock();
             if let Some(t) = inner.map.get(&key).cloned() {
@@ -160,11 +174,7 @@ impl CompressCache {
 
     /// Whether `(layer, choice, scale)` is held (does not count as a use).
     pub fn contains(&self, layer: &str, choice: &Choice, scale: ScaleMethod) -> bool {
-        let key = CacheKey {
-            layer: layer.to_string(),
-            choice: *choice,
-            scale,
-        };
+        let key = CacheKey::new(layer, choice, scale);
         self.lock().map.contains(&key)
     }
 

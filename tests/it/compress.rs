@@ -741,8 +741,9 @@ fn cache_hits_and_evicts_by_bytes_in_lru_order() {
     }
     get("e"); // evicts c
     assert!(!cache.contains("c", &choice, ScaleMethod::MinMax));
-    // Another scale method is another key.
+    // Another scale method is another key; activation quantization is not part of the weight's key.
     assert!(!cache.contains("a", &choice, ScaleMethod::Mse));
+    assert!(cache.contains("a", &c("int8-sym-channel+act8-static"), ScaleMethod::MinMax));
     // Too big to keep: computed, returned, not stored.
     let big = cache
         .get_or_compute("huge", &choice, ScaleMethod::MinMax, || {
