@@ -8,6 +8,8 @@
 //! q  = clamp(round(x / s) + z, 0, 255),   x' = (q − z) · s
 //! ```
 //!
+//! rounding to nearest with ties to even, as the weight quantizer does.
+//!
 //! Inside the range the error is at most `s/2` per element; outside it values clamp to the nearest
 //! end of the grid. A range of width zero (`lo = hi = 0`) maps everything to 0.
 //!
@@ -30,6 +32,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::quant::{code, round_even};
 use crate::error::{Error, Result};
 use crate::space::ActQuant;
 
@@ -52,7 +55,7 @@ pub fn activation_params(lo: f32, hi: f32) -> Option<(f32, f32)> {
         return None;
     }
     let s = (hi - lo) / QMAX;
-    let z = (-lo / s).round().clamp(0.0, QMAX);
+    let z = round_even(-lo / s).clamp(0.0, QMAX);
     Some((s, z))
 }
 
@@ -77,8 +80,7 @@ pub fn quantize_activation(x: &Tensor, act: ActQuant, range: Option<(f32, f32)>)
         None => vec![0.0; values.len()],
         Some((s, z)) => values
             .iter()
-            .map(|&v| ((v / s).round() + z).clamp(0.0, QMAX) - z)
-            .map(|q| q * s)
+            .map(|&v| (code(v, s, z, 0.0, QMAX) - z) * s)
             .collect(),
     };
     Ok(Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(x.dtype())?)

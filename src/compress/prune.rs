@@ -79,22 +79,22 @@ pub fn nm_mask(w: &WeightMatrix, n: u8, m: u8) -> Result<Vec<bool>> {
     }
     let (n, m) = (usize::from(n), usize::from(m));
     let mut keep = vec![false; w.len()];
-    let data = w.data();
-    let mut order: Vec<usize> = Vec::with_capacity(m);
     for r in 0..w.rows() {
-        let base = r * w.cols();
-        let mut start = 0;
-        while start < w.cols() {
-            let len = m.min(w.cols() - start);
-            let kept = (n * len).div_ceil(m);
-            order.clear();
-            order.extend(base + start..base + start + len);
-            // Largest first: reverse of the "less important" order.
-            order.sort_unstable_by(|&a, &b| by_magnitude(data, b, a));
-            for &i in &order[..kept] {
-                keep[i] = true;
+        let row = w.row(r);
+        let flags = &mut keep[r * w.cols()..(r + 1) * w.cols()];
+        for (vals, flags) in row.chunks(m).zip(flags.chunks_mut(m)) {
+            let kept = (n * vals.len()).div_ceil(m);
+            // A value is kept when fewer than `kept` values of its run are more important than it
+            // (larger |w|, or equal |w| at a later position): O(M²) comparisons, no sorting.
+            for (i, (flag, x)) in flags.iter_mut().zip(vals).enumerate() {
+                let x = x.abs();
+                let above = vals
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, v)| v.abs() > x || (v.abs() == x && j > i))
+                    .count();
+                *flag = above < kept;
             }
-            start += len;
         }
     }
     Ok(keep)

@@ -4,7 +4,7 @@
 //! ([`WeightMatrix`]). For a scale group with scale `s > 0` and zero point `z`:
 //!
 //! ```text
-//! q  = clamp(round(x / s) + z, qmin, qmax)        round = half away from zero
+//! q  = clamp(round(x / s) + z, qmin, qmax)        round = to nearest, ties to even
 //! x' = (q − z) · s
 //! ```
 //!
@@ -33,8 +33,13 @@
 //! asymmetric code is `q` itself; a symmetric code is stored as `q + 2^(b−1)` and its zero point is
 //! recorded as `2^(b−1)`, so that both schemes dequantize with the same `x' = (c − z) · s`.
 //!
+//! Rounding is to nearest with ties to even, as `std::nearbyint` in PyTorch's fake quantization, and
+//! is computed without a libm call (adding and subtracting 1.5·2²³), so the loops vectorise.
+//!
 //! **Masks**: when a pruning mask is given, scales are fitted to the surviving (kept) weights only,
-//! and pruned positions get code `z` (dequantizing to exactly 0).
+//! and pruned positions get code `z` (dequantizing to exactly 0). Because every range includes zero
+//! and zero quantizes to exactly zero, this is the same as quantizing the weights with the pruned
+//! ones set to zero, which is how it is computed.
 //!
 //! The float formats are not integer quantization: f16 and bf16 round every value through candle's
 //! `to_dtype` (round to nearest even), f32 is the identity.
@@ -125,37 +130,54 @@ impl IntGrid {
         }
     }
 
-    /// Scale and zero point for values in `lo..=hi` (with `lo ≤ 0 ≤ hi`) shrunk by `ratio`.
-    fn params(&self, lo: f32, hi: f32, ratio: f32) -> (f32, i32) {
-        let (qmin, qmax) = self.qrange();
+    /// Scale and zero point (an integer-valued f32) for values in `lo..=hi` (with `lo ≤ 0 ≤ hi`)
+    /// shrunk by `ratio`.
+    fn params(&self, lo: f32, hi: f32, ratio: f32) -> (f32, f32) {
+        let (_, qmax) = self.qrange();
+        let qmax = qmax as f32;
         match self.scheme {
             QuantScheme::Symmetric => {
                 let amax = lo.abs().max(hi.abs()) * ratio;
                 if amax > 0.0 {
-                    (amax / qmax as f32, 0)
+                    (amax / qmax, 0.0)
                 } else {
-                    (1.0, 0)
+                    (1.0, 0.0)
                 }
             }
             QuantScheme::Asymmetric => {
                 let (lo, hi) = (lo * ratio, hi * ratio);
                 if hi > lo {
-                    let s = (hi - lo) / qmax as f32;
-                    let z = ((-lo / s).round() as i32).clamp(qmin, qmax);
-                    (s, z)
+                    let s = (hi - lo) / qmax;
+                    (s, round_even(-lo / s).clamp(0.0, qmax))
                 } else {
-                    (1.0, 0)
+                    (1.0, 0.0)
                 }
             }
         }
     }
 
-    /// The code of `x`: `clamp(round(x / s) + z, qmin, qmax)`.
-    #[inline]
-    fn code(&self, x: f32, s: f32, z: i32) -> i32 {
+    /// The grid's code bounds as f32.
+    fn bounds(&self) -> (f32, f32) {
         let (qmin, qmax) = self.qrange();
-        ((x / s).round() as i32 + z).clamp(qmin, qmax)
+        (qmin as f32, qmax as f32)
     }
+}
+
+/// Round to nearest, ties to even, for `|v| ≤ 2²²`: adding 1.5·2²³ lands in [2²³, 2²⁴], where f32
+/// steps are 1, so IEEE round-to-nearest-even does the rounding; subtracting it back is exact.
+#[inline]
+pub(crate) fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// The code `clamp(round(x / s) + z, qmin, qmax)`, as an integer-valued f32. `x / s` is first clamped
+/// to `qmin − z − 1 … qmax − z + 1`, which the outer clamp makes harmless and which keeps
+/// [`round_even`] in its range.
+#[inline]
+pub(crate) fn code(x: f32, s: f32, z: f32, qmin: f32, qmax: f32) -> f32 {
+    let t = (x / s).clamp(qmin - z - 1.0, qmax - z + 1.0);
+    (round_even(t) + z).clamp(qmin, qmax)
 }
 
 /// A weight in integer form: codes, per-group scales and zero points.
@@ -222,23 +244,31 @@ impl QuantizedWeight {
                 )));
             }
         }
+        // Pruned weights as zeros: zero is in every range and quantizes to exactly zero.
+        let masked: Vec<f32>;
+        let data = match keep {
+            Some(k) => {
+                masked = m
+                    .data()
+                    .iter()
+                    .zip(k)
+                    .map(|(&x, &k)| if k { x } else { 0.0 })
+                    .collect();
+                &masked
+            }
+            None => m.data(),
+        };
         let groups = groups(m.rows(), m.cols(), granularity);
-        let offset = grid.storage_offset();
+        let offset = grid.storage_offset() as f32;
+        let (qmin, qmax) = grid.bounds();
         let mut codes = vec![0u8; m.len()];
         let mut scales = Vec::with_capacity(groups.len());
         let mut zero_points = Vec::with_capacity(groups.len());
-        let data = m.data();
         for span in groups {
             let xs = &data[span.clone()];
-            let ks = keep.map(|k| &k[span.clone()]);
-            let (s, z) = fit_group(&grid, xs, ks, method);
-            for (i, (c, &x)) in codes[span].iter_mut().zip(xs).enumerate() {
-                let q = if ks.is_none_or(|k| k[i]) {
-                    grid.code(x, s, z)
-                } else {
-                    z
-                };
-                *c = (q + offset) as u8;
+            let (s, z) = fit_group(&grid, xs, method);
+            for (c, &x) in codes[span].iter_mut().zip(xs) {
+                *c = (code(x, s, z, qmin, qmax) + offset) as u8;
             }
             scales.push(s);
             zero_points.push((z + offset) as u8);
@@ -369,38 +399,50 @@ pub(crate) fn groups(rows: usize, cols: usize, granularity: Granularity) -> Vec<
     }
 }
 
-/// Scale and zero point of one group (values `xs`, kept flags `keep`).
-fn fit_group(grid: &IntGrid, xs: &[f32], keep: Option<&[bool]>, method: ScaleMethod) -> (f32, i32) {
-    let kept = |i: usize| keep.is_none_or(|k| k[i]);
-    let (mut lo, mut hi) = (0.0f32, 0.0f32);
-    for (i, &x) in xs.iter().enumerate() {
-        if kept(i) {
-            lo = lo.min(x);
-            hi = hi.max(x);
-        }
-    }
+/// Scale and zero point of one group of values.
+fn fit_group(grid: &IntGrid, xs: &[f32], method: ScaleMethod) -> (f32, f32) {
+    let (lo, hi) = xs
+        .iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     let full = grid.params(lo, hi, 1.0);
     if method == ScaleMethod::MinMax || lo == hi {
         return full;
     }
     // From ratio 1 down; a later ratio must be strictly better to win, so ties keep the larger range.
+    let (qmin, qmax) = grid.bounds();
     let mut best = full;
     let mut best_err = f64::INFINITY;
     for &ratio in MSE_CLIP_RATIOS.iter().rev() {
         let (s, z) = grid.params(lo, hi, ratio);
-        let mut err = 0.0f64;
-        for (i, &x) in xs.iter().enumerate() {
-            if kept(i) {
-                let d = x - (grid.code(x, s, z) - z) as f32 * s;
-                err += f64::from(d * d);
-            }
-        }
+        let err = squared_error(xs, s, z, qmin, qmax);
         if err < best_err {
             best_err = err;
             best = (s, z);
         }
     }
     best
+}
+
+/// `Σ (x − x')²` over `xs` quantized with `(s, z)`: eight f32 lanes over blocks of 256 values, each
+/// block's sum added in f64 (a fixed order, so the result is deterministic, and the loop vectorises).
+fn squared_error(xs: &[f32], s: f32, z: f32, qmin: f32, qmax: f32) -> f64 {
+    let err = |x: f32| {
+        let d = x - (code(x, s, z, qmin, qmax) - z) * s;
+        d * d
+    };
+    let mut total = 0.0f64;
+    for block in xs.chunks(256) {
+        let mut lanes = [0.0f32; 8];
+        let mut chunks = block.chunks_exact(8);
+        for c in &mut chunks {
+            for (lane, &x) in lanes.iter_mut().zip(c) {
+                *lane += err(x);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|&x| err(x)).sum();
+        total += f64::from(lanes.iter().sum::<f32>() + tail);
+    }
+    total
 }
 
 #[cfg(test)]
@@ -417,6 +459,26 @@ mod tests {
         assert_eq!(g(2, QuantScheme::Asymmetric), (0, 3));
         assert!(IntGrid::new(1, QuantScheme::Symmetric).is_err());
         assert!(IntGrid::new(9, QuantScheme::Asymmetric).is_err());
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_with_ties_to_even() {
+        for (v, r) in [
+            (2.5f32, 2.0f32),
+            (3.5, 4.0),
+            (-2.5, -2.0),
+            (-3.5, -4.0),
+            (0.49999997, 0.0),
+            (1.5000001, 2.0),
+            (-0.7, -1.0),
+            (4_194_303.5, 4_194_304.0),
+        ] {
+            assert_eq!(round_even(v), r, "{v}");
+            assert_eq!(round_even(v), v.round_ties_even(), "{v}");
+        }
+        // Far outside the grid, codes clamp instead of overflowing.
+        assert_eq!(code(1e30, 1e-30, 3.0, 0.0, 15.0), 15.0);
+        assert_eq!(code(-1e30, 1e-30, 3.0, 0.0, 15.0), 0.0);
     }
 
     #[test]
@@ -456,7 +518,10 @@ mod tests {
                 QuantScheme::Asymmetric => q.scales()[0] / 2.0 + 1e-6,
             };
             assert!((v[3] - 3.0).abs() <= tol, "{scheme}: {v:?}");
-            assert!((v[0] + 1.0).abs() <= q.scales()[0] / 2.0 + 1e-6, "{scheme}: {v:?}");
+            assert!(
+                (v[0] + 1.0).abs() <= q.scales()[0] / 2.0 + 1e-6,
+                "{scheme}: {v:?}"
+            );
         }
     }
 }
