@@ -94,8 +94,8 @@ pub const MSE_CLIP_RATIOS: [f32; 21] = {
 /// The integer grid of one bit-width and scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntGrid {
-    pub bits: u8,
-    pub scheme: QuantScheme,
+    bits: u8,
+    scheme: QuantScheme,
 }
 
 impl IntGrid {
@@ -109,6 +109,16 @@ impl IntGrid {
             )));
         }
         Ok(IntGrid { bits, scheme })
+    }
+
+    /// Bits per code.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// Symmetric or asymmetric.
+    pub fn scheme(&self) -> QuantScheme {
+        self.scheme
     }
 
     /// Smallest and largest code `q` (symmetric: `±(2^(b−1)−1)`; asymmetric: `0, 2^b−1`).
