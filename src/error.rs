@@ -97,6 +97,12 @@ pub enum Error {
     #[error("evaluation: {message}")]
     Eval { message: String },
 
+    // ---- compression ----
+    /// A weight, activation or parameter that compression cannot work with (a non-finite value, a
+    /// missing calibrated range, a shape with no matrix view, an SVD that did not converge…).
+    #[error("compress: {message}")]
+    Compress { message: String },
+
     // ---- candle ----
     /// An error from candle's kernels.
     #[error("candle: {0}")]
@@ -116,6 +122,13 @@ impl Error {
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::File {
             path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Compress`] with this message.
+    pub fn compress(message: impl Into<String>) -> Self {
+        Error::Compress {
             message: message.into(),
         }
     }

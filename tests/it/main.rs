@@ -3,6 +3,7 @@
 
 mod bert;
 mod cli;
+mod compress;
 mod cost;
 mod demo;
 mod profiles;

@@ -1,0 +1,190 @@
+//! # Pruning
+//!
+//! Magnitude pruning on the matrix view of a weight ([`WeightMatrix`]: rows are output channels,
+//! columns inputs). Each function returns a **keep mask**: one flag per value, row-major, `false` where
+//! the weight is pruned; [`prune`] applies it. Importance is the magnitude `|w|` (for rows, the L2
+//! norm); every ranking breaks ties by position (the earlier value, or row, counts as the less
+//! important one), so masks are deterministic.
+//!
+//! - **Unstructured** ([`unstructured_mask`]) at P percent of `n` values: exactly `⌊P·n/100⌋` zeros, the
+//!   values of smallest `|w|`.
+//! - **N:M** ([`nm_mask`]): in every row, each run of M consecutive columns keeps its N largest `|w|`.
+//!   A shorter last run of length `L < M` keeps `⌈N·L/M⌉`, so every row keeps `⌈N·cols/M⌉` values, the
+//!   count the cost model stores.
+//! - **Structured** ([`channel_mask`]) at P percent of `rows` output channels: the
+//!   `round(P·rows/100)` rows of smallest L2 norm are removed (zeroed), but at least one row is kept —
+//!   the same count as the cost model's `kept`.
+//!
+//! ## References
+//!
+//! - S. Han, J. Pool, J. Tran, W. Dally, "Learning both Weights and Connections for Efficient Neural
+//!   Networks", NeurIPS 2015 (magnitude pruning).
+//! - A. Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378, 2021 (2:4
+//!   semi-structured sparsity on NVIDIA Ampere).
+//! - H. Li, A. Kadav, I. Durdanovic, H. Samet, H. P. Graf, "Pruning Filters for Efficient ConvNets",
+//!   ICLR 2017 (removing the output channels of smallest norm).
+
+use std::cmp::Ordering;
+
+use super::matrix::WeightMatrix;
+use crate::error::{Error, Result};
+use crate::space::{Sparsity, MAX_M, PERCENT};
+
+/// The keep mask of `sparsity` for `m` (all `true` when dense).
+pub fn mask(m: &WeightMatrix, sparsity: &Sparsity) -> Result<Vec<bool>> {
+    match *sparsity {
+        Sparsity::None => Ok(vec![true; m.len()]),
+        Sparsity::Unstructured(p) => unstructured_mask(m, p),
+        Sparsity::NM { n, m: mm } => nm_mask(m, n, mm),
+        Sparsity::Channels(p) => {
+            let rows = channel_mask(m, p)?;
+            Ok(expand_rows(&rows, m.cols()))
+        }
+    }
+}
+
+/// `m` with `sparsity` applied: pruned values set to exactly zero.
+pub fn prune(m: &WeightMatrix, sparsity: &Sparsity) -> Result<WeightMatrix> {
+    let keep = mask(m, sparsity)?;
+    let mut out = m.clone();
+    out.apply_mask(&keep);
+    Ok(out)
+}
+
+/// Keeps all but the `⌊percent·n/100⌋` values of smallest `|w|`.
+pub fn unstructured_mask(m: &WeightMatrix, percent: u8) -> Result<Vec<bool>> {
+    check_percent("unstructured sparsity", percent)?;
+    let n = m.len();
+    let prune = n * usize::from(percent) / 100;
+    let mut keep = vec![true; n];
+    if prune == 0 {
+        return Ok(keep);
+    }
+    let data = m.data();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.select_nth_unstable_by(prune - 1, |&a, &b| by_magnitude(data, a, b));
+    for &i in &order[..prune] {
+        keep[i] = false;
+    }
+    Ok(keep)
+}
+
+/// Keeps the `n` largest `|w|` of every `m` consecutive columns of each row (a shorter last run of
+/// length `L` keeps `⌈n·L/m⌉`).
+pub fn nm_mask(w: &WeightMatrix, n: u8, m: u8) -> Result<Vec<bool>> {
+    if !(n >= 1 && n < m && m <= MAX_M) {
+        return Err(Error::compress(format!(
+            "{n}:{m} is not an N:M pattern; it needs 1 <= N < M <= {MAX_M}"
+        )));
+    }
+    let (n, m) = (usize::from(n), usize::from(m));
+    let mut keep = vec![false; w.len()];
+    for r in 0..w.rows() {
+        let row = w.row(r);
+        let flags = &mut keep[r * w.cols()..(r + 1) * w.cols()];
+        for (vals, flags) in row.chunks(m).zip(flags.chunks_mut(m)) {
+            let kept = (n * vals.len()).div_ceil(m);
+            // A value is kept when fewer than `kept` values of its run are more important than it
+            // (larger |w|, or equal |w| at a later position): O(M²) comparisons, no sorting.
+            for (i, (flag, x)) in flags.iter_mut().zip(vals).enumerate() {
+                let x = x.abs();
+                let above = vals
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, v)| v.abs() > x || (v.abs() == x && j > i))
+                    .count();
+                *flag = above < kept;
+            }
+        }
+    }
+    Ok(keep)
+}
+
+/// One flag per row: `false` for the `round(percent·rows/100)` rows of smallest L2 norm (at least one
+/// row is kept).
+pub fn channel_mask(m: &WeightMatrix, percent: u8) -> Result<Vec<bool>> {
+    check_percent("channel removal", percent)?;
+    let norms: Vec<f64> = (0..m.rows())
+        .map(|r| m.row(r).iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+        .collect();
+    channel_mask_by_norm(&norms, percent)
+}
+
+/// [`channel_mask`] from given squared row norms (or any per-row importance).
+pub(crate) fn channel_mask_by_norm(norms: &[f64], percent: u8) -> Result<Vec<bool>> {
+    check_percent("channel removal", percent)?;
+    let rows = norms.len();
+    let remove = rows - kept_rows(rows, percent);
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.sort_unstable_by(|&a, &b| norms[a].total_cmp(&norms[b]).then(a.cmp(&b)));
+    let mut keep = vec![true; rows];
+    for &r in &order[..remove] {
+        keep[r] = false;
+    }
+    Ok(keep)
+}
+
+/// Rows kept when `percent` of `rows` are removed: `rows − round(percent·rows/100)`, at least one
+/// (the rule of the cost model's storage count).
+pub fn kept_rows(rows: usize, percent: u8) -> usize {
+    let removed = (rows * usize::from(percent) + 50) / 100;
+    rows.saturating_sub(removed).max(1).min(rows)
+}
+
+/// A per-value mask from a per-row mask.
+pub(crate) fn expand_rows(rows: &[bool], cols: usize) -> Vec<bool> {
+    rows.iter()
+        .flat_map(|&k| std::iter::repeat_n(k, cols))
+        .collect()
+}
+
+/// Orders positions `a`, `b` of `data` from less to more important: smaller `|w|` first, and for
+/// equal magnitudes the earlier position first.
+fn by_magnitude(data: &[f32], a: usize, b: usize) -> Ordering {
+    data[a].abs().total_cmp(&data[b].abs()).then(a.cmp(&b))
+}
+
+fn check_percent(what: &str, percent: u8) -> Result<()> {
+    if PERCENT.contains(&percent) {
+        Ok(())
+    } else {
+        Err(Error::compress(format!(
+            "{what} of {percent}% is not a whole percent in {}..={}",
+            PERCENT.start(),
+            PERCENT.end()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ties_prune_the_earlier_value() {
+        let m = WeightMatrix::new(1, 4, vec![1.0, -1.0, 1.0, 2.0]).unwrap();
+        assert_eq!(
+            unstructured_mask(&m, 50).unwrap(),
+            vec![false, false, true, true]
+        );
+        assert_eq!(nm_mask(&m, 1, 2).unwrap(), vec![false, true, false, true]);
+    }
+
+    #[test]
+    fn ragged_nm_tail_keeps_a_proportional_share() {
+        // 2:4 on 6 columns: one full run keeps 2, the tail of 2 keeps ⌈2·2/4⌉ = 1.
+        let m = WeightMatrix::new(1, 6, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(
+            nm_mask(&m, 2, 4).unwrap(),
+            vec![false, false, true, true, false, true]
+        );
+    }
+
+    #[test]
+    fn kept_rows_matches_the_cost_model() {
+        assert_eq!(kept_rows(10, 25), 7); // round(2.5) = 3 removed
+        assert_eq!(kept_rows(10, 24), 8);
+        assert_eq!(kept_rows(1, 99), 1);
+        assert_eq!(kept_rows(3, 99), 1);
+    }
+}
