@@ -11,6 +11,7 @@ pub mod cost;
 pub mod data;
 pub mod model;
 pub mod error;
+pub mod eval;
 pub mod shipped;
 pub mod space;
 

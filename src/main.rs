@@ -40,6 +40,9 @@ enum Command {
     /// Predicted latency, weight bytes and bit operations of an assignment (or of the baselines and the
     /// reachable range of a search space) under a hardware profile.
     Cost(CostArgs),
+    /// Evaluate assignments with the candle evaluator: one assignment JSON per line in (--stdin) or one
+    /// file, one result JSON per line out.
+    Eval(EvalArgs),
     /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
@@ -96,6 +99,40 @@ struct CostArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["assignment", "stdin"])))]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Search space (path or shipped name); default: the model's own (`demo`, or `bert-base`).
+    #[arg(long)]
+    space: Option<String>,
+    /// One assignment JSON file: {"default": "<choice>", "layers": {"<layer>": "<choice>"}}.
+    #[arg(long)]
+    assignment: Option<PathBuf>,
+    /// Read assignments from standard input, one JSON per line; answer each line as it arrives.
+    #[arg(long)]
+    stdin: bool,
+    /// Also cost each assignment under this hardware profile.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Samples per inference for the cost (images, or tokens of a sequence).
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Encoders: a sentence file (one per line); default: the shipped sentences.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// How weight quantization picks its scales: min/max, or MSE-optimal clipping.
+    #[arg(long, value_enum, default_value_t = ScaleArg::Mse)]
+    scale: ScaleArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScaleArg {
+    Minmax,
+    Mse,
+}
+
+#[derive(Args)]
 struct CalibrateArgs {
     /// Measure the distinct layer shapes of this model (`demo` or a folder); default: a standard grid
     /// of transformer-sized matrices.
@@ -140,6 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(a) => inspect(a),
         Command::Cost(a) => cost(a),
+        Command::Eval(a) => eval_cmd(a),
         Command::Profiles => profiles(),
         Command::Calibrate(a) => calibrate_cmd(a),
     }
@@ -594,4 +632,71 @@ fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    use mpsearch::eval::{CandleEvaluator, EvalSettings, Evaluator};
+    let source = ModelSource::parse(&a.model.model);
+    let inv = model::inventory(&source)?;
+    let started = std::time::Instant::now();
+    let (net, data) = mpsearch::eval::load(&source, a.data.as_deref())?;
+    // The space is resolved against the layers the model runs (an encoder never runs its pooler).
+    let space = load_space(a.space.as_deref(), net.inventory())?;
+    let cost = a
+        .profile
+        .as_deref()
+        .map(|p| -> anyhow::Result<_> { Ok(CostModel::new(shipped::profile(p)?, a.batch)?) })
+        .transpose()?;
+    let settings = EvalSettings {
+        scale: match a.scale {
+            ScaleArg::Minmax => mpsearch::compress::ScaleMethod::MinMax,
+            ScaleArg::Mse => mpsearch::compress::ScaleMethod::Mse,
+        },
+        ..EvalSettings::default()
+    };
+    let description = data.description.clone();
+    let evaluator = CandleEvaluator::new(net, data, settings)?;
+    eprintln!(
+        "model {} ({} layers), data: {description}; f32 reference computed in {:.1} s",
+        inv.name,
+        evaluator.model().inventory().layers.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let layers = evaluator.model().inventory().layers.clone();
+    let answer = |text: &str, source: &str| -> mpsearch::Result<serde_json::Value> {
+        let asg = space.parse_assignment(text, Some(source))?;
+        let e = evaluator.evaluate(&asg)?;
+        let mut v = serde_json::json!({
+            "hash": evaluator.key(&asg).to_hex().to_string(),
+            "quality": e.quality,
+            "objective": evaluator.objective(),
+            "metrics": e.metrics,
+            "seconds": e.seconds,
+        });
+        if let Some(m) = &cost {
+            let (_, total) = m.assignment(&layers, &asg);
+            v["cost"] = serde_json::json!({"latency_us": total.latency_us, "bytes": total.bytes, "bops": total.bops});
+        }
+        Ok(v)
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some(path) = &a.assignment {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let v = answer(&text, &path.display().to_string())?;
+        writeln!(out, "{v}")?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stdin = std::io::stdin();
+    for (i, line) in std::io::BufRead::lines(stdin.lock()).enumerate() {
+        let line = line.context("reading standard input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = answer(&line, &format!("line {}", i + 1))
+            .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+        writeln!(out, "{v}")?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

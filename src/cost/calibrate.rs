@@ -20,12 +20,15 @@
 //! A convolution is timed as its im2col matrix product: `batch · applications` rows of `x` (the output
 //! pixels) against the `[out, in·kh·kw]` weight matrix; the im2col copy itself is not timed.
 //!
-//! Weights (N(0, 0.02)) and inputs (N(0, 1)) come from a seeded SplitMix64 generator in this file:
-//! candle's CPU RNG cannot be seeded. Each measurement does at least `warmup` untimed runs (at least
-//! one: some quantized types repack their weights lazily on the first call) for at least
-//! `warmup_seconds` (see [`CalibrateOptions::warmup_seconds`]), then up to `repetitions` timed runs
-//! (stopping early once `max_seconds` have passed and at least [`MIN_REPETITIONS`] runs are done), and
-//! reports the median and the interquartile range in microseconds.
+//! Weights (N(0, 0.02)) and inputs (N(0, 1)) come from a seeded ChaCha8 generator (rand_chacha, rand_distr):
+//! candle's CPU RNG cannot be seeded. Each shape's kernels are timed in `rounds` rounds; in each, a
+//! kernel does at least `warmup` untimed runs (at least one: some quantized types repack their weights
+//! lazily on the first call) for at least `warmup_seconds`, then its share of `repetitions` timed runs
+//! (stopping early once its share of `max_seconds` has passed and [`MIN_REPETITIONS`] runs are done).
+//! A measurement reports the median and interquartile range, in microseconds, of its fastest round:
+//! on a shared machine other processes slow whole rounds, candle's quantized kernels by up to 20x
+//! (their barrier-pool threads spin-wait for each other), and a profile describes the machine running
+//! the model alone. [`Measurement::round_medians_us`] keeps every round.
 //!
 //! [`to_profile`] turns the measurements into a complete hardware profile (see [`super::profile`]).
 
@@ -46,8 +49,8 @@ use crate::space::{LayerInfo, LayerKind};
 /// The candle-core version whose kernels are measured (pinned in Cargo.toml).
 pub const CANDLE_VERSION: &str = "0.11.1";
 
-/// Timed runs always done, whatever the time budget.
-pub const MIN_REPETITIONS: usize = 5;
+/// Timed runs always done per round, whatever the time budget.
+pub const MIN_REPETITIONS: usize = 3;
 
 /// One weight matrix to measure.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,18 +136,25 @@ pub struct CalibrateOptions {
     pub batches: Vec<u32>,
     /// Untimed runs before timing (at least one is always done).
     pub warmup: usize,
-    /// ... and keep warming up until this many seconds have passed: right after a rayon-parallel f32
-    /// gemm, candle's quantized kernels can run many times slower for tens of milliseconds (gemm's
-    /// idle rayon threads compete with candle's pinned barrier-pool threads on a small machine).
+    /// ... and keep warming up until this many seconds have passed (caches, clocks and candle's
+    /// thread pool settle after switching kernels).
     pub warmup_seconds: f64,
     /// Timed runs per measurement (at most).
     pub repetitions: usize,
-    /// Stop repeating a measurement after this many seconds once [`MIN_REPETITIONS`] runs are done.
+    /// Stop repeating a measurement after this many seconds (shared by its rounds) once
+    /// [`MIN_REPETITIONS`] runs per round are done.
     pub max_seconds: f64,
+    /// Rounds over all kernels of a shape; `repetitions` and `max_seconds` are split between them and
+    /// each measurement keeps its fastest round (see [`Measurement::round_medians_us`]).
+    pub rounds: usize,
     /// Seed of the weights and inputs.
     pub seed: u64,
     /// Kernels to measure (default: [`Kernel::all`]).
     pub kernels: Vec<Kernel>,
+    /// Also time F32, Q8_0 and Q4K on a tiny `[16, 256]` weight at batch 1 (4096 MACs: almost all
+    /// fixed cost), for `[overhead] per_layer_us`; reported as [`Measurement`]s with `probe = true`
+    /// (default: on).
+    pub overhead_probe: bool,
 }
 
 impl Default for CalibrateOptions {
@@ -153,19 +163,22 @@ impl Default for CalibrateOptions {
             shapes: Vec::new(),
             batches: vec![1, 32],
             warmup: 2,
-            warmup_seconds: 0.1,
-            repetitions: 100,
-            max_seconds: 1.0,
+            warmup_seconds: 0.05,
+            repetitions: 90,
+            max_seconds: 0.9,
+            rounds: 3,
             seed: 0x6d70_7365_6172_6368, // "mpsearch"
             kernels: Kernel::all(),
+            overhead_probe: true,
         }
     }
 }
 
 impl CalibrateOptions {
     /// Transformer-sized matrices without a model: BERT-base attention (768x768), FFN up (3072x768) and
-    /// down (768x3072), and a 7B-class projection (4096x4096), at batch 1 and 32. About 1.5 minutes
-    /// on 2 cores.
+    /// down (768x3072), and a 7B-class projection (4096x4096), at batch 1 and 32. About 75 s on an
+    /// otherwise idle 2-core machine (release build), of which the scalar Q4_1/Q5_0/Q5_1/Q8_1 kernels
+    /// on 4096x4096 at batch 32 take a quarter.
     pub fn standard_grid() -> Self {
         CalibrateOptions {
             shapes: vec![
@@ -431,8 +444,34 @@ pub struct Measurement {
     pub median_us: f64,
     /// Interquartile range of the timed runs, µs.
     pub spread_us: f64,
-    /// Timed runs done.
+    /// Timed runs done (over all rounds).
     pub repetitions: usize,
+    /// The median of each round. Other load on the machine slows whole rounds (candle's quantized
+    /// kernels by up to 20x when their threads have to share a core), so `median_us` and `spread_us`
+    /// are those of the fastest round: a profile describes the machine running the model alone.
+    pub round_medians_us: Vec<f64>,
+    /// Share of the machine's CPU time (0..1) that other processes used during the reported round (of
+    /// all kernels of this shape), from `/proc/stat`; `None` off Linux or when the round was too
+    /// short to tell (under 0.1 s).
+    pub other_load: Option<f64>,
+    /// The overhead probe (see [`CalibrateOptions::overhead_probe`]), not a requested shape.
+    pub probe: bool,
+}
+
+impl Measurement {
+    /// Slowest round median over fastest: near 1 on a quiet machine.
+    pub fn round_disagreement(&self) -> f64 {
+        let max = self
+            .round_medians_us
+            .iter()
+            .copied()
+            .fold(f64::NAN, f64::max);
+        if self.median_us > 0.0 && max.is_finite() {
+            max / self.median_us
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Measurement {
@@ -442,42 +481,20 @@ impl Measurement {
     }
 }
 
-/// SplitMix64: a small, well-known seeded generator (weights only need to be reproducible, not good).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// `n` values of N(0, std²) by Box–Muller.
-    fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
-        let mut v = Vec::with_capacity(n + 1);
-        while v.len() < n {
-            let r = (-2.0 * self.unit().ln()).sqrt();
-            let a = std::f64::consts::TAU * self.unit();
-            v.push((r * a.cos()) as f32 * std);
-            v.push((r * a.sin()) as f32 * std);
-        }
-        v.truncate(n);
-        v
-    }
+/// `n` values of N(0, std²) from a ChaCha8 generator seeded with `seed`.
+fn normals(seed: u64, n: usize, std: f32) -> Result<Vec<f32>> {
+    use rand::SeedableRng;
+    let dist = rand_distr::Normal::new(0.0f32, std)
+        .map_err(|e| Error::compress(format!("normal distribution with std {std}: {e}")))?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Ok((0..n).map(|_| rand::Rng::sample(&mut rng, dist)).collect())
 }
 
 /// A seeded f32 weight `[rows, cols]`, N(0, 0.02) (BERT's initialiser scale).
 pub fn weight(rows: usize, cols: usize, seed: u64) -> Result<Tensor> {
-    let mut rng = SplitMix64(seed ^ ((rows as u64) << 32) ^ cols as u64);
+    let seed = seed ^ ((rows as u64) << 32) ^ cols as u64;
     Ok(Tensor::from_vec(
-        rng.normals(rows * cols, 0.02),
+        normals(seed, rows * cols, 0.02)?,
         (rows, cols),
         &Device::Cpu,
     )?)
@@ -485,9 +502,9 @@ pub fn weight(rows: usize, cols: usize, seed: u64) -> Result<Tensor> {
 
 /// A seeded f32 input `[m, cols]`, N(0, 1).
 pub fn input(m: usize, cols: usize, seed: u64) -> Result<Tensor> {
-    let mut rng = SplitMix64(!seed ^ ((m as u64) << 32) ^ cols as u64);
+    let seed = !seed ^ ((m as u64) << 32) ^ cols as u64;
     Ok(Tensor::from_vec(
-        rng.normals(m * cols, 1.0),
+        normals(seed, m * cols, 1.0)?,
         (m, cols),
         &Device::Cpu,
     )?)
@@ -496,6 +513,49 @@ pub fn input(m: usize, cols: usize, seed: u64) -> Result<Tensor> {
 /// [`weight`] `[rows, cols]` and [`input`] `[m, cols]`.
 pub fn operands(rows: usize, cols: usize, m: usize, seed: u64) -> Result<(Tensor, Tensor)> {
     Ok((weight(rows, cols, seed)?, input(m, cols, seed)?))
+}
+
+/// Busy CPU time of the whole machine and of this process, in clock ticks (Linux only).
+fn cpu_sample() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = cpu
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // after the parenthesised command name: state is field 3 of the whole line, utime 14, stime 15
+    let rest = own.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let own = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((busy, own))
+}
+
+/// Share of the machine's CPU capacity used by other processes between two [`cpu_sample`]s `wall`
+/// apart; `None` when unknown or when the interval is shorter than 0.1 s (ticks are 10 ms).
+fn other_load(
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
+    wall: Duration,
+) -> Option<f64> {
+    let ((b0, o0), (b1, o1)) = (before?, after?);
+    if wall < Duration::from_millis(100) {
+        return None;
+    }
+    let ticks_per_s = 100.0; // USER_HZ, 100 on every mainstream Linux
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let others = b1.saturating_sub(b0) as f64 - o1.saturating_sub(o0) as f64;
+    Some((others / (wall.as_secs_f64() * ticks_per_s * cores)).clamp(0.0, 1.0))
 }
 
 /// Median and interquartile range (linear interpolation between order statistics).
@@ -511,84 +571,179 @@ fn median_iqr(times: &mut [f64]) -> (f64, f64) {
 
 /// Times every runnable kernel of `opts.kernels` on every shape and batch. A kernel that cannot run on
 /// a shape (see [`Kernel::skip_reason`]) is left out; [`to_profile`] records why. `progress` is called
-/// before each (shape, batch, kernel) with the count done, the total and a description.
+/// before each timed (round, shape, kernel, batch) with the count done, the total and a description.
+///
+/// Each shape's kernels are prepared once (weights converted or quantized), then timed in
+/// `opts.rounds` rounds over all its kernels and batches, each round doing its share of the
+/// repetitions and of the time budget; a measurement reports the round with the lowest median (see
+/// [`Measurement::round_medians_us`]).
 pub fn measure(
     opts: &CalibrateOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Vec<Measurement>> {
     opts.validate()?;
-    let total = opts.shapes.len() * opts.batches.len() * opts.kernels.len();
-    let budget = Duration::from_secs_f64(opts.max_seconds.max(0.0));
-    let warmup_time = Duration::from_secs_f64(opts.warmup_seconds.max(0.0));
-    let reps = opts.repetitions.max(1);
-    let mut done = 0;
-    // (shape, batch, kernel) indices, to list the measurements by shape and batch at the end
-    let mut out: Vec<((usize, usize, usize), Measurement)> = Vec::new();
-    for (si, shape) in opts.shapes.iter().enumerate() {
+    let rounds = opts.rounds.max(1);
+    let probe = opts
+        .overhead_probe
+        .then(|| MatrixShape::linear(PROBE_ROWS, PROBE_COLS));
+    let total = rounds
+        * (opts.shapes.len() * opts.batches.len() * opts.kernels.len()
+            + probe.as_ref().map_or(0, |_| PROBE_KERNELS.len()));
+    let mut run = Run {
+        opts,
+        rounds,
+        total,
+        done: 0,
+        progress,
+    };
+    let mut out = Vec::new();
+    if let Some(shape) = &probe {
+        let mut m = run.shape(shape, &PROBE_KERNELS, &[1])?;
+        m.iter_mut().for_each(|m| m.probe = true);
+        out.extend(m);
+    }
+    for shape in &opts.shapes {
+        out.extend(run.shape(shape, &opts.kernels, &opts.batches)?);
+    }
+    (run.progress)(run.done, total, "done");
+    Ok(out)
+}
+
+/// The overhead probe: a `[16, 256]` weight (4096 multiply-accumulates per row of `x`) and the
+/// kernels timed on it: f32 gemm, and candle's quantized path with and without weight repacking.
+const PROBE_ROWS: usize = 16;
+const PROBE_COLS: usize = 256;
+const PROBE_KERNELS: [Kernel; 3] = [
+    Kernel::F32,
+    Kernel::Quant(GgmlDType::Q8_0),
+    Kernel::Quant(GgmlDType::Q4K),
+];
+
+/// One [`measure`] call in progress.
+struct Run<'a> {
+    opts: &'a CalibrateOptions,
+    rounds: usize,
+    total: usize,
+    done: usize,
+    progress: &'a mut dyn FnMut(usize, usize, &str),
+}
+
+impl Run<'_> {
+    /// Times `kernels` on `shape` at `batches`, in rounds.
+    fn shape(
+        &mut self,
+        shape: &MatrixShape,
+        kernels: &[Kernel],
+        batches: &[u32],
+    ) -> Result<Vec<Measurement>> {
+        let (opts, rounds) = (self.opts, self.rounds);
+        let budget = Duration::from_secs_f64(opts.max_seconds.max(0.0) / rounds as f64);
+        let warmup_time = Duration::from_secs_f64(opts.warmup_seconds.max(0.0));
+        let reps = opts.repetitions.max(1).div_ceil(rounds);
+        let min_reps = MIN_REPETITIONS.min(reps);
         let w = weight(shape.rows, shape.cols, opts.seed)?;
-        let xs = opts
-            .batches
+        let xs = batches
             .iter()
             .map(|&b| input(shape.x_rows(b), shape.cols, opts.seed))
             .collect::<Result<Vec<_>>>()?;
-        for (ki, &kernel) in opts.kernels.iter().enumerate() {
-            if kernel.skip_reason(shape).is_some() {
-                for &batch in &opts.batches {
-                    let what = format!(
-                        "{} batch {batch} {}: skipped",
-                        shape.shape_string(),
-                        kernel.name()
-                    );
-                    progress(done, total, &what);
-                    done += 1;
+        // per kernel: the prepared kernel (None: cannot run here) and its inputs per batch
+        let mut prepared: Vec<Option<(Prepared, Vec<Tensor>)>> = Vec::new();
+        // per (kernel, batch): the timed runs of each round, with the round's index
+        type Round = (Vec<f64>, usize);
+        let mut times: Vec<Vec<Vec<Round>>> = vec![vec![Vec::new(); xs.len()]; kernels.len()];
+        // per round: the CPU share other processes used during it
+        let mut round_load = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            let (before, round_started) = (cpu_sample(), Instant::now());
+            for (ki, &kernel) in kernels.iter().enumerate() {
+                if round == 0 {
+                    prepared.push(match kernel.skip_reason(shape) {
+                        Some(_) => None,
+                        None => {
+                            let p = Prepared::new(kernel, &w)?;
+                            let inputs =
+                                xs.iter().map(|x| p.input(x)).collect::<Result<Vec<_>>>()?;
+                            Some((p, inputs))
+                        }
+                    });
                 }
-                continue;
+                for (bi, &batch) in batches.iter().enumerate() {
+                    let what = match &prepared[ki] {
+                        None => format!(
+                            "{} batch {batch} {}: skipped",
+                            shape.shape_string(),
+                            kernel.name()
+                        ),
+                        Some(_) => format!(
+                            "{} batch {batch} {} (round {}/{rounds})",
+                            shape.shape_string(),
+                            kernel.name(),
+                            round + 1
+                        ),
+                    };
+                    (self.progress)(self.done, self.total, &what);
+                    self.done += 1;
+                    let Some((p, inputs)) = &prepared[ki] else {
+                        continue;
+                    };
+                    let x = &inputs[bi];
+                    // at least one untimed run: some quantized types repack their weight on the
+                    // first call
+                    let warming = Instant::now();
+                    let mut runs = 0;
+                    while runs < opts.warmup.max(1) || warming.elapsed() < warmup_time {
+                        std::hint::black_box(p.forward(x)?);
+                        runs += 1;
+                    }
+                    let started = Instant::now();
+                    let mut t = Vec::with_capacity(reps);
+                    while t.len() < reps && (t.len() < min_reps || started.elapsed() < budget) {
+                        let t0 = Instant::now();
+                        let y = p.forward(x)?;
+                        t.push(t0.elapsed().as_secs_f64() * 1e6);
+                        std::hint::black_box(y);
+                    }
+                    times[ki][bi].push((t, round));
+                }
             }
-            // The weight is converted or quantized once per shape and kernel, for every batch.
-            let p = Prepared::new(kernel, &w)?;
-            for (bi, (&batch, x)) in opts.batches.iter().zip(&xs).enumerate() {
-                let what = format!("{} batch {batch} {}", shape.shape_string(), kernel.name());
-                progress(done, total, &what);
-                done += 1;
-                let x = p.input(x)?;
-                // at least one untimed run: some quantized types repack their weight on the first call
-                let warming = Instant::now();
-                let mut runs = 0;
-                while runs < opts.warmup.max(1) || warming.elapsed() < warmup_time {
-                    std::hint::black_box(p.forward(&x)?);
-                    runs += 1;
+            round_load.push(other_load(before, cpu_sample(), round_started.elapsed()));
+        }
+        let mut out = Vec::new();
+        for (bi, &batch) in batches.iter().enumerate() {
+            for (ki, &kernel) in kernels.iter().enumerate() {
+                let per_round = &mut times[ki][bi];
+                if per_round.is_empty() {
+                    continue;
                 }
-                let started = Instant::now();
-                let mut times = Vec::with_capacity(reps);
-                while times.len() < reps
-                    && (times.len() < MIN_REPETITIONS.min(reps) || started.elapsed() < budget)
-                {
-                    let t = Instant::now();
-                    let y = p.forward(&x)?;
-                    times.push(t.elapsed().as_secs_f64() * 1e6);
-                    std::hint::black_box(y);
-                }
-                let (median_us, spread_us) = median_iqr(&mut times);
-                out.push((
-                    (si, bi, ki),
-                    Measurement {
-                        shape: shape.clone(),
-                        batch,
-                        kernel: kernel.name(),
-                        bits: kernel.bits(),
-                        precision: kernel.precision(),
-                        median_us,
-                        spread_us,
-                        repetitions: times.len(),
-                    },
-                ));
+                let stats: Vec<(f64, f64, Option<f64>)> = per_round
+                    .iter_mut()
+                    .map(|(t, round)| {
+                        let (median, iqr) = median_iqr(t);
+                        (median, iqr, round_load[*round])
+                    })
+                    .collect();
+                let (median_us, spread_us, other_load) = stats
+                    .iter()
+                    .copied()
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
+                    .unwrap_or_default();
+                out.push(Measurement {
+                    shape: shape.clone(),
+                    batch,
+                    kernel: kernel.name(),
+                    bits: kernel.bits(),
+                    precision: kernel.precision(),
+                    median_us,
+                    spread_us,
+                    repetitions: per_round.iter().map(|r| r.0.len()).sum(),
+                    round_medians_us: stats.iter().map(|s| s.0).collect(),
+                    other_load,
+                    probe: false,
+                });
             }
         }
+        Ok(out)
     }
-    out.sort_by_key(|(k, _)| *k);
-    let out = out.into_iter().map(|(_, m)| m).collect();
-    progress(done, total, "done");
-    Ok(out)
 }
 
 /// The notes [`to_profile`] records: every kernel of `opts` that could not run on a shape, and why.
@@ -605,18 +760,24 @@ pub fn skip_notes(opts: &CalibrateOptions) -> Vec<String> {
 }
 
 /// A human-readable table: shape, batch, kernel, bits, median µs, spread µs, ratio to f32 (of the same
-/// shape and batch).
+/// shape and batch), GMAC/s, slowest round over fastest ("rounds ×"), and the share of the CPUs
+/// other processes used during the reported round ("others %", see [`Measurement::other_load`]).
 pub fn table(ms: &[Measurement]) -> String {
     let f32_us = |m: &Measurement| {
         ms.iter()
-            .find(|o| o.shape == m.shape && o.batch == m.batch && o.kernel == "F32")
+            .find(|o| {
+                o.shape == m.shape && o.batch == m.batch && o.probe == m.probe && o.kernel == "F32"
+            })
             .map(|o| o.median_us)
     };
-    let rows: Vec<[String; 8]> = ms
+    let rows: Vec<[String; 10]> = ms
         .iter()
         .map(|m| {
             [
-                m.shape.shape_string(),
+                match m.probe {
+                    true => format!("{} (overhead probe)", m.shape.shape_string()),
+                    false => m.shape.shape_string(),
+                },
                 m.batch.to_string(),
                 m.kernel.clone(),
                 m.bits.map_or("-".into(), |b| b.to_string()),
@@ -624,6 +785,9 @@ pub fn table(ms: &[Measurement]) -> String {
                 format!("{:.1}", m.spread_us),
                 f32_us(m).map_or("-".into(), |f| format!("{:.2}", m.median_us / f)),
                 format!("{:.2}", m.gmacs()),
+                format!("{:.2}", m.round_disagreement()),
+                m.other_load
+                    .map_or("-".into(), |l| format!("{:.0}", l * 100.0)),
             ]
         })
         .collect();
@@ -636,6 +800,8 @@ pub fn table(ms: &[Measurement]) -> String {
         "spread µs",
         "× f32",
         "GMAC/s",
+        "rounds ×",
+        "others %",
     ];
     let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
@@ -659,12 +825,12 @@ pub fn table(ms: &[Measurement]) -> String {
     s.push_str(&line(
         &width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
     ));
-    let mut last: Option<(&MatrixShape, u32)> = None;
+    let mut last: Option<(&MatrixShape, u32, bool)> = None;
     for (m, r) in ms.iter().zip(&rows) {
-        if last.is_some_and(|l| l != (&m.shape, m.batch)) {
+        if last.is_some_and(|l| l != (&m.shape, m.batch, m.probe)) {
             s.push('\n');
         }
-        last = Some((&m.shape, m.batch));
+        last = Some((&m.shape, m.batch, m.probe));
         s.push_str(&line(r));
     }
     s
@@ -756,15 +922,22 @@ fn simd_features() -> Vec<&'static str> {
 ///   kernel's rate.
 /// - `[memory] bandwidth_gbs`: an effective figure, f32 weight bytes of the largest linear weight (the
 ///   largest weight when there is no linear one) over its f32 batch-1 time.
-/// - `[overhead] per_layer_us`: the least-squares intercept of f32 batch-1 time against f32 weight
-///   bytes over the measured shapes, clamped to [0, smallest f32 batch-1 time]; 0 with fewer than two
-///   distinct sizes.
+/// - `[overhead] per_layer_us`: the fastest kernel of the overhead probe (a `[16, 256]` weight at
+///   batch 1, see [`CalibrateOptions::overhead_probe`]): the fixed cost every layer pays; without a
+///   probe, the least-squares intercept of f32
+///   batch-1 time against f32 weight bytes over the measured linear shapes, clamped to [0, smallest
+///   f32 batch-1 time] (0 with fewer than two distinct sizes). The probe is not written to
+///   `[[measured]]`.
 /// - `[[measured]]`: per shape and batch, f32, f16, bf16 (faster kernel) and, per bit-width, the
 ///   fastest runnable candle type of that width, dense, `act = "none"`.
 /// - `[calibration]`: `bit_types`, `slow_kernels` (kernels more than 10% slower than f32 at batch 1
 ///   on the largest shape where both ran: no fast SIMD kernel here) and notes (skips, CPU features).
 pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Result<ProfileFile> {
     let nowhere = || Error::file("<calibrate>", "no f32 measurement to build a profile from");
+    let probes: Vec<&Measurement> = ms.iter().filter(|m| m.probe).collect();
+    let probe_us = probes.iter().map(|m| m.median_us).min_by(f64::total_cmp);
+    let requested: Vec<Measurement> = ms.iter().filter(|m| !m.probe).cloned().collect();
+    let ms = requested.as_slice();
     let f32s: Vec<&Measurement> = ms.iter().filter(|m| m.kernel == "F32").collect();
     let size = |s: &MatrixShape| s.rows as u64 * s.cols as u64 * s.applications as u64;
     let largest = f32s
@@ -835,7 +1008,7 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
         .filter(|m| m.batch == min_batch && m.shape.applications == 1)
         .map(|m| (bytes(&m.shape), m.median_us))
         .collect();
-    let per_layer_us = intercept(&points);
+    let per_layer_us = probe_us.unwrap_or_else(|| intercept(&points));
 
     // [[measured]]: per shape and batch, the fastest kernel of every precision. A profile entry is
     // keyed by the stored weight shape, which cannot tell one convolution weight applied at two output
@@ -906,6 +1079,74 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
         }
     }
 
+    let disagreeing = ms.iter().filter(|m| m.round_disagreement() > 1.5).count();
+    if disagreeing > 0 {
+        let worst = ms
+            .iter()
+            .max_by(|a, b| a.round_disagreement().total_cmp(&b.round_disagreement()))
+            .map(|m| {
+                format!(
+                    "{} {} batch {}: {:.1}x",
+                    m.shape.shape_string(),
+                    m.kernel,
+                    m.batch,
+                    m.round_disagreement()
+                )
+            })
+            .unwrap_or_default();
+        notes.push(format!(
+            "{disagreeing} of {} measurements had rounds more than 1.5x apart (worst {worst}): the \
+             machine was busy with other work; each uses its fastest round",
+            ms.len()
+        ));
+    }
+    let loaded: Vec<&Measurement> = ms
+        .iter()
+        .filter(|m| m.other_load.is_some_and(|l| l > 0.2))
+        .collect();
+    if !loaded.is_empty() {
+        let worst = loaded
+            .iter()
+            .filter_map(|m| m.other_load)
+            .fold(0.0, f64::max);
+        notes.push(format!(
+            "{} of {} measurements were timed while other processes used more than 20% of the CPUs \
+             (up to {:.0}%): candle's quantized kernels slow down sharply when their threads share a \
+             core, so recalibrate on a quiet machine",
+            loaded.len(),
+            ms.len(),
+            worst * 100.0
+        ));
+    }
+    if !probes.is_empty() {
+        notes.push(format!(
+            "overhead probe ({PROBE_ROWS}x{PROBE_COLS} weight, batch 1): {}",
+            probes
+                .iter()
+                .map(|m| format!("{} {:.1} µs", m.kernel, m.median_us))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    // kernels with no fast batched path: slower than f32 at the largest batch on the largest shape
+    let batched: Vec<String> = ms
+        .iter()
+        .filter(|m| m.shape == largest && m.batch == max_batch && m.kernel != "F32")
+        .filter_map(|m| {
+            let f = ms
+                .iter()
+                .find(|o| o.kernel == "F32" && o.shape == m.shape && o.batch == m.batch)?;
+            (m.median_us > 1.1 * f.median_us)
+                .then(|| format!("{} {:.2}x", m.kernel, m.median_us / f.median_us))
+        })
+        .collect();
+    if max_batch != min_batch && !batched.is_empty() {
+        notes.push(format!(
+            "slower than f32 at batch {max_batch} on {}: {}",
+            largest.shape_string(),
+            batched.join(", ")
+        ));
+    }
     let features = simd_features();
     if !features.is_empty() {
         notes.push(format!(
@@ -913,12 +1154,13 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             features.join(" ")
         ));
     }
-    notes.push(format!(
+    notes.push(
         "timed kernels: F32 = x.matmul(w.t()) as candle-nn Linear; F16/BF16 = plain candle half matmul \
          (BF16 widens to f32 on every call); QMatMul-F16/BF16 = QMatMul, which dequantizes the weight to \
          f32 once; quantized types via QMatMul::forward (activations quantized on the fly); \
          f16/bf16 entries use the faster of the two"
-    ));
+            .to_string(),
+    );
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpu_model();
@@ -928,21 +1170,35 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
         .map(|b| b.to_string())
         .collect::<Vec<_>>()
         .join(", ");
+    let rounds = opts.rounds.max(1);
+    let reps = opts.repetitions.max(1).div_ceil(rounds);
+    let overhead = match probe_us {
+        Some(_) => format!(
+            "is the fixed cost every layer pays: the fastest of {} on a {PROBE_ROWS}x{PROBE_COLS} weight \
+             at batch 1 ({} MACs; see [calibration] notes)",
+            probes.iter().map(|m| m.kernel.as_str()).collect::<Vec<_>>().join(", "),
+            PROBE_ROWS * PROBE_COLS
+        ),
+        None => format!(
+            "is the least-squares intercept of f32 batch-{min_batch} time against weight bytes over the \
+             measured linear shapes, clamped to [0, smallest time]"
+        ),
+    };
     let method = format!(
         "measured by mpsearch calibrate: y = x·Wᵀ on candle-core {CANDLE_VERSION} CPU kernels with seeded \
-         N(0, 0.02) weights and N(0, 1) inputs; at least {} warm-up runs and {:.2} s of warm-up, then \
-         up to {} timed runs per kernel (stopping after {:.1} s once {} are done); median and interquartile range in µs; batch sizes \
-         [{batches}] (a convolution is timed as its im2col product, batch x output-pixel rows); \
-         [compute] GMAC/s from the largest shape ({}) at batch {max_batch}, int<b> from the fastest \
-         candle type of b bits there (see [calibration] bit_types); [memory] bandwidth_gbs is an \
-         effective figure: f32 weight bytes of the largest linear weight / its f32 batch-{min_batch} time; \
-         [overhead] per_layer_us is the least-squares intercept of f32 batch-{min_batch} time against \
-         weight bytes over the measured linear shapes, clamped to [0, smallest time]",
+         N(0, 0.02) weights and N(0, 1) inputs; each shape's kernels timed in {rounds} rounds, each \
+         round doing at least {} warm-up runs and {:.2} s of warm-up, then up to {} timed runs \
+         (stopping after {:.2} s once {} are done); median and interquartile range in µs of the \
+         fastest round; batch sizes [{batches}] (a convolution is timed as its im2col product, batch \
+         x output-pixel rows); [compute] GMAC/s from the largest shape ({}) at batch {max_batch}, \
+         int<b> from the fastest candle type of b bits there (see [calibration] bit_types); [memory] \
+         bandwidth_gbs is an effective figure: f32 weight bytes of the largest linear weight / its f32 \
+         batch-{min_batch} time; [overhead] per_layer_us {overhead}",
         opts.warmup.max(1),
         opts.warmup_seconds,
-        opts.repetitions.max(1),
-        opts.max_seconds,
-        MIN_REPETITIONS.min(opts.repetitions.max(1)),
+        reps,
+        opts.max_seconds / rounds as f64,
+        MIN_REPETITIONS.min(reps),
         largest.shape_string(),
     );
 

@@ -23,31 +23,7 @@ const SAME_EMBEDDING_TOL: f32 = 1e-5;
 
 // ---- the real model -------------------------------------------------------------------------------
 
-/// The fetched all-MiniLM-L6-v2: `MPSEARCH_MINILM`, else scripts/fetch-minilm.sh's cache folder.
-fn minilm() -> Option<PathBuf> {
-    let dir = match std::env::var_os("MPSEARCH_MINILM") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let cache = std::env::var_os("MPSEARCH_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mpsearch"))
-                })?;
-            cache.join("all-MiniLM-L6-v2")
-        }
-    };
-    if dir.join("model.safetensors").is_file() {
-        Some(dir)
-    } else {
-        // Written to stderr directly, not with eprintln!, so that the test harness does not capture it.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: all-MiniLM-L6-v2 not found at {}: run scripts/fetch-minilm.sh (or set MPSEARCH_MINILM)",
-            dir.display()
-        );
-        None
-    }
-}
+use crate::util::minilm;
 
 #[derive(serde::Deserialize)]
 struct Reference {

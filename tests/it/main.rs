@@ -3,9 +3,11 @@
 
 mod bert;
 mod cli;
+mod calibrate;
 mod compress;
 mod cost;
 mod demo;
+mod eval;
 mod profiles;
 mod space;
 mod util;

@@ -1,0 +1,347 @@
+//! The candle evaluator: compressed weights, candle forward, metrics against the f32 outputs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use super::{metrics, Evaluation, Evaluator};
+use crate::compress::{self, CompressCache, RangeMethod, ScaleMethod};
+use crate::error::{Error, Result};
+use crate::model::{Batch, ForwardCtx, LayerOverride, Model, ModelKind, Overrides};
+use crate::space::{ActQuant, Assignment, Choice};
+
+/// Evaluation and calibration data, already in batches.
+#[derive(Clone, Debug)]
+pub struct EvalData {
+    /// What it is, for people (`digits test split, 360 images`).
+    pub description: String,
+    pub eval: Vec<Batch>,
+    /// True labels of the evaluation samples, in order (classifiers).
+    pub labels: Option<Vec<u32>>,
+    /// Calibration batches (for static activation ranges).
+    pub calibration: Vec<Batch>,
+    /// Hash of the data's content.
+    pub fingerprint: blake3::Hash,
+}
+
+/// How the evaluator compresses; part of its fingerprint (but for the cache size).
+#[derive(Clone, Debug)]
+pub struct EvalSettings {
+    /// How weight quantization picks its scales.
+    pub scale: ScaleMethod,
+    /// How static activation ranges are calibrated.
+    pub act_range: RangeMethod,
+    /// Bytes of compressed weights kept in memory.
+    pub cache_bytes: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            scale: ScaleMethod::Mse,
+            act_range: RangeMethod::MinMax,
+            cache_bytes: 1 << 30,
+        }
+    }
+}
+
+impl EvalSettings {
+    fn describe(&self) -> String {
+        format!("scale={:?};act_range={:?}", self.scale, self.act_range)
+    }
+}
+
+/// Evaluates assignments with a candle model.
+pub struct CandleEvaluator {
+    model: Arc<dyn Model>,
+    data: EvalData,
+    settings: EvalSettings,
+    /// The f32 model's output rows on the evaluation data.
+    reference: Vec<Vec<f32>>,
+    cache: CompressCache,
+    /// Original weights by layer.
+    weights: HashMap<String, Tensor>,
+    /// Static activation ranges per layer, calibrated on first use.
+    ranges: OnceLock<Result<HashMap<String, (f32, f32)>>>,
+    fingerprint: blake3::Hash,
+}
+
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
+impl CandleEvaluator {
+    /// Runs the f32 model once on the evaluation data to get the reference outputs.
+    pub fn new(model: Arc<dyn Model>, data: EvalData, settings: EvalSettings) -> Result<CandleEvaluator> {
+        if data.eval.is_empty() {
+            return Err(Error::Eval {
+                message: format!("no evaluation data ({})", data.description),
+            });
+        }
+        let mut reference = Vec::new();
+        for b in &data.eval {
+            reference.extend(rows(&model.forward(b, &ForwardCtx::default())?)?);
+        }
+        let weights = model
+            .inventory()
+            .layers
+            .iter()
+            .map(|l| Ok((l.name.clone(), model.weight(&l.name)?)))
+            .collect::<Result<_>>()?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"mpsearch-candle-evaluator-v1\n");
+        h.update(model.fingerprint().as_bytes());
+        h.update(data.fingerprint.as_bytes());
+        h.update(settings.describe().as_bytes());
+        let fingerprint = h.finalize();
+        Ok(CandleEvaluator {
+            cache: CompressCache::new(settings.cache_bytes)?,
+            model,
+            data,
+            settings,
+            reference,
+            weights,
+            ranges: OnceLock::new(),
+            fingerprint,
+        })
+    }
+
+    /// Whether outputs are class logits with labels (else embeddings).
+    fn classifies(&self) -> bool {
+        self.model.inventory().kind == ModelKind::Classifier && self.data.labels.is_some()
+    }
+
+    /// The model being evaluated.
+    pub fn model(&self) -> &Arc<dyn Model> {
+        &self.model
+    }
+
+    /// The data it is evaluated on.
+    pub fn data(&self) -> &EvalData {
+        &self.data
+    }
+
+    /// The compressed-weight cache (for its counters).
+    pub fn cache(&self) -> &CompressCache {
+        &self.cache
+    }
+
+    /// Static activation ranges: every layer's input captured on the calibration data.
+    fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
+        let r = self.ranges.get_or_init(|| {
+            let names: Vec<String> = self.model.inventory().layers.iter().map(|l| l.name.clone()).collect();
+            let capture = Mutex::new(names.iter().map(|n| (n.clone(), Vec::new())).collect::<HashMap<_, _>>());
+            let ctx = ForwardCtx {
+                overrides: None,
+                capture: Some(&capture),
+            };
+            for b in &self.data.calibration {
+                self.model.forward(b, &ctx)?;
+            }
+            let captured = capture.into_inner().map_err(|_| Error::Eval {
+                message: "activation capture was poisoned by a panic".into(),
+            })?;
+            captured
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(n, v)| Ok((n, compress::calibrate_range(&v, self.settings.act_range)?)))
+                .collect()
+        });
+        r.as_ref().map_err(|e| Error::Eval {
+            message: format!("calibrating static activation ranges failed: {e}"),
+        })
+    }
+
+    /// The per-layer overrides of an assignment (compressing weights through the cache).
+    pub fn overrides(&self, a: &Assignment) -> Result<Overrides> {
+        let mut out = Overrides::new();
+        for l in &self.model.inventory().layers {
+            let choice = a.get(&l.name).copied().unwrap_or(Choice::F32);
+            if choice.is_uncompressed() {
+                continue;
+            }
+            let original = &self.weights[&l.name];
+            let weights_change = choice.weights != crate::space::WeightQuant::F32
+                || choice.sparsity != crate::space::Sparsity::None
+                || choice.rank.is_some();
+            let weight = if weights_change {
+                Some(self.cache.get_or_apply(&l.name, original, &choice, self.settings.scale)?)
+            } else {
+                None
+            };
+            let act_range = match choice.act {
+                ActQuant::Int8Static => Some(*self.ranges()?.get(&l.name).ok_or_else(|| Error::Eval {
+                    message: format!("no calibrated activation range for layer `{}`", l.name),
+                })?),
+                _ => None,
+            };
+            out.insert(
+                l.name.clone(),
+                LayerOverride {
+                    weight,
+                    act: choice.act,
+                    act_range,
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl Evaluator for CandleEvaluator {
+    fn fingerprint(&self) -> blake3::Hash {
+        self.fingerprint
+    }
+
+    fn objective(&self) -> &'static str {
+        if self.classifies() {
+            "kl_divergence"
+        } else {
+            "cosine_distance"
+        }
+    }
+
+    fn evaluate(&self, a: &Assignment) -> Result<Evaluation> {
+        let started = Instant::now();
+        let overrides = self.overrides(a)?;
+        let ctx = ForwardCtx {
+            overrides: Some(&overrides),
+            capture: None,
+        };
+        let mut out = Vec::with_capacity(self.reference.len());
+        for b in &self.data.eval {
+            out.extend(rows(&self.model.forward(b, &ctx)?)?);
+        }
+        let metrics = match &self.data.labels {
+            Some(labels) if self.classifies() => metrics::classifier(&self.reference, &out, labels),
+            _ => metrics::encoder(&self.reference, &out),
+        };
+        let quality = metrics.get(self.objective()).copied().unwrap_or(f64::NAN);
+        if !quality.is_finite() {
+            return Err(Error::Eval {
+                message: format!("the compressed model's {} is {quality} (not finite)", self.objective()),
+            });
+        }
+        Ok(Evaluation {
+            quality,
+            metrics,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Hash of tensors' contents (f32 / u32 bytes), for data fingerprints.
+fn hash_tensors(h: &mut blake3::Hasher, tensors: &[&Tensor]) -> Result<()> {
+    for t in tensors {
+        h.update(format!("{:?}{:?}", t.dtype(), t.dims()).as_bytes());
+        match t.dtype() {
+            candle_core::DType::U32 => {
+                for v in t.flatten_all()?.to_vec1::<u32>()? {
+                    h.update(&v.to_le_bytes());
+                }
+            }
+            _ => {
+                for v in t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()? {
+                    h.update(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl EvalData {
+    /// The demo's data: the digits test split (evaluation, 360 images) and calibration split (180).
+    pub fn demo() -> Result<EvalData> {
+        let digits = crate::data::Digits::load()?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"digits-test+calibration\n");
+        hash_tensors(
+            &mut h,
+            &[
+                &digits.test.images,
+                &digits.test.labels,
+                &digits.calibration.images,
+            ],
+        )?;
+        Ok(EvalData {
+            description: format!(
+                "8x8 digits: {} test images (evaluation), {} calibration images",
+                digits.test.len(),
+                digits.calibration.len()
+            ),
+            eval: vec![Batch::Images(digits.test.images.clone())],
+            labels: Some(digits.test.classes().to_vec()),
+            calibration: vec![Batch::Images(digits.calibration.images.clone())],
+            fingerprint: h.finalize(),
+        })
+    }
+
+    /// Sentences for an encoder, tokenized once into batches of `batch` sentences.
+    pub fn sentences(
+        encoder: &crate::model::BertEncoder,
+        split: &crate::data::text::TextSplit,
+        batch: usize,
+        source: &str,
+    ) -> Result<EvalData> {
+        let tokenize = |s: &[String]| -> Result<Vec<Batch>> {
+            s.chunks(batch.max(1)).map(|c| encoder.tokenize(c)).collect()
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"sentences\n");
+        h.update(crate::data::text::fingerprint(&split.evaluation).as_bytes());
+        h.update(crate::data::text::fingerprint(&split.calibration).as_bytes());
+        h.update(format!("max_tokens={}", encoder.max_tokens()).as_bytes());
+        Ok(EvalData {
+            description: format!(
+                "{source}: {} evaluation sentences, {} calibration sentences",
+                split.evaluation.len(),
+                split.calibration.len()
+            ),
+            eval: tokenize(&split.evaluation)?,
+            labels: None,
+            calibration: tokenize(&split.calibration)?,
+            fingerprint: h.finalize(),
+        })
+    }
+}
+
+/// Sentences per batch for encoders.
+pub const SENTENCE_BATCH: usize = 32;
+
+/// Loads a model and the data it is evaluated on: the demo with its digits, or an encoder folder with
+/// `sentences` (a file, one per line) or the shipped sentences.
+pub fn load(
+    source: &crate::model::ModelSource,
+    sentences: Option<&std::path::Path>,
+) -> Result<(Arc<dyn Model>, EvalData)> {
+    use crate::model::ModelSource;
+    match source {
+        ModelSource::Demo => {
+            if let Some(p) = sentences {
+                return Err(Error::file(
+                    p,
+                    "the demo model is evaluated on its embedded digits; --data applies to encoder models",
+                ));
+            }
+            Ok((Arc::new(crate::model::DemoModel::embedded()?), EvalData::demo()?))
+        }
+        ModelSource::Folder(dir) => {
+            let encoder = crate::model::BertEncoder::load(dir)?;
+            let (split, what) = match sentences {
+                Some(p) => (
+                    crate::data::text::TextSplit::from_file(p)?,
+                    p.display().to_string(),
+                ),
+                None => (
+                    crate::data::text::TextSplit::shipped(),
+                    "shipped sentences (The Devil's Dictionary)".to_string(),
+                ),
+            };
+            let data = EvalData::sentences(&encoder, &split, SENTENCE_BATCH, &what)?;
+            Ok((Arc::new(encoder), data))
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! `mpsearch calibrate`'s measuring core on tiny shapes: what it measures, what it skips, the profile
+//! it writes, and that the timed kernels compute the right thing.
+
+use mpsearch::cost::calibrate::{
+    measure, operands, table, to_profile, CalibrateOptions, Kernel, MatrixShape, Measurement,
+    Prepared,
+};
+use mpsearch::cost::{HardwareProfile, Precision};
+use mpsearch::space::{LayerInfo, LayerKind};
+
+use candle_core::quantized::GgmlDType;
+
+fn tiny(shapes: Vec<MatrixShape>) -> CalibrateOptions {
+    CalibrateOptions {
+        shapes,
+        batches: vec![1, 4],
+        warmup: 1,
+        warmup_seconds: 0.0,
+        repetitions: 6,
+        max_seconds: 0.05,
+        rounds: 2,
+        ..CalibrateOptions::default()
+    }
+}
+
+fn run(opts: &CalibrateOptions) -> Vec<Measurement> {
+    let mut calls = 0;
+    let mut last = (0, 0);
+    let ms = measure(opts, &mut |done, total, _what| {
+        calls += 1;
+        last = (done, total);
+    })
+    .unwrap();
+    assert!(calls > 0);
+    assert_eq!(last.0, last.1, "progress ends at done == total");
+    ms
+}
+
+#[test]
+fn measures_every_runnable_type_and_batch() {
+    let opts = tiny(vec![
+        MatrixShape::linear(64, 256),
+        MatrixShape::linear(32, 256),
+    ]);
+    let ms = run(&opts);
+    for shape in &opts.shapes {
+        for &batch in &opts.batches {
+            for k in Kernel::all() {
+                let m = ms
+                    .iter()
+                    .find(|m| &m.shape == shape && m.batch == batch && m.kernel == k.name())
+                    .unwrap_or_else(|| panic!("no {} at {shape:?} batch {batch}", k.name()));
+                assert!(m.median_us > 0.0 && m.median_us.is_finite(), "{m:?}");
+                assert!(m.spread_us >= 0.0, "{m:?}");
+                assert_eq!(m.repetitions, 6);
+                assert_eq!(m.round_medians_us.len(), 2);
+                assert!(m.round_medians_us.iter().all(|r| *r >= m.median_us));
+                assert_eq!(m.bits, k.bits());
+            }
+        }
+    }
+    // plus the overhead probe: F32, Q8_0 and Q4K on a 16x256 weight at batch 1
+    assert_eq!(ms.len(), 2 * 2 * Kernel::all().len() + 3);
+    let probes: Vec<&Measurement> = ms.iter().filter(|m| m.probe).collect();
+    let names: Vec<&str> = probes.iter().map(|m| m.kernel.as_str()).collect();
+    assert_eq!(names, ["F32", "Q8_0", "Q4K"]);
+    assert!(probes
+        .iter()
+        .all(|m| m.batch == 1 && m.shape == MatrixShape::linear(16, 256)));
+    let t = table(&ms);
+    assert!(
+        t.contains("Q4K") && t.contains("64x256") && t.contains("× f32"),
+        "{t}"
+    );
+}
+
+#[test]
+fn k_types_are_skipped_with_a_note_when_in_features_are_not_a_multiple_of_256() {
+    // 192 = 6 x 32: the legacy 32-blocks fit, the 256-element K-blocks do not.
+    let opts = tiny(vec![MatrixShape::linear(32, 192)]);
+    let ms = run(&opts);
+    let kernels: Vec<&str> = ms
+        .iter()
+        .filter(|m| m.batch == 1 && !m.probe)
+        .map(|m| m.kernel.as_str())
+        .collect();
+    for k in [
+        "F32",
+        "F16",
+        "BF16",
+        "QMatMul-F16",
+        "Q8_0",
+        "Q4_0",
+        "Q4_1",
+        "Q5_0",
+        "Q5_1",
+        "Q8_1",
+    ] {
+        assert!(kernels.contains(&k), "{k} missing from {kernels:?}");
+    }
+    for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"] {
+        assert!(!kernels.contains(&k), "{k} ran on 192 in-features");
+    }
+    let profile = to_profile(&ms, &opts, "tiny").unwrap();
+    let cal = profile.calibration.as_ref().unwrap();
+    for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"] {
+        assert!(
+            cal.notes
+                .iter()
+                .any(|n| n.starts_with(&format!("{k} skipped")) && n.contains("192")),
+            "no note for {k}: {:?}",
+            cal.notes
+        );
+    }
+    // Without K-types, 2, 3 and 6 bits have no type on this shape; 4, 5 and 8 use the legacy ones.
+    assert!(
+        cal.bit_types
+            .get("4")
+            .is_some_and(|t| t == "Q4_0" || t == "Q4_1"),
+        "{:?}",
+        cal.bit_types
+    );
+    assert!(
+        cal.bit_types
+            .get("5")
+            .is_some_and(|t| t == "Q5_0" || t == "Q5_1"),
+        "{:?}",
+        cal.bit_types
+    );
+    assert!(!cal.bit_types.contains_key("2") && !cal.bit_types.contains_key("6"));
+    let text = toml::to_string_pretty(&profile).unwrap();
+    HardwareProfile::from_toml(&text, "tiny.toml").unwrap();
+
+    // 160 = 5 x 32: candle's Q4_1/Q5_0/Q5_1 dot products take 32-blocks in pairs (and assert it).
+    let odd = MatrixShape::linear(32, 160);
+    for t in [
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q4K,
+    ] {
+        assert!(
+            Kernel::Quant(t)
+                .skip_reason(&odd)
+                .is_some_and(|r| r.contains("160")),
+            "{t:?}"
+        );
+    }
+    for t in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q8_1] {
+        assert_eq!(Kernel::Quant(t).skip_reason(&odd), None, "{t:?}");
+    }
+}
+
+#[test]
+fn profile_round_trips_through_toml() {
+    let opts = tiny(vec![
+        MatrixShape::linear(64, 256),
+        MatrixShape::linear(32, 256),
+    ]);
+    let ms = run(&opts);
+    let file = to_profile(&ms, &opts, "this-machine").unwrap();
+    let text = toml::to_string_pretty(&file).unwrap();
+    let hp = HardwareProfile::from_toml(&text, "calibrated.toml")
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(hp.name(), "this-machine");
+    for p in [
+        Precision::F32,
+        Precision::F16,
+        Precision::Bf16,
+        Precision::Int(8),
+        Precision::Int(4),
+        Precision::Int(2),
+    ] {
+        assert!(
+            hp.gmacs.get(&p).is_some_and(|g| *g > 0.0),
+            "no {p} in [compute]:\n{text}"
+        );
+    }
+    assert!(hp.weight_only.is_none());
+    assert!(hp.bandwidth_gbs > 0.0 && hp.per_layer_us > 0.0);
+    // per_layer_us: the fastest probe kernel
+    let fastest = ms
+        .iter()
+        .filter(|m| m.probe)
+        .map(|m| m.median_us)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        (hp.per_layer_us - fastest).abs() < 0.01,
+        "{} vs {fastest}",
+        hp.per_layer_us
+    );
+    // the probe is not a requested shape: no [[measured]] entry for it
+    assert!(!hp.measured.keys().any(|k| k.shape == [16, 256]));
+    let prov = &hp.file.provenance;
+    assert_eq!(prov.candle_version.as_deref(), Some("0.11.1"));
+    assert_eq!(prov.date.len(), 10);
+    assert!(prov.cores.is_some_and(|c| c >= 1) && prov.cpu.is_some());
+    assert!(prov
+        .sources
+        .iter()
+        .any(|s| s.contains("candle-core 0.11.1")));
+    for shape in &opts.shapes {
+        let us = hp.measured.iter().find(|(k, _)| {
+            k.kind == LayerKind::Linear
+                && k.shape == shape.shape
+                && k.batch == 1
+                && k.weights == Precision::F32
+        });
+        assert!(
+            us.is_some_and(|(_, us)| *us > 0.0),
+            "no f32 batch-1 entry for {shape:?}"
+        );
+    }
+    // every bit-width's [[measured]] kernel is the fastest candle type of that width
+    let cal = hp.file.calibration.as_ref().unwrap();
+    for e in hp
+        .file
+        .measured
+        .iter()
+        .filter(|e| matches!(e.weights, Precision::Int(_)))
+    {
+        let bits = match e.weights {
+            Precision::Int(b) => b,
+            _ => unreachable!(),
+        };
+        let fastest = ms
+            .iter()
+            .filter(|m| m.shape.shape == e.shape && m.batch == e.batch && m.bits == Some(bits))
+            .min_by(|a, b| a.median_us.total_cmp(&b.median_us))
+            .unwrap();
+        assert_eq!(e.kernel.as_deref(), Some(fastest.kernel.as_str()));
+    }
+    assert_eq!(cal.bit_types.len(), 6, "{:?}", cal.bit_types);
+    // the text written again parses to the same entries
+    assert_eq!(
+        HardwareProfile::from_toml(&hp.to_toml(), "again.toml")
+            .unwrap()
+            .measured,
+        hp.measured
+    );
+}
+
+#[test]
+fn for_layers_takes_distinct_matrices_and_skips_embeddings() {
+    let layer = |name: &str, kind, shape: Vec<usize>, macs| LayerInfo {
+        name: name.into(),
+        kind,
+        shape,
+        macs,
+        bias: true,
+    };
+    let layers = [
+        layer("emb", LayerKind::Embedding, vec![30522, 768], 0),
+        layer("q", LayerKind::Linear, vec![768, 768], 768 * 768),
+        layer("k", LayerKind::Linear, vec![768, 768], 768 * 768),
+        layer("up", LayerKind::Linear, vec![3072, 768], 3072 * 768),
+        layer(
+            "conv",
+            LayerKind::Conv2d,
+            vec![64, 64, 3, 3],
+            64 * 576 * 56 * 56,
+        ),
+    ];
+    let opts = CalibrateOptions::for_layers(&layers);
+    assert_eq!(opts.shapes.len(), 3, "{:?}", opts.shapes);
+    let conv = &opts.shapes[2];
+    assert_eq!((conv.rows, conv.cols, conv.applications), (64, 576, 3136));
+    assert_eq!(conv.shape, vec![64, 64, 3, 3]);
+    assert_eq!(opts.shapes[0], MatrixShape::linear(768, 768));
+}
+
+#[test]
+fn convolutions_are_timed_as_im2col_products_and_ambiguous_keys_are_left_out() {
+    let conv = |applications| MatrixShape {
+        kind: LayerKind::Conv2d,
+        shape: vec![8, 8, 2, 2],
+        rows: 8,
+        cols: 32,
+        applications,
+    };
+    let mut opts = tiny(vec![conv(4), conv(9), MatrixShape::linear(16, 64)]);
+    opts.batches = vec![1];
+    opts.overhead_probe = false;
+    opts.kernels = vec![Kernel::F32, Kernel::Quant(GgmlDType::Q8_0)];
+    let ms = run(&opts);
+    assert_eq!(ms.len(), 6);
+    assert_eq!(ms[0].shape.macs(1), 8 * 32 * 4);
+    let file = to_profile(&ms, &opts, "conv").unwrap();
+    let text = toml::to_string_pretty(&file).unwrap();
+    let hp = HardwareProfile::from_toml(&text, "conv.toml").unwrap();
+    assert!(
+        hp.measured.keys().all(|k| k.kind == LayerKind::Linear),
+        "{text}"
+    );
+    assert_eq!(hp.measured.len(), 2, "{text}");
+    let notes = &hp.file.calibration.as_ref().unwrap().notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("conv2d 8x8x2x2") && n.contains("4 pixels, 9 pixels")),
+        "{notes:?}"
+    );
+
+    opts.batches = vec![0];
+    assert!(measure(&opts, &mut |_, _, _| {}).is_err());
+    opts.batches = vec![1];
+    opts.shapes = vec![MatrixShape {
+        cols: 33,
+        ..conv(1)
+    }];
+    assert!(measure(&opts, &mut |_, _, _| {}).is_err());
+}
+
+#[test]
+fn the_timed_quantized_matmul_computes_x_times_w_transposed() {
+    let (rows, cols, m) = (64, 256, 4);
+    let (w, x) = operands(rows, cols, m, 7).unwrap();
+    let run = |k: Kernel| {
+        let p = Prepared::new(k, &w).unwrap();
+        p.forward(&p.input(&x).unwrap()).unwrap()
+    };
+    let reference = run(Kernel::F32);
+    assert_eq!(reference.dims(), &[m, rows]);
+    // F32 against a plain triple loop
+    let wv: Vec<Vec<f32>> = w.to_vec2().unwrap();
+    let xv: Vec<Vec<f32>> = x.to_vec2().unwrap();
+    let rv: Vec<Vec<f32>> = reference.to_vec2().unwrap();
+    for i in 0..m {
+        for j in 0..rows {
+            let dot: f32 = (0..cols).map(|c| xv[i][c] * wv[j][c]).sum();
+            assert!(
+                (dot - rv[i][j]).abs() < 1e-4,
+                "f32 [{i},{j}] {dot} vs {}",
+                rv[i][j]
+            );
+        }
+    }
+    let rel_err = |k: Kernel| {
+        let y = run(k);
+        let y = y.to_dtype(candle_core::DType::F32).unwrap();
+        assert_eq!(y.dims(), &[m, rows]);
+        let diff = (&y - &reference)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let norm = reference
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        (diff / norm).sqrt()
+    };
+    let q8 = rel_err(Kernel::Quant(GgmlDType::Q8_0));
+    println!("Q8_0: relative error {q8:.5}");
+    assert!(q8 < 0.02, "Q8_0 relative error {q8}");
+    for (k, bound) in [
+        (Kernel::F16, 0.01),
+        (Kernel::QMatMulF16, 0.01),
+        (Kernel::Bf16, 0.02),
+        (Kernel::Quant(GgmlDType::Q8K), 0.02),
+        (Kernel::Quant(GgmlDType::Q6K), 0.05),
+        (Kernel::Quant(GgmlDType::Q4K), 0.15),
+        (Kernel::Quant(GgmlDType::Q4_0), 0.15),
+    ] {
+        let e = rel_err(k);
+        println!("{}: relative error {e:.5}", k.name());
+        assert!(e < bound, "{} relative error {e}", k.name());
+    }
+}
+
+/// The measurement reported for the BERT FFN matrices: `cargo test --release --test calibrate -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bert_ffn_on_this_machine() {
+    let opts = CalibrateOptions {
+        shapes: vec![
+            MatrixShape::linear(3072, 768),
+            MatrixShape::linear(768, 3072),
+        ],
+        ..CalibrateOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let ms = measure(&opts, &mut |_, _, _| {}).unwrap();
+    println!("{}", table(&ms));
+    println!("took {:.1} s", started.elapsed().as_secs_f64());
+    let file = to_profile(&ms, &opts, "this-machine").unwrap();
+    println!("{}", toml::to_string_pretty(&file).unwrap());
+}
+
+/// The whole standard grid, timed: `cargo test --release --test calibrate -- --ignored --nocapture standard`.
+#[test]
+#[ignore]
+fn standard_grid_on_this_machine() {
+    let opts = CalibrateOptions::standard_grid();
+    let started = std::time::Instant::now();
+    let ms = measure(&opts, &mut |done, total, what| {
+        eprintln!("[{done}/{total}] {what}")
+    })
+    .unwrap();
+    println!("{}", table(&ms));
+    println!("took {:.1} s", started.elapsed().as_secs_f64());
+    let file = to_profile(&ms, &opts, "this-machine").unwrap();
+    let text = toml::to_string_pretty(&file).unwrap();
+    HardwareProfile::from_toml(&text, "standard.toml").unwrap();
+    println!("{text}");
+}

@@ -1,0 +1,145 @@
+//! The candle evaluator and `mpsearch eval`: metrics against the f32 model, memoisation, and the JSON
+//! lines interface.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use mpsearch::compress::ScaleMethod;
+use mpsearch::eval::{load, CandleEvaluator, EvalSettings, Evaluator};
+use mpsearch::model::ModelSource;
+use mpsearch::space::{Assignment, Choice};
+
+use crate::util::{fails, Dir};
+
+/// Every layer of the model at `choice`.
+fn uniform(ev: &CandleEvaluator, choice: &str) -> Assignment {
+    let c: Choice = choice.parse().unwrap();
+    Assignment::new(ev.model().inventory().layers.iter().map(|l| (l.name.clone(), c)))
+}
+
+fn demo(scale: ScaleMethod) -> CandleEvaluator {
+    let (model, data) = load(&ModelSource::Demo, None).unwrap();
+    CandleEvaluator::new(model, data, EvalSettings { scale, ..EvalSettings::default() }).unwrap()
+}
+
+#[test]
+fn f32_is_the_reference_and_fewer_bits_cost_more() {
+    let ev = demo(ScaleMethod::Mse);
+    assert_eq!(ev.objective(), "kl_divergence");
+    let f = ev.evaluate(&uniform(&ev, "f32")).unwrap();
+    assert_eq!(f.quality, 0.0);
+    assert_eq!(f.metrics["accuracy_drop"], 0.0);
+    assert!(f.metrics["accuracy"] >= 0.97, "{:?}", f.metrics);
+    let kl = |c: &str| ev.evaluate(&uniform(&ev, c)).unwrap().quality;
+    let (k8, k4, k2) = (kl("int8-sym-channel"), kl("int4-sym-channel"), kl("int2-sym-channel"));
+    assert!(0.0 < k8 && k8 < k4 && k4 < k2, "KL int8 {k8} int4 {k4} int2 {k2}");
+    // Pruning half the weights hurts more than int8; low rank 25% too.
+    assert!(kl("f32+sparse50") > k8 && kl("f32+rank25") > k8);
+    // f16 is nearly lossless.
+    assert!(kl("f16") < 1e-6);
+}
+
+#[test]
+fn activation_quantization_static_and_dynamic() {
+    let ev = demo(ScaleMethod::MinMax);
+    let q = |c: &str| ev.evaluate(&uniform(&ev, c)).unwrap().quality;
+    let (s, d) = (q("f32+act8-static"), q("f32+act8-dynamic"));
+    assert!(s > 0.0 && d > 0.0, "activation quantization changes the outputs");
+    assert!(s < 0.05 && d < 0.05, "int8 activations stay close: static {s}, dynamic {d}");
+}
+
+#[test]
+fn compressed_weights_are_memoised_per_layer_and_choice() {
+    let ev = demo(ScaleMethod::Mse);
+    let a = uniform(&ev, "int4-asym-channel");
+    let first = ev.evaluate(&a).unwrap();
+    let misses = ev.cache().stats().misses;
+    assert_eq!(misses, 4, "one compression per layer");
+    let again = ev.evaluate(&a).unwrap();
+    assert_eq!(again.quality, first.quality, "deterministic");
+    let st = ev.cache().stats();
+    assert_eq!((st.misses, st.hits), (4, 4));
+    // A new assignment made of the same (layer, choice) pairs plus one new pair costs one compression.
+    let mut layers: Vec<(String, Choice)> = a.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+    layers[0].1 = "int8-sym-channel".parse().unwrap();
+    ev.evaluate(&Assignment::new(layers)).unwrap();
+    assert_eq!(ev.cache().stats().misses, 5);
+}
+
+#[test]
+fn fingerprints_and_keys_follow_the_settings() {
+    let (a, b) = (demo(ScaleMethod::Mse), demo(ScaleMethod::MinMax));
+    assert_ne!(a.fingerprint(), b.fingerprint());
+    assert_eq!(a.fingerprint(), demo(ScaleMethod::Mse).fingerprint());
+    let x = uniform(&a, "int8-sym-channel");
+    assert_ne!(a.key(&x), b.key(&x));
+    assert_ne!(a.key(&x), a.key(&uniform(&a, "int4-sym-channel")));
+}
+
+#[test]
+fn eval_streams_json_lines_and_answers_each_line_at_once() {
+    let dir = Dir::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
+        .args(["eval", "--stdin", "--profile", "cortex-a76"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |line: &str| -> serde_json::Value {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut answer = String::new();
+        out.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    };
+    // Each answer is read before the next question is sent: the output is flushed per line.
+    let v = ask(r#"{"default": "int8-sym-channel"}"#);
+    for key in ["hash", "quality", "objective", "metrics", "seconds", "cost"] {
+        assert!(v.get(key).is_some(), "{key} missing in {v}");
+    }
+    assert_eq!(v["objective"], "kl_divergence");
+    assert_eq!(v["hash"].as_str().unwrap().len(), 64);
+    assert!(v["cost"]["latency_us"].as_f64().unwrap() > 0.0 && v["cost"]["bytes"].as_u64().unwrap() > 0);
+    let e = ask(r#"{"default": "int8-sym-channel", "layers": {"fc9": "f32"}}"#);
+    assert!(e["error"].as_str().unwrap().contains("unknown layer `fc9`"), "{e}");
+    let e = ask("{nope");
+    assert!(e["error"].as_str().unwrap().contains("line 3"), "{e}");
+    let again = ask(r#"{"default": "int8-sym-channel"}"#);
+    assert_eq!(again["hash"], v["hash"]);
+    assert_eq!(again["quality"], v["quality"]);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn eval_one_file_and_bad_input() {
+    let dir = Dir::new();
+    let a = dir.write("a.json", r#"{"default": "int6-asym-channel"}"#);
+    let out = crate::util::ok(dir.path(), &["eval", "--assignment", a.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["quality"].as_f64().unwrap() > 0.0);
+    let bad = dir.write("bad.json", r#"{"default": "int6-asym-chanel"}"#);
+    let err = fails(dir.path(), &["eval", "--assignment", bad.to_str().unwrap()]);
+    assert!(err.contains("bad.json") && err.contains("chanel"), "{err}");
+    let out = crate::util::run(dir.path(), &["eval"]);
+    assert_eq!(out.status.code(), Some(2), "--assignment or --stdin is required");
+    let err = fails(dir.path(), &["eval", "--stdin", "--data", "x.txt"]);
+    assert!(err.contains("x.txt") && err.contains("encoder"), "{err}");
+}
+
+#[test]
+fn minilm_int8_keeps_the_embeddings() {
+    let Some(dir) = crate::util::minilm() else { return };
+    let (model, data) = load(&ModelSource::Folder(dir), None).unwrap();
+    let model: Arc<dyn mpsearch::model::Model> = model;
+    let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
+    assert_eq!(ev.objective(), "cosine_distance");
+    let e = ev.evaluate(&uniform(&ev, "int8-sym-channel")).unwrap();
+    assert!(e.metrics["mean_cosine"] >= 0.99, "{:?}", e.metrics);
+    assert!((e.quality - (1.0 - e.metrics["mean_cosine"])).abs() < 1e-12);
+}
