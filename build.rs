@@ -7,7 +7,10 @@ use std::path::Path;
 fn main() {
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let mut out = String::new();
-    for (konst, dir) in [("SPACES", "search-spaces"), ("PROFILES", "hardware-profiles")] {
+    for (konst, dir) in [
+        ("SPACES", "search-spaces"),
+        ("PROFILES", "hardware-profiles"),
+    ] {
         let path = Path::new(&root).join(dir);
         println!("cargo:rerun-if-changed={}", path.display());
         let mut files: Vec<_> = std::fs::read_dir(&path)
@@ -18,7 +21,12 @@ fn main() {
         writeln!(out, "pub const {konst}: &[(&str, &str)] = &[").unwrap();
         for f in files {
             let name = f.file_stem().unwrap().to_string_lossy();
-            writeln!(out, "    ({name:?}, include_str!({:?})),", f.display().to_string()).unwrap();
+            writeln!(
+                out,
+                "    ({name:?}, include_str!({:?})),",
+                f.display().to_string()
+            )
+            .unwrap();
         }
         writeln!(out, "];").unwrap();
     }

@@ -29,7 +29,12 @@ rank = [1.0, 0.5]
 fn layers() -> Vec<LayerInfo> {
     let mut out = Vec::new();
     for b in 0..25 {
-        for (name, rows, cols) in [("qkv", 2304, 768), ("out", 768, 768), ("up", 3072, 768), ("down", 768, 3072)] {
+        for (name, rows, cols) in [
+            ("qkv", 2304, 768),
+            ("out", 768, 768),
+            ("up", 3072, 768),
+            ("down", 768, 3072),
+        ] {
             out.push(LayerInfo {
                 name: format!("block.{b}.{name}"),
                 kind: LayerKind::Linear,
@@ -46,7 +51,11 @@ fn bench(c: &mut Criterion) {
     let layers = layers();
     let space = file::parse(SPACE, "bench.toml", &layers).expect("bench space");
     assert_eq!(space.layers.len(), 100);
-    let model = CostModel::new(mpsearch::shipped::profile("cortex-a76").expect("profile"), 1).expect("model");
+    let model = CostModel::new(
+        mpsearch::shipped::profile("cortex-a76").expect("profile"),
+        1,
+    )
+    .expect("model");
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let point: Vec<u16> = space
         .groups
@@ -60,9 +69,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("assignment_analytic", |b| {
         b.iter(|| black_box(model.assignment(&layers, black_box(&assignment)).1))
     });
-    g.bench_function("assignment_table", |b| b.iter(|| black_box(table.cost(black_box(&point)))));
+    g.bench_function("assignment_table", |b| {
+        b.iter(|| black_box(table.cost(black_box(&point))))
+    });
     g.bench_function("feasibility", |b| {
-        b.iter(|| black_box(CostTable::new(&model, black_box(&space)).feasibility(Objective::Latency)))
+        b.iter(|| {
+            black_box(CostTable::new(&model, black_box(&space)).feasibility(Objective::Latency))
+        })
     });
     g.finish();
 }

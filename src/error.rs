@@ -134,7 +134,12 @@ impl Error {
     }
 
     /// An [`Error::At`] at a byte `span` start of `text`, read from `path`.
-    pub fn at(path: impl Into<PathBuf>, text: &str, offset: usize, message: impl Into<String>) -> Self {
+    pub fn at(
+        path: impl Into<PathBuf>,
+        text: &str,
+        offset: usize,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column) = line_column(text, offset);
         Error::At {
             path: path.into(),

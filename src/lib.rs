@@ -9,9 +9,9 @@
 pub mod compress;
 pub mod cost;
 pub mod data;
-pub mod model;
 pub mod error;
 pub mod eval;
+pub mod model;
 pub mod shipped;
 pub mod space;
 

@@ -196,7 +196,10 @@ fn load_model(arg: &str) -> anyhow::Result<Inventory> {
 }
 
 fn load_space(arg: Option<&str>, inv: &Inventory) -> anyhow::Result<SearchSpace> {
-    Ok(shipped::space(arg.unwrap_or(inv.default_space), &inv.layers)?)
+    Ok(shipped::space(
+        arg.unwrap_or(inv.default_space),
+        &inv.layers,
+    )?)
 }
 
 /// Left-aligns the first `left` columns, right-aligns the rest.
@@ -248,7 +251,11 @@ fn thousands(n: u64) -> String {
 
 fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let inv = load_model(&a.model.model)?;
-    let space = a.space.as_deref().map(|s| load_space(Some(s), &inv)).transpose()?;
+    let space = a
+        .space
+        .as_deref()
+        .map(|s| load_space(Some(s), &inv))
+        .transpose()?;
     if a.json {
         let layers: Vec<serde_json::Value> = inv
             .layers
@@ -307,7 +314,11 @@ fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 let g = &s.groups[s.layers[i].group];
                 r.push(s.layers[i].status.to_string());
                 r.push(g.choices.len().to_string());
-                r.push(if g.members.len() > 1 { g.name.clone() } else { "-".into() });
+                r.push(if g.members.len() > 1 {
+                    g.name.clone()
+                } else {
+                    "-".into()
+                });
             }
             r
         })
@@ -328,8 +339,17 @@ fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
             s.size()
         ));
         for g in &s.groups {
-            let names: Vec<&str> = g.members.iter().map(|&m| s.layers[m].info.name.as_str()).collect();
-            out.push_str(&format!("\n{} [{}, {} choices]\n", names.join(" + "), g.status, g.choices.len()));
+            let names: Vec<&str> = g
+                .members
+                .iter()
+                .map(|&m| s.layers[m].info.name.as_str())
+                .collect();
+            out.push_str(&format!(
+                "\n{} [{}, {} choices]\n",
+                names.join(" + "),
+                g.status,
+                g.choices.len()
+            ));
             let all: Vec<String> = g.choices.iter().map(|c| c.to_string()).collect();
             out.push_str(&wrap(&all, 100, "    "));
         }
@@ -358,10 +378,14 @@ fn wrap(items: &[String], width: usize, indent: &str) -> String {
 
 /// The baselines `cost` and reports compare against.
 fn baselines() -> Vec<(&'static str, Choice)> {
-    [("all-f32", "f32"), ("all-int8", "int8-sym-channel"), ("all-int4", "int4-asym-g32")]
-        .into_iter()
-        .filter_map(|(n, c)| Some((n, c.parse().ok()?)))
-        .collect()
+    [
+        ("all-f32", "f32"),
+        ("all-int8", "int8-sym-channel"),
+        ("all-int4", "int4-asym-g32"),
+    ]
+    .into_iter()
+    .filter_map(|(n, c)| Some((n, c.parse().ok()?)))
+    .collect()
 }
 
 fn cost(a: CostArgs) -> anyhow::Result<ExitCode> {
@@ -386,16 +410,23 @@ fn cost(a: CostArgs) -> anyhow::Result<ExitCode> {
     let profile_name = model.profile.name().to_string();
 
     if let Some(path) = &a.assignment {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let asg = space.parse_assignment(&text, Some(&path.display().to_string()))?;
         return print_assignment_cost(&model, &space, &layers, &asg, a.json);
     }
 
     let table_ = CostTable::new(&model, &space);
-    let ranges: Vec<_> = Objective::ALL.iter().map(|&o| table_.feasibility(o)).collect();
+    let ranges: Vec<_> = Objective::ALL
+        .iter()
+        .map(|&o| table_.feasibility(o))
+        .collect();
     let mut notes = Vec::new();
     for (o, b) in &budgets {
-        let f = ranges.iter().find(|f| f.objective == *o).expect("every objective has a range");
+        let f = ranges
+            .iter()
+            .find(|f| f.objective == *o)
+            .expect("every objective has a range");
         match f.check_max(*b, &space.name, &profile_name)? {
             mpsearch::cost::feasibility::BudgetFit::NonBinding => notes.push(format!(
                 "max {o} {} is at or above the dearest reachable {}: it constrains nothing",
@@ -446,7 +477,9 @@ fn cost(a: CostArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    out.push_str("baselines (every searchable layer at one choice; excluded layers f32, pins kept)\n");
+    out.push_str(
+        "baselines (every searchable layer at one choice; excluded layers f32, pins kept)\n",
+    );
     out.push_str(&table(&["baseline", "latency", "size", "BOPs"], &rows, 1));
     out.push_str("\nreachable range over the search space (exact)\n");
     let rows: Vec<Vec<String>> = ranges
@@ -492,11 +525,17 @@ fn print_assignment_cost(
         .map(|(l, c)| {
             vec![
                 l.name.clone(),
-                asg.get(&l.name).map(|c| c.to_string()).unwrap_or_else(|| "f32".into()),
+                asg.get(&l.name)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "f32".into()),
                 c.runs_as.to_string(),
                 thousands(c.macs.round() as u64),
                 thousands(c.cost.bytes),
-                format!("{:.2}{}", c.cost.latency_us, if c.measured { "*" } else { "" }),
+                format!(
+                    "{:.2}{}",
+                    c.cost.latency_us,
+                    if c.measured { "*" } else { "" }
+                ),
             ]
         })
         .collect();
@@ -507,7 +546,11 @@ fn print_assignment_cost(
         model.batch,
         &asg.hash_hex()[..16]
     );
-    out.push_str(&table(&["layer", "choice", "runs as", "MACs", "bytes", "µs"], &rows, 3));
+    out.push_str(&table(
+        &["layer", "choice", "runs as", "MACs", "bytes", "µs"],
+        &rows,
+        3,
+    ));
     out.push_str(&format!(
         "total: {} · {} · {}   (* = measured entry of the profile)\n",
         Objective::Latency.format(total.latency_us),
@@ -522,9 +565,9 @@ fn profiles() -> anyhow::Result<ExitCode> {
     let local = shipped::local(Kind::Profile);
     for (name, text) in Kind::Profile.embedded() {
         let p = HardwareProfile::from_toml(text, format!("shipped:{name}"))?;
-        let overridden = local.iter().any(|(n, path)| {
-            n == name && std::fs::read_to_string(path).is_ok_and(|t| t != *text)
-        });
+        let overridden = local
+            .iter()
+            .any(|(n, path)| n == name && std::fs::read_to_string(path).is_ok_and(|t| t != *text));
         let origin = if overridden {
             format!("shipped, overridden by ./hardware-profiles/{name}.toml")
         } else {
@@ -542,12 +585,24 @@ fn profiles() -> anyhow::Result<ExitCode> {
             continue;
         }
         let (device, description) = match HardwareProfile::load(&path) {
-            Ok(p) => (p.file.profile.device.to_string(), p.file.profile.description.clone()),
+            Ok(p) => (
+                p.file.profile.device.to_string(),
+                p.file.profile.description.clone(),
+            ),
             Err(e) => ("?".into(), format!("does not load: {e}")),
         };
-        rows.push(vec![name, device, format!("local {}", path.display()), description]);
+        rows.push(vec![
+            name,
+            device,
+            format!("local {}", path.display()),
+            description,
+        ]);
     }
-    emit(&table(&["profile", "device", "origin", "description"], &rows, 4))
+    emit(&table(
+        &["profile", "device", "origin", "description"],
+        &rows,
+        4,
+    ))
 }
 
 fn calibrate_cmd(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
@@ -559,7 +614,10 @@ fn calibrate_cmd(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
         None => CalibrateOptions::standard_grid(),
     };
     anyhow::ensure!(a.repetitions >= 1, "--repetitions must be at least 1");
-    anyhow::ensure!(a.batch >= 2, "--batch is the larger batch measured besides 1: give 2 or more");
+    anyhow::ensure!(
+        a.batch >= 2,
+        "--batch is the larger batch measured besides 1: give 2 or more"
+    );
     opts.repetitions = a.repetitions;
     opts.batches = vec![1, a.batch];
     let out = a.out.clone().unwrap_or_else(|| {
@@ -586,8 +644,10 @@ fn calibrate_cmd(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     );
     let bar = indicatif::ProgressBar::new(1);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let ms = calibrate::measure(&opts, &mut |done, total, what| {
         bar.set_length(total as u64);
@@ -612,13 +672,21 @@ fn calibrate_cmd(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
         ));
         report.push_str(&format!(
             "no fast kernel here (slower than f32 at batch 1): {}\n",
-            if c.slow_kernels.is_empty() { "none".into() } else { c.slow_kernels.join(", ") }
+            if c.slow_kernels.is_empty() {
+                "none".into()
+            } else {
+                c.slow_kernels.join(", ")
+            }
         ));
     }
     report.push_str(&format!(
         "\nwrote {} (use it as --profile {})\n",
         out.display(),
-        if out.parent() == Some(std::path::Path::new("hardware-profiles")) { name } else { out.display().to_string() }
+        if out.parent() == Some(std::path::Path::new("hardware-profiles")) {
+            name
+        } else {
+            out.display().to_string()
+        }
     ));
     emit(&report)
 }
@@ -681,7 +749,8 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::stdout().lock();
     if let Some(path) = &a.assignment {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let v = answer(&text, &path.display().to_string())?;
         writeln!(out, "{v}")?;
         out.flush()?;

@@ -66,7 +66,10 @@ pub fn find(kind: Kind, arg: &str) -> Result<Source> {
     let local = Path::new(kind.folder()).join(format!("{arg}.toml"));
     if local.is_file() {
         let text = std::fs::read_to_string(&local).map_err(|e| Error::io(&local, e))?;
-        return Ok(Source { text, origin: local });
+        return Ok(Source {
+            text,
+            origin: local,
+        });
     }
     if let Some((_, text)) = kind.embedded().iter().find(|(n, _)| *n == arg) {
         return Ok(Source {

@@ -27,7 +27,12 @@ impl CostTable {
             .map(|g| {
                 g.choices
                     .iter()
-                    .map(|c| g.members.iter().map(|&m| model.layer(&space.layers[m].info, c).cost).sum())
+                    .map(|c| {
+                        g.members
+                            .iter()
+                            .map(|&m| model.layer(&space.layers[m].info, c).cost)
+                            .sum()
+                    })
                     .collect()
             })
             .collect();
@@ -48,7 +53,9 @@ impl CostTable {
         let mut cheapest = Vec::with_capacity(self.groups.len());
         let mut dearest = Vec::with_capacity(self.groups.len());
         for g in &self.groups {
-            let by = |a: &(usize, &Cost), b: &(usize, &Cost)| objective.of(a.1).total_cmp(&objective.of(b.1));
+            let by = |a: &(usize, &Cost), b: &(usize, &Cost)| {
+                objective.of(a.1).total_cmp(&objective.of(b.1))
+            };
             cheapest.push(g.iter().enumerate().min_by(by).map_or(0, |(i, _)| i as u16));
             dearest.push(g.iter().enumerate().max_by(by).map_or(0, |(i, _)| i as u16));
         }

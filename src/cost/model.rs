@@ -27,7 +27,9 @@
 use serde::Serialize;
 
 use super::profile::{HardwareProfile, MeasuredKey, Precision};
-use crate::space::{ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity, WeightQuant};
+use crate::space::{
+    ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity, WeightQuant,
+};
 
 /// The three costs of a layer or a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -111,7 +113,9 @@ impl std::str::FromStr for Objective {
             "latency" => Ok(Objective::Latency),
             "size" => Ok(Objective::Size),
             "bops" => Ok(Objective::Bops),
-            _ => Err(format!("`{s}` is not an objective; use latency, size or bops")),
+            _ => Err(format!(
+                "`{s}` is not an objective; use latency, size or bops"
+            )),
         }
     }
 }
@@ -122,7 +126,9 @@ impl std::str::FromStr for Objective {
 pub fn parse_budget(objective: Objective, text: &str) -> std::result::Result<f64, String> {
     let t = text.trim();
     let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+'))
+        .find(|c: char| {
+            !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')
+        })
         .unwrap_or(t.len());
     // `1e3` is a number but `1E` alone would not be: let the number parser decide.
     let (num, unit) = t.split_at(split);
@@ -152,7 +158,9 @@ pub fn parse_budget(objective: Objective, text: &str) -> std::result::Result<f64
                 Objective::Size => "B, KB, MB, GB, KiB, MiB, GiB",
                 Objective::Bops => "K, M, G, T",
             };
-            return Err(format!("`{text}`: unknown unit `{unit}` for {objective}; use {units}"));
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` for {objective}; use {units}"
+            ));
         }
     };
     let v = value * scale;
@@ -245,7 +253,11 @@ impl CostModel {
             .chain((2..=8).map(Precision::Int))
         {
             let run = profile.runs_as(p);
-            let gmacs = profile.gmacs.get(&run).copied().unwrap_or(profile.gmacs[&Precision::F32]);
+            let gmacs = profile
+                .gmacs
+                .get(&run)
+                .copied()
+                .unwrap_or(profile.gmacs[&Precision::F32]);
             runs[slot(p)] = (run, 1.0 / (gmacs * 1e3));
         }
         let us_per_byte = 1.0 / (profile.bandwidth_gbs * 1e3);
@@ -269,11 +281,23 @@ impl CostModel {
         let factors: &[Matrix] = match choice.rank {
             Some(r) => {
                 let k = rank_k(rows, cols, r);
-                storage = [Matrix { rows: kept_rows, cols: k }, Matrix { rows: k, cols }];
+                storage = [
+                    Matrix {
+                        rows: kept_rows,
+                        cols: k,
+                    },
+                    Matrix { rows: k, cols },
+                ];
                 &storage
             }
             None => {
-                storage = [Matrix { rows: kept_rows, cols }, Matrix { rows: 0, cols: 0 }];
+                storage = [
+                    Matrix {
+                        rows: kept_rows,
+                        cols,
+                    },
+                    Matrix { rows: 0, cols: 0 },
+                ];
                 &storage[..1]
             }
         };
@@ -292,7 +316,11 @@ impl CostModel {
         for (i, m) in factors.iter().enumerate() {
             let m_macs = if layer.kind == LayerKind::Embedding {
                 // A lookup reads one row; a factorized table then multiplies it by the second factor.
-                if i == 0 { 0.0 } else { (m.rows * m.cols) as f64 }
+                if i == 0 {
+                    0.0
+                } else {
+                    (m.rows * m.cols) as f64
+                }
             } else {
                 (m.rows * m.cols) as f64 * apps
             };
@@ -322,7 +350,11 @@ impl CostModel {
                 }
             };
         }
-        let a_bits = if choice.act == ActQuant::None { 32.0 } else { 8.0 };
+        let a_bits = if choice.act == ActQuant::None {
+            32.0
+        } else {
+            8.0
+        };
         let bops = macs * f64::from(choice.weights.bits()) * a_bits * f64::from(self.batch);
         LayerCost {
             cost: Cost {
@@ -339,7 +371,9 @@ impl CostModel {
     /// The precision a layer with these weights and activations is computed in on this device.
     pub fn kernel_precision(&self, w: &WeightQuant, act: ActQuant) -> Precision {
         let want = match (w, act) {
-            (WeightQuant::Int { .. }, ActQuant::None) => self.profile.weight_only.unwrap_or(Precision::of_weights(w)),
+            (WeightQuant::Int { .. }, ActQuant::None) => {
+                self.profile.weight_only.unwrap_or(Precision::of_weights(w))
+            }
             _ => Precision::of_weights(w),
         };
         if self.bit_serial(want) {
@@ -357,14 +391,24 @@ impl CostModel {
     fn work_fraction(&self, s: &Sparsity) -> f64 {
         match *s {
             Sparsity::None | Sparsity::Channels(_) => 1.0,
-            Sparsity::Unstructured(p) => 1.0 - self.profile.unstructured_efficiency * f64::from(p) / 100.0,
-            Sparsity::NM { n, m } if self.profile.accelerates_nm(n, m) => f64::from(n) / f64::from(m),
+            Sparsity::Unstructured(p) => {
+                1.0 - self.profile.unstructured_efficiency * f64::from(p) / 100.0
+            }
+            Sparsity::NM { n, m } if self.profile.accelerates_nm(n, m) => {
+                f64::from(n) / f64::from(m)
+            }
             Sparsity::NM { .. } => 1.0,
         }
     }
 
     /// The shape a measured entry for kernel `i` of `layer` is keyed by.
-    fn factor_shape(&self, layer: &LayerInfo, m: &Matrix, factorized: bool, i: usize) -> Vec<usize> {
+    fn factor_shape(
+        &self,
+        layer: &LayerInfo,
+        m: &Matrix,
+        factorized: bool,
+        i: usize,
+    ) -> Vec<usize> {
         if !factorized && m.rows == layer.rows() {
             return layer.shape.clone();
         }
@@ -381,11 +425,23 @@ impl CostModel {
     }
 
     /// Analytic latency of one kernel, µs.
-    fn roofline(&self, layer: &LayerInfo, m: &Matrix, i: usize, c: &Choice, run: Precision, work: f64) -> f64 {
+    fn roofline(
+        &self,
+        layer: &LayerInfo,
+        m: &Matrix,
+        i: usize,
+        c: &Choice,
+        run: Precision,
+        work: f64,
+    ) -> f64 {
         let p = &self.profile;
         let batch = f64::from(self.batch);
         let us_per_mac = if self.bit_serial(run) {
-            let a_bits = if c.act == ActQuant::None { 8.0 } else { f64::from(c.act.bits()) };
+            let a_bits = if c.act == ActQuant::None {
+                8.0
+            } else {
+                f64::from(c.act.bits())
+            };
             f64::from(run.bits()) * a_bits / (p.bit_serial_gbops.unwrap_or(1.0) * 1e3)
         } else {
             self.runs[slot(run)].1
@@ -401,7 +457,15 @@ impl CostModel {
         if !read_sparse {
             as_read.sparsity = Sparsity::None;
         }
-        if let (WeightQuant::Int { bits, scheme, granularity }, Precision::Int(k)) = (c.weights, run) {
+        if let (
+            WeightQuant::Int {
+                bits,
+                scheme,
+                granularity,
+            },
+            Precision::Int(k),
+        ) = (c.weights, run)
+        {
             if k > bits {
                 as_read.weights = WeightQuant::Int {
                     bits: k,
@@ -421,7 +485,11 @@ impl CostModel {
             (_, Precision::F16 | Precision::Bf16) => 2.0,
             _ => 4.0,
         };
-        let apps = if layer.kind == LayerKind::Conv2d { layer.applications() } else { 1.0 };
+        let apps = if layer.kind == LayerKind::Conv2d {
+            layer.applications()
+        } else {
+            1.0
+        };
         let inputs = match layer.kind {
             LayerKind::Conv2d if i + 1 == if c.rank.is_some() { 2 } else { 1 } => {
                 // The input feature map, not its im2col expansion.
@@ -481,14 +549,21 @@ fn stored_bytes(m: &Matrix, c: &Choice) -> u64 {
     };
     let scale_bytes = match c.weights {
         WeightQuant::Int {
-            scheme, granularity, ..
+            scheme,
+            granularity,
+            ..
         } => {
             let groups = match granularity {
                 Granularity::Tensor => 1,
                 Granularity::Channel => m.rows,
                 Granularity::Group(g) => m.rows * m.cols.div_ceil(u64::from(g)),
             };
-            groups * if scheme == QuantScheme::Asymmetric { 5 } else { 4 }
+            groups
+                * if scheme == QuantScheme::Asymmetric {
+                    5
+                } else {
+                    4
+                }
         }
         _ => 0,
     };
@@ -515,7 +590,10 @@ mod tests {
         // 2:4 keeps 320 values with 2-bit positions: 320 × (8 + 2) bits.
         assert_eq!(stored_bytes(&m(10, 64), &c("int8-sym-tensor+2:4")), 400 + 4);
         // 50% unstructured: 320 × 8 bits + 640-bit mask.
-        assert_eq!(stored_bytes(&m(10, 64), &c("int8-sym-tensor+sparse50")), 320 + 80 + 4);
+        assert_eq!(
+            stored_bytes(&m(10, 64), &c("int8-sym-tensor+sparse50")),
+            320 + 80 + 4
+        );
         // 90% unstructured f32: 64 × 32 + 640 bits.
         assert_eq!(stored_bytes(&m(10, 64), &c("f32+sparse90")), 256 + 80);
     }
@@ -524,7 +602,10 @@ mod tests {
     fn budgets_parse_with_units() {
         assert_eq!(parse_budget(Objective::Latency, "800").unwrap(), 800.0);
         assert_eq!(parse_budget(Objective::Latency, "2.5ms").unwrap(), 2500.0);
-        assert_eq!(parse_budget(Objective::Size, "1.5MiB").unwrap(), 1.5 * 1024.0 * 1024.0);
+        assert_eq!(
+            parse_budget(Objective::Size, "1.5MiB").unwrap(),
+            1.5 * 1024.0 * 1024.0
+        );
         assert_eq!(parse_budget(Objective::Size, "2KB").unwrap(), 2000.0);
         assert_eq!(parse_budget(Objective::Bops, "1.2G").unwrap(), 1.2e9);
         assert_eq!(parse_budget(Objective::Bops, "1e9").unwrap(), 1e9);

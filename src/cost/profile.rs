@@ -122,7 +122,9 @@ impl FromStr for Precision {
                 .and_then(|b| b.parse::<u8>().ok())
                 .filter(|b| crate::space::BITS.contains(b))
                 .map(Precision::Int)
-                .ok_or_else(|| format!("`{s}` is not a precision; use f32, f16, bf16 or int2..int8")),
+                .ok_or_else(|| {
+                    format!("`{s}` is not a precision; use f32, f16, bf16 or int2..int8")
+                }),
         }
     }
 }
@@ -135,7 +137,9 @@ impl Serialize for Precision {
 
 impl<'de> Deserialize<'de> for Precision {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -325,7 +329,8 @@ impl HardwareProfile {
     pub fn from_toml(text: &str, path: impl Into<PathBuf>) -> Result<HardwareProfile> {
         let path: PathBuf = path.into();
         let file: ProfileFile = toml::from_str(text).map_err(|e| toml_error(&path, text, &e))?;
-        let at = |span: std::ops::Range<usize>, msg: String| Error::at(&path, text, span.start, msg);
+        let at =
+            |span: std::ops::Range<usize>, msg: String| Error::at(&path, text, span.start, msg);
 
         let mut gmacs = BTreeMap::new();
         let mut weight_only = None;
@@ -348,12 +353,16 @@ impl HardwareProfile {
             };
             match key.as_str() {
                 "weight_only" => {
-                    weight_only = Some(value
-                        .get_ref()
-                        .as_str()
-                        .ok_or_else(|| "weight_only must be a string".to_string())
-                        .and_then(str::parse)
-                        .map_err(|e: String| at(value.span(), format!("[compute] weight_only: {e}")))?);
+                    weight_only = Some(
+                        value
+                            .get_ref()
+                            .as_str()
+                            .ok_or_else(|| "weight_only must be a string".to_string())
+                            .and_then(str::parse)
+                            .map_err(|e: String| {
+                                at(value.span(), format!("[compute] weight_only: {e}"))
+                            })?,
+                    );
                 }
                 "bit_serial_gbops" => bit_serial_gbops = Some(number()?),
                 _ => {
@@ -398,12 +407,23 @@ impl HardwareProfile {
             match format!("f32+{}", p.get_ref()).parse::<crate::space::Choice>() {
                 Ok(c) => match c.sparsity {
                     Sparsity::NM { n, m } => nm.push((n, m)),
-                    _ => return Err(at(p.span(), format!("[sparsity] nm: `{}` is not an N:M pattern such as 2:4", p.get_ref()))),
+                    _ => {
+                        return Err(at(
+                            p.span(),
+                            format!(
+                                "[sparsity] nm: `{}` is not an N:M pattern such as 2:4",
+                                p.get_ref()
+                            ),
+                        ))
+                    }
                 },
                 Err(_) => {
                     return Err(at(
                         p.span(),
-                        format!("[sparsity] nm: `{}` is not an N:M pattern such as 2:4 (1 <= N < M)", p.get_ref()),
+                        format!(
+                            "[sparsity] nm: `{}` is not an N:M pattern such as 2:4 (1 <= N < M)",
+                            p.get_ref()
+                        ),
                     ))
                 }
             }
@@ -412,7 +432,10 @@ impl HardwareProfile {
             Some(e) if !(0.0..=1.0).contains(e.get_ref()) => {
                 return Err(at(
                     e.span(),
-                    format!("[sparsity] unstructured_efficiency = {}: must be in [0, 1]", e.get_ref()),
+                    format!(
+                        "[sparsity] unstructured_efficiency = {}: must be in [0, 1]",
+                        e.get_ref()
+                    ),
                 ))
             }
             Some(e) => *e.get_ref(),
@@ -437,12 +460,17 @@ impl HardwareProfile {
         }
         let mut measured = std::collections::HashMap::new();
         for (i, m) in file.measured.iter().enumerate() {
-            let bad = |msg: String| Error::file(&path, format!("[[measured]] entry {}: {msg}", i + 1));
+            let bad =
+                |msg: String| Error::file(&path, format!("[[measured]] entry {}: {msg}", i + 1));
             let act = match m.act.as_str() {
                 "none" => ActQuant::None,
                 "act8-static" => ActQuant::Int8Static,
                 "act8-dynamic" => ActQuant::Int8Dynamic,
-                other => return Err(bad(format!("act `{other}` is not none, act8-static or act8-dynamic"))),
+                other => {
+                    return Err(bad(format!(
+                        "act `{other}` is not none, act8-static or act8-dynamic"
+                    )))
+                }
             };
             let sparsity = if m.sparsity == "dense" {
                 Sparsity::None
@@ -458,7 +486,10 @@ impl HardwareProfile {
                     .sparsity
             };
             if !(m.us.is_finite() && m.us >= 0.0) {
-                return Err(bad(format!("us = {} must be a number of microseconds >= 0", m.us)));
+                return Err(bad(format!(
+                    "us = {} must be a number of microseconds >= 0",
+                    m.us
+                )));
             }
             if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
                 return Err(bad("batch and every dimension of shape must be >= 1".into()));

@@ -74,7 +74,11 @@ fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 
 impl CandleEvaluator {
     /// Runs the f32 model once on the evaluation data to get the reference outputs.
-    pub fn new(model: Arc<dyn Model>, data: EvalData, settings: EvalSettings) -> Result<CandleEvaluator> {
+    pub fn new(
+        model: Arc<dyn Model>,
+        data: EvalData,
+        settings: EvalSettings,
+    ) -> Result<CandleEvaluator> {
         if data.eval.is_empty() {
             return Err(Error::Eval {
                 message: format!("no evaluation data ({})", data.description),
@@ -131,8 +135,19 @@ impl CandleEvaluator {
     /// Static activation ranges: every layer's input captured on the calibration data.
     fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
         let r = self.ranges.get_or_init(|| {
-            let names: Vec<String> = self.model.inventory().layers.iter().map(|l| l.name.clone()).collect();
-            let capture = Mutex::new(names.iter().map(|n| (n.clone(), Vec::new())).collect::<HashMap<_, _>>());
+            let names: Vec<String> = self
+                .model
+                .inventory()
+                .layers
+                .iter()
+                .map(|l| l.name.clone())
+                .collect();
+            let capture = Mutex::new(
+                names
+                    .iter()
+                    .map(|n| (n.clone(), Vec::new()))
+                    .collect::<HashMap<_, _>>(),
+            );
             let ctx = ForwardCtx {
                 overrides: None,
                 capture: Some(&capture),
@@ -167,14 +182,19 @@ impl CandleEvaluator {
                 || choice.sparsity != crate::space::Sparsity::None
                 || choice.rank.is_some();
             let weight = if weights_change {
-                Some(self.cache.get_or_apply(&l.name, original, &choice, self.settings.scale)?)
+                Some(
+                    self.cache
+                        .get_or_apply(&l.name, original, &choice, self.settings.scale)?,
+                )
             } else {
                 None
             };
             let act_range = match choice.act {
-                ActQuant::Int8Static => Some(*self.ranges()?.get(&l.name).ok_or_else(|| Error::Eval {
-                    message: format!("no calibrated activation range for layer `{}`", l.name),
-                })?),
+                ActQuant::Int8Static => {
+                    Some(*self.ranges()?.get(&l.name).ok_or_else(|| Error::Eval {
+                        message: format!("no calibrated activation range for layer `{}`", l.name),
+                    })?)
+                }
                 _ => None,
             };
             out.insert(
@@ -221,7 +241,10 @@ impl Evaluator for CandleEvaluator {
         let quality = metrics.get(self.objective()).copied().unwrap_or(f64::NAN);
         if !quality.is_finite() {
             return Err(Error::Eval {
-                message: format!("the compressed model's {} is {quality} (not finite)", self.objective()),
+                message: format!(
+                    "the compressed model's {} is {quality} (not finite)",
+                    self.objective()
+                ),
             });
         }
         Ok(Evaluation {
@@ -243,7 +266,11 @@ fn hash_tensors(h: &mut blake3::Hasher, tensors: &[&Tensor]) -> Result<()> {
                 }
             }
             _ => {
-                for v in t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()? {
+                for v in t
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?
+                {
                     h.update(&v.to_le_bytes());
                 }
             }
@@ -287,7 +314,9 @@ impl EvalData {
         source: &str,
     ) -> Result<EvalData> {
         let tokenize = |s: &[String]| -> Result<Vec<Batch>> {
-            s.chunks(batch.max(1)).map(|c| encoder.tokenize(c)).collect()
+            s.chunks(batch.max(1))
+                .map(|c| encoder.tokenize(c))
+                .collect()
         };
         let mut h = blake3::Hasher::new();
         h.update(b"sentences\n");
@@ -326,7 +355,10 @@ pub fn load(
                     "the demo model is evaluated on its embedded digits; --data applies to encoder models",
                 ));
             }
-            Ok((Arc::new(crate::model::DemoModel::embedded()?), EvalData::demo()?))
+            Ok((
+                Arc::new(crate::model::DemoModel::embedded()?),
+                EvalData::demo()?,
+            ))
         }
         ModelSource::Folder(dir) => {
             let encoder = crate::model::BertEncoder::load(dir)?;

@@ -14,14 +14,23 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
 /// log-softmax of one row, stably.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&z| (z as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&z| z as f64 - lse).collect()
 }
 
 /// KL(p_ref ‖ p) of two rows of logits: Σ p_ref · (log p_ref − log p).
 pub fn kl_divergence(reference: &[f32], other: &[f32]) -> f64 {
     let (lr, lo) = (log_softmax(reference), log_softmax(other));
-    lr.iter().zip(&lo).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
+    lr.iter()
+        .zip(&lo)
+        .map(|(a, b)| a.exp() * (a - b))
+        .sum::<f64>()
+        .max(0.0)
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -37,7 +46,11 @@ fn argmax(row: &[f32]) -> usize {
 /// Classifier metrics of `logits` against the f32 model's `reference` logits and the true `labels`:
 /// `accuracy` (fraction), `accuracy_drop` (percentage points below the reference's accuracy),
 /// `cross_entropy` (mean, nats), `kl_divergence` (mean KL(reference ‖ compressed), nats).
-pub fn classifier(reference: &[Vec<f32>], logits: &[Vec<f32>], labels: &[u32]) -> BTreeMap<String, f64> {
+pub fn classifier(
+    reference: &[Vec<f32>],
+    logits: &[Vec<f32>],
+    labels: &[u32],
+) -> BTreeMap<String, f64> {
     let n = logits.len().max(1) as f64;
     let correct = |rows: &[Vec<f32>]| {
         rows.iter()
@@ -86,14 +99,22 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// `cosine_distance` (1 − mean cosine) and `relative_l2` (mean ‖e − e_ref‖ / ‖e_ref‖).
 pub fn encoder(reference: &[Vec<f32>], embeddings: &[Vec<f32>]) -> BTreeMap<String, f64> {
     let n = embeddings.len().max(1) as f64;
-    let cos: Vec<f64> = reference.iter().zip(embeddings).map(|(r, e)| cosine(r, e)).collect();
+    let cos: Vec<f64> = reference
+        .iter()
+        .zip(embeddings)
+        .map(|(r, e)| cosine(r, e))
+        .collect();
     let mean = cos.iter().sum::<f64>() / n;
     let worst = cos.iter().copied().fold(f64::INFINITY, f64::min);
     let rel = reference
         .iter()
         .zip(embeddings)
         .map(|(r, e)| {
-            let d: f64 = r.iter().zip(e).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+            let d: f64 = r
+                .iter()
+                .zip(e)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum();
             let nr: f64 = r.iter().map(|&a| (a as f64).powi(2)).sum();
             if nr == 0.0 {
                 0.0
@@ -105,7 +126,10 @@ pub fn encoder(reference: &[Vec<f32>], embeddings: &[Vec<f32>]) -> BTreeMap<Stri
         / n;
     BTreeMap::from([
         ("mean_cosine".to_string(), mean),
-        ("worst_cosine".to_string(), if worst.is_finite() { worst } else { 1.0 }),
+        (
+            "worst_cosine".to_string(),
+            if worst.is_finite() { worst } else { 1.0 },
+        ),
         ("cosine_distance".to_string(), 1.0 - mean),
         ("relative_l2".to_string(), rel),
     ])

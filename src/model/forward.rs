@@ -78,7 +78,9 @@ impl ForwardCtx<'_> {
             }
         }
         match self.overrides.and_then(|o| o.get(layer)) {
-            Some(o) if o.act != ActQuant::None => crate::compress::quantize_activation(x, o.act, o.act_range),
+            Some(o) if o.act != ActQuant::None => {
+                crate::compress::quantize_activation(x, o.act, o.act_range)
+            }
             _ => Ok(x.clone()),
         }
     }

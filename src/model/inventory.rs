@@ -135,7 +135,9 @@ pub fn from_folder(dir: &Path) -> Result<Inventory> {
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
         model_error(
             &config_path,
-            format!("cannot read the model's config.json ({e}); a Hugging Face model folder has one"),
+            format!(
+                "cannot read the model's config.json ({e}); a Hugging Face model folder has one"
+            ),
         )
     })?;
     let config: Config = serde_json::from_str(&text)
@@ -146,15 +148,14 @@ pub fn from_folder(dir: &Path) -> Result<Inventory> {
     }
     tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let mut layers = layers_from_tensors(&tensors);
-    let kind = if config
-        .architectures
-        .iter()
-        .any(|a| a.ends_with("ForSequenceClassification") || a.ends_with("ForImageClassification"))
-    {
-        ModelKind::Classifier
-    } else {
-        ModelKind::Encoder
-    };
+    let kind =
+        if config.architectures.iter().any(|a| {
+            a.ends_with("ForSequenceClassification") || a.ends_with("ForImageClassification")
+        }) {
+            ModelKind::Classifier
+        } else {
+            ModelKind::Encoder
+        };
     if kind == ModelKind::Encoder {
         // An encoder's output is the mean of its last hidden states (as sentence-transformers pools):
         // the pooler and any task head are never run, so they are neither compressed nor costed.
@@ -166,10 +167,13 @@ pub fn from_folder(dir: &Path) -> Result<Inventory> {
             "its safetensors file has no 2-D or 4-D `*.weight` tensor: nothing to compress",
         ));
     }
-    let architecture = config
-        .model_type
-        .clone()
-        .unwrap_or_else(|| config.architectures.first().cloned().unwrap_or_else(|| "unknown".into()));
+    let architecture = config.model_type.clone().unwrap_or_else(|| {
+        config
+            .architectures
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "unknown".into())
+    });
     Ok(Inventory {
         name: dir
             .file_name()
@@ -215,7 +219,10 @@ pub fn layers_from_tensors(tensors: &[TensorEntry]) -> Vec<LayerInfo> {
 
 /// The pooler and task heads of a Hugging Face encoder (`pooler.*`, `cls.*`, `classifier*`).
 fn is_head(name: &str) -> bool {
-    let n = name.split_once('.').filter(|(p, _)| matches!(*p, "bert" | "roberta" | "electra")).map_or(name, |(_, r)| r);
+    let n = name
+        .split_once('.')
+        .filter(|(p, _)| matches!(*p, "bert" | "roberta" | "electra"))
+        .map_or(name, |(_, r)| r);
     n.starts_with("pooler.") || n.starts_with("cls.") || n.starts_with("classifier")
 }
 

@@ -176,7 +176,11 @@ impl SearchSpace {
                 (None, _, _) => group.choices[0],
             };
             if !group.choices.contains(&choice) {
-                let how = if listed[i].is_some() { "" } else { " (from \"default\")" };
+                let how = if listed[i].is_some() {
+                    ""
+                } else {
+                    " (from \"default\")"
+                };
                 return Err(err(format!(
                     "layer `{}`: `{choice}`{how} is not allowed by search space `{}`; allowed: {}",
                     layer.info.name,
@@ -209,7 +213,11 @@ impl SearchSpace {
             .map(|l| (edit_distance(name, &l.info.name), l.info.name.as_str()))
             .collect();
         scored.sort();
-        let near: Vec<String> = scored.iter().take(3).map(|(_, n)| format!("`{n}`")).collect();
+        let near: Vec<String> = scored
+            .iter()
+            .take(3)
+            .map(|(_, n)| format!("`{n}`"))
+            .collect();
         format!("the closest layer names are {}", near.join(", "))
     }
 }
@@ -223,7 +231,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for j in 0..b.len() {
             let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != b[j])).min(row[j] + 1).min(cur + 1);
+            row[j + 1] = (prev + usize::from(ca != b[j]))
+                .min(row[j] + 1)
+                .min(cur + 1);
             prev = cur;
         }
     }

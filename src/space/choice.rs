@@ -29,9 +29,11 @@ pub const PERCENT: std::ops::RangeInclusive<u8> = 1..=99;
 /// Largest M of an N:M pattern.
 pub const MAX_M: u8 = 32;
 
-const WEIGHTS_HELP: &str = "weights are f32, f16, bf16 or int<b>-<sym|asym>-<tensor|channel|g<N>> with b in 2..=8 \
+const WEIGHTS_HELP: &str =
+    "weights are f32, f16, bf16 or int<b>-<sym|asym>-<tensor|channel|g<N>> with b in 2..=8 \
      (e.g. int8-sym-channel, int4-asym-g32)";
-const PARTS_HELP: &str = "parts after the weights, in this order: act8-static | act8-dynamic, then one of \
+const PARTS_HELP: &str =
+    "parts after the weights, in this order: act8-static | act8-dynamic, then one of \
      sparse<P> | <N>:<M> | channels<P>, then rank<P> (P a whole percent 1..=99)";
 
 /// Symmetric (zero point 0) or asymmetric (affine) integer quantization.
@@ -263,7 +265,11 @@ fn parse_weights(text: &str, part: &str, at: usize) -> Result<WeightQuant> {
         _ => {}
     }
     let Some(rest) = part.strip_prefix("int") else {
-        return Err(err(0, part.len(), format!("unknown weight format `{part}`; {WEIGHTS_HELP}")));
+        return Err(err(
+            0,
+            part.len(),
+            format!("unknown weight format `{part}`; {WEIGHTS_HELP}"),
+        ));
     };
     let fields: Vec<&str> = rest.split('-').collect();
     if fields.len() != 3 {
@@ -372,7 +378,11 @@ fn parse_part(text: &str, part: &str, at: usize) -> Result<Part> {
         )?)));
     }
     if let Some(rest) = part.strip_prefix("rank") {
-        return Ok(Part::Rank(pct("rank", rest, "the kept share of full rank")?));
+        return Ok(Part::Rank(pct(
+            "rank",
+            rest,
+            "the kept share of full rank",
+        )?));
     }
     if let Some((n, m)) = part.split_once(':') {
         let n = whole(n).and_then(|v| u8::try_from(v).ok());
@@ -392,7 +402,12 @@ impl FromStr for Choice {
 
     fn from_str(text: &str) -> Result<Choice> {
         if text.is_empty() {
-            return Err(Error::choice(text, 0, 1, format!("empty choice; {WEIGHTS_HELP}")));
+            return Err(Error::choice(
+                text,
+                0,
+                1,
+                format!("empty choice; {WEIGHTS_HELP}"),
+            ));
         }
         let mut parts = text.split('+');
         let first = parts.next().unwrap_or_default();
@@ -413,7 +428,10 @@ impl FromStr for Choice {
                         text,
                         at,
                         part.len(),
-                        format!("a second {} part; a choice has at most one of each; {PARTS_HELP}", slot_name(slot)),
+                        format!(
+                            "a second {} part; a choice has at most one of each; {PARTS_HELP}",
+                            slot_name(slot)
+                        ),
                     ));
                 }
                 if slot < prev {

@@ -244,7 +244,12 @@ impl Resolver<'_> {
             .filter(|&i| re.is_match(&self.layers[i].name))
             .collect();
         if hits.is_empty() {
-            let names: Vec<&str> = self.layers.iter().take(6).map(|l| l.name.as_str()).collect();
+            let names: Vec<&str> = self
+                .layers
+                .iter()
+                .take(6)
+                .map(|l| l.name.as_str())
+                .collect();
             return Err(self.err(
                 p.span(),
                 format!(
@@ -338,29 +343,43 @@ impl Resolver<'_> {
             })?;
         }
         if let Some(v) = &set.granularity {
-            base.granularity = self.strings(v, "granularity", "tensor, channel or g<N> (N in 2..=65536)", |s| {
-                match format!("int8-sym-{s}").parse::<Choice>() {
+            base.granularity = self.strings(
+                v,
+                "granularity",
+                "tensor, channel or g<N> (N in 2..=65536)",
+                |s| match format!("int8-sym-{s}").parse::<Choice>() {
                     Ok(Choice {
                         weights: WeightQuant::Int { granularity, .. },
                         ..
                     }) => Some(granularity),
                     _ => None,
-                }
-            })?;
+                },
+            )?;
         }
         if let Some(v) = &set.activations {
-            base.activations = self.strings(v, "activations", "none, act8-static or act8-dynamic", |s| match s {
-                "none" => Some(ActQuant::None),
-                "act8-static" => Some(ActQuant::Int8Static),
-                "act8-dynamic" => Some(ActQuant::Int8Dynamic),
-                _ => None,
-            })?;
+            base.activations = self.strings(
+                v,
+                "activations",
+                "none, act8-static or act8-dynamic",
+                |s| match s {
+                    "none" => Some(ActQuant::None),
+                    "act8-static" => Some(ActQuant::Int8Static),
+                    "act8-dynamic" => Some(ActQuant::Int8Dynamic),
+                    _ => None,
+                },
+            )?;
         }
         if let Some(v) = &set.sparsity {
             base.sparsity = self
                 .percents(v, "sparsity", "[0, 1)", |x| (0.0..1.0).contains(&x))?
                 .into_iter()
-                .map(|p| if p == 0 { Sparsity::None } else { Sparsity::Unstructured(p) })
+                .map(|p| {
+                    if p == 0 {
+                        Sparsity::None
+                    } else {
+                        Sparsity::Unstructured(p)
+                    }
+                })
                 .collect();
         }
         if let Some(v) = &set.nm {
@@ -448,7 +467,10 @@ impl Resolver<'_> {
     fn resolve(&self, file: SpaceFile) -> Result<SearchSpace> {
         let n = self.layers.len();
         if n == 0 {
-            return Err(Error::file(self.path, "the model has no compressible layers"));
+            return Err(Error::file(
+                self.path,
+                "the model has no compressible layers",
+            ));
         }
         let default_span = file.defaults.as_ref().map(|d| d.span()).unwrap_or(0..0);
         let defaults = match &file.defaults {
@@ -595,12 +617,22 @@ impl Resolver<'_> {
                     }
                     None => {
                         by_key.insert(key.clone(), groups.len());
-                        groups.push(SpaceGroup::new(info.name.clone(), i, choices[i].clone(), status[i]));
+                        groups.push(SpaceGroup::new(
+                            info.name.clone(),
+                            i,
+                            choices[i].clone(),
+                            status[i],
+                        ));
                         groups.len() - 1
                     }
                 },
                 None => {
-                    groups.push(SpaceGroup::new(info.name.clone(), i, choices[i].clone(), status[i]));
+                    groups.push(SpaceGroup::new(
+                        info.name.clone(),
+                        i,
+                        choices[i].clone(),
+                        status[i],
+                    ));
                     groups.len() - 1
                 }
             };

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 
 pub use assignment::{Assignment, AssignmentJson};
 pub use choice::{
-    ActQuant, Choice, Granularity, QuantScheme, Sparsity, WeightQuant, BITS, GROUP_SIZES, MAX_M, PERCENT,
+    ActQuant, Choice, Granularity, QuantScheme, Sparsity, WeightQuant, BITS, GROUP_SIZES, MAX_M,
+    PERCENT,
 };
 pub use layer::{LayerInfo, LayerKind};
 
@@ -113,7 +114,10 @@ impl SearchSpace {
                     .map(|i| i as u16)
                     .ok_or_else(|| crate::Error::Assignment {
                         source_name: None,
-                        message: format!("layer `{name}`: `{c}` is not allowed by search space `{}`", self.name),
+                        message: format!(
+                            "layer `{name}`: `{c}` is not allowed by search space `{}`",
+                            self.name
+                        ),
                     })
             })
             .collect()
@@ -156,6 +160,8 @@ impl SearchSpace {
 
     /// The groups the search can change.
     pub fn searchable_groups(&self) -> impl Iterator<Item = &SpaceGroup> {
-        self.groups.iter().filter(|g| g.status == LayerStatus::Searchable)
+        self.groups
+            .iter()
+            .filter(|g| g.status == LayerStatus::Searchable)
     }
 }

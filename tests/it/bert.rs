@@ -2,7 +2,6 @@
 //! fetched), and a tiny random BERT folder for shapes, masking, overrides, capture and errors.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;

@@ -14,7 +14,8 @@ fn help_lists_the_commands() {
 #[test]
 fn inspect_json_has_the_fixed_form() {
     let dir = Dir::new();
-    let v: serde_json::Value = serde_json::from_str(&ok(dir.path(), &["inspect", "--json"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(dir.path(), &["inspect", "--json"])).unwrap();
     assert_eq!(v["model"], "demo");
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 4);
@@ -23,10 +24,16 @@ fn inspect_json_has_the_fixed_form() {
     assert_eq!(layers[0]["shape"], serde_json::json!([16, 1, 3, 3]));
     assert_eq!(layers[0]["params"], 144);
     assert_eq!(layers[0]["macs"], 144 * 64);
-    assert!(layers[0].get("choices").is_none(), "choices only with --space");
+    assert!(
+        layers[0].get("choices").is_none(),
+        "choices only with --space"
+    );
 
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(dir.path(), &["inspect", "--model", "demo", "--space", "demo", "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        dir.path(),
+        &["inspect", "--model", "demo", "--space", "demo", "--json"],
+    ))
+    .unwrap();
     for l in v["layers"].as_array().unwrap() {
         let choices = l["choices"].as_array().unwrap();
         assert!(!choices.is_empty());
@@ -44,17 +51,29 @@ fn inspect_a_hugging_face_folder_with_groups() {
     let dir = Dir::new();
     let m = minilm_folder(&dir);
     let m = m.to_str().unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(dir.path(), &["inspect", "--model", m, "--space", "bert-base", "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        dir.path(),
+        &["inspect", "--model", m, "--space", "bert-base", "--json"],
+    ))
+    .unwrap();
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 39, "no pooler: an encoder never runs it");
     let by = |n: &str| layers.iter().find(|l| l["name"] == n).unwrap().clone();
     let q = by("encoder.layer.3.attention.self.query");
     assert_eq!(q["macs"], 384 * 384);
-    assert_eq!(q["group"], by("encoder.layer.3.attention.self.value")["group"]);
-    assert_ne!(q["group"], by("encoder.layer.4.attention.self.query")["group"]);
+    assert_eq!(
+        q["group"],
+        by("encoder.layer.3.attention.self.value")["group"]
+    );
+    assert_ne!(
+        q["group"],
+        by("encoder.layer.4.attention.self.query")["group"]
+    );
     assert_eq!(by("embeddings.word_embeddings")["kind"], "embedding");
-    assert_eq!(by("embeddings.position_embeddings")["choices"], serde_json::json!(["f32"]));
+    assert_eq!(
+        by("embeddings.position_embeddings")["choices"],
+        serde_json::json!(["f32"])
+    );
     // The table form prints totals.
     let out = ok(dir.path(), &["inspect", "--model", m]);
     assert!(out.contains("total: 22,"), "{out}");
@@ -63,24 +82,60 @@ fn inspect_a_hugging_face_folder_with_groups() {
 #[test]
 fn cost_of_an_assignment_and_of_the_baselines() {
     let dir = Dir::new();
-    let a = dir.write("a.json", r#"{"default": "int4-sym-channel", "layers": {"conv1": "int8-sym-channel"}}"#);
-    let args = ["cost", "--profile", "cortex-a76", "--assignment", a.to_str().unwrap(), "--json"];
+    let a = dir.write(
+        "a.json",
+        r#"{"default": "int4-sym-channel", "layers": {"conv1": "int8-sym-channel"}}"#,
+    );
+    let args = [
+        "cost",
+        "--profile",
+        "cortex-a76",
+        "--assignment",
+        a.to_str().unwrap(),
+        "--json",
+    ];
     let v: serde_json::Value = serde_json::from_str(&ok(dir.path(), &args)).unwrap();
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 4);
     assert_eq!(layers[0]["choice"], "int8-sym-channel");
-    let sum: f64 = layers.iter().map(|l| l["latency_us"].as_f64().unwrap()).sum();
+    let sum: f64 = layers
+        .iter()
+        .map(|l| l["latency_us"].as_f64().unwrap())
+        .sum();
     assert!((sum - v["total"]["latency_us"].as_f64().unwrap()).abs() < 1e-9);
     let out = ok(dir.path(), &["cost", "--profile", "x86-avx2"]);
-    for needle in ["all-f32", "all-int8", "all-int4", "reachable range", "latency", "size", "bops"] {
+    for needle in [
+        "all-f32",
+        "all-int8",
+        "all-int4",
+        "reachable range",
+        "latency",
+        "size",
+        "bops",
+    ] {
         assert!(out.contains(needle), "{needle}:\n{out}");
     }
-    let out = ok(dir.path(), &["cost", "--profile", "x86-avx2", "--max-size", "1GB"]);
+    let out = ok(
+        dir.path(),
+        &["cost", "--profile", "x86-avx2", "--max-size", "1GB"],
+    );
     assert!(out.contains("constrains nothing"), "{out}");
-    let err = fails(dir.path(), &["cost", "--profile", "x86-avx2", "--max-latency", "1us"]);
-    assert!(err.contains("impossible") && err.contains("reachable:"), "{err}");
-    let err = fails(dir.path(), &["cost", "--profile", "x86-avx2", "--max-size", "12parsecs"]);
-    assert!(err.contains("--max-size") && err.contains("unknown unit"), "{err}");
+    let err = fails(
+        dir.path(),
+        &["cost", "--profile", "x86-avx2", "--max-latency", "1us"],
+    );
+    assert!(
+        err.contains("impossible") && err.contains("reachable:"),
+        "{err}"
+    );
+    let err = fails(
+        dir.path(),
+        &["cost", "--profile", "x86-avx2", "--max-size", "12parsecs"],
+    );
+    assert!(
+        err.contains("--max-size") && err.contains("unknown unit"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -96,7 +151,10 @@ fn profiles_lists_shipped_and_local_ones() {
     dir.write("hardware-profiles/my-board.toml", &text);
     let out = ok(dir.path(), &["profiles"]);
     assert!(out.lines().count() >= 8, "{out}");
-    assert!(out.contains("jetson-orin-nano") && out.contains("shipped"), "{out}");
+    assert!(
+        out.contains("jetson-orin-nano") && out.contains("shipped"),
+        "{out}"
+    );
     assert!(out.contains("my-board") && out.contains("local"), "{out}");
     // A local profile is usable by bare name from that folder.
     ok(dir.path(), &["cost", "--profile", "my-board"]);
@@ -112,35 +170,75 @@ fn bad_input_gives_a_clear_error_naming_the_file() {
     let err = fails(p, &["inspect", "--space", bad.to_str().unwrap()]);
     assert!(err.contains("bad.toml:3:"), "{err}");
     let err = fails(p, &["cost", "--profile", "nope"]);
-    assert!(err.contains("no hardware profile `nope`") && err.contains("cortex-a76"), "{err}");
+    assert!(
+        err.contains("no hardware profile `nope`") && err.contains("cortex-a76"),
+        "{err}"
+    );
     let err = fails(p, &["inspect", "--model", "missing-folder"]);
-    assert!(err.contains("missing-folder") && err.contains("not a folder"), "{err}");
+    assert!(
+        err.contains("missing-folder") && err.contains("not a folder"),
+        "{err}"
+    );
 
     let m = dir.path().join("no-weights");
     std::fs::create_dir_all(&m).unwrap();
     std::fs::write(m.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
     let err = fails(p, &["inspect", "--model", m.to_str().unwrap()]);
-    assert!(err.contains("no-weights") && err.contains("model.safetensors"), "{err}");
+    assert!(
+        err.contains("no-weights") && err.contains("model.safetensors"),
+        "{err}"
+    );
 
-    write_safetensors(&m.join("model.safetensors"), &bert_tensors("", 100, 32, 64, 2), 1000);
+    write_safetensors(
+        &m.join("model.safetensors"),
+        &bert_tensors("", 100, 32, 64, 2),
+        1000,
+    );
     let err = fails(p, &["inspect", "--model", m.to_str().unwrap()]);
-    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 
     std::fs::write(m.join("model.safetensors"), b"garbage").unwrap();
     let err = fails(p, &["inspect", "--model", m.to_str().unwrap()]);
-    assert!(err.contains("model.safetensors") && err.contains("not a safetensors file"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a safetensors file"),
+        "{err}"
+    );
 
     std::fs::write(m.join("config.json"), "{").unwrap();
     let err = fails(p, &["inspect", "--model", m.to_str().unwrap()]);
-    assert!(err.contains("config.json") && err.contains("not valid JSON"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("not valid JSON"),
+        "{err}"
+    );
 
-    let a = dir.write("a.json", r#"{"default": "int4-sym-channel", "layers": {"conv9": "f32"}}"#);
-    let err = fails(p, &["cost", "--profile", "cortex-a76", "--assignment", a.to_str().unwrap()]);
-    assert!(err.contains("a.json") && err.contains("unknown layer `conv9`"), "{err}");
+    let a = dir.write(
+        "a.json",
+        r#"{"default": "int4-sym-channel", "layers": {"conv9": "f32"}}"#,
+    );
+    let err = fails(
+        p,
+        &[
+            "cost",
+            "--profile",
+            "cortex-a76",
+            "--assignment",
+            a.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("a.json") && err.contains("unknown layer `conv9`"),
+        "{err}"
+    );
 
     let prof = dir.write("p.toml", "[profile]\nname = \"p\"\n");
     let err = fails(p, &["cost", "--profile", prof.to_str().unwrap()]);
-    assert!(err.contains("p.toml") && err.contains("missing field"), "{err}");
+    assert!(
+        err.contains("p.toml") && err.contains("missing field"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -148,17 +246,31 @@ fn a_prefixed_classifier_folder_is_a_classifier() {
     let dir = Dir::new();
     let m = dir.path().join("clf");
     std::fs::create_dir_all(&m).unwrap();
-    std::fs::write(m.join("config.json"), r#"{"architectures": ["BertForSequenceClassification"], "model_type": "bert"}"#)
-        .unwrap();
+    std::fs::write(
+        m.join("config.json"),
+        r#"{"architectures": ["BertForSequenceClassification"], "model_type": "bert"}"#,
+    )
+    .unwrap();
     let mut t = bert_tensors("bert.", 100, 32, 64, 2);
     t.push(("classifier.weight".into(), vec![3, 32]));
     t.push(("classifier.bias".into(), vec![3]));
     write_safetensors(&m.join("model.safetensors"), &t, 0);
     let v: serde_json::Value = serde_json::from_str(&ok(
         dir.path(),
-        &["inspect", "--model", m.to_str().unwrap(), "--space", "bert-base", "--json"],
+        &[
+            "inspect",
+            "--model",
+            m.to_str().unwrap(),
+            "--space",
+            "bert-base",
+            "--json",
+        ],
     ))
     .unwrap();
     assert_eq!(v["model_kind"], "classifier");
-    assert!(v["layers"].as_array().unwrap().iter().any(|l| l["name"] == "classifier"));
+    assert!(v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["name"] == "classifier"));
 }

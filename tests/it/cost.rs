@@ -98,7 +98,11 @@ fn devices_that_accelerate_sparsity_and_bit_serial_compute() {
     assert_eq!(s.macs, 750_000.0);
     // Bit-serial: an int layer of w-bit weights and 8-bit activations runs at gbops / (8 w).
     let b = CostModel::new(
-        HardwareProfile::from_toml(&SIMPLE.replace("int8 = 4.0", "bit_serial_gbops = 64.0"), "b.toml").unwrap(),
+        HardwareProfile::from_toml(
+            &SIMPLE.replace("int8 = 4.0", "bit_serial_gbops = 64.0"),
+            "b.toml",
+        )
+        .unwrap(),
         1,
     )
     .unwrap();
@@ -107,7 +111,11 @@ fn devices_that_accelerate_sparsity_and_bit_serial_compute() {
         ..linear("conv", 1000, 1000)
     };
     let t = |s: &str| b.layer(&big, &c(s)).cost.latency_us;
-    let (t2, t4, t8) = (t("int2-sym-channel+act8-static"), t("int4-sym-channel+act8-static"), t("int8-sym-channel+act8-static"));
+    let (t2, t4, t8) = (
+        t("int2-sym-channel+act8-static"),
+        t("int4-sym-channel+act8-static"),
+        t("int8-sym-channel+act8-static"),
+    );
     assert!(close(t4 / t2, 2.0) && close(t8 / t4, 2.0), "{t2} {t4} {t8}");
 }
 
@@ -135,16 +143,26 @@ us = 1.25
     assert!(m.layer(&l, &c("int8-asym-g32")).measured);
     // Not matching: other precision, other activations, other batch, other shape.
     for ch in ["int4-sym-channel", "int8-sym-channel+act8-static", "f32"] {
-        assert_eq!(m.layer(&l, &c(ch)).cost, plain.layer(&l, &c(ch)).cost, "{ch}");
+        assert_eq!(
+            m.layer(&l, &c(ch)).cost,
+            plain.layer(&l, &c(ch)).cost,
+            "{ch}"
+        );
     }
     let b2 = CostModel::new(m.profile.clone(), 2).unwrap();
     assert!(!b2.layer(&l, &c("int8-sym-channel")).measured);
-    assert!(!m.layer(&linear("x", 64, 256), &c("int8-sym-channel")).measured);
+    assert!(
+        !m.layer(&linear("x", 64, 256), &c("int8-sym-channel"))
+            .measured
+    );
     // A factorized layer looks up each factor: rank 50% of 64×512 is k = 32: 64×32 is measured, 32×512
     // is not.
     let r = m.layer(&l, &c("f32+rank50"));
     let analytic = plain.layer(&l, &c("f32+rank50")).cost.latency_us;
-    let first_factor = plain.layer(&linear("a", 64, 32), &Choice::F32).cost.latency_us;
+    let first_factor = plain
+        .layer(&linear("a", 64, 32), &Choice::F32)
+        .cost
+        .latency_us;
     assert!(close(r.cost.latency_us, analytic - first_factor + 1.25));
     assert!(!r.measured, "one factor was analytic");
 }
@@ -195,10 +213,18 @@ fn feasibility_range_equals_brute_force() {
                 lo = lo.min(o.of(&total));
                 hi = hi.max(o.of(&total));
             }
-            assert!(close(f.min, lo) && close(f.max, hi), "{name} {o}: table {}..{} brute {lo}..{hi}", f.min, f.max);
+            assert!(
+                close(f.min, lo) && close(f.max, hi),
+                "{name} {o}: table {}..{} brute {lo}..{hi}",
+                f.min,
+                f.max
+            );
             assert!(close(o.of(&table.cost(&f.cheapest)), lo));
             // A budget below the cheapest total is refused with the reachable range.
-            let e = f.check_max(lo * 0.99, "small", name).unwrap_err().to_string();
+            let e = f
+                .check_max(lo * 0.99, "small", name)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("impossible") && e.contains("reachable"), "{e}");
             assert!(f.check_max(lo * 1.0001, "small", name).is_ok());
         }
@@ -210,14 +236,21 @@ fn totals_are_sums_of_per_layer_figures() {
     let dir = Dir::new();
     let minilm = crate::util::minilm_folder(&dir);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    for (model, space_name) in [(ModelSource::Demo, "demo"), (ModelSource::Folder(minilm), "bert-base")] {
+    for (model, space_name) in [
+        (ModelSource::Demo, "demo"),
+        (ModelSource::Folder(minilm), "bert-base"),
+    ] {
         let inv = inventory(&model).unwrap();
         let space = mpsearch::shipped::space(space_name, &inv.layers).unwrap();
         for (name, _) in mpsearch::shipped::Kind::Profile.embedded() {
             let m = CostModel::new(mpsearch::shipped::profile(name).unwrap(), 8).unwrap();
             let table = CostTable::new(&m, &space);
             for _ in 0..20 {
-                let p: Vec<u16> = space.groups.iter().map(|g| rng.random_range(0..g.choices.len()) as u16).collect();
+                let p: Vec<u16> = space
+                    .groups
+                    .iter()
+                    .map(|g| rng.random_range(0..g.choices.len()) as u16)
+                    .collect();
                 let a = space.assignment(&p);
                 let (per, total) = m.assignment(&inv.layers, &a);
                 let lat: f64 = per.iter().map(|c| c.cost.latency_us).sum();
@@ -227,7 +260,10 @@ fn totals_are_sums_of_per_layer_figures() {
                 assert_eq!(total.bytes, bytes);
                 assert_eq!(total.bops, bops);
                 let t = table.cost(&p);
-                assert!(close(t.latency_us, lat) && t.bytes == bytes && close(t.bops, bops), "{name} {space_name}");
+                assert!(
+                    close(t.latency_us, lat) && t.bytes == bytes && close(t.bops, bops),
+                    "{name} {space_name}"
+                );
             }
         }
     }
@@ -242,10 +278,19 @@ fn every_shipped_profile_costs_the_baselines() {
         let cost = |s: &str| m.assignment(&inv.layers, &space.baseline(&c(s))).1;
         let (f, i8, i4) = (cost("f32"), cost("int8-sym-channel"), cost("int4-asym-g32"));
         for (what, x) in [("f32", f), ("int8", i8), ("int4", i4)] {
-            assert!(x.latency_us.is_finite() && x.latency_us > 0.0, "{name} {what}: {x:?}");
+            assert!(
+                x.latency_us.is_finite() && x.latency_us > 0.0,
+                "{name} {what}: {x:?}"
+            );
             assert!(x.bops > 0.0 && x.bytes > 0, "{name} {what}: {x:?}");
         }
-        assert!(i4.bytes < i8.bytes && i8.bytes < f.bytes, "{name}: sizes {} {} {}", i4.bytes, i8.bytes, f.bytes);
+        assert!(
+            i4.bytes < i8.bytes && i8.bytes < f.bytes,
+            "{name}: sizes {} {} {}",
+            i4.bytes,
+            i8.bytes,
+            f.bytes
+        );
         assert!(i8.bops < f.bops, "{name}");
     }
 }

@@ -15,12 +15,26 @@ use crate::util::{fails, Dir};
 /// Every layer of the model at `choice`.
 fn uniform(ev: &CandleEvaluator, choice: &str) -> Assignment {
     let c: Choice = choice.parse().unwrap();
-    Assignment::new(ev.model().inventory().layers.iter().map(|l| (l.name.clone(), c)))
+    Assignment::new(
+        ev.model()
+            .inventory()
+            .layers
+            .iter()
+            .map(|l| (l.name.clone(), c)),
+    )
 }
 
 fn demo(scale: ScaleMethod) -> CandleEvaluator {
     let (model, data) = load(&ModelSource::Demo, None).unwrap();
-    CandleEvaluator::new(model, data, EvalSettings { scale, ..EvalSettings::default() }).unwrap()
+    CandleEvaluator::new(
+        model,
+        data,
+        EvalSettings {
+            scale,
+            ..EvalSettings::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
@@ -32,8 +46,15 @@ fn f32_is_the_reference_and_fewer_bits_cost_more() {
     assert_eq!(f.metrics["accuracy_drop"], 0.0);
     assert!(f.metrics["accuracy"] >= 0.97, "{:?}", f.metrics);
     let kl = |c: &str| ev.evaluate(&uniform(&ev, c)).unwrap().quality;
-    let (k8, k4, k2) = (kl("int8-sym-channel"), kl("int4-sym-channel"), kl("int2-sym-channel"));
-    assert!(0.0 < k8 && k8 < k4 && k4 < k2, "KL int8 {k8} int4 {k4} int2 {k2}");
+    let (k8, k4, k2) = (
+        kl("int8-sym-channel"),
+        kl("int4-sym-channel"),
+        kl("int2-sym-channel"),
+    );
+    assert!(
+        0.0 < k8 && k8 < k4 && k4 < k2,
+        "KL int8 {k8} int4 {k4} int2 {k2}"
+    );
     // Pruning half the weights hurts more than int8; low rank 25% too.
     assert!(kl("f32+sparse50") > k8 && kl("f32+rank25") > k8);
     // f16 is nearly lossless.
@@ -45,8 +66,14 @@ fn activation_quantization_static_and_dynamic() {
     let ev = demo(ScaleMethod::MinMax);
     let q = |c: &str| ev.evaluate(&uniform(&ev, c)).unwrap().quality;
     let (s, d) = (q("f32+act8-static"), q("f32+act8-dynamic"));
-    assert!(s > 0.0 && d > 0.0, "activation quantization changes the outputs");
-    assert!(s < 0.05 && d < 0.05, "int8 activations stay close: static {s}, dynamic {d}");
+    assert!(
+        s > 0.0 && d > 0.0,
+        "activation quantization changes the outputs"
+    );
+    assert!(
+        s < 0.05 && d < 0.05,
+        "int8 activations stay close: static {s}, dynamic {d}"
+    );
 }
 
 #[test]
@@ -104,9 +131,14 @@ fn eval_streams_json_lines_and_answers_each_line_at_once() {
     }
     assert_eq!(v["objective"], "kl_divergence");
     assert_eq!(v["hash"].as_str().unwrap().len(), 64);
-    assert!(v["cost"]["latency_us"].as_f64().unwrap() > 0.0 && v["cost"]["bytes"].as_u64().unwrap() > 0);
+    assert!(
+        v["cost"]["latency_us"].as_f64().unwrap() > 0.0 && v["cost"]["bytes"].as_u64().unwrap() > 0
+    );
     let e = ask(r#"{"default": "int8-sym-channel", "layers": {"fc9": "f32"}}"#);
-    assert!(e["error"].as_str().unwrap().contains("unknown layer `fc9`"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("unknown layer `fc9`"),
+        "{e}"
+    );
     let e = ask("{nope");
     assert!(e["error"].as_str().unwrap().contains("line 3"), "{e}");
     let again = ask(r#"{"default": "int8-sym-channel"}"#);
@@ -127,14 +159,20 @@ fn eval_one_file_and_bad_input() {
     let err = fails(dir.path(), &["eval", "--assignment", bad.to_str().unwrap()]);
     assert!(err.contains("bad.json") && err.contains("chanel"), "{err}");
     let out = crate::util::run(dir.path(), &["eval"]);
-    assert_eq!(out.status.code(), Some(2), "--assignment or --stdin is required");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--assignment or --stdin is required"
+    );
     let err = fails(dir.path(), &["eval", "--stdin", "--data", "x.txt"]);
     assert!(err.contains("x.txt") && err.contains("encoder"), "{err}");
 }
 
 #[test]
 fn minilm_int8_keeps_the_embeddings() {
-    let Some(dir) = crate::util::minilm() else { return };
+    let Some(dir) = crate::util::minilm() else {
+        return;
+    };
     let (model, data) = load(&ModelSource::Folder(dir), None).unwrap();
     let model: Arc<dyn mpsearch::model::Model> = model;
     let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();

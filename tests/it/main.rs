@@ -2,8 +2,8 @@
 //! model folders and runs the real binary.
 
 mod bert;
-mod cli;
 mod calibrate;
+mod cli;
 mod compress;
 mod cost;
 mod demo;

@@ -14,7 +14,10 @@ fn parse(body: &str) -> mpsearch::Result<SearchSpace> {
 fn refused_at(body: &str, line: usize, column: usize, needles: &[&str]) {
     let err = parse(body).expect_err("accepted").to_string();
     let place = format!("toy.toml:{line}:{column}:");
-    assert!(err.starts_with(&place), "expected {place} in:\n{err}\n--- file\n{HEAD}{body}");
+    assert!(
+        err.starts_with(&place),
+        "expected {place} in:\n{err}\n--- file\n{HEAD}{body}"
+    );
     for n in needles {
         assert!(err.contains(n), "expected `{n}` in:\n{err}");
     }
@@ -46,41 +49,119 @@ fn groups_pins_and_exclusions() {
     assert_eq!(s.groups.len(), 5);
     let qkv0 = &s.groups[s.layers[0].group];
     assert_eq!(qkv0.members, vec![0, 1, 2]);
-    assert_ne!(s.layers[0].group, s.layers[4].group, "blocks 0 and 1 are separate groups");
+    assert_ne!(
+        s.layers[0].group, s.layers[4].group,
+        "blocks 0 and 1 are separate groups"
+    );
     let head = s.layers.iter().find(|l| l.info.name == "head").unwrap();
     assert_eq!(head.status, LayerStatus::Excluded);
     assert_eq!(s.groups[head.group].choices, vec![Choice::F32]);
-    let ffn1 = s.layers.iter().find(|l| l.info.name == "block.1.ffn").unwrap();
+    let ffn1 = s
+        .layers
+        .iter()
+        .find(|l| l.info.name == "block.1.ffn")
+        .unwrap();
     assert_eq!(ffn1.status, LayerStatus::Pinned);
     assert_eq!(s.searchable_groups().count(), 3);
 }
 
 #[test]
 fn explicit_choices_list() {
-    let s = parse("[defaults]\nchoices = [\"int4-asym-g32+2:4\", \"f32\", \"int8-sym-channel+rank50\"]\n").unwrap();
+    let s = parse(
+        "[defaults]\nchoices = [\"int4-asym-g32+2:4\", \"f32\", \"int8-sym-channel+rank50\"]\n",
+    )
+    .unwrap();
     let names: Vec<String> = s.groups[0].choices.iter().map(|c| c.to_string()).collect();
-    assert_eq!(names, ["f32", "int4-asym-g32+2:4", "int8-sym-channel+rank50"]);
+    assert_eq!(
+        names,
+        ["f32", "int4-asym-g32+2:4", "int8-sym-channel+rank50"]
+    );
 }
 
 #[test]
 fn every_validation_error_names_file_line_and_column() {
-    refused_at("[defaults]\nbits = [8, 9]\n", 4, 12, &["bits: 9 is outside 2..=8"]);
-    refused_at("[defaults]\nsparsity = [0.0, 1.0]\n", 4, 18, &["sparsity: 1 is outside [0, 1)"]);
-    refused_at("[defaults]\nsparsity = [-0.5]\n", 4, 13, &["outside [0, 1)"]);
+    refused_at(
+        "[defaults]\nbits = [8, 9]\n",
+        4,
+        12,
+        &["bits: 9 is outside 2..=8"],
+    );
+    refused_at(
+        "[defaults]\nsparsity = [0.0, 1.0]\n",
+        4,
+        18,
+        &["sparsity: 1 is outside [0, 1)"],
+    );
+    refused_at(
+        "[defaults]\nsparsity = [-0.5]\n",
+        4,
+        13,
+        &["outside [0, 1)"],
+    );
     refused_at("[defaults]\nnm = [\"4:4\"]\n", 4, 7, &["1 <= N < M"]);
     refused_at("[defaults]\nnm = [\"5:4\"]\n", 4, 7, &["N:M pattern"]);
-    refused_at("[defaults]\nrank = [1.0, 0.0]\n", 4, 14, &["rank: 0 is outside (0, 1]"]);
+    refused_at(
+        "[defaults]\nrank = [1.0, 0.0]\n",
+        4,
+        14,
+        &["rank: 0 is outside (0, 1]"],
+    );
     refused_at("[defaults]\nrank = [1.5]\n", 4, 9, &["outside (0, 1]"]);
-    refused_at("[defaults]\nbitz = [8]\n", 4, 1, &["unknown field `bitz`", "bits"]);
+    refused_at(
+        "[defaults]\nbitz = [8]\n",
+        4,
+        1,
+        &["unknown field `bitz`", "bits"],
+    );
     refused_at("[defaults]\nbits = [8\n", 4, 10, &[]);
-    refused_at("[[layer]]\nmatch = '^nope$'\nbits = [8]\n", 4, 9, &["matches no layer", "block.0.q"]);
-    refused_at("[[layer]]\nmatch = '('\n", 4, 9, &["not a valid regular expression"]);
-    refused_at("[[pin]]\nmatch = 'head'\nchoice = \"int4-sym-g7x\"\n", 5, 10, &["granularity `g7x`"]);
-    refused_at("[defaults]\nfloat = []\nbits = []\n", 3, 1, &["empty choice set"]);
-    refused_at("[defaults]\nbits = [8]\n[[layer]]\nmatch = 'ffn'\nactivations = []\n", 6, 9, &["empty choice set", "block.0.ffn"]);
-    refused_at("[defaults]\nsparsity = [0.125]\n", 4, 13, &["not a whole percent"]);
-    refused_at("[defaults]\ngranularity = [\"g1\"]\n", 4, 16, &["granularity: `g1` is not allowed"]);
-    refused_at("exclude = ['nothing-here']\n", 3, 12, &["exclude pattern", "matches no layer"]);
+    refused_at(
+        "[[layer]]\nmatch = '^nope$'\nbits = [8]\n",
+        4,
+        9,
+        &["matches no layer", "block.0.q"],
+    );
+    refused_at(
+        "[[layer]]\nmatch = '('\n",
+        4,
+        9,
+        &["not a valid regular expression"],
+    );
+    refused_at(
+        "[[pin]]\nmatch = 'head'\nchoice = \"int4-sym-g7x\"\n",
+        5,
+        10,
+        &["granularity `g7x`"],
+    );
+    refused_at(
+        "[defaults]\nfloat = []\nbits = []\n",
+        3,
+        1,
+        &["empty choice set"],
+    );
+    refused_at(
+        "[defaults]\nbits = [8]\n[[layer]]\nmatch = 'ffn'\nactivations = []\n",
+        6,
+        9,
+        &["empty choice set", "block.0.ffn"],
+    );
+    refused_at(
+        "[defaults]\nsparsity = [0.125]\n",
+        4,
+        13,
+        &["not a whole percent"],
+    );
+    refused_at(
+        "[defaults]\ngranularity = [\"g1\"]\n",
+        4,
+        16,
+        &["granularity: `g1` is not allowed"],
+    );
+    refused_at(
+        "exclude = ['nothing-here']\n",
+        3,
+        12,
+        &["exclude pattern", "matches no layer"],
+    );
     refused_at(
         "exclude = ['head']\n[[pin]]\nmatch = 'head'\nchoice = \"f16\"\n",
         3,
@@ -112,10 +193,16 @@ fn unknown_top_level_and_missing_files() {
     let err = file::parse("[space]\nname='x'\n[defaultz]\n", "a.toml", &toy_layers())
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("a.toml:3:2:") && err.contains("unknown field `defaultz`"), "{err}");
-    let err = file::load(std::path::Path::new("/nonexistent/space.toml"), &toy_layers())
-        .unwrap_err()
-        .to_string();
+    assert!(
+        err.starts_with("a.toml:3:2:") && err.contains("unknown field `defaultz`"),
+        "{err}"
+    );
+    let err = file::load(
+        std::path::Path::new("/nonexistent/space.toml"),
+        &toy_layers(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("/nonexistent/space.toml"), "{err}");
 }
 
@@ -131,12 +218,22 @@ fn toy_space() -> SearchSpace {
 fn assignment_json_fills_defaults_and_checks_everything() {
     let s = toy_space();
     let a = s
-        .parse_assignment(r#"{"default": "int8-sym-channel", "layers": {"block.1.ffn": "int4-sym-g32+2:4"}}"#, None)
+        .parse_assignment(
+            r#"{"default": "int8-sym-channel", "layers": {"block.1.ffn": "int4-sym-g32+2:4"}}"#,
+            None,
+        )
         .unwrap();
     assert_eq!(a.len(), 9);
     assert_eq!(a.get("block.0.q").unwrap().to_string(), "int8-sym-channel");
-    assert_eq!(a.get("block.1.ffn").unwrap().to_string(), "int4-sym-g32+2:4");
-    assert_eq!(a.get("head"), Some(&Choice::F32), "excluded layers stay f32");
+    assert_eq!(
+        a.get("block.1.ffn").unwrap().to_string(),
+        "int4-sym-g32+2:4"
+    );
+    assert_eq!(
+        a.get("head"),
+        Some(&Choice::F32),
+        "excluded layers stay f32"
+    );
     // The JSON form re-loads to the same assignment.
     let back = s.parse_assignment(&a.to_json_string(), None).unwrap();
     assert_eq!(back, a);
@@ -145,26 +242,56 @@ fn assignment_json_fills_defaults_and_checks_everything() {
     assert_eq!(s.assignment(&s.point(&a).unwrap()), a);
 
     let bad = |json: &str, needles: &[&str]| {
-        let e = s.parse_assignment(json, Some("a.json")).unwrap_err().to_string();
+        let e = s
+            .parse_assignment(json, Some("a.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("assignment a.json: "), "{e}");
         for n in needles {
             assert!(e.contains(n), "expected `{n}` in: {e}");
         }
     };
-    bad(r#"{"default": "f32", "layers": {"block.0.qq": "f32"}}"#, &["unknown layer `block.0.qq`", "`block.0.q`"]);
-    bad(r#"{"default": "int2-sym-channel"}"#, &["`int2-sym-channel` (from \"default\") is not allowed", "int8-sym-channel"]);
-    bad(r#"{"default": "f32", "layers": {"head": "int8-sym-channel"}}"#, &["layer `head`", "allowed: f32"]);
-    bad(r#"{"default": "f32", "layers": {"block.0.q": "int8-sym-channel"}}"#, &["one group", "block.0.k"]);
-    bad(r#"{"layers": {"block.0.q": "f32"}}"#, &["has no choice", "default"]);
-    bad(r#"{"default": "int8-sym-chanel"}"#, &["granularity `chanel`"]);
-    bad(r#"{"default": "f32", "extra": 1}"#, &["unknown field `extra`"]);
+    bad(
+        r#"{"default": "f32", "layers": {"block.0.qq": "f32"}}"#,
+        &["unknown layer `block.0.qq`", "`block.0.q`"],
+    );
+    bad(
+        r#"{"default": "int2-sym-channel"}"#,
+        &[
+            "`int2-sym-channel` (from \"default\") is not allowed",
+            "int8-sym-channel",
+        ],
+    );
+    bad(
+        r#"{"default": "f32", "layers": {"head": "int8-sym-channel"}}"#,
+        &["layer `head`", "allowed: f32"],
+    );
+    bad(
+        r#"{"default": "f32", "layers": {"block.0.q": "int8-sym-channel"}}"#,
+        &["one group", "block.0.k"],
+    );
+    bad(
+        r#"{"layers": {"block.0.q": "f32"}}"#,
+        &["has no choice", "default"],
+    );
+    bad(
+        r#"{"default": "int8-sym-chanel"}"#,
+        &["granularity `chanel`"],
+    );
+    bad(
+        r#"{"default": "f32", "extra": 1}"#,
+        &["unknown field `extra`"],
+    );
     bad("{not json", &["not valid assignment JSON"]);
 }
 
 #[test]
 fn canonical_encoding_and_hash_are_pinned() {
     let a = Assignment::new([
-        ("fc1".to_string(), "int4-asym-g32+2:4+rank50".parse().unwrap()),
+        (
+            "fc1".to_string(),
+            "int4-asym-g32+2:4+rank50".parse().unwrap(),
+        ),
         ("conv1".to_string(), "int8-sym-channel".parse().unwrap()),
         ("fc2".to_string(), Choice::F32),
     ]);
@@ -204,12 +331,26 @@ fn bert_base_fits_a_minilm_shaped_folder() {
     assert!(inv.layers.iter().all(|l| !l.name.starts_with("pooler")));
     // Natural order: layer 2 before layer 10 would hold; names within a block sort alphabetically.
     assert_eq!(inv.layers[0].name, "embeddings.position_embeddings");
-    assert!(inv.layers.iter().any(|l| l.name == "encoder.layer.5.attention.self.query"));
+    assert!(inv
+        .layers
+        .iter()
+        .any(|l| l.name == "encoder.layer.5.attention.self.query"));
     let s = mpsearch::shipped::space("bert-base", &inv.layers).unwrap();
     // 6 blocks × (qkv + attention.output + intermediate + output) + word embeddings + 2 excluded.
     assert_eq!(s.groups.len(), 6 * 4 + 3);
-    let word_layer = s.layers.iter().find(|l| l.info.name == "embeddings.word_embeddings").unwrap();
+    let word_layer = s
+        .layers
+        .iter()
+        .find(|l| l.info.name == "embeddings.word_embeddings")
+        .unwrap();
     let word = &s.groups[word_layer.group];
-    assert!(word.choices.iter().all(|c| c.sparsity == mpsearch::space::Sparsity::None));
-    assert_eq!(s.layers[0].status, LayerStatus::Excluded, "position embeddings");
+    assert!(word
+        .choices
+        .iter()
+        .all(|c| c.sparsity == mpsearch::space::Sparsity::None));
+    assert_eq!(
+        s.layers[0].status,
+        LayerStatus::Excluded,
+        "position embeddings"
+    );
 }

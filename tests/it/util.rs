@@ -58,11 +58,26 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], truncate
 }
 
 /// Tensor list of a BERT-family encoder named as Hugging Face's BertModel does.
-pub fn bert_tensors(prefix: &str, vocab: usize, hidden: usize, inter: usize, layers: usize) -> Vec<(String, Vec<usize>)> {
+pub fn bert_tensors(
+    prefix: &str,
+    vocab: usize,
+    hidden: usize,
+    inter: usize,
+    layers: usize,
+) -> Vec<(String, Vec<usize>)> {
     let mut t = vec![
-        (format!("{prefix}embeddings.word_embeddings.weight"), vec![vocab, hidden]),
-        (format!("{prefix}embeddings.position_embeddings.weight"), vec![512, hidden]),
-        (format!("{prefix}embeddings.token_type_embeddings.weight"), vec![2, hidden]),
+        (
+            format!("{prefix}embeddings.word_embeddings.weight"),
+            vec![vocab, hidden],
+        ),
+        (
+            format!("{prefix}embeddings.position_embeddings.weight"),
+            vec![512, hidden],
+        ),
+        (
+            format!("{prefix}embeddings.token_type_embeddings.weight"),
+            vec![2, hidden],
+        ),
         (format!("{prefix}embeddings.LayerNorm.weight"), vec![hidden]),
         (format!("{prefix}embeddings.LayerNorm.bias"), vec![hidden]),
     ];
@@ -99,7 +114,11 @@ pub fn minilm_folder(dir: &Dir) -> PathBuf {
         r#"{"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6}"#,
     )
     .unwrap();
-    write_safetensors(&m.join("model.safetensors"), &bert_tensors("", 30522, 384, 1536, 6), 0);
+    write_safetensors(
+        &m.join("model.safetensors"),
+        &bert_tensors("", 30522, 384, 1536, 6),
+        0,
+    );
     m
 }
 
@@ -148,7 +167,11 @@ pub fn describe(args: &[&str], out: &Output) -> String {
 /// Runs and asserts success; returns stdout.
 pub fn ok(cwd: &Path, args: &[&str]) -> String {
     let out = run(cwd, args);
-    assert!(out.status.success(), "expected success:\n{}", describe(args, &out));
+    assert!(
+        out.status.success(),
+        "expected success:\n{}",
+        describe(args, &out)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -156,8 +179,17 @@ pub fn ok(cwd: &Path, args: &[&str]) -> String {
 pub fn fails(cwd: &Path, args: &[&str]) -> String {
     let out = run(cwd, args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1:\n{}", describe(args, &out));
-    assert!(!err.contains("panicked"), "panicked:\n{}", describe(args, &out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1:\n{}",
+        describe(args, &out)
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panicked:\n{}",
+        describe(args, &out)
+    );
     err
 }
 
@@ -186,4 +218,3 @@ pub fn minilm() -> Option<PathBuf> {
         None
     }
 }
-
