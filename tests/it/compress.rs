@@ -440,15 +440,23 @@ fn truncation_error_is_the_dropped_energy() {
                 rel < SVD_REL_TOL,
                 "{rows}×{cols} rank{p} (k={k}): ‖W − W_k‖² = {err:.6e}, Σσ² dropped = {dropped:.6e}, rel {rel:.2e}"
             );
-            // B = V_kᵀ has orthonormal rows.
+            // B = Σ_k^½ V_kᵀ: B·Bᵀ = Σ_k (diagonal, the kept singular values).
             let b = lr.b.data();
             for i in 0..k {
                 for j in 0..k {
                     let dot: f64 = (0..cols)
                         .map(|t| f64::from(b[i * cols + t]) * f64::from(b[j * cols + t]))
                         .sum();
-                    let want = if i == j { 1.0 } else { 0.0 };
-                    assert!((dot - want).abs() < ORTHO_TOL, "B·Bᵀ[{i},{j}] = {dot}");
+                    let want = if i == j {
+                        f64::from(lr.singular_values[i])
+                    } else {
+                        0.0
+                    };
+                    let scale = f64::from(lr.singular_values[0]);
+                    assert!(
+                        (dot - want).abs() < ORTHO_TOL * scale,
+                        "B·Bᵀ[{i},{j}] = {dot}, want {want}"
+                    );
                 }
             }
         }
