@@ -124,6 +124,9 @@ struct EvalArgs {
     /// How weight quantization picks its scales: min/max, or MSE-optimal clipping.
     #[arg(long, value_enum, default_value_t = ScaleArg::Mse)]
     scale: ScaleArg,
+    /// Memory for memoised compressed weights, in MiB (least recently used ones are dropped first).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    cache_mb: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -720,6 +723,7 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
             ScaleArg::Minmax => mpsearch::compress::ScaleMethod::MinMax,
             ScaleArg::Mse => mpsearch::compress::ScaleMethod::Mse,
         },
+        cache_bytes: a.cache_mb.saturating_mul(1 << 20),
         ..EvalSettings::default()
     };
     let description = data.description.clone();
