@@ -288,15 +288,14 @@ fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
         return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
     }
     let mut out = format!(
-        "model {} ({}, {:?}): {} compressible layers, {} weights, {} MACs per sample\n\n",
+        "model {} ({}, {}): {} compressible layers, {} weights, {} MACs per sample\n\n",
         inv.name,
         inv.architecture,
         inv.kind,
         inv.layers.len(),
         thousands(inv.params()),
         thousands(inv.macs())
-    )
-    .to_lowercase();
+    );
     let mut header = vec!["layer", "kind", "shape", "params", "MACs"];
     if space.is_some() {
         header.extend(["status", "choices", "group"]);

@@ -29,6 +29,15 @@ pub enum ModelKind {
     Encoder,
 }
 
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelKind::Classifier => "classifier",
+            ModelKind::Encoder => "encoder",
+        })
+    }
+}
+
 /// A model argument, resolved: `demo` is the embedded demo, anything else a folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
