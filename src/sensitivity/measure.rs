@@ -13,33 +13,47 @@
 //! - Z. Dong et al., "HAWQ-V2: Hessian aware trace-weighted quantization", NeurIPS 2020 (validating a
 //!   sensitivity measure against the measured effect of quantizing one layer at a time).
 
+use std::collections::HashMap;
+
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::Measurement;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::Evaluator;
 use crate::space::{Assignment, Choice, LayerStatus, SearchSpace};
 
-/// The assignment with only `group` at its choice `choice` and every other layer f32.
-pub fn one_at_a_time_assignment(space: &SearchSpace, group: usize, choice: u16) -> Assignment {
-    let g = &space.groups[group];
-    let c = g.choices[choice as usize];
-    Assignment::new(space.layers.iter().map(|l| {
-        let pick = if l.group == group { c } else { Choice::F32 };
+/// The assignment with only `group` at its choice `choice` and every other layer f32; an error if
+/// the space has no such group or choice.
+pub fn one_at_a_time_assignment(
+    space: &SearchSpace,
+    group: usize,
+    choice: u16,
+) -> Result<Assignment> {
+    let c = space
+        .groups
+        .get(group)
+        .and_then(|g| g.choices.get(choice as usize))
+        .ok_or_else(|| {
+            Error::sensitivity(format!(
+                "search space `{}` has no group {group} with a choice {choice}",
+                space.name
+            ))
+        })?;
+    Ok(Assignment::new(space.layers.iter().map(|l| {
+        let pick = if l.group == group { *c } else { Choice::F32 };
         (l.info.name.clone(), pick)
-    }))
+    })))
 }
 
 /// The measured quality with only `group` compressed at its choice `choice` (see the module docs).
-/// Panics if `group` or `choice` is outside `space`.
 pub fn one_at_a_time(
     evaluator: &dyn Evaluator,
     space: &SearchSpace,
     group: usize,
     choice: u16,
 ) -> Result<f64> {
-    let a = one_at_a_time_assignment(space, group, choice);
+    let a = one_at_a_time_assignment(space, group, choice)?;
     Ok(evaluator.evaluate(&a)?.quality)
 }
 
@@ -75,14 +89,64 @@ pub fn measure(
     space: &SearchSpace,
     pairs: &[(usize, u16)],
 ) -> Result<Vec<Measurement>> {
-    pairs
-        .iter()
-        .map(|&(group, choice)| {
-            Ok(Measurement {
-                group,
-                choice,
-                quality: one_at_a_time(evaluator, space, group, choice)?,
+    MeasurementCache::default().measure(evaluator, space, pairs)
+}
+
+/// One-at-a-time qualities kept in memory by evaluation key ([`Evaluator::key`]: the evaluator's
+/// fingerprint and the assignment's hash), so a pair is measured once per model, data and settings,
+/// whichever space it came from. The store will persist them; until then they live as long as this.
+#[derive(Clone, Debug, Default)]
+pub struct MeasurementCache {
+    by_key: HashMap<blake3::Hash, f64>,
+    hits: u64,
+}
+
+impl MeasurementCache {
+    /// Measures each pair one at a time (in order), evaluating only those not measured before; the
+    /// first failure stops and is returned.
+    pub fn measure(
+        &mut self,
+        evaluator: &dyn Evaluator,
+        space: &SearchSpace,
+        pairs: &[(usize, u16)],
+    ) -> Result<Vec<Measurement>> {
+        pairs
+            .iter()
+            .map(|&(group, choice)| {
+                let a = one_at_a_time_assignment(space, group, choice)?;
+                let key = evaluator.key(&a);
+                let quality = match self.by_key.get(&key) {
+                    Some(&q) => {
+                        self.hits += 1;
+                        q
+                    }
+                    None => {
+                        let q = evaluator.evaluate(&a)?.quality;
+                        self.by_key.insert(key, q);
+                        q
+                    }
+                };
+                Ok(Measurement {
+                    group,
+                    choice,
+                    quality,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
+
+    /// Measurements held.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Pairs answered from memory so far.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
 }

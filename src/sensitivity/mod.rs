@@ -6,7 +6,7 @@
 //! | file | job |
 //! | --- | --- |
 //! | `stats.rs` | [`LayerStats`]: a layer's input second moment `H = XᵀX` from calibration data, and the relative output error of any compressed weight from it; [`cheap_errors`] over a space |
-//! | `measure.rs` | one-at-a-time measurements: the real metric with a single group compressed |
+//! | `measure.rs` | one-at-a-time measurements: the real metric with a single group compressed, cached in memory |
 //! | `predictor.rs` | [`Predictor`]: per-group scales of the cheap errors fitted to the measurements, summed over groups |
 //! | `rank.rs` | how far to trust it: Spearman, Kendall τ-b, mean absolute error of predicted vs measured |
 //!
@@ -22,6 +22,6 @@ mod predictor;
 pub mod rank;
 mod stats;
 
-pub use measure::{measure, one_at_a_time, one_at_a_time_assignment, pick_pairs};
+pub use measure::{measure, one_at_a_time, one_at_a_time_assignment, pick_pairs, MeasurementCache};
 pub use predictor::{Measurement, Predictor};
 pub use stats::{cheap_errors, LayerStats};
