@@ -103,6 +103,12 @@ pub enum Error {
     #[error("compress: {message}")]
     Compress { message: String },
 
+    // ---- sensitivity ----
+    /// Sensitivity statistics or a predictor that cannot be built from what was given (no calibration
+    /// input for a layer, a weight of another shape, no measurement to fit a scale to…).
+    #[error("sensitivity: {message}")]
+    Sensitivity { message: String },
+
     // ---- candle ----
     /// An error from candle's kernels.
     #[error("candle: {0}")]
@@ -129,6 +135,13 @@ impl Error {
     /// An [`Error::Compress`] with this message.
     pub fn compress(message: impl Into<String>) -> Self {
         Error::Compress {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Sensitivity`] with this message.
+    pub fn sensitivity(message: impl Into<String>) -> Self {
+        Error::Sensitivity {
             message: message.into(),
         }
     }

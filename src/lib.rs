@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod sensitivity;
 pub mod shipped;
 pub mod space;
 

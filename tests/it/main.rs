@@ -9,5 +9,6 @@ mod cost;
 mod demo;
 mod eval;
 mod profiles;
+mod sensitivity;
 mod space;
 mod util;
