@@ -43,6 +43,9 @@ enum Command {
     /// Evaluate assignments with the candle evaluator: one assignment JSON per line in (--stdin) or one
     /// file, one result JSON per line out.
     Eval(EvalArgs),
+    /// Layer sensitivity: cheap per-layer errors, one-at-a-time measurements, the fitted predictor of
+    /// any assignment's quality and, with --validate, how far to trust it.
+    Sensitivity(SensitivityArgs),
     /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
@@ -102,10 +105,7 @@ struct CostArgs {
 #[command(group(clap::ArgGroup::new("input").required(true).args(["assignment", "stdin"])))]
 struct EvalArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    /// Search space (path or shipped name); default: the model's own (`demo`, or `bert-base`).
-    #[arg(long)]
-    space: Option<String>,
+    setup: EvaluatorArgs,
     /// One assignment JSON file: {"default": "<choice>", "layers": {"<layer>": "<choice>"}}.
     #[arg(long)]
     assignment: Option<PathBuf>,
@@ -118,6 +118,16 @@ struct EvalArgs {
     /// Samples per inference for the cost (images, or tokens of a sequence).
     #[arg(long, default_value_t = 1)]
     batch: u32,
+}
+
+/// What every command that evaluates needs: the model, its space and data, and the evaluator settings.
+#[derive(Args)]
+struct EvaluatorArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Search space (path or shipped name); default: the model's own (`demo`, or `bert-base`).
+    #[arg(long)]
+    space: Option<String>,
     /// Encoders: a sentence file (one per line); default: the shipped sentences.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -127,6 +137,25 @@ struct EvalArgs {
     /// Memory for memoised compressed weights, in MiB (least recently used ones are dropped first).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     cache_mb: usize,
+}
+
+#[derive(Args)]
+struct SensitivityArgs {
+    #[command(flatten)]
+    setup: EvaluatorArgs,
+    /// At most this many (group, choice) pairs are measured one at a time (a seeded sample if the
+    /// space has more).
+    #[arg(long, default_value_t = 400)]
+    pairs: usize,
+    /// Also measure N random assignments and report how well the prediction ranks them.
+    #[arg(long, value_name = "N")]
+    validate: Option<usize>,
+    /// Seed of the pair sample and of the validation assignments.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -181,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => inspect(a),
         Command::Cost(a) => cost(a),
         Command::Eval(a) => eval_cmd(a),
+        Command::Sensitivity(a) => sensitivity_cmd(a),
         Command::Profiles => profiles(),
         Command::Calibrate(a) => calibrate_cmd(a),
     }
@@ -704,19 +734,18 @@ fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
-    use mpsearch::eval::{CandleEvaluator, EvalSettings, Evaluator};
+/// A ready evaluator, the space resolved against the layers the model runs, and the seconds the f32
+/// reference took.
+fn setup_evaluator(
+    a: &EvaluatorArgs,
+) -> anyhow::Result<(mpsearch::eval::CandleEvaluator, SearchSpace, f64)> {
+    use mpsearch::eval::{CandleEvaluator, EvalSettings};
     let source = ModelSource::parse(&a.model.model);
-    let inv = model::inventory(&source)?;
     let started = std::time::Instant::now();
     let (net, data) = mpsearch::eval::load(&source, a.data.as_deref())?;
     // The space is resolved against the layers the model runs (an encoder never runs its pooler).
     let space = load_space(a.space.as_deref(), net.inventory())?;
-    let cost = a
-        .profile
-        .as_deref()
-        .map(|p| -> anyhow::Result<_> { Ok(CostModel::new(shipped::profile(p)?, a.batch)?) })
-        .transpose()?;
+    anyhow::ensure!(a.cache_mb >= 1, "--cache-mb must be at least 1");
     let settings = EvalSettings {
         scale: match a.scale {
             ScaleArg::Minmax => mpsearch::compress::ScaleMethod::MinMax,
@@ -726,13 +755,27 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
         ..EvalSettings::default()
     };
     let description = data.description.clone();
+    let name = net.inventory().name.clone();
+    let t0 = std::time::Instant::now();
     let evaluator = CandleEvaluator::new(net, data, settings)?;
+    let forward = t0.elapsed().as_secs_f64();
     eprintln!(
-        "model {} ({} layers), data: {description}; f32 reference computed in {:.1} s",
-        inv.name,
+        "model {name} ({} layers), space `{}`, data: {description}; loaded and f32 reference computed in {:.1} s",
         evaluator.model().inventory().layers.len(),
+        space.name,
         started.elapsed().as_secs_f64()
     );
+    Ok((evaluator, space, forward))
+}
+
+fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    use mpsearch::eval::Evaluator;
+    let (evaluator, space, _) = setup_evaluator(&a.setup)?;
+    let cost = a
+        .profile
+        .as_deref()
+        .map(|p| -> anyhow::Result<_> { Ok(CostModel::new(shipped::profile(p)?, a.batch)?) })
+        .transpose()?;
     let layers = evaluator.model().inventory().layers.clone();
     let answer = |text: &str, source: &str| -> mpsearch::Result<serde_json::Value> {
         let asg = space.parse_assignment(text, Some(source))?;
@@ -771,4 +814,160 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn sensitivity_cmd(a: SensitivityArgs) -> anyhow::Result<ExitCode> {
+    use mpsearch::sensitivity::{analysis, pick_pairs};
+    let (ev, space, forward) = setup_evaluator(&a.setup)?;
+    let pairs = pick_pairs(&space, a.pairs, a.seed);
+    let n_validate = a.validate.unwrap_or(0);
+    let evaluations = pairs.len() + n_validate;
+    let weights: usize = space
+        .groups
+        .iter()
+        .filter(|g| g.status == mpsearch::space::LayerStatus::Searchable)
+        .map(|g| g.choices.len() * g.members.len())
+        .sum();
+    eprintln!(
+        "cost of measuring: 1 capture pass over the calibration data and {weights} compressed weights for the \
+         cheap errors, then {} one-at-a-time + {n_validate} validation evaluations = {evaluations} forward \
+         passes over the evaluation data, about {:.0} s at {:.2} s per forward (plus compression)",
+        pairs.len(),
+        evaluations as f64 * forward,
+        forward
+    );
+    let bar = progress_bar(space.groups.len(), "cheap errors");
+    let mut phase = analysis::Phase::CheapErrors;
+    let an = analysis::analyse(&ev, &space, &pairs, &mut |p, d, t| {
+        if p != phase {
+            phase = p;
+            bar.reset();
+            bar.set_length(t as u64);
+            bar.set_message("one at a time");
+        }
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    let validation = match a.validate {
+        Some(n) if n >= 2 => {
+            let bar = progress_bar(n, "validation");
+            let v = analysis::validate(&ev, &space, &an.predictor, n, a.seed, &mut |d, _| {
+                bar.set_position(d as u64)
+            })?;
+            bar.finish_and_clear();
+            Some(v)
+        }
+        Some(_) => anyhow::bail!("--validate needs at least 2 assignments to rank"),
+        None => None,
+    };
+    let measured: std::collections::HashMap<(usize, u16), f64> = an
+        .measurements
+        .iter()
+        .map(|m| ((m.group, m.choice), m.quality))
+        .collect();
+    let group_name = |g: &mpsearch::space::SpaceGroup| {
+        g.members
+            .iter()
+            .map(|&m| space.layers[m].info.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    use mpsearch::eval::Evaluator;
+    if a.json {
+        let rows: Vec<serde_json::Value> = space
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, g)| {
+                let an = &an;
+                let measured = &measured;
+                g.choices.iter().enumerate().map(move |(ci, c)| {
+                    serde_json::json!({
+                        "group": g.name, "choice": c.to_string(), "cheap_error": an.errors[gi][ci],
+                        "predicted": an.predictor.table()[gi][ci],
+                        "measured": measured.get(&(gi, ci as u16)),
+                    })
+                })
+            })
+            .collect();
+        let mut doc = serde_json::json!({
+            "objective": ev.objective(), "space": space.name, "table": rows,
+            "seconds": {"cheap_errors": an.cheap_seconds, "measurements": an.measure_seconds},
+        });
+        if let Some(v) = &validation {
+            doc["validation"] = serde_json::json!({
+                "assignments": v.points.len(), "spearman": v.spearman, "kendall": v.kendall,
+                "mean_absolute_error": v.mean_absolute_error, "seconds": v.seconds,
+                "points": v.points.iter().map(|(p, pr, me)| serde_json::json!({
+                    "assignment": space.assignment(p).to_json(), "predicted": pr, "measured": me}))
+                    .collect::<Vec<_>>(),
+            });
+        }
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    }
+    let mut out = format!(
+        "sensitivity of space `{}` ({}, lower is better); cheap errors in {:.1} s, {} one-at-a-time \
+         measurements in {:.1} s\n\n",
+        space.name,
+        ev.objective(),
+        an.cheap_seconds,
+        an.measurements.len(),
+        an.measure_seconds
+    );
+    let mut rows = Vec::new();
+    for (gi, g) in space.groups.iter().enumerate() {
+        if g.status != mpsearch::space::LayerStatus::Searchable {
+            continue;
+        }
+        let mut order: Vec<usize> = (0..g.choices.len()).collect();
+        order.sort_by(|&x, &y| an.predictor.table()[gi][x].total_cmp(&an.predictor.table()[gi][y]));
+        for ci in order {
+            rows.push(vec![
+                group_name(g),
+                g.choices[ci].to_string(),
+                format!("{:.3e}", an.errors[gi][ci]),
+                format!("{:.5}", an.predictor.table()[gi][ci]),
+                measured
+                    .get(&(gi, ci as u16))
+                    .map_or("-".to_string(), |m| format!("{m:.5}")),
+            ]);
+        }
+    }
+    out.push_str(&table(
+        &["layer", "choice", "output error", "predicted", "measured"],
+        &rows,
+        2,
+    ));
+    if let Some(v) = &validation {
+        out.push_str(&format!(
+            "\nvalidation on {} random assignments ({:.1} s): Spearman {:.3}, Kendall {:.3}, mean absolute \
+             error {:.5}\nlargest misses (where layers interact):\n",
+            v.points.len(),
+            v.seconds,
+            v.spearman,
+            v.kendall,
+            v.mean_absolute_error
+        ));
+        let mut misses: Vec<&(mpsearch::space::Point, f64, f64)> = v.points.iter().collect();
+        misses.sort_by(|x, y| (y.2 - y.1).abs().total_cmp(&(x.2 - x.1).abs()));
+        for (p, pr, me) in misses.into_iter().take(5) {
+            out.push_str(&format!(
+                "  predicted {pr:.5}  measured {me:.5}  {}\n",
+                space.assignment(p).to_json_string()
+            ));
+        }
+    }
+    emit(&out)
 }

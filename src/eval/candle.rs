@@ -122,6 +122,11 @@ impl CandleEvaluator {
         &self.model
     }
 
+    /// How it compresses.
+    pub fn settings(&self) -> &EvalSettings {
+        &self.settings
+    }
+
     /// The data it is evaluated on.
     pub fn data(&self) -> &EvalData {
         &self.data

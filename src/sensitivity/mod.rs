@@ -17,6 +17,7 @@
 //!   ICCV 2019; "HAWQ-V2", NeurIPS 2020.
 //! - E. Frantar, D. Alistarh, "Optimal Brain Compression", NeurIPS 2022.
 
+pub mod analysis;
 mod measure;
 mod predictor;
 pub mod rank;
@@ -24,4 +25,4 @@ mod stats;
 
 pub use measure::{measure, one_at_a_time, one_at_a_time_assignment, pick_pairs, MeasurementCache};
 pub use predictor::{Measurement, Predictor};
-pub use stats::{cheap_errors, LayerStats};
+pub use stats::{cheap_errors, cheap_errors_with_progress, LayerStats};

@@ -119,6 +119,22 @@ impl Predictor {
         })
     }
 
+    /// The same predictor with each measured (group, choice) predicted as its measurement: a measured
+    /// one-at-a-time quality is the best estimate of that term; the fitted scale serves the rest.
+    /// Measurements outside the table are ignored.
+    pub fn with_measured(mut self, measurements: &[Measurement]) -> Predictor {
+        for m in measurements {
+            if let Some(v) = self
+                .table
+                .get_mut(m.group)
+                .and_then(|row| row.get_mut(m.choice as usize))
+            {
+                *v = m.quality;
+            }
+        }
+        self
+    }
+
     /// The predicted quality drop of `point` (one choice index per group). Panics if `point` has a
     /// choice outside the table (a point of another space).
     #[inline]

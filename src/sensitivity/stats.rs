@@ -351,30 +351,60 @@ pub fn cheap_errors(
     stats: &[LayerStats],
     scale: crate::compress::ScaleMethod,
 ) -> Result<Vec<Vec<f64>>> {
+    cheap_errors_with_progress(space, stats, scale, &mut |_, _| {})
+}
+
+/// [`cheap_errors`], calling `progress(done, total)` after each group. Choices that differ only in
+/// their activation part share one compression; the distinct weight choices of a layer are compressed
+/// in parallel (rayon), each deterministically, so the result does not depend on the thread count.
+pub fn cheap_errors_with_progress(
+    space: &crate::space::SearchSpace,
+    stats: &[LayerStats],
+    scale: crate::compress::ScaleMethod,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f64>>> {
+    use rayon::prelude::*;
     let by_name: HashMap<&str, &LayerStats> =
         stats.iter().map(|s| (s.info.name.as_str(), s)).collect();
     let mut out = Vec::with_capacity(space.groups.len());
-    for g in &space.groups {
-        let mut row = vec![0.0; g.choices.len()];
+    for (gi, g) in space.groups.iter().enumerate() {
+        let weight_only: Vec<crate::space::Choice> = g
+            .choices
+            .iter()
+            .map(|c| crate::space::Choice {
+                act: crate::space::ActQuant::None,
+                ..*c
+            })
+            .collect();
+        let mut distinct: Vec<crate::space::Choice> = weight_only
+            .iter()
+            .copied()
+            .filter(|c| !c.is_uncompressed())
+            .collect();
+        distinct.sort();
+        distinct.dedup();
+        let mut error: HashMap<crate::space::Choice, f64> = HashMap::new();
         for &m in &g.members {
             let name = &space.layers[m].info.name;
             let s = by_name.get(name.as_str()).ok_or_else(|| {
                 Error::sensitivity(format!("no calibration statistics for layer `{name}`"))
             })?;
             let original = s.weight_tensor()?;
-            for (e, choice) in row.iter_mut().zip(&g.choices) {
-                let weight_only = crate::space::Choice {
-                    act: crate::space::ActQuant::None,
-                    ..*choice
-                };
-                if weight_only.is_uncompressed() {
-                    continue;
-                }
-                let w = crate::compress::apply_choice(&original, &weight_only, scale)?;
-                *e += s.output_error(&w)?;
+            let errs: Vec<f64> = distinct
+                .par_iter()
+                .map(|c| s.output_error(&crate::compress::apply_choice(&original, c, scale)?))
+                .collect::<Result<_>>()?;
+            for (c, e) in distinct.iter().zip(errs) {
+                *error.entry(*c).or_default() += e;
             }
         }
-        out.push(row);
+        out.push(
+            weight_only
+                .iter()
+                .map(|c| error.get(c).copied().unwrap_or(0.0))
+                .collect(),
+        );
+        progress(gi + 1, space.groups.len());
     }
     Ok(out)
 }

@@ -454,3 +454,42 @@ fn demo_trust_figures() {
         p.scales()
     );
 }
+
+#[test]
+fn sensitivity_command_reports_the_table_and_its_trust() {
+    let dir = crate::util::Dir::new();
+    let out = crate::util::ok(
+        dir.path(),
+        &[
+            "sensitivity",
+            "--pairs",
+            "24",
+            "--validate",
+            "10",
+            "--seed",
+            "5",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["objective"], "kl_divergence");
+    let table = v["table"].as_array().unwrap();
+    let measured: Vec<&serde_json::Value> =
+        table.iter().filter(|r| !r["measured"].is_null()).collect();
+    assert_eq!(measured.len(), 24, "a seeded sample of 24 pairs");
+    for r in &measured {
+        // A measured pair is predicted as its measurement.
+        assert_eq!(r["predicted"], r["measured"], "{r}");
+    }
+    let val = &v["validation"];
+    assert_eq!(val["assignments"], 10);
+    for key in ["spearman", "kendall", "mean_absolute_error"] {
+        assert!(val[key].as_f64().unwrap().is_finite(), "{key}: {val}");
+    }
+    assert!(
+        val["spearman"].as_f64().unwrap() > 0.5,
+        "the prediction ranks the demo's assignments: {val}"
+    );
+    let err = crate::util::fails(dir.path(), &["sensitivity", "--validate", "1"]);
+    assert!(err.contains("at least 2"), "{err}");
+}

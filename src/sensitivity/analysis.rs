@@ -1,0 +1,110 @@
+//! The whole sensitivity analysis of a space, as `mpsearch sensitivity` runs it: cheap errors of every
+//! (group, choice), one-at-a-time measurements of a subset, the fitted predictor, and its validation on
+//! random assignments measured for real.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::rank::{kendall_tau_b, mean_absolute_error, spearman};
+use super::{cheap_errors_with_progress, LayerStats, Measurement, MeasurementCache, Predictor};
+use crate::error::Result;
+use crate::eval::{CandleEvaluator, Evaluator};
+use crate::space::{Point, SearchSpace};
+
+/// Cheap errors, measurements and the predictor fitted to them.
+pub struct Analysis {
+    /// `errors[group][choice]`: relative output error summed over the group's layers.
+    pub errors: Vec<Vec<f64>>,
+    pub measurements: Vec<Measurement>,
+    pub predictor: Predictor,
+    /// Seconds spent on the cheap errors (capture + compressing every choice).
+    pub cheap_seconds: f64,
+    /// Seconds spent on the one-at-a-time measurements.
+    pub measure_seconds: f64,
+}
+
+/// Predicted against measured quality on random assignments.
+pub struct Validation {
+    /// (point, predicted, measured), in the order drawn.
+    pub points: Vec<(Point, f64, f64)>,
+    pub spearman: f64,
+    pub kendall: f64,
+    pub mean_absolute_error: f64,
+    pub seconds: f64,
+}
+
+/// Which part of the analysis a progress report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Cheap errors, counted in groups.
+    CheapErrors,
+    /// One-at-a-time measurements, counted in pairs.
+    Measurements,
+}
+
+/// Runs the analysis: `progress(phase, done, total)` after each group of cheap errors and each
+/// measurement.
+pub fn analyse(
+    ev: &CandleEvaluator,
+    space: &SearchSpace,
+    pairs: &[(usize, u16)],
+    progress: &mut dyn FnMut(Phase, usize, usize),
+) -> Result<Analysis> {
+    let started = Instant::now();
+    let stats = LayerStats::capture(ev.model().as_ref(), &ev.data().calibration)?;
+    let errors = cheap_errors_with_progress(space, &stats, ev.settings().scale, &mut |d, t| {
+        progress(Phase::CheapErrors, d, t)
+    })?;
+    let cheap_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut cache = MeasurementCache::default();
+    let mut measurements = Vec::with_capacity(pairs.len());
+    for (i, pair) in pairs.iter().enumerate() {
+        measurements.extend(cache.measure(ev, space, std::slice::from_ref(pair))?);
+        progress(Phase::Measurements, i + 1, pairs.len());
+    }
+    let predictor = Predictor::fit(&errors, &measurements)?.with_measured(&measurements);
+    Ok(Analysis {
+        errors,
+        measurements,
+        predictor,
+        cheap_seconds,
+        measure_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Measures `n` uniformly random points of `space` (seeded) and compares them with `predictor`.
+pub fn validate(
+    ev: &dyn Evaluator,
+    space: &SearchSpace,
+    predictor: &Predictor,
+    n: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Validation> {
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut points = Vec::with_capacity(n);
+    for i in 0..n {
+        let p: Point = space
+            .groups
+            .iter()
+            .map(|g| rng.random_range(0..g.choices.len()) as u16)
+            .collect();
+        let measured = ev.evaluate(&space.assignment(&p))?.quality;
+        let predicted = predictor.predict(&p);
+        points.push((p, predicted, measured));
+        progress(i + 1, n);
+    }
+    let pred: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let meas: Vec<f64> = points.iter().map(|p| p.2).collect();
+    Ok(Validation {
+        spearman: spearman(&pred, &meas)?,
+        kendall: kendall_tau_b(&pred, &meas)?,
+        mean_absolute_error: mean_absolute_error(&pred, &meas)?,
+        points,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
