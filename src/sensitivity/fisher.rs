@@ -43,7 +43,7 @@
 //! *share* of maxima in each pooling window (`avg_pool` of the max mask: 1/4 for a 2×2 window with
 //! one maximum) where it should divide by their *number*. Every layer before a max-pool therefore gets
 //! its gradient scaled by 1/4 — on the demo, `conv1` and `conv2` (measured against central finite
-//! differences: ×0.25 ± 2 %) — so their `g` is 1/4 and their `F` 1/16 of the true value. The layers
+//! differences: ×0.25 within 2 %, pinned by a test) — so their `g` is 1/4 and their `F` 1/16 of the true value. The layers
 //! after the pool (`fc1`, `fc2`) are exact. Within a layer the choices keep their order, and the
 //! [`Predictor`](super::Predictor) fits one scale per group, which absorbs a per-layer constant; but
 //! raw values are not comparable across the pool until the demo's forward pools without
