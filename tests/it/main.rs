@@ -8,6 +8,7 @@ mod compress;
 mod cost;
 mod demo;
 mod eval;
+mod fisher;
 mod profiles;
 mod sensitivity;
 mod space;
