@@ -60,14 +60,12 @@
 //!   approximation for natural gradient descent", NeurIPS 2019 (what the empirical Fisher is and is
 //!   not).
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Tensor, Var};
 
-use crate::compress::{apply_choice, ScaleMethod};
+use crate::compress::ScaleMethod;
 use crate::error::{Error, Result};
 use crate::model::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
-use crate::space::{ActQuant, Choice, LayerInfo, SearchSpace};
+use crate::space::{LayerInfo, SearchSpace};
 
 /// The chunk size [`FisherDiagonal::estimate`] is meant to be called with unless there is a reason not
 /// to: 1, the per-sample empirical Fisher (see the module docs).
@@ -307,33 +305,23 @@ pub fn fisher_errors(
     fisher: &FisherDiagonal,
     scale: ScaleMethod,
 ) -> Result<Vec<Vec<f64>>> {
-    let by_name: HashMap<&str, &LayerFisher> = fisher
-        .layers
-        .iter()
-        .map(|l| (l.info.name.as_str(), l))
-        .collect();
-    let mut out = Vec::with_capacity(space.groups.len());
-    for g in &space.groups {
-        let mut row = vec![0.0; g.choices.len()];
-        for &m in &g.members {
-            let name = &space.layers[m].info.name;
-            let l = by_name.get(name.as_str()).ok_or_else(|| {
-                Error::sensitivity(format!("no Fisher estimate for layer `{name}`"))
-            })?;
-            let original = l.weight_tensor()?;
-            for (e, choice) in row.iter_mut().zip(&g.choices) {
-                let weight_only = Choice {
-                    act: ActQuant::None,
-                    ..*choice
-                };
-                if weight_only.is_uncompressed() {
-                    continue;
-                }
-                let w = apply_choice(&original, &weight_only, scale)?;
-                *e += l.taylor_drop(&w)?;
-            }
-        }
-        out.push(row);
+    super::stats::errors_per_choice(
+        space,
+        &fisher.layers,
+        scale,
+        "Fisher estimate",
+        &mut |_, _| {},
+    )
+}
+
+impl super::stats::LayerMeasure for LayerFisher {
+    fn layer_name(&self) -> &str {
+        &self.info.name
     }
-    Ok(out)
+    fn original(&self) -> Result<Tensor> {
+        self.weight_tensor()
+    }
+    fn error(&self, w_prime: &Tensor) -> Result<f64> {
+        self.taylor_drop(w_prime)
+    }
 }

@@ -354,18 +354,53 @@ pub fn cheap_errors(
     cheap_errors_with_progress(space, stats, scale, &mut |_, _| {})
 }
 
-/// [`cheap_errors`], calling `progress(done, total)` after each group. Choices that differ only in
-/// their activation part share one compression; the distinct weight choices of a layer are compressed
-/// in parallel (rayon), each deterministically, so the result does not depend on the thread count.
+/// [`cheap_errors`], calling `progress(done, total)` after each group.
 pub fn cheap_errors_with_progress(
     space: &crate::space::SearchSpace,
     stats: &[LayerStats],
     scale: crate::compress::ScaleMethod,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
+    errors_per_choice(space, stats, scale, "calibration statistics", progress)
+}
+
+/// A per-layer error measure of a compressed weight ([`LayerStats`]' output error, the Fisher
+/// estimate's Taylor drop), for [`errors_per_choice`].
+pub(crate) trait LayerMeasure: Sync {
+    fn layer_name(&self) -> &str;
+    /// The original weight, f32, in the layer's shape.
+    fn original(&self) -> Result<Tensor>;
+    /// The measure of replacing the weight by `w_prime`.
+    fn error(&self, w_prime: &Tensor) -> Result<f64>;
+}
+
+impl LayerMeasure for LayerStats {
+    fn layer_name(&self) -> &str {
+        &self.info.name
+    }
+    fn original(&self) -> Result<Tensor> {
+        self.weight_tensor()
+    }
+    fn error(&self, w_prime: &Tensor) -> Result<f64> {
+        self.output_error(w_prime)
+    }
+}
+
+/// `measure` of every (group, choice) of `space`, summed over the group's layers, with the weight
+/// compressed as the choice says (`apply_choice` with `scale`); `progress(done, total)` after each
+/// group. Only the weight counts: choices that differ only in their activation part share one
+/// compression and one number, and an uncompressed choice gets 0. The distinct weight choices of a
+/// layer are compressed in parallel (rayon), each deterministically, so the result does not depend on
+/// the thread count. `what` names the measure in the error for a layer `measures` lacks.
+pub(crate) fn errors_per_choice<M: LayerMeasure>(
+    space: &crate::space::SearchSpace,
+    measures: &[M],
+    scale: crate::compress::ScaleMethod,
+    what: &str,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f64>>> {
     use rayon::prelude::*;
-    let by_name: HashMap<&str, &LayerStats> =
-        stats.iter().map(|s| (s.info.name.as_str(), s)).collect();
+    let by_name: HashMap<&str, &M> = measures.iter().map(|s| (s.layer_name(), s)).collect();
     let mut out = Vec::with_capacity(space.groups.len());
     for (gi, g) in space.groups.iter().enumerate() {
         let weight_only: Vec<crate::space::Choice> = g
@@ -386,13 +421,13 @@ pub fn cheap_errors_with_progress(
         let mut error: HashMap<crate::space::Choice, f64> = HashMap::new();
         for &m in &g.members {
             let name = &space.layers[m].info.name;
-            let s = by_name.get(name.as_str()).ok_or_else(|| {
-                Error::sensitivity(format!("no calibration statistics for layer `{name}`"))
-            })?;
-            let original = s.weight_tensor()?;
+            let s = by_name
+                .get(name.as_str())
+                .ok_or_else(|| Error::sensitivity(format!("no {what} for layer `{name}`")))?;
+            let original = s.original()?;
             let errs: Vec<f64> = distinct
                 .par_iter()
-                .map(|c| s.output_error(&crate::compress::apply_choice(&original, c, scale)?))
+                .map(|c| s.error(&crate::compress::apply_choice(&original, c, scale)?))
                 .collect::<Result<_>>()?;
             for (c, e) in distinct.iter().zip(errs) {
                 *error.entry(*c).or_default() += e;
