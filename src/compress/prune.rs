@@ -127,8 +127,7 @@ pub(crate) fn channel_mask_by_norm(norms: &[f64], percent: u8) -> Result<Vec<boo
 /// Rows kept when `percent` of `rows` are removed: `rows − round(percent·rows/100)`, at least one
 /// (the rule of the cost model's storage count).
 pub fn kept_rows(rows: usize, percent: u8) -> usize {
-    let removed = (rows * usize::from(percent) + 50) / 100;
-    rows.saturating_sub(removed).max(1).min(rows)
+    crate::space::kept_rows(rows as u64, percent) as usize
 }
 
 /// A per-value mask from a per-row mask.

@@ -27,8 +27,10 @@
 use serde::Serialize;
 
 use super::profile::{HardwareProfile, MeasuredKey, Precision};
+pub use crate::space::rank_k;
 use crate::space::{
-    ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity, WeightQuant,
+    kept_rows, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity,
+    WeightQuant,
 };
 
 /// The three costs of a layer or a model.
@@ -273,7 +275,7 @@ impl CostModel {
     pub fn layer(&self, layer: &LayerInfo, choice: &Choice) -> LayerCost {
         let (rows, cols) = (layer.rows(), layer.cols());
         let kept_rows = match choice.sparsity {
-            Sparsity::Channels(p) => kept(rows, p),
+            Sparsity::Channels(p) => kept_rows(rows, p),
             _ => rows,
         };
         // The kernels of the layer: one matrix, or the two factors of a low-rank layer.
@@ -517,17 +519,6 @@ impl CostModel {
         let total = per.iter().map(|c| c.cost).sum();
         (per, total)
     }
-}
-
-/// Rows kept when `p` percent are removed (at least one).
-fn kept(rows: u64, p: u8) -> u64 {
-    let removed = (rows * u64::from(p) + 50) / 100;
-    (rows - removed).max(1)
-}
-
-/// Inner dimension k of a rank-`r`% factorization of a `rows`×`cols` matrix.
-pub fn rank_k(rows: u64, cols: u64, r: u8) -> u64 {
-    (rows.min(cols) * u64::from(r)).div_ceil(100).max(1)
 }
 
 /// Bytes of one stored matrix under `c` (values, scales, zero points, sparsity metadata).

@@ -132,6 +132,19 @@ impl Sparsity {
     }
 }
 
+/// Output channels (rows) kept when `percent` of `rows` are removed by `channels<P>`: round(P% · rows)
+/// removed, at least one kept. The cost model counts and the pruner removes exactly these.
+pub fn kept_rows(rows: u64, percent: u8) -> u64 {
+    let removed = (rows * u64::from(percent) + 50) / 100;
+    rows.saturating_sub(removed).max(1).min(rows)
+}
+
+/// Inner dimension k of a `rank<P>` factorization of a `rows`×`cols` matrix: ⌈P% · min(rows, cols)⌉,
+/// at least 1. The cost model counts and the SVD keeps exactly these.
+pub fn rank_k(rows: u64, cols: u64, percent: u8) -> u64 {
+    (rows.min(cols) * u64::from(percent)).div_ceil(100).max(1)
+}
+
 /// One layer's compression: weights, activations, sparsity and rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Choice {
