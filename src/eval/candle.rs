@@ -1,7 +1,7 @@
 //! The candle evaluator: compressed weights, candle forward, metrics against the f32 outputs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -140,29 +140,12 @@ impl CandleEvaluator {
     /// Static activation ranges: every layer's input captured on the calibration data.
     fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
         let r = self.ranges.get_or_init(|| {
-            let names: Vec<String> = self
-                .model
-                .inventory()
-                .layers
-                .iter()
-                .map(|l| l.name.clone())
-                .collect();
-            let capture = Mutex::new(
-                names
-                    .iter()
-                    .map(|n| (n.clone(), Vec::new()))
-                    .collect::<HashMap<_, _>>(),
-            );
-            let ctx = ForwardCtx {
-                overrides: None,
-                capture: Some(&capture),
-            };
+            let mut captured: HashMap<String, Vec<Tensor>> = HashMap::new();
             for b in &self.data.calibration {
-                self.model.forward(b, &ctx)?;
+                for (n, v) in crate::model::capture_inputs(self.model.as_ref(), b)? {
+                    captured.entry(n).or_default().extend(v);
+                }
             }
-            let captured = capture.into_inner().map_err(|_| Error::Eval {
-                message: "activation capture was poisoned by a panic".into(),
-            })?;
             captured
                 .into_iter()
                 .filter(|(_, v)| !v.is_empty())

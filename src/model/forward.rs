@@ -97,3 +97,24 @@ pub trait Model: Send + Sync {
     /// Bytes that identify the model's weights and architecture (hashed into fingerprints).
     fn fingerprint(&self) -> blake3::Hash;
 }
+
+/// Runs `batch` through the f32 model and returns the input every compressible layer saw, by layer name
+/// (one tensor per call, in call order), as [`ForwardCtx::input`] records it.
+pub fn capture_inputs(model: &dyn Model, batch: &Batch) -> Result<HashMap<String, Vec<Tensor>>> {
+    let capture = Mutex::new(
+        model
+            .inventory()
+            .layers
+            .iter()
+            .map(|l| (l.name.clone(), Vec::new()))
+            .collect::<HashMap<_, _>>(),
+    );
+    let ctx = ForwardCtx {
+        overrides: None,
+        capture: Some(&capture),
+    };
+    model.forward(batch, &ctx)?;
+    capture.into_inner().map_err(|_| crate::Error::Eval {
+        message: "input capture was poisoned by a panic in the forward pass".into(),
+    })
+}

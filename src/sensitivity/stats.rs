@@ -36,14 +36,13 @@
 //!   "GPTQ", ICLR 2023 (the layer-wise objective `‖W X − W′ X‖²` and its Hessian `2 X Xᵀ`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 
 use crate::error::{Error, Result};
-use crate::model::{Batch, ForwardCtx, Model};
+use crate::model::{Batch, Model};
 use crate::space::{LayerInfo, LayerKind};
 
 /// The accumulated second moment of a layer's inputs.
@@ -79,20 +78,7 @@ impl LayerStats {
             .map(|l| Accumulator::new(l, &model.weight(&l.name)?))
             .collect::<Result<_>>()?;
         for batch in batches {
-            let capture = Mutex::new(
-                layers
-                    .iter()
-                    .map(|l| (l.name.clone(), Vec::new()))
-                    .collect::<HashMap<_, _>>(),
-            );
-            let ctx = ForwardCtx {
-                overrides: None,
-                capture: Some(&capture),
-            };
-            model.forward(batch, &ctx)?;
-            let mut captured = capture
-                .into_inner()
-                .map_err(|_| Error::sensitivity("input capture was poisoned by a panic"))?;
+            let mut captured = crate::model::capture_inputs(model, batch)?;
             for a in &mut acc {
                 for x in captured.remove(&a.info.name).unwrap_or_default() {
                     a.add(&x)?;
