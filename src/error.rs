@@ -109,6 +109,23 @@ pub enum Error {
     #[error("sensitivity: {message}")]
     Sensitivity { message: String },
 
+    // ---- search ----
+    /// A strategy or search setting that cannot work (a population of 0, a problem with no searchable
+    /// group, a history from another space…).
+    #[error("search: {message}")]
+    Search { message: String },
+
+    // ---- store ----
+    /// The store could not be opened, read or written; `location` is its folder.
+    #[error("store {location}: {message}")]
+    Store { location: String, message: String },
+    /// Another process holds the store.
+    #[error("store {location} is in use by pid {pid} (another mpsearch search, resume or report). Wait for it to finish, stop it, or pass another --store folder.")]
+    StoreInUse { location: String, pid: String },
+    /// A run whose recorded inputs no longer match the files (resume refuses to mix results).
+    #[error("run `{run}` cannot be resumed: {}. Its results were computed against the old inputs; start a new run instead (mpsearch search --run NEW-NAME …), or restore the old files.", changes.join("; "))]
+    RunChanged { run: String, changes: Vec<String> },
+
     // ---- candle ----
     /// An error from candle's kernels.
     #[error("candle: {0}")]
@@ -142,6 +159,21 @@ impl Error {
     /// An [`Error::Sensitivity`] with this message.
     pub fn sensitivity(message: impl Into<String>) -> Self {
         Error::Sensitivity {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Search`] with this message.
+    pub fn search(message: impl Into<String>) -> Self {
+        Error::Search {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Store`] for the store at `location`.
+    pub fn store(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Store {
+            location: location.into(),
             message: message.into(),
         }
     }

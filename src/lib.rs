@@ -12,8 +12,11 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod pareto;
 pub mod sensitivity;
 pub mod shipped;
 pub mod space;
+pub mod store;
+pub mod strategy;
 
 pub use error::{Error, Result};
