@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+mod cli {
+    pub mod search;
+}
+use cli::search::{resume_cmd, runs_cmd, search_cmd, trials_cmd};
 use clap::{Args, Parser, Subcommand};
 use mpsearch::cost::calibrate::{self, CalibrateOptions};
 use mpsearch::cost::{model::parse_budget, CostModel, CostTable, HardwareProfile, Objective};
@@ -46,6 +51,15 @@ enum Command {
     /// Layer sensitivity: cheap per-layer errors, one-at-a-time measurements, the fitted predictor of
     /// any assignment's quality and, with --validate, how far to trust it.
     Sensitivity(SensitivityArgs),
+    /// Search per-layer assignments for the Pareto front of quality against cost (the main job). Runs are
+    /// journaled in the store: `resume` continues one after a crash or Ctrl-C.
+    Search(Box<SearchArgs>),
+    /// Continue a stored run (after Ctrl-C, a crash or a reboot), or extend its budget.
+    Resume(ResumeArgs),
+    /// List the runs of a store: status, trials, evaluations and cache hits, front.
+    Runs(RunsArgs),
+    /// List the trials of a run in trial order.
+    Trials(TrialsArgs),
     /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
@@ -158,6 +172,115 @@ struct SensitivityArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct StoreArgs {
+    /// The store folder (created if missing); one process at a time may use it.
+    #[arg(long, default_value = "mpsearch-store", value_name = "DIR")]
+    store: PathBuf,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Search space (path or shipped name); default: the model's own (`demo`, or `bert-base`).
+    #[arg(long)]
+    space: Option<String>,
+    /// Hardware profile (path or shipped name, see `mpsearch profiles`).
+    #[arg(long, default_value = "cortex-a76")]
+    profile: String,
+    /// Encoders: a sentence file (one per line); default: the shipped sentences.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// auto (evolution seeded with the exact front; see README), exact, evolution, bayes or random.
+    #[arg(long, default_value = "auto")]
+    strategy: String,
+    /// The cost to minimise against quality.
+    #[arg(long, default_value = "latency")]
+    objective: String,
+    /// Latency limit (e.g. 800us, 2.5ms).
+    #[arg(long, value_name = "LATENCY")]
+    max_latency: Option<String>,
+    /// Size limit (e.g. 300000, 512KiB, 2MB).
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<String>,
+    /// Bit-operations limit (e.g. 1.2G).
+    #[arg(long, value_name = "BOPS")]
+    max_bops: Option<String>,
+    /// Quality limit, in the quality objective's units (KL divergence for classifiers, cosine distance
+    /// for encoders).
+    #[arg(long, value_name = "DROP")]
+    max_drop: Option<f64>,
+    /// Trial budget.
+    #[arg(long, default_value_t = 500)]
+    trials: u64,
+    /// Wall-time budget (e.g. 8h, 90m); the run ends at whichever budget is spent first.
+    #[arg(long, value_name = "DURATION")]
+    time: Option<String>,
+    /// Seed of the strategy and of the sensitivity sample: same seed, same trials.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluations at once. 1 lets candle use every core inside each evaluation; results are the same
+    /// whatever the number.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Points asked of the strategy at a time (part of the run: fixed when it starts).
+    #[arg(long, default_value_t = 8)]
+    ask: usize,
+    /// Run name; default: <space>-<profile>-<n>.
+    #[arg(long)]
+    run: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Samples per inference the cost model assumes (images, or tokens of a sequence).
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Sensitivity: at most this many (group, choice) pairs measured one at a time before the search.
+    #[arg(long, default_value_t = 400)]
+    pairs: usize,
+    /// How weight quantization picks its scales.
+    #[arg(long, value_enum, default_value_t = ScaleArg::Mse)]
+    scale: ScaleArg,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("extend").args(["trials", "time"])))]
+struct ResumeArgs {
+    /// The run's name (see `mpsearch runs`).
+    run: String,
+    /// Run N more trials (default: finish the run's budget).
+    #[arg(long, value_name = "N")]
+    trials: Option<u64>,
+    /// Run for this much more wall time (e.g. 2h).
+    #[arg(long, value_name = "DURATION")]
+    time: Option<String>,
+    /// Evaluations at once.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct RunsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print JSON: [{"name", "status", "trials", "evaluated", "cache_hits", "profile", "objective", "front"}].
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TrialsArgs {
+    /// The run's name (see `mpsearch runs`).
+    run: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// One JSON line per trial: {"trial", "state", "strategy", "quality", "cost", "hash", "assignment", "cached", "seconds"}.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ScaleArg {
     Minmax,
@@ -211,6 +334,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cost(a) => cost(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Sensitivity(a) => sensitivity_cmd(a),
+        Command::Search(a) => search_cmd(*a),
+        Command::Resume(a) => resume_cmd(a),
+        Command::Runs(a) => runs_cmd(a),
+        Command::Trials(a) => trials_cmd(a),
         Command::Profiles => profiles(),
         Command::Calibrate(a) => calibrate_cmd(a),
     }
@@ -850,7 +977,7 @@ fn sensitivity_cmd(a: SensitivityArgs) -> anyhow::Result<ExitCode> {
     );
     let bar = progress_bar(space.groups.len(), "cheap errors");
     let mut phase = analysis::Phase::CheapErrors;
-    let an = analysis::analyse(&ev, &space, &pairs, &mut |p, d, t| {
+    let an = analysis::analyse(&ev, &ev, &space, &pairs, &mut |p, d, t| {
         if p != phase {
             phase = p;
             bar.reset();

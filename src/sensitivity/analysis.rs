@@ -45,9 +45,12 @@ pub enum Phase {
 }
 
 /// Runs the analysis: `progress(phase, done, total)` after each group of cheap errors and each
-/// measurement.
+/// measurement. The cheap errors come from `ev`'s model and calibration data; the one-at-a-time
+/// measurements are evaluated by `measure_with` (`ev` itself, or a wrapper that caches evaluations, as
+/// the search's store does).
 pub fn analyse(
     ev: &CandleEvaluator,
+    measure_with: &dyn Evaluator,
     space: &SearchSpace,
     pairs: &[(usize, u16)],
     progress: &mut dyn FnMut(Phase, usize, usize),
@@ -62,7 +65,7 @@ pub fn analyse(
     let mut cache = MeasurementCache::default();
     let mut measurements = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
-        measurements.extend(cache.measure(ev, space, std::slice::from_ref(pair))?);
+        measurements.extend(cache.measure(measure_with, space, std::slice::from_ref(pair))?);
         progress(Phase::Measurements, i + 1, pairs.len());
     }
     let predictor = Predictor::fit(&errors, &measurements)?.with_measured(&measurements);

@@ -360,3 +360,13 @@ pub fn drive(
     }
     Ok(history)
 }
+
+/// A fresh strategy of `kind` with its default settings.
+pub fn build(kind: StrategyKind) -> Result<Box<dyn Strategy>> {
+    Ok(match kind {
+        StrategyKind::Exact => Box::new(ExactStrategy::new()),
+        StrategyKind::Random => Box::new(RandomStrategy::new()),
+        StrategyKind::Evolution => Box::new(EvolutionStrategy::new(EvolutionConfig::default())?),
+        StrategyKind::Bayes => Box::new(BayesStrategy::new(BayesConfig::default())?),
+    })
+}

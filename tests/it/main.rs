@@ -11,5 +11,6 @@ mod eval;
 mod fisher;
 mod profiles;
 mod sensitivity;
+mod search;
 mod space;
 mod util;

@@ -1,0 +1,65 @@
+//! An evaluator in front of the store's content-addressed evaluation cache: an assignment whose key
+//! (model, data, evaluator settings, assignment) is cached is answered from the store; anything else
+//! is evaluated and stored. Quality only — cost is never cached with it.
+
+use crate::error::Result;
+use crate::eval::{Evaluation, Evaluator};
+use crate::space::Assignment;
+use crate::store::{CachedEvaluation, Store, SCHEMA_VERSION};
+
+/// Evaluates through the store's cache.
+pub struct CachingEvaluator<'a> {
+    inner: &'a dyn Evaluator,
+    store: &'a dyn Store,
+}
+
+impl<'a> CachingEvaluator<'a> {
+    pub fn new(inner: &'a dyn Evaluator, store: &'a dyn Store) -> CachingEvaluator<'a> {
+        CachingEvaluator { inner, store }
+    }
+
+    /// The evaluation of `a`, and whether it came from the cache.
+    pub fn evaluate_cached(&self, a: &Assignment) -> Result<(Evaluation, bool)> {
+        let key = self.inner.key(a);
+        if let Some(c) = self.store.cached(&key)? {
+            if c.objective == self.inner.objective() {
+                return Ok((
+                    Evaluation {
+                        quality: c.quality,
+                        metrics: c.metrics,
+                        seconds: 0.0,
+                    },
+                    true,
+                ));
+            }
+        }
+        let e = self.inner.evaluate(a)?;
+        if e.quality.is_finite() {
+            self.store.put_cached(
+                &key,
+                &CachedEvaluation {
+                    schema: SCHEMA_VERSION,
+                    objective: self.inner.objective().to_string(),
+                    quality: e.quality,
+                    metrics: e.metrics.clone(),
+                    seconds: e.seconds,
+                },
+            )?;
+        }
+        Ok((e, false))
+    }
+}
+
+impl Evaluator for CachingEvaluator<'_> {
+    fn fingerprint(&self) -> blake3::Hash {
+        self.inner.fingerprint()
+    }
+
+    fn objective(&self) -> &'static str {
+        self.inner.objective()
+    }
+
+    fn evaluate(&self, a: &Assignment) -> Result<Evaluation> {
+        self.evaluate_cached(a).map(|(e, _)| e)
+    }
+}

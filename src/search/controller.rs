@@ -1,0 +1,308 @@
+//! The search loop: ask → journal → evaluate (cache first, in parallel) → journal → tell.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::cached::CachingEvaluator;
+use super::session::Session;
+use super::{Progress, StopReason};
+use crate::error::{Error, Result};
+use crate::eval::Evaluator;
+use crate::store::{CostRecord, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState};
+use crate::store::SCHEMA_VERSION;
+use crate::strategy::{self, History, Observed, Strategy, StrategyKind};
+
+/// How a session of a run is driven.
+pub struct Control<'a> {
+    /// Evaluations run at once (1: one at a time, candle using every core inside it).
+    pub jobs: usize,
+    /// Set (by Ctrl-C) to stop: evaluations already started finish, the rest stay `running` in the
+    /// journal and are evaluated first when the run is resumed.
+    pub stop: &'a AtomicBool,
+    /// Called after every batch.
+    pub progress: &'a mut dyn FnMut(&Progress),
+}
+
+/// What a session of a run did.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub reason: StopReason,
+    pub manifest: RunManifest,
+    /// Every trial of the run, in order.
+    pub trials: Vec<TrialRecord>,
+    /// Trials finished in this session.
+    pub new_trials: u64,
+    /// Evaluations computed in this session (not from the cache).
+    pub evaluated: u64,
+    /// Trials of this session answered by the cache.
+    pub cache_hits: u64,
+    /// Seconds the strategy spent asking and telling in this session.
+    pub strategy_seconds: f64,
+    /// Wall seconds of this session's loop.
+    pub seconds: f64,
+}
+
+/// The point of a stored trial, as strategies see it.
+fn observed(r: &TrialRecord) -> Observed {
+    Observed {
+        number: r.number,
+        point: r.point.clone(),
+        quality: match r.state {
+            TrialState::Complete => r.quality,
+            _ => None,
+        },
+    }
+}
+
+/// Runs (or continues) the run `manifest` describes until its budget, the strategy or `control.stop`
+/// ends it. Trials are evaluated by `evaluator` (normally `session.evaluator`) through the store's
+/// evaluation cache.
+pub fn run(
+    session: &Session,
+    evaluator: &dyn Evaluator,
+    store: &dyn Store,
+    mut manifest: RunManifest,
+    control: &mut Control,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let elapsed_before = manifest.elapsed_seconds;
+    let name = manifest.name.clone();
+    let problem = &session.problem;
+    let kind = StrategyKind::parse(&manifest.config.strategy).ok_or_else(|| {
+        Error::search(format!(
+            "run `{name}` names an unknown strategy `{}`",
+            manifest.config.strategy
+        ))
+    })?;
+    let mut strategy = strategy::build(kind)?;
+    let mut strategy_seconds = 0.0;
+
+    // The journal is the truth: complete and failed trials up to the first one still `running` form
+    // the history; from there on, the last asked batch is finished before anything new is asked.
+    let mut records = store.trials(&name)?;
+    let first_running = records
+        .iter()
+        .position(|r| r.state == TrialState::Running)
+        .unwrap_or(records.len());
+    let mut pending: Vec<TrialRecord> = records.split_off(first_running);
+    let mut history = History::new();
+    for r in &records {
+        history.push(observed(r));
+    }
+    let t = Instant::now();
+    let restored = match store.snapshot(&name)? {
+        Some(s) if s.strategy == strategy.name() && s.trials == history.len() as u64 => {
+            strategy.restore(&s.state).is_ok()
+        }
+        _ => false,
+    };
+    if !restored {
+        strategy = strategy::build(kind)?;
+        strategy.tell(problem, &history, 0..history.len())?;
+    }
+    strategy_seconds += t.elapsed().as_secs_f64();
+
+    manifest.status = RunStatus::Running;
+    store.put_run(&manifest)?;
+    let evaluator = CachingEvaluator::new(evaluator, store);
+    let pool = if control.jobs > 1 {
+        Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(control.jobs)
+                .build()
+                .map_err(|e| Error::search(format!("cannot start {} threads: {e}", control.jobs)))?,
+        )
+    } else {
+        None
+    };
+    let (mut new_trials, mut evaluated, mut cache_hits) = (0u64, 0u64, 0u64);
+    let reason = loop {
+        let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+        if control.stop.load(Ordering::SeqCst) {
+            break StopReason::Interrupted;
+        }
+        let done = (records.len() + pending.len()) as u64;
+        if pending.is_empty() {
+            if manifest.config.trials.is_some_and(|n| done >= n) {
+                break StopReason::Trials;
+            }
+            if manifest.config.time_seconds.is_some_and(|s| elapsed >= s) {
+                break StopReason::Time;
+            }
+        }
+        let batch = if !pending.is_empty() {
+            std::mem::take(&mut pending)
+        } else {
+            let room = manifest
+                .config
+                .trials
+                .map_or(u64::MAX, |n| n.saturating_sub(done));
+            let n = (manifest.config.ask_batch as u64).min(room).max(1) as usize;
+            let t = Instant::now();
+            let points = strategy.ask(problem, &history, n)?;
+            strategy_seconds += t.elapsed().as_secs_f64();
+            if points.is_empty() {
+                break StopReason::Exhausted;
+            }
+            let recs: Vec<TrialRecord> = points
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| new_record(session, &evaluator, strategy.name(), done + i as u64, p))
+                .collect();
+            store.put_trials(&name, &recs)?;
+            recs
+        };
+        let finish = |mut r: TrialRecord| -> Result<Option<TrialRecord>> {
+            if r.state != TrialState::Running {
+                return Ok(Some(r));
+            }
+            if control.stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let a = session.space.assignment(&r.point);
+            match evaluator.evaluate_cached(&a) {
+                Ok((e, cached)) if e.quality.is_finite() => {
+                    r.state = TrialState::Complete;
+                    r.quality = Some(e.quality);
+                    r.metrics = e.metrics;
+                    r.cached = cached;
+                    r.seconds = e.seconds;
+                }
+                Ok((e, _)) => {
+                    r.state = TrialState::Failed;
+                    r.error = Some(format!("the evaluation gave a quality of {}", e.quality));
+                    r.metrics = e.metrics;
+                    r.seconds = e.seconds;
+                }
+                Err(e) => {
+                    r.state = TrialState::Failed;
+                    r.error = Some(e.to_string());
+                }
+            }
+            store.put_trial(&name, &r)?;
+            Ok(Some(r))
+        };
+        let results: Vec<Result<Option<TrialRecord>>> = match &pool {
+            Some(pool) => pool.install(|| batch.into_par_iter().map(finish).collect()),
+            None => batch.into_iter().map(finish).collect(),
+        };
+        let mut finished = Vec::with_capacity(results.len());
+        let mut interrupted = false;
+        for r in results {
+            match r? {
+                Some(r) => finished.push(r),
+                None => interrupted = true,
+            }
+        }
+        if interrupted {
+            break StopReason::Interrupted;
+        }
+        let start = history.len();
+        for r in finished {
+            if r.state == TrialState::Complete {
+                if r.cached {
+                    cache_hits += 1;
+                } else {
+                    evaluated += 1;
+                }
+            }
+            new_trials += 1;
+            history.push(observed(&r));
+            records.push(r);
+        }
+        let t = Instant::now();
+        strategy.tell(problem, &history, start..history.len())?;
+        let state = strategy.snapshot()?;
+        strategy_seconds += t.elapsed().as_secs_f64();
+        store.put_snapshot(
+            &name,
+            &Snapshot {
+                schema: SCHEMA_VERSION,
+                strategy: strategy.name().to_string(),
+                trials: history.len() as u64,
+                state,
+            },
+        )?;
+        manifest.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
+        store.put_run(&manifest)?;
+        (control.progress)(&progress(session, &manifest, &history, &records));
+    };
+    manifest.status = match reason {
+        StopReason::Interrupted => RunStatus::Interrupted,
+        StopReason::Exhausted => RunStatus::Exhausted,
+        StopReason::Trials | StopReason::Time => RunStatus::Complete,
+    };
+    manifest.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
+    store.put_run(&manifest)?;
+    // Trials left `running` (interrupted) stay in the journal for the next session.
+    records.extend(store.trials(&name)?.into_iter().skip(records.len()));
+    Ok(Outcome {
+        reason,
+        manifest,
+        trials: records,
+        new_trials,
+        evaluated,
+        cache_hits,
+        strategy_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A freshly asked trial, journaled as `running` before it is evaluated.
+fn new_record(
+    session: &Session,
+    evaluator: &dyn Evaluator,
+    strategy: &str,
+    number: u64,
+    point: Vec<u16>,
+) -> TrialRecord {
+    let a = session.space.assignment(&point);
+    let c = session.table.cost(&point);
+    TrialRecord {
+        schema: SCHEMA_VERSION,
+        number,
+        strategy: strategy.to_string(),
+        state: TrialState::Running,
+        hash: a.hash().to_hex().to_string(),
+        key: evaluator.key(&a).to_hex().to_string(),
+        point,
+        quality: None,
+        metrics: Default::default(),
+        error: None,
+        cost: CostRecord {
+            latency_us: c.latency_us,
+            bytes: c.bytes,
+            bops: c.bops,
+        },
+        cached: false,
+        seconds: 0.0,
+    }
+}
+
+fn progress(
+    session: &Session,
+    manifest: &RunManifest,
+    history: &History,
+    records: &[TrialRecord],
+) -> Progress {
+    let mut p = Progress {
+        trials: records.len() as u64,
+        budget: manifest.config.trials,
+        time_budget: manifest.config.time_seconds,
+        elapsed: manifest.elapsed_seconds,
+        front: history.front(&session.problem).len(),
+        hypervolume: history.hypervolume(&session.problem),
+        ..Progress::default()
+    };
+    for r in records {
+        match r.state {
+            TrialState::Complete if r.cached => p.cache_hits += 1,
+            TrialState::Complete => p.evaluated += 1,
+            TrialState::Failed => p.failed += 1,
+            TrialState::Running => {}
+        }
+    }
+    p
+}

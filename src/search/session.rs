@@ -1,0 +1,265 @@
+//! Setting a run up: the model, data and evaluator, the space, the cost tables, the feasibility check
+//! of every limit, the sensitivity model (from the store when it has it), and the strategy's problem.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::cached::CachingEvaluator;
+use crate::compress::ScaleMethod;
+use crate::cost::model::Objective;
+use crate::cost::{BudgetFit, CostModel, CostTable, HardwareProfile};
+use crate::error::{Error, Result};
+use crate::eval::{CandleEvaluator, EvalSettings, Evaluator};
+use crate::model::ModelSource;
+use crate::sensitivity::{analysis, pick_pairs, Predictor};
+use crate::space::SearchSpace;
+use crate::store::{RunConfig, SensitivityRecord, Store, SCHEMA_VERSION};
+use crate::strategy::{CostLimit, Problem};
+
+/// Quality reference of the hypervolume when no `--max-drop` is given, in the objective's units (a KL
+/// divergence of 1 nat, or a cosine distance of 1 — orthogonal embeddings): points worse than this
+/// add nothing to the hypervolume.
+pub const QUALITY_REFERENCE: f64 = 1.0;
+/// Cost reference of the hypervolume, as a multiple of the dearest reachable cost (so that the
+/// uncompressed model, the dearest point, still counts).
+pub const COST_REFERENCE: f64 = 1.1;
+
+/// What a phase of the set-up is doing, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupPhase {
+    /// Cheap per-layer errors (counted in groups).
+    CheapErrors,
+    /// One-at-a-time measurements (counted in pairs).
+    Measurements,
+}
+
+/// Everything a run needs, ready.
+pub struct Session {
+    pub config: RunConfig,
+    pub evaluator: Arc<CandleEvaluator>,
+    pub space: SearchSpace,
+    pub profile: HardwareProfile,
+    pub cost_model: CostModel,
+    pub table: CostTable,
+    pub objective: Objective,
+    pub problem: Problem,
+    /// `model`, `evaluator`, `space`, `profile` → hex fingerprint.
+    pub fingerprints: BTreeMap<String, String>,
+    /// Things the user should know (a budget that constrains nothing, a sensitivity model reused…).
+    pub notes: Vec<String>,
+    /// Seconds the f32 reference forward took (one evaluation's order of magnitude).
+    pub forward_seconds: f64,
+}
+
+/// Parses the scale method name stored in a run's config.
+pub fn scale_method(name: &str) -> Result<ScaleMethod> {
+    match name {
+        "mse" => Ok(ScaleMethod::Mse),
+        "minmax" => Ok(ScaleMethod::MinMax),
+        other => Err(Error::search(format!(
+            "unknown scale method `{other}`; use mse or minmax"
+        ))),
+    }
+}
+
+/// The cost objective named in a run's config.
+pub fn objective(name: &str) -> Result<Objective> {
+    name.parse().map_err(Error::search)
+}
+
+impl Session {
+    /// Loads and checks everything `config` names; runs (or reuses from `store`) the sensitivity
+    /// analysis. `progress(phase, done, total)` reports the analysis.
+    pub fn prepare(
+        config: RunConfig,
+        store: &dyn Store,
+        progress: &mut dyn FnMut(SetupPhase, usize, usize),
+    ) -> Result<Session> {
+        let objective = objective(&config.objective)?;
+        let scale = scale_method(&config.scale)?;
+        let source = ModelSource::parse(&config.model);
+        let started = std::time::Instant::now();
+        let (net, data) = crate::eval::load(&source, config.data.as_deref().map(Path::new))?;
+        let space = crate::shipped::space(&config.space, &net.inventory().layers)?;
+        let profile = crate::shipped::profile(&config.profile)?;
+        let cost_model = CostModel::new(profile.clone(), config.batch)?;
+        let table = CostTable::new(&cost_model, &space);
+        let mut notes = Vec::new();
+
+        // Every limit is checked against the reachable range before anything is evaluated.
+        let limits = [
+            (Objective::Latency, config.max_latency_us),
+            (Objective::Size, config.max_bytes),
+            (Objective::Bops, config.max_bops),
+        ];
+        let mut cost_limits = Vec::new();
+        for (o, max) in limits {
+            let Some(max) = max else { continue };
+            let fit = table
+                .feasibility(o)
+                .check_max(max, &space.name, profile.name())?;
+            if fit == BudgetFit::NonBinding {
+                notes.push(format!(
+                    "max {o} {} constrains nothing: every assignment of space `{}` meets it under `{}`",
+                    o.format(max),
+                    space.name,
+                    profile.name()
+                ));
+            }
+            cost_limits.push(CostLimit {
+                name: o.to_string(),
+                table: per_group(&table, o),
+                max,
+            });
+        }
+        if let Some(d) = config.max_drop {
+            if !(d.is_finite() && d > 0.0) {
+                return Err(Error::search(format!(
+                    "--max-drop must be a positive number, not {d}"
+                )));
+            }
+        }
+
+        let settings = EvalSettings {
+            scale,
+            ..EvalSettings::default()
+        };
+        let t0 = std::time::Instant::now();
+        let evaluator = Arc::new(CandleEvaluator::new(net, data, settings)?);
+        let forward_seconds = t0.elapsed().as_secs_f64();
+        let _ = started;
+
+        let fingerprints = fingerprints(&evaluator, &space, &profile);
+        let predictor = sensitivity(&evaluator, &space, &config, store, &mut notes, progress)?;
+
+        let feasibility = table.feasibility(objective);
+        let objective_limit = cost_limits
+            .iter()
+            .find(|l| l.name == objective.to_string())
+            .map(|l| l.max);
+        let reference = [
+            objective_limit.unwrap_or(feasibility.max * COST_REFERENCE),
+            config.max_drop.unwrap_or(QUALITY_REFERENCE),
+        ];
+        let problem = Problem::new(
+            space.groups.iter().map(|g| g.choices.len() as u16).collect(),
+            per_group(&table, objective),
+            cost_limits,
+            config.max_drop,
+            predictor,
+            config.seed,
+            reference,
+        )?;
+        Ok(Session {
+            config,
+            evaluator,
+            space,
+            profile,
+            cost_model,
+            table,
+            objective,
+            problem,
+            fingerprints,
+            notes,
+            forward_seconds,
+        })
+    }
+}
+
+/// One objective's table: `[group][choice]`.
+fn per_group(table: &CostTable, o: Objective) -> Vec<Vec<f64>> {
+    table
+        .groups
+        .iter()
+        .map(|g| g.iter().map(|c| o.of(c)).collect())
+        .collect()
+}
+
+/// A hash of the resolved space: each group's members and allowed choices.
+pub fn space_fingerprint(space: &SearchSpace) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-space-v1\n");
+    for g in &space.groups {
+        for &m in &g.members {
+            h.update(space.layers[m].info.name.as_bytes());
+            h.update(b"\t");
+        }
+        h.update(b"=");
+        for c in &g.choices {
+            h.update(c.to_string().as_bytes());
+            h.update(b" ");
+        }
+        h.update(b"\n");
+    }
+    h.finalize()
+}
+
+/// The fingerprints recorded in a run's manifest and checked on resume.
+pub fn fingerprints(
+    ev: &CandleEvaluator,
+    space: &SearchSpace,
+    profile: &HardwareProfile,
+) -> BTreeMap<String, String> {
+    let profile_hash = blake3::hash(
+        serde_json::to_string(&profile.file)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    BTreeMap::from([
+        ("model".into(), ev.model().fingerprint().to_hex().to_string()),
+        ("evaluator".into(), ev.fingerprint().to_hex().to_string()),
+        ("space".into(), space_fingerprint(space).to_hex().to_string()),
+        ("profile".into(), profile_hash.to_hex().to_string()),
+    ])
+}
+
+/// The fitted predictor: from the store's record of this (evaluator, space, pairs) if there is one,
+/// else by running the analysis — its one-at-a-time measurements through the evaluation cache — and
+/// storing the result.
+fn sensitivity(
+    ev: &Arc<CandleEvaluator>,
+    space: &SearchSpace,
+    config: &RunConfig,
+    store: &dyn Store,
+    notes: &mut Vec<String>,
+    progress: &mut dyn FnMut(SetupPhase, usize, usize),
+) -> Result<Predictor> {
+    let pairs = pick_pairs(space, config.pairs, config.seed);
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-sensitivity-v1\n");
+    h.update(ev.fingerprint().as_bytes());
+    h.update(space_fingerprint(space).as_bytes());
+    for (g, c) in &pairs {
+        h.update(&(*g as u64).to_le_bytes());
+        h.update(&c.to_le_bytes());
+    }
+    let key = h.finalize();
+    let record = match store.sensitivity(&key)? {
+        Some(r) => {
+            notes.push(format!(
+                "sensitivity model reused from the store ({} one-at-a-time measurements)",
+                r.measurements.len()
+            ));
+            r
+        }
+        None => {
+            let measurer = CachingEvaluator::new(ev.as_ref(), store);
+            let an = analysis::analyse(ev, &measurer, space, &pairs, &mut |p, d, t| {
+                let phase = match p {
+                    analysis::Phase::CheapErrors => SetupPhase::CheapErrors,
+                    analysis::Phase::Measurements => SetupPhase::Measurements,
+                };
+                progress(phase, d, t)
+            })?;
+            let r = SensitivityRecord {
+                schema: SCHEMA_VERSION,
+                errors: an.errors,
+                measurements: an.measurements,
+            };
+            store.put_sensitivity(&key, &r)?;
+            r
+        }
+    };
+    Ok(Predictor::fit(&record.errors, &record.measurements)?.with_measured(&record.measurements))
+}

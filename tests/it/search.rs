@@ -1,0 +1,270 @@
+//! `search`, `resume`, `runs`, `trials` end to end on the demo: determinism whatever `--jobs`, a run
+//! killed with SIGKILL and resumed against an uninterrupted one, the evaluation cache shared across
+//! profiles, and the errors a user meets (store in use, inputs changed, impossible budget).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{describe, fails, ok, run, Dir};
+
+/// Few sensitivity pairs and few trials: each search takes seconds in the debug build.
+const QUICK: [&str; 4] = ["--pairs", "24", "--ask", "8"];
+
+fn search(cwd: &Path, store: &str, run_name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["search", "--store", store, "--run", run_name];
+    args.extend(QUICK);
+    args.extend(extra);
+    ok(cwd, &args)
+}
+
+/// The trials of a run as JSON values.
+fn trials(cwd: &Path, store: &str, run_name: &str) -> Vec<serde_json::Value> {
+    ok(cwd, &["trials", run_name, "--store", store, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// What must be equal between two runs of the same seed: number, state, strategy, assignment hash,
+/// quality and cost of every trial.
+fn identity(t: &[serde_json::Value]) -> Vec<(u64, String, String, String, Option<f64>, String)> {
+    t.iter()
+        .map(|v| {
+            (
+                v["trial"].as_u64().unwrap(),
+                v["state"].as_str().unwrap().to_string(),
+                v["strategy"].as_str().unwrap().to_string(),
+                v["hash"].as_str().unwrap().to_string(),
+                v["quality"].as_f64(),
+                v["cost"].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn runs_json(cwd: &Path, store: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(cwd, &["runs", "--store", store, "--json"])).expect("runs JSON")
+}
+
+#[test]
+fn search_on_the_demo_journals_every_trial_and_lists_its_run() {
+    let d = Dir::new();
+    let out = search(d.path(), "s", "first", &["--trials", "24"]);
+    assert!(out.contains("front ("), "{out}");
+    assert!(out.contains("mpsearch trials first --store s"), "{out}");
+    let t = trials(d.path(), "s", "first");
+    assert_eq!(t.len(), 24);
+    for (i, v) in t.iter().enumerate() {
+        assert_eq!(v["trial"].as_u64(), Some(i as u64));
+        for k in ["state", "strategy", "quality", "cost", "hash", "assignment", "cached", "seconds"] {
+            assert!(v.get(k).is_some(), "trial line lacks `{k}`: {v}");
+        }
+        assert_eq!(v["state"], "complete", "{v}");
+        assert!(v["cost"]["latency_us"].as_f64().unwrap() > 0.0);
+        assert!(v["assignment"]["layers"].is_object(), "{v}");
+    }
+    let runs = runs_json(d.path(), "s");
+    let r = &runs[0];
+    assert_eq!(r["name"], "first");
+    assert_eq!(r["status"], "complete");
+    assert_eq!(r["trials"], 24);
+    assert_eq!(r["profile"], "cortex-a76");
+    assert_eq!(r["objective"], "latency");
+    assert_eq!(
+        r["evaluated"].as_u64().unwrap() + r["cache_hits"].as_u64().unwrap(),
+        24
+    );
+    let front = r["front"].as_array().unwrap();
+    assert!(!front.is_empty());
+    for p in front {
+        for k in ["trial", "quality", "cost", "hash", "assignment"] {
+            assert!(p.get(k).is_some(), "front point lacks `{k}`: {p}");
+        }
+    }
+    // The front is the non-dominated set of the journaled trials (latency against quality).
+    let pts: Vec<(f64, f64, u64)> = t
+        .iter()
+        .map(|v| {
+            (
+                v["cost"]["latency_us"].as_f64().unwrap(),
+                v["quality"].as_f64().unwrap(),
+                v["trial"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want: Vec<u64> = pts
+        .iter()
+        .filter(|a| {
+            !pts.iter()
+                .any(|b| b.0 <= a.0 && b.1 <= a.1 && (b.0 < a.0 || b.1 < a.1))
+        })
+        .map(|a| a.2)
+        .collect();
+    let mut got: Vec<u64> = front.iter().map(|p| p["trial"].as_u64().unwrap()).collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_seeded_run_gives_the_same_trials_whatever_jobs_is() {
+    let d = Dir::new();
+    search(d.path(), "one", "r", &["--trials", "24", "--jobs", "1", "--seed", "3"]);
+    search(d.path(), "two", "r", &["--trials", "24", "--jobs", "2", "--seed", "3"]);
+    let a = identity(&trials(d.path(), "one", "r"));
+    let b = identity(&trials(d.path(), "two", "r"));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
+    let d = Dir::new();
+    let common = ["--trials", "80", "--seed", "5", "--strategy", "evolution"];
+    search(d.path(), "whole", "r", &common);
+    let whole = identity(&trials(d.path(), "whole", "r"));
+    assert_eq!(whole.len(), 80);
+
+    // Warm the second store's sensitivity record so the killed run starts its trials at once.
+    search(d.path(), "killed", "warm", &["--trials", "1", "--seed", "5"]);
+    let mut delay = Duration::from_millis(1500);
+    let mut killed_at = None;
+    for attempt in 0..6 {
+        let name = format!("r{attempt}");
+        let mut args = vec!["search", "--store", "killed", "--run", &name];
+        args.extend(QUICK);
+        args.extend(common);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
+            .args(&args)
+            .current_dir(d.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mpsearch");
+        std::thread::sleep(delay);
+        child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+        child.wait().unwrap();
+        let n = trials(d.path(), "killed", &name).len();
+        if n > 0 && n < 80 {
+            killed_at = Some((name, n));
+            break;
+        }
+        // Too early (still setting up) or too late (finished): try another delay.
+        delay = if n == 0 { delay * 2 } else { delay / 2 };
+    }
+    let (name, n) = killed_at.expect("could not kill the run part-way in 6 attempts");
+    eprintln!("killed after {n} journaled trials");
+    let out = ok(d.path(), &["resume", &name, "--store", "killed"]);
+    assert!(out.contains("trial budget spent"), "{out}");
+    let resumed = identity(&trials(d.path(), "killed", &name));
+    assert_eq!(resumed, whole, "resumed run differs from the uninterrupted one");
+    let fronts: Vec<serde_json::Value> = runs_json(d.path(), "killed")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == name.as_str())
+        .map(|r| r["front"].clone())
+        .collect();
+    let whole_front = runs_json(d.path(), "whole")[0]["front"].clone();
+    let strip = |f: &serde_json::Value| -> Vec<(u64, String)> {
+        f.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["trial"].as_u64().unwrap(), p["hash"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    assert_eq!(strip(&fronts[0]), strip(&whole_front));
+}
+
+#[test]
+fn another_profile_reuses_every_cached_evaluation() {
+    let d = Dir::new();
+    let rnd = ["--trials", "16", "--strategy", "random", "--seed", "9"];
+    search(d.path(), "s", "a76", &[&rnd[..], &["--profile", "cortex-a76"]].concat());
+    let out = search(d.path(), "s", "avx2", &[&rnd[..], &["--profile", "x86-avx2"]].concat());
+    assert!(out.contains("0 evaluated, 16 from the cache"), "{out}");
+    let runs = runs_json(d.path(), "s");
+    let avx2 = runs.as_array().unwrap().iter().find(|r| r["name"] == "avx2").unwrap();
+    assert_eq!(avx2["evaluated"], 0, "{avx2}");
+    assert_eq!(avx2["cache_hits"], 16, "{avx2}");
+    // Same assignments and qualities, other costs.
+    let a = trials(d.path(), "s", "a76");
+    let b = trials(d.path(), "s", "avx2");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["hash"], y["hash"]);
+        assert_eq!(x["quality"], y["quality"]);
+        assert_ne!(x["cost"]["latency_us"], y["cost"]["latency_us"]);
+    }
+}
+
+#[test]
+fn a_second_process_on_the_same_store_is_told_who_holds_it() {
+    let d = Dir::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
+        .args(["search", "--store", "s", "--run", "long", "--trials", "100000"])
+        .args(QUICK)
+        .current_dir(d.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mpsearch");
+    let started = Instant::now();
+    while !d.path().join("s/owner.pid").exists() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = fails(d.path(), &["runs", "--store", "s"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        err.contains(&format!("in use by pid {}", child.id())),
+        "{err}"
+    );
+    assert!(err.contains("s"), "names the store: {err}");
+}
+
+#[test]
+fn resume_refuses_a_run_whose_search_space_changed() {
+    let d = Dir::new();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("search-spaces/demo.toml"),
+    )
+    .unwrap();
+    let space = d.write("space.toml", &text);
+    let sp = space.to_str().unwrap();
+    search(d.path(), "s", "r", &["--trials", "8", "--space", sp]);
+    // Narrow the space: drop every 2-bit choice.
+    let narrowed = text.replace("bits = [8, 6, 4, 3, 2]", "bits = [8, 6, 4, 3]");
+    assert_ne!(narrowed, text, "the edit must change the space");
+    std::fs::write(&space, narrowed).unwrap();
+    let err = fails(d.path(), &["resume", "r", "--store", "s", "--trials", "8"]);
+    assert!(err.contains("search space"), "{err}");
+    assert!(err.contains("start a new run"), "{err}");
+    // Nothing was lost: the run still has its 8 trials.
+    assert_eq!(trials(d.path(), "s", "r").len(), 8);
+}
+
+#[test]
+fn an_impossible_budget_is_refused_before_any_evaluation() {
+    let d = Dir::new();
+    let err = fails(
+        d.path(),
+        &["search", "--store", "s", "--max-latency", "1us", "--trials", "5"],
+    );
+    assert!(err.contains("impossible") && err.contains("reachable"), "{err}");
+    let out = run(d.path(), &["runs", "--store", "s"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("holds no runs"),
+        "{}",
+        describe(&["runs"], &out)
+    );
+}
+
+#[test]
+fn resume_extends_a_finished_run_by_more_trials() {
+    let d = Dir::new();
+    search(d.path(), "s", "r", &["--trials", "8"]);
+    ok(d.path(), &["resume", "r", "--store", "s", "--trials", "8"]);
+    assert_eq!(trials(d.path(), "s", "r").len(), 16);
+    let err = fails(d.path(), &["resume", "nope", "--store", "s"]);
+    assert!(err.contains("no run `nope`") && err.contains("r"), "{err}");
+}
