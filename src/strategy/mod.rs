@@ -87,14 +87,16 @@ impl Problem {
             ));
         }
         for l in &cost_limits {
-            if !shape_ok(&l.table) || !(l.max > 0.0) {
+            if !shape_ok(&l.table) || l.max.is_nan() || l.max <= 0.0 {
                 return Err(Error::search(format!(
                     "limit on {}: needs a table shaped like the space and a positive maximum, not {}",
                     l.name, l.max
                 )));
             }
         }
-        if max_quality.is_some_and(|q| !(q > 0.0)) || !reference.iter().all(|r| *r > 0.0) {
+        if max_quality.is_some_and(|q| q.is_nan() || q <= 0.0)
+            || !reference.iter().all(|r| *r > 0.0)
+        {
             return Err(Error::search(
                 "the quality limit and the reference point must be positive",
             ));
