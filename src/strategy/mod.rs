@@ -16,7 +16,9 @@
 //! Two objectives are minimised: the cost (the profile's latency, the size or the BOPs) and the quality
 //! drop. A point's constraint *violation* ([`Problem::violation`]) is 0 when it meets every limit.
 
+pub mod evolution;
 pub mod exact;
+pub mod random;
 pub mod synthetic;
 
 use std::collections::HashSet;
@@ -27,7 +29,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use self::evolution::{EvolutionConfig, EvolutionStrategy};
 pub use self::exact::{ExactStrategy, FrontPoint};
+pub use self::random::RandomStrategy;
 use crate::error::{Error, Result};
 use crate::pareto;
 use crate::sensitivity::Predictor;
