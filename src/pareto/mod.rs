@@ -136,6 +136,8 @@ pub fn crowding_distance(points: &[Vec<f64>], front: &[usize]) -> Vec<f64> {
     }
     let m = points[front[0]].len();
     let mut order: Vec<usize> = (0..n).collect();
+    // `k` is the coordinate, not an index into `points` (clippy's suggested rewrite would be wrong).
+    #[allow(clippy::needless_range_loop)]
     for k in 0..m {
         order.sort_by(|&a, &b| {
             points[front[a]][k]

@@ -16,7 +16,9 @@
 //! Two objectives are minimised: the cost (the profile's latency, the size or the BOPs) and the quality
 //! drop. A point's constraint *violation* ([`Problem::violation`]) is 0 when it meets every limit.
 
+pub mod evolution;
 pub mod exact;
+pub mod random;
 pub mod synthetic;
 
 use std::collections::HashSet;
@@ -27,7 +29,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use self::evolution::{EvolutionConfig, EvolutionStrategy};
 pub use self::exact::{ExactStrategy, FrontPoint};
+pub use self::random::RandomStrategy;
 use crate::error::{Error, Result};
 use crate::pareto;
 use crate::sensitivity::Predictor;
@@ -87,14 +91,16 @@ impl Problem {
             ));
         }
         for l in &cost_limits {
-            if !shape_ok(&l.table) || !(l.max > 0.0) {
+            if !shape_ok(&l.table) || l.max.is_nan() || l.max <= 0.0 {
                 return Err(Error::search(format!(
                     "limit on {}: needs a table shaped like the space and a positive maximum, not {}",
                     l.name, l.max
                 )));
             }
         }
-        if max_quality.is_some_and(|q| !(q > 0.0)) || !reference.iter().all(|r| *r > 0.0) {
+        if max_quality.is_some_and(|q| q.is_nan() || q <= 0.0)
+            || !reference.iter().all(|r| *r > 0.0)
+        {
             return Err(Error::search(
                 "the quality limit and the reference point must be positive",
             ));
