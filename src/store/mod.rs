@@ -5,6 +5,118 @@
 //! snapshots and sensitivity analyses. [`SledStore`] is the embedded backend (one sled database per
 //! folder). Nothing outside this module knows the store is sled.
 
+mod codec;
 mod records;
+mod sled;
 
+#[cfg(test)]
+mod tests;
+
+pub use self::sled::SledStore;
 pub use records::*;
+
+use crate::error::Result;
+
+/// Where a search's history lives.
+///
+/// Guarantees every backend gives (callers rely on them; a new backend's tests must pin them):
+///
+/// - **Thread safety.** A store is `Send + Sync`; every method takes `&self` and may be called from
+///   any number of threads at once. Each call is atomic: a reader sees a record either before or
+///   after a concurrent write of it, never half of it. [`Store::put_trials`] is atomic as a whole.
+/// - **Exclusive use.** Opening a store that another process (or another handle in this process)
+///   holds fails with [`crate::Error::StoreInUse`], naming the holder's pid where it is known. A
+///   backend shared between machines replaces this with its own claiming of trials.
+/// - **Durability.** When [`Store::put_trial`], [`Store::put_trials`], [`Store::create_run`],
+///   [`Store::put_run`] or [`Store::put_snapshot`] returns `Ok`, the record is on disk (flushed) and
+///   survives a crash or power loss. In particular **a trial is durable before `put_trial` returns**,
+///   so a trial reported as complete is never lost. [`Store::put_cached`] and
+///   [`Store::put_sensitivity`] need not flush: they become durable with the next flushing write
+///   (the search journals a trial right after caching its evaluation), and losing one only costs a
+///   re-evaluation.
+/// - **Ordering.** [`Store::trials`] returns a run's trials in increasing trial number, whatever
+///   order they were written in; [`Store::runs`] returns runs by creation time, then name. Writing a
+///   trial number again replaces that trial (a `Running` entry by its `Complete` or `Failed` one).
+/// - **Versions.** Every record carries a schema version; reading one of another version, or one
+///   that cannot be decoded, is a [`crate::Error::Store`] that names the record (run, trial
+///   number or key) — never a silent misread, never a panic. Writing a record whose `schema` is not
+///   [`SCHEMA_VERSION`] is refused.
+/// - **Sharing.** The evaluation cache and sensitivity records are keyed by content, not by run:
+///   every run in the store reads and writes the same ones.
+///
+/// Run names are non-empty and contain no NUL character; a run's trials, snapshot and manifest are
+/// addressed by it.
+pub trait Store: Send + Sync {
+    /// Where the store is (its folder, or a database address), for messages.
+    fn location(&self) -> String;
+
+    /// Records a new run. Fails if a run of that name exists: the message says so and suggests
+    /// `mpsearch resume NAME` or another `--run`. Durable when it returns.
+    fn create_run(&self, manifest: &RunManifest) -> Result<()>;
+
+    /// Writes a run's manifest (status, elapsed time…), replacing the stored one. Durable when it
+    /// returns.
+    fn put_run(&self, manifest: &RunManifest) -> Result<()>;
+
+    /// The run of that name, if there is one.
+    fn run(&self, name: &str) -> Result<Option<RunManifest>>;
+
+    /// Every run, by creation time then name.
+    fn runs(&self) -> Result<Vec<RunManifest>>;
+
+    /// Journals one trial of run `run` (which must exist), inserting it or replacing the trial of
+    /// the same number. Durable (flushed) when it returns.
+    fn put_trial(&self, run: &str, trial: &TrialRecord) -> Result<()>;
+
+    /// Journals several trials of run `run` as one atomic write and one flush: all of them or none
+    /// are stored. Used to journal an asked batch as `Running` before evaluating it.
+    fn put_trials(&self, run: &str, trials: &[TrialRecord]) -> Result<()>;
+
+    /// The trials of run `run` in trial-number order (empty if the run has none or does not exist).
+    fn trials(&self, run: &str) -> Result<Vec<TrialRecord>>;
+
+    /// The cached evaluation under content key `key`, if any.
+    fn cached(&self, key: &blake3::Hash) -> Result<Option<CachedEvaluation>>;
+
+    /// Caches an evaluation under content key `key`. Not flushed by itself: durable with the next
+    /// flushing write (see the trait docs).
+    fn put_cached(&self, key: &blake3::Hash, evaluation: &CachedEvaluation) -> Result<()>;
+
+    /// The latest strategy snapshot of run `run`, if any.
+    fn snapshot(&self, run: &str) -> Result<Option<Snapshot>>;
+
+    /// Replaces the strategy snapshot of run `run` (which must exist). Durable when it returns.
+    fn put_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<()>;
+
+    /// The sensitivity analysis stored under key `key`, if any.
+    fn sensitivity(&self, key: &blake3::Hash) -> Result<Option<SensitivityRecord>>;
+
+    /// Stores a sensitivity analysis under key `key`. Not flushed by itself (see the trait docs).
+    fn put_sensitivity(&self, key: &blake3::Hash, record: &SensitivityRecord) -> Result<()>;
+
+    /// How much the store holds (for `mpsearch runs`).
+    fn counts(&self) -> Result<StoreCounts>;
+}
+
+/// How much a store holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub runs: usize,
+    /// Evaluations in the content-addressed cache, over all runs.
+    pub cached_evaluations: usize,
+    pub sensitivity_records: usize,
+}
+
+/// Checks a run name: non-empty, without NUL (backends may use NUL as a separator).
+fn check_run_name(location: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(crate::Error::store(location, "a run name cannot be empty"));
+    }
+    if name.contains('\0') {
+        return Err(crate::Error::store(
+            location,
+            format!("run name {name:?} contains a NUL character; choose another --run name"),
+        ));
+    }
+    Ok(())
+}

@@ -1,3 +1,5 @@
+//! # Store records
+//!
 //! The records the store keeps. Each carries the schema version it was written with; a record of
 //! another version is an error that says which mpsearch wrote it, never a silent misread.
 

@@ -1,0 +1,368 @@
+//! # The sled store
+//!
+//! [`SledStore`]: the embedded [`Store`] backend, one sled 0.34 database in `DIR/db`, next to a
+//! `DIR/owner.pid` file that names the process holding it. Records are encoded by
+//! [`super::codec`] (compact JSON with a schema check).
+//!
+//! Trees:
+//! - `runs`: run name → [`RunManifest`];
+//! - `trials`: run name, a 0 byte, trial number as u64 big-endian → [`TrialRecord`]. Run names
+//!   contain no NUL, so a prefix scan over `name\0` yields exactly one run's trials, in number order;
+//! - `cache`: 32-byte content key → [`CachedEvaluation`];
+//! - `snapshots`: run name → [`Snapshot`];
+//! - `sensitivity`: 32-byte key → [`SensitivityRecord`].
+//!
+//! **In use.** sled locks `DIR/db/db` with `flock(LOCK_EX | LOCK_NB)` when it opens it (through
+//! fs2), and reports a held lock as `sled::Error::Io` of kind `Other` whose message starts with
+//! `could not acquire lock on`. flock belongs to the open file description, so a second open fails
+//! both in another process and in this one. [`SledStore::open`] turns exactly that error into
+//! [`Error::StoreInUse`] with the pid read from `owner.pid`, which every successful open writes
+//! (temp file + rename) and a clean close removes. Between another process's lock and its pid write
+//! (microseconds) the pid read may be stale or missing; it then says `unknown`.
+//!
+//! sled releases the file a little after its last handle is dropped (its background writer threads
+//! hold it until they finish: 5–80 ms measured under load), so an open retries for up to
+//! [`LOCK_WAIT`] before it reports the store in use; closing a store and reopening it at once in
+//! the same process therefore works.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ::sled::{Batch, Db, Tree};
+
+use super::codec::{decode, encode, Record};
+use super::{
+    check_run_name, CachedEvaluation, RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts,
+    TrialRecord,
+};
+use crate::error::{Error, Result};
+
+/// The sled database's folder inside the store folder.
+const DB_DIR: &str = "db";
+/// sled's data file inside [`DB_DIR`] (the one it locks).
+const DB_FILE: &str = "db";
+/// The file naming the pid that holds the store.
+const OWNER_FILE: &str = "owner.pid";
+/// The start of the message sled 0.34.7 gives when the database file is locked (`config.rs`,
+/// `Config::try_lock`).
+const SLED_LOCK_MESSAGE: &str = "could not acquire lock on";
+/// How long an open waits for a held database file to be released before it reports the store in
+/// use. sled releases its file a few milliseconds after its last handle is dropped (its background
+/// writer threads hold it until they finish), so a close followed at once by an open must wait.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+/// The pause between two attempts to open a locked database.
+const LOCK_RETRY: Duration = Duration::from_millis(5);
+
+/// A store in one local folder, held exclusively by the process that opened it.
+#[derive(Debug)]
+pub struct SledStore {
+    dir: PathBuf,
+    location: String,
+    db: Db,
+    /// sled's data file, opened again (read-only) only to `fdatasync` it.
+    file: fs::File,
+    runs: Tree,
+    trials: Tree,
+    cache: Tree,
+    snapshots: Tree,
+    sensitivity: Tree,
+}
+
+impl SledStore {
+    /// Opens the store in `dir`, creating the folder and the database if missing. Fails with
+    /// [`Error::StoreInUse`] if another process (or another handle in this one) holds it.
+    pub fn open(dir: &Path) -> Result<SledStore> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let location = dir.display().to_string();
+        let db = open_db(dir).map_err(|e| {
+            if is_lock_failure(&e) {
+                Error::StoreInUse {
+                    location: location.clone(),
+                    pid: read_owner(dir),
+                }
+            } else {
+                Error::store(&location, format!("cannot open the database: {e}"))
+            }
+        })?;
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| Error::store(&location, format!("cannot open the `{name}` tree: {e}")))
+        };
+        let data_file = dir.join(DB_DIR).join(DB_FILE);
+        let file = fs::File::open(&data_file).map_err(|e| Error::io(&data_file, e))?;
+        let store = SledStore {
+            file,
+            runs: tree("runs")?,
+            trials: tree("trials")?,
+            cache: tree("cache")?,
+            snapshots: tree("snapshots")?,
+            sensitivity: tree("sensitivity")?,
+            dir: dir.to_path_buf(),
+            location: location.clone(),
+            db,
+        };
+        write_owner(dir)?;
+        Ok(store)
+    }
+
+    /// Flushes every tree to disk: sled writes its buffers out (`sync_file_range`), then
+    /// `fdatasync` makes them durable against power loss too (sled alone leaves that to its
+    /// background thread's `fsync`, up to 500 ms later).
+    fn flush(&self) -> Result<()> {
+        self.db
+            .flush()
+            .map_err(|e| self.error(format!("cannot flush to disk: {e}")))?;
+        self.file
+            .sync_data()
+            .map_err(|e| self.error(format!("cannot sync the database file to disk: {e}")))
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::store(&self.location, message)
+    }
+
+    fn get<R: Record>(&self, tree: &Tree, key: &[u8], what: &str) -> Result<Option<R>> {
+        match tree.get(key) {
+            Ok(Some(bytes)) => decode(&self.location, what, &bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.error(format!("cannot read {what}: {e}"))),
+        }
+    }
+
+    fn insert<R: Record>(&self, tree: &Tree, key: &[u8], what: &str, record: &R) -> Result<()> {
+        let bytes = encode(&self.location, what, record)?;
+        tree.insert(key, bytes)
+            .map(drop)
+            .map_err(|e| self.error(format!("cannot write {what}: {e}")))
+    }
+
+    /// Checks that run `run` exists (trials of an unknown run would be unreachable orphans).
+    fn require_run(&self, run: &str) -> Result<()> {
+        check_run_name(&self.location, run)?;
+        match self.runs.contains_key(run.as_bytes()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.error(format!("there is no run named `{run}`"))),
+            Err(e) => Err(self.error(format!("cannot read run `{run}`: {e}"))),
+        }
+    }
+
+    /// A raw tree, for tests that write bytes the store would never write.
+    #[cfg(test)]
+    pub(super) fn raw_tree(&self, name: &str) -> Tree {
+        match name {
+            "runs" => self.runs.clone(),
+            "trials" => self.trials.clone(),
+            "cache" => self.cache.clone(),
+            "snapshots" => self.snapshots.clone(),
+            "sensitivity" => self.sensitivity.clone(),
+            _ => panic!("no tree {name}"),
+        }
+    }
+}
+
+impl Drop for SledStore {
+    /// Removes `owner.pid` while the lock is still held, so no later owner's file is removed.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.dir.join(OWNER_FILE));
+    }
+}
+
+/// Opens the sled database in `dir`, retrying for up to [`LOCK_WAIT`] while its file is locked.
+fn open_db(dir: &Path) -> ::sled::Result<Db> {
+    let start = Instant::now();
+    loop {
+        match ::sled::Config::new().path(dir.join(DB_DIR)).open() {
+            Err(e) if is_lock_failure(&e) && start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(LOCK_RETRY);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether sled failed to open because the database file is locked by another open.
+fn is_lock_failure(e: &::sled::Error) -> bool {
+    matches!(e, ::sled::Error::Io(io)
+        if io.kind() == ErrorKind::Other && io.to_string().starts_with(SLED_LOCK_MESSAGE))
+}
+
+/// The pid recorded in `dir/owner.pid`, or `unknown`.
+fn read_owner(dir: &Path) -> String {
+    fs::read_to_string(dir.join(OWNER_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .map_or_else(|| "unknown".to_string(), |pid| pid.to_string())
+}
+
+/// Writes this process's pid to `dir/owner.pid` atomically (temp file, then rename).
+fn write_owner(dir: &Path) -> Result<()> {
+    let path = dir.join(OWNER_FILE);
+    let temp = dir.join(format!("{OWNER_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&temp)?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)
+    };
+    write().map_err(|e| Error::io(&path, e))
+}
+
+/// The `trials` key of trial `number` of run `run`.
+pub(super) fn trial_key(run: &str, number: u64) -> Vec<u8> {
+    let mut key = trial_prefix(run);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// The prefix of every `trials` key of run `run`.
+fn trial_prefix(run: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(run.len() + 9);
+    key.extend_from_slice(run.as_bytes());
+    key.push(0);
+    key
+}
+
+fn trial_what(run: &str, number: u64) -> String {
+    format!("run `{run}` trial {number}")
+}
+
+fn key_what(kind: &str, key: &blake3::Hash) -> String {
+    format!("{kind} {}", key.to_hex())
+}
+
+impl Store for SledStore {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn create_run(&self, manifest: &RunManifest) -> Result<()> {
+        let name = &manifest.name;
+        check_run_name(&self.location, name)?;
+        let what = format!("run `{name}`");
+        let bytes = encode(&self.location, &what, manifest)?;
+        let swapped = self
+            .runs
+            .compare_and_swap(name.as_bytes(), None::<&[u8]>, Some(bytes))
+            .map_err(|e| self.error(format!("cannot write {what}: {e}")))?;
+        if swapped.is_err() {
+            return Err(self.error(format!(
+                "a run named `{name}` already exists; continue it with `mpsearch resume {name}`, \
+                 or pass another --run name"
+            )));
+        }
+        self.flush()
+    }
+
+    fn put_run(&self, manifest: &RunManifest) -> Result<()> {
+        check_run_name(&self.location, &manifest.name)?;
+        let what = format!("run `{}`", manifest.name);
+        self.insert(&self.runs, manifest.name.as_bytes(), &what, manifest)?;
+        self.flush()
+    }
+
+    fn run(&self, name: &str) -> Result<Option<RunManifest>> {
+        self.get(&self.runs, name.as_bytes(), &format!("run `{name}`"))
+    }
+
+    fn runs(&self) -> Result<Vec<RunManifest>> {
+        let mut runs = self
+            .runs
+            .iter()
+            .map(|entry| {
+                let (key, bytes) =
+                    entry.map_err(|e| self.error(format!("cannot read the runs: {e}")))?;
+                let what = format!("run `{}`", String::from_utf8_lossy(&key));
+                decode::<RunManifest>(&self.location, &what, &bytes)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        runs.sort_by(|a, b| (a.created_unix, &a.name).cmp(&(b.created_unix, &b.name)));
+        Ok(runs)
+    }
+
+    fn put_trial(&self, run: &str, trial: &TrialRecord) -> Result<()> {
+        self.require_run(run)?;
+        let what = trial_what(run, trial.number);
+        self.insert(&self.trials, &trial_key(run, trial.number), &what, trial)?;
+        self.flush()
+    }
+
+    fn put_trials(&self, run: &str, trials: &[TrialRecord]) -> Result<()> {
+        self.require_run(run)?;
+        let mut batch = Batch::default();
+        for trial in trials {
+            let bytes = encode(&self.location, &trial_what(run, trial.number), trial)?;
+            batch.insert(trial_key(run, trial.number), bytes);
+        }
+        self.trials
+            .apply_batch(batch)
+            .map_err(|e| self.error(format!("cannot write trials of run `{run}`: {e}")))?;
+        self.flush()
+    }
+
+    fn trials(&self, run: &str) -> Result<Vec<TrialRecord>> {
+        check_run_name(&self.location, run)?;
+        let prefix = trial_prefix(run);
+        self.trials
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, bytes) = entry.map_err(|e| {
+                    self.error(format!("cannot read the trials of run `{run}`: {e}"))
+                })?;
+                let number = key
+                    .get(prefix.len()..)
+                    .and_then(|n| <[u8; 8]>::try_from(n).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        self.error(format!("run `{run}` has a trial with a malformed key"))
+                    })?;
+                decode(&self.location, &trial_what(run, number), &bytes)
+            })
+            .collect()
+    }
+
+    fn cached(&self, key: &blake3::Hash) -> Result<Option<CachedEvaluation>> {
+        self.get(
+            &self.cache,
+            key.as_bytes(),
+            &key_what("cached evaluation", key),
+        )
+    }
+
+    fn put_cached(&self, key: &blake3::Hash, evaluation: &CachedEvaluation) -> Result<()> {
+        let what = key_what("cached evaluation", key);
+        self.insert(&self.cache, key.as_bytes(), &what, evaluation)
+    }
+
+    fn snapshot(&self, run: &str) -> Result<Option<Snapshot>> {
+        let what = format!("the snapshot of run `{run}`");
+        self.get(&self.snapshots, run.as_bytes(), &what)
+    }
+
+    fn put_snapshot(&self, run: &str, snapshot: &Snapshot) -> Result<()> {
+        self.require_run(run)?;
+        let what = format!("the snapshot of run `{run}`");
+        self.insert(&self.snapshots, run.as_bytes(), &what, snapshot)?;
+        self.flush()
+    }
+
+    fn sensitivity(&self, key: &blake3::Hash) -> Result<Option<SensitivityRecord>> {
+        let what = key_what("sensitivity record", key);
+        self.get(&self.sensitivity, key.as_bytes(), &what)
+    }
+
+    fn put_sensitivity(&self, key: &blake3::Hash, record: &SensitivityRecord) -> Result<()> {
+        let what = key_what("sensitivity record", key);
+        self.insert(&self.sensitivity, key.as_bytes(), &what, record)
+    }
+
+    /// Counts by scanning the trees (sled keeps no counts), so it takes time in proportion to them.
+    fn counts(&self) -> Result<StoreCounts> {
+        Ok(StoreCounts {
+            runs: self.runs.len(),
+            cached_evaluations: self.cache.len(),
+            sensitivity_records: self.sensitivity.len(),
+        })
+    }
+}
