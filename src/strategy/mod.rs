@@ -16,6 +16,7 @@
 //! Two objectives are minimised: the cost (the profile's latency, the size or the BOPs) and the quality
 //! drop. A point's constraint *violation* ([`Problem::violation`]) is 0 when it meets every limit.
 
+pub mod bayes;
 pub mod evolution;
 pub mod exact;
 pub mod random;
@@ -29,6 +30,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use self::bayes::{BayesConfig, BayesStrategy};
 pub use self::evolution::{EvolutionConfig, EvolutionStrategy};
 pub use self::exact::{ExactStrategy, FrontPoint};
 pub use self::random::RandomStrategy;
