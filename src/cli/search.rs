@@ -281,6 +281,15 @@ fn summarise(session: &search::Session, o: &Outcome, dir: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// A quality value with 4 significant digits (KL divergences of good points are ~1e-5).
+fn quality(q: f64) -> String {
+    if q != 0.0 && q.abs() < 1e-3 {
+        format!("{q:.3e}")
+    } else {
+        format!("{q:.5}")
+    }
+}
+
 /// The front as a table: point number, trial, quality, accuracy (classifiers), latency, size.
 fn front_table(objective: &str, front: &[&TrialRecord]) -> String {
     if front.is_empty() {
@@ -293,7 +302,7 @@ fn front_table(objective: &str, front: &[&TrialRecord]) -> String {
             vec![
                 format!("{}", i + 1),
                 t.number.to_string(),
-                format!("{:.5}", t.quality.unwrap_or(f64::NAN)),
+                quality(t.quality.unwrap_or(f64::NAN)),
                 t.metrics
                     .get("accuracy")
                     .or_else(|| t.metrics.get("mean_cosine"))
@@ -320,7 +329,6 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
     let runs = store.runs()?;
     let mut docs = Vec::new();
     let mut rows = Vec::new();
-    let mut spaces = std::collections::HashMap::new();
     for m in &runs {
         let trials = store.trials(&m.name)?;
         let front = search::front(&m.config, &trials)?;
@@ -333,12 +341,12 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
                 "evaluated": evaluated, "cache_hits": hits, "profile": m.config.profile,
                 "objective": m.config.objective, "strategy": m.config.strategy,
                 "elapsed_seconds": m.elapsed_seconds,
-                "front": front.iter().map(|t| front_json(&mut spaces, m, t)).collect::<Result<Vec<_>, _>>()?,
+                "front": front.iter().map(|t| front_json(t)).collect::<Vec<_>>(),
             }));
         } else {
             let best = front
                 .iter()
-                .map(|t| format!("{:.4}@{}", t.quality.unwrap_or(f64::NAN), format_us(t.cost.latency_us)))
+                .map(|t| format!("{}@{}", quality(t.quality.unwrap_or(f64::NAN)), format_us(t.cost.latency_us)))
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -375,39 +383,11 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-/// The assignment JSON of a stored trial, rebuilt from the run's space.
-fn assignment_json(
-    spaces: &mut std::collections::HashMap<String, mpsearch::space::SearchSpace>,
-    m: &RunManifest,
-    t: &TrialRecord,
-) -> anyhow::Result<serde_json::Value> {
-    if !spaces.contains_key(&m.name) {
-        let inv = crate::load_model(&m.config.model)?;
-        let space = mpsearch::shipped::space(&m.config.space, &inv.layers)?;
-        spaces.insert(m.name.clone(), space);
-    }
-    let space = &spaces[&m.name];
-    anyhow::ensure!(
-        t.point.len() == space.groups.len(),
-        "run `{}`: trial {} has {} groups but space `{}` now has {}; the space changed since the run",
-        m.name,
-        t.number,
-        t.point.len(),
-        space.name,
-        space.groups.len()
-    );
-    Ok(serde_json::to_value(space.assignment(&t.point).to_json())?)
-}
-
-fn front_json(
-    spaces: &mut std::collections::HashMap<String, mpsearch::space::SearchSpace>,
-    m: &RunManifest,
-    t: &TrialRecord,
-) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::json!({
+fn front_json(t: &TrialRecord) -> serde_json::Value {
+    serde_json::json!({
         "trial": t.number, "quality": t.quality, "cost": t.cost, "hash": t.hash,
-        "assignment": assignment_json(spaces, m, t)?,
-    }))
+        "assignment": t.assignment,
+    })
 }
 
 pub fn trials_cmd(a: TrialsArgs) -> anyhow::Result<ExitCode> {
@@ -417,12 +397,11 @@ pub fn trials_cmd(a: TrialsArgs) -> anyhow::Result<ExitCode> {
     let trials = store.trials(&m.name)?;
     let mut out = std::io::stdout().lock();
     if a.json {
-        let mut spaces = std::collections::HashMap::new();
         for t in &trials {
             let v = serde_json::json!({
                 "trial": t.number, "state": t.state.to_string(), "strategy": t.strategy,
                 "quality": t.quality, "cost": t.cost, "hash": t.hash,
-                "assignment": assignment_json(&mut spaces, &m, t)?,
+                "assignment": t.assignment,
                 "cached": t.cached, "seconds": t.seconds, "metrics": t.metrics, "error": t.error,
             });
             writeln!(out, "{v}")?;
@@ -437,7 +416,7 @@ pub fn trials_cmd(a: TrialsArgs) -> anyhow::Result<ExitCode> {
                 t.number.to_string(),
                 t.state.to_string(),
                 t.strategy.clone(),
-                t.quality.map_or_else(|| t.error.clone().unwrap_or_default(), |q| format!("{q:.5}")),
+                t.quality.map_or_else(|| t.error.clone().unwrap_or_default(), quality),
                 format_us(t.cost.latency_us),
                 format_bytes(t.cost.bytes as f64),
                 if t.cached { "cache".into() } else { format!("{:.2} s", t.seconds) },

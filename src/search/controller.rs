@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::eval::Evaluator;
 use crate::store::{CostRecord, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState};
 use crate::store::SCHEMA_VERSION;
-use crate::strategy::{self, History, Observed, Strategy, StrategyKind};
+use crate::strategy::{self, History, Observed, StrategyKind};
 
 /// How a session of a run is driven.
 pub struct Control<'a> {
@@ -266,6 +266,7 @@ fn new_record(
         strategy: strategy.to_string(),
         state: TrialState::Running,
         hash: a.hash().to_hex().to_string(),
+        assignment: a.to_json(),
         key: evaluator.key(&a).to_hex().to_string(),
         point,
         quality: None,

@@ -28,7 +28,7 @@ pub struct Assignment {
 }
 
 /// The assignment JSON as written.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssignmentJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::sensitivity::Measurement;
+use crate::space::AssignmentJson;
 
 /// Version of every record layout below; bump it when one changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -123,6 +124,9 @@ pub struct TrialRecord {
     pub state: TrialState,
     /// One choice index per group of the run's space.
     pub point: Vec<u16>,
+    /// The assignment itself, so the journal reads on its own (`trials`, `runs`, reports) even if the
+    /// space file changes later.
+    pub assignment: AssignmentJson,
     /// The assignment's canonical hash (hex).
     pub hash: String,
     /// The evaluation cache key (hex).

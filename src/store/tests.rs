@@ -66,6 +66,10 @@ fn trial(number: u64, state: TrialState) -> TrialRecord {
         strategy: "evolution".into(),
         state,
         point: vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8],
+        assignment: crate::space::AssignmentJson {
+            default: Some("int4-asym-g32".into()),
+            layers: BTreeMap::from([("fc1".to_string(), "int8-sym-channel+2:4".to_string())]),
+        },
         hash: blake3::hash(&number.to_le_bytes()).to_hex().to_string(),
         key: blake3::hash(&number.to_be_bytes()).to_hex().to_string(),
         quality: complete.then_some(0.0123),
