@@ -14,8 +14,8 @@ use anyhow::Context;
 mod cli {
     pub mod search;
 }
-use cli::search::{resume_cmd, runs_cmd, search_cmd, trials_cmd};
 use clap::{Args, Parser, Subcommand};
+use cli::search::{resume_cmd, runs_cmd, search_cmd, trials_cmd};
 use mpsearch::cost::calibrate::{self, CalibrateOptions};
 use mpsearch::cost::{model::parse_budget, CostModel, CostTable, HardwareProfile, Objective};
 use mpsearch::model::{self, Inventory, ModelSource};

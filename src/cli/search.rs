@@ -91,7 +91,11 @@ pub fn search_cmd(a: SearchArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         ask_batch: a.ask,
         trials: Some(a.trials),
-        time_seconds: a.time.as_deref().map(|t| parse_duration(t, "--time")).transpose()?,
+        time_seconds: a
+            .time
+            .as_deref()
+            .map(|t| parse_duration(t, "--time"))
+            .transpose()?,
         scale: match a.scale {
             ScaleArg::Mse => "mse",
             ScaleArg::Minmax => "minmax",
@@ -130,7 +134,8 @@ pub fn resume_cmd(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         manifest.config.trials = Some(done + n);
     }
     if let Some(t) = &a.time {
-        manifest.config.time_seconds = Some(manifest.elapsed_seconds + parse_duration(t, "--time")?);
+        manifest.config.time_seconds =
+            Some(manifest.elapsed_seconds + parse_duration(t, "--time")?);
     }
     if a.trials.is_none() && a.time.is_none() {
         let spent_trials = manifest.config.trials.is_some_and(|n| done >= n);
@@ -228,7 +233,13 @@ fn drive(
         stop,
         progress: &mut on_progress,
     };
-    let outcome = search::run(session, session.evaluator.as_ref(), store, manifest, &mut control)?;
+    let outcome = search::run(
+        session,
+        session.evaluator.as_ref(),
+        store,
+        manifest,
+        &mut control,
+    )?;
     bar.finish_and_clear();
     summarise(session, &outcome, dir)?;
     Ok(if outcome.reason == StopReason::Interrupted {
@@ -258,7 +269,10 @@ fn summarise(session: &search::Session, o: &Outcome, dir: &Path) -> anyhow::Resu
         o.seconds,
         100.0 * o.strategy_seconds / o.seconds.max(1e-9)
     );
-    out.push_str(&front_table(mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()), &front));
+    out.push_str(&front_table(
+        mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
+        &front,
+    ));
     let store_arg = if dir == Path::new("mpsearch-store") {
         String::new()
     } else {
@@ -320,7 +334,11 @@ fn front_table(objective: &str, front: &[&TrialRecord]) -> String {
     format!(
         "front ({} points, {objective}, lower is better):\n{}",
         front.len(),
-        table(&["point", "trial", objective, second, "latency", "size"], &rows, 0)
+        table(
+            &["point", "trial", objective, second, "latency", "size"],
+            &rows,
+            0
+        )
     )
 }
 
@@ -332,21 +350,34 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
     for m in &runs {
         let trials = store.trials(&m.name)?;
         let front = search::front(&m.config, &trials)?;
-        let evaluated = trials.iter().filter(|t| t.quality.is_some() && !t.cached).count();
-        let hits = trials.iter().filter(|t| t.quality.is_some() && t.cached).count();
+        let evaluated = trials
+            .iter()
+            .filter(|t| t.quality.is_some() && !t.cached)
+            .count();
+        let hits = trials
+            .iter()
+            .filter(|t| t.quality.is_some() && t.cached)
+            .count();
         let status = search::listed_status(m);
         if a.json {
             docs.push(serde_json::json!({
                 "name": m.name, "status": status.to_string(), "trials": trials.len(),
                 "evaluated": evaluated, "cache_hits": hits, "profile": m.config.profile,
                 "objective": m.config.objective, "strategy": m.config.strategy,
-                "elapsed_seconds": m.elapsed_seconds,
+                "elapsed_seconds": m.elapsed_seconds, "seed": m.config.seed,
+                "hypervolume": search::hypervolume(m, &trials)?,
                 "front": front.iter().map(|t| front_json(t)).collect::<Vec<_>>(),
             }));
         } else {
             let best = front
                 .iter()
-                .map(|t| format!("{}@{}", quality(t.quality.unwrap_or(f64::NAN)), format_us(t.cost.latency_us)))
+                .map(|t| {
+                    format!(
+                        "{}@{}",
+                        quality(t.quality.unwrap_or(f64::NAN)),
+                        format_us(t.cost.latency_us)
+                    )
+                })
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -375,8 +406,16 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
     }
     emit(&table(
         &[
-            "run", "status", "strategy", "profile", "trials", "evaluated", "cache hits", "front",
-            "elapsed", "cheapest front points (quality@latency)",
+            "run",
+            "status",
+            "strategy",
+            "profile",
+            "trials",
+            "evaluated",
+            "cache hits",
+            "front",
+            "elapsed",
+            "cheapest front points (quality@latency)",
         ],
         &rows,
         4,
@@ -416,16 +455,29 @@ pub fn trials_cmd(a: TrialsArgs) -> anyhow::Result<ExitCode> {
                 t.number.to_string(),
                 t.state.to_string(),
                 t.strategy.clone(),
-                t.quality.map_or_else(|| t.error.clone().unwrap_or_default(), quality),
+                t.quality
+                    .map_or_else(|| t.error.clone().unwrap_or_default(), quality),
                 format_us(t.cost.latency_us),
                 format_bytes(t.cost.bytes as f64),
-                if t.cached { "cache".into() } else { format!("{:.2} s", t.seconds) },
+                if t.cached {
+                    "cache".into()
+                } else {
+                    format!("{:.2} s", t.seconds)
+                },
             ]
         })
         .collect();
     drop(out);
     emit(&table(
-        &["trial", "state", "strategy", "quality", "latency", "size", "evaluation"],
+        &[
+            "trial",
+            "state",
+            "strategy",
+            "quality",
+            "latency",
+            "size",
+            "evaluation",
+        ],
         &rows,
         3,
     ))

@@ -10,8 +10,8 @@ use super::session::Session;
 use super::{Progress, StopReason};
 use crate::error::{Error, Result};
 use crate::eval::Evaluator;
-use crate::store::{CostRecord, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState};
 use crate::store::SCHEMA_VERSION;
+use crate::store::{CostRecord, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState};
 use crate::strategy::{self, History, Observed, StrategyKind};
 
 /// How a session of a run is driven.
@@ -112,7 +112,9 @@ pub fn run(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(control.jobs)
                 .build()
-                .map_err(|e| Error::search(format!("cannot start {} threads: {e}", control.jobs)))?,
+                .map_err(|e| {
+                    Error::search(format!("cannot start {} threads: {e}", control.jobs))
+                })?,
         )
     } else {
         None

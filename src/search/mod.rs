@@ -25,12 +25,14 @@ use serde::Serialize;
 pub use self::cached::CachingEvaluator;
 pub use self::controller::{run, Control, Outcome};
 pub use self::session::{
-    fingerprints, objective, scale_method, space_fingerprint, Session, SetupPhase,
-    COST_REFERENCE, QUALITY_REFERENCE,
+    fingerprints, objective, scale_method, space_fingerprint, Session, SetupPhase, COST_REFERENCE,
+    QUALITY_REFERENCE,
 };
 use crate::error::{Error, Result};
 use crate::pareto;
-use crate::store::{RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState, SCHEMA_VERSION};
+use crate::store::{
+    RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState, SCHEMA_VERSION,
+};
 
 /// Why a session of a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -93,6 +95,7 @@ pub fn create(
         status: RunStatus::Running,
         elapsed_seconds: 0.0,
         config: session.config.clone(),
+        reference: session.problem.reference,
         fingerprints: session.fingerprints.clone(),
     };
     store.create_run(&manifest)?;
@@ -164,7 +167,13 @@ pub fn default_run_name(store: &dyn Store, space: &str, profile: &str) -> Result
             .file_stem()
             .map_or(s.to_string(), |x| x.to_string_lossy().into_owned());
         stem.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect()
     };
     let base = format!("{}-{}", clean(space), clean(profile));
@@ -196,8 +205,24 @@ pub fn front<'a>(config: &RunConfig, trials: &'a [TrialRecord]) -> Result<Vec<&'
         .map(|t| [cost_of(o, t), t.quality.unwrap_or(f64::INFINITY)])
         .collect();
     let mut f: Vec<&TrialRecord> = pareto::front_2d(&pts).into_iter().map(|i| ok[i]).collect();
-    f.sort_by(|a, b| cost_of(o, a).total_cmp(&cost_of(o, b)).then(a.number.cmp(&b.number)));
+    f.sort_by(|a, b| {
+        cost_of(o, a)
+            .total_cmp(&cost_of(o, b))
+            .then(a.number.cmp(&b.number))
+    });
     Ok(f)
+}
+
+/// The normalised hypervolume of a run's measured front (as the progress bar shows it): the area the
+/// front dominates in (cost / reference cost, quality / reference quality), between 0 and 1.
+pub fn hypervolume(manifest: &RunManifest, trials: &[TrialRecord]) -> Result<f64> {
+    let o = objective(&manifest.config.objective)?;
+    let [rc, rq] = manifest.reference;
+    let pts: Vec<[f64; 2]> = front(&manifest.config, trials)?
+        .iter()
+        .map(|t| [cost_of(o, t) / rc, t.quality.unwrap_or(f64::INFINITY) / rq])
+        .collect();
+    Ok(pareto::hypervolume_2d(&pts, [1.0, 1.0]))
 }
 
 /// The value of cost objective `o` in a trial's journaled cost.

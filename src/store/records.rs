@@ -82,6 +82,9 @@ pub struct RunManifest {
     /// Wall time spent searching, over every session of the run.
     pub elapsed_seconds: f64,
     pub config: RunConfig,
+    /// Hypervolume reference `[cost, quality]` of the run (see `search`), so listings report the
+    /// hypervolume without loading the model.
+    pub reference: [f64; 2],
     /// Fingerprints of the inputs (`model`, `evaluator`, `space`, `profile` → hex), checked on resume.
     pub fingerprints: BTreeMap<String, String>,
 }

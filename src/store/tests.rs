@@ -54,6 +54,7 @@ fn manifest(name: &str, created_unix: u64) -> RunManifest {
             scale: "mse".into(),
             pairs: 12,
         },
+        reference: [100.0, 1.0],
         fingerprints: BTreeMap::from([("model".to_string(), "ab12".to_string())]),
     }
 }

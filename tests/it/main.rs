@@ -10,7 +10,7 @@ mod demo;
 mod eval;
 mod fisher;
 mod profiles;
-mod sensitivity;
 mod search;
+mod sensitivity;
 mod space;
 mod util;

@@ -57,7 +57,16 @@ fn search_on_the_demo_journals_every_trial_and_lists_its_run() {
     assert_eq!(t.len(), 24);
     for (i, v) in t.iter().enumerate() {
         assert_eq!(v["trial"].as_u64(), Some(i as u64));
-        for k in ["state", "strategy", "quality", "cost", "hash", "assignment", "cached", "seconds"] {
+        for k in [
+            "state",
+            "strategy",
+            "quality",
+            "cost",
+            "hash",
+            "assignment",
+            "cached",
+            "seconds",
+        ] {
             assert!(v.get(k).is_some(), "trial line lacks `{k}`: {v}");
         }
         assert_eq!(v["state"], "complete", "{v}");
@@ -110,8 +119,18 @@ fn search_on_the_demo_journals_every_trial_and_lists_its_run() {
 #[test]
 fn a_seeded_run_gives_the_same_trials_whatever_jobs_is() {
     let d = Dir::new();
-    search(d.path(), "one", "r", &["--trials", "24", "--jobs", "1", "--seed", "3"]);
-    search(d.path(), "two", "r", &["--trials", "24", "--jobs", "2", "--seed", "3"]);
+    search(
+        d.path(),
+        "one",
+        "r",
+        &["--trials", "24", "--jobs", "1", "--seed", "3"],
+    );
+    search(
+        d.path(),
+        "two",
+        "r",
+        &["--trials", "24", "--jobs", "2", "--seed", "3"],
+    );
     let a = identity(&trials(d.path(), "one", "r"));
     let b = identity(&trials(d.path(), "two", "r"));
     assert_eq!(a, b);
@@ -126,7 +145,12 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
     assert_eq!(whole.len(), 80);
 
     // Warm the second store's sensitivity record so the killed run starts its trials at once.
-    search(d.path(), "killed", "warm", &["--trials", "1", "--seed", "5"]);
+    search(
+        d.path(),
+        "killed",
+        "warm",
+        &["--trials", "1", "--seed", "5"],
+    );
     let mut delay = Duration::from_millis(1500);
     let mut killed_at = None;
     for attempt in 0..6 {
@@ -157,7 +181,10 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
     let out = ok(d.path(), &["resume", &name, "--store", "killed"]);
     assert!(out.contains("trial budget spent"), "{out}");
     let resumed = identity(&trials(d.path(), "killed", &name));
-    assert_eq!(resumed, whole, "resumed run differs from the uninterrupted one");
+    assert_eq!(
+        resumed, whole,
+        "resumed run differs from the uninterrupted one"
+    );
     let fronts: Vec<serde_json::Value> = runs_json(d.path(), "killed")
         .as_array()
         .unwrap()
@@ -170,7 +197,12 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
         f.as_array()
             .unwrap()
             .iter()
-            .map(|p| (p["trial"].as_u64().unwrap(), p["hash"].as_str().unwrap().to_string()))
+            .map(|p| {
+                (
+                    p["trial"].as_u64().unwrap(),
+                    p["hash"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     };
     assert_eq!(strip(&fronts[0]), strip(&whole_front));
@@ -180,11 +212,26 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
 fn another_profile_reuses_every_cached_evaluation() {
     let d = Dir::new();
     let rnd = ["--trials", "16", "--strategy", "random", "--seed", "9"];
-    search(d.path(), "s", "a76", &[&rnd[..], &["--profile", "cortex-a76"]].concat());
-    let out = search(d.path(), "s", "avx2", &[&rnd[..], &["--profile", "x86-avx2"]].concat());
+    search(
+        d.path(),
+        "s",
+        "a76",
+        &[&rnd[..], &["--profile", "cortex-a76"]].concat(),
+    );
+    let out = search(
+        d.path(),
+        "s",
+        "avx2",
+        &[&rnd[..], &["--profile", "x86-avx2"]].concat(),
+    );
     assert!(out.contains("0 evaluated, 16 from the cache"), "{out}");
     let runs = runs_json(d.path(), "s");
-    let avx2 = runs.as_array().unwrap().iter().find(|r| r["name"] == "avx2").unwrap();
+    let avx2 = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "avx2")
+        .unwrap();
     assert_eq!(avx2["evaluated"], 0, "{avx2}");
     assert_eq!(avx2["cache_hits"], 16, "{avx2}");
     // Same assignments and qualities, other costs.
@@ -201,7 +248,9 @@ fn another_profile_reuses_every_cached_evaluation() {
 fn a_second_process_on_the_same_store_is_told_who_holds_it() {
     let d = Dir::new();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
-        .args(["search", "--store", "s", "--run", "long", "--trials", "100000"])
+        .args([
+            "search", "--store", "s", "--run", "long", "--trials", "100000",
+        ])
         .args(QUICK)
         .current_dir(d.path())
         .stdout(Stdio::null())
@@ -248,9 +297,20 @@ fn an_impossible_budget_is_refused_before_any_evaluation() {
     let d = Dir::new();
     let err = fails(
         d.path(),
-        &["search", "--store", "s", "--max-latency", "1us", "--trials", "5"],
+        &[
+            "search",
+            "--store",
+            "s",
+            "--max-latency",
+            "1us",
+            "--trials",
+            "5",
+        ],
     );
-    assert!(err.contains("impossible") && err.contains("reachable"), "{err}");
+    assert!(
+        err.contains("impossible") && err.contains("reachable"),
+        "{err}"
+    );
     let out = run(d.path(), &["runs", "--store", "s"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("holds no runs"),
@@ -267,4 +327,145 @@ fn resume_extends_a_finished_run_by_more_trials() {
     assert_eq!(trials(d.path(), "s", "r").len(), 16);
     let err = fails(d.path(), &["resume", "nope", "--store", "s"]);
     assert!(err.contains("no run `nope`") && err.contains("r"), "{err}");
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
+    let d = Dir::new();
+    // Warm the sensitivity record so trials start at once.
+    search(d.path(), "s", "warm", &["--trials", "1"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
+        .args(["search", "--store", "s", "--run", "r", "--trials", "100000"])
+        .args(QUICK)
+        .current_dir(d.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mpsearch");
+    std::thread::sleep(Duration::from_secs(4));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = describe(&["search", "(interrupted)"], &out);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(
+        text.contains("resume with: mpsearch resume r --store s"),
+        "{text}"
+    );
+    let n = trials(d.path(), "s", "r").len();
+    assert!(n > 0, "{text}");
+    let runs = runs_json(d.path(), "s");
+    let r = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "r")
+        .unwrap();
+    assert_eq!(r["status"], "interrupted");
+    ok(d.path(), &["resume", "r", "--store", "s", "--trials", "8"]);
+    // Trials left running by the interruption are finished first (under their own numbers), then
+    // 8 more.
+    let after = trials(d.path(), "s", "r");
+    assert_eq!(after.len(), n + 8);
+    assert!(after.iter().all(|t| t["state"] == "complete"));
+}
+
+#[test]
+fn failed_evaluations_are_recorded_as_failed_trials_and_the_search_goes_on() {
+    use std::sync::atomic::AtomicBool;
+
+    use mpsearch::eval::{Evaluation, Evaluator};
+    use mpsearch::search::{self, Control, Progress};
+    use mpsearch::space::Assignment;
+    use mpsearch::store::{RunConfig, SledStore, TrialState};
+
+    /// Fails a third of the assignments, gives NaN for another third (decided by the hash).
+    struct Flaky<'a>(&'a dyn Evaluator);
+    impl Evaluator for Flaky<'_> {
+        fn fingerprint(&self) -> blake3::Hash {
+            blake3::hash(b"flaky evaluator")
+        }
+        fn objective(&self) -> &'static str {
+            self.0.objective()
+        }
+        fn evaluate(&self, a: &Assignment) -> mpsearch::Result<Evaluation> {
+            match a.hash().as_bytes()[0] % 3 {
+                0 => Err(mpsearch::Error::Eval {
+                    message: "simulated failure".into(),
+                }),
+                1 => Ok(Evaluation {
+                    quality: f64::NAN,
+                    metrics: Default::default(),
+                    seconds: 0.0,
+                }),
+                _ => self.0.evaluate(a),
+            }
+        }
+    }
+
+    let d = Dir::new();
+    let store = SledStore::open(&d.path().join("s")).unwrap();
+    let config = RunConfig {
+        model: "demo".into(),
+        data: None,
+        space: "demo".into(),
+        profile: "cortex-a76".into(),
+        batch: 1,
+        strategy: "evolution".into(),
+        objective: "size".into(),
+        max_latency_us: None,
+        max_bytes: None,
+        max_bops: None,
+        max_drop: None,
+        seed: 1,
+        ask_batch: 8,
+        trials: Some(40),
+        time_seconds: None,
+        scale: "mse".into(),
+        pairs: 12,
+    };
+    let (session, manifest) = search::create(&store, "flaky", config, &mut |_, _, _| {}).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut progress = |_: &Progress| {};
+    let flaky = Flaky(session.evaluator.as_ref());
+    let outcome = search::run(
+        &session,
+        &flaky,
+        &store,
+        manifest,
+        &mut Control {
+            jobs: 1,
+            stop: &stop,
+            progress: &mut progress,
+        },
+    )
+    .unwrap();
+    assert_eq!(outcome.trials.len(), 40, "the search went on to its budget");
+    let failed: Vec<_> = outcome
+        .trials
+        .iter()
+        .filter(|t| t.state == TrialState::Failed)
+        .collect();
+    let complete = outcome
+        .trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .count();
+    assert!(!failed.is_empty() && complete > 0, "{failed:?}");
+    assert_eq!(failed.len() + complete, 40);
+    for t in failed {
+        let e = t.error.as_deref().unwrap_or("");
+        assert!(
+            e.contains("simulated failure") || e.contains("quality of NaN"),
+            "trial {}: {e}",
+            t.number
+        );
+        assert!(t.quality.is_none());
+    }
+    // Failed trials never reach the front.
+    let front = search::front(&outcome.manifest.config, &outcome.trials).unwrap();
+    assert!(front.iter().all(|t| t.state == TrialState::Complete));
 }
