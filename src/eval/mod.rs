@@ -48,10 +48,16 @@ pub trait Evaluator: Send + Sync {
     /// The content key of an assignment's evaluation: BLAKE3 of this evaluator's fingerprint and the
     /// assignment's canonical hash. Equal keys mean equal metrics, whoever computed them.
     fn key(&self, assignment: &Assignment) -> blake3::Hash {
-        let mut h = blake3::Hasher::new();
-        h.update(b"mpsearch-evaluation-v1\n");
-        h.update(self.fingerprint().as_bytes());
-        h.update(assignment.hash().as_bytes());
-        h.finalize()
+        evaluation_key(&self.fingerprint(), assignment)
     }
+}
+
+/// The content key of `assignment`'s evaluation by an evaluator with `fingerprint` (see
+/// [`Evaluator::key`]); computable without the model, from a run manifest's fingerprint.
+pub fn evaluation_key(fingerprint: &blake3::Hash, assignment: &Assignment) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-evaluation-v1\n");
+    h.update(fingerprint.as_bytes());
+    h.update(assignment.hash().as_bytes());
+    h.finalize()
 }

@@ -25,8 +25,8 @@ use serde::Serialize;
 pub use self::cached::CachingEvaluator;
 pub use self::controller::{run, Control, Outcome};
 pub use self::session::{
-    fingerprints, objective, scale_method, space_fingerprint, Session, SetupPhase, COST_REFERENCE,
-    QUALITY_REFERENCE,
+    fingerprints, objective, scale_method, sensitivity_key, space_fingerprint, Session, SetupPhase,
+    COST_REFERENCE, QUALITY_REFERENCE,
 };
 use crate::error::{Error, Result};
 use crate::pareto;

@@ -135,6 +135,14 @@ impl Session {
 
         let fingerprints = fingerprints(&evaluator, &space, &profile);
         let predictor = sensitivity(&evaluator, &space, &config, store, &mut notes, progress)?;
+        // The baselines reports compare against, evaluated once into the cache (a failure only loses a
+        // reference line, never the run).
+        let cached = CachingEvaluator::new(evaluator.as_ref(), store);
+        for (label, _, a) in space.baselines() {
+            if let Err(e) = cached.evaluate(&a) {
+                notes.push(format!("baseline {label} could not be evaluated: {e}"));
+            }
+        }
 
         let feasibility = table.feasibility(objective);
         let objective_limit = cost_limits
@@ -227,6 +235,24 @@ pub fn fingerprints(
     ])
 }
 
+/// The store key of the sensitivity analysis of `space` measured at `pairs` by an evaluator with
+/// `fingerprint` (computable without the model: reports read the analysis back with it).
+pub fn sensitivity_key(
+    fingerprint: &blake3::Hash,
+    space: &SearchSpace,
+    pairs: &[(usize, u16)],
+) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-sensitivity-v1\n");
+    h.update(fingerprint.as_bytes());
+    h.update(space_fingerprint(space).as_bytes());
+    for (g, c) in pairs {
+        h.update(&(*g as u64).to_le_bytes());
+        h.update(&c.to_le_bytes());
+    }
+    h.finalize()
+}
+
 /// The fitted predictor: from the store's record of this (evaluator, space, pairs) if there is one,
 /// else by running the analysis — its one-at-a-time measurements through the evaluation cache — and
 /// storing the result.
@@ -239,15 +265,7 @@ fn sensitivity(
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
 ) -> Result<Predictor> {
     let pairs = pick_pairs(space, config.pairs, config.seed);
-    let mut h = blake3::Hasher::new();
-    h.update(b"mpsearch-sensitivity-v1\n");
-    h.update(ev.fingerprint().as_bytes());
-    h.update(space_fingerprint(space).as_bytes());
-    for (g, c) in &pairs {
-        h.update(&(*g as u64).to_le_bytes());
-        h.update(&c.to_le_bytes());
-    }
-    let key = h.finalize();
+    let key = sensitivity_key(&ev.fingerprint(), space, &pairs);
     let record = match store.sensitivity(&key)? {
         Some(r) => {
             notes.push(format!(

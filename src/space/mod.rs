@@ -153,6 +153,65 @@ impl SearchSpace {
         }))
     }
 
+    /// The uniform reference assignments reports compare against, where the space allows them:
+    /// `all-f32` (always), `all-int8`, `all-int4` (plain weight quantization, no activation
+    /// quantization, sparsity or rank) and `all-2:4` (f32 weights pruned 2:4). For each, the matching
+    /// choice allowed by the most searchable groups (the first in choice order on a tie) is given to every
+    /// searchable group that allows it; the others stay f32 where allowed (else their first choice).
+    /// Pinned and excluded layers keep their fixed choice.
+    pub fn baselines(&self) -> Vec<(String, Choice, Assignment)> {
+        let plain_int = |c: &Choice, b: u8| {
+            matches!(c.weights, WeightQuant::Int { bits, .. } if bits == b)
+                && c.act == ActQuant::None
+                && c.sparsity == Sparsity::None
+                && c.rank.is_none()
+        };
+        let kinds: [(&str, &dyn Fn(&Choice) -> bool); 4] = [
+            ("all-f32", &|c: &Choice| c.is_uncompressed()),
+            ("all-int8", &|c: &Choice| plain_int(c, 8)),
+            ("all-int4", &|c: &Choice| plain_int(c, 4)),
+            ("all-2:4", &|c: &Choice| {
+                *c == Choice {
+                    sparsity: Sparsity::NM { n: 2, m: 4 },
+                    ..Choice::F32
+                }
+            }),
+        ];
+        let mut out = Vec::new();
+        for (label, matches) in kinds {
+            let mut votes: std::collections::BTreeMap<Choice, usize> = Default::default();
+            for g in self.searchable_groups() {
+                for c in g.choices.iter().filter(|c| matches(c)) {
+                    *votes.entry(*c).or_default() += 1;
+                }
+            }
+            let best = votes
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(c, _)| *c);
+            let choice = match (label, best) {
+                (_, Some(c)) => c,
+                ("all-f32", None) => Choice::F32,
+                _ => continue,
+            };
+            let a = Assignment::new(self.layers.iter().map(|l| {
+                let g = &self.groups[l.group];
+                let pick = if l.status != LayerStatus::Searchable {
+                    g.choices[0]
+                } else if g.choices.contains(&choice) || label == "all-f32" {
+                    choice
+                } else if g.choices.contains(&Choice::F32) {
+                    Choice::F32
+                } else {
+                    g.choices[0]
+                };
+                (l.info.name.clone(), pick)
+            }));
+            out.push((label.to_string(), choice, a));
+        }
+        out
+    }
+
     /// Number of points in the space (saturating).
     pub fn size(&self) -> f64 {
         self.groups.iter().map(|g| g.choices.len() as f64).product()

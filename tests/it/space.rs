@@ -354,3 +354,36 @@ fn bert_base_fits_a_minilm_shaped_folder() {
         "position embeddings"
     );
 }
+
+#[test]
+fn baselines_of_the_demo_space_are_the_uniform_references_it_allows() {
+    use mpsearch::space::{Choice, Sparsity, WeightQuant};
+    let inv = mpsearch::model::inventory(&mpsearch::model::ModelSource::Demo).unwrap();
+    let space = mpsearch::shipped::space("demo", &inv.layers).unwrap();
+    let b = space.baselines();
+    let labels: Vec<&str> = b.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(labels, ["all-f32", "all-int8", "all-int4", "all-2:4"]);
+    for (label, choice, a) in &b {
+        // Every baseline is an assignment the space allows.
+        let p = space.point(a).unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(&space.assignment(&p), a);
+        match label.as_str() {
+            "all-f32" => assert!(a.iter().all(|(_, c)| c.is_uncompressed())),
+            "all-int8" | "all-int4" => {
+                let bits = if label == "all-int8" { 8 } else { 4 };
+                assert!(matches!(choice.weights, WeightQuant::Int { bits: b, .. } if b == bits));
+                assert!(
+                    a.iter().all(|(_, c)| c == choice),
+                    "{label}: every demo layer allows it"
+                );
+            }
+            _ => {
+                assert_eq!(choice.sparsity, Sparsity::NM { n: 2, m: 4 });
+                // conv1 and fc2 allow no 2:4: they stay f32.
+                assert_eq!(a.get("conv1"), Some(&Choice::F32));
+                assert_eq!(a.get("fc2"), Some(&Choice::F32));
+                assert_eq!(a.get("fc1"), Some(choice));
+            }
+        }
+    }
+}
