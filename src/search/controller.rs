@@ -76,9 +76,6 @@ pub fn run(
             manifest.config.strategy
         ))
     })?;
-    let mut strategy = strategy::build(kind)?;
-    let mut strategy_seconds = 0.0;
-
     // The journal is the truth: complete and failed trials up to the first one still `running` form
     // the history; from there on, the last asked batch is finished before anything new is asked.
     let mut records = store.trials(&name)?;
@@ -92,17 +89,8 @@ pub fn run(
         history.push(observed(r));
     }
     let t = Instant::now();
-    let restored = match store.snapshot(&name)? {
-        Some(s) if s.strategy == strategy.name() && s.trials == history.len() as u64 => {
-            strategy.restore(&s.state).is_ok()
-        }
-        _ => false,
-    };
-    if !restored {
-        strategy = strategy::build(kind)?;
-        strategy.tell(problem, &history, 0..history.len())?;
-    }
-    strategy_seconds += t.elapsed().as_secs_f64();
+    let mut strategy = rebuild(kind, problem, store, &name, &history)?;
+    let mut strategy_seconds = t.elapsed().as_secs_f64();
 
     manifest.status = RunStatus::Running;
     store.put_run(&manifest)?;
@@ -156,36 +144,8 @@ pub fn run(
             store.put_trials(&name, &recs)?;
             recs
         };
-        let finish = |mut r: TrialRecord| -> Result<Option<TrialRecord>> {
-            if r.state != TrialState::Running {
-                return Ok(Some(r));
-            }
-            if control.stop.load(Ordering::SeqCst) {
-                return Ok(None);
-            }
-            let a = session.space.assignment(&r.point);
-            match evaluator.evaluate_cached(&a) {
-                Ok((e, cached)) if e.quality.is_finite() => {
-                    r.state = TrialState::Complete;
-                    r.quality = Some(e.quality);
-                    r.metrics = e.metrics;
-                    r.cached = cached;
-                    r.seconds = e.seconds;
-                }
-                Ok((e, _)) => {
-                    r.state = TrialState::Failed;
-                    r.error = Some(format!("the evaluation gave a quality of {}", e.quality));
-                    r.metrics = e.metrics;
-                    r.seconds = e.seconds;
-                }
-                Err(e) => {
-                    r.state = TrialState::Failed;
-                    r.error = Some(e.to_string());
-                }
-            }
-            store.put_trial(&name, &r)?;
-            Ok(Some(r))
-        };
+        let finish =
+            |r: TrialRecord| finish_trial(session, &evaluator, store, &name, control.stop, r);
         let results: Vec<Result<Option<TrialRecord>>> = match &pool {
             Some(pool) => pool.install(|| batch.into_par_iter().map(finish).collect()),
             None => batch.into_iter().map(finish).collect(),
@@ -250,6 +210,69 @@ pub fn run(
         strategy_seconds,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The strategy of a run, in the state the stored history gives: its snapshot when that covers exactly
+/// this history, else a fresh strategy told every trial (the same state, by the tell contract).
+fn rebuild(
+    kind: StrategyKind,
+    problem: &crate::strategy::Problem,
+    store: &dyn Store,
+    name: &str,
+    history: &History,
+) -> Result<Box<dyn crate::strategy::Strategy>> {
+    let mut strategy = strategy::build(kind)?;
+    if let Some(s) = store.snapshot(name)? {
+        if s.strategy == strategy.name()
+            && s.trials == history.len() as u64
+            && strategy.restore(&s.state).is_ok()
+        {
+            return Ok(strategy);
+        }
+        strategy = strategy::build(kind)?;
+    }
+    strategy.tell(problem, history, 0..history.len())?;
+    Ok(strategy)
+}
+
+/// Evaluates a journaled `running` trial (through the cache) and journals its result durably; a trial
+/// already finished is returned as it is; `None` if `stop` is set before it starts.
+fn finish_trial(
+    session: &Session,
+    evaluator: &CachingEvaluator,
+    store: &dyn Store,
+    run: &str,
+    stop: &AtomicBool,
+    mut r: TrialRecord,
+) -> Result<Option<TrialRecord>> {
+    if r.state != TrialState::Running {
+        return Ok(Some(r));
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let a = session.space.assignment(&r.point);
+    match evaluator.evaluate_cached(&a) {
+        Ok((e, cached)) if e.quality.is_finite() => {
+            r.state = TrialState::Complete;
+            r.quality = Some(e.quality);
+            r.metrics = e.metrics;
+            r.cached = cached;
+            r.seconds = e.seconds;
+        }
+        Ok((e, _)) => {
+            r.state = TrialState::Failed;
+            r.error = Some(format!("the evaluation gave a quality of {}", e.quality));
+            r.metrics = e.metrics;
+            r.seconds = e.seconds;
+        }
+        Err(e) => {
+            r.state = TrialState::Failed;
+            r.error = Some(e.to_string());
+        }
+    }
+    store.put_trial(run, &r)?;
+    Ok(Some(r))
 }
 
 /// A freshly asked trial, journaled as `running` before it is evaluated.
