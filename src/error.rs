@@ -126,6 +126,12 @@ pub enum Error {
     #[error("run `{run}` cannot be resumed: {}. Its results were computed against the old inputs; start a new run instead (mpsearch search --run NEW-NAME …), or restore the old files.", changes.join("; "))]
     RunChanged { run: String, changes: Vec<String> },
 
+    // ---- exports ----
+    /// An export that cannot be made or read: no such front point or trial, nothing complete to
+    /// export, a run whose inputs changed, a file that is not an mpsearch export.
+    #[error("export: {message}")]
+    Export { message: String },
+
     // ---- candle ----
     /// An error from candle's kernels.
     #[error("candle: {0}")]
@@ -166,6 +172,13 @@ impl Error {
     /// An [`Error::Search`] with this message.
     pub fn search(message: impl Into<String>) -> Self {
         Error::Search {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Export`] with this message.
+    pub fn export(message: impl Into<String>) -> Self {
+        Error::Export {
             message: message.into(),
         }
     }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 mod cli {
+    pub mod export;
     pub mod search;
 }
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +61,9 @@ enum Command {
     Runs(RunsArgs),
     /// List the trials of a run in trial order.
     Trials(TrialsArgs),
+    /// Export a point of a run: its assignment JSON, llama.cpp --tensor-type lines, or its compressed
+    /// weights as safetensors (default point: the best one; see README).
+    Export(cli::export::ExportArgs),
     /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
@@ -338,6 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(a) => resume_cmd(a),
         Command::Runs(a) => runs_cmd(a),
         Command::Trials(a) => trials_cmd(a),
+        Command::Export(a) => cli::export::export_cmd(a),
         Command::Profiles => profiles(),
         Command::Calibrate(a) => calibrate_cmd(a),
     }

@@ -31,16 +31,17 @@ use candle_core::Tensor;
 use super::lowrank::truncated_svd;
 use super::matrix::WeightMatrix;
 use super::prune;
-use super::quant::{quantize_matrix, ScaleMethod};
+use super::quant::{quantize_matrix, QuantizedWeight, ScaleMethod};
 use crate::error::Result;
-use crate::space::{Choice, Sparsity};
+use crate::space::{Choice, Sparsity, WeightQuant};
 
 /// A compressed weight before its factors are multiplied back: one factor (`W`) or two (`A`, `B`),
-/// each pruned and fake-quantized, with its keep mask.
+/// each pruned and fake-quantized, with its keep mask and, for integer formats, its integer form.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompressedWeight {
     factors: Vec<WeightMatrix>,
     masks: Vec<Vec<bool>>,
+    quantized: Vec<Option<QuantizedWeight>>,
     shape: Vec<usize>,
 }
 
@@ -53,6 +54,13 @@ impl CompressedWeight {
     /// The keep mask of each factor (row-major, `false` where pruned).
     pub fn masks(&self) -> &[Vec<bool>] {
         &self.masks
+    }
+
+    /// The integer form of each factor (codes, scales, zero points; pruned values hold their group's
+    /// zero code), `None` for the float formats. `factors()[i]` is exactly its dequantized values with
+    /// the mask applied. Exports store this.
+    pub fn quantized(&self) -> &[Option<QuantizedWeight>] {
+        &self.quantized
     }
 
     /// The shape of the original weight.
@@ -112,14 +120,35 @@ pub fn compress_factors(
             .collect::<Result<_>>()?,
     };
     // 4. Quantize what survives; pruned weights stay exactly zero.
+    let mut quantized = Vec::with_capacity(factors.len());
     for (f, keep) in factors.iter_mut().zip(&masks) {
         f.apply_mask(keep);
-        *f = quantize_matrix(f, &choice.weights, scale, Some(keep))?;
+        let q = match choice.weights {
+            WeightQuant::Int {
+                bits,
+                scheme,
+                granularity,
+            } => Some(QuantizedWeight::from_matrix(
+                f,
+                bits,
+                scheme,
+                granularity,
+                scale,
+                Some(keep),
+            )?),
+            _ => None,
+        };
+        *f = match &q {
+            Some(q) => q.dequantize_matrix()?,
+            None => quantize_matrix(f, &choice.weights, scale, Some(keep))?,
+        };
         f.apply_mask(keep);
+        quantized.push(q);
     }
     Ok(CompressedWeight {
         factors,
         masks,
+        quantized,
         shape: w.dims().to_vec(),
     })
 }

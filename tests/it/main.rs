@@ -8,6 +8,7 @@ mod compress;
 mod cost;
 mod demo;
 mod eval;
+mod export;
 mod fisher;
 mod profiles;
 mod search;

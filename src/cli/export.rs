@@ -1,0 +1,243 @@
+//! `export`: a point of a stored run as assignment JSON, llama.cpp `--tensor-type` lines, or
+//! compressed weights in a safetensors file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use mpsearch::cost::model::{format_bytes, format_us};
+use mpsearch::model::ModelSource;
+use mpsearch::report::export::{self, llama, safetensors, Pick, Selected};
+use mpsearch::search;
+use mpsearch::space::{Assignment, SearchSpace};
+use mpsearch::store::{RunManifest, SledStore, Store};
+
+use crate::{emit, StoreArgs};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Assignment JSON, accepted by `eval --assignment` and `cost --assignment`.
+    Json,
+    /// `--tensor-type NAME=TYPE` lines for llama-quantize.
+    LlamaCpp,
+    /// The compressed weights (compact form) as a safetensors file.
+    Safetensors,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").args(["point", "trial"])))]
+pub struct ExportArgs {
+    /// The run's name (see `mpsearch runs`).
+    run: String,
+    /// The K-th point of the run's front in cost order (the `point` column of the front table);
+    /// default: the best point (see README: the cheapest within --max-drop, the most accurate within
+    /// cost limits, else the knee of the front).
+    #[arg(long, value_name = "K")]
+    point: Option<usize>,
+    /// Any complete trial, by number (see `mpsearch trials RUN`).
+    #[arg(long, value_name = "N")]
+    trial: Option<u64>,
+    /// What to write.
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// Output file (written atomically). Default: standard output for json and llama-cpp;
+    /// RUN-pointK.safetensors (or RUN-trialN.safetensors) in the current folder for safetensors.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+pub fn export_cmd(a: ExportArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        a.store.store.is_dir(),
+        "store {} does not exist: pass the --store folder the search used (default ./mpsearch-store)",
+        a.store.store.display()
+    );
+    let store = SledStore::open(&a.store.store)?;
+    let manifest = search::find_run(&store, &a.run)?;
+    let trials = store.trials(&manifest.name)?;
+    // Only read: release the store at once (a search may open it meanwhile).
+    drop(store);
+    let pick = match (a.point, a.trial) {
+        (Some(k), _) => Pick::Point(k),
+        (_, Some(n)) => Pick::Trial(n),
+        _ => Pick::Best,
+    };
+    let sel = export::select(&manifest, &trials, pick)?;
+    describe(&manifest, &sel);
+    match a.format {
+        ExportFormat::Json => output(a.out.as_deref(), &export::assignment_json(sel.trial)?),
+        ExportFormat::LlamaCpp => {
+            let inv = mpsearch::model::inventory(&ModelSource::parse(&manifest.config.model))?;
+            let (_, asg) = resolve(&manifest, &sel, &inv.layers)?;
+            let header = llama::LinesHeader {
+                source: source_text(&manifest, &sel),
+                architecture: inv.architecture.clone(),
+            };
+            output(
+                a.out.as_deref(),
+                &llama::tensor_type_lines(&inv.layers, &asg, &header),
+            )
+        }
+        ExportFormat::Safetensors => write_weights(&manifest, &sel, a.out),
+    }
+}
+
+/// Tells standard error which trial is exported and why.
+fn describe(m: &RunManifest, sel: &Selected) {
+    let t = sel.trial;
+    let quality = t.quality.map_or("-".to_string(), |q| format!("{q:.4e}"));
+    let accuracy = t
+        .metrics
+        .get("accuracy")
+        .map(|a| format!(", accuracy {a:.4}"))
+        .or_else(|| {
+            t.metrics
+                .get("mean_cosine")
+                .map(|c| format!(", mean cosine {c:.6}"))
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "run `{}`: exporting trial {} — quality {quality}{accuracy}, latency {}, size {} — picked as {}",
+        m.name,
+        t.number,
+        format_us(t.cost.latency_us),
+        format_bytes(t.cost.bytes as f64),
+        sel.reason
+    );
+    if !sel.feasible {
+        eprintln!(
+            "warning: trial {} does NOT meet the run's limits{}",
+            t.number,
+            limits(m)
+        );
+    }
+}
+
+fn limits(m: &RunManifest) -> String {
+    let c = &m.config;
+    let mut parts = Vec::new();
+    if let Some(v) = c.max_latency_us {
+        parts.push(format!("latency ≤ {}", format_us(v)));
+    }
+    if let Some(v) = c.max_bytes {
+        parts.push(format!("size ≤ {}", format_bytes(v)));
+    }
+    if let Some(v) = c.max_bops {
+        parts.push(format!("BOPs ≤ {v:.3e}"));
+    }
+    if let Some(v) = c.max_drop {
+        parts.push(format!("quality ≤ {v}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+fn source_text(m: &RunManifest, sel: &Selected) -> String {
+    format!(
+        "run `{}`, trial {}{} (model {}, space {}, profile {})",
+        m.name,
+        sel.trial.number,
+        sel.point
+            .map(|k| format!(", front point {k} of {}", sel.front_len))
+            .unwrap_or_default(),
+        m.config.model,
+        m.config.space,
+        m.config.profile
+    )
+}
+
+/// The run's space resolved against the model's layers, and the trial's assignment checked against it.
+fn resolve(
+    m: &RunManifest,
+    sel: &Selected,
+    layers: &[mpsearch::space::LayerInfo],
+) -> anyhow::Result<(SearchSpace, Assignment)> {
+    let space = mpsearch::shipped::space(&m.config.space, layers)?;
+    let asg = space.assignment_from_json(&sel.trial.assignment).map_err(|e| {
+        anyhow::anyhow!(
+            "trial {} of run `{}` does not fit search space `{}` as it is now ({e}); the space file \
+             changed since the search: restore it, or export --format json, which needs no space",
+            sel.trial.number,
+            m.name,
+            m.config.space
+        )
+    })?;
+    Ok((space, asg))
+}
+
+/// Writes `text` to `out`, or to standard output.
+fn output(out: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
+    match out {
+        Some(p) => {
+            export::write_atomic(p, text.as_bytes())?;
+            eprintln!("wrote {}", p.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => emit(text),
+    }
+}
+
+fn write_weights(
+    m: &RunManifest,
+    sel: &Selected,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let c = &m.config;
+    let path =
+        out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.safetensors", m.name, sel.label())));
+    let (model, _) = mpsearch::eval::load(
+        &ModelSource::parse(&c.model),
+        c.data.as_deref().map(Path::new),
+    )?;
+    if let Some(recorded) = m.fingerprints.get("model") {
+        let now = model.fingerprint().to_hex().to_string();
+        anyhow::ensure!(
+            *recorded == now,
+            "model {}: its weights changed since run `{}` searched it (fingerprint {} → {}); the exported \
+             weights would not be the ones evaluated. Restore the model, or export --format json and \
+             evaluate it again",
+            c.model,
+            m.name,
+            &recorded[..recorded.len().min(12)],
+            &now[..12]
+        );
+    }
+    let (_, asg) = resolve(m, sel, &model.inventory().layers)?;
+    let info = safetensors::ExportInfo {
+        run: m.name.clone(),
+        trial: sel.trial.number,
+        point: sel.point,
+        hash: sel.trial.hash.clone(),
+        quality: sel.trial.quality,
+        quality_metric: match model.inventory().kind {
+            mpsearch::model::ModelKind::Classifier => "kl_divergence",
+            mpsearch::model::ModelKind::Encoder => "cosine_distance",
+        }
+        .to_string(),
+        cost_objective: c.objective.clone(),
+        model: c.model.clone(),
+        space: c.space.clone(),
+        scale: search::scale_method(&c.scale)?,
+    };
+    let s = safetensors::write_compressed(model.as_ref(), &asg, &info, &path)?;
+    eprintln!(
+        "wrote {}: {} compressed layers in {} tensors, {} of weight data ({} bytes in all); left out \
+         (unchanged): {}",
+        path.display(),
+        s.layers.len(),
+        s.tensors,
+        format_bytes(s.data_bytes as f64),
+        s.bytes,
+        if s.left_out.is_empty() {
+            "none".to_string()
+        } else {
+            s.left_out.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,591 @@
+//! `mpsearch export` round trips on the demo: the JSON export re-evaluates (`eval`) and re-costs
+//! (`cost`) to the trial's stored figures; the llama.cpp lines have one parseable line per layer; the
+//! safetensors export reads back (`load_compressed`) to the evaluator's compressed weights bit for bit
+//! and the model run with them reproduces the evaluated quality — for front points of a real search
+//! and for hand-built assignments that use every compact form (integer codes of every width, per
+//! tensor / channel / group, unstructured, N:M, removed channels, low rank, f16, bf16).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use mpsearch::compress::ScaleMethod;
+use mpsearch::eval::{load, metrics, CandleEvaluator, EvalData, EvalSettings, Evaluator};
+use mpsearch::model::{ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
+use mpsearch::report::export::safetensors::{
+    load_compressed, max_difference, read_compressed, write_compressed, ExportInfo,
+};
+use mpsearch::space::{Assignment, Choice};
+
+use crate::util::{fails, ok, run, Dir};
+
+/// Largest difference allowed between a weight read back from the file and the evaluator's
+/// compressed weight: none (the reader repeats the same f32 operations).
+const WEIGHT_TOL: f32 = 0.0;
+/// Relative difference allowed between a re-evaluated quality and the stored one. The forward pass
+/// and metrics are deterministic, so re-evaluation gives the same number; this only allows for the
+/// f64 digits of a JSON round trip.
+const QUALITY_REL_TOL: f64 = 1e-12;
+
+/// GGML type names the llama.cpp lines may use.
+const GGML_TYPES: [&str; 13] = [
+    "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_0", "q5_1", "q4_k", "q4_0", "q4_1", "q3_k",
+    "q2_k",
+];
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= QUALITY_REL_TOL * a.abs().max(b.abs()).max(1e-300)
+}
+
+fn search(cwd: &Path) {
+    ok(
+        cwd,
+        &[
+            "search", "--store", "s", "--run", "r", "--trials", "24", "--pairs", "24",
+        ],
+    );
+}
+
+fn trials(cwd: &Path) -> Vec<serde_json::Value> {
+    ok(cwd, &["trials", "r", "--store", "s", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn front(cwd: &Path) -> Vec<serde_json::Value> {
+    let runs: serde_json::Value =
+        serde_json::from_str(&ok(cwd, &["runs", "--store", "s", "--json"])).unwrap();
+    runs[0]["front"].as_array().unwrap().clone()
+}
+
+/// The model with `weights` in place of the compressed layers' weights (activations quantized as each
+/// layer's choice says; dynamic only), scored against the f32 model as the evaluator scores.
+fn quality_with(
+    model: &dyn Model,
+    data: &EvalData,
+    weights: &BTreeMap<String, Tensor>,
+    assignment: &Assignment,
+) -> f64 {
+    let mut overrides = Overrides::new();
+    for l in &model.inventory().layers {
+        let c = assignment.get(&l.name).copied().unwrap_or(Choice::F32);
+        if c.is_uncompressed() {
+            continue;
+        }
+        overrides.insert(
+            l.name.clone(),
+            LayerOverride {
+                weight: weights.get(&l.name).cloned(),
+                act: c.act,
+                act_range: None,
+            },
+        );
+    }
+    let run = |ctx: &ForwardCtx| -> Vec<Vec<f32>> {
+        data.eval
+            .iter()
+            .flat_map(|b| model.forward(b, ctx).unwrap().to_vec2::<f32>().unwrap())
+            .collect()
+    };
+    let reference = run(&ForwardCtx::default());
+    let out = run(&ForwardCtx {
+        overrides: Some(&overrides),
+        capture: None,
+    });
+    metrics::classifier(&reference, &out, data.labels.as_ref().unwrap())["kl_divergence"]
+}
+
+fn evaluator() -> (Arc<dyn Model>, EvalData, CandleEvaluator) {
+    let (model, data) = load(&ModelSource::Demo, None).unwrap();
+    let ev = CandleEvaluator::new(
+        model.clone(),
+        data.clone(),
+        EvalSettings {
+            scale: ScaleMethod::Mse,
+            ..EvalSettings::default()
+        },
+    )
+    .unwrap();
+    (model, data, ev)
+}
+
+/// The file's weights equal the evaluator's compressed weights, and running the model with them
+/// gives the evaluator's quality; returns (evaluated, reproduced).
+fn check_weights(
+    file: &Path,
+    ev: &CandleEvaluator,
+    data: &EvalData,
+    asg: &Assignment,
+) -> (f64, f64) {
+    let loaded = load_compressed(file).unwrap();
+    let overrides = ev.overrides(asg).unwrap();
+    let mut compared = 0;
+    for (name, o) in &overrides {
+        match (&o.weight, loaded.get(name)) {
+            (Some(w), Some(l)) => {
+                let d = max_difference(w, l).unwrap();
+                assert!(
+                    d <= WEIGHT_TOL,
+                    "{}: layer {name} ({}) differs by {d} from the evaluator's weight",
+                    file.display(),
+                    asg.get(name).unwrap()
+                );
+                compared += 1;
+            }
+            (None, None) => {}
+            (w, l) => panic!(
+                "{}: layer {name}: evaluator weight {} but file weight {}",
+                file.display(),
+                w.is_some(),
+                l.is_some()
+            ),
+        }
+    }
+    assert_eq!(
+        compared,
+        loaded.len(),
+        "the file holds layers the evaluator does not change"
+    );
+    let evaluated = ev.evaluate(asg).unwrap().quality;
+    let reproduced = quality_with(ev.model().as_ref(), data, &loaded, asg);
+    (evaluated, reproduced)
+}
+
+#[test]
+fn exports_of_a_search_round_trip() {
+    let d = Dir::new();
+    let cwd = d.path();
+    search(cwd);
+    let all = trials(cwd);
+    let fr = front(cwd);
+    assert!(!fr.is_empty());
+    let (model, data, ev) = evaluator();
+    let space = mpsearch::shipped::space("demo", &model.inventory().layers).unwrap();
+
+    for k in 1..=fr.len() {
+        let point = k.to_string();
+        let trial = &fr[k - 1];
+        let stored_q = trial["quality"].as_f64().unwrap();
+
+        // JSON: exactly the trial's assignment; eval and cost reproduce its quality and cost.
+        let json = ok(
+            cwd,
+            &[
+                "export", "r", "--store", "s", "--point", &point, "--format", "json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v, trial["assignment"], "point {k}");
+        let file = d.write(&format!("p{k}.json"), &json);
+        let file = file.to_str().unwrap();
+        let e: serde_json::Value = serde_json::from_str(&ok(
+            cwd,
+            &["eval", "--assignment", file, "--profile", "cortex-a76"],
+        ))
+        .unwrap();
+        let q = e["quality"].as_f64().unwrap();
+        assert!(
+            close(q, stored_q),
+            "point {k}: eval gives {q}, stored {stored_q}"
+        );
+        let c: serde_json::Value = serde_json::from_str(&ok(
+            cwd,
+            &[
+                "cost",
+                "--profile",
+                "cortex-a76",
+                "--assignment",
+                file,
+                "--json",
+            ],
+        ))
+        .unwrap();
+        assert_eq!(c["total"]["bytes"], trial["cost"]["bytes"], "point {k}");
+        let (lat, stored_lat) = (
+            c["total"]["latency_us"].as_f64().unwrap(),
+            trial["cost"]["latency_us"].as_f64().unwrap(),
+        );
+        assert!(
+            close(lat, stored_lat),
+            "point {k}: latency {lat} vs {stored_lat}"
+        );
+
+        // Safetensors: the evaluator's weights bit for bit, and the stored quality.
+        let out = format!("p{k}.safetensors");
+        ok(
+            cwd,
+            &[
+                "export",
+                "r",
+                "--store",
+                "s",
+                "--point",
+                &point,
+                "--format",
+                "safetensors",
+                "--out",
+                &out,
+            ],
+        );
+        let asg = space
+            .assignment_from_json(&serde_json::from_value(trial["assignment"].clone()).unwrap())
+            .unwrap();
+        assert_eq!(asg.hash_hex(), trial["hash"].as_str().unwrap());
+        let number = trial["trial"].as_u64().unwrap() as usize;
+        assert_eq!(all[number]["hash"], trial["hash"]);
+        let (evaluated, reproduced) = check_weights(&cwd.join(&out), &ev, &data, &asg);
+        assert!(
+            close(evaluated, stored_q),
+            "point {k}: {evaluated} vs stored {stored_q}"
+        );
+        assert!(
+            close(reproduced, stored_q),
+            "point {k}: the file's weights give {reproduced}, stored {stored_q}"
+        );
+        eprintln!(
+            "point {k}: stored quality {stored_q:e}, reproduced from the file {reproduced:e}"
+        );
+        let meta = read_compressed(&cwd.join(&out)).unwrap().metadata;
+        assert_eq!(meta["run"], "r");
+        assert_eq!(meta["trial"], trial["trial"].to_string());
+        assert_eq!(meta["point"], point);
+        assert_eq!(meta["assignment_hash"], trial["hash"].as_str().unwrap());
+
+        // llama.cpp: one comment and one parseable --tensor-type line per layer, in layer order.
+        let lines = ok(
+            cwd,
+            &[
+                "export",
+                "r",
+                "--store",
+                "s",
+                "--point",
+                &point,
+                "--format",
+                "llama-cpp",
+            ],
+        );
+        let tt: Vec<&str> = lines
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        let layers = &model.inventory().layers;
+        assert_eq!(tt.len(), layers.len(), "{lines}");
+        for (line, l) in tt.iter().zip(layers) {
+            let spec = line.strip_prefix("--tensor-type ").expect(line);
+            let (name, ty) = spec.split_once('=').expect(line);
+            assert_eq!(name, format!("{}.weight", l.name), "{lines}");
+            assert!(GGML_TYPES.contains(&ty), "{ty}: {lines}");
+            assert!(
+                lines.contains(&format!(
+                    "# {}: {} -> {ty} (",
+                    l.name,
+                    asg.get(&l.name).unwrap()
+                )),
+                "no comment for {}: {lines}",
+                l.name
+            );
+        }
+        assert!(lines.contains("has no GGUF form"), "{lines}");
+    }
+
+    // --trial: a trial off the front whose layer combines integer codes, sparsity and low rank.
+    let mixed = all
+        .iter()
+        .find(|t| {
+            t["state"] == "complete"
+                && t["assignment"]["layers"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .chain(std::iter::once(&t["assignment"]["default"]))
+                    .filter_map(|c| c.as_str())
+                    .any(|c| {
+                        c.starts_with("int")
+                            && c.contains("rank")
+                            && (c.contains("sparse") || c.contains(':'))
+                    })
+        })
+        .expect("the seeded 24-trial search has a trial with int + sparsity + rank in one layer");
+    let n = mixed["trial"].to_string();
+    ok(
+        cwd,
+        &[
+            "export",
+            "r",
+            "--store",
+            "s",
+            "--trial",
+            &n,
+            "--format",
+            "safetensors",
+        ],
+    );
+    let asg = space
+        .assignment_from_json(&serde_json::from_value(mixed["assignment"].clone()).unwrap())
+        .unwrap();
+    let file = cwd.join(format!("r-trial{n}.safetensors"));
+    let file = if file.exists() {
+        file
+    } else {
+        // The trial is on the front: the file is named by its point.
+        let k = fr
+            .iter()
+            .position(|t| t["trial"] == mixed["trial"])
+            .unwrap()
+            + 1;
+        cwd.join(format!("r-point{k}.safetensors"))
+    };
+    let (_, reproduced) = check_weights(&file, &ev, &data, &asg);
+    let stored_q = mixed["quality"].as_f64().unwrap();
+    assert!(
+        close(reproduced, stored_q),
+        "trial {n}: {reproduced} vs stored {stored_q}"
+    );
+    eprintln!(
+        "trial {n} (int + sparsity + rank): stored quality {stored_q:e}, reproduced {reproduced:e}"
+    );
+    std::fs::remove_file(&file).unwrap();
+
+    // Without --point: the best point (no limits: the knee), said on stderr; the default file name.
+    let out = run(
+        cwd,
+        &["export", "r", "--store", "s", "--format", "safetensors"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("picked as front point"), "{err}");
+    assert!(
+        err.contains("knee") || err.contains("ideal corner"),
+        "{err}"
+    );
+    let written: Vec<_> = std::fs::read_dir(cwd)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("r-point") && n.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+
+    // Errors name the run and the range.
+    let n = fr.len().to_string();
+    let e = fails(
+        cwd,
+        &[
+            "export", "r", "--store", "s", "--point", "99", "--format", "json",
+        ],
+    );
+    assert!(e.contains(&format!("--point takes 1 to {n}")), "{e}");
+    let e = fails(cwd, &["export", "nope", "--store", "s", "--format", "json"]);
+    assert!(e.contains("has no run `nope`") && e.contains("r"), "{e}");
+}
+
+#[test]
+fn limits_pick_the_best_point_or_the_closest_trial() {
+    let d = Dir::new();
+    let cwd = d.path();
+    // A quality limit: the cheapest front point.
+    ok(
+        cwd,
+        &[
+            "search",
+            "--store",
+            "s",
+            "--run",
+            "q",
+            "--trials",
+            "16",
+            "--pairs",
+            "24",
+            "--max-drop",
+            "0.001",
+        ],
+    );
+    let out = run(cwd, &["export", "q", "--store", "s", "--format", "json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("front point 1 of"), "{err}");
+    assert!(
+        err.contains("cheapest point within the quality limit"),
+        "{err}"
+    );
+
+    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick.
+    ok(
+        cwd,
+        &[
+            "search",
+            "--store",
+            "s",
+            "--run",
+            "none",
+            "--trials",
+            "8",
+            "--pairs",
+            "24",
+            "--max-drop",
+            "1e-30",
+        ],
+    );
+    let out = run(cwd, &["export", "none", "--store", "s", "--format", "json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("NO TRIAL MEETS THE RUN'S LIMITS"), "{err}");
+    assert!(err.contains("does NOT meet the run's limits"), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["layers"].is_object());
+    let e = fails(
+        cwd,
+        &[
+            "export", "none", "--store", "s", "--point", "1", "--format", "json",
+        ],
+    );
+    assert!(e.contains("has no front yet"), "{e}");
+}
+
+/// Every compact form, on assignments the demo space need not allow (the library takes any).
+#[test]
+fn every_compact_form_reads_back_exactly() {
+    let d = Dir::new();
+    let (_, data, ev) = evaluator();
+    let assignments = [
+        [
+            ("conv1", "int6-sym-tensor"),
+            ("conv2", "int4-asym-channel+sparse50+rank50"),
+            ("fc1", "int3-sym-g32+2:4+rank50"),
+            ("fc2", "bf16+channels25"),
+        ],
+        [
+            ("conv1", "f16+sparse30"),
+            ("conv2", "int5-asym-g16+channels25+rank50"),
+            ("fc1", "f32+4:8"),
+            ("fc2", "int2-asym-g32+act8-dynamic"),
+        ],
+        [
+            ("conv1", "f32+act8-dynamic"),
+            ("conv2", "f32+rank25"),
+            ("fc1", "int8-sym-channel+act8-dynamic+sparse70+rank30"),
+            ("fc2", "int7-asym-tensor+channels10"),
+        ],
+    ];
+    for (i, a) in assignments.iter().enumerate() {
+        let asg = Assignment::new(a.iter().map(|(l, c)| (l.to_string(), c.parse().unwrap())));
+        let path = d.path().join(format!("a{i}.safetensors"));
+        let info = ExportInfo {
+            run: "hand".into(),
+            trial: i as u64,
+            point: None,
+            hash: asg.hash_hex(),
+            quality: None,
+            quality_metric: "kl_divergence".into(),
+            cost_objective: "latency".into(),
+            model: "demo".into(),
+            space: "none".into(),
+            scale: ScaleMethod::Mse,
+        };
+        let s = write_compressed(ev.model().as_ref(), &asg, &info, &path).unwrap();
+        let (evaluated, reproduced) = check_weights(&path, &ev, &data, &asg);
+        assert!(
+            close(evaluated, reproduced),
+            "assignment {i}: evaluated {evaluated}, from the file {reproduced}"
+        );
+        // Low-rank layers are stored as two factors, never as the product.
+        let file = read_compressed(&path).unwrap();
+        let header = std::fs::read(&path).unwrap();
+        let names = safetensors::SafeTensors::deserialize(&header)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        for (layer, c) in &file.choices {
+            if c.rank.is_some() {
+                assert!(
+                    names.iter().any(|n| n.starts_with(&format!("{layer}.a."))),
+                    "{names:?}"
+                );
+                assert!(
+                    !names.iter().any(|n| n.starts_with(&format!("{layer}.w."))),
+                    "{names:?}"
+                );
+            }
+        }
+        if i == 2 {
+            assert_eq!(s.left_out, vec!["conv1".to_string()]);
+        }
+        eprintln!(
+            "assignment {i}: {} tensors, {} bytes; quality {evaluated:e} reproduced {reproduced:e}",
+            s.tensors, s.bytes
+        );
+    }
+    // Compact: int3 2:4 codes take 3 bits per kept value plus 2 index bits.
+    let names: Vec<String> = {
+        let bytes = std::fs::read(d.path().join("a0.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let b = st.tensor("fc1.b.codes").unwrap();
+        // fc1 at rank 50: B is 32×512, 2:4 keeps 8,192 values: 3 bits each.
+        assert_eq!(b.data().len(), 8192 * 3 / 8);
+        assert_eq!(
+            st.tensor("fc1.b.nm_index").unwrap().data().len(),
+            8192 * 2 / 8
+        );
+        st.names().into_iter().map(str::to_string).collect()
+    };
+    assert!(names.contains(&"fc2.w.rows".to_string()), "{names:?}");
+    assert!(names.contains(&"conv2.a.mask".to_string()), "{names:?}");
+}
+
+#[test]
+fn a_file_that_is_not_an_export_is_refused() {
+    let d = Dir::new();
+    let p = d.path().join("x.safetensors");
+    std::fs::write(&p, b"not a safetensors file").unwrap();
+    let e = load_compressed(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("x.safetensors") && e.contains("not a safetensors file"),
+        "{e}"
+    );
+    // A safetensors file without the export's metadata.
+    let weights = d.path().join("w.safetensors");
+    let t = Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("x", t)]), &weights).unwrap();
+    let e = load_compressed(&weights).unwrap_err().to_string();
+    assert!(e.contains("not an mpsearch compressed-weights file"), "{e}");
+}
+
+/// BERT-family layers take llama.cpp's GGUF tensor names (all-MiniLM-L6-v2's shapes; header only).
+#[test]
+fn bert_lines_use_gguf_names() {
+    use mpsearch::report::export::llama::{tensor_type_lines, LinesHeader};
+    let d = Dir::new();
+    let folder = crate::util::minilm_folder(&d);
+    let inv = mpsearch::model::inventory(&ModelSource::Folder(folder)).unwrap();
+    let c: Choice = "int4-asym-g32".parse().unwrap();
+    let asg = Assignment::new(inv.layers.iter().map(|l| (l.name.clone(), c)));
+    let text = tensor_type_lines(
+        &inv.layers,
+        &asg,
+        &LinesHeader {
+            source: "test".into(),
+            architecture: inv.architecture.clone(),
+        },
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("--tensor-type "))
+        .collect();
+    assert_eq!(lines.len(), inv.layers.len(), "{text}");
+    for want in [
+        "--tensor-type token_embd.weight=q4_1",
+        "--tensor-type blk.0.attn_q.weight=q4_1",
+        "--tensor-type blk.0.attn_k.weight=q4_1",
+        "--tensor-type blk.0.attn_v.weight=q4_1",
+        "--tensor-type blk.3.attn_output.weight=q4_1",
+        "--tensor-type blk.5.ffn_up.weight=q4_1",
+        "--tensor-type blk.5.ffn_down.weight=q4_1",
+    ] {
+        assert!(lines.contains(&want), "{want} missing:\n{text}");
+    }
+    assert!(text.contains("llama.cpp's GGUF names for BERT"), "{text}");
+    assert!(text.contains("(same format)"), "{text}");
+}
