@@ -166,7 +166,8 @@ impl SearchSpace {
                 && c.sparsity == Sparsity::None
                 && c.rank.is_none()
         };
-        let kinds: [(&str, &dyn Fn(&Choice) -> bool); 4] = [
+        type Matches<'a> = &'a dyn Fn(&Choice) -> bool;
+        let kinds: [(&str, Matches); 4] = [
             ("all-f32", &|c: &Choice| c.is_uncompressed()),
             ("all-int8", &|c: &Choice| plain_int(c, 8)),
             ("all-int4", &|c: &Choice| plain_int(c, 4)),
