@@ -126,6 +126,12 @@ pub enum Error {
     #[error("run `{run}` cannot be resumed: {}. Its results were computed against the old inputs; start a new run instead (mpsearch search --run NEW-NAME …), or restore the old files.", changes.join("; "))]
     RunChanged { run: String, changes: Vec<String> },
 
+    // ---- reports ----
+    /// A report that could not be built or drawn (a run with nothing to show, a plot the drawing
+    /// library refused…); `message` names the run or file.
+    #[error("report: {message}")]
+    Report { message: String },
+
     // ---- candle ----
     /// An error from candle's kernels.
     #[error("candle: {0}")]
@@ -166,6 +172,13 @@ impl Error {
     /// An [`Error::Search`] with this message.
     pub fn search(message: impl Into<String>) -> Self {
         Error::Search {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Report`] with this message.
+    pub fn report(message: impl Into<String>) -> Self {
+        Error::Report {
             message: message.into(),
         }
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod pareto;
+pub mod report;
 pub mod search;
 pub mod sensitivity;
 pub mod shipped;

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 mod cli {
+    pub mod report;
     pub mod search;
 }
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +61,10 @@ enum Command {
     Runs(RunsArgs),
     /// List the trials of a run in trial order.
     Trials(TrialsArgs),
+    /// Draw a run's Pareto front, per-layer allocation, hypervolume and sensitivity plots (SVG and
+    /// PNG) and write one self-contained HTML page; with --profile, re-cost the run under another
+    /// hardware profile first (no evaluation is run).
+    Report(ReportArgs),
     /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
@@ -281,6 +286,21 @@ struct TrialsArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ReportArgs {
+    /// The run's name (see `mpsearch runs`).
+    run: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Re-cost the run's evaluated points under this hardware profile (path or shipped name) and
+    /// draw them there; qualities come from the store, nothing is evaluated.
+    #[arg(long, value_name = "P")]
+    profile: Option<String>,
+    /// Output folder; default: mpsearch-reports/<run>/ (mpsearch-reports/<run>@<profile>/ with --profile).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ScaleArg {
     Minmax,
@@ -338,6 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(a) => resume_cmd(a),
         Command::Runs(a) => runs_cmd(a),
         Command::Trials(a) => trials_cmd(a),
+        Command::Report(a) => cli::report::report_cmd(a),
         Command::Profiles => profiles(),
         Command::Calibrate(a) => calibrate_cmd(a),
     }

@@ -10,6 +10,7 @@ mod demo;
 mod eval;
 mod fisher;
 mod profiles;
+mod report;
 mod search;
 mod sensitivity;
 mod space;
