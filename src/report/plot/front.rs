@@ -198,16 +198,17 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -
 
 fn caption(d: &ReportData) -> String {
     let cost = match d.objective {
-        Objective::Latency => "latency",
-        Objective::Size => "size",
-        Objective::Bops => "BOPs",
+        // Size and BOPs do not depend on the device: no profile in the title.
+        Objective::Latency => format!("latency on {}", d.profile),
+        Objective::Size => "size".to_string(),
+        Objective::Bops => "BOPs".to_string(),
     };
-    match &d.recosted_from {
-        Some(from) => format!(
-            "Run {}: quality vs {cost} on {} (re-costed; searched on {from})",
-            d.run, d.profile
+    match (&d.recosted_from, d.objective) {
+        (Some(from), Objective::Latency) => format!(
+            "Run {}: quality vs {cost} (re-costed; searched on {from})",
+            d.run
         ),
-        None => format!("Run {}: quality vs {cost} on {}", d.run, d.profile),
+        _ => format!("Run {}: quality vs {cost}", d.run),
     }
 }
 
