@@ -131,6 +131,11 @@ pub enum Error {
     /// export, a run whose inputs changed, a file that is not an mpsearch export.
     #[error("export: {message}")]
     Export { message: String },
+    // ---- reports ----
+    /// A report that could not be built or drawn (a run with nothing to show, a plot the drawing
+    /// library refused…); `message` names the run or file.
+    #[error("report: {message}")]
+    Report { message: String },
 
     // ---- candle ----
     /// An error from candle's kernels.
@@ -179,6 +184,13 @@ impl Error {
     /// An [`Error::Export`] with this message.
     pub fn export(message: impl Into<String>) -> Self {
         Error::Export {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Report`] with this message.
+    pub fn report(message: impl Into<String>) -> Self {
+        Error::Report {
             message: message.into(),
         }
     }

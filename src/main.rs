@@ -13,6 +13,7 @@ use anyhow::Context;
 
 mod cli {
     pub mod export;
+    pub mod report;
     pub mod search;
 }
 use clap::{Args, Parser, Subcommand};
@@ -64,6 +65,10 @@ enum Command {
     /// Export a point of a run: its assignment JSON, llama.cpp --tensor-type lines, or its compressed
     /// weights as safetensors (default point: the best one; see README).
     Export(cli::export::ExportArgs),
+    /// Draw a run's Pareto front, per-layer allocation, hypervolume and sensitivity plots (SVG and
+    /// PNG) and write one self-contained HTML page; with --profile, re-cost the run under another
+    /// hardware profile first (no evaluation is run).
+    Report(ReportArgs),
     /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
@@ -285,6 +290,21 @@ struct TrialsArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ReportArgs {
+    /// The run's name (see `mpsearch runs`).
+    run: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Re-cost the run's evaluated points under this hardware profile (path or shipped name) and
+    /// draw them there; qualities come from the store, nothing is evaluated.
+    #[arg(long, value_name = "P")]
+    profile: Option<String>,
+    /// Output folder; default: mpsearch-reports/<run>/ (mpsearch-reports/<run>@<profile>/ with --profile).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ScaleArg {
     Minmax,
@@ -343,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(a) => runs_cmd(a),
         Command::Trials(a) => trials_cmd(a),
         Command::Export(a) => cli::export::export_cmd(a),
+        Command::Report(a) => cli::report::report_cmd(a),
         Command::Profiles => profiles(),
         Command::Calibrate(a) => calibrate_cmd(a),
     }

@@ -241,7 +241,7 @@ fn drive(
         &mut control,
     )?;
     bar.finish_and_clear();
-    summarise(session, &outcome, dir)?;
+    summarise(session, store, &outcome, dir)?;
     Ok(if outcome.reason == StopReason::Interrupted {
         ExitCode::from(INTERRUPTED)
     } else {
@@ -249,7 +249,12 @@ fn drive(
     })
 }
 
-fn summarise(session: &search::Session, o: &Outcome, dir: &Path) -> anyhow::Result<()> {
+fn summarise(
+    session: &search::Session,
+    store: &dyn Store,
+    o: &Outcome,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let m = &o.manifest;
     let why = match o.reason {
         StopReason::Trials => "trial budget spent",
@@ -285,6 +290,15 @@ fn summarise(session: &search::Session, o: &Outcome, dir: &Path) -> anyhow::Resu
         m.name,
         m.name
     ));
+    // The report of the run as it stands (also when interrupted); a failure costs the plots, never
+    // the run.
+    match crate::cli::report::write(store, &m.name, None, None) {
+        Ok(index) => out.push_str(&format!("report: {}\n", index.display())),
+        Err(e) => eprintln!(
+            "warning: the report of run `{}` could not be written: {e:#}",
+            m.name
+        ),
+    }
     if o.reason == StopReason::Interrupted {
         out.push_str(&format!(
             "resume with: mpsearch resume {}{store_arg}\n",

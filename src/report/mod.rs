@@ -1,6 +1,104 @@
-//! # Reports and exports
+//! # Reports
 //!
-//! What a finished (or running) search leaves for people and other tools: exports of a chosen point
-//! ([`export`]: assignment JSON, llama.cpp `--tensor-type` lines, compressed weights as safetensors).
+//! What a person looks at in the morning: the Pareto front of a run as a picture that answers "which
+//! point do I ship, and what does it cost me", with the per-layer allocation of every front point,
+//! the hypervolume over trials of this run and of comparable ones, and how well the sensitivity model
+//! predicted the measured qualities.
+//!
+//! Data first, drawing second ([`data`]): the report's plain data is built from the stored trials,
+//! the evaluation cache and the model's layer shapes — never by evaluating anything —, and can be
+//! re-costed under another hardware profile. Then [`plot`] draws it with plotters to SVG and PNG
+//! (with an embedded font) and [`html`] writes one self-contained page. This module is the only one
+//! that touches plotters. [`export`] writes a chosen point for other tools: assignment JSON,
+//! llama.cpp `--tensor-type` lines, compressed weights as safetensors.
 
+pub mod data;
 pub mod export;
+pub mod html;
+pub mod plot;
+
+use std::path::{Path, PathBuf};
+
+pub use self::data::{load, ReportData};
+use self::plot::Plot;
+use crate::error::{Error, Result};
+
+/// The folder reports go to by default: `mpsearch-reports/<run>/`, or `mpsearch-reports/<run>@<profile>/`
+/// for a report re-costed under another profile.
+pub fn default_dir(data: &ReportData) -> PathBuf {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c == '/' || c == '\\' || c.is_control() {
+                    '-'
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    let name = match &data.recosted_from {
+        Some(_) => format!("{}@{}", clean(&data.run), clean(&data.profile)),
+        None => clean(&data.run),
+    };
+    Path::new("mpsearch-reports").join(name)
+}
+
+/// Draws every plot of `data` into `dir` (SVG and PNG) and writes `dir/index.html`; returns its path.
+/// Every file is written to a temporary name and renamed, so a reader never sees half a file.
+pub fn write(data: &ReportData, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut images = Vec::new();
+    for p in Plot::ALL {
+        let svg = p.svg(data)?;
+        write_atomic(&dir.join(format!("{}.svg", p.name())), svg.as_bytes())?;
+        let png_path = dir.join(format!("{}.png", p.name()));
+        let tmp = dir.join(format!(".{}.tmp.png", p.name()));
+        p.png(data, &tmp)?;
+        std::fs::rename(&tmp, &png_path).map_err(|e| Error::io(&png_path, e))?;
+        let png = std::fs::read(&png_path).map_err(|e| Error::io(&png_path, e))?;
+        images.push(html::Image {
+            name: p.name(),
+            caption: caption(p, data),
+            png,
+        });
+    }
+    let index = dir.join("index.html");
+    write_atomic(&index, html::page(data, &images).as_bytes())?;
+    Ok(index)
+}
+
+/// What a plot shows, in a sentence (the figure's caption and alt text).
+fn caption(p: Plot, d: &ReportData) -> String {
+    match p {
+        Plot::Front => format!(
+            "Quality ({}) against {} on {}: front points numbered as in the table, dominated points \
+             faint, points outside the limits crossed, uniform baselines as triangles, limits dashed.",
+            d.quality.name, d.objective, d.profile
+        ),
+        Plot::Allocation => "Per-layer choice of every front point: colour = weight format, text and \
+                             marks = sparsity, low rank and activation quantization."
+            .into(),
+        Plot::Hypervolume => format!(
+            "Normalised hypervolume after each trial, for this run and every comparable run of the \
+             store (same model, data, space, profile, objective and limits), under {}.",
+            d.profile
+        ),
+        Plot::Sensitivity => "The sensitivity model's predicted quality of each evaluated trial \
+                              against the measured one; Spearman's ρ in the title."
+            .into(),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map_or("report".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -25,8 +25,8 @@ use serde::Serialize;
 pub use self::cached::CachingEvaluator;
 pub use self::controller::{run, Control, Outcome};
 pub use self::session::{
-    fingerprints, objective, scale_method, sensitivity_key, space_fingerprint, Session, SetupPhase,
-    COST_REFERENCE, QUALITY_REFERENCE,
+    fingerprints, objective, profile_fingerprint, scale_method, sensitivity_key, space_fingerprint,
+    Session, SetupPhase, COST_REFERENCE, QUALITY_REFERENCE,
 };
 use crate::error::{Error, Result};
 use crate::pareto;
@@ -189,17 +189,7 @@ pub fn default_run_name(store: &dyn Store, space: &str, profile: &str) -> Result
 /// trial dominates in (cost, quality), sorted by cost. Needs no model: `runs` and reports use it.
 pub fn front<'a>(config: &RunConfig, trials: &'a [TrialRecord]) -> Result<Vec<&'a TrialRecord>> {
     let o = objective(&config.objective)?;
-    let within = |t: &TrialRecord| -> bool {
-        let c = &t.cost;
-        config.max_latency_us.is_none_or(|m| c.latency_us <= m)
-            && config.max_bytes.is_none_or(|m| c.bytes as f64 <= m)
-            && config.max_bops.is_none_or(|m| c.bops <= m)
-            && t.quality.zip(config.max_drop).is_none_or(|(q, m)| q <= m)
-    };
-    let ok: Vec<&TrialRecord> = trials
-        .iter()
-        .filter(|t| t.state == TrialState::Complete && t.quality.is_some() && within(t))
-        .collect();
+    let ok: Vec<&TrialRecord> = trials.iter().filter(|t| feasible(config, t)).collect();
     let pts: Vec<[f64; 2]> = ok
         .iter()
         .map(|t| [cost_of(o, t), t.quality.unwrap_or(f64::INFINITY)])
@@ -211,6 +201,18 @@ pub fn front<'a>(config: &RunConfig, trials: &'a [TrialRecord]) -> Result<Vec<&'
             .then(a.number.cmp(&b.number))
     });
     Ok(f)
+}
+
+/// Whether a trial can be on a run's front: complete, with a quality, and within every limit of the
+/// run (costs as journaled in the trial).
+pub fn feasible(config: &RunConfig, t: &TrialRecord) -> bool {
+    let c = &t.cost;
+    t.state == TrialState::Complete
+        && t.quality.is_some()
+        && config.max_latency_us.is_none_or(|m| c.latency_us <= m)
+        && config.max_bytes.is_none_or(|m| c.bytes as f64 <= m)
+        && config.max_bops.is_none_or(|m| c.bops <= m)
+        && t.quality.zip(config.max_drop).is_none_or(|(q, m)| q <= m)
 }
 
 /// The normalised hypervolume of a run's measured front (as the progress bar shows it): the area the

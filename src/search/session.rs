@@ -210,17 +210,22 @@ pub fn space_fingerprint(space: &SearchSpace) -> blake3::Hash {
     h.finalize()
 }
 
+/// A hash of a hardware profile's contents (its `profile` fingerprint in a run's manifest).
+pub fn profile_fingerprint(profile: &HardwareProfile) -> blake3::Hash {
+    blake3::hash(
+        serde_json::to_string(&profile.file)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}
+
 /// The fingerprints recorded in a run's manifest and checked on resume.
 pub fn fingerprints(
     ev: &CandleEvaluator,
     space: &SearchSpace,
     profile: &HardwareProfile,
 ) -> BTreeMap<String, String> {
-    let profile_hash = blake3::hash(
-        serde_json::to_string(&profile.file)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    let profile_hash = profile_fingerprint(profile);
     BTreeMap::from([
         (
             "model".into(),

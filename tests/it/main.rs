@@ -11,6 +11,7 @@ mod eval;
 mod export;
 mod fisher;
 mod profiles;
+mod report;
 mod search;
 mod sensitivity;
 mod space;

@@ -1,0 +1,628 @@
+//! The plain data of a report, built from a run's stored trials before anything is drawn: every
+//! evaluated point (on the front, dominated, or outside the run's limits), the front with each
+//! point's per-layer allocation, the baselines, the hypervolume after each trial of every comparable
+//! run, and the sensitivity model's predicted-vs-measured pairs.
+//!
+//! Nothing here evaluates a model: qualities come from the trial journal and the evaluation cache,
+//! layers from the model's safetensors header, costs from the journal or — under another hardware
+//! profile — from the cost model ([`load`] with `profile`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::cost::{Cost, CostModel, CostTable, Objective};
+use crate::error::{Error, Result};
+use crate::model::{ModelKind, ModelSource};
+use crate::search::{self, COST_REFERENCE};
+use crate::sensitivity::{pick_pairs, rank::spearman, Predictor};
+use crate::space::{Assignment, AssignmentJson, Choice, LayerInfo, SearchSpace};
+use crate::store::{CostRecord, RunManifest, Store, TrialRecord, TrialState};
+
+/// Everything a report shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportData {
+    pub run: String,
+    /// The run's status as listed (`complete`, `interrupted`, …).
+    pub status: String,
+    pub model: String,
+    pub space: String,
+    pub strategy: String,
+    /// The hardware profile the costs are under.
+    pub profile: String,
+    /// The run's own profile, when the costs were recomputed under another one.
+    pub recosted_from: Option<String>,
+    pub objective: Objective,
+    pub quality: QualityMeasure,
+    pub limits: Limits,
+    /// Trials journaled (any state) and failed.
+    pub trials: usize,
+    pub failed: usize,
+    /// Every complete trial with a quality, in trial order.
+    pub points: Vec<PlotPoint>,
+    /// The front, sorted by cost; `number` 1, 2, … is how plots and tables refer to a point.
+    pub front: Vec<FrontPoint>,
+    /// Names of the model's compressible layers, in model order (the rows of the allocation chart).
+    pub layers: Vec<String>,
+    pub baselines: Vec<Baseline>,
+    /// One series per comparable run of the store (this run first).
+    pub hypervolume: Vec<HypervolumeSeries>,
+    pub sensitivity: Option<SensitivityFit>,
+    /// What the reader should know (a baseline missing from the cache, a file changed since the run…).
+    pub notes: Vec<String>,
+}
+
+/// The quality objective: its metric name and how to say it.
+#[derive(Clone, Debug, Serialize)]
+pub struct QualityMeasure {
+    /// `kl_divergence` or `cosine_distance`.
+    pub name: String,
+    /// For axis titles, e.g. "KL divergence to the f32 model (nats)".
+    pub label: String,
+    /// The second metric tables show: `accuracy` or `mean_cosine`.
+    pub secondary: String,
+}
+
+/// The run's limits, in the units of the journal.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Limits {
+    pub max_latency_us: Option<f64>,
+    pub max_bytes: Option<f64>,
+    pub max_bops: Option<f64>,
+    pub max_drop: Option<f64>,
+}
+
+impl Limits {
+    /// The limit on cost objective `o`, if any.
+    pub fn on(&self, o: Objective) -> Option<f64> {
+        match o {
+            Objective::Latency => self.max_latency_us,
+            Objective::Size => self.max_bytes,
+            Objective::Bops => self.max_bops,
+        }
+    }
+}
+
+/// Where an evaluated point stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointStatus {
+    /// On the front, with its number (1-based, by cost).
+    Front(usize),
+    /// Within the limits, but another point is as cheap and better, or cheaper and as good.
+    Dominated,
+    /// Outside one of the run's limits.
+    Infeasible,
+}
+
+/// One evaluated trial.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlotPoint {
+    pub trial: u64,
+    pub quality: f64,
+    pub cost: Cost,
+    pub status: PointStatus,
+}
+
+/// One point of the front.
+#[derive(Clone, Debug, Serialize)]
+pub struct FrontPoint {
+    /// 1, 2, … by cost.
+    pub number: usize,
+    pub trial: u64,
+    pub quality: f64,
+    pub metrics: BTreeMap<String, f64>,
+    pub cost: Cost,
+    pub hash: String,
+    /// One choice per entry of [`ReportData::layers`].
+    pub choices: Vec<Choice>,
+}
+
+/// A uniform reference assignment (all-f32, all-int8, …) with its cached quality.
+#[derive(Clone, Debug, Serialize)]
+pub struct Baseline {
+    pub label: String,
+    pub choice: Choice,
+    pub quality: f64,
+    pub metrics: BTreeMap<String, f64>,
+    pub cost: Cost,
+}
+
+/// The normalised hypervolume of a run's front after each of its trials.
+#[derive(Clone, Debug, Serialize)]
+pub struct HypervolumeSeries {
+    pub run: String,
+    pub strategy: String,
+    /// Whether this is the reported run.
+    pub current: bool,
+    /// `values[i]`: after the first `i + 1` trials.
+    pub values: Vec<f64>,
+}
+
+/// How well the sensitivity model predicted the measured qualities of the run's trials.
+#[derive(Clone, Debug, Serialize)]
+pub struct SensitivityFit {
+    pub pairs: Vec<SensitivityPair>,
+    /// Spearman's ρ between predicted and measured (`None` with fewer than 2 distinct values).
+    pub spearman: Option<f64>,
+    /// One-at-a-time measurements the model was fitted to.
+    pub measurements: usize,
+}
+
+/// One trial's predicted and measured quality.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SensitivityPair {
+    pub trial: u64,
+    pub predicted: f64,
+    pub measured: f64,
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Pure parts: from trials to report data.
+
+/// The quality measure of a model kind.
+pub fn quality_measure(kind: ModelKind) -> QualityMeasure {
+    match kind {
+        ModelKind::Classifier => QualityMeasure {
+            name: "kl_divergence".into(),
+            label: "KL divergence to the f32 model (nats)".into(),
+            secondary: "accuracy".into(),
+        },
+        ModelKind::Encoder => QualityMeasure {
+            name: "cosine_distance".into(),
+            label: "cosine distance to the f32 embeddings".into(),
+            secondary: "mean_cosine".into(),
+        },
+    }
+}
+
+/// A journaled cost as a cost.
+pub fn cost(c: &CostRecord) -> Cost {
+    Cost {
+        latency_us: c.latency_us,
+        bytes: c.bytes,
+        bops: c.bops,
+    }
+}
+
+/// The assignment a trial journaled, over `layers`: a listed layer takes its choice, the others the
+/// default (f32 without one). Needs no search space, so a report survives a changed space file.
+pub fn decode(json: &AssignmentJson, layers: &[LayerInfo]) -> Result<Assignment> {
+    let default: Choice = match &json.default {
+        Some(d) => d.parse()?,
+        None => Choice::F32,
+    };
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        let c = match json.layers.get(&l.name) {
+            Some(text) => text.parse()?,
+            None => default,
+        };
+        out.push((l.name.clone(), c));
+    }
+    if let Some(unknown) = json
+        .layers
+        .keys()
+        .find(|k| !layers.iter().any(|l| &l.name == *k))
+    {
+        return Err(Error::report(format!(
+            "a stored assignment names layer `{unknown}`, which the model no longer has"
+        )));
+    }
+    Ok(Assignment::new(out))
+}
+
+/// The trials with their costs recomputed by `model` (every other field unchanged).
+pub fn recost(
+    trials: &[TrialRecord],
+    layers: &[LayerInfo],
+    model: &CostModel,
+) -> Result<Vec<TrialRecord>> {
+    trials
+        .iter()
+        .map(|t| {
+            let a = decode(&t.assignment, layers)?;
+            let (_, c) = model.assignment(layers, &a);
+            Ok(TrialRecord {
+                cost: CostRecord {
+                    latency_us: c.latency_us,
+                    bytes: c.bytes,
+                    bops: c.bops,
+                },
+                ..t.clone()
+            })
+        })
+        .collect()
+}
+
+/// Every evaluated point of `trials` with its status, and the front (sorted by cost, numbered from 1).
+pub fn classify(
+    manifest: &RunManifest,
+    trials: &[TrialRecord],
+    layers: &[LayerInfo],
+) -> Result<(Vec<PlotPoint>, Vec<FrontPoint>)> {
+    let front = search::front(&manifest.config, trials)?;
+    let number: BTreeMap<u64, usize> = front
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.number, i + 1))
+        .collect();
+    let points = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .filter_map(|t| {
+            let quality = t.quality?;
+            let status = match number.get(&t.number) {
+                Some(&n) => PointStatus::Front(n),
+                None if search::feasible(&manifest.config, t) => PointStatus::Dominated,
+                None => PointStatus::Infeasible,
+            };
+            Some(PlotPoint {
+                trial: t.number,
+                quality,
+                cost: cost(&t.cost),
+                status,
+            })
+        })
+        .collect();
+    let front = front
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let a = decode(&t.assignment, layers)?;
+            Ok(FrontPoint {
+                number: i + 1,
+                trial: t.number,
+                quality: t.quality.unwrap_or(f64::NAN),
+                metrics: t.metrics.clone(),
+                cost: cost(&t.cost),
+                hash: t.hash.clone(),
+                choices: layers
+                    .iter()
+                    .map(|l| a.get(&l.name).copied().unwrap_or(Choice::F32))
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((points, front))
+}
+
+/// The normalised hypervolume of the run's front after each trial (the value
+/// [`search::hypervolume`] gives for the trials up to it): non-decreasing, since a trial only adds
+/// a point.
+pub fn hypervolume_history(manifest: &RunManifest, trials: &[TrialRecord]) -> Result<Vec<f64>> {
+    let o = search::objective(&manifest.config.objective)?;
+    let [rc, rq] = manifest.reference;
+    let mut front: Vec<[f64; 2]> = Vec::new();
+    let mut hv = 0.0;
+    let mut out = Vec::with_capacity(trials.len());
+    for t in trials {
+        if search::feasible(&manifest.config, t) {
+            let p = [
+                search::cost_of(o, t) / rc,
+                t.quality.unwrap_or(f64::INFINITY) / rq,
+            ];
+            if !front.iter().any(|q| q[0] <= p[0] && q[1] <= p[1]) {
+                front.retain(|q| !(p[0] <= q[0] && p[1] <= q[1]));
+                front.push(p);
+                hv = crate::pareto::hypervolume_2d(&front, [1.0, 1.0]);
+            }
+        }
+        out.push(hv);
+    }
+    Ok(out)
+}
+
+/// Whether run `b`'s hypervolume can be drawn against run `a`'s: the same model, evaluator, space
+/// and profile, objective, limits and batch (so the same reference and the same units).
+pub fn comparable(a: &RunManifest, b: &RunManifest) -> bool {
+    let (x, y) = (&a.config, &b.config);
+    ["model", "evaluator", "space", "profile"]
+        .iter()
+        .all(|k| a.fingerprints.get(*k) == b.fingerprints.get(*k))
+        && x.objective == y.objective
+        && x.batch == y.batch
+        && x.max_latency_us == y.max_latency_us
+        && x.max_bytes == y.max_bytes
+        && x.max_bops == y.max_bops
+        && x.max_drop == y.max_drop
+}
+
+/// The predicted and measured quality of every evaluated trial, with their rank correlation.
+pub fn sensitivity_fit(
+    predictor: &Predictor,
+    trials: &[TrialRecord],
+    measurements: usize,
+) -> SensitivityFit {
+    let groups = predictor.table().len();
+    let pairs: Vec<SensitivityPair> = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete && t.point.len() == groups)
+        .filter_map(|t| {
+            Some(SensitivityPair {
+                trial: t.number,
+                predicted: predictor.predict(&t.point),
+                measured: t.quality.filter(|q| q.is_finite())?,
+            })
+        })
+        .collect();
+    let (p, m): (Vec<f64>, Vec<f64>) = pairs.iter().map(|x| (x.predicted, x.measured)).unzip();
+    SensitivityFit {
+        spearman: spearman(&p, &m).ok(),
+        pairs,
+        measurements,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Loading: the run, its trials and the cache from a store.
+
+/// How the costs of a report are computed.
+struct Costing {
+    model: CostModel,
+    /// Whether the costs are recomputed (another profile than the run's).
+    recost: bool,
+}
+
+/// Builds the report data of run `run` in `store`; with `profile` (a path or shipped name other than
+/// the run's), every cost is recomputed under that profile from the journaled assignments — qualities
+/// come from the journal and the cache, so not a single evaluation is run.
+pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<ReportData> {
+    let mut manifest = search::find_run(store, run)?;
+    let config = manifest.config.clone();
+    let inventory = crate::model::inventory(&ModelSource::parse(&config.model)).map_err(|e| {
+        Error::report(format!(
+            "run `{run}` needs its model's layer shapes ({}): {e}. Restore the model at that path \
+             to report this run.",
+            config.model
+        ))
+    })?;
+    let layers = inventory.layers.clone();
+    let mut notes = Vec::new();
+    let space = matching_space(&manifest, &layers, &mut notes);
+    let costing = costing(&manifest, profile, &mut notes)?;
+    let mut trials = store.trials(run)?;
+    if costing.recost {
+        trials = recost(&trials, &layers, &costing.model)?;
+        manifest.reference[0] = recosted_reference(&manifest, &costing.model, space.as_ref())?;
+    }
+    let (points, front) = classify(&manifest, &trials, &layers)?;
+    let hypervolume = hypervolume_series(store, &manifest, &trials, &layers, &costing)?;
+    let baselines = match &space {
+        Some(s) => baselines(store, &manifest, s, &layers, &costing.model, &mut notes)?,
+        None => Vec::new(),
+    };
+    let sensitivity = match &space {
+        Some(s) => sensitivity(store, &manifest, s, &trials, &mut notes)?,
+        None => None,
+    };
+    Ok(ReportData {
+        run: manifest.name.clone(),
+        status: search::listed_status(&manifest).to_string(),
+        model: config.model.clone(),
+        space: config.space.clone(),
+        strategy: config.strategy.clone(),
+        profile: costing.model.profile.name().to_string(),
+        recosted_from: costing.recost.then(|| config.profile.clone()),
+        objective: search::objective(&config.objective)?,
+        quality: quality_measure(inventory.kind),
+        limits: Limits {
+            max_latency_us: config.max_latency_us,
+            max_bytes: config.max_bytes,
+            max_bops: config.max_bops,
+            max_drop: config.max_drop,
+        },
+        failed: trials
+            .iter()
+            .filter(|t| t.state == TrialState::Failed)
+            .count(),
+        trials: trials.len(),
+        points,
+        front,
+        layers: layers.iter().map(|l| l.name.clone()).collect(),
+        baselines,
+        hypervolume,
+        sensitivity,
+        notes,
+    })
+}
+
+/// The run's search space if it still resolves to what the run searched (else a note, and `None`:
+/// baselines and the sensitivity model need it).
+fn matching_space(
+    manifest: &RunManifest,
+    layers: &[LayerInfo],
+    notes: &mut Vec<String>,
+) -> Option<SearchSpace> {
+    let space = match crate::shipped::space(&manifest.config.space, layers) {
+        Ok(s) => s,
+        Err(e) => {
+            notes.push(format!(
+                "search space `{}` could not be loaded ({e}): baselines and the sensitivity plot are left out",
+                manifest.config.space
+            ));
+            return None;
+        }
+    };
+    let now = search::space_fingerprint(&space).to_hex().to_string();
+    if manifest.fingerprints.get("space") != Some(&now) {
+        notes.push(format!(
+            "search space `{}` changed since the run: baselines and the sensitivity plot are left out",
+            manifest.config.space
+        ));
+        return None;
+    }
+    Some(space)
+}
+
+/// The cost model of the report: the run's own profile, or `profile` (recomputing every cost).
+fn costing(
+    manifest: &RunManifest,
+    profile: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Result<Costing> {
+    let config = &manifest.config;
+    let (name, recost) = match profile {
+        Some(p) if p != config.profile => (p, true),
+        _ => (config.profile.as_str(), false),
+    };
+    let hw = crate::shipped::profile(name)?;
+    if recost {
+        notes.push(format!(
+            "costs recomputed under hardware profile `{}` from the journaled assignments (the run \
+             searched under `{}`; qualities are the measured ones, no evaluation was run)",
+            hw.name(),
+            config.profile
+        ));
+    } else {
+        let now = search::profile_fingerprint(&hw).to_hex().to_string();
+        if manifest.fingerprints.get("profile") != Some(&now) {
+            notes.push(format!(
+                "hardware profile `{name}` changed since the run: trial costs are as journaled, \
+                 baseline costs under the current file"
+            ));
+        }
+    }
+    Ok(Costing {
+        model: CostModel::new(hw, config.batch)?,
+        recost,
+    })
+}
+
+/// The hypervolume cost reference under a recomputed profile: the run's limit on its objective, else
+/// 1.1 × the dearest reachable cost under the new profile (as a search under it would use).
+fn recosted_reference(
+    manifest: &RunManifest,
+    model: &CostModel,
+    space: Option<&SearchSpace>,
+) -> Result<f64> {
+    let o = search::objective(&manifest.config.objective)?;
+    let c = &manifest.config;
+    let limit = match o {
+        Objective::Latency => c.max_latency_us,
+        Objective::Size => c.max_bytes,
+        Objective::Bops => c.max_bops,
+    };
+    if let Some(l) = limit {
+        return Ok(l);
+    }
+    let space = space.ok_or_else(|| {
+        Error::report(format!(
+            "run `{}`: re-costing needs the run's search space `{}` as it was (for the hypervolume \
+             reference); restore it, or report under the run's own profile",
+            manifest.name, c.space
+        ))
+    })?;
+    Ok(CostTable::new(model, space).feasibility(o).max * COST_REFERENCE)
+}
+
+/// The hypervolume history of the run and of every comparable run in the store (this run first).
+fn hypervolume_series(
+    store: &dyn Store,
+    manifest: &RunManifest,
+    trials: &[TrialRecord],
+    layers: &[LayerInfo],
+    costing: &Costing,
+) -> Result<Vec<HypervolumeSeries>> {
+    let mut out = vec![HypervolumeSeries {
+        run: manifest.name.clone(),
+        strategy: manifest.config.strategy.clone(),
+        current: true,
+        values: hypervolume_history(manifest, trials)?,
+    }];
+    for other in store.runs()? {
+        if other.name == manifest.name || !comparable(manifest, &other) {
+            continue;
+        }
+        let mut theirs = store.trials(&other.name)?;
+        if costing.recost {
+            theirs = recost(&theirs, layers, &costing.model)?;
+        }
+        let m = RunManifest {
+            reference: manifest.reference,
+            ..other
+        };
+        out.push(HypervolumeSeries {
+            values: hypervolume_history(&m, &theirs)?,
+            run: m.name,
+            strategy: m.config.strategy,
+            current: false,
+        });
+    }
+    Ok(out)
+}
+
+/// The evaluator fingerprint of a run, from its manifest.
+fn evaluator_fingerprint(manifest: &RunManifest) -> Result<blake3::Hash> {
+    let hex = manifest
+        .fingerprints
+        .get("evaluator")
+        .map(String::as_str)
+        .unwrap_or("");
+    blake3::Hash::from_hex(hex).map_err(|e| {
+        Error::report(format!(
+            "run `{}`: its manifest has no valid evaluator fingerprint ({e})",
+            manifest.name
+        ))
+    })
+}
+
+/// The space's baselines whose quality the evaluation cache holds (set-up caches them); a missing one
+/// is left out with a note, never evaluated.
+fn baselines(
+    store: &dyn Store,
+    manifest: &RunManifest,
+    space: &SearchSpace,
+    layers: &[LayerInfo],
+    model: &CostModel,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Baseline>> {
+    let fp = evaluator_fingerprint(manifest)?;
+    let mut out = Vec::new();
+    for (label, choice, a) in space.baselines() {
+        match store.cached(&crate::eval::evaluation_key(&fp, &a))? {
+            Some(e) => out.push(Baseline {
+                label,
+                choice,
+                quality: e.quality,
+                metrics: e.metrics,
+                cost: model.assignment(layers, &a).1,
+            }),
+            None => notes.push(format!(
+                "baseline {label} is not in the evaluation cache (it was not evaluated when the run \
+                 was set up): left out"
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// The sensitivity model of the run, from the store, against the run's measured trials.
+fn sensitivity(
+    store: &dyn Store,
+    manifest: &RunManifest,
+    space: &SearchSpace,
+    trials: &[TrialRecord],
+    notes: &mut Vec<String>,
+) -> Result<Option<SensitivityFit>> {
+    let c = &manifest.config;
+    let fp = evaluator_fingerprint(manifest)?;
+    let key = search::sensitivity_key(&fp, space, &pick_pairs(space, c.pairs, c.seed));
+    let Some(rec) = store.sensitivity(&key)? else {
+        notes
+            .push("the run's sensitivity analysis is not in the store: no sensitivity plot".into());
+        return Ok(None);
+    };
+    let predictor = match Predictor::fit(&rec.errors, &rec.measurements) {
+        Ok(p) => p.with_measured(&rec.measurements),
+        Err(e) => {
+            notes.push(format!("the sensitivity model could not be rebuilt: {e}"));
+            return Ok(None);
+        }
+    };
+    Ok(Some(sensitivity_fit(
+        &predictor,
+        trials,
+        rec.measurements.len(),
+    )))
+}

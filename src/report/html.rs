@@ -1,0 +1,323 @@
+//! The report page: one self-contained HTML file (plots inlined as PNG data, no external request)
+//! with the run's summary, the plots, a sortable table of the front points — quality, cost and the
+//! choice of every layer — and the baselines.
+//!
+//! A small script on the page checks itself when it loads: every image decoded and no script error
+//! or `console.error`; it writes the result to `<body data-check="ok images=4/4 errors=0">`, which
+//! the integration test reads from headless Chromium's DOM.
+
+use std::fmt::Write;
+
+use base64::Engine;
+
+use super::data::{Baseline, FrontPoint, ReportData};
+use crate::cost::model::{format_bytes, format_us};
+
+/// A plot to inline.
+pub struct Image {
+    /// File stem (`front`), also the figure's id.
+    pub name: &'static str,
+    /// What the plot shows, for `alt` and the caption.
+    pub caption: String,
+    pub png: Vec<u8>,
+}
+
+const STYLE: &str = "
+body { font-family: system-ui, 'DejaVu Sans', sans-serif; margin: 2em auto; max-width: 1280px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.25em; margin-top: 2em; }
+dl.summary { display: grid; grid-template-columns: max-content auto; gap: .2em 1.2em; }
+dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: .95em; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; cursor: pointer; user-select: none; position: sticky; top: 0; }
+th.sorted-asc::after { content: ' ▲'; } th.sorted-desc::after { content: ' ▼'; }
+td.choice, th.choice { text-align: left; font-family: ui-monospace, 'DejaVu Sans Mono', monospace; }
+tbody tr:nth-child(even) { background: #fafafa; }
+.notes li { color: #8a4b00; }
+";
+
+/// Counts script errors and `console.error` calls from the start, and on load writes the result of
+/// the self-check into `body[data-check]`.
+const CHECK: &str = r#"
+(function () {
+  var errors = 0;
+  var original = console.error;
+  console.error = function () { errors++; return original.apply(console, arguments); };
+  window.addEventListener('error', function () { errors++; }, true);
+  window.addEventListener('load', function () {
+    var imgs = document.images, ok = 0;
+    for (var i = 0; i < imgs.length; i++) {
+      if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++;
+    }
+    var good = ok === imgs.length && imgs.length > 0 && errors === 0;
+    document.body.setAttribute('data-check',
+      (good ? 'ok' : 'failed') + ' images=' + ok + '/' + imgs.length + ' errors=' + errors);
+  });
+})();
+"#;
+
+/// Sorts a table by the clicked column (numbers by `data-v`, the rest as text).
+const SORT: &str = r#"
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var asc = !th.classList.contains('sorted-asc');
+      table.querySelectorAll('th').forEach(function (h) { h.classList.remove('sorted-asc', 'sorted-desc'); });
+      th.classList.add(asc ? 'sorted-asc' : 'sorted-desc');
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[col], y = b.cells[col];
+        var vx = x.dataset.v, vy = y.dataset.v;
+        var r = (vx !== undefined && vy !== undefined)
+          ? parseFloat(vx) - parseFloat(vy)
+          : x.textContent.localeCompare(y.textContent);
+        return asc ? r : -r;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"#;
+
+/// Escapes text for HTML content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A quality with 4 significant digits (KL divergences of good points are ~1e-5).
+pub fn quality(q: f64) -> String {
+    if q != 0.0 && q.abs() < 1e-3 {
+        format!("{q:.3e}")
+    } else {
+        format!("{q:.5}")
+    }
+}
+
+/// The whole page.
+pub fn page(d: &ReportData, images: &[Image]) -> String {
+    let mut h = String::new();
+    let title = format!("mpsearch report — run {}", d.run);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n\
+         <style>{STYLE}</style>\n<script>{CHECK}</script>\n</head>\n<body>\n<h1>{}</h1>\n",
+        escape(&title),
+        escape(&title)
+    );
+    h.push_str(&summary(d));
+    if !d.notes.is_empty() {
+        h.push_str("<ul class=\"notes\">\n");
+        for n in &d.notes {
+            let _ = writeln!(h, "<li>{}</li>", escape(n));
+        }
+        h.push_str("</ul>\n");
+    }
+    let figure = |name: &str| -> String {
+        images
+            .iter()
+            .find(|i| i.name == name)
+            .map(figure)
+            .unwrap_or_default()
+    };
+    h.push_str("<h2>Which point to ship</h2>\n");
+    h.push_str(&figure("front"));
+    h.push_str(&front_table(d));
+    h.push_str("<h2>What each front point does to each layer</h2>\n");
+    h.push_str(&figure("allocation"));
+    h.push_str("<h2>Baselines</h2>\n");
+    h.push_str(&baseline_table(d));
+    h.push_str("<h2>How far to trust the search</h2>\n");
+    h.push_str(&figure("hypervolume"));
+    h.push_str(&figure("sensitivity"));
+    let _ = write!(
+        h,
+        "<p>The plots are also in this folder as SVG and PNG files: {}.</p>\n\
+         <script>{SORT}</script>\n</body>\n</html>\n",
+        images
+            .iter()
+            .map(|i| format!("{0}.svg, {0}.png", i.name))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    h
+}
+
+fn summary(d: &ReportData) -> String {
+    let hv = d
+        .hypervolume
+        .iter()
+        .find(|s| s.current)
+        .and_then(|s| s.values.last())
+        .map_or("-".into(), |v| format!("{v:.4}"));
+    let profile = match &d.recosted_from {
+        Some(from) => format!("{} (re-costed; the run searched on {from})", d.profile),
+        None => d.profile.clone(),
+    };
+    let rows = [
+        ("model", d.model.clone()),
+        ("search space", d.space.clone()),
+        ("hardware profile", profile),
+        (
+            "objective",
+            format!("{} against {}", d.quality.name, d.objective),
+        ),
+        ("strategy", d.strategy.clone()),
+        ("status", d.status.clone()),
+        (
+            "trials",
+            format!(
+                "{} ({} failed), {} evaluated points",
+                d.trials,
+                d.failed,
+                d.points.len()
+            ),
+        ),
+        ("front", format!("{} points", d.front.len())),
+        ("hypervolume", hv),
+    ];
+    let mut s = String::from("<dl class=\"summary\">\n");
+    for (k, v) in rows {
+        let _ = writeln!(s, "<dt>{}</dt><dd>{}</dd>", escape(k), escape(&v));
+    }
+    s.push_str("</dl>\n");
+    s
+}
+
+fn figure(i: &Image) -> String {
+    let data = base64::engine::general_purpose::STANDARD.encode(&i.png);
+    format!(
+        "<figure id=\"{0}\"><img src=\"data:image/png;base64,{data}\" alt=\"{1}\">\
+         <figcaption>{1}</figcaption></figure>\n",
+        i.name,
+        escape(&i.caption)
+    )
+}
+
+/// A numeric cell, sortable by `v`.
+fn num(v: f64, shown: &str) -> String {
+    format!("<td data-v=\"{v}\">{}</td>", escape(shown))
+}
+
+fn front_table(d: &ReportData) -> String {
+    if d.front.is_empty() {
+        return "<p>No complete trial meets the run's limits yet.</p>\n".into();
+    }
+    let mut s = String::from(
+        "<div class=\"scroll\"><table class=\"sortable\" id=\"front-table\">\n<thead><tr>",
+    );
+    let second = d.quality.secondary.replace('_', " ");
+    for head in [
+        "point",
+        "trial",
+        &d.quality.name,
+        &second,
+        "latency",
+        "size",
+        "GBOPs",
+    ] {
+        let _ = write!(s, "<th>{}</th>", escape(head));
+    }
+    for l in &d.layers {
+        let _ = write!(s, "<th class=\"choice\" title=\"{0}\">{0}</th>", escape(l));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    for f in &d.front {
+        s.push_str(&front_row(d, f));
+    }
+    s.push_str("</tbody></table></div>\n");
+    s.push_str(
+        "<p>Click a column to sort. Point numbers are the numbers in the plots; latency is predicted \
+         under the profile above.</p>\n",
+    );
+    s
+}
+
+fn front_row(d: &ReportData, f: &FrontPoint) -> String {
+    let mut s = String::from("<tr>");
+    s.push_str(&num(f.number as f64, &f.number.to_string()));
+    s.push_str(&num(f.trial as f64, &f.trial.to_string()));
+    s.push_str(&num(f.quality, &quality(f.quality)));
+    match f.metrics.get(&d.quality.secondary) {
+        Some(v) => s.push_str(&num(*v, &format!("{v:.4}"))),
+        None => s.push_str("<td data-v=\"0\">-</td>"),
+    }
+    s.push_str(&num(f.cost.latency_us, &format_us(f.cost.latency_us)));
+    s.push_str(&num(
+        f.cost.bytes as f64,
+        &format_bytes(f.cost.bytes as f64),
+    ));
+    s.push_str(&num(
+        f.cost.bops / 1e9,
+        &format!("{:.4}", f.cost.bops / 1e9),
+    ));
+    for c in &f.choices {
+        let _ = write!(s, "<td class=\"choice\">{}</td>", escape(&c.to_string()));
+    }
+    s.push_str("</tr>\n");
+    s
+}
+
+fn baseline_table(d: &ReportData) -> String {
+    if d.baselines.is_empty() {
+        return "<p>No baseline is in the evaluation cache (see the notes).</p>\n".into();
+    }
+    let mut s = String::from("<table class=\"sortable\" id=\"baseline-table\">\n<thead><tr>");
+    let second = d.quality.secondary.replace('_', " ");
+    for head in [
+        "baseline",
+        "choice",
+        &d.quality.name,
+        &second,
+        "latency",
+        "size",
+        "GBOPs",
+    ] {
+        let _ = write!(s, "<th>{}</th>", escape(head));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    for b in &d.baselines {
+        s.push_str(&baseline_row(d, b));
+    }
+    s.push_str("</tbody></table>\n<p>Each baseline gives every searchable layer that allows it the same choice \
+                (the others stay f32); its quality comes from the evaluation cache.</p>\n");
+    s
+}
+
+fn baseline_row(d: &ReportData, b: &Baseline) -> String {
+    let mut s = format!(
+        "<tr><td class=\"choice\">{}</td><td class=\"choice\">{}</td>",
+        escape(&b.label),
+        escape(&b.choice.to_string())
+    );
+    s.push_str(&num(b.quality, &quality(b.quality)));
+    match b.metrics.get(&d.quality.secondary) {
+        Some(v) => s.push_str(&num(*v, &format!("{v:.4}"))),
+        None => s.push_str("<td data-v=\"0\">-</td>"),
+    }
+    s.push_str(&num(b.cost.latency_us, &format_us(b.cost.latency_us)));
+    s.push_str(&num(
+        b.cost.bytes as f64,
+        &format_bytes(b.cost.bytes as f64),
+    ));
+    s.push_str(&num(
+        b.cost.bops / 1e9,
+        &format!("{:.4}", b.cost.bops / 1e9),
+    ));
+    s.push_str("</tr>\n");
+    s
+}

@@ -1,0 +1,285 @@
+//! The Pareto plot: quality against the run's cost, the front numbered as in the report's table,
+//! dominated points faint, points outside the limits crossed out, baselines labelled, limits dashed.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::axes::{place_labels, CostAxis, QualityAxis, Rect};
+use super::{
+    plotters_error as pe, text, title, AXIS_TITLE, BASELINE, DOMINATED, FRONT, LEGEND, LIMIT,
+    POINT_LABEL, TICKS,
+};
+use crate::cost::model::format_bytes;
+use crate::cost::Objective;
+use crate::error::Result;
+use crate::report::data::{PointStatus, ReportData};
+
+/// Radius of a front point's marker.
+const FRONT_RADIUS: i32 = 7;
+
+pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -> Result<()> {
+    let o = d.objective;
+    let cost_limit = d.limits.on(o);
+    let raw_costs = d
+        .points
+        .iter()
+        .map(|p| o.of(&p.cost))
+        .chain(d.baselines.iter().map(|b| o.of(&b.cost)))
+        .chain(cost_limit);
+    let xa = CostAxis::new(o, raw_costs.clone().fold(0.0, f64::max));
+    let qa = QualityAxis::new(
+        d.points
+            .iter()
+            .map(|p| p.quality)
+            .chain(d.baselines.iter().map(|b| b.quality))
+            .chain(d.limits.max_drop),
+    );
+    let xr = CostAxis::range(raw_costs.map(|c| xa.value(c)));
+    let yr = qa.range();
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption(d), title())
+        .margin(24)
+        .x_label_area_size(64)
+        .y_label_area_size(92)
+        .build_cartesian_2d(xr.clone(), yr.clone())
+        .map_err(pe)?;
+    let x_title = xa.title(&d.profile);
+    let y_title = qa.title(&d.quality.label);
+    let y_tick = |v: &f64| qa.tick(*v);
+    let x_tick = |v: &f64| super::axes::short(*v);
+    chart
+        .configure_mesh()
+        .x_desc(x_title)
+        .y_desc(y_title)
+        .axis_desc_style(text(AXIS_TITLE))
+        .label_style(text(TICKS))
+        .y_labels(qa.ticks())
+        .y_label_formatter(&y_tick)
+        .x_label_formatter(&x_tick)
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()
+        .map_err(pe)?;
+
+    let at = |cost: &crate::cost::Cost, q: f64| (xa.of(cost), qa.y(q));
+    let of = |s: fn(&PointStatus) -> bool| -> Vec<(f64, f64)> {
+        d.points
+            .iter()
+            .filter(|p| s(&p.status))
+            .map(|p| at(&p.cost, p.quality))
+            .collect()
+    };
+    let dominated = of(|s| *s == PointStatus::Dominated);
+    let infeasible = of(|s| *s == PointStatus::Infeasible);
+    let front: Vec<(f64, f64)> = d.front.iter().map(|f| at(&f.cost, f.quality)).collect();
+
+    if !dominated.is_empty() {
+        chart
+            .draw_series(
+                dominated
+                    .iter()
+                    .map(|&p| Circle::new(p, 4, DOMINATED.mix(0.35).filled())),
+            )
+            .map_err(pe)?
+            .label(format!("dominated ({})", dominated.len()))
+            .legend(|(x, y)| Circle::new((x, y), 4, DOMINATED.mix(0.5).filled()));
+    }
+    if !infeasible.is_empty() {
+        chart
+            .draw_series(
+                infeasible
+                    .iter()
+                    .map(|&p| Cross::new(p, 5, LIMIT.mix(0.6).stroke_width(2))),
+            )
+            .map_err(pe)?
+            .label(format!("outside the limits ({})", infeasible.len()))
+            .legend(|(x, y)| Cross::new((x, y), 5, LIMIT.mix(0.6).stroke_width(2)));
+    }
+    if !front.is_empty() {
+        chart
+            .draw_series(LineSeries::new(
+                staircase(&front),
+                FRONT.mix(0.6).stroke_width(2),
+            ))
+            .map_err(pe)?;
+        chart
+            .draw_series(
+                front
+                    .iter()
+                    .map(|&p| Circle::new(p, FRONT_RADIUS, FRONT.filled())),
+            )
+            .map_err(pe)?
+            .label(format!(
+                "front ({} points, numbered as in the table)",
+                front.len()
+            ))
+            .legend(|(x, y)| Circle::new((x, y), FRONT_RADIUS, FRONT.filled()));
+    }
+    let baselines: Vec<(f64, f64)> = d.baselines.iter().map(|b| at(&b.cost, b.quality)).collect();
+    if !baselines.is_empty() {
+        chart
+            .draw_series(
+                baselines
+                    .iter()
+                    .map(|&p| TriangleMarker::new(p, 9, BASELINE.filled())),
+            )
+            .map_err(pe)?
+            .label("uniform baselines")
+            .legend(|(x, y)| TriangleMarker::new((x, y), 9, BASELINE.filled()));
+    }
+    if let Some(l) = cost_limit {
+        let x = xa.value(l);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(x, yr.start), (x, yr.end)],
+                10,
+                6,
+                LIMIT.stroke_width(2),
+            ))
+            .map_err(pe)?
+            .label(format!("max {o} {}", limit_text(o, l)))
+            .legend(|(x, y)| PathElement::new([(x - 12, y), (x + 12, y)], LIMIT.stroke_width(2)));
+    }
+    if let Some(m) = d.limits.max_drop {
+        let y = qa.y(m);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(xr.start, y), (xr.end, y)],
+                10,
+                6,
+                LIMIT.mix(0.7).stroke_width(2),
+            ))
+            .map_err(pe)?
+            .label(format!("max {} {}", d.quality.name, super::axes::short(m)))
+            .legend(|(x, y)| {
+                PathElement::new([(x - 12, y), (x + 12, y)], LIMIT.mix(0.7).stroke_width(2))
+            });
+    }
+
+    // Numbers of the front points and names of the baselines, placed clear of each other.
+    let mut labels: Vec<(String, (f64, f64), RGBColor)> = front
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| ((i + 1).to_string(), p, FRONT))
+        .collect();
+    for (b, &p) in d.baselines.iter().zip(&baselines) {
+        let name = if b.quality <= 0.0 && qa.log {
+            format!("{} (0)", b.label)
+        } else {
+            b.label.clone()
+        };
+        labels.push((name, p, BASELINE));
+    }
+    draw_labels(area, &chart, &labels)?;
+
+    if d.points.is_empty() {
+        let style = text(AXIS_TITLE).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Center,
+        ));
+        let (w, h) = area.dim_in_pixel();
+        area.draw(&Text::new(
+            "no evaluated trial yet",
+            (w as i32 / 2, h as i32 / 2),
+            style,
+        ))
+        .map_err(pe)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(text(LEGEND))
+        .draw()
+        .map_err(pe)?;
+    Ok(())
+}
+
+fn caption(d: &ReportData) -> String {
+    let cost = match d.objective {
+        // Size and BOPs do not depend on the device: no profile in the title.
+        Objective::Latency => format!("latency on {}", d.profile),
+        Objective::Size => "size".to_string(),
+        Objective::Bops => "BOPs".to_string(),
+    };
+    match (&d.recosted_from, d.objective) {
+        (Some(from), Objective::Latency) => format!(
+            "Run {}: quality vs {cost} (re-costed; searched on {from})",
+            d.run
+        ),
+        _ => format!("Run {}: quality vs {cost}", d.run),
+    }
+}
+
+/// A limit in its unit (bytes as KiB/MiB, latency as µs/ms).
+fn limit_text(o: Objective, v: f64) -> String {
+    match o {
+        Objective::Size => format_bytes(v),
+        _ => o.format(v),
+    }
+}
+
+/// The front's attainment line: from each point across to the next one's cost, then down.
+fn staircase(front: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(2 * front.len());
+    for (i, &p) in front.iter().enumerate() {
+        out.push(p);
+        if let Some(n) = front.get(i + 1) {
+            out.push((n.0, p.1));
+        }
+    }
+    out
+}
+
+/// Draws `labels` (text, data point, colour) next to their points, clear of each other and of the
+/// front's markers.
+fn draw_labels<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    chart: &ChartContext<
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    labels: &[(String, (f64, f64), RGBColor)],
+) -> Result<()> {
+    let style = text(POINT_LABEL);
+    let anchors: Vec<(i32, i32)> = labels.iter().map(|l| chart.backend_coord(&l.1)).collect();
+    let sizes = labels
+        .iter()
+        .map(|l| {
+            area.estimate_text_size(&l.0, &style)
+                .map(|(w, h)| (w as i32, h as i32))
+                .map_err(pe)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let avoid: Vec<Rect> = anchors
+        .iter()
+        .map(|&(x, y)| {
+            (
+                x - FRONT_RADIUS,
+                y - FRONT_RADIUS,
+                2 * FRONT_RADIUS,
+                2 * FRONT_RADIUS,
+            )
+        })
+        .collect();
+    let (xs, ys) = chart.plotting_area().get_pixel_range();
+    let (ox, oy) = area.get_base_pixel();
+    let bounds = (
+        xs.start - ox,
+        ys.start - oy,
+        xs.end - xs.start,
+        ys.end - ys.start,
+    );
+    let local: Vec<(i32, i32)> = anchors.iter().map(|&(x, y)| (x - ox, y - oy)).collect();
+    let avoid: Vec<Rect> = avoid
+        .iter()
+        .map(|r| (r.0 - ox, r.1 - oy, r.2, r.3))
+        .collect();
+    let spots = place_labels(&local, &sizes, &avoid, bounds);
+    for ((label, _, colour), spot) in labels.iter().zip(spots) {
+        area.draw(&Text::new(label.as_str(), spot, style.color(colour)))
+            .map_err(pe)?;
+    }
+    Ok(())
+}

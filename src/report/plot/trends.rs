@@ -1,0 +1,203 @@
+//! The two plots that say how far to trust the search: the hypervolume after each trial (this run
+//! and every comparable run of the store, by strategy), and the sensitivity model's predicted
+//! quality against the measured one, with its rank correlation in the title.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::axes::{short, QualityAxis};
+use super::{plotters_error as pe, text, title, AXIS_TITLE, FRONT, LEGEND, PALETTE, TICKS};
+use crate::error::Result;
+use crate::report::data::ReportData;
+
+pub fn hypervolume<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    d: &ReportData,
+) -> Result<()> {
+    let n = d
+        .hypervolume
+        .iter()
+        .map(|s| s.values.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    // Zoomed on the values (after the first point is found), so that strategies can be told apart.
+    let values = d
+        .hypervolume
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .filter(|v| *v > 0.0);
+    let y = super::axes::padded(values, 0.08);
+    let y = y.start.max(0.0)..y.end.min(1.0).max(y.start.max(0.0) + 1e-3);
+    let caption = if d.hypervolume.len() > 1 {
+        let n = d.hypervolume.len() - 1;
+        let s = if n == 1 { "" } else { "s" };
+        format!(
+            "Hypervolume after each trial: run {} and {n} comparable run{s}",
+            d.run
+        )
+    } else {
+        format!("Hypervolume after each trial: run {}", d.run)
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, title())
+        .margin(24)
+        .x_label_area_size(64)
+        .y_label_area_size(92)
+        .build_cartesian_2d(0.0..n as f64, y)
+        .map_err(pe)?;
+    let y_tick = |v: &f64| short(*v);
+    let x_tick = |v: &f64| format!("{v:.0}");
+    chart
+        .configure_mesh()
+        .x_desc("trials")
+        .y_desc(format!(
+            "hypervolume of the front (normalised; {} profile)",
+            d.profile
+        ))
+        .axis_desc_style(text(AXIS_TITLE))
+        .label_style(text(TICKS))
+        .y_label_formatter(&y_tick)
+        .x_label_formatter(&x_tick)
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()
+        .map_err(pe)?;
+    for (i, s) in d.hypervolume.iter().enumerate() {
+        let colour = if s.current {
+            FRONT
+        } else {
+            PALETTE[1 + (i - 1) % (PALETTE.len() - 1)]
+        };
+        let width = if s.current { 4 } else { 2 };
+        let label = if s.current {
+            format!(
+                "{} ({}) — this run: {}",
+                s.run,
+                s.strategy,
+                short(s.values.last().copied().unwrap_or(0.0))
+            )
+        } else {
+            format!(
+                "{} ({}): {}",
+                s.run,
+                s.strategy,
+                short(s.values.last().copied().unwrap_or(0.0))
+            )
+        };
+        let pts: Vec<(f64, f64)> = s
+            .values
+            .iter()
+            .enumerate()
+            .map(|(k, v)| ((k + 1) as f64, *v))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, colour.stroke_width(width)))
+            .map_err(pe)?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new([(x - 14, y), (x + 14, y)], colour.stroke_width(width))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(text(LEGEND))
+        .draw()
+        .map_err(pe)?;
+    Ok(())
+}
+
+pub fn sensitivity<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    d: &ReportData,
+) -> Result<()> {
+    let Some(fit) = d.sensitivity.as_ref().filter(|f| !f.pairs.is_empty()) else {
+        area.draw(&Text::new(
+            "Sensitivity model: no predicted-vs-measured pairs for this run (see the notes)",
+            (
+                area.dim_in_pixel().0 as i32 / 2,
+                area.dim_in_pixel().1 as i32 / 2,
+            ),
+            text(AXIS_TITLE).pos(Pos::new(HPos::Center, VPos::Center)),
+        ))
+        .map_err(pe)?;
+        return Ok(());
+    };
+    let values = fit.pairs.iter().flat_map(|p| [p.predicted, p.measured]);
+    let axis = QualityAxis::new(values);
+    let r = axis.range();
+    let rho = fit
+        .spearman
+        .map_or("n/a".to_string(), |s| format!("{s:.3}"));
+    let caption = format!("Predicted vs measured quality: Spearman ρ = {rho}");
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, title())
+        .margin(24)
+        .x_label_area_size(64)
+        .y_label_area_size(92)
+        .build_cartesian_2d(r.clone(), r.clone())
+        .map_err(pe)?;
+    let tick = |v: &f64| axis.tick(*v);
+    chart
+        .configure_mesh()
+        .x_desc(axis_title(&axis, "predicted", &d.quality.label))
+        .y_desc(axis_title(&axis, "measured", &d.quality.label))
+        .axis_desc_style(text(AXIS_TITLE))
+        .label_style(text(TICKS))
+        .x_labels(axis.ticks())
+        .y_labels(axis.ticks())
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()
+        .map_err(pe)?;
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(r.start, r.start), (r.end, r.end)],
+            8,
+            6,
+            BLACK.mix(0.5).stroke_width(2),
+        ))
+        .map_err(pe)?
+        .label("predicted = measured")
+        .legend(|(x, y)| {
+            PathElement::new([(x - 12, y), (x + 12, y)], BLACK.mix(0.5).stroke_width(2))
+        });
+    chart
+        .draw_series(fit.pairs.iter().map(|p| {
+            Circle::new(
+                (axis.y(p.predicted), axis.y(p.measured)),
+                5,
+                FRONT.mix(0.6).filled(),
+            )
+        }))
+        .map_err(pe)?
+        .label(format!(
+            "{} trials (the model was fitted to {} one-at-a-time measurements)",
+            fit.pairs.len(),
+            fit.measurements
+        ))
+        .legend(|(x, y)| Circle::new((x, y), 5, FRONT.mix(0.6).filled()));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(text(LEGEND))
+        .draw()
+        .map_err(pe)?;
+    Ok(())
+}
+
+fn axis_title(axis: &QualityAxis, what: &str, label: &str) -> String {
+    if axis.log {
+        format!("{what} {label} (log scale)")
+    } else {
+        format!("{what} {label}")
+    }
+}

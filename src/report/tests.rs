@@ -1,0 +1,343 @@
+//! # Report tests
+//!
+//! The report data without drawing: the front is the brute-force non-dominated set of the feasible
+//! trials, the hypervolume history is monotone and matches [`search::hypervolume`] after every
+//! trial, re-costing changes costs only, and the sensitivity pairs are the predictor's. Then the
+//! page and the plots are produced for a full and an empty run without error.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::data::*;
+use super::plot::Plot;
+use crate::cost::{CostModel, Objective};
+use crate::search;
+use crate::sensitivity::Predictor;
+use crate::space::{AssignmentJson, LayerInfo, LayerKind};
+use crate::store::{
+    CostRecord, RunConfig, RunManifest, RunStatus, TrialRecord, TrialState, SCHEMA_VERSION,
+};
+
+/// Tolerance of hypervolume comparisons (the same sums, maybe in another order).
+const HV_TOLERANCE: f64 = 1e-12;
+
+fn layers() -> Vec<LayerInfo> {
+    let l = |name: &str, rows: usize, cols: usize| LayerInfo {
+        name: name.into(),
+        kind: LayerKind::Linear,
+        shape: vec![rows, cols],
+        macs: (rows * cols) as u64,
+        bias: true,
+    };
+    vec![l("a", 64, 64), l("b", 256, 64), l("head", 10, 64)]
+}
+
+fn manifest(max_latency_us: Option<f64>, max_drop: Option<f64>) -> RunManifest {
+    RunManifest {
+        schema: SCHEMA_VERSION,
+        name: "r".into(),
+        created_unix: 0,
+        status: RunStatus::Complete,
+        elapsed_seconds: 1.0,
+        config: RunConfig {
+            model: "demo".into(),
+            data: None,
+            space: "demo".into(),
+            profile: "cortex-a76".into(),
+            batch: 1,
+            strategy: "random".into(),
+            objective: "latency".into(),
+            max_latency_us,
+            max_bytes: None,
+            max_bops: None,
+            max_drop,
+            seed: 0,
+            ask_batch: 8,
+            trials: Some(200),
+            time_seconds: None,
+            scale: "mse".into(),
+            pairs: 8,
+        },
+        reference: [100.0, 0.1],
+        fingerprints: BTreeMap::new(),
+    }
+}
+
+/// `n` trials with random costs and qualities (on a coarse grid, so that ties happen), a few failed.
+fn trials(n: u64, seed: u64) -> Vec<TrialRecord> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|number| {
+            let failed = rng.random_bool(0.05);
+            let choice = ["f32", "int8-sym-channel", "int4-asym-g32+2:4"][rng.random_range(0..3)];
+            TrialRecord {
+                schema: SCHEMA_VERSION,
+                number,
+                strategy: "random".into(),
+                state: if failed {
+                    TrialState::Failed
+                } else {
+                    TrialState::Complete
+                },
+                point: vec![rng.random_range(0..4), rng.random_range(0..4)],
+                assignment: AssignmentJson {
+                    default: Some(choice.into()),
+                    layers: BTreeMap::from([("head".to_string(), "f32".to_string())]),
+                },
+                hash: format!("{number:08x}"),
+                key: format!("{number:08x}"),
+                quality: (!failed).then(|| f64::from(rng.random_range(0..60u32)) / 500.0),
+                metrics: BTreeMap::from([("accuracy".to_string(), 0.9)]),
+                error: failed.then(|| "boom".to_string()),
+                cost: CostRecord {
+                    latency_us: f64::from(rng.random_range(10..110u32)),
+                    bytes: rng.random_range(1000..9000),
+                    bops: 1e6,
+                },
+                cached: false,
+                seconds: 0.1,
+            }
+        })
+        .collect()
+}
+
+/// The feasible trials no other feasible trial dominates, by brute force.
+fn brute_force_front(m: &RunManifest, t: &[TrialRecord]) -> BTreeSet<u64> {
+    let c = &m.config;
+    let ok = |x: &TrialRecord| {
+        x.state == TrialState::Complete
+            && x.quality.is_some()
+            && c.max_latency_us.is_none_or(|l| x.cost.latency_us <= l)
+            && c.max_drop.is_none_or(|d| x.quality.is_some_and(|q| q <= d))
+    };
+    let feasible: Vec<&TrialRecord> = t.iter().filter(|x| ok(x)).collect();
+    let point = |x: &TrialRecord| (x.cost.latency_us, x.quality.unwrap_or(f64::INFINITY));
+    feasible
+        .iter()
+        .filter(|p| {
+            let (pc, pq) = point(p);
+            !feasible.iter().any(|q| {
+                let (qc, qq) = point(q);
+                qc <= pc && qq <= pq && (qc < pc || qq < pq)
+            })
+        })
+        .map(|p| p.number)
+        .collect()
+}
+
+#[test]
+fn front_is_the_non_dominated_set_of_the_feasible_trials() {
+    for (seed, limits) in [
+        (1, (None, None)),
+        (2, (Some(80.0), Some(0.08))),
+        (3, (Some(40.0), None)),
+    ] {
+        let m = manifest(limits.0, limits.1);
+        let t = trials(300, seed);
+        let (points, front) = classify(&m, &t, &layers()).unwrap();
+        let numbered: BTreeSet<u64> = front.iter().map(|f| f.trial).collect();
+        assert_eq!(
+            numbered,
+            brute_force_front(&m, &t),
+            "seed {seed}, limits {limits:?}"
+        );
+        let flagged: BTreeSet<u64> = points
+            .iter()
+            .filter(|p| matches!(p.status, PointStatus::Front(_)))
+            .map(|p| p.trial)
+            .collect();
+        assert_eq!(flagged, numbered);
+        for (i, f) in front.iter().enumerate() {
+            assert_eq!(f.number, i + 1);
+            assert_eq!(f.choices.len(), 3, "one choice per layer");
+            if i > 0 {
+                assert!(
+                    front[i - 1].cost.latency_us <= f.cost.latency_us,
+                    "front sorted by cost"
+                );
+            }
+        }
+        let complete = t.iter().filter(|x| x.state == TrialState::Complete).count();
+        assert_eq!(points.len(), complete, "every evaluated trial is a point");
+        for p in &points {
+            let x = &t[p.trial as usize];
+            assert_eq!(
+                p.status == PointStatus::Infeasible,
+                !search::feasible(&m.config, x),
+                "trial {} status {:?}",
+                p.trial,
+                p.status
+            );
+        }
+    }
+}
+
+#[test]
+fn hypervolume_history_is_monotone_and_matches_the_runs_hypervolume() {
+    for (seed, limits) in [(4, (None, None)), (5, (Some(70.0), Some(0.05)))] {
+        let m = manifest(limits.0, limits.1);
+        let t = trials(200, seed);
+        let h = hypervolume_history(&m, &t).unwrap();
+        assert_eq!(h.len(), t.len());
+        for (k, w) in h.windows(2).enumerate() {
+            assert!(
+                w[1] >= w[0],
+                "hypervolume fell after trial {}: {} -> {}",
+                k + 1,
+                w[0],
+                w[1]
+            );
+        }
+        for k in 0..t.len() {
+            let want = search::hypervolume(&m, &t[..=k]).unwrap();
+            assert!(
+                (h[k] - want).abs() <= HV_TOLERANCE,
+                "after trial {k}: history {} vs search::hypervolume {want}",
+                h[k]
+            );
+        }
+        assert!(h[h.len() - 1] > 0.0);
+    }
+}
+
+#[test]
+fn recosting_changes_the_costs_and_nothing_else() {
+    let t = trials(40, 6);
+    let profile = crate::shipped::profile("x86-avx2").unwrap();
+    let model = CostModel::new(profile, 1).unwrap();
+    let r = recost(&t, &layers(), &model).unwrap();
+    assert_eq!(r.len(), t.len());
+    for (a, b) in t.iter().zip(&r) {
+        assert_eq!(
+            TrialRecord {
+                cost: a.cost,
+                ..b.clone()
+            },
+            *a,
+            "trial {}: only the cost may change",
+            a.number
+        );
+        let want = model
+            .assignment(&layers(), &decode(&a.assignment, &layers()).unwrap())
+            .1;
+        assert_eq!(b.cost.latency_us, want.latency_us);
+        assert_eq!(b.cost.bytes, want.bytes);
+    }
+}
+
+#[test]
+fn a_stored_assignment_naming_an_unknown_layer_is_an_error() {
+    let json = AssignmentJson {
+        default: Some("f32".into()),
+        layers: BTreeMap::from([("gone".to_string(), "f16".to_string())]),
+    };
+    let e = decode(&json, &layers()).unwrap_err().to_string();
+    assert!(e.contains("`gone`"), "{e}");
+}
+
+#[test]
+fn sensitivity_pairs_are_the_predictors_and_their_rank_correlation() {
+    let predictor =
+        Predictor::from_table(vec![vec![0.0, 0.01, 0.02, 0.03], vec![0.0, 0.1, 0.2, 0.3]]).unwrap();
+    let mut t = trials(30, 7);
+    for x in &mut t {
+        // Measured = predicted × 2: a perfect rank correlation.
+        x.quality = x.quality.map(|_| 2.0 * predictor.predict(&x.point));
+    }
+    let fit = sensitivity_fit(&predictor, &t, 8);
+    let complete = t.iter().filter(|x| x.state == TrialState::Complete).count();
+    assert_eq!(fit.pairs.len(), complete);
+    for p in &fit.pairs {
+        assert_eq!(p.measured, 2.0 * p.predicted);
+    }
+    assert!(
+        (fit.spearman.unwrap() - 1.0).abs() < 1e-12,
+        "{:?}",
+        fit.spearman
+    );
+    assert_eq!(fit.measurements, 8);
+}
+
+#[test]
+fn runs_are_comparable_only_with_the_same_inputs_and_limits() {
+    let a = manifest(Some(80.0), None);
+    let mut b = manifest(Some(80.0), None);
+    b.name = "other".into();
+    b.config.strategy = "bayes".into();
+    assert!(comparable(&a, &b));
+    b.config.max_latency_us = Some(90.0);
+    assert!(!comparable(&a, &b));
+    let mut c = manifest(Some(80.0), None);
+    c.fingerprints.insert("profile".into(), "ff".into());
+    assert!(!comparable(&a, &c));
+}
+
+/// Report data of the fake trials, as [`load`] would build it.
+fn report(t: &[TrialRecord], m: &RunManifest) -> ReportData {
+    let (points, front) = classify(m, t, &layers()).unwrap();
+    let predictor = Predictor::from_table(vec![vec![0.0, 0.01, 0.02, 0.03]; 2]).unwrap();
+    ReportData {
+        run: "r".into(),
+        status: "complete".into(),
+        model: "demo".into(),
+        space: "demo".into(),
+        strategy: "random".into(),
+        profile: "cortex-a76".into(),
+        recosted_from: None,
+        objective: Objective::Latency,
+        quality: quality_measure(crate::model::ModelKind::Classifier),
+        limits: Limits {
+            max_latency_us: m.config.max_latency_us,
+            max_drop: m.config.max_drop,
+            ..Limits::default()
+        },
+        trials: t.len(),
+        failed: 0,
+        points,
+        front,
+        layers: layers().into_iter().map(|l| l.name).collect(),
+        baselines: Vec::new(),
+        hypervolume: vec![HypervolumeSeries {
+            run: "r".into(),
+            strategy: "random".into(),
+            current: true,
+            values: hypervolume_history(m, t).unwrap(),
+        }],
+        sensitivity: Some(sensitivity_fit(&predictor, t, 4)),
+        notes: vec!["a <note> & more".into()],
+    }
+}
+
+#[test]
+fn every_plot_and_the_page_are_made_for_a_full_and_an_empty_run() {
+    let m = manifest(Some(90.0), Some(0.1));
+    let dir = tempfile::tempdir().unwrap();
+    for t in [trials(120, 8), Vec::new()] {
+        let d = report(&t, &m);
+        for p in Plot::ALL {
+            let svg = p
+                .svg(&d)
+                .unwrap_or_else(|e| panic!("{} plot, {} trials: {e}", p.name(), t.len()));
+            assert!(svg.contains("<svg"), "{}", p.name());
+        }
+        let index = super::write(&d, dir.path()).unwrap();
+        let html = std::fs::read_to_string(&index).unwrap();
+        assert_eq!(html.matches("<img src=\"data:image/png;base64,").count(), 4);
+        assert!(
+            html.contains("a &lt;note&gt; &amp; more"),
+            "notes are escaped"
+        );
+        assert_eq!(
+            html.matches("<tr><td data-v=").count(),
+            d.front.len(),
+            "one table row per front point"
+        );
+        for p in Plot::ALL {
+            for ext in ["svg", "png"] {
+                assert!(dir.path().join(format!("{}.{ext}", p.name())).is_file());
+            }
+        }
+    }
+}
