@@ -247,24 +247,29 @@ fn front_table(d: &ReportData) -> String {
     s
 }
 
+/// The cells every table row shares: quality, the secondary metric, latency, size, GBOPs.
+fn measures(
+    d: &ReportData,
+    q: f64,
+    metrics: &std::collections::BTreeMap<String, f64>,
+    cost: &crate::cost::Cost,
+) -> String {
+    let mut s = num(q, &quality(q));
+    match metrics.get(&d.quality.secondary) {
+        Some(v) => s.push_str(&num(*v, &format!("{v:.4}"))),
+        None => s.push_str("<td data-v=\"0\">-</td>"),
+    }
+    s.push_str(&num(cost.latency_us, &format_us(cost.latency_us)));
+    s.push_str(&num(cost.bytes as f64, &format_bytes(cost.bytes as f64)));
+    s.push_str(&num(cost.bops / 1e9, &format!("{:.4}", cost.bops / 1e9)));
+    s
+}
+
 fn front_row(d: &ReportData, f: &FrontPoint) -> String {
     let mut s = String::from("<tr>");
     s.push_str(&num(f.number as f64, &f.number.to_string()));
     s.push_str(&num(f.trial as f64, &f.trial.to_string()));
-    s.push_str(&num(f.quality, &quality(f.quality)));
-    match f.metrics.get(&d.quality.secondary) {
-        Some(v) => s.push_str(&num(*v, &format!("{v:.4}"))),
-        None => s.push_str("<td data-v=\"0\">-</td>"),
-    }
-    s.push_str(&num(f.cost.latency_us, &format_us(f.cost.latency_us)));
-    s.push_str(&num(
-        f.cost.bytes as f64,
-        &format_bytes(f.cost.bytes as f64),
-    ));
-    s.push_str(&num(
-        f.cost.bops / 1e9,
-        &format!("{:.4}", f.cost.bops / 1e9),
-    ));
+    s.push_str(&measures(d, f.quality, &f.metrics, &f.cost));
     for c in &f.choices {
         let _ = write!(s, "<td class=\"choice\">{}</td>", escape(&c.to_string()));
     }
@@ -304,20 +309,7 @@ fn baseline_row(d: &ReportData, b: &Baseline) -> String {
         escape(&b.label),
         escape(&b.choice.to_string())
     );
-    s.push_str(&num(b.quality, &quality(b.quality)));
-    match b.metrics.get(&d.quality.secondary) {
-        Some(v) => s.push_str(&num(*v, &format!("{v:.4}"))),
-        None => s.push_str("<td data-v=\"0\">-</td>"),
-    }
-    s.push_str(&num(b.cost.latency_us, &format_us(b.cost.latency_us)));
-    s.push_str(&num(
-        b.cost.bytes as f64,
-        &format_bytes(b.cost.bytes as f64),
-    ));
-    s.push_str(&num(
-        b.cost.bops / 1e9,
-        &format!("{:.4}", b.cost.bops / 1e9),
-    ));
+    s.push_str(&measures(d, b.quality, &b.metrics, &b.cost));
     s.push_str("</tr>\n");
     s
 }

@@ -6,8 +6,8 @@ use plotters::prelude::*;
 
 use super::axes::{place_labels, CostAxis, QualityAxis, Rect};
 use super::{
-    plotters_error as pe, text, title, AXIS_TITLE, BASELINE, DOMINATED, FRONT, LEGEND, LIMIT,
-    POINT_LABEL, TICKS,
+    plotters_error as pe, text, title, AXIS_TITLE, BASELINE, DOMINATED, FRONT, LIMIT, POINT_LABEL,
+    TICKS,
 };
 use crate::cost::model::format_bytes;
 use crate::cost::Objective;
@@ -185,15 +185,7 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -
         ))
         .map_err(pe)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.3))
-        .label_font(text(LEGEND))
-        .draw()
-        .map_err(pe)?;
-    Ok(())
+    super::legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn caption(d: &ReportData) -> String {

@@ -157,6 +157,25 @@ fn plotters_error<E: std::fmt::Display>(e: E) -> Error {
 }
 
 /// A text style of the plot font.
+/// Draws a chart's legend (the labelled series) at `position`, on a light box.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(text(LEGEND))
+        .draw()
+        .map_err(plotters_error)
+}
+
 fn text(size: u32) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font()).color(&BLACK)
 }

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::axes::{short, QualityAxis};
-use super::{plotters_error as pe, text, title, AXIS_TITLE, FRONT, LEGEND, PALETTE, TICKS};
+use super::{plotters_error as pe, text, title, AXIS_TITLE, FRONT, PALETTE, TICKS};
 use crate::error::Result;
 use crate::report::data::ReportData;
 
@@ -100,15 +100,7 @@ pub fn hypervolume<DB: DrawingBackend>(
                 PathElement::new([(x - 14, y), (x + 14, y)], colour.stroke_width(width))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.3))
-        .label_font(text(LEGEND))
-        .draw()
-        .map_err(pe)?;
-    Ok(())
+    super::legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 pub fn sensitivity<DB: DrawingBackend>(
@@ -183,15 +175,7 @@ pub fn sensitivity<DB: DrawingBackend>(
             fit.measurements
         ))
         .legend(|(x, y)| Circle::new((x, y), 5, FRONT.mix(0.6).filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.3))
-        .label_font(text(LEGEND))
-        .draw()
-        .map_err(pe)?;
-    Ok(())
+    super::legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn axis_title(axis: &QualityAxis, what: &str, label: &str) -> String {
