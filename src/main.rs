@@ -201,7 +201,7 @@ struct SearchArgs {
     /// Encoders: a sentence file (one per line); default: the shipped sentences.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// auto (evolution seeded with the exact front; see README), exact, evolution, bayes or random.
+    /// auto (= bayes; see README), exact, evolution, bayes or random.
     #[arg(long, default_value = "auto")]
     strategy: String,
     /// The cost to minimise against quality.

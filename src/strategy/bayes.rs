@@ -107,6 +107,10 @@ pub const COST_WEIGHT: f64 = 0.25;
 pub const LENGTHSCALES: [f64; 5] = [0.25, 0.5, 1.0, 2.0, 4.0];
 /// Noise variances tried, as fractions of the signal variance.
 pub const NOISE_RATIOS: [f64; 3] = [1e-6, 1e-3, 1e-1];
+/// The hyperparameters are chosen on the whole grid once per this many trials (on the history up to
+/// the last multiple), and kept fixed in between: one Cholesky factorisation per `ask` instead of
+/// `LENGTHSCALES × NOISE_RATIOS`.
+pub const REFIT: usize = 64;
 
 /// Settings of [`BayesStrategy`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,7 +130,7 @@ impl Default for BayesConfig {
         BayesConfig {
             initial: 8,
             max_points: 256,
-            candidates: 512,
+            candidates: 256,
         }
     }
 }
@@ -154,6 +158,9 @@ impl BayesConfig {
 pub struct BayesStrategy {
     config: BayesConfig,
     state: State,
+    /// Memo of the hyperparameters chosen at a multiple of [`REFIT`] trials (a pure function of the
+    /// history, so not part of the state).
+    hyper: Option<(usize, Grid)>,
 }
 
 /// Everything `tell` learns: the number of trials told.
@@ -170,6 +177,7 @@ impl BayesStrategy {
         Ok(BayesStrategy {
             config,
             state: State::default(),
+            hyper: None,
         })
     }
 
@@ -177,6 +185,54 @@ impl BayesStrategy {
     pub fn config(&self) -> &BayesConfig {
         &self.config
     }
+}
+
+impl BayesStrategy {
+    /// The hyperparameter grid for an `ask` at this history: the cell the full grid chose on the
+    /// history as it was at the last multiple of [`REFIT`] trials (memoised), or the full grid before
+    /// the first one. A function of the history only, so resumed and uninterrupted runs agree.
+    fn grid(&mut self, problem: &Problem, history: &History, encoder: &Encoder) -> Grid {
+        let at = history.len() / REFIT * REFIT;
+        if at == 0 {
+            return Grid::Full;
+        }
+        if let Some((memo_at, grid)) = self.hyper {
+            if memo_at == at {
+                return grid;
+            }
+        }
+        let mut prefix = History::new();
+        for t in &history.trials()[..at] {
+            prefix.push(t.clone());
+        }
+        let gp = fit(
+            problem,
+            &prefix,
+            self.config.max_points,
+            encoder,
+            Grid::Full,
+        );
+        let grid = Grid::Fixed {
+            factor: gp.factor,
+            noise_ratio: gp.noise_ratio,
+        };
+        self.hyper = Some((at, grid));
+        grid
+    }
+}
+
+/// The GP of the residuals `quality − predicted` of `history`'s training set.
+fn fit(problem: &Problem, history: &History, cap: usize, encoder: &Encoder, grid: Grid) -> Gp {
+    let training = training_set(problem, history, cap);
+    let mut x = Vec::with_capacity(training.len() * encoder.dim);
+    let mut y = Vec::with_capacity(training.len());
+    for &i in &training {
+        let t = &history.trials()[i];
+        encoder.encode_into(&t.point, &mut x);
+        // `training_set` keeps finite qualities only.
+        y.push(t.quality.unwrap_or(0.0) - problem.predict(&t.point));
+    }
+    Gp::fit(x, encoder.dim, &y, grid)
 }
 
 impl Strategy for BayesStrategy {
@@ -198,17 +254,9 @@ impl Strategy for BayesStrategy {
         if complete < self.config.initial {
             return seeds(problem, history, n, &mut rng);
         }
-        let training = training_set(problem, history, self.config.max_points);
         let encoder = Encoder::new(problem);
-        let mut x = Vec::with_capacity(training.len() * encoder.dim);
-        let mut y = Vec::with_capacity(training.len());
-        for &i in &training {
-            let t = &history.trials()[i];
-            encoder.encode_into(&t.point, &mut x);
-            // `training_set` keeps finite qualities only.
-            y.push(t.quality.unwrap_or(0.0) - problem.predict(&t.point));
-        }
-        let gp = Gp::fit(x, encoder.dim, &y);
+        let grid = self.grid(problem, history, &encoder);
+        let gp = fit(problem, history, self.config.max_points, &encoder, grid);
         let candidates = candidates(problem, history, self.config.candidates, &mut rng)?;
         Ok(pick_batch(problem, history, &encoder, &gp, candidates, n))
     }
@@ -660,6 +708,8 @@ impl Encoder {
 /// One cell of the hyperparameter grid, fitted.
 struct Fitted {
     log_likelihood: f64,
+    /// The lengthscale as a multiple of the median distance.
+    factor: f64,
     lengthscale: f64,
     noise_ratio: f64,
     signal: f64,
@@ -669,10 +719,19 @@ struct Fitted {
     z: Mat<f64>,
 }
 
+/// Which hyperparameters a fit may choose from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Grid {
+    /// Every cell of `LENGTHSCALES × NOISE_RATIOS`.
+    Full,
+    /// One cell, chosen earlier (see [`REFIT`]).
+    Fixed { factor: f64, noise_ratio: f64 },
+}
+
 /// The grid cell (lengthscale `median × LENGTHSCALES`, noise ratio `NOISE_RATIOS`) of largest log
 /// marginal likelihood for standardised targets `ys` at pairwise distances `dist`, the signal variance
 /// profiled out; ties keep the first. `None` if no cell factorises.
-fn select_hyperparameters(dist: &Mat<f64>, median: f64, ys: &[f64]) -> Option<Fitted> {
+fn select_hyperparameters(dist: &Mat<f64>, median: f64, ys: &[f64], grid: Grid) -> Option<Fitted> {
     let n = ys.len();
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(
         n,
@@ -680,7 +739,17 @@ fn select_hyperparameters(dist: &Mat<f64>, median: f64, ys: &[f64]) -> Option<Fi
         Default::default(),
     ));
     let mut best: Option<Fitted> = None;
-    for factor in LENGTHSCALES {
+    let (factors, noises): (&[f64], &[f64]) = match &grid {
+        Grid::Full => (&LENGTHSCALES, &NOISE_RATIOS),
+        Grid::Fixed {
+            factor,
+            noise_ratio,
+        } => (
+            std::slice::from_ref(factor),
+            std::slice::from_ref(noise_ratio),
+        ),
+    };
+    for &factor in factors {
         let lengthscale = median * factor;
         // The lower triangle is all the factorisation reads.
         let mut corr = Mat::<f64>::zeros(n, n);
@@ -690,7 +759,7 @@ fn select_hyperparameters(dist: &Mat<f64>, median: f64, ys: &[f64]) -> Option<Fi
                 *c = matern52(r, lengthscale);
             }
         }
-        for noise_ratio in NOISE_RATIOS {
+        for &noise_ratio in noises {
             let mut chol = corr.clone();
             for i in 0..n {
                 chol[(i, i)] = 1.0 + noise_ratio;
@@ -718,6 +787,7 @@ fn select_hyperparameters(dist: &Mat<f64>, median: f64, ys: &[f64]) -> Option<Fi
             if log_likelihood.is_finite() && better {
                 best = Some(Fitted {
                     log_likelihood,
+                    factor,
                     lengthscale,
                     noise_ratio,
                     signal,
@@ -778,6 +848,8 @@ fn distance(a: &[f64], b: &[f64]) -> f64 {
 /// A Gaussian process on standardised targets with a Matérn 5/2 kernel (see the module docs).
 #[derive(Debug)]
 struct Gp {
+    /// The lengthscale as a multiple of the median training distance (the grid cell chosen).
+    factor: f64,
     /// Training inputs, `n × dim` row-major.
     x: Vec<f64>,
     dim: usize,
@@ -805,7 +877,7 @@ struct Posterior {
 impl Gp {
     /// Fits `y` at `x` (`y.len() × dim`, row-major), choosing the hyperparameters on the grid by the log
     /// marginal likelihood; with no point or no usable factorisation, the prior.
-    fn fit(x: Vec<f64>, dim: usize, y: &[f64]) -> Gp {
+    fn fit(x: Vec<f64>, dim: usize, y: &[f64], grid: Grid) -> Gp {
         let n = y.len();
         let offset = if n == 0 {
             0.0
@@ -830,9 +902,10 @@ impl Gp {
             let mid = pairs.len() / 2;
             *pairs.select_nth_unstable_by(mid, f64::total_cmp).1
         };
-        let best = select_hyperparameters(&dist, median, &ys);
+        let best = select_hyperparameters(&dist, median, &ys, grid);
         match best {
             Some(Fitted {
+                factor,
                 lengthscale,
                 noise_ratio,
                 signal,
@@ -844,6 +917,7 @@ impl Gp {
                 Gp {
                     x,
                     dim,
+                    factor,
                     lengthscale,
                     noise_ratio,
                     signal,
@@ -856,6 +930,7 @@ impl Gp {
             None => Gp {
                 x: Vec::new(),
                 dim,
+                factor: 1.0,
                 lengthscale: 1.0,
                 noise_ratio: NOISE_RATIOS[0],
                 signal: 1.0,
@@ -1081,7 +1156,7 @@ mod tests {
         let n = 40;
         let x: Vec<f64> = (0..2 * n).map(|_| rng.random_range(0.0..1.0)).collect();
         let y: Vec<f64> = x.chunks(2).map(smooth).collect();
-        let gp = Gp::fit(x.clone(), 2, &y);
+        let gp = Gp::fit(x.clone(), 2, &y, Grid::Full);
         let sd = gp.scale;
         let post = gp.predict(&x);
         for (i, yi) in y.iter().enumerate() {
