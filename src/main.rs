@@ -222,9 +222,9 @@ struct SearchArgs {
     /// for encoders).
     #[arg(long, value_name = "DROP")]
     max_drop: Option<f64>,
-    /// Trial budget.
-    #[arg(long, default_value_t = 500)]
-    trials: u64,
+    /// Trial budget; default 500, or none when --time is given (the run then ends with its time).
+    #[arg(long)]
+    trials: Option<u64>,
     /// Wall-time budget (e.g. 8h, 90m); the run ends at whichever budget is spent first.
     #[arg(long, value_name = "DURATION")]
     time: Option<String>,

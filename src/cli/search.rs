@@ -23,6 +23,9 @@ const AUTO: StrategyKind = StrategyKind::Bayes;
 const AUTO_WHY: &str =
     "Gaussian process on the sensitivity model's residuals, seeded with its exact front";
 
+/// Trial budget of a search given neither --trials nor --time.
+const DEFAULT_TRIALS: u64 = 500;
+
 /// Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
 
@@ -69,7 +72,13 @@ pub fn search_cmd(a: SearchArgs) -> anyhow::Result<ExitCode> {
     };
     anyhow::ensure!(a.jobs >= 1, "--jobs must be at least 1");
     anyhow::ensure!(a.ask >= 1, "--ask must be at least 1");
-    anyhow::ensure!(a.trials >= 1, "--trials must be at least 1");
+    anyhow::ensure!(a.trials != Some(0), "--trials must be at least 1");
+    // An overnight run given a time budget is not cut short by the default trial budget.
+    let trials = match (a.trials, &a.time) {
+        (Some(n), _) => Some(n),
+        (None, Some(_)) => None,
+        (None, None) => Some(DEFAULT_TRIALS),
+    };
     let budget = |o: Objective, v: &Option<String>, flag: &str| -> anyhow::Result<Option<f64>> {
         v.as_deref()
             .map(|t| parse_budget(o, t).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
@@ -94,7 +103,7 @@ pub fn search_cmd(a: SearchArgs) -> anyhow::Result<ExitCode> {
         max_drop: a.max_drop,
         seed: a.seed,
         ask_batch: a.ask,
-        trials: Some(a.trials),
+        trials,
         time_seconds: a
             .time
             .as_deref()

@@ -469,3 +469,19 @@ fn failed_evaluations_are_recorded_as_failed_trials_and_the_search_goes_on() {
     let front = search::front(&outcome.manifest.config, &outcome.trials).unwrap();
     assert!(front.iter().all(|t| t.state == TrialState::Complete));
 }
+
+#[test]
+fn a_time_budget_alone_ends_the_run_by_time_not_by_the_default_trial_budget() {
+    let d = Dir::new();
+    let out = search(d.path(), "s", "t", &["--time", "3s"]);
+    assert!(out.contains("time budget spent"), "{out}");
+    let n = trials(d.path(), "s", "t").len();
+    assert!(n > 0, "{out}");
+    let runs = runs_json(d.path(), "s");
+    assert!(
+        runs[0]["elapsed_seconds"].as_f64().unwrap() >= 3.0,
+        "{runs}"
+    );
+    let err = fails(d.path(), &["search", "--store", "s", "--time", "soon"]);
+    assert!(err.contains("--time `soon`") && err.contains("8h"), "{err}");
+}
