@@ -328,38 +328,6 @@ fn training_set_is_capped_and_keeps_the_front() {
     assert!(t.contains(&299), "the most recent trial is kept");
 }
 
-/// Uniform random search over untried points: the baseline.
-struct Uniform;
-
-impl Strategy for Uniform {
-    fn name(&self) -> &'static str {
-        "random"
-    }
-    fn ask(&mut self, problem: &Problem, history: &History, n: usize) -> Result<Vec<Point>> {
-        let mut rng = rng_for(problem.seed, "random", history.len() as u64);
-        let mut out: Vec<Point> = Vec::new();
-        for _ in 0..1000 * n {
-            if out.len() == n {
-                break;
-            }
-            let p = problem.random_point(&mut rng);
-            if !history.contains(&p) && !out.contains(&p) {
-                out.push(p);
-            }
-        }
-        Ok(out)
-    }
-    fn tell(&mut self, _: &Problem, _: &History, _: std::ops::Range<usize>) -> Result<()> {
-        Ok(())
-    }
-    fn snapshot(&self) -> Result<String> {
-        Ok("{}".into())
-    }
-    fn restore(&mut self, _: &str) -> Result<()> {
-        Ok(())
-    }
-}
-
 /// On the non-additive synthetic problem, at equal trials, bayes beats uniform random search by
 /// [`HV_MARGIN`] and the predictor's own exact front (the exact strategy, which spends every trial on
 /// predicted-optimal points) by [`EXACT_MARGIN`]: the residual model finds what the predictor misses.
@@ -370,7 +338,14 @@ fn bayes_beats_random_and_the_predicted_front_on_hypervolume() {
         let s = Synthetic::new(12, 6, seed);
         let f = |p: &[u16]| Some(s.quality(p));
         let hb = drive(&mut bayes(), &s.problem, TRIALS, 8, f).unwrap();
-        let hr = drive(&mut Uniform, &s.problem, TRIALS, 8, f).unwrap();
+        let hr = drive(
+            &mut crate::strategy::RandomStrategy::new(),
+            &s.problem,
+            TRIALS,
+            8,
+            f,
+        )
+        .unwrap();
         let he = drive(&mut ExactStrategy::new(), &s.problem, TRIALS, 8, f).unwrap();
         assert_eq!((hb.len(), hr.len(), he.len()), (TRIALS, TRIALS, TRIALS));
         let (b, r, e) = (
