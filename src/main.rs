@@ -846,7 +846,7 @@ fn calibrate_cmd(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     let text = toml::to_string_pretty(&file).context("serialising the profile")?;
     // Check that what we write loads back before writing it.
     HardwareProfile::from_toml(&text, &out)?;
-    write_atomically(&out, &text)?;
+    mpsearch::fs::write_atomic(&out, text.as_bytes())?;
     let mut report = calibrate::table(&ms);
     if let Some(c) = &file.calibration {
         report.push_str(&format!(
@@ -876,17 +876,6 @@ fn calibrate_cmd(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
         }
     ));
     emit(&report)
-}
-
-/// Writes `text` to `path` through a temporary file and a rename, so a crash never leaves half a file.
-fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 /// A ready evaluator, the space resolved against the layers the model runs, and the seconds the f32

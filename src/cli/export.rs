@@ -174,7 +174,7 @@ fn resolve(
 fn output(out: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
     match out {
         Some(p) => {
-            export::write_atomic(p, text.as_bytes())?;
+            mpsearch::fs::write_atomic(p, text.as_bytes())?;
             eprintln!("wrote {}", p.display());
             Ok(ExitCode::SUCCESS)
         }

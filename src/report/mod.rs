@@ -51,12 +51,15 @@ pub fn write(data: &ReportData, dir: &Path) -> Result<PathBuf> {
     let mut images = Vec::new();
     for p in Plot::ALL {
         let svg = p.svg(data)?;
-        write_atomic(&dir.join(format!("{}.svg", p.name())), svg.as_bytes())?;
+        crate::fs::write_atomic(&dir.join(format!("{}.svg", p.name())), svg.as_bytes())?;
         let png_path = dir.join(format!("{}.png", p.name()));
         let tmp = dir.join(format!(".{}.tmp.png", p.name()));
+        // plotters' bitmap backend writes a file itself: draw to a scratch file, then publish its
+        // bytes through the one atomic write.
         p.png(data, &tmp)?;
-        std::fs::rename(&tmp, &png_path).map_err(|e| Error::io(&png_path, e))?;
-        let png = std::fs::read(&png_path).map_err(|e| Error::io(&png_path, e))?;
+        let png = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let _ = std::fs::remove_file(&tmp);
+        crate::fs::write_atomic(&png_path, &png)?;
         images.push(html::Image {
             name: p.name(),
             caption: caption(p, data),
@@ -64,7 +67,7 @@ pub fn write(data: &ReportData, dir: &Path) -> Result<PathBuf> {
         });
     }
     let index = dir.join("index.html");
-    write_atomic(&index, html::page(data, &images).as_bytes())?;
+    crate::fs::write_atomic(&index, html::page(data, &images).as_bytes())?;
     Ok(index)
 }
 
@@ -88,16 +91,6 @@ fn caption(p: Plot, d: &ReportData) -> String {
                               against the measured one; Spearman's ρ in the title."
             .into(),
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map_or("report".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

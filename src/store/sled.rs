@@ -26,7 +26,7 @@
 //! the same process therefore works.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -196,17 +196,12 @@ fn read_owner(dir: &Path) -> String {
         .map_or_else(|| "unknown".to_string(), |pid| pid.to_string())
 }
 
-/// Writes this process's pid to `dir/owner.pid` atomically (temp file, then rename).
+/// Writes this process's pid to `dir/owner.pid` atomically (temp file, fsync, rename).
 fn write_owner(dir: &Path) -> Result<()> {
-    let path = dir.join(OWNER_FILE);
-    let temp = dir.join(format!("{OWNER_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::File::create(&temp)?;
-        writeln!(file, "{}", std::process::id())?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)
-    };
-    write().map_err(|e| Error::io(&path, e))
+    crate::fs::write_atomic(
+        &dir.join(OWNER_FILE),
+        format!("{}\n", std::process::id()).as_bytes(),
+    )
 }
 
 /// The `trials` key of trial `number` of run `run`.

@@ -34,9 +34,6 @@
 pub mod llama;
 pub mod safetensors;
 
-use std::io::Write;
-use std::path::Path;
-
 use crate::error::{Error, Result};
 use crate::search::{cost_of, front, objective};
 use crate::store::{RunConfig, RunManifest, TrialRecord, TrialState};
@@ -297,30 +294,6 @@ pub fn assignment_json(t: &TrialRecord) -> Result<String> {
     let text = serde_json::to_string_pretty(&t.assignment)
         .map_err(|e| Error::export(format!("cannot write trial {}'s assignment: {e}", t.number)))?;
     Ok(text + "\n")
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed, then renamed
-/// over `path`, so a crash leaves the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::file(path, "is not a file path (it has no file name)"))?;
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

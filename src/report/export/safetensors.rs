@@ -253,7 +253,7 @@ pub fn write_compressed(
             )));
         }
     }
-    super::write_atomic(path, &bytes)?;
+    crate::fs::write_atomic(path, &bytes)?;
     Ok(summary)
 }
 
