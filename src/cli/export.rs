@@ -1,10 +1,11 @@
-//! `export`: a point of a stored run as assignment JSON, llama.cpp `--tensor-type` lines, or
-//! compressed weights in a safetensors file.
+//! # `export`
+//!
+//! A point of a stored run as assignment JSON, llama.cpp `--tensor-type` lines, or compressed weights
+//! in a safetensors file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
 use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::model::ModelSource;
 use mpsearch::report::export::{self, llama, safetensors, Pick, Selected};
@@ -12,43 +13,10 @@ use mpsearch::search;
 use mpsearch::space::{Assignment, SearchSpace};
 use mpsearch::store::{RunManifest, SledStore, Store};
 
-use crate::{emit, StoreArgs};
+use super::args::{ExportArgs, ExportFormat};
+use super::output::emit;
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExportFormat {
-    /// Assignment JSON, accepted by `eval --assignment` and `cost --assignment`.
-    Json,
-    /// `--tensor-type NAME=TYPE` lines for llama-quantize.
-    LlamaCpp,
-    /// The compressed weights (compact form) as a safetensors file.
-    Safetensors,
-}
-
-#[derive(Args)]
-#[command(group(clap::ArgGroup::new("which").args(["point", "trial"])))]
-pub struct ExportArgs {
-    /// The run's name (see `mpsearch runs`).
-    run: String,
-    /// The K-th point of the run's front in cost order (the `point` column of the front table);
-    /// default: the best point (see README: the cheapest within --max-drop, the most accurate within
-    /// cost limits, else the knee of the front).
-    #[arg(long, value_name = "K")]
-    point: Option<usize>,
-    /// Any complete trial, by number (see `mpsearch trials RUN`).
-    #[arg(long, value_name = "N")]
-    trial: Option<u64>,
-    /// What to write.
-    #[arg(long, value_enum)]
-    format: ExportFormat,
-    /// Output file (written atomically). Default: standard output for json and llama-cpp;
-    /// RUN-pointK.safetensors (or RUN-trialN.safetensors) in the current folder for safetensors.
-    #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
-    #[command(flatten)]
-    store: StoreArgs,
-}
-
-pub fn export_cmd(a: ExportArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         a.store.store.is_dir(),
         "store {} does not exist: pass the --store folder the search used (default ./mpsearch-store)",

@@ -1,5 +1,7 @@
-//! `report`: a run's plots and HTML page from the store, optionally re-costed under another profile;
-//! and the report `search` and `resume` write when a run ends or is interrupted.
+//! # `report`
+//!
+//! A run's plots and HTML page from the store, optionally re-costed under another profile; and the
+//! report `search` and `resume` write when a run ends or is interrupted.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,9 +9,9 @@ use std::process::ExitCode;
 use mpsearch::report;
 use mpsearch::store::{SledStore, Store};
 
-use crate::ReportArgs;
+use super::args::ReportArgs;
 
-pub fn report_cmd(a: ReportArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: ReportArgs) -> anyhow::Result<ExitCode> {
     let store = SledStore::open(&a.store.store)?;
     let index = write(&store, &a.run, a.profile.as_deref(), a.out.as_deref())?;
     println!("{}", index.display());

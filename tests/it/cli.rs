@@ -1,6 +1,8 @@
 //! The real binary: the JSON interfaces scripts rely on, and clear errors on bad input.
 
-use crate::util::{bert_tensors, fails, minilm_folder, ok, write_safetensors, Dir};
+use std::path::Path;
+
+use crate::util::{bert_tensors, describe, fails, minilm_folder, ok, run, write_safetensors, Dir};
 
 #[test]
 fn help_lists_the_commands() {
@@ -273,4 +275,139 @@ fn a_prefixed_classifier_folder_is_a_classifier() {
         .unwrap()
         .iter()
         .any(|l| l["name"] == "classifier"));
+}
+
+/// Runs and asserts exit code 2 (a usage error, reported by clap); returns stderr.
+fn usage_error(cwd: &Path, args: &[&str]) -> String {
+    let out = run(cwd, args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2:\n{}",
+        describe(args, &out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_name_not_in_a_flags_list_is_a_usage_error_that_lists_the_allowed_names() {
+    let dir = Dir::new();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["search", "--store", "s", "--strategy", "annealing"],
+            "[possible values: auto, exact, evolution, bayes, random]",
+        ),
+        (
+            &["search", "--store", "s", "--objective", "energy"],
+            "[possible values: latency, size, bops]",
+        ),
+        (
+            &["search", "--store", "s", "--scale", "percentile"],
+            "[possible values: minmax, mse]",
+        ),
+        (
+            &["sensitivity", "--scale", "percentile"],
+            "[possible values: minmax, mse]",
+        ),
+        (
+            &["eval", "--stdin", "--scale", "percentile"],
+            "[possible values: minmax, mse]",
+        ),
+    ];
+    for (args, allowed) in cases {
+        let err = usage_error(dir.path(), args);
+        let bad = args[args.len() - 1];
+        assert!(
+            err.contains(&format!("invalid value '{bad}'")) && err.contains(allowed),
+            "{}: {err}",
+            args.join(" ")
+        );
+    }
+    assert!(
+        !dir.path().join("s").exists(),
+        "no search started: no store"
+    );
+}
+
+/// Values clap cannot judge alone (a count that must be positive, a budget's unit, a duration, a run
+/// name) are checked by mpsearch, exit 1 with a message naming the flag, and always first: before a
+/// model is loaded, a store opened or anything measured. Each case names a model folder that does not
+/// exist (a check after loading would report the folder instead) or the demo, and then nothing else may
+/// be said: no "model … loaded", no "cost of measuring", no store folder.
+#[test]
+fn bad_flag_values_are_refused_before_any_work() {
+    let dir = Dir::new();
+    let missing = "--model=missing-folder";
+    let cases: [(&[&str], &str); 13] = [
+        (
+            &["sensitivity", "--validate", "1"],
+            "--validate needs at least 2",
+        ),
+        (
+            &["sensitivity", missing, "--validate", "1"],
+            "--validate needs at least 2",
+        ),
+        (
+            &["sensitivity", missing, "--pairs", "0"],
+            "--pairs must be at least 1",
+        ),
+        (
+            &["eval", "--stdin", missing, "--cache-mb", "0"],
+            "--cache-mb must be at least 1",
+        ),
+        (
+            &["eval", "--stdin", missing, "--profile", "nope"],
+            "no hardware profile `nope`",
+        ),
+        (
+            &["cost", missing, "--profile", "cortex-a76", "--batch", "0"],
+            "--batch must be at least 1",
+        ),
+        (
+            &[
+                "cost",
+                missing,
+                "--profile",
+                "cortex-a76",
+                "--max-latency",
+                "fast",
+            ],
+            "--max-latency",
+        ),
+        (
+            &["search", "--store", "s", missing, "--max-size", "12parsecs"],
+            "--max-size",
+        ),
+        (
+            &["search", "--store", "s", missing, "--time", "soon"],
+            "--time `soon`",
+        ),
+        (
+            &["search", "--store", "s", missing, "--max-drop", "0"],
+            "--max-drop must be a positive",
+        ),
+        (&["search", "--store", "s", "--run", "a/b"], "--run `a/b`"),
+        (
+            &["resume", "r", "--store", "s", "--trials", "0"],
+            "--trials must be at least 1",
+        ),
+        (
+            &["resume", "r", "--store", "s", "--time", "soon"],
+            "--time `soon`",
+        ),
+    ];
+    for (args, message) in cases {
+        let err = fails(dir.path(), args);
+        assert!(err.contains(message), "{}: {err}", args.join(" "));
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{}: only the error is printed, nothing was loaded or run:\n{err}",
+            args.join(" ")
+        );
+    }
+    assert!(
+        !dir.path().join("s").exists(),
+        "no store was opened for a refused value"
+    );
 }

@@ -1,0 +1,597 @@
+//! # Arguments
+//!
+//! Every flag of every command, as clap parses them: plain values with their defaults and help. Groups
+//! that several commands share are one struct each, flattened in (`--model`/`--space`, `--data`/`--scale`,
+//! the three `--max-*` budgets, `--store`). Names from a fixed list (`--strategy`, `--objective`,
+//! `--scale`, `--format`) are `ValueEnum`s, so clap refuses a bad one with the allowed list (exit 2);
+//! each converts to what the library takes in one function here. The checks of values clap cannot judge
+//! (a budget's unit, a duration, a count that must be positive) are the `check`/`parse` methods below;
+//! every command runs them first, before it loads or runs anything (exit 1 with a message naming the flag).
+//! This is the only file of the crate that touches clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mpsearch::compress::ScaleMethod;
+use mpsearch::cost::model::parse_budget;
+use mpsearch::cost::Objective;
+use mpsearch::strategy::StrategyKind;
+
+#[derive(Parser)]
+#[command(
+    name = "mpsearch",
+    version,
+    about = "Automated mixed-precision search for neural-network compression",
+    long_about = "Searches per-layer bit-width x sparsity x low-rank assignments of a model against a hardware \
+                  cost model. Models: `--model demo` (embedded) or a Hugging Face folder (config.json + \
+                  model.safetensors). Search spaces and hardware profiles: a path, or the bare name of a \
+                  shipped one (`mpsearch profiles` lists profiles)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List a model's compressible layers (name, kind, shape, params, MACs) and, with --space, each
+    /// layer's allowed choices and group.
+    Inspect(InspectArgs),
+    /// Predicted latency, weight bytes and bit operations of an assignment (or of the baselines and the
+    /// reachable range of a search space) under a hardware profile.
+    Cost(CostArgs),
+    /// Evaluate assignments with the candle evaluator: one assignment JSON per line in (--stdin) or one
+    /// file, one result JSON per line out.
+    Eval(EvalArgs),
+    /// Layer sensitivity: cheap per-layer errors, one-at-a-time measurements, the fitted predictor of
+    /// any assignment's quality and, with --validate, how far to trust it.
+    Sensitivity(SensitivityArgs),
+    /// Search per-layer assignments for the Pareto front of quality against cost (the main job). Runs are
+    /// journaled in the store: `resume` continues one after a crash or Ctrl-C.
+    Search(Box<SearchArgs>),
+    /// Continue a stored run (after Ctrl-C, a crash or a reboot), or extend its budget.
+    Resume(ResumeArgs),
+    /// List the runs of a store: status, trials, evaluations and cache hits, front.
+    Runs(RunsArgs),
+    /// List the trials of a run in trial order.
+    Trials(TrialsArgs),
+    /// Export a point of a run: its assignment JSON, llama.cpp --tensor-type lines, or its compressed
+    /// weights as safetensors (default point: the best one; see README).
+    Export(ExportArgs),
+    /// Draw a run's Pareto front, per-layer allocation, hypervolume and sensitivity plots (SVG and
+    /// PNG) and write one self-contained HTML page; with --profile, re-cost the run under another
+    /// hardware profile first (no evaluation is run).
+    Report(ReportArgs),
+    /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
+    Profiles,
+    /// Measure this machine's candle CPU kernels and write a hardware profile.
+    Calibrate(CalibrateArgs),
+}
+
+// ---- shared groups ----
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// `demo` (the embedded demo CNN) or a Hugging Face model folder.
+    #[arg(long, default_value = "demo")]
+    pub model: String,
+}
+
+/// The model and the search space over its layers.
+#[derive(Args)]
+pub struct ModelSpaceArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Search space (path or shipped name); default: the model's own (`demo`, or `bert-base`).
+    #[arg(long)]
+    pub space: Option<String>,
+}
+
+/// What the evaluator reads and how it compresses.
+#[derive(Args)]
+pub struct DataArgs {
+    /// Encoders: a sentence file (one per line); default: the shipped sentences.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// How weight quantization picks its scales: min/max, or MSE-optimal clipping.
+    #[arg(long, value_enum, default_value_t = ScaleArg::Mse)]
+    pub scale: ScaleArg,
+}
+
+/// What every command that evaluates in one go needs: the model, its space and data, and the evaluator
+/// settings.
+#[derive(Args)]
+pub struct EvaluatorArgs {
+    #[command(flatten)]
+    pub input: ModelSpaceArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Memory for memoised compressed weights, in MiB (least recently used ones are dropped first).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub cache_mb: usize,
+}
+
+/// Limits on the three costs, as written on the command line (parsed by [`BudgetArgs::parse`]).
+#[derive(Args)]
+pub struct BudgetArgs {
+    /// Latency limit (e.g. 800us, 2.5ms), checked against the space's reachable range first.
+    #[arg(long, value_name = "LATENCY")]
+    pub max_latency: Option<String>,
+    /// Size limit (e.g. 300000, 512KiB, 2MB), checked against the space's reachable range first.
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Bit-operations limit (e.g. 1.2G), checked against the space's reachable range first.
+    #[arg(long, value_name = "BOPS")]
+    pub max_bops: Option<String>,
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// The store folder (created if missing); one process at a time may use it.
+    #[arg(long, default_value = "mpsearch-store", value_name = "DIR")]
+    pub store: PathBuf,
+}
+
+// ---- named values ----
+
+/// `--strategy`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    // Bayes (see README: the best on the benchmarks).
+    Auto,
+    // Exact front of the sensitivity model (dynamic programming), then measured.
+    Exact,
+    // NSGA-II.
+    Evolution,
+    // Gaussian process on the sensitivity model's residuals, expected hypervolume improvement.
+    Bayes,
+    // Uniform random draws (the baseline).
+    Random,
+}
+
+/// The strategy `--strategy auto` picks, and why (the comparison is in BENCHMARKS.md: the best
+/// hypervolume on MiniLM-L6 and on the synthetic problem, within 0.2% of the exact front on the demo, whose
+/// sensitivity model is nearly exact; and unlike `exact` it goes on improving once the predicted front is
+/// measured).
+pub const AUTO: StrategyKind = StrategyKind::Bayes;
+pub const AUTO_WHY: &str =
+    "Gaussian process on the sensitivity model's residuals, seeded with its exact front";
+
+impl StrategyArg {
+    /// The library's strategy (`auto` is [`AUTO`]).
+    pub fn kind(self) -> StrategyKind {
+        match self {
+            StrategyArg::Auto => AUTO,
+            StrategyArg::Exact => StrategyKind::Exact,
+            StrategyArg::Evolution => StrategyKind::Evolution,
+            StrategyArg::Bayes => StrategyKind::Bayes,
+            StrategyArg::Random => StrategyKind::Random,
+        }
+    }
+}
+
+/// `--objective`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjectiveArg {
+    // Predicted latency under the profile.
+    Latency,
+    // Weight bytes.
+    Size,
+    // Bit operations.
+    Bops,
+}
+
+impl ObjectiveArg {
+    /// The library's objective.
+    pub fn objective(self) -> Objective {
+        match self {
+            ObjectiveArg::Latency => Objective::Latency,
+            ObjectiveArg::Size => Objective::Size,
+            ObjectiveArg::Bops => Objective::Bops,
+        }
+    }
+}
+
+/// `--scale`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScaleArg {
+    // The full range of each group's values.
+    Minmax,
+    // The clipping ratio with the least squared error.
+    Mse,
+}
+
+impl ScaleArg {
+    /// The library's scale method.
+    pub fn method(self) -> ScaleMethod {
+        match self {
+            ScaleArg::Minmax => ScaleMethod::MinMax,
+            ScaleArg::Mse => ScaleMethod::Mse,
+        }
+    }
+}
+
+/// `export --format`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Assignment JSON, accepted by `eval --assignment` and `cost --assignment`.
+    Json,
+    /// `--tensor-type NAME=TYPE` lines for llama-quantize.
+    LlamaCpp,
+    /// The compressed weights (compact form) as a safetensors file.
+    Safetensors,
+}
+
+// ---- commands ----
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Search space (path or shipped name): adds each layer's choices, group and status.
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Print JSON: {"model", "layers": [{"name", "kind", "shape", "params", "macs", "choices", "group"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CostArgs {
+    #[command(flatten)]
+    pub input: ModelSpaceArgs,
+    /// Hardware profile (path or shipped name, see `mpsearch profiles`).
+    #[arg(long)]
+    pub profile: String,
+    /// Assignment JSON file: {"default": "<choice>", "layers": {"<layer>": "<choice>"}}.
+    #[arg(long)]
+    pub assignment: Option<PathBuf>,
+    /// Samples per inference (images, or tokens of a sequence).
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    #[command(flatten)]
+    pub budgets: BudgetArgs,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["assignment", "stdin"])))]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub setup: EvaluatorArgs,
+    /// One assignment JSON file: {"default": "<choice>", "layers": {"<layer>": "<choice>"}}.
+    #[arg(long)]
+    pub assignment: Option<PathBuf>,
+    /// Read assignments from standard input, one JSON per line; answer each line as it arrives.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Also cost each assignment under this hardware profile.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Samples per inference for the cost (images, or tokens of a sequence).
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+}
+
+#[derive(Args)]
+pub struct SensitivityArgs {
+    #[command(flatten)]
+    pub setup: EvaluatorArgs,
+    /// At most this many (group, choice) pairs are measured one at a time (a seeded sample if the
+    /// space has more).
+    #[arg(long, default_value_t = 400)]
+    pub pairs: usize,
+    /// Also measure N random assignments and report how well the prediction ranks them.
+    #[arg(long, value_name = "N")]
+    pub validate: Option<usize>,
+    /// Seed of the pair sample and of the validation assignments.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub input: ModelSpaceArgs,
+    /// Hardware profile (path or shipped name, see `mpsearch profiles`).
+    #[arg(long, default_value = "cortex-a76")]
+    pub profile: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The search strategy; auto is bayes (see README).
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    pub strategy: StrategyArg,
+    /// The cost to minimise against quality.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Latency)]
+    pub objective: ObjectiveArg,
+    #[command(flatten)]
+    pub budgets: BudgetArgs,
+    /// Quality limit, in the quality objective's units (KL divergence for classifiers, cosine distance
+    /// for encoders).
+    #[arg(long, value_name = "DROP")]
+    pub max_drop: Option<f64>,
+    /// Trial budget; default 500, or none when --time is given (the run then ends with its time).
+    #[arg(long)]
+    pub trials: Option<u64>,
+    /// Wall-time budget (e.g. 8h, 90m); the run ends at whichever budget is spent first.
+    #[arg(long, value_name = "DURATION")]
+    pub time: Option<String>,
+    /// Seed of the strategy and of the sensitivity sample: same seed, same trials.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluations at once. 1 lets candle use every core inside each evaluation; results are the same
+    /// whatever the number.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Points asked of the strategy at a time (part of the run: fixed when it starts).
+    #[arg(long, default_value_t = 8)]
+    pub ask: usize,
+    /// Run name; default: <space>-<profile>-<n>.
+    #[arg(long)]
+    pub run: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Samples per inference the cost model assumes (images, or tokens of a sequence).
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Sensitivity: at most this many (group, choice) pairs measured one at a time before the search.
+    #[arg(long, default_value_t = 400)]
+    pub pairs: usize,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("extend").args(["trials", "time"])))]
+pub struct ResumeArgs {
+    /// The run's name (see `mpsearch runs`).
+    pub run: String,
+    /// Run N more trials (default: finish the run's budget).
+    #[arg(long, value_name = "N")]
+    pub trials: Option<u64>,
+    /// Run for this much more wall time (e.g. 2h).
+    #[arg(long, value_name = "DURATION")]
+    pub time: Option<String>,
+    /// Evaluations at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args)]
+pub struct RunsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print JSON: [{"name", "status", "trials", "evaluated", "cache_hits", "profile", "objective", "front"}].
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TrialsArgs {
+    /// The run's name (see `mpsearch runs`).
+    pub run: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// One JSON line per trial: {"trial", "state", "strategy", "quality", "cost", "hash", "assignment", "cached", "seconds"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").args(["point", "trial"])))]
+pub struct ExportArgs {
+    /// The run's name (see `mpsearch runs`).
+    pub run: String,
+    /// The K-th point of the run's front in cost order (the `point` column of the front table);
+    /// default: the best point (see README: the cheapest within --max-drop, the most accurate within
+    /// cost limits, else the knee of the front).
+    #[arg(long, value_name = "K")]
+    pub point: Option<usize>,
+    /// Any complete trial, by number (see `mpsearch trials RUN`).
+    #[arg(long, value_name = "N")]
+    pub trial: Option<u64>,
+    /// What to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output file (written atomically). Default: standard output for json and llama-cpp;
+    /// RUN-pointK.safetensors (or RUN-trialN.safetensors) in the current folder for safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The run's name (see `mpsearch runs`).
+    pub run: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Re-cost the run's evaluated points under this hardware profile (path or shipped name) and
+    /// draw them there; qualities come from the store, nothing is evaluated.
+    #[arg(long, value_name = "P")]
+    pub profile: Option<String>,
+    /// Output folder; default: mpsearch-reports/<run>/ (mpsearch-reports/<run>@<profile>/ with --profile).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// Measure the distinct layer shapes of this model (`demo` or a folder); default: a standard grid
+    /// of transformer-sized matrices.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Where to write the profile; default: hardware-profiles/calibrated-<host>.toml.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Profile name; default: the output file's stem.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Timed repetitions per measurement (at most; a measurement also stops after its time budget).
+    #[arg(long, default_value_t = 30)]
+    pub repetitions: usize,
+    /// The larger batch measured besides batch 1.
+    #[arg(long, default_value_t = 32)]
+    pub batch: u32,
+}
+
+// ---- value checks (run first by every command; they never do work) ----
+
+/// The cost limits of [`BudgetArgs`], parsed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Budgets {
+    pub latency_us: Option<f64>,
+    pub bytes: Option<f64>,
+    pub bops: Option<f64>,
+}
+
+impl Budgets {
+    /// The limits given, in [`Objective::ALL`] order.
+    pub fn given(&self) -> Vec<(Objective, f64)> {
+        [
+            (Objective::Latency, self.latency_us),
+            (Objective::Size, self.bytes),
+            (Objective::Bops, self.bops),
+        ]
+        .into_iter()
+        .filter_map(|(o, v)| Some((o, v?)))
+        .collect()
+    }
+}
+
+impl BudgetArgs {
+    /// Parses each limit with its unit; an error names the flag.
+    pub fn parse(&self) -> anyhow::Result<Budgets> {
+        let one = |o: Objective, v: &Option<String>, flag: &str| -> anyhow::Result<Option<f64>> {
+            v.as_deref()
+                .map(|t| parse_budget(o, t).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+                .transpose()
+        };
+        Ok(Budgets {
+            latency_us: one(Objective::Latency, &self.max_latency, "--max-latency")?,
+            bytes: one(Objective::Size, &self.max_size, "--max-size")?,
+            bops: one(Objective::Bops, &self.max_bops, "--max-bops")?,
+        })
+    }
+}
+
+/// Seconds of a wall-time flag (`90s`, `45m`, `8h`, `1h30m`); an error names the flag.
+pub fn parse_duration(text: &str, flag: &str) -> anyhow::Result<f64> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        anyhow::anyhow!("{flag} `{text}`: {e}; write a duration such as 90s, 45m, 8h or 1h30m")
+    })?;
+    anyhow::ensure!(!d.is_zero(), "{flag} must be longer than 0");
+    Ok(d.as_secs_f64())
+}
+
+fn positive(value: u64, flag: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(value >= 1, "{flag} must be at least 1");
+    Ok(())
+}
+
+impl EvaluatorArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        positive(self.cache_mb as u64, "--cache-mb")
+    }
+}
+
+impl CostArgs {
+    /// The budgets, parsed.
+    pub fn check(&self) -> anyhow::Result<Budgets> {
+        positive(self.batch.into(), "--batch")?;
+        self.budgets.parse()
+    }
+}
+
+impl EvalArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.setup.check()?;
+        positive(self.batch.into(), "--batch")
+    }
+}
+
+impl SensitivityArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.setup.check()?;
+        anyhow::ensure!(
+            self.pairs >= 1,
+            "--pairs must be at least 1: the predictor is fitted to one-at-a-time measurements"
+        );
+        anyhow::ensure!(
+            self.validate.is_none_or(|n| n >= 2),
+            "--validate needs at least 2 assignments to rank"
+        );
+        Ok(())
+    }
+}
+
+/// The values of [`SearchArgs`] that needed parsing.
+pub struct SearchChecked {
+    pub budgets: Budgets,
+    pub time_seconds: Option<f64>,
+}
+
+impl SearchArgs {
+    /// Checks every value; returns the parsed budgets and wall time.
+    pub fn check(&self) -> anyhow::Result<SearchChecked> {
+        positive(self.jobs as u64, "--jobs")?;
+        positive(self.ask as u64, "--ask")?;
+        anyhow::ensure!(self.trials != Some(0), "--trials must be at least 1");
+        positive(self.batch.into(), "--batch")?;
+        anyhow::ensure!(
+            self.pairs >= 1,
+            "--pairs must be at least 1: the sensitivity model is fitted to one-at-a-time measurements"
+        );
+        if let Some(d) = self.max_drop {
+            anyhow::ensure!(
+                d.is_finite() && d > 0.0,
+                "--max-drop must be a positive number, not {d}"
+            );
+        }
+        if let Some(n) = &self.run {
+            anyhow::ensure!(
+                !n.is_empty() && !n.chars().any(|c| c.is_control() || c == '/'),
+                "--run `{n}`: a run name needs at least one character and no `/` or control characters"
+            );
+        }
+        Ok(SearchChecked {
+            budgets: self.budgets.parse()?,
+            time_seconds: self
+                .time
+                .as_deref()
+                .map(|t| parse_duration(t, "--time"))
+                .transpose()?,
+        })
+    }
+}
+
+impl ResumeArgs {
+    /// Checks every value; returns the parsed extra wall time.
+    pub fn check(&self) -> anyhow::Result<Option<f64>> {
+        positive(self.jobs as u64, "--jobs")?;
+        if let Some(n) = self.trials {
+            positive(n, "--trials")?;
+        }
+        self.time
+            .as_deref()
+            .map(|t| parse_duration(t, "--time"))
+            .transpose()
+    }
+}
+
+impl CalibrateArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        positive(self.repetitions as u64, "--repetitions")?;
+        anyhow::ensure!(
+            self.batch >= 2,
+            "--batch is the larger batch measured besides 1: give 2 or more"
+        );
+        Ok(())
+    }
+}

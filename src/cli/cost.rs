@@ -1,0 +1,205 @@
+//! # `cost`
+//!
+//! Predicted latency, bytes and bit operations under a hardware profile: of one assignment per layer,
+//! or of the baselines and the exact reachable range of a search space, with the `--max-*` budgets
+//! checked against that range.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use mpsearch::cost::feasibility::{BudgetFit, Feasibility};
+use mpsearch::cost::{Cost, CostModel, CostTable, Objective};
+use mpsearch::shipped;
+use mpsearch::space::{Assignment, Choice, LayerInfo, SearchSpace};
+
+use super::args::{Budgets, CostArgs};
+use super::output::{emit, table, thousands};
+use super::setup::{load_model, load_space};
+
+pub fn run(a: CostArgs) -> anyhow::Result<ExitCode> {
+    let budgets = a.check()?;
+    let inv = load_model(&a.input.model.model)?;
+    let space = load_space(a.input.space.as_deref(), &inv)?;
+    let model = CostModel::new(shipped::profile(&a.profile)?, a.batch)?;
+    if let Some(path) = &a.assignment {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let asg = space.parse_assignment(&text, Some(&path.display().to_string()))?;
+        return print_assignment(&model, &space, &inv.layers, &asg, a.json);
+    }
+    let ranges: Vec<Feasibility> = {
+        let t = CostTable::new(&model, &space);
+        Objective::ALL.iter().map(|&o| t.feasibility(o)).collect()
+    };
+    let notes = budget_notes(&budgets, &ranges, &space, model.profile.name())?;
+    let base = baselines(&model, &space, &inv.layers);
+    if a.json {
+        let doc = serde_json::json!({
+            "model": inv.name, "space": space.name, "profile": model.profile.name(), "batch": a.batch,
+            "baselines": base.iter().map(|(n, asg, c)| serde_json::json!({
+                "name": n, "hash": asg.hash_hex(), "cost": c})).collect::<Vec<_>>(),
+            "reachable": ranges.iter().map(|f| serde_json::json!({
+                "objective": f.objective, "min": f.min, "max": f.max,
+                "cheapest": space.assignment(&f.cheapest).to_json(),
+                "dearest": space.assignment(&f.dearest).to_json()})).collect::<Vec<_>>(),
+            "budgets": notes,
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    }
+    let mut out = format!(
+        "model {} · space `{}` · profile `{}` ({}) · batch {}\n\n",
+        inv.name,
+        space.name,
+        model.profile.name(),
+        model.profile.file.profile.description,
+        a.batch
+    );
+    out.push_str(&ranges_text(&base, &ranges));
+    for n in notes {
+        out.push_str(&format!("\n{n}"));
+    }
+    out.push('\n');
+    emit(&out)
+}
+
+/// Each budget against the reachable range: an impossible one is an error; the others get a note.
+fn budget_notes(
+    budgets: &Budgets,
+    ranges: &[Feasibility],
+    space: &SearchSpace,
+    profile: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for (o, b) in budgets.given() {
+        let Some(f) = ranges.iter().find(|f| f.objective == o) else {
+            continue;
+        };
+        notes.push(match f.check_max(b, &space.name, profile)? {
+            BudgetFit::NonBinding => format!(
+                "max {o} {} is at or above the dearest reachable {}: it constrains nothing",
+                o.format(b),
+                o.format(f.max)
+            ),
+            BudgetFit::Binding => format!(
+                "max {o} {} is reachable (range {} to {})",
+                o.format(b),
+                o.format(f.min),
+                o.format(f.max)
+            ),
+        });
+    }
+    Ok(notes)
+}
+
+/// The baselines `cost` and reports compare against: every searchable layer at one choice.
+fn baselines(
+    model: &CostModel,
+    space: &SearchSpace,
+    layers: &[LayerInfo],
+) -> Vec<(String, Assignment, Cost)> {
+    [
+        ("all-f32", "f32"),
+        ("all-int8", "int8-sym-channel"),
+        ("all-int4", "int4-asym-g32"),
+    ]
+    .into_iter()
+    .filter_map(|(n, c)| Some((n, c.parse::<Choice>().ok()?)))
+    .map(|(n, c)| {
+        let asg = space.baseline(&c);
+        let (_, total) = model.assignment(layers, &asg);
+        (format!("{n} ({c})"), asg, total)
+    })
+    .collect()
+}
+
+/// The baselines' table and the reachable range's table.
+fn ranges_text(base: &[(String, Assignment, Cost)], ranges: &[Feasibility]) -> String {
+    let rows: Vec<Vec<String>> = base
+        .iter()
+        .map(|(n, _, c)| {
+            vec![
+                n.clone(),
+                Objective::Latency.format(c.latency_us),
+                Objective::Size.format(c.bytes as f64),
+                Objective::Bops.format(c.bops),
+            ]
+        })
+        .collect();
+    let mut out =
+        "baselines (every searchable layer at one choice; excluded layers f32, pins kept)\n"
+            .to_string();
+    out.push_str(&table(&["baseline", "latency", "size", "BOPs"], &rows, 1));
+    out.push_str("\nreachable range over the search space (exact)\n");
+    let rows: Vec<Vec<String>> = ranges
+        .iter()
+        .map(|f| {
+            vec![
+                f.objective.to_string(),
+                f.objective.format(f.min),
+                f.objective.format(f.max),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["objective", "cheapest", "dearest"], &rows, 1));
+    out
+}
+
+fn print_assignment(
+    model: &CostModel,
+    space: &SearchSpace,
+    layers: &[LayerInfo],
+    asg: &Assignment,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (per, total) = model.assignment(layers, asg);
+    if json {
+        let doc = serde_json::json!({
+            "space": space.name, "profile": model.profile.name(), "batch": model.batch, "hash": asg.hash_hex(),
+            "layers": layers.iter().zip(&per).map(|(l, c)| serde_json::json!({
+                "name": l.name, "choice": asg.get(&l.name).map(|c| c.to_string()),
+                "macs": c.macs, "bytes": c.cost.bytes, "latency_us": c.cost.latency_us, "bops": c.cost.bops,
+                "runs_as": c.runs_as.to_string(), "measured": c.measured})).collect::<Vec<_>>(),
+            "total": total,
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
+    }
+    let rows: Vec<Vec<String>> = layers
+        .iter()
+        .zip(&per)
+        .map(|(l, c)| {
+            vec![
+                l.name.clone(),
+                asg.get(&l.name)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "f32".into()),
+                c.runs_as.to_string(),
+                thousands(c.macs.round() as u64),
+                thousands(c.cost.bytes),
+                format!(
+                    "{:.2}{}",
+                    c.cost.latency_us,
+                    if c.measured { "*" } else { "" }
+                ),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "space `{}` · profile `{}` · batch {} · assignment {}\n\n",
+        space.name,
+        model.profile.name(),
+        model.batch,
+        &asg.hash_hex()[..16]
+    );
+    out.push_str(&table(
+        &["layer", "choice", "runs as", "MACs", "bytes", "µs"],
+        &rows,
+        3,
+    ));
+    out.push_str(&format!(
+        "total: {} · {} · {}   (* = measured entry of the profile)\n",
+        Objective::Latency.format(total.latency_us),
+        Objective::Size.format(total.bytes as f64),
+        Objective::Bops.format(total.bops)
+    ));
+    emit(&out)
+}

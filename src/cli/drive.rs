@@ -1,0 +1,217 @@
+//! # Driving a run
+//!
+//! What `search` and `resume` share once their run is ready: Ctrl-C handling, progress of the set-up
+//! and of the trials, the controller run, and the summary (front table, where the run is stored, its
+//! report, how to resume).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use mpsearch::cost::model::{format_bytes, format_us};
+use mpsearch::search::{self, Control, Outcome, Progress, SetupPhase, StopReason};
+use mpsearch::store::{RunManifest, SledStore, Store, TrialRecord};
+
+use super::output::{progress_bar, quality, table, trial_bar};
+
+/// Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
+
+/// Installs the Ctrl-C / SIGTERM handler: the first stops the run after the evaluations in flight, a
+/// second one quits at once (the journal stays consistent: unfinished trials are re-run on resume).
+pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopped at once; unfinished trials will be re-run on resume");
+            std::process::exit(INTERRUPTED as i32);
+        }
+        eprintln!(
+            "\nstopping after the evaluations in flight (Ctrl-C again to quit at once; nothing is lost)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// Progress of the set-up (the sensitivity analysis).
+pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
+    let bar = progress_bar(0, "sensitivity: cheap errors");
+    let mut phase = None;
+    move |p, d, t| {
+        if phase != Some(p) {
+            phase = Some(p);
+            bar.reset();
+            bar.set_length(t as u64);
+            bar.set_message(match p {
+                SetupPhase::CheapErrors => "sensitivity: cheap errors",
+                SetupPhase::Measurements => "sensitivity: one at a time",
+            });
+        }
+        bar.set_position(d as u64);
+        if d == t && p == SetupPhase::Measurements {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Says on standard error what the run searches, the objective's reachable range, and its notes.
+pub fn describe(session: &search::Session) {
+    let c = &session.config;
+    let f = session.table.feasibility(session.objective);
+    eprintln!(
+        "model {}, space `{}` ({} searchable groups, {:.3e} assignments), profile `{}`; {} from {} to {}; \
+         one evaluation ≈ {:.2} s",
+        c.model,
+        session.space.name,
+        session.space.searchable_groups().count(),
+        session.space.size(),
+        session.profile.name(),
+        session.objective,
+        session.objective.format(f.min),
+        session.objective.format(f.max),
+        session.forward_seconds
+    );
+    for n in &session.notes {
+        eprintln!("note: {n}");
+    }
+}
+
+/// Runs the trials with a progress bar, prints the summary, and returns 0, or 130 when interrupted.
+pub fn drive(
+    session: &search::Session,
+    store: &SledStore,
+    manifest: RunManifest,
+    jobs: usize,
+    stop: &AtomicBool,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let bar = trial_bar(&manifest.name, manifest.config.trials);
+    let mut on_progress = |p: &Progress| {
+        bar.set_position(p.trials);
+        bar.set_message(format!(
+            "evaluated {} · cache hits {} · failed {} · front {} · HV {:.4}",
+            p.evaluated, p.cache_hits, p.failed, p.front, p.hypervolume
+        ));
+    };
+    let mut control = Control {
+        jobs,
+        stop,
+        progress: &mut on_progress,
+    };
+    let outcome = search::run(
+        session,
+        session.evaluator.as_ref(),
+        store,
+        manifest,
+        &mut control,
+    )?;
+    bar.finish_and_clear();
+    summarise(session, store, &outcome, dir)?;
+    Ok(if outcome.reason == StopReason::Interrupted {
+        ExitCode::from(INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn summarise(
+    session: &search::Session,
+    store: &dyn Store,
+    o: &Outcome,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let m = &o.manifest;
+    let why = match o.reason {
+        StopReason::Trials => "trial budget spent",
+        StopReason::Time => "time budget spent",
+        StopReason::Interrupted => "interrupted",
+        StopReason::Exhausted => "the strategy has nothing left to propose",
+    };
+    let front = search::front(&m.config, &o.trials)?;
+    let mut out = format!(
+        "run `{}`: {why} after {} trials ({} this session: {} evaluated, {} from the cache) in {:.1} s; \
+         strategy time {:.2}% of the session\n\n",
+        m.name,
+        o.trials.len(),
+        o.new_trials,
+        o.evaluated,
+        o.cache_hits,
+        o.seconds,
+        100.0 * o.strategy_seconds / o.seconds.max(1e-9)
+    );
+    out.push_str(&front_table(
+        mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
+        &front,
+    ));
+    let store_arg = if dir == Path::new("mpsearch-store") {
+        String::new()
+    } else {
+        format!(" --store {}", dir.display())
+    };
+    out.push_str(&format!(
+        "\nresults: store {} run `{}` — `mpsearch trials {}{store_arg}` lists every trial, `mpsearch runs{store_arg}` \
+         every run\n",
+        dir.display(),
+        m.name,
+        m.name
+    ));
+    // The report of the run as it stands (also when interrupted); a failure costs the plots, never
+    // the run.
+    match super::report::write(store, &m.name, None, None) {
+        Ok(index) => out.push_str(&format!("report: {}\n", index.display())),
+        Err(e) => eprintln!(
+            "warning: the report of run `{}` could not be written: {e:#}",
+            m.name
+        ),
+    }
+    if o.reason == StopReason::Interrupted {
+        out.push_str(&format!(
+            "resume with: mpsearch resume {}{store_arg}\n",
+            m.name
+        ));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// The front as a table: point number, trial, quality, accuracy (classifiers), latency, size.
+fn front_table(objective: &str, front: &[&TrialRecord]) -> String {
+    if front.is_empty() {
+        return "no complete trial meets the limits yet\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = front
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            vec![
+                format!("{}", i + 1),
+                t.number.to_string(),
+                quality(t.quality.unwrap_or(f64::NAN)),
+                t.metrics
+                    .get("accuracy")
+                    .or_else(|| t.metrics.get("mean_cosine"))
+                    .map_or("-".into(), |v| format!("{v:.4}")),
+                format_us(t.cost.latency_us),
+                format_bytes(t.cost.bytes as f64),
+            ]
+        })
+        .collect();
+    let second = if front[0].metrics.contains_key("accuracy") {
+        "accuracy"
+    } else {
+        "mean cosine"
+    };
+    format!(
+        "front ({} points, {objective}, lower is better):\n{}",
+        front.len(),
+        table(
+            &["point", "trial", objective, second, "latency", "size"],
+            &rows,
+            0
+        )
+    )
+}

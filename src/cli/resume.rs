@@ -1,0 +1,47 @@
+//! # `resume`
+//!
+//! A stored run opened again (its inputs checked against its fingerprints), its budget extended by
+//! `--trials` or `--time` if asked, and driven on (see [`super::drive`]).
+
+use std::process::ExitCode;
+
+use mpsearch::search;
+use mpsearch::store::Store;
+
+use super::args::ResumeArgs;
+use super::drive;
+use super::setup::open_store;
+
+pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
+    let more_seconds = a.check()?;
+    let store = open_store(&a.store.store)?;
+    let stop = drive::stop_flag()?;
+    let (session, mut manifest) = search::open(&store, &a.run, &mut drive::setup_progress())?;
+    let done = store.trials(&manifest.name)?.len() as u64;
+    if let Some(n) = a.trials {
+        manifest.config.trials = Some(done + n);
+    }
+    if let Some(s) = more_seconds {
+        manifest.config.time_seconds = Some(manifest.elapsed_seconds + s);
+    }
+    if a.trials.is_none() && a.time.is_none() {
+        let spent_trials = manifest.config.trials.is_some_and(|n| done >= n);
+        let spent_time = manifest
+            .config
+            .time_seconds
+            .is_some_and(|s| manifest.elapsed_seconds >= s);
+        if spent_trials || spent_time {
+            eprintln!(
+                "run `{}` has spent its budget ({done} trials, {:.0} s); extend it with --trials N or --time D",
+                manifest.name, manifest.elapsed_seconds
+            );
+        }
+    }
+    eprintln!(
+        "resuming run `{}` at trial {done} ({})",
+        manifest.name,
+        search::listed_status(&manifest)
+    );
+    drive::describe(&session);
+    drive::drive(&session, &store, manifest, a.jobs, &stop, &a.store.store)
+}

@@ -1,0 +1,58 @@
+//! # Set-up
+//!
+//! The ready library objects several commands build from their (already checked) flags: a model's
+//! layer inventory, a search space resolved against it, a store, and a loaded evaluator.
+
+use std::path::Path;
+
+use mpsearch::eval::{CandleEvaluator, EvalSettings};
+use mpsearch::model::{self, Inventory, ModelSource};
+use mpsearch::shipped;
+use mpsearch::space::SearchSpace;
+use mpsearch::store::SledStore;
+
+use super::args::EvaluatorArgs;
+
+/// The layer inventory of `--model` (`demo` or a folder), read without loading weights.
+pub fn load_model(arg: &str) -> anyhow::Result<Inventory> {
+    Ok(model::inventory(&ModelSource::parse(arg))?)
+}
+
+/// `--space` (or the model's own space) resolved against the model's layers.
+pub fn load_space(arg: Option<&str>, inv: &Inventory) -> anyhow::Result<SearchSpace> {
+    Ok(shipped::space(
+        arg.unwrap_or(inv.default_space),
+        &inv.layers,
+    )?)
+}
+
+pub fn open_store(dir: &Path) -> anyhow::Result<SledStore> {
+    Ok(SledStore::open(dir)?)
+}
+
+/// A ready evaluator, the space resolved against the layers the model runs, and the seconds the f32
+/// reference took. Says on standard error what was loaded and how long it took.
+pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<(CandleEvaluator, SearchSpace, f64)> {
+    let source = ModelSource::parse(&a.input.model.model);
+    let started = std::time::Instant::now();
+    let (net, data) = mpsearch::eval::load(&source, a.data.data.as_deref())?;
+    // The space is resolved against the layers the model runs (an encoder never runs its pooler).
+    let space = load_space(a.input.space.as_deref(), net.inventory())?;
+    let settings = EvalSettings {
+        scale: a.data.scale.method(),
+        cache_bytes: a.cache_mb.saturating_mul(1 << 20),
+        ..EvalSettings::default()
+    };
+    let description = data.description.clone();
+    let name = net.inventory().name.clone();
+    let t0 = std::time::Instant::now();
+    let evaluator = CandleEvaluator::new(net, data, settings)?;
+    let forward = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "model {name} ({} layers), space `{}`, data: {description}; loaded and f32 reference computed in {:.1} s",
+        evaluator.model().inventory().layers.len(),
+        space.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok((evaluator, space, forward))
+}
