@@ -10,6 +10,13 @@ use mpsearch::space::{LayerInfo, LayerKind};
 
 use candle_core::quantized::GgmlDType;
 
+/// `[overhead] per_layer_us` is written rounded to two decimals.
+const ROUNDED_US_TOL: f64 = 0.01;
+/// The timed f32 kernel against a dot product summed in another order (f32).
+const F32_DOT_TOL: f32 = 1e-4;
+/// Largest relative error of the Q8_0 kernel's product against f32.
+const Q8_0_MAX_REL_ERR: f32 = 0.02;
+
 fn tiny(shapes: Vec<MatrixShape>) -> CalibrateOptions {
     CalibrateOptions {
         shapes,
@@ -185,7 +192,7 @@ fn profile_round_trips_through_toml() {
         .map(|m| m.median_us)
         .fold(f64::INFINITY, f64::min);
     assert!(
-        (hp.per_layer_us - fastest).abs() < 0.01,
+        (hp.per_layer_us - fastest).abs() < ROUNDED_US_TOL,
         "{} vs {fastest}",
         hp.per_layer_us
     );
@@ -329,7 +336,7 @@ fn the_timed_quantized_matmul_computes_x_times_w_transposed() {
         for j in 0..rows {
             let dot: f32 = (0..cols).map(|c| xv[i][c] * wv[j][c]).sum();
             assert!(
-                (dot - rv[i][j]).abs() < 1e-4,
+                (dot - rv[i][j]).abs() < F32_DOT_TOL,
                 "f32 [{i},{j}] {dot} vs {}",
                 rv[i][j]
             );
@@ -358,7 +365,7 @@ fn the_timed_quantized_matmul_computes_x_times_w_transposed() {
     };
     let q8 = rel_err(Kernel::Quant(GgmlDType::Q8_0));
     println!("Q8_0: relative error {q8:.5}");
-    assert!(q8 < 0.02, "Q8_0 relative error {q8}");
+    assert!(q8 < Q8_0_MAX_REL_ERR, "Q8_0 relative error {q8}");
     for (k, bound) in [
         (Kernel::F16, 0.01),
         (Kernel::QMatMulF16, 0.01),

@@ -17,6 +17,8 @@ use mpsearch::space::{
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Normal, Uniform};
 
+use crate::util::choice;
+
 /// Relative deviation allowed between a measured quantization MSE and Δ²/12.
 const DELTA_SQ_12_REL_TOL: f64 = 0.03;
 /// Asymmetric must beat symmetric by at least this factor in MSE on all-positive data (theory: ≈4.6
@@ -36,6 +38,12 @@ const ORTHO_TOL: f64 = 1e-4;
 const ACT_REL_SLACK: f32 = 1e-4;
 /// Agreement of `apply_choice` with an independent f64 product of its factors.
 const PRODUCT_TOL: f64 = 1e-4;
+/// Relative tolerance of a min/max scale against the step size computed from the formula.
+const SCALE_REL_TOL: f64 = 1e-5;
+/// Relative and absolute slack on the half-step bound of a value rounded to a group's grid (f32
+/// arithmetic).
+const GRID_REL_SLACK: f32 = 1e-4;
+const GRID_ABS_SLACK: f32 = 1e-7;
 
 fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
@@ -72,10 +80,6 @@ fn int(bits: u8, scheme: QuantScheme, granularity: Granularity) -> WeightQuant {
     }
 }
 
-fn c(s: &str) -> Choice {
-    s.parse().unwrap()
-}
-
 // ---- weight quantization ----
 
 #[test]
@@ -108,7 +112,7 @@ fn uniform_quantizer_error_is_delta_squared_over_12() {
         let q = QuantizedWeight::new(&w, &fmt, ScaleMethod::MinMax).unwrap();
         let rel_scale = (f64::from(q.scales()[0]) - delta).abs() / delta;
         assert!(
-            rel_scale < 1e-5,
+            rel_scale < SCALE_REL_TOL,
             "{fmt}: scale {} against Δ {delta}",
             q.scales()[0]
         );
@@ -366,7 +370,7 @@ fn removed_channel_count_matches_the_cost_model() {
             };
             // f32 + channels: kept·8·4 value bytes + a 1-bit-per-row mask.
             let bytes = model
-                .layer(&layer, &c(&format!("f32+channels{p}")))
+                .layer(&layer, &choice(&format!("f32+channels{p}")))
                 .cost
                 .bytes as usize;
             let cost_kept = (bytes - rows.div_ceil(8)) / 32;
@@ -482,7 +486,7 @@ fn pruned_weights_stay_zero_after_asymmetric_quantization() {
         "f16+sparse30",
     ] {
         for method in [ScaleMethod::MinMax, ScaleMethod::Mse] {
-            let cw = compress_factors(&w, &c(s), method).unwrap();
+            let cw = compress_factors(&w, &choice(s), method).unwrap();
             for (i, (f, keep)) in cw.factors().iter().zip(cw.masks()).enumerate() {
                 let bad = (0..f.len())
                     .filter(|&j| !keep[j] && f.data()[j] != 0.0)
@@ -496,7 +500,7 @@ fn pruned_weights_stay_zero_after_asymmetric_quantization() {
                     "{s}: factor {i} pruned nothing"
                 );
             }
-            let dense = values(&apply_choice(&w, &c(s), method).unwrap());
+            let dense = values(&apply_choice(&w, &choice(s), method).unwrap());
             if !s.contains("rank") {
                 let keep = &cw.masks()[0];
                 assert!(
@@ -529,7 +533,7 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     let (rows, cols) = (48, 64);
     let x = gaussian(14, rows * cols);
     let w = tensor(x.clone(), &[rows, cols]);
-    let choice = c("int4-asym-g32+2:4+rank50");
+    let choice = choice("int4-asym-g32+2:4+rank50");
     let cw = compress_factors(&w, &choice, ScaleMethod::MinMax).unwrap();
     let [a, b] = cw.factors() else {
         panic!("a rank choice has two factors")
@@ -582,7 +586,7 @@ fn factorize_then_prune_then_quantize_then_multiply() {
                 let step = (hi - lo) / 15.0;
                 for (i, (&q, &e)) in g.iter().zip(&ex).enumerate() {
                     assert!(
-                        (q - e).abs() <= step * 0.5 * (1.0 + 1e-4) + 1e-7,
+                        (q - e).abs() <= step * 0.5 * (1.0 + GRID_REL_SLACK) + GRID_ABS_SLACK,
                         "{name} [{r}, {}]: {q} vs {e}",
                         j * 32 + i
                     );
@@ -721,7 +725,7 @@ fn cache_hits_and_evicts_by_bytes_in_lru_order() {
     let w = tensor(gaussian(19, 16 * 16), &[16, 16]);
     let cache = CompressCache::new(3 * 1024).unwrap();
     let calls = AtomicUsize::new(0);
-    let choice = c("int8-sym-channel");
+    let choice = choice("int8-sym-channel");
     let get = |layer: &str| {
         cache
             .get_or_compute(layer, &choice, ScaleMethod::MinMax, || {
@@ -751,7 +755,11 @@ fn cache_hits_and_evicts_by_bytes_in_lru_order() {
     assert!(!cache.contains("c", &choice, ScaleMethod::MinMax));
     // Another scale method is another key; activation quantization is not part of the weight's key.
     assert!(!cache.contains("a", &choice, ScaleMethod::Mse));
-    assert!(cache.contains("a", &c("int8-sym-channel+act8-static"), ScaleMethod::MinMax));
+    assert!(cache.contains(
+        "a",
+        &crate::util::choice("int8-sym-channel+act8-static"),
+        ScaleMethod::MinMax
+    ));
     // Too big to keep: computed, returned, not stored.
     let big = cache
         .get_or_compute("huge", &choice, ScaleMethod::MinMax, || {
@@ -768,9 +776,9 @@ fn cache_is_shared_across_threads() {
     let w = tensor(gaussian(20, 32 * 64), &[32, 64]);
     let cache = CompressCache::default();
     let choices = [
-        c("int4-asym-g32"),
-        c("int8-sym-channel+2:4"),
-        c("f16+sparse50"),
+        choice("int4-asym-g32"),
+        choice("int8-sym-channel+2:4"),
+        choice("f16+sparse50"),
     ];
     let results: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
