@@ -5,6 +5,7 @@ use mpsearch::cost::calibrate::{
     measure, operands, table, to_profile, CalibrateOptions, Kernel, MatrixShape, Measurement,
     Prepared,
 };
+use mpsearch::cost::profile::Provenance;
 use mpsearch::cost::{HardwareProfile, Precision};
 use mpsearch::space::{LayerInfo, LayerKind};
 
@@ -170,6 +171,21 @@ fn profile_round_trips_through_toml() {
     let hp = HardwareProfile::from_toml(&text, "calibrated.toml")
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(hp.name(), "this-machine");
+    assert_headline_figures(&hp, &ms, &text);
+    assert_provenance(&hp.file.provenance);
+    assert_measured_entries(&hp, &ms, &opts);
+    // the text written again parses to the same entries
+    assert_eq!(
+        HardwareProfile::from_toml(&hp.to_toml(), "again.toml")
+            .unwrap()
+            .measured,
+        hp.measured
+    );
+}
+
+/// `[compute]` has every precision, `[memory]` and `[overhead]` are positive, `per_layer_us` is the
+/// fastest probe kernel, and the probe has no `[[measured]]` entry (`text` is the profile's TOML).
+fn assert_headline_figures(hp: &HardwareProfile, ms: &[Measurement], text: &str) {
     for p in [
         Precision::F32,
         Precision::F16,
@@ -185,7 +201,6 @@ fn profile_round_trips_through_toml() {
     }
     assert!(hp.weight_only.is_none());
     assert!(hp.bandwidth_gbs > 0.0 && hp.per_layer_us > 0.0);
-    // per_layer_us: the fastest probe kernel
     let fastest = ms
         .iter()
         .filter(|m| m.probe)
@@ -196,9 +211,12 @@ fn profile_round_trips_through_toml() {
         "{} vs {fastest}",
         hp.per_layer_us
     );
-    // the probe is not a requested shape: no [[measured]] entry for it
+    // the probe is not a requested shape
     assert!(!hp.measured.keys().any(|k| k.shape == [16, 256]));
-    let prov = &hp.file.provenance;
+}
+
+/// The provenance names this candle, today and this machine.
+fn assert_provenance(prov: &Provenance) {
     assert_eq!(prov.candle_version.as_deref(), Some("0.11.1"));
     assert_eq!(prov.date.len(), 10);
     assert!(prov.cores.is_some_and(|c| c >= 1) && prov.cpu.is_some());
@@ -206,6 +224,11 @@ fn profile_round_trips_through_toml() {
         .sources
         .iter()
         .any(|s| s.contains("candle-core 0.11.1")));
+}
+
+/// Every requested shape has an f32 batch-1 entry, and every bit-width's entry is the fastest candle
+/// type of that width.
+fn assert_measured_entries(hp: &HardwareProfile, ms: &[Measurement], opts: &CalibrateOptions) {
     for shape in &opts.shapes {
         let us = hp.measured.iter().find(|(k, _)| {
             k.kind == LayerKind::Linear
@@ -218,7 +241,6 @@ fn profile_round_trips_through_toml() {
             "no f32 batch-1 entry for {shape:?}"
         );
     }
-    // every bit-width's [[measured]] kernel is the fastest candle type of that width
     let cal = hp.file.calibration.as_ref().unwrap();
     for e in hp
         .file
@@ -238,13 +260,6 @@ fn profile_round_trips_through_toml() {
         assert_eq!(e.kernel.as_deref(), Some(fastest.kernel.as_str()));
     }
     assert_eq!(cal.bit_types.len(), 6, "{:?}", cal.bit_types);
-    // the text written again parses to the same entries
-    assert_eq!(
-        HardwareProfile::from_toml(&hp.to_toml(), "again.toml")
-            .unwrap()
-            .measured,
-        hp.measured
-    );
 }
 
 #[test]

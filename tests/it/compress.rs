@@ -549,53 +549,78 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     ];
     assert_eq!(cw.masks(), &masks[..]);
     for (name, f, exact, keep) in [("A", a, &lr.a, &masks[0]), ("B", b, &lr.b, &masks[1])] {
-        // 2:4 holds in every group of four.
-        for r in 0..f.rows() {
-            for (j, g) in f.row(r).chunks(4).enumerate() {
-                assert!(
-                    g.iter().filter(|&&v| v != 0.0).count() <= 2,
-                    "{name} row {r} group {j}: {g:?}"
-                );
-            }
-        }
-        // 4. Quantized after pruning: every g32 group has at most 16 levels, and the scales fit the
-        // surviving weights (the kept values are within half a step of the pruned-then-exact ones).
-        for r in 0..f.rows() {
-            for (j, g) in f.row(r).chunks(32).enumerate() {
-                let mut levels: Vec<f32> = g.to_vec();
-                levels.sort_by(f32::total_cmp);
-                levels.dedup();
-                assert!(
-                    levels.len() <= 16,
-                    "{name} row {r} group {j}: {} levels",
-                    levels.len()
-                );
-                let base = r * f.cols() + j * 32;
-                let ex: Vec<f32> = (0..g.len())
-                    .map(|i| {
-                        if keep[base + i] {
-                            exact.data()[base + i]
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                let (lo, hi) = ex
-                    .iter()
-                    .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
-                let step = (hi - lo) / 15.0;
-                for (i, (&q, &e)) in g.iter().zip(&ex).enumerate() {
-                    assert!(
-                        (q - e).abs() <= step * 0.5 * (1.0 + GRID_REL_SLACK) + GRID_ABS_SLACK,
-                        "{name} [{r}, {}]: {q} vs {e}",
-                        j * 32 + i
-                    );
-                }
-            }
-        }
+        assert_two_of_four(name, f);
+        assert_quantized_after_pruning(name, f, exact, keep);
     }
     // 5. The dense weight is the product of the compressed factors (f64 reference).
     let dense = values(&apply_choice(&w, &choice, ScaleMethod::MinMax).unwrap());
+    assert_product(&dense, a, b);
+    // Deterministic.
+    assert_eq!(
+        values(&apply_choice(&w, &choice, ScaleMethod::MinMax).unwrap()),
+        dense
+    );
+}
+
+/// 2:4 holds in every group of four of factor `f` (`name` for messages).
+fn assert_two_of_four(name: &str, f: &WeightMatrix) {
+    for r in 0..f.rows() {
+        for (j, g) in f.row(r).chunks(4).enumerate() {
+            assert!(
+                g.iter().filter(|&&v| v != 0.0).count() <= 2,
+                "{name} row {r} group {j}: {g:?}"
+            );
+        }
+    }
+}
+
+/// Factor `f` was quantized after pruning: every g32 group has at most 16 levels, and the scales fit
+/// the surviving weights (the kept values are within half a step of the pruned-then-`exact` ones,
+/// `keep` the pruning mask).
+fn assert_quantized_after_pruning(
+    name: &str,
+    f: &WeightMatrix,
+    exact: &WeightMatrix,
+    keep: &[bool],
+) {
+    for r in 0..f.rows() {
+        for (j, g) in f.row(r).chunks(32).enumerate() {
+            let mut levels: Vec<f32> = g.to_vec();
+            levels.sort_by(f32::total_cmp);
+            levels.dedup();
+            assert!(
+                levels.len() <= 16,
+                "{name} row {r} group {j}: {} levels",
+                levels.len()
+            );
+            let base = r * f.cols() + j * 32;
+            let ex: Vec<f32> = (0..g.len())
+                .map(|i| {
+                    if keep[base + i] {
+                        exact.data()[base + i]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let (lo, hi) = ex
+                .iter()
+                .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            let step = (hi - lo) / 15.0;
+            for (i, (&q, &e)) in g.iter().zip(&ex).enumerate() {
+                assert!(
+                    (q - e).abs() <= step * 0.5 * (1.0 + GRID_REL_SLACK) + GRID_ABS_SLACK,
+                    "{name} [{r}, {}]: {q} vs {e}",
+                    j * 32 + i
+                );
+            }
+        }
+    }
+}
+
+/// `dense` (row-major) is the product `a b` of the factors, against an f64 reference.
+fn assert_product(dense: &[f32], a: &WeightMatrix, b: &WeightMatrix) {
+    let (rows, k, cols) = (a.rows(), a.cols(), b.cols());
     for i in 0..rows {
         for j in 0..cols {
             let want: f64 = (0..k)
@@ -608,11 +633,6 @@ fn factorize_then_prune_then_quantize_then_multiply() {
             );
         }
     }
-    // Deterministic.
-    assert_eq!(
-        values(&apply_choice(&w, &choice, ScaleMethod::MinMax).unwrap()),
-        dense
-    );
 }
 
 #[test]
