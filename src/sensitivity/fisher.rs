@@ -330,7 +330,7 @@ fn narrow(batch: &Batch, start: usize, len: usize) -> Result<Batch> {
 }
 
 /// The Fisher error of every (group, choice) of `space`: the sum over the group's layers of their
-/// [`FisherDiagonal::taylor_drop`] with the weight compressed as the choice says ([`apply_choice`] with
+/// [`FisherDiagonal::taylor_drop`] with the weight compressed as the choice says ([`apply_choice`](crate::compress::apply_choice) with
 /// `scale`). Same shape and conventions as [`cheap_errors`](super::cheap_errors), so the
 /// [`Predictor`](super::Predictor) can take it instead of the output error: only the weight counts
 /// (activation quantization is ignored), and an uncompressed choice gets 0. `fisher` must hold every

@@ -12,8 +12,7 @@
 //! even with the cheapest remaining choices. So the result is exactly the front, until a partial front
 //! grows beyond [`MAX_PARTIAL`] points; then it is thinned to the best quality per cost bin of width
 //! `δ = TOLERANCE × (dearest − cheapest total)`, and the result is exact up to a cost error of at most
-//! `groups × δ`, which [`solve`]'s caller can read from [`ExactFront`]. Neither shipped space comes near
-//! the cap.
+//! `groups × δ`. Neither shipped space comes near the cap.
 //!
 //! As a strategy it proposes the front's points in *spread order* (cheapest, dearest, then midpoints,
 //! recursively), so any prefix covers the whole front evenly; when every front point has been tried it

@@ -81,11 +81,11 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 }
 
 /// Writes the measurements as a complete hardware profile named `name` (see the module docs of
-/// [`super::profile`] for the format):
+/// [`crate::cost::profile`] for the format):
 ///
-/// - `[compute]`: f32, f16, bf16 and int<b> GMAC/s at the largest measured shape (most MACs per
+/// - `[compute]`: f32, f16, bf16 and `int<b>` GMAC/s at the largest measured shape (most MACs per
 ///   sample) and the largest batch; f16/bf16 from the faster of their plain and `QMatMul` kernels,
-///   int<b> from `[calibration] bit_types[b]`, the fastest candle type of b bits there. No
+///   `int<b>` from `[calibration] bit_types[b]`, the fastest candle type of b bits there. No
 ///   `weight_only`: candle quantizes activations on the fly, so int layers run at their integer
 ///   kernel's rate.
 /// - `[memory] bandwidth_gbs`: an effective figure, f32 weight bytes of the largest linear weight (the
