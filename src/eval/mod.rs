@@ -40,11 +40,6 @@ pub trait Evaluator: Send + Sync {
     /// Evaluates one assignment.
     fn evaluate(&self, assignment: &Assignment) -> Result<Evaluation>;
 
-    /// Evaluates several, in order; one failure does not stop the others.
-    fn evaluate_batch(&self, assignments: &[Assignment]) -> Vec<Result<Evaluation>> {
-        assignments.iter().map(|a| self.evaluate(a)).collect()
-    }
-
     /// The content key of an assignment's evaluation: BLAKE3 of this evaluator's fingerprint and the
     /// assignment's canonical hash. Equal keys mean equal metrics, whoever computed them.
     fn key(&self, assignment: &Assignment) -> blake3::Hash {

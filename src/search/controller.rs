@@ -11,8 +11,10 @@ use super::{Progress, StopReason};
 use crate::error::{Error, Result};
 use crate::eval::Evaluator;
 use crate::store::SCHEMA_VERSION;
-use crate::store::{CostRecord, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState};
-use crate::strategy::{self, History, Observed, StrategyKind};
+use crate::store::{
+    CostRecord, RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState,
+};
+use crate::strategy::{self, History, Observed, Problem, Strategy, StrategyKind};
 
 /// How a session of a run is driven.
 pub struct Control<'a> {
@@ -69,127 +71,39 @@ pub fn run(
     let started = Instant::now();
     let elapsed_before = manifest.elapsed_seconds;
     let name = manifest.name.clone();
-    let problem = &session.problem;
     let kind = StrategyKind::parse(&manifest.config.strategy).ok_or_else(|| {
         Error::search(format!(
             "run `{name}` names an unknown strategy `{}`",
             manifest.config.strategy
         ))
     })?;
-    // The journal is the truth: complete and failed trials up to the first one still `running` form
-    // the history; from there on, the last asked batch is finished before anything new is asked.
-    let mut records = store.trials(&name)?;
-    let first_running = records
-        .iter()
-        .position(|r| r.state == TrialState::Running)
-        .unwrap_or(records.len());
-    let mut pending: Vec<TrialRecord> = records.split_off(first_running);
-    let mut history = History::new();
-    for r in &records {
-        history.push(observed(r));
-    }
-    let t = Instant::now();
-    let mut strategy = rebuild(kind, problem, store, &name, &history)?;
-    let mut strategy_seconds = t.elapsed().as_secs_f64();
-
+    let mut journal = Journal::load(&session.problem, store, &name, kind)?;
     manifest.status = RunStatus::Running;
     store.put_run(&manifest)?;
     let evaluator = CachingEvaluator::new(evaluator, store);
-    let pool = if control.jobs > 1 {
-        Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(control.jobs)
-                .build()
-                .map_err(|e| {
-                    Error::search(format!("cannot start {} threads: {e}", control.jobs))
-                })?,
-        )
-    } else {
-        None
-    };
-    let (mut new_trials, mut evaluated, mut cache_hits) = (0u64, 0u64, 0u64);
+    let pool = thread_pool(control.jobs)?;
     let reason = loop {
         let elapsed = elapsed_before + started.elapsed().as_secs_f64();
-        if control.stop.load(Ordering::SeqCst) {
-            break StopReason::Interrupted;
+        if let Some(reason) = journal.stop_reason(&manifest.config, elapsed, control.stop) {
+            break reason;
         }
-        let done = (records.len() + pending.len()) as u64;
-        if pending.is_empty() {
-            if manifest.config.trials.is_some_and(|n| done >= n) {
-                break StopReason::Trials;
-            }
-            if manifest.config.time_seconds.is_some_and(|s| elapsed >= s) {
-                break StopReason::Time;
-            }
-        }
-        let batch = if !pending.is_empty() {
-            std::mem::take(&mut pending)
-        } else {
-            let room = manifest
-                .config
-                .trials
-                .map_or(u64::MAX, |n| n.saturating_sub(done));
-            let n = (manifest.config.ask_batch as u64).min(room).max(1) as usize;
-            let t = Instant::now();
-            let points = strategy.ask(problem, &history, n)?;
-            strategy_seconds += t.elapsed().as_secs_f64();
-            if points.is_empty() {
-                break StopReason::Exhausted;
-            }
-            let recs: Vec<TrialRecord> = points
-                .into_iter()
-                .enumerate()
-                .map(|(i, p)| new_record(session, &evaluator, strategy.name(), done + i as u64, p))
-                .collect();
-            store.put_trials(&name, &recs)?;
-            recs
+        let Some(batch) = journal.next_batch(session, &evaluator, store, &manifest)? else {
+            break StopReason::Exhausted;
         };
         let finish =
             |r: TrialRecord| finish_trial(session, &evaluator, store, &name, control.stop, r);
-        let results: Vec<Result<Option<TrialRecord>>> = match &pool {
-            Some(pool) => pool.install(|| batch.into_par_iter().map(finish).collect()),
-            None => batch.into_iter().map(finish).collect(),
-        };
-        let mut finished = Vec::with_capacity(results.len());
-        let mut interrupted = false;
-        for r in results {
-            match r? {
-                Some(r) => finished.push(r),
-                None => interrupted = true,
-            }
-        }
-        if interrupted {
+        let Some(finished) = finish_batch(batch, pool.as_ref(), finish)? else {
             break StopReason::Interrupted;
-        }
-        let start = history.len();
-        for r in finished {
-            if r.state == TrialState::Complete {
-                if r.cached {
-                    cache_hits += 1;
-                } else {
-                    evaluated += 1;
-                }
-            }
-            new_trials += 1;
-            history.push(observed(&r));
-            records.push(r);
-        }
-        let t = Instant::now();
-        strategy.tell(problem, &history, start..history.len())?;
-        let state = strategy.snapshot()?;
-        strategy_seconds += t.elapsed().as_secs_f64();
-        store.put_snapshot(
-            &name,
-            &Snapshot {
-                schema: SCHEMA_VERSION,
-                strategy: strategy.name().to_string(),
-                trials: history.len() as u64,
-                state,
-            },
-        )?;
+        };
+        journal.record(&session.problem, store, &name, finished)?;
         manifest.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
         store.put_run(&manifest)?;
-        (control.progress)(&progress(session, &manifest, &history, &records));
+        (control.progress)(&progress(
+            session,
+            &manifest,
+            &journal.history,
+            &journal.records,
+        ));
     };
     manifest.status = match reason {
         StopReason::Interrupted => RunStatus::Interrupted,
@@ -199,28 +113,216 @@ pub fn run(
     manifest.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
     store.put_run(&manifest)?;
     // Trials left `running` (interrupted) stay in the journal for the next session.
+    let mut records = journal.records;
     records.extend(store.trials(&name)?.into_iter().skip(records.len()));
     Ok(Outcome {
         reason,
         manifest,
         trials: records,
-        new_trials,
-        evaluated,
-        cache_hits,
-        strategy_seconds,
+        new_trials: journal.new_trials,
+        evaluated: journal.evaluated,
+        cache_hits: journal.cache_hits,
+        strategy_seconds: journal.strategy_seconds,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A session's view of its run: the journal, the strategy's history and state, and what this session
+/// did. The journal is the truth: complete and failed trials up to the first one still `running`
+/// form the history; from there on, the last asked batch is finished before anything new is asked.
+struct Journal {
+    /// Finished trials, in order: the stored ones before the first `running` one, then this session's.
+    records: Vec<TrialRecord>,
+    /// The stored trials from the first `running` one on (the last asked batch), until finished.
+    pending: Vec<TrialRecord>,
+    history: History,
+    strategy: Box<dyn Strategy>,
+    /// Trials finished in this session, and of those the complete ones evaluated and from the cache.
+    new_trials: u64,
+    evaluated: u64,
+    cache_hits: u64,
+    /// Seconds the strategy spent rebuilding, asking and telling in this session.
+    strategy_seconds: f64,
+}
+
+impl Journal {
+    /// The stored journal of run `name`, and its strategy rebuilt from it.
+    fn load(
+        problem: &Problem,
+        store: &dyn Store,
+        name: &str,
+        kind: StrategyKind,
+    ) -> Result<Journal> {
+        let mut records = store.trials(name)?;
+        let first_running = records
+            .iter()
+            .position(|r| r.state == TrialState::Running)
+            .unwrap_or(records.len());
+        let pending: Vec<TrialRecord> = records.split_off(first_running);
+        let mut history = History::new();
+        for r in &records {
+            history.push(observed(r));
+        }
+        let t = Instant::now();
+        let strategy = rebuild(kind, problem, store, name, &history)?;
+        Ok(Journal {
+            records,
+            pending,
+            history,
+            strategy,
+            new_trials: 0,
+            evaluated: 0,
+            cache_hits: 0,
+            strategy_seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Why the session stops before its next batch, if it does: `stop` is set, or (with no batch
+    /// pending) the trial or time budget of `config` is spent after `elapsed` seconds in all.
+    fn stop_reason(
+        &self,
+        config: &RunConfig,
+        elapsed: f64,
+        stop: &AtomicBool,
+    ) -> Option<StopReason> {
+        if stop.load(Ordering::SeqCst) {
+            return Some(StopReason::Interrupted);
+        }
+        if self.pending.is_empty() {
+            if config.trials.is_some_and(|n| self.trials() >= n) {
+                return Some(StopReason::Trials);
+            }
+            if config.time_seconds.is_some_and(|s| elapsed >= s) {
+                return Some(StopReason::Time);
+            }
+        }
+        None
+    }
+
+    /// Trials in the journal, finished or not.
+    fn trials(&self) -> u64 {
+        (self.records.len() + self.pending.len()) as u64
+    }
+
+    /// The next batch to finish: the pending one, else a new one asked of the strategy (at most the
+    /// trials left in the budget) and journaled as `running`; `None` when the strategy has nothing
+    /// left to ask.
+    fn next_batch(
+        &mut self,
+        session: &Session,
+        evaluator: &dyn Evaluator,
+        store: &dyn Store,
+        manifest: &RunManifest,
+    ) -> Result<Option<Vec<TrialRecord>>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        let done = self.trials();
+        let config = &manifest.config;
+        let room = config.trials.map_or(u64::MAX, |n| n.saturating_sub(done));
+        let n = (config.ask_batch as u64).min(room).max(1) as usize;
+        let t = Instant::now();
+        let points = self.strategy.ask(&session.problem, &self.history, n)?;
+        self.strategy_seconds += t.elapsed().as_secs_f64();
+        if points.is_empty() {
+            return Ok(None);
+        }
+        let name = self.strategy.name();
+        let recs: Vec<TrialRecord> = points
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| new_record(session, evaluator, name, done + i as u64, p))
+            .collect();
+        store.put_trials(&manifest.name, &recs)?;
+        Ok(Some(recs))
+    }
+
+    /// Adds a finished batch to the journal and the history, tells the strategy, and stores its
+    /// snapshot for run `name`.
+    fn record(
+        &mut self,
+        problem: &Problem,
+        store: &dyn Store,
+        name: &str,
+        finished: Vec<TrialRecord>,
+    ) -> Result<()> {
+        let start = self.history.len();
+        for r in finished {
+            if r.state == TrialState::Complete {
+                if r.cached {
+                    self.cache_hits += 1;
+                } else {
+                    self.evaluated += 1;
+                }
+            }
+            self.new_trials += 1;
+            self.history.push(observed(&r));
+            self.records.push(r);
+        }
+        let t = Instant::now();
+        self.strategy
+            .tell(problem, &self.history, start..self.history.len())?;
+        let state = self.strategy.snapshot()?;
+        self.strategy_seconds += t.elapsed().as_secs_f64();
+        store.put_snapshot(
+            name,
+            &Snapshot {
+                schema: SCHEMA_VERSION,
+                strategy: self.strategy.name().to_string(),
+                trials: self.history.len() as u64,
+                state,
+            },
+        )
+    }
+}
+
+/// A pool of `jobs` threads for the evaluations, or none to run them one at a time.
+fn thread_pool(jobs: usize) -> Result<Option<rayon::ThreadPool>> {
+    if jobs <= 1 {
+        return Ok(None);
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map(Some)
+        .map_err(|e| Error::search(format!("cannot start {jobs} threads: {e}")))
+}
+
+/// Finishes every trial of `batch` with `finish`, on `pool`'s threads when there is one; the finished
+/// trials in order, or `None` if one was stopped before it started. The first error (in trial order)
+/// is returned once the whole batch is done.
+fn finish_batch<F>(
+    batch: Vec<TrialRecord>,
+    pool: Option<&rayon::ThreadPool>,
+    finish: F,
+) -> Result<Option<Vec<TrialRecord>>>
+where
+    F: Fn(TrialRecord) -> Result<Option<TrialRecord>> + Send + Sync,
+{
+    let results: Vec<Result<Option<TrialRecord>>> = match pool {
+        Some(pool) => pool.install(|| batch.into_par_iter().map(finish).collect()),
+        None => batch.into_iter().map(finish).collect(),
+    };
+    let mut finished = Vec::with_capacity(results.len());
+    let mut interrupted = false;
+    for r in results {
+        match r? {
+            Some(r) => finished.push(r),
+            None => interrupted = true,
+        }
+    }
+    Ok((!interrupted).then_some(finished))
 }
 
 /// The strategy of a run, in the state the stored history gives: its snapshot when that covers exactly
 /// this history, else a fresh strategy told every trial (the same state, by the tell contract).
 fn rebuild(
     kind: StrategyKind,
-    problem: &crate::strategy::Problem,
+    problem: &Problem,
     store: &dyn Store,
     name: &str,
     history: &History,
-) -> Result<Box<dyn crate::strategy::Strategy>> {
+) -> Result<Box<dyn Strategy>> {
     let mut strategy = strategy::build(kind)?;
     if let Some(s) = store.snapshot(name)? {
         if s.strategy == strategy.name()

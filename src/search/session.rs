@@ -82,7 +82,6 @@ impl Session {
         let objective = objective(&config.objective)?;
         let scale = scale_method(&config.scale)?;
         let source = ModelSource::parse(&config.model);
-        let started = std::time::Instant::now();
         let (net, data) = crate::eval::load(&source, config.data.as_deref().map(Path::new))?;
         let space = crate::shipped::space(&config.space, &net.inventory().layers)?;
         let profile = crate::shipped::profile(&config.profile)?;
@@ -131,7 +130,6 @@ impl Session {
         let t0 = std::time::Instant::now();
         let evaluator = Arc::new(CandleEvaluator::new(net, data, settings)?);
         let forward_seconds = t0.elapsed().as_secs_f64();
-        let _ = started;
 
         let fingerprints = fingerprints(&evaluator, &space, &profile);
         let predictor = sensitivity(&evaluator, &space, &config, store, &mut notes, progress)?;

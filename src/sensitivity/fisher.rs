@@ -60,6 +60,7 @@
 //!   approximation for natural gradient descent", NeurIPS 2019 (what the empirical Fisher is and is
 //!   not).
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use crate::compress::ScaleMethod;
@@ -131,14 +132,7 @@ impl FisherDiagonal {
             overrides: Some(&overrides),
             capture: None,
         };
-        let sizes: Vec<usize> = layers
-            .iter()
-            .map(LayerInfo::params)
-            .map(|p| p as usize)
-            .collect();
-        let mut fisher: Vec<Vec<f64>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
-        let mut grad: Vec<Vec<f64>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
-        let (mut samples, mut chunks) = (0usize, 0usize);
+        let mut sums = GradientSums::new(layers);
         for (batch, labels) in batches {
             let n = batch.len();
             if labels.dims() != [n] {
@@ -152,48 +146,10 @@ impl FisherDiagonal {
                 let (b, y) = (narrow(batch, start, size)?, labels.narrow(0, start, size)?);
                 let logits = model.forward(&b, &ctx)?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &y.to_dtype(DType::U32)?)?;
-                let store = loss.backward()?;
-                for (i, v) in vars.iter().enumerate() {
-                    // A layer the loss does not depend on has no gradient: it adds zeros.
-                    let Some(gc) = store.get(v.as_tensor()) else {
-                        continue;
-                    };
-                    let gc = gc.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                    let w = size as f64;
-                    for ((f, g), &x) in fisher[i].iter_mut().zip(&mut grad[i]).zip(&gc) {
-                        *f += w * x * x;
-                        *g += w * x;
-                    }
-                }
-                samples += size;
-                chunks += 1;
+                sums.add(&loss.backward()?, &vars, size)?;
             }
         }
-        if samples == 0 {
-            return Err(Error::sensitivity(
-                "fisher: no calibration samples: the Fisher cannot be estimated",
-            ));
-        }
-        let norm = 1.0 / samples as f64;
-        let layers = layers
-            .iter()
-            .zip(weights)
-            .zip(fisher.into_iter().zip(grad))
-            .map(|((info, w), (mut f, mut g))| {
-                f.iter_mut().chain(g.iter_mut()).for_each(|x| *x *= norm);
-                Ok(LayerFisher {
-                    info: info.clone(),
-                    weight: flat_f64(&w)?,
-                    fisher: f,
-                    grad: g,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(FisherDiagonal {
-            layers,
-            samples,
-            chunks,
-        })
+        sums.finish(layers, weights)
     }
 
     /// The layers, in inventory order.
@@ -242,6 +198,85 @@ impl FisherDiagonal {
             .iter()
             .find(|l| l.info.name == name)
             .ok_or_else(|| Error::sensitivity(format!("no Fisher estimate for layer `{name}`")))
+    }
+}
+
+/// The running sums of [`FisherDiagonal::estimate`]: per layer, the chunk gradients' squares and the
+/// gradients, each weighted by the chunk's size.
+struct GradientSums {
+    fisher: Vec<Vec<f64>>,
+    grad: Vec<Vec<f64>>,
+    samples: usize,
+    chunks: usize,
+}
+
+impl GradientSums {
+    fn new(layers: &[LayerInfo]) -> GradientSums {
+        let sizes: Vec<usize> = layers
+            .iter()
+            .map(LayerInfo::params)
+            .map(|p| p as usize)
+            .collect();
+        GradientSums {
+            fisher: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            grad: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            samples: 0,
+            chunks: 0,
+        }
+    }
+
+    /// Adds the mean-loss gradients of one chunk of `size` samples with respect to `vars`.
+    fn add(&mut self, store: &GradStore, vars: &[Var], size: usize) -> Result<()> {
+        for (i, v) in vars.iter().enumerate() {
+            // A layer the loss does not depend on has no gradient: it adds zeros.
+            let Some(gc) = store.get(v.as_tensor()) else {
+                continue;
+            };
+            let gc = gc.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let w = size as f64;
+            for ((f, g), &x) in self.fisher[i].iter_mut().zip(&mut self.grad[i]).zip(&gc) {
+                *f += w * x * x;
+                *g += w * x;
+            }
+        }
+        self.samples += size;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// The estimate: the sums over the samples, with each layer's `weights` (in `layers`' order).
+    fn finish(self, layers: &[LayerInfo], weights: Vec<Tensor>) -> Result<FisherDiagonal> {
+        let GradientSums {
+            fisher,
+            grad,
+            samples,
+            chunks,
+        } = self;
+        if samples == 0 {
+            return Err(Error::sensitivity(
+                "fisher: no calibration samples: the Fisher cannot be estimated",
+            ));
+        }
+        let norm = 1.0 / samples as f64;
+        let layers = layers
+            .iter()
+            .zip(weights)
+            .zip(fisher.into_iter().zip(grad))
+            .map(|((info, w), (mut f, mut g))| {
+                f.iter_mut().chain(g.iter_mut()).for_each(|x| *x *= norm);
+                Ok(LayerFisher {
+                    info: info.clone(),
+                    weight: flat_f64(&w)?,
+                    fisher: f,
+                    grad: g,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(FisherDiagonal {
+            layers,
+            samples,
+            chunks,
+        })
     }
 }
 
@@ -295,7 +330,7 @@ fn narrow(batch: &Batch, start: usize, len: usize) -> Result<Batch> {
 }
 
 /// The Fisher error of every (group, choice) of `space`: the sum over the group's layers of their
-/// [`FisherDiagonal::taylor_drop`] with the weight compressed as the choice says ([`apply_choice`] with
+/// [`FisherDiagonal::taylor_drop`] with the weight compressed as the choice says ([`apply_choice`](crate::compress::apply_choice) with
 /// `scale`). Same shape and conventions as [`cheap_errors`](super::cheap_errors), so the
 /// [`Predictor`](super::Predictor) can take it instead of the output error: only the weight counts
 /// (activation quantization is ignored), and an uncompressed choice gets 0. `fisher` must hold every

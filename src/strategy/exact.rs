@@ -12,8 +12,7 @@
 //! even with the cheapest remaining choices. So the result is exactly the front, until a partial front
 //! grows beyond [`MAX_PARTIAL`] points; then it is thinned to the best quality per cost bin of width
 //! `δ = TOLERANCE × (dearest − cheapest total)`, and the result is exact up to a cost error of at most
-//! `groups × δ`, which [`solve`]'s caller can read from [`ExactFront`]. Neither shipped space comes near
-//! the cap.
+//! `groups × δ`. Neither shipped space comes near the cap.
 //!
 //! As a strategy it proposes the front's points in *spread order* (cheapest, dearest, then midpoints,
 //! recursively), so any prefix covers the whole front evenly; when every front point has been tried it
@@ -58,21 +57,7 @@ struct Partial {
 pub fn solve(problem: &Problem) -> Result<Vec<FrontPoint>> {
     let groups = problem.groups();
     let dims = 2 + problem.cost_limits.len();
-    let term = |g: usize, c: usize| -> Vec<f64> {
-        let mut v = Vec::with_capacity(dims);
-        v.push(problem.cost[g][c]);
-        v.push(problem.predictor.table()[g][c]);
-        v.extend(problem.cost_limits.iter().map(|l| l.table[g][c]));
-        v
-    };
-    // The cheapest each limited cost can still get from groups g.. (for dropping hopeless sums).
-    let mut min_rest = vec![vec![0.0; problem.cost_limits.len()]; groups + 1];
-    for g in (0..groups).rev() {
-        for (k, l) in problem.cost_limits.iter().enumerate() {
-            let m = l.table[g].iter().copied().fold(f64::INFINITY, f64::min);
-            min_rest[g][k] = min_rest[g + 1][k] + m;
-        }
-    }
+    let min_rest = min_rest(problem);
     let range: f64 = (0..groups)
         .map(|g| {
             let (lo, hi) = min_max(&problem.cost[g]);
@@ -88,27 +73,7 @@ pub fn solve(problem: &Problem) -> Result<Vec<FrontPoint>> {
         choice: 0,
     }]);
     for g in 0..groups {
-        let prev = &stages[g];
-        let mut next = Vec::with_capacity(prev.len() * problem.choices[g] as usize);
-        for (pi, p) in prev.iter().enumerate() {
-            for c in 0..problem.choices[g] as usize {
-                let t = term(g, c);
-                let values: Vec<f64> = p.values.iter().zip(&t).map(|(a, b)| a + b).collect();
-                let hopeless = problem
-                    .cost_limits
-                    .iter()
-                    .enumerate()
-                    .any(|(k, l)| values[2 + k] + min_rest[g + 1][k] > l.max * (1.0 + 1e-12));
-                if !hopeless {
-                    next.push(Partial {
-                        values,
-                        parent: pi as u32,
-                        choice: c as u16,
-                    });
-                }
-            }
-        }
-        let mut kept = prune(next);
+        let mut kept = prune(extend(problem, g, &stages[g], &min_rest[g + 1]));
         if kept.len() > MAX_PARTIAL {
             kept = thin(kept, bin);
         }
@@ -117,8 +82,58 @@ pub fn solve(problem: &Problem) -> Result<Vec<FrontPoint>> {
         }
         stages.push(kept);
     }
-    // The final stage is non-dominated in all coordinates; the front is its 2-D part.
-    let last = &stages[groups];
+    Ok(front_of(&stages))
+}
+
+/// `min_rest[g][k]`: the cheapest the `k`th limited cost can still get from groups `g..` (for
+/// dropping hopeless sums).
+fn min_rest(problem: &Problem) -> Vec<Vec<f64>> {
+    let groups = problem.groups();
+    let mut min_rest = vec![vec![0.0; problem.cost_limits.len()]; groups + 1];
+    for g in (0..groups).rev() {
+        for (k, l) in problem.cost_limits.iter().enumerate() {
+            let m = l.table[g].iter().copied().fold(f64::INFINITY, f64::min);
+            min_rest[g][k] = min_rest[g + 1][k] + m;
+        }
+    }
+    min_rest
+}
+
+/// Every partial sum of `prev` extended by each choice of group `g`, but those that cannot meet a
+/// cost limit even with the cheapest rest (`min_rest`, from group `g + 1` on).
+fn extend(problem: &Problem, g: usize, prev: &[Partial], min_rest: &[f64]) -> Vec<Partial> {
+    let term = |c: usize| -> Vec<f64> {
+        let mut v = Vec::with_capacity(2 + problem.cost_limits.len());
+        v.push(problem.cost[g][c]);
+        v.push(problem.predictor.table()[g][c]);
+        v.extend(problem.cost_limits.iter().map(|l| l.table[g][c]));
+        v
+    };
+    let mut next = Vec::with_capacity(prev.len() * problem.choices[g] as usize);
+    for (pi, p) in prev.iter().enumerate() {
+        for c in 0..problem.choices[g] as usize {
+            let t = term(c);
+            let values: Vec<f64> = p.values.iter().zip(&t).map(|(a, b)| a + b).collect();
+            let hopeless = problem
+                .cost_limits
+                .iter()
+                .enumerate()
+                .any(|(k, l)| values[2 + k] + min_rest[k] > l.max * (1.0 + 1e-12));
+            if !hopeless {
+                next.push(Partial {
+                    values,
+                    parent: pi as u32,
+                    choice: c as u16,
+                });
+            }
+        }
+    }
+    next
+}
+
+/// The front of the final stage (non-dominated in all coordinates): its 2-D part, by cost.
+fn front_of(stages: &[Vec<Partial>]) -> Vec<FrontPoint> {
+    let last = &stages[stages.len() - 1];
     let mut order: Vec<usize> = (0..last.len()).collect();
     order.sort_by(|&a, &b| {
         let (x, y) = (&last[a].values, &last[b].values);
@@ -133,11 +148,11 @@ pub fn solve(problem: &Problem) -> Result<Vec<FrontPoint>> {
             front.push(FrontPoint {
                 cost: v[0],
                 predicted: v[1],
-                point: backtrack(&stages, i),
+                point: backtrack(stages, i),
             });
         }
     }
-    Ok(front)
+    front
 }
 
 fn min_max(row: &[f64]) -> (f64, f64) {

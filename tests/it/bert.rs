@@ -7,18 +7,24 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use mpsearch::model::{
-    Batch, BertEncoder, ForwardCtx, LayerOverride, Model, ModelSource, Overrides,
-};
+use mpsearch::model::{Batch, BertEncoder, ForwardCtx, Model, ModelSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::util::Dir;
+use crate::util::{forward_with_weight, max_abs_diff, Dir};
 
 /// Cosine between our fp32 embeddings and sentence-transformers' that every reference sentence must reach.
 const MIN_REFERENCE_COSINE: f64 = 0.99999;
 /// Largest difference allowed between two runs that should give the same embedding (f32 reordering).
 const SAME_EMBEDDING_TOL: f32 = 1e-5;
+/// Largest distance from 1 of the norm of an embedding the pipeline normalises.
+const UNIT_NORM_TOL: f32 = 1e-5;
+/// Smallest distance from 1 of some norm of embeddings the pipeline does not normalise.
+const UNNORMALISED_MIN: f32 = 1e-3;
+/// Smallest change of the embedding when the attention mask is dropped from padded ids.
+const MASK_EFFECT_MIN: f32 = 1e-3;
+/// Smallest change of the embedding when a layer's weight is halved.
+const OVERRIDE_EFFECT_MIN: f32 = 1e-4;
 
 // ---- the real model -------------------------------------------------------------------------------
 
@@ -298,19 +304,6 @@ fn load_err(path: &Path) -> String {
         .to_string()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 const SENTENCES: [&str; 3] = [
     "The cat sat on the mat .",
     "a big red dog ran far away and slept",
@@ -341,7 +334,7 @@ fn tiny_bert_embeds_sentences_as_unit_vectors() {
         .to_vec1()
         .unwrap();
     for n in norms {
-        assert!((n - 1.0).abs() < 1e-5, "norm {n}");
+        assert!((n - 1.0).abs() < UNIT_NORM_TOL, "norm {n}");
     }
     let rows: Vec<Vec<f32>> = out.to_vec2().unwrap();
     assert_ne!(rows[0], rows[1], "different sentences embed differently");
@@ -445,7 +438,7 @@ fn padding_does_not_change_an_embedding() {
     let mask = Tensor::ones((1, 8), DType::U32, &Device::Cpu).unwrap();
     let unmasked = model.forward(&Batch::Tokens { ids, mask }, &ctx).unwrap();
     assert!(
-        max_abs_diff(&alone, &unmasked) > 1e-3,
+        max_abs_diff(&alone, &unmasked) > MASK_EFFECT_MIN,
         "the mask must matter"
     );
 }
@@ -464,67 +457,20 @@ fn weight_overrides_change_the_output() {
         "encoder.layer.1.output.dense",
     ] {
         let w = model.weight(layer).unwrap();
-        let mut same = Overrides::new();
-        same.insert(
-            layer.into(),
-            LayerOverride {
-                weight: Some(w.clone()),
-                ..Default::default()
-            },
-        );
-        let out = model
-            .forward(
-                &batch,
-                &ForwardCtx {
-                    overrides: Some(&same),
-                    capture: None,
-                },
-            )
-            .unwrap();
+        let out = forward_with_weight(&model, &batch, layer, w.clone()).unwrap();
         assert!(
             max_abs_diff(&out, &base) < SAME_EMBEDDING_TOL,
             "{layer}: the original weight as override"
         );
 
-        let mut halved = Overrides::new();
-        halved.insert(
-            layer.into(),
-            LayerOverride {
-                weight: Some((w * 0.5).unwrap()),
-                ..Default::default()
-            },
-        );
-        let out = model
-            .forward(
-                &batch,
-                &ForwardCtx {
-                    overrides: Some(&halved),
-                    capture: None,
-                },
-            )
-            .unwrap();
+        let out = forward_with_weight(&model, &batch, layer, (w * 0.5).unwrap()).unwrap();
         assert!(
-            max_abs_diff(&out, &base) > 1e-4,
+            max_abs_diff(&out, &base) > OVERRIDE_EFFECT_MIN,
             "{layer}: a halved weight changed nothing"
         );
     }
-    let mut wrong = Overrides::new();
     let w = Tensor::zeros((HIDDEN, HIDDEN + 1), DType::F32, &Device::Cpu).unwrap();
-    wrong.insert(
-        "encoder.layer.0.attention.self.key".into(),
-        LayerOverride {
-            weight: Some(w),
-            ..Default::default()
-        },
-    );
-    let err = model
-        .forward(
-            &batch,
-            &ForwardCtx {
-                overrides: Some(&wrong),
-                capture: None,
-            },
-        )
+    let err = forward_with_weight(&model, &batch, "encoder.layer.0.attention.self.key", w)
         .unwrap_err()
         .to_string();
     assert!(
@@ -696,7 +642,7 @@ fn sentence_transformers_pipeline_decides_normalisation_and_pooling() {
         .to_vec1()
         .unwrap();
     assert!(
-        norms.iter().any(|n| (n - 1.0).abs() > 1e-3),
+        norms.iter().any(|n| (n - 1.0).abs() > UNNORMALISED_MIN),
         "not normalised: {norms:?}"
     );
 

@@ -5,10 +5,18 @@ use mpsearch::cost::calibrate::{
     measure, operands, table, to_profile, CalibrateOptions, Kernel, MatrixShape, Measurement,
     Prepared,
 };
+use mpsearch::cost::profile::Provenance;
 use mpsearch::cost::{HardwareProfile, Precision};
 use mpsearch::space::{LayerInfo, LayerKind};
 
 use candle_core::quantized::GgmlDType;
+
+/// `[overhead] per_layer_us` is written rounded to two decimals.
+const ROUNDED_US_TOL: f64 = 0.01;
+/// The timed f32 kernel against a dot product summed in another order (f32).
+const F32_DOT_TOL: f32 = 1e-4;
+/// Largest relative error of the Q8_0 kernel's product against f32.
+const Q8_0_MAX_REL_ERR: f32 = 0.02;
 
 fn tiny(shapes: Vec<MatrixShape>) -> CalibrateOptions {
     CalibrateOptions {
@@ -163,6 +171,21 @@ fn profile_round_trips_through_toml() {
     let hp = HardwareProfile::from_toml(&text, "calibrated.toml")
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(hp.name(), "this-machine");
+    assert_headline_figures(&hp, &ms, &text);
+    assert_provenance(&hp.file.provenance);
+    assert_measured_entries(&hp, &ms, &opts);
+    // the text written again parses to the same entries
+    assert_eq!(
+        HardwareProfile::from_toml(&hp.to_toml(), "again.toml")
+            .unwrap()
+            .measured,
+        hp.measured
+    );
+}
+
+/// `[compute]` has every precision, `[memory]` and `[overhead]` are positive, `per_layer_us` is the
+/// fastest probe kernel, and the probe has no `[[measured]]` entry (`text` is the profile's TOML).
+fn assert_headline_figures(hp: &HardwareProfile, ms: &[Measurement], text: &str) {
     for p in [
         Precision::F32,
         Precision::F16,
@@ -178,20 +201,22 @@ fn profile_round_trips_through_toml() {
     }
     assert!(hp.weight_only.is_none());
     assert!(hp.bandwidth_gbs > 0.0 && hp.per_layer_us > 0.0);
-    // per_layer_us: the fastest probe kernel
     let fastest = ms
         .iter()
         .filter(|m| m.probe)
         .map(|m| m.median_us)
         .fold(f64::INFINITY, f64::min);
     assert!(
-        (hp.per_layer_us - fastest).abs() < 0.01,
+        (hp.per_layer_us - fastest).abs() < ROUNDED_US_TOL,
         "{} vs {fastest}",
         hp.per_layer_us
     );
-    // the probe is not a requested shape: no [[measured]] entry for it
+    // the probe is not a requested shape
     assert!(!hp.measured.keys().any(|k| k.shape == [16, 256]));
-    let prov = &hp.file.provenance;
+}
+
+/// The provenance names this candle, today and this machine.
+fn assert_provenance(prov: &Provenance) {
     assert_eq!(prov.candle_version.as_deref(), Some("0.11.1"));
     assert_eq!(prov.date.len(), 10);
     assert!(prov.cores.is_some_and(|c| c >= 1) && prov.cpu.is_some());
@@ -199,6 +224,11 @@ fn profile_round_trips_through_toml() {
         .sources
         .iter()
         .any(|s| s.contains("candle-core 0.11.1")));
+}
+
+/// Every requested shape has an f32 batch-1 entry, and every bit-width's entry is the fastest candle
+/// type of that width.
+fn assert_measured_entries(hp: &HardwareProfile, ms: &[Measurement], opts: &CalibrateOptions) {
     for shape in &opts.shapes {
         let us = hp.measured.iter().find(|(k, _)| {
             k.kind == LayerKind::Linear
@@ -211,7 +241,6 @@ fn profile_round_trips_through_toml() {
             "no f32 batch-1 entry for {shape:?}"
         );
     }
-    // every bit-width's [[measured]] kernel is the fastest candle type of that width
     let cal = hp.file.calibration.as_ref().unwrap();
     for e in hp
         .file
@@ -231,13 +260,6 @@ fn profile_round_trips_through_toml() {
         assert_eq!(e.kernel.as_deref(), Some(fastest.kernel.as_str()));
     }
     assert_eq!(cal.bit_types.len(), 6, "{:?}", cal.bit_types);
-    // the text written again parses to the same entries
-    assert_eq!(
-        HardwareProfile::from_toml(&hp.to_toml(), "again.toml")
-            .unwrap()
-            .measured,
-        hp.measured
-    );
 }
 
 #[test]
@@ -329,7 +351,7 @@ fn the_timed_quantized_matmul_computes_x_times_w_transposed() {
         for j in 0..rows {
             let dot: f32 = (0..cols).map(|c| xv[i][c] * wv[j][c]).sum();
             assert!(
-                (dot - rv[i][j]).abs() < 1e-4,
+                (dot - rv[i][j]).abs() < F32_DOT_TOL,
                 "f32 [{i},{j}] {dot} vs {}",
                 rv[i][j]
             );
@@ -358,7 +380,7 @@ fn the_timed_quantized_matmul_computes_x_times_w_transposed() {
     };
     let q8 = rel_err(Kernel::Quant(GgmlDType::Q8_0));
     println!("Q8_0: relative error {q8:.5}");
-    assert!(q8 < 0.02, "Q8_0 relative error {q8}");
+    assert!(q8 < Q8_0_MAX_REL_ERR, "Q8_0 relative error {q8}");
     for (k, bound) in [
         (Kernel::F16, 0.01),
         (Kernel::QMatMulF16, 0.01),

@@ -17,6 +17,8 @@ use mpsearch::space::{
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Normal, Uniform};
 
+use crate::util::choice;
+
 /// Relative deviation allowed between a measured quantization MSE and Δ²/12.
 const DELTA_SQ_12_REL_TOL: f64 = 0.03;
 /// Asymmetric must beat symmetric by at least this factor in MSE on all-positive data (theory: ≈4.6
@@ -36,6 +38,12 @@ const ORTHO_TOL: f64 = 1e-4;
 const ACT_REL_SLACK: f32 = 1e-4;
 /// Agreement of `apply_choice` with an independent f64 product of its factors.
 const PRODUCT_TOL: f64 = 1e-4;
+/// Relative tolerance of a min/max scale against the step size computed from the formula.
+const SCALE_REL_TOL: f64 = 1e-5;
+/// Relative and absolute slack on the half-step bound of a value rounded to a group's grid (f32
+/// arithmetic).
+const GRID_REL_SLACK: f32 = 1e-4;
+const GRID_ABS_SLACK: f32 = 1e-7;
 
 fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
@@ -72,10 +80,6 @@ fn int(bits: u8, scheme: QuantScheme, granularity: Granularity) -> WeightQuant {
     }
 }
 
-fn c(s: &str) -> Choice {
-    s.parse().unwrap()
-}
-
 // ---- weight quantization ----
 
 #[test]
@@ -108,7 +112,7 @@ fn uniform_quantizer_error_is_delta_squared_over_12() {
         let q = QuantizedWeight::new(&w, &fmt, ScaleMethod::MinMax).unwrap();
         let rel_scale = (f64::from(q.scales()[0]) - delta).abs() / delta;
         assert!(
-            rel_scale < 1e-5,
+            rel_scale < SCALE_REL_TOL,
             "{fmt}: scale {} against Δ {delta}",
             q.scales()[0]
         );
@@ -366,7 +370,7 @@ fn removed_channel_count_matches_the_cost_model() {
             };
             // f32 + channels: kept·8·4 value bytes + a 1-bit-per-row mask.
             let bytes = model
-                .layer(&layer, &c(&format!("f32+channels{p}")))
+                .layer(&layer, &choice(&format!("f32+channels{p}")))
                 .cost
                 .bytes as usize;
             let cost_kept = (bytes - rows.div_ceil(8)) / 32;
@@ -482,7 +486,7 @@ fn pruned_weights_stay_zero_after_asymmetric_quantization() {
         "f16+sparse30",
     ] {
         for method in [ScaleMethod::MinMax, ScaleMethod::Mse] {
-            let cw = compress_factors(&w, &c(s), method).unwrap();
+            let cw = compress_factors(&w, &choice(s), method).unwrap();
             for (i, (f, keep)) in cw.factors().iter().zip(cw.masks()).enumerate() {
                 let bad = (0..f.len())
                     .filter(|&j| !keep[j] && f.data()[j] != 0.0)
@@ -496,7 +500,7 @@ fn pruned_weights_stay_zero_after_asymmetric_quantization() {
                     "{s}: factor {i} pruned nothing"
                 );
             }
-            let dense = values(&apply_choice(&w, &c(s), method).unwrap());
+            let dense = values(&apply_choice(&w, &choice(s), method).unwrap());
             if !s.contains("rank") {
                 let keep = &cw.masks()[0];
                 assert!(
@@ -529,7 +533,7 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     let (rows, cols) = (48, 64);
     let x = gaussian(14, rows * cols);
     let w = tensor(x.clone(), &[rows, cols]);
-    let choice = c("int4-asym-g32+2:4+rank50");
+    let choice = choice("int4-asym-g32+2:4+rank50");
     let cw = compress_factors(&w, &choice, ScaleMethod::MinMax).unwrap();
     let [a, b] = cw.factors() else {
         panic!("a rank choice has two factors")
@@ -545,53 +549,78 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     ];
     assert_eq!(cw.masks(), &masks[..]);
     for (name, f, exact, keep) in [("A", a, &lr.a, &masks[0]), ("B", b, &lr.b, &masks[1])] {
-        // 2:4 holds in every group of four.
-        for r in 0..f.rows() {
-            for (j, g) in f.row(r).chunks(4).enumerate() {
-                assert!(
-                    g.iter().filter(|&&v| v != 0.0).count() <= 2,
-                    "{name} row {r} group {j}: {g:?}"
-                );
-            }
-        }
-        // 4. Quantized after pruning: every g32 group has at most 16 levels, and the scales fit the
-        // surviving weights (the kept values are within half a step of the pruned-then-exact ones).
-        for r in 0..f.rows() {
-            for (j, g) in f.row(r).chunks(32).enumerate() {
-                let mut levels: Vec<f32> = g.to_vec();
-                levels.sort_by(f32::total_cmp);
-                levels.dedup();
-                assert!(
-                    levels.len() <= 16,
-                    "{name} row {r} group {j}: {} levels",
-                    levels.len()
-                );
-                let base = r * f.cols() + j * 32;
-                let ex: Vec<f32> = (0..g.len())
-                    .map(|i| {
-                        if keep[base + i] {
-                            exact.data()[base + i]
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                let (lo, hi) = ex
-                    .iter()
-                    .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
-                let step = (hi - lo) / 15.0;
-                for (i, (&q, &e)) in g.iter().zip(&ex).enumerate() {
-                    assert!(
-                        (q - e).abs() <= step * 0.5 * (1.0 + 1e-4) + 1e-7,
-                        "{name} [{r}, {}]: {q} vs {e}",
-                        j * 32 + i
-                    );
-                }
-            }
-        }
+        assert_two_of_four(name, f);
+        assert_quantized_after_pruning(name, f, exact, keep);
     }
     // 5. The dense weight is the product of the compressed factors (f64 reference).
     let dense = values(&apply_choice(&w, &choice, ScaleMethod::MinMax).unwrap());
+    assert_product(&dense, a, b);
+    // Deterministic.
+    assert_eq!(
+        values(&apply_choice(&w, &choice, ScaleMethod::MinMax).unwrap()),
+        dense
+    );
+}
+
+/// 2:4 holds in every group of four of factor `f` (`name` for messages).
+fn assert_two_of_four(name: &str, f: &WeightMatrix) {
+    for r in 0..f.rows() {
+        for (j, g) in f.row(r).chunks(4).enumerate() {
+            assert!(
+                g.iter().filter(|&&v| v != 0.0).count() <= 2,
+                "{name} row {r} group {j}: {g:?}"
+            );
+        }
+    }
+}
+
+/// Factor `f` was quantized after pruning: every g32 group has at most 16 levels, and the scales fit
+/// the surviving weights (the kept values are within half a step of the pruned-then-`exact` ones,
+/// `keep` the pruning mask).
+fn assert_quantized_after_pruning(
+    name: &str,
+    f: &WeightMatrix,
+    exact: &WeightMatrix,
+    keep: &[bool],
+) {
+    for r in 0..f.rows() {
+        for (j, g) in f.row(r).chunks(32).enumerate() {
+            let mut levels: Vec<f32> = g.to_vec();
+            levels.sort_by(f32::total_cmp);
+            levels.dedup();
+            assert!(
+                levels.len() <= 16,
+                "{name} row {r} group {j}: {} levels",
+                levels.len()
+            );
+            let base = r * f.cols() + j * 32;
+            let ex: Vec<f32> = (0..g.len())
+                .map(|i| {
+                    if keep[base + i] {
+                        exact.data()[base + i]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let (lo, hi) = ex
+                .iter()
+                .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            let step = (hi - lo) / 15.0;
+            for (i, (&q, &e)) in g.iter().zip(&ex).enumerate() {
+                assert!(
+                    (q - e).abs() <= step * 0.5 * (1.0 + GRID_REL_SLACK) + GRID_ABS_SLACK,
+                    "{name} [{r}, {}]: {q} vs {e}",
+                    j * 32 + i
+                );
+            }
+        }
+    }
+}
+
+/// `dense` (row-major) is the product `a b` of the factors, against an f64 reference.
+fn assert_product(dense: &[f32], a: &WeightMatrix, b: &WeightMatrix) {
+    let (rows, k, cols) = (a.rows(), a.cols(), b.cols());
     for i in 0..rows {
         for j in 0..cols {
             let want: f64 = (0..k)
@@ -604,11 +633,6 @@ fn factorize_then_prune_then_quantize_then_multiply() {
             );
         }
     }
-    // Deterministic.
-    assert_eq!(
-        values(&apply_choice(&w, &choice, ScaleMethod::MinMax).unwrap()),
-        dense
-    );
 }
 
 #[test]
@@ -721,7 +745,7 @@ fn cache_hits_and_evicts_by_bytes_in_lru_order() {
     let w = tensor(gaussian(19, 16 * 16), &[16, 16]);
     let cache = CompressCache::new(3 * 1024).unwrap();
     let calls = AtomicUsize::new(0);
-    let choice = c("int8-sym-channel");
+    let choice = choice("int8-sym-channel");
     let get = |layer: &str| {
         cache
             .get_or_compute(layer, &choice, ScaleMethod::MinMax, || {
@@ -751,7 +775,11 @@ fn cache_hits_and_evicts_by_bytes_in_lru_order() {
     assert!(!cache.contains("c", &choice, ScaleMethod::MinMax));
     // Another scale method is another key; activation quantization is not part of the weight's key.
     assert!(!cache.contains("a", &choice, ScaleMethod::Mse));
-    assert!(cache.contains("a", &c("int8-sym-channel+act8-static"), ScaleMethod::MinMax));
+    assert!(cache.contains(
+        "a",
+        &crate::util::choice("int8-sym-channel+act8-static"),
+        ScaleMethod::MinMax
+    ));
     // Too big to keep: computed, returned, not stored.
     let big = cache
         .get_or_compute("huge", &choice, ScaleMethod::MinMax, || {
@@ -768,9 +796,9 @@ fn cache_is_shared_across_threads() {
     let w = tensor(gaussian(20, 32 * 64), &[32, 64]);
     let cache = CompressCache::default();
     let choices = [
-        c("int4-asym-g32"),
-        c("int8-sym-channel+2:4"),
-        c("f16+sparse50"),
+        choice("int4-asym-g32"),
+        choice("int8-sym-channel+2:4"),
+        choice("f16+sparse50"),
     ];
     let results: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)

@@ -6,7 +6,7 @@ use mpsearch::model::{inventory, ModelSource};
 use mpsearch::space::{file, Choice, LayerInfo, LayerKind, SearchSpace};
 use rand::{Rng, SeedableRng};
 
-use crate::util::{toy_layers, Dir};
+use crate::util::{choice, close, toy_layers, Dir};
 
 /// Relative tolerance for sums taken in different orders.
 const SUM_TOL: f64 = 1e-9;
@@ -44,14 +44,6 @@ fn linear(name: &str, rows: usize, cols: usize) -> LayerInfo {
     }
 }
 
-fn c(s: &str) -> Choice {
-    s.parse().unwrap()
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= SUM_TOL * a.abs().max(b.abs()).max(1.0)
-}
-
 #[test]
 fn roofline_matches_hand_computation() {
     let m = simple("");
@@ -64,23 +56,23 @@ fn roofline_matches_hand_computation() {
     assert_eq!(f.cost.bops, 1e6 * 32.0 * 32.0);
     // int8 with int8 activations: compute 250 µs; memory 1e6 + 4000 scale bytes + 2000 activation
     // bytes = 1006 µs.
-    let q = m.layer(&l, &c("int8-sym-channel+act8-static"));
+    let q = m.layer(&l, &choice("int8-sym-channel+act8-static"));
     assert_eq!(q.cost.latency_us, 1006.0);
     assert_eq!(q.cost.bytes, 1_004_000);
     // int4 has no kernel here: it runs as int8 and is read as int8.
-    let q4 = m.layer(&l, &c("int4-sym-channel+act8-static"));
+    let q4 = m.layer(&l, &choice("int4-sym-channel+act8-static"));
     assert_eq!(q4.runs_as.to_string(), "int8");
     assert_eq!(q4.cost.latency_us, q.cost.latency_us);
     assert!(q4.cost.bytes < q.cost.bytes, "storage is still 4-bit");
     // Unstructured sparsity saves nothing here (efficiency 0) but shrinks storage.
-    let s = m.layer(&l, &c("f32+sparse90"));
+    let s = m.layer(&l, &choice("f32+sparse90"));
     assert_eq!(s.cost.latency_us, f.cost.latency_us);
     assert!(s.cost.bytes < f.cost.bytes / 5);
     // Removing half the output channels halves the weights read and the outputs written.
-    let ch = m.layer(&l, &c("f32+channels50"));
+    let ch = m.layer(&l, &choice("f32+channels50"));
     assert_eq!(ch.cost.latency_us, (2_000_000.0 + 1500.0 * 4.0) / 1e3);
     // Rank 10%: k = 100, two kernels (1000×100 and 100×1000).
-    let r = m.layer(&l, &c("f32+rank10"));
+    let r = m.layer(&l, &choice("f32+rank10"));
     assert_eq!(r.cost.bytes, 2 * 100 * 1000 * 4);
     assert_eq!(r.macs, 200_000.0);
 }
@@ -89,9 +81,9 @@ fn roofline_matches_hand_computation() {
 fn devices_that_accelerate_sparsity_and_bit_serial_compute() {
     let m = simple("[sparsity]\nnm = [\"2:4\"]\nunstructured_efficiency = 0.5\n");
     let l = linear("l", 1000, 1000);
-    let dense = m.layer(&l, &c("int8-sym-channel+act8-static"));
-    let nm = m.layer(&l, &c("int8-sym-channel+act8-static+2:4"));
-    let s = m.layer(&l, &c("int8-sym-channel+act8-static+sparse50"));
+    let dense = m.layer(&l, &choice("int8-sym-channel+act8-static"));
+    let nm = m.layer(&l, &choice("int8-sym-channel+act8-static+2:4"));
+    let s = m.layer(&l, &choice("int8-sym-channel+act8-static+sparse50"));
     assert!(nm.cost.latency_us < dense.cost.latency_us);
     assert!(s.cost.latency_us < dense.cost.latency_us);
     assert_eq!(nm.macs, 500_000.0);
@@ -110,13 +102,16 @@ fn devices_that_accelerate_sparsity_and_bit_serial_compute() {
         macs: 1000 * 1000 * 1000,
         ..linear("conv", 1000, 1000)
     };
-    let t = |s: &str| b.layer(&big, &c(s)).cost.latency_us;
+    let t = |s: &str| b.layer(&big, &choice(s)).cost.latency_us;
     let (t2, t4, t8) = (
         t("int2-sym-channel+act8-static"),
         t("int4-sym-channel+act8-static"),
         t("int8-sym-channel+act8-static"),
     );
-    assert!(close(t4 / t2, 2.0) && close(t8 / t4, 2.0), "{t2} {t4} {t8}");
+    assert!(
+        close(t4 / t2, 2.0, SUM_TOL) && close(t8 / t4, 2.0, SUM_TOL),
+        "{t2} {t4} {t8}"
+    );
 }
 
 #[test]
@@ -139,31 +134,38 @@ us = 1.25
     let m = simple(extra);
     let l = linear("fc1", 64, 512);
     // Any int8 scheme and granularity of this shape with float activations at batch 1.
-    assert_eq!(m.layer(&l, &c("int8-sym-channel")).cost.latency_us, 7.5);
-    assert!(m.layer(&l, &c("int8-asym-g32")).measured);
+    assert_eq!(
+        m.layer(&l, &choice("int8-sym-channel")).cost.latency_us,
+        7.5
+    );
+    assert!(m.layer(&l, &choice("int8-asym-g32")).measured);
     // Not matching: other precision, other activations, other batch, other shape.
     for ch in ["int4-sym-channel", "int8-sym-channel+act8-static", "f32"] {
         assert_eq!(
-            m.layer(&l, &c(ch)).cost,
-            plain.layer(&l, &c(ch)).cost,
+            m.layer(&l, &choice(ch)).cost,
+            plain.layer(&l, &choice(ch)).cost,
             "{ch}"
         );
     }
     let b2 = CostModel::new(m.profile.clone(), 2).unwrap();
-    assert!(!b2.layer(&l, &c("int8-sym-channel")).measured);
+    assert!(!b2.layer(&l, &choice("int8-sym-channel")).measured);
     assert!(
-        !m.layer(&linear("x", 64, 256), &c("int8-sym-channel"))
+        !m.layer(&linear("x", 64, 256), &choice("int8-sym-channel"))
             .measured
     );
     // A factorized layer looks up each factor: rank 50% of 64×512 is k = 32: 64×32 is measured, 32×512
     // is not.
-    let r = m.layer(&l, &c("f32+rank50"));
-    let analytic = plain.layer(&l, &c("f32+rank50")).cost.latency_us;
+    let r = m.layer(&l, &choice("f32+rank50"));
+    let analytic = plain.layer(&l, &choice("f32+rank50")).cost.latency_us;
     let first_factor = plain
         .layer(&linear("a", 64, 32), &Choice::F32)
         .cost
         .latency_us;
-    assert!(close(r.cost.latency_us, analytic - first_factor + 1.25));
+    assert!(close(
+        r.cost.latency_us,
+        analytic - first_factor + 1.25,
+        SUM_TOL
+    ));
     assert!(!r.measured, "one factor was analytic");
 }
 
@@ -214,12 +216,12 @@ fn feasibility_range_equals_brute_force() {
                 hi = hi.max(o.of(&total));
             }
             assert!(
-                close(f.min, lo) && close(f.max, hi),
+                close(f.min, lo, SUM_TOL) && close(f.max, hi, SUM_TOL),
                 "{name} {o}: table {}..{} brute {lo}..{hi}",
                 f.min,
                 f.max
             );
-            assert!(close(o.of(&table.cost(&f.cheapest)), lo));
+            assert!(close(o.of(&table.cost(&f.cheapest)), lo, SUM_TOL));
             // A budget below the cheapest total is refused with the reachable range.
             let e = f
                 .check_max(lo * 0.99, "small", name)
@@ -261,7 +263,9 @@ fn totals_are_sums_of_per_layer_figures() {
                 assert_eq!(total.bops, bops);
                 let t = table.cost(&p);
                 assert!(
-                    close(t.latency_us, lat) && t.bytes == bytes && close(t.bops, bops),
+                    close(t.latency_us, lat, SUM_TOL)
+                        && t.bytes == bytes
+                        && close(t.bops, bops, SUM_TOL),
                     "{name} {space_name}"
                 );
             }
@@ -275,7 +279,7 @@ fn every_shipped_profile_costs_the_baselines() {
     let space = mpsearch::shipped::space("demo", &inv.layers).unwrap();
     for (name, _) in mpsearch::shipped::Kind::Profile.embedded() {
         let m = CostModel::new(mpsearch::shipped::profile(name).unwrap(), 1).unwrap();
-        let cost = |s: &str| m.assignment(&inv.layers, &space.baseline(&c(s))).1;
+        let cost = |s: &str| m.assignment(&inv.layers, &space.baseline(&choice(s))).1;
         let (f, i8, i4) = (cost("f32"), cost("int8-sym-channel"), cost("int4-asym-g32"));
         for (what, x) in [("f32", f), ("int8", i8), ("int4", i4)] {
             assert!(

@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use mpsearch::data::{Digits, Split, CLASSES, SAMPLES};
 use mpsearch::model::demo::{self, accuracy, DemoModel};
-use mpsearch::model::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
+use mpsearch::model::{Batch, ForwardCtx, Model};
+
+use crate::util::{demo_model, forward_with_weight, max_abs_diff};
 
 /// The accuracy the shipped weights and a retrain must reach on the test split.
 const MIN_ACCURACY: f64 = 0.97;
@@ -15,24 +17,11 @@ const MIN_ACCURACY: f64 = 0.97;
 const LOGIT_TOLERANCE: f32 = 1e-5;
 /// Most that any class's share of a split may differ from its share of the whole set.
 const MAX_SHARE_GAP: f64 = 0.01;
-
-fn model() -> DemoModel {
-    DemoModel::embedded().expect("the shipped weights load")
-}
+/// Smallest change of the logits when fc2's weight is zeroed.
+const ZEROED_EFFECT_MIN: f32 = 1.0;
 
 fn first_images(split: &Split, n: usize) -> Batch {
     Batch::Images(split.images.narrow(0, 0, n).unwrap())
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -150,7 +139,7 @@ fn batches_cover_a_split_in_order() {
 #[test]
 fn shipped_weights_reach_97_percent_on_the_test_split() {
     let d = Digits::load().unwrap();
-    let acc = accuracy(&model(), &d.test, &ForwardCtx::default()).unwrap();
+    let acc = accuracy(&demo_model(), &d.test, &ForwardCtx::default()).unwrap();
     eprintln!("shipped weights: test accuracy {acc:.4}");
     assert!(
         acc >= MIN_ACCURACY,
@@ -201,21 +190,10 @@ fn training_is_deterministic_for_a_seed() {
 
 #[test]
 fn zeroing_fc2_leaves_only_its_bias() {
-    let m = model();
+    let m = demo_model();
     let d = Digits::load().unwrap();
     let zero = m.weight("fc2").unwrap().zeros_like().unwrap();
-    let overrides: Overrides = HashMap::from([(
-        "fc2".to_string(),
-        LayerOverride {
-            weight: Some(zero),
-            ..Default::default()
-        },
-    )]);
-    let ctx = ForwardCtx {
-        overrides: Some(&overrides),
-        ..Default::default()
-    };
-    let logits = m.forward(&first_images(&d.test, 16), &ctx).unwrap();
+    let logits = forward_with_weight(&m, &first_images(&d.test, 16), "fc2", zero).unwrap();
     let bias = m
         .bias("fc2")
         .unwrap()
@@ -231,49 +209,30 @@ fn zeroing_fc2_leaves_only_its_bias() {
         .forward(&first_images(&d.test, 16), &ForwardCtx::default())
         .unwrap();
     assert!(
-        max_abs_diff(&plain, &bias) > 1.0,
+        max_abs_diff(&plain, &bias) > ZEROED_EFFECT_MIN,
         "the override changed the output"
     );
 }
 
 #[test]
 fn every_layer_takes_its_weight_from_the_context() {
-    let m = model();
+    let m = demo_model();
     let d = Digits::load().unwrap();
     let batch = first_images(&d.test, 8);
     let plain = m.forward(&batch, &ForwardCtx::default()).unwrap();
     for layer in &demo::inventory().layers {
         let w = m.weight(&layer.name).unwrap();
-        let overrides: Overrides = HashMap::from([(
-            layer.name.clone(),
-            LayerOverride {
-                weight: Some((w * 0.5).unwrap()),
-                ..Default::default()
-            },
-        )]);
-        let ctx = ForwardCtx {
-            overrides: Some(&overrides),
-            ..Default::default()
-        };
-        let out = m.forward(&batch, &ctx).unwrap();
+        let out = forward_with_weight(&m, &batch, &layer.name, (w * 0.5).unwrap()).unwrap();
         assert!(
             max_abs_diff(&plain, &out) > LOGIT_TOLERANCE,
             "halving {} changed nothing",
             layer.name
         );
     }
-    let bad: Overrides = HashMap::from([(
-        "fc1".to_string(),
-        LayerOverride {
-            weight: Some(Tensor::zeros((64, 256), DType::F32, &Device::Cpu).unwrap()),
-            ..Default::default()
-        },
-    )]);
-    let ctx = ForwardCtx {
-        overrides: Some(&bad),
-        ..Default::default()
-    };
-    let err = m.forward(&batch, &ctx).unwrap_err().to_string();
+    let bad = Tensor::zeros((64, 256), DType::F32, &Device::Cpu).unwrap();
+    let err = forward_with_weight(&m, &batch, "fc1", bad)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("fc1.weight") && err.contains("[64, 256]") && err.contains("[64, 512]"),
         "{err}"
@@ -282,7 +241,7 @@ fn every_layer_takes_its_weight_from_the_context() {
 
 #[test]
 fn capture_records_the_input_of_all_four_layers() {
-    let m = model();
+    let m = demo_model();
     let d = Digits::load().unwrap();
     let names: Vec<String> = demo::inventory()
         .layers
@@ -328,7 +287,7 @@ fn capture_records_the_input_of_all_four_layers() {
 
 #[test]
 fn the_forward_runs_exactly_the_inventory_layers() {
-    let m = model();
+    let m = demo_model();
     let inv = demo::inventory();
     assert_eq!(m.inventory().layers, inv.layers);
     assert_eq!(
@@ -378,8 +337,8 @@ fn the_forward_runs_exactly_the_inventory_layers() {
 
 #[test]
 fn fingerprint_depends_on_the_weights() {
-    let a = model();
-    assert_eq!(a.fingerprint(), model().fingerprint(), "stable");
+    let a = demo_model();
+    assert_eq!(a.fingerprint(), demo_model().fingerprint(), "stable");
     let bytes = rebuilt(|name, t| {
         if name == "fc2.bias" {
             (t + 1.0).unwrap()
@@ -393,7 +352,7 @@ fn fingerprint_depends_on_the_weights() {
 
 /// The shipped tensors by name, in file order.
 fn shipped_tensors() -> Vec<(String, Tensor)> {
-    let m = model();
+    let m = demo_model();
     demo::tensor_shapes()
         .into_iter()
         .map(|(n, _)| {
@@ -484,7 +443,7 @@ fn weights_of_the_wrong_shape_dtype_or_name_are_refused_by_name() {
 
 #[test]
 fn tokens_and_misshapen_images_are_refused() {
-    let m = model();
+    let m = demo_model();
     let ids = Tensor::zeros((2, 4), DType::U32, &Device::Cpu).unwrap();
     let tokens = Batch::Tokens {
         ids: ids.clone(),

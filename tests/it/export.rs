@@ -18,7 +18,7 @@ use mpsearch::report::export::safetensors::{
 };
 use mpsearch::space::{Assignment, Choice};
 
-use crate::util::{fails, ok, run, Dir};
+use crate::util::{close, fails, ok, run, Dir};
 
 /// Largest difference allowed between a weight read back from the file and the evaluator's
 /// compressed weight: none (the reader repeats the same f32 operations).
@@ -33,10 +33,6 @@ const GGML_TYPES: [&str; 13] = [
     "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_0", "q5_1", "q4_k", "q4_0", "q4_1", "q3_k",
     "q2_k",
 ];
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= QUALITY_REL_TOL * a.abs().max(b.abs()).max(1e-300)
-}
 
 /// A seeded 24-trial NSGA-II search: its random half of generation 0 mixes quantization, sparsity and
 /// rank in single layers, which the round trip needs (bayes, the default, stays near the front).
@@ -199,7 +195,7 @@ fn exports_of_a_search_round_trip() {
         .unwrap();
         let q = e["quality"].as_f64().unwrap();
         assert!(
-            close(q, stored_q),
+            close(q, stored_q, QUALITY_REL_TOL),
             "point {k}: eval gives {q}, stored {stored_q}"
         );
         let c: serde_json::Value = serde_json::from_str(&ok(
@@ -220,7 +216,7 @@ fn exports_of_a_search_round_trip() {
             trial["cost"]["latency_us"].as_f64().unwrap(),
         );
         assert!(
-            close(lat, stored_lat),
+            close(lat, stored_lat, QUALITY_REL_TOL),
             "point {k}: latency {lat} vs {stored_lat}"
         );
 
@@ -249,11 +245,11 @@ fn exports_of_a_search_round_trip() {
         assert_eq!(all[number]["hash"], trial["hash"]);
         let (evaluated, reproduced) = check_weights(&cwd.join(&out), &ev, &data, &asg);
         assert!(
-            close(evaluated, stored_q),
+            close(evaluated, stored_q, QUALITY_REL_TOL),
             "point {k}: {evaluated} vs stored {stored_q}"
         );
         assert!(
-            close(reproduced, stored_q),
+            close(reproduced, stored_q, QUALITY_REL_TOL),
             "point {k}: the file's weights give {reproduced}, stored {stored_q}"
         );
         eprintln!(
@@ -353,7 +349,7 @@ fn exports_of_a_search_round_trip() {
     let (_, reproduced) = check_weights(&file, &ev, &data, &asg);
     let stored_q = mixed["quality"].as_f64().unwrap();
     assert!(
-        close(reproduced, stored_q),
+        close(reproduced, stored_q, QUALITY_REL_TOL),
         "trial {n}: {reproduced} vs stored {stored_q}"
     );
     eprintln!(
@@ -498,7 +494,7 @@ fn every_compact_form_reads_back_exactly() {
         let s = write_compressed(ev.model().as_ref(), &asg, &info, &path).unwrap();
         let (evaluated, reproduced) = check_weights(&path, &ev, &data, &asg);
         assert!(
-            close(evaluated, reproduced),
+            close(evaluated, reproduced, QUALITY_REL_TOL),
             "assignment {i}: evaluated {evaluated}, from the file {reproduced}"
         );
         // Low-rank layers are stored as two factors, never as the product.

@@ -5,11 +5,14 @@ use candle_core::{DType, Tensor};
 use candle_nn::loss::cross_entropy;
 use mpsearch::compress::ScaleMethod;
 use mpsearch::data::Digits;
-use mpsearch::model::{Batch, DemoModel, ForwardCtx, LayerOverride, Model, Overrides};
+use mpsearch::model::{Batch, DemoModel, Model};
+use mpsearch::sensitivity::fisher::DEFAULT_CHUNK;
 use mpsearch::sensitivity::{fisher_errors, FisherDiagonal};
 use mpsearch::space::Choice;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::util::{demo_model, forward_with_weight};
 
 /// Relative tolerance of the backprop gradient against central finite differences (f32 forward).
 const GRAD_RTOL: f64 = 1e-2;
@@ -32,29 +35,16 @@ const MAXPOOL_FACTOR_RTOL: f64 = 5e-2;
 const ENTRIES: usize = 3;
 
 /// The demo model and its whole calibration split as one labelled batch.
-fn demo() -> (DemoModel, Vec<(Batch, Tensor)>) {
-    let model = DemoModel::embedded().unwrap();
+fn demo_with_calibration() -> (DemoModel, Vec<(Batch, Tensor)>) {
     let cal = Digits::load().unwrap().calibration;
     let batch = (Batch::Images(cal.images.clone()), cal.labels.clone());
-    (model, vec![batch])
+    (demo_model(), vec![batch])
 }
 
 /// Mean cross-entropy of `model` on `data` with `layer`'s weight replaced by `w`, in f64.
 fn loss_with(model: &DemoModel, data: &[(Batch, Tensor)], layer: &str, w: &Tensor) -> f64 {
-    let overrides: Overrides = [(
-        layer.to_string(),
-        LayerOverride {
-            weight: Some(w.clone()),
-            ..LayerOverride::default()
-        },
-    )]
-    .into();
-    let ctx = ForwardCtx {
-        overrides: Some(&overrides),
-        capture: None,
-    };
     let (batch, labels) = &data[0];
-    let logits = model.forward(batch, &ctx).unwrap();
+    let logits = forward_with_weight(model, batch, layer, w.clone()).unwrap();
     cross_entropy(&logits, labels)
         .unwrap()
         .to_dtype(DType::F64)
@@ -71,7 +61,7 @@ fn with_entry(w: &Tensor, index: usize, delta: f32) -> Tensor {
 
 #[test]
 fn fisher_gradient_matches_central_finite_differences_on_the_demo_linear_layers() {
-    let (model, data) = demo();
+    let (model, data) = demo_with_calibration();
     // One chunk over the whole split: g is the gradient of the very loss `loss_with` computes.
     let n = data[0].0.len();
     let f = FisherDiagonal::estimate(&model, &data, n).unwrap();
@@ -115,7 +105,7 @@ fn gradient_and_fd(
 
 #[test]
 fn conv_gradients_before_the_max_pool_carry_candles_quarter_factor() {
-    let (model, data) = demo();
+    let (model, data) = demo_with_calibration();
     let n = data[0].0.len();
     let f = FisherDiagonal::estimate(&model, &data, n).unwrap();
     for layer in ["conv1", "conv2"] {
@@ -133,7 +123,7 @@ fn conv_gradients_before_the_max_pool_carry_candles_quarter_factor() {
 
 #[test]
 fn taylor_estimates_track_the_measured_loss_change_and_scale_as_they_should() {
-    let (model, data) = demo();
+    let (model, data) = demo_with_calibration();
     let f = FisherDiagonal::estimate(&model, &data, 1).unwrap();
     assert_eq!(f.chunks(), data[0].0.len(), "chunk 1: one pass per sample");
     let base = loss_with(&model, &data, "fc1", &model.weight("fc1").unwrap());
@@ -181,9 +171,9 @@ fn taylor_estimates_track_the_measured_loss_change_and_scale_as_they_should() {
 
 #[test]
 fn fisher_errors_rank_int2_above_int4_above_int8_for_fc1() {
-    let (model, data) = demo();
+    let (model, data) = demo_with_calibration();
     let space = mpsearch::shipped::space("demo", &model.inventory().layers).unwrap();
-    let f = FisherDiagonal::estimate(&model, &data, 1).unwrap();
+    let f = FisherDiagonal::estimate(&model, &data, DEFAULT_CHUNK).unwrap();
     let table = fisher_errors(&space, &f, ScaleMethod::Mse).unwrap();
     assert_eq!(table.len(), space.groups.len());
     let g = space

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use mpsearch::compress::{apply_choice, ScaleMethod};
-use mpsearch::eval::{load, CandleEvaluator, EvalSettings};
-use mpsearch::model::ModelSource;
+use mpsearch::eval::CandleEvaluator;
 use mpsearch::sensitivity::rank::{average_ranks, kendall_tau_b, mean_absolute_error, spearman};
 use mpsearch::sensitivity::{
     cheap_errors, measure, one_at_a_time, pick_pairs, LayerStats, Measurement, MeasurementCache,
@@ -17,12 +16,18 @@ use mpsearch::space::{Choice, LayerInfo, LayerKind, SearchSpace};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::util::demo_evaluator;
+
 /// Relative tolerance of the output error against its direct computation.
 const OUTPUT_ERROR_RTOL: f64 = 1e-6;
 /// Tolerance of fitted scales and predictions on an exactly additive problem.
 const FIT_TOL: f64 = 1e-9;
 /// Tolerance of rank statistics against reference values.
 const RANK_TOL: f64 = 1e-12;
+/// Relative tolerance of errors that are exact up to f64 rounding (a zero weight's, one computed by hand).
+const EXACT_RTOL: f64 = 1e-12;
+/// The rank correlation `sensitivity --validate` must at least find on the demo.
+const MIN_VALIDATION_SPEARMAN: f64 = 0.5;
 
 fn info(name: &str, kind: LayerKind, shape: &[usize]) -> LayerInfo {
     LayerInfo {
@@ -98,7 +103,7 @@ fn linear_output_error_equals_the_direct_relative_output_error() {
     assert_rel(
         stats.output_error(&zero).unwrap(),
         1.0,
-        1e-12,
+        EXACT_RTOL,
         "zero weight",
     );
     // A weight of another shape is an error that names the layer.
@@ -176,10 +181,10 @@ fn embedding_output_error_weighs_rows_by_how_often_they_are_looked_up() {
     assert!(LayerStats::from_inputs(&l, &weight, &[bad]).is_err());
 }
 
-fn demo() -> (CandleEvaluator, SearchSpace) {
-    let (model, data) = load(&ModelSource::Demo, None).unwrap();
-    let space = mpsearch::shipped::space("demo", &model.inventory().layers).unwrap();
-    let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
+/// The demo's evaluator (default settings) and its shipped search space.
+fn demo_with_space() -> (CandleEvaluator, SearchSpace) {
+    let ev = demo_evaluator(ScaleMethod::Mse);
+    let space = mpsearch::shipped::space("demo", &ev.model().inventory().layers).unwrap();
     (ev, space)
 }
 
@@ -203,7 +208,7 @@ fn group_of(space: &SearchSpace, layer: &str) -> usize {
 
 #[test]
 fn demo_capture_sees_every_layer_and_fewer_bits_cost_more() {
-    let (ev, space) = demo();
+    let (ev, space) = demo_with_space();
     let model = Arc::clone(ev.model());
     let stats = LayerStats::capture(model.as_ref(), &ev.data().calibration).unwrap();
     let names: Vec<&str> = stats.iter().map(|s| s.info().name.as_str()).collect();
@@ -234,14 +239,14 @@ fn demo_capture_sees_every_layer_and_fewer_bits_cost_more() {
     assert_rel(
         table[g][choice_index(&space, g, "int2-sym-channel") as usize],
         e2,
-        1e-12,
+        EXACT_RTOL,
         "cheap error of fc1 at int2",
     );
 }
 
 #[test]
 fn demo_one_at_a_time_int8_hurts_less_than_int2_on_fc1() {
-    let (ev, space) = demo();
+    let (ev, space) = demo_with_space();
     let g = group_of(&space, "fc1");
     let q = |c: &str| one_at_a_time(&ev, &space, g, choice_index(&space, g, c)).unwrap();
     let (q8, q2) = (q("int8-sym-channel"), q("int2-sym-channel"));
@@ -273,7 +278,7 @@ fn demo_one_at_a_time_int8_hurts_less_than_int2_on_fc1() {
 
 #[test]
 fn pick_pairs_takes_all_of_a_small_space_and_a_seeded_sample_of_a_large_one() {
-    let (ev, space) = demo();
+    let (ev, space) = demo_with_space();
     drop(ev);
     let all = pick_pairs(&space, usize::MAX, 0);
     // Every pair compresses something and belongs to a searchable group.
@@ -419,7 +424,7 @@ fn rank_statistics_match_hand_computed_and_scipy_values() {
 #[test]
 #[ignore = "measures ~420 evaluations (~30 s); prints figures for BENCHMARKS.md"]
 fn demo_trust_figures() {
-    let (ev, space) = demo();
+    let (ev, space) = demo_with_space();
     let started = std::time::Instant::now();
     let stats = LayerStats::capture(ev.model().as_ref(), &ev.data().calibration).unwrap();
     let errors = cheap_errors(&space, &stats, ScaleMethod::Mse).unwrap();
@@ -487,7 +492,7 @@ fn sensitivity_command_reports_the_table_and_its_trust() {
         assert!(val[key].as_f64().unwrap().is_finite(), "{key}: {val}");
     }
     assert!(
-        val["spearman"].as_f64().unwrap() > 0.5,
+        val["spearman"].as_f64().unwrap() > MIN_VALIDATION_SPEARMAN,
         "the prediction ranks the demo's assignments: {val}"
     );
     let err = crate::util::fails(dir.path(), &["sensitivity", "--validate", "1"]);

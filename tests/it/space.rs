@@ -79,7 +79,7 @@ fn explicit_choices_list() {
 }
 
 #[test]
-fn every_validation_error_names_file_line_and_column() {
+fn out_of_range_values_are_refused_at_their_file_line_and_column() {
     refused_at(
         "[defaults]\nbits = [8, 9]\n",
         4,
@@ -108,12 +108,32 @@ fn every_validation_error_names_file_line_and_column() {
     );
     refused_at("[defaults]\nrank = [1.5]\n", 4, 9, &["outside (0, 1]"]);
     refused_at(
+        "[defaults]\nsparsity = [0.125]\n",
+        4,
+        13,
+        &["not a whole percent"],
+    );
+    refused_at(
+        "[defaults]\ngranularity = [\"g1\"]\n",
+        4,
+        16,
+        &["granularity: `g1` is not allowed"],
+    );
+}
+
+#[test]
+fn unknown_fields_and_bad_syntax_are_refused_at_their_file_line_and_column() {
+    refused_at(
         "[defaults]\nbitz = [8]\n",
         4,
         1,
         &["unknown field `bitz`", "bits"],
     );
     refused_at("[defaults]\nbits = [8\n", 4, 10, &[]);
+}
+
+#[test]
+fn patterns_pins_groups_and_empty_sets_are_refused_at_their_file_line_and_column() {
     refused_at(
         "[[layer]]\nmatch = '^nope$'\nbits = [8]\n",
         4,
@@ -143,18 +163,6 @@ fn every_validation_error_names_file_line_and_column() {
         6,
         9,
         &["empty choice set", "block.0.ffn"],
-    );
-    refused_at(
-        "[defaults]\nsparsity = [0.125]\n",
-        4,
-        13,
-        &["not a whole percent"],
-    );
-    refused_at(
-        "[defaults]\ngranularity = [\"g1\"]\n",
-        4,
-        16,
-        &["granularity: `g1` is not allowed"],
     );
     refused_at(
         "exclude = ['nothing-here']\n",

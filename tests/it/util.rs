@@ -1,10 +1,15 @@
-//! Helpers: temporary folders, synthetic Hugging Face model folders, running the binary.
+//! Helpers: temporary folders, synthetic Hugging Face model folders, running the binary, the demo
+//! model and evaluator, and comparisons of numbers and tensors.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mpsearch::space::LayerInfo;
+use candle_core::Tensor;
+use mpsearch::compress::ScaleMethod;
+use mpsearch::eval::{load, CandleEvaluator, EvalSettings};
+use mpsearch::model::{Batch, DemoModel, ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
+use mpsearch::space::{Choice, LayerInfo};
 
 /// A temporary folder that lives as long as the value.
 pub struct Dir {
@@ -217,4 +222,65 @@ pub fn minilm() -> Option<PathBuf> {
         );
         None
     }
+}
+
+/// The embedded demo model.
+pub fn demo_model() -> DemoModel {
+    DemoModel::embedded().expect("the shipped weights load")
+}
+
+/// The candle evaluator of the embedded demo (its model and evaluation data), its weights quantized
+/// with scales chosen by `scale`, every other setting the default.
+pub fn demo_evaluator(scale: ScaleMethod) -> CandleEvaluator {
+    let (model, data) = load(&ModelSource::Demo, None).unwrap();
+    let settings = EvalSettings {
+        scale,
+        ..EvalSettings::default()
+    };
+    CandleEvaluator::new(model, data, settings).unwrap()
+}
+
+/// `model`'s output on `batch` with `layer`'s weight replaced by `weight`.
+pub fn forward_with_weight(
+    model: &dyn Model,
+    batch: &Batch,
+    layer: &str,
+    weight: Tensor,
+) -> mpsearch::Result<Tensor> {
+    let overrides: Overrides = [(
+        layer.to_string(),
+        LayerOverride {
+            weight: Some(weight),
+            ..LayerOverride::default()
+        },
+    )]
+    .into();
+    let ctx = ForwardCtx {
+        overrides: Some(&overrides),
+        capture: None,
+    };
+    model.forward(batch, &ctx)
+}
+
+/// A choice in canonical notation.
+pub fn choice(s: &str) -> Choice {
+    s.parse().unwrap()
+}
+
+/// Largest absolute difference between two f32 tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Whether `a` and `b` differ by at most `rtol` times the larger of their magnitudes (equal zeros
+/// are close).
+pub fn close(a: f64, b: f64, rtol: f64) -> bool {
+    (a - b).abs() <= rtol * a.abs().max(b.abs()).max(1e-300)
 }

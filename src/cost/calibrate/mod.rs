@@ -628,6 +628,12 @@ struct Run<'a> {
     progress: &'a mut dyn FnMut(usize, usize, &str),
 }
 
+/// A kernel ready to time on one shape, with its inputs per batch (`None`: it cannot run there).
+type Ready = Option<(Prepared, Vec<Tensor>)>;
+
+/// The timed runs of one round of a (kernel, batch), with the round's index.
+type Round = (Vec<f64>, usize);
+
 impl Run<'_> {
     /// Times `kernels` on `shape` at `batches`, in rounds.
     fn shape(
@@ -636,114 +642,158 @@ impl Run<'_> {
         kernels: &[Kernel],
         batches: &[u32],
     ) -> Result<Vec<Measurement>> {
-        let (opts, rounds) = (self.opts, self.rounds);
-        let budget = Duration::from_secs_f64(opts.max_seconds.max(0.0) / rounds as f64);
-        let warmup_time = Duration::from_secs_f64(opts.warmup_seconds.max(0.0));
-        let reps = opts.repetitions.max(1).div_ceil(rounds);
-        let min_reps = MIN_REPETITIONS.min(reps);
-        let w = weight(shape.rows, shape.cols, opts.seed)?;
+        let schedule = Schedule::new(self.opts, self.rounds);
+        let w = weight(shape.rows, shape.cols, self.opts.seed)?;
         let xs = batches
             .iter()
-            .map(|&b| input(shape.x_rows(b), shape.cols, opts.seed))
+            .map(|&b| input(shape.x_rows(b), shape.cols, self.opts.seed))
             .collect::<Result<Vec<_>>>()?;
-        // per kernel: the prepared kernel (None: cannot run here) and its inputs per batch
-        let mut prepared: Vec<Option<(Prepared, Vec<Tensor>)>> = Vec::new();
-        // per (kernel, batch): the timed runs of each round, with the round's index
-        type Round = (Vec<f64>, usize);
+        // per kernel: prepared in the first round
+        let mut prepared: Vec<Ready> = Vec::new();
+        // per (kernel, batch): the timed runs of each round
         let mut times: Vec<Vec<Vec<Round>>> = vec![vec![Vec::new(); xs.len()]; kernels.len()];
         // per round: the CPU share other processes used during it
-        let mut round_load = Vec::with_capacity(rounds);
-        for round in 0..rounds {
+        let mut round_load = Vec::with_capacity(self.rounds);
+        for round in 0..self.rounds {
             let (before, round_started) = (cpu_sample(), Instant::now());
             for (ki, &kernel) in kernels.iter().enumerate() {
                 if round == 0 {
-                    prepared.push(match kernel.skip_reason(shape) {
-                        Some(_) => None,
-                        None => {
-                            let p = Prepared::new(kernel, &w)?;
-                            let inputs =
-                                xs.iter().map(|x| p.input(x)).collect::<Result<Vec<_>>>()?;
-                            Some((p, inputs))
-                        }
-                    });
+                    prepared.push(prepare(kernel, shape, &w, &xs)?);
                 }
                 for (bi, &batch) in batches.iter().enumerate() {
-                    let what = match &prepared[ki] {
-                        None => format!(
-                            "{} batch {batch} {}: skipped",
-                            shape.shape_string(),
-                            kernel.name()
-                        ),
-                        Some(_) => format!(
-                            "{} batch {batch} {} (round {}/{rounds})",
-                            shape.shape_string(),
-                            kernel.name(),
-                            round + 1
-                        ),
-                    };
-                    (self.progress)(self.done, self.total, &what);
-                    self.done += 1;
-                    let Some((p, inputs)) = &prepared[ki] else {
+                    let ready = prepared[ki].as_ref();
+                    self.report(shape, kernel, batch, ready.map(|_| round));
+                    let Some((p, inputs)) = ready else {
                         continue;
                     };
-                    let x = &inputs[bi];
-                    // at least one untimed run: some quantized types repack their weight on the
-                    // first call
-                    let warming = Instant::now();
-                    let mut runs = 0;
-                    while runs < opts.warmup.max(1) || warming.elapsed() < warmup_time {
-                        std::hint::black_box(p.forward(x)?);
-                        runs += 1;
-                    }
-                    let started = Instant::now();
-                    let mut t = Vec::with_capacity(reps);
-                    while t.len() < reps && (t.len() < min_reps || started.elapsed() < budget) {
-                        let t0 = Instant::now();
-                        let y = p.forward(x)?;
-                        t.push(t0.elapsed().as_secs_f64() * 1e6);
-                        std::hint::black_box(y);
-                    }
-                    times[ki][bi].push((t, round));
+                    times[ki][bi].push((schedule.time(p, &inputs[bi])?, round));
                 }
             }
             round_load.push(other_load(before, cpu_sample(), round_started.elapsed()));
         }
-        let mut out = Vec::new();
-        for (bi, &batch) in batches.iter().enumerate() {
-            for (ki, &kernel) in kernels.iter().enumerate() {
-                let per_round = &mut times[ki][bi];
-                if per_round.is_empty() {
-                    continue;
-                }
-                let stats: Vec<(f64, f64, Option<f64>)> = per_round
-                    .iter_mut()
-                    .map(|(t, round)| {
-                        let (median, iqr) = median_iqr(t);
-                        (median, iqr, round_load[*round])
-                    })
-                    .collect();
-                let (median_us, spread_us, other_load) = stats
-                    .iter()
-                    .copied()
-                    .min_by(|a, b| a.0.total_cmp(&b.0))
-                    .unwrap_or_default();
-                out.push(Measurement {
-                    shape: shape.clone(),
-                    batch,
-                    kernel: kernel.name(),
-                    bits: kernel.bits(),
-                    precision: kernel.precision(),
-                    median_us,
-                    spread_us,
-                    repetitions: per_round.iter().map(|r| r.0.len()).sum(),
-                    round_medians_us: stats.iter().map(|s| s.0).collect(),
-                    other_load,
-                    probe: false,
-                });
-            }
-        }
-        Ok(out)
+        Ok(summarise(shape, kernels, batches, &mut times, &round_load))
     }
+
+    /// Reports the (shape, kernel, batch) about to be timed in `round` (`None`: skipped) and counts it.
+    fn report(&mut self, shape: &MatrixShape, kernel: Kernel, batch: u32, round: Option<usize>) {
+        let what = match round {
+            None => format!(
+                "{} batch {batch} {}: skipped",
+                shape.shape_string(),
+                kernel.name()
+            ),
+            Some(round) => format!(
+                "{} batch {batch} {} (round {}/{})",
+                shape.shape_string(),
+                kernel.name(),
+                round + 1,
+                self.rounds
+            ),
+        };
+        (self.progress)(self.done, self.total, &what);
+        self.done += 1;
+    }
+}
+
+/// `kernel` prepared on the weight `w` of `shape`, with its inputs for each of `xs`; `None` if it
+/// cannot run on `shape`.
+fn prepare(kernel: Kernel, shape: &MatrixShape, w: &Tensor, xs: &[Tensor]) -> Result<Ready> {
+    if kernel.skip_reason(shape).is_some() {
+        return Ok(None);
+    }
+    let p = Prepared::new(kernel, w)?;
+    let inputs = xs.iter().map(|x| p.input(x)).collect::<Result<Vec<_>>>()?;
+    Ok(Some((p, inputs)))
+}
+
+/// How one (kernel, batch) is timed in one round.
+struct Schedule {
+    /// Untimed runs at least, and warm-up time at least.
+    warmup: usize,
+    warmup_time: Duration,
+    /// Timed runs at most, at least, and the time after which no more are started past the least.
+    reps: usize,
+    min_reps: usize,
+    budget: Duration,
+}
+
+impl Schedule {
+    fn new(opts: &CalibrateOptions, rounds: usize) -> Schedule {
+        let reps = opts.repetitions.max(1).div_ceil(rounds);
+        Schedule {
+            warmup: opts.warmup.max(1),
+            warmup_time: Duration::from_secs_f64(opts.warmup_seconds.max(0.0)),
+            reps,
+            min_reps: MIN_REPETITIONS.min(reps),
+            budget: Duration::from_secs_f64(opts.max_seconds.max(0.0) / rounds as f64),
+        }
+    }
+
+    /// Warms `p` up on `x`, then times its runs, in µs.
+    fn time(&self, p: &Prepared, x: &Tensor) -> Result<Vec<f64>> {
+        // at least one untimed run: some quantized types repack their weight on the first call
+        let warming = Instant::now();
+        let mut runs = 0;
+        while runs < self.warmup || warming.elapsed() < self.warmup_time {
+            std::hint::black_box(p.forward(x)?);
+            runs += 1;
+        }
+        let started = Instant::now();
+        let mut t = Vec::with_capacity(self.reps);
+        while t.len() < self.reps && (t.len() < self.min_reps || started.elapsed() < self.budget) {
+            let t0 = Instant::now();
+            let y = p.forward(x)?;
+            t.push(t0.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(y);
+        }
+        Ok(t)
+    }
+}
+
+/// One measurement per timed (batch, kernel) of `shape`, batch-major: its fastest round's median and
+/// spread, every round's median, and the load of other processes during the fastest round.
+fn summarise(
+    shape: &MatrixShape,
+    kernels: &[Kernel],
+    batches: &[u32],
+    times: &mut [Vec<Vec<Round>>],
+    round_load: &[Option<f64>],
+) -> Vec<Measurement> {
+    let mut out = Vec::new();
+    for (bi, &batch) in batches.iter().enumerate() {
+        for (ki, &kernel) in kernels.iter().enumerate() {
+            let per_round = &mut times[ki][bi];
+            if per_round.is_empty() {
+                continue;
+            }
+            let stats: Vec<(f64, f64, Option<f64>)> = per_round
+                .iter_mut()
+                .map(|(t, round)| {
+                    let (median, iqr) = median_iqr(t);
+                    (median, iqr, round_load[*round])
+                })
+                .collect();
+            let (median_us, spread_us, other_load) = stats
+                .iter()
+                .copied()
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .unwrap_or_default();
+            out.push(Measurement {
+                shape: shape.clone(),
+                batch,
+                kernel: kernel.name(),
+                bits: kernel.bits(),
+                precision: kernel.precision(),
+                median_us,
+                spread_us,
+                repetitions: per_round.iter().map(|r| r.0.len()).sum(),
+                round_medians_us: stats.iter().map(|s| s.0).collect(),
+                other_load,
+                probe: false,
+            });
+        }
+    }
+    out
 }
 
 /// The notes [`to_profile`] records: every kernel of `opts` that could not run on a shape, and why.

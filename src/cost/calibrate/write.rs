@@ -2,6 +2,8 @@
 //! and the facts about candle's kernels, with the measuring machine's provenance.
 
 use super::*;
+use crate::cost::profile::ComputeFile;
+
 pub(super) fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
@@ -79,11 +81,11 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 }
 
 /// Writes the measurements as a complete hardware profile named `name` (see the module docs of
-/// [`super::profile`] for the format):
+/// [`crate::cost::profile`] for the format):
 ///
-/// - `[compute]`: f32, f16, bf16 and int<b> GMAC/s at the largest measured shape (most MACs per
+/// - `[compute]`: f32, f16, bf16 and `int<b>` GMAC/s at the largest measured shape (most MACs per
 ///   sample) and the largest batch; f16/bf16 from the faster of their plain and `QMatMul` kernels,
-///   int<b> from `[calibration] bit_types[b]`, the fastest candle type of b bits there. No
+///   `int<b>` from `[calibration] bit_types[b]`, the fastest candle type of b bits there. No
 ///   `weight_only`: candle quantizes activations on the fly, so int layers run at their integer
 ///   kernel's rate.
 /// - `[memory] bandwidth_gbs`: an effective figure, f32 weight bytes of the largest linear weight (the
@@ -99,51 +101,123 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 /// - `[calibration]`: `bit_types`, `slow_kernels` (kernels more than 10% slower than f32 at batch 1
 ///   on the largest shape where both ran: no fast SIMD kernel here) and notes (skips, CPU features).
 pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Result<ProfileFile> {
-    let nowhere = || Error::file("<calibrate>", "no f32 measurement to build a profile from");
     let probes: Vec<&Measurement> = ms.iter().filter(|m| m.probe).collect();
     let probe_us = probes.iter().map(|m| m.median_us).min_by(f64::total_cmp);
     let requested: Vec<Measurement> = ms.iter().filter(|m| !m.probe).cloned().collect();
     let ms = requested.as_slice();
-    let f32s: Vec<&Measurement> = ms.iter().filter(|m| m.kernel == "F32").collect();
-    let size = |s: &MatrixShape| s.rows as u64 * s.cols as u64 * s.applications as u64;
-    let largest = f32s
-        .iter()
-        .map(|m| &m.shape)
-        .max_by_key(|s| (size(s), *s))
-        .ok_or_else(nowhere)?
-        .clone();
-    let max_batch = ms
-        .iter()
-        .filter(|m| m.shape == largest)
-        .map(|m| m.batch)
-        .max()
-        .ok_or_else(nowhere)?;
-    let min_batch = ms
-        .iter()
-        .filter(|m| m.shape == largest)
-        .map(|m| m.batch)
-        .min()
-        .ok_or_else(nowhere)?;
-    /// Fastest measurement per precision at one (shape, batch).
-    fn best<'a>(
-        ms: &'a [Measurement],
-        shape: &MatrixShape,
-        batch: u32,
-    ) -> BTreeMap<Precision, &'a Measurement> {
-        let mut b: BTreeMap<Precision, &Measurement> = BTreeMap::new();
-        for m in ms.iter().filter(|m| &m.shape == shape && m.batch == batch) {
-            let e = b.entry(m.precision).or_insert(m);
-            if m.median_us < e.median_us {
-                *e = m;
-            }
-        }
-        b
-    }
+    let at = Reference::of(ms)?;
+    let (compute, bit_types) = compute_rates(ms, &at)?;
+    let bandwidth = bandwidth_gbs(ms, at.min_batch)?;
+    let per_layer_us = probe_us.unwrap_or_else(|| intercept(&f32_time_by_bytes(ms, at.min_batch)));
 
-    // [compute] and bit_types from the largest shape at the largest batch.
+    let mut notes = skip_notes(opts);
+    let applications = applications(ms);
+    notes.extend(several_applications_notes(&applications));
+    let measured = measured_entries(ms, &applications);
+    let slow_kernels = slow_kernels(ms, opts, at.min_batch);
+    notes.extend(busy_machine_notes(ms));
+    notes.extend(probe_note(&probes));
+    notes.extend(slow_batched_note(ms, &at));
+    notes.extend(kernel_notes());
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cpu_model();
+    Ok(ProfileFile {
+        profile: Header {
+            name: name.to_string(),
+            description: format!(
+                "This machine ({cpu}, {cores} threads) measured with candle-core {CANDLE_VERSION} CPU kernels"
+            ),
+            device: DeviceClass::Cpu,
+        },
+        provenance: Provenance {
+            sources: vec![
+                format!("candle-core {CANDLE_VERSION} (huggingface/candle) CPU and quantized kernels"),
+                "measured by mpsearch calibrate".into(),
+            ],
+            date: today(),
+            method: method(opts, &probes, &at),
+            cpu: Some(cpu),
+            cores: Some(cores),
+            candle_version: Some(CANDLE_VERSION.into()),
+            repetitions: Some(opts.repetitions.max(1)),
+        },
+        compute,
+        memory: Memory {
+            bandwidth_gbs: Spanned::new(0..0, round(bandwidth, 3).max(0.001)),
+        },
+        overhead: Overhead {
+            per_layer_us: round(per_layer_us, 2),
+        },
+        sparsity: SparsitySupport::default(),
+        fallback: BTreeMap::new(),
+        measured,
+        calibration: Some(Calibration {
+            bit_types,
+            slow_kernels,
+            notes,
+        }),
+    })
+}
+
+/// The error of measurements a profile cannot be built from.
+fn no_f32() -> Error {
+    Error::file("<calibrate>", "no f32 measurement to build a profile from")
+}
+
+/// Where the profile's headline figures are read: the largest shape f32 was measured on (most MACs
+/// per sample), and the smallest and largest batch measured on it.
+struct Reference {
+    largest: MatrixShape,
+    min_batch: u32,
+    max_batch: u32,
+}
+
+impl Reference {
+    fn of(ms: &[Measurement]) -> Result<Reference> {
+        let largest = ms
+            .iter()
+            .filter(|m| m.kernel == "F32")
+            .map(|m| &m.shape)
+            .max_by_key(|s| (s.macs(1), *s))
+            .ok_or_else(no_f32)?
+            .clone();
+        let batches = || ms.iter().filter(|m| m.shape == largest).map(|m| m.batch);
+        let max_batch = batches().max().ok_or_else(no_f32)?;
+        let min_batch = batches().min().ok_or_else(no_f32)?;
+        Ok(Reference {
+            largest,
+            min_batch,
+            max_batch,
+        })
+    }
+}
+
+/// Fastest measurement per precision at one (shape, batch).
+fn best<'a>(
+    ms: &'a [Measurement],
+    shape: &MatrixShape,
+    batch: u32,
+) -> BTreeMap<Precision, &'a Measurement> {
+    let mut b: BTreeMap<Precision, &Measurement> = BTreeMap::new();
+    for m in ms.iter().filter(|m| &m.shape == shape && m.batch == batch) {
+        let e = b.entry(m.precision).or_insert(m);
+        if m.median_us < e.median_us {
+            *e = m;
+        }
+    }
+    b
+}
+
+/// `[compute]` (GMAC/s per precision) and `bit_types` (the candle type of each integer width), from the
+/// largest shape at the largest batch.
+fn compute_rates(
+    ms: &[Measurement],
+    at: &Reference,
+) -> Result<(ComputeFile, BTreeMap<String, String>)> {
     let mut compute = BTreeMap::new();
     let mut bit_types = BTreeMap::new();
-    for (p, m) in best(ms, &largest, max_batch) {
+    for (p, m) in best(ms, &at.largest, at.max_batch) {
         compute.insert(
             p.to_string(),
             Spanned::new(0..0, toml::Value::Float(round(m.gmacs(), 3).max(0.001))),
@@ -153,33 +227,42 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
         }
     }
     if !compute.contains_key("f32") {
-        return Err(nowhere());
+        return Err(no_f32());
     }
+    Ok((compute, bit_types))
+}
 
-    // [memory] and [overhead] from f32 at the smallest batch.
-    // Bandwidth from the f32 weight that streams the most bytes per application (a linear layer where
-    // there is one: a convolution reuses its weight over many pixels and is compute-bound).
-    let bytes = |s: &MatrixShape| (s.rows * s.cols * 4) as f64;
-    let f32_b1 = f32s
+/// f32 weight bytes of a shape.
+fn f32_bytes(s: &MatrixShape) -> f64 {
+    (s.rows * s.cols * 4) as f64
+}
+
+/// `[memory] bandwidth_gbs`, from f32 at the smallest batch on the weight that streams the most bytes
+/// per application (a linear layer where there is one: a convolution reuses its weight over many
+/// pixels and is compute-bound).
+fn bandwidth_gbs(ms: &[Measurement], min_batch: u32) -> Result<f64> {
+    let f32_b1 = ms
         .iter()
-        .filter(|m| m.batch == min_batch)
+        .filter(|m| m.kernel == "F32" && m.batch == min_batch)
         .max_by(|a, b| {
             let key = |m: &Measurement| (m.shape.applications == 1, m.shape.rows * m.shape.cols);
             key(a).cmp(&key(b))
         })
-        .ok_or_else(nowhere)?;
-    let bandwidth = bytes(&f32_b1.shape) / (f32_b1.median_us * 1e3);
-    let points: Vec<(f64, f64)> = f32s
-        .iter()
-        .filter(|m| m.batch == min_batch && m.shape.applications == 1)
-        .map(|m| (bytes(&m.shape), m.median_us))
-        .collect();
-    let per_layer_us = probe_us.unwrap_or_else(|| intercept(&points));
+        .ok_or_else(no_f32)?;
+    Ok(f32_bytes(&f32_b1.shape) / (f32_b1.median_us * 1e3))
+}
 
-    // [[measured]]: per shape and batch, the fastest kernel of every precision. A profile entry is
-    // keyed by the stored weight shape, which cannot tell one convolution weight applied at two output
-    // sizes apart: such shapes get no entry (the analytic model prices them) and a note.
-    let mut notes = skip_notes(opts);
+/// (f32 weight bytes, f32 time) of the linear shapes at the smallest batch, for the `[overhead]`
+/// intercept when there is no probe.
+fn f32_time_by_bytes(ms: &[Measurement], min_batch: u32) -> Vec<(f64, f64)> {
+    ms.iter()
+        .filter(|m| m.kernel == "F32" && m.batch == min_batch && m.shape.applications == 1)
+        .map(|m| (f32_bytes(&m.shape), m.median_us))
+        .collect()
+}
+
+/// The output sizes (applications) each (kind, weight shape) was measured at.
+fn applications(ms: &[Measurement]) -> BTreeMap<(LayerKind, &[usize]), Vec<usize>> {
     let mut applications: BTreeMap<(LayerKind, &[usize]), Vec<usize>> = BTreeMap::new();
     for m in ms {
         let a = applications
@@ -189,15 +272,43 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             a.push(m.shape.applications);
         }
     }
-    for ((kind, shape), a) in applications.iter().filter(|(_, a)| a.len() > 1) {
-        notes.push(format!(
-            "{kind} {} is applied at {} different output sizes ({}); [[measured]] entries are keyed \
-             by weight shape only, so none is written for it",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
-            a.len(),
-            a.iter().map(|n| format!("{n} pixels")).collect::<Vec<_>>().join(", ")
-        ));
-    }
+    applications
+}
+
+/// A profile entry is keyed by the stored weight shape, which cannot tell one convolution weight
+/// applied at two output sizes apart: a note for each such shape (it gets no `[[measured]]` entry, so
+/// the analytic model prices it).
+fn several_applications_notes(
+    applications: &BTreeMap<(LayerKind, &[usize]), Vec<usize>>,
+) -> Vec<String> {
+    applications
+        .iter()
+        .filter(|(_, a)| a.len() > 1)
+        .map(|((kind, shape), a)| {
+            format!(
+                "{kind} {} is applied at {} different output sizes ({}); [[measured]] entries are \
+                 keyed by weight shape only, so none is written for it",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x"),
+                a.len(),
+                a.iter()
+                    .map(|n| format!("{n} pixels"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect()
+}
+
+/// `[[measured]]`: per shape and batch (in measurement order), the fastest kernel of every precision;
+/// none for a weight shape measured at several output sizes.
+fn measured_entries(
+    ms: &[Measurement],
+    applications: &BTreeMap<(LayerKind, &[usize]), Vec<usize>>,
+) -> Vec<MeasuredEntry> {
     let mut measured = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (shape, batch) in ms.iter().map(|m| (&m.shape, m.batch)) {
@@ -220,8 +331,18 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             });
         }
     }
+    measured
+}
 
-    // slow kernels: slower than f32 at the smallest batch on the largest shape where both ran.
+/// The f32 measurement of `m`'s shape and batch.
+fn f32_twin<'a>(ms: &'a [Measurement], m: &Measurement) -> Option<&'a Measurement> {
+    ms.iter()
+        .find(|o| o.kernel == "F32" && o.shape == m.shape && o.batch == m.batch)
+}
+
+/// `slow_kernels`: the kernels of `opts` more than 10% slower than f32 at the smallest batch, on the
+/// largest shape where both ran.
+fn slow_kernels(ms: &[Measurement], opts: &CalibrateOptions, min_batch: u32) -> Vec<String> {
     let mut slow_kernels = Vec::new();
     for k in &opts.kernels {
         let name = k.name();
@@ -232,10 +353,8 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             .iter()
             .filter(|m| m.kernel == name && m.batch == min_batch)
             .filter_map(|m| {
-                let f = ms
-                    .iter()
-                    .find(|o| o.kernel == "F32" && o.shape == m.shape && o.batch == m.batch)?;
-                Some((size(&m.shape), m.median_us, f.median_us))
+                let f = f32_twin(ms, m)?;
+                Some((m.shape.macs(1), m.median_us, f.median_us))
             })
             .max_by(|a, b| a.0.cmp(&b.0));
         if let Some((_, us, f32_us)) = pair {
@@ -244,7 +363,12 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             }
         }
     }
+    slow_kernels
+}
 
+/// Notes on measurements a busy machine may have spoiled: rounds far apart, other processes' load.
+fn busy_machine_notes(ms: &[Measurement]) -> Vec<String> {
+    let mut notes = Vec::new();
     let disagreeing = ms.iter().filter(|m| m.round_disagreement() > 1.5).count();
     if disagreeing > 0 {
         let worst = ms
@@ -284,35 +408,48 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             worst * 100.0
         ));
     }
-    if !probes.is_empty() {
-        notes.push(format!(
-            "overhead probe ({PROBE_ROWS}x{PROBE_COLS} weight, batch 1): {}",
-            probes
-                .iter()
-                .map(|m| format!("{} {:.1} µs", m.kernel, m.median_us))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    notes
+}
+
+/// The overhead probe's times, if there was one.
+fn probe_note(probes: &[&Measurement]) -> Option<String> {
+    if probes.is_empty() {
+        return None;
     }
-    // kernels with no fast batched path: slower than f32 at the largest batch on the largest shape
+    Some(format!(
+        "overhead probe ({PROBE_ROWS}x{PROBE_COLS} weight, batch 1): {}",
+        probes
+            .iter()
+            .map(|m| format!("{} {:.1} µs", m.kernel, m.median_us))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Kernels with no fast batched path: slower than f32 at the largest batch on the largest shape.
+fn slow_batched_note(ms: &[Measurement], at: &Reference) -> Option<String> {
     let batched: Vec<String> = ms
         .iter()
-        .filter(|m| m.shape == largest && m.batch == max_batch && m.kernel != "F32")
+        .filter(|m| m.shape == at.largest && m.batch == at.max_batch && m.kernel != "F32")
         .filter_map(|m| {
-            let f = ms
-                .iter()
-                .find(|o| o.kernel == "F32" && o.shape == m.shape && o.batch == m.batch)?;
+            let f = f32_twin(ms, m)?;
             (m.median_us > 1.1 * f.median_us)
                 .then(|| format!("{} {:.2}x", m.kernel, m.median_us / f.median_us))
         })
         .collect();
-    if max_batch != min_batch && !batched.is_empty() {
-        notes.push(format!(
-            "slower than f32 at batch {max_batch} on {}: {}",
-            largest.shape_string(),
+    (at.max_batch != at.min_batch && !batched.is_empty()).then(|| {
+        format!(
+            "slower than f32 at batch {} on {}: {}",
+            at.max_batch,
+            at.largest.shape_string(),
             batched.join(", ")
-        ));
-    }
+        )
+    })
+}
+
+/// The CPU's SIMD features, and what each timed kernel is.
+fn kernel_notes() -> Vec<String> {
+    let mut notes = Vec::new();
     let features = simd_features();
     if !features.is_empty() {
         notes.push(format!(
@@ -327,9 +464,16 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
          f16/bf16 entries use the faster of the two"
             .to_string(),
     );
+    notes
+}
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cpu = cpu_model();
+/// The provenance's `method`: how the kernels were timed and where each figure comes from.
+fn method(opts: &CalibrateOptions, probes: &[&Measurement], at: &Reference) -> String {
+    let Reference {
+        largest,
+        min_batch,
+        max_batch,
+    } = at;
     let batches = opts
         .batches
         .iter()
@@ -338,19 +482,20 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
         .join(", ");
     let rounds = opts.rounds.max(1);
     let reps = opts.repetitions.max(1).div_ceil(rounds);
-    let overhead = match probe_us {
-        Some(_) => format!(
+    let overhead = if probes.is_empty() {
+        format!(
+            "is the least-squares intercept of f32 batch-{min_batch} time against weight bytes over the \
+             measured linear shapes, clamped to [0, smallest time]"
+        )
+    } else {
+        format!(
             "is the fixed cost every layer pays: the fastest of {} on a {PROBE_ROWS}x{PROBE_COLS} weight \
              at batch 1 ({} MACs; see [calibration] notes)",
             probes.iter().map(|m| m.kernel.as_str()).collect::<Vec<_>>().join(", "),
             PROBE_ROWS * PROBE_COLS
-        ),
-        None => format!(
-            "is the least-squares intercept of f32 batch-{min_batch} time against weight bytes over the \
-             measured linear shapes, clamped to [0, smallest time]"
-        ),
+        )
     };
-    let method = format!(
+    format!(
         "measured by mpsearch calibrate: y = x·Wᵀ on candle-core {CANDLE_VERSION} CPU kernels with seeded \
          N(0, 0.02) weights and N(0, 1) inputs; each shape's kernels timed in {rounds} rounds, each \
          round doing at least {} warm-up runs and {:.2} s of warm-up, then up to {} timed runs \
@@ -366,44 +511,7 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
         opts.max_seconds / rounds as f64,
         MIN_REPETITIONS.min(reps),
         largest.shape_string(),
-    );
-
-    Ok(ProfileFile {
-        profile: Header {
-            name: name.to_string(),
-            description: format!(
-                "This machine ({cpu}, {cores} threads) measured with candle-core {CANDLE_VERSION} CPU kernels"
-            ),
-            device: DeviceClass::Cpu,
-        },
-        provenance: Provenance {
-            sources: vec![
-                format!("candle-core {CANDLE_VERSION} (huggingface/candle) CPU and quantized kernels"),
-                "measured by mpsearch calibrate".into(),
-            ],
-            date: today(),
-            method,
-            cpu: Some(cpu),
-            cores: Some(cores),
-            candle_version: Some(CANDLE_VERSION.into()),
-            repetitions: Some(opts.repetitions.max(1)),
-        },
-        compute,
-        memory: Memory {
-            bandwidth_gbs: Spanned::new(0..0, round(bandwidth, 3).max(0.001)),
-        },
-        overhead: Overhead {
-            per_layer_us: round(per_layer_us, 2),
-        },
-        sparsity: SparsitySupport::default(),
-        fallback: BTreeMap::new(),
-        measured,
-        calibration: Some(Calibration {
-            bit_types,
-            slow_kernels,
-            notes,
-        }),
-    })
+    )
 }
 
 /// Least-squares intercept of `y` against `x`, clamped to [0, min y]; 0 without two distinct x.

@@ -1,78 +1,133 @@
 //! The Pareto plot: quality against the run's cost, the front numbered as in the report's table,
 //! dominated points faint, points outside the limits crossed out, baselines labelled, limits dashed.
 
+use std::ops::Range;
+
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::axes::{place_labels, CostAxis, QualityAxis, Rect};
 use super::{
-    plotters_error as pe, text, title, AXIS_TITLE, BASELINE, DOMINATED, FRONT, LIMIT, POINT_LABEL,
-    TICKS,
+    centred_note, frame, mesh_style, plotters_error as pe, text, BASELINE, DOMINATED, FRONT, LIMIT,
+    POINT_LABEL,
 };
 use crate::cost::model::format_bytes;
-use crate::cost::Objective;
+use crate::cost::{Cost, Objective};
 use crate::error::Result;
 use crate::report::data::{PointStatus, ReportData};
 
 /// Radius of a front point's marker.
 const FRONT_RADIUS: i32 = 7;
 
-pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -> Result<()> {
-    let o = d.objective;
-    let cost_limit = d.limits.on(o);
-    let raw_costs = d
-        .points
-        .iter()
-        .map(|p| o.of(&p.cost))
-        .chain(d.baselines.iter().map(|b| o.of(&b.cost)))
-        .chain(cost_limit);
-    let xa = CostAxis::new(o, raw_costs.clone().fold(0.0, f64::max));
-    let qa = QualityAxis::new(
-        d.points
+/// A chart on linear data coordinates (the axes' own scales map values to them).
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The plot's scales (cost along x, quality along y) and the data ranges they span.
+struct Axes {
+    cost: CostAxis,
+    quality: QualityAxis,
+    x: Range<f64>,
+    y: Range<f64>,
+}
+
+impl Axes {
+    /// Axes that show every point, baseline and limit of `d`.
+    fn new(d: &ReportData) -> Axes {
+        let o = d.objective;
+        let raw_costs = d
+            .points
             .iter()
-            .map(|p| p.quality)
-            .chain(d.baselines.iter().map(|b| b.quality))
-            .chain(d.limits.max_drop),
-    );
-    let xr = CostAxis::range(raw_costs.map(|c| xa.value(c)));
-    let yr = qa.range();
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption(d), title())
-        .margin(24)
-        .x_label_area_size(64)
-        .y_label_area_size(92)
-        .build_cartesian_2d(xr.clone(), yr.clone())
+            .map(|p| o.of(&p.cost))
+            .chain(d.baselines.iter().map(|b| o.of(&b.cost)))
+            .chain(d.limits.on(o));
+        let cost = CostAxis::new(o, raw_costs.clone().fold(0.0, f64::max));
+        let quality = QualityAxis::new(
+            d.points
+                .iter()
+                .map(|p| p.quality)
+                .chain(d.baselines.iter().map(|b| b.quality))
+                .chain(d.limits.max_drop),
+        );
+        let x = CostAxis::range(raw_costs.map(|c| cost.value(c)));
+        let y = quality.range();
+        Axes {
+            cost,
+            quality,
+            x,
+            y,
+        }
+    }
+
+    /// Where a point of this cost and quality is drawn.
+    fn at(&self, cost: &Cost, quality: f64) -> (f64, f64) {
+        (self.cost.of(cost), self.quality.y(quality))
+    }
+}
+
+pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -> Result<()> {
+    let axes = Axes::new(d);
+    let mut chart = chart(area, d, &axes)?;
+    let front: Vec<(f64, f64)> = d
+        .front
+        .iter()
+        .map(|f| axes.at(&f.cost, f.quality))
+        .collect();
+    draw_other_trials(&mut chart, d, &axes)?;
+    draw_front(&mut chart, &front)?;
+    let baselines: Vec<(f64, f64)> = d
+        .baselines
+        .iter()
+        .map(|b| axes.at(&b.cost, b.quality))
+        .collect();
+    draw_baselines(&mut chart, &baselines)?;
+    draw_limits(&mut chart, d, &axes)?;
+    draw_labels(area, &chart, &labels(d, &axes, &front, &baselines))?;
+    if d.points.is_empty() {
+        centred_note(area, "no evaluated trial yet")?;
+    }
+    super::legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+/// The chart with its caption, axis titles, ticks and grid.
+fn chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    d: &ReportData,
+    axes: &Axes,
+) -> Result<Chart<'a, DB>> {
+    let mut chart = frame(area, caption(d))
+        .build_cartesian_2d(axes.x.clone(), axes.y.clone())
         .map_err(pe)?;
-    let x_title = xa.title(&d.profile);
-    let y_title = qa.title(&d.quality.label);
-    let y_tick = |v: &f64| qa.tick(*v);
+    let x_title = axes.cost.title(&d.profile);
+    let y_title = axes.quality.title(&d.quality.label);
+    let y_tick = |v: &f64| axes.quality.tick(*v);
     let x_tick = |v: &f64| super::axes::short(*v);
-    chart
-        .configure_mesh()
+    mesh_style(&mut chart.configure_mesh())
         .x_desc(x_title)
         .y_desc(y_title)
-        .axis_desc_style(text(AXIS_TITLE))
-        .label_style(text(TICKS))
-        .y_labels(qa.ticks())
+        .y_labels(axes.quality.ticks())
         .y_label_formatter(&y_tick)
         .x_label_formatter(&x_tick)
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
         .draw()
         .map_err(pe)?;
+    Ok(chart)
+}
 
-    let at = |cost: &crate::cost::Cost, q: f64| (xa.of(cost), qa.y(q));
-    let of = |s: fn(&PointStatus) -> bool| -> Vec<(f64, f64)> {
+/// The trials off the front: dominated ones faint, those outside the limits crossed out.
+fn draw_other_trials<DB: DrawingBackend>(
+    chart: &mut Chart<DB>,
+    d: &ReportData,
+    axes: &Axes,
+) -> Result<()> {
+    let of = |s: PointStatus| -> Vec<(f64, f64)> {
         d.points
             .iter()
-            .filter(|p| s(&p.status))
-            .map(|p| at(&p.cost, p.quality))
+            .filter(|p| p.status == s)
+            .map(|p| axes.at(&p.cost, p.quality))
             .collect()
     };
-    let dominated = of(|s| *s == PointStatus::Dominated);
-    let infeasible = of(|s| *s == PointStatus::Infeasible);
-    let front: Vec<(f64, f64)> = d.front.iter().map(|f| at(&f.cost, f.quality)).collect();
-
+    let dominated = of(PointStatus::Dominated);
+    let infeasible = of(PointStatus::Infeasible);
     if !dominated.is_empty() {
         chart
             .draw_series(
@@ -95,40 +150,65 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -
             .label(format!("outside the limits ({})", infeasible.len()))
             .legend(|(x, y)| Cross::new((x, y), 5, LIMIT.mix(0.6).stroke_width(2)));
     }
-    if !front.is_empty() {
-        chart
-            .draw_series(LineSeries::new(
-                staircase(&front),
-                FRONT.mix(0.6).stroke_width(2),
-            ))
-            .map_err(pe)?;
-        chart
-            .draw_series(
-                front
-                    .iter()
-                    .map(|&p| Circle::new(p, FRONT_RADIUS, FRONT.filled())),
-            )
-            .map_err(pe)?
-            .label(format!(
-                "front ({} points, numbered as in the table)",
-                front.len()
-            ))
-            .legend(|(x, y)| Circle::new((x, y), FRONT_RADIUS, FRONT.filled()));
+    Ok(())
+}
+
+/// The front: its attainment line and its points.
+fn draw_front<DB: DrawingBackend>(chart: &mut Chart<DB>, front: &[(f64, f64)]) -> Result<()> {
+    if front.is_empty() {
+        return Ok(());
     }
-    let baselines: Vec<(f64, f64)> = d.baselines.iter().map(|b| at(&b.cost, b.quality)).collect();
-    if !baselines.is_empty() {
-        chart
-            .draw_series(
-                baselines
-                    .iter()
-                    .map(|&p| TriangleMarker::new(p, 9, BASELINE.filled())),
-            )
-            .map_err(pe)?
-            .label("uniform baselines")
-            .legend(|(x, y)| TriangleMarker::new((x, y), 9, BASELINE.filled()));
+    chart
+        .draw_series(LineSeries::new(
+            staircase(front),
+            FRONT.mix(0.6).stroke_width(2),
+        ))
+        .map_err(pe)?;
+    chart
+        .draw_series(
+            front
+                .iter()
+                .map(|&p| Circle::new(p, FRONT_RADIUS, FRONT.filled())),
+        )
+        .map_err(pe)?
+        .label(format!(
+            "front ({} points, numbered as in the table)",
+            front.len()
+        ))
+        .legend(|(x, y)| Circle::new((x, y), FRONT_RADIUS, FRONT.filled()));
+    Ok(())
+}
+
+/// The uniform baselines' markers.
+fn draw_baselines<DB: DrawingBackend>(
+    chart: &mut Chart<DB>,
+    baselines: &[(f64, f64)],
+) -> Result<()> {
+    if baselines.is_empty() {
+        return Ok(());
     }
-    if let Some(l) = cost_limit {
-        let x = xa.value(l);
+    chart
+        .draw_series(
+            baselines
+                .iter()
+                .map(|&p| TriangleMarker::new(p, 9, BASELINE.filled())),
+        )
+        .map_err(pe)?
+        .label("uniform baselines")
+        .legend(|(x, y)| TriangleMarker::new((x, y), 9, BASELINE.filled()));
+    Ok(())
+}
+
+/// The cost limit (vertical) and the quality limit (horizontal), dashed.
+fn draw_limits<DB: DrawingBackend>(
+    chart: &mut Chart<DB>,
+    d: &ReportData,
+    axes: &Axes,
+) -> Result<()> {
+    let o = d.objective;
+    let (xr, yr) = (&axes.x, &axes.y);
+    if let Some(l) = d.limits.on(o) {
+        let x = axes.cost.value(l);
         chart
             .draw_series(DashedLineSeries::new(
                 [(x, yr.start), (x, yr.end)],
@@ -141,7 +221,7 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -
             .legend(|(x, y)| PathElement::new([(x - 12, y), (x + 12, y)], LIMIT.stroke_width(2)));
     }
     if let Some(m) = d.limits.max_drop {
-        let y = qa.y(m);
+        let y = axes.quality.y(m);
         chart
             .draw_series(DashedLineSeries::new(
                 [(xr.start, y), (xr.end, y)],
@@ -155,37 +235,30 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -
                 PathElement::new([(x - 12, y), (x + 12, y)], LIMIT.mix(0.7).stroke_width(2))
             });
     }
+    Ok(())
+}
 
-    // Numbers of the front points and names of the baselines, placed clear of each other.
+/// The numbers of the front points and the names of the baselines (text, data point, colour).
+fn labels(
+    d: &ReportData,
+    axes: &Axes,
+    front: &[(f64, f64)],
+    baselines: &[(f64, f64)],
+) -> Vec<(String, (f64, f64), RGBColor)> {
     let mut labels: Vec<(String, (f64, f64), RGBColor)> = front
         .iter()
         .enumerate()
         .map(|(i, &p)| ((i + 1).to_string(), p, FRONT))
         .collect();
-    for (b, &p) in d.baselines.iter().zip(&baselines) {
-        let name = if b.quality <= 0.0 && qa.log {
+    for (b, &p) in d.baselines.iter().zip(baselines) {
+        let name = if b.quality <= 0.0 && axes.quality.log {
             format!("{} (0)", b.label)
         } else {
             b.label.clone()
         };
         labels.push((name, p, BASELINE));
     }
-    draw_labels(area, &chart, &labels)?;
-
-    if d.points.is_empty() {
-        let style = text(AXIS_TITLE).pos(plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Center,
-        ));
-        let (w, h) = area.dim_in_pixel();
-        area.draw(&Text::new(
-            "no evaluated trial yet",
-            (w as i32 / 2, h as i32 / 2),
-            style,
-        ))
-        .map_err(pe)?;
-    }
-    super::legend(&mut chart, SeriesLabelPosition::UpperRight)
+    labels
 }
 
 fn caption(d: &ReportData) -> String {
@@ -228,10 +301,7 @@ fn staircase(front: &[(f64, f64)]) -> Vec<(f64, f64)> {
 /// front's markers.
 fn draw_labels<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    chart: &ChartContext<
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
+    chart: &Chart<DB>,
     labels: &[(String, (f64, f64), RGBColor)],
 ) -> Result<()> {
     let style = text(POINT_LABEL);

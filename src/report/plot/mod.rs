@@ -14,8 +14,10 @@ mod trends;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::data::ReportData;
 use crate::error::{Error, Result};
@@ -156,7 +158,6 @@ fn plotters_error<E: std::fmt::Display>(e: E) -> Error {
     Error::report(e.to_string())
 }
 
-/// A text style of the plot font.
 /// Draws a chart's legend (the labelled series) at `position`, on a light box.
 fn legend<'a, DB, CT>(
     chart: &mut ChartContext<'a, DB, CT>,
@@ -176,6 +177,39 @@ where
         .map_err(plotters_error)
 }
 
+/// The frame every x–y plot shares: `caption` in the title style, the margin and the label areas.
+fn frame<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, title())
+        .margin(24)
+        .x_label_area_size(64)
+        .y_label_area_size(92);
+    builder
+}
+
+/// The text styles and grid every x–y plot's mesh shares.
+fn mesh_style<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB> {
+    mesh.axis_desc_style(text(AXIS_TITLE))
+        .label_style(text(TICKS))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+}
+
+/// `note` in the middle of `area` (a plot with nothing to show).
+fn centred_note<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, note: &str) -> Result<()> {
+    let style = text(AXIS_TITLE).pos(Pos::new(HPos::Center, VPos::Center));
+    let (w, h) = area.dim_in_pixel();
+    area.draw(&Text::new(note, (w as i32 / 2, h as i32 / 2), style))
+        .map_err(plotters_error)
+}
+
+/// A text style of the plot font.
 fn text(size: u32) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font()).color(&BLACK)
 }

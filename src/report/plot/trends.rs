@@ -2,14 +2,15 @@
 //! and every comparable run of the store, by strategy), and the sensitivity model's predicted
 //! quality against the measured one, with its rank correlation in the title.
 
+use std::ops::Range;
+
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::axes::{short, QualityAxis};
-use super::{plotters_error as pe, text, title, AXIS_TITLE, FRONT, PALETTE, TICKS};
+use super::{centred_note, frame, mesh_style, plotters_error as pe, FRONT, PALETTE};
 use crate::error::Result;
-use crate::report::data::ReportData;
+use crate::report::data::{HypervolumeSeries, ReportData};
 
 pub fn hypervolume<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -22,69 +23,26 @@ pub fn hypervolume<DB: DrawingBackend>(
         .max()
         .unwrap_or(0)
         .max(1);
-    // Zoomed on the values (after the first point is found), so that strategies can be told apart.
-    let values = d
-        .hypervolume
-        .iter()
-        .flat_map(|s| s.values.iter().copied())
-        .filter(|v| *v > 0.0);
-    let y = super::axes::padded(values, 0.08);
-    let y = y.start.max(0.0)..y.end.min(1.0).max(y.start.max(0.0) + 1e-3);
-    let caption = if d.hypervolume.len() > 1 {
-        let n = d.hypervolume.len() - 1;
-        let s = if n == 1 { "" } else { "s" };
-        format!(
-            "Hypervolume after each trial: run {} and {n} comparable run{s}",
-            d.run
-        )
-    } else {
-        format!("Hypervolume after each trial: run {}", d.run)
-    };
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, title())
-        .margin(24)
-        .x_label_area_size(64)
-        .y_label_area_size(92)
-        .build_cartesian_2d(0.0..n as f64, y)
+    let mut chart = frame(area, hypervolume_caption(d))
+        .build_cartesian_2d(0.0..n as f64, hypervolume_range(d))
         .map_err(pe)?;
     let y_tick = |v: &f64| short(*v);
     let x_tick = |v: &f64| format!("{v:.0}");
-    chart
-        .configure_mesh()
+    mesh_style(&mut chart.configure_mesh())
         .x_desc("trials")
         .y_desc(format!(
             "hypervolume of the front (normalised; {} profile)",
             d.profile
         ))
-        .axis_desc_style(text(AXIS_TITLE))
-        .label_style(text(TICKS))
         .y_label_formatter(&y_tick)
         .x_label_formatter(&x_tick)
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
         .draw()
         .map_err(pe)?;
     for (i, s) in d.hypervolume.iter().enumerate() {
-        let colour = if s.current {
-            FRONT
+        let (colour, width) = if s.current {
+            (FRONT, 4)
         } else {
-            PALETTE[1 + (i - 1) % (PALETTE.len() - 1)]
-        };
-        let width = if s.current { 4 } else { 2 };
-        let label = if s.current {
-            format!(
-                "{} ({}) — this run: {}",
-                s.run,
-                s.strategy,
-                short(s.values.last().copied().unwrap_or(0.0))
-            )
-        } else {
-            format!(
-                "{} ({}): {}",
-                s.run,
-                s.strategy,
-                short(s.values.last().copied().unwrap_or(0.0))
-            )
+            (PALETTE[1 + (i - 1) % (PALETTE.len() - 1)], 2)
         };
         let pts: Vec<(f64, f64)> = s
             .values
@@ -95,7 +53,7 @@ pub fn hypervolume<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(pts, colour.stroke_width(width)))
             .map_err(pe)?
-            .label(label)
+            .label(series_label(s))
             .legend(move |(x, y)| {
                 PathElement::new([(x - 14, y), (x + 14, y)], colour.stroke_width(width))
             });
@@ -103,21 +61,51 @@ pub fn hypervolume<DB: DrawingBackend>(
     super::legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
+/// The hypervolume plot's title: this run, and how many comparable runs are drawn with it.
+fn hypervolume_caption(d: &ReportData) -> String {
+    if d.hypervolume.len() > 1 {
+        let n = d.hypervolume.len() - 1;
+        let s = if n == 1 { "" } else { "s" };
+        format!(
+            "Hypervolume after each trial: run {} and {n} comparable run{s}",
+            d.run
+        )
+    } else {
+        format!("Hypervolume after each trial: run {}", d.run)
+    }
+}
+
+/// The hypervolume axis, zoomed on the values (after the first point is found) so that strategies can
+/// be told apart, within [0, 1].
+fn hypervolume_range(d: &ReportData) -> Range<f64> {
+    let values = d
+        .hypervolume
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .filter(|v| *v > 0.0);
+    let y = super::axes::padded(values, 0.08);
+    y.start.max(0.0)..y.end.min(1.0).max(y.start.max(0.0) + 1e-3)
+}
+
+/// A run's legend entry: its name, strategy and final hypervolume.
+fn series_label(s: &HypervolumeSeries) -> String {
+    let last = short(s.values.last().copied().unwrap_or(0.0));
+    if s.current {
+        format!("{} ({}) — this run: {last}", s.run, s.strategy)
+    } else {
+        format!("{} ({}): {last}", s.run, s.strategy)
+    }
+}
+
 pub fn sensitivity<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     d: &ReportData,
 ) -> Result<()> {
     let Some(fit) = d.sensitivity.as_ref().filter(|f| !f.pairs.is_empty()) else {
-        area.draw(&Text::new(
+        return centred_note(
+            area,
             "Sensitivity model: no predicted-vs-measured pairs for this run (see the notes)",
-            (
-                area.dim_in_pixel().0 as i32 / 2,
-                area.dim_in_pixel().1 as i32 / 2,
-            ),
-            text(AXIS_TITLE).pos(Pos::new(HPos::Center, VPos::Center)),
-        ))
-        .map_err(pe)?;
-        return Ok(());
+        );
     };
     let values = fit.pairs.iter().flat_map(|p| [p.predicted, p.measured]);
     let axis = QualityAxis::new(values);
@@ -126,26 +114,17 @@ pub fn sensitivity<DB: DrawingBackend>(
         .spearman
         .map_or("n/a".to_string(), |s| format!("{s:.3}"));
     let caption = format!("Predicted vs measured quality: Spearman ρ = {rho}");
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, title())
-        .margin(24)
-        .x_label_area_size(64)
-        .y_label_area_size(92)
+    let mut chart = frame(area, caption)
         .build_cartesian_2d(r.clone(), r.clone())
         .map_err(pe)?;
     let tick = |v: &f64| axis.tick(*v);
-    chart
-        .configure_mesh()
+    mesh_style(&mut chart.configure_mesh())
         .x_desc(axis_title(&axis, "predicted", &d.quality.label))
         .y_desc(axis_title(&axis, "measured", &d.quality.label))
-        .axis_desc_style(text(AXIS_TITLE))
-        .label_style(text(TICKS))
         .x_labels(axis.ticks())
         .y_labels(axis.ticks())
         .x_label_formatter(&tick)
         .y_label_formatter(&tick)
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
         .draw()
         .map_err(pe)?;
     chart

@@ -7,6 +7,10 @@
 //! acquisition is the **expected hypervolume improvement** (EHVI) of the measured front with uncertainty
 //! in the quality coordinate only, which has a cheap closed form.
 //!
+//! The Gaussian process itself (kernel, fit, hyperparameter grid, posterior) is in `gp.rs`, the exact
+//! 2-D EHVI in `ehvi.rs`; this module encodes points, chooses the training set and the candidates, and
+//! picks batches.
+//!
 //! ## Model
 //!
 //! - **Encoding.** Each searchable group `g` (more than one choice) gives two coordinates: its predicted
@@ -15,14 +19,11 @@
 //!   insensitive one a sliver of it), the cost coordinate weighted by [`COST_WEIGHT`]. Distances are thus
 //!   sensitivity-aware: changing a group the predictor deems harmless barely moves a point, and choices
 //!   the predictor cannot tell apart (both predicted 0, say f32 and f16) still differ by their cost.
-//! - **Kernel.** Matérn 5/2 on the Euclidean distance, `k(r) = s²(1 + √5 r/ℓ + 5r²/3ℓ²) e^{−√5 r/ℓ}`, plus
-//!   a noise term `s²λ` on the diagonal. Residuals are standardised (mean 0, standard deviation 1).
-//! - **Hyperparameters.** `ℓ` is chosen from [`LENGTHSCALES`] × the median pairwise training distance and
-//!   `λ` from [`NOISE_RATIOS`], by maximising the log marginal likelihood (Rasmussen & Williams eq. 2.30);
-//!   the signal variance `s²` is profiled out in closed form (`s² = yᵀ(C + λI)⁻¹y / n`). One Cholesky
-//!   factorisation (faer, sequential) per grid cell. The grid is searched once per [`REFIT`] trials, on
-//!   the history up to the last multiple of it (memoised; a function of the history alone, so resumed
-//!   runs choose the same); the asks in between fit the chosen cell only.
+//! - **Kernel and hyperparameters.** A Gaussian process with a Matérn 5/2 kernel on the encoded points,
+//!   its lengthscale and noise chosen on the grid [`LENGTHSCALES`] × [`NOISE_RATIOS`] by the log marginal
+//!   likelihood (`gp.rs`). The grid is searched once per [`REFIT`] trials, on the history up to the last
+//!   multiple of it (memoised; a function of the history alone, so resumed runs choose the same); the
+//!   asks in between fit the chosen cell only.
 //! - **Training set.** The complete trials (finite quality). Beyond `max_points` of them: the measured
 //!   front (thinned in spread order to at most half of `max_points`), then the most recent others. The
 //!   model is refitted from scratch on each `ask`, so the per-ask cost is bounded by `max_points`, not by
@@ -31,16 +32,11 @@
 //! ## Acquisition
 //!
 //! In the hypervolume's normalised coordinates (cost / reference cost, quality / reference quality),
-//! with the quality reference lowered to `max_quality` when there is one, the measured feasible front is
-//! a staircase: right of cost `c` its attained level is `L_j` on steps of width `w_j` (the level is the
-//! reference until a front point is reached). Adding `(c, q)` improves the hypervolume by
-//! `Σ_j w_j (L_j − q)⁺`, so for `q ~ N(μ, σ²)`
-//!
-//! `EHVI = Σ_j w_j [(L_j − μ) Φ(z_j) + σ φ(z_j)]`, `z_j = (L_j − μ) / σ`
-//!
-//! — exact, O(front) per candidate (Emmerich et al. give the general 2-D form; here one coordinate is
-//! certain). Points that break a cost limit are never candidates; a quality above `max_quality` improves
-//! nothing, so EHVI counts the chance of meeting that limit by itself.
+//! with the quality reference lowered to `max_quality` when there is one, the expected hypervolume
+//! improvement of a point of known cost and quality `N(μ, σ²)` over the measured feasible front, exact
+//! and O(front) per candidate (`ehvi.rs` gives the closed form). Points that break a cost limit are never
+//! candidates; a quality above `max_quality` improves nothing, so EHVI counts the chance of meeting that
+//! limit by itself.
 //!
 //! ## Candidates and batches
 //!
@@ -71,34 +67,27 @@
 //! `rng_for(seed, "bayes", history.len())`. The state is the number of trials told, so any split of
 //! `tell` calls leaves the same state, and a snapshot is `{"told": n}`.
 //!
-//! The standard normal CDF uses the Chebyshev-fitted `erfc` of Numerical Recipes (§6.2, `erfcc`), whose
-//! **relative** error is below 1.2·10⁻⁷ everywhere, tails included.
-//!
 //! ## References
 //!
-//! - M. T. M. Emmerich, K. C. Giannakoglou, B. Naujoks, "Single- and multiobjective evolutionary
-//!   optimization assisted by Gaussian random field metamodels", IEEE TEC 10(4), 2006 (EHVI), and
-//!   M. Emmerich, A. Deutz, J. W. Klinkenberg, "Hypervolume-based expected improvement: monotonicity
-//!   properties and exact computation", CEC 2011 (the exact 2-D EHVI).
 //! - C. E. Rasmussen, C. K. I. Williams, "Gaussian processes for machine learning", MIT Press, 2006
 //!   (algorithm 2.1, the Matérn class §4.2, the marginal likelihood §5.4).
 //! - D. Ginsbourger, R. Le Riche, L. Carraro, "Kriging is well-suited to parallelize optimization",
 //!   Computational Intelligence in Expensive Optimization Problems, Springer, 2010 (kriging believer).
-//! - W. H. Press et al., "Numerical recipes in C", 2nd ed., Cambridge University Press, 1992, §6.2
-//!   (the `erfc` approximation).
+//! - M. Emmerich, A. Deutz, J. W. Klinkenberg, "Hypervolume-based expected improvement: monotonicity
+//!   properties and exact computation", CEC 2011 (the exact 2-D EHVI; more in `ehvi.rs`).
+
+mod ehvi;
+mod gp;
 
 use std::collections::HashSet;
 
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::linalg::matmul::matmul;
-use faer::linalg::triangular_solve::{
-    solve_lower_triangular_in_place, solve_upper_triangular_in_place,
-};
-use faer::{Accum, Mat, MatRef, Par};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use self::ehvi::Staircase;
+pub use self::ehvi::CERTAIN_Z;
+use self::gp::{Gp, Grid};
+pub use self::gp::{LENGTHSCALES, NOISE_RATIOS};
 use super::exact::spread_order;
 use super::{rng_for, History, Problem, Strategy};
 use crate::error::{Error, Result};
@@ -106,10 +95,6 @@ use crate::space::Point;
 
 /// Weight of a group's cost-share coordinate relative to its predicted-quality coordinate.
 pub const COST_WEIGHT: f64 = 0.25;
-/// Lengthscales tried, as multiples of the median pairwise distance of the training points.
-pub const LENGTHSCALES: [f64; 5] = [0.25, 0.5, 1.0, 2.0, 4.0];
-/// Noise variances tried, as fractions of the signal variance.
-pub const NOISE_RATIOS: [f64; 3] = [1e-6, 1e-3, 1e-1];
 /// The hyperparameters are chosen on the whole grid once per this many trials (on the history up to
 /// the last multiple), and kept fixed in between: one Cholesky factorisation per `ask` instead of
 /// `LENGTHSCALES × NOISE_RATIOS`.
@@ -516,145 +501,6 @@ fn pick_batch(
     out
 }
 
-/// Beyond this many standard deviations a step's expected shortfall is taken as certain (`level − μ`
-/// above the mean) or as zero (below it); the error is below `σ · 10⁻¹⁴` per unit of width.
-pub const CERTAIN_Z: f64 = 8.0;
-
-/// The measured front as a staircase in normalised coordinates, for EHVI.
-///
-/// Segment `k` runs from the cost of front point `k − 1` (from −∞ for `k = 0`) to the cost of point `k`
-/// (to 1 for the last) at level `levels[k]`: the reference for `k = 0`, point `k − 1`'s quality after.
-#[derive(Clone, Debug)]
-struct Staircase {
-    /// Front points with cost < 1 and level < cap, by increasing cost and strictly decreasing level.
-    points: Vec<[f64; 2]>,
-    /// The quality reference (1, or lower under a quality limit).
-    cap: f64,
-    levels: Vec<f64>,
-    ends: Vec<f64>,
-    /// Prefix sums over segments `1..k` of width and of width × level (segment 0 is never whole).
-    sum_w: Vec<f64>,
-    sum_wl: Vec<f64>,
-}
-
-impl Staircase {
-    fn new(points: &[[f64; 2]], cap: f64) -> Staircase {
-        let mut s = Staircase {
-            points: points.to_vec(),
-            cap,
-            levels: Vec::new(),
-            ends: Vec::new(),
-            sum_w: Vec::new(),
-            sum_wl: Vec::new(),
-        };
-        s.tidy();
-        s
-    }
-
-    /// Keeps the non-dominated points inside the reference box and rebuilds the segments.
-    fn tidy(&mut self) {
-        let cap = self.cap;
-        self.points
-            .retain(|p| p[0] < 1.0 && p[1] < cap && p.iter().all(|v| v.is_finite()));
-        self.points
-            .sort_by(|a, b| a[0].total_cmp(&b[0]).then(a[1].total_cmp(&b[1])));
-        let mut level = cap;
-        self.points.retain(|p| {
-            let keep = p[1] < level;
-            level = level.min(p[1]);
-            keep
-        });
-        let f = self.points.len();
-        self.levels = std::iter::once(cap)
-            .chain(self.points.iter().map(|p| p[1]))
-            .collect();
-        self.ends = self
-            .points
-            .iter()
-            .map(|p| p[0])
-            .chain(std::iter::once(1.0))
-            .collect();
-        self.sum_w = vec![0.0; f + 2];
-        self.sum_wl = vec![0.0; f + 2];
-        for k in 1..=f {
-            let w = self.ends[k] - self.ends[k - 1];
-            self.sum_w[k + 1] = self.sum_w[k] + w;
-            self.sum_wl[k + 1] = self.sum_wl[k] + w * self.levels[k];
-        }
-    }
-
-    fn insert(&mut self, cost: f64, quality: f64) {
-        self.points.push([cost, quality]);
-        self.tidy();
-    }
-
-    /// Expected hypervolume improvement of adding a point of cost `c` and quality `N(mu, sigma²)`:
-    /// `Σ_k w_k E[(level_k − q)⁺]` over the segments right of `c`, in O(log F) plus the segments within
-    /// [`CERTAIN_Z`] standard deviations of `mu`.
-    fn ehvi(&self, c: f64, mu: f64, sigma: f64) -> f64 {
-        let usable = c < 1.0 && mu.is_finite() && sigma >= 0.0 && sigma.is_finite();
-        if !usable {
-            return 0.0;
-        }
-        let last = self.points.len();
-        let s = self.points.partition_point(|p| p[0] <= c);
-        let mut total = (self.ends[s] - c) * expected_shortfall(self.levels[s], mu, sigma);
-        // Whole segments s+1..: levels fall, so first those surely above mu, then the uncertain ones.
-        let hi = mu + CERTAIN_Z * sigma;
-        let lo = mu - CERTAIN_Z * sigma;
-        let e = s + 1 + self.levels[s + 1..].partition_point(|&l| l >= hi);
-        total += (self.sum_wl[e] - self.sum_wl[s + 1]) - mu * (self.sum_w[e] - self.sum_w[s + 1]);
-        for k in e..=last {
-            if self.levels[k] <= lo {
-                break;
-            }
-            total +=
-                (self.ends[k] - self.ends[k - 1]) * expected_shortfall(self.levels[k], mu, sigma);
-        }
-        total.max(0.0)
-    }
-}
-
-/// `E[(level − q)⁺]` for `q ~ N(mu, sigma²)`.
-fn expected_shortfall(level: f64, mu: f64, sigma: f64) -> f64 {
-    let d = level - mu;
-    if sigma <= 1e-300 {
-        return d.max(0.0);
-    }
-    let z = d / sigma;
-    (d * normal_cdf(z) + sigma * normal_pdf(z)).max(0.0)
-}
-
-/// The standard normal density.
-fn normal_pdf(z: f64) -> f64 {
-    (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt()
-}
-
-/// The standard normal CDF, `Φ(z) = erfc(−z/√2) / 2`.
-fn normal_cdf(z: f64) -> f64 {
-    0.5 * erfc(-z / std::f64::consts::SQRT_2)
-}
-
-/// The complementary error function, relative error < 1.2e-7 (Numerical Recipes §6.2, `erfcc`).
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * (-z * z + poly).exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
-    }
-}
-
 /// The sensitivity-aware encoding of a point (see the module docs).
 #[derive(Clone, Debug)]
 struct Encoder {
@@ -705,295 +551,6 @@ impl Encoder {
         for (g, coords) in &self.columns {
             out.extend_from_slice(&coords[point[*g] as usize]);
         }
-    }
-}
-
-/// One cell of the hyperparameter grid, fitted.
-struct Fitted {
-    log_likelihood: f64,
-    /// The lengthscale as a multiple of the median distance.
-    factor: f64,
-    lengthscale: f64,
-    noise_ratio: f64,
-    signal: f64,
-    /// Lower Cholesky factor of `C + λI`.
-    chol: Mat<f64>,
-    /// `L⁻¹ y`.
-    z: Mat<f64>,
-}
-
-/// Which hyperparameters a fit may choose from.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Grid {
-    /// Every cell of `LENGTHSCALES × NOISE_RATIOS`.
-    Full,
-    /// One cell, chosen earlier (see [`REFIT`]).
-    Fixed { factor: f64, noise_ratio: f64 },
-}
-
-/// The grid cell (lengthscale `median × LENGTHSCALES`, noise ratio `NOISE_RATIOS`) of largest log
-/// marginal likelihood for standardised targets `ys` at pairwise distances `dist`, the signal variance
-/// profiled out; ties keep the first. `None` if no cell factorises.
-fn select_hyperparameters(dist: &Mat<f64>, median: f64, ys: &[f64], grid: Grid) -> Option<Fitted> {
-    let n = ys.len();
-    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(
-        n,
-        Par::Seq,
-        Default::default(),
-    ));
-    let mut best: Option<Fitted> = None;
-    let (factors, noises): (&[f64], &[f64]) = match &grid {
-        Grid::Full => (&LENGTHSCALES, &NOISE_RATIOS),
-        Grid::Fixed {
-            factor,
-            noise_ratio,
-        } => (
-            std::slice::from_ref(factor),
-            std::slice::from_ref(noise_ratio),
-        ),
-    };
-    for &factor in factors {
-        let lengthscale = median * factor;
-        // The lower triangle is all the factorisation reads.
-        let mut corr = Mat::<f64>::zeros(n, n);
-        for j in 0..n {
-            let d = &dist.col_as_slice(j)[j + 1..];
-            for (c, &r) in corr.col_as_slice_mut(j)[j + 1..].iter_mut().zip(d) {
-                *c = matern52(r, lengthscale);
-            }
-        }
-        for &noise_ratio in noises {
-            let mut chol = corr.clone();
-            for i in 0..n {
-                chol[(i, i)] = 1.0 + noise_ratio;
-            }
-            let factored = cholesky_in_place(
-                chol.as_mut(),
-                Default::default(),
-                Par::Seq,
-                MemStack::new(&mut mem),
-                Default::default(),
-            );
-            if factored.is_err() {
-                continue;
-            }
-            let mut z = Mat::from_fn(n, 1, |i, _| ys[i]);
-            solve_lower_triangular_in_place(chol.as_ref(), z.as_mut(), Par::Seq);
-            let q: f64 = (0..n).map(|i| z[(i, 0)] * z[(i, 0)]).sum();
-            let signal = (q / n as f64).max(1e-12);
-            let log_det: f64 = (0..n).map(|i| chol[(i, i)].ln()).sum();
-            let log_likelihood =
-                -0.5 * n as f64 * (signal.ln() + 1.0 + (2.0 * std::f64::consts::PI).ln()) - log_det;
-            let better = best
-                .as_ref()
-                .is_none_or(|b| log_likelihood.total_cmp(&b.log_likelihood).is_gt());
-            if log_likelihood.is_finite() && better {
-                best = Some(Fitted {
-                    log_likelihood,
-                    factor,
-                    lengthscale,
-                    noise_ratio,
-                    signal,
-                    chol,
-                    z,
-                });
-            }
-        }
-    }
-    best
-}
-
-/// Matérn 5/2 correlation at distance `r` with lengthscale `l`.
-fn matern52(r: f64, l: f64) -> f64 {
-    let s = 5f64.sqrt() * r / l;
-    (1.0 + s + s * s / 3.0) * (-s).exp()
-}
-
-/// Euclidean distances between the `p` rows of `a` and the `q` rows of `b` (row-major, `dim` columns),
-/// as a `p × q` matrix, from the Gram matrix `a bᵀ` (one faer product).
-fn distances(a: &[f64], p: usize, b: &[f64], q: usize, dim: usize) -> Mat<f64> {
-    let mut d = Mat::zeros(p, q);
-    if dim == 0 {
-        return d;
-    }
-    let am = MatRef::from_row_major_slice(a, p, dim);
-    let bm = MatRef::from_row_major_slice(b, q, dim);
-    matmul(
-        d.as_mut(),
-        Accum::Replace,
-        am,
-        bm.transpose(),
-        -2.0,
-        Par::Seq,
-    );
-    let sq = |x: &[f64]| -> Vec<f64> {
-        x.chunks_exact(dim)
-            .map(|r| r.iter().map(|v| v * v).sum())
-            .collect()
-    };
-    let (na, nb) = (sq(a), sq(b));
-    for (j, nbj) in nb.iter().enumerate() {
-        for (v, nai) in d.col_as_slice_mut(j).iter_mut().zip(&na) {
-            *v = (*v + nai + nbj).max(0.0).sqrt();
-        }
-    }
-    d
-}
-
-fn distance(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt()
-}
-
-/// A Gaussian process on standardised targets with a Matérn 5/2 kernel (see the module docs).
-#[derive(Debug)]
-struct Gp {
-    /// The lengthscale as a multiple of the median training distance (the grid cell chosen).
-    factor: f64,
-    /// Training inputs, `n × dim` row-major.
-    x: Vec<f64>,
-    dim: usize,
-    lengthscale: f64,
-    /// Noise variance over signal variance.
-    noise_ratio: f64,
-    /// Signal variance `s²` of the standardised targets.
-    signal: f64,
-    /// Lower Cholesky factor of `C + λI` (only the lower triangle is meaningful).
-    chol: Mat<f64>,
-    /// `(C + λI)⁻¹ y` for the standardised targets.
-    alpha: Vec<f64>,
-    /// Targets are `offset + scale · standardised`.
-    offset: f64,
-    scale: f64,
-}
-
-/// The posterior at some points: mean and latent variance (target units), and `V = L⁻¹ C(train, ·)`.
-struct Posterior {
-    mean: Vec<f64>,
-    var: Vec<f64>,
-    v: Mat<f64>,
-}
-
-impl Gp {
-    /// Fits `y` at `x` (`y.len() × dim`, row-major), choosing the hyperparameters on the grid by the log
-    /// marginal likelihood; with no point or no usable factorisation, the prior.
-    fn fit(x: Vec<f64>, dim: usize, y: &[f64], grid: Grid) -> Gp {
-        let n = y.len();
-        let offset = if n == 0 {
-            0.0
-        } else {
-            y.iter().sum::<f64>() / n as f64
-        };
-        let sd = if n == 0 {
-            0.0
-        } else {
-            (y.iter().map(|v| (v - offset).powi(2)).sum::<f64>() / n as f64).sqrt()
-        };
-        let scale = if sd > 0.0 && sd.is_finite() { sd } else { 1.0 };
-        let ys: Vec<f64> = y.iter().map(|v| (v - offset) / scale).collect();
-        let dist = distances(&x, n, &x, n, dim);
-        let mut pairs: Vec<f64> = (0..n)
-            .flat_map(|j| dist.col_as_slice(j)[..j].iter().copied())
-            .filter(|&d| d > 1e-9)
-            .collect();
-        let median = if pairs.is_empty() {
-            1.0
-        } else {
-            let mid = pairs.len() / 2;
-            *pairs.select_nth_unstable_by(mid, f64::total_cmp).1
-        };
-        let best = select_hyperparameters(&dist, median, &ys, grid);
-        match best {
-            Some(Fitted {
-                factor,
-                lengthscale,
-                noise_ratio,
-                signal,
-                chol,
-                mut z,
-                ..
-            }) => {
-                solve_upper_triangular_in_place(chol.as_ref().transpose(), z.as_mut(), Par::Seq);
-                Gp {
-                    x,
-                    dim,
-                    factor,
-                    lengthscale,
-                    noise_ratio,
-                    signal,
-                    chol,
-                    alpha: (0..n).map(|i| z[(i, 0)]).collect(),
-                    offset,
-                    scale,
-                }
-            }
-            None => Gp {
-                x: Vec::new(),
-                dim,
-                factor: 1.0,
-                lengthscale: 1.0,
-                noise_ratio: NOISE_RATIOS[0],
-                signal: 1.0,
-                chol: Mat::zeros(0, 0),
-                alpha: Vec::new(),
-                offset,
-                scale,
-            },
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.alpha.len()
-    }
-
-    /// The posterior at `xs` (`m × dim`, row-major).
-    fn predict(&self, xs: &[f64]) -> Posterior {
-        let n = self.len();
-        let m = xs.len().checked_div(self.dim).unwrap_or(0);
-        let mut v = distances(&self.x, n, xs, m, self.dim);
-        for j in 0..m {
-            for k in v.col_as_slice_mut(j) {
-                *k = matern52(*k, self.lengthscale);
-            }
-        }
-        let mean: Vec<f64> = (0..m)
-            .map(|j| {
-                let k = v.col_as_slice(j);
-                let s: f64 = k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum();
-                self.offset + self.scale * s
-            })
-            .collect();
-        solve_lower_triangular_in_place(self.chol.as_ref(), v.as_mut(), Par::Seq);
-        let s2 = self.signal * self.scale * self.scale;
-        let var = (0..m)
-            .map(|j| {
-                let explained: f64 = v.col_as_slice(j).iter().map(|a| a * a).sum();
-                (s2 * (1.0 - explained)).max(0.0)
-            })
-            .collect();
-        Posterior { mean, var, v }
-    }
-
-    /// The posterior covariance (target units) of points `a` and `b` of `xs`, given `predict(xs)`.
-    fn cov(&self, xs: &[f64], post: &Posterior, a: usize, b: usize) -> f64 {
-        let at = |j: usize| &xs[j * self.dim..(j + 1) * self.dim];
-        let prior = matern52(distance(at(a), at(b)), self.lengthscale);
-        let shared: f64 = post
-            .v
-            .col_as_slice(a)
-            .iter()
-            .zip(post.v.col_as_slice(b))
-            .map(|(p, q)| p * q)
-            .sum();
-        self.signal * self.scale * self.scale * (prior - shared)
-    }
-
-    /// The observation noise variance (target units).
-    fn noise_variance(&self) -> f64 {
-        self.signal * self.noise_ratio * self.scale * self.scale
     }
 }
 
