@@ -27,9 +27,8 @@
 use serde::Serialize;
 
 use super::profile::{HardwareProfile, MeasuredKey, Precision};
-pub use crate::space::rank_k;
 use crate::space::{
-    kept_rows, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity,
+    kept_rows, rank_k, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity,
     WeightQuant,
 };
 

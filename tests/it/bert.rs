@@ -7,9 +7,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use mpsearch::model::{
-    Batch, BertEncoder, ForwardCtx, LayerOverride, Model, ModelSource, Overrides,
-};
+use mpsearch::data::Batch;
+use mpsearch::model::{BertEncoder, ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use mpsearch::data::{Digits, Split, CLASSES, SAMPLES};
+use mpsearch::data::{Batch, Digits, Split, CLASSES, SAMPLES};
 use mpsearch::model::demo::{self, accuracy, DemoModel};
-use mpsearch::model::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
+use mpsearch::model::{ForwardCtx, LayerOverride, Model, Overrides};
 
 /// The accuracy the shipped weights and a retrain must reach on the test split.
 const MIN_ACCURACY: f64 = 0.97;
