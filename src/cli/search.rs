@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use mpsearch::compress::ScaleMethod;
 use mpsearch::cost::model::{format_bytes, format_us, parse_budget};
 use mpsearch::cost::Objective;
 use mpsearch::search::{self, Control, Outcome, Progress, SetupPhase, StopReason};
-use mpsearch::store::{RunConfig, RunManifest, SledStore, Store, TrialRecord};
+use mpsearch::store::{self, RunConfig, RunManifest, SledStore, Store, TrialRecord};
 use mpsearch::strategy::StrategyKind;
 
 use crate::{emit, progress_bar, table, ResumeArgs, RunsArgs, ScaleArg, SearchArgs, TrialsArgs};
@@ -95,8 +96,8 @@ pub fn search_cmd(a: SearchArgs) -> anyhow::Result<ExitCode> {
         space: space.clone(),
         profile: a.profile.clone(),
         batch: a.batch,
-        strategy: kind.name().to_string(),
-        objective: objective.to_string(),
+        strategy: kind,
+        objective,
         max_latency_us: budget(Objective::Latency, &a.max_latency, "--max-latency")?,
         max_bytes: budget(Objective::Size, &a.max_size, "--max-size")?,
         max_bops: budget(Objective::Bops, &a.max_bops, "--max-bops")?,
@@ -110,10 +111,9 @@ pub fn search_cmd(a: SearchArgs) -> anyhow::Result<ExitCode> {
             .map(|t| parse_duration(t, "--time"))
             .transpose()?,
         scale: match a.scale {
-            ScaleArg::Mse => "mse",
-            ScaleArg::Minmax => "minmax",
-        }
-        .to_string(),
+            ScaleArg::Mse => ScaleMethod::Mse,
+            ScaleArg::Minmax => ScaleMethod::MinMax,
+        },
         pairs: a.pairs,
     };
     let store = open_store(&a.store.store)?;
@@ -125,7 +125,7 @@ pub fn search_cmd(a: SearchArgs) -> anyhow::Result<ExitCode> {
             );
             n.clone()
         }
-        None => search::default_run_name(&store, &space, &a.profile)?,
+        None => store::default_run_name(&store, &space, &a.profile)?,
     };
     if picked {
         eprintln!("strategy: auto picked `{}` ({AUTO_WHY})", kind.name());
@@ -166,7 +166,7 @@ pub fn resume_cmd(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "resuming run `{}` at trial {done} ({})",
         manifest.name,
-        search::listed_status(&manifest)
+        store::listed_status(&manifest)
     );
     describe(&session);
     drive(&session, &store, manifest, a.jobs, &stop, &a.store.store)
@@ -275,7 +275,7 @@ fn summarise(
         StopReason::Interrupted => "interrupted",
         StopReason::Exhausted => "the strategy has nothing left to propose",
     };
-    let front = search::front(&m.config, &o.trials)?;
+    let front = store::front(&m.config, &o.trials);
     let mut out = format!(
         "run `{}`: {why} after {} trials ({} this session: {} evaluated, {} from the cache) in {:.1} s; \
          strategy time {:.2}% of the session\n\n",
@@ -376,7 +376,7 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for m in &runs {
         let trials = store.trials(&m.name)?;
-        let front = search::front(&m.config, &trials)?;
+        let front = store::front(&m.config, &trials);
         let evaluated = trials
             .iter()
             .filter(|t| t.quality.is_some() && !t.cached)
@@ -385,14 +385,14 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .filter(|t| t.quality.is_some() && t.cached)
             .count();
-        let status = search::listed_status(m);
+        let status = store::listed_status(m);
         if a.json {
             docs.push(serde_json::json!({
                 "name": m.name, "status": status.to_string(), "trials": trials.len(),
                 "evaluated": evaluated, "cache_hits": hits, "profile": m.config.profile,
                 "objective": m.config.objective, "strategy": m.config.strategy,
                 "elapsed_seconds": m.elapsed_seconds, "seed": m.config.seed,
-                "hypervolume": search::hypervolume(m, &trials)?,
+                "hypervolume": store::hypervolume(m, &trials),
                 "front": front.iter().map(|t| front_json(t)).collect::<Vec<_>>(),
             }));
         } else {
@@ -411,7 +411,7 @@ pub fn runs_cmd(a: RunsArgs) -> anyhow::Result<ExitCode> {
             rows.push(vec![
                 m.name.clone(),
                 status.to_string(),
-                m.config.strategy.clone(),
+                m.config.strategy.to_string(),
                 m.config.profile.clone(),
                 trials.len().to_string(),
                 evaluated.to_string(),
@@ -459,7 +459,7 @@ fn front_json(t: &TrialRecord) -> serde_json::Value {
 pub fn trials_cmd(a: TrialsArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let store = open_store(&a.store.store)?;
-    let m = search::find_run(&store, &a.run)?;
+    let m = store::find_run(&store, &a.run)?;
     let trials = store.trials(&m.name)?;
     let mut out = std::io::stdout().lock();
     if a.json {

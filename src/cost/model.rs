@@ -24,7 +24,7 @@
 //! sum of the per-layer figures (a test checks this), and the cheapest and dearest reachable totals of a
 //! space are sums of per-group minima and maxima ([`super::Feasibility`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::profile::{HardwareProfile, MeasuredKey, Precision};
 use crate::space::{
@@ -67,7 +67,7 @@ impl std::iter::Sum for Cost {
 }
 
 /// Which cost a search minimises or a budget limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     Latency,

@@ -386,6 +386,15 @@ impl HardwareProfile {
         self.nm.contains(&(n, m))
     }
 
+    /// A hash of the profile's contents (a run's `profile` fingerprint).
+    pub fn fingerprint(&self) -> blake3::Hash {
+        blake3::hash(
+            serde_json::to_string(&self.file)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+    }
+
     /// Serialises the profile back to TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(&self.file).unwrap_or_default()

@@ -70,12 +70,7 @@ pub fn run(
     let elapsed_before = manifest.elapsed_seconds;
     let name = manifest.name.clone();
     let problem = &session.problem;
-    let kind = StrategyKind::parse(&manifest.config.strategy).ok_or_else(|| {
-        Error::search(format!(
-            "run `{name}` names an unknown strategy `{}`",
-            manifest.config.strategy
-        ))
-    })?;
+    let kind = manifest.config.strategy;
     // The journal is the truth: complete and failed trials up to the first one still `running` form
     // the history; from there on, the last asked batch is finished before anything new is asked.
     let mut records = store.trials(&name)?;
