@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use mpsearch::cost::model::{format_bytes, format_us};
+use mpsearch::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::model::ModelSource;
-use mpsearch::report::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::space::{Assignment, SearchSpace};
 use mpsearch::store::{self, RunManifest, SledStore, Store};
 

@@ -64,38 +64,7 @@ impl Session {
         let mut notes = Vec::new();
 
         // Every limit is checked against the reachable range before anything is evaluated.
-        let limits = [
-            (Objective::Latency, config.max_latency_us),
-            (Objective::Size, config.max_bytes),
-            (Objective::Bops, config.max_bops),
-        ];
-        let mut cost_limits = Vec::new();
-        for (o, max) in limits {
-            let Some(max) = max else { continue };
-            let fit = table
-                .feasibility(o)
-                .check_max(max, &space.name, profile.name())?;
-            if fit == BudgetFit::NonBinding {
-                notes.push(format!(
-                    "max {o} {} constrains nothing: every assignment of space `{}` meets it under `{}`",
-                    o.format(max),
-                    space.name,
-                    profile.name()
-                ));
-            }
-            cost_limits.push(CostLimit {
-                name: o.to_string(),
-                table: per_group(&table, o),
-                max,
-            });
-        }
-        if let Some(d) = config.max_drop {
-            if !(d.is_finite() && d > 0.0) {
-                return Err(Error::search(format!(
-                    "--max-drop must be a positive number, not {d}"
-                )));
-            }
-        }
+        let cost_limits = limits(&config, &table, &space, &profile, &mut notes)?;
 
         let settings = EvalSettings {
             scale: config.scale,
@@ -107,14 +76,7 @@ impl Session {
 
         let fingerprints = fingerprints(&evaluator, &space, &profile);
         let predictor = sensitivity(&evaluator, &space, &config, store, &mut notes, progress)?;
-        // The baselines reports compare against, evaluated once into the cache (a failure only loses a
-        // reference line, never the run).
-        let cached = CachingEvaluator::new(evaluator.as_ref(), store);
-        for (label, _, a) in space.baselines() {
-            if let Err(e) = cached.evaluate(&a) {
-                notes.push(format!("baseline {label} could not be evaluated: {e}"));
-            }
-        }
+        cache_baselines(evaluator.as_ref(), &space, store, &mut notes);
 
         let feasibility = table.feasibility(objective);
         let objective_limit = cost_limits
@@ -151,6 +113,66 @@ impl Session {
             notes,
             forward_seconds,
         })
+    }
+}
+
+/// The run's cost limits, each checked against the range the space reaches under the profile (an
+/// unreachable one is an error, one that constrains nothing a note), and its quality limit checked.
+fn limits(
+    config: &RunConfig,
+    table: &CostTable,
+    space: &SearchSpace,
+    profile: &HardwareProfile,
+    notes: &mut Vec<String>,
+) -> Result<Vec<CostLimit>> {
+    let limits = [
+        (Objective::Latency, config.max_latency_us),
+        (Objective::Size, config.max_bytes),
+        (Objective::Bops, config.max_bops),
+    ];
+    let mut cost_limits = Vec::new();
+    for (o, max) in limits {
+        let Some(max) = max else { continue };
+        let fit = table
+            .feasibility(o)
+            .check_max(max, &space.name, profile.name())?;
+        if fit == BudgetFit::NonBinding {
+            notes.push(format!(
+                "max {o} {} constrains nothing: every assignment of space `{}` meets it under `{}`",
+                o.format(max),
+                space.name,
+                profile.name()
+            ));
+        }
+        cost_limits.push(CostLimit {
+            name: o.to_string(),
+            table: per_group(table, o),
+            max,
+        });
+    }
+    if let Some(d) = config.max_drop {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(Error::search(format!(
+                "--max-drop must be a positive number, not {d}"
+            )));
+        }
+    }
+    Ok(cost_limits)
+}
+
+/// Evaluates the space's baselines (all-f32, all-int8, …), which reports compare against, into the
+/// evaluation cache; a failure only loses a reference line (a note), never the run.
+fn cache_baselines(
+    evaluator: &dyn Evaluator,
+    space: &SearchSpace,
+    store: &dyn Store,
+    notes: &mut Vec<String>,
+) {
+    let cached = CachingEvaluator::new(evaluator, store);
+    for (label, _, a) in space.baselines() {
+        if let Err(e) = cached.evaluate(&a) {
+            notes.push(format!("baseline {label} could not be evaluated: {e}"));
+        }
     }
 }
 

@@ -55,7 +55,9 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::compress::{compress_factors, CompressedWeight, ScaleMethod, WeightMatrix};
+use crate::compress::{
+    compress_factors, CompressedWeight, QuantizedWeight, ScaleMethod, WeightMatrix,
+};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::space::{Assignment, Choice, Granularity, QuantScheme, Sparsity, WeightQuant};
@@ -270,6 +272,97 @@ pub fn max_difference(a: &Tensor, b: &Tensor) -> Result<f32> {
         .fold(0.0, f32::max))
 }
 
+/// How a factor's stored values are laid out: the `pattern` of its metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pattern {
+    /// Every value.
+    Dense,
+    /// The values whose `mask` bit is 1 (unstructured sparsity).
+    Bitmask,
+    /// ⌈N·len/M⌉ values per run of M columns, at their `nm_index` positions.
+    NM { n: u8, m: u8 },
+    /// Every value of the rows listed in `rows` (removed channels).
+    Rows,
+}
+
+impl Pattern {
+    /// The pattern of factor `index` (0: `w` or `a`) of a layer pruned by `sparsity`: removed channels
+    /// are rows of the first factor only.
+    fn of(sparsity: Sparsity, index: usize) -> Pattern {
+        match sparsity {
+            Sparsity::None => Pattern::Dense,
+            Sparsity::Unstructured(_) => Pattern::Bitmask,
+            Sparsity::NM { n, m } => Pattern::NM { n, m },
+            Sparsity::Channels(_) if index == 0 => Pattern::Rows,
+            Sparsity::Channels(_) => Pattern::Dense,
+        }
+    }
+
+    /// The pattern written in the metadata of factor `prefix`: a name, or else the N:M pattern of
+    /// the layer's `choice` (any other choice is an error).
+    fn read(text: &str, choice: &Choice, prefix: &str) -> Result<Pattern> {
+        match text {
+            "dense" => Ok(Pattern::Dense),
+            "bitmask" => Ok(Pattern::Bitmask),
+            "rows" => Ok(Pattern::Rows),
+            nm => match choice.sparsity {
+                Sparsity::NM { n, m } => Ok(Pattern::NM { n, m }),
+                _ => Err(Error::export(format!(
+                    "factor `{prefix}` has pattern `{nm}`, which its choice `{choice}` does not have"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Dense => f.write_str("dense"),
+            Pattern::Bitmask => f.write_str("bitmask"),
+            Pattern::NM { n, m } => write!(f, "{n}:{m}"),
+            Pattern::Rows => f.write_str("rows"),
+        }
+    }
+}
+
+/// Which values of a `rows`×`cols` factor are stored.
+struct Stored {
+    /// The rows that have stored values (all but removed channels), ascending: the rows of `scales`.
+    rows: Vec<usize>,
+    /// The stored values' positions, row-major.
+    positions: Vec<usize>,
+}
+
+impl Stored {
+    /// What a factor of `pattern` with keep-`mask` stores (the writer's side).
+    fn of(pattern: Pattern, rows: usize, cols: usize, mask: &[bool]) -> Stored {
+        let kept_rows: Vec<usize> = if pattern == Pattern::Rows {
+            (0..rows).filter(|&r| cols == 0 || mask[r * cols]).collect()
+        } else {
+            (0..rows).collect()
+        };
+        let positions = match pattern {
+            Pattern::Dense => (0..rows * cols).collect(),
+            Pattern::Rows => row_positions(&kept_rows, cols),
+            Pattern::Bitmask | Pattern::NM { .. } => {
+                (0..rows * cols).filter(|&i| mask[i]).collect()
+            }
+        };
+        Stored {
+            rows: kept_rows,
+            positions,
+        }
+    }
+}
+
+/// Every position of `rows`, row-major, in a matrix of `cols` columns.
+fn row_positions(rows: &[usize], cols: usize) -> Vec<usize> {
+    rows.iter()
+        .flat_map(|&r| r * cols..(r + 1) * cols)
+        .collect()
+}
+
 /// The stored tensors of one layer; returns its metadata record.
 fn layer_tensors(
     layer: &str,
@@ -291,62 +384,9 @@ fn layer_tensors(
         .enumerate()
     {
         let prefix = format!("{layer}.{}", names[i]);
-        let (rows, cols) = (f.rows(), f.cols());
-        let pattern = match choice.sparsity {
-            Sparsity::None => "dense".to_string(),
-            Sparsity::Unstructured(_) => "bitmask".to_string(),
-            Sparsity::NM { n, m } => format!("{n}:{m}"),
-            Sparsity::Channels(_) if i == 0 => "rows".to_string(),
-            Sparsity::Channels(_) => "dense".to_string(),
-        };
-        // Which rows are stored (all but removed channels), and which values.
-        let kept_rows: Vec<usize> = if pattern == "rows" {
-            (0..rows).filter(|&r| cols == 0 || mask[r * cols]).collect()
-        } else {
-            (0..rows).collect()
-        };
-        let stored: Vec<usize> = match pattern.as_str() {
-            "dense" => (0..rows * cols).collect(),
-            "rows" => kept_rows
-                .iter()
-                .flat_map(|&r| r * cols..(r + 1) * cols)
-                .collect(),
-            _ => (0..rows * cols).filter(|&i| mask[i]).collect(),
-        };
-        match pattern.as_str() {
-            "bitmask" => out.push(Owned {
-                name: format!("{prefix}.mask"),
-                dtype: Dtype::U8,
-                shape: vec![(rows * cols).div_ceil(8)],
-                data: pack(mask.iter().map(|&k| u8::from(k)), 1),
-            }),
-            "rows" => out.push(Owned {
-                name: format!("{prefix}.rows"),
-                dtype: Dtype::I32,
-                shape: vec![kept_rows.len()],
-                data: kept_rows
-                    .iter()
-                    .flat_map(|&r| (r as i32).to_le_bytes())
-                    .collect(),
-            }),
-            "dense" => {}
-            _ => {
-                let Sparsity::NM { m, .. } = choice.sparsity else {
-                    unreachable!("an N:M pattern comes from an N:M choice")
-                };
-                let bits = index_bits(m);
-                let idx: Vec<u8> = stored
-                    .iter()
-                    .map(|&i| ((i % cols) % m as usize) as u8)
-                    .collect();
-                out.push(Owned {
-                    name: format!("{prefix}.nm_index"),
-                    dtype: Dtype::U8,
-                    shape: vec![(idx.len() * bits as usize).div_ceil(8)],
-                    data: pack(idx.into_iter(), bits),
-                });
-            }
-        }
+        let pattern = Pattern::of(choice.sparsity, i);
+        let stored = Stored::of(pattern, f.rows(), f.cols(), mask);
+        push_pattern(&prefix, pattern, &stored, mask, f, out);
         match (q, choice.weights) {
             (
                 Some(q),
@@ -355,67 +395,23 @@ fn layer_tensors(
                     scheme,
                     granularity,
                 },
-            ) => {
-                let codes = q.codes();
-                out.push(Owned {
-                    name: format!("{prefix}.codes"),
-                    dtype: Dtype::U8,
-                    shape: vec![(stored.len() * bits as usize).div_ceil(8)],
-                    data: pack(stored.iter().map(|&i| codes[i]), bits),
-                });
-                // The groups of the stored rows (one group for a per-tensor scale).
-                let per_row = groups_per_row(cols, granularity);
-                let (idx, shape): (Vec<usize>, Vec<usize>) = match granularity {
-                    Granularity::Tensor => (vec![0], vec![1]),
-                    _ => (
-                        kept_rows
-                            .iter()
-                            .flat_map(|&r| r * per_row..(r + 1) * per_row)
-                            .collect(),
-                        vec![kept_rows.len(), per_row],
-                    ),
-                };
-                out.push(Owned {
-                    name: format!("{prefix}.scales"),
-                    dtype: Dtype::F32,
-                    shape: shape.clone(),
-                    data: idx
-                        .iter()
-                        .flat_map(|&g| q.scales()[g].to_le_bytes())
-                        .collect(),
-                });
-                if scheme == QuantScheme::Asymmetric {
-                    out.push(Owned {
-                        name: format!("{prefix}.zero_points"),
-                        dtype: Dtype::U8,
-                        shape,
-                        data: idx.iter().map(|&g| q.zero_points()[g]).collect(),
-                    });
-                }
-            }
-            (_, format) => {
-                let values: Vec<f32> = stored.iter().map(|&i| f.data()[i]).collect();
-                let (dtype, data) = float_bytes(&values, &format)?;
-                let shape = if pattern == "dense" {
-                    vec![rows, cols]
-                } else {
-                    vec![values.len()]
-                };
-                out.push(Owned {
-                    name: format!("{prefix}.values"),
-                    dtype,
-                    shape,
-                    data,
-                });
-            }
+            ) => push_codes(
+                &prefix,
+                q,
+                (bits, scheme, granularity),
+                &stored,
+                f.cols(),
+                out,
+            ),
+            (_, format) => push_values(&prefix, f, &format, pattern, &stored, out)?,
         }
         factors.push(FactorRecord {
             name: names[i].to_string(),
-            rows,
-            cols,
+            rows: f.rows(),
+            cols: f.cols(),
             format: choice.weights.to_string(),
-            pattern,
-            stored: stored.len(),
+            pattern: pattern.to_string(),
+            stored: stored.positions.len(),
         });
     }
     Ok(LayerRecord {
@@ -423,6 +419,121 @@ fn layer_tensors(
         shape: c.shape().to_vec(),
         factors,
     })
+}
+
+/// The tensor that says which values a factor stores: `mask` (bitmask), `rows` (removed channels)
+/// or `nm_index` (N:M); none when dense.
+fn push_pattern(
+    prefix: &str,
+    pattern: Pattern,
+    stored: &Stored,
+    mask: &[bool],
+    f: &WeightMatrix,
+    out: &mut Vec<Owned>,
+) {
+    match pattern {
+        Pattern::Dense => {}
+        Pattern::Bitmask => out.push(Owned {
+            name: format!("{prefix}.mask"),
+            dtype: Dtype::U8,
+            shape: vec![(f.rows() * f.cols()).div_ceil(8)],
+            data: pack(mask.iter().map(|&k| u8::from(k)), 1),
+        }),
+        Pattern::Rows => out.push(Owned {
+            name: format!("{prefix}.rows"),
+            dtype: Dtype::I32,
+            shape: vec![stored.rows.len()],
+            data: stored
+                .rows
+                .iter()
+                .flat_map(|&r| (r as i32).to_le_bytes())
+                .collect(),
+        }),
+        Pattern::NM { m, .. } => {
+            let bits = index_bits(m);
+            let idx: Vec<u8> = stored
+                .positions
+                .iter()
+                .map(|&i| ((i % f.cols()) % m as usize) as u8)
+                .collect();
+            out.push(Owned {
+                name: format!("{prefix}.nm_index"),
+                dtype: Dtype::U8,
+                shape: vec![(idx.len() * bits as usize).div_ceil(8)],
+                data: pack(idx.into_iter(), bits),
+            });
+        }
+    }
+}
+
+/// An integer factor's tensors: the stored values' packed `codes`, and the `scales` (and, when
+/// asymmetric, `zero_points`) of the stored rows' groups.
+fn push_codes(
+    prefix: &str,
+    q: &QuantizedWeight,
+    (bits, scheme, granularity): (u8, QuantScheme, Granularity),
+    stored: &Stored,
+    cols: usize,
+    out: &mut Vec<Owned>,
+) {
+    let codes = q.codes();
+    out.push(Owned {
+        name: format!("{prefix}.codes"),
+        dtype: Dtype::U8,
+        shape: vec![(stored.positions.len() * bits as usize).div_ceil(8)],
+        data: pack(stored.positions.iter().map(|&i| codes[i]), bits),
+    });
+    // The groups of the stored rows (one group for a per-tensor scale).
+    let per_row = groups_per_row(cols, granularity);
+    let (idx, shape): (Vec<usize>, Vec<usize>) = match granularity {
+        Granularity::Tensor => (vec![0], vec![1]),
+        _ => (
+            row_positions(&stored.rows, per_row),
+            vec![stored.rows.len(), per_row],
+        ),
+    };
+    out.push(Owned {
+        name: format!("{prefix}.scales"),
+        dtype: Dtype::F32,
+        shape: shape.clone(),
+        data: idx
+            .iter()
+            .flat_map(|&g| q.scales()[g].to_le_bytes())
+            .collect(),
+    });
+    if scheme == QuantScheme::Asymmetric {
+        out.push(Owned {
+            name: format!("{prefix}.zero_points"),
+            dtype: Dtype::U8,
+            shape,
+            data: idx.iter().map(|&g| q.zero_points()[g]).collect(),
+        });
+    }
+}
+
+/// A float factor's `values`: the stored values in the format's dtype, as a matrix when dense.
+fn push_values(
+    prefix: &str,
+    f: &WeightMatrix,
+    format: &WeightQuant,
+    pattern: Pattern,
+    stored: &Stored,
+    out: &mut Vec<Owned>,
+) -> Result<()> {
+    let values: Vec<f32> = stored.positions.iter().map(|&i| f.data()[i]).collect();
+    let (dtype, data) = float_bytes(&values, format)?;
+    let shape = if pattern == Pattern::Dense {
+        vec![f.rows(), f.cols()]
+    } else {
+        vec![values.len()]
+    };
+    out.push(Owned {
+        name: format!("{prefix}.values"),
+        dtype,
+        shape,
+        data,
+    });
+    Ok(())
 }
 
 /// Groups of scales in a row of `cols` columns (1 per tensor counts as 1 per row here).
@@ -595,10 +706,44 @@ fn read_factor(
     f: &FactorRecord,
     choice: &Choice,
 ) -> Result<WeightMatrix> {
-    let prefix = format!("{layer}.{}", f.name);
-    let get = |suffix: &str, dtype: Dtype| -> Result<Vec<u8>> {
-        let name = format!("{prefix}.{suffix}");
-        let t = st
+    let t = FactorTensors {
+        st,
+        prefix: format!("{layer}.{}", f.name),
+    };
+    let pattern = Pattern::read(&f.pattern, choice, &t.prefix)?;
+    let stored = t.stored(pattern, f)?;
+    if stored.positions.len() != f.stored {
+        return Err(Error::export(format!(
+            "factor `{}` has {} stored positions but records {}",
+            t.prefix,
+            stored.positions.len(),
+            f.stored
+        )));
+    }
+    let mut data = vec![0.0f32; f.rows * f.cols];
+    match choice.weights {
+        WeightQuant::Int {
+            bits,
+            scheme,
+            granularity,
+        } => t.codes((bits, scheme, granularity), &stored, f, &mut data)?,
+        format => t.values(&format, &stored.positions, &mut data)?,
+    }
+    WeightMatrix::new(f.rows, f.cols, data)
+}
+
+/// The tensors of one factor (`prefix` = `L.F`) in a file being read.
+struct FactorTensors<'a> {
+    st: &'a SafeTensors<'a>,
+    prefix: String,
+}
+
+impl FactorTensors<'_> {
+    /// The bytes of tensor `prefix.suffix`, which must exist with `dtype`.
+    fn get(&self, suffix: &str, dtype: Dtype) -> Result<Vec<u8>> {
+        let name = format!("{}.{suffix}", self.prefix);
+        let t = self
+            .st
             .tensor(&name)
             .map_err(|_| Error::export(format!("tensor `{name}` is missing")))?;
         if t.dtype() != dtype {
@@ -608,125 +753,149 @@ fn read_factor(
             )));
         }
         Ok(t.data().to_vec())
-    };
-    let short = |what: &str| Error::export(format!("tensor `{prefix}.{what}` is too short"));
-    let (rows, cols) = (f.rows, f.cols);
-    // Stored positions, row-major, and the stored row index of each (for scales).
-    let mut rows_stored: Vec<usize> = (0..rows).collect();
-    let positions: Vec<usize> = match f.pattern.as_str() {
-        "dense" => (0..rows * cols).collect(),
-        "bitmask" => {
-            let bits =
-                unpack(&get("mask", Dtype::U8)?, 1, rows * cols).ok_or_else(|| short("mask"))?;
-            (0..rows * cols).filter(|&i| bits[i] == 1).collect()
-        }
-        "rows" => {
-            let raw = get("rows", Dtype::I32)?;
-            rows_stored = raw
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .map(|r| usize::try_from(r).ok().filter(|&r| r < rows))
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    Error::export(format!(
-                        "tensor `{prefix}.rows` has a row outside 0..{rows}"
-                    ))
-                })?;
-            rows_stored
-                .iter()
-                .flat_map(|&r| r * cols..(r + 1) * cols)
-                .collect()
-        }
-        nm => {
-            let Sparsity::NM { n, m } = choice.sparsity else {
-                return Err(Error::export(format!(
-                    "factor `{prefix}` has pattern `{nm}`, which its choice `{choice}` does not have"
-                )));
-            };
-            let (n, m) = (usize::from(n), usize::from(m));
-            let idx = unpack(&get("nm_index", Dtype::U8)?, index_bits(m as u8), f.stored)
-                .ok_or_else(|| short("nm_index"))?;
-            let mut it = idx.into_iter();
-            let mut out = Vec::with_capacity(f.stored);
-            for r in 0..rows {
-                for start in (0..cols).step_by(m.max(1)) {
-                    let len = m.min(cols - start);
-                    for _ in 0..(n * len).div_ceil(m) {
-                        let j = usize::from(it.next().ok_or_else(|| short("nm_index"))?);
-                        if j >= len {
-                            return Err(Error::export(format!(
-                                "tensor `{prefix}.nm_index` has position {j} in a run of {len}"
-                            )));
-                        }
-                        out.push(r * cols + start + j);
-                    }
+    }
+
+    fn short(&self, what: &str) -> Error {
+        Error::export(format!("tensor `{}.{what}` is too short", self.prefix))
+    }
+
+    /// Which values the factor stores, as its `pattern` and tensors say (the reader's side of
+    /// [`Stored::of`]).
+    fn stored(&self, pattern: Pattern, f: &FactorRecord) -> Result<Stored> {
+        let (rows, cols) = (f.rows, f.cols);
+        let all_rows = || (0..rows).collect();
+        Ok(match pattern {
+            Pattern::Dense => Stored {
+                rows: all_rows(),
+                positions: (0..rows * cols).collect(),
+            },
+            Pattern::Bitmask => {
+                let bits = unpack(&self.get("mask", Dtype::U8)?, 1, rows * cols)
+                    .ok_or_else(|| self.short("mask"))?;
+                Stored {
+                    rows: all_rows(),
+                    positions: (0..rows * cols).filter(|&i| bits[i] == 1).collect(),
                 }
             }
-            out
-        }
-    };
-    if positions.len() != f.stored {
-        return Err(Error::export(format!(
-            "factor `{prefix}` has {} stored positions but records {}",
-            positions.len(),
-            f.stored
-        )));
+            Pattern::Rows => {
+                let kept = self.kept_rows(rows)?;
+                Stored {
+                    positions: row_positions(&kept, cols),
+                    rows: kept,
+                }
+            }
+            Pattern::NM { n, m } => Stored {
+                rows: all_rows(),
+                positions: self.nm_positions(usize::from(n), usize::from(m), f)?,
+            },
+        })
     }
-    let mut data = vec![0.0f32; rows * cols];
-    match choice.weights {
-        WeightQuant::Int {
-            bits,
-            scheme,
-            granularity,
-        } => {
-            let codes = unpack(&get("codes", Dtype::U8)?, bits, positions.len())
-                .ok_or_else(|| short("codes"))?;
-            let scales: Vec<f32> = get("scales", Dtype::F32)?
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let zeros: Vec<u8> = match scheme {
-                QuantScheme::Asymmetric => get("zero_points", Dtype::U8)?,
-                QuantScheme::Symmetric => vec![1u8 << (bits - 1); scales.len()],
-            };
-            let per_row = groups_per_row(cols, granularity);
-            // Stored-row index of each row (rows pattern: position in the kept list).
-            let mut slot = vec![usize::MAX; rows];
-            for (k, &r) in rows_stored.iter().enumerate() {
-                slot[r] = k;
-            }
-            for (&p, &c) in positions.iter().zip(&codes) {
-                let (r, col) = (p / cols, p % cols);
-                let g = match granularity {
-                    Granularity::Tensor => 0,
-                    Granularity::Channel => slot[r],
-                    Granularity::Group(n) => slot[r] * per_row + col / (n as usize).max(1),
-                };
-                let (Some(&s), Some(&z)) = (scales.get(g), zeros.get(g)) else {
-                    return Err(short("scales"));
-                };
-                data[p] = (i32::from(c) - i32::from(z)) as f32 * s;
-            }
-        }
-        format => {
-            let (dtype, candle) = match format {
-                WeightQuant::F16 => (Dtype::F16, DType::F16),
-                WeightQuant::Bf16 => (Dtype::BF16, DType::BF16),
-                _ => (Dtype::F32, DType::F32),
-            };
-            let raw = get("values", dtype)?;
-            if raw.len() != positions.len() * candle.size_in_bytes() {
-                return Err(short("values"));
-            }
-            let values = Tensor::from_raw_buffer(&raw, candle, &[positions.len()], &Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?;
-            for (&p, v) in positions.iter().zip(values) {
-                data[p] = v;
-            }
-        }
+
+    /// The `rows` tensor: the kept rows, each below `rows`.
+    fn kept_rows(&self, rows: usize) -> Result<Vec<usize>> {
+        self.get("rows", Dtype::I32)?
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .map(|r| usize::try_from(r).ok().filter(|&r| r < rows))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Error::export(format!(
+                    "tensor `{}.rows` has a row outside 0..{rows}",
+                    self.prefix
+                ))
+            })
     }
-    WeightMatrix::new(rows, cols, data)
+
+    /// The stored positions of an N:M factor, from its `nm_index` tensor: ⌈N·len/M⌉ per run of M
+    /// columns (`len` = M but for a shorter last run) of every row.
+    fn nm_positions(&self, n: usize, m: usize, f: &FactorRecord) -> Result<Vec<usize>> {
+        let (rows, cols) = (f.rows, f.cols);
+        let idx = unpack(
+            &self.get("nm_index", Dtype::U8)?,
+            index_bits(m as u8),
+            f.stored,
+        )
+        .ok_or_else(|| self.short("nm_index"))?;
+        let mut it = idx.into_iter();
+        let mut out = Vec::with_capacity(f.stored);
+        for r in 0..rows {
+            for start in (0..cols).step_by(m.max(1)) {
+                let len = m.min(cols - start);
+                for _ in 0..(n * len).div_ceil(m) {
+                    let j = usize::from(it.next().ok_or_else(|| self.short("nm_index"))?);
+                    if j >= len {
+                        return Err(Error::export(format!(
+                            "tensor `{}.nm_index` has position {j} in a run of {len}",
+                            self.prefix
+                        )));
+                    }
+                    out.push(r * cols + start + j);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// An integer factor's values into `data`: each code with its group's scale and zero point.
+    fn codes(
+        &self,
+        (bits, scheme, granularity): (u8, QuantScheme, Granularity),
+        stored: &Stored,
+        f: &FactorRecord,
+        data: &mut [f32],
+    ) -> Result<()> {
+        let (rows, cols) = (f.rows, f.cols);
+        let codes = unpack(&self.get("codes", Dtype::U8)?, bits, stored.positions.len())
+            .ok_or_else(|| self.short("codes"))?;
+        let scales: Vec<f32> = self
+            .get("scales", Dtype::F32)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let zeros: Vec<u8> = match scheme {
+            QuantScheme::Asymmetric => self.get("zero_points", Dtype::U8)?,
+            QuantScheme::Symmetric => vec![1u8 << (bits - 1); scales.len()],
+        };
+        let per_row = groups_per_row(cols, granularity);
+        // Stored-row index of each row (rows pattern: position in the kept list).
+        let mut slot = vec![usize::MAX; rows];
+        for (k, &r) in stored.rows.iter().enumerate() {
+            slot[r] = k;
+        }
+        for (&p, &c) in stored.positions.iter().zip(&codes) {
+            let (r, col) = (p / cols, p % cols);
+            let g = match granularity {
+                Granularity::Tensor => 0,
+                Granularity::Channel => slot[r],
+                Granularity::Group(n) => slot[r] * per_row + col / (n as usize).max(1),
+            };
+            let (Some(&s), Some(&z)) = (scales.get(g), zeros.get(g)) else {
+                return Err(self.short("scales"));
+            };
+            data[p] = (i32::from(c) - i32::from(z)) as f32 * s;
+        }
+        Ok(())
+    }
+
+    /// A float factor's `values` into `data` at their stored `positions`.
+    fn values(&self, format: &WeightQuant, positions: &[usize], data: &mut [f32]) -> Result<()> {
+        let (dtype, candle) = match format {
+            WeightQuant::F16 => (Dtype::F16, DType::F16),
+            WeightQuant::Bf16 => (Dtype::BF16, DType::BF16),
+            _ => (Dtype::F32, DType::F32),
+        };
+        let raw = self.get("values", dtype)?;
+        if raw.len() != positions.len() * candle.size_in_bytes() {
+            return Err(self.short("values"));
+        }
+        let values = Tensor::from_raw_buffer(&raw, candle, &[positions.len()], &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        for (&p, v) in positions.iter().zip(values) {
+            data[p] = v;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@
 //!   compact form (integer codes with scales and zero points, kept values with their sparsity pattern,
 //!   the two low-rank factors), read back by [`safetensors::load_compressed`].
 //!
+//! Runs are read from the store alone ([`crate::store::query`]), never through the search controller.
+//! The safetensors codec is the one part that touches candle: it compresses the model's weights with
+//! [`crate::compress`] and densifies what it reads back.
+//!
 //! ## Which point
 //!
 //! `--point K` is the K-th point (1-based) of the run's measured front in cost order — the `point`
