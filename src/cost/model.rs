@@ -3,7 +3,7 @@
 //! What one layer choice costs on a device, and what an assignment costs in total. Three costs:
 //!
 //! - **bytes**: weight storage as exported, device-independent. Values at the format's bits; integer
-//!   formats add one f32 scale per scale group (tensor: 1, channel: one per row, g<N>: one per row and N
+//!   formats add one f32 scale per scale group (tensor: 1, channel: one per row, `g<N>`: one per row and N
 //!   columns) and, when asymmetric, one byte of zero point per group; unstructured sparsity stores the
 //!   non-zeros plus a 1-bit-per-weight mask (or dense, if smaller); N:M stores the kept values plus
 //!   ⌈log₂ M⌉ bits of position each; removed channels disappear (plus a 1-bit-per-row mask); low rank

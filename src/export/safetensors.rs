@@ -17,9 +17,9 @@
 //! | tensor | dtype | shape | what |
 //! | --- | --- | --- | --- |
 //! | `L.F.codes` | U8 | [⌈n·b/8⌉] | integer formats: the n stored values' b-bit codes, packed |
-//! | `L.F.scales` | F32 | [stored rows, groups per row], or [1] per tensor | one scale per group |
+//! | `L.F.scales` | F32 | [stored rows, groups per row], or \[1\] per tensor | one scale per group |
 //! | `L.F.zero_points` | U8 | as `scales` | asymmetric only: one zero point per group |
-//! | `L.F.values` | F32, F16 or BF16 | [rows, cols] dense, else [n] | float formats: the stored values |
+//! | `L.F.values` | F32, F16 or BF16 | [rows, cols] dense, else \[n\] | float formats: the stored values |
 //! | `L.F.mask` | U8 | [⌈rows·cols/8⌉] | unstructured sparsity: 1 bit per value, 1 = kept |
 //! | `L.F.nm_index` | U8 | [⌈n·⌈log₂M⌉/8⌉] | N:M: each kept value's position in its run of M |
 //! | `L.F.rows` | I32 | [kept rows] | removed channels (`w` or `a`): the kept rows, ascending |
