@@ -145,23 +145,9 @@ fn control_run(
 fn resume(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = RunConfig {
-        model: "demo".into(),
-        data: None,
-        space: "demo".into(),
-        profile: "cortex-a76".into(),
-        batch: 1,
-        strategy: "evolution".into(),
-        objective: "latency".into(),
-        max_latency_us: None,
-        max_bytes: None,
-        max_bops: None,
-        max_drop: None,
-        seed: 0,
-        ask_batch: 8,
+        strategy: StrategyKind::Evolution,
         trials: Some(10_000),
-        time_seconds: None,
-        scale: "mse".into(),
-        pairs: 400,
+        ..RunConfig::default()
     };
     {
         let store = SledStore::open(dir.path()).expect("store");

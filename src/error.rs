@@ -219,6 +219,16 @@ impl Error {
         }
     }
 
+    /// A TOML syntax or layout error in `text` (read from `path`): an [`Error::At`] at the line and
+    /// column the parser points to, or an [`Error::File`] when it points nowhere.
+    pub fn toml(path: impl Into<PathBuf>, text: &str, e: &toml::de::Error) -> Self {
+        let message = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => Error::at(path, text, span.start, message),
+            None => Error::file(path, message),
+        }
+    }
+
     /// An [`Error::Choice`] pointing at `text[offset..offset+len]`.
     pub fn choice(text: &str, offset: usize, len: usize, message: impl Into<String>) -> Self {
         let marker = format!("{}{}", " ".repeat(offset), "^".repeat(len.max(1)));

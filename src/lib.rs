@@ -11,6 +11,7 @@ pub mod cost;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fs;
 pub mod model;
 pub mod pareto;

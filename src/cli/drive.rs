@@ -131,7 +131,7 @@ fn summarise(
         StopReason::Interrupted => "interrupted",
         StopReason::Exhausted => "the strategy has nothing left to propose",
     };
-    let front = search::front(&m.config, &o.trials)?;
+    let front = mpsearch::store::front(&m.config, &o.trials);
     let mut out = format!(
         "run `{}`: {why} after {} trials ({} this session: {} evaluated, {} from the cache) in {:.1} s; \
          strategy time {:.2}% of the session\n\n",

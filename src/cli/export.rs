@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use mpsearch::cost::model::{format_bytes, format_us};
+use mpsearch::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::model::ModelSource;
-use mpsearch::report::export::{self, llama, safetensors, Pick, Selected};
-use mpsearch::search;
 use mpsearch::space::{Assignment, SearchSpace};
-use mpsearch::store::{RunManifest, SledStore, Store};
+use mpsearch::store::{self, RunManifest, SledStore, Store};
 
 use super::args::{ExportArgs, ExportFormat};
 use super::output::emit;
@@ -23,7 +22,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
         a.store.store.display()
     );
     let store = SledStore::open(&a.store.store)?;
-    let manifest = search::find_run(&store, &a.run)?;
+    let manifest = store::find_run(&store, &a.run)?;
     let trials = store.trials(&manifest.name)?;
     // Only read: release the store at once (a search may open it meanwhile).
     drop(store);
@@ -162,19 +161,18 @@ fn write_weights(
         &ModelSource::parse(&c.model),
         c.data.as_deref().map(Path::new),
     )?;
-    if let Some(recorded) = m.fingerprints.get("model") {
-        let now = model.fingerprint().to_hex().to_string();
-        anyhow::ensure!(
-            *recorded == now,
-            "model {}: its weights changed since run `{}` searched it (fingerprint {} → {}); the exported \
-             weights would not be the ones evaluated. Restore the model, or export --format json and \
-             evaluate it again",
-            c.model,
-            m.name,
-            &recorded[..recorded.len().min(12)],
-            &now[..12]
-        );
-    }
+    let recorded = &m.fingerprints.model;
+    let now = model.fingerprint().to_hex().to_string();
+    anyhow::ensure!(
+        *recorded == now,
+        "model {}: its weights changed since run `{}` searched it (fingerprint {} → {}); the exported \
+         weights would not be the ones evaluated. Restore the model, or export --format json and \
+         evaluate it again",
+        c.model,
+        m.name,
+        &recorded[..recorded.len().min(12)],
+        &now[..12]
+    );
     let (_, asg) = resolve(m, sel, &model.inventory().layers)?;
     let info = safetensors::ExportInfo {
         run: m.name.clone(),
@@ -187,10 +185,10 @@ fn write_weights(
             mpsearch::model::ModelKind::Encoder => "cosine_distance",
         }
         .to_string(),
-        cost_objective: c.objective.clone(),
+        cost_objective: c.objective.to_string(),
         model: c.model.clone(),
         space: c.space.clone(),
-        scale: search::scale_method(&c.scale)?,
+        scale: c.scale,
     };
     let s = safetensors::write_compressed(model.as_ref(), &asg, &info, &path)?;
     eprintln!(

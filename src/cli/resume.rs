@@ -40,7 +40,7 @@ pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "resuming run `{}` at trial {done} ({})",
         manifest.name,
-        search::listed_status(&manifest)
+        mpsearch::store::listed_status(&manifest)
     );
     drive::describe(&session);
     drive::drive(&session, &store, manifest, a.jobs, &stop, &a.store.store)

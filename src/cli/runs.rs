@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use mpsearch::cost::model::format_us;
-use mpsearch::search;
 use mpsearch::store::{RunManifest, Store, TrialRecord};
 
 use super::args::RunsArgs;
@@ -70,7 +69,7 @@ impl<'t> Summary<'t> {
                 .count()
         };
         Ok(Summary {
-            front: search::front(&m.config, trials)?,
+            front: mpsearch::store::front(&m.config, trials),
             trials: trials.len(),
             evaluated: done(false),
             hits: done(true),
@@ -79,11 +78,11 @@ impl<'t> Summary<'t> {
 
     fn json(&self, m: &RunManifest, trials: &[TrialRecord]) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::json!({
-            "name": m.name, "status": search::listed_status(m).to_string(), "trials": self.trials,
+            "name": m.name, "status": mpsearch::store::listed_status(m).to_string(), "trials": self.trials,
             "evaluated": self.evaluated, "cache_hits": self.hits, "profile": m.config.profile,
             "objective": m.config.objective, "strategy": m.config.strategy,
             "elapsed_seconds": m.elapsed_seconds, "seed": m.config.seed,
-            "hypervolume": search::hypervolume(m, trials)?,
+            "hypervolume": mpsearch::store::hypervolume(m, trials),
             "front": self.front.iter().map(|t| front_json(t)).collect::<Vec<_>>(),
         }))
     }
@@ -104,8 +103,8 @@ impl<'t> Summary<'t> {
             .join(" ");
         vec![
             m.name.clone(),
-            search::listed_status(m).to_string(),
-            m.config.strategy.clone(),
+            mpsearch::store::listed_status(m).to_string(),
+            m.config.strategy.to_string(),
             m.config.profile.clone(),
             self.trials.to_string(),
             self.evaluated.to_string(),

@@ -6,14 +6,11 @@
 use std::process::ExitCode;
 
 use mpsearch::search;
-use mpsearch::store::RunConfig;
+use mpsearch::store::{self, RunConfig};
 
 use super::args::{SearchArgs, SearchChecked, StrategyArg, AUTO_WHY};
 use super::drive;
 use super::setup::{load_model, open_store};
-
-/// Trial budget of a search given neither --trials nor --time.
-const DEFAULT_TRIALS: u64 = 500;
 
 pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     let checked = a.check()?;
@@ -27,7 +24,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&a.store.store)?;
     let name = match &a.run {
         Some(n) => n.clone(),
-        None => search::default_run_name(&store, &space, &a.profile)?,
+        None => store::default_run_name(&store, &space, &a.profile)?,
     };
     if a.strategy == StrategyArg::Auto {
         eprintln!(
@@ -47,7 +44,8 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
     let trials = match (a.trials, &a.time) {
         (Some(n), _) => Some(n),
         (None, Some(_)) => None,
-        (None, None) => Some(DEFAULT_TRIALS),
+        // Neither: the default budget of a run (RunConfig::default).
+        (None, None) => RunConfig::default().trials,
     };
     RunConfig {
         model: a.input.model.model.clone(),
@@ -55,8 +53,8 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
         space,
         profile: a.profile.clone(),
         batch: a.batch,
-        strategy: a.strategy.kind().name().to_string(),
-        objective: a.objective.objective().to_string(),
+        strategy: a.strategy.kind(),
+        objective: a.objective.objective(),
         max_latency_us: checked.budgets.latency_us,
         max_bytes: checked.budgets.bytes,
         max_bops: checked.budgets.bops,
@@ -65,7 +63,7 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
         ask_batch: a.ask,
         trials,
         time_seconds: checked.time_seconds,
-        scale: a.data.scale.method().to_string(),
+        scale: a.data.scale.method(),
         pairs: a.pairs,
     }
 }

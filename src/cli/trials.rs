@@ -6,7 +6,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use mpsearch::cost::model::{format_bytes, format_us};
-use mpsearch::search;
 use mpsearch::store::{Store, TrialRecord};
 
 use super::args::TrialsArgs;
@@ -15,7 +14,7 @@ use super::setup::open_store;
 
 pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&a.store.store)?;
-    let m = search::find_run(&store, &a.run)?;
+    let m = mpsearch::store::find_run(&store, &a.run)?;
     let trials = store.trials(&m.name)?;
     if a.json {
         return json_lines(&trials);

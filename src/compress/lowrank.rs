@@ -7,8 +7,8 @@
 //! W ≈ W_k = A · B,    A = U_k Σ_k^½   (m×k),    B = Σ_k^½ V_kᵀ   (k×n)
 //! ```
 //!
-//! `k = rank_k(m, n, P)` = `⌈P·min(m, n)/100⌉` (at least 1), the rule of the cost model
-//! ([`crate::cost::model::rank_k`]), so the factors evaluated are the factors costed. By Eckart–Young, `W_k` is
+//! `k = rank_k(m, n, P)` = `⌈P·min(m, n)/100⌉` (at least 1), the rule the cost model counts with too
+//! ([`crate::space::rank_k`]), so the factors evaluated are the factors costed. By Eckart–Young, `W_k` is
 //! the best rank-`k` approximation in Frobenius norm, with `‖W − W_k‖²_F = Σ_{i>k} σ_i²`.
 //!
 //! The singular values are split evenly between the factors (`AᵀA = BBᵀ = Σ_k`), so both have the same
@@ -32,9 +32,8 @@ use faer::linalg::svd::{svd, svd_scratch, ComputeSvdVectors};
 use faer::{Mat, Par};
 
 use super::matrix::WeightMatrix;
-use crate::cost::model::rank_k;
 use crate::error::{Error, Result};
-use crate::space::PERCENT;
+use crate::space::{rank_k, PERCENT};
 
 /// The two factors of a rank-`k` factorization `W ≈ A·B`.
 #[derive(Clone, Debug, PartialEq)]

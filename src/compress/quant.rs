@@ -56,13 +56,17 @@
 use std::ops::Range;
 
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::matrix::WeightMatrix;
 use crate::error::{Error, Result};
 use crate::space::{Granularity, QuantScheme, WeightQuant, BITS, GROUP_SIZES};
 
-/// How the scale (and zero point) of each group is chosen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// How the scale (and zero point) of each group is chosen (`minmax`, `mse`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ScaleMethod {
     /// The full range of the group's values.
     #[default]

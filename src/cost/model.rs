@@ -3,7 +3,7 @@
 //! What one layer choice costs on a device, and what an assignment costs in total. Three costs:
 //!
 //! - **bytes**: weight storage as exported, device-independent. Values at the format's bits; integer
-//!   formats add one f32 scale per scale group (tensor: 1, channel: one per row, g<N>: one per row and N
+//!   formats add one f32 scale per scale group (tensor: 1, channel: one per row, `g<N>`: one per row and N
 //!   columns) and, when asymmetric, one byte of zero point per group; unstructured sparsity stores the
 //!   non-zeros plus a 1-bit-per-weight mask (or dense, if smaller); N:M stores the kept values plus
 //!   ⌈log₂ M⌉ bits of position each; removed channels disappear (plus a 1-bit-per-row mask); low rank
@@ -24,12 +24,11 @@
 //! sum of the per-layer figures (a test checks this), and the cheapest and dearest reachable totals of a
 //! space are sums of per-group minima and maxima ([`super::Feasibility`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::profile::{HardwareProfile, MeasuredKey, Precision};
-pub use crate::space::rank_k;
 use crate::space::{
-    kept_rows, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity,
+    kept_rows, rank_k, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity,
     WeightQuant,
 };
 
@@ -68,7 +67,7 @@ impl std::iter::Sum for Cost {
 }
 
 /// Which cost a search minimises or a budget limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     Latency,

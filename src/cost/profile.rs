@@ -56,7 +56,7 @@
 //! Without an explicit `[fallback]` entry a missing integer precision runs as the next wider integer
 //! precision the device has, then as f16, then f32; f16 and bf16 fall back to f32.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -316,7 +316,7 @@ pub struct HardwareProfile {
     pub unstructured_efficiency: f64,
     /// Explicit fallbacks.
     pub fallback: BTreeMap<Precision, Precision>,
-    pub measured: std::collections::HashMap<MeasuredKey, f64>,
+    pub measured: HashMap<MeasuredKey, f64>,
 }
 
 impl HardwareProfile {
@@ -328,190 +328,21 @@ impl HardwareProfile {
     /// Parses and validates a profile from TOML `text` read from `path`.
     pub fn from_toml(text: &str, path: impl Into<PathBuf>) -> Result<HardwareProfile> {
         let path: PathBuf = path.into();
-        let file: ProfileFile = toml::from_str(text).map_err(|e| toml_error(&path, text, &e))?;
-        let at =
-            |span: std::ops::Range<usize>, msg: String| Error::at(&path, text, span.start, msg);
-
-        let mut gmacs = BTreeMap::new();
-        let mut weight_only = None;
-        let mut bit_serial_gbops = None;
-        for (key, value) in &file.compute {
-            let number = || -> Result<f64> {
-                let v = match value.get_ref() {
-                    toml::Value::Float(f) => *f,
-                    toml::Value::Integer(i) => *i as f64,
-                    _ => f64::NAN,
-                };
-                if v.is_finite() && v > 0.0 {
-                    Ok(v)
-                } else {
-                    Err(at(
-                        value.span(),
-                        format!("[compute] {key} must be a positive number (GMAC/s, or giga bit-operations/s for bit_serial_gbops)"),
-                    ))
-                }
-            };
-            match key.as_str() {
-                "weight_only" => {
-                    weight_only = Some(
-                        value
-                            .get_ref()
-                            .as_str()
-                            .ok_or_else(|| "weight_only must be a string".to_string())
-                            .and_then(str::parse)
-                            .map_err(|e: String| {
-                                at(value.span(), format!("[compute] weight_only: {e}"))
-                            })?,
-                    );
-                }
-                "bit_serial_gbops" => bit_serial_gbops = Some(number()?),
-                _ => {
-                    let p: Precision = key.parse().map_err(|e: String| {
-                        at(
-                            value.span(),
-                            format!("[compute] key {e}; the other allowed keys are weight_only and bit_serial_gbops"),
-                        )
-                    })?;
-                    gmacs.insert(p, number()?);
-                }
-            }
-        }
-        if !gmacs.contains_key(&Precision::F32) {
-            return Err(Error::file(
-                &path,
-                "[compute] has no f32 entry: every profile needs the f32 throughput, which is what a \
-                 precision the device lacks finally runs as (for an accelerator, give its host fallback)",
-            ));
-        }
-        if let Some(w) = weight_only.filter(|w| !gmacs.contains_key(w)) {
-            return Err(Error::file(
-                &path,
-                format!("[compute] weight_only = \"{w}\" but the device has no {w} throughput in [compute]"),
-            ));
-        }
-        let bw = *file.memory.bandwidth_gbs.get_ref();
-        if !(bw.is_finite() && bw > 0.0) {
-            return Err(at(
-                file.memory.bandwidth_gbs.span(),
-                format!("[memory] bandwidth_gbs = {bw}: must be a positive number of GB/s"),
-            ));
-        }
-        if !(file.overhead.per_layer_us.is_finite() && file.overhead.per_layer_us >= 0.0) {
-            return Err(Error::file(
-                &path,
-                "[overhead] per_layer_us must be a number of microseconds >= 0",
-            ));
-        }
-        let mut nm = Vec::new();
-        for p in &file.sparsity.nm {
-            match format!("f32+{}", p.get_ref()).parse::<crate::space::Choice>() {
-                Ok(c) => match c.sparsity {
-                    Sparsity::NM { n, m } => nm.push((n, m)),
-                    _ => {
-                        return Err(at(
-                            p.span(),
-                            format!(
-                                "[sparsity] nm: `{}` is not an N:M pattern such as 2:4",
-                                p.get_ref()
-                            ),
-                        ))
-                    }
-                },
-                Err(_) => {
-                    return Err(at(
-                        p.span(),
-                        format!(
-                            "[sparsity] nm: `{}` is not an N:M pattern such as 2:4 (1 <= N < M)",
-                            p.get_ref()
-                        ),
-                    ))
-                }
-            }
-        }
-        let unstructured_efficiency = match &file.sparsity.unstructured_efficiency {
-            Some(e) if !(0.0..=1.0).contains(e.get_ref()) => {
-                return Err(at(
-                    e.span(),
-                    format!(
-                        "[sparsity] unstructured_efficiency = {}: must be in [0, 1]",
-                        e.get_ref()
-                    ),
-                ))
-            }
-            Some(e) => *e.get_ref(),
-            None => 0.0,
-        };
-        let mut fallback = BTreeMap::new();
-        for (from, to) in &file.fallback {
-            let f: Precision = from
-                .parse()
-                .map_err(|e: String| at(to.span(), format!("[fallback] key {e}")))?;
-            let t: Precision = to
-                .get_ref()
-                .parse()
-                .map_err(|e: String| at(to.span(), format!("[fallback] {from}: {e}")))?;
-            if !gmacs.contains_key(&t) {
-                return Err(at(
-                    to.span(),
-                    format!("[fallback] {from} = \"{t}\": the device has no {t} throughput in [compute]"),
-                ));
-            }
-            fallback.insert(f, t);
-        }
-        let mut measured = std::collections::HashMap::new();
-        for (i, m) in file.measured.iter().enumerate() {
-            let bad =
-                |msg: String| Error::file(&path, format!("[[measured]] entry {}: {msg}", i + 1));
-            let act = match m.act.as_str() {
-                "none" => ActQuant::None,
-                "act8-static" => ActQuant::Int8Static,
-                "act8-dynamic" => ActQuant::Int8Dynamic,
-                other => {
-                    return Err(bad(format!(
-                        "act `{other}` is not none, act8-static or act8-dynamic"
-                    )))
-                }
-            };
-            let sparsity = if m.sparsity == "dense" {
-                Sparsity::None
-            } else {
-                format!("f32+{}", m.sparsity)
-                    .parse::<crate::space::Choice>()
-                    .map_err(|_| {
-                        bad(format!(
-                            "sparsity `{}` is not dense, sparse<P>, <N>:<M> or channels<P>",
-                            m.sparsity
-                        ))
-                    })?
-                    .sparsity
-            };
-            if !(m.us.is_finite() && m.us >= 0.0) {
-                return Err(bad(format!(
-                    "us = {} must be a number of microseconds >= 0",
-                    m.us
-                )));
-            }
-            if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
-                return Err(bad("batch and every dimension of shape must be >= 1".into()));
-            }
-            measured.insert(
-                MeasuredKey {
-                    kind: m.kind,
-                    shape: m.shape.clone(),
-                    batch: m.batch,
-                    weights: m.weights,
-                    act,
-                    sparsity,
-                },
-                m.us,
-            );
-        }
+        let file: ProfileFile = toml::from_str(text).map_err(|e| Error::toml(&path, text, &e))?;
+        let check = Checker { path: &path, text };
+        let compute = check.compute(&file.compute)?;
+        let bandwidth_gbs = check.bandwidth(&file.memory)?;
+        let per_layer_us = check.overhead(&file.overhead)?;
+        let nm = check.nm_patterns(&file.sparsity.nm)?;
+        let unstructured_efficiency = check.unstructured_efficiency(&file.sparsity)?;
+        let fallback = check.fallbacks(&file.fallback, &compute.gmacs)?;
+        let measured = check.measured(&file.measured)?;
         Ok(HardwareProfile {
-            gmacs,
-            weight_only,
-            bit_serial_gbops,
-            bandwidth_gbs: bw,
-            per_layer_us: file.overhead.per_layer_us,
+            gmacs: compute.gmacs,
+            weight_only: compute.weight_only,
+            bit_serial_gbops: compute.bit_serial_gbops,
+            bandwidth_gbs,
+            per_layer_us,
             nm,
             unstructured_efficiency,
             fallback,
@@ -555,17 +386,237 @@ impl HardwareProfile {
         self.nm.contains(&(n, m))
     }
 
+    /// A hash of the profile's contents (a run's `profile` fingerprint).
+    pub fn fingerprint(&self) -> blake3::Hash {
+        blake3::hash(
+            serde_json::to_string(&self.file)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+    }
+
     /// Serialises the profile back to TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(&self.file).unwrap_or_default()
     }
 }
 
-/// A TOML parse error as an [`Error::At`] with line and column, or [`Error::File`] without a span.
-pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
-    let message = e.message().trim().to_string();
-    match e.span() {
-        Some(span) => Error::at(path, text, span.start, message),
-        None => Error::file(path, message),
+/// `[compute]`, validated.
+struct Compute {
+    gmacs: BTreeMap<Precision, f64>,
+    weight_only: Option<Precision>,
+    bit_serial_gbops: Option<f64>,
+}
+
+/// Validates the sections of a profile file read from `path`, pointing each error at its place in
+/// `text` where the parser kept one.
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn at(&self, span: std::ops::Range<usize>, message: String) -> Error {
+        Error::at(self.path, self.text, span.start, message)
+    }
+
+    /// `[compute]`: a throughput per precision (f32 required), `weight_only` and `bit_serial_gbops`.
+    fn compute(&self, compute: &ComputeFile) -> Result<Compute> {
+        let mut gmacs = BTreeMap::new();
+        let mut weight_only = None;
+        let mut bit_serial_gbops = None;
+        for (key, value) in compute {
+            match key.as_str() {
+                "weight_only" => {
+                    weight_only = Some(
+                        value
+                            .get_ref()
+                            .as_str()
+                            .ok_or_else(|| "weight_only must be a string".to_string())
+                            .and_then(str::parse)
+                            .map_err(|e: String| {
+                                self.at(value.span(), format!("[compute] weight_only: {e}"))
+                            })?,
+                    );
+                }
+                "bit_serial_gbops" => bit_serial_gbops = Some(self.throughput(key, value)?),
+                _ => {
+                    let p: Precision = key.parse().map_err(|e: String| {
+                        self.at(
+                            value.span(),
+                            format!("[compute] key {e}; the other allowed keys are weight_only and bit_serial_gbops"),
+                        )
+                    })?;
+                    gmacs.insert(p, self.throughput(key, value)?);
+                }
+            }
+        }
+        if !gmacs.contains_key(&Precision::F32) {
+            return Err(Error::file(
+                self.path,
+                "[compute] has no f32 entry: every profile needs the f32 throughput, which is what a \
+                 precision the device lacks finally runs as (for an accelerator, give its host fallback)",
+            ));
+        }
+        if let Some(w) = weight_only.filter(|w| !gmacs.contains_key(w)) {
+            return Err(Error::file(
+                self.path,
+                format!("[compute] weight_only = \"{w}\" but the device has no {w} throughput in [compute]"),
+            ));
+        }
+        Ok(Compute {
+            gmacs,
+            weight_only,
+            bit_serial_gbops,
+        })
+    }
+
+    /// A `[compute]` number: positive and finite.
+    fn throughput(&self, key: &str, value: &Spanned<toml::Value>) -> Result<f64> {
+        let v = match value.get_ref() {
+            toml::Value::Float(f) => *f,
+            toml::Value::Integer(i) => *i as f64,
+            _ => f64::NAN,
+        };
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(self.at(
+                value.span(),
+                format!("[compute] {key} must be a positive number (GMAC/s, or giga bit-operations/s for bit_serial_gbops)"),
+            ))
+        }
+    }
+
+    /// `[memory] bandwidth_gbs`: positive and finite.
+    fn bandwidth(&self, memory: &Memory) -> Result<f64> {
+        let bw = *memory.bandwidth_gbs.get_ref();
+        if !(bw.is_finite() && bw > 0.0) {
+            return Err(self.at(
+                memory.bandwidth_gbs.span(),
+                format!("[memory] bandwidth_gbs = {bw}: must be a positive number of GB/s"),
+            ));
+        }
+        Ok(bw)
+    }
+
+    /// `[overhead] per_layer_us`: a finite number >= 0.
+    fn overhead(&self, overhead: &Overhead) -> Result<f64> {
+        let us = overhead.per_layer_us;
+        if !(us.is_finite() && us >= 0.0) {
+            return Err(Error::file(
+                self.path,
+                "[overhead] per_layer_us must be a number of microseconds >= 0",
+            ));
+        }
+        Ok(us)
+    }
+
+    /// `[sparsity] nm`: the N:M patterns the device accelerates.
+    fn nm_patterns(&self, list: &[Spanned<String>]) -> Result<Vec<(u8, u8)>> {
+        list.iter()
+            .map(|p| match p.get_ref().parse::<Sparsity>() {
+                Ok(Sparsity::NM { n, m }) => Ok((n, m)),
+                Ok(_) => Err(self.at(
+                    p.span(),
+                    format!(
+                        "[sparsity] nm: `{}` is not an N:M pattern such as 2:4",
+                        p.get_ref()
+                    ),
+                )),
+                Err(_) => Err(self.at(
+                    p.span(),
+                    format!(
+                        "[sparsity] nm: `{}` is not an N:M pattern such as 2:4 (1 <= N < M)",
+                        p.get_ref()
+                    ),
+                )),
+            })
+            .collect()
+    }
+
+    /// `[sparsity] unstructured_efficiency`: in [0, 1], 0 when left out.
+    fn unstructured_efficiency(&self, sparsity: &SparsitySupport) -> Result<f64> {
+        match &sparsity.unstructured_efficiency {
+            Some(e) if !(0.0..=1.0).contains(e.get_ref()) => Err(self.at(
+                e.span(),
+                format!(
+                    "[sparsity] unstructured_efficiency = {}: must be in [0, 1]",
+                    e.get_ref()
+                ),
+            )),
+            Some(e) => Ok(*e.get_ref()),
+            None => Ok(0.0),
+        }
+    }
+
+    /// `[fallback]`: precision → the precision it runs as, which the device must have.
+    fn fallbacks(
+        &self,
+        fallback: &BTreeMap<String, Spanned<String>>,
+        gmacs: &BTreeMap<Precision, f64>,
+    ) -> Result<BTreeMap<Precision, Precision>> {
+        let mut out = BTreeMap::new();
+        for (from, to) in fallback {
+            let f: Precision = from
+                .parse()
+                .map_err(|e: String| self.at(to.span(), format!("[fallback] key {e}")))?;
+            let t: Precision = to
+                .get_ref()
+                .parse()
+                .map_err(|e: String| self.at(to.span(), format!("[fallback] {from}: {e}")))?;
+            if !gmacs.contains_key(&t) {
+                return Err(self.at(
+                    to.span(),
+                    format!("[fallback] {from} = \"{t}\": the device has no {t} throughput in [compute]"),
+                ));
+            }
+            out.insert(f, t);
+        }
+        Ok(out)
+    }
+
+    /// `[[measured]]`: latency by what must match for an entry to apply.
+    fn measured(&self, entries: &[MeasuredEntry]) -> Result<HashMap<MeasuredKey, f64>> {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Ok((self.measured_key(i, m)?, m.us)))
+            .collect()
+    }
+
+    /// The key of `[[measured]]` entry `i` (0-based), its latency checked.
+    fn measured_key(&self, i: usize, m: &MeasuredEntry) -> Result<MeasuredKey> {
+        let bad =
+            |msg: String| Error::file(self.path, format!("[[measured]] entry {}: {msg}", i + 1));
+        let act: ActQuant = m.act.parse().map_err(|_| {
+            bad(format!(
+                "act `{}` is not none, act8-static or act8-dynamic",
+                m.act
+            ))
+        })?;
+        let sparsity: Sparsity = m.sparsity.parse().map_err(|_| {
+            bad(format!(
+                "sparsity `{}` is not dense, sparse<P>, <N>:<M> or channels<P>",
+                m.sparsity
+            ))
+        })?;
+        if !(m.us.is_finite() && m.us >= 0.0) {
+            return Err(bad(format!(
+                "us = {} must be a number of microseconds >= 0",
+                m.us
+            )));
+        }
+        if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
+            return Err(bad("batch and every dimension of shape must be >= 1".into()));
+        }
+        Ok(MeasuredKey {
+            kind: m.kind,
+            shape: m.shape.clone(),
+            batch: m.batch,
+            weights: m.weights,
+            act,
+            sparsity,
+        })
     }
 }

@@ -19,8 +19,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::Batch;
 use crate::error::{Error, Result};
-use crate::model::Batch;
 
 /// Images in the set.
 pub const SAMPLES: usize = 1797;

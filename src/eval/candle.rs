@@ -8,8 +8,9 @@ use candle_core::Tensor;
 
 use super::{metrics, Evaluation, Evaluator};
 use crate::compress::{self, CompressCache, RangeMethod, ScaleMethod};
+use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::model::{Batch, ForwardCtx, LayerOverride, Model, ModelKind, Overrides};
+use crate::model::{ForwardCtx, LayerOverride, Model, ModelKind, Overrides};
 use crate::space::{ActQuant, Assignment, Choice};
 
 /// Evaluation and calibration data, already in batches.

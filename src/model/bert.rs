@@ -33,8 +33,9 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use super::forward::{Batch, ForwardCtx, Model};
+use super::forward::{ForwardCtx, Model};
 use super::{inventory, model_error, Inventory, ModelKind};
+use crate::data::Batch;
 use crate::error::{Error, Result};
 
 /// Tokens per sentence after truncation, unless set with [`BertEncoder::with_max_tokens`].

@@ -17,8 +17,8 @@ use safetensors::{Dtype, SafeTensors};
 
 pub use train::{train, Trained, EPOCHS, SEED};
 
-use super::{Batch, ForwardCtx, Inventory, Model, ModelKind};
-use crate::data::{Split, SIDE};
+use super::{ForwardCtx, Inventory, Model, ModelKind};
+use crate::data::{Batch, Split, SIDE};
 use crate::error::{Error, Result};
 use crate::space::{LayerInfo, LayerKind};
 

@@ -8,33 +8,9 @@ use std::sync::Mutex;
 use candle_core::Tensor;
 
 use super::Inventory;
+use crate::data::Batch;
 use crate::error::Result;
 use crate::space::ActQuant;
-
-/// One batch of model input.
-#[derive(Clone, Debug)]
-pub enum Batch {
-    /// Images `[n, channels, height, width]`, f32.
-    Images(Tensor),
-    /// Token ids `[n, seq]` (u32) with attention mask `[n, seq]` (u32, 1 = real token).
-    Tokens { ids: Tensor, mask: Tensor },
-}
-
-impl Batch {
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        let t = match self {
-            Batch::Images(t) => t,
-            Batch::Tokens { ids, .. } => ids,
-        };
-        t.dims().first().copied().unwrap_or(0)
-    }
-
-    /// Whether the batch is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// How one layer runs differently from the f32 model.
 #[derive(Clone, Debug, Default)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub use bert::{BertConfig, BertEncoder};
 pub use demo::DemoModel;
-pub use forward::{capture_inputs, Batch, ForwardCtx, LayerOverride, Model, Overrides};
+pub use forward::{capture_inputs, ForwardCtx, LayerOverride, Model, Overrides};
 pub use inventory::{read_safetensors_header, TensorEntry};
 
 use crate::error::{Error, Result};

@@ -14,10 +14,12 @@ use serde::Serialize;
 use crate::cost::{Cost, CostModel, CostTable, Objective};
 use crate::error::{Error, Result};
 use crate::model::{ModelKind, ModelSource};
-use crate::search::{self, COST_REFERENCE};
 use crate::sensitivity::{pick_pairs, rank::spearman, Predictor};
 use crate::space::{Assignment, AssignmentJson, Choice, LayerInfo, SearchSpace};
-use crate::store::{CostRecord, RunManifest, Store, TrialRecord, TrialState};
+use crate::store::{
+    self, find_run, listed_status, sensitivity_key, RunManifest, Store, TrialRecord, TrialState,
+    COST_REFERENCE,
+};
 
 /// Everything a report shows.
 #[derive(Clone, Debug, Serialize)]
@@ -176,15 +178,6 @@ pub fn quality_measure(kind: ModelKind) -> QualityMeasure {
     }
 }
 
-/// A journaled cost as a cost.
-pub fn cost(c: &CostRecord) -> Cost {
-    Cost {
-        latency_us: c.latency_us,
-        bytes: c.bytes,
-        bops: c.bops,
-    }
-}
-
 /// The assignment a trial journaled, over `layers`: a listed layer takes its choice, the others the
 /// default (f32 without one). Needs no search space, so a report survives a changed space file.
 pub fn decode(json: &AssignmentJson, layers: &[LayerInfo]) -> Result<Assignment> {
@@ -224,11 +217,7 @@ pub fn recost(
             let a = decode(&t.assignment, layers)?;
             let (_, c) = model.assignment(layers, &a);
             Ok(TrialRecord {
-                cost: CostRecord {
-                    latency_us: c.latency_us,
-                    bytes: c.bytes,
-                    bops: c.bops,
-                },
+                cost: c.into(),
                 ..t.clone()
             })
         })
@@ -241,7 +230,7 @@ pub fn classify(
     trials: &[TrialRecord],
     layers: &[LayerInfo],
 ) -> Result<(Vec<PlotPoint>, Vec<FrontPoint>)> {
-    let front = search::front(&manifest.config, trials)?;
+    let front = store::front(&manifest.config, trials);
     let number: BTreeMap<u64, usize> = front
         .iter()
         .enumerate()
@@ -254,13 +243,13 @@ pub fn classify(
             let quality = t.quality?;
             let status = match number.get(&t.number) {
                 Some(&n) => PointStatus::Front(n),
-                None if search::feasible(&manifest.config, t) => PointStatus::Dominated,
+                None if store::feasible(&manifest.config, t) => PointStatus::Dominated,
                 None => PointStatus::Infeasible,
             };
             Some(PlotPoint {
                 trial: t.number,
                 quality,
-                cost: cost(&t.cost),
+                cost: t.cost.into(),
                 status,
             })
         })
@@ -275,7 +264,7 @@ pub fn classify(
                 trial: t.number,
                 quality: t.quality.unwrap_or(f64::NAN),
                 metrics: t.metrics.clone(),
-                cost: cost(&t.cost),
+                cost: t.cost.into(),
                 hash: t.hash.clone(),
                 choices: layers
                     .iter()
@@ -288,18 +277,18 @@ pub fn classify(
 }
 
 /// The normalised hypervolume of the run's front after each trial (the value
-/// [`search::hypervolume`] gives for the trials up to it): non-decreasing, since a trial only adds
+/// [`store::hypervolume`] gives for the trials up to it): non-decreasing, since a trial only adds
 /// a point.
-pub fn hypervolume_history(manifest: &RunManifest, trials: &[TrialRecord]) -> Result<Vec<f64>> {
-    let o = search::objective(&manifest.config.objective)?;
+pub fn hypervolume_history(manifest: &RunManifest, trials: &[TrialRecord]) -> Vec<f64> {
+    let o = manifest.config.objective;
     let [rc, rq] = manifest.reference;
     let mut front: Vec<[f64; 2]> = Vec::new();
     let mut hv = 0.0;
     let mut out = Vec::with_capacity(trials.len());
     for t in trials {
-        if search::feasible(&manifest.config, t) {
+        if store::feasible(&manifest.config, t) {
             let p = [
-                search::cost_of(o, t) / rc,
+                store::cost_of(o, t) / rc,
                 t.quality.unwrap_or(f64::INFINITY) / rq,
             ];
             if !front.iter().any(|q| q[0] <= p[0] && q[1] <= p[1]) {
@@ -310,16 +299,14 @@ pub fn hypervolume_history(manifest: &RunManifest, trials: &[TrialRecord]) -> Re
         }
         out.push(hv);
     }
-    Ok(out)
+    out
 }
 
 /// Whether run `b`'s hypervolume can be drawn against run `a`'s: the same model, evaluator, space
 /// and profile, objective, limits and batch (so the same reference and the same units).
 pub fn comparable(a: &RunManifest, b: &RunManifest) -> bool {
     let (x, y) = (&a.config, &b.config);
-    ["model", "evaluator", "space", "profile"]
-        .iter()
-        .all(|k| a.fingerprints.get(*k) == b.fingerprints.get(*k))
+    a.fingerprints == b.fingerprints
         && x.objective == y.objective
         && x.batch == y.batch
         && x.max_latency_us == y.max_latency_us
@@ -368,7 +355,7 @@ struct Costing {
 /// the run's), every cost is recomputed under that profile from the journaled assignments — qualities
 /// come from the journal and the cache, so not a single evaluation is run.
 pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<ReportData> {
-    let mut manifest = search::find_run(store, run)?;
+    let mut manifest = find_run(store, run)?;
     let config = manifest.config.clone();
     let inventory = crate::model::inventory(&ModelSource::parse(&config.model)).map_err(|e| {
         Error::report(format!(
@@ -398,13 +385,13 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
     };
     Ok(ReportData {
         run: manifest.name.clone(),
-        status: search::listed_status(&manifest).to_string(),
+        status: listed_status(&manifest).to_string(),
         model: config.model.clone(),
         space: config.space.clone(),
-        strategy: config.strategy.clone(),
+        strategy: config.strategy.to_string(),
         profile: costing.model.profile.name().to_string(),
         recosted_from: costing.recost.then(|| config.profile.clone()),
-        objective: search::objective(&config.objective)?,
+        objective: config.objective,
         quality: quality_measure(inventory.kind),
         limits: Limits {
             max_latency_us: config.max_latency_us,
@@ -444,8 +431,7 @@ fn matching_space(
             return None;
         }
     };
-    let now = search::space_fingerprint(&space).to_hex().to_string();
-    if manifest.fingerprints.get("space") != Some(&now) {
+    if manifest.fingerprints.space != space.fingerprint().to_hex().as_str() {
         notes.push(format!(
             "search space `{}` changed since the run: baselines and the sensitivity plot are left out",
             manifest.config.space
@@ -475,8 +461,7 @@ fn costing(
             config.profile
         ));
     } else {
-        let now = search::profile_fingerprint(&hw).to_hex().to_string();
-        if manifest.fingerprints.get("profile") != Some(&now) {
+        if manifest.fingerprints.profile != hw.fingerprint().to_hex().as_str() {
             notes.push(format!(
                 "hardware profile `{name}` changed since the run: trial costs are as journaled, \
                  baseline costs under the current file"
@@ -496,7 +481,7 @@ fn recosted_reference(
     model: &CostModel,
     space: Option<&SearchSpace>,
 ) -> Result<f64> {
-    let o = search::objective(&manifest.config.objective)?;
+    let o = manifest.config.objective;
     let c = &manifest.config;
     let limit = match o {
         Objective::Latency => c.max_latency_us,
@@ -526,9 +511,9 @@ fn hypervolume_series(
 ) -> Result<Vec<HypervolumeSeries>> {
     let mut out = vec![HypervolumeSeries {
         run: manifest.name.clone(),
-        strategy: manifest.config.strategy.clone(),
+        strategy: manifest.config.strategy.to_string(),
         current: true,
-        values: hypervolume_history(manifest, trials)?,
+        values: hypervolume_history(manifest, trials),
     }];
     for other in store.runs()? {
         if other.name == manifest.name || !comparable(manifest, &other) {
@@ -543,9 +528,9 @@ fn hypervolume_series(
             ..other
         };
         out.push(HypervolumeSeries {
-            values: hypervolume_history(&m, &theirs)?,
+            values: hypervolume_history(&m, &theirs),
             run: m.name,
-            strategy: m.config.strategy,
+            strategy: m.config.strategy.to_string(),
             current: false,
         });
     }
@@ -554,12 +539,7 @@ fn hypervolume_series(
 
 /// The evaluator fingerprint of a run, from its manifest.
 fn evaluator_fingerprint(manifest: &RunManifest) -> Result<blake3::Hash> {
-    let hex = manifest
-        .fingerprints
-        .get("evaluator")
-        .map(String::as_str)
-        .unwrap_or("");
-    blake3::Hash::from_hex(hex).map_err(|e| {
+    blake3::Hash::from_hex(&manifest.fingerprints.evaluator).map_err(|e| {
         Error::report(format!(
             "run `{}`: its manifest has no valid evaluator fingerprint ({e})",
             manifest.name
@@ -607,7 +587,7 @@ fn sensitivity(
 ) -> Result<Option<SensitivityFit>> {
     let c = &manifest.config;
     let fp = evaluator_fingerprint(manifest)?;
-    let key = search::sensitivity_key(&fp, space, &pick_pairs(space, c.pairs, c.seed));
+    let key = sensitivity_key(&fp, space, &pick_pairs(space, c.pairs, c.seed));
     let Some(rec) = store.sensitivity(&key)? else {
         notes
             .push("the run's sensitivity analysis is not in the store: no sensitivity plot".into());

@@ -9,11 +9,9 @@
 //! the evaluation cache and the model's layer shapes — never by evaluating anything —, and can be
 //! re-costed under another hardware profile. Then [`plot`] draws it with plotters to SVG and PNG
 //! (with an embedded font) and [`html`] writes one self-contained page. This module is the only one
-//! that touches plotters. [`export`] writes a chosen point for other tools: assignment JSON,
-//! llama.cpp `--tensor-type` lines, compressed weights as safetensors.
+//! that touches plotters. Exports of a chosen point are [`crate::export`]'s.
 
 pub mod data;
-pub mod export;
 pub mod html;
 pub mod plot;
 

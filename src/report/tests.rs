@@ -1,7 +1,7 @@
 //! # Report tests
 //!
 //! The report data without drawing: the front is the brute-force non-dominated set of the feasible
-//! trials, the hypervolume history is monotone and matches [`search::hypervolume`] after every
+//! trials, the hypervolume history is monotone and matches [`crate::store::hypervolume`] after every
 //! trial, re-costing changes costs only, and the sensitivity pairs are the predictor's. Then the
 //! page and the plots are produced for a full and an empty run without error.
 
@@ -13,12 +13,13 @@ use rand_chacha::ChaCha8Rng;
 use super::data::*;
 use super::plot::Plot;
 use crate::cost::{CostModel, Objective};
-use crate::search;
 use crate::sensitivity::Predictor;
 use crate::space::{AssignmentJson, LayerInfo, LayerKind};
 use crate::store::{
-    CostRecord, RunConfig, RunManifest, RunStatus, TrialRecord, TrialState, SCHEMA_VERSION,
+    self, CostRecord, Fingerprints, RunConfig, RunManifest, RunStatus, TrialRecord, TrialState,
+    SCHEMA_VERSION,
 };
+use crate::strategy::StrategyKind;
 
 /// Tolerance of hypervolume comparisons (the same sums, maybe in another order).
 const HV_TOLERANCE: f64 = 1e-12;
@@ -42,26 +43,15 @@ fn manifest(max_latency_us: Option<f64>, max_drop: Option<f64>) -> RunManifest {
         status: RunStatus::Complete,
         elapsed_seconds: 1.0,
         config: RunConfig {
-            model: "demo".into(),
-            data: None,
-            space: "demo".into(),
-            profile: "cortex-a76".into(),
-            batch: 1,
-            strategy: "random".into(),
-            objective: "latency".into(),
+            strategy: StrategyKind::Random,
             max_latency_us,
-            max_bytes: None,
-            max_bops: None,
             max_drop,
-            seed: 0,
-            ask_batch: 8,
             trials: Some(200),
-            time_seconds: None,
-            scale: "mse".into(),
             pairs: 8,
+            ..RunConfig::default()
         },
         reference: [100.0, 0.1],
-        fingerprints: BTreeMap::new(),
+        fingerprints: Fingerprints::default(),
     }
 }
 
@@ -165,7 +155,7 @@ fn front_is_the_non_dominated_set_of_the_feasible_trials() {
             let x = &t[p.trial as usize];
             assert_eq!(
                 p.status == PointStatus::Infeasible,
-                !search::feasible(&m.config, x),
+                !store::feasible(&m.config, x),
                 "trial {} status {:?}",
                 p.trial,
                 p.status
@@ -179,7 +169,7 @@ fn hypervolume_history_is_monotone_and_matches_the_runs_hypervolume() {
     for (seed, limits) in [(4, (None, None)), (5, (Some(70.0), Some(0.05)))] {
         let m = manifest(limits.0, limits.1);
         let t = trials(200, seed);
-        let h = hypervolume_history(&m, &t).unwrap();
+        let h = hypervolume_history(&m, &t);
         assert_eq!(h.len(), t.len());
         for (k, w) in h.windows(2).enumerate() {
             assert!(
@@ -191,10 +181,10 @@ fn hypervolume_history_is_monotone_and_matches_the_runs_hypervolume() {
             );
         }
         for k in 0..t.len() {
-            let want = search::hypervolume(&m, &t[..=k]).unwrap();
+            let want = store::hypervolume(&m, &t[..=k]);
             assert!(
                 (h[k] - want).abs() <= HV_TOLERANCE,
-                "after trial {k}: history {} vs search::hypervolume {want}",
+                "after trial {k}: history {} vs store::hypervolume {want}",
                 h[k]
             );
         }
@@ -265,12 +255,12 @@ fn runs_are_comparable_only_with_the_same_inputs_and_limits() {
     let a = manifest(Some(80.0), None);
     let mut b = manifest(Some(80.0), None);
     b.name = "other".into();
-    b.config.strategy = "bayes".into();
+    b.config.strategy = StrategyKind::Bayes;
     assert!(comparable(&a, &b));
     b.config.max_latency_us = Some(90.0);
     assert!(!comparable(&a, &b));
     let mut c = manifest(Some(80.0), None);
-    c.fingerprints.insert("profile".into(), "ff".into());
+    c.fingerprints.profile = "ff".into();
     assert!(!comparable(&a, &c));
 }
 
@@ -303,7 +293,7 @@ fn report(t: &[TrialRecord], m: &RunManifest) -> ReportData {
             run: "r".into(),
             strategy: "random".into(),
             current: true,
-            values: hypervolume_history(m, t).unwrap(),
+            values: hypervolume_history(m, t),
         }],
         sensitivity: Some(sensitivity_fit(&predictor, t, 4)),
         notes: vec!["a <note> & more".into()],

@@ -11,9 +11,7 @@ use super::{Progress, StopReason};
 use crate::error::{Error, Result};
 use crate::eval::Evaluator;
 use crate::store::SCHEMA_VERSION;
-use crate::store::{
-    CostRecord, RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState,
-};
+use crate::store::{RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState};
 use crate::strategy::{self, History, Observed, Problem, Strategy, StrategyKind};
 
 /// How a session of a run is driven.
@@ -71,12 +69,7 @@ pub fn run(
     let started = Instant::now();
     let elapsed_before = manifest.elapsed_seconds;
     let name = manifest.name.clone();
-    let kind = StrategyKind::parse(&manifest.config.strategy).ok_or_else(|| {
-        Error::search(format!(
-            "run `{name}` names an unknown strategy `{}`",
-            manifest.config.strategy
-        ))
-    })?;
+    let kind = manifest.config.strategy;
     let mut journal = Journal::load(&session.problem, store, &name, kind)?;
     manifest.status = RunStatus::Running;
     store.put_run(&manifest)?;
@@ -399,11 +392,7 @@ fn new_record(
         quality: None,
         metrics: Default::default(),
         error: None,
-        cost: CostRecord {
-            latency_us: c.latency_us,
-            bytes: c.bytes,
-            bops: c.bops,
-        },
+        cost: c.into(),
         cached: false,
         seconds: 0.0,
     }

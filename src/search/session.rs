@@ -1,12 +1,10 @@
 //! Setting a run up: the model, data and evaluator, the space, the cost tables, the feasibility check
 //! of every limit, the sensitivity model (from the store when it has it), and the strategy's problem.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::cached::CachingEvaluator;
-use crate::compress::ScaleMethod;
 use crate::cost::feasibility::BudgetFit;
 use crate::cost::model::Objective;
 use crate::cost::{CostModel, CostTable, HardwareProfile};
@@ -15,18 +13,11 @@ use crate::eval::{CandleEvaluator, EvalSettings, Evaluator};
 use crate::model::ModelSource;
 use crate::sensitivity::{analysis, pick_pairs, Predictor};
 use crate::space::SearchSpace;
-use crate::store::{RunConfig, SensitivityRecord, Store, SCHEMA_VERSION};
+use crate::store::{
+    sensitivity_key, Fingerprints, RunConfig, SensitivityRecord, Store, COST_REFERENCE,
+    QUALITY_REFERENCE, SCHEMA_VERSION,
+};
 use crate::strategy::{CostLimit, Problem};
-
-/// Quality reference of the hypervolume when no `--max-drop` is given, in the objective's units: a KL
-/// divergence of 0.1 nat (the demo loses about 4 points of accuracy there) or a cosine distance of 0.1
-/// (embeddings at cosine 0.9 to the originals). Points worse than this add nothing to the hypervolume:
-/// it measures the region where a compressed model is still worth shipping. Both axes are normalised
-/// by their reference, so hypervolumes lie in [0, 1].
-pub const QUALITY_REFERENCE: f64 = 0.1;
-/// Cost reference of the hypervolume, as a multiple of the dearest reachable cost (so that the
-/// uncompressed model, the dearest point, still counts).
-pub const COST_REFERENCE: f64 = 1.1;
 
 /// What a phase of the set-up is doing, for progress reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,28 +38,12 @@ pub struct Session {
     pub table: CostTable,
     pub objective: Objective,
     pub problem: Problem,
-    /// `model`, `evaluator`, `space`, `profile` → hex fingerprint.
-    pub fingerprints: BTreeMap<String, String>,
+    /// The fingerprints of the inputs, as the manifest records them.
+    pub fingerprints: Fingerprints,
     /// Things the user should know (a budget that constrains nothing, a sensitivity model reused…).
     pub notes: Vec<String>,
     /// Seconds the f32 reference forward took (one evaluation's order of magnitude).
     pub forward_seconds: f64,
-}
-
-/// Parses the scale method name stored in a run's config.
-pub fn scale_method(name: &str) -> Result<ScaleMethod> {
-    match name {
-        "mse" => Ok(ScaleMethod::Mse),
-        "minmax" => Ok(ScaleMethod::MinMax),
-        other => Err(Error::search(format!(
-            "unknown scale method `{other}`; use mse or minmax"
-        ))),
-    }
-}
-
-/// The cost objective named in a run's config.
-pub fn objective(name: &str) -> Result<Objective> {
-    name.parse().map_err(Error::search)
 }
 
 impl Session {
@@ -79,8 +54,7 @@ impl Session {
         store: &dyn Store,
         progress: &mut dyn FnMut(SetupPhase, usize, usize),
     ) -> Result<Session> {
-        let objective = objective(&config.objective)?;
-        let scale = scale_method(&config.scale)?;
+        let objective = config.objective;
         let source = ModelSource::parse(&config.model);
         let (net, data) = crate::eval::load(&source, config.data.as_deref().map(Path::new))?;
         let space = crate::shipped::space(&config.space, &net.inventory().layers)?;
@@ -90,41 +64,10 @@ impl Session {
         let mut notes = Vec::new();
 
         // Every limit is checked against the reachable range before anything is evaluated.
-        let limits = [
-            (Objective::Latency, config.max_latency_us),
-            (Objective::Size, config.max_bytes),
-            (Objective::Bops, config.max_bops),
-        ];
-        let mut cost_limits = Vec::new();
-        for (o, max) in limits {
-            let Some(max) = max else { continue };
-            let fit = table
-                .feasibility(o)
-                .check_max(max, &space.name, profile.name())?;
-            if fit == BudgetFit::NonBinding {
-                notes.push(format!(
-                    "max {o} {} constrains nothing: every assignment of space `{}` meets it under `{}`",
-                    o.format(max),
-                    space.name,
-                    profile.name()
-                ));
-            }
-            cost_limits.push(CostLimit {
-                name: o.to_string(),
-                table: per_group(&table, o),
-                max,
-            });
-        }
-        if let Some(d) = config.max_drop {
-            if !(d.is_finite() && d > 0.0) {
-                return Err(Error::search(format!(
-                    "--max-drop must be a positive number, not {d}"
-                )));
-            }
-        }
+        let cost_limits = limits(&config, &table, &space, &profile, &mut notes)?;
 
         let settings = EvalSettings {
-            scale,
+            scale: config.scale,
             ..EvalSettings::default()
         };
         let t0 = std::time::Instant::now();
@@ -133,14 +76,7 @@ impl Session {
 
         let fingerprints = fingerprints(&evaluator, &space, &profile);
         let predictor = sensitivity(&evaluator, &space, &config, store, &mut notes, progress)?;
-        // The baselines reports compare against, evaluated once into the cache (a failure only loses a
-        // reference line, never the run).
-        let cached = CachingEvaluator::new(evaluator.as_ref(), store);
-        for (label, _, a) in space.baselines() {
-            if let Err(e) = cached.evaluate(&a) {
-                notes.push(format!("baseline {label} could not be evaluated: {e}"));
-            }
-        }
+        cache_baselines(evaluator.as_ref(), &space, store, &mut notes);
 
         let feasibility = table.feasibility(objective);
         let objective_limit = cost_limits
@@ -180,6 +116,66 @@ impl Session {
     }
 }
 
+/// The run's cost limits, each checked against the range the space reaches under the profile (an
+/// unreachable one is an error, one that constrains nothing a note), and its quality limit checked.
+fn limits(
+    config: &RunConfig,
+    table: &CostTable,
+    space: &SearchSpace,
+    profile: &HardwareProfile,
+    notes: &mut Vec<String>,
+) -> Result<Vec<CostLimit>> {
+    let limits = [
+        (Objective::Latency, config.max_latency_us),
+        (Objective::Size, config.max_bytes),
+        (Objective::Bops, config.max_bops),
+    ];
+    let mut cost_limits = Vec::new();
+    for (o, max) in limits {
+        let Some(max) = max else { continue };
+        let fit = table
+            .feasibility(o)
+            .check_max(max, &space.name, profile.name())?;
+        if fit == BudgetFit::NonBinding {
+            notes.push(format!(
+                "max {o} {} constrains nothing: every assignment of space `{}` meets it under `{}`",
+                o.format(max),
+                space.name,
+                profile.name()
+            ));
+        }
+        cost_limits.push(CostLimit {
+            name: o.to_string(),
+            table: per_group(table, o),
+            max,
+        });
+    }
+    if let Some(d) = config.max_drop {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(Error::search(format!(
+                "--max-drop must be a positive number, not {d}"
+            )));
+        }
+    }
+    Ok(cost_limits)
+}
+
+/// Evaluates the space's baselines (all-f32, all-int8, …), which reports compare against, into the
+/// evaluation cache; a failure only loses a reference line (a note), never the run.
+fn cache_baselines(
+    evaluator: &dyn Evaluator,
+    space: &SearchSpace,
+    store: &dyn Store,
+    notes: &mut Vec<String>,
+) {
+    let cached = CachingEvaluator::new(evaluator, store);
+    for (label, _, a) in space.baselines() {
+        if let Err(e) = cached.evaluate(&a) {
+            notes.push(format!("baseline {label} could not be evaluated: {e}"));
+        }
+    }
+}
+
 /// One objective's table: `[group][choice]`.
 fn per_group(table: &CostTable, o: Objective) -> Vec<Vec<f64>> {
     table
@@ -189,71 +185,18 @@ fn per_group(table: &CostTable, o: Objective) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// A hash of the resolved space: each group's members and allowed choices.
-pub fn space_fingerprint(space: &SearchSpace) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(b"mpsearch-space-v1\n");
-    for g in &space.groups {
-        for &m in &g.members {
-            h.update(space.layers[m].info.name.as_bytes());
-            h.update(b"\t");
-        }
-        h.update(b"=");
-        for c in &g.choices {
-            h.update(c.to_string().as_bytes());
-            h.update(b" ");
-        }
-        h.update(b"\n");
-    }
-    h.finalize()
-}
-
-/// A hash of a hardware profile's contents (its `profile` fingerprint in a run's manifest).
-pub fn profile_fingerprint(profile: &HardwareProfile) -> blake3::Hash {
-    blake3::hash(
-        serde_json::to_string(&profile.file)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
-}
-
 /// The fingerprints recorded in a run's manifest and checked on resume.
 pub fn fingerprints(
     ev: &CandleEvaluator,
     space: &SearchSpace,
     profile: &HardwareProfile,
-) -> BTreeMap<String, String> {
-    let profile_hash = profile_fingerprint(profile);
-    BTreeMap::from([
-        (
-            "model".into(),
-            ev.model().fingerprint().to_hex().to_string(),
-        ),
-        ("evaluator".into(), ev.fingerprint().to_hex().to_string()),
-        (
-            "space".into(),
-            space_fingerprint(space).to_hex().to_string(),
-        ),
-        ("profile".into(), profile_hash.to_hex().to_string()),
-    ])
-}
-
-/// The store key of the sensitivity analysis of `space` measured at `pairs` by an evaluator with
-/// `fingerprint` (computable without the model: reports read the analysis back with it).
-pub fn sensitivity_key(
-    fingerprint: &blake3::Hash,
-    space: &SearchSpace,
-    pairs: &[(usize, u16)],
-) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(b"mpsearch-sensitivity-v1\n");
-    h.update(fingerprint.as_bytes());
-    h.update(space_fingerprint(space).as_bytes());
-    for (g, c) in pairs {
-        h.update(&(*g as u64).to_le_bytes());
-        h.update(&c.to_le_bytes());
+) -> Fingerprints {
+    Fingerprints {
+        evaluator: ev.fingerprint().to_hex().to_string(),
+        model: ev.model().fingerprint().to_hex().to_string(),
+        profile: profile.fingerprint().to_hex().to_string(),
+        space: space.fingerprint().to_hex().to_string(),
     }
-    h.finalize()
 }
 
 /// The fitted predictor: from the store's record of this (evaluator, space, pairs) if there is one,

@@ -64,8 +64,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use crate::compress::ScaleMethod;
+use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::model::{Batch, ForwardCtx, LayerOverride, Model, Overrides};
+use crate::model::{ForwardCtx, LayerOverride, Model, Overrides};
 use crate::space::{LayerInfo, SearchSpace};
 
 /// The chunk size [`FisherDiagonal::estimate`] is meant to be called with unless there is a reason not

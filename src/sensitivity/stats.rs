@@ -41,8 +41,9 @@ use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 
+use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model};
+use crate::model::Model;
 use crate::space::{LayerInfo, LayerKind};
 
 /// The accumulated second moment of a layer's inputs.

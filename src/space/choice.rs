@@ -14,6 +14,11 @@
 //! Parts appear in the canonical order act, sparsity, rank, each at most once. Defaults are written by
 //! leaving the part out (dense, full rank, float activations), so every choice has exactly one spelling
 //! and `print(parse(s)) == s` for every accepted `s`.
+//!
+//! Every part has its own notation too ([`WeightQuant`], [`QuantScheme`], [`Granularity`],
+//! [`ActQuant`] and [`Sparsity`] implement `FromStr` and `Display`, inverse to each other; `none` and
+//! `dense` name the absent parts), and a choice is parsed from them, so search-space and profile files
+//! that list one part read it with the same rules and messages.
 
 use std::fmt;
 use std::str::FromStr;
@@ -269,82 +274,197 @@ fn whole(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-fn parse_weights(text: &str, part: &str, at: usize) -> Result<WeightQuant> {
-    let err = |off: usize, len: usize, msg: String| Error::choice(text, at + off, len, msg);
-    match part {
-        "f32" => return Ok(WeightQuant::F32),
-        "f16" => return Ok(WeightQuant::F16),
-        "bf16" => return Ok(WeightQuant::Bf16),
-        _ => {}
+fn percent(s: &str) -> Option<u8> {
+    whole(s)
+        .and_then(|p| u8::try_from(p).ok())
+        .filter(|p| PERCENT.contains(p))
+}
+
+/// A part's error re-anchored in the whole choice `text`, where the part starts at byte `at`: the
+/// caret then points into the choice as written.
+fn within(text: &str, at: usize, e: Error) -> Error {
+    match e {
+        Error::Choice {
+            offset,
+            marker,
+            message,
+            ..
+        } => Error::choice(text, at + offset, marker.trim_start().len(), message),
+        other => other,
     }
-    let Some(rest) = part.strip_prefix("int") else {
-        return Err(err(
-            0,
-            part.len(),
-            format!("unknown weight format `{part}`; {WEIGHTS_HELP}"),
-        ));
-    };
-    let fields: Vec<&str> = rest.split('-').collect();
-    if fields.len() != 3 {
-        return Err(err(
-            0,
-            part.len(),
-            format!("`{part}` needs three fields, int<b>-<scheme>-<granularity>; {WEIGHTS_HELP}"),
-        ));
-    }
-    let bits_at = 3;
-    let bits = whole(fields[0])
-        .and_then(|b| u8::try_from(b).ok())
-        .filter(|b| BITS.contains(b))
-        .ok_or_else(|| {
-            err(
-                bits_at,
-                fields[0].len(),
-                format!("bit-width `{}` is not in 2..=8", fields[0]),
-            )
-        })?;
-    let scheme_at = bits_at + fields[0].len() + 1;
-    let scheme = match fields[1] {
-        "sym" => QuantScheme::Symmetric,
-        "asym" => QuantScheme::Asymmetric,
-        other => {
-            return Err(err(
-                scheme_at,
+}
+
+// Each part of a choice parses on its own (`FromStr`, the inverse of its `Display`); an error is an
+// [`Error::Choice`] with the caret under the bad field of that part, which [`Choice`]'s parser moves
+// to where the part sits in the whole choice.
+
+impl FromStr for QuantScheme {
+    type Err = Error;
+
+    /// `sym` or `asym`.
+    fn from_str(s: &str) -> Result<QuantScheme> {
+        match s {
+            "sym" => Ok(QuantScheme::Symmetric),
+            "asym" => Ok(QuantScheme::Asymmetric),
+            other => Err(Error::choice(
+                s,
+                0,
                 other.len(),
                 format!("scheme `{other}` is not one of sym, asym"),
-            ))
+            )),
         }
-    };
-    let gran_at = scheme_at + fields[1].len() + 1;
-    let granularity = match fields[2] {
-        "tensor" => Granularity::Tensor,
-        "channel" => Granularity::Channel,
-        g => match g.strip_prefix('g').and_then(whole) {
-            Some(n) if GROUP_SIZES.contains(&n) => Granularity::Group(n),
-            _ => {
-                return Err(err(
-                    gran_at,
+    }
+}
+
+impl FromStr for Granularity {
+    type Err = Error;
+
+    /// `tensor`, `channel` or `g<N>` (N in [`GROUP_SIZES`]).
+    fn from_str(s: &str) -> Result<Granularity> {
+        match s {
+            "tensor" => Ok(Granularity::Tensor),
+            "channel" => Ok(Granularity::Channel),
+            g => match g.strip_prefix('g').and_then(whole) {
+                Some(n) if GROUP_SIZES.contains(&n) => Ok(Granularity::Group(n)),
+                _ => Err(Error::choice(
+                    s,
+                    0,
                     g.len().max(1),
                     format!(
                         "granularity `{g}` is not one of tensor, channel, g<N> (N a group size in {}..={})",
                         GROUP_SIZES.start(),
                         GROUP_SIZES.end()
                     ),
-                ))
-            }
-        },
-    };
-    Ok(WeightQuant::Int {
-        bits,
-        scheme,
-        granularity,
-    })
+                )),
+            },
+        }
+    }
 }
 
-fn percent(s: &str) -> Option<u8> {
-    whole(s)
-        .and_then(|p| u8::try_from(p).ok())
-        .filter(|p| PERCENT.contains(p))
+impl FromStr for WeightQuant {
+    type Err = Error;
+
+    /// `f32`, `f16`, `bf16` or `int<b>-<scheme>-<granularity>`.
+    fn from_str(part: &str) -> Result<WeightQuant> {
+        let err = |off: usize, len: usize, msg: String| Error::choice(part, off, len, msg);
+        match part {
+            "f32" => return Ok(WeightQuant::F32),
+            "f16" => return Ok(WeightQuant::F16),
+            "bf16" => return Ok(WeightQuant::Bf16),
+            _ => {}
+        }
+        let Some(rest) = part.strip_prefix("int") else {
+            return Err(err(
+                0,
+                part.len(),
+                format!("unknown weight format `{part}`; {WEIGHTS_HELP}"),
+            ));
+        };
+        let fields: Vec<&str> = rest.split('-').collect();
+        let [bits, scheme, granularity] = fields[..] else {
+            return Err(err(
+                0,
+                part.len(),
+                format!(
+                    "`{part}` needs three fields, int<b>-<scheme>-<granularity>; {WEIGHTS_HELP}"
+                ),
+            ));
+        };
+        let bits_at = 3;
+        let bits_value = whole(bits)
+            .and_then(|b| u8::try_from(b).ok())
+            .filter(|b| BITS.contains(b))
+            .ok_or_else(|| {
+                err(
+                    bits_at,
+                    bits.len(),
+                    format!("bit-width `{bits}` is not in 2..=8"),
+                )
+            })?;
+        let scheme_at = bits_at + bits.len() + 1;
+        let gran_at = scheme_at + scheme.len() + 1;
+        Ok(WeightQuant::Int {
+            bits: bits_value,
+            scheme: scheme.parse().map_err(|e| within(part, scheme_at, e))?,
+            granularity: granularity.parse().map_err(|e| within(part, gran_at, e))?,
+        })
+    }
+}
+
+impl FromStr for ActQuant {
+    type Err = Error;
+
+    /// `none`, `act8-static` or `act8-dynamic` (`none` is written by leaving the part out of a choice).
+    fn from_str(s: &str) -> Result<ActQuant> {
+        match s {
+            "none" => Ok(ActQuant::None),
+            "act8-static" => Ok(ActQuant::Int8Static),
+            "act8-dynamic" => Ok(ActQuant::Int8Dynamic),
+            other => Err(Error::choice(
+                s,
+                0,
+                other.len(),
+                format!("activation quantization `{other}` is not one of none, act8-static, act8-dynamic"),
+            )),
+        }
+    }
+}
+
+impl FromStr for Sparsity {
+    type Err = Error;
+
+    /// `dense`, `sparse<P>`, `<N>:<M>` or `channels<P>` (`dense` is written by leaving the part out
+    /// of a choice).
+    fn from_str(part: &str) -> Result<Sparsity> {
+        let bad = |msg: String| Error::choice(part, 0, part.len(), msg);
+        if part == "dense" {
+            return Ok(Sparsity::None);
+        }
+        if let Some(rest) = part.strip_prefix("sparse") {
+            return percent_part("sparse", rest, "the pruned share").map(Sparsity::Unstructured);
+        }
+        if let Some(rest) = part.strip_prefix("channels") {
+            return percent_part("channels", rest, "the removed share of output channels")
+                .map(Sparsity::Channels);
+        }
+        if let Some((n, m)) = part.split_once(':') {
+            let n = whole(n).and_then(|v| u8::try_from(v).ok());
+            let m = whole(m).and_then(|v| u8::try_from(v).ok());
+            return match (n, m) {
+                (Some(n), Some(m)) if n >= 1 && n < m && m <= MAX_M => Ok(Sparsity::NM { n, m }),
+                _ => Err(bad(format!(
+                    "`{part}`: an N:M pattern keeps N of every M weights and needs 1 <= N < M <= {MAX_M} (e.g. 2:4, 4:8)"
+                ))),
+            };
+        }
+        Err(bad(format!(
+            "unknown sparsity `{part}`; use dense, sparse<P>, <N>:<M> or channels<P>"
+        )))
+    }
+}
+
+impl Sparsity {
+    /// Whether `part` is written as a sparsity part of a choice (`sparse…`, `channels…`, `…:…`),
+    /// valid or not.
+    fn is_written(part: &str) -> bool {
+        part.starts_with("sparse") || part.starts_with("channels") || part.contains(':')
+    }
+}
+
+/// The percent `rest` of part `name<rest>`, or an error saying what it measures (`what`).
+fn percent_part(name: &str, rest: &str, what: &str) -> Result<u8> {
+    percent(rest).ok_or_else(|| {
+        let part = format!("{name}{rest}");
+        Error::choice(
+            &part,
+            0,
+            part.len(),
+            format!(
+                "`{part}`: {what} must be a whole percent in 1..=99 (leave the part out for {})",
+                if name == "rank" { "full rank" } else { "dense" }
+            ),
+        )
+    })
 }
 
 /// Which slot of the canonical order a part fills.
@@ -361,53 +481,25 @@ enum Part {
     Rank(u8),
 }
 
-fn parse_part(text: &str, part: &str, at: usize) -> Result<Part> {
-    let bad = |msg: String| Error::choice(text, at, part.len(), msg);
-    match part {
-        "act8-static" => return Ok(Part::Act(ActQuant::Int8Static)),
-        "act8-dynamic" => return Ok(Part::Act(ActQuant::Int8Dynamic)),
-        _ => {}
-    }
-    let pct = |name: &str, rest: &str, what: &str| {
-        percent(rest).ok_or_else(|| {
-            bad(format!(
-                "`{name}{rest}`: {what} must be a whole percent in 1..=99 (leave the part out for {})",
-                if name == "rank" { "full rank" } else { "dense" }
-            ))
-        })
-    };
-    if let Some(rest) = part.strip_prefix("sparse") {
-        return Ok(Part::Sparsity(Sparsity::Unstructured(pct(
-            "sparse",
-            rest,
-            "the pruned share",
-        )?)));
-    }
-    if let Some(rest) = part.strip_prefix("channels") {
-        return Ok(Part::Sparsity(Sparsity::Channels(pct(
-            "channels",
-            rest,
-            "the removed share of output channels",
-        )?)));
+/// One part after the weights; errors point into `part`. `none` and `dense` are not parts: a choice
+/// leaves the part out instead.
+fn parse_part(part: &str) -> Result<Part> {
+    match part.parse::<ActQuant>() {
+        Ok(ActQuant::None) | Err(_) => {}
+        Ok(act) => return Ok(Part::Act(act)),
     }
     if let Some(rest) = part.strip_prefix("rank") {
-        return Ok(Part::Rank(pct(
-            "rank",
-            rest,
-            "the kept share of full rank",
-        )?));
+        return percent_part("rank", rest, "the kept share of full rank").map(Part::Rank);
     }
-    if let Some((n, m)) = part.split_once(':') {
-        let n = whole(n).and_then(|v| u8::try_from(v).ok());
-        let m = whole(m).and_then(|v| u8::try_from(v).ok());
-        return match (n, m) {
-            (Some(n), Some(m)) if n >= 1 && n < m && m <= MAX_M => Ok(Part::Sparsity(Sparsity::NM { n, m })),
-            _ => Err(bad(format!(
-                "`{part}`: an N:M pattern keeps N of every M weights and needs 1 <= N < M <= {MAX_M} (e.g. 2:4, 4:8)"
-            ))),
-        };
+    if Sparsity::is_written(part) {
+        return part.parse().map(Part::Sparsity);
     }
-    Err(bad(format!("unknown part `{part}`; {PARTS_HELP}")))
+    Err(Error::choice(
+        part,
+        0,
+        part.len(),
+        format!("unknown part `{part}`; {PARTS_HELP}"),
+    ))
 }
 
 impl FromStr for Choice {
@@ -424,12 +516,12 @@ impl FromStr for Choice {
         }
         let mut parts = text.split('+');
         let first = parts.next().unwrap_or_default();
-        let weights = parse_weights(text, first, 0)?;
+        let weights = first.parse().map_err(|e| within(text, 0, e))?;
         let mut choice = Choice::weights(weights);
         let mut at = first.len() + 1;
         let mut last: Option<Slot> = None;
         for part in parts {
-            let parsed = parse_part(text, part, at)?;
+            let parsed = parse_part(part).map_err(|e| within(text, at, e))?;
             let slot = match parsed {
                 Part::Act(_) => Slot::Act,
                 Part::Sparsity(_) => Slot::Sparsity,
@@ -528,6 +620,64 @@ mod tests {
         }
         let e = "int4-foo-g32".parse::<Choice>().unwrap_err();
         assert!(e.to_string().contains("sym, asym"), "{e}");
+    }
+
+    #[test]
+    fn each_part_parses_what_it_prints() {
+        for s in ["f32", "bf16", "int3-asym-tensor", "int8-sym-g128"] {
+            assert_eq!(s.parse::<WeightQuant>().unwrap().to_string(), s);
+        }
+        for s in ["sym", "asym"] {
+            assert_eq!(s.parse::<QuantScheme>().unwrap().to_string(), s);
+        }
+        for s in ["tensor", "channel", "g32"] {
+            assert_eq!(s.parse::<Granularity>().unwrap().to_string(), s);
+        }
+        for s in ["none", "act8-static", "act8-dynamic"] {
+            assert_eq!(s.parse::<ActQuant>().unwrap().to_string(), s);
+        }
+        for s in ["dense", "sparse50", "2:4", "channels25"] {
+            assert_eq!(s.parse::<Sparsity>().unwrap().to_string(), s);
+        }
+        for s in [
+            "g1",
+            "int4-sym-g1",
+            "sparse0",
+            "4:4",
+            "act8",
+            "dense+2:4",
+            "channel+2:4",
+        ] {
+            assert!(
+                s.parse::<Granularity>().is_err()
+                    && s.parse::<WeightQuant>().is_err()
+                    && s.parse::<Sparsity>().is_err()
+                    && s.parse::<ActQuant>().is_err(),
+                "{s:?} was accepted by a part"
+            );
+        }
+    }
+
+    #[test]
+    fn a_part_error_points_into_the_whole_choice() {
+        // The granularity is the third field of the weights: offset 10 in the choice.
+        match "int4-asym-g1+2:4".parse::<Choice>().unwrap_err() {
+            Error::Choice { offset, marker, .. } => {
+                assert_eq!(offset, 10);
+                assert_eq!(marker, format!("{}^^", " ".repeat(10)));
+            }
+            other => panic!("{other}"),
+        }
+        // The same granularity on its own points at its own start.
+        match "g1".parse::<Granularity>().unwrap_err() {
+            Error::Choice { offset, .. } => assert_eq!(offset, 0),
+            other => panic!("{other}"),
+        }
+        // `none` and `dense` are how parts print their absence, not parts of a choice.
+        for s in ["f32+none", "f32+dense"] {
+            let e = s.parse::<Choice>().unwrap_err();
+            assert!(e.to_string().contains("unknown part"), "{s}: {e}");
+        }
     }
 
     #[test]

@@ -120,8 +120,7 @@ pub fn load(path: &Path, layers: &[LayerInfo]) -> Result<SearchSpace> {
 /// Parses search-space TOML `text` (read from `path`) and resolves it against a model's `layers`.
 pub fn parse(text: &str, path: impl Into<PathBuf>, layers: &[LayerInfo]) -> Result<SearchSpace> {
     let path: PathBuf = path.into();
-    let file: SpaceFile =
-        toml::from_str(text).map_err(|e| crate::cost::profile::toml_error(&path, text, &e))?;
+    let file: SpaceFile = toml::from_str(text).map_err(|e| Error::toml(&path, text, &e))?;
     Resolver {
         path: &path,
         text,
@@ -312,114 +311,118 @@ impl Resolver<'_> {
     /// Applies the product fields of `set` on top of `base`, validating each value.
     fn merge(&self, mut base: Product, set: &ChoiceSet) -> Result<Product> {
         if let Some(v) = &set.float {
-            base.float = self.strings(v, "float", "f32, f16 or bf16", |s| match s {
-                "f32" => Some(WeightQuant::F32),
-                "f16" => Some(WeightQuant::F16),
-                "bf16" => Some(WeightQuant::Bf16),
-                _ => None,
+            base.float = self.strings(v, "float", "f32, f16 or bf16", |s| {
+                s.parse::<WeightQuant>().ok().filter(WeightQuant::is_float)
             })?;
         }
         if let Some(v) = &set.bits {
-            base.bits = v
-                .iter()
-                .map(|b| {
-                    u8::try_from(*b.get_ref())
-                        .ok()
-                        .filter(|b| BITS.contains(b))
-                        .ok_or_else(|| {
-                            self.err(
-                                b.span(),
-                                format!("bits: {} is outside 2..=8 (use float = [...] for 16 and 32 bits)", b.get_ref()),
-                            )
-                        })
-                })
-                .collect::<Result<_>>()?;
+            base.bits = self.bits(v)?;
         }
         if let Some(v) = &set.schemes {
-            base.schemes = self.strings(v, "schemes", "sym or asym", |s| match s {
-                "sym" => Some(QuantScheme::Symmetric),
-                "asym" => Some(QuantScheme::Asymmetric),
-                _ => None,
-            })?;
+            base.schemes = self.strings(v, "schemes", "sym or asym", |s| s.parse().ok())?;
         }
         if let Some(v) = &set.granularity {
             base.granularity = self.strings(
                 v,
                 "granularity",
                 "tensor, channel or g<N> (N in 2..=65536)",
-                |s| match format!("int8-sym-{s}").parse::<Choice>() {
-                    Ok(Choice {
-                        weights: WeightQuant::Int { granularity, .. },
-                        ..
-                    }) => Some(granularity),
-                    _ => None,
-                },
+                |s| s.parse().ok(),
             )?;
         }
         if let Some(v) = &set.activations {
-            base.activations = self.strings(
-                v,
-                "activations",
-                "none, act8-static or act8-dynamic",
-                |s| match s {
-                    "none" => Some(ActQuant::None),
-                    "act8-static" => Some(ActQuant::Int8Static),
-                    "act8-dynamic" => Some(ActQuant::Int8Dynamic),
-                    _ => None,
-                },
-            )?;
+            base.activations =
+                self.strings(v, "activations", "none, act8-static or act8-dynamic", |s| {
+                    s.parse().ok()
+                })?;
         }
         if let Some(v) = &set.sparsity {
-            base.sparsity = self
-                .percents(v, "sparsity", "[0, 1)", |x| (0.0..1.0).contains(&x))?
-                .into_iter()
-                .map(|p| {
-                    if p == 0 {
-                        Sparsity::None
-                    } else {
-                        Sparsity::Unstructured(p)
-                    }
-                })
-                .collect();
+            base.sparsity = self.unstructured(v)?;
         }
         if let Some(v) = &set.nm {
-            base.nm = v
-                .iter()
-                .map(|s| match format!("f32+{}", s.get_ref()).parse::<Choice>() {
-                    Ok(Choice {
-                        sparsity: nm @ Sparsity::NM { .. },
-                        ..
-                    }) => Ok(nm),
-                    _ => Err(self.err(
-                        s.span(),
-                        format!(
-                            "nm: `{}` is not an N:M pattern with 1 <= N < M <= {} (e.g. \"2:4\", \"4:8\")",
-                            s.get_ref(),
-                            super::MAX_M
-                        ),
-                    )),
-                })
-                .collect::<Result<_>>()?;
+            base.nm = self.nm_patterns(v)?;
         }
         if let Some(v) = &set.channels {
-            base.channels = self
-                .percents(v, "channels", "[0, 1)", |x| (0.0..1.0).contains(&x))?
-                .into_iter()
-                .filter(|&p| p > 0)
-                .map(Sparsity::Channels)
-                .collect();
+            base.channels = self.removed_channels(v)?;
         }
         if let Some(v) = &set.rank {
-            base.rank = self
-                .percents(v, "rank", "(0, 1]", |x| x > 0.0 && x <= 1.0)?
-                .into_iter()
-                .map(|p| if p >= 100 { None } else { Some(p) })
-                .collect();
-            if let Some(bad) = v.iter().find(|x| (*x.get_ref() * 100.0).round() < 1.0) {
-                return Err(self.err(bad.span(), "rank: keep at least 1% of full rank (0.01)"));
-            }
+            base.rank = self.ranks(v)?;
         }
         Ok(base)
+    }
+
+    /// `bits = [...]`: integer bit-widths in [`BITS`].
+    fn bits(&self, list: &[Spanned<i64>]) -> Result<Vec<u8>> {
+        list.iter()
+            .map(|b| {
+                u8::try_from(*b.get_ref())
+                    .ok()
+                    .filter(|b| BITS.contains(b))
+                    .ok_or_else(|| {
+                        self.err(
+                            b.span(),
+                            format!(
+                                "bits: {} is outside 2..=8 (use float = [...] for 16 and 32 bits)",
+                                b.get_ref()
+                            ),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// `sparsity = [...]`: unstructured pruned fractions; 0.0 is dense.
+    fn unstructured(&self, list: &[Spanned<f64>]) -> Result<Vec<Sparsity>> {
+        Ok(self
+            .percents(list, "sparsity", "[0, 1)", |x| (0.0..1.0).contains(&x))?
+            .into_iter()
+            .map(|p| {
+                if p == 0 {
+                    Sparsity::None
+                } else {
+                    Sparsity::Unstructured(p)
+                }
+            })
+            .collect())
+    }
+
+    /// `nm = [...]`: N:M patterns.
+    fn nm_patterns(&self, list: &[Spanned<String>]) -> Result<Vec<Sparsity>> {
+        list.iter()
+            .map(|s| match s.get_ref().parse::<Sparsity>() {
+                Ok(nm @ Sparsity::NM { .. }) => Ok(nm),
+                _ => Err(self.err(
+                    s.span(),
+                    format!(
+                        "nm: `{}` is not an N:M pattern with 1 <= N < M <= {} (e.g. \"2:4\", \"4:8\")",
+                        s.get_ref(),
+                        super::MAX_M
+                    ),
+                )),
+            })
+            .collect()
+    }
+
+    /// `channels = [...]`: fractions of output channels removed; 0.0 adds nothing.
+    fn removed_channels(&self, list: &[Spanned<f64>]) -> Result<Vec<Sparsity>> {
+        Ok(self
+            .percents(list, "channels", "[0, 1)", |x| (0.0..1.0).contains(&x))?
+            .into_iter()
+            .filter(|&p| p > 0)
+            .map(Sparsity::Channels)
+            .collect())
+    }
+
+    /// `rank = [...]`: fractions of full rank kept; 1.0 is full rank (no factorization).
+    fn ranks(&self, list: &[Spanned<f64>]) -> Result<Vec<Option<u8>>> {
+        let ranks = self
+            .percents(list, "rank", "(0, 1]", |x| x > 0.0 && x <= 1.0)?
+            .into_iter()
+            .map(|p| if p >= 100 { None } else { Some(p) })
+            .collect();
+        if let Some(bad) = list.iter().find(|x| (*x.get_ref() * 100.0).round() < 1.0) {
+            return Err(self.err(bad.span(), "rank: keep at least 1% of full rank (0.01)"));
+        }
+        Ok(ranks)
     }
 
     fn explicit(&self, list: &[Spanned<String>]) -> Result<Vec<Choice>> {

@@ -90,6 +90,26 @@ pub struct SearchSpace {
 }
 
 impl SearchSpace {
+    /// A hash of the resolved space: each group's members and allowed choices (a run's `space`
+    /// fingerprint; a space file edited into the same groups and choices keeps it).
+    pub fn fingerprint(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(b"mpsearch-space-v1\n");
+        for g in &self.groups {
+            for &m in &g.members {
+                h.update(self.layers[m].info.name.as_bytes());
+                h.update(b"\t");
+            }
+            h.update(b"=");
+            for c in &g.choices {
+                h.update(c.to_string().as_bytes());
+                h.update(b" ");
+            }
+            h.update(b"\n");
+        }
+        h.finalize()
+    }
+
     /// The assignment of `point` (one choice index per group).
     pub fn assignment(&self, point: &[u16]) -> Assignment {
         Assignment::new(self.layers.iter().map(|l| {

@@ -3,15 +3,22 @@
 //! Everything a search must not lose, behind the [`Store`] trait: run manifests, each run's
 //! append-only trial journal, the content-addressed evaluation cache shared by all runs, strategy
 //! snapshots and sensitivity analyses. [`SledStore`] is the embedded backend (one sled database per
-//! folder). Nothing outside this module knows the store is sled.
+//! folder). Nothing outside this module knows the store is sled. The [`query`] functions read runs
+//! back (a run by name, its measured front and hypervolume), so that listings, reports and exports
+//! need nothing but a store.
 
 mod codec;
+pub mod query;
 mod records;
 mod sled;
 
 #[cfg(test)]
 mod tests;
 
+pub use self::query::{
+    cost_of, default_run_name, feasible, find_run, front, hypervolume, listed_status,
+    sensitivity_key, COST_REFERENCE, QUALITY_REFERENCE,
+};
 pub use self::sled::SledStore;
 pub use records::*;
 

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::ScaleMethod;
+use crate::cost::{Cost, Objective};
 use crate::sensitivity::Measurement;
 use crate::space::AssignmentJson;
+use crate::strategy::StrategyKind;
 
 /// Version of every record layout below; bump it when one changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -51,10 +54,10 @@ pub struct RunConfig {
     pub profile: String,
     /// Batch size the cost model assumes.
     pub batch: u32,
-    /// Strategy name (`exact`, `evolution`, `bayes`, `random`), resolved from `auto`.
-    pub strategy: String,
-    /// `latency`, `size` or `bops`.
-    pub objective: String,
+    /// The strategy (`auto` is resolved before a run is recorded).
+    pub strategy: StrategyKind,
+    /// The cost minimised against quality.
+    pub objective: Objective,
     pub max_latency_us: Option<f64>,
     pub max_bytes: Option<f64>,
     pub max_bops: Option<f64>,
@@ -66,10 +69,53 @@ pub struct RunConfig {
     pub trials: Option<u64>,
     /// Wall-time budget in seconds.
     pub time_seconds: Option<f64>,
-    /// Weight scale method (`mse`, `minmax`).
-    pub scale: String,
+    /// How weight quantization picks its scales.
+    pub scale: ScaleMethod,
     /// Sensitivity pairs measured one at a time before the search.
     pub pairs: usize,
+}
+
+impl Default for RunConfig {
+    /// What `mpsearch search` runs without flags: the demo model and its space on the Cortex-A76
+    /// profile, `auto` (bayes) minimising latency, no limits, seed 0, 8 points asked at a time, 500
+    /// trials, MSE scales, 400 sensitivity pairs.
+    fn default() -> RunConfig {
+        RunConfig {
+            model: "demo".into(),
+            data: None,
+            space: "demo".into(),
+            profile: "cortex-a76".into(),
+            batch: 1,
+            strategy: StrategyKind::Bayes,
+            objective: Objective::Latency,
+            max_latency_us: None,
+            max_bytes: None,
+            max_bops: None,
+            max_drop: None,
+            seed: 0,
+            ask_batch: 8,
+            trials: Some(500),
+            time_seconds: None,
+            scale: ScaleMethod::Mse,
+            pairs: 400,
+        }
+    }
+}
+
+/// Fingerprints (BLAKE3, hex) of a run's inputs, recorded in its manifest and checked on resume.
+///
+/// The fields are in alphabetical order, so the JSON is the map `{"evaluator", "model", "profile",
+/// "space"}` that manifests have always held.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprints {
+    /// The evaluator: model, evaluation data and settings (what the evaluation cache is keyed by).
+    pub evaluator: String,
+    /// The model's weights and architecture.
+    pub model: String,
+    /// The hardware profile's contents.
+    pub profile: String,
+    /// The resolved search space: each group's layers and allowed choices.
+    pub space: String,
 }
 
 /// One run.
@@ -85,8 +131,8 @@ pub struct RunManifest {
     /// Hypervolume reference `[cost, quality]` of the run (see `search`), so listings report the
     /// hypervolume without loading the model.
     pub reference: [f64; 2],
-    /// Fingerprints of the inputs (`model`, `evaluator`, `space`, `profile` → hex), checked on resume.
-    pub fingerprints: BTreeMap<String, String>,
+    /// Fingerprints of the inputs, checked on resume.
+    pub fingerprints: Fingerprints,
 }
 
 /// A trial's state.
@@ -115,6 +161,26 @@ pub struct CostRecord {
     pub latency_us: f64,
     pub bytes: u64,
     pub bops: f64,
+}
+
+impl From<Cost> for CostRecord {
+    fn from(c: Cost) -> CostRecord {
+        CostRecord {
+            latency_us: c.latency_us,
+            bytes: c.bytes,
+            bops: c.bops,
+        }
+    }
+}
+
+impl From<CostRecord> for Cost {
+    fn from(c: CostRecord) -> Cost {
+        Cost {
+            latency_us: c.latency_us,
+            bytes: c.bytes,
+            bops: c.bops,
+        }
+    }
 }
 
 /// One journal entry.

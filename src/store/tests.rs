@@ -12,8 +12,11 @@ use std::time::Instant;
 use tempfile::TempDir;
 
 use super::*;
+use crate::compress::ScaleMethod;
+use crate::cost::Objective;
 use crate::error::Error;
 use crate::sensitivity::Measurement;
+use crate::strategy::StrategyKind;
 
 /// The environment variable that makes [`in_use_probe_child`] open a store (in a child process).
 const PROBE_ENV: &str = "MPSEARCH_STORE_PROBE_DIR";
@@ -36,26 +39,18 @@ fn manifest(name: &str, created_unix: u64) -> RunManifest {
         status: RunStatus::Running,
         elapsed_seconds: 1.5,
         config: RunConfig {
-            model: "demo".into(),
-            data: None,
-            space: "demo".into(),
-            profile: "cortex-a76".into(),
-            batch: 1,
-            strategy: "evolution".into(),
-            objective: "latency".into(),
+            strategy: StrategyKind::Evolution,
             max_latency_us: Some(120.0),
-            max_bytes: None,
-            max_bops: None,
             max_drop: Some(0.01),
             seed: 7,
-            ask_batch: 8,
-            trials: Some(500),
-            time_seconds: None,
-            scale: "mse".into(),
             pairs: 12,
+            ..RunConfig::default()
         },
         reference: [100.0, 1.0],
-        fingerprints: BTreeMap::from([("model".to_string(), "ab12".to_string())]),
+        fingerprints: Fingerprints {
+            model: "ab12".into(),
+            ..Fingerprints::default()
+        },
     }
 }
 
@@ -436,6 +431,62 @@ fn store_other_schema_version_is_a_clear_error() {
     );
     let text = message(store.runs());
     assert!(text.contains("run `future`"), "{text}");
+}
+
+/// A run manifest exactly as mpsearch has written it since schema 1 (strategy, objective and scale as
+/// lowercase names; the fingerprints as a map in key order).
+const MANIFEST_SCHEMA_1: &str = concat!(
+    r#"{"schema":1,"name":"demo-cortex-a76-1","created_unix":1764000000,"status":"running","#,
+    r#""elapsed_seconds":1.5,"config":{"model":"demo","data":null,"space":"demo","#,
+    r#""profile":"cortex-a76","batch":1,"strategy":"evolution","objective":"bops","#,
+    r#""max_latency_us":120.0,"max_bytes":null,"max_bops":null,"max_drop":0.01,"seed":7,"#,
+    r#""ask_batch":8,"trials":500,"time_seconds":null,"scale":"minmax","pairs":12},"#,
+    r#""reference":[100.0,1.0],"fingerprints":{"#,
+    r#""evaluator":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","#,
+    r#""model":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","#,
+    r#""profile":"dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd","#,
+    r#""space":"cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"}}"#,
+);
+
+#[test]
+fn store_reads_and_rewrites_a_schema_1_manifest_byte_for_byte() {
+    let dir = temp();
+    let store = open(dir.path());
+    let runs = store.raw_tree("runs");
+    runs.insert("demo-cortex-a76-1", MANIFEST_SCHEMA_1.as_bytes())
+        .expect("raw insert");
+    let m = store
+        .run("demo-cortex-a76-1")
+        .expect("read")
+        .expect("the run is there");
+    assert_eq!(m.config.strategy, StrategyKind::Evolution);
+    assert_eq!(m.config.objective, Objective::Bops);
+    assert_eq!(m.config.scale, ScaleMethod::MinMax);
+    assert_eq!(m.fingerprints.evaluator, "bb".repeat(32));
+    assert_eq!(m.fingerprints.model, "aa".repeat(32));
+    assert_eq!(m.fingerprints.profile, "dd".repeat(32));
+    assert_eq!(m.fingerprints.space, "cc".repeat(32));
+    // Written back, it is the same bytes: the typed fields keep the layout on disk.
+    store.put_run(&m).expect("put");
+    let raw = runs
+        .get("demo-cortex-a76-1")
+        .expect("raw get")
+        .expect("raw value");
+    assert_eq!(std::str::from_utf8(&raw).expect("utf-8"), MANIFEST_SCHEMA_1);
+    // A name no strategy, objective or scale has is damage, named as such.
+    for (field, bad) in [
+        (r#""strategy":"evolution""#, r#""strategy":"annealing""#),
+        (r#""objective":"bops""#, r#""objective":"energy""#),
+        (r#""scale":"minmax""#, r#""scale":"percentile""#),
+    ] {
+        runs.insert("bad", MANIFEST_SCHEMA_1.replace(field, bad).as_bytes())
+            .expect("raw insert");
+        let text = message(store.run("bad"));
+        assert!(
+            text.contains("run `bad` cannot be decoded"),
+            "{field}: {text}"
+        );
+    }
 }
 
 #[test]

@@ -306,11 +306,6 @@ impl StrategyKind {
         StrategyKind::Random,
     ];
 
-    /// Parses a name (`exact`, `evolution`, `bayes`, `random`).
-    pub fn parse(s: &str) -> Option<StrategyKind> {
-        StrategyKind::ALL.into_iter().find(|k| k.name() == s)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             StrategyKind::Exact => "exact",

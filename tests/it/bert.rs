@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use mpsearch::model::{Batch, BertEncoder, ForwardCtx, Model, ModelSource};
+use mpsearch::data::Batch;
+use mpsearch::model::{BertEncoder, ForwardCtx, Model, ModelSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

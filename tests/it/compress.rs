@@ -9,10 +9,9 @@ use mpsearch::compress::{
     apply_choice, calibrate_range, compress_factors, prune, quantize_activation, quantize_weight,
     truncated_svd, CompressCache, QuantizedWeight, RangeMethod, ScaleMethod, WeightMatrix,
 };
-use mpsearch::cost::model::rank_k;
 use mpsearch::cost::CostModel;
 use mpsearch::space::{
-    ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, WeightQuant,
+    rank_k, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, WeightQuant,
 };
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, Normal, Uniform};

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use mpsearch::data::{Digits, Split, CLASSES, SAMPLES};
+use mpsearch::data::{Batch, Digits, Split, CLASSES, SAMPLES};
 use mpsearch::model::demo::{self, accuracy, DemoModel};
-use mpsearch::model::{Batch, ForwardCtx, Model};
+use mpsearch::model::{ForwardCtx, Model};
 
 use crate::util::{demo_model, forward_with_weight, max_abs_diff};
 

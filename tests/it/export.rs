@@ -12,10 +12,10 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use mpsearch::compress::ScaleMethod;
 use mpsearch::eval::{load, metrics, CandleEvaluator, EvalData, EvalSettings, Evaluator};
-use mpsearch::model::{ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
-use mpsearch::report::export::safetensors::{
+use mpsearch::export::safetensors::{
     load_compressed, max_difference, read_compressed, write_compressed, ExportInfo,
 };
+use mpsearch::model::{ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
 use mpsearch::space::{Assignment, Choice};
 
 use crate::util::{close, fails, ok, run, Dir};
@@ -564,7 +564,7 @@ fn a_file_that_is_not_an_export_is_refused() {
 /// BERT-family layers take llama.cpp's GGUF tensor names (all-MiniLM-L6-v2's shapes; header only).
 #[test]
 fn bert_lines_use_gguf_names() {
-    use mpsearch::report::export::llama::{tensor_type_lines, LinesHeader};
+    use mpsearch::export::llama::{tensor_type_lines, LinesHeader};
     let d = Dir::new();
     let folder = crate::util::minilm_folder(&d);
     let inv = mpsearch::model::inventory(&ModelSource::Folder(folder)).unwrap();

@@ -4,8 +4,8 @@
 use candle_core::{DType, Tensor};
 use candle_nn::loss::cross_entropy;
 use mpsearch::compress::ScaleMethod;
-use mpsearch::data::Digits;
-use mpsearch::model::{Batch, DemoModel, Model};
+use mpsearch::data::{Batch, Digits};
+use mpsearch::model::{DemoModel, Model};
 use mpsearch::sensitivity::fisher::DEFAULT_CHUNK;
 use mpsearch::sensitivity::{fisher_errors, FisherDiagonal};
 use mpsearch::space::Choice;

@@ -89,8 +89,8 @@ fn search_writes_the_report_and_report_rebuilds_it_from_the_store() {
         "{:?}",
         hv.values
     );
-    let m = mpsearch::search::find_run(&store, "r").unwrap();
-    let want = mpsearch::search::hypervolume(&m, &trials).unwrap();
+    let m = mpsearch::store::find_run(&store, "r").unwrap();
+    let want = mpsearch::store::hypervolume(&m, &trials);
     assert!((hv.values[trials.len() - 1] - want).abs() < 1e-12);
 
     let labels: Vec<&str> = data.baselines.iter().map(|b| b.label.as_str()).collect();

@@ -7,8 +7,9 @@ use std::process::{Command, Output};
 
 use candle_core::Tensor;
 use mpsearch::compress::ScaleMethod;
+use mpsearch::data::Batch;
 use mpsearch::eval::{load, CandleEvaluator, EvalSettings};
-use mpsearch::model::{Batch, DemoModel, ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
+use mpsearch::model::{DemoModel, ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
 use mpsearch::space::{Choice, LayerInfo};
 
 /// A temporary folder that lives as long as the value.

@@ -16,9 +16,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{accuracy, forward, inventory, DemoModel, Params};
-use crate::data::Digits;
+use crate::data::{Batch, Digits};
 use crate::error::{Error, Result};
-use crate::model::{Batch, ForwardCtx};
+use crate::model::ForwardCtx;
 
 /// The seed of the shipped weights.
 pub const SEED: u64 = 1;

@@ -11,6 +11,10 @@
 //!   compact form (integer codes with scales and zero points, kept values with their sparsity pattern,
 //!   the two low-rank factors), read back by [`safetensors::load_compressed`].
 //!
+//! Runs are read from the store alone ([`crate::store::query`]), never through the search controller.
+//! The safetensors codec is the one part that touches candle: it compresses the model's weights with
+//! [`crate::compress`] and densifies what it reads back.
+//!
 //! ## Which point
 //!
 //! `--point K` is the K-th point (1-based) of the run's measured front in cost order — the `point`
@@ -35,8 +39,7 @@ pub mod llama;
 pub mod safetensors;
 
 use crate::error::{Error, Result};
-use crate::search::{cost_of, front, objective};
-use crate::store::{RunConfig, RunManifest, TrialRecord, TrialState};
+use crate::store::{cost_of, front, RunConfig, RunManifest, TrialRecord, TrialState};
 
 /// Which trial of a run to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +84,7 @@ pub fn select<'a>(
 ) -> Result<Selected<'a>> {
     let config = &manifest.config;
     let run = &manifest.name;
-    let f = front(config, trials)?;
+    let f = front(config, trials);
     let position = |t: &TrialRecord| f.iter().position(|x| x.number == t.number).map(|i| i + 1);
     match pick {
         Pick::Point(k) => {
@@ -173,7 +176,7 @@ fn best_index(manifest: &RunManifest, f: &[&TrialRecord]) -> Result<(usize, Stri
             "the point of lowest quality loss within the cost limits".to_string(),
         ));
     }
-    let o = objective(&c.objective)?;
+    let o = c.objective;
     let [rc, rq] = manifest.reference;
     let (rc, rq) = (positive_or_one(rc), positive_or_one(rq));
     let pts: Vec<[f64; 2]> = f
@@ -252,7 +255,7 @@ pub fn violation(config: &RunConfig, t: &TrialRecord) -> f64 {
 /// The complete trial closest to meeting the limits (none meets them).
 fn closest<'a>(manifest: &RunManifest, trials: &'a [TrialRecord]) -> Result<Selected<'a>> {
     let run = &manifest.name;
-    let o = objective(&manifest.config.objective)?;
+    let o = manifest.config.objective;
     let best = trials
         .iter()
         .filter(|t| t.state == TrialState::Complete && t.quality.is_some())

@@ -1,0 +1,28 @@
+//! The unit of model input: a batch of images or of token sequences, as candle tensors.
+
+use candle_core::Tensor;
+
+/// One batch of model input.
+#[derive(Clone, Debug)]
+pub enum Batch {
+    /// Images `[n, channels, height, width]`, f32.
+    Images(Tensor),
+    /// Token ids `[n, seq]` (u32) with attention mask `[n, seq]` (u32, 1 = real token).
+    Tokens { ids: Tensor, mask: Tensor },
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        let t = match self {
+            Batch::Images(t) => t,
+            Batch::Tokens { ids, .. } => ids,
+        };
+        t.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,139 @@
+//! # Run queries
+//!
+//! What the stored records of a run say, computed from the store alone — no model, no evaluator, no
+//! search controller: the run of a name, a name for a new run, the measured front of a run's trials and
+//! its hypervolume, a run's status as listed, and the store key of a sensitivity analysis. `runs`,
+//! `trials`, reports and exports read runs through these, and the search controller writes runs that
+//! they describe.
+
+use crate::cost::Objective;
+use crate::error::{Error, Result};
+use crate::pareto;
+use crate::space::SearchSpace;
+
+use super::{RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState};
+
+/// Quality reference of the hypervolume when no `--max-drop` is given, in the objective's units: a KL
+/// divergence of 0.1 nat (the demo loses about 4 points of accuracy there) or a cosine distance of 0.1
+/// (embeddings at cosine 0.9 to the originals). Points worse than this add nothing to the hypervolume:
+/// it measures the region where a compressed model is still worth shipping. Both axes are normalised
+/// by their reference, so hypervolumes lie in [0, 1].
+pub const QUALITY_REFERENCE: f64 = 0.1;
+/// Cost reference of the hypervolume, as a multiple of the dearest reachable cost (so that the
+/// uncompressed model, the dearest point, still counts).
+pub const COST_REFERENCE: f64 = 1.1;
+
+/// The stored run `name`, or an error listing the runs there are.
+pub fn find_run(store: &dyn Store, name: &str) -> Result<RunManifest> {
+    if let Some(m) = store.run(name)? {
+        return Ok(m);
+    }
+    let names: Vec<String> = store.runs()?.into_iter().map(|m| m.name).collect();
+    Err(Error::store(
+        store.location(),
+        if names.is_empty() {
+            format!("has no run `{name}` (it holds no runs yet; start one with `mpsearch search`)")
+        } else {
+            format!("has no run `{name}`; its runs are: {}", names.join(", "))
+        },
+    ))
+}
+
+/// A name for a new run: `<space>-<profile>-<n>` with the first free n.
+pub fn default_run_name(store: &dyn Store, space: &str, profile: &str) -> Result<String> {
+    let clean = |s: &str| -> String {
+        let stem = std::path::Path::new(s)
+            .file_stem()
+            .map_or(s.to_string(), |x| x.to_string_lossy().into_owned());
+        stem.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    let base = format!("{}-{}", clean(space), clean(profile));
+    let taken: std::collections::HashSet<String> =
+        store.runs()?.into_iter().map(|m| m.name).collect();
+    Ok((1..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|n| !taken.contains(n))
+        .unwrap_or(base))
+}
+
+/// The measured front of a run's trials: complete trials within the run's limits that no other such
+/// trial dominates in (cost, quality), sorted by cost. Needs no model: `runs` and reports use it.
+pub fn front<'a>(config: &RunConfig, trials: &'a [TrialRecord]) -> Vec<&'a TrialRecord> {
+    let o = config.objective;
+    let ok: Vec<&TrialRecord> = trials.iter().filter(|t| feasible(config, t)).collect();
+    let pts: Vec<[f64; 2]> = ok
+        .iter()
+        .map(|t| [cost_of(o, t), t.quality.unwrap_or(f64::INFINITY)])
+        .collect();
+    let mut f: Vec<&TrialRecord> = pareto::front_2d(&pts).into_iter().map(|i| ok[i]).collect();
+    f.sort_by(|a, b| {
+        cost_of(o, a)
+            .total_cmp(&cost_of(o, b))
+            .then(a.number.cmp(&b.number))
+    });
+    f
+}
+
+/// Whether a trial can be on a run's front: complete, with a quality, and within every limit of the
+/// run (costs as journaled in the trial).
+pub fn feasible(config: &RunConfig, t: &TrialRecord) -> bool {
+    let c = &t.cost;
+    t.state == TrialState::Complete
+        && t.quality.is_some()
+        && config.max_latency_us.is_none_or(|m| c.latency_us <= m)
+        && config.max_bytes.is_none_or(|m| c.bytes as f64 <= m)
+        && config.max_bops.is_none_or(|m| c.bops <= m)
+        && t.quality.zip(config.max_drop).is_none_or(|(q, m)| q <= m)
+}
+
+/// The normalised hypervolume of a run's measured front (as the progress bar shows it): the area the
+/// front dominates in (cost / reference cost, quality / reference quality), between 0 and 1.
+pub fn hypervolume(manifest: &RunManifest, trials: &[TrialRecord]) -> f64 {
+    let o = manifest.config.objective;
+    let [rc, rq] = manifest.reference;
+    let pts: Vec<[f64; 2]> = front(&manifest.config, trials)
+        .iter()
+        .map(|t| [cost_of(o, t) / rc, t.quality.unwrap_or(f64::INFINITY) / rq])
+        .collect();
+    pareto::hypervolume_2d(&pts, [1.0, 1.0])
+}
+
+/// The value of cost objective `o` in a trial's journaled cost.
+pub fn cost_of(o: Objective, t: &TrialRecord) -> f64 {
+    o.of(&t.cost.into())
+}
+
+/// A run's status as listed: a run still marked `running` while this process holds the store was
+/// left by a process that died; it is resumable like an interrupted one.
+pub fn listed_status(m: &RunManifest) -> RunStatus {
+    match m.status {
+        RunStatus::Running => RunStatus::Interrupted,
+        s => s,
+    }
+}
+
+/// The store key of the sensitivity analysis of `space` measured at `pairs` by an evaluator with
+/// `fingerprint` (computable without the model: reports read the analysis back with it).
+pub fn sensitivity_key(
+    fingerprint: &blake3::Hash,
+    space: &SearchSpace,
+    pairs: &[(usize, u16)],
+) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-sensitivity-v1\n");
+    h.update(fingerprint.as_bytes());
+    h.update(space.fingerprint().as_bytes());
+    for (g, c) in pairs {
+        h.update(&(*g as u64).to_le_bytes());
+        h.update(&c.to_le_bytes());
+    }
+    h.finalize()
+}
