@@ -83,11 +83,6 @@ impl WeightMatrix {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
 
-    /// The values, consumed.
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
-    }
-
     /// Number of values.
     pub fn len(&self) -> usize {
         self.data.len()

@@ -126,17 +126,6 @@ pub enum Sparsity {
     Channels(u8),
 }
 
-impl Sparsity {
-    /// Fraction of the weights that are zero.
-    pub fn zero_fraction(&self) -> f64 {
-        match self {
-            Sparsity::None => 0.0,
-            Sparsity::Unstructured(p) | Sparsity::Channels(p) => f64::from(*p) / 100.0,
-            Sparsity::NM { n, m } => 1.0 - f64::from(*n) / f64::from(*m),
-        }
-    }
-}
-
 /// Output channels (rows) kept when `percent` of `rows` are removed by `channels<P>`: round(P% · rows)
 /// removed, at least one kept. The cost model counts and the pruner removes exactly these.
 pub fn kept_rows(rows: u64, percent: u8) -> u64 {

@@ -273,19 +273,26 @@ pub trait Strategy: Send {
     fn ask(&mut self, problem: &Problem, history: &History, n: usize) -> Result<Vec<Point>>;
 
     /// Learns trials `told` of `history` (already pushed, in trial order). Telling `a..b` then `b..c`
-    /// leaves the same state as telling `a..c`.
+    /// leaves the same state as telling `a..c`. A strategy whose proposals depend on the history alone
+    /// (read at each `ask`) keeps this default, which learns nothing.
     fn tell(
         &mut self,
-        problem: &Problem,
-        history: &History,
-        told: std::ops::Range<usize>,
-    ) -> Result<()>;
+        _problem: &Problem,
+        _history: &History,
+        _told: std::ops::Range<usize>,
+    ) -> Result<()> {
+        Ok(())
+    }
 
-    /// The state as text (JSON), for the store's snapshots.
-    fn snapshot(&self) -> Result<String>;
+    /// The state as text (JSON), for the store's snapshots. Default: a stateless strategy's `{}`.
+    fn snapshot(&self) -> Result<String> {
+        Ok("{}".into())
+    }
 
-    /// Restores a state written by [`Strategy::snapshot`].
-    fn restore(&mut self, snapshot: &str) -> Result<()>;
+    /// Restores a state written by [`Strategy::snapshot`]. Default: nothing to restore.
+    fn restore(&mut self, _snapshot: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The strategies the CLI offers.

@@ -65,18 +65,6 @@ impl Strategy for RandomStrategy {
         }
         Ok(out)
     }
-
-    fn tell(&mut self, _: &Problem, _: &History, _: std::ops::Range<usize>) -> Result<()> {
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Result<String> {
-        Ok("{}".into())
-    }
-
-    fn restore(&mut self, _: &str) -> Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use mpsearch::export::safetensors::{
 use mpsearch::model::{ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
 use mpsearch::space::{Assignment, Choice};
 
-use crate::util::{close, fails, ok, run, Dir};
+use crate::util::{close, fails, ok, run, trials_json, Dir};
 
 /// Largest difference allowed between a weight read back from the file and the evaluator's
 /// compressed weight: none (the reader repeats the same f32 operations).
@@ -53,13 +53,6 @@ fn search(cwd: &Path) {
             "evolution",
         ],
     );
-}
-
-fn trials(cwd: &Path) -> Vec<serde_json::Value> {
-    ok(cwd, &["trials", "r", "--store", "s", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
 }
 
 fn front(cwd: &Path) -> Vec<serde_json::Value> {
@@ -166,7 +159,7 @@ fn exports_of_a_search_round_trip() {
     let d = Dir::new();
     let cwd = d.path();
     search(cwd);
-    let all = trials(cwd);
+    let all = trials_json(cwd, "s", "r");
     let fr = front(cwd);
     assert!(!fr.is_empty());
     let (model, data, ev) = evaluator();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{describe, fails, ok, run, Dir};
+use crate::util::{describe, fails, ok, run, trials_json, Dir};
 
 /// Few sensitivity pairs and few trials: each search takes seconds in the debug build.
 const QUICK: [&str; 4] = ["--pairs", "24", "--ask", "8"];
@@ -16,14 +16,6 @@ fn search(cwd: &Path, store: &str, run_name: &str, extra: &[&str]) -> String {
     args.extend(QUICK);
     args.extend(extra);
     ok(cwd, &args)
-}
-
-/// The trials of a run as JSON values.
-fn trials(cwd: &Path, store: &str, run_name: &str) -> Vec<serde_json::Value> {
-    ok(cwd, &["trials", run_name, "--store", store, "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
 }
 
 /// What must be equal between two runs of the same seed: number, state, strategy, assignment hash,
@@ -53,7 +45,7 @@ fn search_on_the_demo_journals_every_trial_and_lists_its_run() {
     let out = search(d.path(), "s", "first", &["--trials", "24"]);
     assert!(out.contains("front ("), "{out}");
     assert!(out.contains("mpsearch trials first --store s"), "{out}");
-    let t = trials(d.path(), "s", "first");
+    let t = trials_json(d.path(), "s", "first");
     assert_eq!(t.len(), 24);
     for (i, v) in t.iter().enumerate() {
         assert_eq!(v["trial"].as_u64(), Some(i as u64));
@@ -131,8 +123,8 @@ fn a_seeded_run_gives_the_same_trials_whatever_jobs_is() {
         "r",
         &["--trials", "24", "--jobs", "2", "--seed", "3"],
     );
-    let a = identity(&trials(d.path(), "one", "r"));
-    let b = identity(&trials(d.path(), "two", "r"));
+    let a = identity(&trials_json(d.path(), "one", "r"));
+    let b = identity(&trials_json(d.path(), "two", "r"));
     assert_eq!(a, b);
 }
 
@@ -141,7 +133,7 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
     let d = Dir::new();
     let common = ["--trials", "80", "--seed", "5", "--strategy", "evolution"];
     search(d.path(), "whole", "r", &common);
-    let whole = identity(&trials(d.path(), "whole", "r"));
+    let whole = identity(&trials_json(d.path(), "whole", "r"));
     assert_eq!(whole.len(), 80);
 
     // Warm the second store's sensitivity record so the killed run starts its trials at once.
@@ -168,7 +160,7 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
         std::thread::sleep(delay);
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
         child.wait().unwrap();
-        let n = trials(d.path(), "killed", &name).len();
+        let n = trials_json(d.path(), "killed", &name).len();
         if n > 0 && n < 80 {
             killed_at = Some((name, n));
             break;
@@ -180,7 +172,7 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
     eprintln!("killed after {n} journaled trials");
     let out = ok(d.path(), &["resume", &name, "--store", "killed"]);
     assert!(out.contains("trial budget spent"), "{out}");
-    let resumed = identity(&trials(d.path(), "killed", &name));
+    let resumed = identity(&trials_json(d.path(), "killed", &name));
     assert_eq!(
         resumed, whole,
         "resumed run differs from the uninterrupted one"
@@ -235,8 +227,8 @@ fn another_profile_reuses_every_cached_evaluation() {
     assert_eq!(avx2["evaluated"], 0, "{avx2}");
     assert_eq!(avx2["cache_hits"], 16, "{avx2}");
     // Same assignments and qualities, other costs.
-    let a = trials(d.path(), "s", "a76");
-    let b = trials(d.path(), "s", "avx2");
+    let a = trials_json(d.path(), "s", "a76");
+    let b = trials_json(d.path(), "s", "avx2");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["hash"], y["hash"]);
         assert_eq!(x["quality"], y["quality"]);
@@ -289,7 +281,7 @@ fn resume_refuses_a_run_whose_search_space_changed() {
     assert!(err.contains("search space"), "{err}");
     assert!(err.contains("start a new run"), "{err}");
     // Nothing was lost: the run still has its 8 trials.
-    assert_eq!(trials(d.path(), "s", "r").len(), 8);
+    assert_eq!(trials_json(d.path(), "s", "r").len(), 8);
 }
 
 #[test]
@@ -324,7 +316,7 @@ fn resume_extends_a_finished_run_by_more_trials() {
     let d = Dir::new();
     search(d.path(), "s", "r", &["--trials", "8"]);
     ok(d.path(), &["resume", "r", "--store", "s", "--trials", "8"]);
-    assert_eq!(trials(d.path(), "s", "r").len(), 16);
+    assert_eq!(trials_json(d.path(), "s", "r").len(), 16);
     let err = fails(d.path(), &["resume", "nope", "--store", "s"]);
     assert!(err.contains("no run `nope`") && err.contains("r"), "{err}");
 }
@@ -355,7 +347,7 @@ fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
         text.contains("resume with: mpsearch resume r --store s"),
         "{text}"
     );
-    let n = trials(d.path(), "s", "r").len();
+    let n = trials_json(d.path(), "s", "r").len();
     assert!(n > 0, "{text}");
     let runs = runs_json(d.path(), "s");
     let r = runs
@@ -368,7 +360,7 @@ fn ctrl_c_stops_cleanly_and_says_how_to_resume() {
     ok(d.path(), &["resume", "r", "--store", "s", "--trials", "8"]);
     // Trials left running by the interruption are finished first (under their own numbers), then
     // 8 more.
-    let after = trials(d.path(), "s", "r");
+    let after = trials_json(d.path(), "s", "r");
     assert_eq!(after.len(), n + 8);
     assert!(after.iter().all(|t| t["state"] == "complete"));
 }
@@ -466,7 +458,7 @@ fn a_time_budget_alone_ends_the_run_by_time_not_by_the_default_trial_budget() {
     let d = Dir::new();
     let out = search(d.path(), "s", "t", &["--time", "3s"]);
     assert!(out.contains("time budget spent"), "{out}");
-    let n = trials(d.path(), "s", "t").len();
+    let n = trials_json(d.path(), "s", "t").len();
     assert!(n > 0, "{out}");
     let runs = runs_json(d.path(), "s");
     assert!(

@@ -285,3 +285,12 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub fn close(a: f64, b: f64, rtol: f64) -> bool {
     (a - b).abs() <= rtol * a.abs().max(b.abs()).max(1e-300)
 }
+
+/// The trials of run `run_name` in store `store` (relative to `cwd`), one JSON value per trial, from
+/// `mpsearch trials --json`.
+pub fn trials_json(cwd: &Path, store: &str, run_name: &str) -> Vec<serde_json::Value> {
+    ok(cwd, &["trials", run_name, "--store", store, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
