@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::{metrics, Evaluation, Evaluator};
-use crate::compress::{self, CompressCache, RangeMethod, ScaleMethod};
+use crate::compress::{
+    self, CompressCache, CompressSettings, LayerInputs, RangeMethod, Rounding, ScaleMethod,
+};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::{ForwardCtx, LayerOverride, Model, ModelKind, Overrides};
@@ -32,6 +34,8 @@ pub struct EvalData {
 pub struct EvalSettings {
     /// How weight quantization picks its scales.
     pub scale: ScaleMethod,
+    /// How integer weights are rounded (round-to-nearest or GPTQ).
+    pub rounding: Rounding,
     /// How static activation ranges are calibrated.
     pub act_range: RangeMethod,
     /// Bytes of compressed weights kept in memory.
@@ -42,6 +46,7 @@ impl Default for EvalSettings {
     fn default() -> Self {
         EvalSettings {
             scale: ScaleMethod::Mse,
+            rounding: Rounding::Rtn,
             act_range: RangeMethod::MinMax,
             cache_bytes: 1 << 30,
         }
@@ -50,7 +55,21 @@ impl Default for EvalSettings {
 
 impl EvalSettings {
     fn describe(&self) -> String {
-        format!("scale={:?};act_range={:?}", self.scale, self.act_range)
+        let mut d = format!("scale={:?};act_range={:?}", self.scale, self.act_range);
+        // Round-to-nearest adds nothing, so evaluators from before rounding was a setting keep their
+        // fingerprints (and stores their cached evaluations).
+        if self.rounding != Rounding::Rtn {
+            d.push_str(&format!(";rounding={}", self.rounding));
+        }
+        d
+    }
+
+    /// How weights are compressed: the scale method and the rounding.
+    pub fn compress(&self) -> CompressSettings {
+        CompressSettings {
+            scale: self.scale,
+            rounding: self.rounding,
+        }
     }
 }
 
@@ -66,6 +85,8 @@ pub struct CandleEvaluator {
     weights: HashMap<String, Tensor>,
     /// Static activation ranges per layer, calibrated on first use.
     ranges: OnceLock<Result<HashMap<String, (f32, f32)>>>,
+    /// Input statistics per layer (`H`) from the calibration data, accumulated on first use.
+    inputs: OnceLock<Result<LayerInputs>>,
     fingerprint: blake3::Hash,
 }
 
@@ -109,6 +130,7 @@ impl CandleEvaluator {
             reference,
             weights,
             ranges: OnceLock::new(),
+            inputs: OnceLock::new(),
             fingerprint,
         })
     }
@@ -158,6 +180,20 @@ impl CandleEvaluator {
         })
     }
 
+    /// Every layer's input statistics (`H = XᵀX`, [`compress::InputStats`]) on the calibration data
+    /// (never the evaluation data), accumulated on the first call and kept: output-error scales, GPTQ
+    /// and the sensitivity model's cheap errors share them.
+    pub fn input_stats(&self) -> Result<&LayerInputs> {
+        let r = self.inputs.get_or_init(|| {
+            crate::model::capture_input_stats(self.model.as_ref(), &self.data.calibration)
+        });
+        r.as_ref().map_err(|e| Error::Eval {
+            message: format!(
+                "accumulating layer input statistics on the calibration data failed: {e}"
+            ),
+        })
+    }
+
     /// The per-layer overrides of an assignment (compressing weights through the cache).
     pub fn overrides(&self, a: &Assignment) -> Result<Overrides> {
         let mut out = Overrides::new();
@@ -171,9 +207,15 @@ impl CandleEvaluator {
                 || choice.sparsity != crate::space::Sparsity::None
                 || choice.rank.is_some();
             let weight = if weights_change {
+                let settings = self.settings.compress();
+                let inputs = if settings.needs_inputs(&choice) {
+                    self.input_stats()?.get(&l.name).map(AsRef::as_ref)
+                } else {
+                    None
+                };
                 Some(
                     self.cache
-                        .get_or_apply(&l.name, original, &choice, self.settings.scale)?,
+                        .get_or_apply_with(&l.name, original, &choice, &settings, inputs)?,
                 )
             } else {
                 None

@@ -56,8 +56,11 @@ pub fn analyse(
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<Analysis> {
     let started = Instant::now();
-    let stats = LayerStats::capture(ev.model().as_ref(), &ev.data().calibration)?;
-    let errors = cheap_errors_with_progress(space, &stats, ev.settings().scale, &mut |d, t| {
+    // The evaluator's input statistics (accumulated once, shared with GPTQ and output-error scales),
+    // and its compression settings: the cheap errors measure the weights the evaluator runs.
+    let stats = LayerStats::for_model(ev.model().as_ref(), ev.input_stats()?)?;
+    let settings = ev.settings().compress();
+    let errors = cheap_errors_with_progress(space, &stats, settings, &mut |d, t| {
         progress(Phase::CheapErrors, d, t)
     })?;
     let cheap_seconds = started.elapsed().as_secs_f64();

@@ -344,7 +344,7 @@ pub fn fisher_errors(
     super::stats::errors_per_choice(
         space,
         &fisher.layers,
-        scale,
+        &scale.into(),
         "Fisher estimate",
         &mut |_, _| {},
     )
