@@ -68,6 +68,7 @@ impl Session {
 
         let settings = EvalSettings {
             scale: config.scale,
+            rounding: config.rounding,
             ..EvalSettings::default()
         };
         let t0 = std::time::Instant::now();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compress::ScaleMethod;
+use crate::compress::{Rounding, ScaleMethod};
 use crate::cost::{Cost, Objective};
 use crate::sensitivity::Measurement;
 use crate::space::AssignmentJson;
@@ -71,6 +71,9 @@ pub struct RunConfig {
     pub time_seconds: Option<f64>,
     /// How weight quantization picks its scales.
     pub scale: ScaleMethod,
+    /// How integer weights are rounded (manifests written before this setting existed: to nearest).
+    #[serde(default)]
+    pub rounding: Rounding,
     /// Sensitivity pairs measured one at a time before the search.
     pub pairs: usize,
 }
@@ -97,6 +100,7 @@ impl Default for RunConfig {
             trials: Some(500),
             time_seconds: None,
             scale: ScaleMethod::Mse,
+            rounding: Rounding::Rtn,
             pairs: 400,
         }
     }
