@@ -89,6 +89,11 @@ impl Rounding {
         Rounding::Gptq(GptqOptions::default())
     }
 
+    /// Whether this is round-to-nearest (the default).
+    pub fn is_rtn(&self) -> bool {
+        *self == Rounding::Rtn
+    }
+
     /// Whether this rounding needs the layer's input statistics.
     pub fn needs_inputs(self) -> bool {
         matches!(self, Rounding::Gptq(_))

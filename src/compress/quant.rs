@@ -486,10 +486,12 @@ pub(crate) fn check_format(
     }
     match inputs {
         Some(s) => s.check_fits(m.rows(), m.cols(), "quantizing a weight")?,
-        None if method.needs_inputs() => return Err(Error::compress(format!(
+        None if method.needs_inputs() => {
+            return Err(Error::compress(format!(
             "scale method `{method}` chooses clipping by the layer's output error and needs the \
                  layer's input statistics (calibration data); none were given"
-        ))),
+        )))
+        }
         None => {}
     }
     Ok(grid)

@@ -72,7 +72,8 @@ pub struct RunConfig {
     /// How weight quantization picks its scales.
     pub scale: ScaleMethod,
     /// How integer weights are rounded (manifests written before this setting existed: to nearest).
-    #[serde(default)]
+    /// Round-to-nearest is not written, so that those manifests are rewritten byte for byte.
+    #[serde(default, skip_serializing_if = "Rounding::is_rtn")]
     pub rounding: Rounding,
     /// Sensitivity pairs measured one at a time before the search.
     pub pairs: usize,

@@ -13,6 +13,9 @@ use mpsearch::compress::{
     compress_with, CompressSettings, GptqOptions, InputAccumulator, InputStats, QuantizedWeight,
     Rounding, ScaleMethod,
 };
+use mpsearch::eval::{load, CandleEvaluator, EvalSettings};
+use mpsearch::export::safetensors::{load_compressed, max_difference};
+use mpsearch::model::ModelSource;
 use mpsearch::sensitivity::{cheap_errors, LayerStats};
 use mpsearch::space::{Choice, LayerInfo, LayerKind};
 use mpsearch::store::{RunConfig, SledStore, Store};
@@ -20,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::util::{choice, demo_evaluator, fails, ok, Dir};
+use crate::util::{choice, demo_evaluator, fails, ok, trials_json, Dir};
 
 /// Entries of the numpy reference that may differ from ours (by one quantization step at most).
 const REFERENCE_MISMATCH_FRACTION: f64 = 0.001;
@@ -416,6 +419,65 @@ fn cheap_errors_follow_the_rounding() {
     );
 }
 
+/// `export --format safetensors` of a trial with integer weights in run `r` of store `s` holds the
+/// weights an evaluator with `rounding` runs (GPTQ's from the same calibration statistics).
+fn exported_weights_are_the_evaluated_ones(cwd: &Path, rounding: Rounding) {
+    let trials = trials_json(cwd, "s", "r");
+    let is_int = |c: &serde_json::Value| c.as_str().is_some_and(|c| c.starts_with("int"));
+    let trial = trials
+        .iter()
+        .find(|t| {
+            let a = &t["assignment"];
+            is_int(&a["default"])
+                || a["layers"]
+                    .as_object()
+                    .is_some_and(|m| m.values().any(is_int))
+        })
+        .expect("a trial with integer weights");
+    let n = trial["trial"].to_string();
+    ok(
+        cwd,
+        &[
+            "export",
+            "r",
+            "--store",
+            "s",
+            "--trial",
+            &n,
+            "--format",
+            "safetensors",
+            "--out",
+            "w.safetensors",
+        ],
+    );
+    let (model, data) = load(&ModelSource::Demo, None).unwrap();
+    let settings = EvalSettings {
+        rounding,
+        ..EvalSettings::default()
+    };
+    let ev = CandleEvaluator::new(model, data, settings).unwrap();
+    let space = mpsearch::shipped::space("demo", &ev.model().inventory().layers).unwrap();
+    let asg = space
+        .assignment_from_json(&serde_json::from_value(trial["assignment"].clone()).unwrap())
+        .unwrap();
+    let loaded = load_compressed(&cwd.join("w.safetensors")).unwrap();
+    let (mut compared, mut integer) = (0, 0);
+    for (name, o) in &ev.overrides(&asg).unwrap() {
+        if let (Some(w), Some(l)) = (&o.weight, loaded.get(name)) {
+            assert_eq!(max_difference(w, l).unwrap(), 0.0, "layer {name}");
+            compared += 1;
+            integer += usize::from(is_int(&serde_json::json!(asg
+                .get(name)
+                .unwrap()
+                .to_string())));
+        }
+    }
+    assert!(
+        integer > 0 && compared == loaded.len(),
+        "{compared} layers, {integer} integer"
+    );
+}
+
 #[test]
 fn the_run_records_its_rounding_and_resume_refuses_another() {
     let d = Dir::new();
@@ -445,6 +507,9 @@ fn the_run_records_its_rounding_and_resume_refuses_another() {
             Rounding::Gptq(GptqOptions::new(0.02, false).unwrap()),
             "the manifest records the rounding"
         );
+        drop(store);
+        exported_weights_are_the_evaluated_ones(d.path(), m.config.rounding);
+        let store = SledStore::open(&d.path().join("s")).unwrap();
         // Pretend the run had been made with round-to-nearest: resuming it now is another evaluator.
         m.config.rounding = Rounding::Rtn;
         store.put_run(&m).unwrap();
