@@ -39,7 +39,7 @@
 //! moves, and GPTQ returns exactly the round-to-nearest codes with the same scales.
 //!
 //! `U` depends only on `H` and the options, not on the format: it is computed once per layer and kept
-//! with the layer's statistics ([`prepared`]), so the formats of a search share it.
+//! with the layer's statistics, so the formats of a search share it.
 //!
 //! ## References
 //!
