@@ -411,11 +411,19 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
         "{err}"
     );
 
-    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick.
+    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick. The
+    // space has no float choice, so no trial can reach the f32 model's quality (the dear end of the
+    // predicted front is all-f32 in the shipped space).
+    d.write(
+        "int-only.toml",
+        "[space]\nname = \"int-only\"\n[defaults]\nfloat = []\nbits = [8, 4]\n",
+    );
     ok(
         cwd,
         &[
             "search",
+            "--space",
+            "int-only.toml",
             "--store",
             "s",
             "--run",
