@@ -411,7 +411,8 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
         "{err}"
     );
 
-    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick.
+    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick. (The
+    // all-f32 baseline, a trial of every run, meets any drop limit: a latency limit rules it out.)
     ok(
         cwd,
         &[
@@ -426,6 +427,8 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
             "24",
             "--max-drop",
             "1e-30",
+            "--max-latency",
+            "30us",
         ],
     );
     let out = run(cwd, &["export", "none", "--store", "s", "--format", "json"]);
