@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mpsearch::cost::feasibility::{BudgetFit, Feasibility};
+use mpsearch::cost::feasibility::{BudgetFit, Feasibility, Limit};
 use mpsearch::cost::{Cost, CostModel, CostTable, LayerCost, Objective};
 use mpsearch::shipped;
 use mpsearch::space::{Assignment, Choice, LayerInfo, SearchSpace};
@@ -27,11 +27,13 @@ pub fn run(a: CostArgs) -> anyhow::Result<ExitCode> {
         let asg = space.parse_assignment(&text, Some(&path.display().to_string()))?;
         return print_assignment(&model, &space, &inv.layers, &asg, a.json);
     }
-    let ranges: Vec<Feasibility> = {
-        let t = CostTable::new(&model, &space);
-        Objective::ALL.iter().map(|&o| t.feasibility(o)).collect()
-    };
-    let notes = budget_notes(&budgets, &ranges, &space, model.profile.name())?;
+    let costs = CostTable::new(&model, &space);
+    let ranges: Vec<Feasibility> = Objective::ALL
+        .iter()
+        .map(|&o| costs.feasibility(o))
+        .collect();
+    let mut notes = budget_notes(&budgets, &ranges, &space, model.profile.name())?;
+    notes.extend(joint_note(&budgets, &costs, &space, model.profile.name())?);
     let base = baselines(&model, &space, &inv.layers);
     if a.json {
         let doc = serde_json::json!({
@@ -89,6 +91,33 @@ fn budget_notes(
         });
     }
     Ok(notes)
+}
+
+/// Several budgets checked together (each is within reach by then): an error naming them and, for each,
+/// the cheapest point in its cost that meets the others, if no assignment meets them all.
+fn joint_note(
+    budgets: &Budgets,
+    costs: &CostTable,
+    space: &SearchSpace,
+    profile: &str,
+) -> anyhow::Result<Option<String>> {
+    let limits: Vec<Limit> = budgets
+        .given()
+        .into_iter()
+        .map(|(objective, max)| Limit { objective, max })
+        .collect();
+    if limits.len() < 2 {
+        return Ok(None);
+    }
+    let names: Vec<String> = limits.iter().map(Limit::to_string).collect();
+    Ok(Some(if costs.check_joint(&limits, &space.name, profile)? {
+        format!("{} can be met together", names.join(", "))
+    } else {
+        format!(
+            "{} were checked one at a time only: the space is too large to check them together",
+            names.join(", ")
+        )
+    }))
 }
 
 /// The baselines `cost` and reports compare against: every searchable layer at one choice.

@@ -197,9 +197,9 @@ impl Journal {
         (self.records.len() + self.pending.len()) as u64
     }
 
-    /// The next batch to finish: the pending one, else a new one asked of the strategy (at most the
-    /// trials left in the budget) and journaled as `running`; `None` when the strategy has nothing
-    /// left to ask.
+    /// The next batch to finish: the pending one, else the space's baselines not yet tried, else a new
+    /// one asked of the strategy (at most the trials left in the budget), journaled as `running`;
+    /// `None` when the strategy has nothing left to ask.
     fn next_batch(
         &mut self,
         session: &Session,
@@ -214,13 +214,19 @@ impl Journal {
         let config = &manifest.config;
         let room = config.trials.map_or(u64::MAX, |n| n.saturating_sub(done));
         let n = (config.ask_batch as u64).min(room).max(1) as usize;
-        let t = Instant::now();
-        let points = self.strategy.ask(&session.problem, &self.history, n)?;
-        self.strategy_seconds += t.elapsed().as_secs_f64();
+        // The space's baselines come first, then the strategy's proposals.
+        let baselines = strategy::untried_baselines(&session.problem, &self.history, n);
+        let (name, points) = if baselines.is_empty() {
+            let t = Instant::now();
+            let points = self.strategy.ask(&session.problem, &self.history, n)?;
+            self.strategy_seconds += t.elapsed().as_secs_f64();
+            (self.strategy.name(), points)
+        } else {
+            (strategy::BASELINE, baselines)
+        };
         if points.is_empty() {
             return Ok(None);
         }
-        let name = self.strategy.name();
         let recs: Vec<TrialRecord> = points
             .into_iter()
             .enumerate()

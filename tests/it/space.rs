@@ -370,13 +370,17 @@ fn baselines_of_the_demo_space_are_the_uniform_references_it_allows() {
     let space = mpsearch::shipped::space("demo", &inv.layers).unwrap();
     let b = space.baselines();
     let labels: Vec<&str> = b.iter().map(|x| x.0.as_str()).collect();
-    assert_eq!(labels, ["all-f32", "all-int8", "all-int4", "all-2:4"]);
+    assert_eq!(
+        labels,
+        ["all-f32", "all-f16", "all-int8", "all-int4", "all-2:4"]
+    );
     for (label, choice, a) in &b {
         // Every baseline is an assignment the space allows.
         let p = space.point(a).unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(&space.assignment(&p), a);
         match label.as_str() {
             "all-f32" => assert!(a.iter().all(|(_, c)| c.is_uncompressed())),
+            "all-f16" => assert!(a.iter().all(|(_, c)| c.to_string() == "f16")),
             "all-int8" | "all-int4" => {
                 let bits = if label == "all-int8" { 8 } else { 4 };
                 assert!(matches!(choice.weights, WeightQuant::Int { bits: b, .. } if b == bits));
