@@ -66,10 +66,7 @@ impl Session {
         // Every limit is checked against the reachable range before anything is evaluated.
         let cost_limits = limits(&config, &table, &space, &profile, &mut notes)?;
 
-        let settings = EvalSettings {
-            scale: config.scale,
-            ..EvalSettings::default()
-        };
+        let settings = evaluator_settings(&config);
         let t0 = std::time::Instant::now();
         let evaluator = Arc::new(CandleEvaluator::new(net, data, settings)?);
         let forward_seconds = t0.elapsed().as_secs_f64();
@@ -173,6 +170,15 @@ fn cache_baselines(
         if let Err(e) = cached.evaluate(&a) {
             notes.push(format!("baseline {label} could not be evaluated: {e}"));
         }
+    }
+}
+
+/// The evaluator settings a run's configuration asks for (what its evaluator fingerprint covers):
+/// a session and [`super::held_out::run_evaluator`] build the same evaluator from it.
+pub fn evaluator_settings(config: &RunConfig) -> EvalSettings {
+    EvalSettings {
+        scale: config.scale,
+        ..EvalSettings::default()
     }
 }
 

@@ -130,17 +130,17 @@ fn minilm_eval_timing() {
     let model = BertEncoder::load(&dir).unwrap();
     let split = mpsearch::data::text::TextSplit::shipped();
     let ctx = ForwardCtx::default();
-    let batch = model.tokenize(&split.evaluation[..8]).unwrap();
+    let batch = model.tokenize(&split.search[..8]).unwrap();
     model.forward(&batch, &ctx).unwrap(); // warm-up
     for batch_size in [16, 32, 64] {
         let start = Instant::now();
-        let out = model.embed(&split.evaluation, batch_size, &ctx).unwrap();
+        let out = model.embed(&split.search, batch_size, &ctx).unwrap();
         let secs = start.elapsed().as_secs_f64();
-        assert_eq!(out.dims(), [split.evaluation.len(), 384]);
+        assert_eq!(out.dims(), [split.search.len(), 384]);
         eprintln!(
             "fp32 forward of {} evaluation sentences, batch {batch_size}: {secs:.2} s ({:.1} ms/sentence)",
-            split.evaluation.len(),
-            1000.0 * secs / split.evaluation.len() as f64
+            split.search.len(),
+            1000.0 * secs / split.search.len() as f64
         );
     }
 }
