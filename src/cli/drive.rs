@@ -59,7 +59,8 @@ pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
     }
 }
 
-/// Says on standard error what the run searches, the objective's reachable range, and its notes.
+/// Says on standard error what the run searches, the objective's reachable range, the data's splits,
+/// and its notes.
 pub fn describe(session: &search::Session) {
     let c = &session.config;
     let f = session.table.feasibility(session.objective);
@@ -75,6 +76,11 @@ pub fn describe(session: &search::Session) {
         session.objective.format(f.min),
         session.objective.format(f.max),
         session.forward_seconds
+    );
+    eprintln!(
+        "data: {} (quality is searched on the search split; the front is also measured on the \
+         held-out one)",
+        session.evaluator.data().description
     );
     for n in &session.notes {
         eprintln!("note: {n}");
