@@ -6,6 +6,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::cached::CachingEvaluator;
+use super::held_out::{complete_front, HeldOutOutcome};
 use super::session::Session;
 use super::{Progress, StopReason};
 use crate::error::{Error, Result};
@@ -42,6 +43,9 @@ pub struct Outcome {
     pub strategy_seconds: f64,
     /// Wall seconds of this session's loop.
     pub seconds: f64,
+    /// The front's held-out evaluations completed at the end (`None` when interrupted: the next
+    /// session, `report` or `export` completes them).
+    pub held_out: Option<HeldOutOutcome>,
 }
 
 /// The point of a stored trial, as strategies see it.
@@ -108,7 +112,18 @@ pub fn run(
     // Trials left `running` (interrupted) stay in the journal for the next session.
     let mut records = journal.records;
     records.extend(store.trials(&name)?.into_iter().skip(records.len()));
+    let held_out = match reason {
+        StopReason::Interrupted => None,
+        _ => Some(complete_front(
+            evaluator.inner(),
+            &session.space,
+            store,
+            &manifest,
+            &records,
+        )?),
+    };
     Ok(Outcome {
+        held_out,
         reason,
         manifest,
         trials: records,

@@ -66,10 +66,7 @@ impl Session {
         // Every limit is checked against the reachable range before anything is evaluated.
         let cost_limits = limits(&config, &table, &space, &profile, &mut notes)?;
 
-        let settings = EvalSettings {
-            scale: config.scale,
-            ..EvalSettings::default()
-        };
+        let settings = evaluator_settings(&config);
         let t0 = std::time::Instant::now();
         let evaluator = Arc::new(CandleEvaluator::new(net, data, settings)?);
         let forward_seconds = t0.elapsed().as_secs_f64();
@@ -221,6 +218,15 @@ fn predicted_drop(problem: &Problem, objective: &Objective, notes: &mut Vec<Stri
         ));
     }
     Ok(())
+}
+
+/// The evaluator settings a run's configuration asks for (what its evaluator fingerprint covers):
+/// a session and [`super::held_out::run_evaluator`] build the same evaluator from it.
+pub fn evaluator_settings(config: &RunConfig) -> EvalSettings {
+    EvalSettings {
+        scale: config.scale,
+        ..EvalSettings::default()
+    }
 }
 
 /// One objective's table: `[group][choice]`.

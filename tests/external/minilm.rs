@@ -111,17 +111,17 @@ pub fn eval_timing(dir: PathBuf) {
     let model = BertEncoder::load(&dir).unwrap();
     let split = mpsearch::data::text::TextSplit::shipped();
     let ctx = ForwardCtx::default();
-    let batch = model.tokenize(&split.evaluation[..8]).unwrap();
+    let batch = model.tokenize(&split.search[..8]).unwrap();
     model.forward(&batch, &ctx).unwrap(); // warm-up
     for batch_size in [16, 32, 64] {
         let start = Instant::now();
-        let out = model.embed(&split.evaluation, batch_size, &ctx).unwrap();
+        let out = model.embed(&split.search, batch_size, &ctx).unwrap();
         let secs = start.elapsed().as_secs_f64();
-        assert_eq!(out.dims(), [split.evaluation.len(), 384]);
+        assert_eq!(out.dims(), [split.search.len(), 384]);
         eprintln!(
             "fp32 forward of {} evaluation sentences, batch {batch_size}: {secs:.2} s ({:.1} ms/sentence)",
-            split.evaluation.len(),
-            1000.0 * secs / split.evaluation.len() as f64
+            split.search.len(),
+            1000.0 * secs / split.search.len() as f64
         );
     }
 }
@@ -130,6 +130,8 @@ pub fn eval_timing(dir: PathBuf) {
 /// [`MIN_INT8_COSINE`]), and the quality is the cosine distance.
 pub fn int8_keeps_the_embeddings(dir: PathBuf) {
     let (model, data) = load(&ModelSource::Folder(dir), None).unwrap();
+    let s = data.sizes;
+    assert_eq!((s.calibration, s.search, s.held_out), (100, 200, 100));
     let model: Arc<dyn Model> = model;
     let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
     assert_eq!(ev.objective(), "cosine_distance");

@@ -1,11 +1,12 @@
-//! The candle evaluator and `mpsearch eval`: metrics against the f32 model, memoisation, and the JSON
-//! lines interface.
+//! The candle evaluator and `mpsearch eval`: metrics against the f32 model, memoisation, the search
+//! and held-out splits with their own content keys, and the JSON lines interface.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use mpsearch::compress::ScaleMethod;
-use mpsearch::eval::{CandleEvaluator, Evaluator};
+use mpsearch::eval::{evaluation_key_on, load, CandleEvaluator, EvalSplit, Evaluator};
+use mpsearch::model::ModelSource;
 use mpsearch::space::{Assignment, Choice};
 
 use crate::util::{demo_evaluator, fails, Dir};
@@ -99,6 +100,63 @@ fn fingerprints_and_keys_follow_the_settings() {
     let x = uniform(&a, "int8-sym-channel");
     assert_ne!(a.key(&x), b.key(&x));
     assert_ne!(a.key(&x), a.key(&uniform(&a, "int4-sym-channel")));
+}
+
+#[test]
+fn the_demo_data_splits_into_calibration_search_and_held_out() {
+    let (_, data) = load(&ModelSource::Demo, None).unwrap();
+    let s = data.sizes;
+    assert_eq!((s.calibration, s.search, s.held_out), (180, 240, 120));
+    let count = |b: &[mpsearch::data::Batch]| b.iter().map(|x| x.len()).sum::<usize>();
+    assert_eq!(count(&data.calibration), 180);
+    assert_eq!(count(&data.eval), 240);
+    assert_eq!(count(&data.held_out), 120);
+    assert_eq!(data.labels.as_ref().map(Vec::len), Some(240));
+    assert_eq!(data.held_out_labels.as_ref().map(Vec::len), Some(120));
+    assert!(data.description.contains("240 search") && data.description.contains("120 held-out"));
+}
+
+#[test]
+fn each_split_is_evaluated_on_its_own_data_under_its_own_key() {
+    let ev = demo_evaluator(ScaleMethod::Mse);
+    let f32 = uniform(&ev, "f32");
+    let held = ev.evaluate_on(EvalSplit::HeldOut, &f32).unwrap();
+    assert_eq!(
+        held.quality, 0.0,
+        "the f32 model against itself, held-out too"
+    );
+    assert!(
+        held.metrics["accuracy"] >= MIN_ACCURACY,
+        "{:?}",
+        held.metrics
+    );
+
+    let a = uniform(&ev, "int4-sym-channel");
+    let search = ev.evaluate(&a).unwrap();
+    assert_eq!(
+        ev.evaluate_on(EvalSplit::Search, &a).unwrap().quality,
+        search.quality
+    );
+    let held = ev.evaluate_on(EvalSplit::HeldOut, &a).unwrap();
+    assert!(held.quality > 0.0 && held.quality.is_finite());
+    assert_ne!(held.quality, search.quality, "another split, another mean");
+    // The held-out split's accuracy is a count over its 120 images.
+    let correct = held.metrics["accuracy"] * 120.0;
+    assert!(
+        (correct - correct.round()).abs() < 1e-9,
+        "{:?}",
+        held.metrics
+    );
+
+    // The split is part of the content key, and the key is computable without the evaluator.
+    let (ks, kh) = (ev.key(&a), ev.key_on(EvalSplit::HeldOut, &a));
+    assert_eq!(ks, ev.key_on(EvalSplit::Search, &a));
+    assert_ne!(ks, kh);
+    assert_eq!(
+        kh,
+        evaluation_key_on(&ev.fingerprint(), EvalSplit::HeldOut, &a.hash())
+    );
+    assert_eq!(ks, mpsearch::eval::evaluation_key(&ev.fingerprint(), &a));
 }
 
 #[test]

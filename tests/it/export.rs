@@ -171,14 +171,28 @@ fn exports_of_a_search_round_trip() {
         let stored_q = trial["quality"].as_f64().unwrap();
 
         // JSON: exactly the trial's assignment; eval and cost reproduce its quality and cost.
-        let json = ok(
-            cwd,
-            &[
-                "export", "r", "--store", "s", "--point", &point, "--format", "json",
-            ],
+        // Standard error quotes its held-out quality beside the search one.
+        let held_q = trial["held_out_quality"]
+            .as_f64()
+            .expect("held-out quality");
+        let args = [
+            "export", "r", "--store", "s", "--point", &point, "--format", "json",
+        ];
+        let out = run(cwd, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::util::describe(&args, &out)
+        );
+        let json = String::from_utf8(out.stdout).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("search quality {stored_q:.4e}"))
+                && err.contains(&format!("held-out quality {held_q:.4e}")),
+            "{err}"
         );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v, trial["assignment"], "point {k}");
+        assert_eq!(v, trial["assignment"], "point {k}: plain assignment JSON");
         let file = d.write(&format!("p{k}.json"), &json);
         let file = file.to_str().unwrap();
         let e: serde_json::Value = serde_json::from_str(&ok(
@@ -253,6 +267,7 @@ fn exports_of_a_search_round_trip() {
         assert_eq!(meta["trial"], trial["trial"].to_string());
         assert_eq!(meta["point"], point);
         assert_eq!(meta["assignment_hash"], trial["hash"].as_str().unwrap());
+        assert_eq!(meta["held_out_quality"].parse::<f64>().unwrap(), held_q);
 
         // llama.cpp: one comment and one parseable --tensor-type line per layer, in layer order.
         let lines = ok(
@@ -486,6 +501,7 @@ fn every_compact_form_reads_back_exactly() {
             point: None,
             hash: asg.hash_hex(),
             quality: None,
+            held_out_quality: None,
             quality_metric: "kl_divergence".into(),
             cost_objective: "latency".into(),
             model: "demo".into(),

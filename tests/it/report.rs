@@ -1,6 +1,8 @@
 //! `report` end to end on a real demo search: the files it writes, its data against the stored
-//! trials (front, hypervolume, baselines from the cache), and re-costing under another profile without a
-//! single evaluation (the page loading in headless Chromium is in `tests/external/page.rs`).
+//! trials (front, hypervolume, baselines from the cache, held-out qualities), re-costing under another
+//! profile without a single search-split evaluation (held-out ones only for points new to the front), and
+//! a report whose run's evaluator cannot be had (built, saying the held-out figures are missing). The
+//! page loading in headless Chromium is in `tests/external/page.rs`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -8,7 +10,7 @@ use std::path::Path;
 use mpsearch::report::data::PointStatus;
 use mpsearch::store::{SledStore, Store, TrialState};
 
-use crate::util::{ok, Dir};
+use crate::util::{describe, ok, run, Dir};
 
 /// The plots every report holds.
 const PLOTS: [&str; 4] = ["front", "allocation", "hypervolume", "sensitivity"];
@@ -102,6 +104,35 @@ fn search_writes_the_report_and_report_rebuilds_it_from_the_store() {
         .find(|b| b.label == "all-f32")
         .unwrap();
     assert_eq!(f32.quality, 0.0, "the f32 model's drop to itself");
+
+    // Every front point was evaluated on the held-out split when the search ended; the gap is the
+    // mean and the largest held-out − search quality over them.
+    let mut gaps = Vec::new();
+    for f in &data.front {
+        let h = f
+            .held_out
+            .as_ref()
+            .unwrap_or_else(|| panic!("front point {} has no held-out quality", f.number));
+        assert!(h.quality.is_finite() && h.quality >= 0.0, "{h:?}");
+        assert!(h.metrics.contains_key("accuracy"), "{h:?}");
+        gaps.push(h.quality - f.quality);
+    }
+    let gap = data.held_out.gap.expect("a gap over the front");
+    assert_eq!(
+        (gap.points, gap.missing, data.held_out.missing),
+        (data.front.len(), 0, 0)
+    );
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    assert!((gap.mean - mean).abs() < 1e-15, "{gap:?} vs {gaps:?}");
+    assert_eq!(gap.worst, gaps.iter().copied().fold(f64::MIN, f64::max));
+    let splits = data
+        .held_out
+        .splits
+        .expect("the run records its split sizes");
+    assert_eq!(
+        (splits.calibration, splits.search, splits.held_out),
+        (180, 240, 120)
+    );
     let fit = data
         .sensitivity
         .as_ref()
@@ -115,9 +146,16 @@ fn report_under_another_profile_recosts_without_evaluating() {
     let d = Dir::new();
     demo_search(d.path());
     let dir = d.path().join("s");
-    let (before_counts, before_trials) = {
+    let (before_counts, before_trials, new_front_points) = {
         let store = open(&dir);
-        (store.counts().unwrap(), store.trials("r").unwrap())
+        // Read from the store alone: which points of the re-costed front lack a held-out quality.
+        let recosted = mpsearch::report::load(&store, "r", Some("x86-avx2")).unwrap();
+        let lacking = recosted
+            .front
+            .iter()
+            .filter(|f| f.held_out.is_none())
+            .count();
+        (store.counts().unwrap(), store.trials("r").unwrap(), lacking)
     };
     let printed = ok(
         d.path(),
@@ -129,9 +167,17 @@ fn report_under_another_profile_recosts_without_evaluating() {
     let store = open(&dir);
     assert_eq!(
         store.counts().unwrap().cached_evaluations,
-        before_counts.cached_evaluations,
-        "re-costing evaluated something"
+        before_counts.cached_evaluations + new_front_points,
+        "re-costing evaluated more than the held-out qualities of points new to the front"
     );
+    for t in &before_trials {
+        let key = blake3::Hash::from_hex(&t.key).unwrap();
+        let cached = store
+            .cached(&key)
+            .unwrap()
+            .expect("search-split evaluation cached");
+        assert_eq!(Some(cached.quality), t.quality, "trial {}", t.number);
+    }
     assert_eq!(
         store.trials("r").unwrap(),
         before_trials,
@@ -141,7 +187,10 @@ fn report_under_another_profile_recosts_without_evaluating() {
     let data = mpsearch::report::load(&store, "r", Some("x86-avx2")).unwrap();
     assert_eq!(data.profile, "x86-avx2");
     assert_eq!(data.recosted_from.as_deref(), Some("cortex-a76"));
-    assert_eq!(store.counts().unwrap(), before_counts);
+    assert!(
+        data.front.iter().all(|f| f.held_out.is_some()),
+        "every re-costed front point has its held-out quality"
+    );
     let differ = data.points.iter().any(|p| {
         let t = &before_trials[p.trial as usize];
         p.cost.latency_us != t.cost.latency_us
@@ -163,6 +212,45 @@ fn report_under_another_profile_recosts_without_evaluating() {
         .points
         .iter()
         .any(|p| matches!(p.status, PointStatus::Front(_))));
+}
+
+#[test]
+fn a_report_whose_evaluator_cannot_be_had_still_builds_without_held_out_figures() {
+    let d = Dir::new();
+    demo_search(d.path());
+    let dir = d.path().join("s");
+    {
+        // As if the run had searched other data: its held-out keys and its evaluator differ.
+        let store = open(&dir);
+        let mut m = mpsearch::store::find_run(&store, "r").unwrap();
+        m.fingerprints.evaluator = blake3::hash(b"other data").to_hex().to_string();
+        store.put_run(&m).unwrap();
+    }
+    let args = ["report", "r", "--store", "s"];
+    let out = run(d.path(), &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keep no held-out quality") && err.contains("evaluator settings changed"),
+        "{}",
+        describe(&args, &out)
+    );
+    // (The sensitivity analysis is keyed by the evaluator too: that plot is empty, the others not.)
+    for f in ["index.html", "front.png", "allocation.png"] {
+        assert!(d.path().join("mpsearch-reports/r").join(f).is_file(), "{f}");
+    }
+    let store = open(&dir);
+    let data = mpsearch::report::load(&store, "r", None).unwrap();
+    assert!(!data.front.is_empty());
+    assert_eq!(data.held_out.missing, data.front.len());
+    assert!(data.held_out.gap.is_none());
+    assert!(
+        data.notes.iter().any(|n| n.contains("no held-out quality")),
+        "{:?}",
+        data.notes
+    );
+    let page = std::fs::read_to_string(d.path().join("mpsearch-reports/r/index.html")).unwrap();
+    assert!(page.contains("no front point has a held-out quality yet"));
 }
 
 #[test]

@@ -543,3 +543,79 @@ fn a_time_budget_alone_ends_the_run_by_time_not_by_the_default_trial_budget() {
     let err = fails(d.path(), &["search", "--store", "s", "--time", "soon"]);
     assert!(err.contains("--time `soon`") && err.contains("8h"), "{err}");
 }
+
+#[test]
+fn the_front_is_evaluated_on_the_held_out_split_when_the_run_ends() {
+    use mpsearch::eval::{EvalSplit, Evaluator};
+    use mpsearch::store::Store;
+    let d = Dir::new();
+    let out = search(d.path(), "s", "r", &["--trials", "24"]);
+    assert!(out.contains("held-out − search quality over"), "{out}");
+    let runs = runs_json(d.path(), "s");
+    let r = &runs[0];
+    assert_eq!(
+        r["splits"],
+        serde_json::json!({"calibration": 180, "search": 240, "held_out": 120})
+    );
+    let front = r["front"].as_array().unwrap();
+    assert_eq!(
+        r["held_out_gap"]["points"].as_u64(),
+        Some(front.len() as u64)
+    );
+    assert_eq!(r["held_out_gap"]["missing"].as_u64(), Some(0));
+
+    // Each held-out quality is the evaluator's on the held-out split, and not its search quality.
+    let ev = crate::util::demo_evaluator(mpsearch::compress::ScaleMethod::Mse);
+    let space = mpsearch::shipped::space("demo", &ev.model().inventory().layers).unwrap();
+    let mut differ = 0;
+    for p in front {
+        let held = p["held_out_quality"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{p}"));
+        assert!(p["held_out_metrics"]["accuracy"].as_f64().is_some(), "{p}");
+        let a = space
+            .assignment_from_json(&serde_json::from_value(p["assignment"].clone()).unwrap())
+            .unwrap();
+        // (Within f64 rounding: candle may sum in another order in another process.)
+        let again = ev.evaluate_on(EvalSplit::HeldOut, &a).unwrap().quality;
+        assert!(crate::util::close(again, held, 1e-9), "{again} vs {held}");
+        let search = ev.evaluate(&a).unwrap().quality;
+        assert!(crate::util::close(
+            search,
+            p["quality"].as_f64().unwrap(),
+            1e-9
+        ));
+        differ += usize::from(held != p["quality"].as_f64().unwrap());
+    }
+    assert!(
+        differ > 0,
+        "held-out qualities equal the search ones: {front:?}"
+    );
+
+    // `trials --json` marks the front points and gives them their held-out quality.
+    let t = trials_json(d.path(), "s", "r");
+    let on_front: Vec<&serde_json::Value> = t.iter().filter(|v| !v["point"].is_null()).collect();
+    assert_eq!(on_front.len(), front.len());
+    for v in on_front {
+        assert!(v["held_out_quality"].as_f64().is_some(), "{v}");
+    }
+
+    // Resuming a finished run re-uses the cached held-out evaluations: nothing new is evaluated.
+    let count = || {
+        mpsearch::store::SledStore::open(&d.path().join("s"))
+            .unwrap()
+            .counts()
+            .unwrap()
+            .cached_evaluations
+    };
+    let before = count();
+    let args = ["resume", "r", "--store", "s"];
+    let out = run(d.path(), &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("held-out split:"),
+        "{}",
+        describe(&args, &out)
+    );
+    assert_eq!(count(), before, "resume evaluated something");
+}

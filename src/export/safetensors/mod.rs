@@ -45,11 +45,10 @@
 //! (an f32 product, summing in f32), reshaped to the layer's shape.
 //!
 //! The `__metadata__` records: `format` (`mpsearch-compressed-weights`), `format_version`, the run, trial
-//! (and front point), assignment hash, quality and its metric, cost objective, model, space and scale
-//! method, the whole
-//! assignment JSON, `layers` (per layer: its choice, shape, and per factor its rows, columns, format,
-//! pattern and stored-value count), `not_included` (the layers left out) and `reconstruct` (these rules
-//! in short).
+//! (and front point), assignment hash, quality (search split; `held_out_quality` too when known) and its
+//! metric, cost objective, model, space and scale method, the whole assignment JSON, `layers` (per
+//! layer: its choice, shape, and per factor its rows, columns, format, pattern and stored-value count),
+//! `not_included` (the layers left out) and `reconstruct` (these rules in short).
 
 mod read;
 mod write;
@@ -86,7 +85,10 @@ pub struct ExportInfo {
     pub point: Option<usize>,
     /// The assignment's content hash (hex).
     pub hash: String,
+    /// Quality on the search split (what the trial was chosen on).
     pub quality: Option<f64>,
+    /// Quality on the held-out split, when it was evaluated there.
+    pub held_out_quality: Option<f64>,
     /// What `quality` measures (`kl_divergence`, `cosine_distance`).
     pub quality_metric: String,
     /// The run's cost objective (`latency`, `size`, `bops`).

@@ -85,6 +85,9 @@ pub fn compressed_bytes(
     if let Some(q) = info.quality {
         meta.insert("quality".into(), format!("{q:e}"));
     }
+    if let Some(q) = info.held_out_quality {
+        meta.insert("held_out_quality".into(), format!("{q:e}"));
+    }
     let views = tensors
         .iter()
         .map(|t| {
