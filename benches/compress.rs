@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("prune_2of4", |b| {
         b.iter(|| {
-            black_box(prune::prune(black_box(&m), &Sparsity::NM { n: 2, m: 4 }).expect("prune"))
+            black_box(prune::prune(black_box(&m), &Sparsity::NM { n: 2, m: 4 }, 1).expect("prune"))
         })
     });
     g.bench_function("svd_rank50", |b| {

@@ -96,7 +96,9 @@ impl CandleEvaluator {
             .map(|l| Ok((l.name.clone(), model.weight(&l.name)?)))
             .collect::<Result<_>>()?;
         let mut h = blake3::Hasher::new();
-        h.update(b"mpsearch-candle-evaluator-v1\n");
+        // v2: act8-dynamic ranges per sample (they were per batch) and N:M along input channels
+        // with a dense ragged tail (issue 10) — evaluations stored under v1 measured other arithmetic.
+        h.update(b"mpsearch-candle-evaluator-v2\n");
         h.update(model.fingerprint().as_bytes());
         h.update(data.fingerprint.as_bytes());
         h.update(settings.describe().as_bytes());

@@ -276,7 +276,7 @@ fn unstructured_pruning_hits_the_exact_count() {
             max_pruned <= min_kept,
             "sparse{p}: pruned {max_pruned} > kept {min_kept}"
         );
-        let out = prune::prune(&m, &mpsearch::space::Sparsity::Unstructured(p)).unwrap();
+        let out = prune::prune(&m, &mpsearch::space::Sparsity::Unstructured(p), 1).unwrap();
         assert!(out.zeros() >= pruned && out.zeros() <= pruned + (m.len() - nonzero));
     }
     // Deterministic.
@@ -287,18 +287,19 @@ fn unstructured_pruning_hits_the_exact_count() {
 }
 
 #[test]
-fn every_nm_group_keeps_at_most_n() {
+fn every_nm_group_keeps_exactly_n_and_the_ragged_tail_stays_dense() {
     // 70 columns: 2:4 leaves a tail of 2, 4:8 a tail of 6.
     let (rows, cols) = (32, 70);
     let m = matrix(8, rows, cols);
     for (n, mm) in [(2usize, 4usize), (4, 8), (1, 4)] {
-        let keep = prune::nm_mask(&m, n as u8, mm as u8).unwrap();
+        let keep = prune::nm_mask(&m, n as u8, mm as u8, 1).unwrap();
+        let full = cols / mm * mm;
         for r in 0..rows {
             let row = &keep[r * cols..(r + 1) * cols];
             let vals = m.row(r);
-            for (j, chunk) in row.chunks(mm).enumerate() {
+            for (j, chunk) in row[..full].chunks(mm).enumerate() {
                 let kept = chunk.iter().filter(|&&k| k).count();
-                assert!(kept <= n, "{n}:{mm} row {r} group {j} keeps {kept}");
+                assert_eq!(kept, n, "{n}:{mm} row {r} group {j} keeps {kept}");
                 // The kept ones are the largest of their group.
                 let g = &vals[j * mm..j * mm + chunk.len()];
                 let min_kept = (0..chunk.len())
@@ -311,15 +312,73 @@ fn every_nm_group_keeps_at_most_n() {
                     .fold(0.0, f32::max);
                 assert!(max_pruned <= min_kept, "{n}:{mm} row {r} group {j}");
             }
-            // The count the cost model stores: ⌈n·cols/m⌉ per row.
+            assert!(row[full..].iter().all(|&k| k), "{n}:{mm} row {r}: tail pruned");
             assert_eq!(
                 row.iter().filter(|&&k| k).count(),
-                (n * cols).div_ceil(mm),
+                n * (cols / mm) + cols % mm,
                 "{n}:{mm} row {r}"
+            );
+            assert_eq!(
+                prune::nm_kept_per_row(cols, 1, n as u8, mm as u8),
+                n * (cols / mm) + cols % mm
             );
         }
     }
-    assert!(prune::nm_mask(&m, 4, 4).is_err());
+    assert!(prune::nm_mask(&m, 4, 4, 1).is_err());
+}
+
+/// The non-zeros among `w[o, c..c+m, i, j]` of a dense `[out, in, kh, kw]` tensor, for every o, i, j
+/// and every full run of `m` channels starting at `c`; and whether the ragged tail equals `original`.
+fn conv_runs(w: &[f32], original: &[f32], dims: [usize; 4], m: usize) -> (Vec<usize>, bool) {
+    let [out, inp, kh, kw] = dims;
+    let at = |o: usize, c: usize, i: usize, j: usize| ((o * inp + c) * kh + i) * kw + j;
+    let (mut counts, mut tail_dense) = (Vec::new(), true);
+    for o in 0..out {
+        for i in 0..kh {
+            for j in 0..kw {
+                for c in (0..inp / m * m).step_by(m) {
+                    counts.push((c..c + m).filter(|&c| w[at(o, c, i, j)] != 0.0).count());
+                }
+                for c in inp / m * m..inp {
+                    tail_dense &= w[at(o, c, i, j)] == original[at(o, c, i, j)];
+                }
+            }
+        }
+    }
+    (counts, tail_dense)
+}
+
+#[test]
+fn conv_nm_groups_run_along_input_channels_at_each_kernel_position() {
+    // in = 12: three full runs of 4; in = 10: two runs and a dense tail of 2 channels.
+    for inp in [12usize, 10] {
+        let dims = [6, inp, 3, 3];
+        let x = gaussian(31, dims.iter().product());
+        let w = tensor(x.clone(), &dims);
+        let pruned = values(&apply_choice(&w, &choice("f32+2:4"), ScaleMethod::Mse).unwrap());
+        let (counts, tail_dense) = conv_runs(&pruned, &x, dims, 4);
+        assert!(
+            counts.iter().all(|&c| c == 2),
+            "in {inp}: non-zeros per run of 4 channels {counts:?}"
+        );
+        assert!(tail_dense, "in {inp}: the ragged tail must stay dense");
+        // Two per full run and the whole tail, at each of the 9 kernel positions of the 6 rows.
+        assert_eq!(
+            pruned.iter().filter(|&&v| v != 0.0).count(),
+            6 * 9 * (2 * (inp / 4) + inp % 4)
+        );
+    }
+    // Low rank: B keeps the kernel (runs along its channels), A is 1×1 (runs along the rank).
+    let dims = [8, 8, 3, 3];
+    let w = tensor(gaussian(32, 8 * 8 * 9), &dims);
+    let cw = compress_factors(&w, &choice("f32+2:4+rank50"), ScaleMethod::Mse).unwrap();
+    let [a, b] = cw.factors() else {
+        panic!("a rank choice has two factors")
+    };
+    assert_two_of_four("A", a);
+    let b_dims = [b.rows(), 8, 3, 3];
+    let (counts, _) = conv_runs(b.data(), b.data(), b_dims, 4);
+    assert!(counts.iter().all(|&c| c == 2), "B runs {counts:?}");
 }
 
 #[test]
@@ -339,7 +398,7 @@ fn structured_pruning_zeroes_the_lowest_norm_rows() {
     let mut order: Vec<usize> = (0..rows).collect();
     order.sort_by(|&a, &b| norms[a].total_cmp(&norms[b]));
     for p in [5u8, 25, 50, 99] {
-        let out = prune::prune(&m, &mpsearch::space::Sparsity::Channels(p)).unwrap();
+        let out = prune::prune(&m, &mpsearch::space::Sparsity::Channels(p), 1).unwrap();
         let removed = (rows * usize::from(p) + 50) / 100;
         let removed = removed.min(rows - 1);
         let mut zero_rows: Vec<usize> = (0..rows)
@@ -543,8 +602,8 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     // 1. The factors come from the dense weight's SVD, and 3. the 2:4 masks from those factors.
     let lr = truncated_svd(&WeightMatrix::new(rows, cols, x).unwrap(), 50).unwrap();
     let masks = [
-        prune::nm_mask(&lr.a, 2, 4).unwrap(),
-        prune::nm_mask(&lr.b, 2, 4).unwrap(),
+        prune::nm_mask(&lr.a, 2, 4, 1).unwrap(),
+        prune::nm_mask(&lr.b, 2, 4, 1).unwrap(),
     ];
     assert_eq!(cw.masks(), &masks[..]);
     for (name, f, exact, keep) in [("A", a, &lr.a, &masks[0]), ("B", b, &lr.b, &masks[1])] {
@@ -561,10 +620,10 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     );
 }
 
-/// 2:4 holds in every group of four of factor `f` (`name` for messages).
+/// 2:4 holds in every full group of four consecutive columns of factor `f` (`name` for messages).
 fn assert_two_of_four(name: &str, f: &WeightMatrix) {
     for r in 0..f.rows() {
-        for (j, g) in f.row(r).chunks(4).enumerate() {
+        for (j, g) in f.row(r).chunks_exact(4).enumerate() {
             assert!(
                 g.iter().filter(|&&v| v != 0.0).count() <= 2,
                 "{name} row {r} group {j}: {g:?}"
