@@ -140,8 +140,10 @@ impl CandleEvaluator {
         &self.cache
     }
 
-    /// Static activation ranges: every layer's input captured on the calibration data.
-    fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
+    /// Static activation ranges (`act8-static`) by layer: every layer's input captured on the
+    /// calibration data, calibrated once by the settings' range method. The sensitivity model's
+    /// activation error uses these same ranges.
+    pub fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
         let r = self.ranges.get_or_init(|| {
             let mut captured: HashMap<String, Vec<Tensor>> = HashMap::new();
             for b in &self.data.calibration {

@@ -35,6 +35,9 @@ const SVD_REL_TOL: f64 = 1e-4;
 const ORTHO_TOL: f64 = 1e-4;
 /// Relative slack on the Δ/2 bound of activation quantization (f32 arithmetic).
 const ACT_REL_SLACK: f32 = 1e-4;
+/// How far (relative to the largest logit) the same image's logits may move with the batch size under
+/// act8-dynamic: f32 arithmetic only, far below one activation step.
+const BATCH_INDEPENDENCE_TOL: f32 = 1e-4;
 /// Agreement of `apply_choice` with an independent f64 product of its factors.
 const PRODUCT_TOL: f64 = 1e-4;
 /// Relative tolerance of a min/max scale against the step size computed from the formula.
@@ -710,28 +713,207 @@ fn dynamic_activation_error_is_at_most_half_a_step() {
         let x: Vec<f32> = gaussian(seed, 4 * 1000).iter().map(|v| v + shift).collect();
         let t = tensor(x.clone(), &[4, 1000]);
         let q = values(&quantize_activation(&t, ActQuant::Int8Dynamic, None).unwrap());
-        let (lo, hi) = x
-            .iter()
-            .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
-        let delta = (hi - lo) / 255.0;
-        let worst = x
-            .iter()
-            .zip(&q)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst <= delta / 2.0 * (1.0 + ACT_REL_SLACK),
-            "shift {shift}: error {worst} > Δ/2 = {}",
-            delta / 2.0
-        );
-        let distinct = {
-            let mut v = q.clone();
-            v.sort_by(f32::total_cmp);
-            v.dedup();
-            v.len()
-        };
-        assert!(distinct <= 256);
+        // Each sample (row) on its own range.
+        for (r, (x, q)) in x.chunks(1000).zip(q.chunks(1000)).enumerate() {
+            let delta = step(x);
+            let worst = max_error(x, q);
+            assert!(
+                worst <= delta / 2.0 * (1.0 + ACT_REL_SLACK),
+                "shift {shift} sample {r}: error {worst} > Δ/2 = {}",
+                delta / 2.0
+            );
+            let distinct = {
+                let mut v = q.to_vec();
+                v.sort_by(f32::total_cmp);
+                v.dedup();
+                v.len()
+            };
+            assert!(distinct <= 256, "shift {shift} sample {r}: {distinct} levels");
+        }
     }
+}
+
+/// The step of the int8 grid over the range of `x` widened to include 0.
+fn step(x: &[f32]) -> f32 {
+    let (lo, hi) = x
+        .iter()
+        .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+    (hi - lo) / 255.0
+}
+
+fn max_error(x: &[f32], q: &[f32]) -> f32 {
+    x.iter()
+        .zip(q)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// `x` on the int8 grid of range `(lo, hi)` (widened to 0), from the module's formula.
+fn on_grid(x: &[f32], lo: f32, hi: f32) -> Vec<f32> {
+    let (s, z) = mpsearch::compress::activation_params(lo, hi).unwrap();
+    x.iter()
+        .map(|&v| (((v / s).round_ties_even() + z).clamp(0.0, 255.0) - z) * s)
+        .collect()
+}
+
+/// One batch of two samples, the second with a 100× larger range. Dynamic quantization gives each
+/// sample its own range, as a kernel does at run time: the small sample keeps its precision and comes
+/// out as it would alone. Static quantization uses the calibrated range for the whole batch: the large
+/// sample clamps to it. Swapping the two implementations, or taking one dynamic range for the whole
+/// batch, fails this test.
+#[test]
+fn dynamic_ranges_are_per_sample_and_static_ranges_are_calibrated() {
+    let small = gaussian(40, 1000);
+    let large: Vec<f32> = gaussian(41, 1000).iter().map(|v| v * 100.0).collect();
+    let batch = tensor(small.iter().chain(&large).copied().collect(), &[2, 1000]);
+    let whole_batch_step = step(&large);
+
+    let q = values(&quantize_activation(&batch, ActQuant::Int8Dynamic, None).unwrap());
+    let (q_small, q_large) = q.split_at(1000);
+    let err = max_error(&small, q_small);
+    assert!(
+        err <= step(&small) / 2.0 * (1.0 + ACT_REL_SLACK),
+        "dynamic: the small sample's error {err} exceeds half its own step {}",
+        step(&small) / 2.0
+    );
+    assert!(
+        err < whole_batch_step / 20.0,
+        "dynamic: the small sample was quantized on the batch's range (error {err})"
+    );
+    let alone = tensor(small.clone(), &[1, 1000]);
+    assert_eq!(
+        q_small,
+        values(&quantize_activation(&alone, ActQuant::Int8Dynamic, None).unwrap()),
+        "dynamic: a sample's result does not depend on its batch"
+    );
+    let err = max_error(&large, q_large);
+    assert!(
+        err <= step(&large) / 2.0 * (1.0 + ACT_REL_SLACK),
+        "dynamic: the large sample is not clamped (error {err})"
+    );
+
+    // Static: the range calibrated on data like the small sample, for both samples.
+    let calibration = tensor(gaussian(42, 4000), &[4, 1000]);
+    let (lo, hi) = calibrate_range(&[calibration], RangeMethod::MinMax).unwrap();
+    let q = values(&quantize_activation(&batch, ActQuant::Int8Static, Some((lo, hi))).unwrap());
+    let expected: Vec<f32> = on_grid(&small, lo, hi)
+        .into_iter()
+        .chain(on_grid(&large, lo, hi))
+        .collect();
+    assert_eq!(q, expected, "static: every value on the calibrated grid");
+    let half = (hi - lo) / 255.0 / 2.0 * (1.0 + ACT_REL_SLACK);
+    assert!(
+        q[1000..].iter().all(|&v| v >= lo - half && v <= hi + half),
+        "static: the large sample clamps to the calibrated range ({lo}, {hi})"
+    );
+    assert!(
+        max_error(&large, &q[1000..]) > 50.0 * hi,
+        "static: values far outside the calibrated range are clamped"
+    );
+}
+
+/// A sequence `[b, s, hidden]` gets one range per token (b, s); a feature map `[n, c, h, w]` one per
+/// image, over all its channels and pixels.
+#[test]
+fn dynamic_ranges_are_per_token_of_a_sequence_and_per_image_of_a_feature_map() {
+    // 2 × 3 tokens of 16, each token on another scale.
+    let x: Vec<f32> = gaussian(43, 96)
+        .chunks(16)
+        .enumerate()
+        .flat_map(|(t, v)| v.iter().map(move |a| a * 10f32.powi(t as i32 - 2)).collect::<Vec<_>>())
+        .collect();
+    let q = values(&quantize_activation(&tensor(x.clone(), &[2, 3, 16]), ActQuant::Int8Dynamic, None).unwrap());
+    for (t, (x, q)) in x.chunks(16).zip(q.chunks(16)).enumerate() {
+        let (lo, hi) = x.iter().fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        assert_eq!(q, on_grid(x, lo, hi), "token {t}");
+    }
+    // 2 images of 3 channels × 4 × 4, one channel of image 0 100× larger: image 0's other channels
+    // share its coarse grid; image 1 keeps its own.
+    let mut x = gaussian(44, 2 * 48);
+    for v in &mut x[16..32] {
+        *v *= 100.0;
+    }
+    let q = values(&quantize_activation(&tensor(x.clone(), &[2, 3, 4, 4]), ActQuant::Int8Dynamic, None).unwrap());
+    for (n, (x, q)) in x.chunks(48).zip(q.chunks(48)).enumerate() {
+        let (lo, hi) = x.iter().fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        assert_eq!(q, on_grid(x, lo, hi), "image {n}");
+    }
+}
+
+/// Token ids through an 8-bit grid would come back as other ids: integer inputs are refused.
+#[test]
+fn integer_inputs_are_refused_not_cast() {
+    let ids = Tensor::from_vec(vec![101u32, 2023, 102], 3, &Device::Cpu).unwrap();
+    for act in [ActQuant::Int8Dynamic, ActQuant::Int8Static] {
+        let e = quantize_activation(&ids, act, Some((0.0, 30000.0)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("integer input") && e.contains("U32"), "{act}: {e}");
+    }
+    let same = quantize_activation(&ids, ActQuant::None, None).unwrap();
+    assert_eq!(same.to_vec1::<u32>().unwrap(), [101, 2023, 102]);
+}
+
+/// With act8-dynamic on every layer of the demo, an image's logits are the same whether it is
+/// evaluated among 7 images or among all of them (up to the f32 arithmetic of other batch sizes);
+/// ranges taken per batch would move them by a quantization step.
+#[test]
+fn act8_dynamic_output_of_an_image_does_not_depend_on_its_batch() {
+    use mpsearch::data::Batch;
+    use mpsearch::model::{ForwardCtx, LayerOverride, Overrides};
+    let (model, data) = mpsearch::eval::load(&mpsearch::model::ModelSource::Demo, None).unwrap();
+    let overrides: Overrides = model
+        .inventory()
+        .layers
+        .iter()
+        .map(|l| {
+            let o = LayerOverride {
+                weight: None,
+                act: ActQuant::Int8Dynamic,
+                act_range: None,
+            };
+            (l.name.clone(), o)
+        })
+        .collect();
+    let ctx = ForwardCtx {
+        overrides: Some(&overrides),
+        capture: None,
+    };
+    let Batch::Images(images) = &data.calibration[0] else {
+        panic!("the demo's data are images")
+    };
+    let all = model.forward(&Batch::Images(images.clone()), &ctx).unwrap();
+    let few = model
+        .forward(&Batch::Images(images.narrow(0, 0, 7).unwrap()), &ctx)
+        .unwrap();
+    let all = values(&all.narrow(0, 0, 7).unwrap());
+    let few = values(&few);
+    let scale = all.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = max_error(&all, &few);
+    assert!(
+        diff <= BATCH_INDEPENDENCE_TOL * scale,
+        "logits of the same images differ by {diff} (largest logit {scale})"
+    );
+}
+
+/// The evaluator calibrates static ranges on the calibration split only: conv1's input is the images
+/// themselves, so its range is that of the calibration images — here halved, unlike the others.
+#[test]
+fn static_ranges_come_from_the_calibration_split_only() {
+    use mpsearch::data::Batch;
+    use mpsearch::eval::{CandleEvaluator, EvalSettings};
+    let (model, mut data) = mpsearch::eval::load(&mpsearch::model::ModelSource::Demo, None).unwrap();
+    let Batch::Images(images) = &data.calibration[0] else {
+        panic!("the demo's data are images")
+    };
+    let halved = (images * 0.5).unwrap();
+    data.calibration = vec![Batch::Images(halved.clone())];
+    let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
+    let v = values(&halved);
+    let expected = v
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    assert_eq!(ev.ranges().unwrap()["conv1"], expected);
 }
 
 #[test]
