@@ -411,7 +411,13 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
         "{err}"
     );
 
-    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick.
+    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick. The
+    // space offers only 2-bit weights (all-f32, quality 0, would meet any drop limit).
+    let int2 = d.write(
+        "int2.toml",
+        "[space]\nname = \"int2\"\n[defaults]\nfloat = []\nbits = [2]\nschemes = [\"sym\", \"asym\"]\n\
+         granularity = [\"channel\"]\n",
+    );
     ok(
         cwd,
         &[
@@ -420,6 +426,8 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
             "s",
             "--run",
             "none",
+            "--space",
+            int2.to_str().unwrap(),
             "--trials",
             "8",
             "--pairs",
