@@ -226,7 +226,11 @@ fn row_range(values: &[f32]) -> Result<(f32, f32)> {
         poison += v * 0.0;
     }
     if poison != 0.0 {
-        let v = values.iter().find(|v| !v.is_finite()).copied().unwrap_or(poison);
+        let v = values
+            .iter()
+            .find(|v| !v.is_finite())
+            .copied()
+            .unwrap_or(poison);
         return Err(Error::compress(format!(
             "act8-dynamic cannot quantize an input holding the non-finite value {v}"
         )));

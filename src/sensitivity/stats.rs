@@ -129,9 +129,7 @@ impl LayerStats {
         let layers = &model.inventory().layers;
         let mut acc: Vec<Accumulator> = layers
             .iter()
-            .map(|l| {
-                Accumulator::new(l, &model.weight(&l.name)?, ranges.get(&l.name).copied())
-            })
+            .map(|l| Accumulator::new(l, &model.weight(&l.name)?, ranges.get(&l.name).copied()))
             .collect::<Result<_>>()?;
         for batch in batches {
             let mut captured = crate::model::capture_inputs(model, batch)?;

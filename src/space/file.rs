@@ -706,7 +706,9 @@ impl Resolver<'_> {
         let mut members = Vec::with_capacity(self.layers.len());
         for (i, info) in self.layers.iter().enumerate() {
             let (choices, status) = (&layers.choices[i], layers.status[i]);
-            let known = group_of[i].as_ref().and_then(|key| by_key.get(key).copied());
+            let known = group_of[i]
+                .as_ref()
+                .and_then(|key| by_key.get(key).copied());
             let g = match known {
                 Some(g) => {
                     self.join(&mut groups[g], i, choices, status)?;

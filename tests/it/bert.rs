@@ -511,7 +511,9 @@ fn act8_dynamic_ranges_are_per_token_and_ids_are_refused() {
         overrides: Some(&linear),
         capture: None,
     };
-    let batch = model.forward(&model.tokenize(&SENTENCES).unwrap(), &ctx).unwrap();
+    let batch = model
+        .forward(&model.tokenize(&SENTENCES).unwrap(), &ctx)
+        .unwrap();
     let plain = model
         .forward(&model.tokenize(&SENTENCES).unwrap(), &ForwardCtx::default())
         .unwrap();

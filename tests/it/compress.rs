@@ -315,7 +315,10 @@ fn every_nm_group_keeps_exactly_n_and_the_ragged_tail_stays_dense() {
                     .fold(0.0, f32::max);
                 assert!(max_pruned <= min_kept, "{n}:{mm} row {r} group {j}");
             }
-            assert!(row[full..].iter().all(|&k| k), "{n}:{mm} row {r}: tail pruned");
+            assert!(
+                row[full..].iter().all(|&k| k),
+                "{n}:{mm} row {r}: tail pruned"
+            );
             assert_eq!(
                 row.iter().filter(|&&k| k).count(),
                 n * (cols / mm) + cols % mm,
@@ -728,7 +731,10 @@ fn dynamic_activation_error_is_at_most_half_a_step() {
                 v.dedup();
                 v.len()
             };
-            assert!(distinct <= 256, "shift {shift} sample {r}: {distinct} levels");
+            assert!(
+                distinct <= 256,
+                "shift {shift} sample {r}: {distinct} levels"
+            );
         }
     }
 }
@@ -820,11 +826,19 @@ fn dynamic_ranges_are_per_token_of_a_sequence_and_per_image_of_a_feature_map() {
     let x: Vec<f32> = gaussian(43, 96)
         .chunks(16)
         .enumerate()
-        .flat_map(|(t, v)| v.iter().map(move |a| a * 10f32.powi(t as i32 - 2)).collect::<Vec<_>>())
+        .flat_map(|(t, v)| {
+            v.iter()
+                .map(move |a| a * 10f32.powi(t as i32 - 2))
+                .collect::<Vec<_>>()
+        })
         .collect();
-    let q = values(&quantize_activation(&tensor(x.clone(), &[2, 3, 16]), ActQuant::Int8Dynamic, None).unwrap());
+    let q = values(
+        &quantize_activation(&tensor(x.clone(), &[2, 3, 16]), ActQuant::Int8Dynamic, None).unwrap(),
+    );
     for (t, (x, q)) in x.chunks(16).zip(q.chunks(16)).enumerate() {
-        let (lo, hi) = x.iter().fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        let (lo, hi) = x
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
         assert_eq!(q, on_grid(x, lo, hi), "token {t}");
     }
     // 2 images of 3 channels × 4 × 4, one channel of image 0 100× larger: image 0's other channels
@@ -833,9 +847,18 @@ fn dynamic_ranges_are_per_token_of_a_sequence_and_per_image_of_a_feature_map() {
     for v in &mut x[16..32] {
         *v *= 100.0;
     }
-    let q = values(&quantize_activation(&tensor(x.clone(), &[2, 3, 4, 4]), ActQuant::Int8Dynamic, None).unwrap());
+    let q = values(
+        &quantize_activation(
+            &tensor(x.clone(), &[2, 3, 4, 4]),
+            ActQuant::Int8Dynamic,
+            None,
+        )
+        .unwrap(),
+    );
     for (n, (x, q)) in x.chunks(48).zip(q.chunks(48)).enumerate() {
-        let (lo, hi) = x.iter().fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        let (lo, hi) = x
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
         assert_eq!(q, on_grid(x, lo, hi), "image {n}");
     }
 }
@@ -848,7 +871,10 @@ fn integer_inputs_are_refused_not_cast() {
         let e = quantize_activation(&ids, act, Some((0.0, 30000.0)))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("integer input") && e.contains("U32"), "{act}: {e}");
+        assert!(
+            e.contains("integer input") && e.contains("U32"),
+            "{act}: {e}"
+        );
     }
     let same = quantize_activation(&ids, ActQuant::None, None).unwrap();
     assert_eq!(same.to_vec1::<u32>().unwrap(), [101, 2023, 102]);
@@ -902,7 +928,8 @@ fn act8_dynamic_output_of_an_image_does_not_depend_on_its_batch() {
 fn static_ranges_come_from_the_calibration_split_only() {
     use mpsearch::data::Batch;
     use mpsearch::eval::{CandleEvaluator, EvalSettings};
-    let (model, mut data) = mpsearch::eval::load(&mpsearch::model::ModelSource::Demo, None).unwrap();
+    let (model, mut data) =
+        mpsearch::eval::load(&mpsearch::model::ModelSource::Demo, None).unwrap();
     let Batch::Images(images) = &data.calibration[0] else {
         panic!("the demo's data are images")
     };

@@ -593,11 +593,16 @@ fn conv_nm_is_stored_along_input_channels() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     // 32 rows × 9 positions × 4 runs × 2 kept: f32 values, and a 2-bit place each.
     let stored = 32 * 9 * 4 * 2;
-    assert_eq!(st.tensor("conv2.w.values").unwrap().data().len(), stored * 4);
+    assert_eq!(
+        st.tensor("conv2.w.values").unwrap().data().len(),
+        stored * 4
+    );
     let places = st.tensor("conv2.w.nm_index").unwrap().data().to_vec();
     assert_eq!(places.len(), stored * 2 / 8);
     // The first run is w[0, 0..4, 0, 0]: its two places are those of its non-zeros.
-    let first: Vec<u8> = (0..4u8).filter(|&c| w[at(0, c as usize, 0)] != 0.0).collect();
+    let first: Vec<u8> = (0..4u8)
+        .filter(|&c| w[at(0, c as usize, 0)] != 0.0)
+        .collect();
     assert_eq!(vec![places[0] & 3, (places[0] >> 2) & 3], first);
     let file = read_compressed(&path).unwrap();
     assert_eq!(file.metadata["format_version"], "2");

@@ -405,8 +405,20 @@ fn joint_error(ev: &CandleEvaluator, layer: &str, choice: &Choice) -> f64 {
             );
             let y = apply(&x, &w);
             let e = (&y - apply(&q, &w2)).unwrap();
-            num += e.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-            den += y.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            num += e
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            den += y
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
         }
     }
     num / den
@@ -457,13 +469,23 @@ fn demo_act8_choices_cost_more_than_their_weight_only_twins() {
     // The additive approximation against the exact joint error, on a linear and a convolution.
     for (layer, index) in [("fc1", 2), ("conv2", 1)] {
         let w = ev.model().weight(layer).unwrap();
-        for c in ["f32", "int8-sym-channel", "int4-sym-channel", "int3-asym-channel"] {
+        for c in [
+            "f32",
+            "int8-sym-channel",
+            "int4-sym-channel",
+            "int3-asym-channel",
+        ] {
             let c: Choice = format!("{c}+act8-dynamic").parse().unwrap();
             let w2 = apply_choice(&w, &c, ScaleMethod::Mse).unwrap();
             let cheap = stats[index].output_error(&w2).unwrap()
                 + stats[index].activation_error(c.act).unwrap();
             let exact = joint_error(&ev, layer, &c);
-            assert_rel(cheap, exact, ADDITIVE_RTOL, &format!("{layer} {c}: weight + activation"));
+            assert_rel(
+                cheap,
+                exact,
+                ADDITIVE_RTOL,
+                &format!("{layer} {c}: weight + activation"),
+            );
         }
     }
     // Fitted on fc1's weight-only pairs alone, the predictor still charges every act8 twin — the
@@ -707,7 +729,15 @@ fn demo_trust_spearman_is_at_least_0_9() {
     let (ev, space) = demo_with_space();
     let pairs = pick_pairs(&space, TRUST_PAIRS, TRUST_SEED);
     let an = analyse(&ev, &ev, &space, &pairs, &mut |_, _, _| {}).unwrap();
-    let v = validate(&ev, &space, &an.predictor, TRUST_POINTS, TRUST_SEED, &mut |_, _| {}).unwrap();
+    let v = validate(
+        &ev,
+        &space,
+        &an.predictor,
+        TRUST_POINTS,
+        TRUST_SEED,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert!(
         v.spearman >= DEMO_TRUST_SPEARMAN,
         "demo trust: Spearman {:.3} (Kendall {:.3}, mae {:.4}) over {TRUST_POINTS} points with \
@@ -757,4 +787,3 @@ fn sensitivity_command_reports_the_table_and_its_trust() {
     let err = crate::util::fails(dir.path(), &["sensitivity", "--validate", "1"]);
     assert!(err.contains("at least 2"), "{err}");
 }
-

@@ -152,7 +152,12 @@ fn act8_refused_at(body: &str, line: usize, column: usize, act: &str) {
         err.starts_with(&place),
         "expected {place} in:\n{err}\n--- file\n{HEAD}{body}"
     );
-    for needle in ["`embeddings.word` is an embedding", "token ids", act, "activations = [\"none\"]"] {
+    for needle in [
+        "`embeddings.word` is an embedding",
+        "token ids",
+        act,
+        "activations = [\"none\"]",
+    ] {
         assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
     }
 }
@@ -201,9 +206,15 @@ fn act8_on_an_embedding_is_refused_where_it_is_written() {
     ] {
         let s = parse_with_embedding(&format!("{body}{fix}")).unwrap();
         let emb = &s.groups[s.layers[0].group];
-        assert!(emb.choices.iter().all(|c| c.act == mpsearch::space::ActQuant::None));
+        assert!(emb
+            .choices
+            .iter()
+            .all(|c| c.act == mpsearch::space::ActQuant::None));
         let head = &s.groups[s.layers.last().unwrap().group];
-        assert!(head.choices.iter().any(|c| c.act != mpsearch::space::ActQuant::None));
+        assert!(head
+            .choices
+            .iter()
+            .any(|c| c.act != mpsearch::space::ActQuant::None));
     }
     let s = file::parse(
         &format!("[space]\nname = \"toy\"\nexclude = ['^embeddings']\n{body}"),

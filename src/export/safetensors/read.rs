@@ -59,10 +59,12 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<CompressedFile> {
         let mut factors = Vec::new();
         for (i, f) in r.factors.iter().enumerate() {
             let kernel = factor_kernel(&r.shape, r.factors.len(), i);
-            factors.push(read_factor(&st, name, f, kernel, &choice).map_err(|e| match e {
-                Error::Export { message } => bad(message),
-                other => other,
-            })?);
+            factors.push(
+                read_factor(&st, name, f, kernel, &choice).map_err(|e| match e {
+                    Error::Export { message } => bad(message),
+                    other => other,
+                })?,
+            );
         }
         let m = match factors.as_slice() {
             [w] => w.clone(),

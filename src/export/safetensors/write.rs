@@ -149,9 +149,7 @@ impl Stored {
             Pattern::Dense => (0..rows * cols).collect(),
             Pattern::Rows => row_positions(&kept_rows, cols),
             Pattern::Bitmask => (0..rows * cols).filter(|&i| mask[i]).collect(),
-            Pattern::NM { .. } => nm_order(rows, cols, kernel)
-                .filter(|&i| mask[i])
-                .collect(),
+            Pattern::NM { .. } => nm_order(rows, cols, kernel).filter(|&i| mask[i]).collect(),
         };
         Stored {
             rows: kept_rows,
