@@ -105,7 +105,9 @@ impl CandleEvaluator {
             .map(|l| Ok((l.name.clone(), model.weight(&l.name)?)))
             .collect::<Result<_>>()?;
         let mut h = blake3::Hasher::new();
-        h.update(b"mpsearch-candle-evaluator-v1\n");
+        // v2: act8-dynamic ranges per sample (they were per batch) and N:M along input channels
+        // with a dense ragged tail (issue 10) — evaluations stored under v1 measured other arithmetic.
+        h.update(b"mpsearch-candle-evaluator-v2\n");
         h.update(model.fingerprint().as_bytes());
         h.update(data.fingerprint.as_bytes());
         h.update(settings.describe().as_bytes());
@@ -172,8 +174,10 @@ impl CandleEvaluator {
         }
     }
 
-    /// Static activation ranges: every layer's input captured on the calibration data.
-    fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
+    /// Static activation ranges (`act8-static`) by layer: every layer's input captured on the
+    /// calibration data, calibrated once by the settings' range method. The sensitivity model's
+    /// activation error uses these same ranges.
+    pub fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
         let r = self.ranges.get_or_init(|| {
             let mut captured: HashMap<String, Vec<Tensor>> = HashMap::new();
             for b in &self.data.calibration {

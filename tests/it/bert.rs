@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use mpsearch::data::Batch;
-use mpsearch::model::{BertEncoder, ForwardCtx, Model};
+use mpsearch::model::{BertEncoder, ForwardCtx, LayerOverride, Model, Overrides};
+use mpsearch::space::ActQuant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -359,6 +360,65 @@ fn weight_overrides_change_the_output() {
             && err.contains("[8, 8]"),
         "{err}"
     );
+}
+
+/// act8-dynamic on every linear layer of the tiny BERT: ranges are per token, so a sentence's
+/// embedding is the same alone as in a padded batch of others (one range per batch would tie it to the
+/// other sentences' values). An act8 override on an embedding, whose input is token ids, is refused by
+/// the forward rather than cast through an 8-bit grid.
+#[test]
+fn act8_dynamic_ranges_are_per_token_and_ids_are_refused() {
+    let dir = Dir::new();
+    let model = BertEncoder::load(&tiny_folder(&dir)).unwrap();
+    let act8 = |name: &str| {
+        (
+            name.to_string(),
+            LayerOverride {
+                act: ActQuant::Int8Dynamic,
+                ..LayerOverride::default()
+            },
+        )
+    };
+    let linear: Overrides = model
+        .inventory()
+        .layers
+        .iter()
+        .filter(|l| !l.name.starts_with("embeddings."))
+        .map(|l| act8(&l.name))
+        .collect();
+    let ctx = ForwardCtx {
+        overrides: Some(&linear),
+        capture: None,
+    };
+    let batch = model
+        .forward(&model.tokenize(&SENTENCES).unwrap(), &ctx)
+        .unwrap();
+    let plain = model
+        .forward(&model.tokenize(&SENTENCES).unwrap(), &ForwardCtx::default())
+        .unwrap();
+    assert!(
+        max_abs_diff(&batch, &plain) > OVERRIDE_EFFECT_MIN,
+        "act8-dynamic changed nothing"
+    );
+    for i in 0..SENTENCES.len() {
+        let alone = model
+            .forward(&model.tokenize(&SENTENCES[i..=i]).unwrap(), &ctx)
+            .unwrap();
+        let d = max_abs_diff(&alone, &batch.narrow(0, i, 1).unwrap());
+        assert!(d < SAME_EMBEDDING_TOL, "sentence {i}: {d} from its batch");
+    }
+    let ids: Overrides = [act8("embeddings.word_embeddings")].into_iter().collect();
+    let err = model
+        .forward(
+            &model.tokenize(&SENTENCES).unwrap(),
+            &ForwardCtx {
+                overrides: Some(&ids),
+                capture: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("integer input"), "{err}");
 }
 
 #[test]

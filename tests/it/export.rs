@@ -491,6 +491,14 @@ fn every_compact_form_reads_back_exactly() {
             ("fc1", "int8-sym-channel+act8-dynamic+sparse70+rank30"),
             ("fc2", "int7-asym-tensor+channels10"),
         ],
+        // N:M along input channels: conv1 has one input channel (all of it a dense tail), conv2
+        // 16 channels at 9 kernel positions, fc2's A (10×5) one run of 4 and a tail of 1.
+        [
+            ("conv1", "int8-sym-channel+2:4"),
+            ("conv2", "int4-asym-g32+2:4"),
+            ("fc1", "bf16+4:8+rank50"),
+            ("fc2", "int5-sym-channel+2:4+rank50"),
+        ],
     ];
     for (i, a) in assignments.iter().enumerate() {
         let asg = Assignment::new(a.iter().map(|(l, c)| (l.to_string(), c.parse().unwrap())));
@@ -558,6 +566,63 @@ fn every_compact_form_reads_back_exactly() {
     };
     assert!(names.contains(&"fc2.w.rows".to_string()), "{names:?}");
     assert!(names.contains(&"conv2.a.mask".to_string()), "{names:?}");
+}
+
+/// N:M on a convolution: the file stores, for every output channel and kernel position, 2 of each run
+/// of 4 input channels (channels-last order), and reads back to the pruner's weight, 2 non-zeros in
+/// every `w[o, c..c+4, i, j]`.
+#[test]
+fn conv_nm_is_stored_along_input_channels() {
+    let d = Dir::new();
+    let (_, _, ev) = evaluator();
+    let asg = Assignment::new([("conv2".to_string(), "f32+2:4".parse().unwrap())]);
+    let path = d.path().join("nm.safetensors");
+    let info = ExportInfo {
+        run: "hand".into(),
+        trial: 0,
+        point: None,
+        hash: asg.hash_hex(),
+        quality: None,
+        held_out_quality: None,
+        quality_metric: "kl_divergence".into(),
+        cost_objective: "latency".into(),
+        model: "demo".into(),
+        space: "none".into(),
+        scale: ScaleMethod::Mse,
+    };
+    write_compressed(ev.model().as_ref(), &asg, &info, &path).unwrap();
+    let w = load_compressed(&path).unwrap()["conv2"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // conv2: [32, 16, 3, 3].
+    let at = |o: usize, c: usize, p: usize| (o * 16 + c) * 9 + p;
+    for o in 0..32 {
+        for p in 0..9 {
+            for c0 in (0..16).step_by(4) {
+                let nz = (c0..c0 + 4).filter(|&c| w[at(o, c, p)] != 0.0).count();
+                assert_eq!(nz, 2, "w[{o}, {c0}..{}, {p}]", c0 + 4);
+            }
+        }
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // 32 rows × 9 positions × 4 runs × 2 kept: f32 values, and a 2-bit place each.
+    let stored = 32 * 9 * 4 * 2;
+    assert_eq!(
+        st.tensor("conv2.w.values").unwrap().data().len(),
+        stored * 4
+    );
+    let places = st.tensor("conv2.w.nm_index").unwrap().data().to_vec();
+    assert_eq!(places.len(), stored * 2 / 8);
+    // The first run is w[0, 0..4, 0, 0]: its two places are those of its non-zeros.
+    let first: Vec<u8> = (0..4u8)
+        .filter(|&c| w[at(0, c as usize, 0)] != 0.0)
+        .collect();
+    assert_eq!(vec![places[0] & 3, (places[0] >> 2) & 3], first);
+    let file = read_compressed(&path).unwrap();
+    assert_eq!(file.metadata["format_version"], "2");
 }
 
 #[test]
