@@ -12,7 +12,9 @@
 //!    and it is the importance of the channel in the model being compressed.
 //! 3. **prune** (if `sparse<P>` or `N:M`): each factor on its own (`A` and `B`, or `W`) — the
 //!    factors are what is stored and multiplied, so that is where the pattern must hold (an N:M kernel
-//!    runs on `A` and on `B`; `A·B` itself is dense in general).
+//!    runs on `A` and on `B`; `A·B` itself is dense in general). N:M groups run along input channels
+//!    at a fixed kernel position ([`factor_kernel`]: `B` of a convolution keeps its kernel, `A` is a
+//!    1×1 layer over the rank dimension).
 //! 4. **quantize** each factor, with scales fitted to the surviving weights only (pruned zeros would
 //!    otherwise stretch or shift the range), then re-apply the pruning mask so that pruned weights
 //!    stay exactly zero even where an asymmetric zero point is not a code of zero. With
@@ -190,7 +192,7 @@ pub fn compress_with(
         None => vec![original.clone()],
     };
     // 2 and 3. Decide what to remove.
-    let masks = masks(&original, &factors, choice)?;
+    let masks = masks(w.dims(), &original, &factors, choice)?;
     // 4. Quantize what survives, the last factor first (the first factor's inputs are its output).
     let mut quantized = vec![None; factors.len()];
     for i in (0..factors.len()).rev() {
@@ -222,8 +224,10 @@ pub fn compress_with(
     })
 }
 
-/// The keep mask of each factor: whole rows by the original's norms, or a pattern per factor.
+/// The keep mask of each factor of a weight of shape `dims`: whole rows by the original's norms, or a
+/// pattern per factor (N:M along input channels, [`factor_kernel`]).
 fn masks(
+    dims: &[usize],
     original: &WeightMatrix,
     factors: &[WeightMatrix],
     choice: &Choice,
@@ -243,7 +247,11 @@ fn masks(
                 })
                 .collect())
         }
-        s => factors.iter().map(|f| prune::mask(f, &s)).collect(),
+        s => factors
+            .iter()
+            .enumerate()
+            .map(|(i, f)| prune::mask(f, &s, factor_kernel(dims, factors.len(), i)))
+            .collect(),
     }
 }
 
@@ -351,4 +359,16 @@ fn project(h: MatRef<'_, f32>, b: &WeightMatrix, samples: usize) -> Result<Input
         Par::Seq,
     );
     InputStats::from_hessian(ha, samples)
+}
+
+/// Kernel positions per input channel of factor `index` of a weight of shape `dims` split into
+/// `count` factors: the weight's own (`kh·kw` for a convolution) for `W` and for `B` (whose columns are
+/// the weight's), 1 for `A` (its columns are the rank dimension). N:M groups run along the input
+/// channels at each kernel position ([`prune::nm_mask`]).
+pub fn factor_kernel(dims: &[usize], count: usize, index: usize) -> usize {
+    if count == 2 && index == 0 {
+        1
+    } else {
+        prune::kernel_positions(dims)
+    }
 }

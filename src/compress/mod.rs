@@ -14,7 +14,7 @@
 //! | `quant.rs` | weight quantization: schemes, granularities, min/max, MSE and output-error scales, integer form |
 //! | `stats.rs` | a layer's input statistics `H = XᵀX`, accumulated from captured inputs |
 //! | `gptq.rs` | GPTQ rounding: each column's error compensated through `H` |
-//! | `prune.rs` | unstructured, N:M and output-channel pruning masks |
+//! | `prune.rs` | unstructured, N:M (along input channels) and output-channel pruning masks |
 //! | `lowrank.rs` | truncated SVD into two factors |
 //! | `apply.rs` | a whole [`Choice`](crate::space::Choice) on a weight, in one fixed order |
 //! | `activation.rs` | int8 activation fake quantization and range calibration |
@@ -34,11 +34,13 @@ mod stats;
 
 pub use activation::{activation_params, calibrate_range, quantize_activation, RangeMethod};
 pub use apply::{
-    apply_choice, apply_with, compress_factors, compress_with, CompressSettings, CompressedWeight,
+    apply_choice, apply_with, compress_factors, compress_with, factor_kernel, CompressSettings,
+    CompressedWeight,
 };
 pub use cache::{CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
 pub use gptq::{GptqOptions, Rounding};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;
 pub use quant::{quantize_weight, IntGrid, QuantizedWeight, ScaleMethod, MSE_CLIP_RATIOS};
+pub(crate) use stats::input_rows;
 pub use stats::{InputAccumulator, InputStats, LayerInputs};

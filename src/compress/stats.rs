@@ -219,28 +219,12 @@ impl InputAccumulator {
         Error::compress(format!("layer `{}`: {message}", self.name))
     }
 
-    fn cols(&self) -> usize {
-        self.shape[1..].iter().product()
-    }
-
     /// Adds one captured input, as the model's forward hands it to the layer (see the module docs).
     pub fn add(&mut self, x: &Tensor) -> Result<()> {
-        let x_rows = match self.kind {
-            LayerKind::Linear => {
-                let cols = self.cols();
-                if x.dims().last() != Some(&cols) {
-                    return Err(self.error(format!(
-                        "input of shape {:?} does not end in the weight's {cols} inputs",
-                        x.dims()
-                    )));
-                }
-                let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                let rows = data.len() / cols.max(1);
-                Mat::from_fn(rows, cols, |i, j| data[i * cols + j])
-            }
-            LayerKind::Conv2d => self.im2col(x)?,
-            LayerKind::Embedding => return self.add_ids(x),
-        };
+        if self.kind == LayerKind::Embedding {
+            return self.add_ids(x);
+        }
+        let x_rows = input_rows(&self.name, self.kind, &self.shape, x)?;
         let mut xtx = Mat::<f64>::zeros(x_rows.ncols(), x_rows.ncols());
         matmul(
             xtx.as_mut(),
@@ -281,51 +265,6 @@ impl InputAccumulator {
         Ok(())
     }
 
-    /// The im2col matrix of an input feature map `[n, c, h, w]` (stride 1, same padding).
-    fn im2col(&self, x: &Tensor) -> Result<Mat<f64>> {
-        let (c_in, kh, kw) = match self.shape.as_slice() {
-            &[_, c, kh, kw] => (c, kh, kw),
-            s => return Err(self.error(format!("a conv2d weight has rank 4, got {s:?}"))),
-        };
-        let (n, c, h, w) = match x.dims() {
-            &[n, c, h, w] => (n, c, h, w),
-            d => return Err(self.error(format!("a conv2d input is [n, c, h, w], got {d:?}"))),
-        };
-        if c != c_in {
-            return Err(self.error(format!(
-                "input has {c} channels, the weight {c_in} per group: only ungrouped convolutions \
-                 are supported"
-            )));
-        }
-        let (ph, pw) = ((kh / 2) as isize, (kw / 2) as isize);
-        let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let mut out = Mat::<f64>::zeros(n * h * w, c * kh * kw);
-        for s in 0..n {
-            for y in 0..h {
-                for xo in 0..w {
-                    let row = (s * h + y) * w + xo;
-                    for ci in 0..c {
-                        for ky in 0..kh {
-                            let yi = y as isize + ky as isize - ph;
-                            if yi < 0 || yi >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let xi = xo as isize + kx as isize - pw;
-                                if xi < 0 || xi >= w as isize {
-                                    continue;
-                                }
-                                let v = data[((s * c + ci) * h + yi as usize) * w + xi as usize];
-                                out[(row, (ci * kh + ky) * kw + kx)] = v;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Rows of `X` added so far.
     pub fn samples(&self) -> usize {
         self.samples
@@ -340,4 +279,79 @@ impl InputAccumulator {
         }
         Ok(InputStats::new(self.moment, self.samples))
     }
+}
+
+/// The rows of `X` for one captured input `x` of the linear or conv2d layer `name` whose weight has
+/// `shape` (see the module docs): every leading dimension flattened for a linear layer, the im2col
+/// matrix for a convolution. The sensitivity model's activation term uses the same rows as `H`.
+pub(crate) fn input_rows(
+    name: &str,
+    kind: LayerKind,
+    shape: &[usize],
+    x: &Tensor,
+) -> Result<Mat<f64>> {
+    match kind {
+        LayerKind::Conv2d => im2col(name, shape, x),
+        LayerKind::Linear => {
+            let cols: usize = shape[1..].iter().product();
+            if x.dims().last() != Some(&cols) {
+                return Err(Error::compress(format!(
+                    "layer `{name}`: input of shape {:?} does not end in the weight's {cols} inputs",
+                    x.dims()
+                )));
+            }
+            let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let rows = data.len() / cols.max(1);
+            Ok(Mat::from_fn(rows, cols, |i, j| data[i * cols + j]))
+        }
+        LayerKind::Embedding => Err(Error::compress(format!(
+            "layer `{name}` is an embedding: its inputs are ids, not rows of X"
+        ))),
+    }
+}
+
+/// The im2col matrix of an input feature map `[n, c, h, w]` (stride 1, same padding).
+fn im2col(name: &str, shape: &[usize], x: &Tensor) -> Result<Mat<f64>> {
+    let error = |message: String| Error::compress(format!("layer `{name}`: {message}"));
+    let (c_in, kh, kw) = match shape {
+        &[_, c, kh, kw] => (c, kh, kw),
+        s => return Err(error(format!("a conv2d weight has rank 4, got {s:?}"))),
+    };
+    let (n, c, h, w) = match x.dims() {
+        &[n, c, h, w] => (n, c, h, w),
+        d => return Err(error(format!("a conv2d input is [n, c, h, w], got {d:?}"))),
+    };
+    if c != c_in {
+        return Err(error(format!(
+            "input has {c} channels, the weight {c_in} per group: only ungrouped convolutions \
+             are supported"
+        )));
+    }
+    let (ph, pw) = ((kh / 2) as isize, (kw / 2) as isize);
+    let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let mut out = Mat::<f64>::zeros(n * h * w, c * kh * kw);
+    for s in 0..n {
+        for y in 0..h {
+            for xo in 0..w {
+                let row = (s * h + y) * w + xo;
+                for ci in 0..c {
+                    for ky in 0..kh {
+                        let yi = y as isize + ky as isize - ph;
+                        if yi < 0 || yi >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let xi = xo as isize + kx as isize - pw;
+                            if xi < 0 || xi >= w as isize {
+                                continue;
+                            }
+                            let v = data[((s * c + ci) * h + yi as usize) * w + xi as usize];
+                            out[(row, (ci * kh + ky) * kw + kx)] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -20,7 +20,7 @@ pub struct LayerOverride {
     pub weight: Option<Tensor>,
     /// Activation quantization of the layer's input.
     pub act: ActQuant,
-    /// For [`ActQuant::Int8Static`]: the calibrated input range (min, max).
+    /// For [`ActQuant::Int8Static`]: the input range (min, max) calibrated on the calibration data.
     pub act_range: Option<(f32, f32)>,
 }
 
@@ -45,7 +45,10 @@ impl ForwardCtx<'_> {
     }
 
     /// The input of `layer` as the layer sees it: recorded if asked, then activation-quantized if its
-    /// override says so. Models call this on every compressible layer's input.
+    /// override says so ([`quantize_activation`](crate::compress::quantize_activation): dynamic ranges
+    /// per sample — per image of a `[n, c, h, w]` feature map, per vector along the last dimension
+    /// otherwise, i.e. per token of a sequence; an integer input such as token ids is an error, never
+    /// cast). Models call this on every compressible layer's input, in the shape the layer applies to.
     pub fn input(&self, layer: &str, x: &Tensor) -> Result<Tensor> {
         if let Some(cap) = self.capture {
             if let Ok(mut m) = cap.lock() {
@@ -101,6 +104,18 @@ pub fn capture_inputs(model: &dyn Model, batch: &Batch) -> Result<HashMap<String
 /// that read the very same input tensors (a block's query, key and value) share one statistic, counted
 /// once. A layer that never saw an input is an error.
 pub fn capture_input_stats(model: &dyn Model, batches: &[Batch]) -> Result<LayerInputs> {
+    capture_input_stats_with(model, batches, &mut |_, _| Ok(()))
+}
+
+/// [`capture_input_stats`], also handing every captured input of every layer (by layer name, shared
+/// inputs to each layer that reads them) to `observe` during the same pass, for whatever else is
+/// computed from the layers' calibration inputs (the evaluator's static activation ranges, the
+/// sensitivity model's activation error).
+pub fn capture_input_stats_with(
+    model: &dyn Model,
+    batches: &[Batch],
+    observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+) -> Result<LayerInputs> {
     let layers = &model.inventory().layers;
     // `source[i]`: the layer whose accumulator layer `i` shares (itself if none).
     let mut source: Vec<usize> = (0..layers.len()).collect();
@@ -135,6 +150,11 @@ pub fn capture_input_stats(model: &dyn Model, batches: &[Batch]) -> Result<Layer
                 if source[i] != i {
                     acc[i] = None;
                 }
+            }
+        }
+        for l in layers {
+            for x in captured.get(&l.name).into_iter().flatten() {
+                observe(&l.name, x)?;
             }
         }
         for (i, l) in layers.iter().enumerate() {

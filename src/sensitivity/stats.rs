@@ -26,6 +26,34 @@
 //! Biases are kept in f32 by every choice, so they cancel in `ΔW` and are left out of the denominator
 //! as well (the error is relative to the weight's part of the output).
 //!
+//! ## Activation quantization
+//!
+//! Quantizing the layer's input replaces `X` by `Q(X)`, which `H` cannot see: each layer also
+//! accumulates `‖(X − Q(X)) Wᵀ‖²` for `act8-dynamic` and, when the evaluator's calibrated range is
+//! given, for `act8-static` — with the evaluator's own quantizer ([`quantize_activation`]: dynamic
+//! ranges per sample or token, static ranges from the calibration split), on the same rows `X` as `H`
+//! (im2col for convolutions). [`LayerStats::capture_with_ranges`] accumulates it in the same pass over
+//! the calibration batches as `H`; [`LayerStats::with_activation`] adds it to statistics built from
+//! input statistics accumulated before (the evaluator's, whose static ranges must be known before the
+//! static term can be measured, so this is one more pass). [`LayerStats::activation_error`] is that
+//! energy over `trace(W H Wᵀ)`: the relative output error of the activation quantization alone.
+//! Embeddings have none: their input is ids, and search spaces refuse activation quantization on them.
+//!
+//! With both, the layer's output error is `X ΔWᵀ + ΔX W′ᵀ` (`ΔX = X − Q(X)`), and the cheap error of a
+//! choice is **the sum of the weight term and the activation term**:
+//!
+//! ```text
+//! ‖X ΔWᵀ + ΔX W′ᵀ‖² = ‖X ΔWᵀ‖² + ‖ΔX W′ᵀ‖² + 2⟨X ΔWᵀ, ΔX W′ᵀ⟩
+//!                   ≈ ‖X ΔWᵀ‖² + ‖ΔX Wᵀ‖²
+//! ```
+//!
+//! Two approximations, both measured (`tests/it/sensitivity.rs` computes the exact joint error on the
+//! demo's layers): the cross term is dropped — the input's rounding error and the weight's come from
+//! independent roundings, so their correlation averages out over many outputs — and `W′` is replaced by
+//! `W` in the activation term, which changes it by `ΔX ΔWᵀ`, a product of two small errors. Keeping the
+//! term independent of the weight choice (and of its rounding) costs one number per layer and mode
+//! instead of one `in × in` matrix (`ΔXᵀΔX`, and `XᵀΔX` for the cross term) per layer and mode.
+//!
 //! ## References
 //!
 //! - Y. LeCun, J. Denker, S. Solla, "Optimal Brain Damage", NIPS 1990 (second-order saliency of a
@@ -37,12 +65,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
 
-use crate::compress::{CompressSettings, InputAccumulator, InputStats, LayerInputs};
+use crate::compress::{
+    input_rows, quantize_activation, CompressSettings, InputAccumulator, InputStats, LayerInputs,
+};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::space::LayerInfo;
+use crate::space::{ActQuant, LayerInfo, LayerKind};
+
+/// Static activation ranges (min, max) by layer name, as the evaluator calibrates them.
+pub type ActRanges = HashMap<String, (f32, f32)>;
+
+/// `‖(X − Q(X)) Wᵀ‖²` accumulated over a layer's calibration inputs, per activation quantization.
+#[derive(Clone, Copy, Debug, Default)]
+struct ActEnergy {
+    dynamic: f64,
+    /// `None` when no static range was given.
+    fixed: Option<f64>,
+}
 
 /// What one layer's calibration inputs say about its output error under compression.
 #[derive(Clone, Debug)]
@@ -55,19 +98,59 @@ pub struct LayerStats {
     inputs: Arc<InputStats>,
     /// `trace(W H Wᵀ)`: the squared norm of the weight's part of the calibration outputs.
     reference: f64,
+    /// The activation quantization's output energy (`None` for an embedding, or when the statistics
+    /// were built without it).
+    act: Option<ActEnergy>,
 }
 
 impl LayerStats {
     /// Runs `model` on the calibration `batches`, capturing every compressible layer's input, and
     /// accumulates each layer's statistics batch by batch (only one batch's inputs are held at a time).
-    /// Statistics come in inventory order. A layer that never saw an input is an error.
+    /// Statistics come in inventory order. A layer that never saw an input is an error. The
+    /// activation term is accumulated for `act8-dynamic` only; see [`LayerStats::capture_with_ranges`].
     pub fn capture(model: &dyn Model, batches: &[Batch]) -> Result<Vec<LayerStats>> {
-        let inputs = crate::model::capture_input_stats(model, batches)?;
-        LayerStats::for_model(model, &inputs)
+        Self::capture_with_ranges(model, batches, &ActRanges::new())
+    }
+
+    /// [`LayerStats::capture`], also accumulating the `act8-static` term of every layer that has a
+    /// range in `ranges` (the evaluator's, [`CandleEvaluator::ranges`]), in the same pass as `H`.
+    ///
+    /// [`CandleEvaluator::ranges`]: crate::eval::CandleEvaluator::ranges
+    pub fn capture_with_ranges(
+        model: &dyn Model,
+        batches: &[Batch],
+        ranges: &ActRanges,
+    ) -> Result<Vec<LayerStats>> {
+        let mut act = ActAccumulators::new(model, ranges)?;
+        let inputs = crate::model::capture_input_stats_with(model, batches, &mut |name, x| {
+            act.add(name, x)
+        })?;
+        Ok(act.attach(LayerStats::for_model(model, &inputs)?))
+    }
+
+    /// `stats` (as [`LayerStats::for_model`] builds them, without the activation term) with the
+    /// activation term of every layer accumulated on `batches` — the calibration batches `H` was
+    /// accumulated on — in one capture; `act8-static` for the layers with a range in `ranges`.
+    pub fn with_activation(
+        stats: Vec<LayerStats>,
+        model: &dyn Model,
+        batches: &[Batch],
+        ranges: &ActRanges,
+    ) -> Result<Vec<LayerStats>> {
+        let mut act = ActAccumulators::new(model, ranges)?;
+        for batch in batches {
+            for (name, xs) in crate::model::capture_inputs(model, batch)? {
+                for x in &xs {
+                    act.add(&name, x)?;
+                }
+            }
+        }
+        Ok(act.attach(stats))
     }
 
     /// The statistics of every layer of `model`, in inventory order, from input statistics already
-    /// accumulated (an evaluator's [`input_stats`](crate::eval::CandleEvaluator::input_stats)).
+    /// accumulated (an evaluator's [`input_stats`](crate::eval::CandleEvaluator::input_stats)),
+    /// without the activation term ([`LayerStats::with_activation`] adds it).
     pub fn for_model(model: &dyn Model, inputs: &LayerInputs) -> Result<Vec<LayerStats>> {
         model
             .inventory()
@@ -83,13 +166,25 @@ impl LayerStats {
     }
 
     /// Statistics of one layer from its inputs, as the model's forward hands them to the layer
-    /// (see [`InputStats`] for what each kind expects). `weight` has the layer's stored shape.
-    pub fn from_inputs(info: &LayerInfo, weight: &Tensor, inputs: &[Tensor]) -> Result<LayerStats> {
+    /// (see [`InputStats`] for what each kind expects), with the activation term. `weight` has the
+    /// layer's stored shape; `range`, if given, is the layer's static activation range.
+    pub fn from_inputs(
+        info: &LayerInfo,
+        weight: &Tensor,
+        inputs: &[Tensor],
+        range: Option<(f32, f32)>,
+    ) -> Result<LayerStats> {
         let mut a = InputAccumulator::new(info)?;
+        let mut act = ActAccumulator::new(info, weight, range)?;
         for x in inputs {
             a.add(x)?;
+            if let Some(act) = act.as_mut() {
+                act.add(x)?;
+            }
         }
-        LayerStats::from_inputs_stats(info, weight, Arc::new(a.finish()?))
+        let mut stats = LayerStats::from_inputs_stats(info, weight, Arc::new(a.finish()?))?;
+        stats.act = act.map(|a| a.energy);
+        Ok(stats)
     }
 
     /// Statistics of one layer from its accumulated input statistics.
@@ -129,6 +224,7 @@ impl LayerStats {
             cols,
             inputs,
             reference,
+            act: None,
         })
     }
 
@@ -165,6 +261,148 @@ impl LayerStats {
         let delta: Vec<f32> = self.weight.iter().zip(&w2).map(|(a, b)| a - b).collect();
         Ok(self.inputs.energy(&delta, self.rows, self.cols) / self.reference)
     }
+
+    /// The relative output error `‖(X − Q(X)) Wᵀ‖² / ‖X Wᵀ‖²` of quantizing the layer's input as
+    /// `act` says, the weight unchanged (see the module docs); 0 for no activation quantization. An
+    /// error for an embedding (its input is ids), for statistics built without the activation term,
+    /// and for `act8-static` when the statistics were captured without the layer's static range.
+    pub fn activation_error(&self, act: ActQuant) -> Result<f64> {
+        let energy = match (act, self.act) {
+            (ActQuant::None, _) => return Ok(0.0),
+            (_, None) if self.info.kind == LayerKind::Embedding => {
+                return Err(Error::sensitivity(format!(
+                    "layer `{}` is an {}: its input is ids, which {act} would scramble; it has no \
+                     activation quantization error",
+                    self.info.name, self.info.kind
+                )))
+            }
+            (_, None) => {
+                return Err(Error::sensitivity(format!(
+                    "layer `{}`: the statistics were built without the activation term, so the \
+                     error of {act} is unknown (add it with LayerStats::with_activation)",
+                    self.info.name
+                )))
+            }
+            (ActQuant::Int8Dynamic, Some(e)) => e.dynamic,
+            (ActQuant::Int8Static, Some(e)) => e.fixed.ok_or_else(|| {
+                Error::sensitivity(format!(
+                    "layer `{}`: the statistics were captured without its static activation range, \
+                     so the error of act8-static is unknown (capture them with \
+                     LayerStats::capture_with_ranges and the evaluator's ranges)",
+                    self.info.name
+                ))
+            })?,
+        };
+        Ok(energy / self.reference)
+    }
+}
+
+/// The activation term of every non-embedding layer of a model, being accumulated.
+struct ActAccumulators(HashMap<String, ActAccumulator>);
+
+impl ActAccumulators {
+    fn new(model: &dyn Model, ranges: &ActRanges) -> Result<ActAccumulators> {
+        let mut out = HashMap::new();
+        for l in &model.inventory().layers {
+            let range = ranges.get(&l.name).copied();
+            if let Some(a) = ActAccumulator::new(l, &model.weight(&l.name)?, range)? {
+                out.insert(l.name.clone(), a);
+            }
+        }
+        Ok(ActAccumulators(out))
+    }
+
+    /// Adds one captured input of layer `name` (an embedding's or an unknown layer's: nothing).
+    fn add(&mut self, name: &str, x: &Tensor) -> Result<()> {
+        match self.0.get_mut(name) {
+            Some(a) => a.add(x),
+            None => Ok(()),
+        }
+    }
+
+    /// `stats` with their activation terms.
+    fn attach(mut self, mut stats: Vec<LayerStats>) -> Vec<LayerStats> {
+        for s in &mut stats {
+            s.act = self.0.remove(&s.info.name).map(|a| a.energy);
+        }
+        stats
+    }
+}
+
+/// One layer's activation term, being accumulated.
+struct ActAccumulator {
+    info: LayerInfo,
+    /// The original weight as an `out × in` f64 matrix (matrix view: rows = dim 0).
+    weight: Mat<f64>,
+    /// The static activation range, if known.
+    range: Option<(f32, f32)>,
+    energy: ActEnergy,
+}
+
+impl ActAccumulator {
+    /// `None` for an embedding (its input is ids).
+    fn new(
+        info: &LayerInfo,
+        weight: &Tensor,
+        range: Option<(f32, f32)>,
+    ) -> Result<Option<ActAccumulator>> {
+        if info.kind == LayerKind::Embedding {
+            return Ok(None);
+        }
+        let (rows, cols) = matrix_dims(&info.shape);
+        if weight.elem_count() != rows * cols {
+            return Err(Error::sensitivity(format!(
+                "layer `{}`: weight has shape {:?}, the inventory says {:?}",
+                info.name,
+                weight.dims(),
+                info.shape
+            )));
+        }
+        let data = weight
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        Ok(Some(ActAccumulator {
+            info: info.clone(),
+            weight: Mat::from_fn(rows, cols, |i, j| data[i * cols + j]),
+            range,
+            energy: ActEnergy {
+                dynamic: 0.0,
+                fixed: range.map(|_| 0.0),
+            },
+        }))
+    }
+
+    /// Adds `‖(X − Q(X)) Wᵀ‖²` of one captured input for each known activation quantization.
+    fn add(&mut self, x: &Tensor) -> Result<()> {
+        self.energy.dynamic += self.quantization_energy(x, ActQuant::Int8Dynamic, None)?;
+        if let Some(range) = self.range {
+            let e = self.quantization_energy(x, ActQuant::Int8Static, Some(range))?;
+            *self.energy.fixed.get_or_insert(0.0) += e;
+        }
+        Ok(())
+    }
+
+    /// `‖(X − Q(X)) Wᵀ‖²` of one captured input under `act`, with the evaluator's quantizer.
+    fn quantization_energy(
+        &self,
+        x: &Tensor,
+        act: ActQuant,
+        range: Option<(f32, f32)>,
+    ) -> Result<f64> {
+        let dx = (x - quantize_activation(x, act, range)?)?;
+        let dx_rows = input_rows(&self.info.name, self.info.kind, &self.info.shape, &dx)?;
+        let mut y = Mat::<f64>::zeros(dx_rows.nrows(), self.weight.nrows());
+        matmul(
+            y.as_mut(),
+            Accum::Replace,
+            dx_rows.as_ref(),
+            self.weight.transpose(),
+            1.0,
+            Par::Seq,
+        );
+        Ok(y.squared_norm_l2())
+    }
 }
 
 /// `(dim 0, product of the rest)` of a weight shape.
@@ -176,9 +414,11 @@ fn matrix_dims(shape: &[usize]) -> (usize, usize) {
 /// The cheap error of every (group, choice) of `space`: the sum over the group's layers of their
 /// relative output errors with the weight compressed as the choice says ([`apply_with`] with
 /// `settings` — a [`ScaleMethod`](crate::compress::ScaleMethod) alone means round-to-nearest — and the
-/// layer's own input statistics). `stats` must hold every layer of the space (as
-/// [`LayerStats::capture`] returns them). Only the weight counts: a choice that differs from another
-/// only in activation quantization gets the same error, and an uncompressed choice gets 0.
+/// layer's own input statistics) plus, when the choice quantizes activations, the layer's
+/// [`activation_error`](LayerStats::activation_error) (see the module docs). `stats` must hold every
+/// layer of the space (as [`LayerStats::capture`] returns them; with the static ranges for
+/// `act8-static` choices). A choice with activation quantization costs more than its weight-only
+/// twin; an uncompressed choice gets 0.
 ///
 /// [`apply_with`]: crate::compress::apply_with
 pub fn cheap_errors(
@@ -196,13 +436,41 @@ pub fn cheap_errors_with_progress(
     settings: impl Into<CompressSettings>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
-    errors_per_choice(
+    let mut errors = errors_per_choice(
         space,
         stats,
         &settings.into(),
         "calibration statistics",
         progress,
-    )
+    )?;
+    add_activation_errors(space, stats, &mut errors)?;
+    Ok(errors)
+}
+
+/// Adds to `errors[group][choice]` the activation error of every member layer of the group, for the
+/// choices that quantize activations.
+fn add_activation_errors(
+    space: &crate::space::SearchSpace,
+    stats: &[LayerStats],
+    errors: &mut [Vec<f64>],
+) -> Result<()> {
+    let by_name: HashMap<&str, &LayerStats> =
+        stats.iter().map(|s| (s.info.name.as_str(), s)).collect();
+    for (g, row) in space.groups.iter().zip(errors) {
+        for (c, e) in g.choices.iter().zip(row.iter_mut()) {
+            if c.act == ActQuant::None {
+                continue;
+            }
+            for &m in &g.members {
+                let name = &space.layers[m].info.name;
+                let s = by_name.get(name.as_str()).ok_or_else(|| {
+                    Error::sensitivity(format!("no calibration statistics for layer `{name}`"))
+                })?;
+                *e += s.activation_error(c.act)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A per-layer error measure of a compressed weight ([`LayerStats`]' output error, the Fisher

@@ -51,6 +51,7 @@ fn manifest(name: &str, created_unix: u64) -> RunManifest {
             model: "ab12".into(),
             ..Fingerprints::default()
         },
+        splits: None,
     }
 }
 
