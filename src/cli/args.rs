@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use mpsearch::compress::ScaleMethod;
+use mpsearch::compress::{GptqOptions, Rounding, ScaleMethod};
 use mpsearch::cost::model::parse_budget;
 use mpsearch::cost::Objective;
 use mpsearch::strategy::StrategyKind;
@@ -93,9 +93,41 @@ pub struct DataArgs {
     /// Encoders: a sentence file (one per line); default: the shipped sentences.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// How weight quantization picks its scales: min/max, or MSE-optimal clipping.
+    /// How weight quantization picks its scales: min/max, MSE-optimal clipping, or the clipping with
+    /// the least output error on the calibration inputs.
     #[arg(long, value_enum, default_value_t = ScaleArg::Mse)]
     pub scale: ScaleArg,
+    /// How integer weights are rounded: to nearest, or by GPTQ (each column's rounding error
+    /// compensated in the later columns through the calibration inputs' statistics).
+    #[arg(long, value_enum, default_value_t = RoundingArg::Rtn)]
+    pub rounding: RoundingArg,
+    /// GPTQ's dampening of H, as a fraction of the mean of its diagonal.
+    #[arg(long, default_value_t = mpsearch::compress::gptq::DEFAULT_DAMP, value_name = "FRACTION")]
+    pub gptq_damp: f64,
+    /// GPTQ quantizes the columns in order of decreasing input energy (group scales are then fitted
+    /// up front).
+    #[arg(long)]
+    pub act_order: bool,
+}
+
+impl DataArgs {
+    /// The rounding, its options checked (an error names the flag).
+    pub fn rounding(&self) -> anyhow::Result<Rounding> {
+        let gptq_flags = self.act_order || self.gptq_damp != mpsearch::compress::gptq::DEFAULT_DAMP;
+        match self.rounding {
+            RoundingArg::Rtn => {
+                anyhow::ensure!(
+                    !gptq_flags,
+                    "--gptq-damp and --act-order apply to --rounding gptq only"
+                );
+                Ok(Rounding::Rtn)
+            }
+            RoundingArg::Gptq => Ok(Rounding::Gptq(
+                GptqOptions::new(self.gptq_damp, self.act_order)
+                    .map_err(|e| anyhow::anyhow!("--gptq-damp: {e}"))?,
+            )),
+        }
+    }
 }
 
 /// What every command that evaluates in one go needs: the model, its space and data, and the evaluator
@@ -199,6 +231,8 @@ pub enum ScaleArg {
     Minmax,
     // The clipping ratio with the least squared error.
     Mse,
+    // The clipping ratio with the least output error on the calibration inputs.
+    Output,
 }
 
 impl ScaleArg {
@@ -207,8 +241,18 @@ impl ScaleArg {
         match self {
             ScaleArg::Minmax => ScaleMethod::MinMax,
             ScaleArg::Mse => ScaleMethod::Mse,
+            ScaleArg::Output => ScaleMethod::Output,
         }
     }
+}
+
+/// `--rounding`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoundingArg {
+    // Round to nearest.
+    Rtn,
+    // GPTQ.
+    Gptq,
 }
 
 /// `export --format`.
@@ -497,7 +541,8 @@ fn positive(value: u64, flag: &str) -> anyhow::Result<()> {
 
 impl EvaluatorArgs {
     pub fn check(&self) -> anyhow::Result<()> {
-        positive(self.cache_mb as u64, "--cache-mb")
+        positive(self.cache_mb as u64, "--cache-mb")?;
+        self.data.rounding().map(|_| ())
     }
 }
 
@@ -535,6 +580,7 @@ impl SensitivityArgs {
 pub struct SearchChecked {
     pub budgets: Budgets,
     pub time_seconds: Option<f64>,
+    pub rounding: Rounding,
 }
 
 impl SearchArgs {
@@ -561,6 +607,7 @@ impl SearchArgs {
             );
         }
         Ok(SearchChecked {
+            rounding: self.data.rounding()?,
             budgets: self.budgets.parse()?,
             time_seconds: self
                 .time

@@ -8,10 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use mpsearch::compress::LayerInputs;
 use mpsearch::cost::model::{format_bytes, format_us};
+use mpsearch::eval::{CandleEvaluator, EvalData, Evaluator};
 use mpsearch::export::{self, llama, safetensors, Pick, Selected};
-use mpsearch::model::ModelSource;
+use mpsearch::model::{Model, ModelSource};
 use mpsearch::space::{Assignment, SearchSpace};
 use mpsearch::store::{self, HeldOut, RunManifest, SledStore, Store, TrialRecord};
 
@@ -173,6 +176,39 @@ fn output(out: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The layers' calibration statistics when the run's scale method or rounding uses them (GPTQ,
+/// output-error scales), from an evaluator with the run's settings, which must be the one that
+/// evaluated the run (same model, data and settings), so that the exported weights are the evaluated
+/// ones.
+fn calibration_inputs(
+    m: &RunManifest,
+    model: Arc<dyn Model>,
+    data: EvalData,
+) -> anyhow::Result<Option<LayerInputs>> {
+    let settings = mpsearch::search::evaluator_settings(&m.config);
+    if !settings.compress().uses_inputs() {
+        return Ok(None);
+    }
+    let ev = CandleEvaluator::new(model, data, settings)?;
+    let (recorded, now) = (
+        &m.fingerprints.evaluator,
+        ev.fingerprint().to_hex().to_string(),
+    );
+    anyhow::ensure!(
+        *recorded == now,
+        "run `{}` was evaluated with {} scales and {} rounding, which fit each weight to the \
+         calibration data; that data or the evaluator changed since (fingerprint {} → {}), so the \
+         exported weights would not be the ones evaluated. Restore the data, or export --format json \
+         and evaluate it again",
+        m.name,
+        m.config.scale,
+        m.config.rounding,
+        &recorded[..recorded.len().min(12)],
+        &now[..12]
+    );
+    Ok(Some(ev.input_stats()?.clone()))
+}
+
 fn write_weights(
     m: &RunManifest,
     sel: &Selected,
@@ -182,7 +218,7 @@ fn write_weights(
     let c = &m.config;
     let path =
         out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.safetensors", m.name, sel.label())));
-    let (model, _) = mpsearch::eval::load(
+    let (model, data) = mpsearch::eval::load(
         &ModelSource::parse(&c.model),
         c.data.as_deref().map(Path::new),
     )?;
@@ -215,8 +251,10 @@ fn write_weights(
         model: c.model.clone(),
         space: c.space.clone(),
         scale: c.scale,
+        rounding: c.rounding,
     };
-    let s = safetensors::write_compressed(model.as_ref(), &asg, &info, &path)?;
+    let inputs = calibration_inputs(m, model.clone(), data)?;
+    let s = safetensors::write_compressed(model.as_ref(), &asg, &info, inputs.as_ref(), &path)?;
     eprintln!(
         "wrote {}: {} compressed layers in {} tensors, {} of weight data ({} bytes in all); left out \
          (unchanged): {}",

@@ -64,6 +64,7 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
         trials,
         time_seconds: checked.time_seconds,
         scale: a.data.scale.method(),
+        rounding: checked.rounding,
         pairs: a.pairs,
     }
 }

@@ -40,6 +40,7 @@ pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<(CandleEvaluator, SearchSp
     let space = load_space(a.input.space.as_deref(), net.inventory())?;
     let settings = EvalSettings {
         scale: a.data.scale.method(),
+        rounding: a.data.rounding()?,
         cache_bytes: a.cache_mb.saturating_mul(1 << 20),
         ..EvalSettings::default()
     };

@@ -17,8 +17,21 @@
 //!    1×1 layer over the rank dimension).
 //! 4. **quantize** each factor, with scales fitted to the surviving weights only (pruned zeros would
 //!    otherwise stretch or shift the range), then re-apply the pruning mask so that pruned weights
-//!    stay exactly zero even where an asymmetric zero point is not a code of zero.
+//!    stay exactly zero even where an asymmetric zero point is not a code of zero. With
+//!    [`Rounding::Gptq`] an integer format is rounded by GPTQ ([`super::gptq`]) over the kept weights,
+//!    the mask applied inside its loop (pruned weights become exactly zero and their error is
+//!    compensated by the kept weights after them, as SparseGPT does).
 //! 5. **multiply** the factors back: `A·B`, reshaped to the weight's shape.
+//!
+//! **Input statistics** ([`InputStats`], `H = XᵀX` of the layer's calibration inputs) are needed by
+//! [`ScaleMethod::Output`] and [`Rounding::Gptq`] on integer formats ([`CompressSettings::needs_inputs`]).
+//! Each factor is quantized with its own: `B` (or `W`) sees the layer's inputs `X`, so its `H` is the
+//! layer's; `A` sees `B̂x`, the output of the *quantized* `B`, so `H_A = B̂ H B̂ᵀ` (`k × k`), and `B` is
+//! quantized first. Embeddings: a look-up's `H` is diagonal (how often each row was read), and with a
+//! diagonal `H` GPTQ moves no error — it is round-to-nearest, which is what they get; output-error
+//! scales weigh their rows by those counts (a factorized table's `B` by weight MSE).
+//! Float formats (f32, f16, bf16) ignore both settings: GPTQ rounds to an integer grid, and pruning
+//! alone keeps its mask without compensation.
 //!
 //! Pruning comes before quantization because the mask is a decision about the weights, and the
 //! quantizer should spend its grid on the weights that remain: fitting scales first and pruning after
@@ -29,13 +42,49 @@
 //! [`quantize_activation`](super::quantize_activation) at run time.
 
 use candle_core::Tensor;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+use serde::{Deserialize, Serialize};
 
+use super::gptq::{self, Format, Rounding};
 use super::lowrank::truncated_svd;
 use super::matrix::WeightMatrix;
 use super::prune;
 use super::quant::{quantize_matrix, QuantizedWeight, ScaleMethod};
-use crate::error::Result;
+use super::stats::InputStats;
+use crate::error::{Error, Result};
 use crate::space::{Choice, Sparsity, WeightQuant};
+
+/// How a choice's integer formats are fitted and rounded: the scale method and the rounding. Part of
+/// the evaluator's fingerprint and of the compressed-weight cache key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CompressSettings {
+    pub scale: ScaleMethod,
+    pub rounding: Rounding,
+}
+
+impl From<ScaleMethod> for CompressSettings {
+    /// `scale` with round-to-nearest.
+    fn from(scale: ScaleMethod) -> CompressSettings {
+        CompressSettings {
+            scale,
+            rounding: Rounding::Rtn,
+        }
+    }
+}
+
+impl CompressSettings {
+    /// Whether compressing a weight under `choice` needs the layer's input statistics.
+    pub fn needs_inputs(&self, choice: &Choice) -> bool {
+        matches!(choice.weights, WeightQuant::Int { .. })
+            && (self.scale.needs_inputs() || self.rounding.needs_inputs())
+    }
+
+    /// Whether compressing any layer may need input statistics.
+    pub fn uses_inputs(&self) -> bool {
+        self.scale.needs_inputs() || self.rounding.needs_inputs()
+    }
+}
 
 /// A compressed weight before its factors are multiplied back: one factor (`W`) or two (`A`, `B`),
 /// each pruned and fake-quantized, with its keep mask and, for integer formats, its integer form.
@@ -85,13 +134,55 @@ impl CompressedWeight {
     }
 }
 
-/// Applies `choice` to `w` (steps 1–4 of the module docs), keeping the factors apart.
+/// Applies `choice` to `w` (steps 1–4 of the module docs), keeping the factors apart, with
+/// round-to-nearest and `scale` (which must not need input statistics: see [`compress_with`]).
 pub fn compress_factors(
     w: &Tensor,
     choice: &Choice,
     scale: ScaleMethod,
 ) -> Result<CompressedWeight> {
+    compress_with(w, choice, &scale.into(), None)
+}
+
+/// The dense f32 weight, of `w`'s shape, that the evaluator uses for a layer under `choice`:
+/// factorize, remove channels, prune, quantize, multiply back (in that order; see the module docs),
+/// with round-to-nearest and `scale`. `choice.act` plays no part here.
+pub fn apply_choice(w: &Tensor, choice: &Choice, scale: ScaleMethod) -> Result<Tensor> {
+    compress_factors(w, choice, scale)?.to_tensor()
+}
+
+/// [`apply_choice`] with `settings` and the layer's input statistics (needed when
+/// [`CompressSettings::needs_inputs`] says so; an error names what is missing).
+pub fn apply_with(
+    w: &Tensor,
+    choice: &Choice,
+    settings: &CompressSettings,
+    inputs: Option<&InputStats>,
+) -> Result<Tensor> {
+    compress_with(w, choice, settings, inputs)?.to_tensor()
+}
+
+/// [`compress_factors`] with `settings` and the layer's input statistics (see the module docs).
+pub fn compress_with(
+    w: &Tensor,
+    choice: &Choice,
+    settings: &CompressSettings,
+    inputs: Option<&InputStats>,
+) -> Result<CompressedWeight> {
     let original = WeightMatrix::from_tensor(w)?;
+    let inputs = if settings.needs_inputs(choice) {
+        let s = inputs.ok_or_else(|| {
+            Error::compress(format!(
+                "{choice} with {} scales and {} rounding needs the layer's input statistics \
+                 (calibration data); none were given",
+                settings.scale, settings.rounding
+            ))
+        })?;
+        s.check_fits(original.rows(), original.cols(), &choice.to_string())?;
+        Some(s)
+    } else {
+        None
+    };
     // 1. Factorize the dense weight.
     let mut factors = match choice.rank {
         Some(p) => {
@@ -100,11 +191,51 @@ pub fn compress_factors(
         }
         None => vec![original.clone()],
     };
-    // 2 and 3. Decide what to remove: whole rows by the original's norms, or a pattern per factor.
-    let masks: Vec<Vec<bool>> = match choice.sparsity {
+    // 2 and 3. Decide what to remove.
+    let masks = masks(w.dims(), &original, &factors, choice)?;
+    // 4. Quantize what survives, the last factor first (the first factor's inputs are its output).
+    let mut quantized = vec![None; factors.len()];
+    for i in (0..factors.len()).rev() {
+        let keep = &masks[i];
+        let stats = factor_inputs(inputs, &factors, i)?;
+        let mut settings = *settings;
+        if stats.is_none() && settings.scale.needs_inputs() {
+            // A factorized embedding's `B`: its rows are not the table's (see the module docs).
+            settings.scale = ScaleMethod::Mse;
+        }
+        let stats = stats.as_ref().map(FactorInputs::get);
+        let q = quantize_factor(&factors[i], keep, &choice.weights, &settings, stats)?;
+        factors[i] = match &q {
+            Some(q) => q.dequantize_matrix()?,
+            None => {
+                let mut f = factors[i].clone();
+                f.apply_mask(keep);
+                quantize_matrix(&f, &choice.weights, settings.scale, Some(keep))?
+            }
+        };
+        factors[i].apply_mask(keep);
+        quantized[i] = q;
+    }
+    Ok(CompressedWeight {
+        factors,
+        masks,
+        quantized,
+        shape: w.dims().to_vec(),
+    })
+}
+
+/// The keep mask of each factor of a weight of shape `dims`: whole rows by the original's norms, or a
+/// pattern per factor (N:M along input channels, [`factor_kernel`]).
+fn masks(
+    dims: &[usize],
+    original: &WeightMatrix,
+    factors: &[WeightMatrix],
+    choice: &Choice,
+) -> Result<Vec<Vec<bool>>> {
+    match choice.sparsity {
         Sparsity::Channels(p) => {
-            let rows = prune::channel_mask(&original, p)?;
-            factors
+            let rows = prune::channel_mask(original, p)?;
+            Ok(factors
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
@@ -114,46 +245,120 @@ pub fn compress_factors(
                         vec![true; f.len()]
                     }
                 })
-                .collect()
+                .collect())
         }
         s => factors
             .iter()
             .enumerate()
-            .map(|(i, f)| prune::mask(f, &s, factor_kernel(w.dims(), factors.len(), i)))
-            .collect::<Result<_>>()?,
-    };
-    // 4. Quantize what survives; pruned weights stay exactly zero.
-    let mut quantized = Vec::with_capacity(factors.len());
-    for (f, keep) in factors.iter_mut().zip(&masks) {
-        f.apply_mask(keep);
-        let q = match choice.weights {
-            WeightQuant::Int {
-                bits,
-                scheme,
-                granularity,
-            } => Some(QuantizedWeight::from_matrix(
-                f,
-                bits,
-                scheme,
-                granularity,
-                scale,
-                Some(keep),
-            )?),
-            _ => None,
-        };
-        *f = match &q {
-            Some(q) => q.dequantize_matrix()?,
-            None => quantize_matrix(f, &choice.weights, scale, Some(keep))?,
-        };
-        f.apply_mask(keep);
-        quantized.push(q);
+            .map(|(i, f)| prune::mask(f, &s, factor_kernel(dims, factors.len(), i)))
+            .collect(),
     }
-    Ok(CompressedWeight {
-        factors,
-        masks,
-        quantized,
-        shape: w.dims().to_vec(),
+}
+
+/// The integer form of one (dense, unmasked) factor under an integer format, or `None` for a float
+/// format: GPTQ when asked for and `H` is full, else round-to-nearest on the masked factor.
+fn quantize_factor(
+    f: &WeightMatrix,
+    keep: &[bool],
+    weights: &WeightQuant,
+    settings: &CompressSettings,
+    stats: Option<&InputStats>,
+) -> Result<Option<QuantizedWeight>> {
+    let WeightQuant::Int {
+        bits,
+        scheme,
+        granularity,
+    } = *weights
+    else {
+        return Ok(None);
+    };
+    if let (Rounding::Gptq(options), Some(s)) = (settings.rounding, stats) {
+        if s.hessian().is_some() {
+            let format = Format {
+                bits,
+                scheme,
+                granularity,
+                method: settings.scale,
+            };
+            let prep = gptq::prepared(s, options)?;
+            return gptq::quantize(f, &format, Some(keep), s, &prep).map(Some);
+        }
+    }
+    let mut masked = f.clone();
+    masked.apply_mask(keep);
+    QuantizedWeight::from_matrix_with(
+        &masked,
+        bits,
+        scheme,
+        granularity,
+        settings.scale,
+        Some(keep),
+        stats,
+    )
+    .map(Some)
+}
+
+/// A factor's input statistics: the layer's, or computed for the factor.
+enum FactorInputs<'a> {
+    Layer(&'a InputStats),
+    Projected(InputStats),
+}
+
+impl FactorInputs<'_> {
+    fn get(&self) -> &InputStats {
+        match self {
+            FactorInputs::Layer(s) => s,
+            FactorInputs::Projected(s) => s,
+        }
+    }
+}
+
+/// The input statistics of factor `i` of `factors` (`[W]` or `[A, B̂]`, `B̂` already quantized), from
+/// the layer's: `W` and `B` see the layer's inputs `x`; `A` sees `B̂x`, so `H_A = B̂ H B̂ᵀ`. For an
+/// embedding (look-up counts per table row) `W` and `A` keep the counts, `B` gets none.
+fn factor_inputs<'a>(
+    inputs: Option<&'a InputStats>,
+    factors: &[WeightMatrix],
+    i: usize,
+) -> Result<Option<FactorInputs<'a>>> {
+    let Some(stats) = inputs else {
+        return Ok(None);
+    };
+    let last = i + 1 == factors.len();
+    Ok(match (stats.hessian(), last) {
+        (Some(_), true) => Some(FactorInputs::Layer(stats)),
+        (Some(h), false) => Some(FactorInputs::Projected(project(
+            h,
+            &factors[i + 1],
+            stats.samples(),
+        )?)),
+        (None, _) if i == 0 => Some(FactorInputs::Layer(stats)),
+        (None, _) => None,
     })
+}
+
+/// `B H Bᵀ`.
+fn project(h: MatRef<'_, f32>, b: &WeightMatrix, samples: usize) -> Result<InputStats> {
+    let bm = b.to_faer();
+    let mut bh = Mat::<f32>::zeros(bm.nrows(), h.ncols());
+    matmul(
+        bh.as_mut(),
+        Accum::Replace,
+        bm.as_ref(),
+        h,
+        1.0f32,
+        Par::Seq,
+    );
+    let mut ha = Mat::<f32>::zeros(bm.nrows(), bm.nrows());
+    matmul(
+        ha.as_mut(),
+        Accum::Replace,
+        bh.as_ref(),
+        bm.transpose(),
+        1.0f32,
+        Par::Seq,
+    );
+    InputStats::from_hessian(ha, samples)
 }
 
 /// Kernel positions per input channel of factor `index` of a weight of shape `dims` split into
@@ -166,11 +371,4 @@ pub fn factor_kernel(dims: &[usize], count: usize, index: usize) -> usize {
     } else {
         prune::kernel_positions(dims)
     }
-}
-
-/// The dense f32 weight, of `w`'s shape, that the evaluator uses for a layer under `choice`:
-/// factorize, remove channels, prune, quantize, multiply back (in that order; see the module docs).
-/// `choice.act` plays no part here.
-pub fn apply_choice(w: &Tensor, choice: &Choice, scale: ScaleMethod) -> Result<Tensor> {
-    compress_factors(w, choice, scale)?.to_tensor()
 }

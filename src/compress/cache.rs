@@ -2,11 +2,12 @@
 //!
 //! A search evaluates thousands of assignments that share most of their layer choices, and compressing
 //! a layer (an SVD, an MSE scale search) costs far more than looking it up. [`CompressCache`] keeps the
-//! compressed weight of each `(layer name, choice, scale method)` it has computed, up to a byte budget,
-//! and evicts the least recently used entries beyond it.
+//! compressed weight of each `(layer name, choice, compression settings)` it has computed, up to a byte
+//! budget, and evicts the least recently used entries beyond it.
 //!
-//! - **Key**: the activation part of a choice is left out of the key, since it does not change the
-//!   weight.
+//! - **Key**: the layer, the choice and the [`CompressSettings`] (scale method and rounding: GPTQ and
+//!   round-to-nearest give different weights). The activation part of a choice is left out of the key,
+//!   since it does not change the weight.
 //! - **One cache per model**: the key names the layer, not the weight's bytes, so a cache must not be
 //!   shared between models.
 //! - **Threads**: the cache is `Sync`; a `Mutex` guards the map only for lookups and insertions, and
@@ -27,8 +28,9 @@ use std::sync::{Mutex, MutexGuard};
 use candle_core::Tensor;
 use lru::LruCache;
 
-use super::apply::apply_choice;
+use super::apply::{apply_choice, apply_with, CompressSettings};
 use super::quant::ScaleMethod;
+use super::stats::InputStats;
 use crate::error::{Error, Result};
 use crate::space::{ActQuant, Choice};
 
@@ -42,19 +44,19 @@ pub struct CacheKey {
     /// The choice with its activation part cleared: activation quantization does not change the
     /// weight, so `int4-sym-g32` and `int4-sym-g32+act8-static` share one entry.
     pub choice: Choice,
-    pub scale: ScaleMethod,
+    pub settings: CompressSettings,
 }
 
 impl CacheKey {
-    /// The key of `(layer, choice, scale)`.
-    pub fn new(layer: &str, choice: &Choice, scale: ScaleMethod) -> CacheKey {
+    /// The key of `(layer, choice, settings)` (a [`ScaleMethod`] alone means round-to-nearest).
+    pub fn new(layer: &str, choice: &Choice, settings: impl Into<CompressSettings>) -> CacheKey {
         CacheKey {
             layer: layer.to_string(),
             choice: Choice {
                 act: ActQuant::None,
                 ..*choice
             },
-            scale,
+            settings: settings.into(),
         }
     }
 }
@@ -132,16 +134,31 @@ impl CompressCache {
         self.get_or_compute(layer, choice, scale, || apply_choice(weight, choice, scale))
     }
 
-    /// The cached tensor of `(layer, choice, scale)`, or `compute()`'s result, stored (errors are
+    /// [`CompressCache::get_or_apply`] with `settings` and the layer's input statistics
+    /// ([`apply_with`]).
+    pub fn get_or_apply_with(
+        &self,
+        layer: &str,
+        weight: &Tensor,
+        choice: &Choice,
+        settings: &CompressSettings,
+        inputs: Option<&InputStats>,
+    ) -> Result<Tensor> {
+        self.get_or_compute(layer, choice, *settings, || {
+            apply_with(weight, choice, settings, inputs)
+        })
+    }
+
+    /// The cached tensor of `(layer, choice, settings)`, or `compute()`'s result, stored (errors are
     /// returned and not stored). `compute` runs without the lock held.
     pub fn get_or_compute(
         &self,
         layer: &str,
         choice: &Choice,
-        scale: ScaleMethod,
+        settings: impl Into<CompressSettings>,
         compute: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let key = CacheKey::new(layer, choice, scale);
+        let key = CacheKey::new(layer, choice, settings);
         {
             let mut inner = self.lock();
             if let Some(t) = inner.map.get(&key).cloned() {
@@ -172,9 +189,14 @@ impl CompressCache {
         Ok(t)
     }
 
-    /// Whether `(layer, choice, scale)` is held (does not count as a use).
-    pub fn contains(&self, layer: &str, choice: &Choice, scale: ScaleMethod) -> bool {
-        let key = CacheKey::new(layer, choice, scale);
+    /// Whether `(layer, choice, settings)` is held (does not count as a use).
+    pub fn contains(
+        &self,
+        layer: &str,
+        choice: &Choice,
+        settings: impl Into<CompressSettings>,
+    ) -> bool {
+        let key = CacheKey::new(layer, choice, settings);
         self.lock().map.contains(&key)
     }
 

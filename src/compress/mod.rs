@@ -11,7 +11,9 @@
 //! | file | job |
 //! | --- | --- |
 //! | `matrix.rs` | the matrix view of a tensor, and products |
-//! | `quant.rs` | weight quantization: schemes, granularities, min/max and MSE scales, integer form |
+//! | `quant.rs` | weight quantization: schemes, granularities, min/max, MSE and output-error scales, integer form |
+//! | `stats.rs` | a layer's input statistics `H = XᵀX`, accumulated from captured inputs |
+//! | `gptq.rs` | GPTQ rounding: each column's error compensated through `H` |
 //! | `prune.rs` | unstructured, N:M (along input channels) and output-channel pruning masks |
 //! | `lowrank.rs` | truncated SVD into two factors |
 //! | `apply.rs` | a whole [`Choice`](crate::space::Choice) on a weight, in one fixed order |
@@ -23,14 +25,22 @@
 mod activation;
 mod apply;
 mod cache;
+pub mod gptq;
 mod lowrank;
 mod matrix;
 pub mod prune;
 mod quant;
+mod stats;
 
 pub use activation::{activation_params, calibrate_range, quantize_activation, RangeMethod};
-pub use apply::{apply_choice, compress_factors, factor_kernel, CompressedWeight};
+pub use apply::{
+    apply_choice, apply_with, compress_factors, compress_with, factor_kernel, CompressSettings,
+    CompressedWeight,
+};
 pub use cache::{CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
+pub use gptq::{GptqOptions, Rounding};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;
 pub use quant::{quantize_weight, IntGrid, QuantizedWeight, ScaleMethod, MSE_CLIP_RATIOS};
+pub(crate) use stats::input_rows;
+pub use stats::{InputAccumulator, InputStats, LayerInputs};

@@ -29,6 +29,23 @@
 //! squared error `Σ (x − x')²` over the group (ties keep the larger ratio). Clipping a few outliers
 //! buys a finer grid for the many small weights.
 //!
+//! [`ScaleMethod::Output`] searches the same ratios but keeps, per scale group, the one with the
+//! least **output** error on the layer's calibration inputs, `Δw H Δwᵀ` with `H = XᵀX`
+//! ([`InputStats`]; activation-aware clipping): a weight that multiplies large inputs counts for more
+//! than one that multiplies small ones, and correlated inputs let errors cancel or add up.
+//!
+//! - **per channel**: a row's output error is exactly `Δw H Δwᵀ` (the error decomposes over rows);
+//!   all rows are evaluated at once, one product `ΔW H` per ratio.
+//! - **per group**: a group's own block of `H` (`H_gg`, the group's columns): `Δw_g H_gg Δw_gᵀ`. The
+//!   cross terms `2 Δw_g H_gh Δw_hᵀ` between the groups of a row are left out, so each group is fitted
+//!   on its own (as AWQ's clipping search does, which measures each group's partial output): with them,
+//!   the groups of a row would be one joint problem over `21^groups` ratio combinations. The cross terms
+//!   have no sign bias (rounding errors of different groups are nearly independent), so dropping them
+//!   changes which ratio wins far less than the diagonal blocks do.
+//! - **per tensor**: the whole layer's `trace(ΔW H ΔWᵀ)`, one product per ratio.
+//! - **embeddings** (`H` is the diagonal of look-up counts): a row's count multiplies its whole error,
+//!   so per row and per group the choice is the MSE one; per tensor, rows are weighted by their counts.
+//!
 //! **Integer form**: [`QuantizedWeight`] stores the codes as unsigned bytes in offset binary: an
 //! asymmetric code is `q` itself; a symmetric code is stored as `q + 2^(b−1)` and its zero point is
 //! recorded as `2^(b−1)`, so that both schemes dequantize with the same `x' = (c − z) · s`.
@@ -56,13 +73,15 @@
 use std::ops::Range;
 
 use candle_core::{DType, Tensor};
+use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 
 use super::matrix::WeightMatrix;
+use super::stats::{row_energies, InputStats};
 use crate::error::{Error, Result};
 use crate::space::{Granularity, QuantScheme, WeightQuant, BITS, GROUP_SIZES};
 
-/// How the scale (and zero point) of each group is chosen (`minmax`, `mse`).
+/// How the scale (and zero point) of each group is chosen (`minmax`, `mse`, `output`).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -73,6 +92,16 @@ pub enum ScaleMethod {
     MinMax,
     /// The clip ratio of [`MSE_CLIP_RATIOS`] with the least squared error.
     Mse,
+    /// The clip ratio of [`MSE_CLIP_RATIOS`] with the least output error `Δw H Δwᵀ` on the layer's
+    /// calibration inputs (activation-aware clipping; needs the layer's [`InputStats`]).
+    Output,
+}
+
+impl ScaleMethod {
+    /// Whether choosing scales this way needs the layer's input statistics.
+    pub fn needs_inputs(self) -> bool {
+        self == ScaleMethod::Output
+    }
 }
 
 impl std::fmt::Display for ScaleMethod {
@@ -80,6 +109,7 @@ impl std::fmt::Display for ScaleMethod {
         f.write_str(match self {
             ScaleMethod::MinMax => "minmax",
             ScaleMethod::Mse => "mse",
+            ScaleMethod::Output => "output",
         })
     }
 }
@@ -137,7 +167,7 @@ impl IntGrid {
     }
 
     /// Offset added to a code `q` to store it as an unsigned byte (`2^(b−1)` symmetric, 0 asymmetric).
-    fn storage_offset(&self) -> i32 {
+    pub(crate) fn storage_offset(&self) -> i32 {
         match self.scheme {
             QuantScheme::Symmetric => 1i32 << (self.bits - 1),
             QuantScheme::Asymmetric => 0,
@@ -146,7 +176,7 @@ impl IntGrid {
 
     /// Scale and zero point (an integer-valued f32) for values in `lo..=hi` (with `lo ≤ 0 ≤ hi`)
     /// shrunk by `ratio`.
-    fn params(&self, lo: f32, hi: f32, ratio: f32) -> (f32, f32) {
+    pub(crate) fn params(&self, lo: f32, hi: f32, ratio: f32) -> (f32, f32) {
         let (_, qmax) = self.qrange();
         let qmax = qmax as f32;
         match self.scheme {
@@ -171,7 +201,7 @@ impl IntGrid {
     }
 
     /// The grid's code bounds as f32.
-    fn bounds(&self) -> (f32, f32) {
+    pub(crate) fn bounds(&self) -> (f32, f32) {
         let (qmin, qmax) = self.qrange();
         (qmin as f32, qmax as f32)
     }
@@ -229,7 +259,8 @@ impl QuantizedWeight {
     }
 
     /// Quantizes a matrix; with `keep` (row-major, one flag per value), scales are fitted to the kept
-    /// values only and the others get the zero code.
+    /// values only and the others get the zero code. [`ScaleMethod::Output`] needs the layer's input
+    /// statistics: use [`QuantizedWeight::from_matrix_with`].
     pub fn from_matrix(
         m: &WeightMatrix,
         bits: u8,
@@ -238,66 +269,75 @@ impl QuantizedWeight {
         method: ScaleMethod,
         keep: Option<&[bool]>,
     ) -> Result<QuantizedWeight> {
-        let grid = IntGrid::new(bits, scheme)?;
-        if let Granularity::Group(g) = granularity {
-            if !GROUP_SIZES.contains(&g) {
-                return Err(Error::compress(format!(
-                    "group size {g} is not in {}..={}",
-                    GROUP_SIZES.start(),
-                    GROUP_SIZES.end()
-                )));
-            }
-        }
-        if let Some(k) = keep {
-            if k.len() != m.len() {
-                return Err(Error::compress(format!(
-                    "a mask of {} flags cannot mask a {}×{} matrix",
-                    k.len(),
-                    m.rows(),
-                    m.cols()
-                )));
-            }
-        }
-        // Pruned weights as zeros: zero is in every range and quantizes to exactly zero.
-        let masked: Vec<f32>;
-        let data = match keep {
-            Some(k) => {
-                masked = m
-                    .data()
-                    .iter()
-                    .zip(k)
-                    .map(|(&x, &k)| if k { x } else { 0.0 })
-                    .collect();
-                &masked
-            }
-            None => m.data(),
-        };
-        let groups = groups(m.rows(), m.cols(), granularity);
+        QuantizedWeight::from_matrix_with(m, bits, scheme, granularity, method, keep, None)
+    }
+
+    /// [`QuantizedWeight::from_matrix`] with the layer's input statistics (`H` of the matrix's
+    /// columns, or an embedding's row counts), which [`ScaleMethod::Output`] chooses its clipping by;
+    /// the other methods ignore them. Rounding is to nearest.
+    pub fn from_matrix_with(
+        m: &WeightMatrix,
+        bits: u8,
+        scheme: QuantScheme,
+        granularity: Granularity,
+        method: ScaleMethod,
+        keep: Option<&[bool]>,
+        inputs: Option<&InputStats>,
+    ) -> Result<QuantizedWeight> {
+        let grid = check_format(m, bits, scheme, granularity, method, keep, inputs)?;
+        let data = masked(m, keep);
+        let params = fit_params(
+            &grid,
+            &data,
+            m.rows(),
+            m.cols(),
+            granularity,
+            method,
+            inputs,
+        );
         let offset = grid.storage_offset() as f32;
         let (qmin, qmax) = grid.bounds();
         let mut codes = vec![0u8; m.len()];
-        let mut scales = Vec::with_capacity(groups.len());
-        let mut zero_points = Vec::with_capacity(groups.len());
-        for span in groups {
-            let xs = &data[span.clone()];
-            let (s, z) = fit_group(&grid, xs, method);
-            for (c, &x) in codes[span].iter_mut().zip(xs) {
+        for (span, &(s, z)) in groups(m.rows(), m.cols(), granularity)
+            .into_iter()
+            .zip(&params)
+        {
+            for (c, &x) in codes[span.clone()].iter_mut().zip(&data[span]) {
                 *c = (code(x, s, z, qmin, qmax) + offset) as u8;
             }
-            scales.push(s);
-            zero_points.push((z + offset) as u8);
         }
-        Ok(QuantizedWeight {
-            codes,
-            scales,
-            zero_points,
-            rows: m.rows(),
-            cols: m.cols(),
-            shape: vec![m.rows(), m.cols()],
-            bits,
-            scheme,
+        Ok(QuantizedWeight::from_parts(
+            &grid,
             granularity,
-        })
+            m.rows(),
+            m.cols(),
+            codes,
+            &params,
+        ))
+    }
+
+    /// A quantized weight from its stored codes and the `(scale, zero point)` of each group (the zero
+    /// point as an integer-valued f32 code, before the storage offset).
+    pub(crate) fn from_parts(
+        grid: &IntGrid,
+        granularity: Granularity,
+        rows: usize,
+        cols: usize,
+        codes: Vec<u8>,
+        params: &[(f32, f32)],
+    ) -> QuantizedWeight {
+        let offset = grid.storage_offset() as f32;
+        QuantizedWeight {
+            codes,
+            scales: params.iter().map(|p| p.0).collect(),
+            zero_points: params.iter().map(|p| (p.1 + offset) as u8).collect(),
+            rows,
+            cols,
+            shape: vec![rows, cols],
+            bits: grid.bits,
+            scheme: grid.scheme,
+            granularity,
+        }
     }
 
     /// Dequantized values `x' = (c − z) · s`, row-major.
@@ -413,11 +453,200 @@ pub(crate) fn groups(rows: usize, cols: usize, granularity: Granularity) -> Vec<
     }
 }
 
-/// Scale and zero point of one group of values.
-fn fit_group(grid: &IntGrid, xs: &[f32], method: ScaleMethod) -> (f32, f32) {
-    let (lo, hi) = xs
+/// The grid of an integer format, after checking the format's parts, the mask's length and that the
+/// input statistics needed by `method` are there and fit the matrix.
+pub(crate) fn check_format(
+    m: &WeightMatrix,
+    bits: u8,
+    scheme: QuantScheme,
+    granularity: Granularity,
+    method: ScaleMethod,
+    keep: Option<&[bool]>,
+    inputs: Option<&InputStats>,
+) -> Result<IntGrid> {
+    let grid = IntGrid::new(bits, scheme)?;
+    if let Granularity::Group(g) = granularity {
+        if !GROUP_SIZES.contains(&g) {
+            return Err(Error::compress(format!(
+                "group size {g} is not in {}..={}",
+                GROUP_SIZES.start(),
+                GROUP_SIZES.end()
+            )));
+        }
+    }
+    if let Some(k) = keep {
+        if k.len() != m.len() {
+            return Err(Error::compress(format!(
+                "a mask of {} flags cannot mask a {}×{} matrix",
+                k.len(),
+                m.rows(),
+                m.cols()
+            )));
+        }
+    }
+    match inputs {
+        Some(s) => s.check_fits(m.rows(), m.cols(), "quantizing a weight")?,
+        None if method.needs_inputs() => {
+            return Err(Error::compress(format!(
+            "scale method `{method}` chooses clipping by the layer's output error and needs the \
+                 layer's input statistics (calibration data); none were given"
+        )))
+        }
+        None => {}
+    }
+    Ok(grid)
+}
+
+/// The matrix's values with pruned ones (`keep` false) as zeros: zero is in every range and quantizes
+/// to exactly zero.
+pub(crate) fn masked(m: &WeightMatrix, keep: Option<&[bool]>) -> Vec<f32> {
+    match keep {
+        Some(k) => m
+            .data()
+            .iter()
+            .zip(k)
+            .map(|(&x, &k)| if k { x } else { 0.0 })
+            .collect(),
+        None => m.data().to_vec(),
+    }
+}
+
+/// The `(scale, zero point)` of every scale group of the row-major `rows × cols` matrix `data`, in
+/// [`groups`] order (see the module docs for each method and granularity).
+pub(crate) fn fit_params(
+    grid: &IntGrid,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    granularity: Granularity,
+    method: ScaleMethod,
+    inputs: Option<&InputStats>,
+) -> Vec<(f32, f32)> {
+    match granularity {
+        Granularity::Tensor => vec![fit_tensor(grid, data, rows, cols, method, inputs)],
+        Granularity::Channel => {
+            let h = inputs.and_then(InputStats::hessian);
+            fit_columns(grid, data, rows, cols, 0..cols, method, h)
+        }
+        Granularity::Group(g) => {
+            let g = (g as usize).max(1);
+            let per_row = cols.div_ceil(g);
+            let mut out = vec![(1.0, 0.0); rows * per_row];
+            for j in 0..per_row {
+                let span = j * g..((j + 1) * g).min(cols);
+                let h = inputs
+                    .and_then(InputStats::hessian)
+                    .map(|h| h.submatrix(span.start, span.start, span.len(), span.len()));
+                for (r, p) in fit_columns(grid, data, rows, cols, span, method, h)
+                    .into_iter()
+                    .enumerate()
+                {
+                    out[r * per_row + j] = p;
+                }
+            }
+            out
+        }
+    }
+}
+
+/// One `(scale, zero point)` per row for each row's values in the columns `span` of the row-major
+/// `rows × cols` matrix `data`; `h` is the `span × span` block of `H` ([`ScaleMethod::Output`] without
+/// it, for an embedding, makes the MSE choice: see the module docs).
+pub(crate) fn fit_columns(
+    grid: &IntGrid,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    span: Range<usize>,
+    method: ScaleMethod,
+    h: Option<MatRef<'_, f32>>,
+) -> Vec<(f32, f32)> {
+    let row = |r: usize| &data[r * cols + span.start..r * cols + span.end];
+    match (method, h) {
+        (ScaleMethod::Output, Some(h)) => {
+            fit_output_rows(grid, &(0..rows).map(row).collect::<Vec<_>>(), h)
+        }
+        (ScaleMethod::Output, None) => (0..rows)
+            .map(|r| fit_group(grid, row(r), ScaleMethod::Mse))
+            .collect(),
+        (m, _) => (0..rows).map(|r| fit_group(grid, row(r), m)).collect(),
+    }
+}
+
+/// The clip ratio of each row with the least `Δw H Δwᵀ` (`h` is the rows' `n × n` block of `H`).
+fn fit_output_rows(grid: &IntGrid, rows: &[&[f32]], h: MatRef<'_, f32>) -> Vec<(f32, f32)> {
+    let n = h.nrows();
+    let ranges: Vec<(f32, f32)> = rows.iter().map(|xs| range(xs)).collect();
+    let mut best: Vec<(f32, f32)> = ranges
         .iter()
-        .fold((0.0f32, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        .map(|&(lo, hi)| grid.params(lo, hi, 1.0))
+        .collect();
+    let mut best_err = vec![f64::INFINITY; rows.len()];
+    let (qmin, qmax) = grid.bounds();
+    // From ratio 1 down; a later ratio must be strictly better to win, so ties keep the larger range.
+    for &ratio in MSE_CLIP_RATIOS.iter().rev() {
+        let params: Vec<(f32, f32)> = ranges
+            .iter()
+            .map(|&(lo, hi)| grid.params(lo, hi, ratio))
+            .collect();
+        let delta = Mat::from_fn(rows.len(), n, |r, j| {
+            let (s, z) = params[r];
+            let x = rows[r][j];
+            x - (code(x, s, z, qmin, qmax) - z) * s
+        });
+        for (r, e) in row_energies(delta.as_ref(), h).into_iter().enumerate() {
+            if ranges[r].0 != ranges[r].1 && e < best_err[r] {
+                best_err[r] = e;
+                best[r] = params[r];
+            }
+        }
+    }
+    best
+}
+
+/// The one `(scale, zero point)` of a whole matrix.
+fn fit_tensor(
+    grid: &IntGrid,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    method: ScaleMethod,
+    inputs: Option<&InputStats>,
+) -> (f32, f32) {
+    let Some(stats) = inputs.filter(|_| method == ScaleMethod::Output) else {
+        return fit_group(grid, data, method);
+    };
+    let (lo, hi) = range(data);
+    let full = grid.params(lo, hi, 1.0);
+    if lo == hi {
+        return full;
+    }
+    let (qmin, qmax) = grid.bounds();
+    let (mut best, mut best_err) = (full, f64::INFINITY);
+    let mut delta = vec![0.0f32; data.len()];
+    for &ratio in MSE_CLIP_RATIOS.iter().rev() {
+        let (s, z) = grid.params(lo, hi, ratio);
+        for (d, &x) in delta.iter_mut().zip(data) {
+            *d = x - (code(x, s, z, qmin, qmax) - z) * s;
+        }
+        let err = stats.energy(&delta, rows, cols);
+        if err < best_err {
+            best_err = err;
+            best = (s, z);
+        }
+    }
+    best
+}
+
+/// `(min(min x, 0), max(max x, 0))`.
+fn range(xs: &[f32]) -> (f32, f32) {
+    xs.iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// Scale and zero point of one group of values by weight error (`Output` here means its MSE choice).
+fn fit_group(grid: &IntGrid, xs: &[f32], method: ScaleMethod) -> (f32, f32) {
+    let (lo, hi) = range(xs);
     let full = grid.params(lo, hi, 1.0);
     if method == ScaleMethod::MinMax || lo == hi {
         return full;

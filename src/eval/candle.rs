@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::{metrics, EvalSplit, Evaluation, Evaluator};
-use crate::compress::{self, CompressCache, RangeMethod, ScaleMethod};
+use crate::compress::{
+    self, CompressCache, CompressSettings, LayerInputs, RangeMethod, Rounding, ScaleMethod,
+};
 use crate::data::{Batch, SplitSizes};
 use crate::error::{Error, Result};
 use crate::model::{ForwardCtx, LayerOverride, Model, ModelKind, Overrides};
@@ -41,6 +43,8 @@ pub struct EvalData {
 pub struct EvalSettings {
     /// How weight quantization picks its scales.
     pub scale: ScaleMethod,
+    /// How integer weights are rounded (round-to-nearest or GPTQ).
+    pub rounding: Rounding,
     /// How static activation ranges are calibrated.
     pub act_range: RangeMethod,
     /// Bytes of compressed weights kept in memory.
@@ -51,6 +55,7 @@ impl Default for EvalSettings {
     fn default() -> Self {
         EvalSettings {
             scale: ScaleMethod::Mse,
+            rounding: Rounding::Rtn,
             act_range: RangeMethod::MinMax,
             cache_bytes: 1 << 30,
         }
@@ -59,7 +64,21 @@ impl Default for EvalSettings {
 
 impl EvalSettings {
     fn describe(&self) -> String {
-        format!("scale={:?};act_range={:?}", self.scale, self.act_range)
+        let mut d = format!("scale={:?};act_range={:?}", self.scale, self.act_range);
+        // Round-to-nearest adds nothing: an rtn evaluator is described as before rounding was a
+        // setting (its fingerprint changed with the v2 key alone).
+        if self.rounding != Rounding::Rtn {
+            d.push_str(&format!(";rounding={}", self.rounding));
+        }
+        d
+    }
+
+    /// How weights are compressed: the scale method and the rounding.
+    pub fn compress(&self) -> CompressSettings {
+        CompressSettings {
+            scale: self.scale,
+            rounding: self.rounding,
+        }
     }
 }
 
@@ -75,8 +94,9 @@ pub struct CandleEvaluator {
     cache: CompressCache,
     /// Original weights by layer.
     weights: HashMap<String, Tensor>,
-    /// Static activation ranges per layer, calibrated on first use.
-    ranges: OnceLock<Result<HashMap<String, (f32, f32)>>>,
+    /// Input statistics (`H`) and static activation ranges per layer, from one capture of the
+    /// calibration split on first use.
+    calibration: OnceLock<Result<Calibration>>,
     fingerprint: blake3::Hash,
 }
 
@@ -120,7 +140,7 @@ impl CandleEvaluator {
             reference,
             held_out_reference: OnceLock::new(),
             weights,
-            ranges: OnceLock::new(),
+            calibration: OnceLock::new(),
             fingerprint,
         })
     }
@@ -175,24 +195,34 @@ impl CandleEvaluator {
     }
 
     /// Static activation ranges (`act8-static`) by layer: every layer's input captured on the
-    /// calibration data, calibrated once by the settings' range method. The sensitivity model's
+    /// calibration split, calibrated once by the settings' range method. The sensitivity model's
     /// activation error uses these same ranges.
     pub fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
-        let r = self.ranges.get_or_init(|| {
-            let mut captured: HashMap<String, Vec<Tensor>> = HashMap::new();
-            for b in &self.data.calibration {
-                for (n, v) in crate::model::capture_inputs(self.model.as_ref(), b)? {
-                    captured.entry(n).or_default().extend(v);
-                }
-            }
-            captured
-                .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(n, v)| Ok((n, compress::calibrate_range(&v, self.settings.act_range)?)))
-                .collect()
+        self.calibration().map(|c| &c.ranges)
+    }
+
+    /// Every layer's input statistics (`H = XᵀX`, [`compress::InputStats`]) on the calibration split
+    /// (never the search or held-out split), accumulated on the first call and kept: output-error
+    /// scales, GPTQ and the sensitivity model's cheap errors share them.
+    pub fn input_stats(&self) -> Result<&LayerInputs> {
+        self.calibration().map(|c| &c.inputs)
+    }
+
+    /// The input statistics and static ranges, from one capture of the calibration split (the first
+    /// call captures, later ones share the result).
+    fn calibration(&self) -> Result<&Calibration> {
+        let r = self.calibration.get_or_init(|| {
+            Calibration::capture(
+                self.model.as_ref(),
+                &self.data.calibration,
+                self.settings.act_range,
+            )
         });
         r.as_ref().map_err(|e| Error::Eval {
-            message: format!("calibrating static activation ranges failed: {e}"),
+            message: format!(
+                "capturing the layers' inputs on the calibration split (input statistics, static \
+                 activation ranges) failed: {e}"
+            ),
         })
     }
 
@@ -209,9 +239,15 @@ impl CandleEvaluator {
                 || choice.sparsity != crate::space::Sparsity::None
                 || choice.rank.is_some();
             let weight = if weights_change {
+                let settings = self.settings.compress();
+                let inputs = if settings.needs_inputs(&choice) {
+                    self.input_stats()?.get(&l.name).map(AsRef::as_ref)
+                } else {
+                    None
+                };
                 Some(
                     self.cache
-                        .get_or_apply(&l.name, original, &choice, self.settings.scale)?,
+                        .get_or_apply_with(&l.name, original, &choice, &settings, inputs)?,
                 )
             } else {
                 None
@@ -281,6 +317,47 @@ impl Evaluator for CandleEvaluator {
             quality,
             metrics,
             seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// What the evaluator takes from the calibration split, in one capture of every layer's inputs.
+#[derive(Debug)]
+struct Calibration {
+    /// `H` per layer.
+    inputs: LayerInputs,
+    /// Static activation ranges per layer.
+    ranges: HashMap<String, (f32, f32)>,
+}
+
+impl Calibration {
+    /// Captures every layer's inputs on `batches` once, accumulating `H` and calibrating the static
+    /// ranges by `method` ([`compress::calibrate_range`]): min/max merges per captured tensor (the
+    /// extremes of the extremes are the extremes), a percentile needs all of a layer's values at once,
+    /// so its inputs are kept until the end.
+    fn capture(model: &dyn Model, batches: &[Batch], method: RangeMethod) -> Result<Calibration> {
+        let mut extremes: HashMap<String, (f32, f32)> = HashMap::new();
+        let mut kept: HashMap<String, Vec<Tensor>> = HashMap::new();
+        let inputs = crate::model::capture_input_stats_with(model, batches, &mut |name, x| {
+            match method {
+                RangeMethod::MinMax if x.elem_count() > 0 => {
+                    let (lo, hi) = compress::calibrate_range(std::slice::from_ref(x), method)?;
+                    let e = extremes.entry(name.to_string()).or_insert((lo, hi));
+                    *e = (e.0.min(lo), e.1.max(hi));
+                }
+                RangeMethod::MinMax => {}
+                RangeMethod::Percentile(_) => {
+                    kept.entry(name.to_string()).or_default().push(x.clone())
+                }
+            }
+            Ok(())
+        })?;
+        for (name, v) in kept {
+            extremes.insert(name, compress::calibrate_range(&v, method)?);
+        }
+        Ok(Calibration {
+            inputs,
+            ranges: extremes,
         })
     }
 }

@@ -3,11 +3,12 @@
 //! activation quantization and input capture work the same way in every architecture.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use candle_core::Tensor;
+use candle_core::{Tensor, TensorId};
 
 use super::Inventory;
+use crate::compress::{InputAccumulator, InputStats, LayerInputs};
 use crate::data::Batch;
 use crate::error::Result;
 use crate::space::ActQuant;
@@ -96,4 +97,96 @@ pub fn capture_inputs(model: &dyn Model, batch: &Batch) -> Result<HashMap<String
     capture.into_inner().map_err(|_| crate::Error::Eval {
         message: "input capture was poisoned by a panic in the forward pass".into(),
     })
+}
+
+/// The input statistics ([`InputStats`], `H = XᵀX`) of every compressible layer over `batches`,
+/// accumulated batch by batch from [`capture_inputs`] (one batch's inputs are held at a time). Layers
+/// that read the very same input tensors (a block's query, key and value) share one statistic, counted
+/// once. A layer that never saw an input is an error.
+pub fn capture_input_stats(model: &dyn Model, batches: &[Batch]) -> Result<LayerInputs> {
+    capture_input_stats_with(model, batches, &mut |_, _| Ok(()))
+}
+
+/// [`capture_input_stats`], also handing every captured input of every layer (by layer name, shared
+/// inputs to each layer that reads them) to `observe` during the same pass, for whatever else is
+/// computed from the layers' calibration inputs (the evaluator's static activation ranges, the
+/// sensitivity model's activation error).
+pub fn capture_input_stats_with(
+    model: &dyn Model,
+    batches: &[Batch],
+    observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+) -> Result<LayerInputs> {
+    let layers = &model.inventory().layers;
+    // `source[i]`: the layer whose accumulator layer `i` shares (itself if none).
+    let mut source: Vec<usize> = (0..layers.len()).collect();
+    let mut acc: Vec<Option<InputAccumulator>> = layers
+        .iter()
+        .map(|l| InputAccumulator::new(l).map(Some))
+        .collect::<Result<_>>()?;
+    for (b, batch) in batches.iter().enumerate() {
+        let mut captured = capture_inputs(model, batch)?;
+        let ids: Vec<Vec<TensorId>> = layers
+            .iter()
+            .map(|l| {
+                captured
+                    .get(&l.name)
+                    .map(|v| v.iter().map(Tensor::id).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        if b == 0 {
+            for i in 0..layers.len() {
+                source[i] = (0..i)
+                    .find(|&j| {
+                        source[j] == j
+                            && !ids[i].is_empty()
+                            && ids[j] == ids[i]
+                            && layers[j].kind == layers[i].kind
+                            && layers[j].shape[1..] == layers[i].shape[1..]
+                            && (layers[i].kind != crate::space::LayerKind::Embedding
+                                || layers[j].shape == layers[i].shape)
+                    })
+                    .unwrap_or(i);
+                if source[i] != i {
+                    acc[i] = None;
+                }
+            }
+        }
+        for l in layers {
+            for x in captured.get(&l.name).into_iter().flatten() {
+                observe(&l.name, x)?;
+            }
+        }
+        for (i, l) in layers.iter().enumerate() {
+            let s = source[i];
+            if s != i {
+                if ids[i] != ids[s] {
+                    return Err(crate::Error::compress(format!(
+                        "layer `{}` read the same input as `{}` in the first calibration batch but \
+                         not in batch {}: input statistics cannot be shared",
+                        l.name,
+                        layers[s].name,
+                        b + 1
+                    )));
+                }
+                continue;
+            }
+            if let Some(a) = acc[i].as_mut() {
+                for x in captured.remove(&l.name).unwrap_or_default() {
+                    a.add(&x)?;
+                }
+            }
+        }
+    }
+    let mut done: Vec<Option<Arc<InputStats>>> = vec![None; layers.len()];
+    for (i, a) in acc.into_iter().enumerate() {
+        if let Some(a) = a {
+            done[i] = Some(Arc::new(a.finish()?));
+        }
+    }
+    Ok(layers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Some((l.name.clone(), Arc::clone(done[source[i]].as_ref()?))))
+        .collect())
 }

@@ -225,6 +225,7 @@ fn predicted_drop(problem: &Problem, objective: &Objective, notes: &mut Vec<Stri
 pub fn evaluator_settings(config: &RunConfig) -> EvalSettings {
     EvalSettings {
         scale: config.scale,
+        rounding: config.rounding,
         ..EvalSettings::default()
     }
 }

@@ -8,7 +8,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::rank::{kendall_tau_b, mean_absolute_error, spearman};
-use super::{cheap_errors_with_progress, LayerStats, Measurement, MeasurementCache, Predictor};
+use super::{
+    cheap_errors_with_progress, ActRanges, LayerStats, Measurement, MeasurementCache, Predictor,
+};
 use crate::error::Result;
 use crate::eval::{CandleEvaluator, Evaluator};
 use crate::space::{ActQuant, Point, SearchSpace};
@@ -56,8 +58,12 @@ pub fn analyse(
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<Analysis> {
     let started = Instant::now();
+    // The evaluator's input statistics (one capture of the calibration split, shared with GPTQ,
+    // output-error scales and the static ranges) and its compression settings: the cheap errors
+    // measure the weights the evaluator runs.
     let stats = capture(ev, space)?;
-    let errors = cheap_errors_with_progress(space, &stats, ev.settings().scale, &mut |d, t| {
+    let settings = ev.settings().compress();
+    let errors = cheap_errors_with_progress(space, &stats, settings, &mut |d, t| {
         progress(Phase::CheapErrors, d, t)
     })?;
     let cheap_seconds = started.elapsed().as_secs_f64();
@@ -78,21 +84,28 @@ pub fn analyse(
     })
 }
 
-/// Every layer's statistics on `ev`'s calibration data, with the evaluator's static activation ranges
-/// when `space` offers `act8-static` anywhere (calibrating them costs a pass over that data).
+/// Every layer's statistics on `ev`'s calibration split: the evaluator's input statistics and, when
+/// `space` offers activation quantization anywhere, the activation term, accumulated in one more pass
+/// over that split (with the evaluator's static ranges when `space` offers `act8-static`).
 fn capture(ev: &CandleEvaluator, space: &SearchSpace) -> Result<Vec<LayerStats>> {
     let model = ev.model().as_ref();
-    let calibration = &ev.data().calibration;
-    let uses_static = space
+    let stats = LayerStats::for_model(model, ev.input_stats()?)?;
+    let acts: Vec<ActQuant> = space
         .groups
         .iter()
         .flat_map(|g| &g.choices)
-        .any(|c| c.act == ActQuant::Int8Static);
-    if uses_static {
-        LayerStats::capture_with_ranges(model, calibration, ev.ranges()?)
-    } else {
-        LayerStats::capture(model, calibration)
+        .map(|c| c.act)
+        .collect();
+    if acts.iter().all(|&a| a == ActQuant::None) {
+        return Ok(stats);
     }
+    let none = ActRanges::new();
+    let ranges = if acts.contains(&ActQuant::Int8Static) {
+        ev.ranges()?
+    } else {
+        &none
+    };
+    LayerStats::with_activation(stats, model, &ev.data().calibration, ranges)
 }
 
 /// Measures `n` uniformly random points of `space` (seeded) and compares them with `predictor`.

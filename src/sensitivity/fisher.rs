@@ -335,7 +335,8 @@ fn narrow(batch: &Batch, start: usize, len: usize) -> Result<Batch> {
 /// `scale`). Same shape and conventions as [`cheap_errors`](super::cheap_errors), so the
 /// [`Predictor`](super::Predictor) can take it instead of the output error: only the weight counts
 /// (activation quantization is ignored), and an uncompressed choice gets 0. `fisher` must hold every
-/// layer of the space.
+/// layer of the space. Weights are rounded to nearest; [`ScaleMethod::Output`] and GPTQ need the layers'
+/// input statistics, which the Fisher estimate does not hold, and are an error here.
 pub fn fisher_errors(
     space: &SearchSpace,
     fisher: &FisherDiagonal,
@@ -344,7 +345,7 @@ pub fn fisher_errors(
     super::stats::errors_per_choice(
         space,
         &fisher.layers,
-        scale,
+        &scale.into(),
         "Fisher estimate",
         &mut |_, _| {},
     )

@@ -8,36 +8,36 @@
 //! ‖X ΔWᵀ‖²_F / ‖X Wᵀ‖²_F  =  trace(ΔW H ΔWᵀ) / trace(W H Wᵀ),   H = XᵀX,  ΔW = W − W′.
 //! ```
 //!
-//! So the layer's inputs are needed only once, to accumulate `H` (in f64); afterwards the relative
-//! output error of any `W′` costs one `out × in × in` product, without running the model.
+//! So the layer's inputs are needed only once, to accumulate `H`; afterwards the relative output error
+//! of any `W′` costs one `out × in × in` product, without running the model. `H` and how it is
+//! accumulated per layer kind (linear, im2col for conv2d, look-up counts for embeddings) are
+//! [`InputStats`]' (`compress::stats`), which GPTQ and output-error scales use too: a
+//! [`CandleEvaluator`](crate::eval::CandleEvaluator) accumulates them once on its calibration data
+//! and the analysis shares them ([`LayerStats::from_inputs_stats`]).
 //!
-//! What `X` is, per layer kind:
+//! For an embedding (a linear layer with one-hot inputs, `H` diagonal) the error is
+//! `Σ_r count_r ‖ΔW_r‖² / Σ_r count_r ‖W_r‖²` — token-frequency weighted, and exactly the relative
+//! output error of the lookup (rows never looked up count for nothing).
 //!
-//! - **linear**: the captured input, every leading dimension flattened into rows (`[n, in]`, or the
-//!   packed real tokens of an encoder).
-//! - **conv2d**: the im2col matrix of the captured input feature map `[n, c, h, w]`: one row per output
-//!   pixel holding the `c·kh·kw` input values under the kernel, in the weight's `[c, kh, kw]` order.
-//!   The kernel size comes from the weight; **stride 1 and "same" zero padding (`kh/2`, `kw/2`) and one
-//!   group are assumed**, which is what the demo's 3×3, padding-1 convolutions do. A weight whose
-//!   in-channels differ from the input's channels (a grouped convolution) is an error, not a guess.
-//! - **embedding**: a lookup is a linear layer with one-hot inputs, so `H` is diagonal and holds how
-//!   often each row was looked up in the calibration data: the error is
-//!   `Σ_r count_r ‖ΔW_r‖² / Σ_r count_r ‖W_r‖²` — token-frequency weighted, and exactly the relative
-//!   output error of the lookup (rows never looked up count for nothing).
+//! **The weights measured are the ones the evaluator runs**: each choice is compressed with the
+//! evaluator's [`CompressSettings`] — scale method and rounding (round-to-nearest or GPTQ) — so the
+//! cheap errors, and the predictions built on them, follow the rounding.
 //!
 //! Biases are kept in f32 by every choice, so they cancel in `ΔW` and are left out of the denominator
 //! as well (the error is relative to the weight's part of the output).
 //!
 //! ## Activation quantization
 //!
-//! Quantizing the layer's input replaces `X` by `Q(X)`, which `H` cannot see: while the inputs are
-//! captured, each layer also accumulates `‖(X − Q(X)) Wᵀ‖²` for `act8-dynamic` and, when the
-//! evaluator's calibrated range is given ([`LayerStats::capture_with_ranges`]), for `act8-static` —
-//! with the evaluator's own quantizer ([`quantize_activation`]: dynamic ranges per sample or token,
-//! static ranges from the calibration data), on the same rows `X` as `H` (im2col for convolutions).
-//! [`LayerStats::activation_error`] is that energy over `trace(W H Wᵀ)`: the relative output error of
-//! the activation quantization alone. Embeddings have none: their input is ids, and search spaces
-//! refuse activation quantization on them.
+//! Quantizing the layer's input replaces `X` by `Q(X)`, which `H` cannot see: each layer also
+//! accumulates `‖(X − Q(X)) Wᵀ‖²` for `act8-dynamic` and, when the evaluator's calibrated range is
+//! given, for `act8-static` — with the evaluator's own quantizer ([`quantize_activation`]: dynamic
+//! ranges per sample or token, static ranges from the calibration split), on the same rows `X` as `H`
+//! (im2col for convolutions). [`LayerStats::capture_with_ranges`] accumulates it in the same pass over
+//! the calibration batches as `H`; [`LayerStats::with_activation`] adds it to statistics built from
+//! input statistics accumulated before (the evaluator's, whose static ranges must be known before the
+//! static term can be measured, so this is one more pass). [`LayerStats::activation_error`] is that
+//! energy over `trace(W H Wᵀ)`: the relative output error of the activation quantization alone.
+//! Embeddings have none: their input is ids, and search spaces refuse activation quantization on them.
 //!
 //! With both, the layer's output error is `X ΔWᵀ + ΔX W′ᵀ` (`ΔX = X − Q(X)`), and the cheap error of a
 //! choice is **the sum of the weight term and the activation term**:
@@ -51,8 +51,8 @@
 //! demo's layers): the cross term is dropped — the input's rounding error and the weight's come from
 //! independent roundings, so their correlation averages out over many outputs — and `W′` is replaced by
 //! `W` in the activation term, which changes it by `ΔX ΔWᵀ`, a product of two small errors. Keeping the
-//! term independent of the weight choice costs one number per layer and mode instead of one
-//! `in × in` matrix (`ΔXᵀΔX`, and `XᵀΔX` for the cross term) per layer and mode.
+//! term independent of the weight choice (and of its rounding) costs one number per layer and mode
+//! instead of one `in × in` matrix (`ΔXᵀΔX`, and `XᵀΔX` for the cross term) per layer and mode.
 //!
 //! ## References
 //!
@@ -62,12 +62,15 @@
 //!   "GPTQ", ICLR 2023 (the layer-wise objective `‖W X − W′ X‖²` and its Hessian `2 X Xᵀ`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 
-use crate::compress::quantize_activation;
+use crate::compress::{
+    input_rows, quantize_activation, CompressSettings, InputAccumulator, InputStats, LayerInputs,
+};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -75,15 +78,6 @@ use crate::space::{ActQuant, LayerInfo, LayerKind};
 
 /// Static activation ranges (min, max) by layer name, as the evaluator calibrates them.
 pub type ActRanges = HashMap<String, (f32, f32)>;
-
-/// The accumulated second moment of a layer's inputs.
-#[derive(Clone, Debug)]
-enum Moment {
-    /// `H = XᵀX`, `in × in` (linear, conv2d through im2col).
-    Full(Mat<f64>),
-    /// The diagonal of `H` for one-hot inputs: how often each row of an embedding was looked up.
-    Rows(Vec<f64>),
-}
 
 /// `‖(X − Q(X)) Wᵀ‖²` accumulated over a layer's calibration inputs, per activation quantization.
 #[derive(Clone, Copy, Debug, Default)]
@@ -97,14 +91,15 @@ struct ActEnergy {
 #[derive(Clone, Debug)]
 pub struct LayerStats {
     info: LayerInfo,
-    /// The original weight as an `out × in` f64 matrix (matrix view: rows = dim 0).
-    weight: Mat<f64>,
-    moment: Moment,
-    /// Rows of `X` accumulated (samples, tokens or output pixels).
-    samples: usize,
+    /// The original weight, row-major, in its matrix view (rows = dim 0).
+    weight: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    inputs: Arc<InputStats>,
     /// `trace(W H Wᵀ)`: the squared norm of the weight's part of the calibration outputs.
     reference: f64,
-    /// The activation quantization's output energy (`None` for an embedding).
+    /// The activation quantization's output energy (`None` for an embedding, or when the statistics
+    /// were built without it).
     act: Option<ActEnergy>,
 }
 
@@ -118,7 +113,7 @@ impl LayerStats {
     }
 
     /// [`LayerStats::capture`], also accumulating the `act8-static` term of every layer that has a
-    /// range in `ranges` (the evaluator's, [`CandleEvaluator::ranges`]).
+    /// range in `ranges` (the evaluator's, [`CandleEvaluator::ranges`]), in the same pass as `H`.
     ///
     /// [`CandleEvaluator::ranges`]: crate::eval::CandleEvaluator::ranges
     pub fn capture_with_ranges(
@@ -126,36 +121,111 @@ impl LayerStats {
         batches: &[Batch],
         ranges: &ActRanges,
     ) -> Result<Vec<LayerStats>> {
-        let layers = &model.inventory().layers;
-        let mut acc: Vec<Accumulator> = layers
-            .iter()
-            .map(|l| Accumulator::new(l, &model.weight(&l.name)?, ranges.get(&l.name).copied()))
-            .collect::<Result<_>>()?;
+        let mut act = ActAccumulators::new(model, ranges)?;
+        let inputs = crate::model::capture_input_stats_with(model, batches, &mut |name, x| {
+            act.add(name, x)
+        })?;
+        Ok(act.attach(LayerStats::for_model(model, &inputs)?))
+    }
+
+    /// `stats` (as [`LayerStats::for_model`] builds them, without the activation term) with the
+    /// activation term of every layer accumulated on `batches` — the calibration batches `H` was
+    /// accumulated on — in one capture; `act8-static` for the layers with a range in `ranges`.
+    pub fn with_activation(
+        stats: Vec<LayerStats>,
+        model: &dyn Model,
+        batches: &[Batch],
+        ranges: &ActRanges,
+    ) -> Result<Vec<LayerStats>> {
+        let mut act = ActAccumulators::new(model, ranges)?;
         for batch in batches {
-            let mut captured = crate::model::capture_inputs(model, batch)?;
-            for a in &mut acc {
-                for x in captured.remove(&a.info.name).unwrap_or_default() {
-                    a.add(&x)?;
+            for (name, xs) in crate::model::capture_inputs(model, batch)? {
+                for x in &xs {
+                    act.add(&name, x)?;
                 }
             }
         }
-        acc.into_iter().map(Accumulator::finish).collect()
+        Ok(act.attach(stats))
+    }
+
+    /// The statistics of every layer of `model`, in inventory order, from input statistics already
+    /// accumulated (an evaluator's [`input_stats`](crate::eval::CandleEvaluator::input_stats)),
+    /// without the activation term ([`LayerStats::with_activation`] adds it).
+    pub fn for_model(model: &dyn Model, inputs: &LayerInputs) -> Result<Vec<LayerStats>> {
+        model
+            .inventory()
+            .layers
+            .iter()
+            .map(|l| {
+                let s = inputs.get(&l.name).ok_or_else(|| {
+                    Error::sensitivity(format!("no input statistics for layer `{}`", l.name))
+                })?;
+                LayerStats::from_inputs_stats(l, &model.weight(&l.name)?, Arc::clone(s))
+            })
+            .collect()
     }
 
     /// Statistics of one layer from its inputs, as the model's forward hands them to the layer
-    /// (see the module docs for what each kind expects). `weight` has the layer's stored shape;
-    /// `range`, if given, is the layer's static activation range.
+    /// (see [`InputStats`] for what each kind expects), with the activation term. `weight` has the
+    /// layer's stored shape; `range`, if given, is the layer's static activation range.
     pub fn from_inputs(
         info: &LayerInfo,
         weight: &Tensor,
         inputs: &[Tensor],
         range: Option<(f32, f32)>,
     ) -> Result<LayerStats> {
-        let mut a = Accumulator::new(info, weight, range)?;
+        let mut a = InputAccumulator::new(info)?;
+        let mut act = ActAccumulator::new(info, weight, range)?;
         for x in inputs {
             a.add(x)?;
+            if let Some(act) = act.as_mut() {
+                act.add(x)?;
+            }
         }
-        a.finish()
+        let mut stats = LayerStats::from_inputs_stats(info, weight, Arc::new(a.finish()?))?;
+        stats.act = act.map(|a| a.energy);
+        Ok(stats)
+    }
+
+    /// Statistics of one layer from its accumulated input statistics.
+    pub fn from_inputs_stats(
+        info: &LayerInfo,
+        weight: &Tensor,
+        inputs: Arc<InputStats>,
+    ) -> Result<LayerStats> {
+        if weight.dims() != info.shape.as_slice() {
+            return Err(Error::sensitivity(format!(
+                "layer `{}`: weight has shape {:?}, the inventory says {:?}",
+                info.name,
+                weight.dims(),
+                info.shape
+            )));
+        }
+        let (rows, cols) = matrix_dims(&info.shape);
+        inputs
+            .check_fits(rows, cols, &format!("layer `{}`", info.name))
+            .map_err(|e| Error::sensitivity(e.to_string()))?;
+        let weight = weight
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let reference = inputs.energy(&weight, rows, cols);
+        if !(reference > 0.0 && reference.is_finite()) {
+            return Err(Error::sensitivity(format!(
+                "layer `{}`: its calibration outputs are {reference} (zero weights or inputs?): a \
+                 relative error needs a positive reference",
+                info.name
+            )));
+        }
+        Ok(LayerStats {
+            info: info.clone(),
+            weight,
+            rows,
+            cols,
+            inputs,
+            reference,
+            act: None,
+        })
     }
 
     /// The layer.
@@ -165,7 +235,12 @@ impl LayerStats {
 
     /// Rows of `X` the statistics were accumulated from.
     pub fn samples(&self) -> usize {
-        self.samples
+        self.inputs.samples()
+    }
+
+    /// The layer's input statistics.
+    pub fn inputs(&self) -> &Arc<InputStats> {
+        &self.inputs
     }
 
     /// The relative output error `trace(ΔW H ΔWᵀ) / trace(W H Wᵀ)` of replacing the layer's weight by
@@ -179,24 +254,33 @@ impl LayerStats {
                 self.info.shape
             )));
         }
-        let w2 = matrix_view(w_prime)?;
-        let (out, inp) = (self.weight.nrows(), self.weight.ncols());
-        let delta = Mat::from_fn(out, inp, |i, j| self.weight[(i, j)] - w2[(i, j)]);
-        Ok(self.energy(&delta) / self.reference)
+        let w2 = w_prime
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let delta: Vec<f32> = self.weight.iter().zip(&w2).map(|(a, b)| a - b).collect();
+        Ok(self.inputs.energy(&delta, self.rows, self.cols) / self.reference)
     }
 
     /// The relative output error `‖(X − Q(X)) Wᵀ‖² / ‖X Wᵀ‖²` of quantizing the layer's input as
     /// `act` says, the weight unchanged (see the module docs); 0 for no activation quantization. An
-    /// error for an embedding (its input is ids), and for `act8-static` when the statistics were
-    /// captured without the layer's static range.
+    /// error for an embedding (its input is ids), for statistics built without the activation term,
+    /// and for `act8-static` when the statistics were captured without the layer's static range.
     pub fn activation_error(&self, act: ActQuant) -> Result<f64> {
         let energy = match (act, self.act) {
             (ActQuant::None, _) => return Ok(0.0),
-            (_, None) => {
+            (_, None) if self.info.kind == LayerKind::Embedding => {
                 return Err(Error::sensitivity(format!(
                     "layer `{}` is an {}: its input is ids, which {act} would scramble; it has no \
                      activation quantization error",
                     self.info.name, self.info.kind
+                )))
+            }
+            (_, None) => {
+                return Err(Error::sensitivity(format!(
+                    "layer `{}`: the statistics were built without the activation term, so the \
+                     error of {act} is unknown (add it with LayerStats::with_activation)",
+                    self.info.name
                 )))
             }
             (ActQuant::Int8Dynamic, Some(e)) => e.dynamic,
@@ -211,64 +295,62 @@ impl LayerStats {
         };
         Ok(energy / self.reference)
     }
+}
 
-    /// `trace(D H Dᵀ)` for an `out × in` matrix `D`.
-    fn energy(&self, d: &Mat<f64>) -> f64 {
-        match &self.moment {
-            Moment::Full(h) => {
-                let mut dh = Mat::<f64>::zeros(d.nrows(), d.ncols());
-                matmul(
-                    dh.as_mut(),
-                    Accum::Replace,
-                    d.as_ref(),
-                    h.as_ref(),
-                    1.0,
-                    Par::Seq,
-                );
-                let mut sum = 0.0;
-                for j in 0..d.ncols() {
-                    for i in 0..d.nrows() {
-                        sum += dh[(i, j)] * d[(i, j)];
-                    }
-                }
-                sum
-            }
-            Moment::Rows(counts) => {
-                let mut sum = 0.0;
-                for (r, &c) in counts.iter().enumerate() {
-                    if c > 0.0 {
-                        let norm: f64 = (0..d.ncols()).map(|j| d[(r, j)] * d[(r, j)]).sum();
-                        sum += c * norm;
-                    }
-                }
-                sum
+/// The activation term of every non-embedding layer of a model, being accumulated.
+struct ActAccumulators(HashMap<String, ActAccumulator>);
+
+impl ActAccumulators {
+    fn new(model: &dyn Model, ranges: &ActRanges) -> Result<ActAccumulators> {
+        let mut out = HashMap::new();
+        for l in &model.inventory().layers {
+            let range = ranges.get(&l.name).copied();
+            if let Some(a) = ActAccumulator::new(l, &model.weight(&l.name)?, range)? {
+                out.insert(l.name.clone(), a);
             }
         }
+        Ok(ActAccumulators(out))
+    }
+
+    /// Adds one captured input of layer `name` (an embedding's or an unknown layer's: nothing).
+    fn add(&mut self, name: &str, x: &Tensor) -> Result<()> {
+        match self.0.get_mut(name) {
+            Some(a) => a.add(x),
+            None => Ok(()),
+        }
+    }
+
+    /// `stats` with their activation terms.
+    fn attach(mut self, mut stats: Vec<LayerStats>) -> Vec<LayerStats> {
+        for s in &mut stats {
+            s.act = self.0.remove(&s.info.name).map(|a| a.energy);
+        }
+        stats
     }
 }
 
-/// A weight tensor as its `dim 0 × rest` matrix view, in f64.
-fn matrix_view(w: &Tensor) -> Result<Mat<f64>> {
-    let rows = w.dims().first().copied().unwrap_or(1);
-    let cols = w.elem_count() / rows.max(1);
-    let data = w.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    Ok(Mat::from_fn(rows, cols, |i, j| data[i * cols + j]))
-}
-
-/// Statistics being accumulated.
-struct Accumulator {
+/// One layer's activation term, being accumulated.
+struct ActAccumulator {
     info: LayerInfo,
+    /// The original weight as an `out × in` f64 matrix (matrix view: rows = dim 0).
     weight: Mat<f64>,
-    moment: Moment,
-    samples: usize,
-    act: Option<ActEnergy>,
     /// The static activation range, if known.
     range: Option<(f32, f32)>,
+    energy: ActEnergy,
 }
 
-impl Accumulator {
-    fn new(info: &LayerInfo, weight: &Tensor, range: Option<(f32, f32)>) -> Result<Accumulator> {
-        if weight.dims() != info.shape.as_slice() {
+impl ActAccumulator {
+    /// `None` for an embedding (its input is ids).
+    fn new(
+        info: &LayerInfo,
+        weight: &Tensor,
+        range: Option<(f32, f32)>,
+    ) -> Result<Option<ActAccumulator>> {
+        if info.kind == LayerKind::Embedding {
+            return Ok(None);
+        }
+        let (rows, cols) = matrix_dims(&info.shape);
+        if weight.elem_count() != rows * cols {
             return Err(Error::sensitivity(format!(
                 "layer `{}`: weight has shape {:?}, the inventory says {:?}",
                 info.name,
@@ -276,99 +358,28 @@ impl Accumulator {
                 info.shape
             )));
         }
-        let weight = matrix_view(weight)?;
-        let moment = match info.kind {
-            LayerKind::Embedding => Moment::Rows(vec![0.0; weight.nrows()]),
-            _ => Moment::Full(Mat::zeros(weight.ncols(), weight.ncols())),
-        };
-        let act = (info.kind != LayerKind::Embedding).then(|| ActEnergy {
-            dynamic: 0.0,
-            fixed: range.map(|_| 0.0),
-        });
-        Ok(Accumulator {
+        let data = weight
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        Ok(Some(ActAccumulator {
             info: info.clone(),
-            weight,
-            moment,
-            samples: 0,
-            act,
+            weight: Mat::from_fn(rows, cols, |i, j| data[i * cols + j]),
             range,
-        })
-    }
-
-    fn error(&self, message: String) -> Error {
-        Error::sensitivity(format!("layer `{}`: {message}", self.info.name))
-    }
-
-    /// Adds one captured input.
-    fn add(&mut self, x: &Tensor) -> Result<()> {
-        if self.info.kind == LayerKind::Embedding {
-            return self.add_ids(x);
-        }
-        let x_rows = self.rows(x)?;
-        let Moment::Full(h) = &mut self.moment else {
-            unreachable!("linear and conv2d layers accumulate a full moment");
-        };
-        matmul(
-            h.as_mut(),
-            Accum::Add,
-            x_rows.transpose(),
-            x_rows.as_ref(),
-            1.0,
-            Par::Seq,
-        );
-        self.samples += x_rows.nrows();
-        self.add_activation_error(x)
-    }
-
-    /// An embedding's input: counts how often each row is looked up.
-    fn add_ids(&mut self, x: &Tensor) -> Result<()> {
-        let Moment::Rows(counts) = &mut self.moment else {
-            unreachable!("an embedding accumulates row counts");
-        };
-        let ids = x.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        for &id in &ids {
-            let c = counts.get_mut(id as usize).ok_or_else(|| {
-                Error::sensitivity(format!(
-                    "layer `{}`: id {id} is outside the table's {} rows",
-                    self.info.name,
-                    self.weight.nrows()
-                ))
-            })?;
-            *c += 1.0;
-        }
-        self.samples += ids.len();
-        Ok(())
-    }
-
-    /// The rows of `X` for one captured input of a linear or conv2d layer (see the module docs).
-    fn rows(&self, x: &Tensor) -> Result<Mat<f64>> {
-        match self.info.kind {
-            LayerKind::Conv2d => self.im2col(x),
-            _ => {
-                let cols = self.weight.ncols();
-                if x.dims().last() != Some(&cols) {
-                    return Err(self.error(format!(
-                        "input of shape {:?} does not end in the weight's {cols} inputs",
-                        x.dims()
-                    )));
-                }
-                let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                let rows = data.len() / cols;
-                Ok(Mat::from_fn(rows, cols, |i, j| data[i * cols + j]))
-            }
-        }
+            energy: ActEnergy {
+                dynamic: 0.0,
+                fixed: range.map(|_| 0.0),
+            },
+        }))
     }
 
     /// Adds `‖(X − Q(X)) Wᵀ‖²` of one captured input for each known activation quantization.
-    fn add_activation_error(&mut self, x: &Tensor) -> Result<()> {
-        let Some(mut act) = self.act else {
-            return Ok(());
-        };
-        act.dynamic += self.quantization_energy(x, ActQuant::Int8Dynamic, None)?;
-        if let (Some(fixed), Some(range)) = (act.fixed.as_mut(), self.range) {
-            *fixed += self.quantization_energy(x, ActQuant::Int8Static, Some(range))?;
+    fn add(&mut self, x: &Tensor) -> Result<()> {
+        self.energy.dynamic += self.quantization_energy(x, ActQuant::Int8Dynamic, None)?;
+        if let Some(range) = self.range {
+            let e = self.quantization_energy(x, ActQuant::Int8Static, Some(range))?;
+            *self.energy.fixed.get_or_insert(0.0) += e;
         }
-        self.act = Some(act);
         Ok(())
     }
 
@@ -380,7 +391,7 @@ impl Accumulator {
         range: Option<(f32, f32)>,
     ) -> Result<f64> {
         let dx = (x - quantize_activation(x, act, range)?)?;
-        let dx_rows = self.rows(&dx)?;
+        let dx_rows = input_rows(&self.info.name, self.info.kind, &self.info.shape, &dx)?;
         let mut y = Mat::<f64>::zeros(dx_rows.nrows(), self.weight.nrows());
         matmul(
             y.as_mut(),
@@ -392,105 +403,46 @@ impl Accumulator {
         );
         Ok(y.squared_norm_l2())
     }
+}
 
-    /// The im2col matrix of an input feature map `[n, c, h, w]` (stride 1, same padding).
-    fn im2col(&self, x: &Tensor) -> Result<Mat<f64>> {
-        let (c_out_in, kh, kw) = match self.info.shape.as_slice() {
-            &[_, c, kh, kw] => (c, kh, kw),
-            s => return Err(self.error(format!("a conv2d weight has rank 4, got {s:?}"))),
-        };
-        let (n, c, h, w) = match x.dims() {
-            &[n, c, h, w] => (n, c, h, w),
-            d => return Err(self.error(format!("a conv2d input is [n, c, h, w], got {d:?}"))),
-        };
-        if c != c_out_in {
-            return Err(self.error(format!(
-                "input has {c} channels, the weight {c_out_in} per group: only ungrouped convolutions \
-                 are supported"
-            )));
-        }
-        let (ph, pw) = ((kh / 2) as isize, (kw / 2) as isize);
-        let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let cols = c * kh * kw;
-        let mut out = Mat::<f64>::zeros(n * h * w, cols);
-        for s in 0..n {
-            for y in 0..h {
-                for xo in 0..w {
-                    let row = (s * h + y) * w + xo;
-                    for ci in 0..c {
-                        for ky in 0..kh {
-                            let yi = y as isize + ky as isize - ph;
-                            if yi < 0 || yi >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let xi = xo as isize + kx as isize - pw;
-                                if xi < 0 || xi >= w as isize {
-                                    continue;
-                                }
-                                let v = data[((s * c + ci) * h + yi as usize) * w + xi as usize];
-                                out[(row, (ci * kh + ky) * kw + kx)] = v;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn finish(self) -> Result<LayerStats> {
-        if self.samples == 0 {
-            return Err(self.error(
-                "no calibration input reached this layer; its output error cannot be measured"
-                    .into(),
-            ));
-        }
-        let mut stats = LayerStats {
-            info: self.info,
-            weight: self.weight,
-            moment: self.moment,
-            samples: self.samples,
-            reference: 0.0,
-            act: self.act,
-        };
-        stats.reference = stats.energy(&stats.weight);
-        if !(stats.reference > 0.0 && stats.reference.is_finite()) {
-            return Err(Error::sensitivity(format!(
-                "layer `{}`: its calibration outputs are {} (zero weights or inputs?): a relative \
-                 error needs a positive reference",
-                stats.info.name, stats.reference
-            )));
-        }
-        Ok(stats)
-    }
+/// `(dim 0, product of the rest)` of a weight shape.
+fn matrix_dims(shape: &[usize]) -> (usize, usize) {
+    let rows = shape.first().copied().unwrap_or(1);
+    (rows, shape.iter().skip(1).product())
 }
 
 /// The cheap error of every (group, choice) of `space`: the sum over the group's layers of their
-/// relative output errors with the weight compressed as the choice says ([`apply_choice`] with
-/// `scale`) plus, when the choice quantizes activations, the layer's
+/// relative output errors with the weight compressed as the choice says ([`apply_with`] with
+/// `settings` — a [`ScaleMethod`](crate::compress::ScaleMethod) alone means round-to-nearest — and the
+/// layer's own input statistics) plus, when the choice quantizes activations, the layer's
 /// [`activation_error`](LayerStats::activation_error) (see the module docs). `stats` must hold every
 /// layer of the space (as [`LayerStats::capture`] returns them; with the static ranges for
 /// `act8-static` choices). A choice with activation quantization costs more than its weight-only
 /// twin; an uncompressed choice gets 0.
 ///
-/// [`apply_choice`]: crate::compress::apply_choice
+/// [`apply_with`]: crate::compress::apply_with
 pub fn cheap_errors(
     space: &crate::space::SearchSpace,
     stats: &[LayerStats],
-    scale: crate::compress::ScaleMethod,
+    settings: impl Into<CompressSettings>,
 ) -> Result<Vec<Vec<f64>>> {
-    cheap_errors_with_progress(space, stats, scale, &mut |_, _| {})
+    cheap_errors_with_progress(space, stats, settings, &mut |_, _| {})
 }
 
 /// [`cheap_errors`], calling `progress(done, total)` after each group.
 pub fn cheap_errors_with_progress(
     space: &crate::space::SearchSpace,
     stats: &[LayerStats],
-    scale: crate::compress::ScaleMethod,
+    settings: impl Into<CompressSettings>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
-    let mut errors = errors_per_choice(space, stats, scale, "calibration statistics", progress)?;
+    let mut errors = errors_per_choice(
+        space,
+        stats,
+        &settings.into(),
+        "calibration statistics",
+        progress,
+    )?;
     add_activation_errors(space, stats, &mut errors)?;
     Ok(errors)
 }
@@ -529,6 +481,10 @@ pub(crate) trait LayerMeasure: Sync {
     fn original(&self) -> Result<Tensor>;
     /// The measure of replacing the weight by `w_prime`.
     fn error(&self, w_prime: &Tensor) -> Result<f64>;
+    /// The layer's input statistics, for compression settings that need them.
+    fn inputs(&self) -> Option<&InputStats> {
+        None
+    }
 }
 
 impl LayerMeasure for LayerStats {
@@ -541,10 +497,13 @@ impl LayerMeasure for LayerStats {
     fn error(&self, w_prime: &Tensor) -> Result<f64> {
         self.output_error(w_prime)
     }
+    fn inputs(&self) -> Option<&InputStats> {
+        Some(&self.inputs)
+    }
 }
 
 /// `measure` of every (group, choice) of `space`, summed over the group's layers, with the weight
-/// compressed as the choice says (`apply_choice` with `scale`); `progress(done, total)` after each
+/// compressed as the choice says (`apply_with` with `settings`); `progress(done, total)` after each
 /// group. Only the weight counts: choices that differ only in their activation part share one
 /// compression and one number, and an uncompressed choice gets 0. The distinct weight choices of a
 /// layer are compressed in parallel (rayon), each deterministically, so the result does not depend on
@@ -552,7 +511,7 @@ impl LayerMeasure for LayerStats {
 pub(crate) fn errors_per_choice<M: LayerMeasure>(
     space: &crate::space::SearchSpace,
     measures: &[M],
-    scale: crate::compress::ScaleMethod,
+    settings: &CompressSettings,
     what: &str,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
@@ -584,7 +543,10 @@ pub(crate) fn errors_per_choice<M: LayerMeasure>(
             let original = s.original()?;
             let errs: Vec<f64> = distinct
                 .par_iter()
-                .map(|c| s.error(&crate::compress::apply_choice(&original, c, scale)?))
+                .map(|c| {
+                    let w = crate::compress::apply_with(&original, c, settings, s.inputs())?;
+                    s.error(&w)
+                })
                 .collect::<Result<_>>()?;
             for (c, e) in distinct.iter().zip(errs) {
                 *error.entry(*c).or_default() += e;
@@ -604,15 +566,8 @@ pub(crate) fn errors_per_choice<M: LayerMeasure>(
 impl LayerStats {
     /// The original weight, f32, in the layer's shape.
     fn weight_tensor(&self) -> Result<Tensor> {
-        let (r, c) = (self.weight.nrows(), self.weight.ncols());
-        let mut data = Vec::with_capacity(r * c);
-        for i in 0..r {
-            for j in 0..c {
-                data.push(self.weight[(i, j)] as f32);
-            }
-        }
-        Ok(Tensor::from_vec(
-            data,
+        Ok(Tensor::from_slice(
+            &self.weight,
             self.info.shape.as_slice(),
             &candle_core::Device::Cpu,
         )?)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compress::ScaleMethod;
+use crate::compress::{Rounding, ScaleMethod};
 use crate::cost::{Cost, Objective};
 use crate::data::SplitSizes;
 use crate::sensitivity::Measurement;
@@ -72,6 +72,10 @@ pub struct RunConfig {
     pub time_seconds: Option<f64>,
     /// How weight quantization picks its scales.
     pub scale: ScaleMethod,
+    /// How integer weights are rounded (manifests written before this setting existed: to nearest).
+    /// Round-to-nearest is not written, so that those manifests are rewritten byte for byte.
+    #[serde(default, skip_serializing_if = "Rounding::is_rtn")]
+    pub rounding: Rounding,
     /// Sensitivity pairs measured one at a time before the search.
     pub pairs: usize,
 }
@@ -98,6 +102,7 @@ impl Default for RunConfig {
             trials: Some(500),
             time_seconds: None,
             scale: ScaleMethod::Mse,
+            rounding: Rounding::Rtn,
             pairs: 400,
         }
     }

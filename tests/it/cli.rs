@@ -292,7 +292,7 @@ fn usage_error(cwd: &Path, args: &[&str]) -> String {
 #[test]
 fn a_name_not_in_a_flags_list_is_a_usage_error_that_lists_the_allowed_names() {
     let dir = Dir::new();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["search", "--store", "s", "--strategy", "annealing"],
             "[possible values: auto, exact, evolution, bayes, random]",
@@ -303,15 +303,19 @@ fn a_name_not_in_a_flags_list_is_a_usage_error_that_lists_the_allowed_names() {
         ),
         (
             &["search", "--store", "s", "--scale", "percentile"],
-            "[possible values: minmax, mse]",
+            "[possible values: minmax, mse, output]",
         ),
         (
             &["sensitivity", "--scale", "percentile"],
-            "[possible values: minmax, mse]",
+            "[possible values: minmax, mse, output]",
+        ),
+        (
+            &["eval", "--stdin", "--rounding", "awq"],
+            "[possible values: rtn, gptq]",
         ),
         (
             &["eval", "--stdin", "--scale", "percentile"],
-            "[possible values: minmax, mse]",
+            "[possible values: minmax, mse, output]",
         ),
     ];
     for (args, allowed) in cases {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use mpsearch::compress::ScaleMethod;
+use mpsearch::compress::{Rounding, ScaleMethod};
 use mpsearch::eval::{load, metrics, CandleEvaluator, EvalData, EvalSettings, Evaluator};
 use mpsearch::export::safetensors::{
     load_compressed, max_difference, read_compressed, write_compressed, ExportInfo,
@@ -515,8 +515,9 @@ fn every_compact_form_reads_back_exactly() {
             model: "demo".into(),
             space: "none".into(),
             scale: ScaleMethod::Mse,
+            rounding: Rounding::Rtn,
         };
-        let s = write_compressed(ev.model().as_ref(), &asg, &info, &path).unwrap();
+        let s = write_compressed(ev.model().as_ref(), &asg, &info, None, &path).unwrap();
         let (evaluated, reproduced) = check_weights(&path, &ev, &data, &asg);
         assert!(
             close(evaluated, reproduced, QUALITY_REL_TOL),
@@ -589,8 +590,9 @@ fn conv_nm_is_stored_along_input_channels() {
         model: "demo".into(),
         space: "none".into(),
         scale: ScaleMethod::Mse,
+        rounding: Rounding::Rtn,
     };
-    write_compressed(ev.model().as_ref(), &asg, &info, &path).unwrap();
+    write_compressed(ev.model().as_ref(), &asg, &info, None, &path).unwrap();
     let w = load_compressed(&path).unwrap()["conv2"]
         .flatten_all()
         .unwrap()

@@ -13,6 +13,7 @@ mod export;
 mod fisher;
 mod profiles;
 mod report;
+mod rounding;
 mod search;
 mod sensitivity;
 mod space;

@@ -787,3 +787,38 @@ fn sensitivity_command_reports_the_table_and_its_trust() {
     let err = crate::util::fails(dir.path(), &["sensitivity", "--validate", "1"]);
     assert!(err.contains("at least 2"), "{err}");
 }
+
+/// The analysis builds its statistics from the evaluator's input statistics (the capture of the
+/// calibration split that also calibrates the static ranges) and adds the activation term in a second
+/// pass: every layer's weight and activation errors equal those of one capture with the same ranges.
+#[test]
+fn activation_term_from_the_evaluator_statistics_equals_one_capture() {
+    let (ev, space) = demo_with_space();
+    let model = ev.model();
+    let calibration = &ev.data().calibration;
+    let ranges = ev.ranges().unwrap();
+    let once = LayerStats::capture_with_ranges(model.as_ref(), calibration, ranges).unwrap();
+    let shared = LayerStats::for_model(model.as_ref(), ev.input_stats().unwrap()).unwrap();
+    assert!(shared[2].activation_error(ActQuant::Int8Dynamic).is_err());
+    let shared = LayerStats::with_activation(shared, model.as_ref(), calibration, ranges).unwrap();
+    let int4: Choice = "int4-sym-channel".parse().unwrap();
+    for (a, b) in once.iter().zip(&shared) {
+        let name = &a.info().name;
+        assert_eq!(name, &b.info().name);
+        let w = apply_choice(&model.weight(name).unwrap(), &int4, ScaleMethod::Mse).unwrap();
+        let (ea, eb) = (a.output_error(&w).unwrap(), b.output_error(&w).unwrap());
+        assert!((ea - eb).abs() <= 1e-9 * ea.abs(), "{name}: {ea} vs {eb}");
+        if a.info().kind == LayerKind::Embedding {
+            continue;
+        }
+        for act in [ActQuant::Int8Dynamic, ActQuant::Int8Static] {
+            let (ea, eb) = (
+                a.activation_error(act).unwrap(),
+                b.activation_error(act).unwrap(),
+            );
+            assert!(ea > 0.0, "{name} {act}: {ea}");
+            assert!((ea - eb).abs() <= 1e-12 * ea, "{name} {act}: {ea} vs {eb}");
+        }
+    }
+    assert_eq!(once.len(), space.layers.len());
+}

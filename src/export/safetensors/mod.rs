@@ -54,9 +54,10 @@
 //!
 //! The `__metadata__` records: `format` (`mpsearch-compressed-weights`), `format_version`, the run, trial
 //! (and front point), assignment hash, quality (search split; `held_out_quality` too when known) and its
-//! metric, cost objective, model, space and scale method, the whole assignment JSON, `layers` (per
-//! layer: its choice, shape, and per factor its rows, columns, format, pattern and stored-value count),
-//! `not_included` (the layers left out) and `reconstruct` (these rules in short).
+//! metric, cost objective, model, space, scale method and rounding (`rtn`, `gptq`: the weights are those
+//! the run evaluated, GPTQ's from the same calibration statistics), the whole assignment JSON, `layers`
+//! (per layer: its choice, shape, and per factor its rows, columns, format, pattern and stored-value
+//! count), `not_included` (the layers left out) and `reconstruct` (these rules in short).
 
 mod read;
 mod write;
@@ -68,7 +69,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::read::{load_compressed, read_bytes, read_compressed};
 pub use self::write::{compressed_bytes, write_compressed};
-use crate::compress::ScaleMethod;
+use crate::compress::{Rounding, ScaleMethod};
 use crate::error::Result;
 use crate::space::{Choice, Granularity, Sparsity};
 
@@ -107,6 +108,8 @@ pub struct ExportInfo {
     pub model: String,
     pub space: String,
     pub scale: ScaleMethod,
+    /// How integer weights were rounded.
+    pub rounding: Rounding,
 }
 
 /// What [`write_compressed`] wrote.

@@ -12,7 +12,8 @@ use super::{
     RECONSTRUCT,
 };
 use crate::compress::{
-    compress_factors, factor_kernel, CompressedWeight, QuantizedWeight, WeightMatrix,
+    compress_with, factor_kernel, CompressSettings, CompressedWeight, LayerInputs, QuantizedWeight,
+    WeightMatrix,
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -31,12 +32,19 @@ struct Owned {
     data: Vec<u8>,
 }
 
-/// The file's bytes for `assignment` on `model` (see the module docs), and what it holds.
+/// The file's bytes for `assignment` on `model` (see the module docs), and what it holds. `inputs`
+/// are the layers' calibration statistics, needed when `info`'s scale method or rounding uses them
+/// ([`CompressSettings::uses_inputs`]).
 pub fn compressed_bytes(
     model: &dyn Model,
     assignment: &Assignment,
     info: &ExportInfo,
+    inputs: Option<&LayerInputs>,
 ) -> Result<(Vec<u8>, WriteSummary, BTreeMap<String, Tensor>)> {
+    let settings = CompressSettings {
+        scale: info.scale,
+        rounding: info.rounding,
+    };
     let mut tensors = Vec::new();
     let mut records = BTreeMap::new();
     let mut dense = BTreeMap::new();
@@ -48,7 +56,8 @@ pub fn compressed_bytes(
             continue;
         }
         let w = model.weight(&l.name)?;
-        let c = compress_factors(&w, &choice, info.scale)?;
+        let stats = inputs.and_then(|i| i.get(&l.name)).map(AsRef::as_ref);
+        let c = compress_with(&w, &choice, &settings, stats)?;
         let record = layer_tensors(&l.name, &choice, &c, &mut tensors)?;
         records.insert(l.name.clone(), record);
         dense.insert(l.name.clone(), c.to_tensor()?);
@@ -65,6 +74,7 @@ pub fn compressed_bytes(
         ("model".into(), info.model.clone()),
         ("space".into(), info.space.clone()),
         ("scale".into(), info.scale.to_string()),
+        ("rounding".into(), info.rounding.to_string()),
         ("assignment".into(), assignment.to_json_string()),
         (
             "layers".into(),
@@ -112,14 +122,16 @@ pub fn compressed_bytes(
 }
 
 /// Writes the compressed weights of `assignment` on `model` to `path` atomically, then reads the file
-/// back and checks that it reproduces the compressed weights bit for bit.
+/// back and checks that it reproduces the compressed weights bit for bit (`inputs`: see
+/// [`compressed_bytes`]).
 pub fn write_compressed(
     model: &dyn Model,
     assignment: &Assignment,
     info: &ExportInfo,
+    inputs: Option<&LayerInputs>,
     path: &Path,
 ) -> Result<WriteSummary> {
-    let (bytes, summary, dense) = compressed_bytes(model, assignment, info)?;
+    let (bytes, summary, dense) = compressed_bytes(model, assignment, info, inputs)?;
     let back = read_bytes(&bytes, path)?;
     for (name, t) in &dense {
         let Some(b) = back.weights.get(name) else {
