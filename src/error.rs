@@ -122,6 +122,16 @@ pub enum Error {
     /// Another process holds the store.
     #[error("store {location} is in use by pid {pid} (another mpsearch search, resume or report). Wait for it to finish, stop it, or pass another --store folder.")]
     StoreInUse { location: String, pid: String },
+    /// Another process drives the run (a shared store, such as PostgreSQL, allows one controller per
+    /// run: `search` or `resume`).
+    #[error("run `{run}` of store {location} is being driven by pid {pid} on host {host} (since {since}). A run has one controller at a time: wait for it to finish or stop it (Ctrl-C), or start another run with --run NEW-NAME.")]
+    RunInUse {
+        run: String,
+        location: String,
+        pid: String,
+        host: String,
+        since: String,
+    },
     /// A run whose recorded inputs no longer match the files (resume refuses to mix results).
     #[error("run `{run}` cannot be resumed: {}. Its results were computed against the old inputs; start a new run instead (mpsearch search --run NEW-NAME …), or restore the old files.", changes.join("; "))]
     RunChanged { run: String, changes: Vec<String> },

@@ -4,7 +4,6 @@
 //! and of the trials, the controller run, and the summary (front table, where the run is stored, its
 //! report, how to resume).
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::search::{self, Control, Outcome, Progress, SetupPhase, StopReason};
-use mpsearch::store::{RunManifest, SledStore, Store, TrialRecord};
+use mpsearch::store::{Location, RunManifest, Store, TrialRecord};
 
 use super::output::{progress_bar, quality, table, trial_bar};
 
@@ -83,11 +82,11 @@ pub fn describe(session: &search::Session) {
 /// Runs the trials with a progress bar, prints the summary, and returns 0, or 130 when interrupted.
 pub fn drive(
     session: &search::Session,
-    store: &SledStore,
+    store: &dyn Store,
     manifest: RunManifest,
     jobs: usize,
     stop: &AtomicBool,
-    dir: &Path,
+    location: &Location,
 ) -> anyhow::Result<ExitCode> {
     let bar = trial_bar(&manifest.name, manifest.config.trials);
     let mut on_progress = |p: &Progress| {
@@ -110,7 +109,7 @@ pub fn drive(
         &mut control,
     )?;
     bar.finish_and_clear();
-    summarise(session, store, &outcome, dir)?;
+    summarise(session, store, &outcome, location)?;
     Ok(if outcome.reason == StopReason::Interrupted {
         ExitCode::from(INTERRUPTED)
     } else {
@@ -122,7 +121,7 @@ fn summarise(
     session: &search::Session,
     store: &dyn Store,
     o: &Outcome,
-    dir: &Path,
+    location: &Location,
 ) -> anyhow::Result<()> {
     let m = &o.manifest;
     let why = match o.reason {
@@ -147,15 +146,15 @@ fn summarise(
         mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
         &front,
     ));
-    let store_arg = if dir == Path::new("mpsearch-store") {
+    let store_arg = if *location == Location::Sled("mpsearch-store".into()) {
         String::new()
     } else {
-        format!(" --store {}", dir.display())
+        format!(" --store {location}")
     };
     out.push_str(&format!(
         "\nresults: store {} run `{}` — `mpsearch trials {}{store_arg}` lists every trial, `mpsearch runs{store_arg}` \
          every run\n",
-        dir.display(),
+        location,
         m.name,
         m.name
     ));

@@ -10,19 +10,22 @@ use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::model::ModelSource;
 use mpsearch::space::{Assignment, SearchSpace};
-use mpsearch::store::{self, RunManifest, SledStore, Store};
+use mpsearch::store::{self, Access, Location, RunManifest};
 
 use super::args::{ExportArgs, ExportFormat};
 use super::output::emit;
+use super::setup::open_store;
 
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        a.store.store.is_dir(),
-        "store {} does not exist: pass the --store folder the search used (default ./mpsearch-store)",
-        a.store.store.display()
-    );
-    let store = SledStore::open(&a.store.store)?;
-    let manifest = store::find_run(&store, &a.run)?;
+    if let Location::Sled(dir) = &a.store.store {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "store {} does not exist: pass the --store folder the search used (default ./mpsearch-store)",
+            dir.display()
+        );
+    }
+    let store = open_store(&a.store.store, Access::Read)?;
+    let manifest = store::find_run(&*store, &a.run)?;
     let trials = store.trials(&manifest.name)?;
     // Only read: release the store at once (a search may open it meanwhile).
     drop(store);

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use mpsearch::report;
-use mpsearch::store::{SledStore, Store};
+use mpsearch::store::{Access, Store};
 
 use super::args::ReportArgs;
+use super::setup::open_store;
 
 pub fn run(a: ReportArgs) -> anyhow::Result<ExitCode> {
-    let store = SledStore::open(&a.store.store)?;
-    let index = write(&store, &a.run, a.profile.as_deref(), a.out.as_deref())?;
+    let store = open_store(&a.store.store, Access::Read)?;
+    let index = write(&*store, &a.run, a.profile.as_deref(), a.out.as_deref())?;
     println!("{}", index.display());
     Ok(ExitCode::SUCCESS)
 }

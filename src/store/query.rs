@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::pareto;
 use crate::space::SearchSpace;
 
-use super::{RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState};
+use super::{Controller, RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState};
 
 /// Quality reference of the hypervolume when no `--max-drop` is given, in the objective's units: a KL
 /// divergence of 0.1 nat (the demo loses about 4 points of accuracy there) or a cosine distance of 0.1
@@ -111,12 +111,21 @@ pub fn cost_of(o: Objective, t: &TrialRecord) -> f64 {
     o.of(&t.cost.into())
 }
 
-/// A run's status as listed: a run still marked `running` while this process holds the store was
-/// left by a process that died; it is resumable like an interrupted one.
+/// A run's status as listed when no process drives it: a run still marked `running` was left by a
+/// process that died; it is resumable like an interrupted one.
 pub fn listed_status(m: &RunManifest) -> RunStatus {
     match m.status {
         RunStatus::Running => RunStatus::Interrupted,
         s => s,
+    }
+}
+
+/// A run's status as listed, knowing which runs are driven right now ([`Store::controllers`]):
+/// `running` only while a controller drives it, else as [`listed_status`] says.
+pub fn live_status(m: &RunManifest, controllers: &[Controller]) -> RunStatus {
+    match m.status {
+        RunStatus::Running if controllers.iter().any(|c| c.run == m.name) => RunStatus::Running,
+        _ => listed_status(m),
     }
 }
 

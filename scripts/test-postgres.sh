@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# A throw-away PostgreSQL server for mpsearch's tests, benchmarks and by-hand tries.
+#
+#   bash scripts/test-postgres.sh start      # initdb + start (once); prints the URL
+#   bash scripts/test-postgres.sh url        # prints the URL of the running server (exit 1 if none)
+#   bash scripts/test-postgres.sh stop       # stops the server and deletes its folder
+#   bash scripts/test-postgres.sh run CMD…   # start, run CMD with MPSEARCH_TEST_POSTGRES set, stop
+#
+# The server listens on a Unix socket only (listen_addresses = ''), in its own folder
+# ${MPSEARCH_PG_DIR:-/tmp/mpsearch-test-postgres}, so nothing outside this machine can reach it, and it
+# does not meet a system cluster (whose socket is in /var/run/postgresql). Authentication is `trust`
+# for the local socket: it is a test server. Its data are deleted by `stop`.
+#
+# PostgreSQL refuses to run as root: as root, initdb and the server run as the `postgres` user
+# (created by Debian's postgresql package) through runuser. The binaries are taken from PATH, else from
+# the newest /usr/lib/postgresql/*/bin (where Debian puts them). `.ci/run` installs the package when it
+# is missing. The tests read the URL from MPSEARCH_TEST_POSTGRES; without it they print SKIPPED (and
+# fail under CI=true).
+#
+# `run` never fails because the server cannot start: it says why and runs CMD without the variable
+# (the PostgreSQL tests then skip, or fail under CI=true, which is what CI wants).
+set -euo pipefail
+
+DIR="${MPSEARCH_PG_DIR:-/tmp/mpsearch-test-postgres}"
+DATA="$DIR/data"
+LOG="$DIR/server.log"
+DB_USER=postgres
+
+say() {
+    echo "test-postgres: $*" >&2
+}
+
+die() {
+    say "error: $*"
+    exit 1
+}
+
+# The folder of initdb and pg_ctl.
+bindir() {
+    if command -v pg_ctl >/dev/null && command -v initdb >/dev/null; then
+        dirname "$(command -v pg_ctl)"
+        return
+    fi
+    local newest
+    newest=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    [[ -n "$newest" && -x "$newest/pg_ctl" ]] || return 1
+    echo "$newest"
+}
+
+# Runs a command as the server's owner: `postgres` when we are root, else ourselves.
+as_owner() {
+    if [[ $(id -u) -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# The URL: user postgres over the socket folder (percent-encoded in the host part).
+url() {
+    local host=${DIR//\//%2F}
+    echo "postgres://$DB_USER@$host/postgres"
+}
+
+running() {
+    [[ -f "$DATA/postmaster.pid" ]] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1
+}
+
+start() {
+    BIN=$(bindir) || die "PostgreSQL is not installed (apt-get install postgresql)"
+    if running; then
+        url
+        return
+    fi
+    if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+        die "running as root needs a \`postgres\` user to own the server (Debian's postgresql package creates it)"
+    fi
+    rm -rf "$DIR"
+    mkdir -p "$DIR"
+    chmod 700 "$DIR"
+    [[ $(id -u) -eq 0 ]] && chown postgres: "$DIR"
+    as_owner "$BIN/initdb" -D "$DATA" -U "$DB_USER" --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
+        >"$DIR/initdb.log" 2>&1 || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
+    # The socket folder must be searchable by whoever runs the tests (root, or the same user).
+    chmod 711 "$DIR"
+    as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 \
+        -o "-c listen_addresses='' -c unix_socket_directories='$DIR' -c max_connections=200" \
+        start >/dev/null || { cat "$LOG" >&2; die "the server did not start"; }
+    say "server running in $DIR (stop it with: bash scripts/test-postgres.sh stop)"
+    url
+}
+
+stop() {
+    BIN=$(bindir) || return 0
+    if running; then
+        as_owner "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+        say "server in $DIR stopped"
+    fi
+    rm -rf "$DIR"
+}
+
+case "${1:-}" in
+start)
+    start
+    ;;
+url)
+    BIN=$(bindir) || die "PostgreSQL is not installed"
+    running || die "no server is running in $DIR (bash scripts/test-postgres.sh start)"
+    url
+    ;;
+stop)
+    stop
+    ;;
+run)
+    shift
+    [[ $# -gt 0 ]] || die "usage: $0 run COMMAND [ARGS…]"
+    if URL=$(start); then
+        export MPSEARCH_TEST_POSTGRES="$URL"
+        trap stop EXIT
+    else
+        say "no PostgreSQL server: the PostgreSQL tests will be skipped (or fail under CI=true)"
+    fi
+    # Not exec: the trap stops the server when the command ends, whatever its exit code.
+    "$@"
+    ;;
+*)
+    die "usage: $0 start|url|stop|run COMMAND [ARGS…]"
+    ;;
+esac
