@@ -45,22 +45,25 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
-    emit(&format!("{backend}{}{driven}", table(
-        &[
-            "run",
-            "status",
-            "strategy",
-            "profile",
-            "trials",
-            "evaluated",
-            "cache hits",
-            "front",
-            "elapsed",
-            "cheapest front points (quality@latency)",
-        ],
-        &rows,
-        4,
-    )))
+    emit(&format!(
+        "{backend}{}{driven}",
+        table(
+            &[
+                "run",
+                "status",
+                "strategy",
+                "profile",
+                "trials",
+                "evaluated",
+                "cache hits",
+                "front",
+                "elapsed",
+                "cheapest front points (quality@latency)",
+            ],
+            &rows,
+            4,
+        )
+    ))
 }
 
 /// What the listing shows of one run.

@@ -79,7 +79,9 @@ pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<CopySummary> {
         match difference(to, run)? {
             None => summary.runs_present += 1,
             Some(Difference::Absent) => missing.push(run),
-            Some(Difference::Differs(why)) => conflicts.push(format!("`{}` ({why})", run.manifest.name)),
+            Some(Difference::Differs(why)) => {
+                conflicts.push(format!("`{}` ({why})", run.manifest.name))
+            }
         }
     }
     if !conflicts.is_empty() {
@@ -147,7 +149,9 @@ fn difference(to: &dyn Store, run: &SourceRun) -> Result<Option<Difference>> {
         ))));
     }
     if json(&to.snapshot(name)?) != json(&run.snapshot) {
-        return Ok(Some(Difference::Differs("another strategy snapshot".into())));
+        return Ok(Some(Difference::Differs(
+            "another strategy snapshot".into(),
+        )));
     }
     Ok(None)
 }

@@ -141,7 +141,8 @@ pub(super) fn write(
     let path = dir.join(VIEW_FILE);
     let bad = |e: String| Error::store(location, format!("cannot write its live view: {e}"));
     fn raw_value(bytes: &[u8]) -> std::result::Result<&RawValue, String> {
-        let text = std::str::from_utf8(bytes).map_err(|e| format!("a record is not UTF-8 ({e})"))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| format!("a record is not UTF-8 ({e})"))?;
         serde_json::from_str::<&RawValue>(text).map_err(|e| e.to_string())
     }
     fn map(
@@ -167,7 +168,10 @@ pub(super) fn write(
             .trials
             .iter()
             .map(|(run, ts)| {
-                let ts = ts.iter().map(|t| raw_value(t)).collect::<std::result::Result<_, _>>()?;
+                let ts = ts
+                    .iter()
+                    .map(|t| raw_value(t))
+                    .collect::<std::result::Result<_, _>>()?;
                 Ok((run.as_str(), ts))
             })
             .collect::<std::result::Result<_, String>>()
@@ -210,13 +214,10 @@ impl LiveView {
             Err(e) => return Err(Error::io(&path, e)),
         };
         let damaged = |what: String| {
-            Error::store(
-                location,
-                format!("its live view {} {what}", path.display()),
-            )
+            Error::store(location, format!("its live view {} {what}", path.display()))
         };
-        let view: ViewIn = serde_json::from_slice(&bytes)
-            .map_err(|e| damaged(format!("cannot be read ({e})")))?;
+        let view: ViewIn =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(format!("cannot be read ({e})")))?;
         if view.format != FORMAT || view.version != VERSION {
             return Err(damaged(format!(
                 "is {} version {}, which this mpsearch does not read; use the mpsearch that runs the search",
@@ -250,11 +251,19 @@ impl LiveView {
         let snapshots = view
             .snapshots
             .iter()
-            .map(|(run, s)| Ok((run.clone(), one(location, &format!("the snapshot of run `{run}`"), s)?)))
+            .map(|(run, s)| {
+                Ok((
+                    run.clone(),
+                    one(location, &format!("the snapshot of run `{run}`"), s)?,
+                ))
+            })
             .collect::<Result<_>>()?;
         let keyed = |kind: &str, hex: &str| {
             blake3::Hash::from_hex(hex).map_err(|_| {
-                Error::store(location, format!("its live view has a {kind} with a malformed key"))
+                Error::store(
+                    location,
+                    format!("its live view has a {kind} with a malformed key"),
+                )
             })
         };
         let cache = view
@@ -270,7 +279,10 @@ impl LiveView {
             .iter()
             .map(|(hex, r)| {
                 let key = keyed("sensitivity record", hex)?;
-                Ok((key, one(location, &key_what("sensitivity record", &key), r)?))
+                Ok((
+                    key,
+                    one(location, &key_what("sensitivity record", &key), r)?,
+                ))
             })
             .collect::<Result<_>>()?;
         Ok(LiveView {
@@ -313,9 +325,14 @@ impl Pace {
         }
     }
 
-    /// Records a rewrite that started at `start`.
+    /// Records a rewrite that started at `start` and ends now.
     pub(super) fn wrote(&mut self, start: Instant) {
-        self.last = Some((start, start.elapsed()));
+        self.record(start, start.elapsed());
+    }
+
+    /// Records a rewrite that started at `at` and took `took`.
+    pub(super) fn record(&mut self, at: Instant, took: Duration) {
+        self.last = Some((at, took));
     }
 }
 

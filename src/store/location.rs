@@ -50,7 +50,11 @@ impl FromStr for Location {
                 });
         }
         if let Some((scheme, _)) = text.split_once("://") {
-            if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+')
+            {
                 return Err(format!(
                     "`{scheme}://` stores are not supported: a store is a folder (sled) or a \
                      postgres:// URL"

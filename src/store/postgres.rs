@@ -289,7 +289,11 @@ impl PostgresStore {
         }
     }
 
-    fn get_json(&self, sql: &str, key: &(dyn ::postgres::types::ToSql + Sync)) -> Result<Option<String>> {
+    fn get_json(
+        &self,
+        sql: &str,
+        key: &(dyn ::postgres::types::ToSql + Sync),
+    ) -> Result<Option<String>> {
         let mut c = self.conn()?;
         c.client
             .query_opt(sql, &[key])
@@ -322,7 +326,13 @@ impl PostgresStore {
 
     /// Upserts a record under a content key, committed with `synchronous_commit` off (durable with the
     /// next synchronous commit).
-    fn put_keyed(&self, sql: Option<&str>, key: &blake3::Hash, what: &str, bytes: Vec<u8>) -> Result<()> {
+    fn put_keyed(
+        &self,
+        sql: Option<&str>,
+        key: &blake3::Hash,
+        what: &str,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
         let text = String::from_utf8(bytes).map_err(|e| self.error(format!("{what}: {e}")))?;
         let mut c = self.conn()?;
         let c = &mut *c;
@@ -335,11 +345,16 @@ impl PostgresStore {
             None => tx.execute(&c.put_cached, &[&key, &text]),
         }
         .map_err(self.sql(&format!("cannot write {what}")))?;
-        tx.commit().map_err(self.sql(&format!("cannot write {what}")))
+        tx.commit()
+            .map_err(self.sql(&format!("cannot write {what}")))
     }
 
     /// Encodes a batch of trials of run `run` (all or nothing: a bad record refuses the batch).
-    fn encode_trials(&self, run: &str, trials: &[TrialRecord]) -> Result<Vec<(i64, String, String)>> {
+    fn encode_trials(
+        &self,
+        run: &str,
+        trials: &[TrialRecord],
+    ) -> Result<Vec<(i64, String, String)>> {
         trials
             .iter()
             .map(|t| {
@@ -347,7 +362,8 @@ impl PostgresStore {
                 let bytes = encode(&self.location, &what, t)?;
                 let number = i64::try_from(t.number)
                     .map_err(|_| self.error(format!("{what}: the trial number is too large")))?;
-                let text = String::from_utf8(bytes).map_err(|e| self.error(format!("{what}: {e}")))?;
+                let text =
+                    String::from_utf8(bytes).map_err(|e| self.error(format!("{what}: {e}")))?;
                 Ok((number, t.state.to_string(), text))
             })
             .collect()
@@ -377,7 +393,10 @@ impl Drop for PostgresStore {
 /// user who may only read can read), else the missing migrations in one transaction.
 fn migrate(client: &mut Client, location: &str) -> Result<()> {
     let sql = |e: ::postgres::Error| {
-        Error::store(location, format!("cannot create or upgrade the tables: {}", describe(&e)))
+        Error::store(
+            location,
+            format!("cannot create or upgrade the tables: {}", describe(&e)),
+        )
     };
     let newer = |v: i32| {
         Error::store(
@@ -573,14 +592,21 @@ impl Store for PostgresStore {
         check_run_name(&self.location, run)?;
         let rows = self.encode_trials(run, trials)?;
         let what = format!("the trials of run `{run}`");
-        let mut c = self.conn()?;
-        let c = &mut *c;
-        let mut tx = c.client.transaction().map_err(self.sql("cannot begin"))?;
-        for (number, state, text) in &rows {
-            tx.execute(&c.put_trial, &[&run, number, state, text])
-                .map_err(self.write_error(run, &what))?;
-        }
-        tx.commit().map_err(self.write_error(run, &what))
+        let numbers: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let states: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        let texts: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        // One statement, so one round trip and one commit whatever the batch's size.
+        self.conn()?
+            .client
+            .execute(
+                "INSERT INTO mpsearch_trials (run, number, state, record) \
+                 SELECT $1, t.number, t.state, t.record::json \
+                 FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t (number, state, record) \
+                 ON CONFLICT (run, number) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
+                &[&run, &numbers, &states, &texts],
+            )
+            .map(drop)
+            .map_err(self.write_error(run, &what))
     }
 
     fn trials(&self, run: &str) -> Result<Vec<TrialRecord>> {

@@ -209,7 +209,10 @@ impl SledStore {
                 let (key, value) = entry.map_err(read)?;
                 let key = <[u8; 32]>::try_from(key.as_ref())
                     .map_err(|_| self.error("a content key is not 32 bytes"))?;
-                map.insert(blake3::Hash::from_bytes(key).to_hex().to_string(), value.to_vec());
+                map.insert(
+                    blake3::Hash::from_bytes(key).to_hex().to_string(),
+                    value.to_vec(),
+                );
             }
         }
         Ok(raw)
@@ -351,8 +354,6 @@ fn trial_prefix(run: &str) -> Vec<u8> {
     key.push(0);
     key
 }
-
-
 
 impl Store for SledStore {
     fn location(&self) -> String {
