@@ -15,4 +15,5 @@ mod report;
 mod search;
 mod sensitivity;
 mod space;
+mod store;
 mod util;
