@@ -4,10 +4,15 @@
 #   bash scripts/test-postgres.sh start      # initdb + start (once); prints the URL
 #   bash scripts/test-postgres.sh url        # prints the URL of the running server (exit 1 if none)
 #   bash scripts/test-postgres.sh stop       # stops the server and deletes its folder
-#   bash scripts/test-postgres.sh run CMD…   # start, run CMD with MPSEARCH_TEST_POSTGRES set, stop
+#   bash scripts/test-postgres.sh installed  # exit 0 when initdb and pg_ctl are found
+#   bash scripts/test-postgres.sh run CMD…   # a server of its own in a fresh temporary folder, CMD run
+#                                            # with MPSEARCH_TEST_POSTGRES set, the server stopped and
+#                                            # its folder deleted when CMD ends (whatever its exit code,
+#                                            # also on Ctrl-C); exits with CMD's exit code
 #
 # The server listens on a Unix socket only (listen_addresses = ''), in its own folder
-# ${MPSEARCH_PG_DIR:-/tmp/mpsearch-test-postgres}, so nothing outside this machine can reach it, and it
+# (start/url/stop: ${MPSEARCH_PG_DIR:-/tmp/mpsearch-test-postgres}; run: a new `mktemp -d` folder each
+# time, so runs at the same time do not meet), so nothing outside this machine can reach it, and it
 # does not meet a system cluster (whose socket is in /var/run/postgresql). Authentication is `trust`
 # for the local socket: it is a test server. Its data are deleted by `stop`.
 #
@@ -39,7 +44,7 @@ die() {
 bindir() {
     if command -v pg_ctl >/dev/null && command -v initdb >/dev/null; then
         dirname "$(command -v pg_ctl)"
-        return
+        return 0
     fi
     local newest
     newest=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
@@ -66,16 +71,25 @@ running() {
     [[ -f "$DATA/postmaster.pid" ]] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1
 }
 
+# Empties $DIR for a new server: only a folder this script made (or an empty one) is deleted.
+clear_dir() {
+    [[ -e "$DIR" ]] || return 0
+    if [[ -n "$(ls -A "$DIR")" && ! -e "$DIR/initdb.log" && ! -e "$DATA/PG_VERSION" ]]; then
+        die "$DIR is not empty and is not a test server's folder: set MPSEARCH_PG_DIR to another one"
+    fi
+    rm -rf "$DIR"
+}
+
 start() {
     BIN=$(bindir) || die "PostgreSQL is not installed (apt-get install postgresql)"
     if running; then
         url
-        return
+        return 0
     fi
     if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
         die "running as root needs a \`postgres\` user to own the server (Debian's postgresql package creates it)"
     fi
-    rm -rf "$DIR"
+    clear_dir
     mkdir -p "$DIR"
     chmod 700 "$DIR"
     [[ $(id -u) -eq 0 ]] && chown postgres: "$DIR"
@@ -96,7 +110,7 @@ stop() {
         as_owner "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
         say "server in $DIR stopped"
     fi
-    rm -rf "$DIR"
+    clear_dir
 }
 
 case "${1:-}" in
@@ -111,19 +125,47 @@ url)
 stop)
     stop
     ;;
+installed)
+    bindir >/dev/null
+    ;;
 run)
     shift
     [[ $# -gt 0 ]] || die "usage: $0 run COMMAND [ARGS…]"
-    if URL=$(start); then
+    if [[ -z "${MPSEARCH_PG_DIR:-}" ]]; then
+        DIR=$(mktemp -d /tmp/mpsearch-pg.XXXXXX)
+        DATA="$DIR/data"
+        LOG="$DIR/server.log"
+    fi
+    # Stops the server (if this run started one) and keeps the command's exit code.
+    finish() {
+        local code=$?
+        trap - EXIT INT TERM
+        if [[ -n "${STARTED:-}" ]]; then
+            stop || say "warning: could not stop the server in $DIR"
+        elif [[ -z "${MPSEARCH_PG_DIR:-}" ]]; then
+            rm -rf "$DIR"
+        fi
+        exit "$code"
+    }
+    trap finish EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    if BIN=$(bindir) && running; then
+        # A server someone started by hand in MPSEARCH_PG_DIR: used, and left running.
+        export MPSEARCH_TEST_POSTGRES=$(url)
+        say "using the server already running in $DIR"
+    elif URL=$(start); then
+        STARTED=1
         export MPSEARCH_TEST_POSTGRES="$URL"
-        trap stop EXIT
     else
         say "no PostgreSQL server: the PostgreSQL tests will be skipped (or fail under CI=true)"
     fi
     # Not exec: the trap stops the server when the command ends, whatever its exit code.
+    set +e
     "$@"
+    exit $?
     ;;
 *)
-    die "usage: $0 start|url|stop|run COMMAND [ARGS…]"
+    die "usage: $0 start|url|stop|installed|run COMMAND [ARGS…]"
     ;;
 esac
