@@ -55,7 +55,7 @@ use super::{
     check_run_name, host_name, now_unix, CachedEvaluation, Controller, RunManifest,
     SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RunHolder};
 
 /// The version of the tables this mpsearch writes: the last of [`MIGRATIONS`].
 pub const STORE_SCHEMA: i32 = 1;
@@ -280,13 +280,13 @@ impl PostgresStore {
             // Between another session's lock and its row (or a failed read): not known yet.
             _ => ("unknown".into(), "unknown".into(), "unknown".into()),
         };
-        Error::RunInUse {
+        Error::RunInUse(Box::new(RunHolder {
             run: run.to_string(),
             location: self.location.clone(),
             pid,
             host,
             since,
-        }
+        }))
     }
 
     fn get_json(
@@ -371,7 +371,9 @@ impl PostgresStore {
 }
 
 impl Drop for PostgresStore {
-    /// Forgets this handle's controller rows (best effort; the locks go with the connection anyway).
+    /// Forgets this handle's controller rows and releases its run locks before the connection closes,
+    /// so that another controller can take a run as soon as this handle is gone (best effort: the
+    /// locks go with the connection anyway, a moment later, when the server notices it closed).
     fn drop(&mut self) {
         let runs: Vec<String> = match self.driving.get_mut() {
             Ok(set) => set.iter().cloned().collect(),
@@ -385,6 +387,7 @@ impl Drop for PostgresStore {
                 "DELETE FROM mpsearch_controllers WHERE run = ANY($1) AND backend_pid = pg_backend_pid()",
                 &[&runs],
             );
+            let _ = c.client.batch_execute("SELECT pg_advisory_unlock_all()");
         }
     }
 }

@@ -27,18 +27,12 @@ fn a_second_controller_of_a_run_is_told_who_drives_it_and_readers_do_not_wait() 
 
     let err = second.lock_run("r").expect_err("a second controller");
     match &err {
-        Error::RunInUse {
-            run,
-            location,
-            pid,
-            host,
-            since,
-        } => {
-            assert_eq!(run, "r");
-            assert_eq!(location, &b.location());
-            assert_eq!(pid, &std::process::id().to_string());
-            assert_eq!(host, &host_name());
-            assert!(since.ends_with("UTC"), "{since}");
+        Error::RunInUse(holder) => {
+            assert_eq!(holder.run, "r");
+            assert_eq!(holder.location, b.location());
+            assert_eq!(holder.pid, std::process::id().to_string());
+            assert_eq!(holder.host, host_name());
+            assert!(holder.since.ends_with("UTC"), "{holder:?}");
         }
         other => panic!("expected RunInUse, got {other:?}"),
     }
