@@ -100,7 +100,7 @@ start() {
     as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 \
         -o "-c listen_addresses='' -c unix_socket_directories='$DIR' -c max_connections=200" \
         start >/dev/null || { cat "$LOG" >&2; die "the server did not start"; }
-    say "server running in $DIR (stop it with: bash scripts/test-postgres.sh stop)"
+    say "server running in $DIR"
     url
 }
 
@@ -116,6 +116,7 @@ stop() {
 case "${1:-}" in
 start)
     start
+    say "stop it with: bash scripts/test-postgres.sh stop"
     ;;
 url)
     BIN=$(bindir) || die "PostgreSQL is not installed"
