@@ -4,6 +4,15 @@
 //! - `prune_2of4`: the 2:4 pattern (mask and zeroing);
 //! - `svd_rank50`: truncated SVD keeping 50% of the rank (k = 384);
 //! - `apply_int4_asym_g32_2of4_rank50`: the whole choice (factorize, prune, quantize, multiply).
+//!
+//! And activation fake quantization of a 512-token × 3072 input (what a BERT-base FFN output layer
+//! sees for a batch of 512 tokens), one range per token:
+//!
+//! - `act8_dynamic_per_token`: `quantize_activation` (one pass per row, rows over threads);
+//! - `act8_dynamic_per_token_candle_ops`: the same arithmetic as a chain of candle tensor operations
+//!   (min/max per row, then divide, round, shift, clamp, scale): the alternative it was measured against;
+//! - `act8_dynamic_per_batch_before`: the implementation before issue 10 (one range for the whole
+//!   tensor, copied out to a `Vec`, one sequential pass, copied back), rebuilt here for comparison.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -11,9 +20,10 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use mpsearch::compress::{
-    apply_choice, prune, quantize_weight, truncated_svd, ScaleMethod, WeightMatrix,
+    apply_choice, prune, quantize_activation, quantize_weight, truncated_svd, ScaleMethod,
+    WeightMatrix,
 };
-use mpsearch::space::{Choice, Sparsity, WeightQuant};
+use mpsearch::space::{ActQuant, Choice, Sparsity, WeightQuant};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
@@ -47,7 +57,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("prune_2of4", |b| {
         b.iter(|| {
-            black_box(prune::prune(black_box(&m), &Sparsity::NM { n: 2, m: 4 }).expect("prune"))
+            black_box(prune::prune(black_box(&m), &Sparsity::NM { n: 2, m: 4 }, 1).expect("prune"))
         })
     });
     g.bench_function("svd_rank50", |b| {
@@ -61,9 +71,67 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Tokens of the activation benchmarks.
+const TOKENS: usize = 512;
+
+/// Per-row int8 fake quantization as a chain of candle operations (zero-width rows not handled).
+fn candle_ops_per_row(x: &Tensor) -> candle_core::Result<Tensor> {
+    const MAGIC: f64 = 12_582_912.0;
+    let round = |t: Tensor| t.affine(1.0, MAGIC)?.affine(1.0, -MAGIC);
+    let lo = x.min_keepdim(1)?.minimum(0.0)?;
+    let hi = x.max_keepdim(1)?.maximum(0.0)?;
+    let s = ((hi - &lo)? / 255.0)?;
+    let z = round((lo.neg()? / &s)?)?.clamp(0.0, 255.0)?;
+    let q = round(x.broadcast_div(&s)?)?
+        .broadcast_add(&z)?
+        .clamp(0.0, 255.0)?;
+    q.broadcast_sub(&z)?.broadcast_mul(&s)
+}
+
+/// The former dynamic quantizer: one range for the whole tensor, one sequential pass.
+fn per_batch_before(x: &Tensor) -> candle_core::Result<Tensor> {
+    const MAGIC: f32 = 12_582_912.0;
+    let values = x.flatten_all()?.to_vec1::<f32>()?;
+    let (lo, hi) = values
+        .iter()
+        .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+    let s = (hi - lo) / 255.0;
+    let z = ((-lo / s + MAGIC) - MAGIC).clamp(0.0, 255.0);
+    let out: Vec<f32> = values
+        .iter()
+        .map(|&v| {
+            let t = (v / s).clamp(-z - 1.0, 256.0 - z);
+            ((((t + MAGIC) - MAGIC) + z).clamp(0.0, 255.0) - z) * s
+        })
+        .collect();
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+fn bench_activations(c: &mut Criterion) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let d = Normal::new(0.0f32, 1.0).expect("normal");
+    let data: Vec<f32> = (0..TOKENS * COLS).map(|_| d.sample(&mut rng)).collect();
+    let x = Tensor::from_vec(data, (TOKENS, COLS), &Device::Cpu).expect("tensor");
+    let mut g = c.benchmark_group("activations_512x3072");
+    g.bench_function("act8_dynamic_per_token", |b| {
+        b.iter(|| {
+            black_box(
+                quantize_activation(black_box(&x), ActQuant::Int8Dynamic, None).expect("quantize"),
+            )
+        })
+    });
+    g.bench_function("act8_dynamic_per_token_candle_ops", |b| {
+        b.iter(|| black_box(candle_ops_per_row(black_box(&x)).expect("quantize")))
+    });
+    g.bench_function("act8_dynamic_per_batch_before", |b| {
+        b.iter(|| black_box(per_batch_before(black_box(&x)).expect("quantize")))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(5));
-    targets = bench
+    targets = bench, bench_activations
 }
 criterion_main!(benches);

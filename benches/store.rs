@@ -33,6 +33,7 @@ fn manifest() -> RunManifest {
         config: RunConfig::default(),
         reference: [40.0, 0.1],
         fingerprints: Default::default(),
+        splits: None,
     }
 }
 

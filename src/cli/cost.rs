@@ -7,8 +7,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mpsearch::cost::feasibility::{BudgetFit, Feasibility};
-use mpsearch::cost::{Cost, CostModel, CostTable, Objective};
+use mpsearch::cost::feasibility::{BudgetFit, Feasibility, Limit};
+use mpsearch::cost::{Cost, CostModel, CostTable, LayerCost, Objective};
 use mpsearch::shipped;
 use mpsearch::space::{Assignment, Choice, LayerInfo, SearchSpace};
 
@@ -27,11 +27,13 @@ pub fn run(a: CostArgs) -> anyhow::Result<ExitCode> {
         let asg = space.parse_assignment(&text, Some(&path.display().to_string()))?;
         return print_assignment(&model, &space, &inv.layers, &asg, a.json);
     }
-    let ranges: Vec<Feasibility> = {
-        let t = CostTable::new(&model, &space);
-        Objective::ALL.iter().map(|&o| t.feasibility(o)).collect()
-    };
-    let notes = budget_notes(&budgets, &ranges, &space, model.profile.name())?;
+    let costs = CostTable::new(&model, &space);
+    let ranges: Vec<Feasibility> = Objective::ALL
+        .iter()
+        .map(|&o| costs.feasibility(o))
+        .collect();
+    let mut notes = budget_notes(&budgets, &ranges, &space, model.profile.name())?;
+    notes.extend(joint_note(&budgets, &costs, &space, model.profile.name())?);
     let base = baselines(&model, &space, &inv.layers);
     if a.json {
         let doc = serde_json::json!({
@@ -89,6 +91,33 @@ fn budget_notes(
         });
     }
     Ok(notes)
+}
+
+/// Several budgets checked together (each is within reach by then): an error naming them and, for each,
+/// the cheapest point in its cost that meets the others, if no assignment meets them all.
+fn joint_note(
+    budgets: &Budgets,
+    costs: &CostTable,
+    space: &SearchSpace,
+    profile: &str,
+) -> anyhow::Result<Option<String>> {
+    let limits: Vec<Limit> = budgets
+        .given()
+        .into_iter()
+        .map(|(objective, max)| Limit { objective, max })
+        .collect();
+    if limits.len() < 2 {
+        return Ok(None);
+    }
+    let names: Vec<String> = limits.iter().map(Limit::to_string).collect();
+    Ok(Some(if costs.check_joint(&limits, &space.name, profile)? {
+        format!("{} can be met together", names.join(", "))
+    } else {
+        format!(
+            "{} were checked one at a time only: the space is too large to check them together",
+            names.join(", ")
+        )
+    }))
 }
 
 /// The baselines `cost` and reports compare against: every searchable layer at one choice.
@@ -158,7 +187,15 @@ fn print_assignment(
             "layers": layers.iter().zip(&per).map(|(l, c)| serde_json::json!({
                 "name": l.name, "choice": asg.get(&l.name).map(|c| c.to_string()),
                 "macs": c.macs, "bytes": c.cost.bytes, "latency_us": c.cost.latency_us, "bops": c.cost.bops,
-                "runs_as": c.runs_as.to_string(), "measured": c.measured})).collect::<Vec<_>>(),
+                "runs_as": c.runs_as.to_string(), "measured": c.measured,
+                "arithmetic": arithmetic(c), "kernel": kernel(c),
+                "weights_charged": c.kernel.weights.to_string(), "acts_charged": c.kernel.acts.to_string(),
+                "kernels": std::iter::once(&c.kernel).chain(&c.then).map(|k| serde_json::json!({
+                    "arithmetic": k.arithmetic(), "kernel": k.to_string(), "path": k.path,
+                    "weights": k.weights.to_string(), "acts": k.acts.to_string(),
+                    "runs_as": k.compute().to_string(), "nm": k.nm.map(|(n, m, how)| serde_json::json!({
+                        "pattern": format!("{n}:{m}"), "computed": how}))})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "total": total,
         });
         return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
@@ -173,6 +210,8 @@ fn print_assignment(
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "f32".into()),
                 c.runs_as.to_string(),
+                arithmetic(c),
+                kernel(c),
                 thousands(c.macs.round() as u64),
                 thousands(c.cost.bytes),
                 format!(
@@ -191,9 +230,18 @@ fn print_assignment(
         &asg.hash_hex()[..16]
     );
     out.push_str(&table(
-        &["layer", "choice", "runs as", "MACs", "bytes", "µs"],
+        &[
+            "layer",
+            "choice",
+            "runs as",
+            "arithmetic",
+            "kernel",
+            "MACs",
+            "bytes",
+            "µs",
+        ],
         &rows,
-        3,
+        5,
     ));
     out.push_str(&format!(
         "total: {} · {} · {}   (* = measured entry of the profile)\n",
@@ -202,4 +250,21 @@ fn print_assignment(
         Objective::Bops.format(total.bops)
     ));
     emit(&out)
+}
+
+/// The arithmetic charged for a layer, weights × activations: `int8×int8`, or `int8×int8, then int8×f32`
+/// for a factorized layer (the second factor multiplies the float intermediate).
+fn arithmetic(c: &LayerCost) -> String {
+    match &c.then {
+        Some(t) => format!("{}, then {}", c.kernel.arithmetic(), t.arithmetic()),
+        None => c.kernel.arithmetic(),
+    }
+}
+
+/// The kernel or fallback charged for a layer (both kernels of a factorized layer).
+fn kernel(c: &LayerCost) -> String {
+    match &c.then {
+        Some(t) => format!("{}, then {t}", c.kernel),
+        None => c.kernel.to_string(),
+    }
 }

@@ -1,7 +1,8 @@
 //! # Driving a run
 //!
 //! What `search` and `resume` share once their run is ready: Ctrl-C handling, progress of the set-up
-//! and of the trials, the controller run, and the summary (front table, where the run is stored, its
+//! and of the trials, the controller run (which ends by evaluating the front on the held-out split),
+//! and the summary (front table with search and held-out qualities, where the run is stored, its
 //! report, how to resume).
 
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::search::{self, Control, Outcome, Progress, SetupPhase, StopReason};
-use mpsearch::store::{Location, RunManifest, Store, TrialRecord};
+use mpsearch::store::{HeldOut, HeldOutGap, Location, RunManifest, Store, TrialRecord};
 
 use super::output::{progress_bar, quality, table, trial_bar};
 
@@ -57,7 +58,8 @@ pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
     }
 }
 
-/// Says on standard error what the run searches, the objective's reachable range, and its notes.
+/// Says on standard error what the run searches, the objective's reachable range, the data's splits,
+/// and its notes.
 pub fn describe(session: &search::Session) {
     let c = &session.config;
     let f = session.table.feasibility(session.objective);
@@ -73,6 +75,11 @@ pub fn describe(session: &search::Session) {
         session.objective.format(f.min),
         session.objective.format(f.max),
         session.forward_seconds
+    );
+    eprintln!(
+        "data: {} (quality is searched on the search split; the front is also measured on the \
+         held-out one)",
+        session.evaluator.data().description
     );
     for n in &session.notes {
         eprintln!("note: {n}");
@@ -130,7 +137,11 @@ fn summarise(
         StopReason::Interrupted => "interrupted",
         StopReason::Exhausted => "the strategy has nothing left to propose",
     };
+    if let Some(h) = &o.held_out {
+        super::report::held_out_summary(h);
+    }
     let front = mpsearch::store::front(&m.config, &o.trials);
+    let (held_out, gap) = mpsearch::store::front_held_out(store, m, &front)?;
     let mut out = format!(
         "run `{}`: {why} after {} trials ({} this session: {} evaluated, {} from the cache) in {:.1} s; \
          strategy time {:.2}% of the session\n\n",
@@ -145,7 +156,9 @@ fn summarise(
     out.push_str(&front_table(
         mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
         &front,
+        &held_out,
     ));
+    out.push_str(&gap_line(session, gap.as_ref()));
     let store_arg = if *location == Location::Sled("mpsearch-store".into()) {
         String::new()
     } else {
@@ -177,40 +190,88 @@ fn summarise(
     Ok(())
 }
 
-/// The front as a table: point number, trial, quality, accuracy (classifiers), latency, size.
-fn front_table(objective: &str, front: &[&TrialRecord]) -> String {
+/// The front as a table: point number, trial, quality and accuracy (classifiers) or mean cosine on
+/// the search split and on the held-out split, latency, size.
+fn front_table(objective: &str, front: &[&TrialRecord], held_out: &[Option<HeldOut>]) -> String {
     if front.is_empty() {
         return "no complete trial meets the limits yet\n".to_string();
     }
+    let second = |m: &std::collections::BTreeMap<String, f64>| {
+        m.get("accuracy")
+            .or_else(|| m.get("mean_cosine"))
+            .map_or("-".into(), |v| format!("{v:.4}"))
+    };
     let rows: Vec<Vec<String>> = front
         .iter()
+        .zip(held_out)
         .enumerate()
-        .map(|(i, t)| {
+        .map(|(i, (t, h))| {
             vec![
                 format!("{}", i + 1),
                 t.number.to_string(),
                 quality(t.quality.unwrap_or(f64::NAN)),
-                t.metrics
-                    .get("accuracy")
-                    .or_else(|| t.metrics.get("mean_cosine"))
-                    .map_or("-".into(), |v| format!("{v:.4}")),
+                h.as_ref().map_or("-".into(), |h| quality(h.quality)),
+                second(&t.metrics),
+                h.as_ref().map_or("-".into(), |h| second(&h.metrics)),
                 format_us(t.cost.latency_us),
                 format_bytes(t.cost.bytes as f64),
             ]
         })
         .collect();
-    let second = if front[0].metrics.contains_key("accuracy") {
+    let name = if front[0].metrics.contains_key("accuracy") {
         "accuracy"
     } else {
         "mean cosine"
     };
+    let (held, held_second) = ("held-out".to_string(), format!("held-out {name}"));
     format!(
-        "front ({} points, {objective}, lower is better):\n{}",
+        "front ({} points, {objective} on the search split and on the held-out split, lower is \
+         better):\n{}",
         front.len(),
         table(
-            &["point", "trial", objective, second, "latency", "size"],
+            &[
+                "point",
+                "trial",
+                objective,
+                &held,
+                name,
+                &held_second,
+                "latency",
+                "size"
+            ],
             &rows,
             0
         )
+    )
+}
+
+/// The search-vs-held-out gap of the front, in a sentence (with the splits' sizes).
+fn gap_line(session: &search::Session, gap: Option<&HeldOutGap>) -> String {
+    let sizes = session.evaluator.data().sizes;
+    let Some(g) = gap else {
+        return format!(
+            "held-out split ({} samples): no front point evaluated on it yet (`mpsearch report` or \
+             `mpsearch resume` does it)\n",
+            sizes.held_out
+        );
+    };
+    let relative = g
+        .mean_relative
+        .map(|r| format!(" ({:+.1}% of the quality)", 100.0 * r))
+        .unwrap_or_default();
+    format!(
+        "held-out − search quality over {} front points ({} held-out samples, {} search samples): mean \
+         {:+.3e}{relative}, worst {:+.3e} (trial {}){}\n",
+        g.points,
+        sizes.held_out,
+        sizes.search,
+        g.mean,
+        g.worst,
+        g.worst_trial,
+        if g.missing > 0 {
+            format!("; {} points not evaluated on it", g.missing)
+        } else {
+            String::new()
+        }
     )
 }

@@ -1,7 +1,10 @@
 //! # `export`
 //!
 //! A point of a stored run as assignment JSON, llama.cpp `--tensor-type` lines, or compressed weights
-//! in a safetensors file.
+//! in a safetensors file. The run's front points and the exported trial are evaluated on the
+//! held-out split first if the store lacks their held-out quality (see [`super::report`]), so that
+//! standard error and the safetensors metadata quote it beside the search-split quality; the
+//! assignment JSON stays plain assignment JSON.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,11 +13,11 @@ use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::model::ModelSource;
 use mpsearch::space::{Assignment, SearchSpace};
-use mpsearch::store::{self, Access, Location, RunManifest};
+use mpsearch::store::{self, Access, HeldOut, Location, RunManifest, TrialRecord};
 
 use super::args::{ExportArgs, ExportFormat};
 use super::output::emit;
-use super::setup::open_store;
+use super::setup::open_opened;
 
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
     if let Location::Sled(dir) = &a.store.store {
@@ -24,18 +27,25 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let store = open_store(&a.store.store, Access::Read)?;
+    let opened = open_opened(&a.store.store, Access::Read)?;
+    let store = opened.store;
     let manifest = store::find_run(&*store, &a.run)?;
     let trials = store.trials(&manifest.name)?;
-    // Only read: release the store at once (a search may open it meanwhile).
-    drop(store);
     let pick = match (a.point, a.trial) {
         (Some(k), _) => Pick::Point(k),
         (_, Some(n)) => Pick::Trial(n),
         _ => Pick::Best,
     };
     let sel = export::select(&manifest, &trials, pick)?;
-    describe(&manifest, &sel);
+    let mut shown: Vec<&TrialRecord> = store::front(&manifest.config, &trials);
+    if !shown.iter().any(|t| t.number == sel.trial.number) {
+        shown.push(sel.trial);
+    }
+    super::report::complete_held_out(&*store, opened.live.as_ref(), &manifest, &shown);
+    let held_out = store::held_out(&*store, &manifest, sel.trial)?;
+    // Release the store before the export's own work (a search may open it meanwhile).
+    drop(store);
+    describe(&manifest, &sel, held_out.as_ref());
     match a.format {
         ExportFormat::Json => output(a.out.as_deref(), &export::assignment_json(sel.trial)?),
         ExportFormat::LlamaCpp => {
@@ -50,28 +60,43 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
                 &llama::tensor_type_lines(&inv.layers, &asg, &header),
             )
         }
-        ExportFormat::Safetensors => write_weights(&manifest, &sel, a.out),
+        ExportFormat::Safetensors => write_weights(&manifest, &sel, held_out.as_ref(), a.out),
     }
 }
 
-/// Tells standard error which trial is exported and why.
-fn describe(m: &RunManifest, sel: &Selected) {
-    let t = sel.trial;
-    let quality = t.quality.map_or("-".to_string(), |q| format!("{q:.4e}"));
-    let accuracy = t
-        .metrics
+/// The secondary metric of a trial's metrics, in words (`, accuracy 0.9833`).
+fn secondary(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    metrics
         .get("accuracy")
         .map(|a| format!(", accuracy {a:.4}"))
         .or_else(|| {
-            t.metrics
+            metrics
                 .get("mean_cosine")
                 .map(|c| format!(", mean cosine {c:.6}"))
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Tells standard error which trial is exported and why, with its quality on the search split (the
+/// one it was picked by) and on the held-out split.
+fn describe(m: &RunManifest, sel: &Selected, held_out: Option<&HeldOut>) {
+    let t = sel.trial;
+    let quality = t.quality.map_or("-".to_string(), |q| format!("{q:.4e}"));
+    let held = match (held_out, t.quality) {
+        (Some(h), Some(q)) => format!(
+            "; held-out quality {:.4e}{} (held-out − search {:+.3e})",
+            h.quality,
+            secondary(&h.metrics),
+            h.quality - q
+        ),
+        _ => "; no held-out quality".to_string(),
+    };
     eprintln!(
-        "run `{}`: exporting trial {} — quality {quality}{accuracy}, latency {}, size {} — picked as {}",
+        "run `{}`: exporting trial {} — search quality {quality}{}{held}; latency {}, size {} — picked \
+         as {}",
         m.name,
         t.number,
+        secondary(&t.metrics),
         format_us(t.cost.latency_us),
         format_bytes(t.cost.bytes as f64),
         sel.reason
@@ -155,6 +180,7 @@ fn output(out: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
 fn write_weights(
     m: &RunManifest,
     sel: &Selected,
+    held_out: Option<&HeldOut>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let c = &m.config;
@@ -183,6 +209,7 @@ fn write_weights(
         point: sel.point,
         hash: sel.trial.hash.clone(),
         quality: sel.trial.quality,
+        held_out_quality: held_out.map(|h| h.quality),
         quality_metric: match model.inventory().kind {
             mpsearch::model::ModelKind::Classifier => "kl_divergence",
             mpsearch::model::ModelKind::Encoder => "cosine_distance",

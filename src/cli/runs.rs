@@ -1,12 +1,15 @@
 //! # `runs`
 //!
 //! The runs of a store, one row (or one JSON object) each: status, strategy, profile, trials,
-//! evaluations and cache hits, front.
+//! evaluations and cache hits, front (with each point's held-out quality, and the front's
+//! search-vs-held-out gap).
 
 use std::process::ExitCode;
 
 use mpsearch::cost::model::format_us;
-use mpsearch::store::{Access, Controller, RunManifest, RunStatus, TrialRecord};
+use mpsearch::store::{
+    Access, Controller, HeldOut, HeldOutGap, RunManifest, RunStatus, Store, TrialRecord,
+};
 
 use super::args::RunsArgs;
 use super::output::{emit, quality, table};
@@ -20,7 +23,7 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for m in &store.runs()? {
         let trials = store.trials(&m.name)?;
-        let s = Summary::of(m, &trials, &controllers)?;
+        let s = Summary::of(&*store, m, &trials, &controllers)?;
         if a.json {
             docs.push(s.json(m, &trials)?);
         } else {
@@ -57,6 +60,7 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
                 "evaluated",
                 "cache hits",
                 "front",
+                "held-out gap (mean/worst)",
                 "elapsed",
                 "cheapest front points (quality@latency)",
             ],
@@ -70,6 +74,9 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
 struct Summary<'t> {
     status: RunStatus,
     front: Vec<&'t TrialRecord>,
+    /// Each front point's held-out evaluation, from the store.
+    held_out: Vec<Option<HeldOut>>,
+    gap: Option<HeldOutGap>,
     trials: usize,
     evaluated: usize,
     hits: usize,
@@ -77,6 +84,7 @@ struct Summary<'t> {
 
 impl<'t> Summary<'t> {
     fn of(
+        store: &dyn Store,
         m: &RunManifest,
         trials: &'t [TrialRecord],
         controllers: &[Controller],
@@ -87,9 +95,13 @@ impl<'t> Summary<'t> {
                 .filter(|t| t.quality.is_some() && t.cached == cached)
                 .count()
         };
+        let front = mpsearch::store::front(&m.config, trials);
+        let (held_out, gap) = mpsearch::store::front_held_out(store, m, &front)?;
         Ok(Summary {
             status: mpsearch::store::live_status(m, controllers),
-            front: mpsearch::store::front(&m.config, trials),
+            front,
+            held_out,
+            gap,
             trials: trials.len(),
             evaluated: done(false),
             hits: done(true),
@@ -103,7 +115,8 @@ impl<'t> Summary<'t> {
             "objective": m.config.objective, "strategy": m.config.strategy,
             "elapsed_seconds": m.elapsed_seconds, "seed": m.config.seed,
             "hypervolume": mpsearch::store::hypervolume(m, trials),
-            "front": self.front.iter().map(|t| front_json(t)).collect::<Vec<_>>(),
+            "splits": m.splits, "held_out_gap": self.gap,
+            "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref())).collect::<Vec<_>>(),
         }))
     }
 
@@ -130,15 +143,19 @@ impl<'t> Summary<'t> {
             self.evaluated.to_string(),
             self.hits.to_string(),
             self.front.len().to_string(),
+            self.gap
+                .map_or("-".into(), |g| format!("{:+.2e}/{:+.2e}", g.mean, g.worst)),
             format!("{:.0} s", m.elapsed_seconds),
             best,
         ]
     }
 }
 
-fn front_json(t: &TrialRecord) -> serde_json::Value {
+fn front_json(t: &TrialRecord, held_out: Option<&HeldOut>) -> serde_json::Value {
     serde_json::json!({
         "trial": t.number, "quality": t.quality, "cost": t.cost, "hash": t.hash,
         "assignment": t.assignment,
+        "held_out_quality": held_out.map(|h| h.quality),
+        "held_out_metrics": held_out.map(|h| &h.metrics),
     })
 }

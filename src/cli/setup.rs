@@ -28,11 +28,17 @@ pub fn load_space(arg: Option<&str>, inv: &Inventory) -> anyhow::Result<SearchSp
 /// that a running search holds is read through its live view, and standard error says so and how old
 /// the view is.
 pub fn open_store(location: &Location, access: Access) -> anyhow::Result<Box<dyn Store>> {
+    Ok(open_opened(location, access)?.store)
+}
+
+/// [`open_store`], keeping what [`store::Opened`] says of a live view (commands that would add to the
+/// store, such as held-out evaluations, must not try through one).
+pub fn open_opened(location: &Location, access: Access) -> anyhow::Result<store::Opened> {
     let opened = store::open(location, access)?;
     if let Some(live) = &opened.live {
         eprintln!("note: store {location}: {live}");
     }
-    Ok(opened.store)
+    Ok(opened)
 }
 
 /// A ready evaluator, the space resolved against the layers the model runs, and the seconds the f32

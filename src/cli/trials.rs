@@ -1,12 +1,14 @@
 //! # `trials`
 //!
-//! Every trial of a run in trial order, as a table or one JSON line each.
+//! Every trial of a run in trial order, as a table or one JSON line each, with its quality on the
+//! search split and, where the store holds it (front points), on the held-out split.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
 use mpsearch::cost::model::{format_bytes, format_us};
-use mpsearch::store::{Access, TrialRecord};
+use mpsearch::store::{Access, HeldOut, RunManifest, Store, TrialRecord};
 
 use super::args::TrialsArgs;
 use super::output::{emit, quality, table};
@@ -16,8 +18,10 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&a.store.store, Access::Read)?;
     let m = mpsearch::store::find_run(&*store, &a.run)?;
     let trials = store.trials(&m.name)?;
+    let held_out = held_out(&*store, &m, &trials)?;
+    let points = points(&m, &trials);
     if a.json {
-        return json_lines(&trials);
+        return json_lines(&trials, &held_out, &points);
     }
     let rows: Vec<Vec<String>> = trials
         .iter()
@@ -26,8 +30,14 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
                 t.number.to_string(),
                 t.state.to_string(),
                 t.strategy.clone(),
+                points
+                    .get(&t.number)
+                    .map_or(String::new(), |k| k.to_string()),
                 t.quality
                     .map_or_else(|| t.error.clone().unwrap_or_default(), quality),
+                held_out
+                    .get(&t.number)
+                    .map_or("-".into(), |h| quality(h.quality)),
                 format_us(t.cost.latency_us),
                 format_bytes(t.cost.bytes as f64),
                 if t.cached {
@@ -43,7 +53,9 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
             "trial",
             "state",
             "strategy",
+            "point",
             "quality",
+            "held-out",
             "latency",
             "size",
             "evaluation",
@@ -53,14 +65,45 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-fn json_lines(trials: &[TrialRecord]) -> anyhow::Result<ExitCode> {
+/// The held-out evaluation of every complete trial that the store holds one for, by trial number.
+fn held_out(
+    store: &dyn Store,
+    m: &RunManifest,
+    trials: &[TrialRecord],
+) -> anyhow::Result<BTreeMap<u64, HeldOut>> {
+    let mut out = BTreeMap::new();
+    for t in trials.iter().filter(|t| t.quality.is_some()) {
+        if let Some(h) = mpsearch::store::held_out(store, m, t)? {
+            out.insert(t.number, h);
+        }
+    }
+    Ok(out)
+}
+
+/// The front points' positions (1-based, in cost order), by trial number.
+fn points(m: &RunManifest, trials: &[TrialRecord]) -> BTreeMap<u64, usize> {
+    mpsearch::store::front(&m.config, trials)
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.number, i + 1))
+        .collect()
+}
+
+fn json_lines(
+    trials: &[TrialRecord],
+    held_out: &BTreeMap<u64, HeldOut>,
+    points: &BTreeMap<u64, usize>,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     for t in trials {
+        let h = held_out.get(&t.number);
         let v = serde_json::json!({
             "trial": t.number, "state": t.state.to_string(), "strategy": t.strategy,
             "quality": t.quality, "cost": t.cost, "hash": t.hash,
             "assignment": t.assignment,
             "cached": t.cached, "seconds": t.seconds, "metrics": t.metrics, "error": t.error,
+            "point": points.get(&t.number),
+            "held_out_quality": h.map(|h| h.quality), "held_out_metrics": h.map(|h| &h.metrics),
         });
         writeln!(out, "{v}")?;
     }

@@ -12,7 +12,9 @@
 //!    and it is the importance of the channel in the model being compressed.
 //! 3. **prune** (if `sparse<P>` or `N:M`): each factor on its own (`A` and `B`, or `W`) — the
 //!    factors are what is stored and multiplied, so that is where the pattern must hold (an N:M kernel
-//!    runs on `A` and on `B`; `A·B` itself is dense in general).
+//!    runs on `A` and on `B`; `A·B` itself is dense in general). N:M groups run along input channels
+//!    at a fixed kernel position ([`factor_kernel`]: `B` of a convolution keeps its kernel, `A` is a
+//!    1×1 layer over the rank dimension).
 //! 4. **quantize** each factor, with scales fitted to the surviving weights only (pruned zeros would
 //!    otherwise stretch or shift the range), then re-apply the pruning mask so that pruned weights
 //!    stay exactly zero even where an asymmetric zero point is not a code of zero.
@@ -116,7 +118,8 @@ pub fn compress_factors(
         }
         s => factors
             .iter()
-            .map(|f| prune::mask(f, &s))
+            .enumerate()
+            .map(|(i, f)| prune::mask(f, &s, factor_kernel(w.dims(), factors.len(), i)))
             .collect::<Result<_>>()?,
     };
     // 4. Quantize what survives; pruned weights stay exactly zero.
@@ -151,6 +154,18 @@ pub fn compress_factors(
         quantized,
         shape: w.dims().to_vec(),
     })
+}
+
+/// Kernel positions per input channel of factor `index` of a weight of shape `dims` split into
+/// `count` factors: the weight's own (`kh·kw` for a convolution) for `W` and for `B` (whose columns are
+/// the weight's), 1 for `A` (its columns are the rank dimension). N:M groups run along the input
+/// channels at each kernel position ([`prune::nm_mask`]).
+pub fn factor_kernel(dims: &[usize], count: usize, index: usize) -> usize {
+    if count == 2 && index == 0 {
+        1
+    } else {
+        prune::kernel_positions(dims)
+    }
 }
 
 /// The dense f32 weight, of `w`'s shape, that the evaluator uses for a layer under `choice`:

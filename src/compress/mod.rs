@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | `matrix.rs` | the matrix view of a tensor, and products |
 //! | `quant.rs` | weight quantization: schemes, granularities, min/max and MSE scales, integer form |
-//! | `prune.rs` | unstructured, N:M and output-channel pruning masks |
+//! | `prune.rs` | unstructured, N:M (along input channels) and output-channel pruning masks |
 //! | `lowrank.rs` | truncated SVD into two factors |
 //! | `apply.rs` | a whole [`Choice`](crate::space::Choice) on a weight, in one fixed order |
 //! | `activation.rs` | int8 activation fake quantization and range calibration |
@@ -29,7 +29,7 @@ pub mod prune;
 mod quant;
 
 pub use activation::{activation_params, calibrate_range, quantize_activation, RangeMethod};
-pub use apply::{apply_choice, compress_factors, CompressedWeight};
+pub use apply::{apply_choice, compress_factors, factor_kernel, CompressedWeight};
 pub use cache::{CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;

@@ -8,9 +8,15 @@
 //!
 //! - **Unstructured** ([`unstructured_mask`]) at P percent of `n` values: exactly `⌊P·n/100⌋` zeros, the
 //!   values of smallest `|w|`.
-//! - **N:M** ([`nm_mask`]): in every row, each run of M consecutive columns keeps its N largest `|w|`.
-//!   A shorter last run of length `L < M` keeps `⌈N·L/M⌉`, so every row keeps `⌈N·cols/M⌉` values, the
-//!   count the cost model stores.
+//! - **N:M** ([`nm_mask`]): groups of M run along the **input channels at a fixed kernel position**,
+//!   the layout sparse tensor cores use (the reduction dimension of the GEMM, channels innermost). A
+//!   row of the matrix view holds `in · k` values, `k` the kernel positions per input channel (`kh·kw`
+//!   for a convolution's weight `[out, in, kh, kw]`, 1 for a linear layer, an embedding, or the left
+//!   factor `A` of a low-rank pair); value `(c, p)` sits in column `c·k + p`. For every row and kernel
+//!   position `p`, the channels `c = 0, 1, …` are cut into runs of M (`w[o, c..c+M, i, j]`), and each
+//!   run keeps its N largest `|w|` (ties: the later channel stays). When `in` is not a multiple of M,
+//!   the **ragged tail** of the last `in mod M` channels stays dense: it is not pruned (a kernel cannot
+//!   run it as N:M). So every row keeps `k · (N·⌊in/M⌋ + in mod M)` values ([`nm_kept_per_row`]).
 //! - **Structured** ([`channel_mask`]) at P percent of `rows` output channels: the
 //!   `round(P·rows/100)` rows of smallest L2 norm are removed (zeroed), but at least one row is kept —
 //!   the same count as the cost model's `kept`.
@@ -30,12 +36,13 @@ use super::matrix::WeightMatrix;
 use crate::error::{Error, Result};
 use crate::space::{Sparsity, MAX_M, PERCENT};
 
-/// The keep mask of `sparsity` for `m` (all `true` when dense).
-pub fn mask(m: &WeightMatrix, sparsity: &Sparsity) -> Result<Vec<bool>> {
+/// The keep mask of `sparsity` for `m` (all `true` when dense). `kernel` is the number of kernel
+/// positions per input channel (`kh·kw` for a convolution's weight, 1 otherwise); only N:M uses it.
+pub fn mask(m: &WeightMatrix, sparsity: &Sparsity, kernel: usize) -> Result<Vec<bool>> {
     match *sparsity {
         Sparsity::None => Ok(vec![true; m.len()]),
         Sparsity::Unstructured(p) => unstructured_mask(m, p),
-        Sparsity::NM { n, m: mm } => nm_mask(m, n, mm),
+        Sparsity::NM { n, m: mm } => nm_mask(m, n, mm, kernel),
         Sparsity::Channels(p) => {
             let rows = channel_mask(m, p)?;
             Ok(expand_rows(&rows, m.cols()))
@@ -43,9 +50,9 @@ pub fn mask(m: &WeightMatrix, sparsity: &Sparsity) -> Result<Vec<bool>> {
     }
 }
 
-/// `m` with `sparsity` applied: pruned values set to exactly zero.
-pub fn prune(m: &WeightMatrix, sparsity: &Sparsity) -> Result<WeightMatrix> {
-    let keep = mask(m, sparsity)?;
+/// `m` with `sparsity` applied: pruned values set to exactly zero (`kernel` as for [`mask`]).
+pub fn prune(m: &WeightMatrix, sparsity: &Sparsity, kernel: usize) -> Result<WeightMatrix> {
+    let keep = mask(m, sparsity, kernel)?;
     let mut out = m.clone();
     out.apply_mask(&keep);
     Ok(out)
@@ -69,35 +76,58 @@ pub fn unstructured_mask(m: &WeightMatrix, percent: u8) -> Result<Vec<bool>> {
     Ok(keep)
 }
 
-/// Keeps the `n` largest `|w|` of every `m` consecutive columns of each row (a shorter last run of
-/// length `L` keeps `⌈n·L/m⌉`).
-pub fn nm_mask(w: &WeightMatrix, n: u8, m: u8) -> Result<Vec<bool>> {
+/// Keeps, in every row and at every kernel position, the `n` largest `|w|` of each run of `m`
+/// consecutive input channels; the ragged tail of `in mod m` channels stays dense (see the module
+/// docs). `kernel` is the number of kernel positions per input channel and must divide the columns.
+pub fn nm_mask(w: &WeightMatrix, n: u8, m: u8, kernel: usize) -> Result<Vec<bool>> {
     if !(n >= 1 && n < m && m <= MAX_M) {
         return Err(Error::compress(format!(
             "{n}:{m} is not an N:M pattern; it needs 1 <= N < M <= {MAX_M}"
         )));
     }
-    let (n, m) = (usize::from(n), usize::from(m));
-    let mut keep = vec![false; w.len()];
+    let (n, m, cols) = (usize::from(n), usize::from(m), w.cols());
+    if kernel == 0 || cols % kernel != 0 {
+        return Err(Error::compress(format!(
+            "a row of {cols} columns does not hold whole input channels of {kernel} kernel positions"
+        )));
+    }
+    let runs = cols / kernel / m;
+    let mut keep = vec![true; w.len()];
     for r in 0..w.rows() {
         let row = w.row(r);
-        let flags = &mut keep[r * w.cols()..(r + 1) * w.cols()];
-        for (vals, flags) in row.chunks(m).zip(flags.chunks_mut(m)) {
-            let kept = (n * vals.len()).div_ceil(m);
-            // A value is kept when fewer than `kept` values of its run are more important than it
-            // (larger |w|, or equal |w| at a later position): O(M²) comparisons, no sorting.
-            for (i, (flag, x)) in flags.iter_mut().zip(vals).enumerate() {
-                let x = x.abs();
-                let above = vals
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, v)| v.abs() > x || (v.abs() == x && j > i))
-                    .count();
-                *flag = above < kept;
+        for p in 0..kernel {
+            for run in 0..runs {
+                let col = |t: usize| (run * m + t) * kernel + p;
+                for i in 0..m {
+                    // A value is kept when fewer than `n` values of its run are more important than
+                    // it (larger |w|, or equal |w| at a later channel): O(M²) comparisons, no sorting.
+                    let x = row[col(i)].abs();
+                    let above = (0..m)
+                        .filter(|&j| {
+                            let v = row[col(j)].abs();
+                            v > x || (v == x && j > i)
+                        })
+                        .count();
+                    keep[r * cols + col(i)] = above < n;
+                }
             }
         }
     }
     Ok(keep)
+}
+
+/// Values a row of `in · kernel` columns keeps under `n:m` (the ragged tail dense):
+/// `kernel · (n·⌊in/m⌋ + in mod m)`.
+pub fn nm_kept_per_row(cols: usize, kernel: usize, n: u8, m: u8) -> usize {
+    let (n, m) = (usize::from(n), usize::from(m).max(1));
+    let channels = cols / kernel.max(1);
+    kernel * (n * (channels / m) + channels % m)
+}
+
+/// Kernel positions per input channel of a weight of shape `dims`: the product of the dimensions after
+/// the first two (`kh·kw` for `[out, in, kh, kw]`), 1 for a matrix or a vector.
+pub fn kernel_positions(dims: &[usize]) -> usize {
+    dims.iter().skip(2).product()
 }
 
 /// One flag per row: `false` for the `round(percent·rows/100)` rows of smallest L2 norm (at least one
@@ -166,17 +196,40 @@ mod tests {
             unstructured_mask(&m, 50).unwrap(),
             vec![false, false, true, true]
         );
-        assert_eq!(nm_mask(&m, 1, 2).unwrap(), vec![false, true, false, true]);
+        assert_eq!(
+            nm_mask(&m, 1, 2, 1).unwrap(),
+            vec![false, true, false, true]
+        );
     }
 
     #[test]
-    fn ragged_nm_tail_keeps_a_proportional_share() {
-        // 2:4 on 6 columns: one full run keeps 2, the tail of 2 keeps ⌈2·2/4⌉ = 1.
+    fn ragged_nm_tail_stays_dense() {
+        // 2:4 on 6 columns: one full run keeps 2, the tail of 2 is not pruned.
         let m = WeightMatrix::new(1, 6, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         assert_eq!(
-            nm_mask(&m, 2, 4).unwrap(),
-            vec![false, false, true, true, false, true]
+            nm_mask(&m, 2, 4, 1).unwrap(),
+            vec![false, false, true, true, true, true]
         );
+        assert_eq!(nm_kept_per_row(6, 1, 2, 4), 4);
+        // 3 channels × 2 kernel positions: shorter than one run, all dense.
+        assert_eq!(nm_mask(&m, 2, 4, 2).unwrap(), vec![true; 6]);
+        assert_eq!(nm_kept_per_row(6, 2, 2, 4), 6);
+        // A kernel that does not divide the columns is an error.
+        assert!(nm_mask(&m, 2, 4, 4).is_err());
+    }
+
+    #[test]
+    fn nm_runs_go_along_channels_at_one_kernel_position() {
+        // 4 channels × 2 kernel positions: value (c, p) in column c·2 + p. At p = 0 the channels hold
+        // 1, 3, 5, 7 (columns 0, 2, 4, 6), at p = 1 they hold 2, 4, 6, 8: each keeps its two largest,
+        // the last two channels.
+        let m = WeightMatrix::new(1, 8, (1..=8).map(|v| v as f32).collect()).unwrap();
+        assert_eq!(
+            nm_mask(&m, 2, 4, 2).unwrap(),
+            vec![false, false, false, false, true, true, true, true]
+        );
+        // Runs of consecutive columns would have kept 3, 4 and 7, 8.
+        assert_ne!(nm_mask(&m, 2, 4, 2).unwrap(), nm_mask(&m, 2, 4, 1).unwrap());
     }
 
     #[test]

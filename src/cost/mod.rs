@@ -6,9 +6,11 @@
 
 pub mod calibrate;
 pub mod feasibility;
+pub mod kernel;
 pub mod model;
 pub mod profile;
 
 pub use feasibility::{CostTable, Feasibility};
+pub use kernel::{Kernel, KernelPath, NmCompute, NmDense};
 pub use model::{Cost, CostModel, LayerCost, Objective};
 pub use profile::{HardwareProfile, Precision};

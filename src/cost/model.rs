@@ -6,19 +6,23 @@
 //!   formats add one f32 scale per scale group (tensor: 1, channel: one per row, `g<N>`: one per row and N
 //!   columns) and, when asymmetric, one byte of zero point per group; unstructured sparsity stores the
 //!   non-zeros plus a 1-bit-per-weight mask (or dense, if smaller); N:M stores the kept values plus
-//!   ⌈log₂ M⌉ bits of position each; removed channels disappear (plus a 1-bit-per-row mask); low rank
-//!   stores the two factors (m×k)(k×n), k = ⌈rank% × min(m, n)⌉, each quantized and sparsified as above.
-//!   Biases stay f32.
+//!   ⌈log₂ M⌉ bits of position each, its groups running along the input channels at a fixed kernel
+//!   position and the ragged tail of `in mod M` channels stored dense; removed channels disappear (plus a
+//!   1-bit-per-row mask); low rank stores the two factors (m×k)(k×n), k = ⌈rank% × min(m, n)⌉, each
+//!   quantized and sparsified as above. Biases stay f32.
 //! - **bops**: bit operations per inference, MACs × weight bits × activation bits (32 for float
-//!   activations), counting only the MACs that remain after pruning and factorization.
-//! - **latency**: per kernel (one, or two for a factorized layer), a matching measured entry of the
-//!   profile if there is one; otherwise the roofline `max(compute, memory) + per-layer overhead` where
-//!   compute = remaining MACs × batch / throughput of the precision the device really runs
-//!   ([`HardwareProfile::runs_as`]), and memory = (weight bytes as the device reads them + activation
-//!   bytes) / bandwidth. The device reads sparse formats only for patterns it accelerates; otherwise it
-//!   streams dense weights, at the width of the kernel it falls back to. Unstructured sparsity saves
-//!   `unstructured_efficiency` of the pruned work; removed channels always save work; N:M saves N/M only
-//!   on devices listing the pattern.
+//!   activations, which the second factor of a factorized layer always multiplies), counting only the
+//!   MACs that remain after pruning and factorization.
+//! - **latency**: per kernel (one, or two for a factorized layer), the kernel the device runs for the
+//!   arithmetic the choice's notation names ([`super::kernel`]: the notation is the contract); a matching
+//!   measured entry of the profile if there is one; otherwise the roofline `max(compute, memory) +
+//!   per-layer overhead` where compute = remaining MACs × batch / throughput of the kernel's precision,
+//!   and memory = (weight bytes as the device reads them + activation bytes at the kernel's width) /
+//!   bandwidth, plus a quantize–dequantize pass where int8 activations meet a float kernel. The device
+//!   reads sparse formats only for patterns its kernel computes sparsely; otherwise it streams dense
+//!   weights, at the width of the kernel (or as the dequantized float copy). Unstructured sparsity saves
+//!   `unstructured_efficiency` of the pruned work; removed channels always save work; N:M saves the pruned
+//!   share of its full groups only in kernels of the precisions the profile lists for the pattern.
 //!
 //! A model runs its layers one after another, so every cost is additive over layers: a total is the
 //! sum of the per-layer figures (a test checks this), and the cheapest and dearest reachable totals of a
@@ -26,6 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::kernel::{float_bytes, Kernel, KernelInput, KernelPath};
 use super::profile::{HardwareProfile, MeasuredKey, Precision};
 use crate::space::{
     kept_rows, rank_k, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity,
@@ -203,17 +208,116 @@ pub struct LayerCost {
     pub cost: Cost,
     /// Dense-equivalent MACs that remain per sample after pruning and factorization.
     pub macs: f64,
-    /// The precision the device computes the layer in.
+    /// The precision the device computes the layer in (the kernel that reads the layer's input).
     pub runs_as: Precision,
+    /// The kernel that reads the layer's input, and the arithmetic it is charged for.
+    pub kernel: Kernel,
+    /// For a factorized layer, the kernel of the factor applied next, to the (float) intermediate.
+    pub then: Option<Kernel>,
     /// Whether the latency came from a measured entry (of every kernel of the layer).
     pub measured: bool,
 }
 
-/// One weight matrix as stored: `rows` outputs × `cols` inputs.
+/// One weight matrix as stored: `rows` outputs × `cols` inputs, where a row holds `cols / kernel` input
+/// channels at `kernel` positions each (`kh·kw` for a convolution's weight, 1 otherwise; channel `c`
+/// at position `p` is column `c·kernel + p`).
 #[derive(Clone, Copy, Debug)]
 struct Matrix {
     rows: u64,
     cols: u64,
+    kernel: u64,
+}
+
+impl Matrix {
+    /// Input channels of a row: the axis N:M groups run along.
+    fn channels(&self) -> u64 {
+        self.cols / self.kernel.max(1)
+    }
+
+    /// Values of one row an `n:m` pattern keeps: `(in N:M groups, in the dense ragged tail)`.
+    fn nm_kept_per_row(&self, n: u8, m: u8) -> (u64, u64) {
+        let (n, m) = (u64::from(n), u64::from(m));
+        let c = self.channels();
+        let positions = self.cols / c.max(1);
+        (positions * (c / m) * n, positions * (c % m))
+    }
+
+    /// Whether the input channels are not a multiple of `m` (a ragged tail stays dense).
+    fn ragged(&self, m: u8) -> bool {
+        self.channels() % u64::from(m) != 0
+    }
+}
+
+/// The weight matrices of a layer choice in storage order: the layer's weight, or the factors `A`
+/// (rows×k) and `B` (k×cols) of a low-rank layer.
+#[derive(Clone, Copy, Debug)]
+struct Factors {
+    matrices: [Matrix; 2],
+    len: usize,
+    /// Index of the matrix that reads the layer's input (`B`, or `A`'s rows for an embedding lookup).
+    input: usize,
+}
+
+impl Factors {
+    fn of(layer: &LayerInfo, choice: &Choice) -> Factors {
+        let (rows, cols) = (layer.rows(), layer.cols());
+        let kept_rows = match choice.sparsity {
+            Sparsity::Channels(p) => kept_rows(rows, p),
+            _ => rows,
+        };
+        let positions = match layer.kind {
+            LayerKind::Conv2d => layer.shape.iter().skip(2).product::<usize>().max(1) as u64,
+            _ => 1,
+        };
+        let (matrices, len) = match choice.rank {
+            Some(r) => {
+                let k = rank_k(rows, cols, r);
+                let a = Matrix {
+                    rows: kept_rows,
+                    cols: k,
+                    kernel: 1,
+                };
+                let b = Matrix {
+                    rows: k,
+                    cols,
+                    kernel: positions,
+                };
+                ([a, b], 2)
+            }
+            None => {
+                let w = Matrix {
+                    rows: kept_rows,
+                    cols,
+                    kernel: positions,
+                };
+                ([w, w], 1)
+            }
+        };
+        let input = if layer.kind == LayerKind::Embedding {
+            0
+        } else {
+            len - 1
+        };
+        Factors {
+            matrices,
+            len,
+            input,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &Matrix)> {
+        self.matrices[..self.len].iter().enumerate()
+    }
+
+    /// The activation quantization of the values matrix `i` multiplies: the choice's on the layer's
+    /// input, none on the (exact) intermediate of a factorized layer, as the evaluator computes it.
+    fn act(&self, choice: &Choice, i: usize) -> ActQuant {
+        if i == self.input {
+            choice.act
+        } else {
+            ActQuant::None
+        }
+    }
 }
 
 /// The cost model of one profile at one batch size.
@@ -237,6 +341,54 @@ fn slot(p: Precision) -> usize {
         Precision::F16 => 1,
         Precision::Bf16 => 2,
         Precision::Int(b) => 2 + usize::from(b.min(8)),
+    }
+}
+
+/// One kernel of a layer: matrix `i` of its factors.
+struct Part<'a> {
+    layer: &'a LayerInfo,
+    choice: &'a Choice,
+    m: &'a Matrix,
+    i: usize,
+    factors: &'a Factors,
+    kernel: Kernel,
+}
+
+impl Part<'_> {
+    /// An embedding's row lookup (its table, or the first factor of a factorized table).
+    fn lookup(&self) -> bool {
+        self.layer.kind == LayerKind::Embedding && self.i == 0
+    }
+
+    /// The activation quantization of the values this kernel multiplies.
+    fn act(&self) -> ActQuant {
+        self.factors.act(self.choice, self.i)
+    }
+
+    /// Dense MACs per sample.
+    fn dense_macs(&self) -> f64 {
+        let values = (self.m.rows * self.m.cols) as f64;
+        match self.layer.kind {
+            // A lookup reads one row; a factorized table then multiplies it by the second factor.
+            LayerKind::Embedding if self.i == 0 => 0.0,
+            LayerKind::Embedding => values,
+            _ => values * self.layer.applications(),
+        }
+    }
+
+    /// Input values per application: the input feature map's channels for a convolution (not its
+    /// im2col expansion), the columns otherwise.
+    fn inputs(&self) -> f64 {
+        self.m.channels() as f64
+    }
+
+    /// Applications per sample for the activation traffic (output pixels of a convolution).
+    fn applications(&self) -> f64 {
+        if self.layer.kind == LayerKind::Conv2d {
+            self.layer.applications()
+        } else {
+            1.0
+        }
     }
 }
 
@@ -270,238 +422,208 @@ impl CostModel {
         })
     }
 
-    /// The cost of `layer` under `choice`.
+    /// The precision a kernel of precision `p` really runs as on this device.
+    pub(super) fn runs_as(&self, p: Precision) -> Precision {
+        self.runs[slot(p)].0
+    }
+
+    /// The cost of `layer` under `choice`: per kernel, the one the device runs for the choice's
+    /// arithmetic ([`super::kernel`]), its MACs after pruning, its latency (measured or roofline); then
+    /// the stored bytes and the bit operations.
     pub fn layer(&self, layer: &LayerInfo, choice: &Choice) -> LayerCost {
-        let (rows, cols) = (layer.rows(), layer.cols());
-        let kept_rows = match choice.sparsity {
-            Sparsity::Channels(p) => kept_rows(rows, p),
-            _ => rows,
+        let factors = Factors::of(layer, choice);
+        let first = self.factor_kernel(layer, choice, &factors, 0);
+        let kernels = match factors.len {
+            2 => [first, self.factor_kernel(layer, choice, &factors, 1)],
+            _ => [first; 2],
         };
-        // The kernels of the layer: one matrix, or the two factors of a low-rank layer.
-        let storage: [Matrix; 2];
-        let factors: &[Matrix] = match choice.rank {
-            Some(r) => {
-                let k = rank_k(rows, cols, r);
-                storage = [
-                    Matrix {
-                        rows: kept_rows,
-                        cols: k,
-                    },
-                    Matrix { rows: k, cols },
-                ];
-                &storage
-            }
-            None => {
-                storage = [
-                    Matrix {
-                        rows: kept_rows,
-                        cols,
-                    },
-                    Matrix { rows: 0, cols: 0 },
-                ];
-                &storage[..1]
-            }
-        };
-        let mut bytes: u64 = factors.iter().map(|m| stored_bytes(m, choice)).sum();
-        if let Sparsity::Channels(_) = choice.sparsity {
-            bytes += rows.div_ceil(8);
-        }
-        if layer.bias {
-            bytes += 4 * kept_rows;
-        }
-        let apps = layer.applications();
-        let run = self.kernel_precision(&choice.weights, choice.act);
         let mut latency = 0.0;
         let mut macs = 0.0;
+        let mut bops = 0.0;
         let mut measured = true;
-        for (i, m) in factors.iter().enumerate() {
-            let m_macs = if layer.kind == LayerKind::Embedding {
-                // A lookup reads one row; a factorized table then multiplies it by the second factor.
-                if i == 0 {
-                    0.0
-                } else {
-                    (m.rows * m.cols) as f64
-                }
-            } else {
-                (m.rows * m.cols) as f64 * apps
+        for (i, m) in factors.iter() {
+            let part = Part {
+                layer,
+                choice,
+                m,
+                i,
+                factors: &factors,
+                kernel: kernels[i],
             };
-            let work = m_macs * self.work_fraction(&choice.sparsity);
+            let work = part.dense_macs() * self.work_fraction(&part);
             macs += work;
-            let hit = if self.profile.measured.is_empty() {
-                None
-            } else {
-                self.profile.measured.get(&MeasuredKey {
-                    kind: if choice.rank.is_some() && layer.kind == LayerKind::Embedding && i == 1 {
-                        LayerKind::Linear
-                    } else {
-                        layer.kind
-                    },
-                    shape: self.factor_shape(layer, m, choice.rank.is_some(), i),
-                    batch: self.batch,
-                    weights: Precision::of_weights(&choice.weights),
-                    act: choice.act,
-                    sparsity: choice.sparsity,
-                })
-            };
-            latency += match hit {
-                Some(&us) => us,
+            bops += work * f64::from(choice.weights.bits()) * f64::from(part.act().bits());
+            latency += match self.measured_us(&part) {
+                Some(us) => us,
                 None => {
                     measured = false;
-                    self.roofline(layer, m, i, choice, run, work)
+                    self.roofline(&part, work)
                 }
             };
         }
-        let a_bits = if choice.act == ActQuant::None {
-            32.0
-        } else {
-            8.0
-        };
-        let bops = macs * f64::from(choice.weights.bits()) * a_bits * f64::from(self.batch);
+        let kernel = kernels[factors.input];
         LayerCost {
             cost: Cost {
                 latency_us: latency,
-                bytes,
-                bops,
+                bytes: layer_bytes(layer, choice, &factors),
+                bops: bops * f64::from(self.batch),
             },
             macs,
-            runs_as: run,
+            runs_as: kernel.compute(),
+            kernel,
+            then: (factors.len == 2).then_some(kernels[1 - factors.input]),
             measured,
         }
     }
 
-    /// The precision a layer with these weights and activations is computed in on this device.
-    pub fn kernel_precision(&self, w: &WeightQuant, act: ActQuant) -> Precision {
-        let want = match (w, act) {
-            (WeightQuant::Int { .. }, ActQuant::None) => {
-                self.profile.weight_only.unwrap_or(Precision::of_weights(w))
-            }
-            _ => Precision::of_weights(w),
-        };
-        if self.bit_serial(want) {
-            return want;
-        }
-        self.runs[slot(want)].0
-    }
-
-    fn bit_serial(&self, p: Precision) -> bool {
-        self.profile.bit_serial_gbops.is_some() && matches!(p, Precision::Int(_))
+    /// The kernel the device runs for matrix `i` of a layer choice.
+    fn factor_kernel(
+        &self,
+        layer: &LayerInfo,
+        choice: &Choice,
+        factors: &Factors,
+        i: usize,
+    ) -> Kernel {
+        let m = &factors.matrices[i];
+        self.kernel(&KernelInput {
+            weights: choice.weights,
+            act: factors.act(choice, i),
+            sparsity: choice.sparsity,
+            lookup: layer.kind == LayerKind::Embedding && i == 0,
+            ragged: match choice.sparsity {
+                Sparsity::NM { m: group, .. } => m.ragged(group),
+                _ => false,
+            },
+        })
     }
 
     /// Share of the dense work that remains on this device after pruning (channel removal is already
-    /// in the matrix shape).
-    fn work_fraction(&self, s: &Sparsity) -> f64 {
-        match *s {
+    /// in the matrix shape): N:M only where the kernel computes it sparsely, its ragged tail dense.
+    fn work_fraction(&self, part: &Part) -> f64 {
+        match part.choice.sparsity {
             Sparsity::None | Sparsity::Channels(_) => 1.0,
             Sparsity::Unstructured(p) => {
                 1.0 - self.profile.unstructured_efficiency * f64::from(p) / 100.0
             }
-            Sparsity::NM { n, m } if self.profile.accelerates_nm(n, m) => {
-                f64::from(n) / f64::from(m)
+            Sparsity::NM { n, m } if part.kernel.sparse_nm() => {
+                let (kept, tail) = part.m.nm_kept_per_row(n, m);
+                (kept + tail) as f64 / part.m.cols.max(1) as f64
             }
             Sparsity::NM { .. } => 1.0,
         }
     }
 
-    /// The shape a measured entry for kernel `i` of `layer` is keyed by.
-    fn factor_shape(
-        &self,
-        layer: &LayerInfo,
-        m: &Matrix,
-        factorized: bool,
-        i: usize,
-    ) -> Vec<usize> {
-        if !factorized && m.rows == layer.rows() {
-            return layer.shape.clone();
-        }
-        match (layer.kind, i) {
-            // A factorized convolution: a k×(in·kh·kw) convolution then a 1×1 convolution.
-            (LayerKind::Conv2d, 1) => {
-                let mut s = layer.shape.clone();
-                s[0] = m.rows as usize;
-                s
+    /// The sparsity of the weights as the device reads them: a pattern it does not compute sparsely is
+    /// streamed dense.
+    fn sparsity_as_read(&self, part: &Part) -> Sparsity {
+        match part.choice.sparsity {
+            Sparsity::NM { .. } if !part.kernel.sparse_nm() => Sparsity::None,
+            Sparsity::Unstructured(_) if self.profile.unstructured_efficiency <= 0.0 => {
+                Sparsity::None
             }
-            (LayerKind::Conv2d, _) => vec![m.rows as usize, m.cols as usize, 1, 1],
-            _ => vec![m.rows as usize, m.cols as usize],
+            s => s,
         }
     }
 
-    /// Analytic latency of one kernel, µs.
-    fn roofline(
-        &self,
-        layer: &LayerInfo,
-        m: &Matrix,
-        i: usize,
-        c: &Choice,
-        run: Precision,
-        work: f64,
-    ) -> f64 {
-        let p = &self.profile;
-        let batch = f64::from(self.batch);
-        let us_per_mac = if self.bit_serial(run) {
-            let a_bits = if c.act == ActQuant::None {
-                8.0
+    /// A measured entry for `part`: of the arithmetic the notation names, else (for a dequantized copy
+    /// or a quantize–dequantize pass around a float kernel) of the float kernel that really runs, plus
+    /// the analytic quantize–dequantize pass.
+    fn measured_us(&self, part: &Part) -> Option<f64> {
+        if self.profile.measured.is_empty() {
+            return None;
+        }
+        let key = |weights: Precision, act: ActQuant, sparsity: Sparsity| MeasuredKey {
+            kind: if part.choice.rank.is_some()
+                && part.layer.kind == LayerKind::Embedding
+                && part.i == 1
+            {
+                LayerKind::Linear
             } else {
-                f64::from(c.act.bits())
-            };
-            f64::from(run.bits()) * a_bits / (p.bit_serial_gbops.unwrap_or(1.0) * 1e3)
-        } else {
-            self.runs[slot(run)].1
-        };
-        let compute_us = work * batch * us_per_mac;
-        // Weights as the device reads them.
-        let read_sparse = match c.sparsity {
-            Sparsity::NM { n, m } => p.accelerates_nm(n, m),
-            Sparsity::Unstructured(_) => p.unstructured_efficiency > 0.0,
-            Sparsity::None | Sparsity::Channels(_) => true,
-        };
-        let mut as_read = *c;
-        if !read_sparse {
-            as_read.sparsity = Sparsity::None;
-        }
-        if let (
-            WeightQuant::Int {
-                bits,
-                scheme,
-                granularity,
+                part.layer.kind
             },
-            Precision::Int(k),
-        ) = (c.weights, run)
-        {
-            if k > bits {
-                as_read.weights = WeightQuant::Int {
-                    bits: k,
-                    scheme,
-                    granularity,
-                };
-            }
+            shape: factor_shape(part.layer, part.m, part.choice.rank.is_some(), part.i),
+            batch: self.batch,
+            weights,
+            act,
+            sparsity,
+        };
+        let k = &part.kernel;
+        let named = key(k.weights, part.act(), part.choice.sparsity);
+        if let Some(&us) = self.profile.measured.get(&named) {
+            return Some(us);
         }
-        let weight_bytes = if layer.kind == LayerKind::Embedding && i == 0 {
-            // One row per sample.
-            stored_bytes(m, &as_read) as f64 / m.rows as f64 * batch
-        } else {
-            stored_bytes(m, &as_read) as f64
-        };
-        let act_bytes = match (c.act, run) {
-            (ActQuant::Int8Static | ActQuant::Int8Dynamic, _) => 1.0,
-            (_, Precision::F16 | Precision::Bf16) => 2.0,
-            _ => 4.0,
-        };
-        let apps = if layer.kind == LayerKind::Conv2d {
-            layer.applications()
-        } else {
-            1.0
-        };
-        let inputs = match layer.kind {
-            LayerKind::Conv2d if i + 1 == if c.rank.is_some() { 2 } else { 1 } => {
-                // The input feature map, not its im2col expansion.
-                let kernel = (layer.shape[2] * layer.shape[3]).max(1) as f64;
-                m.cols as f64 / kernel
+        match k.path {
+            KernelPath::Dequantized(p) | KernelPath::Float(p) if k.qdq() || k.weights != p => {
+                let run = key(p, ActQuant::None, self.sparsity_as_read(part));
+                (run != named)
+                    .then(|| self.profile.measured.get(&run))
+                    .flatten()
+                    .map(|us| us + self.qdq_us(part))
             }
-            _ => m.cols as f64,
+            _ => None,
+        }
+    }
+
+    /// Analytic latency of one kernel, µs: `max(compute, memory) + per-layer overhead`, plus the
+    /// quantize–dequantize pass of int8 activations around a float kernel.
+    fn roofline(&self, part: &Part, work: f64) -> f64 {
+        let compute_us = self.compute_us(&part.kernel, work);
+        let memory_us =
+            (self.weight_bytes_read(part) + self.activation_bytes(part)) * self.us_per_byte;
+        compute_us.max(memory_us) + self.profile.per_layer_us + self.qdq_us(part)
+    }
+
+    /// Time to compute `work` MACs per sample in `kernel`.
+    fn compute_us(&self, kernel: &Kernel, work: f64) -> f64 {
+        let us_per_mac = match kernel.path {
+            KernelPath::BitSerial { w, a } => {
+                f64::from(w) * f64::from(a) / (self.profile.bit_serial_gbops.unwrap_or(1.0) * 1e3)
+            }
+            _ => self.runs[slot(kernel.compute())].1,
         };
-        let act_traffic = batch * apps * (inputs + m.rows as f64) * act_bytes;
-        let memory_us = (weight_bytes + act_traffic) * self.us_per_byte;
-        compute_us.max(memory_us) + p.per_layer_us
+        work * f64::from(self.batch) * us_per_mac
+    }
+
+    /// Weight bytes as the device reads them: the stored format, except a pattern it does not compute
+    /// sparsely (streamed dense), integer weights unpacked to a wider kernel's width, and a dequantized
+    /// float copy; a lookup reads one row per sample.
+    fn weight_bytes_read(&self, part: &Part) -> f64 {
+        let c = part.choice;
+        let as_read = Choice {
+            weights: weights_as_read(c.weights, part.kernel.path),
+            sparsity: self.sparsity_as_read(part),
+            ..*c
+        };
+        let bytes = stored_bytes(part.m, &as_read) as f64;
+        if part.lookup() {
+            bytes / part.m.rows.max(1) as f64 * f64::from(self.batch)
+        } else {
+            bytes
+        }
+    }
+
+    /// Activation bytes read and written: inputs and outputs at the kernel's activation width, per
+    /// application; a lookup writes one f32 row per sample (its token id is negligible).
+    fn activation_bytes(&self, part: &Part) -> f64 {
+        let batch = f64::from(self.batch);
+        if part.lookup() {
+            return batch * part.m.cols as f64 * 4.0;
+        }
+        batch * part.applications() * (part.inputs() + part.m.rows as f64) * part.kernel.act_bytes()
+    }
+
+    /// The quantize–dequantize pass of int8 activations around a float kernel: the input read and
+    /// written once more at the kernel's float width (0 when there is none).
+    fn qdq_us(&self, part: &Part) -> f64 {
+        if !part.kernel.qdq() {
+            return 0.0;
+        }
+        let bytes = f64::from(self.batch)
+            * part.applications()
+            * part.inputs()
+            * 2.0
+            * float_bytes(part.kernel.compute());
+        bytes * self.us_per_byte
     }
 
     /// Per-layer costs and the total of an assignment over `layers`; a layer the assignment does not
@@ -520,7 +642,63 @@ impl CostModel {
     }
 }
 
-/// Bytes of one stored matrix under `c` (values, scales, zero points, sparsity metadata).
+/// The weight format the device reads for `path`: integer weights unpacked to a wider kernel's
+/// width, a dequantized copy in its float precision, else as stored.
+fn weights_as_read(w: WeightQuant, path: KernelPath) -> WeightQuant {
+    match (w, path) {
+        (
+            WeightQuant::Int {
+                bits,
+                scheme,
+                granularity,
+            },
+            KernelPath::Int(k) | KernelPath::WeightOnly { bits: k, .. },
+        ) if k > bits => WeightQuant::Int {
+            bits: k,
+            scheme,
+            granularity,
+        },
+        (WeightQuant::Int { .. }, KernelPath::Dequantized(p)) => match p {
+            Precision::F16 => WeightQuant::F16,
+            Precision::Bf16 => WeightQuant::Bf16,
+            _ => WeightQuant::F32,
+        },
+        _ => w,
+    }
+}
+
+/// Stored bytes of a layer choice: its matrices, a 1-bit-per-row mask of removed channels, f32 biases.
+fn layer_bytes(layer: &LayerInfo, choice: &Choice, factors: &Factors) -> u64 {
+    let mut bytes: u64 = factors.iter().map(|(_, m)| stored_bytes(m, choice)).sum();
+    if let Sparsity::Channels(_) = choice.sparsity {
+        bytes += layer.rows().div_ceil(8);
+    }
+    if layer.bias {
+        bytes += 4 * factors.matrices[0].rows;
+    }
+    bytes
+}
+
+/// The shape a measured entry for kernel `i` of `layer` is keyed by.
+fn factor_shape(layer: &LayerInfo, m: &Matrix, factorized: bool, i: usize) -> Vec<usize> {
+    if !factorized && m.rows == layer.rows() {
+        return layer.shape.clone();
+    }
+    match (layer.kind, i) {
+        // A factorized convolution: a k×(in·kh·kw) convolution then a 1×1 convolution.
+        (LayerKind::Conv2d, 1) => {
+            let mut s = layer.shape.clone();
+            s[0] = m.rows as usize;
+            s
+        }
+        (LayerKind::Conv2d, _) => vec![m.rows as usize, m.cols as usize, 1, 1],
+        _ => vec![m.rows as usize, m.cols as usize],
+    }
+}
+
+/// Bytes of one stored matrix under `c` (values, scales, zero points, sparsity metadata). N:M keeps N
+/// of every M input channels at each kernel position, with ⌈log₂ M⌉ position bits per kept value;
+/// the ragged tail of `in mod M` channels is stored dense.
 fn stored_bytes(m: &Matrix, c: &Choice) -> u64 {
     let values = m.rows * m.cols;
     let bits = u64::from(c.weights.bits());
@@ -532,9 +710,9 @@ fn stored_bytes(m: &Matrix, c: &Choice) -> u64 {
             (nnz * bits + values).min(dense_bits)
         }
         Sparsity::NM { n, m: mm } => {
-            let kept = m.rows * (m.cols * u64::from(n)).div_ceil(u64::from(mm));
+            let (kept, tail) = m.nm_kept_per_row(n, mm);
             let index_bits = u64::from(8 - (mm - 1).leading_zeros() as u8).max(1);
-            kept * (bits + index_bits)
+            m.rows * (kept * (bits + index_bits) + tail * bits)
         }
     };
     let scale_bytes = match c.weights {
@@ -565,7 +743,11 @@ mod tests {
     use super::*;
 
     fn m(rows: u64, cols: u64) -> Matrix {
-        Matrix { rows, cols }
+        Matrix {
+            rows,
+            cols,
+            kernel: 1,
+        }
     }
 
     #[test]
@@ -586,6 +768,19 @@ mod tests {
         );
         // 90% unstructured f32: 64 × 32 + 640 bits.
         assert_eq!(stored_bytes(&m(10, 64), &c("f32+sparse90")), 256 + 80);
+        // 2:4 on 10 columns: two groups keep 4 values with positions, the ragged tail of 2 stays dense.
+        assert_eq!(
+            stored_bytes(&m(3, 10), &c("int8-sym-tensor+2:4")),
+            (3 * (4 * 10 + 2 * 8) as u64).div_ceil(8) + 4
+        );
+        // A convolution's 6 input channels at 4 positions: per position one group and a tail of 2.
+        let conv = Matrix {
+            rows: 2,
+            cols: 24,
+            kernel: 4,
+        };
+        assert_eq!(conv.nm_kept_per_row(2, 4), (8, 8));
+        assert!(conv.ragged(4) && !conv.ragged(2) && !conv.ragged(3));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! # Hardware profiles
 //!
 //! A profile describes one target device to the cost model: sustained compute throughput per kernel
-//! precision, memory bandwidth, per-layer overhead, which sparsity patterns the device accelerates, what
-//! a precision it lacks runs as, optional measured latencies that override the analytic model, and where
-//! every number came from.
+//! precision, which weight-only kernels it has, memory bandwidth, per-layer overhead, which sparsity
+//! patterns it accelerates and at which precisions, what a precision it lacks runs as, optional
+//! measured latencies that override the analytic model, and where every number came from.
 //!
 //! The file format (TOML; every table but `[profile]`, `[provenance]`, `[compute]` and `[memory]` may be
 //! left out):
@@ -22,11 +22,15 @@
 //! [compute]                      # sustained dense GMAC/s per kernel precision; f32 is required
 //! f32 = 19.2
 //! f16 = 38.4
-//! int8 = 76.8
-//! # weight_only = "f16"          # int weights with float activations are dequantized and computed
-//! #                              # in this precision; left out: in the integer kernel of their bits
+//! int8 = 76.8                    # integer weights x int8 activations (choices with act8-*)
 //! # bit_serial_gbops = 4096.0    # bit-serial: an int layer of w-bit weights and a-bit activations
 //! #                              # runs at bit_serial_gbops / (w * a) GMAC/s
+//!
+//! [weight_only]                  # kernels that multiply stored int weights with float activations
+//! precision = "f32"              # the float precision they multiply in (a float entry of [compute])
+//! bits = [8, 4]                  # weight widths with such a kernel; narrower weights are unpacked to
+//!                                # the next listed width; wider ones (or no table) are dequantized to
+//!                                # an f32 copy that the f32 kernel reads
 //!
 //! [memory]
 //! bandwidth_gbs = 12.0           # sustained GB/s for streaming weights and activations
@@ -35,7 +39,8 @@
 //! per_layer_us = 2.0             # fixed cost of launching one kernel
 //!
 //! [sparsity]
-//! nm = ["2:4"]                   # N:M patterns computed at N/M of the dense work
+//! nm = ["2:4"]                   # N:M patterns computed at N/M of the dense work ...
+//! nm_precisions = ["int8", "f16"] # ... by the kernels of these precisions (left out: every precision)
 //! unstructured_efficiency = 0.0  # share of the pruned work an unstructured-sparse layer saves
 //!
 //! [fallback]                     # kernel precisions the device lacks, and what they run as
@@ -46,7 +51,7 @@
 //! shape = [3072, 768]
 //! batch = 1
 //! weights = "int4"               # f32 | f16 | bf16 | int<b>
-//! act = "none"                   # none | act8-static | act8-dynamic (default none)
+//! act = "act8-dynamic"           # none | act8-static | act8-dynamic (default none)
 //! sparsity = "dense"             # dense | sparse<P> | <N>:<M> | channels<P> (default dense)
 //! us = 75.3
 //! spread_us = 4.0                # optional: interquartile range
@@ -55,6 +60,13 @@
 //!
 //! Without an explicit `[fallback]` entry a missing integer precision runs as the next wider integer
 //! precision the device has, then as f16, then f32; f16 and bf16 fall back to f32.
+//!
+//! Older files keep loading with the meaning they had: `[compute] weight_only = "<precision>"` is a
+//! weight-only kernel of that precision for every integer width (`[weight_only] precision = …, bits =
+//! [2, …, 8]`; giving both forms is an error), and `nm` without `nm_precisions` is accelerated at every
+//! precision. In a profile written by `mpsearch calibrate` (it has a `[calibration]` table), an integer
+//! `[[measured]]` entry with `act = "none"` is read as `act8-dynamic`: candle's quantized kernels
+//! quantize the activations on the fly, and `calibrate` now writes them so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -194,9 +206,20 @@ pub struct Provenance {
     pub repetitions: Option<usize>,
 }
 
-/// `[compute]` as written: GMAC/s per precision (`f32 = 19.2`), plus `weight_only = "<precision>"`
-/// and `bit_serial_gbops = <number>`.
+/// `[compute]` as written: GMAC/s per precision (`f32 = 19.2`), plus `bit_serial_gbops = <number>` and
+/// the older form `weight_only = "<precision>"` (see the module docs).
 pub type ComputeFile = BTreeMap<String, Spanned<toml::Value>>;
+
+/// `[weight_only]`: the device's weight-only kernels, which read integer weights as stored, dequantize
+/// them inside the kernel and multiply them with float activations.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightOnlyFile {
+    /// The float precision they multiply in.
+    pub precision: Spanned<String>,
+    /// The integer weight widths that have such a kernel.
+    pub bits: Vec<Spanned<u8>>,
+}
 
 /// `[memory]`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -219,6 +242,9 @@ pub struct Overhead {
 pub struct SparsitySupport {
     #[serde(default)]
     pub nm: Vec<Spanned<String>>,
+    /// Kernel precisions whose kernels compute the `nm` patterns sparsely; left out: every precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nm_precisions: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub unstructured_efficiency: Option<Spanned<f64>>,
 }
@@ -271,6 +297,8 @@ pub struct ProfileFile {
     pub profile: Header,
     pub provenance: Provenance,
     pub compute: ComputeFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_only: Option<WeightOnlyFile>,
     pub memory: Memory,
     #[serde(default)]
     pub overhead: Overhead,
@@ -295,6 +323,30 @@ pub struct MeasuredKey {
     pub sparsity: Sparsity,
 }
 
+/// A device's weight-only kernels: integer weights read as stored (at the kernel's width), dequantized
+/// inside the kernel and multiplied with float activations in `precision`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightOnlyKernels {
+    /// The float precision they multiply in.
+    pub precision: Precision,
+    /// The integer weight widths that have a kernel, ascending.
+    pub bits: Vec<u8>,
+}
+
+/// Every kernel precision, for `nm_precisions` left out.
+const ALL_PRECISIONS: [Precision; 10] = [
+    Precision::F32,
+    Precision::F16,
+    Precision::Bf16,
+    Precision::Int(2),
+    Precision::Int(3),
+    Precision::Int(4),
+    Precision::Int(5),
+    Precision::Int(6),
+    Precision::Int(7),
+    Precision::Int(8),
+];
+
 /// A validated hardware profile, ready for the cost model.
 #[derive(Clone, Debug)]
 pub struct HardwareProfile {
@@ -304,15 +356,16 @@ pub struct HardwareProfile {
     pub origin: PathBuf,
     /// GMAC/s for each precision the device has.
     pub gmacs: BTreeMap<Precision, f64>,
-    /// Precision that weight-only quantized layers (int weights, float activations) are computed in after
-    /// dequantizing; `None`: the device's integer kernel of the weights' bit-width (activations
-    /// quantized on the fly inside the kernel, as llama.cpp and candle do on CPUs).
-    pub weight_only: Option<Precision>,
+    /// The weight-only kernels (integer weights × float activations); `None`: the device has none, and
+    /// a weight-only layer is dequantized to an f32 copy that its f32 kernel reads.
+    pub weight_only: Option<WeightOnlyKernels>,
     pub bit_serial_gbops: Option<f64>,
     pub bandwidth_gbs: f64,
     pub per_layer_us: f64,
-    /// N:M patterns computed at N/M of the dense work.
+    /// N:M patterns computed at N/M of the dense work (by the kernels of `nm_precisions`).
     pub nm: Vec<(u8, u8)>,
+    /// Kernel precisions that compute the `nm` patterns sparsely.
+    pub nm_precisions: Vec<Precision>,
     pub unstructured_efficiency: f64,
     /// Explicit fallbacks.
     pub fallback: BTreeMap<Precision, Precision>,
@@ -331,19 +384,30 @@ impl HardwareProfile {
         let file: ProfileFile = toml::from_str(text).map_err(|e| Error::toml(&path, text, &e))?;
         let check = Checker { path: &path, text };
         let compute = check.compute(&file.compute)?;
+        let weight_only = check.weight_only(
+            file.weight_only.as_ref(),
+            compute.legacy_weight_only,
+            &compute.gmacs,
+        )?;
         let bandwidth_gbs = check.bandwidth(&file.memory)?;
         let per_layer_us = check.overhead(&file.overhead)?;
         let nm = check.nm_patterns(&file.sparsity.nm)?;
+        let nm_precisions = check.nm_precisions(
+            file.sparsity.nm_precisions.as_deref(),
+            &compute.gmacs,
+            compute.bit_serial_gbops.is_some(),
+        )?;
         let unstructured_efficiency = check.unstructured_efficiency(&file.sparsity)?;
         let fallback = check.fallbacks(&file.fallback, &compute.gmacs)?;
-        let measured = check.measured(&file.measured)?;
+        let measured = check.measured(&file.measured, file.calibration.is_some())?;
         Ok(HardwareProfile {
             gmacs: compute.gmacs,
-            weight_only: compute.weight_only,
+            weight_only,
             bit_serial_gbops: compute.bit_serial_gbops,
             bandwidth_gbs,
             per_layer_us,
             nm,
+            nm_precisions,
             unstructured_efficiency,
             fallback,
             measured,
@@ -381,9 +445,25 @@ impl HardwareProfile {
             .unwrap_or(Precision::F32)
     }
 
-    /// Whether the device computes the N:M pattern at N/M of the dense work.
+    /// Whether the device has a kernel that computes the N:M pattern at N/M of the dense work (at some
+    /// precision).
     pub fn accelerates_nm(&self, n: u8, m: u8) -> bool {
         self.nm.contains(&(n, m))
+    }
+
+    /// Whether the device's kernel of precision `p` computes the N:M pattern at N/M of the dense work.
+    pub fn accelerates_nm_at(&self, n: u8, m: u8, p: Precision) -> bool {
+        self.accelerates_nm(n, m) && self.nm_precisions.contains(&p)
+    }
+
+    /// The weight-only kernel for integer weights of `bits` bits: the narrowest declared width at least
+    /// `bits` (narrower weights are unpacked to it) and the float precision it multiplies in.
+    pub fn weight_only_kernel(&self, bits: u8) -> Option<(u8, Precision)> {
+        let w = self.weight_only.as_ref()?;
+        w.bits
+            .iter()
+            .find(|&&b| b >= bits)
+            .map(|&b| (b, w.precision))
     }
 
     /// A hash of the profile's contents (a run's `profile` fingerprint).
@@ -404,7 +484,8 @@ impl HardwareProfile {
 /// `[compute]`, validated.
 struct Compute {
     gmacs: BTreeMap<Precision, f64>,
-    weight_only: Option<Precision>,
+    /// The older `[compute] weight_only = "<precision>"`, with the span of its value.
+    legacy_weight_only: Option<(Precision, std::ops::Range<usize>)>,
     bit_serial_gbops: Option<f64>,
 }
 
@@ -420,7 +501,8 @@ impl Checker<'_> {
         Error::at(self.path, self.text, span.start, message)
     }
 
-    /// `[compute]`: a throughput per precision (f32 required), `weight_only` and `bit_serial_gbops`.
+    /// `[compute]`: a throughput per precision (f32 required), `bit_serial_gbops` and the older
+    /// `weight_only`.
     fn compute(&self, compute: &ComputeFile) -> Result<Compute> {
         let mut gmacs = BTreeMap::new();
         let mut weight_only = None;
@@ -428,16 +510,15 @@ impl Checker<'_> {
         for (key, value) in compute {
             match key.as_str() {
                 "weight_only" => {
-                    weight_only = Some(
-                        value
-                            .get_ref()
-                            .as_str()
-                            .ok_or_else(|| "weight_only must be a string".to_string())
-                            .and_then(str::parse)
-                            .map_err(|e: String| {
-                                self.at(value.span(), format!("[compute] weight_only: {e}"))
-                            })?,
-                    );
+                    let p = value
+                        .get_ref()
+                        .as_str()
+                        .ok_or_else(|| "weight_only must be a string".to_string())
+                        .and_then(str::parse)
+                        .map_err(|e: String| {
+                            self.at(value.span(), format!("[compute] weight_only: {e}"))
+                        })?;
+                    weight_only = Some((p, value.span()));
                 }
                 "bit_serial_gbops" => bit_serial_gbops = Some(self.throughput(key, value)?),
                 _ => {
@@ -458,17 +539,79 @@ impl Checker<'_> {
                  precision the device lacks finally runs as (for an accelerator, give its host fallback)",
             ));
         }
-        if let Some(w) = weight_only.filter(|w| !gmacs.contains_key(w)) {
-            return Err(Error::file(
-                self.path,
-                format!("[compute] weight_only = \"{w}\" but the device has no {w} throughput in [compute]"),
-            ));
-        }
         Ok(Compute {
             gmacs,
-            weight_only,
+            legacy_weight_only: weight_only,
             bit_serial_gbops,
         })
+    }
+
+    /// `[weight_only]`, or the older `[compute] weight_only` (a kernel for every integer width): a float
+    /// precision the device has, and integer widths in 2..=8.
+    fn weight_only(
+        &self,
+        table: Option<&WeightOnlyFile>,
+        legacy: Option<(Precision, std::ops::Range<usize>)>,
+        gmacs: &BTreeMap<Precision, f64>,
+    ) -> Result<Option<WeightOnlyKernels>> {
+        let (precision, span, bits) = match (table, legacy) {
+            (Some(_), Some((_, span))) => return Err(self.at(
+                span,
+                "[compute] weight_only and a [weight_only] table both describe the weight-only \
+                     kernels: keep the [weight_only] table (precision and bits) and remove the \
+                     [compute] key"
+                    .into(),
+            )),
+            (None, None) => return Ok(None),
+            (None, Some((p, span))) => (p, span, crate::space::BITS.collect::<Vec<u8>>()),
+            (Some(t), None) => {
+                let p: Precision = t.precision.get_ref().parse().map_err(|e: String| {
+                    self.at(t.precision.span(), format!("[weight_only] precision: {e}"))
+                })?;
+                let mut bits = Vec::new();
+                for b in &t.bits {
+                    if !crate::space::BITS.contains(b.get_ref()) {
+                        return Err(self.at(
+                            b.span(),
+                            format!(
+                                "[weight_only] bits: {} is not an integer width in 2..=8",
+                                b.get_ref()
+                            ),
+                        ));
+                    }
+                    bits.push(*b.get_ref());
+                }
+                if bits.is_empty() {
+                    return Err(self.at(
+                        t.precision.span(),
+                        "[weight_only] bits is empty: list the integer widths that have a weight-only \
+                         kernel (e.g. [8, 4]), or remove the table"
+                            .into(),
+                    ));
+                }
+                (p, t.precision.span(), bits)
+            }
+        };
+        if matches!(precision, Precision::Int(_)) {
+            return Err(self.at(
+                span,
+                format!(
+                    "weight-only kernels multiply with float activations, so their precision is f32, \
+                     f16 or bf16, not {precision}; integer activations are the act8-* choices, which run \
+                     the [compute] {precision} kernel"
+                ),
+            ));
+        }
+        if !gmacs.contains_key(&precision) {
+            return Err(self.at(
+                span,
+                format!("weight-only precision \"{precision}\": the device has no {precision} throughput in [compute]"),
+            ));
+        }
+        let mut bits = bits;
+        bits.sort_unstable();
+        bits.dedup();
+        Ok(Some(WeightOnlyKernels { precision, bits }))
     }
 
     /// A `[compute]` number: positive and finite.
@@ -535,6 +678,36 @@ impl Checker<'_> {
             .collect()
     }
 
+    /// `[sparsity] nm_precisions`: precisions the device computes in (or, on a bit-serial device, any
+    /// integer width); every precision when left out.
+    fn nm_precisions(
+        &self,
+        list: Option<&[Spanned<String>]>,
+        gmacs: &BTreeMap<Precision, f64>,
+        bit_serial: bool,
+    ) -> Result<Vec<Precision>> {
+        let Some(list) = list else {
+            return Ok(ALL_PRECISIONS.to_vec());
+        };
+        let mut out = Vec::new();
+        for p in list {
+            let prec: Precision = p
+                .get_ref()
+                .parse()
+                .map_err(|e: String| self.at(p.span(), format!("[sparsity] nm_precisions: {e}")))?;
+            let has =
+                gmacs.contains_key(&prec) || (bit_serial && matches!(prec, Precision::Int(_)));
+            if !has {
+                return Err(self.at(
+                    p.span(),
+                    format!("[sparsity] nm_precisions: the device has no {prec} kernel (no {prec} throughput in [compute])"),
+                ));
+            }
+            out.push(prec);
+        }
+        Ok(out)
+    }
+
     /// `[sparsity] unstructured_efficiency`: in [0, 1], 0 when left out.
     fn unstructured_efficiency(&self, sparsity: &SparsitySupport) -> Result<f64> {
         match &sparsity.unstructured_efficiency {
@@ -576,17 +749,22 @@ impl Checker<'_> {
         Ok(out)
     }
 
-    /// `[[measured]]`: latency by what must match for an entry to apply.
-    fn measured(&self, entries: &[MeasuredEntry]) -> Result<HashMap<MeasuredKey, f64>> {
+    /// `[[measured]]`: latency by what must match for an entry to apply. `calibrated`: the profile was
+    /// written by `mpsearch calibrate` (see the module docs on its integer entries).
+    fn measured(
+        &self,
+        entries: &[MeasuredEntry],
+        calibrated: bool,
+    ) -> Result<HashMap<MeasuredKey, f64>> {
         entries
             .iter()
             .enumerate()
-            .map(|(i, m)| Ok((self.measured_key(i, m)?, m.us)))
+            .map(|(i, m)| Ok((self.measured_key(i, m, calibrated)?, m.us)))
             .collect()
     }
 
     /// The key of `[[measured]]` entry `i` (0-based), its latency checked.
-    fn measured_key(&self, i: usize, m: &MeasuredEntry) -> Result<MeasuredKey> {
+    fn measured_key(&self, i: usize, m: &MeasuredEntry, calibrated: bool) -> Result<MeasuredKey> {
         let bad =
             |msg: String| Error::file(self.path, format!("[[measured]] entry {}: {msg}", i + 1));
         let act: ActQuant = m.act.parse().map_err(|_| {
@@ -610,6 +788,11 @@ impl Checker<'_> {
         if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
             return Err(bad("batch and every dimension of shape must be >= 1".into()));
         }
+        // candle's quantized kernels, which `calibrate` times, quantize activations on the fly.
+        let act = match (act, m.weights) {
+            (ActQuant::None, Precision::Int(_)) if calibrated => ActQuant::Int8Dynamic,
+            _ => act,
+        };
         Ok(MeasuredKey {
             kind: m.kind,
             shape: m.shape.clone(),

@@ -13,6 +13,11 @@
 //! [`Digits::TEST`] rows of that order are the test split, the next [`Digits::CALIBRATION`] the
 //! calibration split, the remaining [`Digits::TRAIN`] the training split. Each split lists its rows in
 //! file order.
+//!
+//! The test split is divided once more, for the search: its first [`Digits::SEARCH`] rows in that
+//! order are the **search** split (the quality a search steers by) and the last
+//! [`Digits::HELD_OUT`] the **held-out** split (the quality its front is reported on, data it was
+//! not chosen on). Both are stratified like the rest, and neither is ever trained or calibrated on.
 
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
@@ -57,8 +62,12 @@ pub struct Digits {
     pub train: Split,
     /// For calibrating activation ranges and sensitivity scores: never trained on.
     pub calibration: Split,
-    /// For measuring quality: never trained or calibrated on.
+    /// For measuring quality: never trained or calibrated on (the search and held-out splits together).
     pub test: Split,
+    /// The first [`Digits::SEARCH`] test images: what a search measures quality on.
+    pub search: Split,
+    /// The last [`Digits::HELD_OUT`] test images: what a search's front is reported on.
+    pub held_out: Split,
 }
 
 impl Digits {
@@ -68,6 +77,10 @@ impl Digits {
     pub const CALIBRATION: usize = 180;
     /// Images in the test split.
     pub const TEST: usize = 360;
+    /// Test images a search measures quality on (two thirds of the test split).
+    pub const SEARCH: usize = 240;
+    /// Test images held out of the search, for reporting its front (the other third).
+    pub const HELD_OUT: usize = Self::TEST - Self::SEARCH;
 
     /// Decodes the embedded file and splits it.
     pub fn load() -> Result<Digits> {
@@ -75,10 +88,13 @@ impl Digits {
         let order = stratified_order(&labels, SPLIT_SEED);
         let (test, rest) = order.split_at(Self::TEST);
         let (calibration, train) = rest.split_at(Self::CALIBRATION);
+        let (search, held_out) = test.split_at(Self::SEARCH);
         Ok(Digits {
             train: Split::new(train, &pixels, &labels)?,
             calibration: Split::new(calibration, &pixels, &labels)?,
             test: Split::new(test, &pixels, &labels)?,
+            search: Split::new(search, &pixels, &labels)?,
+            held_out: Split::new(held_out, &pixels, &labels)?,
         })
     }
 }
@@ -235,6 +251,32 @@ mod tests {
                 [0, 1],
                 "every pair holds one of each class: {order:?}"
             );
+        }
+    }
+
+    #[test]
+    fn search_and_held_out_partition_the_test_split_in_proportion() {
+        let d = Digits::load().unwrap();
+        assert_eq!((d.search.len(), d.held_out.len()), (240, 120));
+        let mut both: Vec<usize> = d
+            .search
+            .rows
+            .iter()
+            .chain(&d.held_out.rows)
+            .copied()
+            .collect();
+        both.sort_unstable();
+        assert_eq!(both, d.test.rows, "search ∪ held-out = test, disjoint");
+        for (name, s) in [("search", &d.search), ("held-out", &d.held_out)] {
+            for (c, &n) in s.class_counts().iter().enumerate() {
+                let whole = d.test.class_counts()[c] as f64 / d.test.len() as f64;
+                let gap = (n as f64 / s.len() as f64 - whole).abs();
+                assert!(
+                    gap <= 0.02,
+                    "{name}: digit {c} has {n} of {} ({gap:.4} off)",
+                    s.len()
+                );
+            }
         }
     }
 

@@ -5,11 +5,34 @@
 //! sentence files plus the shipped sentences for encoders ([`text`]). A [`Batch`] is one batch of model
 //! input, as every data set hands it out.
 //!
+//! Every model's evaluation data comes in three deterministic splits ([`SplitSizes`]): a
+//! **calibration** split (static activation ranges, layer statistics for the sensitivity model), a
+//! **search** split (the quality strategies see and the front is chosen on) and a **held-out** split
+//! (the quality the front is reported on, data it was not chosen on).
+//!
+//! | data | calibration | search | held-out |
+//! |---|---|---|---|
+//! | demo digits (of the 360 test + 180 calibration images) | 180 | 240 | 120 |
+//! | sentences (shipped 400, or a `--data` file of n ≥ 4) | every 4th from the 1st (100) | the 2nd and 3rd of every 4 (200) | every 4th from the 4th (100) |
+//!
 //! [`Model`]: crate::model::Model
 
 mod batch;
 mod digits;
 pub mod text;
 
+use serde::{Deserialize, Serialize};
+
 pub use batch::Batch;
 pub use digits::{Digits, Split, CLASSES, SAMPLES, SIDE, SPLIT_SEED};
+
+/// How many samples (images or sentences) each split of a model's evaluation data holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitSizes {
+    /// Samples that calibrate (static activation ranges, layer statistics).
+    pub calibration: usize,
+    /// Samples the search measures quality on.
+    pub search: usize,
+    /// Samples the front is reported on, never searched or calibrated on.
+    pub held_out: usize,
+}

@@ -3,9 +3,11 @@
 //! Text data for sentence encoders: a user's sentence file (one sentence a line), or the shipped
 //! default of 400 English sentences from Ambrose Bierce's *The Devil's Dictionary* (1911, public domain;
 //! taken from Debian's `dict-devil` package — `src/data/sentences.md` gives the provenance and
-//! `scripts/make-sentences.py` rebuilds the file). Either is split deterministically into calibration
-//! and evaluation sentences: every [`CALIBRATION_EVERY`]-th sentence (the 1st, 5th, 9th, …) calibrates,
-//! the rest evaluate, so both halves span the whole text.
+//! `scripts/make-sentences.py` rebuilds the file). Either is split deterministically, in runs of
+//! [`SPLIT_EVERY`] sentences: the 1st of every run calibrates, the 2nd and 3rd are the search split,
+//! the 4th is held out (sentences 1, 5, 9, … calibrate; 2, 3, 6, 7, … are searched on; 4, 8, 12, … are
+//! held out), so that every split spans the whole text. The shipped 400 give 100 / 200 / 100; a file
+//! needs at least [`SPLIT_EVERY`] sentences, so that each split has one.
 
 use std::path::Path;
 
@@ -14,31 +16,38 @@ use crate::error::{Error, Result};
 /// The shipped sentences, one a line.
 const SHIPPED: &str = include_str!("sentences.txt");
 
-/// One sentence in this many goes to calibration.
-pub const CALIBRATION_EVERY: usize = 4;
+/// Sentences are dealt out in runs of this many: one calibrates, two are searched on, one is held out.
+pub const SPLIT_EVERY: usize = 4;
 
-/// Sentences divided into a calibration part and an evaluation part.
+/// Sentences divided into a calibration, a search and a held-out split.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TextSplit {
+    /// Static activation ranges and layer statistics.
     pub calibration: Vec<String>,
-    pub evaluation: Vec<String>,
+    /// The quality a search steers by.
+    pub search: Vec<String>,
+    /// The quality a search's front is reported on.
+    pub held_out: Vec<String>,
 }
 
 impl TextSplit {
-    /// Splits `sentences` in order: indices 0, 4, 8, … calibrate, the others evaluate.
+    /// Splits `sentences` in order: indices 0, 4, 8, … calibrate, 3, 7, 11, … are held out, the
+    /// others are the search split. A split may come out empty for fewer than [`SPLIT_EVERY`]
+    /// sentences ([`TextSplit::from_file`] refuses such a file).
     pub fn new(sentences: Vec<String>) -> TextSplit {
-        let (mut calibration, mut evaluation) = (Vec::new(), Vec::new());
+        let mut split = TextSplit {
+            calibration: Vec::new(),
+            search: Vec::new(),
+            held_out: Vec::new(),
+        };
         for (i, s) in sentences.into_iter().enumerate() {
-            if i % CALIBRATION_EVERY == 0 {
-                calibration.push(s);
-            } else {
-                evaluation.push(s);
+            match i % SPLIT_EVERY {
+                0 => split.calibration.push(s),
+                3 => split.held_out.push(s),
+                _ => split.search.push(s),
             }
         }
-        TextSplit {
-            calibration,
-            evaluation,
-        }
+        split
     }
 
     /// The shipped sentences, split.
@@ -51,9 +60,22 @@ impl TextSplit {
         )
     }
 
-    /// A user's sentence file, split.
+    /// A user's sentence file, split; a file of fewer than [`SPLIT_EVERY`] sentences is an error
+    /// naming it (one split would be empty).
     pub fn from_file(path: &Path) -> Result<TextSplit> {
-        Ok(TextSplit::new(load_sentences(path)?))
+        let sentences = load_sentences(path)?;
+        if sentences.len() < SPLIT_EVERY {
+            return Err(Error::file(
+                path,
+                format!(
+                    "has {} sentence{}; at least {SPLIT_EVERY} are needed (of every {SPLIT_EVERY}, one \
+                     calibrates, two are searched on and one is held out to report the front on)",
+                    sentences.len(),
+                    if sentences.len() == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        Ok(TextSplit::new(sentences))
     }
 }
 
@@ -130,12 +152,49 @@ mod tests {
     fn split_is_deterministic_and_complete() {
         let split = TextSplit::shipped();
         assert_eq!(split.calibration.len(), 100);
-        assert_eq!(split.evaluation.len(), 300);
+        assert_eq!(split.search.len(), 200);
+        assert_eq!(split.held_out.len(), 100);
         assert_eq!(split, TextSplit::shipped());
         let all = shipped_sentences();
         assert_eq!(split.calibration[1], all[4]);
-        assert_eq!(split.evaluation[0], all[1]);
-        assert_eq!(split.evaluation[3], all[5]);
+        assert_eq!(
+            (split.search[0].as_str(), split.search[1].as_str()),
+            (all[1], all[2])
+        );
+        assert_eq!(split.search[2], all[5]);
+        assert_eq!(
+            (split.held_out[0].as_str(), split.held_out[1].as_str()),
+            (all[3], all[7])
+        );
+        let mut every: Vec<&String> = split
+            .calibration
+            .iter()
+            .chain(&split.search)
+            .chain(&split.held_out)
+            .collect();
+        every.sort();
+        let mut want: Vec<&str> = all.clone();
+        want.sort();
+        assert_eq!(every, want, "the three splits partition the sentences");
+    }
+
+    #[test]
+    fn a_file_too_short_to_split_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("three.txt");
+        std::fs::write(&short, "One.\nTwo.\nThree.\n").unwrap();
+        let err = TextSplit::from_file(&short).unwrap_err().to_string();
+        assert!(
+            err.contains("three.txt") && err.contains("3 sentences") && err.contains("at least 4"),
+            "{err}"
+        );
+        let four = dir.path().join("four.txt");
+        std::fs::write(&four, "One.\nTwo.\nThree.\nFour.\n").unwrap();
+        let s = TextSplit::from_file(&four).unwrap();
+        assert_eq!(
+            (s.calibration.len(), s.search.len(), s.held_out.len()),
+            (1, 2, 1)
+        );
     }
 
     #[test]

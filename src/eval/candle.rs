@@ -6,24 +6,33 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::{metrics, Evaluation, Evaluator};
+use super::{metrics, EvalSplit, Evaluation, Evaluator};
 use crate::compress::{self, CompressCache, RangeMethod, ScaleMethod};
-use crate::data::Batch;
+use crate::data::{Batch, SplitSizes};
 use crate::error::{Error, Result};
 use crate::model::{ForwardCtx, LayerOverride, Model, ModelKind, Overrides};
 use crate::space::{ActQuant, Assignment, Choice};
 
-/// Evaluation and calibration data, already in batches.
+/// Evaluation data in its three splits (see [`crate::data`]), already in batches: calibration,
+/// search (`eval`, what every trial is measured on) and held-out (what front points are measured on
+/// again, for reports).
 #[derive(Clone, Debug)]
 pub struct EvalData {
-    /// What it is, for people (`digits test split, 360 images`).
+    /// What it is, for people (`8x8 digits: 240 search, 120 held-out, 180 calibration images`).
     pub description: String,
+    /// The search split: what strategies see.
     pub eval: Vec<Batch>,
-    /// True labels of the evaluation samples, in order (classifiers).
+    /// True labels of the search split's samples, in order (classifiers).
     pub labels: Option<Vec<u32>>,
-    /// Calibration batches (for static activation ranges).
+    /// The held-out split: never searched or calibrated on.
+    pub held_out: Vec<Batch>,
+    /// True labels of the held-out samples, in order (classifiers).
+    pub held_out_labels: Option<Vec<u32>>,
+    /// The calibration split (static activation ranges, layer statistics).
     pub calibration: Vec<Batch>,
-    /// Hash of the data's content.
+    /// Samples in each split.
+    pub sizes: SplitSizes,
+    /// Hash of the data's content: every split, and which sample is in which.
     pub fingerprint: blake3::Hash,
 }
 
@@ -59,8 +68,10 @@ pub struct CandleEvaluator {
     model: Arc<dyn Model>,
     data: EvalData,
     settings: EvalSettings,
-    /// The f32 model's output rows on the evaluation data.
+    /// The f32 model's output rows on the search split.
     reference: Vec<Vec<f32>>,
+    /// The f32 model's output rows on the held-out split, computed on first use.
+    held_out_reference: OnceLock<std::result::Result<Vec<Vec<f32>>, String>>,
     cache: CompressCache,
     /// Original weights by layer.
     weights: HashMap<String, Tensor>,
@@ -74,7 +85,8 @@ fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 }
 
 impl CandleEvaluator {
-    /// Runs the f32 model once on the evaluation data to get the reference outputs.
+    /// Runs the f32 model once on the search split to get the reference outputs (the held-out
+    /// split's are computed when it is first evaluated).
     pub fn new(
         model: Arc<dyn Model>,
         data: EvalData,
@@ -85,10 +97,7 @@ impl CandleEvaluator {
                 message: format!("no evaluation data ({})", data.description),
             });
         }
-        let mut reference = Vec::new();
-        for b in &data.eval {
-            reference.extend(rows(&model.forward(b, &ForwardCtx::default())?)?);
-        }
+        let reference = outputs(model.as_ref(), &data.eval, &ForwardCtx::default())?;
         let weights = model
             .inventory()
             .layers
@@ -96,7 +105,9 @@ impl CandleEvaluator {
             .map(|l| Ok((l.name.clone(), model.weight(&l.name)?)))
             .collect::<Result<_>>()?;
         let mut h = blake3::Hasher::new();
-        h.update(b"mpsearch-candle-evaluator-v1\n");
+        // v2: act8-dynamic ranges per sample (they were per batch) and N:M along input channels
+        // with a dense ragged tail (issue 10) — evaluations stored under v1 measured other arithmetic.
+        h.update(b"mpsearch-candle-evaluator-v2\n");
         h.update(model.fingerprint().as_bytes());
         h.update(data.fingerprint.as_bytes());
         h.update(settings.describe().as_bytes());
@@ -107,6 +118,7 @@ impl CandleEvaluator {
             data,
             settings,
             reference,
+            held_out_reference: OnceLock::new(),
             weights,
             ranges: OnceLock::new(),
             fingerprint,
@@ -138,8 +150,34 @@ impl CandleEvaluator {
         &self.cache
     }
 
-    /// Static activation ranges: every layer's input captured on the calibration data.
-    fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
+    /// The f32 model's outputs on `split` (the held-out ones computed once, on first use).
+    fn reference_on(&self, split: EvalSplit) -> Result<&[Vec<f32>]> {
+        match split {
+            EvalSplit::Search => Ok(&self.reference),
+            EvalSplit::HeldOut => self
+                .held_out_reference
+                .get_or_init(|| {
+                    if self.data.held_out.is_empty() {
+                        return Err(format!("no held-out data ({})", self.data.description));
+                    }
+                    outputs(
+                        self.model.as_ref(),
+                        &self.data.held_out,
+                        &ForwardCtx::default(),
+                    )
+                    .map_err(|e| format!("the f32 model's held-out outputs: {e}"))
+                })
+                .as_deref()
+                .map_err(|message| Error::Eval {
+                    message: message.clone(),
+                }),
+        }
+    }
+
+    /// Static activation ranges (`act8-static`) by layer: every layer's input captured on the
+    /// calibration data, calibrated once by the settings' range method. The sensitivity model's
+    /// activation error uses these same ranges.
+    pub fn ranges(&self) -> Result<&HashMap<String, (f32, f32)>> {
         let r = self.ranges.get_or_init(|| {
             let mut captured: HashMap<String, Vec<Tensor>> = HashMap::new();
             for b in &self.data.calibration {
@@ -213,25 +251,28 @@ impl Evaluator for CandleEvaluator {
     }
 
     fn evaluate(&self, a: &Assignment) -> Result<Evaluation> {
+        self.evaluate_on(EvalSplit::Search, a)
+    }
+
+    fn evaluate_on(&self, split: EvalSplit, a: &Assignment) -> Result<Evaluation> {
         let started = Instant::now();
+        let reference = self.reference_on(split)?;
+        let (batches, labels) = self.data.split(split);
         let overrides = self.overrides(a)?;
         let ctx = ForwardCtx {
             overrides: Some(&overrides),
             capture: None,
         };
-        let mut out = Vec::with_capacity(self.reference.len());
-        for b in &self.data.eval {
-            out.extend(rows(&self.model.forward(b, &ctx)?)?);
-        }
-        let metrics = match &self.data.labels {
-            Some(labels) if self.classifies() => metrics::classifier(&self.reference, &out, labels),
-            _ => metrics::encoder(&self.reference, &out),
+        let out = outputs(self.model.as_ref(), batches, &ctx)?;
+        let metrics = match labels {
+            Some(labels) if self.classifies() => metrics::classifier(reference, &out, labels),
+            _ => metrics::encoder(reference, &out),
         };
         let quality = metrics.get(self.objective()).copied().unwrap_or(f64::NAN);
         if !quality.is_finite() {
             return Err(Error::Eval {
                 message: format!(
-                    "the compressed model's {} is {quality} (not finite)",
+                    "the compressed model's {} on the {split} split is {quality} (not finite)",
                     self.objective()
                 ),
             });
@@ -242,6 +283,15 @@ impl Evaluator for CandleEvaluator {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// The model's output rows on `batches`, in order.
+fn outputs(model: &dyn Model, batches: &[Batch], ctx: &ForwardCtx) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::new();
+    for b in batches {
+        out.extend(rows(&model.forward(b, ctx)?)?);
+    }
+    Ok(out)
 }
 
 /// Hash of tensors' contents (f32 / u32 bytes), for data fingerprints.
@@ -269,28 +319,48 @@ fn hash_tensors(h: &mut blake3::Hasher, tensors: &[&Tensor]) -> Result<()> {
 }
 
 impl EvalData {
-    /// The demo's data: the digits test split (evaluation, 360 images) and calibration split (180).
+    /// The batches and labels (classifiers) of `split`.
+    pub fn split(&self, split: EvalSplit) -> (&[Batch], Option<&[u32]>) {
+        match split {
+            EvalSplit::Search => (&self.eval, self.labels.as_deref()),
+            EvalSplit::HeldOut => (&self.held_out, self.held_out_labels.as_deref()),
+        }
+    }
+
+    /// The demo's data: the digits test split as a search split (240 images) and a held-out split
+    /// (120), and the calibration split (180).
     pub fn demo() -> Result<EvalData> {
         let digits = crate::data::Digits::load()?;
+        let (search, held_out, calibration) =
+            (&digits.search, &digits.held_out, &digits.calibration);
         let mut h = blake3::Hasher::new();
-        h.update(b"digits-test+calibration\n");
+        h.update(b"digits-search+held-out+calibration\n");
         hash_tensors(
             &mut h,
             &[
-                &digits.test.images,
-                &digits.test.labels,
-                &digits.calibration.images,
+                &search.images,
+                &search.labels,
+                &held_out.images,
+                &held_out.labels,
+                &calibration.images,
             ],
         )?;
+        let sizes = SplitSizes {
+            calibration: calibration.len(),
+            search: search.len(),
+            held_out: held_out.len(),
+        };
         Ok(EvalData {
             description: format!(
-                "8x8 digits: {} test images (evaluation), {} calibration images",
-                digits.test.len(),
-                digits.calibration.len()
+                "8x8 digits: {} search images, {} held-out, {} calibration",
+                sizes.search, sizes.held_out, sizes.calibration
             ),
-            eval: vec![Batch::Images(digits.test.images.clone())],
-            labels: Some(digits.test.classes().to_vec()),
-            calibration: vec![Batch::Images(digits.calibration.images.clone())],
+            eval: vec![Batch::Images(search.images.clone())],
+            labels: Some(search.classes().to_vec()),
+            held_out: vec![Batch::Images(held_out.images.clone())],
+            held_out_labels: Some(held_out.classes().to_vec()),
+            calibration: vec![Batch::Images(calibration.images.clone())],
+            sizes,
             fingerprint: h.finalize(),
         })
     }
@@ -308,19 +378,27 @@ impl EvalData {
                 .collect()
         };
         let mut h = blake3::Hasher::new();
-        h.update(b"sentences\n");
-        h.update(crate::data::text::fingerprint(&split.evaluation).as_bytes());
-        h.update(crate::data::text::fingerprint(&split.calibration).as_bytes());
+        h.update(b"sentences: search, held-out, calibration\n");
+        for part in [&split.search, &split.held_out, &split.calibration] {
+            h.update(crate::data::text::fingerprint(part).as_bytes());
+        }
         h.update(format!("max_tokens={}", encoder.max_tokens()).as_bytes());
+        let sizes = SplitSizes {
+            calibration: split.calibration.len(),
+            search: split.search.len(),
+            held_out: split.held_out.len(),
+        };
         Ok(EvalData {
             description: format!(
-                "{source}: {} evaluation sentences, {} calibration sentences",
-                split.evaluation.len(),
-                split.calibration.len()
+                "{source}: {} search sentences, {} held-out, {} calibration",
+                sizes.search, sizes.held_out, sizes.calibration
             ),
-            eval: tokenize(&split.evaluation)?,
+            eval: tokenize(&split.search)?,
             labels: None,
+            held_out: tokenize(&split.held_out)?,
+            held_out_labels: None,
             calibration: tokenize(&split.calibration)?,
+            sizes,
             fingerprint: h.finalize(),
         })
     }

@@ -6,6 +6,11 @@
 //! same data ([`metrics`]). Each model kind names its default quality objective, continuous so that it
 //! can steer a search: KL divergence to the f32 outputs for classifiers (accuracy alone ties too often on
 //! a small test split), 1 − mean cosine to the f32 embeddings for encoders.
+//!
+//! An evaluator measures on one of two splits of its data ([`EvalSplit`]): the **search** split, the
+//! quality every strategy sees, and the **held-out** split, on which a search's front points are
+//! measured again at the end so that reports quote a quality the front was not chosen on. Each split
+//! has its own content key ([`evaluation_key_on`]): the split is part of the key.
 
 mod candle;
 pub mod metrics;
@@ -15,8 +20,34 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use self::candle::{load, CandleEvaluator, EvalData, EvalSettings, SENTENCE_BATCH};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::space::Assignment;
+
+/// Which split of the evaluation data an evaluation measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalSplit {
+    /// The split strategies see: every trial's quality.
+    Search,
+    /// The split a front is reported on, never searched on.
+    HeldOut,
+}
+
+impl EvalSplit {
+    /// How messages and JSON name it: `search`, `held-out`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalSplit::Search => "search",
+            EvalSplit::HeldOut => "held-out",
+        }
+    }
+}
+
+impl std::fmt::Display for EvalSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The result of evaluating one assignment.
 #[derive(Clone, Debug, Serialize)]
@@ -37,22 +68,54 @@ pub trait Evaluator: Send + Sync {
     /// Name of the quality objective (`kl_divergence` or `cosine_distance`).
     fn objective(&self) -> &'static str;
 
-    /// Evaluates one assignment.
+    /// Evaluates one assignment on the search split.
     fn evaluate(&self, assignment: &Assignment) -> Result<Evaluation>;
 
-    /// The content key of an assignment's evaluation: BLAKE3 of this evaluator's fingerprint and the
-    /// assignment's canonical hash. Equal keys mean equal metrics, whoever computed them.
+    /// Evaluates one assignment on `split`. The default answers the search split with
+    /// [`Evaluator::evaluate`] and refuses the held-out split (an evaluator without one).
+    fn evaluate_on(&self, split: EvalSplit, assignment: &Assignment) -> Result<Evaluation> {
+        match split {
+            EvalSplit::Search => self.evaluate(assignment),
+            EvalSplit::HeldOut => Err(Error::Eval {
+                message: "this evaluator has no held-out split".into(),
+            }),
+        }
+    }
+
+    /// The content key of an assignment's evaluation on the search split (see
+    /// [`Evaluator::key_on`]).
     fn key(&self, assignment: &Assignment) -> blake3::Hash {
-        evaluation_key(&self.fingerprint(), assignment)
+        self.key_on(EvalSplit::Search, assignment)
+    }
+
+    /// The content key of an assignment's evaluation on `split`: BLAKE3 of this evaluator's
+    /// fingerprint, the split and the assignment's canonical hash. Equal keys mean equal metrics,
+    /// whoever computed them.
+    fn key_on(&self, split: EvalSplit, assignment: &Assignment) -> blake3::Hash {
+        evaluation_key_on(&self.fingerprint(), split, &assignment.hash())
     }
 }
 
-/// The content key of `assignment`'s evaluation by an evaluator with `fingerprint` (see
-/// [`Evaluator::key`]); computable without the model, from a run manifest's fingerprint.
+/// The content key of `assignment`'s evaluation on the search split by an evaluator with
+/// `fingerprint` (see [`Evaluator::key`]); computable without the model, from a run manifest's
+/// fingerprint.
 pub fn evaluation_key(fingerprint: &blake3::Hash, assignment: &Assignment) -> blake3::Hash {
+    evaluation_key_on(fingerprint, EvalSplit::Search, &assignment.hash())
+}
+
+/// The content key of the evaluation on `split`, by an evaluator with `fingerprint`, of the
+/// assignment whose canonical hash is `assignment` (see [`Evaluator::key_on`]); computable from a
+/// run manifest and a journaled trial alone.
+pub fn evaluation_key_on(
+    fingerprint: &blake3::Hash,
+    split: EvalSplit,
+    assignment: &blake3::Hash,
+) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
-    h.update(b"mpsearch-evaluation-v1\n");
+    h.update(b"mpsearch-evaluation-v2\n");
     h.update(fingerprint.as_bytes());
-    h.update(assignment.hash().as_bytes());
+    h.update(split.name().as_bytes());
+    h.update(b"\n");
+    h.update(assignment.as_bytes());
     h.finalize()
 }

@@ -82,71 +82,10 @@ pub fn select<'a>(
     trials: &'a [TrialRecord],
     pick: Pick,
 ) -> Result<Selected<'a>> {
-    let config = &manifest.config;
-    let run = &manifest.name;
-    let f = front(config, trials);
-    let position = |t: &TrialRecord| f.iter().position(|x| x.number == t.number).map(|i| i + 1);
+    let f = front(&manifest.config, trials);
     match pick {
-        Pick::Point(k) => {
-            if f.is_empty() {
-                return Err(Error::export(format!(
-                    "run `{run}` has no front yet: no complete trial meets its limits. Leave out --point \
-                     to export the trial closest to the limits, or pick one with --trial N (`mpsearch \
-                     trials {run}` lists them)"
-                )));
-            }
-            if k == 0 || k > f.len() {
-                return Err(Error::export(format!(
-                    "run `{run}` has {} front points; --point takes 1 to {} (the `point` column of the \
-                     front table `mpsearch search` prints; `mpsearch runs --json` lists the front in the \
-                     same order)",
-                    f.len(),
-                    f.len()
-                )));
-            }
-            let t = f[k - 1];
-            Ok(Selected {
-                trial: t,
-                point: Some(k),
-                front_len: f.len(),
-                feasible: true,
-                reason: format!("front point {k} of {} (in cost order)", f.len()),
-            })
-        }
-        Pick::Trial(n) => {
-            let Some(t) = trials.iter().find(|t| t.number == n) else {
-                return Err(Error::export(format!(
-                    "run `{run}` has no trial {n}; its trials are numbered 0 to {}",
-                    trials.len().saturating_sub(1)
-                )));
-            };
-            if t.state != TrialState::Complete || t.quality.is_none() {
-                return Err(Error::export(format!(
-                    "trial {n} of run `{run}` is {} and has no measured quality{}; export a complete \
-                     trial (`mpsearch trials {run}` lists them)",
-                    t.state,
-                    t.error
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                )));
-            }
-            let feasible = violation(config, t) == 0.0;
-            Ok(Selected {
-                trial: t,
-                point: position(t),
-                front_len: f.len(),
-                feasible,
-                reason: format!(
-                    "trial {n} as asked ({})",
-                    match (position(t), feasible) {
-                        (Some(k), _) => format!("front point {k} of {}", f.len()),
-                        (None, true) => "within the run's limits, but not on the front".to_string(),
-                        (None, false) => "outside the run's limits".to_string(),
-                    }
-                ),
-            })
-        }
+        Pick::Point(k) => front_point(manifest, &f, k),
+        Pick::Trial(n) => trial(manifest, trials, &f, n),
         Pick::Best if f.is_empty() => closest(manifest, trials),
         Pick::Best => {
             let (i, rule) = best_index(manifest, &f)?;
@@ -159,6 +98,78 @@ pub fn select<'a>(
             })
         }
     }
+}
+
+/// The `k`-th point (1-based) of the front `f` of run `manifest`.
+fn front_point<'a>(
+    manifest: &RunManifest,
+    f: &[&'a TrialRecord],
+    k: usize,
+) -> Result<Selected<'a>> {
+    let run = &manifest.name;
+    if f.is_empty() {
+        return Err(Error::export(format!(
+            "run `{run}` has no front yet: no complete trial meets its limits. Leave out --point to \
+             export the trial closest to the limits, or pick one with --trial N (`mpsearch trials \
+             {run}` lists them)"
+        )));
+    }
+    if k == 0 || k > f.len() {
+        return Err(Error::export(format!(
+            "run `{run}` has {} front points; --point takes 1 to {} (the `point` column of the front \
+             table `mpsearch search` prints; `mpsearch runs --json` lists the front in the same order)",
+            f.len(),
+            f.len()
+        )));
+    }
+    Ok(Selected {
+        trial: f[k - 1],
+        point: Some(k),
+        front_len: f.len(),
+        feasible: true,
+        reason: format!("front point {k} of {} (in cost order)", f.len()),
+    })
+}
+
+/// Trial `n` of run `manifest` (which must be complete), with its place on the front `f` if any.
+fn trial<'a>(
+    manifest: &RunManifest,
+    trials: &'a [TrialRecord],
+    f: &[&TrialRecord],
+    n: u64,
+) -> Result<Selected<'a>> {
+    let run = &manifest.name;
+    let Some(t) = trials.iter().find(|t| t.number == n) else {
+        return Err(Error::export(format!(
+            "run `{run}` has no trial {n}; its trials are numbered 0 to {}",
+            trials.len().saturating_sub(1)
+        )));
+    };
+    if t.state != TrialState::Complete || t.quality.is_none() {
+        return Err(Error::export(format!(
+            "trial {n} of run `{run}` is {} and has no measured quality{}; export a complete trial \
+             (`mpsearch trials {run}` lists them)",
+            t.state,
+            t.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )));
+    }
+    let position = f.iter().position(|x| x.number == n).map(|i| i + 1);
+    let feasible = violation(&manifest.config, t) == 0.0;
+    let place = match (position, feasible) {
+        (Some(k), _) => format!("front point {k} of {}", f.len()),
+        (None, true) => "within the run's limits, but not on the front".to_string(),
+        (None, false) => "outside the run's limits".to_string(),
+    };
+    Ok(Selected {
+        trial: t,
+        point: position,
+        front_len: f.len(),
+        feasible,
+        reason: format!("trial {n} as asked ({place})"),
+    })
 }
 
 /// Index into the (non-empty, cost-sorted) front of the best point, and the rule that picked it.

@@ -180,8 +180,8 @@ struct Embedding {
 
 impl Embedding {
     fn forward(&self, ids: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        // The input is the ids; activation quantization makes no sense for a lookup (the search spaces
-        // do not offer it), so a quantized-ids tensor would fail here rather than silently mislead.
+        // The input is the ids; activation quantization makes no sense for a lookup (search spaces
+        // refuse it), and `ctx.input` refuses it for integer inputs rather than scramble the ids.
         let ids = ctx.input(&self.name, ids)?;
         let table = ctx.weight(&self.name, &self.table);
         check_override(&self.name, table, &self.table)?;

@@ -19,7 +19,7 @@ pub struct LayerOverride {
     pub weight: Option<Tensor>,
     /// Activation quantization of the layer's input.
     pub act: ActQuant,
-    /// For [`ActQuant::Int8Static`]: the calibrated input range (min, max).
+    /// For [`ActQuant::Int8Static`]: the input range (min, max) calibrated on the calibration data.
     pub act_range: Option<(f32, f32)>,
 }
 
@@ -44,7 +44,10 @@ impl ForwardCtx<'_> {
     }
 
     /// The input of `layer` as the layer sees it: recorded if asked, then activation-quantized if its
-    /// override says so. Models call this on every compressible layer's input.
+    /// override says so ([`quantize_activation`](crate::compress::quantize_activation): dynamic ranges
+    /// per sample — per image of a `[n, c, h, w]` feature map, per vector along the last dimension
+    /// otherwise, i.e. per token of a sequence; an integer input such as token ids is an error, never
+    /// cast). Models call this on every compressible layer's input, in the shape the layer applies to.
     pub fn input(&self, layer: &str, x: &Tensor) -> Result<Tensor> {
         if let Some(cap) = self.capture {
             if let Ok(mut m) = cap.lock() {

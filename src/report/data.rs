@@ -1,24 +1,27 @@
 //! The plain data of a report, built from a run's stored trials before anything is drawn: every
 //! evaluated point (on the front, dominated, or outside the run's limits), the front with each
-//! point's per-layer allocation, the baselines, the hypervolume after each trial of every comparable
-//! run, and the sensitivity model's predicted-vs-measured pairs.
+//! point's per-layer allocation and its held-out quality, the search-vs-held-out gap, the baselines,
+//! the hypervolume after each trial of every comparable run, and the sensitivity model's
+//! predicted-vs-measured pairs.
 //!
-//! Nothing here evaluates a model: qualities come from the trial journal and the evaluation cache,
-//! layers from the model's safetensors header, costs from the journal or — under another hardware
-//! profile — from the cost model ([`load`] with `profile`).
+//! Nothing here evaluates a model: qualities come from the trial journal and the evaluation cache
+//! (held-out ones too: a front point the cache has no held-out evaluation for is shown without one,
+//! and a note says so), layers from the model's safetensors header, costs from the journal or — under
+//! another hardware profile — from the cost model ([`load`] with `profile`).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::cost::{Cost, CostModel, CostTable, Objective};
+use crate::data::SplitSizes;
 use crate::error::{Error, Result};
 use crate::model::{ModelKind, ModelSource};
 use crate::sensitivity::{pick_pairs, rank::spearman, Predictor};
 use crate::space::{Assignment, AssignmentJson, Choice, LayerInfo, SearchSpace};
 use crate::store::{
-    self, find_run, live_status, sensitivity_key, RunManifest, Store, TrialRecord, TrialState,
-    COST_REFERENCE,
+    self, find_run, live_status, sensitivity_key, HeldOut, HeldOutGap, RunManifest, Store,
+    TrialRecord, TrialState, COST_REFERENCE,
 };
 
 /// Everything a report shows.
@@ -44,6 +47,8 @@ pub struct ReportData {
     pub points: Vec<PlotPoint>,
     /// The front, sorted by cost; `number` 1, 2, … is how plots and tables refer to a point.
     pub front: Vec<FrontPoint>,
+    /// The front's qualities on the held-out split against the search split.
+    pub held_out: HeldOutSummary,
     /// Names of the model's compressible layers, in model order (the rows of the allocation chart).
     pub layers: Vec<String>,
     pub baselines: Vec<Baseline>,
@@ -112,12 +117,26 @@ pub struct FrontPoint {
     /// 1, 2, … by cost.
     pub number: usize,
     pub trial: u64,
+    /// Quality on the search split (what the front was chosen on).
     pub quality: f64,
     pub metrics: BTreeMap<String, f64>,
+    /// Quality and metrics on the held-out split, when the evaluation cache holds them.
+    pub held_out: Option<HeldOut>,
     pub cost: Cost,
     pub hash: String,
     /// One choice per entry of [`ReportData::layers`].
     pub choices: Vec<Choice>,
+}
+
+/// How the front's held-out qualities compare with its search qualities.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HeldOutSummary {
+    /// Samples in each split of the evaluation data (`None` for runs recorded before the splits).
+    pub splits: Option<SplitSizes>,
+    /// Front points without a held-out evaluation in the store.
+    pub missing: usize,
+    /// The gap over the front points that have one (`None` if none has).
+    pub gap: Option<HeldOutGap>,
 }
 
 /// A uniform reference assignment (all-f32, all-int8, …) with its cached quality.
@@ -264,6 +283,7 @@ pub fn classify(
                 trial: t.number,
                 quality: t.quality.unwrap_or(f64::NAN),
                 metrics: t.metrics.clone(),
+                held_out: None,
                 cost: t.cost.into(),
                 hash: t.hash.clone(),
                 choices: layers
@@ -373,7 +393,8 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
         trials = recost(&trials, &layers, &costing.model)?;
         manifest.reference[0] = recosted_reference(&manifest, &costing.model, space.as_ref())?;
     }
-    let (points, front) = classify(&manifest, &trials, &layers)?;
+    let (points, mut front) = classify(&manifest, &trials, &layers)?;
+    let held_out = held_out(store, &manifest, &trials, &mut front, &mut notes)?;
     let hypervolume = hypervolume_series(store, &manifest, &trials, &layers, &costing)?;
     let baselines = match &space {
         Some(s) => baselines(store, &manifest, s, &layers, &costing.model, &mut notes)?,
@@ -406,6 +427,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
         trials: trials.len(),
         points,
         front,
+        held_out,
         layers: layers.iter().map(|l| l.name.clone()).collect(),
         baselines,
         hypervolume,
@@ -456,7 +478,7 @@ fn costing(
     if recost {
         notes.push(format!(
             "costs recomputed under hardware profile `{}` from the journaled assignments (the run \
-             searched under `{}`; qualities are the measured ones, no evaluation was run)",
+             searched under `{}`; qualities are the measured ones: no search-split evaluation was run)",
             hw.name(),
             config.profile
         ));
@@ -535,6 +557,39 @@ fn hypervolume_series(
         });
     }
     Ok(out)
+}
+
+/// Fills in each front point's held-out evaluation from the evaluation cache, and sums up the gap; a
+/// note says how many points have none (the evaluation cache is read, nothing is evaluated).
+fn held_out(
+    store: &dyn Store,
+    manifest: &RunManifest,
+    trials: &[TrialRecord],
+    front: &mut [FrontPoint],
+    notes: &mut Vec<String>,
+) -> Result<HeldOutSummary> {
+    let records: Vec<&TrialRecord> = front
+        .iter()
+        .filter_map(|f| trials.iter().find(|t| t.number == f.trial))
+        .collect();
+    let (held, gap) = store::front_held_out(store, manifest, &records)?;
+    for (f, h) in front.iter_mut().zip(held) {
+        f.held_out = h;
+    }
+    let missing = front.iter().filter(|f| f.held_out.is_none()).count();
+    if missing > 0 {
+        notes.push(format!(
+            "{missing} of {} front points have no held-out quality in the store (`mpsearch report {}` \
+             evaluates them when the run's model and data are at hand); the gap is over the others",
+            front.len(),
+            manifest.name
+        ));
+    }
+    Ok(HeldOutSummary {
+        splits: manifest.splits,
+        missing,
+        gap,
+    })
 }
 
 /// The evaluator fingerprint of a run, from its manifest.

@@ -1,6 +1,7 @@
 //! The report page: one self-contained HTML file (plots inlined as PNG data, no external request)
-//! with the run's summary, the plots, a sortable table of the front points — quality, cost and the
-//! choice of every layer — and the baselines.
+//! with the run's summary (the search-vs-held-out gap included), the plots, a sortable table of the
+//! front points — quality on the search and the held-out split, cost and the choice of every layer —
+//! and the baselines.
 //!
 //! A small script on the page checks itself when it loads: every image decoded and no script error
 //! or `console.error`; it writes the result to `<body data-check="ok images=4/4 errors=0">`, which
@@ -10,7 +11,7 @@ use std::fmt::Write;
 
 use base64::Engine;
 
-use super::data::{Baseline, FrontPoint, ReportData};
+use super::data::{Baseline, FrontPoint, HeldOutSummary, ReportData};
 use crate::cost::model::{format_bytes, format_us};
 
 /// A plot to inline.
@@ -189,6 +190,8 @@ fn summary(d: &ReportData) -> String {
         ),
         ("front", format!("{} points", d.front.len())),
         ("hypervolume", hv),
+        ("evaluation data", splits(&d.held_out)),
+        ("search → held-out gap", gap(&d.held_out)),
     ];
     let mut s = String::from("<dl class=\"summary\">\n");
     for (k, v) in rows {
@@ -196,6 +199,53 @@ fn summary(d: &ReportData) -> String {
     }
     s.push_str("</dl>\n");
     s
+}
+
+/// The sizes of the data's splits, in words.
+fn splits(h: &HeldOutSummary) -> String {
+    match h.splits {
+        Some(s) => format!(
+            "{} search samples (the front is chosen on them), {} held-out (never searched on), {} \
+             calibration",
+            s.search, s.held_out, s.calibration
+        ),
+        None => "split sizes not recorded (a run from before held-out splits)".into(),
+    }
+}
+
+/// The gap between the front's held-out and search qualities, in words.
+pub fn gap(h: &HeldOutSummary) -> String {
+    let Some(g) = &h.gap else {
+        return "unknown: no front point has a held-out quality yet".into();
+    };
+    let relative = g
+        .mean_relative
+        .map(|r| format!(" ({:+.1}% of the quality)", 100.0 * r))
+        .unwrap_or_default();
+    let missing = if h.missing > 0 {
+        format!("; {} front points lack a held-out quality", h.missing)
+    } else {
+        String::new()
+    };
+    format!(
+        "held-out − search quality over {} front points: mean {}{relative}, worst {} (trial {}); mean \
+         search {}, mean held-out {}{missing}",
+        g.points,
+        signed(g.mean),
+        signed(g.worst),
+        g.worst_trial,
+        quality(g.mean_search),
+        quality(g.mean_held_out)
+    )
+}
+
+/// A quality difference with its sign.
+fn signed(v: f64) -> String {
+    if v >= 0.0 {
+        format!("+{}", quality(v))
+    } else {
+        quality(v)
+    }
 }
 
 fn figure(i: &Image) -> String {
@@ -224,8 +274,10 @@ fn front_table(d: &ReportData) -> String {
     for head in [
         "point",
         "trial",
-        &d.quality.name,
-        &second,
+        &format!("{} (search)", d.quality.name),
+        &format!("{} (held-out)", d.quality.name),
+        &format!("{second} (search)"),
+        &format!("{second} (held-out)"),
         "latency",
         "size",
         "GBOPs",
@@ -242,8 +294,11 @@ fn front_table(d: &ReportData) -> String {
     s.push_str("</tbody></table></div>\n");
     s.push_str(
         "<p>Click a column to sort. Point numbers are the numbers in the plots; latency is predicted \
-         under the profile above.</p>\n",
+         under the profile above. The front was chosen on the search split, so its search qualities \
+         are optimistic; the held-out qualities are measured on data the search never saw (",
     );
+    s.push_str(&escape(&gap(&d.held_out)));
+    s.push_str(").</p>\n");
     s
 }
 
@@ -255,11 +310,22 @@ fn measures(
     cost: &crate::cost::Cost,
 ) -> String {
     let mut s = num(q, &quality(q));
-    match metrics.get(&d.quality.secondary) {
-        Some(v) => s.push_str(&num(*v, &format!("{v:.4}"))),
-        None => s.push_str("<td data-v=\"0\">-</td>"),
+    s.push_str(&secondary(d, Some(metrics)));
+    s.push_str(&costs(cost));
+    s
+}
+
+/// The secondary metric's cell (`-` where there is none).
+fn secondary(d: &ReportData, metrics: Option<&std::collections::BTreeMap<String, f64>>) -> String {
+    match metrics.and_then(|m| m.get(&d.quality.secondary)) {
+        Some(v) => num(*v, &format!("{v:.4}")),
+        None => "<td data-v=\"0\">-</td>".into(),
     }
-    s.push_str(&num(cost.latency_us, &format_us(cost.latency_us)));
+}
+
+/// The latency, size and GBOPs cells.
+fn costs(cost: &crate::cost::Cost) -> String {
+    let mut s = num(cost.latency_us, &format_us(cost.latency_us));
     s.push_str(&num(cost.bytes as f64, &format_bytes(cost.bytes as f64)));
     s.push_str(&num(cost.bops / 1e9, &format!("{:.4}", cost.bops / 1e9)));
     s
@@ -269,7 +335,16 @@ fn front_row(d: &ReportData, f: &FrontPoint) -> String {
     let mut s = String::from("<tr>");
     s.push_str(&num(f.number as f64, &f.number.to_string()));
     s.push_str(&num(f.trial as f64, &f.trial.to_string()));
-    s.push_str(&measures(d, f.quality, &f.metrics, &f.cost));
+    s.push_str(&num(f.quality, &quality(f.quality)));
+    match &f.held_out {
+        Some(h) => s.push_str(&num(h.quality, &quality(h.quality))),
+        None => s.push_str(
+            "<td data-v=\"Infinity\" title=\"not evaluated on the held-out split\">-</td>",
+        ),
+    }
+    s.push_str(&secondary(d, Some(&f.metrics)));
+    s.push_str(&secondary(d, f.held_out.as_ref().map(|h| &h.metrics)));
+    s.push_str(&costs(&f.cost));
     for c in &f.choices {
         let _ = write!(s, "<td class=\"choice\">{}</td>", escape(&c.to_string()));
     }

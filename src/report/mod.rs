@@ -6,8 +6,10 @@
 //! predicted the measured qualities.
 //!
 //! Data first, drawing second ([`data`]): the report's plain data is built from the stored trials,
-//! the evaluation cache and the model's layer shapes — never by evaluating anything —, and can be
-//! re-costed under another hardware profile. Then [`plot`] draws it with plotters to SVG and PNG
+//! the evaluation cache (search and held-out qualities) and the model's layer shapes — never by
+//! evaluating anything —, and can be re-costed under another hardware profile. (The `report` command
+//! first completes missing held-out evaluations through [`crate::search::held_out`], then builds the
+//! report from the store.) Then [`plot`] draws it with plotters to SVG and PNG
 //! (with an embedded font) and [`html`] writes one self-contained page. This module is the only one
 //! that touches plotters. Exports of a chosen point are [`crate::export`]'s.
 
@@ -73,8 +75,9 @@ pub fn write(data: &ReportData, dir: &Path) -> Result<PathBuf> {
 fn caption(p: Plot, d: &ReportData) -> String {
     match p {
         Plot::Front => format!(
-            "Quality ({}) against {} on {}: front points numbered as in the table, dominated points \
-             faint, points outside the limits crossed, uniform baselines as triangles, limits dashed.",
+            "Quality ({}) against {} on {}: front points numbered as in the table (quality on the \
+             search split), their held-out qualities as rings, dominated points faint, points outside \
+             the limits crossed, uniform baselines as triangles, limits dashed.",
             d.quality.name, d.objective, d.profile
         ),
         Plot::Allocation => "Per-layer choice of every front point: colour = weight format, text and \

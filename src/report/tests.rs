@@ -52,6 +52,7 @@ fn manifest(max_latency_us: Option<f64>, max_drop: Option<f64>) -> RunManifest {
         },
         reference: [100.0, 0.1],
         fingerprints: Fingerprints::default(),
+        splits: None,
     }
 }
 
@@ -287,6 +288,7 @@ fn report(t: &[TrialRecord], m: &RunManifest) -> ReportData {
         failed: 0,
         points,
         front,
+        held_out: HeldOutSummary::default(),
         layers: layers().into_iter().map(|l| l.name).collect(),
         baselines: Vec::new(),
         hypervolume: vec![HypervolumeSeries {
@@ -330,4 +332,74 @@ fn every_plot_and_the_page_are_made_for_a_full_and_an_empty_run() {
             }
         }
     }
+}
+
+#[test]
+fn held_out_qualities_and_the_gap_are_on_the_page_and_in_the_front_plot() {
+    let m = manifest(None, None);
+    let t = trials(300, 1);
+    let mut d = report(&t, &m);
+    assert!(d.front.len() >= 3, "{} front points", d.front.len());
+    // Every front point but the last gets a held-out quality 0.01 worse; the first 0.03 worse.
+    let n = d.front.len();
+    let mut pairs = Vec::new();
+    for (i, f) in d.front.iter_mut().enumerate().take(n - 1) {
+        let extra = if i == 0 { 0.03 } else { 0.01 };
+        f.held_out = Some(store::HeldOut {
+            quality: f.quality + extra,
+            metrics: BTreeMap::from([("accuracy".to_string(), 0.5)]),
+        });
+        pairs.push((f.trial, f.quality, Some(f.quality + extra)));
+    }
+    pairs.push((d.front[n - 1].trial, d.front[n - 1].quality, None));
+    let gap = store::held_out_gap(&pairs).unwrap();
+    assert_eq!((gap.points, gap.missing), (n - 1, 1));
+    let want_mean = (0.03 + 0.01 * (n - 2) as f64) / (n - 1) as f64;
+    assert!((gap.mean - want_mean).abs() < 1e-12, "{gap:?}");
+    assert!((gap.worst - 0.03).abs() < 1e-12 && gap.worst_trial == d.front[0].trial);
+    d.held_out = HeldOutSummary {
+        splits: Some(crate::data::SplitSizes {
+            calibration: 180,
+            search: 240,
+            held_out: 120,
+        }),
+        missing: 1,
+        gap: Some(gap),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let html = std::fs::read_to_string(super::write(&d, dir.path()).unwrap()).unwrap();
+    assert!(html.contains("kl_divergence (held-out)"), "held-out column");
+    assert!(html.contains("240 search samples") && html.contains("120 held-out"));
+    assert!(
+        html.contains(&format!("worst +{}", super::html::quality(0.03))),
+        "the worst gap is stated"
+    );
+    assert_eq!(
+        html.matches("title=\"not evaluated on the held-out split\"")
+            .count(),
+        1,
+        "the one point without a held-out quality"
+    );
+    let svg = Plot::Front.svg(&d).unwrap();
+    assert!(
+        svg.contains(&format!("held-out quality of front points ({})", n - 1)),
+        "the front plot's legend names the held-out rings"
+    );
+}
+
+#[test]
+fn the_gap_needs_a_held_out_quality_and_reads_its_sign() {
+    assert!(store::held_out_gap(&[(1, 0.1, None)]).is_none());
+    let g = store::held_out_gap(&[
+        (1, 0.2, Some(0.1)),
+        (2, 0.0, Some(0.0)),
+        (3, 0.1, Some(0.15)),
+    ])
+    .unwrap();
+    assert_eq!(g.points, 3);
+    assert!((g.mean - (-0.1 + 0.05) / 3.0).abs() < 1e-12, "{g:?}");
+    assert_eq!(g.worst_trial, 3, "the point the search flattered most");
+    assert!((g.worst - 0.05).abs() < 1e-12);
+    // Relative over the points of positive search quality: (-50% + 50%) / 2.
+    assert!(g.mean_relative.unwrap().abs() < 1e-12, "{g:?}");
 }

@@ -1,9 +1,9 @@
 //! An evaluator in front of the store's content-addressed evaluation cache: an assignment whose key
-//! (model, data, evaluator settings, assignment) is cached is answered from the store; anything else
-//! is evaluated and stored. Quality only — cost is never cached with it.
+//! (model, data, evaluator settings, split, assignment) is cached is answered from the store; anything
+//! else is evaluated and stored. Quality only — cost is never cached with it.
 
 use crate::error::Result;
-use crate::eval::{Evaluation, Evaluator};
+use crate::eval::{EvalSplit, Evaluation, Evaluator};
 use crate::space::Assignment;
 use crate::store::{CachedEvaluation, Store, SCHEMA_VERSION};
 
@@ -18,9 +18,23 @@ impl<'a> CachingEvaluator<'a> {
         CachingEvaluator { inner, store }
     }
 
-    /// The evaluation of `a`, and whether it came from the cache.
+    /// The evaluator behind the cache.
+    pub fn inner(&self) -> &'a dyn Evaluator {
+        self.inner
+    }
+
+    /// The evaluation of `a` on the search split, and whether it came from the cache.
     pub fn evaluate_cached(&self, a: &Assignment) -> Result<(Evaluation, bool)> {
-        let key = self.inner.key(a);
+        self.evaluate_cached_on(EvalSplit::Search, a)
+    }
+
+    /// The evaluation of `a` on `split`, and whether it came from the cache.
+    pub fn evaluate_cached_on(
+        &self,
+        split: EvalSplit,
+        a: &Assignment,
+    ) -> Result<(Evaluation, bool)> {
+        let key = self.inner.key_on(split, a);
         if let Some(c) = self.store.cached(&key)? {
             if c.objective == self.inner.objective() {
                 return Ok((
@@ -33,7 +47,7 @@ impl<'a> CachingEvaluator<'a> {
                 ));
             }
         }
-        let e = self.inner.evaluate(a)?;
+        let e = self.inner.evaluate_on(split, a)?;
         if e.quality.is_finite() {
             self.store.put_cached(
                 &key,
@@ -61,5 +75,9 @@ impl Evaluator for CachingEvaluator<'_> {
 
     fn evaluate(&self, a: &Assignment) -> Result<Evaluation> {
         self.evaluate_cached(a).map(|(e, _)| e)
+    }
+
+    fn evaluate_on(&self, split: EvalSplit, a: &Assignment) -> Result<Evaluation> {
+        self.evaluate_cached_on(split, a).map(|(e, _)| e)
     }
 }

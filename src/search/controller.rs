@@ -6,6 +6,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::cached::CachingEvaluator;
+use super::held_out::{complete_front, HeldOutOutcome};
 use super::session::Session;
 use super::{Progress, StopReason};
 use crate::error::{Error, Result};
@@ -42,6 +43,9 @@ pub struct Outcome {
     pub strategy_seconds: f64,
     /// Wall seconds of this session's loop.
     pub seconds: f64,
+    /// The front's held-out evaluations completed at the end (`None` when interrupted: the next
+    /// session, `report` or `export` completes them).
+    pub held_out: Option<HeldOutOutcome>,
 }
 
 /// The point of a stored trial, as strategies see it.
@@ -111,7 +115,18 @@ pub fn run(
     // Trials left `running` (interrupted) stay in the journal for the next session.
     let mut records = journal.records;
     records.extend(store.trials(&name)?.into_iter().skip(records.len()));
+    let held_out = match reason {
+        StopReason::Interrupted => None,
+        _ => Some(complete_front(
+            evaluator.inner(),
+            &session.space,
+            store,
+            &manifest,
+            &records,
+        )?),
+    };
     Ok(Outcome {
+        held_out,
         reason,
         manifest,
         trials: records,
@@ -200,9 +215,9 @@ impl Journal {
         (self.records.len() + self.pending.len()) as u64
     }
 
-    /// The next batch to finish: the pending one, else a new one asked of the strategy (at most the
-    /// trials left in the budget) and journaled as `running`; `None` when the strategy has nothing
-    /// left to ask.
+    /// The next batch to finish: the pending one, else the space's baselines not yet tried, else a new
+    /// one asked of the strategy (at most the trials left in the budget), journaled as `running`;
+    /// `None` when the strategy has nothing left to ask.
     fn next_batch(
         &mut self,
         session: &Session,
@@ -217,13 +232,19 @@ impl Journal {
         let config = &manifest.config;
         let room = config.trials.map_or(u64::MAX, |n| n.saturating_sub(done));
         let n = (config.ask_batch as u64).min(room).max(1) as usize;
-        let t = Instant::now();
-        let points = self.strategy.ask(&session.problem, &self.history, n)?;
-        self.strategy_seconds += t.elapsed().as_secs_f64();
+        // The space's baselines come first, then the strategy's proposals.
+        let baselines = strategy::untried_baselines(&session.problem, &self.history, n);
+        let (name, points) = if baselines.is_empty() {
+            let t = Instant::now();
+            let points = self.strategy.ask(&session.problem, &self.history, n)?;
+            self.strategy_seconds += t.elapsed().as_secs_f64();
+            (self.strategy.name(), points)
+        } else {
+            (strategy::BASELINE, baselines)
+        };
         if points.is_empty() {
             return Ok(None);
         }
-        let name = self.strategy.name();
         let recs: Vec<TrialRecord> = points
             .into_iter()
             .enumerate()

@@ -13,16 +13,22 @@
 //! `running` — under their own numbers, with the points they were asked with —, and carries on. A
 //! manifest whose fingerprints no longer match the files is refused with what changed
 //! ([`Error::RunChanged`]).
+//!
+//! When a run ends (not when it is interrupted), every point of its front is evaluated on the
+//! held-out split of the data as well ([`held_out`]), so that reports and exports quote a quality the
+//! front was not chosen on; strategies only ever see the search split.
 
 mod cached;
 mod controller;
+pub mod held_out;
 mod session;
 
 use serde::Serialize;
 
 pub use self::cached::CachingEvaluator;
 pub use self::controller::{run, Control, Outcome};
-pub use self::session::{fingerprints, Session, SetupPhase};
+pub use self::held_out::HeldOutOutcome;
+pub use self::session::{evaluator_settings, fingerprints, Session, SetupPhase};
 use crate::error::{Error, Result};
 use crate::store::{
     find_run, Fingerprints, RunConfig, RunManifest, RunStatus, Store, SCHEMA_VERSION,
@@ -91,6 +97,7 @@ pub fn create(
         config: session.config.clone(),
         reference: session.problem.reference,
         fingerprints: session.fingerprints.clone(),
+        splits: Some(session.evaluator.data().sizes),
     };
     store.create_run(&manifest)?;
     Ok((session, manifest))

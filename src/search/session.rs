@@ -5,14 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::cached::CachingEvaluator;
-use crate::cost::feasibility::BudgetFit;
+use crate::cost::feasibility::{BudgetFit, Limit};
 use crate::cost::model::Objective;
 use crate::cost::{CostModel, CostTable, HardwareProfile};
 use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, EvalSettings, Evaluator};
 use crate::model::ModelSource;
 use crate::sensitivity::{analysis, pick_pairs, Predictor};
-use crate::space::SearchSpace;
+use crate::space::{Point, SearchSpace};
 use crate::store::{
     sensitivity_key, Fingerprints, RunConfig, SensitivityRecord, Store, COST_REFERENCE,
     QUALITY_REFERENCE, SCHEMA_VERSION,
@@ -66,17 +66,14 @@ impl Session {
         // Every limit is checked against the reachable range before anything is evaluated.
         let cost_limits = limits(&config, &table, &space, &profile, &mut notes)?;
 
-        let settings = EvalSettings {
-            scale: config.scale,
-            ..EvalSettings::default()
-        };
+        let settings = evaluator_settings(&config);
         let t0 = std::time::Instant::now();
         let evaluator = Arc::new(CandleEvaluator::new(net, data, settings)?);
         let forward_seconds = t0.elapsed().as_secs_f64();
 
         let fingerprints = fingerprints(&evaluator, &space, &profile);
         let predictor = sensitivity(&evaluator, &space, &config, store, &mut notes, progress)?;
-        cache_baselines(evaluator.as_ref(), &space, store, &mut notes);
+        let baselines = baselines(evaluator.as_ref(), &space, store, &mut notes);
 
         let feasibility = table.feasibility(objective);
         let objective_limit = cost_limits
@@ -99,7 +96,9 @@ impl Session {
             predictor,
             config.seed,
             reference,
-        )?;
+        )?
+        .with_baselines(baselines)?;
+        predicted_drop(&problem, &objective, &mut notes)?;
         Ok(Session {
             config,
             evaluator,
@@ -150,6 +149,21 @@ fn limits(
             max,
         });
     }
+    let joint: Vec<Limit> = limits
+        .iter()
+        .filter_map(|&(objective, max)| {
+            Some(Limit {
+                objective,
+                max: max?,
+            })
+        })
+        .collect();
+    if !table.check_joint(&joint, &space.name, profile.name())? {
+        notes.push(format!(
+            "the limits were checked one at a time only: the space is too large to check {} together",
+            joint.iter().map(Limit::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
     if let Some(d) = config.max_drop {
         if !(d.is_finite() && d > 0.0) {
             return Err(Error::search(format!(
@@ -160,19 +174,58 @@ fn limits(
     Ok(cost_limits)
 }
 
-/// Evaluates the space's baselines (all-f32, all-int8, …), which reports compare against, into the
-/// evaluation cache; a failure only loses a reference line (a note), never the run.
-fn cache_baselines(
+/// The points of the space's baselines (all-f32, all-f16, all-int8, …), which become the run's first
+/// trials. A baseline the space does not allow everywhere (all-f32 where a group has no f32) cannot be
+/// a trial: it is evaluated into the evaluation cache instead, for the report's reference lines; a
+/// failure there only loses that line (a note), never the run.
+fn baselines(
     evaluator: &dyn Evaluator,
     space: &SearchSpace,
     store: &dyn Store,
     notes: &mut Vec<String>,
-) {
+) -> Vec<Point> {
     let cached = CachingEvaluator::new(evaluator, store);
+    let mut points = Vec::new();
     for (label, _, a) in space.baselines() {
-        if let Err(e) = cached.evaluate(&a) {
-            notes.push(format!("baseline {label} could not be evaluated: {e}"));
+        match space.point(&a) {
+            Ok(p) => points.push(p),
+            Err(_) => {
+                if let Err(e) = cached.evaluate(&a) {
+                    notes.push(format!("baseline {label} could not be evaluated: {e}"));
+                }
+            }
         }
+    }
+    points
+}
+
+/// `--max-drop` cannot be checked before evaluation (quality is measured, not known); it is checked
+/// against the sensitivity model's prediction instead, as a warning only: a note when no assignment
+/// within the cost limits is predicted to meet it.
+fn predicted_drop(problem: &Problem, objective: &Objective, notes: &mut Vec<String>) -> Result<()> {
+    let Some(max) = problem.max_quality else {
+        return Ok(());
+    };
+    let front = problem.exact_front()?;
+    if let Some(best) = front.last().filter(|b| b.predicted > max) {
+        notes.push(format!(
+            "--max-drop {max}: the sensitivity model predicts no assignment within the cost limits \
+             meets it (the best predicted is {:.4e}, at {} {}); the search goes on, since only \
+             evaluations decide, but its front may stay empty",
+            best.predicted,
+            objective,
+            objective.format(best.cost)
+        ));
+    }
+    Ok(())
+}
+
+/// The evaluator settings a run's configuration asks for (what its evaluator fingerprint covers):
+/// a session and [`super::held_out::run_evaluator`] build the same evaluator from it.
+pub fn evaluator_settings(config: &RunConfig) -> EvalSettings {
+    EvalSettings {
+        scale: config.scale,
+        ..EvalSettings::default()
     }
 }
 

@@ -11,7 +11,7 @@ use super::rank::{kendall_tau_b, mean_absolute_error, spearman};
 use super::{cheap_errors_with_progress, LayerStats, Measurement, MeasurementCache, Predictor};
 use crate::error::Result;
 use crate::eval::{CandleEvaluator, Evaluator};
-use crate::space::{Point, SearchSpace};
+use crate::space::{ActQuant, Point, SearchSpace};
 
 /// Cheap errors, measurements and the predictor fitted to them.
 pub struct Analysis {
@@ -56,7 +56,7 @@ pub fn analyse(
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<Analysis> {
     let started = Instant::now();
-    let stats = LayerStats::capture(ev.model().as_ref(), &ev.data().calibration)?;
+    let stats = capture(ev, space)?;
     let errors = cheap_errors_with_progress(space, &stats, ev.settings().scale, &mut |d, t| {
         progress(Phase::CheapErrors, d, t)
     })?;
@@ -76,6 +76,23 @@ pub fn analyse(
         cheap_seconds,
         measure_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Every layer's statistics on `ev`'s calibration data, with the evaluator's static activation ranges
+/// when `space` offers `act8-static` anywhere (calibrating them costs a pass over that data).
+fn capture(ev: &CandleEvaluator, space: &SearchSpace) -> Result<Vec<LayerStats>> {
+    let model = ev.model().as_ref();
+    let calibration = &ev.data().calibration;
+    let uses_static = space
+        .groups
+        .iter()
+        .flat_map(|g| &g.choices)
+        .any(|c| c.act == ActQuant::Int8Static);
+    if uses_static {
+        LayerStats::capture_with_ranges(model, calibration, ev.ranges()?)
+    } else {
+        LayerStats::capture(model, calibration)
+    }
 }
 
 /// Measures `n` uniformly random points of `space` (seeded) and compares them with `predictor`.

@@ -5,7 +5,7 @@
 //!
 //! | file | job |
 //! | --- | --- |
-//! | `stats.rs` | [`LayerStats`]: a layer's input second moment `H = XᵀX` from calibration data, and the relative output error of any compressed weight from it; [`cheap_errors`] over a space |
+//! | `stats.rs` | [`LayerStats`]: a layer's input second moment `H = XᵀX` from calibration data and the relative output error of any compressed weight from it, plus the output error of quantizing its input; [`cheap_errors`] over a space |
 //! | `fisher.rs` | [`FisherDiagonal`]: the diagonal empirical Fisher and mean gradient of the calibration loss by backprop (labelled models); [`fisher_errors`] over a space, an alternative input to the predictor |
 //! | `measure.rs` | one-at-a-time measurements: the real metric with a single group compressed, cached in memory |
 //! | `predictor.rs` | [`Predictor`]: per-group scales of the cheap errors fitted to the measurements, summed over groups |
@@ -28,4 +28,4 @@ mod stats;
 pub use fisher::{fisher_errors, FisherDiagonal};
 pub use measure::{measure, one_at_a_time, one_at_a_time_assignment, pick_pairs, MeasurementCache};
 pub use predictor::{Measurement, Predictor};
-pub use stats::{cheap_errors, cheap_errors_with_progress, LayerStats};
+pub use stats::{cheap_errors, cheap_errors_with_progress, ActRanges, LayerStats};

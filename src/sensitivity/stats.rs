@@ -28,6 +28,32 @@
 //! Biases are kept in f32 by every choice, so they cancel in `ΔW` and are left out of the denominator
 //! as well (the error is relative to the weight's part of the output).
 //!
+//! ## Activation quantization
+//!
+//! Quantizing the layer's input replaces `X` by `Q(X)`, which `H` cannot see: while the inputs are
+//! captured, each layer also accumulates `‖(X − Q(X)) Wᵀ‖²` for `act8-dynamic` and, when the
+//! evaluator's calibrated range is given ([`LayerStats::capture_with_ranges`]), for `act8-static` —
+//! with the evaluator's own quantizer ([`quantize_activation`]: dynamic ranges per sample or token,
+//! static ranges from the calibration data), on the same rows `X` as `H` (im2col for convolutions).
+//! [`LayerStats::activation_error`] is that energy over `trace(W H Wᵀ)`: the relative output error of
+//! the activation quantization alone. Embeddings have none: their input is ids, and search spaces
+//! refuse activation quantization on them.
+//!
+//! With both, the layer's output error is `X ΔWᵀ + ΔX W′ᵀ` (`ΔX = X − Q(X)`), and the cheap error of a
+//! choice is **the sum of the weight term and the activation term**:
+//!
+//! ```text
+//! ‖X ΔWᵀ + ΔX W′ᵀ‖² = ‖X ΔWᵀ‖² + ‖ΔX W′ᵀ‖² + 2⟨X ΔWᵀ, ΔX W′ᵀ⟩
+//!                   ≈ ‖X ΔWᵀ‖² + ‖ΔX Wᵀ‖²
+//! ```
+//!
+//! Two approximations, both measured (`tests/it/sensitivity.rs` computes the exact joint error on the
+//! demo's layers): the cross term is dropped — the input's rounding error and the weight's come from
+//! independent roundings, so their correlation averages out over many outputs — and `W′` is replaced by
+//! `W` in the activation term, which changes it by `ΔX ΔWᵀ`, a product of two small errors. Keeping the
+//! term independent of the weight choice costs one number per layer and mode instead of one
+//! `in × in` matrix (`ΔXᵀΔX`, and `XᵀΔX` for the cross term) per layer and mode.
+//!
 //! ## References
 //!
 //! - Y. LeCun, J. Denker, S. Solla, "Optimal Brain Damage", NIPS 1990 (second-order saliency of a
@@ -41,10 +67,14 @@ use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 
+use crate::compress::quantize_activation;
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::space::{LayerInfo, LayerKind};
+use crate::space::{ActQuant, LayerInfo, LayerKind};
+
+/// Static activation ranges (min, max) by layer name, as the evaluator calibrates them.
+pub type ActRanges = HashMap<String, (f32, f32)>;
 
 /// The accumulated second moment of a layer's inputs.
 #[derive(Clone, Debug)]
@@ -53,6 +83,14 @@ enum Moment {
     Full(Mat<f64>),
     /// The diagonal of `H` for one-hot inputs: how often each row of an embedding was looked up.
     Rows(Vec<f64>),
+}
+
+/// `‖(X − Q(X)) Wᵀ‖²` accumulated over a layer's calibration inputs, per activation quantization.
+#[derive(Clone, Copy, Debug, Default)]
+struct ActEnergy {
+    dynamic: f64,
+    /// `None` when no static range was given.
+    fixed: Option<f64>,
 }
 
 /// What one layer's calibration inputs say about its output error under compression.
@@ -66,17 +104,32 @@ pub struct LayerStats {
     samples: usize,
     /// `trace(W H Wᵀ)`: the squared norm of the weight's part of the calibration outputs.
     reference: f64,
+    /// The activation quantization's output energy (`None` for an embedding).
+    act: Option<ActEnergy>,
 }
 
 impl LayerStats {
     /// Runs `model` on the calibration `batches`, capturing every compressible layer's input, and
     /// accumulates each layer's statistics batch by batch (only one batch's inputs are held at a time).
-    /// Statistics come in inventory order. A layer that never saw an input is an error.
+    /// Statistics come in inventory order. A layer that never saw an input is an error. The
+    /// activation term is accumulated for `act8-dynamic` only; see [`LayerStats::capture_with_ranges`].
     pub fn capture(model: &dyn Model, batches: &[Batch]) -> Result<Vec<LayerStats>> {
+        Self::capture_with_ranges(model, batches, &ActRanges::new())
+    }
+
+    /// [`LayerStats::capture`], also accumulating the `act8-static` term of every layer that has a
+    /// range in `ranges` (the evaluator's, [`CandleEvaluator::ranges`]).
+    ///
+    /// [`CandleEvaluator::ranges`]: crate::eval::CandleEvaluator::ranges
+    pub fn capture_with_ranges(
+        model: &dyn Model,
+        batches: &[Batch],
+        ranges: &ActRanges,
+    ) -> Result<Vec<LayerStats>> {
         let layers = &model.inventory().layers;
         let mut acc: Vec<Accumulator> = layers
             .iter()
-            .map(|l| Accumulator::new(l, &model.weight(&l.name)?))
+            .map(|l| Accumulator::new(l, &model.weight(&l.name)?, ranges.get(&l.name).copied()))
             .collect::<Result<_>>()?;
         for batch in batches {
             let mut captured = crate::model::capture_inputs(model, batch)?;
@@ -90,9 +143,15 @@ impl LayerStats {
     }
 
     /// Statistics of one layer from its inputs, as the model's forward hands them to the layer
-    /// (see the module docs for what each kind expects). `weight` has the layer's stored shape.
-    pub fn from_inputs(info: &LayerInfo, weight: &Tensor, inputs: &[Tensor]) -> Result<LayerStats> {
-        let mut a = Accumulator::new(info, weight)?;
+    /// (see the module docs for what each kind expects). `weight` has the layer's stored shape;
+    /// `range`, if given, is the layer's static activation range.
+    pub fn from_inputs(
+        info: &LayerInfo,
+        weight: &Tensor,
+        inputs: &[Tensor],
+        range: Option<(f32, f32)>,
+    ) -> Result<LayerStats> {
+        let mut a = Accumulator::new(info, weight, range)?;
         for x in inputs {
             a.add(x)?;
         }
@@ -124,6 +183,33 @@ impl LayerStats {
         let (out, inp) = (self.weight.nrows(), self.weight.ncols());
         let delta = Mat::from_fn(out, inp, |i, j| self.weight[(i, j)] - w2[(i, j)]);
         Ok(self.energy(&delta) / self.reference)
+    }
+
+    /// The relative output error `‖(X − Q(X)) Wᵀ‖² / ‖X Wᵀ‖²` of quantizing the layer's input as
+    /// `act` says, the weight unchanged (see the module docs); 0 for no activation quantization. An
+    /// error for an embedding (its input is ids), and for `act8-static` when the statistics were
+    /// captured without the layer's static range.
+    pub fn activation_error(&self, act: ActQuant) -> Result<f64> {
+        let energy = match (act, self.act) {
+            (ActQuant::None, _) => return Ok(0.0),
+            (_, None) => {
+                return Err(Error::sensitivity(format!(
+                    "layer `{}` is an {}: its input is ids, which {act} would scramble; it has no \
+                     activation quantization error",
+                    self.info.name, self.info.kind
+                )))
+            }
+            (ActQuant::Int8Dynamic, Some(e)) => e.dynamic,
+            (ActQuant::Int8Static, Some(e)) => e.fixed.ok_or_else(|| {
+                Error::sensitivity(format!(
+                    "layer `{}`: the statistics were captured without its static activation range, \
+                     so the error of act8-static is unknown (capture them with \
+                     LayerStats::capture_with_ranges and the evaluator's ranges)",
+                    self.info.name
+                ))
+            })?,
+        };
+        Ok(energy / self.reference)
     }
 
     /// `trace(D H Dᵀ)` for an `out × in` matrix `D`.
@@ -175,10 +261,13 @@ struct Accumulator {
     weight: Mat<f64>,
     moment: Moment,
     samples: usize,
+    act: Option<ActEnergy>,
+    /// The static activation range, if known.
+    range: Option<(f32, f32)>,
 }
 
 impl Accumulator {
-    fn new(info: &LayerInfo, weight: &Tensor) -> Result<Accumulator> {
+    fn new(info: &LayerInfo, weight: &Tensor, range: Option<(f32, f32)>) -> Result<Accumulator> {
         if weight.dims() != info.shape.as_slice() {
             return Err(Error::sensitivity(format!(
                 "layer `{}`: weight has shape {:?}, the inventory says {:?}",
@@ -192,11 +281,17 @@ impl Accumulator {
             LayerKind::Embedding => Moment::Rows(vec![0.0; weight.nrows()]),
             _ => Moment::Full(Mat::zeros(weight.ncols(), weight.ncols())),
         };
+        let act = (info.kind != LayerKind::Embedding).then(|| ActEnergy {
+            dynamic: 0.0,
+            fixed: range.map(|_| 0.0),
+        });
         Ok(Accumulator {
             info: info.clone(),
             weight,
             moment,
             samples: 0,
+            act,
+            range,
         })
     }
 
@@ -206,39 +301,10 @@ impl Accumulator {
 
     /// Adds one captured input.
     fn add(&mut self, x: &Tensor) -> Result<()> {
-        let x_rows = match self.info.kind {
-            LayerKind::Linear => {
-                let cols = self.weight.ncols();
-                if x.dims().last() != Some(&cols) {
-                    return Err(self.error(format!(
-                        "input of shape {:?} does not end in the weight's {cols} inputs",
-                        x.dims()
-                    )));
-                }
-                let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                let rows = data.len() / cols;
-                Mat::from_fn(rows, cols, |i, j| data[i * cols + j])
-            }
-            LayerKind::Conv2d => self.im2col(x)?,
-            LayerKind::Embedding => {
-                let Moment::Rows(counts) = &mut self.moment else {
-                    unreachable!("an embedding accumulates row counts");
-                };
-                let ids = x.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-                for &id in &ids {
-                    let c = counts.get_mut(id as usize).ok_or_else(|| {
-                        Error::sensitivity(format!(
-                            "layer `{}`: id {id} is outside the table's {} rows",
-                            self.info.name,
-                            self.weight.nrows()
-                        ))
-                    })?;
-                    *c += 1.0;
-                }
-                self.samples += ids.len();
-                return Ok(());
-            }
-        };
+        if self.info.kind == LayerKind::Embedding {
+            return self.add_ids(x);
+        }
+        let x_rows = self.rows(x)?;
         let Moment::Full(h) = &mut self.moment else {
             unreachable!("linear and conv2d layers accumulate a full moment");
         };
@@ -251,7 +317,80 @@ impl Accumulator {
             Par::Seq,
         );
         self.samples += x_rows.nrows();
+        self.add_activation_error(x)
+    }
+
+    /// An embedding's input: counts how often each row is looked up.
+    fn add_ids(&mut self, x: &Tensor) -> Result<()> {
+        let Moment::Rows(counts) = &mut self.moment else {
+            unreachable!("an embedding accumulates row counts");
+        };
+        let ids = x.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        for &id in &ids {
+            let c = counts.get_mut(id as usize).ok_or_else(|| {
+                Error::sensitivity(format!(
+                    "layer `{}`: id {id} is outside the table's {} rows",
+                    self.info.name,
+                    self.weight.nrows()
+                ))
+            })?;
+            *c += 1.0;
+        }
+        self.samples += ids.len();
         Ok(())
+    }
+
+    /// The rows of `X` for one captured input of a linear or conv2d layer (see the module docs).
+    fn rows(&self, x: &Tensor) -> Result<Mat<f64>> {
+        match self.info.kind {
+            LayerKind::Conv2d => self.im2col(x),
+            _ => {
+                let cols = self.weight.ncols();
+                if x.dims().last() != Some(&cols) {
+                    return Err(self.error(format!(
+                        "input of shape {:?} does not end in the weight's {cols} inputs",
+                        x.dims()
+                    )));
+                }
+                let data = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                let rows = data.len() / cols;
+                Ok(Mat::from_fn(rows, cols, |i, j| data[i * cols + j]))
+            }
+        }
+    }
+
+    /// Adds `‖(X − Q(X)) Wᵀ‖²` of one captured input for each known activation quantization.
+    fn add_activation_error(&mut self, x: &Tensor) -> Result<()> {
+        let Some(mut act) = self.act else {
+            return Ok(());
+        };
+        act.dynamic += self.quantization_energy(x, ActQuant::Int8Dynamic, None)?;
+        if let (Some(fixed), Some(range)) = (act.fixed.as_mut(), self.range) {
+            *fixed += self.quantization_energy(x, ActQuant::Int8Static, Some(range))?;
+        }
+        self.act = Some(act);
+        Ok(())
+    }
+
+    /// `‖(X − Q(X)) Wᵀ‖²` of one captured input under `act`, with the evaluator's quantizer.
+    fn quantization_energy(
+        &self,
+        x: &Tensor,
+        act: ActQuant,
+        range: Option<(f32, f32)>,
+    ) -> Result<f64> {
+        let dx = (x - quantize_activation(x, act, range)?)?;
+        let dx_rows = self.rows(&dx)?;
+        let mut y = Mat::<f64>::zeros(dx_rows.nrows(), self.weight.nrows());
+        matmul(
+            y.as_mut(),
+            Accum::Replace,
+            dx_rows.as_ref(),
+            self.weight.transpose(),
+            1.0,
+            Par::Seq,
+        );
+        Ok(y.squared_norm_l2())
     }
 
     /// The im2col matrix of an input feature map `[n, c, h, w]` (stride 1, same padding).
@@ -313,6 +452,7 @@ impl Accumulator {
             moment: self.moment,
             samples: self.samples,
             reference: 0.0,
+            act: self.act,
         };
         stats.reference = stats.energy(&stats.weight);
         if !(stats.reference > 0.0 && stats.reference.is_finite()) {
@@ -328,9 +468,11 @@ impl Accumulator {
 
 /// The cheap error of every (group, choice) of `space`: the sum over the group's layers of their
 /// relative output errors with the weight compressed as the choice says ([`apply_choice`] with
-/// `scale`). `stats` must hold every layer of the space (as [`LayerStats::capture`] returns them).
-/// Only the weight counts: a choice that differs from another only in activation quantization gets the
-/// same error, and an uncompressed choice gets 0.
+/// `scale`) plus, when the choice quantizes activations, the layer's
+/// [`activation_error`](LayerStats::activation_error) (see the module docs). `stats` must hold every
+/// layer of the space (as [`LayerStats::capture`] returns them; with the static ranges for
+/// `act8-static` choices). A choice with activation quantization costs more than its weight-only
+/// twin; an uncompressed choice gets 0.
 ///
 /// [`apply_choice`]: crate::compress::apply_choice
 pub fn cheap_errors(
@@ -348,7 +490,35 @@ pub fn cheap_errors_with_progress(
     scale: crate::compress::ScaleMethod,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
-    errors_per_choice(space, stats, scale, "calibration statistics", progress)
+    let mut errors = errors_per_choice(space, stats, scale, "calibration statistics", progress)?;
+    add_activation_errors(space, stats, &mut errors)?;
+    Ok(errors)
+}
+
+/// Adds to `errors[group][choice]` the activation error of every member layer of the group, for the
+/// choices that quantize activations.
+fn add_activation_errors(
+    space: &crate::space::SearchSpace,
+    stats: &[LayerStats],
+    errors: &mut [Vec<f64>],
+) -> Result<()> {
+    let by_name: HashMap<&str, &LayerStats> =
+        stats.iter().map(|s| (s.info.name.as_str(), s)).collect();
+    for (g, row) in space.groups.iter().zip(errors) {
+        for (c, e) in g.choices.iter().zip(row.iter_mut()) {
+            if c.act == ActQuant::None {
+                continue;
+            }
+            for &m in &g.members {
+                let name = &space.layers[m].info.name;
+                let s = by_name.get(name.as_str()).ok_or_else(|| {
+                    Error::sensitivity(format!("no calibration statistics for layer `{name}`"))
+                })?;
+                *e += s.activation_error(c.act)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A per-layer error measure of a compressed weight ([`LayerStats`]' output error, the Fisher

@@ -41,6 +41,12 @@
 //! (float formats ∪ bits × schemes × granularity) × activations × (sparsity ∪ nm ∪ channels) × rank.
 //! A `[[layer]]` table with product fields replaces just those fields; one with `choices` replaces the
 //! whole set. A group's choices are the intersection of its members' sets.
+//!
+//! Activation quantization (`act8-*`) applies to float inputs only: a layer whose input is integer ids
+//! (an embedding) that would be offered an `act8-*` choice — from an `activations` list or a `choices`
+//! list of its own, one inherited from `[defaults]`, or a pin — is refused at load, with the
+//! `file:line:column` of the entry that gives it. Give such a layer `activations = ["none"]` in a
+//! `[[layer]]` table, or exclude it.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -147,6 +153,8 @@ struct Product {
     nm: Vec<Sparsity>,
     channels: Vec<Sparsity>,
     rank: Vec<Option<u8>>,
+    /// Where the first activation quantization of `activations` was written, if it has one.
+    act_span: Option<Range<usize>>,
 }
 
 impl Default for Product {
@@ -161,6 +169,7 @@ impl Default for Product {
             nm: vec![],
             channels: vec![],
             rank: vec![None],
+            act_span: None,
         }
     }
 }
@@ -211,16 +220,35 @@ impl Product {
 #[derive(Clone, Debug)]
 enum Set {
     Product(Product),
-    Explicit(Vec<Choice>),
+    /// A `choices` list, and where its first choice with activation quantization was written.
+    Explicit(Vec<Choice>, Option<Range<usize>>),
 }
 
 impl Set {
     fn choices(&self) -> Vec<Choice> {
         match self {
             Set::Product(p) => p.choices(),
-            Set::Explicit(c) => c.clone(),
+            Set::Explicit(c, _) => c.clone(),
         }
     }
+
+    /// Where the set's activation quantization was written, if it offers any.
+    fn act_span(&self) -> Option<Range<usize>> {
+        match self {
+            Set::Product(p) => p.act_span.clone(),
+            Set::Explicit(_, span) => span.clone(),
+        }
+    }
+}
+
+/// Every layer's choices while the file is resolved, with where they came from.
+struct Layers {
+    choices: Vec<Vec<Choice>>,
+    status: Vec<LayerStatus>,
+    /// Where each layer's set was last given (for an empty set).
+    span: Vec<Range<usize>>,
+    /// Where each layer's activation quantization was given, if it is offered any.
+    act_span: Vec<Option<Range<usize>>>,
 }
 
 impl Resolver<'_> {
@@ -334,6 +362,11 @@ impl Resolver<'_> {
                 self.strings(v, "activations", "none, act8-static or act8-dynamic", |s| {
                     s.parse().ok()
                 })?;
+            base.act_span = v
+                .iter()
+                .zip(&base.activations)
+                .find(|(_, a)| **a != ActQuant::None)
+                .map(|(s, _)| s.span());
         }
         if let Some(v) = &set.sparsity {
             base.sparsity = self.unstructured(v)?;
@@ -425,7 +458,7 @@ impl Resolver<'_> {
         Ok(ranks)
     }
 
-    fn explicit(&self, list: &[Spanned<String>]) -> Result<Vec<Choice>> {
+    fn explicit(&self, list: &[Spanned<String>]) -> Result<Set> {
         let mut out = list
             .iter()
             .map(|s| {
@@ -434,9 +467,14 @@ impl Resolver<'_> {
                     .map_err(|e| self.err(s.span(), format!("choices: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
+        let act_span = list
+            .iter()
+            .zip(&out)
+            .find(|(_, c)| c.act != ActQuant::None)
+            .map(|(s, _)| s.span());
         out.sort();
         out.dedup();
-        Ok(out)
+        Ok(Set::Explicit(out, act_span))
     }
 
     /// Applies one table (defaults or an override) to a layer's set.
@@ -458,23 +496,36 @@ impl Resolver<'_> {
                      activations, sparsity, nm, channels, rank), not both",
                 ));
             }
-            return Ok(Set::Explicit(self.explicit(list)?));
+            return self.explicit(list);
         }
         let base = match current {
             Set::Product(p) => p.clone(),
-            Set::Explicit(_) => Product::default(),
+            Set::Explicit(..) => Product::default(),
         };
         Ok(Set::Product(self.merge(base, table)?))
     }
 
+    /// The steps of resolving a file against the model's layers, in order: choice sets from
+    /// `[defaults]` and `[[layer]]` tables, pins, exclusions, checks, groups.
     fn resolve(&self, file: SpaceFile) -> Result<SearchSpace> {
-        let n = self.layers.len();
-        if n == 0 {
+        if self.layers.is_empty() {
             return Err(Error::file(
                 self.path,
                 "the model has no compressible layers",
             ));
         }
+        let mut layers = self.layer_sets(&file)?;
+        self.pin(&file.pin, &mut layers)?;
+        self.exclude(&file.space.exclude, &mut layers)?;
+        self.check_not_empty(&layers)?;
+        self.check_ids_not_quantized(&layers)?;
+        let group_of = self.groups(&file.group)?;
+        self.build(file.space, layers, group_of)
+    }
+
+    /// Each layer's choice set from `[defaults]` and the `[[layer]]` tables that match it.
+    fn layer_sets(&self, file: &SpaceFile) -> Result<Layers> {
+        let n = self.layers.len();
         let default_span = file.defaults.as_ref().map(|d| d.span()).unwrap_or(0..0);
         let defaults = match &file.defaults {
             Some(d) if d.get_ref().pattern.is_some() => {
@@ -487,8 +538,7 @@ impl Resolver<'_> {
             None => Set::Product(Product::default()),
         };
         let mut sets: Vec<Set> = vec![defaults; n];
-        // Where each layer's set was last given, for error messages.
-        let mut set_span: Vec<Range<usize>> = vec![default_span; n];
+        let mut span: Vec<Range<usize>> = vec![default_span; n];
         for o in &file.layer {
             let Some(pattern) = &o.pattern else {
                 return Err(Error::file(
@@ -497,15 +547,22 @@ impl Resolver<'_> {
                 ));
             };
             let re = self.regex(pattern)?;
-            let span = pattern.span();
             for i in self.matching(pattern, &re, "[[layer]]")? {
-                sets[i] = self.apply(&sets[i], o, span.clone())?;
-                set_span[i] = span.clone();
+                sets[i] = self.apply(&sets[i], o, pattern.span())?;
+                span[i] = pattern.span();
             }
         }
-        let mut status = vec![LayerStatus::Searchable; n];
-        let mut choices: Vec<Vec<Choice>> = sets.iter().map(Set::choices).collect();
-        for p in &file.pin {
+        Ok(Layers {
+            choices: sets.iter().map(Set::choices).collect(),
+            act_span: sets.iter().map(Set::act_span).collect(),
+            status: vec![LayerStatus::Searchable; n],
+            span,
+        })
+    }
+
+    /// `[[pin]]`: the matching layers get the one choice.
+    fn pin(&self, pins: &[Pin], layers: &mut Layers) -> Result<()> {
+        for p in pins {
             let re = self.regex(&p.pattern)?;
             let choice: Choice = p
                 .choice
@@ -513,15 +570,21 @@ impl Resolver<'_> {
                 .parse()
                 .map_err(|e| self.err(p.choice.span(), format!("pin: {e}")))?;
             for i in self.matching(&p.pattern, &re, "[[pin]]")? {
-                choices[i] = vec![choice];
-                status[i] = LayerStatus::Pinned;
-                set_span[i] = p.pattern.span();
+                layers.choices[i] = vec![choice];
+                layers.status[i] = LayerStatus::Pinned;
+                layers.span[i] = p.pattern.span();
+                layers.act_span[i] = (choice.act != ActQuant::None).then(|| p.choice.span());
             }
         }
-        for e in &file.space.exclude {
+        Ok(())
+    }
+
+    /// `exclude`: the matching layers stay f32 (a pinned layer cannot also be excluded).
+    fn exclude(&self, patterns: &[Spanned<String>], layers: &mut Layers) -> Result<()> {
+        for e in patterns {
             let re = self.regex(e)?;
             for i in self.matching(e, &re, "exclude")? {
-                if status[i] == LayerStatus::Pinned {
+                if layers.status[i] == LayerStatus::Pinned {
                     return Err(self.err(
                         e.span(),
                         format!(
@@ -530,25 +593,53 @@ impl Resolver<'_> {
                         ),
                     ));
                 }
-                choices[i] = vec![Choice::F32];
-                status[i] = LayerStatus::Excluded;
+                layers.choices[i] = vec![Choice::F32];
+                layers.status[i] = LayerStatus::Excluded;
+                layers.act_span[i] = None;
             }
         }
-        for i in 0..n {
-            if choices[i].is_empty() {
-                return Err(self.err(
-                    set_span[i].clone(),
-                    format!(
-                        "layer `{}` has an empty choice set: a list here (or in [defaults]) is empty, so there \
-                         is nothing to choose from; give at least one weight format (float or bits) and one \
-                         value of each other list",
-                        self.layers[i].name
-                    ),
-                ));
-            }
+        Ok(())
+    }
+
+    /// Every layer has at least one choice.
+    fn check_not_empty(&self, layers: &Layers) -> Result<()> {
+        match layers.choices.iter().position(Vec::is_empty) {
+            None => Ok(()),
+            Some(i) => Err(self.err(
+                layers.span[i].clone(),
+                format!(
+                    "layer `{}` has an empty choice set: a list here (or in [defaults]) is empty, so there \
+                     is nothing to choose from; give at least one weight format (float or bits) and one \
+                     value of each other list",
+                    self.layers[i].name
+                ),
+            )),
         }
-        let group_of = self.groups(&file.group)?;
-        self.build(file.space, choices, status, group_of)
+    }
+
+    /// No layer whose input is ids (an embedding) is offered activation quantization: the error points
+    /// at the entry that offers it.
+    fn check_ids_not_quantized(&self, layers: &Layers) -> Result<()> {
+        for (i, info) in self.layers.iter().enumerate() {
+            if !info.kind.takes_ids() {
+                continue;
+            }
+            let Some(c) = layers.choices[i].iter().find(|c| c.act != ActQuant::None) else {
+                continue;
+            };
+            return Err(self.err(
+                layers.act_span[i].clone().unwrap_or(0..0),
+                format!(
+                    "layer `{}` is an {}: its input is integer token ids, and `{c}` would quantize the \
+                     ids themselves (an 8-bit grid turns them into other ids), so activation \
+                     quantization is not allowed for it. Give it activations = [\"none\"] in a \
+                     [[layer]] table matching it (a list in [defaults] applies to every layer), drop \
+                     act8 from its `choices` or pin, or exclude it",
+                    info.name, info.kind
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Group key per layer: `Some((rule, captures))` for grouped layers.
@@ -584,86 +675,108 @@ impl Resolver<'_> {
         Ok(out)
     }
 
+    /// The search space: layers joined into groups (a group's choices are its members' common
+    /// ones), then each group's and layer's status settled.
     fn build(
         &self,
         header: Header,
-        choices: Vec<Vec<Choice>>,
-        status: Vec<LayerStatus>,
+        layers: Layers,
         group_of: Vec<Option<(usize, String)>>,
     ) -> Result<SearchSpace> {
-        let mut groups: Vec<SpaceGroup> = Vec::new();
-        let mut by_key: BTreeMap<(usize, String), usize> = BTreeMap::new();
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (i, info) in self.layers.iter().enumerate() {
-            let g = match &group_of[i] {
-                Some(key) => match by_key.get(key) {
-                    Some(&g) => {
-                        let group: &mut SpaceGroup = &mut groups[g];
-                        let before = group.choices.len();
-                        group.choices.retain(|c| choices[i].contains(c));
-                        if group.choices.is_empty() {
-                            return Err(Error::file(
-                                self.path,
-                                format!(
-                                    "group `{}`: its layers have no choice in common (`{}` allows {}; the group \
-                                     so far allowed {} choices); align their [[layer]] overrides, pins and exclusions",
-                                    group.name,
-                                    info.name,
-                                    list(&choices[i]),
-                                    before
-                                ),
-                            ));
-                        }
-                        group.members.push(i);
-                        group.status = merge_status(group.status, status[i]);
-                        g
-                    }
-                    None => {
-                        by_key.insert(key.clone(), groups.len());
-                        groups.push(SpaceGroup::new(
-                            info.name.clone(),
-                            i,
-                            choices[i].clone(),
-                            status[i],
-                        ));
-                        groups.len() - 1
-                    }
-                },
-                None => {
-                    groups.push(SpaceGroup::new(
-                        info.name.clone(),
-                        i,
-                        choices[i].clone(),
-                        status[i],
-                    ));
-                    groups.len() - 1
-                }
-            };
-            layers.push(SpaceLayer {
-                info: info.clone(),
-                group: g,
-                status: status[i],
-            });
-        }
-        // A group that mixes searchable and pinned/excluded members ends with one choice; mark it.
-        for g in &mut groups {
-            if g.choices.len() == 1 && g.status == LayerStatus::Searchable {
-                g.status = LayerStatus::Pinned;
-            }
-        }
-        for l in &mut layers {
-            l.status = match (l.status, groups[l.group].status) {
-                (LayerStatus::Searchable, s) => s,
-                (s, _) => s,
-            };
-        }
+        let (mut groups, mut members) = self.join_groups(&layers, &group_of)?;
+        settle_status(&mut groups, &mut members);
         Ok(SearchSpace {
             name: header.name,
             description: header.description,
             origin: self.path.to_path_buf(),
-            layers,
+            layers: members,
             groups,
         })
+    }
+
+    /// One group per group key (or per ungrouped layer), in layer order, with its members and the
+    /// choices they have in common; an error when they have none.
+    fn join_groups(
+        &self,
+        layers: &Layers,
+        group_of: &[Option<(usize, String)>],
+    ) -> Result<(Vec<SpaceGroup>, Vec<SpaceLayer>)> {
+        let mut groups: Vec<SpaceGroup> = Vec::new();
+        let mut by_key: BTreeMap<(usize, String), usize> = BTreeMap::new();
+        let mut members = Vec::with_capacity(self.layers.len());
+        for (i, info) in self.layers.iter().enumerate() {
+            let (choices, status) = (&layers.choices[i], layers.status[i]);
+            let known = group_of[i]
+                .as_ref()
+                .and_then(|key| by_key.get(key).copied());
+            let g = match known {
+                Some(g) => {
+                    self.join(&mut groups[g], i, choices, status)?;
+                    g
+                }
+                None => {
+                    if let Some(key) = &group_of[i] {
+                        by_key.insert(key.clone(), groups.len());
+                    }
+                    groups.push(SpaceGroup::new(
+                        info.name.clone(),
+                        i,
+                        choices.clone(),
+                        status,
+                    ));
+                    groups.len() - 1
+                }
+            };
+            members.push(SpaceLayer {
+                info: info.clone(),
+                group: g,
+                status,
+            });
+        }
+        Ok((groups, members))
+    }
+
+    /// Layer `i` joins `group`, which keeps the choices they have in common.
+    fn join(
+        &self,
+        group: &mut SpaceGroup,
+        i: usize,
+        choices: &[Choice],
+        status: LayerStatus,
+    ) -> Result<()> {
+        let before = group.choices.len();
+        group.choices.retain(|c| choices.contains(c));
+        if group.choices.is_empty() {
+            return Err(Error::file(
+                self.path,
+                format!(
+                    "group `{}`: its layers have no choice in common (`{}` allows {}; the group \
+                     so far allowed {} choices); align their [[layer]] overrides, pins and exclusions",
+                    group.name,
+                    self.layers[i].name,
+                    list(choices),
+                    before
+                ),
+            ));
+        }
+        group.members.push(i);
+        group.status = merge_status(group.status, status);
+        Ok(())
+    }
+}
+
+/// A group that mixes searchable and pinned/excluded members ends with one choice: it is pinned, and
+/// so are its searchable members.
+fn settle_status(groups: &mut [SpaceGroup], layers: &mut [SpaceLayer]) {
+    for g in groups.iter_mut() {
+        if g.choices.len() == 1 && g.status == LayerStatus::Searchable {
+            g.status = LayerStatus::Pinned;
+        }
+    }
+    for l in layers {
+        if l.status == LayerStatus::Searchable {
+            l.status = groups[l.group].status;
+        }
     }
 }
 

@@ -17,6 +17,15 @@ pub enum LayerKind {
     Embedding,
 }
 
+impl LayerKind {
+    /// Whether the layer's input is integer ids (an embedding's token ids) rather than float
+    /// activations: activation quantization does not apply to it (an 8-bit grid would turn ids into
+    /// other ids), and search spaces refuse `act8-*` for it.
+    pub fn takes_ids(self) -> bool {
+        matches!(self, LayerKind::Embedding)
+    }
+}
+
 impl std::fmt::Display for LayerKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

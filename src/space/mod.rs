@@ -173,9 +173,10 @@ impl SearchSpace {
         }))
     }
 
-    /// The uniform reference assignments reports compare against, where the space allows them:
-    /// `all-f32` (always), `all-int8`, `all-int4` (plain weight quantization, no activation
-    /// quantization, sparsity or rank) and `all-2:4` (f32 weights pruned 2:4). For each, the matching
+    /// The uniform reference assignments reports compare against (and every run's first trials), where
+    /// the space allows them: `all-f32` (always), `all-f16`, `all-bf16` (plain float weights),
+    /// `all-int8`, `all-int4` (plain weight quantization, no activation quantization, sparsity or rank)
+    /// and `all-2:4` (f32 weights pruned 2:4). For each, the matching
     /// choice allowed by the most searchable groups (the first in choice order on a tie) is given to every
     /// searchable group that allows it; the others stay f32 where allowed (else their first choice).
     /// Pinned and excluded layers keep their fixed choice.
@@ -186,9 +187,17 @@ impl SearchSpace {
                 && c.sparsity == Sparsity::None
                 && c.rank.is_none()
         };
+        let plain_float = |c: &Choice, w: WeightQuant| {
+            *c == Choice {
+                weights: w,
+                ..Choice::F32
+            }
+        };
         type Matches<'a> = &'a dyn Fn(&Choice) -> bool;
-        let kinds: [(&str, Matches); 4] = [
+        let kinds: [(&str, Matches); 6] = [
             ("all-f32", &|c: &Choice| c.is_uncompressed()),
+            ("all-f16", &|c: &Choice| plain_float(c, WeightQuant::F16)),
+            ("all-bf16", &|c: &Choice| plain_float(c, WeightQuant::Bf16)),
             ("all-int8", &|c: &Choice| plain_int(c, 8)),
             ("all-int4", &|c: &Choice| plain_int(c, 4)),
             ("all-2:4", &|c: &Choice| {

@@ -2,12 +2,18 @@
 //!
 //! What the stored records of a run say, computed from the store alone — no model, no evaluator, no
 //! search controller: the run of a name, a name for a new run, the measured front of a run's trials and
-//! its hypervolume, a run's status as listed, and the store key of a sensitivity analysis. `runs`,
-//! `trials`, reports and exports read runs through these, and the search controller writes runs that
-//! they describe.
+//! its hypervolume, a trial's held-out evaluation (from the evaluation cache) and the front's
+//! search-vs-held-out gap, a run's status as listed, and the store key of a sensitivity analysis.
+//! `runs`, `trials`, reports and exports read runs through these, and the search controller writes
+//! runs that they describe.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use crate::cost::Objective;
 use crate::error::{Error, Result};
+use crate::eval::{evaluation_key_on, EvalSplit};
 use crate::pareto;
 use crate::space::SearchSpace;
 
@@ -109,6 +115,127 @@ pub fn hypervolume(manifest: &RunManifest, trials: &[TrialRecord]) -> f64 {
 /// The value of cost objective `o` in a trial's journaled cost.
 pub fn cost_of(o: Objective, t: &TrialRecord) -> f64 {
     o.of(&t.cost.into())
+}
+
+/// A trial's quality and metrics on the held-out split.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeldOut {
+    pub quality: f64,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The evaluation-cache key of a trial's held-out evaluation, from the run's evaluator fingerprint
+/// and the trial's assignment hash (`None` if either is not valid hex, as in a damaged record).
+pub fn held_out_key(manifest: &RunManifest, trial: &TrialRecord) -> Option<blake3::Hash> {
+    let fingerprint = blake3::Hash::from_hex(&manifest.fingerprints.evaluator).ok()?;
+    let assignment = blake3::Hash::from_hex(&trial.hash).ok()?;
+    Some(evaluation_key_on(
+        &fingerprint,
+        EvalSplit::HeldOut,
+        &assignment,
+    ))
+}
+
+/// A trial's evaluation on the held-out split, if the evaluation cache holds it (the end of a run,
+/// `resume`, `report` and `export` evaluate front points there).
+pub fn held_out(
+    store: &dyn Store,
+    manifest: &RunManifest,
+    trial: &TrialRecord,
+) -> Result<Option<HeldOut>> {
+    let Some(key) = held_out_key(manifest, trial) else {
+        return Ok(None);
+    };
+    Ok(store.cached(&key)?.map(|c| HeldOut {
+        quality: c.quality,
+        metrics: c.metrics,
+    }))
+}
+
+/// How far a front's held-out qualities are from its search qualities: held-out − search, in the
+/// objective's units, over the front points that have a held-out evaluation. Positive means the
+/// search split flattered the point (selection on noise shows up as a positive mean).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct HeldOutGap {
+    /// Front points with a held-out quality (the gap is over these).
+    pub points: usize,
+    /// Front points without one.
+    pub missing: usize,
+    /// Mean of held-out − search quality.
+    pub mean: f64,
+    /// Largest held-out − search quality (the point the search split flattered most), and its trial.
+    pub worst: f64,
+    pub worst_trial: u64,
+    /// Mean of held-out / search quality − 1 over the points whose search quality is above 0 (`None`
+    /// if there is none): the gap relative to the quality.
+    pub mean_relative: Option<f64>,
+    /// Mean search and held-out quality over the same points.
+    pub mean_search: f64,
+    pub mean_held_out: f64,
+}
+
+/// The gap of front points given as `(trial, search quality, held-out quality)`; `None` when no point
+/// has a held-out quality.
+pub fn held_out_gap(points: &[(u64, f64, Option<f64>)]) -> Option<HeldOutGap> {
+    let both: Vec<(u64, f64, f64)> = points
+        .iter()
+        .filter_map(|&(t, s, h)| Some((t, s, h?)))
+        .collect();
+    let n = both.len();
+    if n == 0 {
+        return None;
+    }
+    let (worst_trial, worst) =
+        both.iter()
+            .map(|&(t, s, h)| (t, h - s))
+            .fold((both[0].0, f64::NEG_INFINITY), |best, x| {
+                if x.1 > best.1 {
+                    x
+                } else {
+                    best
+                }
+            });
+    let relative: Vec<f64> = both
+        .iter()
+        .filter(|x| x.1 > 0.0)
+        .map(|&(_, s, h)| h / s - 1.0)
+        .collect();
+    let mean = |f: fn(&(u64, f64, f64)) -> f64| both.iter().map(f).sum::<f64>() / n as f64;
+    Some(HeldOutGap {
+        points: n,
+        missing: points.len() - n,
+        mean: mean(|x| x.2 - x.1),
+        worst,
+        worst_trial,
+        mean_relative: (!relative.is_empty())
+            .then(|| relative.iter().sum::<f64>() / relative.len() as f64),
+        mean_search: mean(|x| x.1),
+        mean_held_out: mean(|x| x.2),
+    })
+}
+
+/// The held-out evaluation of each of `front`'s trials (in order), and the front's gap.
+pub fn front_held_out(
+    store: &dyn Store,
+    manifest: &RunManifest,
+    front: &[&TrialRecord],
+) -> Result<(Vec<Option<HeldOut>>, Option<HeldOutGap>)> {
+    let held: Vec<Option<HeldOut>> = front
+        .iter()
+        .map(|t| held_out(store, manifest, t))
+        .collect::<Result<_>>()?;
+    let pairs: Vec<(u64, f64, Option<f64>)> = front
+        .iter()
+        .zip(&held)
+        .map(|(t, h)| {
+            (
+                t.number,
+                t.quality.unwrap_or(f64::NAN),
+                h.as_ref().map(|h| h.quality),
+            )
+        })
+        .collect();
+    Ok((held, held_out_gap(&pairs)))
 }
 
 /// A run's status as listed when no process drives it: a run still marked `running` was left by a

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compress::ScaleMethod;
 use crate::cost::{Cost, Objective};
+use crate::data::SplitSizes;
 use crate::sensitivity::Measurement;
 use crate::space::AssignmentJson;
 use crate::strategy::StrategyKind;
@@ -133,6 +134,11 @@ pub struct RunManifest {
     pub reference: [f64; 2],
     /// Fingerprints of the inputs, checked on resume.
     pub fingerprints: Fingerprints,
+    /// Samples in the calibration, search and held-out splits of the evaluation data (`None` in
+    /// runs recorded before the data had a held-out split; then left out of the record, as they
+    /// wrote it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splits: Option<SplitSizes>,
 }
 
 /// A trial's state.

@@ -131,10 +131,11 @@ impl EvolutionStrategy {
         let mut out = Vec::with_capacity(n);
         if self.config.seeded {
             let front = problem.exact_front()?;
-            let seeds = super::exact::spread_order(front.len())
-                .into_iter()
+            let seeds = problem
+                .exact_spread()?
+                .iter()
                 .take(self.config.population / 2)
-                .map(|i| &front[i].point);
+                .map(|&i| &front[i].point);
             for p in seeds {
                 if out.len() == n {
                     break;
@@ -566,10 +567,13 @@ mod tests {
     fn generation_zero_starts_with_the_exact_front_seeds() {
         let s = Synthetic::new(8, 4, 9);
         let front = s.problem.exact_front().unwrap();
-        let seeds: Vec<Point> = crate::strategy::exact::spread_order(front.len())
-            .into_iter()
+        let seeds: Vec<Point> = s
+            .problem
+            .exact_spread()
+            .unwrap()
+            .iter()
             .take(8)
-            .map(|i| front[i].point.clone())
+            .map(|&i| front[i].point.clone())
             .collect();
         assert_eq!(
             seeds.len(),

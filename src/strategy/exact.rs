@@ -10,13 +10,21 @@
 //! quality, and a partial sum is dropped only if another one is no worse in all of them (then every
 //! completion of the first is matched by the same completion of the second) or if it cannot meet a limit
 //! even with the cheapest remaining choices. So the result is exactly the front, until a partial front
-//! grows beyond [`MAX_PARTIAL`] points; then it is thinned to the best quality per cost bin of width
-//! `δ = TOLERANCE × (dearest − cheapest total)`, and the result is exact up to a cost error of at most
-//! `groups × δ`. Neither shipped space comes near the cap.
+//! grows beyond [`MAX_PARTIAL`] points; then it is thinned to the best predicted quality per cell of
+//! cost bins, **each cost binned on its own scale** ([`bin_widths`]): the objective cost's bin is
+//! `δ₀ = TOLERANCE × (its dearest − its cheapest total)`, and the `k`th limited cost's is
+//! `δₖ = TOLERANCE × (its dearest − its cheapest total)`, however different their units and ranges.
+//! A thinned partial sum is replaced by one of its cell, no worse in predicted quality and less than one
+//! bin away in each cost, and the errors add up over at most `groups` thinnings. So the error bound is,
+//! per cost: every point of the true front whose `k`th limited cost is at most its limit − `groups × δₖ`
+//! (for every `k`) is matched by a found point at most `groups × δ₀` dearer in the objective cost and no
+//! worse in predicted quality; and every found point meets every limit exactly (the feasibility test is
+//! never thinned). Neither shipped space comes near the cap.
 //!
-//! As a strategy it proposes the front's points in *spread order* (cheapest, dearest, then midpoints,
-//! recursively), so any prefix covers the whole front evenly; when every front point has been tried it
-//! has nothing left and the run ends.
+//! As a strategy it proposes the front's points in *cost-spread order* ([`spread_by_cost`]: cheapest,
+//! dearest, then the point nearest the middle of the widest cost gap, again and again), so any prefix
+//! covers the whole cost range evenly, the dear end included, however the front's points crowd; when
+//! every front point has been tried it has nothing left and the run ends.
 //!
 //! ## References
 //!
@@ -55,16 +63,15 @@ struct Partial {
 /// Solves the problem's predicted front (see the module docs): points sorted by increasing cost, with
 /// strictly decreasing predicted quality; empty if no point meets the cost limits.
 pub fn solve(problem: &Problem) -> Result<Vec<FrontPoint>> {
+    solve_capped(problem, MAX_PARTIAL)
+}
+
+/// [`solve`] with partial fronts thinned beyond `cap` points (tests use a small cap).
+fn solve_capped(problem: &Problem, cap: usize) -> Result<Vec<FrontPoint>> {
     let groups = problem.groups();
     let dims = 2 + problem.cost_limits.len();
     let min_rest = min_rest(problem);
-    let range: f64 = (0..groups)
-        .map(|g| {
-            let (lo, hi) = min_max(&problem.cost[g]);
-            hi - lo
-        })
-        .sum();
-    let bin = TOLERANCE * range.max(f64::MIN_POSITIVE);
+    let bins = bin_widths(problem);
 
     let mut stages: Vec<Vec<Partial>> = Vec::with_capacity(groups + 1);
     stages.push(vec![Partial {
@@ -74,8 +81,8 @@ pub fn solve(problem: &Problem) -> Result<Vec<FrontPoint>> {
     }]);
     for g in 0..groups {
         let mut kept = prune(extend(problem, g, &stages[g], &min_rest[g + 1]));
-        if kept.len() > MAX_PARTIAL {
-            kept = thin(kept, bin);
+        if kept.len() > cap {
+            kept = thin(kept, &bins);
         }
         if kept.len() > u32::MAX as usize {
             return Err(Error::search("exact front: too many partial sums"));
@@ -83,6 +90,24 @@ pub fn solve(problem: &Problem) -> Result<Vec<FrontPoint>> {
         stages.push(kept);
     }
     Ok(front_of(&stages))
+}
+
+/// The thinning's bin width of each cost, on its own scale: `[objective cost, limited costs…]`, each
+/// [`TOLERANCE`] × (its dearest − its cheapest total).
+pub fn bin_widths(problem: &Problem) -> Vec<f64> {
+    let width = |table: &[Vec<f64>]| {
+        let range: f64 = table
+            .iter()
+            .map(|row| {
+                let (lo, hi) = min_max(row);
+                hi - lo
+            })
+            .sum();
+        TOLERANCE * range.max(f64::MIN_POSITIVE)
+    };
+    std::iter::once(width(&problem.cost))
+        .chain(problem.cost_limits.iter().map(|l| width(&l.table)))
+        .collect()
 }
 
 /// `min_rest[g][k]`: the cheapest the `k`th limited cost can still get from groups `g..` (for
@@ -206,14 +231,17 @@ fn prune(mut all: Vec<Partial>) -> Vec<Partial> {
     kept
 }
 
-/// Keeps the best predicted quality in each cost bin of width `bin` (and, with limits, the best per bin
-/// of each limited cost as well, so feasibility is not lost).
-fn thin(all: Vec<Partial>, bin: f64) -> Vec<Partial> {
+/// Keeps the best predicted quality in each cell of cost bins: `bins[0]` wide for the objective cost,
+/// `bins[1 + k]` for the `k`th limited cost (each on its own scale, so feasibility is not lost).
+fn thin(all: Vec<Partial>, bins: &[f64]) -> Vec<Partial> {
     use std::collections::BTreeMap;
     let mut best: BTreeMap<Vec<i64>, Partial> = BTreeMap::new();
     for p in all {
-        let mut key: Vec<i64> = vec![(p.values[0] / bin).floor() as i64];
-        key.extend(p.values[2..].iter().map(|v| (v / bin).floor() as i64));
+        let costs = std::iter::once(&p.values[0]).chain(&p.values[2..]);
+        let key: Vec<i64> = costs
+            .zip(bins)
+            .map(|(v, b)| (v / b).floor() as i64)
+            .collect();
         match best.get(&key) {
             Some(b) if b.values[1] <= p.values[1] => {}
             _ => {
@@ -248,7 +276,83 @@ pub fn spread_order(len: usize) -> Vec<usize> {
     out
 }
 
-/// Proposes the predicted front's points in spread order (see the module docs); stateless.
+/// Indices of `costs` (ascending, the costs of a front's points) in *cost-spread order*: the cheapest
+/// and the dearest, then again and again the point nearest the middle (in cost) of the widest cost gap
+/// between points already taken. Any prefix covers the whole cost range evenly, the dear end included,
+/// however the points crowd (an index-based spread would follow the crowd).
+pub fn spread_by_cost(costs: &[f64]) -> Vec<usize> {
+    use std::collections::BinaryHeap;
+    let len = costs.len();
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    out.push(0);
+    if len == 1 {
+        return out;
+    }
+    out.push(len - 1);
+    let mut gaps = BinaryHeap::from([Gap::new(costs, 0, len - 1)]);
+    while let Some(Gap { a, b, .. }) = gaps.pop() {
+        if b - a < 2 {
+            continue;
+        }
+        let mid = (costs[a] + costs[b]) / 2.0;
+        // The first inner point at or above the middle, or the one before it if nearer.
+        let above = a + 1 + costs[a + 1..b].partition_point(|&c| c < mid);
+        let m = if above >= b || (above > a + 1 && mid - costs[above - 1] <= costs[above] - mid) {
+            above - 1
+        } else {
+            above
+        };
+        out.push(m);
+        gaps.push(Gap::new(costs, a, m));
+        gaps.push(Gap::new(costs, m, b));
+    }
+    out
+}
+
+/// A cost gap between front points `a < b` already taken, ordered widest first, then cheapest.
+#[derive(Clone, Copy, Debug)]
+struct Gap {
+    width: f64,
+    a: usize,
+    b: usize,
+}
+
+impl Gap {
+    fn new(costs: &[f64], a: usize, b: usize) -> Gap {
+        Gap {
+            width: costs[b] - costs[a],
+            a,
+            b,
+        }
+    }
+}
+
+impl PartialEq for Gap {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Gap {}
+
+impl PartialOrd for Gap {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Gap {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.width
+            .total_cmp(&other.width)
+            .then(other.a.cmp(&self.a))
+    }
+}
+
+/// Proposes the predicted front's points in cost-spread order (see the module docs); stateless.
 #[derive(Clone, Debug, Default)]
 pub struct ExactStrategy;
 
@@ -265,9 +369,10 @@ impl Strategy for ExactStrategy {
 
     fn ask(&mut self, problem: &Problem, history: &History, n: usize) -> Result<Vec<Point>> {
         let front = problem.exact_front()?;
-        Ok(spread_order(front.len())
-            .into_iter()
-            .map(|i| &front[i].point)
+        Ok(problem
+            .exact_spread()?
+            .iter()
+            .map(|&i| &front[i].point)
             .filter(|p| !history.contains(p))
             .take(n)
             .cloned()
@@ -279,7 +384,7 @@ impl Strategy for ExactStrategy {
 mod tests {
     use super::*;
     use crate::strategy::synthetic::Synthetic;
-    use crate::strategy::CostLimit;
+    use crate::strategy::{sum, CostLimit};
 
     /// Every point of a small problem, enumerated.
     fn all_points(choices: &[u16]) -> Vec<Point> {
@@ -368,6 +473,115 @@ mod tests {
         }
     }
 
+    /// A problem whose objective cost is a lattice (many partial sums share a cost) and whose limited
+    /// second cost spans a range about 1000× smaller, running against it, limited at `at` of its range.
+    fn lattice_with_small_limited_cost(seed: u64, at: f64) -> Problem {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (groups, choices) = (10usize, 3u16);
+        let cost: Vec<Vec<f64>> = (0..groups)
+            .map(|_| (0..choices).map(f64::from).collect())
+            .collect();
+        let predicted: Vec<Vec<f64>> = (0..groups)
+            .map(|_| {
+                let s: f64 = rng.random_range(0.1..1.0);
+                (0..choices)
+                    .map(|c| s * (1.0 - f64::from(c) / 2.0).powi(2))
+                    .collect()
+            })
+            .collect();
+        let small: Vec<Vec<f64>> = (0..groups)
+            .map(|_| {
+                (0..choices)
+                    .map(|c| 1e-3 * (f64::from(choices - 1 - c) + rng.random_range(0.0..1.0)))
+                    .collect()
+            })
+            .collect();
+        let lo: f64 = small.iter().map(|r| min_max(r).0).sum();
+        let hi: f64 = small.iter().map(|r| min_max(r).1).sum();
+        let objective_range = 2.0 * groups as f64;
+        assert!(
+            (objective_range / (hi - lo) - 1000.0).abs() < 400.0,
+            "ranges {objective_range} and {}",
+            hi - lo
+        );
+        let predictor = crate::sensitivity::Predictor::from_table(predicted).unwrap();
+        Problem::new(
+            vec![choices; groups],
+            cost,
+            vec![CostLimit {
+                name: "size".into(),
+                table: small,
+                max: lo + at * (hi - lo),
+            }],
+            None,
+            predictor,
+            seed,
+            [30.0, 10.0],
+        )
+        .unwrap()
+    }
+
+    /// Thinned partial fronts (a cap far below the partial fronts' size) keep the error bound of the
+    /// module docs on every cost's own scale: every point of the brute-force front that meets the limit
+    /// with a margin of `groups × δ_limit` is matched by a found point at most `groups × δ_cost` dearer
+    /// and no worse in predicted quality. With one bin width for all costs (the objective's), the
+    /// limited cost would be binned at 1% of its range, and such points lost.
+    #[test]
+    fn thinning_bins_each_cost_on_its_own_scale() {
+        let mut checked = 0;
+        for seed in 0..8 {
+            for at in [0.3, 0.5, 0.7] {
+                let problem = lattice_with_small_limited_cost(seed, at);
+                let limit = &problem.cost_limits[0];
+                // The bound of the module docs, each cost's bin from its own range.
+                let range = |t: &[Vec<f64>]| -> f64 {
+                    t.iter()
+                        .map(|r| {
+                            let (lo, hi) = min_max(r);
+                            hi - lo
+                        })
+                        .sum()
+                };
+                let bins = [
+                    TOLERANCE * range(&problem.cost),
+                    TOLERANCE * range(&limit.table),
+                ];
+                assert_eq!(bin_widths(&problem), bins);
+                let g = problem.groups() as f64;
+                let got = solve_capped(&problem, 4).unwrap();
+                for f in &got {
+                    assert!(
+                        problem.cost_violation(&f.point) == 0.0,
+                        "{f:?} breaks the limit"
+                    );
+                }
+                // The brute-force front of the points meeting the limit with the margin.
+                let mut inside: Vec<(f64, f64)> = all_points(&problem.choices)
+                    .into_iter()
+                    .filter(|p| sum(&limit.table, p) <= limit.max - g * bins[1])
+                    .map(|p| (problem.cost(&p), problem.predict(&p)))
+                    .collect();
+                inside.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+                let mut best = f64::INFINITY;
+                for (c, q) in inside {
+                    if q >= best {
+                        continue;
+                    }
+                    best = q;
+                    checked += 1;
+                    assert!(
+                        got.iter()
+                            .any(|f| f.cost <= c + g * bins[0] + EPS && f.predicted <= q + EPS),
+                        "seed {seed}, limit at {at}: front point (cost {c}, predicted {q}) of the \
+                         brute force has no match in {got:?}"
+                    );
+                }
+            }
+        }
+        assert!(checked >= 100, "only {checked} front points checked");
+    }
+
     #[test]
     fn spread_order_visits_every_index_once_ends_first() {
         for len in 0..40 {
@@ -379,6 +593,38 @@ mod tests {
                 assert_eq!(&o[..2], &[0, len - 1]);
             }
         }
+    }
+
+    #[test]
+    fn cost_spread_covers_the_cost_range_evenly_where_index_spread_follows_the_crowd() {
+        // 100 front points crowded at the cheap end: cost i² (0 to 9801).
+        let costs: Vec<f64> = (0..100).map(|i| f64::from(i * i)).collect();
+        let order = spread_by_cost(&costs);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>(), "every index once");
+        assert_eq!(&order[..2], &[0, 99], "cheapest and dearest first");
+        // The widest cost gap left by the first k points, as a share of the range.
+        let widest_gap = |picked: &[usize]| {
+            let mut c: Vec<f64> = picked.iter().map(|&i| costs[i]).collect();
+            c.sort_by(f64::total_cmp);
+            c.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max) / costs[99]
+        };
+        for k in [3, 5, 9, 17] {
+            let by_cost = widest_gap(&order[..k]);
+            let by_index = widest_gap(&spread_order(100)[..k]);
+            assert!(
+                by_cost <= 1.5 / (k - 1) as f64,
+                "{k} points by cost leave a gap of {by_cost:.3} of the range"
+            );
+            assert!(
+                by_index > 1.5 / (k - 1) as f64,
+                "the index spread leaves {by_index:.3}: the case does not test the crowding"
+            );
+        }
+        assert!(spread_by_cost(&[]).is_empty());
+        assert_eq!(spread_by_cost(&[3.0]), [0]);
+        assert_eq!(spread_by_cost(&[1.0, 1.0, 1.0]), [0, 2, 1]);
     }
 
     #[test]

@@ -65,7 +65,11 @@ pub struct Problem {
     pub seed: u64,
     /// Hypervolume reference point `[cost, quality]` (see [`History::hypervolume`]).
     pub reference: [f64; 2],
+    /// The space's uniform baselines (all-f32, all-f16, all-int8…): the first trials of every run,
+    /// before the strategy is asked anything (see [`untried_baselines`]).
+    baselines: Vec<Point>,
     exact: OnceLock<Result<Vec<FrontPoint>>>,
+    spread: OnceLock<Vec<usize>>,
 }
 
 impl Problem {
@@ -115,8 +119,35 @@ impl Problem {
             predictor,
             seed,
             reference,
+            baselines: Vec::new(),
             exact: OnceLock::new(),
+            spread: OnceLock::new(),
         })
+    }
+
+    /// The problem with `baselines` as the first trials of every run (duplicates dropped, order
+    /// kept); an error if one is not a point of the space.
+    pub fn with_baselines(mut self, baselines: Vec<Point>) -> Result<Problem> {
+        let mut seen = HashSet::new();
+        for b in baselines {
+            let fits =
+                b.len() == self.choices.len() && b.iter().zip(&self.choices).all(|(&c, &n)| c < n);
+            if !fits {
+                return Err(Error::search(format!(
+                    "baseline {b:?} is not a point of this {}-group space",
+                    self.choices.len()
+                )));
+            }
+            if seen.insert(b.clone()) {
+                self.baselines.push(b);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The uniform baselines every run starts with.
+    pub fn baselines(&self) -> &[Point] {
+        &self.baselines
     }
 
     /// Number of groups.
@@ -164,6 +195,16 @@ impl Problem {
             Ok(f) => Ok(f),
             Err(e) => Err(Error::search(format!("exact front: {e}"))),
         }
+    }
+
+    /// Indices of [`Problem::exact_front`] in cost-spread order ([`exact::spread_by_cost`]: cheapest,
+    /// dearest, then midpoints in cost), computed once: the order every strategy seeds from.
+    pub fn exact_spread(&self) -> Result<&[usize]> {
+        let front = self.exact_front()?;
+        Ok(self.spread.get_or_init(|| {
+            let costs: Vec<f64> = front.iter().map(|f| f.cost).collect();
+            exact::spread_by_cost(&costs)
+        }))
     }
 
     /// A uniformly random point.
@@ -329,6 +370,23 @@ impl fmt::Display for StrategyKind {
     }
 }
 
+/// The strategy tag of the trials that evaluate the space's baselines.
+pub const BASELINE: &str = "baseline";
+
+/// Up to `n` of the problem's baselines that `history` has not tried, in order: what a run evaluates
+/// before it asks its strategy anything, so that the measured front is never worse than a uniform
+/// baseline. A function of the history only (a resumed run asks what the uninterrupted one asked; a
+/// run stored before baselines were trials gets them when it is resumed).
+pub fn untried_baselines(problem: &Problem, history: &History, n: usize) -> Vec<Point> {
+    problem
+        .baselines
+        .iter()
+        .filter(|b| !history.contains(b))
+        .take(n)
+        .cloned()
+        .collect()
+}
+
 /// The random generator for the trials asked from trial `first` on, by strategy `name`, in a run seeded
 /// with `seed`.
 pub fn rng_for(seed: u64, name: &str, first: u64) -> ChaCha8Rng {
@@ -342,7 +400,7 @@ pub fn rng_for(seed: u64, name: &str, first: u64) -> ChaCha8Rng {
 
 /// Runs `strategy` on `problem` for up to `trials` trials, asking `batch` at a time and measuring each
 /// point with `evaluate` (`None` = failed): the search loop without store, threads or clock, for tests
-/// and benchmarks.
+/// and benchmarks. As in a run, the problem's baselines are the first trials.
 pub fn drive(
     strategy: &mut dyn Strategy,
     problem: &Problem,
@@ -352,7 +410,13 @@ pub fn drive(
 ) -> Result<History> {
     let mut history = History::new();
     while history.len() < trials {
-        let asked = strategy.ask(problem, &history, batch.min(trials - history.len()))?;
+        let n = batch.min(trials - history.len());
+        let baselines = untried_baselines(problem, &history, n);
+        let asked = if baselines.is_empty() {
+            strategy.ask(problem, &history, n)?
+        } else {
+            baselines
+        };
         if asked.is_empty() {
             break;
         }

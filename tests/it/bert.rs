@@ -1,21 +1,19 @@
-//! The BERT encoder: the real all-MiniLM-L6-v2 against an independent reference (when the model has been
-//! fetched), and a tiny random BERT folder for shapes, masking, overrides, capture and errors.
+//! The BERT encoder on a tiny random BERT folder: shapes, masking, overrides, capture and errors (the
+//! real all-MiniLM-L6-v2 against an independent reference is in `tests/external/minilm.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use mpsearch::data::Batch;
-use mpsearch::model::{BertEncoder, ForwardCtx, Model, ModelSource};
+use mpsearch::model::{BertEncoder, ForwardCtx, LayerOverride, Model, Overrides};
+use mpsearch::space::ActQuant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::util::{forward_with_weight, max_abs_diff, Dir};
 
-/// Cosine between our fp32 embeddings and sentence-transformers' that every reference sentence must reach.
-const MIN_REFERENCE_COSINE: f64 = 0.99999;
 /// Largest difference allowed between two runs that should give the same embedding (f32 reordering).
 const SAME_EMBEDDING_TOL: f32 = 1e-5;
 /// Largest distance from 1 of the norm of an embedding the pipeline normalises.
@@ -26,124 +24,6 @@ const UNNORMALISED_MIN: f32 = 1e-3;
 const MASK_EFFECT_MIN: f32 = 1e-3;
 /// Smallest change of the embedding when a layer's weight is halved.
 const OVERRIDE_EFFECT_MIN: f32 = 1e-4;
-
-// ---- the real model -------------------------------------------------------------------------------
-
-use crate::util::minilm;
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    sentences: Vec<String>,
-    tokens: Vec<usize>,
-    max_seq_length: usize,
-    embeddings: Vec<Vec<f64>>,
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
-#[test]
-fn minilm_matches_sentence_transformers() {
-    let Some(dir) = minilm() else { return };
-    let reference: Reference = serde_json::from_str(include_str!("../data/minilm_reference.json"))
-        .expect("reference JSON");
-    let model = BertEncoder::load(&dir)
-        .unwrap()
-        .with_max_tokens(reference.max_seq_length)
-        .unwrap();
-    assert!(
-        model.normalizes(),
-        "all-MiniLM-L6-v2's modules.json lists Normalize"
-    );
-
-    let batch = model.tokenize(&reference.sentences).unwrap();
-    let Batch::Tokens { mask, .. } = &batch else {
-        panic!("token batch")
-    };
-    let counts: Vec<u32> = mask.sum(1).unwrap().to_vec1().unwrap();
-    let counts: Vec<usize> = counts.into_iter().map(|c| c as usize).collect();
-    assert_eq!(
-        counts, reference.tokens,
-        "token counts (with [CLS], [SEP], truncation) differ from the tokenizers package"
-    );
-
-    let out = model.forward(&batch, &ForwardCtx::default()).unwrap();
-    assert_eq!(out.dims(), [reference.sentences.len(), 384]);
-    let ours: Vec<Vec<f32>> = out.to_vec2().unwrap();
-    for (i, (row, want)) in ours.iter().zip(&reference.embeddings).enumerate() {
-        let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
-        let c = cosine(&row, want);
-        let max_diff = row
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        eprintln!(
-            "sentence {i}: cosine {c:.12} (1 - cos = {:.1e}), max |diff| {max_diff:.1e}, {} tokens",
-            1.0 - c,
-            reference.tokens[i]
-        );
-        assert!(
-            c >= MIN_REFERENCE_COSINE,
-            "sentence {i} ({:?}): cosine {c} < {MIN_REFERENCE_COSINE} (f32, {} tokens)",
-            reference.sentences[i],
-            reference.tokens[i]
-        );
-    }
-}
-
-#[test]
-fn minilm_inventory_is_the_folder_inventory_without_the_pooler() {
-    let Some(dir) = minilm() else { return };
-    let model = BertEncoder::load(&dir).unwrap();
-    let folder = mpsearch::model::inventory(&ModelSource::Folder(dir)).unwrap();
-    let expected: Vec<&str> = folder
-        .layers
-        .iter()
-        .map(|l| l.name.as_str())
-        .filter(|n| !n.starts_with("pooler."))
-        .collect();
-    let got: Vec<&str> = model
-        .inventory()
-        .layers
-        .iter()
-        .map(|l| l.name.as_str())
-        .collect();
-    assert_eq!(got, expected);
-    assert_eq!(got.len(), 39, "3 embeddings + 6 blocks × 6 linears");
-    assert_eq!(
-        model.weight("encoder.layer.5.output.dense").unwrap().dims(),
-        [384, 1536]
-    );
-}
-
-/// fp32 forward time on the shipped evaluation sentences; prints the figure. Run with
-/// `cargo test --test it minilm_eval_timing -- --ignored --nocapture` (add `--release` for release).
-#[test]
-#[ignore = "timing: run by hand"]
-fn minilm_eval_timing() {
-    let Some(dir) = minilm() else { return };
-    let model = BertEncoder::load(&dir).unwrap();
-    let split = mpsearch::data::text::TextSplit::shipped();
-    let ctx = ForwardCtx::default();
-    let batch = model.tokenize(&split.evaluation[..8]).unwrap();
-    model.forward(&batch, &ctx).unwrap(); // warm-up
-    for batch_size in [16, 32, 64] {
-        let start = Instant::now();
-        let out = model.embed(&split.evaluation, batch_size, &ctx).unwrap();
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(out.dims(), [split.evaluation.len(), 384]);
-        eprintln!(
-            "fp32 forward of {} evaluation sentences, batch {batch_size}: {secs:.2} s ({:.1} ms/sentence)",
-            split.evaluation.len(),
-            1000.0 * secs / split.evaluation.len() as f64
-        );
-    }
-}
 
 // ---- a tiny random BERT -----------------------------------------------------------------------------
 
@@ -480,6 +360,65 @@ fn weight_overrides_change_the_output() {
             && err.contains("[8, 8]"),
         "{err}"
     );
+}
+
+/// act8-dynamic on every linear layer of the tiny BERT: ranges are per token, so a sentence's
+/// embedding is the same alone as in a padded batch of others (one range per batch would tie it to the
+/// other sentences' values). An act8 override on an embedding, whose input is token ids, is refused by
+/// the forward rather than cast through an 8-bit grid.
+#[test]
+fn act8_dynamic_ranges_are_per_token_and_ids_are_refused() {
+    let dir = Dir::new();
+    let model = BertEncoder::load(&tiny_folder(&dir)).unwrap();
+    let act8 = |name: &str| {
+        (
+            name.to_string(),
+            LayerOverride {
+                act: ActQuant::Int8Dynamic,
+                ..LayerOverride::default()
+            },
+        )
+    };
+    let linear: Overrides = model
+        .inventory()
+        .layers
+        .iter()
+        .filter(|l| !l.name.starts_with("embeddings."))
+        .map(|l| act8(&l.name))
+        .collect();
+    let ctx = ForwardCtx {
+        overrides: Some(&linear),
+        capture: None,
+    };
+    let batch = model
+        .forward(&model.tokenize(&SENTENCES).unwrap(), &ctx)
+        .unwrap();
+    let plain = model
+        .forward(&model.tokenize(&SENTENCES).unwrap(), &ForwardCtx::default())
+        .unwrap();
+    assert!(
+        max_abs_diff(&batch, &plain) > OVERRIDE_EFFECT_MIN,
+        "act8-dynamic changed nothing"
+    );
+    for i in 0..SENTENCES.len() {
+        let alone = model
+            .forward(&model.tokenize(&SENTENCES[i..=i]).unwrap(), &ctx)
+            .unwrap();
+        let d = max_abs_diff(&alone, &batch.narrow(0, i, 1).unwrap());
+        assert!(d < SAME_EMBEDDING_TOL, "sentence {i}: {d} from its batch");
+    }
+    let ids: Overrides = [act8("embeddings.word_embeddings")].into_iter().collect();
+    let err = model
+        .forward(
+            &model.tokenize(&SENTENCES).unwrap(),
+            &ForwardCtx {
+                overrides: Some(&ids),
+                capture: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("integer input"), "{err}");
 }
 
 #[test]

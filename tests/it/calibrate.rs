@@ -432,3 +432,37 @@ fn standard_grid_on_this_machine() {
     HardwareProfile::from_toml(&text, "standard.toml").unwrap();
     println!("{text}");
 }
+
+/// A calibrated profile's integer entries measured candle's quantized kernels, which quantize the
+/// activations on the fly: they are written as `act8-dynamic`, and an older file that wrote them as
+/// `act = "none"` (it has a `[calibration]` table) is read so.
+#[test]
+fn calibrated_integer_entries_are_w_x_a8() {
+    let opts = tiny(vec![MatrixShape::linear(64, 256)]);
+    let ms = run(&opts);
+    let file = to_profile(&ms, &opts, "this-machine").unwrap();
+    let ints: Vec<_> = file
+        .measured
+        .iter()
+        .filter(|e| matches!(e.weights, Precision::Int(_)))
+        .collect();
+    assert!(!ints.is_empty());
+    assert!(ints.iter().all(|e| e.act == "act8-dynamic"), "{ints:?}");
+    assert!(file
+        .measured
+        .iter()
+        .filter(|e| !matches!(e.weights, Precision::Int(_)))
+        .all(|e| e.act == "none"));
+    let text = toml::to_string_pretty(&file).unwrap();
+    let old = text.replace("act = \"act8-dynamic\"", "act = \"none\"");
+    assert_ne!(old, text);
+    for t in [&text, &old] {
+        let hp = HardwareProfile::from_toml(t, "calibrated.toml").unwrap();
+        assert!(hp
+            .measured
+            .keys()
+            .filter(|k| matches!(k.weights, Precision::Int(_)))
+            .all(|k| k.act == mpsearch::space::ActQuant::Int8Dynamic));
+        assert!(!hp.accelerates_nm(2, 4));
+    }
+}

@@ -35,6 +35,9 @@ const SVD_REL_TOL: f64 = 1e-4;
 const ORTHO_TOL: f64 = 1e-4;
 /// Relative slack on the Δ/2 bound of activation quantization (f32 arithmetic).
 const ACT_REL_SLACK: f32 = 1e-4;
+/// How far (relative to the largest logit) the same image's logits may move with the batch size under
+/// act8-dynamic: f32 arithmetic only, far below one activation step.
+const BATCH_INDEPENDENCE_TOL: f32 = 1e-4;
 /// Agreement of `apply_choice` with an independent f64 product of its factors.
 const PRODUCT_TOL: f64 = 1e-4;
 /// Relative tolerance of a min/max scale against the step size computed from the formula.
@@ -276,7 +279,7 @@ fn unstructured_pruning_hits_the_exact_count() {
             max_pruned <= min_kept,
             "sparse{p}: pruned {max_pruned} > kept {min_kept}"
         );
-        let out = prune::prune(&m, &mpsearch::space::Sparsity::Unstructured(p)).unwrap();
+        let out = prune::prune(&m, &mpsearch::space::Sparsity::Unstructured(p), 1).unwrap();
         assert!(out.zeros() >= pruned && out.zeros() <= pruned + (m.len() - nonzero));
     }
     // Deterministic.
@@ -287,18 +290,19 @@ fn unstructured_pruning_hits_the_exact_count() {
 }
 
 #[test]
-fn every_nm_group_keeps_at_most_n() {
+fn every_nm_group_keeps_exactly_n_and_the_ragged_tail_stays_dense() {
     // 70 columns: 2:4 leaves a tail of 2, 4:8 a tail of 6.
     let (rows, cols) = (32, 70);
     let m = matrix(8, rows, cols);
     for (n, mm) in [(2usize, 4usize), (4, 8), (1, 4)] {
-        let keep = prune::nm_mask(&m, n as u8, mm as u8).unwrap();
+        let keep = prune::nm_mask(&m, n as u8, mm as u8, 1).unwrap();
+        let full = cols / mm * mm;
         for r in 0..rows {
             let row = &keep[r * cols..(r + 1) * cols];
             let vals = m.row(r);
-            for (j, chunk) in row.chunks(mm).enumerate() {
+            for (j, chunk) in row[..full].chunks(mm).enumerate() {
                 let kept = chunk.iter().filter(|&&k| k).count();
-                assert!(kept <= n, "{n}:{mm} row {r} group {j} keeps {kept}");
+                assert_eq!(kept, n, "{n}:{mm} row {r} group {j} keeps {kept}");
                 // The kept ones are the largest of their group.
                 let g = &vals[j * mm..j * mm + chunk.len()];
                 let min_kept = (0..chunk.len())
@@ -311,15 +315,76 @@ fn every_nm_group_keeps_at_most_n() {
                     .fold(0.0, f32::max);
                 assert!(max_pruned <= min_kept, "{n}:{mm} row {r} group {j}");
             }
-            // The count the cost model stores: ⌈n·cols/m⌉ per row.
+            assert!(
+                row[full..].iter().all(|&k| k),
+                "{n}:{mm} row {r}: tail pruned"
+            );
             assert_eq!(
                 row.iter().filter(|&&k| k).count(),
-                (n * cols).div_ceil(mm),
+                n * (cols / mm) + cols % mm,
                 "{n}:{mm} row {r}"
+            );
+            assert_eq!(
+                prune::nm_kept_per_row(cols, 1, n as u8, mm as u8),
+                n * (cols / mm) + cols % mm
             );
         }
     }
-    assert!(prune::nm_mask(&m, 4, 4).is_err());
+    assert!(prune::nm_mask(&m, 4, 4, 1).is_err());
+}
+
+/// The non-zeros among `w[o, c..c+m, i, j]` of a dense `[out, in, kh, kw]` tensor, for every o, i, j
+/// and every full run of `m` channels starting at `c`; and whether the ragged tail equals `original`.
+fn conv_runs(w: &[f32], original: &[f32], dims: [usize; 4], m: usize) -> (Vec<usize>, bool) {
+    let [out, inp, kh, kw] = dims;
+    let at = |o: usize, c: usize, i: usize, j: usize| ((o * inp + c) * kh + i) * kw + j;
+    let (mut counts, mut tail_dense) = (Vec::new(), true);
+    for o in 0..out {
+        for i in 0..kh {
+            for j in 0..kw {
+                for c in (0..inp / m * m).step_by(m) {
+                    counts.push((c..c + m).filter(|&c| w[at(o, c, i, j)] != 0.0).count());
+                }
+                for c in inp / m * m..inp {
+                    tail_dense &= w[at(o, c, i, j)] == original[at(o, c, i, j)];
+                }
+            }
+        }
+    }
+    (counts, tail_dense)
+}
+
+#[test]
+fn conv_nm_groups_run_along_input_channels_at_each_kernel_position() {
+    // in = 12: three full runs of 4; in = 10: two runs and a dense tail of 2 channels.
+    for inp in [12usize, 10] {
+        let dims = [6, inp, 3, 3];
+        let x = gaussian(31, dims.iter().product());
+        let w = tensor(x.clone(), &dims);
+        let pruned = values(&apply_choice(&w, &choice("f32+2:4"), ScaleMethod::Mse).unwrap());
+        let (counts, tail_dense) = conv_runs(&pruned, &x, dims, 4);
+        assert!(
+            counts.iter().all(|&c| c == 2),
+            "in {inp}: non-zeros per run of 4 channels {counts:?}"
+        );
+        assert!(tail_dense, "in {inp}: the ragged tail must stay dense");
+        // Two per full run and the whole tail, at each of the 9 kernel positions of the 6 rows.
+        assert_eq!(
+            pruned.iter().filter(|&&v| v != 0.0).count(),
+            6 * 9 * (2 * (inp / 4) + inp % 4)
+        );
+    }
+    // Low rank: B keeps the kernel (runs along its channels), A is 1×1 (runs along the rank).
+    let dims = [8, 8, 3, 3];
+    let w = tensor(gaussian(32, 8 * 8 * 9), &dims);
+    let cw = compress_factors(&w, &choice("f32+2:4+rank50"), ScaleMethod::Mse).unwrap();
+    let [a, b] = cw.factors() else {
+        panic!("a rank choice has two factors")
+    };
+    assert_two_of_four("A", a);
+    let b_dims = [b.rows(), 8, 3, 3];
+    let (counts, _) = conv_runs(b.data(), b.data(), b_dims, 4);
+    assert!(counts.iter().all(|&c| c == 2), "B runs {counts:?}");
 }
 
 #[test]
@@ -339,7 +404,7 @@ fn structured_pruning_zeroes_the_lowest_norm_rows() {
     let mut order: Vec<usize> = (0..rows).collect();
     order.sort_by(|&a, &b| norms[a].total_cmp(&norms[b]));
     for p in [5u8, 25, 50, 99] {
-        let out = prune::prune(&m, &mpsearch::space::Sparsity::Channels(p)).unwrap();
+        let out = prune::prune(&m, &mpsearch::space::Sparsity::Channels(p), 1).unwrap();
         let removed = (rows * usize::from(p) + 50) / 100;
         let removed = removed.min(rows - 1);
         let mut zero_rows: Vec<usize> = (0..rows)
@@ -543,8 +608,8 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     // 1. The factors come from the dense weight's SVD, and 3. the 2:4 masks from those factors.
     let lr = truncated_svd(&WeightMatrix::new(rows, cols, x).unwrap(), 50).unwrap();
     let masks = [
-        prune::nm_mask(&lr.a, 2, 4).unwrap(),
-        prune::nm_mask(&lr.b, 2, 4).unwrap(),
+        prune::nm_mask(&lr.a, 2, 4, 1).unwrap(),
+        prune::nm_mask(&lr.b, 2, 4, 1).unwrap(),
     ];
     assert_eq!(cw.masks(), &masks[..]);
     for (name, f, exact, keep) in [("A", a, &lr.a, &masks[0]), ("B", b, &lr.b, &masks[1])] {
@@ -561,10 +626,10 @@ fn factorize_then_prune_then_quantize_then_multiply() {
     );
 }
 
-/// 2:4 holds in every group of four of factor `f` (`name` for messages).
+/// 2:4 holds in every full group of four consecutive columns of factor `f` (`name` for messages).
 fn assert_two_of_four(name: &str, f: &WeightMatrix) {
     for r in 0..f.rows() {
-        for (j, g) in f.row(r).chunks(4).enumerate() {
+        for (j, g) in f.row(r).chunks_exact(4).enumerate() {
             assert!(
                 g.iter().filter(|&&v| v != 0.0).count() <= 2,
                 "{name} row {r} group {j}: {g:?}"
@@ -651,28 +716,231 @@ fn dynamic_activation_error_is_at_most_half_a_step() {
         let x: Vec<f32> = gaussian(seed, 4 * 1000).iter().map(|v| v + shift).collect();
         let t = tensor(x.clone(), &[4, 1000]);
         let q = values(&quantize_activation(&t, ActQuant::Int8Dynamic, None).unwrap());
+        // Each sample (row) on its own range.
+        for (r, (x, q)) in x.chunks(1000).zip(q.chunks(1000)).enumerate() {
+            let delta = step(x);
+            let worst = max_error(x, q);
+            assert!(
+                worst <= delta / 2.0 * (1.0 + ACT_REL_SLACK),
+                "shift {shift} sample {r}: error {worst} > Δ/2 = {}",
+                delta / 2.0
+            );
+            let distinct = {
+                let mut v = q.to_vec();
+                v.sort_by(f32::total_cmp);
+                v.dedup();
+                v.len()
+            };
+            assert!(
+                distinct <= 256,
+                "shift {shift} sample {r}: {distinct} levels"
+            );
+        }
+    }
+}
+
+/// The step of the int8 grid over the range of `x` widened to include 0.
+fn step(x: &[f32]) -> f32 {
+    let (lo, hi) = x
+        .iter()
+        .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+    (hi - lo) / 255.0
+}
+
+fn max_error(x: &[f32], q: &[f32]) -> f32 {
+    x.iter()
+        .zip(q)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// `x` on the int8 grid of range `(lo, hi)` (widened to 0), from the module's formula.
+fn on_grid(x: &[f32], lo: f32, hi: f32) -> Vec<f32> {
+    let (s, z) = mpsearch::compress::activation_params(lo, hi).unwrap();
+    x.iter()
+        .map(|&v| (((v / s).round_ties_even() + z).clamp(0.0, 255.0) - z) * s)
+        .collect()
+}
+
+/// One batch of two samples, the second with a 100× larger range. Dynamic quantization gives each
+/// sample its own range, as a kernel does at run time: the small sample keeps its precision and comes
+/// out as it would alone. Static quantization uses the calibrated range for the whole batch: the large
+/// sample clamps to it. Swapping the two implementations, or taking one dynamic range for the whole
+/// batch, fails this test.
+#[test]
+fn dynamic_ranges_are_per_sample_and_static_ranges_are_calibrated() {
+    let small = gaussian(40, 1000);
+    let large: Vec<f32> = gaussian(41, 1000).iter().map(|v| v * 100.0).collect();
+    let batch = tensor(small.iter().chain(&large).copied().collect(), &[2, 1000]);
+    let whole_batch_step = step(&large);
+
+    let q = values(&quantize_activation(&batch, ActQuant::Int8Dynamic, None).unwrap());
+    let (q_small, q_large) = q.split_at(1000);
+    let err = max_error(&small, q_small);
+    assert!(
+        err <= step(&small) / 2.0 * (1.0 + ACT_REL_SLACK),
+        "dynamic: the small sample's error {err} exceeds half its own step {}",
+        step(&small) / 2.0
+    );
+    assert!(
+        err < whole_batch_step / 20.0,
+        "dynamic: the small sample was quantized on the batch's range (error {err})"
+    );
+    let alone = tensor(small.clone(), &[1, 1000]);
+    assert_eq!(
+        q_small,
+        values(&quantize_activation(&alone, ActQuant::Int8Dynamic, None).unwrap()),
+        "dynamic: a sample's result does not depend on its batch"
+    );
+    let err = max_error(&large, q_large);
+    assert!(
+        err <= step(&large) / 2.0 * (1.0 + ACT_REL_SLACK),
+        "dynamic: the large sample is not clamped (error {err})"
+    );
+
+    // Static: the range calibrated on data like the small sample, for both samples.
+    let calibration = tensor(gaussian(42, 4000), &[4, 1000]);
+    let (lo, hi) = calibrate_range(&[calibration], RangeMethod::MinMax).unwrap();
+    let q = values(&quantize_activation(&batch, ActQuant::Int8Static, Some((lo, hi))).unwrap());
+    let expected: Vec<f32> = on_grid(&small, lo, hi)
+        .into_iter()
+        .chain(on_grid(&large, lo, hi))
+        .collect();
+    assert_eq!(q, expected, "static: every value on the calibrated grid");
+    let half = (hi - lo) / 255.0 / 2.0 * (1.0 + ACT_REL_SLACK);
+    assert!(
+        q[1000..].iter().all(|&v| v >= lo - half && v <= hi + half),
+        "static: the large sample clamps to the calibrated range ({lo}, {hi})"
+    );
+    assert!(
+        max_error(&large, &q[1000..]) > 50.0 * hi,
+        "static: values far outside the calibrated range are clamped"
+    );
+}
+
+/// A sequence `[b, s, hidden]` gets one range per token (b, s); a feature map `[n, c, h, w]` one per
+/// image, over all its channels and pixels.
+#[test]
+fn dynamic_ranges_are_per_token_of_a_sequence_and_per_image_of_a_feature_map() {
+    // 2 × 3 tokens of 16, each token on another scale.
+    let x: Vec<f32> = gaussian(43, 96)
+        .chunks(16)
+        .enumerate()
+        .flat_map(|(t, v)| {
+            v.iter()
+                .map(move |a| a * 10f32.powi(t as i32 - 2))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let q = values(
+        &quantize_activation(&tensor(x.clone(), &[2, 3, 16]), ActQuant::Int8Dynamic, None).unwrap(),
+    );
+    for (t, (x, q)) in x.chunks(16).zip(q.chunks(16)).enumerate() {
         let (lo, hi) = x
             .iter()
-            .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
-        let delta = (hi - lo) / 255.0;
-        let worst = x
-            .iter()
-            .zip(&q)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst <= delta / 2.0 * (1.0 + ACT_REL_SLACK),
-            "shift {shift}: error {worst} > Δ/2 = {}",
-            delta / 2.0
-        );
-        let distinct = {
-            let mut v = q.clone();
-            v.sort_by(f32::total_cmp);
-            v.dedup();
-            v.len()
-        };
-        assert!(distinct <= 256);
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        assert_eq!(q, on_grid(x, lo, hi), "token {t}");
     }
+    // 2 images of 3 channels × 4 × 4, one channel of image 0 100× larger: image 0's other channels
+    // share its coarse grid; image 1 keeps its own.
+    let mut x = gaussian(44, 2 * 48);
+    for v in &mut x[16..32] {
+        *v *= 100.0;
+    }
+    let q = values(
+        &quantize_activation(
+            &tensor(x.clone(), &[2, 3, 4, 4]),
+            ActQuant::Int8Dynamic,
+            None,
+        )
+        .unwrap(),
+    );
+    for (n, (x, q)) in x.chunks(48).zip(q.chunks(48)).enumerate() {
+        let (lo, hi) = x
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        assert_eq!(q, on_grid(x, lo, hi), "image {n}");
+    }
+}
+
+/// Token ids through an 8-bit grid would come back as other ids: integer inputs are refused.
+#[test]
+fn integer_inputs_are_refused_not_cast() {
+    let ids = Tensor::from_vec(vec![101u32, 2023, 102], 3, &Device::Cpu).unwrap();
+    for act in [ActQuant::Int8Dynamic, ActQuant::Int8Static] {
+        let e = quantize_activation(&ids, act, Some((0.0, 30000.0)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("integer input") && e.contains("U32"),
+            "{act}: {e}"
+        );
+    }
+    let same = quantize_activation(&ids, ActQuant::None, None).unwrap();
+    assert_eq!(same.to_vec1::<u32>().unwrap(), [101, 2023, 102]);
+}
+
+/// With act8-dynamic on every layer of the demo, an image's logits are the same whether it is
+/// evaluated among 7 images or among all of them (up to the f32 arithmetic of other batch sizes);
+/// ranges taken per batch would move them by a quantization step.
+#[test]
+fn act8_dynamic_output_of_an_image_does_not_depend_on_its_batch() {
+    use mpsearch::data::Batch;
+    use mpsearch::model::{ForwardCtx, LayerOverride, Overrides};
+    let (model, data) = mpsearch::eval::load(&mpsearch::model::ModelSource::Demo, None).unwrap();
+    let overrides: Overrides = model
+        .inventory()
+        .layers
+        .iter()
+        .map(|l| {
+            let o = LayerOverride {
+                weight: None,
+                act: ActQuant::Int8Dynamic,
+                act_range: None,
+            };
+            (l.name.clone(), o)
+        })
+        .collect();
+    let ctx = ForwardCtx {
+        overrides: Some(&overrides),
+        capture: None,
+    };
+    let Batch::Images(images) = &data.calibration[0] else {
+        panic!("the demo's data are images")
+    };
+    let all = model.forward(&Batch::Images(images.clone()), &ctx).unwrap();
+    let few = model
+        .forward(&Batch::Images(images.narrow(0, 0, 7).unwrap()), &ctx)
+        .unwrap();
+    let all = values(&all.narrow(0, 0, 7).unwrap());
+    let few = values(&few);
+    let scale = all.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = max_error(&all, &few);
+    assert!(
+        diff <= BATCH_INDEPENDENCE_TOL * scale,
+        "logits of the same images differ by {diff} (largest logit {scale})"
+    );
+}
+
+/// The evaluator calibrates static ranges on the calibration split only: conv1's input is the images
+/// themselves, so its range is that of the calibration images — here halved, unlike the others.
+#[test]
+fn static_ranges_come_from_the_calibration_split_only() {
+    use mpsearch::data::Batch;
+    use mpsearch::eval::{CandleEvaluator, EvalSettings};
+    let (model, mut data) =
+        mpsearch::eval::load(&mpsearch::model::ModelSource::Demo, None).unwrap();
+    let Batch::Images(images) = &data.calibration[0] else {
+        panic!("the demo's data are images")
+    };
+    let halved = (images * 0.5).unwrap();
+    data.calibration = vec![Batch::Images(halved.clone())];
+    let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
+    let v = values(&halved);
+    let expected = v
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    assert_eq!(ev.ranges().unwrap()["conv1"], expected);
 }
 
 #[test]

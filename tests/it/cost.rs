@@ -1,7 +1,7 @@
 //! The cost model: roofline against hand computation, measured overrides, additivity, exact
 //! feasibility against brute force, and every shipped profile on the baselines.
 
-use mpsearch::cost::{CostModel, CostTable, HardwareProfile, Objective};
+use mpsearch::cost::{CostModel, CostTable, HardwareProfile, Objective, Precision};
 use mpsearch::model::{inventory, ModelSource};
 use mpsearch::space::{file, Choice, LayerInfo, LayerKind, SearchSpace};
 use rand::{Rng, SeedableRng};
@@ -297,4 +297,292 @@ fn every_shipped_profile_costs_the_baselines() {
         );
         assert!(i8.bops < f.bops, "{name}");
     }
+}
+
+fn conv(name: &str, out: usize, inp: usize, k: usize, pixels: u64) -> LayerInfo {
+    LayerInfo {
+        name: name.into(),
+        kind: LayerKind::Conv2d,
+        shape: vec![out, inp, k, k],
+        macs: (out * inp * k * k) as u64 * pixels,
+        bias: false,
+    }
+}
+
+/// A weight-only choice (int weights, float activations) is charged for that arithmetic: the
+/// profile's weight-only kernel if it has one for the width (int weights read as stored, float rate),
+/// else a dequantized f32 copy read by the f32 kernel — never the int8 rate.
+#[test]
+fn weight_only_choices_are_charged_float_arithmetic() {
+    let l = linear("l", 1000, 1000);
+    // No weight-only kernel: exactly the f32 layer (dequantized copy), though stored in 8 bits.
+    let plain = simple("");
+    let f = plain.layer(&l, &Choice::F32);
+    let q = plain.layer(&l, &choice("int8-sym-channel"));
+    assert_eq!(q.cost.latency_us, f.cost.latency_us, "{}", q.kernel);
+    assert_eq!(q.kernel.to_string(), "dequantized → f32");
+    assert_eq!(q.kernel.arithmetic(), "int8×f32");
+    assert_eq!(q.cost.bytes, 1_004_000);
+    // A weight-only f32 kernel for int8 and int4: compute 1000 µs at the f32 rate; memory 1e6 int8
+    // values + 4000 scale bytes + 2000 × 4 activation bytes = 1012 µs.
+    let wo = simple("[weight_only]\nprecision = \"f32\"\nbits = [4, 8]\n");
+    let q = wo.layer(&l, &choice("int8-sym-channel"));
+    assert_eq!(q.cost.latency_us, 1012.0, "{}", q.kernel);
+    assert_eq!(q.kernel.to_string(), "weight-only f32 kernel");
+    // int4 reads 5e5 + 4000 + 8000 bytes: compute-bound at 1000 µs; int3 is unpacked to int4.
+    assert_eq!(
+        wo.layer(&l, &choice("int4-sym-channel")).cost.latency_us,
+        1000.0
+    );
+    let i3 = wo.layer(&l, &choice("int3-sym-channel"));
+    assert_eq!(
+        i3.kernel.to_string(),
+        "weight-only f32 kernel (int3 unpacked to int4)"
+    );
+    // The int8 kernel is what `+act8-*` buys: 250 µs of compute, 1006 µs of memory.
+    let a8 = wo.layer(&l, &choice("int8-sym-channel+act8-dynamic"));
+    assert_eq!(a8.cost.latency_us, 1006.0);
+    assert_eq!(a8.kernel.arithmetic(), "int8×int8");
+    // Batch 8: compute-bound, so the two differ by the kernel rates (f32 1, int8 4 GMAC/s).
+    let b8 = CostModel::new(wo.profile.clone(), 8).unwrap();
+    let ratio = b8.layer(&l, &choice("int8-sym-channel")).cost.latency_us
+        / b8.layer(&l, &choice("int8-sym-channel+act8-dynamic"))
+            .cost
+            .latency_us;
+    assert!(close(ratio, 4.0, SUM_TOL), "{ratio}");
+}
+
+/// f32 weights with int8 activations: no integer kernel takes float weights, so the f32 kernel runs
+/// after a quantize–dequantize pass over the input (read and written once more at 4 bytes).
+#[test]
+fn act8_on_float_weights_runs_the_float_kernel_with_a_qdq_pass() {
+    let m = simple("");
+    let l = linear("l", 1000, 1000);
+    let f = m.layer(&l, &Choice::F32);
+    let q = m.layer(&l, &choice("f32+act8-static"));
+    assert_eq!(q.cost.latency_us, f.cost.latency_us + 8.0);
+    assert_eq!(q.kernel.arithmetic(), "f32×int8");
+    assert_eq!(
+        q.kernel.to_string(),
+        "f32 kernel + act8 quantize–dequantize"
+    );
+}
+
+/// A profile says at which precisions its N:M kernels run; elsewhere N:M saves bytes only.
+#[test]
+fn nm_is_credited_only_at_the_declared_precisions() {
+    let m = simple("[sparsity]\nnm = [\"2:4\"]\nnm_precisions = [\"int8\"]\n");
+    let l = linear("l", 1000, 1000);
+    let f = m.layer(&l, &Choice::F32);
+    let f24 = m.layer(&l, &choice("f32+2:4"));
+    assert_eq!(f24.cost.latency_us, f.cost.latency_us);
+    assert_eq!(f24.macs, f.macs);
+    assert!(f24.cost.bytes < f.cost.bytes);
+    assert_eq!(
+        f24.kernel.to_string(),
+        "f32 kernel + 2:4 dense (no N:M on f32)"
+    );
+    let q = m.layer(&l, &choice("int8-sym-channel+act8-static"));
+    let q24 = m.layer(&l, &choice("int8-sym-channel+act8-static+2:4"));
+    assert_eq!(q24.macs, q.macs / 2.0);
+    assert!(q24.cost.latency_us < q.cost.latency_us);
+    // Left out, nm_precisions means every precision (the meaning older profiles had).
+    let all = simple("[sparsity]\nnm = [\"2:4\"]\n");
+    assert_eq!(all.layer(&l, &choice("f32+2:4")).macs, f.macs / 2.0);
+    // An unknown precision, or one the device does not compute in, is refused at load.
+    for bad in ["\"int9\"", "\"f16\""] {
+        let e = HardwareProfile::from_toml(
+            &format!("{SIMPLE}[sparsity]\nnm = [\"2:4\"]\nnm_precisions = [{bad}]\n"),
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("p.toml:") && e.contains("nm_precisions"), "{e}");
+    }
+}
+
+/// N:M groups run along the input channels at a fixed kernel position; a ragged tail of `in mod M`
+/// channels is stored and computed dense.
+#[test]
+fn nm_groups_run_along_input_channels_with_a_dense_ragged_tail() {
+    let m = simple("[sparsity]\nnm = [\"2:4\"]\n");
+    // 6 input channels × 3×3: per output and position, one group of 4 keeps 2, the tail of 2 stays.
+    let c = conv("c", 8, 6, 3, 16);
+    let dense = m.layer(&c, &Choice::F32);
+    let s = m.layer(&c, &choice("f32+2:4"));
+    assert_eq!(s.macs, dense.macs * 4.0 / 6.0);
+    // 8 rows × 9 positions × (2 × (32 + 2) + 2 × 32) bits.
+    assert_eq!(s.cost.bytes, 8 * 9 * (2 * 34 + 2 * 32) / 8);
+    assert_eq!(
+        s.kernel.to_string(),
+        "f32 kernel + 2:4 sparse (ragged tail dense)"
+    );
+    // A whole number of groups: half the work, no ragged tail.
+    let even = m.layer(&conv("e", 8, 8, 3, 16), &choice("f32+2:4"));
+    assert_eq!(even.kernel.to_string(), "f32 kernel + 2:4 sparse");
+    // A linear layer of 10 inputs: 2 groups keep 4, the tail of 2 stays: 6 of 10.
+    let l = linear("l", 4, 10);
+    let s = m.layer(&l, &choice("f32+2:4"));
+    assert_eq!(s.macs, 24.0);
+    assert_eq!(s.cost.bytes, (4 * (4 * 34 + 2 * 32) / 8) as u64);
+    // A factorized convolution: B (k × in·kh·kw) groups its `in` channels, A (rows × k) its k.
+    let r = m.layer(&conv("r", 8, 6, 3, 1), &choice("f32+2:4+rank50"));
+    let k = 4.0; // ⌈50% · min(8, 54)⌉
+    assert_eq!(r.macs, 8.0 * k / 2.0 + k * 9.0 * 4.0);
+}
+
+/// Activation quantization applies to the layer's input: the second factor of a factorized layer
+/// multiplies the float intermediate, so it runs the weight-only (or dequantized) kernel.
+#[test]
+fn the_second_factor_of_a_factorized_layer_multiplies_float_activations() {
+    let m = simple("[weight_only]\nprecision = \"f32\"\nbits = [8]\n");
+    let l = linear("l", 1000, 1000);
+    let r = m.layer(&l, &choice("int8-sym-channel+act8-static+rank10"));
+    assert_eq!(r.kernel.arithmetic(), "int8×int8");
+    let then = r.then.expect("two kernels");
+    assert_eq!(then.arithmetic(), "int8×f32");
+    assert_eq!(then.to_string(), "weight-only f32 kernel");
+    // B (100 × 1000): int8 kernel, compute 25 µs, memory 1e5 + 400 + 1100 activation bytes;
+    // A (1000 × 100): weight-only at f32, compute 100 µs, memory 1e5 + 4000 + 1100 × 4.
+    let b: f64 = (100_000.0 + 400.0 + 1100.0) / 1e3;
+    let a: f64 = (100_000.0 + 4000.0 + 4400.0) / 1e3;
+    assert!(
+        close(r.cost.latency_us, b.max(25.0) + a.max(100.0), SUM_TOL),
+        "{}",
+        r.cost.latency_us
+    );
+    // BOPs: B at 8×8 bits, A at 8×32.
+    assert_eq!(r.cost.bops, 100_000.0 * 64.0 + 100_000.0 * 256.0);
+}
+
+/// The weight-only kernels of a profile: the new table, the older `[compute] weight_only` key, both
+/// (refused), and kernels that could not take float activations (refused).
+#[test]
+fn weight_only_kernels_load_in_both_forms() {
+    let legacy = simple("").profile.clone();
+    assert_eq!(legacy.weight_only, None);
+    let old = HardwareProfile::from_toml(
+        &SIMPLE.replace("int8 = 4.0", "int8 = 4.0\nf16 = 2.0\nweight_only = \"f16\""),
+        "old.toml",
+    )
+    .unwrap();
+    for b in 2..=8 {
+        assert_eq!(old.weight_only_kernel(b), Some((b, Precision::F16)));
+    }
+    let new = simple("[weight_only]\nprecision = \"f32\"\nbits = [8, 4]\n").profile;
+    assert_eq!(new.weight_only_kernel(2), Some((4, Precision::F32)));
+    assert_eq!(new.weight_only_kernel(5), Some((8, Precision::F32)));
+    let refused = |text: String, needle: &str| {
+        let e = HardwareProfile::from_toml(&text, "w.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("w.toml:") && e.contains(needle), "{needle}: {e}");
+    };
+    refused(
+        SIMPLE.replace("int8 = 4.0", "int8 = 4.0\nweight_only = \"f32\"")
+            + "[weight_only]\nprecision = \"f32\"\nbits = [8]\n",
+        "both",
+    );
+    refused(
+        format!("{SIMPLE}[weight_only]\nprecision = \"int8\"\nbits = [8]\n"),
+        "float activations",
+    );
+    refused(
+        format!("{SIMPLE}[weight_only]\nprecision = \"f16\"\nbits = [8]\n"),
+        "no f16 throughput",
+    );
+    refused(
+        format!("{SIMPLE}[weight_only]\nprecision = \"f32\"\nbits = [9]\n"),
+        "2..=8",
+    );
+}
+
+/// A dequantized copy is the f32 kernel: where the profile measured f32 on the shape, a weight-only
+/// choice without a weight-only kernel takes that measurement.
+#[test]
+fn a_dequantized_copy_takes_the_measured_f32_entry() {
+    let m = simple(
+        "[[measured]]\nkind = \"linear\"\nshape = [64, 512]\nbatch = 1\nweights = \"f32\"\nus = 9.5\n",
+    );
+    let l = linear("fc1", 64, 512);
+    let q = m.layer(&l, &choice("int4-asym-g32"));
+    assert!(q.measured, "{}", q.kernel);
+    assert_eq!(q.cost.latency_us, 9.5);
+    // With act8, f32 weights run the measured f32 kernel plus the quantize–dequantize pass.
+    let f = m.layer(&l, &choice("f32+act8-dynamic"));
+    assert!(close(
+        f.cost.latency_us,
+        9.5 + 512.0 * 2.0 * 4.0 / 1e3,
+        SUM_TOL
+    ));
+    // The int8 kernel is another arithmetic: analytic.
+    assert!(!m.layer(&l, &choice("int4-asym-g32+act8-dynamic")).measured);
+}
+
+/// `cost --assignment` shows the arithmetic charged and the kernel or fallback, per layer, in the
+/// table and in JSON.
+#[test]
+fn cost_of_an_assignment_shows_the_arithmetic_charged() {
+    let d = Dir::new();
+    d.write(
+        "a.json",
+        r#"{"default": "int8-sym-channel", "layers": {"conv1": "int8-sym-channel+act8-dynamic", "fc1": "f32+2:4", "fc2": "f16"}}"#,
+    );
+    let out = crate::util::ok(
+        d.path(),
+        &[
+            "cost",
+            "--profile",
+            "jetson-orin-nano",
+            "--assignment",
+            "a.json",
+        ],
+    );
+    for needle in [
+        "arithmetic",
+        "kernel",
+        "int8×int8",
+        "int8 kernel",
+        "int8×f16",
+        "weight-only f16 kernel",
+        "f32×f32",
+        "2:4 dense (no N:M on f32)",
+        "f16×f16",
+    ] {
+        assert!(out.contains(needle), "`{needle}` missing:\n{out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&crate::util::ok(
+        d.path(),
+        &[
+            "cost",
+            "--profile",
+            "cortex-a76",
+            "--assignment",
+            "a.json",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let layer = |name: &str| {
+        json["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(layer("conv2")["arithmetic"], "int8×f32");
+    assert_eq!(layer("conv2")["kernel"], "weight-only f32 kernel");
+    assert_eq!(layer("conv2")["acts_charged"], "f32");
+    assert_eq!(layer("conv1")["acts_charged"], "int8");
+    assert_eq!(
+        layer("fc1")["kernel"],
+        "f32 kernel + 2:4 dense (no 2:4 on this device)"
+    );
+    assert_eq!(layer("fc2")["arithmetic"], "f16×f16");
+    assert!(
+        layer("fc2")["latency_us"].as_f64().unwrap() > 0.0,
+        "existing fields stay"
+    );
 }

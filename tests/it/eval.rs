@@ -1,12 +1,11 @@
-//! The candle evaluator and `mpsearch eval`: metrics against the f32 model, memoisation, and the JSON
-//! lines interface.
+//! The candle evaluator and `mpsearch eval`: metrics against the f32 model, memoisation, the search
+//! and held-out splits with their own content keys, and the JSON lines interface.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use mpsearch::compress::ScaleMethod;
-use mpsearch::eval::{load, CandleEvaluator, EvalSettings, Evaluator};
+use mpsearch::eval::{evaluation_key_on, load, CandleEvaluator, EvalSplit, Evaluator};
 use mpsearch::model::ModelSource;
 use mpsearch::space::{Assignment, Choice};
 
@@ -17,10 +16,6 @@ const MIN_ACCURACY: f64 = 0.97;
 /// Largest KL divergence of all-f16 (nearly lossless) and of int8 activations, on the demo.
 const F16_MAX_KL: f64 = 1e-6;
 const ACT8_MAX_KL: f64 = 0.05;
-/// Smallest mean cosine of MiniLM's int8 embeddings to its f32 ones.
-const MIN_INT8_COSINE: f64 = 0.99;
-/// Quality and metrics computed from each other agree to f64 rounding.
-const EXACT_TOL: f64 = 1e-12;
 
 /// Every layer of the model at `choice`.
 fn uniform(ev: &CandleEvaluator, choice: &str) -> Assignment {
@@ -108,6 +103,63 @@ fn fingerprints_and_keys_follow_the_settings() {
 }
 
 #[test]
+fn the_demo_data_splits_into_calibration_search_and_held_out() {
+    let (_, data) = load(&ModelSource::Demo, None).unwrap();
+    let s = data.sizes;
+    assert_eq!((s.calibration, s.search, s.held_out), (180, 240, 120));
+    let count = |b: &[mpsearch::data::Batch]| b.iter().map(|x| x.len()).sum::<usize>();
+    assert_eq!(count(&data.calibration), 180);
+    assert_eq!(count(&data.eval), 240);
+    assert_eq!(count(&data.held_out), 120);
+    assert_eq!(data.labels.as_ref().map(Vec::len), Some(240));
+    assert_eq!(data.held_out_labels.as_ref().map(Vec::len), Some(120));
+    assert!(data.description.contains("240 search") && data.description.contains("120 held-out"));
+}
+
+#[test]
+fn each_split_is_evaluated_on_its_own_data_under_its_own_key() {
+    let ev = demo_evaluator(ScaleMethod::Mse);
+    let f32 = uniform(&ev, "f32");
+    let held = ev.evaluate_on(EvalSplit::HeldOut, &f32).unwrap();
+    assert_eq!(
+        held.quality, 0.0,
+        "the f32 model against itself, held-out too"
+    );
+    assert!(
+        held.metrics["accuracy"] >= MIN_ACCURACY,
+        "{:?}",
+        held.metrics
+    );
+
+    let a = uniform(&ev, "int4-sym-channel");
+    let search = ev.evaluate(&a).unwrap();
+    assert_eq!(
+        ev.evaluate_on(EvalSplit::Search, &a).unwrap().quality,
+        search.quality
+    );
+    let held = ev.evaluate_on(EvalSplit::HeldOut, &a).unwrap();
+    assert!(held.quality > 0.0 && held.quality.is_finite());
+    assert_ne!(held.quality, search.quality, "another split, another mean");
+    // The held-out split's accuracy is a count over its 120 images.
+    let correct = held.metrics["accuracy"] * 120.0;
+    assert!(
+        (correct - correct.round()).abs() < 1e-9,
+        "{:?}",
+        held.metrics
+    );
+
+    // The split is part of the content key, and the key is computable without the evaluator.
+    let (ks, kh) = (ev.key(&a), ev.key_on(EvalSplit::HeldOut, &a));
+    assert_eq!(ks, ev.key_on(EvalSplit::Search, &a));
+    assert_ne!(ks, kh);
+    assert_eq!(
+        kh,
+        evaluation_key_on(&ev.fingerprint(), EvalSplit::HeldOut, &a.hash())
+    );
+    assert_eq!(ks, mpsearch::eval::evaluation_key(&ev.fingerprint(), &a));
+}
+
+#[test]
 fn eval_streams_json_lines_and_answers_each_line_at_once() {
     let dir = Dir::new();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
@@ -169,22 +221,4 @@ fn eval_one_file_and_bad_input() {
     );
     let err = fails(dir.path(), &["eval", "--stdin", "--data", "x.txt"]);
     assert!(err.contains("x.txt") && err.contains("encoder"), "{err}");
-}
-
-#[test]
-fn minilm_int8_keeps_the_embeddings() {
-    let Some(dir) = crate::util::minilm() else {
-        return;
-    };
-    let (model, data) = load(&ModelSource::Folder(dir), None).unwrap();
-    let model: Arc<dyn mpsearch::model::Model> = model;
-    let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
-    assert_eq!(ev.objective(), "cosine_distance");
-    let e = ev.evaluate(&uniform(&ev, "int8-sym-channel")).unwrap();
-    assert!(
-        e.metrics["mean_cosine"] >= MIN_INT8_COSINE,
-        "{:?}",
-        e.metrics
-    );
-    assert!((e.quality - (1.0 - e.metrics["mean_cosine"])).abs() < EXACT_TOL);
 }

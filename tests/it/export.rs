@@ -171,14 +171,28 @@ fn exports_of_a_search_round_trip() {
         let stored_q = trial["quality"].as_f64().unwrap();
 
         // JSON: exactly the trial's assignment; eval and cost reproduce its quality and cost.
-        let json = ok(
-            cwd,
-            &[
-                "export", "r", "--store", "s", "--point", &point, "--format", "json",
-            ],
+        // Standard error quotes its held-out quality beside the search one.
+        let held_q = trial["held_out_quality"]
+            .as_f64()
+            .expect("held-out quality");
+        let args = [
+            "export", "r", "--store", "s", "--point", &point, "--format", "json",
+        ];
+        let out = run(cwd, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::util::describe(&args, &out)
+        );
+        let json = String::from_utf8(out.stdout).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("search quality {stored_q:.4e}"))
+                && err.contains(&format!("held-out quality {held_q:.4e}")),
+            "{err}"
         );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v, trial["assignment"], "point {k}");
+        assert_eq!(v, trial["assignment"], "point {k}: plain assignment JSON");
         let file = d.write(&format!("p{k}.json"), &json);
         let file = file.to_str().unwrap();
         let e: serde_json::Value = serde_json::from_str(&ok(
@@ -253,6 +267,7 @@ fn exports_of_a_search_round_trip() {
         assert_eq!(meta["trial"], trial["trial"].to_string());
         assert_eq!(meta["point"], point);
         assert_eq!(meta["assignment_hash"], trial["hash"].as_str().unwrap());
+        assert_eq!(meta["held_out_quality"].parse::<f64>().unwrap(), held_q);
 
         // llama.cpp: one comment and one parseable --tensor-type line per layer, in layer order.
         let lines = ok(
@@ -411,11 +426,19 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
         "{err}"
     );
 
-    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick.
+    // A quality limit nothing meets: the closest trial, said loudly; --point has nothing to pick. The
+    // space has no float choice, so no trial can reach the f32 model's quality (the dear end of the
+    // predicted front is all-f32 in the shipped space).
+    d.write(
+        "int-only.toml",
+        "[space]\nname = \"int-only\"\n[defaults]\nfloat = []\nbits = [8, 4]\n",
+    );
     ok(
         cwd,
         &[
             "search",
+            "--space",
+            "int-only.toml",
             "--store",
             "s",
             "--run",
@@ -468,6 +491,14 @@ fn every_compact_form_reads_back_exactly() {
             ("fc1", "int8-sym-channel+act8-dynamic+sparse70+rank30"),
             ("fc2", "int7-asym-tensor+channels10"),
         ],
+        // N:M along input channels: conv1 has one input channel (all of it a dense tail), conv2
+        // 16 channels at 9 kernel positions, fc2's A (10×5) one run of 4 and a tail of 1.
+        [
+            ("conv1", "int8-sym-channel+2:4"),
+            ("conv2", "int4-asym-g32+2:4"),
+            ("fc1", "bf16+4:8+rank50"),
+            ("fc2", "int5-sym-channel+2:4+rank50"),
+        ],
     ];
     for (i, a) in assignments.iter().enumerate() {
         let asg = Assignment::new(a.iter().map(|(l, c)| (l.to_string(), c.parse().unwrap())));
@@ -478,6 +509,7 @@ fn every_compact_form_reads_back_exactly() {
             point: None,
             hash: asg.hash_hex(),
             quality: None,
+            held_out_quality: None,
             quality_metric: "kl_divergence".into(),
             cost_objective: "latency".into(),
             model: "demo".into(),
@@ -534,6 +566,63 @@ fn every_compact_form_reads_back_exactly() {
     };
     assert!(names.contains(&"fc2.w.rows".to_string()), "{names:?}");
     assert!(names.contains(&"conv2.a.mask".to_string()), "{names:?}");
+}
+
+/// N:M on a convolution: the file stores, for every output channel and kernel position, 2 of each run
+/// of 4 input channels (channels-last order), and reads back to the pruner's weight, 2 non-zeros in
+/// every `w[o, c..c+4, i, j]`.
+#[test]
+fn conv_nm_is_stored_along_input_channels() {
+    let d = Dir::new();
+    let (_, _, ev) = evaluator();
+    let asg = Assignment::new([("conv2".to_string(), "f32+2:4".parse().unwrap())]);
+    let path = d.path().join("nm.safetensors");
+    let info = ExportInfo {
+        run: "hand".into(),
+        trial: 0,
+        point: None,
+        hash: asg.hash_hex(),
+        quality: None,
+        held_out_quality: None,
+        quality_metric: "kl_divergence".into(),
+        cost_objective: "latency".into(),
+        model: "demo".into(),
+        space: "none".into(),
+        scale: ScaleMethod::Mse,
+    };
+    write_compressed(ev.model().as_ref(), &asg, &info, &path).unwrap();
+    let w = load_compressed(&path).unwrap()["conv2"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // conv2: [32, 16, 3, 3].
+    let at = |o: usize, c: usize, p: usize| (o * 16 + c) * 9 + p;
+    for o in 0..32 {
+        for p in 0..9 {
+            for c0 in (0..16).step_by(4) {
+                let nz = (c0..c0 + 4).filter(|&c| w[at(o, c, p)] != 0.0).count();
+                assert_eq!(nz, 2, "w[{o}, {c0}..{}, {p}]", c0 + 4);
+            }
+        }
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // 32 rows × 9 positions × 4 runs × 2 kept: f32 values, and a 2-bit place each.
+    let stored = 32 * 9 * 4 * 2;
+    assert_eq!(
+        st.tensor("conv2.w.values").unwrap().data().len(),
+        stored * 4
+    );
+    let places = st.tensor("conv2.w.nm_index").unwrap().data().to_vec();
+    assert_eq!(places.len(), stored * 2 / 8);
+    // The first run is w[0, 0..4, 0, 0]: its two places are those of its non-zeros.
+    let first: Vec<u8> = (0..4u8)
+        .filter(|&c| w[at(0, c as usize, 0)] != 0.0)
+        .collect();
+    assert_eq!(vec![places[0] & 3, (places[0] >> 2) & 3], first);
+    let file = read_compressed(&path).unwrap();
+    assert_eq!(file.metadata["format_version"], "2");
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod bert;
 mod calibrate;
 mod cli;
 mod compress;
+mod contract;
 mod cost;
 mod demo;
 mod eval;

@@ -181,10 +181,22 @@ fn the_edge_gpu_accelerates_2_4_sparsity_and_runs_weight_only_in_f16() {
         !gpu.accelerates_nm(1, 4),
         "jetson-orin-nano.toml: only 2:4 is accelerated"
     );
-    assert_eq!(
-        gpu.weight_only,
-        Some(Precision::F16),
-        "jetson-orin-nano.toml: weight_only should be f16"
+    for (bits, kernel) in [(8, 8), (6, 8), (4, 4), (3, 4), (2, 4)] {
+        assert_eq!(
+            gpu.weight_only_kernel(bits),
+            Some((kernel, Precision::F16)),
+            "jetson-orin-nano.toml: int{bits} weight-only should run W{kernel}A16"
+        );
+    }
+    for p in [Precision::Int(8), Precision::F16, Precision::Bf16] {
+        assert!(
+            gpu.accelerates_nm_at(2, 4, p),
+            "jetson-orin-nano.toml: the {p} tensor-core kernels compute 2:4 sparsely"
+        );
+    }
+    assert!(
+        !gpu.accelerates_nm_at(2, 4, Precision::F32),
+        "jetson-orin-nano.toml: the f32 CUDA-core path has no sparse acceleration"
     );
     assert_eq!(
         gpu.runs_as(Precision::Int(4)),
@@ -215,9 +227,8 @@ fn the_bit_serial_accelerators_have_bit_serial_throughput() {
             gbops / 64.0
         );
         assert_eq!(
-            p.weight_only,
-            Some(Precision::F32),
-            "{file}: float activations run on the host"
+            p.weight_only, None,
+            "{file}: BISMO has no weight-only kernel; weight-only layers are dequantized on the host"
         );
     }
 }
@@ -251,13 +262,40 @@ fn the_cpu_profiles_compute_f16_only_where_the_core_has_fp16_arithmetic() {
     }
     for name in ["cortex-a76", "cortex-a72", "x86-avx2"] {
         let p = by_name(&all, name);
-        assert_eq!(
-            p.weight_only, None,
-            "{name}.toml: CPU kernels quantize activations on the fly"
-        );
+        for (bits, kernel) in [(8, 8), (4, 4), (2, 4), (5, 8)] {
+            assert_eq!(
+                p.weight_only_kernel(bits),
+                Some((kernel, Precision::F32)),
+                "{name}.toml: XNNPACK's f32-qc8w/qc4w GEMMs run int{bits} weights with f32 activations"
+            );
+        }
         assert!(
             p.nm.is_empty(),
             "{name}.toml: this CPU has no N:M sparse instructions"
         );
+    }
+}
+
+#[test]
+fn every_profile_declares_its_kernels_in_the_current_form() {
+    for (stem, p) in shipped() {
+        let file = format!("hardware-profiles/{stem}.toml");
+        assert!(
+            !p.file.compute.contains_key("weight_only"),
+            "{file}: the weight-only kernels go in a [weight_only] table (precision, bits)"
+        );
+        assert!(
+            p.file.sparsity.nm_precisions.is_some(),
+            "{file}: [sparsity] nm_precisions must say which kernels compute N:M (empty for none)"
+        );
+        if let Some(w) = &p.weight_only {
+            assert!(
+                matches!(
+                    w.precision,
+                    Precision::F32 | Precision::F16 | Precision::Bf16
+                ),
+                "{file}: weight-only kernels multiply float activations"
+            );
+        }
     }
 }

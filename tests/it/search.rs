@@ -128,10 +128,11 @@ fn a_seeded_run_gives_the_same_trials_whatever_jobs_is() {
     assert_eq!(a, b);
 }
 
-#[test]
-fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
+/// Runs `strategy` for 80 trials uninterrupted, then again killed with SIGKILL part-way and resumed:
+/// both must end with the same trials and front.
+fn killed_and_resumed_equals_uninterrupted(strategy: &str) {
     let d = Dir::new();
-    let common = ["--trials", "80", "--seed", "5", "--strategy", "evolution"];
+    let common = ["--trials", "80", "--seed", "5", "--strategy", strategy];
     search(d.path(), "whole", "r", &common);
     let whole = identity(&trials_json(d.path(), "whole", "r"));
     assert_eq!(whole.len(), 80);
@@ -198,6 +199,80 @@ fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
             .collect()
     };
     assert_eq!(strip(&fronts[0]), strip(&whole_front));
+}
+
+#[test]
+fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
+    killed_and_resumed_equals_uninterrupted("evolution");
+}
+
+#[test]
+fn a_bayes_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
+    killed_and_resumed_equals_uninterrupted("bayes");
+}
+
+/// The uniform baselines of the demo space (all-f32, all-f16, all-int8, …), each evaluated and costed
+/// on its own by `mpsearch eval --profile cortex-a76`: `(label, latency µs, quality)`.
+fn demo_baselines(cwd: &Path) -> Vec<(String, f64, f64)> {
+    let inv = mpsearch::model::inventory(&mpsearch::model::ModelSource::Demo).unwrap();
+    let space = mpsearch::shipped::space("demo", &inv.layers).unwrap();
+    let b = space.baselines();
+    assert!(b.len() >= 4, "the demo space has several baselines");
+    b.iter()
+        .map(|(label, _, a)| {
+            let file = format!("{label}.json");
+            let path = cwd.join(&file);
+            std::fs::write(&path, a.to_json_string()).unwrap();
+            let out = ok(
+                cwd,
+                &["eval", "--assignment", &file, "--profile", "cortex-a76"],
+            );
+            let v: serde_json::Value = serde_json::from_str(out.trim()).expect("eval JSON");
+            (
+                label.clone(),
+                v["cost"]["latency_us"].as_f64().unwrap(),
+                v["quality"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_default_search_front_dominates_or_matches_every_uniform_baseline() {
+    let d = Dir::new();
+    search(d.path(), "s", "r", &["--trials", "32", "--seed", "2"]);
+    let runs = runs_json(d.path(), "s");
+    assert_eq!(runs[0]["strategy"], "bayes", "the default strategy");
+    let front: Vec<(f64, f64)> = runs[0]["front"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["cost"]["latency_us"].as_f64().unwrap(),
+                p["quality"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let trials = trials_json(d.path(), "s", "r");
+    let baseline_trials = trials
+        .iter()
+        .take_while(|t| t["strategy"] == "baseline")
+        .count();
+    for (label, latency, quality) in demo_baselines(d.path()) {
+        let matched = front
+            .iter()
+            .any(|&(c, q)| c <= latency * (1.0 + 1e-9) && q <= quality + 1e-12);
+        assert!(
+            matched,
+            "{label} (latency {latency} µs, quality {quality}) is better than every front point: \
+             {front:?}"
+        );
+    }
+    assert!(
+        baseline_trials >= 4,
+        "the run starts with the baselines: {baseline_trials} baseline trials"
+    );
 }
 
 #[test]
@@ -440,4 +515,80 @@ fn a_time_budget_alone_ends_the_run_by_time_not_by_the_default_trial_budget() {
     );
     let err = fails(d.path(), &["search", "--store", "s", "--time", "soon"]);
     assert!(err.contains("--time `soon`") && err.contains("8h"), "{err}");
+}
+
+#[test]
+fn the_front_is_evaluated_on_the_held_out_split_when_the_run_ends() {
+    use mpsearch::eval::{EvalSplit, Evaluator};
+    use mpsearch::store::Store;
+    let d = Dir::new();
+    let out = search(d.path(), "s", "r", &["--trials", "24"]);
+    assert!(out.contains("held-out − search quality over"), "{out}");
+    let runs = runs_json(d.path(), "s");
+    let r = &runs[0];
+    assert_eq!(
+        r["splits"],
+        serde_json::json!({"calibration": 180, "search": 240, "held_out": 120})
+    );
+    let front = r["front"].as_array().unwrap();
+    assert_eq!(
+        r["held_out_gap"]["points"].as_u64(),
+        Some(front.len() as u64)
+    );
+    assert_eq!(r["held_out_gap"]["missing"].as_u64(), Some(0));
+
+    // Each held-out quality is the evaluator's on the held-out split, and not its search quality.
+    let ev = crate::util::demo_evaluator(mpsearch::compress::ScaleMethod::Mse);
+    let space = mpsearch::shipped::space("demo", &ev.model().inventory().layers).unwrap();
+    let mut differ = 0;
+    for p in front {
+        let held = p["held_out_quality"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{p}"));
+        assert!(p["held_out_metrics"]["accuracy"].as_f64().is_some(), "{p}");
+        let a = space
+            .assignment_from_json(&serde_json::from_value(p["assignment"].clone()).unwrap())
+            .unwrap();
+        // (Within f64 rounding: candle may sum in another order in another process.)
+        let again = ev.evaluate_on(EvalSplit::HeldOut, &a).unwrap().quality;
+        assert!(crate::util::close(again, held, 1e-9), "{again} vs {held}");
+        let search = ev.evaluate(&a).unwrap().quality;
+        assert!(crate::util::close(
+            search,
+            p["quality"].as_f64().unwrap(),
+            1e-9
+        ));
+        differ += usize::from(held != p["quality"].as_f64().unwrap());
+    }
+    assert!(
+        differ > 0,
+        "held-out qualities equal the search ones: {front:?}"
+    );
+
+    // `trials --json` marks the front points and gives them their held-out quality.
+    let t = trials_json(d.path(), "s", "r");
+    let on_front: Vec<&serde_json::Value> = t.iter().filter(|v| !v["point"].is_null()).collect();
+    assert_eq!(on_front.len(), front.len());
+    for v in on_front {
+        assert!(v["held_out_quality"].as_f64().is_some(), "{v}");
+    }
+
+    // Resuming a finished run re-uses the cached held-out evaluations: nothing new is evaluated.
+    let count = || {
+        mpsearch::store::SledStore::open(&d.path().join("s"))
+            .unwrap()
+            .counts()
+            .unwrap()
+            .cached_evaluations
+    };
+    let before = count();
+    let args = ["resume", "r", "--store", "s"];
+    let out = run(d.path(), &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("held-out split:"),
+        "{}",
+        describe(&args, &out)
+    );
+    assert_eq!(count(), before, "resume evaluated something");
 }

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use mpsearch::compress::{apply_choice, ScaleMethod};
+use mpsearch::compress::{apply_choice, quantize_activation, ScaleMethod};
 use mpsearch::eval::CandleEvaluator;
 use mpsearch::sensitivity::rank::{average_ranks, kendall_tau_b, mean_absolute_error, spearman};
 use mpsearch::sensitivity::{
     cheap_errors, measure, one_at_a_time, pick_pairs, LayerStats, Measurement, MeasurementCache,
     Predictor,
 };
-use mpsearch::space::{Choice, LayerInfo, LayerKind, SearchSpace};
+use mpsearch::space::{ActQuant, Choice, LayerInfo, LayerKind, SearchSpace};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -28,6 +28,20 @@ const RANK_TOL: f64 = 1e-12;
 const EXACT_RTOL: f64 = 1e-12;
 /// The rank correlation `sensitivity --validate` must at least find on the demo.
 const MIN_VALIDATION_SPEARMAN: f64 = 0.5;
+/// How close the cheap error's weight + activation sum must be to the exact joint output error of a
+/// demo layer (the cross term and W′ → W in the activation term, see `stats.rs`).
+const ADDITIVE_RTOL: f64 = 0.1;
+/// The issue's trust target on the demo: Spearman ρ of predicted vs measured quality.
+const DEMO_TRUST_SPEARMAN: f64 = 0.9;
+/// One-at-a-time pairs of the asserted trust figure: the default of `--pairs`, which on the demo
+/// space (316 pairs) measures every pair, as `mpsearch search` and `sensitivity` do by default.
+/// (With a seeded sample of 120 pairs Spearman falls to 0.91–0.95 depending on the seed, too close to
+/// the target to assert.)
+const TRUST_PAIRS: usize = 400;
+/// Validation points of the asserted trust figure (fewer than the printed figure's 100, to keep it
+/// cheap: over seeds 0–3 the two give Spearman within 0.01 of each other, 0.96–0.985), and its seed.
+const TRUST_POINTS: usize = 40;
+const TRUST_SEED: u64 = 0;
 
 fn info(name: &str, kind: LayerKind, shape: &[usize]) -> LayerInfo {
     LayerInfo {
@@ -73,7 +87,7 @@ fn linear_output_error_equals_the_direct_relative_output_error() {
         tensor(&x2, &[2, 7, inp], DType::F32),
     ];
     let weight = tensor(&w, &[out, inp], DType::F32);
-    let stats = LayerStats::from_inputs(&l, &weight, &inputs).unwrap();
+    let stats = LayerStats::from_inputs(&l, &weight, &inputs, None).unwrap();
     assert_eq!(stats.samples(), 44);
     // Direct: ‖X ΔWᵀ‖² / ‖X Wᵀ‖² on the same f32-rounded values, in f64.
     let f = |v: &[f64]| -> Vec<f64> { v.iter().map(|&a| a as f32 as f64).collect() };
@@ -123,7 +137,7 @@ fn conv_output_error_equals_candle_conv2d_on_the_captured_input() {
     let w2: Vec<f64> = wv.iter().zip(&noise).map(|(a, b)| a + 0.2 * b).collect();
     let w2 = tensor(&w2, &[o, c, 3, 3], DType::F64);
     let l = info("conv", LayerKind::Conv2d, &[o, c, 3, 3]);
-    let stats = LayerStats::from_inputs(&l, &weight, std::slice::from_ref(&x)).unwrap();
+    let stats = LayerStats::from_inputs(&l, &weight, std::slice::from_ref(&x), None).unwrap();
     assert_eq!(stats.samples(), n * h * w);
     // Direct: the convolution (stride 1, padding 1) with ΔW and with W, in f64.
     let sq = |t: Tensor| -> f64 {
@@ -156,7 +170,7 @@ fn embedding_output_error_weighs_rows_by_how_often_they_are_looked_up() {
     let l = info("emb", LayerKind::Embedding, &[rows, dim]);
     let weight = tensor(&w, &[rows, dim], DType::F32);
     let input = Tensor::from_vec(ids.clone(), ids.len(), &Device::Cpu).unwrap();
-    let stats = LayerStats::from_inputs(&l, &weight, &[input]).unwrap();
+    let stats = LayerStats::from_inputs(&l, &weight, &[input], None).unwrap();
     // Direct: the looked-up rows, compared.
     let f = |v: f64| v as f32 as f64;
     let (mut num, mut den) = (0.0, 0.0);
@@ -178,7 +192,127 @@ fn embedding_output_error_weighs_rows_by_how_often_they_are_looked_up() {
     );
     // An id outside the table is an error.
     let bad = Tensor::from_vec(vec![6u32], 1, &Device::Cpu).unwrap();
-    assert!(LayerStats::from_inputs(&l, &weight, &[bad]).is_err());
+    assert!(LayerStats::from_inputs(&l, &weight, &[bad], None).is_err());
+}
+
+/// `‖(X − Q(X)) Wᵀ‖²` and `‖X Wᵀ‖²` of linear inputs `xs` (any leading dimensions) under `act`,
+/// directly, in f64 on the f32 values.
+fn direct_activation_energy(
+    xs: &[Tensor],
+    w: &[f64],
+    out: usize,
+    act: ActQuant,
+    range: Option<(f32, f32)>,
+) -> (f64, f64) {
+    let (mut num, mut den) = (0.0, 0.0);
+    for x in xs {
+        let q = quantize_activation(x, act, range).unwrap();
+        let dx = (x - &q).unwrap();
+        let flat = |t: &Tensor| -> Vec<f64> {
+            t.flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        let (xv, dv) = (flat(x), flat(&dx));
+        let inp = w.len() / out;
+        let wf: Vec<f64> = w.iter().map(|&a| a as f32 as f64).collect();
+        for (row, drow) in xv.chunks(inp).zip(dv.chunks(inp)) {
+            for o in 0..out {
+                let y: f64 = (0..inp).map(|j| row[j] * wf[o * inp + j]).sum();
+                let e: f64 = (0..inp).map(|j| drow[j] * wf[o * inp + j]).sum();
+                num += e * e;
+                den += y * y;
+            }
+        }
+    }
+    (num, den)
+}
+
+#[test]
+fn activation_error_equals_the_direct_relative_output_error() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (out, inp) = (5, 8);
+    let w = random(&mut rng, out * inp);
+    let l = info("lin", LayerKind::Linear, &[out, inp]);
+    // Samples on different scales, so that per-sample ranges matter; one input with tokens.
+    let mut x1 = random(&mut rng, 30 * inp);
+    for (r, row) in x1.chunks_mut(inp).enumerate() {
+        row.iter_mut().for_each(|v| *v *= 1.0 + r as f64);
+    }
+    let inputs = [
+        tensor(&x1, &[30, inp], DType::F32),
+        tensor(&random(&mut rng, 2 * 7 * inp), &[2, 7, inp], DType::F32),
+    ];
+    let weight = tensor(&w, &[out, inp], DType::F32);
+    let range = (-0.5, 0.5);
+    let stats = LayerStats::from_inputs(&l, &weight, &inputs, Some(range)).unwrap();
+    for (act, r) in [
+        (ActQuant::Int8Dynamic, None),
+        (ActQuant::Int8Static, Some(range)),
+    ] {
+        let (num, den) = direct_activation_energy(&inputs, &w, out, act, r);
+        assert_rel(
+            stats.activation_error(act).unwrap(),
+            num / den,
+            OUTPUT_ERROR_RTOL,
+            &format!("{act} relative output error"),
+        );
+    }
+    // Clamping to a range narrower than the inputs costs far more than per-sample ranges.
+    assert!(
+        stats.activation_error(ActQuant::Int8Static).unwrap()
+            > 10.0 * stats.activation_error(ActQuant::Int8Dynamic).unwrap()
+    );
+    assert_eq!(stats.activation_error(ActQuant::None).unwrap(), 0.0);
+    // Without a static range, act8-static has no error to give.
+    let no_range = LayerStats::from_inputs(&l, &weight, &inputs, None).unwrap();
+    let e = no_range
+        .activation_error(ActQuant::Int8Static)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`lin`") && e.contains("static"), "{e}");
+    // An embedding's input is ids: no activation error.
+    let emb = info("emb", LayerKind::Embedding, &[6, 3]);
+    let ids = Tensor::from_vec(vec![0u32, 2, 5], 3, &Device::Cpu).unwrap();
+    let table = tensor(&random(&mut rng, 18), &[6, 3], DType::F32);
+    let stats = LayerStats::from_inputs(&emb, &table, &[ids], None).unwrap();
+    assert!(stats.activation_error(ActQuant::Int8Dynamic).is_err());
+}
+
+#[test]
+fn conv_activation_error_equals_candle_conv2d_on_the_quantization_error() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (n, c, h, w, o) = (2, 3, 5, 6, 4);
+    let mut xv = random(&mut rng, n * c * h * w);
+    // The second image 20× larger: per-image ranges.
+    for v in &mut xv[c * h * w..] {
+        *v *= 20.0;
+    }
+    let x = tensor(&xv, &[n, c, h, w], DType::F64);
+    let weight = tensor(&random(&mut rng, o * c * 9), &[o, c, 3, 3], DType::F64);
+    let l = info("conv", LayerKind::Conv2d, &[o, c, 3, 3]);
+    let stats = LayerStats::from_inputs(&l, &weight, std::slice::from_ref(&x), None).unwrap();
+    let q = quantize_activation(&x, ActQuant::Int8Dynamic, None).unwrap();
+    let dx = (&x - &q).unwrap();
+    let sq = |t: Tensor| -> f64 {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let num = sq(dx.conv2d(&weight, 1, 1, 1, 1).unwrap());
+    let den = sq(x.conv2d(&weight, 1, 1, 1, 1).unwrap());
+    assert_rel(
+        stats.activation_error(ActQuant::Int8Dynamic).unwrap(),
+        num / den,
+        OUTPUT_ERROR_RTOL,
+        "conv2d activation error",
+    );
 }
 
 /// The demo's evaluator (default settings) and its shipped search space.
@@ -241,6 +375,132 @@ fn demo_capture_sees_every_layer_and_fewer_bits_cost_more() {
         e2,
         EXACT_RTOL,
         "cheap error of fc1 at int2",
+    );
+}
+
+/// `‖X Wᵀ − Q(X) W′ᵀ‖² / ‖X Wᵀ‖²` of a demo layer on its captured calibration inputs: the exact
+/// relative output error of compressing its weight and quantizing its input together.
+fn joint_error(ev: &CandleEvaluator, layer: &str, choice: &Choice) -> f64 {
+    let model = ev.model();
+    let w = model.weight(layer).unwrap().to_dtype(DType::F64).unwrap();
+    let w2 = apply_choice(&model.weight(layer).unwrap(), choice, ScaleMethod::Mse)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let apply = |x: &Tensor, w: &Tensor| -> Tensor {
+        if w.rank() == 4 {
+            x.conv2d(w, 1, 1, 1, 1).unwrap()
+        } else {
+            x.matmul(&w.t().unwrap()).unwrap()
+        }
+    };
+    let (mut num, mut den) = (0.0, 0.0);
+    for b in &ev.data().calibration {
+        let captured = mpsearch::model::capture_inputs(model.as_ref(), b).unwrap();
+        for x in &captured[layer] {
+            let q = quantize_activation(x, choice.act, None).unwrap();
+            let (x, q) = (
+                x.to_dtype(DType::F64).unwrap(),
+                q.to_dtype(DType::F64).unwrap(),
+            );
+            let y = apply(&x, &w);
+            let e = (&y - apply(&q, &w2)).unwrap();
+            num += e
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            den += y
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+        }
+    }
+    num / den
+}
+
+/// Issue 10, item 6: a choice with activation quantization gets a larger cheap error than its
+/// weight-only twin (the difference is the layer's activation error), the sum of the two terms is
+/// close to the exact joint output error, and the fitted predictor no longer predicts the act8 twin
+/// as free.
+#[test]
+fn demo_act8_choices_cost_more_than_their_weight_only_twins() {
+    let (ev, space) = demo_with_space();
+    let stats = LayerStats::capture(ev.model().as_ref(), &ev.data().calibration).unwrap();
+    let table = cheap_errors(&space, &stats, ScaleMethod::Mse).unwrap();
+    let g = group_of(&space, "fc1");
+    let act_error = stats[2].activation_error(ActQuant::Int8Dynamic).unwrap();
+    assert!(act_error > 0.0, "fc1's act8-dynamic error {act_error}");
+    let twins: Vec<(usize, usize)> = space.groups[g]
+        .choices
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.act == ActQuant::None)
+        .filter_map(|(i, c)| {
+            let twin = Choice {
+                act: ActQuant::Int8Dynamic,
+                ..*c
+            };
+            let j = space.groups[g].choices.iter().position(|x| *x == twin)?;
+            Some((i, j))
+        })
+        .collect();
+    assert!(twins.len() > 10, "fc1 offers act8-dynamic twins");
+    for &(i, j) in &twins {
+        assert!(
+            table[g][j] > table[g][i],
+            "{} costs no more than {}",
+            space.groups[g].choices[j],
+            space.groups[g].choices[i]
+        );
+        // The twin's cheap error is the weight-only one plus the activation error (exactly, up to the
+        // rounding of the sum, whose scale is the twin's error).
+        let extra = table[g][j] - table[g][i];
+        assert!(
+            (extra - act_error).abs() <= EXACT_RTOL * table[g][j],
+            "the twin's extra cheap error {extra} is not the activation error {act_error}"
+        );
+    }
+    // The additive approximation against the exact joint error, on a linear and a convolution.
+    for (layer, index) in [("fc1", 2), ("conv2", 1)] {
+        let w = ev.model().weight(layer).unwrap();
+        for c in [
+            "f32",
+            "int8-sym-channel",
+            "int4-sym-channel",
+            "int3-asym-channel",
+        ] {
+            let c: Choice = format!("{c}+act8-dynamic").parse().unwrap();
+            let w2 = apply_choice(&w, &c, ScaleMethod::Mse).unwrap();
+            let cheap = stats[index].output_error(&w2).unwrap()
+                + stats[index].activation_error(c.act).unwrap();
+            let exact = joint_error(&ev, layer, &c);
+            assert_rel(
+                cheap,
+                exact,
+                ADDITIVE_RTOL,
+                &format!("{layer} {c}: weight + activation"),
+            );
+        }
+    }
+    // Fitted on fc1's weight-only pairs alone, the predictor still charges every act8 twin — the
+    // all-f32 one included, which the weight-only model predicted as free.
+    let pairs: Vec<(usize, u16)> = twins.iter().map(|&(i, _)| (g, i as u16)).collect();
+    let measurements = measure(&ev, &space, &pairs).unwrap();
+    let p = Predictor::fit(&table, &measurements).unwrap();
+    assert!(p.fitted(g));
+    for &(i, j) in &twins {
+        assert!(p.table()[g][j] > p.table()[g][i]);
+    }
+    let f32_twin = choice_index(&space, g, "f32+act8-dynamic") as usize;
+    assert!(
+        p.table()[g][f32_twin] > 0.0,
+        "f32+act8-dynamic on fc1 is predicted free"
     );
 }
 
@@ -418,8 +678,8 @@ fn rank_statistics_match_hand_computed_and_scipy_values() {
 }
 
 /// The trust figures on the demo: fit on every one-at-a-time pair, then compare predicted and measured
-/// quality over 100 seeded random points of the demo space. Prints the figures; asserts only that they
-/// could be computed (the target, Spearman ≥ 0.9, is the issue's, not yet a guarantee). Run with
+/// quality over 100 seeded random points of the demo space. Prints the figures (with fitted scales
+/// alone; `demo_trust_spearman_is_at_least_0_9` asserts the target on 40 points). Run with
 /// `cargo test --test it -- --ignored demo_trust_figures --nocapture`.
 #[test]
 #[ignore = "measures ~420 evaluations (~30 s); prints figures for BENCHMARKS.md"]
@@ -457,6 +717,35 @@ fn demo_trust_figures() {
         mean_absolute_error(&predicted, &measured).unwrap(),
         measured.iter().sum::<f64>() / measured.len() as f64,
         p.scales()
+    );
+}
+
+/// The demo trust figure, asserted (issue 10): the analysis `mpsearch sensitivity` runs with its
+/// default pairs (all of the demo's), validated on seeded random assignments of the demo space
+/// (Spearman 0.962 at seed 0 when written).
+#[test]
+fn demo_trust_spearman_is_at_least_0_9() {
+    use mpsearch::sensitivity::analysis::{analyse, validate};
+    let (ev, space) = demo_with_space();
+    let pairs = pick_pairs(&space, TRUST_PAIRS, TRUST_SEED);
+    let an = analyse(&ev, &ev, &space, &pairs, &mut |_, _, _| {}).unwrap();
+    let v = validate(
+        &ev,
+        &space,
+        &an.predictor,
+        TRUST_POINTS,
+        TRUST_SEED,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        v.spearman >= DEMO_TRUST_SPEARMAN,
+        "demo trust: Spearman {:.3} (Kendall {:.3}, mae {:.4}) over {TRUST_POINTS} points with \
+         {} pairs measured, seed {TRUST_SEED}; the target is {DEMO_TRUST_SPEARMAN}",
+        v.spearman,
+        v.kendall,
+        v.mean_absolute_error,
+        pairs.len()
     );
 }
 

@@ -121,6 +121,110 @@ fn out_of_range_values_are_refused_at_their_file_line_and_column() {
     );
 }
 
+/// The toy layers with a word-embedding table in front, whose input is token ids.
+fn with_embedding() -> Vec<mpsearch::space::LayerInfo> {
+    let mut layers = toy_layers();
+    layers.insert(
+        0,
+        mpsearch::space::LayerInfo {
+            name: "embeddings.word".into(),
+            kind: mpsearch::space::LayerKind::Embedding,
+            shape: vec![1000, 64],
+            macs: 0,
+            bias: false,
+        },
+    );
+    layers
+}
+
+fn parse_with_embedding(body: &str) -> mpsearch::Result<SearchSpace> {
+    file::parse(&format!("{HEAD}{body}"), "toy.toml", &with_embedding())
+}
+
+/// Asserts that `body` (with an embedding among the layers) is refused at `line:column` with a
+/// message naming the embedding and the act8 choice.
+fn act8_refused_at(body: &str, line: usize, column: usize, act: &str) {
+    let err = parse_with_embedding(body)
+        .expect_err("act8 on an embedding accepted")
+        .to_string();
+    let place = format!("toy.toml:{line}:{column}:");
+    assert!(
+        err.starts_with(&place),
+        "expected {place} in:\n{err}\n--- file\n{HEAD}{body}"
+    );
+    for needle in [
+        "`embeddings.word` is an embedding",
+        "token ids",
+        act,
+        "activations = [\"none\"]",
+    ] {
+        assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
+    }
+}
+
+#[test]
+fn act8_on_an_embedding_is_refused_where_it_is_written() {
+    // Inherited from [defaults]: the error points at the act8 entry of the defaults' list.
+    act8_refused_at(
+        "[defaults]\nbits = [8]\nactivations = [\"none\", \"act8-dynamic\"]\n",
+        5,
+        24,
+        "act8-dynamic",
+    );
+    // From a [[layer]] table that matches the embedding.
+    act8_refused_at(
+        "[defaults]\nbits = [8]\n[[layer]]\nmatch = '^embeddings'\nactivations = [\"act8-static\"]\n",
+        7,
+        16,
+        "act8-static",
+    );
+    // From an explicit `choices` list, in [defaults] or in a [[layer]] table.
+    act8_refused_at(
+        "[defaults]\nchoices = [\"f32\", \"int8-sym-channel+act8-dynamic\"]\n",
+        4,
+        19,
+        "act8-dynamic",
+    );
+    act8_refused_at(
+        "[[layer]]\nmatch = 'word'\nchoices = [\"int8-sym-channel\", \"int4-sym-channel+act8-static\"]\n",
+        5,
+        32,
+        "act8-static",
+    );
+    // From a pin.
+    act8_refused_at(
+        "[[pin]]\nmatch = 'word'\nchoice = \"int8-sym-channel+act8-dynamic\"\n",
+        5,
+        10,
+        "act8-dynamic",
+    );
+    // Accepted: the embedding overridden to `none`, or excluded, while the other layers keep act8.
+    let body = "[defaults]\nbits = [8]\nactivations = [\"none\", \"act8-dynamic\"]\n";
+    for fix in [
+        "[[layer]]\nmatch = '^embeddings'\nactivations = [\"none\"]\n",
+        "[[layer]]\nmatch = '^embeddings'\nchoices = [\"int8-sym-channel\"]\n",
+    ] {
+        let s = parse_with_embedding(&format!("{body}{fix}")).unwrap();
+        let emb = &s.groups[s.layers[0].group];
+        assert!(emb
+            .choices
+            .iter()
+            .all(|c| c.act == mpsearch::space::ActQuant::None));
+        let head = &s.groups[s.layers.last().unwrap().group];
+        assert!(head
+            .choices
+            .iter()
+            .any(|c| c.act != mpsearch::space::ActQuant::None));
+    }
+    let s = file::parse(
+        &format!("[space]\nname = \"toy\"\nexclude = ['^embeddings']\n{body}"),
+        "toy.toml",
+        &with_embedding(),
+    )
+    .unwrap();
+    assert_eq!(s.layers[0].status, LayerStatus::Excluded);
+}
+
 #[test]
 fn unknown_fields_and_bad_syntax_are_refused_at_their_file_line_and_column() {
     refused_at(
@@ -356,6 +460,11 @@ fn bert_base_fits_a_minilm_shaped_folder() {
         .choices
         .iter()
         .all(|c| c.sparsity == mpsearch::space::Sparsity::None));
+    // Its input is token ids: never activation-quantized (the loader would refuse the space).
+    assert!(word
+        .choices
+        .iter()
+        .all(|c| c.act == mpsearch::space::ActQuant::None));
     assert_eq!(
         s.layers[0].status,
         LayerStatus::Excluded,
@@ -370,13 +479,17 @@ fn baselines_of_the_demo_space_are_the_uniform_references_it_allows() {
     let space = mpsearch::shipped::space("demo", &inv.layers).unwrap();
     let b = space.baselines();
     let labels: Vec<&str> = b.iter().map(|x| x.0.as_str()).collect();
-    assert_eq!(labels, ["all-f32", "all-int8", "all-int4", "all-2:4"]);
+    assert_eq!(
+        labels,
+        ["all-f32", "all-f16", "all-int8", "all-int4", "all-2:4"]
+    );
     for (label, choice, a) in &b {
         // Every baseline is an assignment the space allows.
         let p = space.point(a).unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(&space.assignment(&p), a);
         match label.as_str() {
             "all-f32" => assert!(a.iter().all(|(_, c)| c.is_uncompressed())),
+            "all-f16" => assert!(a.iter().all(|(_, c)| c.to_string() == "f16")),
             "all-int8" | "all-int4" => {
                 let bits = if label == "all-int8" { 8 } else { 4 };
                 assert!(matches!(choice.weights, WeightQuant::Int { bits: b, .. } if b == bits));

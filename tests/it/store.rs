@@ -1,7 +1,8 @@
 //! Stores end to end: a running sled search watched through its live view (`runs`, `trials`, `report`
 //! say how old it is; a second writer is still refused), `store copy` sled → PostgreSQL → sled with
-//! `runs --json` and `trials --json` compared, and searches on PostgreSQL: the same trials as on sled
-//! for the same seed, one controller per run, a killed controller's run resumed.
+//! `runs --json` and `trials --json` compared (held-out qualities included), and searches on
+//! PostgreSQL: the same trials and held-out qualities as on sled for the same seed, one controller
+//! per run, a killed controller's run resumed.
 //!
 //! The PostgreSQL tests need the server `MPSEARCH_TEST_POSTGRES` names (`.ci/run` starts one; so does
 //! `bash scripts/test-postgres.sh run cargo test`): without it they print `SKIPPED` and pass, except
@@ -134,10 +135,24 @@ fn a_running_sled_search_is_watched_through_its_live_view_and_a_second_writer_is
     );
     assert_eq!(status(&runs_json(d.path(), "s"), "r"), "running");
 
-    // The report is drawn from the view too.
-    let printed = ok(d.path(), &["report", "r", "--store", "s", "--out", "live"]);
-    assert_eq!(printed.trim(), "live/index.html");
+    // The report is drawn from the view too; the front's held-out evaluations wait for the search
+    // (the view takes no writes), and the report says so rather than evaluating them.
+    let args = ["report", "r", "--store", "s", "--out", "live"];
+    let out = run(d.path(), &args);
+    let text = describe(&args, &out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "live/index.html"
+    );
     assert!(d.path().join("live/index.html").is_file());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("of run `r` keep no held-out quality for now")
+            && said.contains(&format!("the search that holds it (pid {pid})"))
+            && !said.contains("evaluating"),
+        "{text}"
+    );
 
     // The view follows the search: later batches show up.
     let seen = trial_lines(&first);
@@ -201,6 +216,11 @@ fn store_copy_sled_to_postgres_and_back_keeps_runs_and_trials() {
 
     let runs = runs_json(d.path(), "s");
     assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
+    // The held-out evaluations of the fronts (in the evaluation cache) are copied with them.
+    for r in runs.as_array().into_iter().flatten() {
+        assert!(r["held_out_gap"]["points"].as_u64() > Some(0), "{r}");
+        assert_eq!(r["held_out_gap"]["missing"], 0, "{r}");
+    }
     for store in [pg.url.as_str(), "back"] {
         assert_eq!(runs_json(d.path(), store), runs, "runs --json of {store}");
         for name in ["evo", "rnd"] {
@@ -241,7 +261,10 @@ fn a_search_on_postgres_gives_the_trials_of_one_on_sled() {
         identity(&trials_json(d.path(), "s", "r"))
     );
     let (a, b) = (runs_json(d.path(), "s"), runs_json(d.path(), &pg.url));
+    // The same front, with the same held-out qualities.
     assert_eq!(a[0]["front"], b[0]["front"]);
+    assert_eq!(a[0]["held_out_gap"], b[0]["held_out_gap"]);
+    assert!(b[0]["front"][0]["held_out_quality"].is_f64(), "{b}");
     assert_eq!(b[0]["status"], "complete");
     // Resumed for 8 more, on PostgreSQL.
     ok(

@@ -85,9 +85,10 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 ///
 /// - `[compute]`: f32, f16, bf16 and `int<b>` GMAC/s at the largest measured shape (most MACs per
 ///   sample) and the largest batch; f16/bf16 from the faster of their plain and `QMatMul` kernels,
-///   `int<b>` from `[calibration] bit_types[b]`, the fastest candle type of b bits there. No
-///   `weight_only`: candle quantizes activations on the fly, so int layers run at their integer
-///   kernel's rate.
+///   `int<b>` from `[calibration] bit_types[b]`, the fastest candle type of b bits there. Candle's
+///   quantized kernels quantize activations on the fly, so the integer rates are W×A8 (`act8-*`
+///   choices); candle has no weight-only kernel, so no `[weight_only]` table: a weight-only choice is
+///   charged as a dequantized f32 copy (the f32 entries).
 /// - `[memory] bandwidth_gbs`: an effective figure, f32 weight bytes of the largest linear weight (the
 ///   largest weight when there is no linear one) over its f32 batch-1 time.
 /// - `[overhead] per_layer_us`: the fastest kernel of the overhead probe (a `[16, 256]` weight at
@@ -96,8 +97,8 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 ///   batch-1 time against f32 weight bytes over the measured linear shapes, clamped to [0, smallest
 ///   f32 batch-1 time] (0 with fewer than two distinct sizes). The probe is not written to
 ///   `[[measured]]`.
-/// - `[[measured]]`: per shape and batch, f32, f16, bf16 (faster kernel) and, per bit-width, the
-///   fastest runnable candle type of that width, dense, `act = "none"`.
+/// - `[[measured]]`: per shape and batch, f32, f16, bf16 (faster kernel) with `act = "none"` and, per
+///   bit-width, the fastest runnable candle type of that width with `act = "act8-dynamic"`, dense.
 /// - `[calibration]`: `bit_types`, `slow_kernels` (kernels more than 10% slower than f32 at batch 1
 ///   on the largest shape where both ran: no fast SIMD kernel here) and notes (skips, CPU features).
 pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Result<ProfileFile> {
@@ -143,13 +144,18 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             repetitions: Some(opts.repetitions.max(1)),
         },
         compute,
+        weight_only: None,
         memory: Memory {
             bandwidth_gbs: Spanned::new(0..0, round(bandwidth, 3).max(0.001)),
         },
         overhead: Overhead {
             per_layer_us: round(per_layer_us, 2),
         },
-        sparsity: SparsitySupport::default(),
+        // candle's CPU kernels compute every pattern dense.
+        sparsity: SparsitySupport {
+            nm_precisions: Some(Vec::new()),
+            ..SparsitySupport::default()
+        },
         fallback: BTreeMap::new(),
         measured,
         calibration: Some(Calibration {
@@ -323,7 +329,7 @@ fn measured_entries(
                 shape: shape.shape.clone(),
                 batch,
                 weights: p,
-                act: "none".into(),
+                act: measured_act(p).into(),
                 sparsity: "dense".into(),
                 us: round(m.median_us, 2),
                 spread_us: Some(round(m.spread_us, 2)),
@@ -332,6 +338,16 @@ fn measured_entries(
         }
     }
     measured
+}
+
+/// The activations a measured kernel of precision `p` multiplies: candle's quantized kernels (every
+/// integer width) quantize them on the fly (Q8_0 / Q8_K blocks, per row: `act8-dynamic`); its float
+/// kernels keep them float.
+fn measured_act(p: Precision) -> &'static str {
+    match p {
+        Precision::Int(_) => "act8-dynamic",
+        _ => "none",
+    }
 }
 
 /// The f32 measurement of `m`'s shape and batch.

@@ -11,11 +11,15 @@
 //! This module holds the layout's types and bit packing; `write` lays a layer's compressed factors out
 //! as tensors and `read` densifies them back, each in named steps that follow the layout below.
 //!
-//! ## Layout (format version 1)
+//! ## Layout (format version 2)
 //!
 //! A layer `L` has one factor `w`, or two, `a` (rows × k) and `b` (k × cols), when it is factorized
 //! (`rank<P>`: `W ≈ A·B`). The factors are matrices in the matrix view of the weight (rows = output
-//! channels, columns = everything else). Each factor `F` is stored as these tensors:
+//! channels, columns = everything else: for a convolution `[out, in, kh, kw]`, column `c·kh·kw + p`
+//! holds input channel `c` at kernel position `p`). A factor's **kernel** is the number of kernel
+//! positions per input channel: the product of the layer's shape after its first two dimensions
+//! (`kh·kw`; 1 for a linear layer or an embedding) for `w` and `b`, and 1 for `a`. Each factor `F` is
+//! stored as these tensors:
 //!
 //! | tensor | dtype | shape | what |
 //! | --- | --- | --- | --- |
@@ -24,13 +28,17 @@
 //! | `L.F.zero_points` | U8 | as `scales` | asymmetric only: one zero point per group |
 //! | `L.F.values` | F32, F16 or BF16 | [rows, cols] dense, else \[n\] | float formats: the stored values |
 //! | `L.F.mask` | U8 | [⌈rows·cols/8⌉] | unstructured sparsity: 1 bit per value, 1 = kept |
-//! | `L.F.nm_index` | U8 | [⌈n·⌈log₂M⌉/8⌉] | N:M: each kept value's position in its run of M |
+//! | `L.F.nm_index` | U8 | [⌈r·⌈log₂M⌉/8⌉] | N:M: each kept value of a full run: its place in the run of M |
 //! | `L.F.rows` | I32 | [kept rows] | removed channels (`w` or `a`): the kept rows, ascending |
 //!
 //! **Stored values**, in row-major order: every value (dense); the values whose mask bit is 1
-//! (unstructured); in every row, each run of M consecutive columns keeps ⌈N·len/M⌉ values (`len` = M
-//! but for a shorter last run), listed by their `nm_index` (N:M); all values of the kept rows
-//! (removed channels; the other rows are zero).
+//! (unstructured); all values of the kept rows (removed channels; the other rows are zero). **N:M**
+//! runs go along input channels at a fixed kernel position (`w[o, c..c+M, i, j]`, the layout sparse
+//! tensor cores use), so its values are stored in channels-last order: for every row, for every kernel
+//! position p, the channels ascending — each full run of M channels stores its N kept values (their
+//! places in the run, ascending, are the run's N entries of `nm_index`; r = rows·kernel·N·⌊in/M⌋
+//! entries in all), then the ragged tail of the last `in mod M` channels, which is dense (all stored,
+//! no index).
 //!
 //! **Packing** (`codes`, `mask`, `nm_index`): value i occupies bits `i·b … i·b+b−1` of a little-endian
 //! bit stream (bit j is bit `j mod 8` of byte `⌊j/8⌋`), so 4-bit codes are two per byte, low nibble first.
@@ -45,11 +53,10 @@
 //! (an f32 product, summing in f32), reshaped to the layer's shape.
 //!
 //! The `__metadata__` records: `format` (`mpsearch-compressed-weights`), `format_version`, the run, trial
-//! (and front point), assignment hash, quality and its metric, cost objective, model, space and scale
-//! method, the whole
-//! assignment JSON, `layers` (per layer: its choice, shape, and per factor its rows, columns, format,
-//! pattern and stored-value count), `not_included` (the layers left out) and `reconstruct` (these rules
-//! in short).
+//! (and front point), assignment hash, quality (search split; `held_out_quality` too when known) and its
+//! metric, cost objective, model, space and scale method, the whole assignment JSON, `layers` (per
+//! layer: its choice, shape, and per factor its rows, columns, format, pattern and stored-value count),
+//! `not_included` (the layers left out) and `reconstruct` (these rules in short).
 
 mod read;
 mod write;
@@ -67,12 +74,15 @@ use crate::space::{Choice, Granularity, Sparsity};
 
 /// The `format` metadata value of an mpsearch compressed-weights file.
 pub const FORMAT: &str = "mpsearch-compressed-weights";
-/// The layout version this module writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The layout version this module writes and reads. Version 1 grouped N:M runs along consecutive
+/// columns (across a convolution's kernel positions) and pruned the ragged tail; it is not read.
+pub const FORMAT_VERSION: u32 = 2;
 
 const RECONSTRUCT: &str = "per factor (w, or a and b): zeros except the stored values; stored values \
-    in row-major order: all (pattern dense), those whose mask bit is 1 (bitmask), ceil(N*len/M) per run \
-    of M columns at their nm_index positions (N:M), all values of the rows listed in .rows (rows); \
+    in row-major order: all (pattern dense), those whose mask bit is 1 (bitmask), all values of the rows \
+    listed in .rows (rows); N:M in channels-last order: per row, per kernel position p (kernel = \
+    product of shape[2:] for w and b, 1 for a; column = channel*kernel + p), N values per full run of \
+    M input channels at their nm_index places, then the ragged tail of (in mod M) channels dense; \
     integer value = (code - z) * s with the group's scale and zero point (symmetric: z = 2^(bits-1)); \
     codes, mask and nm_index are little-endian bit streams; weight = w, or the f32 product a.b, \
     reshaped to the layer's shape";
@@ -86,7 +96,10 @@ pub struct ExportInfo {
     pub point: Option<usize>,
     /// The assignment's content hash (hex).
     pub hash: String,
+    /// Quality on the search split (what the trial was chosen on).
     pub quality: Option<f64>,
+    /// Quality on the held-out split, when it was evaluated there.
+    pub held_out_quality: Option<f64>,
     /// What `quality` measures (`kl_divergence`, `cosine_distance`).
     pub quality_metric: String,
     /// The run's cost objective (`latency`, `size`, `bops`).
@@ -164,7 +177,7 @@ enum Pattern {
     Dense,
     /// The values whose `mask` bit is 1 (unstructured sparsity).
     Bitmask,
-    /// ⌈N·len/M⌉ values per run of M columns, at their `nm_index` positions.
+    /// N values per full run of M input channels at their `nm_index` places, the ragged tail dense.
     NM { n: u8, m: u8 },
     /// Every value of the rows listed in `rows` (removed channels).
     Rows,
@@ -208,6 +221,15 @@ fn row_positions(rows: &[usize], cols: usize) -> Vec<usize> {
     rows.iter()
         .flat_map(|&r| r * cols..(r + 1) * cols)
         .collect()
+}
+
+/// Every position of a `rows`×`cols` factor with `kernel` positions per input channel, in
+/// channels-last order (row, then kernel position, then channel): the order of N:M stored values.
+fn nm_order(rows: usize, cols: usize, kernel: usize) -> impl Iterator<Item = usize> {
+    let channels = cols / kernel.max(1);
+    (0..rows).flat_map(move |r| {
+        (0..kernel).flat_map(move |p| (0..channels).map(move |c| r * cols + c * kernel + p))
+    })
 }
 
 /// Groups of scales in a row of `cols` columns (1 per tensor counts as 1 per row here).

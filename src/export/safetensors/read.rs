@@ -10,7 +10,7 @@ use super::{
     groups_per_row, index_bits, row_positions, unpack, CompressedFile, FactorRecord, LayerRecord,
     Pattern, Stored, FORMAT, FORMAT_VERSION,
 };
-use crate::compress::WeightMatrix;
+use crate::compress::{factor_kernel, WeightMatrix};
 use crate::error::{Error, Result};
 use crate::space::{Choice, Granularity, QuantScheme, Sparsity, WeightQuant};
 
@@ -57,11 +57,14 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<CompressedFile> {
     for (name, r) in &records {
         let choice: Choice = r.choice.parse()?;
         let mut factors = Vec::new();
-        for f in &r.factors {
-            factors.push(read_factor(&st, name, f, &choice).map_err(|e| match e {
-                Error::Export { message } => bad(message),
-                other => other,
-            })?);
+        for (i, f) in r.factors.iter().enumerate() {
+            let kernel = factor_kernel(&r.shape, r.factors.len(), i);
+            factors.push(
+                read_factor(&st, name, f, kernel, &choice).map_err(|e| match e {
+                    Error::Export { message } => bad(message),
+                    other => other,
+                })?,
+            );
         }
         let m = match factors.as_slice() {
             [w] => w.clone(),
@@ -91,16 +94,18 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<CompressedFile> {
     })
 }
 
-/// One factor, densified.
+/// One factor (with `kernel` positions per input channel), densified.
 fn read_factor(
     st: &SafeTensors,
     layer: &str,
     f: &FactorRecord,
+    kernel: usize,
     choice: &Choice,
 ) -> Result<WeightMatrix> {
     let t = FactorTensors {
         st,
         prefix: format!("{layer}.{}", f.name),
+        kernel,
     };
     let pattern = Pattern::read(&f.pattern, choice, &t.prefix)?;
     let stored = t.stored(pattern, f)?;
@@ -128,6 +133,8 @@ fn read_factor(
 struct FactorTensors<'a> {
     st: &'a SafeTensors<'a>,
     prefix: String,
+    /// Kernel positions per input channel (N:M runs go along channels at each position).
+    kernel: usize,
 }
 
 impl FactorTensors<'_> {
@@ -198,31 +205,46 @@ impl FactorTensors<'_> {
             })
     }
 
-    /// The stored positions of an N:M factor, from its `nm_index` tensor: ⌈N·len/M⌉ per run of M
-    /// columns (`len` = M but for a shorter last run) of every row.
+    /// The stored positions of an N:M factor, from its `nm_index` tensor, in the layout's order: for
+    /// every row and kernel position, `n` ascending places in each full run of `m` input channels,
+    /// then every channel of the ragged tail.
     fn nm_positions(&self, n: usize, m: usize, f: &FactorRecord) -> Result<Vec<usize>> {
-        let (rows, cols) = (f.rows, f.cols);
+        let (rows, cols, kernel) = (f.rows, f.cols, self.kernel);
+        if kernel == 0 || cols % kernel != 0 || m == 0 {
+            return Err(Error::export(format!(
+                "factor `{}` has {cols} columns, not whole input channels of {kernel} kernel positions",
+                self.prefix
+            )));
+        }
+        let channels = cols / kernel;
+        let runs = channels / m;
         let idx = unpack(
             &self.get("nm_index", Dtype::U8)?,
             index_bits(m as u8),
-            f.stored,
+            rows * kernel * runs * n,
         )
         .ok_or_else(|| self.short("nm_index"))?;
         let mut it = idx.into_iter();
         let mut out = Vec::with_capacity(f.stored);
         for r in 0..rows {
-            for start in (0..cols).step_by(m.max(1)) {
-                let len = m.min(cols - start);
-                for _ in 0..(n * len).div_ceil(m) {
-                    let j = usize::from(it.next().ok_or_else(|| self.short("nm_index"))?);
-                    if j >= len {
-                        return Err(Error::export(format!(
-                            "tensor `{}.nm_index` has position {j} in a run of {len}",
-                            self.prefix
-                        )));
+            for p in 0..kernel {
+                let at = |c: usize| r * cols + c * kernel + p;
+                for run in 0..runs {
+                    let mut next = 0;
+                    for _ in 0..n {
+                        let j = usize::from(it.next().ok_or_else(|| self.short("nm_index"))?);
+                        if j < next || j >= m {
+                            return Err(Error::export(format!(
+                                "tensor `{}.nm_index` has position {j} where a run of {m} needs a \
+                                 place in {next}..{m} (places are distinct and ascending)",
+                                self.prefix
+                            )));
+                        }
+                        next = j + 1;
+                        out.push(at(run * m + j));
                     }
-                    out.push(r * cols + start + j);
                 }
+                out.extend((runs * m..channels).map(at));
             }
         }
         Ok(out)

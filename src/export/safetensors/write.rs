@@ -7,10 +7,13 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use safetensors::Dtype;
 
 use super::{
-    groups_per_row, index_bits, max_difference, pack, read_bytes, row_positions, ExportInfo,
-    FactorRecord, LayerRecord, Pattern, Stored, WriteSummary, FORMAT, FORMAT_VERSION, RECONSTRUCT,
+    groups_per_row, index_bits, max_difference, nm_order, pack, read_bytes, row_positions,
+    ExportInfo, FactorRecord, LayerRecord, Pattern, Stored, WriteSummary, FORMAT, FORMAT_VERSION,
+    RECONSTRUCT,
 };
-use crate::compress::{compress_factors, CompressedWeight, QuantizedWeight, WeightMatrix};
+use crate::compress::{
+    compress_factors, factor_kernel, CompressedWeight, QuantizedWeight, WeightMatrix,
+};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::space::{Assignment, Choice, Granularity, QuantScheme, Sparsity, WeightQuant};
@@ -85,6 +88,9 @@ pub fn compressed_bytes(
     if let Some(q) = info.quality {
         meta.insert("quality".into(), format!("{q:e}"));
     }
+    if let Some(q) = info.held_out_quality {
+        meta.insert("held_out_quality".into(), format!("{q:e}"));
+    }
     let views = tensors
         .iter()
         .map(|t| {
@@ -134,8 +140,9 @@ pub fn write_compressed(
 }
 
 impl Stored {
-    /// What a factor of `pattern` with keep-`mask` stores (the writer's side).
-    fn of(pattern: Pattern, rows: usize, cols: usize, mask: &[bool]) -> Stored {
+    /// What a factor of `pattern` with keep-`mask` and `kernel` positions per input channel stores
+    /// (the writer's side).
+    fn of(pattern: Pattern, rows: usize, cols: usize, kernel: usize, mask: &[bool]) -> Stored {
         let kept_rows: Vec<usize> = if pattern == Pattern::Rows {
             (0..rows).filter(|&r| cols == 0 || mask[r * cols]).collect()
         } else {
@@ -144,9 +151,8 @@ impl Stored {
         let positions = match pattern {
             Pattern::Dense => (0..rows * cols).collect(),
             Pattern::Rows => row_positions(&kept_rows, cols),
-            Pattern::Bitmask | Pattern::NM { .. } => {
-                (0..rows * cols).filter(|&i| mask[i]).collect()
-            }
+            Pattern::Bitmask => (0..rows * cols).filter(|&i| mask[i]).collect(),
+            Pattern::NM { .. } => nm_order(rows, cols, kernel).filter(|&i| mask[i]).collect(),
         };
         Stored {
             rows: kept_rows,
@@ -177,8 +183,9 @@ fn layer_tensors(
     {
         let prefix = format!("{layer}.{}", names[i]);
         let pattern = Pattern::of(choice.sparsity, i);
-        let stored = Stored::of(pattern, f.rows(), f.cols(), mask);
-        push_pattern(&prefix, pattern, &stored, mask, f, out);
+        let kernel = factor_kernel(c.shape(), c.factors().len(), i);
+        let stored = Stored::of(pattern, f.rows(), f.cols(), kernel, mask);
+        push_pattern(&prefix, pattern, &stored, mask, f, kernel, out);
         match (q, choice.weights) {
             (
                 Some(q),
@@ -221,6 +228,7 @@ fn push_pattern(
     stored: &Stored,
     mask: &[bool],
     f: &WeightMatrix,
+    kernel: usize,
     out: &mut Vec<Owned>,
 ) {
     match pattern {
@@ -242,11 +250,17 @@ fn push_pattern(
                 .collect(),
         }),
         Pattern::NM { m, .. } => {
+            // The channel of each stored value; those of full runs get their place in the run, the
+            // ragged tail none.
             let bits = index_bits(m);
+            let m = usize::from(m);
+            let in_runs = f.cols() / kernel / m * m;
             let idx: Vec<u8> = stored
                 .positions
                 .iter()
-                .map(|&i| ((i % f.cols()) % m as usize) as u8)
+                .map(|&i| (i % f.cols()) / kernel)
+                .filter(|&c| c < in_runs)
+                .map(|c| (c % m) as u8)
                 .collect();
             out.push(Owned {
                 name: format!("{prefix}.nm_index"),

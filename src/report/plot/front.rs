@@ -1,5 +1,6 @@
 //! The Pareto plot: quality against the run's cost, the front numbered as in the report's table,
-//! dominated points faint, points outside the limits crossed out, baselines labelled, limits dashed.
+//! each front point's held-out quality as a ring joined to it, dominated points faint, points outside
+//! the limits crossed out, baselines labelled, limits dashed.
 
 use std::ops::Range;
 
@@ -9,8 +10,8 @@ use plotters::prelude::*;
 
 use super::axes::{place_labels, CostAxis, QualityAxis, Rect};
 use super::{
-    centred_note, frame, mesh_style, plotters_error as pe, text, BASELINE, DOMINATED, FRONT, LIMIT,
-    POINT_LABEL,
+    centred_note, frame, mesh_style, plotters_error as pe, text, BASELINE, DOMINATED, FRONT,
+    HELD_OUT, LIMIT, POINT_LABEL,
 };
 use crate::cost::model::format_bytes;
 use crate::cost::{Cost, Objective};
@@ -46,6 +47,11 @@ impl Axes {
             d.points
                 .iter()
                 .map(|p| p.quality)
+                .chain(
+                    d.front
+                        .iter()
+                        .filter_map(|f| Some(f.held_out.as_ref()?.quality)),
+                )
                 .chain(d.baselines.iter().map(|b| b.quality))
                 .chain(d.limits.max_drop),
         );
@@ -74,6 +80,7 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -
         .map(|f| axes.at(&f.cost, f.quality))
         .collect();
     draw_other_trials(&mut chart, d, &axes)?;
+    draw_held_out(&mut chart, d, &axes)?;
     draw_front(&mut chart, &front)?;
     let baselines: Vec<(f64, f64)> = d
         .baselines
@@ -176,6 +183,46 @@ fn draw_front<DB: DrawingBackend>(chart: &mut Chart<DB>, front: &[(f64, f64)]) -
             front.len()
         ))
         .legend(|(x, y)| Circle::new((x, y), FRONT_RADIUS, FRONT.filled()));
+    Ok(())
+}
+
+/// Each front point's held-out quality: a ring at (cost, held-out quality), joined to the point.
+fn draw_held_out<DB: DrawingBackend>(
+    chart: &mut Chart<DB>,
+    d: &ReportData,
+    axes: &Axes,
+) -> Result<()> {
+    let pairs: Vec<((f64, f64), (f64, f64))> = d
+        .front
+        .iter()
+        .filter_map(|f| {
+            let h = f.held_out.as_ref()?;
+            Some((axes.at(&f.cost, f.quality), axes.at(&f.cost, h.quality)))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    for &(search, held) in &pairs {
+        chart
+            .draw_series(LineSeries::new(
+                [search, held],
+                HELD_OUT.mix(0.5).stroke_width(1),
+            ))
+            .map_err(pe)?;
+    }
+    chart
+        .draw_series(
+            pairs
+                .iter()
+                .map(|&(_, h)| Circle::new(h, FRONT_RADIUS - 1, HELD_OUT.stroke_width(2))),
+        )
+        .map_err(pe)?
+        .label(format!(
+            "held-out quality of front points ({})",
+            pairs.len()
+        ))
+        .legend(|(x, y)| Circle::new((x, y), FRONT_RADIUS - 1, HELD_OUT.stroke_width(2)));
     Ok(())
 }
 

@@ -39,6 +39,8 @@ const FRONT: RGBColor = RGBColor(31, 119, 180);
 const BASELINE: RGBColor = RGBColor(214, 106, 0);
 const LIMIT: RGBColor = RGBColor(200, 30, 30);
 const DOMINATED: RGBColor = RGBColor(120, 120, 120);
+/// Front points' qualities on the held-out split.
+const HELD_OUT: RGBColor = RGBColor(148, 103, 189);
 const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 106, 0),

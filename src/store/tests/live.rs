@@ -91,6 +91,22 @@ fn a_held_store_is_read_through_the_view_its_writer_keeps() {
 }
 
 #[test]
+fn held_out_qualities_are_read_through_the_view() {
+    let b = SledBackend::new();
+    let writer = b.open();
+    let (m, trials, _) = held_out_run(&writer);
+    writer.lock_run("held").expect("drive the run");
+    let view = view_of(&b);
+    let front: Vec<&TrialRecord> = trials.iter().collect();
+    let through_view = front_held_out(&view, &m, &front).expect("through the view");
+    assert_eq!(
+        through_view,
+        front_held_out(&writer, &m, &front).expect("direct")
+    );
+    assert_eq!(through_view.1.map(|g| (g.points, g.missing)), Some((2, 1)));
+}
+
+#[test]
 fn open_for_reading_says_it_is_a_live_view() {
     let b = SledBackend::new();
     let location = Location::Sled(b.dir.path().to_path_buf());

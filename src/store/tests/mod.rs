@@ -308,6 +308,7 @@ pub fn manifest(name: &str, created_unix: u64) -> RunManifest {
             model: "ab12".into(),
             ..Fingerprints::default()
         },
+        splits: None,
     }
 }
 
@@ -349,6 +350,33 @@ pub fn evaluation() -> CachedEvaluation {
         quality: 0.02,
         metrics: BTreeMap::from([("kl".to_string(), 0.02)]),
         seconds: 0.4,
+    }
+}
+
+/// A run whose evaluator fingerprint is valid hex, with three complete trials (0, 1, 2), of which 0
+/// and 2 have a held-out evaluation in the cache: `(manifest, trials, held-out qualities of 0 and 2)`.
+pub fn held_out_run(store: &dyn Store) -> (RunManifest, Vec<TrialRecord>, [f64; 2]) {
+    let mut m = manifest("held", 1);
+    m.fingerprints.evaluator = blake3::hash(b"evaluator").to_hex().to_string();
+    store.create_run(&m).expect("create");
+    let trials: Vec<TrialRecord> = (0..3).map(|n| trial(n, TrialState::Complete)).collect();
+    store.put_trials("held", &trials).expect("put_trials");
+    // Qualities whose shortest decimal form needs all 17 digits: they must come back bit for bit.
+    let q = [0.1 + 0.2, 0.5 / 3.0];
+    for (t, q) in [(&trials[0], q[0]), (&trials[2], q[1])] {
+        let key = held_out_key(&m, t).expect("valid hex");
+        store
+            .put_cached(&key, &held_out_evaluation(q))
+            .expect("put_cached");
+    }
+    (m, trials, q)
+}
+
+pub fn held_out_evaluation(q: f64) -> CachedEvaluation {
+    CachedEvaluation {
+        quality: q,
+        metrics: BTreeMap::from([("kl".to_string(), q), ("accuracy".to_string(), 0.875)]),
+        ..evaluation()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The guarantees of [`Store`] on every backend: round trips of every record, trial order,
 //! replacement, atomic batches, durability across reopening, the shared cache, concurrent writers,
-//! run controllers, and clear errors for records of another schema or damaged ones.
+//! run controllers, the held-out queries over the evaluation cache, and clear errors for records of another schema or damaged ones.
 
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ on_every_backend!(
     trials_come_back_in_number_order_and_replace,
     put_trials_writes_a_batch_all_or_nothing,
     cache_snapshot_and_sensitivity_round_trip_and_cache_is_shared,
+    held_out_evaluations_are_read_back_by_split_key,
     data_survives_drop_and_reopen,
     concurrent_writers_lose_nothing,
     a_locked_run_is_listed_as_driven_by_this_process,
@@ -191,6 +192,70 @@ fn cache_snapshot_and_sensitivity_round_trip_and_cache_is_shared<B: Backend>(b: 
             cached_evaluations: 2,
             sensitivity_records: 1
         }
+    );
+}
+
+fn held_out_evaluations_are_read_back_by_split_key<B: Backend>(b: &B) {
+    use crate::eval::{evaluation_key_on, EvalSplit};
+    let store = b.open();
+    let (m, trials, q) = held_out_run(&store);
+    let fingerprint = blake3::Hash::from_hex(&m.fingerprints.evaluator).expect("hex");
+    let hash = |t: &TrialRecord| blake3::Hash::from_hex(&t.hash).expect("hex");
+    // Trial 1's search-split evaluation is in the cache too: it is not a held-out one.
+    let search_key = evaluation_key_on(&fingerprint, EvalSplit::Search, &hash(&trials[1]));
+    store
+        .put_cached(&search_key, &held_out_evaluation(0.25))
+        .expect("put_cached");
+    assert_eq!(
+        held_out_key(&m, &trials[0]),
+        Some(evaluation_key_on(
+            &fingerprint,
+            EvalSplit::HeldOut,
+            &hash(&trials[0])
+        ))
+    );
+    drop(store);
+    let store = b.open();
+
+    let read = |t: &TrialRecord| held_out(&store, &m, t).expect("held_out");
+    let h0 = read(&trials[0]).expect("trial 0 has a held-out evaluation");
+    assert_eq!(h0.quality.to_bits(), q[0].to_bits());
+    assert_eq!(h0.metrics, held_out_evaluation(q[0]).metrics);
+    assert_eq!(read(&trials[1]), None);
+    assert_eq!(
+        read(&trials[2]).map(|h| h.quality.to_bits()),
+        Some(q[1].to_bits())
+    );
+    // Another evaluator (other data or settings) has no held-out figures; a damaged hash neither.
+    let mut other = m.clone();
+    other.fingerprints.evaluator = blake3::hash(b"other evaluator").to_hex().to_string();
+    assert_eq!(held_out(&store, &other, &trials[0]).expect("read"), None);
+    let mut damaged = trials[0].clone();
+    damaged.hash = "not hex".into();
+    assert_eq!(held_out(&store, &m, &damaged).expect("read"), None);
+
+    let front: Vec<&TrialRecord> = trials.iter().collect();
+    let (held, gap) = front_held_out(&store, &m, &front).expect("front_held_out");
+    assert_eq!(
+        held.iter()
+            .map(|h| h.as_ref().map(|h| h.quality))
+            .collect::<Vec<_>>(),
+        vec![Some(q[0]), None, Some(q[1])]
+    );
+    let gap = gap.expect("two points have a held-out quality");
+    let s = |n: usize| trials[n].quality.expect("complete");
+    assert_eq!((gap.points, gap.missing), (2, 1));
+    assert_eq!(gap.mean, ((q[0] - s(0)) + (q[1] - s(2))) / 2.0);
+    let (worst_trial, worst) = if q[0] - s(0) > q[1] - s(2) {
+        (0, q[0] - s(0))
+    } else {
+        (2, q[1] - s(2))
+    };
+    assert_eq!((gap.worst_trial, gap.worst), (worst_trial, worst));
+    assert_eq!(gap.mean_held_out, (q[0] + q[1]) / 2.0);
+    assert_eq!(
+        front_held_out(&store, &other, &front).expect("read").1,
+        None
     );
 }
 

@@ -41,15 +41,20 @@
 //! ## Candidates and batches
 //!
 //! Each `ask` scores up to `candidates` distinct, untried, cost-feasible points: up to a quarter from the
-//! exact predicted front (untried ones, in spread order), then mutations (one or two searchable groups
-//! set to another choice) of measured-front points up to seven eighths in all, then uniformly random
+//! exact predicted front (untried ones, in cost-spread order: cheapest, dearest, then midpoints in
+//! cost, so they cover the whole predicted front, its dear end included), then mutations (one or two
+//! searchable groups set to another choice) of measured-front points up to seven eighths in all — each
+//! parent the front point nearest in cost to a uniform draw over the front's cost range, so the
+//! mutations spread along the whole front rather than crowd where its points do —, then uniformly random
 //! points for the rest (each source has a bounded number of attempts, so a nearly exhausted or tightly
 //! limited space yields fewer candidates, and an `ask` that finds none returns none). A batch
 //! of `n` is picked greedily with the **kriging believer**: after each pick its believed quality (the
 //! posterior mean) joins the front and its fantasised observation shrinks the posterior variance of the
 //! other candidates (a rank-one update; the mean is unchanged by a fantasy equal to it), so the next
 //! pick goes where the batch has not already looked. Until `initial` trials are complete the strategy
-//! proposes the exact front's points in spread order, then random points.
+//! proposes the exact front's points in cost-spread order, then random points. A run's first trials
+//! are the space's uniform baselines (all-f32, all-f16, all-int8…, see [`super::untried_baselines`]),
+//! so the measured front starts with both of its ends.
 //!
 //! ## Cost
 //!
@@ -298,7 +303,7 @@ fn check_history(problem: &Problem, history: &History) -> Result<()> {
 fn seeds(problem: &Problem, history: &History, n: usize, rng: &mut impl Rng) -> Result<Vec<Point>> {
     let front = problem.exact_front()?;
     let mut out: Vec<Point> = Vec::with_capacity(n);
-    for i in spread_order(front.len()) {
+    for &i in problem.exact_spread()? {
         if out.len() == n {
             return Ok(out);
         }
@@ -375,7 +380,7 @@ fn candidates(
     };
     let exact = problem.exact_front()?;
     let exact_quota = count.div_ceil(4);
-    for i in spread_order(exact.len()) {
+    for &i in problem.exact_spread()? {
         if out.len() >= exact_quota {
             break;
         }
@@ -403,6 +408,10 @@ fn candidates(
             .map(|&(_, i)| &history.trials()[i].point)
             .collect();
     }
+    // Parents are drawn evenly in cost along the measured front (the nearest in cost to a uniform
+    // cost), not uniformly among its points, which crowd where the front is dense.
+    parents.sort_by(|a, b| problem.cost(a).total_cmp(&problem.cost(b)).then(a.cmp(b)));
+    let parent_costs: Vec<f64> = parents.iter().map(|p| problem.cost(p)).collect();
     let random_quota = count / 8;
     let mutation_target = count.saturating_sub(random_quota);
     if !searchable.is_empty() && !parents.is_empty() {
@@ -410,7 +419,7 @@ fn candidates(
             if out.len() >= mutation_target {
                 break;
             }
-            let mut p = parents[rng.random_range(0..parents.len())].clone();
+            let mut p = parents[nearest_in_cost(&parent_costs, rng)].clone();
             for _ in 0..rng.random_range(1..=2usize) {
                 let g = searchable[rng.random_range(0..searchable.len())];
                 let other = rng.random_range(0..problem.choices[g] - 1);
@@ -426,6 +435,22 @@ fn candidates(
         offer(problem.random_point(rng), &mut out);
     }
     Ok(out)
+}
+
+/// The index of the cost in `costs` (ascending, not empty) nearest a uniform draw between the first and
+/// the last.
+fn nearest_in_cost(costs: &[f64], rng: &mut impl Rng) -> usize {
+    let (lo, hi) = (costs[0], costs[costs.len() - 1]);
+    if costs.len() == 1 || hi <= lo {
+        return rng.random_range(0..costs.len());
+    }
+    let u = lo + rng.random::<f64>() * (hi - lo);
+    let above = costs.partition_point(|&c| c < u).min(costs.len() - 1);
+    if above > 0 && u - costs[above - 1] <= costs[above] - u {
+        above - 1
+    } else {
+        above
+    }
 }
 
 /// Picks up to `n` of `candidates` greedily by EHVI with the kriging believer (see the module docs).

@@ -1,0 +1,103 @@
+//! # Tests that need something from outside the repository
+//!
+//! all-MiniLM-L6-v2 (fetched by `scripts/fetch-minilm.sh`) and headless Chromium (Debian's `chromium`).
+//! This target has its own harness (libtest-mimic, `harness = false`) because whether they can run is
+//! known only when the tests start, and the built-in harness can mark a test ignored only when it is
+//! compiled. So a test whose resource is missing is:
+//!
+//! - **ignored** outside CI: `cargo test` prints `test NAME ... ignored (what is missing and how to get
+//!   it)`, counts it in the summary line, and repeats what is missing after it — never a silent pass;
+//! - **failed** under `CI=true`, with the same message: CI must have every resource.
+//!
+//! Run one with `cargo test --test external NAME`; `-- --ignored` runs the tests run only by hand (the
+//! MiniLM timing).
+
+#[allow(dead_code)]
+#[path = "../it/util.rs"]
+mod util;
+
+mod minilm;
+mod page;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+use crate::util::{in_ci, minilm_folder_fetched};
+
+/// Headless Chromium's command, or why there is none and how to install it.
+fn chromium() -> Result<String, String> {
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(str::to_string)
+        .ok_or_else(|| {
+            "chromium is not installed: apt-get install chromium (.ci/run installs it)".to_string()
+        })
+}
+
+/// A test that needs `resource`: run with it when it is there; else failed under CI and ignored, with
+/// the reason, outside. `by_hand` tests are ignored unless asked for (`-- --ignored`).
+fn needs<T: Clone + Send + 'static>(
+    name: &str,
+    resource: &Result<T, String>,
+    by_hand: bool,
+    test: fn(T),
+) -> Trial {
+    let resource = resource.clone();
+    Trial::ignorable_test(name, move || match resource {
+        Ok(r) => {
+            test(r);
+            Ok(Completion::Completed)
+        }
+        Err(why) if in_ci() => Err(Failed::from(format!("CI=true and {why}"))),
+        Err(why) => Ok(Completion::ignored_with(why)),
+    })
+    .with_ignored_flag(by_hand)
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let minilm: Result<PathBuf, String> = minilm_folder_fetched();
+    let chromium = chromium();
+    let trials = vec![
+        needs(
+            "minilm::matches_sentence_transformers",
+            &minilm,
+            false,
+            minilm::matches_sentence_transformers,
+        ),
+        needs(
+            "minilm::inventory_is_the_folder_inventory_without_the_pooler",
+            &minilm,
+            false,
+            minilm::inventory_is_the_folder_inventory_without_the_pooler,
+        ),
+        needs(
+            "minilm::int8_keeps_the_embeddings",
+            &minilm,
+            false,
+            minilm::int8_keeps_the_embeddings,
+        ),
+        needs("minilm::eval_timing", &minilm, true, minilm::eval_timing),
+        needs(
+            "page::loads_in_headless_chromium_with_every_image_decoded",
+            &chromium,
+            false,
+            page::loads_with_every_image_decoded,
+        ),
+    ];
+    let conclusion = libtest_mimic::run(&args, trials);
+    if !args.list && !in_ci() {
+        for why in [minilm.err(), chromium.err()].into_iter().flatten() {
+            eprintln!("ignored because {why}");
+        }
+    }
+    conclusion.exit_code()
+}

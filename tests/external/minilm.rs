@@ -1,0 +1,153 @@
+//! all-MiniLM-L6-v2 itself (fetched by `scripts/fetch-minilm.sh`): the BERT encoder against an
+//! independent reference, its inventory, and int8 weights through the candle evaluator.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mpsearch::data::Batch;
+use mpsearch::eval::{load, CandleEvaluator, EvalSettings, Evaluator};
+use mpsearch::model::{BertEncoder, ForwardCtx, Model, ModelSource};
+use mpsearch::space::{Assignment, Choice};
+
+/// Cosine between our fp32 embeddings and sentence-transformers' that every reference sentence must reach.
+const MIN_REFERENCE_COSINE: f64 = 0.99999;
+/// Smallest mean cosine of MiniLM's int8 embeddings to its f32 ones.
+const MIN_INT8_COSINE: f64 = 0.99;
+/// Quality and metrics computed from each other agree to f64 rounding.
+const EXACT_TOL: f64 = 1e-12;
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    sentences: Vec<String>,
+    tokens: Vec<usize>,
+    max_seq_length: usize,
+    embeddings: Vec<Vec<f64>>,
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Our f32 embeddings of the reference sentences against sentence-transformers' (`scripts/minilm-reference.py`).
+pub fn matches_sentence_transformers(dir: PathBuf) {
+    let reference: Reference = serde_json::from_str(include_str!("../data/minilm_reference.json"))
+        .expect("reference JSON");
+    let model = BertEncoder::load(&dir)
+        .unwrap()
+        .with_max_tokens(reference.max_seq_length)
+        .unwrap();
+    assert!(
+        model.normalizes(),
+        "all-MiniLM-L6-v2's modules.json lists Normalize"
+    );
+
+    let batch = model.tokenize(&reference.sentences).unwrap();
+    let Batch::Tokens { mask, .. } = &batch else {
+        panic!("token batch")
+    };
+    let counts: Vec<u32> = mask.sum(1).unwrap().to_vec1().unwrap();
+    let counts: Vec<usize> = counts.into_iter().map(|c| c as usize).collect();
+    assert_eq!(
+        counts, reference.tokens,
+        "token counts (with [CLS], [SEP], truncation) differ from the tokenizers package"
+    );
+
+    let out = model.forward(&batch, &ForwardCtx::default()).unwrap();
+    assert_eq!(out.dims(), [reference.sentences.len(), 384]);
+    let ours: Vec<Vec<f32>> = out.to_vec2().unwrap();
+    for (i, (row, want)) in ours.iter().zip(&reference.embeddings).enumerate() {
+        let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+        let c = cosine(&row, want);
+        let max_diff = row
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!(
+            "sentence {i}: cosine {c:.12} (1 - cos = {:.1e}), max |diff| {max_diff:.1e}, {} tokens",
+            1.0 - c,
+            reference.tokens[i]
+        );
+        assert!(
+            c >= MIN_REFERENCE_COSINE,
+            "sentence {i} ({:?}): cosine {c} < {MIN_REFERENCE_COSINE} (f32, {} tokens)",
+            reference.sentences[i],
+            reference.tokens[i]
+        );
+    }
+}
+
+/// The model's inventory is the folder's, without the pooler (which a sentence embedding does not use).
+pub fn inventory_is_the_folder_inventory_without_the_pooler(dir: PathBuf) {
+    let model = BertEncoder::load(&dir).unwrap();
+    let folder = mpsearch::model::inventory(&ModelSource::Folder(dir)).unwrap();
+    let expected: Vec<&str> = folder
+        .layers
+        .iter()
+        .map(|l| l.name.as_str())
+        .filter(|n| !n.starts_with("pooler."))
+        .collect();
+    let got: Vec<&str> = model
+        .inventory()
+        .layers
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 39, "3 embeddings + 6 blocks × 6 linears");
+    assert_eq!(
+        model.weight("encoder.layer.5.output.dense").unwrap().dims(),
+        [384, 1536]
+    );
+}
+
+/// fp32 forward time on the shipped evaluation sentences; prints the figure. Ignored unless asked for:
+/// `cargo test --test external minilm::eval_timing -- --ignored` (add `--release` for release).
+pub fn eval_timing(dir: PathBuf) {
+    let model = BertEncoder::load(&dir).unwrap();
+    let split = mpsearch::data::text::TextSplit::shipped();
+    let ctx = ForwardCtx::default();
+    let batch = model.tokenize(&split.search[..8]).unwrap();
+    model.forward(&batch, &ctx).unwrap(); // warm-up
+    for batch_size in [16, 32, 64] {
+        let start = Instant::now();
+        let out = model.embed(&split.search, batch_size, &ctx).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(out.dims(), [split.search.len(), 384]);
+        eprintln!(
+            "fp32 forward of {} evaluation sentences, batch {batch_size}: {secs:.2} s ({:.1} ms/sentence)",
+            split.search.len(),
+            1000.0 * secs / split.search.len() as f64
+        );
+    }
+}
+
+/// Every layer at int8-sym-channel keeps the embeddings (mean cosine to f32 at least
+/// [`MIN_INT8_COSINE`]), and the quality is the cosine distance.
+pub fn int8_keeps_the_embeddings(dir: PathBuf) {
+    let (model, data) = load(&ModelSource::Folder(dir), None).unwrap();
+    let s = data.sizes;
+    assert_eq!((s.calibration, s.search, s.held_out), (100, 200, 100));
+    let model: Arc<dyn Model> = model;
+    let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
+    assert_eq!(ev.objective(), "cosine_distance");
+    let c: Choice = "int8-sym-channel".parse().unwrap();
+    let all = Assignment::new(
+        ev.model()
+            .inventory()
+            .layers
+            .iter()
+            .map(|l| (l.name.clone(), c)),
+    );
+    let e = ev.evaluate(&all).unwrap();
+    assert!(
+        e.metrics["mean_cosine"] >= MIN_INT8_COSINE,
+        "{:?}",
+        e.metrics
+    );
+    assert!((e.quality - (1.0 - e.metrics["mean_cosine"])).abs() < EXACT_TOL);
+}
