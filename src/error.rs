@@ -6,6 +6,19 @@
 
 use std::path::PathBuf;
 
+/// Who drives a run that another controller asked for ([`Error::RunInUse`]; boxed, so that the
+/// error stays small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunHolder {
+    pub run: String,
+    /// The store, as it prints (a URL without its password).
+    pub location: String,
+    pub pid: String,
+    pub host: String,
+    /// When it took the run (UTC), or `unknown`.
+    pub since: String,
+}
+
 /// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -122,6 +135,10 @@ pub enum Error {
     /// Another process holds the store.
     #[error("store {location} is in use by pid {pid} (another mpsearch search, resume or report). Wait for it to finish, stop it, or pass another --store folder.")]
     StoreInUse { location: String, pid: String },
+    /// Another process drives the run (a shared store, such as PostgreSQL, allows one controller per
+    /// run: `search` or `resume`).
+    #[error("run `{}` of store {} is being driven by pid {} on host {} (since {}). A run has one controller at a time: wait for it to finish or stop it (Ctrl-C), or start another run with --run NEW-NAME.", .0.run, .0.location, .0.pid, .0.host, .0.since)]
+    RunInUse(Box<RunHolder>),
     /// A run whose recorded inputs no longer match the files (resume refuses to mix results).
     #[error("run `{run}` cannot be resumed: {}. Its results were computed against the old inputs; start a new run instead (mpsearch search --run NEW-NAME …), or restore the old files.", changes.join("; "))]
     RunChanged { run: String, changes: Vec<String> },

@@ -49,5 +49,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(a) => cli::report::run(a),
         Command::Profiles => cli::profiles::run(),
         Command::Calibrate(a) => cli::calibrate::run(a),
+        Command::Store(a) => cli::store::run(a),
     }
 }

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mpsearch::compress::{GptqOptions, Rounding, ScaleMethod};
 use mpsearch::cost::model::parse_budget;
 use mpsearch::cost::Objective;
+use mpsearch::store::Location;
 use mpsearch::strategy::StrategyKind;
 
 #[derive(Parser)]
@@ -66,6 +67,9 @@ pub enum Command {
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
     Calibrate(CalibrateArgs),
+    /// Whole stores: `store copy FROM TO` copies every record between folders (sled) and
+    /// PostgreSQL databases.
+    Store(StoreCommandArgs),
 }
 
 // ---- shared groups ----
@@ -159,9 +163,10 @@ pub struct BudgetArgs {
 
 #[derive(Args)]
 pub struct StoreArgs {
-    /// The store folder (created if missing); one process at a time may use it.
-    #[arg(long, default_value = "mpsearch-store", value_name = "DIR")]
-    pub store: PathBuf,
+    /// The store: a folder (sled, created if missing; one process at a time writes it) or a
+    /// postgres://USER@HOST/DATABASE URL (shared; its tables are created on first use).
+    #[arg(long, default_value = "mpsearch-store", value_name = "DIR|URL")]
+    pub store: Location,
 }
 
 // ---- named values ----
@@ -463,6 +468,30 @@ pub struct ReportArgs {
     /// Output folder; default: mpsearch-reports/<run>/ (mpsearch-reports/<run>@<profile>/ with --profile).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct StoreCommandArgs {
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Copy every run (manifest, trials, snapshot), cached evaluation and sensitivity analysis of
+    /// store FROM into store TO. TO may hold other runs; one of the same name must be identical, else
+    /// nothing is copied.
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Args)]
+pub struct StoreCopyArgs {
+    /// The store copied from: a folder (sled) or a postgres:// URL.
+    #[arg(value_name = "FROM")]
+    pub from: Location,
+    /// The store copied into (created if missing): a folder (sled) or a postgres:// URL.
+    #[arg(value_name = "TO")]
+    pub to: Location,
 }
 
 #[derive(Args)]

@@ -5,7 +5,6 @@
 //! and the summary (front table with search and held-out qualities, where the run is stored, its
 //! report, how to resume).
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::search::{self, Control, Outcome, Progress, SetupPhase, StopReason};
-use mpsearch::store::{HeldOut, HeldOutGap, RunManifest, SledStore, Store, TrialRecord};
+use mpsearch::store::{HeldOut, HeldOutGap, Location, RunManifest, Store, TrialRecord};
 
 use super::output::{progress_bar, quality, table, trial_bar};
 
@@ -90,11 +89,11 @@ pub fn describe(session: &search::Session) {
 /// Runs the trials with a progress bar, prints the summary, and returns 0, or 130 when interrupted.
 pub fn drive(
     session: &search::Session,
-    store: &SledStore,
+    store: &dyn Store,
     manifest: RunManifest,
     jobs: usize,
     stop: &AtomicBool,
-    dir: &Path,
+    location: &Location,
 ) -> anyhow::Result<ExitCode> {
     let bar = trial_bar(&manifest.name, manifest.config.trials);
     let mut on_progress = |p: &Progress| {
@@ -117,7 +116,7 @@ pub fn drive(
         &mut control,
     )?;
     bar.finish_and_clear();
-    summarise(session, store, &outcome, dir)?;
+    summarise(session, store, &outcome, location)?;
     Ok(if outcome.reason == StopReason::Interrupted {
         ExitCode::from(INTERRUPTED)
     } else {
@@ -129,7 +128,7 @@ fn summarise(
     session: &search::Session,
     store: &dyn Store,
     o: &Outcome,
-    dir: &Path,
+    location: &Location,
 ) -> anyhow::Result<()> {
     let m = &o.manifest;
     let why = match o.reason {
@@ -160,15 +159,15 @@ fn summarise(
         &held_out,
     ));
     out.push_str(&gap_line(session, gap.as_ref()));
-    let store_arg = if dir == Path::new("mpsearch-store") {
+    let store_arg = if *location == Location::Sled("mpsearch-store".into()) {
         String::new()
     } else {
-        format!(" --store {}", dir.display())
+        format!(" --store {location}")
     };
     out.push_str(&format!(
         "\nresults: store {} run `{}` — `mpsearch trials {}{store_arg}` lists every trial, `mpsearch runs{store_arg}` \
          every run\n",
-        dir.display(),
+        location,
         m.name,
         m.name
     ));

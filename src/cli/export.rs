@@ -16,19 +16,23 @@ use mpsearch::eval::{CandleEvaluator, EvalData, Evaluator};
 use mpsearch::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::model::{Model, ModelSource};
 use mpsearch::space::{Assignment, SearchSpace};
-use mpsearch::store::{self, HeldOut, RunManifest, SledStore, Store, TrialRecord};
+use mpsearch::store::{self, Access, HeldOut, Location, RunManifest, TrialRecord};
 
 use super::args::{ExportArgs, ExportFormat};
 use super::output::emit;
+use super::setup::open_opened;
 
 pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        a.store.store.is_dir(),
-        "store {} does not exist: pass the --store folder the search used (default ./mpsearch-store)",
-        a.store.store.display()
-    );
-    let store = SledStore::open(&a.store.store)?;
-    let manifest = store::find_run(&store, &a.run)?;
+    if let Location::Sled(dir) = &a.store.store {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "store {} does not exist: pass the --store folder the search used (default ./mpsearch-store)",
+            dir.display()
+        );
+    }
+    let opened = open_opened(&a.store.store, Access::Read)?;
+    let store = opened.store;
+    let manifest = store::find_run(&*store, &a.run)?;
     let trials = store.trials(&manifest.name)?;
     let pick = match (a.point, a.trial) {
         (Some(k), _) => Pick::Point(k),
@@ -40,8 +44,8 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
     if !shown.iter().any(|t| t.number == sel.trial.number) {
         shown.push(sel.trial);
     }
-    super::report::complete_held_out(&store, &manifest, &shown);
-    let held_out = store::held_out(&store, &manifest, sel.trial)?;
+    super::report::complete_held_out(&*store, opened.live.as_ref(), &manifest, &shown);
+    let held_out = store::held_out(&*store, &manifest, sel.trial)?;
     // Release the store before the export's own work (a search may open it meanwhile).
     drop(store);
     describe(&manifest, &sel, held_out.as_ref());

@@ -21,4 +21,5 @@ pub mod runs;
 pub mod search;
 pub mod sensitivity;
 pub mod setup;
+pub mod store;
 pub mod trials;

@@ -10,14 +10,16 @@ use std::process::ExitCode;
 
 use mpsearch::report::{self, data::decode};
 use mpsearch::search::held_out;
-use mpsearch::store::{RunManifest, SledStore, Store, TrialRecord};
+use mpsearch::store::{Access, LiveInfo, RunManifest, Store, TrialRecord};
 
 use super::args::ReportArgs;
+use super::setup::open_opened;
 
 pub fn run(a: ReportArgs) -> anyhow::Result<ExitCode> {
-    let store = SledStore::open(&a.store.store)?;
-    let data = report::load(&store, &a.run, a.profile.as_deref())?;
-    let manifest = mpsearch::store::find_run(&store, &a.run)?;
+    let opened = open_opened(&a.store.store, Access::Read)?;
+    let store = &*opened.store;
+    let data = report::load(store, &a.run, a.profile.as_deref())?;
+    let manifest = mpsearch::store::find_run(store, &a.run)?;
     let trials = store.trials(&manifest.name)?;
     let front: Vec<&TrialRecord> = data
         .front
@@ -25,8 +27,8 @@ pub fn run(a: ReportArgs) -> anyhow::Result<ExitCode> {
         .filter(|f| f.held_out.is_none())
         .filter_map(|f| trials.iter().find(|t| t.number == f.trial))
         .collect();
-    complete_held_out(&store, &manifest, &front);
-    let index = write(&store, &a.run, a.profile.as_deref(), a.out.as_deref())?;
+    complete_held_out(store, opened.live.as_ref(), &manifest, &front);
+    let index = write(store, &a.run, a.profile.as_deref(), a.out.as_deref())?;
     println!("{}", index.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -34,8 +36,15 @@ pub fn run(a: ReportArgs) -> anyhow::Result<ExitCode> {
 /// Evaluates on the held-out split those of `trials` (of run `manifest`) whose held-out quality the
 /// store lacks, loading the run's model and data only if one does. Says on standard error what it
 /// did; when the run's evaluator cannot be had (the model or data moved or changed), warns and
-/// leaves them missing: reports and exports still work, without those figures.
-pub fn complete_held_out(store: &dyn Store, manifest: &RunManifest, trials: &[&TrialRecord]) {
+/// leaves them missing: reports and exports still work, without those figures. So it does when
+/// `store` is the `live` view of a sled store that a running search holds, which takes no writes:
+/// nothing is evaluated then.
+pub fn complete_held_out(
+    store: &dyn Store,
+    live: Option<&LiveInfo>,
+    manifest: &RunManifest,
+    trials: &[&TrialRecord],
+) {
     let missing = match held_out::missing(store, manifest, trials) {
         Ok(m) if m.is_empty() => return,
         Ok(m) => m,
@@ -44,6 +53,18 @@ pub fn complete_held_out(store: &dyn Store, manifest: &RunManifest, trials: &[&T
             return;
         }
     };
+    if let Some(live) = live {
+        eprintln!(
+            "note: {} point{} of run `{}` keep no held-out quality for now: the store is read \
+             through the live view of the search that holds it (pid {}), which takes no \
+             evaluations; run this again when that search has ended",
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" },
+            manifest.name,
+            live.pid
+        );
+        return;
+    }
     eprintln!(
         "evaluating {} point{} of run `{}` on the held-out split…",
         missing.len(),

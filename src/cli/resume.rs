@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use mpsearch::search;
-use mpsearch::store::Store;
+use mpsearch::store::Access;
 
 use super::args::ResumeArgs;
 use super::drive;
@@ -14,9 +14,12 @@ use super::setup::open_store;
 
 pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     let more_seconds = a.check()?;
-    let store = open_store(&a.store.store)?;
+    let store = open_store(&a.store.store, Access::Write)?;
+    // This process drives the run (another driver of it is refused before anything is loaded).
+    mpsearch::store::find_run(&*store, &a.run)?;
+    store.lock_run(&a.run)?;
     let stop = drive::stop_flag()?;
-    let (session, mut manifest) = search::open(&store, &a.run, &mut drive::setup_progress())?;
+    let (session, mut manifest) = search::open(&*store, &a.run, &mut drive::setup_progress())?;
     let done = store.trials(&manifest.name)?.len() as u64;
     if let Some(n) = a.trials {
         manifest.config.trials = Some(done + n);
@@ -43,5 +46,5 @@ pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         mpsearch::store::listed_status(&manifest)
     );
     drive::describe(&session);
-    drive::drive(&session, &store, manifest, a.jobs, &stop, &a.store.store)
+    drive::drive(&session, &*store, manifest, a.jobs, &stop, &a.store.store)
 }

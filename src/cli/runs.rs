@@ -7,19 +7,23 @@
 use std::process::ExitCode;
 
 use mpsearch::cost::model::format_us;
-use mpsearch::store::{HeldOut, HeldOutGap, RunManifest, Store, TrialRecord};
+use mpsearch::store::{
+    Access, Controller, HeldOut, HeldOutGap, RunManifest, RunStatus, Store, TrialRecord,
+};
 
 use super::args::RunsArgs;
 use super::output::{emit, quality, table};
 use super::setup::open_store;
 
 pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
-    let store = open_store(&a.store.store)?;
+    let location = &a.store.store;
+    let store = open_store(location, Access::Read)?;
+    let controllers = store.controllers()?;
     let mut docs = Vec::new();
     let mut rows = Vec::new();
     for m in &store.runs()? {
         let trials = store.trials(&m.name)?;
-        let s = Summary::of(&store, m, &trials)?;
+        let s = Summary::of(&*store, m, &trials, &controllers)?;
         if a.json {
             docs.push(s.json(m, &trials)?);
         } else {
@@ -29,33 +33,46 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         return emit(&format!("{}\n", serde_json::to_string_pretty(&docs)?));
     }
+    let backend = format!("store: {} {location}\n", location.backend());
     if rows.is_empty() {
         return emit(&format!(
-            "store {} holds no runs; start one with `mpsearch search`\n",
-            a.store.store.display()
+            "{backend}it holds no runs; start one with `mpsearch search`\n"
         ));
     }
-    emit(&table(
-        &[
-            "run",
-            "status",
-            "strategy",
-            "profile",
-            "trials",
-            "evaluated",
-            "cache hits",
-            "front",
-            "held-out gap (mean/worst)",
-            "elapsed",
-            "cheapest front points (quality@latency)",
-        ],
-        &rows,
-        4,
+    let driven: String = controllers
+        .iter()
+        .map(|c| {
+            format!(
+                "run `{}` is being driven by pid {} on host {}\n",
+                c.run, c.pid, c.host
+            )
+        })
+        .collect();
+    emit(&format!(
+        "{backend}{}{driven}",
+        table(
+            &[
+                "run",
+                "status",
+                "strategy",
+                "profile",
+                "trials",
+                "evaluated",
+                "cache hits",
+                "front",
+                "held-out gap (mean/worst)",
+                "elapsed",
+                "cheapest front points (quality@latency)",
+            ],
+            &rows,
+            4,
+        )
     ))
 }
 
 /// What the listing shows of one run.
 struct Summary<'t> {
+    status: RunStatus,
     front: Vec<&'t TrialRecord>,
     /// Each front point's held-out evaluation, from the store.
     held_out: Vec<Option<HeldOut>>,
@@ -70,6 +87,7 @@ impl<'t> Summary<'t> {
         store: &dyn Store,
         m: &RunManifest,
         trials: &'t [TrialRecord],
+        controllers: &[Controller],
     ) -> anyhow::Result<Summary<'t>> {
         let done = |cached: bool| {
             trials
@@ -80,6 +98,7 @@ impl<'t> Summary<'t> {
         let front = mpsearch::store::front(&m.config, trials);
         let (held_out, gap) = mpsearch::store::front_held_out(store, m, &front)?;
         Ok(Summary {
+            status: mpsearch::store::live_status(m, controllers),
             front,
             held_out,
             gap,
@@ -91,7 +110,7 @@ impl<'t> Summary<'t> {
 
     fn json(&self, m: &RunManifest, trials: &[TrialRecord]) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::json!({
-            "name": m.name, "status": mpsearch::store::listed_status(m).to_string(), "trials": self.trials,
+            "name": m.name, "status": self.status.to_string(), "trials": self.trials,
             "evaluated": self.evaluated, "cache_hits": self.hits, "profile": m.config.profile,
             "objective": m.config.objective, "strategy": m.config.strategy,
             "elapsed_seconds": m.elapsed_seconds, "seed": m.config.seed,
@@ -117,7 +136,7 @@ impl<'t> Summary<'t> {
             .join(" ");
         vec![
             m.name.clone(),
-            mpsearch::store::listed_status(m).to_string(),
+            self.status.to_string(),
             m.config.strategy.to_string(),
             m.config.profile.clone(),
             self.trials.to_string(),

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use mpsearch::search;
-use mpsearch::store::{self, RunConfig};
+use mpsearch::store::{self, Access, RunConfig};
 
 use super::args::{SearchArgs, SearchChecked, StrategyArg, AUTO_WHY};
 use super::drive;
@@ -21,11 +21,13 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| inventory.default_space.to_string());
     let config = run_config(&a, checked, space.clone());
-    let store = open_store(&a.store.store)?;
+    let store = open_store(&a.store.store, Access::Write)?;
     let name = match &a.run {
         Some(n) => n.clone(),
-        None => store::default_run_name(&store, &space, &a.profile)?,
+        None => store::default_run_name(&*store, &space, &a.profile)?,
     };
+    // This process drives the run from its set-up on (another driver of it is refused here).
+    store.lock_run(&name)?;
     if a.strategy == StrategyArg::Auto {
         eprintln!(
             "strategy: auto picked `{}` ({AUTO_WHY})",
@@ -33,9 +35,9 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let stop = drive::stop_flag()?;
-    let (session, manifest) = search::create(&store, &name, config, &mut drive::setup_progress())?;
+    let (session, manifest) = search::create(&*store, &name, config, &mut drive::setup_progress())?;
     drive::describe(&session);
-    drive::drive(&session, &store, manifest, a.jobs, &stop, &a.store.store)
+    drive::drive(&session, &*store, manifest, a.jobs, &stop, &a.store.store)
 }
 
 /// The run's configuration as the store records it.

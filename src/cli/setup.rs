@@ -3,13 +3,11 @@
 //! The ready library objects several commands build from their (already checked) flags: a model's
 //! layer inventory, a search space resolved against it, a store, and a loaded evaluator.
 
-use std::path::Path;
-
 use mpsearch::eval::{CandleEvaluator, EvalSettings};
 use mpsearch::model::{self, Inventory, ModelSource};
 use mpsearch::shipped;
 use mpsearch::space::SearchSpace;
-use mpsearch::store::SledStore;
+use mpsearch::store::{self, Access, Location, Store};
 
 use super::args::EvaluatorArgs;
 
@@ -26,8 +24,21 @@ pub fn load_space(arg: Option<&str>, inv: &Inventory) -> anyhow::Result<SearchSp
     )?)
 }
 
-pub fn open_store(dir: &Path) -> anyhow::Result<SledStore> {
-    Ok(SledStore::open(dir)?)
+/// The store `--store` names (a folder or a `postgres://` URL), opened for `access`. A sled store
+/// that a running search holds is read through its live view, and standard error says so and how old
+/// the view is.
+pub fn open_store(location: &Location, access: Access) -> anyhow::Result<Box<dyn Store>> {
+    Ok(open_opened(location, access)?.store)
+}
+
+/// [`open_store`], keeping what [`store::Opened`] says of a live view (commands that would add to the
+/// store, such as held-out evaluations, must not try through one).
+pub fn open_opened(location: &Location, access: Access) -> anyhow::Result<store::Opened> {
+    let opened = store::open(location, access)?;
+    if let Some(live) = &opened.live {
+        eprintln!("note: store {location}: {live}");
+    }
+    Ok(opened)
 }
 
 /// A ready evaluator, the space resolved against the layers the model runs, and the seconds the f32

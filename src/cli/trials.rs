@@ -8,17 +8,17 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use mpsearch::cost::model::{format_bytes, format_us};
-use mpsearch::store::{HeldOut, RunManifest, Store, TrialRecord};
+use mpsearch::store::{Access, HeldOut, RunManifest, Store, TrialRecord};
 
 use super::args::TrialsArgs;
 use super::output::{emit, quality, table};
 use super::setup::open_store;
 
 pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
-    let store = open_store(&a.store.store)?;
-    let m = mpsearch::store::find_run(&store, &a.run)?;
+    let store = open_store(&a.store.store, Access::Read)?;
+    let m = mpsearch::store::find_run(&*store, &a.run)?;
     let trials = store.trials(&m.name)?;
-    let held_out = held_out(&store, &m, &trials)?;
+    let held_out = held_out(&*store, &m, &trials)?;
     let points = points(&m, &trials);
     if a.json {
         return json_lines(&trials, &held_out, &points);

@@ -20,7 +20,7 @@ use crate::model::{ModelKind, ModelSource};
 use crate::sensitivity::{pick_pairs, rank::spearman, Predictor};
 use crate::space::{Assignment, AssignmentJson, Choice, LayerInfo, SearchSpace};
 use crate::store::{
-    self, find_run, listed_status, sensitivity_key, HeldOut, HeldOutGap, RunManifest, Store,
+    self, find_run, live_status, sensitivity_key, HeldOut, HeldOutGap, RunManifest, Store,
     TrialRecord, TrialState, COST_REFERENCE,
 };
 
@@ -406,7 +406,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
     };
     Ok(ReportData {
         run: manifest.name.clone(),
-        status: listed_status(&manifest).to_string(),
+        status: live_status(&manifest, &store.controllers()?).to_string(),
         model: config.model.clone(),
         space: config.space.clone(),
         strategy: config.strategy.to_string(),

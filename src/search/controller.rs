@@ -74,6 +74,9 @@ pub fn run(
     let elapsed_before = manifest.elapsed_seconds;
     let name = manifest.name.clone();
     let kind = manifest.config.strategy;
+    // One controller per run (see `Store`): on a shared store this refuses a run another process
+    // drives; on sled it also starts the live view that readers of the held store see.
+    store.lock_run(&name)?;
     let mut journal = Journal::load(&session.problem, store, &name, kind)?;
     manifest.status = RunStatus::Running;
     store.put_run(&manifest)?;

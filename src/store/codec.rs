@@ -90,3 +90,13 @@ fn other_version(location: &str, what: &str, schema: u32) -> Error {
         ),
     )
 }
+
+/// How errors name trial `number` of run `run`.
+pub(crate) fn trial_what(run: &str, number: u64) -> String {
+    format!("run `{run}` trial {number}")
+}
+
+/// How errors name the record of `kind` under content key `key`.
+pub(crate) fn key_what(kind: &str, key: &blake3::Hash) -> String {
+    format!("{kind} {}", key.to_hex())
+}

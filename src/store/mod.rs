@@ -2,12 +2,20 @@
 //!
 //! Everything a search must not lose, behind the [`Store`] trait: run manifests, each run's
 //! append-only trial journal, the content-addressed evaluation cache shared by all runs, strategy
-//! snapshots and sensitivity analyses. [`SledStore`] is the embedded backend (one sled database per
-//! folder). Nothing outside this module knows the store is sled. The [`query`] functions read runs
-//! back (a run by name, its measured front and hypervolume), so that listings, reports and exports
-//! need nothing but a store.
+//! snapshots and sensitivity analyses. Two backends implement it: [`SledStore`], the embedded default
+//! (one sled database per folder, used by one process at a time), and [`PostgresStore`], a PostgreSQL
+//! database that several processes (and machines) share. [`Location`] says which a `--store` names (a
+//! `postgres://` URL, else a folder) and [`open`] opens it for reading or for writing. A sled store that
+//! a search holds is read through its [`LiveView`] (a read-only copy the search keeps up to date after
+//! each batch). Nothing outside this module knows which backend it has. The [`query`] functions read
+//! runs back (a run by name, its measured front and hypervolume), so that listings, reports and
+//! exports need nothing but a store; [`copy`] copies every record of one store into another.
 
 mod codec;
+pub mod copy;
+mod live;
+mod location;
+mod postgres;
 pub mod query;
 mod records;
 mod sled;
@@ -15,40 +23,57 @@ mod sled;
 #[cfg(test)]
 mod tests;
 
+pub use self::copy::{copy, CopySummary};
+pub use self::live::{LiveInfo, LiveView};
+pub use self::location::{open, Access, Location, Opened};
+pub use self::postgres::PostgresStore;
 pub use self::query::{
     cost_of, default_run_name, feasible, find_run, front, front_held_out, held_out, held_out_gap,
-    held_out_key, hypervolume, listed_status, sensitivity_key, HeldOut, HeldOutGap, COST_REFERENCE,
-    QUALITY_REFERENCE,
+    held_out_key, hypervolume, listed_status, live_status, sensitivity_key, HeldOut, HeldOutGap,
+    COST_REFERENCE, QUALITY_REFERENCE,
 };
 pub use self::sled::SledStore;
 pub use records::*;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
 /// Where a search's history lives.
 ///
-/// Guarantees every backend gives (callers rely on them; a new backend's tests must pin them):
+/// Guarantees every backend gives (callers rely on them; the store test-suite pins them on every
+/// backend):
 ///
 /// - **Thread safety.** A store is `Send + Sync`; every method takes `&self` and may be called from
 ///   any number of threads at once. Each call is atomic: a reader sees a record either before or
 ///   after a concurrent write of it, never half of it. [`Store::put_trials`] is atomic as a whole.
-/// - **Exclusive use.** Opening a store that another process (or another handle in this process)
-///   holds fails with [`crate::Error::StoreInUse`], naming the holder's pid where it is known. A
-///   backend shared between machines replaces this with its own claiming of trials.
+/// - **One controller per run.** A run is driven (`search`, `resume`) by one handle at a time, which
+///   calls [`Store::lock_run`] before it writes the run; a second controller gets a clear error
+///   naming the first, and readers never wait for either. Per backend:
+///   - *sled*: the whole folder belongs to the process that opened it. Opening a store that another
+///     process (or another handle in this process) holds fails with [`crate::Error::StoreInUse`],
+///     naming the holder's pid; so a second writer is refused before it locks any run. Readers in
+///     other processes ([`open`] with [`Access::Read`]) read the holder's [`LiveView`] instead.
+///   - *PostgreSQL*: any number of processes, on any machines, share the database. `lock_run` takes a
+///     per-run session lock (`pg_try_advisory_lock`), released when the handle is dropped or its
+///     process dies (its connection closes); a second `lock_run` of the run anywhere fails with
+///     [`crate::Error::RunInUse`], naming the pid and host that drive it. Readers just read.
 /// - **Durability.** When [`Store::put_trial`], [`Store::put_trials`], [`Store::create_run`],
-///   [`Store::put_run`] or [`Store::put_snapshot`] returns `Ok`, the record is on disk (flushed) and
-///   survives a crash or power loss. In particular **a trial is durable before `put_trial` returns**,
-///   so a trial reported as complete is never lost. [`Store::put_cached`] and
-///   [`Store::put_sensitivity`] need not flush: they become durable with the next flushing write
-///   (the search journals a trial right after caching its evaluation), and losing one only costs a
-///   re-evaluation.
+///   [`Store::put_run`] or [`Store::put_snapshot`] returns `Ok`, the record is on disk and survives a
+///   crash or power loss (sled: flushed and fdatasynced; PostgreSQL: a committed transaction, with
+///   `synchronous_commit` on). In particular **a trial is durable before `put_trial` returns**, so a
+///   trial reported as complete is never lost. [`Store::put_cached`] and [`Store::put_sensitivity`]
+///   need not flush: they become durable with the next flushing write (the search journals a trial
+///   right after caching its evaluation), and losing one only costs a re-evaluation.
 /// - **Ordering.** [`Store::trials`] returns a run's trials in increasing trial number, whatever
-///   order they were written in; [`Store::runs`] returns runs by creation time, then name. Writing a
-///   trial number again replaces that trial (a `Running` entry by its `Complete` or `Failed` one).
+///   order they were written in; [`Store::runs`] returns runs by creation time, then name (bytewise).
+///   Writing a trial number again replaces that trial (a `Running` entry by its `Complete` or
+///   `Failed` one).
 /// - **Versions.** Every record carries a schema version; reading one of another version, or one
 ///   that cannot be decoded, is a [`crate::Error::Store`] that names the record (run, trial
 ///   number or key) — never a silent misread, never a panic. Writing a record whose `schema` is not
-///   [`SCHEMA_VERSION`] is refused.
+///   [`SCHEMA_VERSION`] is refused. Backends store the same serde JSON of each record; a PostgreSQL
+///   database also records the version of its tables, and migrates older ones when it is opened.
 /// - **Sharing.** The evaluation cache and sensitivity records are keyed by content, not by run:
 ///   every run in the store reads and writes the same ones.
 ///
@@ -104,6 +129,50 @@ pub trait Store: Send + Sync {
 
     /// How much the store holds (for `mpsearch runs`).
     fn counts(&self) -> Result<StoreCounts>;
+
+    /// Makes this handle the one controller of run `run` (which need not exist yet) until it is
+    /// dropped; doing it again for a run this handle drives does nothing. Fails with
+    /// [`crate::Error::RunInUse`] when another handle drives the run (PostgreSQL), or with
+    /// [`crate::Error::StoreInUse`] on a read-only view. See "One controller per run" above.
+    fn lock_run(&self, run: &str) -> Result<()>;
+
+    /// The runs some handle drives right now (this one's included), and who drives them. A run
+    /// marked `running` that no controller drives was left by a process that died.
+    fn controllers(&self) -> Result<Vec<Controller>>;
+
+    /// Every cached evaluation with its key (for copying a store).
+    fn cache_entries(&self) -> Result<Vec<(blake3::Hash, CachedEvaluation)>>;
+
+    /// Every sensitivity analysis with its key (for copying a store).
+    fn sensitivity_entries(&self) -> Result<Vec<(blake3::Hash, SensitivityRecord)>>;
+}
+
+/// Who drives a run: the process that called [`Store::lock_run`] for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Controller {
+    pub run: String,
+    pub pid: u32,
+    pub host: String,
+    /// When it took the run (seconds since the Unix epoch).
+    pub since_unix: u64,
+}
+
+/// This machine's name, for [`Controller::host`]: the kernel's host name, else `$HOSTNAME`, else
+/// `unknown`.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Seconds since the Unix epoch now.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How much a store holds.

@@ -17,7 +17,7 @@ use crate::eval::{evaluation_key_on, EvalSplit};
 use crate::pareto;
 use crate::space::SearchSpace;
 
-use super::{RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState};
+use super::{Controller, RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState};
 
 /// Quality reference of the hypervolume when no `--max-drop` is given, in the objective's units: a KL
 /// divergence of 0.1 nat (the demo loses about 4 points of accuracy there) or a cosine distance of 0.1
@@ -238,12 +238,21 @@ pub fn front_held_out(
     Ok((held, held_out_gap(&pairs)))
 }
 
-/// A run's status as listed: a run still marked `running` while this process holds the store was
-/// left by a process that died; it is resumable like an interrupted one.
+/// A run's status as listed when no process drives it: a run still marked `running` was left by a
+/// process that died; it is resumable like an interrupted one.
 pub fn listed_status(m: &RunManifest) -> RunStatus {
     match m.status {
         RunStatus::Running => RunStatus::Interrupted,
         s => s,
+    }
+}
+
+/// A run's status as listed, knowing which runs are driven right now ([`Store::controllers`]):
+/// `running` only while a controller drives it, else as [`listed_status`] says.
+pub fn live_status(m: &RunManifest, controllers: &[Controller]) -> RunStatus {
+    match m.status {
+        RunStatus::Running if controllers.iter().any(|c| c.run == m.name) => RunStatus::Running,
+        _ => listed_status(m),
     }
 }
 

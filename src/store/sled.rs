@@ -24,18 +24,28 @@
 //! hold it until they finish: 5–80 ms measured under load), so an open retries for up to
 //! [`LOCK_WAIT`] before it reports the store in use; closing a store and reopening it at once in
 //! the same process therefore works.
+//!
+//! **Watching.** The handle that writes keeps the store's [`LiveView`] in `DIR/live-view.json`: it
+//! rewrites it when it starts driving a run ([`Store::lock_run`]) and when it writes a run's manifest
+//! ([`Store::create_run`], [`Store::put_run`]: the search does after every batch), paced as
+//! [`super::live`] says. A reader that finds the store held ([`SledStore::open_or_view`]) reads that
+//! view instead of waiting. The view is removed when the handle closes, and by the next open if a
+//! process died holding the store. Failing to write the view never fails the write that triggered it:
+//! the view is for people watching, and it says how old it is.
 
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ::sled::{Batch, Db, Tree};
 
-use super::codec::{decode, encode, Record};
+use super::codec::{decode, encode, key_what, trial_what, Record};
+use super::live::{self, LiveInfo, LiveView, Pace, RawRecords};
 use super::{
-    check_run_name, CachedEvaluation, RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts,
-    TrialRecord,
+    check_run_name, host_name, now_unix, CachedEvaluation, Controller, RunManifest,
+    SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
 };
 use crate::error::{Error, Result};
 
@@ -68,15 +78,44 @@ pub struct SledStore {
     cache: Tree,
     snapshots: Tree,
     sensitivity: Tree,
+    /// The runs this handle drives ([`Store::lock_run`]).
+    driving: Mutex<Vec<Controller>>,
+    /// When the live view was last written.
+    pace: Mutex<Pace>,
 }
 
 impl SledStore {
     /// Opens the store in `dir`, creating the folder and the database if missing. Fails with
     /// [`Error::StoreInUse`] if another process (or another handle in this one) holds it.
     pub fn open(dir: &Path) -> Result<SledStore> {
+        SledStore::open_waiting(dir, LOCK_WAIT)
+    }
+
+    /// Opens the store in `dir` for reading: the store itself when it is free, else the live view of
+    /// the process that holds it (`Err(view)`). Without a view by the holder (a search that has not
+    /// started a run yet, another listing), it waits up to [`LOCK_WAIT`] for the store, then fails
+    /// with [`Error::StoreInUse`].
+    pub fn open_or_view(dir: &Path) -> Result<std::result::Result<SledStore, LiveView>> {
+        match SledStore::open_waiting(dir, Duration::ZERO) {
+            Ok(store) => return Ok(Ok(store)),
+            Err(Error::StoreInUse { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(view) = holder_view(dir)? {
+            return Ok(Err(view));
+        }
+        match SledStore::open_waiting(dir, LOCK_WAIT) {
+            Ok(store) => Ok(Ok(store)),
+            Err(e @ Error::StoreInUse { .. }) => holder_view(dir)?.map(Err).ok_or(e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the store in `dir`, waiting up to `wait` for a held database file.
+    fn open_waiting(dir: &Path, wait: Duration) -> Result<SledStore> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let location = dir.display().to_string();
-        let db = open_db(dir).map_err(|e| {
+        let db = open_db(dir, wait).map_err(|e| {
             if is_lock_failure(&e) {
                 Error::StoreInUse {
                     location: location.clone(),
@@ -102,9 +141,95 @@ impl SledStore {
             dir: dir.to_path_buf(),
             location: location.clone(),
             db,
+            driving: Mutex::new(Vec::new()),
+            pace: Mutex::new(Pace::default()),
         };
+        // A view left by a process that died holding the store describes nothing any more.
+        live::remove(dir);
         write_owner(dir)?;
         Ok(store)
+    }
+
+    /// Rewrites the live view if it is due (always when `force`). Errors are dropped: see the module
+    /// docs.
+    fn publish(&self, force: bool) {
+        let Ok(mut pace) = self.pace.lock() else {
+            return;
+        };
+        if !pace.due(force) {
+            return;
+        }
+        let start = Instant::now();
+        let _ = self.write_view();
+        pace.wrote(start);
+    }
+
+    fn write_view(&self) -> Result<()> {
+        let info = LiveInfo {
+            pid: std::process::id(),
+            host: host_name(),
+            updated_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let raw = self.raw_records()?;
+        live::write(&self.dir, &self.location, &info, &self.controllers()?, &raw)
+    }
+
+    /// Every record as the trees hold it (JSON bytes), for the live view.
+    fn raw_records(&self) -> Result<RawRecords> {
+        let read = |e: ::sled::Error| self.error(format!("cannot read for the live view: {e}"));
+        let mut raw = RawRecords::default();
+        for entry in self.runs.iter() {
+            raw.runs.push(entry.map_err(read)?.1.to_vec());
+        }
+        for entry in self.trials.iter() {
+            let (key, value) = entry.map_err(read)?;
+            let run = key
+                .len()
+                .checked_sub(9)
+                .and_then(|n| key.get(..n))
+                .map(String::from_utf8_lossy)
+                .ok_or_else(|| self.error("a trial has a malformed key"))?;
+            raw.trials
+                .entry(run.into_owned())
+                .or_default()
+                .push(value.to_vec());
+        }
+        for entry in self.snapshots.iter() {
+            let (key, value) = entry.map_err(read)?;
+            raw.snapshots
+                .insert(String::from_utf8_lossy(&key).into_owned(), value.to_vec());
+        }
+        for (tree, map) in [
+            (&self.cache, &mut raw.cache),
+            (&self.sensitivity, &mut raw.sensitivity),
+        ] {
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(read)?;
+                let key = <[u8; 32]>::try_from(key.as_ref())
+                    .map_err(|_| self.error("a content key is not 32 bytes"))?;
+                map.insert(
+                    blake3::Hash::from_bytes(key).to_hex().to_string(),
+                    value.to_vec(),
+                );
+            }
+        }
+        Ok(raw)
+    }
+
+    /// Every `(key, record)` of a tree keyed by content.
+    fn keyed<R: Record>(&self, tree: &Tree, kind: &str) -> Result<Vec<(blake3::Hash, R)>> {
+        tree.iter()
+            .map(|entry| {
+                let (key, bytes) =
+                    entry.map_err(|e| self.error(format!("cannot read the {kind}s: {e}")))?;
+                let key = <[u8; 32]>::try_from(key.as_ref())
+                    .map(blake3::Hash::from_bytes)
+                    .map_err(|_| self.error(format!("a {kind} has a malformed key")))?;
+                Ok((key, decode(&self.location, &key_what(kind, &key), &bytes)?))
+            })
+            .collect()
     }
 
     /// Flushes every tree to disk: sled writes its buffers out (`sync_file_range`), then
@@ -163,18 +288,29 @@ impl SledStore {
 }
 
 impl Drop for SledStore {
-    /// Removes `owner.pid` while the lock is still held, so no later owner's file is removed.
+    /// Removes the live view and `owner.pid` while the lock is still held, so no later owner's files
+    /// are removed.
     fn drop(&mut self) {
+        live::remove(&self.dir);
         let _ = fs::remove_file(self.dir.join(OWNER_FILE));
     }
 }
 
-/// Opens the sled database in `dir`, retrying for up to [`LOCK_WAIT`] while its file is locked.
-fn open_db(dir: &Path) -> ::sled::Result<Db> {
+/// The live view in `dir` written by the process that holds the store (named by `owner.pid`), if
+/// there is one.
+fn holder_view(dir: &Path) -> Result<Option<LiveView>> {
+    match read_owner(dir).parse::<u32>() {
+        Ok(pid) => LiveView::load(dir, &dir.display().to_string(), pid),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Opens the sled database in `dir`, retrying for up to `wait` while its file is locked.
+fn open_db(dir: &Path, wait: Duration) -> ::sled::Result<Db> {
     let start = Instant::now();
     loop {
         match ::sled::Config::new().path(dir.join(DB_DIR)).open() {
-            Err(e) if is_lock_failure(&e) && start.elapsed() < LOCK_WAIT => {
+            Err(e) if is_lock_failure(&e) && start.elapsed() < wait => {
                 std::thread::sleep(LOCK_RETRY);
             }
             result => return result,
@@ -219,14 +355,6 @@ fn trial_prefix(run: &str) -> Vec<u8> {
     key
 }
 
-fn trial_what(run: &str, number: u64) -> String {
-    format!("run `{run}` trial {number}")
-}
-
-fn key_what(kind: &str, key: &blake3::Hash) -> String {
-    format!("{kind} {}", key.to_hex())
-}
-
 impl Store for SledStore {
     fn location(&self) -> String {
         self.location.clone()
@@ -247,14 +375,19 @@ impl Store for SledStore {
                  or pass another --run name"
             )));
         }
-        self.flush()
+        self.flush()?;
+        self.publish(false);
+        Ok(())
     }
 
+    /// Also rewrites the live view (paced): the search writes its manifest after every batch.
     fn put_run(&self, manifest: &RunManifest) -> Result<()> {
         check_run_name(&self.location, &manifest.name)?;
         let what = format!("run `{}`", manifest.name);
         self.insert(&self.runs, manifest.name.as_bytes(), &what, manifest)?;
-        self.flush()
+        self.flush()?;
+        self.publish(false);
+        Ok(())
     }
 
     fn run(&self, name: &str) -> Result<Option<RunManifest>> {
@@ -359,5 +492,43 @@ impl Store for SledStore {
             cached_evaluations: self.cache.len(),
             sensitivity_records: self.sensitivity.len(),
         })
+    }
+
+    /// The store is this handle's alone already: records the run as driven by this process and
+    /// writes the live view, so that readers see the run from its start.
+    fn lock_run(&self, run: &str) -> Result<()> {
+        check_run_name(&self.location, run)?;
+        {
+            let mut driving = self
+                .driving
+                .lock()
+                .map_err(|_| self.error("a thread panicked while locking a run"))?;
+            if driving.iter().any(|c| c.run == run) {
+                return Ok(());
+            }
+            driving.push(Controller {
+                run: run.to_string(),
+                pid: std::process::id(),
+                host: host_name(),
+                since_unix: now_unix(),
+            });
+        }
+        self.publish(true);
+        Ok(())
+    }
+
+    fn controllers(&self) -> Result<Vec<Controller>> {
+        self.driving
+            .lock()
+            .map(|d| d.clone())
+            .map_err(|_| self.error("a thread panicked while locking a run"))
+    }
+
+    fn cache_entries(&self) -> Result<Vec<(blake3::Hash, CachedEvaluation)>> {
+        self.keyed(&self.cache, "cached evaluation")
+    }
+
+    fn sensitivity_entries(&self) -> Result<Vec<(blake3::Hash, SensitivityRecord)>> {
+        self.keyed(&self.sensitivity, "sensitivity record")
     }
 }

@@ -17,4 +17,5 @@ mod rounding;
 mod search;
 mod sensitivity;
 mod space;
+mod store;
 mod util;

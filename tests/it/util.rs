@@ -315,3 +315,79 @@ pub fn trials_json(cwd: &Path, store: &str, run_name: &str) -> Vec<serde_json::V
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// The environment variable naming a PostgreSQL server for the tests (a superuser's `postgres://`
+/// URL; `.ci/run` and `scripts/test-postgres.sh run` set it).
+pub const POSTGRES_ENV: &str = "MPSEARCH_TEST_POSTGRES";
+
+/// A fresh database on the test server, dropped (with `FORCE`) when the value goes.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    /// The database's URL, for `--store`.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// A fresh database on the server [`POSTGRES_ENV`] names; `None` after a loud `SKIPPED` when
+    /// there is none or it cannot be reached, except under `CI=true`, where that fails the test.
+    pub fn new(test: &str) -> Option<PgDatabase> {
+        let admin = std::env::var(POSTGRES_ENV).ok().filter(|u| !u.is_empty());
+        let reached = match admin {
+            None => Err(format!("{POSTGRES_ENV} is not set")),
+            Some(u) => postgres::Client::connect(&u, postgres::NoTls)
+                .map(|c| (u.clone(), c))
+                .map_err(|e| format!("cannot connect to {POSTGRES_ENV}={u}: {e}")),
+        };
+        let (admin, mut client) = match reached {
+            Ok(r) => r,
+            Err(problem) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!(
+                        "{test}: {problem}: under CI=true the PostgreSQL tests must run \
+                         (.ci/run starts the server)"
+                    );
+                }
+                // Written to stderr directly, not with eprintln!, so that the harness shows it.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: {test}: {problem} (`bash scripts/test-postgres.sh run cargo test` \
+                     starts a throw-away server)"
+                );
+                return None;
+            }
+        };
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "mpsearch_it_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+        let (base, query) = admin
+            .split_once('?')
+            .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let base = base[scheme_end..]
+            .find('/')
+            .map_or(base, |i| &base[..scheme_end + i]);
+        let url = match query {
+            Some(q) => format!("{base}/{name}?{q}"),
+            None => format!("{base}/{name}"),
+        };
+        Some(PgDatabase { admin, name, url })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! What only the PostgreSQL backend has: several handles (and processes) share one database, each
+//! run has one controller at a time — released when its process dies —, readers never wait, the
+//! tables carry a version, and a server that cannot be reached is a clear error.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::error::Error;
+
+/// The environment variable that makes [`lock_probe_child`] lock a run (in a child process).
+const PROBE_ENV: &str = "MPSEARCH_PG_LOCK_PROBE_URL";
+/// What the child prints once it holds the run.
+const LOCKED: &str = "PROBE-LOCKED";
+
+#[test]
+fn a_second_controller_of_a_run_is_told_who_drives_it_and_readers_do_not_wait() {
+    let Some(b) = PgBackend::new() else { return };
+    let first = b.open();
+    let second = b.open();
+    first.create_run(&manifest("r", 1)).expect("create");
+    first.lock_run("r").expect("the first controller");
+    first
+        .put_trial("r", &trial(0, TrialState::Complete))
+        .expect("the controller writes");
+
+    let err = second.lock_run("r").expect_err("a second controller");
+    match &err {
+        Error::RunInUse(holder) => {
+            assert_eq!(holder.run, "r");
+            assert_eq!(holder.location, b.location());
+            assert_eq!(holder.pid, std::process::id().to_string());
+            assert_eq!(holder.host, host_name());
+            assert!(holder.since.ends_with("UTC"), "{holder:?}");
+        }
+        other => panic!("expected RunInUse, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "run `r` of store {} is being driven by pid {} on host {}",
+            b.location(),
+            std::process::id(),
+            host_name()
+        )),
+        "{text}"
+    );
+
+    // Readers read while the run is driven, and other runs can be driven at the same time.
+    assert_eq!(second.trials("r").expect("read").len(), 1);
+    assert_eq!(second.runs().expect("runs").len(), 1);
+    second.create_run(&manifest("other", 2)).expect("create");
+    second.lock_run("other").expect("another run");
+    let driven: Vec<String> = second
+        .controllers()
+        .expect("controllers")
+        .into_iter()
+        .map(|c| c.run)
+        .collect();
+    assert_eq!(driven, vec!["other".to_string(), "r".to_string()]);
+
+    // Once the first handle is gone, its run can be driven again.
+    drop(first);
+    second.lock_run("r").expect("free again");
+}
+
+/// Run by [`a_killed_controller_releases_its_run`] in a child process (a no-op otherwise): locks run
+/// `r` of the database named by [`PROBE_ENV`], says so, and waits to be killed.
+#[test]
+fn lock_probe_child() {
+    let Ok(url) = std::env::var(PROBE_ENV) else {
+        return;
+    };
+    let store = PostgresStore::connect(&url).expect("connect");
+    store.lock_run("r").expect("lock");
+    println!("{LOCKED}");
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn a_killed_controller_releases_its_run() {
+    let Some(b) = PgBackend::new() else { return };
+    let store = b.open();
+    store.create_run(&manifest("r", 1)).expect("create");
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "store::tests::postgres_only::lock_probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PROBE_ENV, &b.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the test binary again");
+    let stdout = child.stdout.take().expect("piped");
+    let locked = BufReader::new(stdout)
+        .lines()
+        .map_while(std::result::Result::ok)
+        .any(|l| l.contains(LOCKED));
+    assert!(locked, "the child never locked the run");
+    let text = message(store.lock_run("r"));
+    assert!(
+        text.contains(&format!("driven by pid {}", child.id())),
+        "{text}"
+    );
+    assert_eq!(store.controllers().expect("controllers").len(), 1);
+
+    child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+    child.wait().expect("reap");
+    // The server drops the dead connection and its lock (at once on a Unix socket; give it time).
+    let start = Instant::now();
+    loop {
+        match store.lock_run("r") {
+            Ok(()) => break,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                assert!(matches!(e, Error::RunInUse { .. }), "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the killed controller's lock was never released: {e}"),
+        }
+    }
+    let driven = store.controllers().expect("controllers");
+    assert_eq!(driven.len(), 1);
+    assert_eq!(driven[0].pid, std::process::id());
+}
+
+#[test]
+fn tables_are_versioned_and_a_newer_database_is_refused() {
+    let Some(b) = PgBackend::new() else { return };
+    drop(b.open());
+    let mut c = b.client();
+    let versions: Vec<i32> = c
+        .query(
+            "SELECT version FROM mpsearch_schema_migrations ORDER BY version",
+            &[],
+        )
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![super::super::postgres::STORE_SCHEMA]);
+    // Opening again changes nothing.
+    fill(&b.open());
+    drop(b.open());
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM mpsearch_schema_migrations", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+
+    c.execute(
+        "INSERT INTO mpsearch_schema_migrations (version, description) VALUES (99, 'from the future')",
+        &[],
+    )
+    .expect("insert");
+    let text = message(PostgresStore::connect(&b.url));
+    assert!(
+        text.contains("newer mpsearch (store schema 99; this mpsearch knows up to 1)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn first_opens_at_the_same_time_create_the_tables_once() {
+    let Some(b) = PgBackend::new() else { return };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| PostgresStore::connect(&b.url).map(drop)))
+            .collect();
+        for h in handles {
+            h.join().expect("no panic").expect("every open succeeds");
+        }
+    });
+    let n: i64 = b
+        .client()
+        .query_one("SELECT count(*) FROM mpsearch_schema_migrations", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_without_the_password() {
+    let dir = tempfile::tempdir().expect("a temp folder");
+    let host = dir.path().display().to_string().replace('/', "%2F");
+    let url = format!("postgres://me:s3cret@{host}/db");
+    let text = message(PostgresStore::connect(&url));
+    assert!(
+        text.contains(&format!("store postgres://me@{host}/db: cannot connect")),
+        "{text}"
+    );
+    assert!(text.contains("Is the server running"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
