@@ -207,8 +207,8 @@ fn calibration_inputs(
         m.name,
         m.config.scale,
         m.config.rounding,
-        &recorded[..recorded.len().min(12)],
-        &now[..12]
+        short(recorded),
+        short(&now)
     );
     Ok(Some(ev.input_stats()?.clone()))
 }
@@ -235,8 +235,8 @@ fn write_weights(
          evaluate it again",
         c.model,
         m.name,
-        &recorded[..recorded.len().min(12)],
-        &now[..12]
+        short(recorded),
+        short(&now)
     );
     let (_, asg) = resolve(m, sel, &model.inventory().layers)?;
     let info = safetensors::ExportInfo {
@@ -274,4 +274,9 @@ fn write_weights(
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first 12 characters of a fingerprint (a recorded one comes from the store: no byte slicing).
+fn short(hex: &str) -> String {
+    hex.chars().take(12).collect()
 }

@@ -273,9 +273,12 @@ impl PostgresStore {
         );
         let (pid, host, since) = match row {
             Ok(Some(r)) => (
-                r.get::<_, i64>(0).to_string(),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2),
+                r.try_get::<_, i64>(0)
+                    .map_or_else(|_| "unknown".into(), |p| p.to_string()),
+                r.try_get::<_, String>(1)
+                    .unwrap_or_else(|_| "unknown".into()),
+                r.try_get::<_, String>(2)
+                    .unwrap_or_else(|_| "unknown".into()),
             ),
             // Between another session's lock and its row (or a failed read): not known yet.
             _ => ("unknown".into(), "unknown".into(), "unknown".into()),
@@ -297,7 +300,7 @@ impl PostgresStore {
         let mut c = self.conn()?;
         c.client
             .query_opt(sql, &[key])
-            .map(|row| row.map(|r| r.get(0)))
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
             .map_err(self.sql("cannot read"))
     }
 
@@ -313,11 +316,11 @@ impl PostgresStore {
             .map_err(self.sql(&format!("cannot read the {kind}s")))?;
         rows.iter()
             .map(|r| {
-                let bytes: Vec<u8> = r.get(0);
+                let bytes: Vec<u8> = r.try_get(0).map_err(self.sql(&format!("a {kind}'s key")))?;
                 let key = <[u8; 32]>::try_from(bytes.as_slice())
                     .map(blake3::Hash::from_bytes)
                     .map_err(|_| self.error(format!("a {kind} has a malformed key")))?;
-                let text: String = r.get(1);
+                let text: String = r.try_get(1).map_err(self.sql(&key_what(kind, &key)))?;
                 let record = decode(&self.location, &key_what(kind, &key), text.as_bytes())?;
                 Ok((key, record))
             })
@@ -565,8 +568,8 @@ impl Store for PostgresStore {
         let mut runs = rows
             .iter()
             .map(|r| {
-                let name: String = r.get(0);
-                let text: String = r.get(1);
+                let name: String = r.try_get(0).map_err(self.sql("a run's name"))?;
+                let text: String = r.try_get(1).map_err(self.sql(&format!("run `{name}`")))?;
                 decode::<RunManifest>(&self.location, &format!("run `{name}`"), text.as_bytes())
             })
             .collect::<Result<Vec<_>>>()?;
@@ -623,9 +626,11 @@ impl Store for PostgresStore {
         };
         rows.iter()
             .map(|r| {
-                let number: i64 = r.get(0);
-                let text: String = r.get(1);
+                let number: i64 = r
+                    .try_get(0)
+                    .map_err(self.sql(&format!("a trial number of run `{run}`")))?;
                 let what = trial_what(run, number as u64);
+                let text: String = r.try_get(1).map_err(self.sql(&what))?;
                 decode(&self.location, &what, text.as_bytes())
             })
             .collect()
@@ -638,8 +643,8 @@ impl Store for PostgresStore {
             let c = &mut *c;
             c.client
                 .query_opt(&c.cached, &[&key.as_bytes().as_slice()])
+                .and_then(|row| row.map(|r| r.try_get::<_, String>(0)).transpose())
                 .map_err(self.sql(&format!("cannot read {what}")))?
-                .map(|r| r.get::<_, String>(0))
         };
         text.map(|t| decode(&self.location, &what, t.as_bytes()))
             .transpose()
@@ -751,7 +756,11 @@ impl Store for PostgresStore {
                  lock_hi = EXCLUDED.lock_hi, lock_lo = EXCLUDED.lock_lo",
                 &[&run, &pid, &host_name(), &since, &hi, &lo],
             )
-            .map_err(self.sql(&what))?;
+            .map_err(|e| {
+                // Not driving it after all: give the lock back now, not when the connection closes.
+                let _ = c.client.execute("SELECT pg_advisory_unlock($1)", &[&key]);
+                self.sql(&what)(e)
+            })?;
         driving.insert(run.to_string());
         Ok(())
     }
@@ -770,15 +779,19 @@ impl Store for PostgresStore {
                 &[],
             )
             .map_err(self.sql("cannot read the run controllers"))?;
-        Ok(rows
-            .iter()
-            .map(|r| Controller {
-                run: r.get(0),
-                pid: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                host: r.get(2),
-                since_unix: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+        let what = "cannot read the run controllers";
+        rows.iter()
+            .map(|r| {
+                Ok(Controller {
+                    run: r.try_get(0).map_err(self.sql(what))?,
+                    pid: u32::try_from(r.try_get::<_, i64>(1).map_err(self.sql(what))?)
+                        .unwrap_or(0),
+                    host: r.try_get(2).map_err(self.sql(what))?,
+                    since_unix: u64::try_from(r.try_get::<_, i64>(3).map_err(self.sql(what))?)
+                        .unwrap_or(0),
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn cache_entries(&self) -> Result<Vec<(blake3::Hash, CachedEvaluation)>> {

@@ -63,6 +63,34 @@ pub fn compressed_bytes(
         dense.insert(l.name.clone(), c.to_tensor()?);
         layers.push(l.name.clone());
     }
+    let meta = metadata(assignment, info, &records, &left_out)?;
+    let views = tensors
+        .iter()
+        .map(|t| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| Error::export(format!("tensor `{}`: {e}", t.name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::export(format!("cannot serialise the compressed weights: {e}")))?;
+    let summary = WriteSummary {
+        layers,
+        left_out,
+        tensors: tensors.len(),
+        bytes: bytes.len() as u64,
+        data_bytes: tensors.iter().map(|t| t.data.len() as u64).sum(),
+    };
+    Ok((bytes, summary, dense))
+}
+
+/// The file's metadata: what was exported from which run, how it was compressed, and how to rebuild it.
+fn metadata(
+    assignment: &Assignment,
+    info: &ExportInfo,
+    records: &BTreeMap<String, LayerRecord>,
+    left_out: &[String],
+) -> Result<HashMap<String, String>> {
     let mut meta: HashMap<String, String> = HashMap::from([
         ("format".into(), FORMAT.into()),
         ("format_version".into(), FORMAT_VERSION.to_string()),
@@ -101,24 +129,7 @@ pub fn compressed_bytes(
     if let Some(q) = info.held_out_quality {
         meta.insert("held_out_quality".into(), format!("{q:e}"));
     }
-    let views = tensors
-        .iter()
-        .map(|t| {
-            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| Error::export(format!("tensor `{}`: {e}", t.name)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::export(format!("cannot serialise the compressed weights: {e}")))?;
-    let summary = WriteSummary {
-        layers,
-        left_out,
-        tensors: tensors.len(),
-        bytes: bytes.len() as u64,
-        data_bytes: tensors.iter().map(|t| t.data.len() as u64).sum(),
-    };
-    Ok((bytes, summary, dense))
+    Ok(meta)
 }
 
 /// Writes the compressed weights of `assignment` on `model` to `path` atomically, then reads the file
