@@ -165,8 +165,38 @@ pub struct BudgetArgs {
 pub struct StoreArgs {
     /// The store: a folder (sled, created if missing; one process at a time writes it) or a
     /// postgres://USER@HOST/DATABASE URL (shared; its tables are created on first use).
-    #[arg(long, default_value = "mpsearch-store", value_name = "DIR|URL")]
+    #[arg(long, default_value = "mpsearch-store", value_name = "DIR|URL", value_parser = LocationParser)]
     pub store: Location,
+}
+
+/// Parses a store location without clap's usual "invalid value '<the text>'": a postgres:// URL can
+/// hold a password, which only [`Location`]'s own (redacted) message may show.
+#[derive(Clone)]
+struct LocationParser;
+
+impl clap::builder::TypedValueParser for LocationParser {
+    type Value = Location;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Location, clap::Error> {
+        let name = arg.map_or_else(|| "the store".to_string(), |a| a.to_string());
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                format!("{name}: a store location must be UTF-8 text\n"),
+            )
+        })?;
+        text.parse().map_err(|e: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{name}: {e}\n"),
+            )
+        })
+    }
 }
 
 // ---- named values ----
@@ -487,10 +517,10 @@ pub enum StoreCommand {
 #[derive(Args)]
 pub struct StoreCopyArgs {
     /// The store copied from: a folder (sled) or a postgres:// URL.
-    #[arg(value_name = "FROM")]
+    #[arg(value_name = "FROM", value_parser = LocationParser)]
     pub from: Location,
     /// The store copied into (created if missing): a folder (sled) or a postgres:// URL.
-    #[arg(value_name = "TO")]
+    #[arg(value_name = "TO", value_parser = LocationParser)]
     pub to: Location,
 }
 

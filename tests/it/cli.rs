@@ -415,3 +415,21 @@ fn bad_flag_values_are_refused_before_any_work() {
         "no store was opened for a refused value"
     );
 }
+
+#[test]
+fn a_malformed_store_url_is_refused_without_echoing_its_password() {
+    let d = Dir::new();
+    for args in [
+        &["runs", "--store", "postgres://me:s3cret@host:notaport/db"][..],
+        &["store", "copy", "postgres://me:s3cret@h:x/db", "b"][..],
+    ] {
+        let e = usage_error(d.path(), args);
+        assert!(!e.contains("s3cret"), "the password leaked: {e}");
+        assert!(
+            e.contains("is not a PostgreSQL URL") && e.contains("postgres://me@"),
+            "{e}"
+        );
+    }
+    let e = usage_error(d.path(), &["runs", "--store", "ftp://x"]);
+    assert!(e.contains("`ftp://` stores are not supported"), "{e}");
+}
