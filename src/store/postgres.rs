@@ -475,16 +475,19 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
+    // The user part ends at the last `@`: a password with an unencoded `/`, `?` or `@` stays inside it
+    // (cut at the user's first `:`), never shown.
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((user, host)) => (Some(user.split_once(':').map_or(user, |(u, _)| u)), host),
+        None => (None, rest),
+    };
+    let (host, tail) = match rest.find(['/', '?']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            format!("{user}@{host}")
-        }
-        None => authority.to_string(),
+    let authority = match user {
+        Some(user) => format!("{user}@{host}"),
+        None => host.to_string(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -829,6 +832,12 @@ mod tests {
                 "postgres://me@%2Ftmp%2Fpg:5433/db?application_name=a",
             ),
             ("postgres://me@h/db?password=x", "postgres://me@h/db"),
+            // Unencoded `/`, `?` and `@` in a password.
+            ("postgres://me:a/b?c@host/db", "postgres://me@host/db"),
+            (
+                "postgres://me:x@y@host:5432/db",
+                "postgres://me@host:5432/db",
+            ),
         ] {
             assert_eq!(redact(url), shown, "{url}");
         }
