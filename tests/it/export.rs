@@ -503,20 +503,7 @@ fn every_compact_form_reads_back_exactly() {
     for (i, a) in assignments.iter().enumerate() {
         let asg = Assignment::new(a.iter().map(|(l, c)| (l.to_string(), c.parse().unwrap())));
         let path = d.path().join(format!("a{i}.safetensors"));
-        let info = ExportInfo {
-            run: "hand".into(),
-            trial: i as u64,
-            point: None,
-            hash: asg.hash_hex(),
-            quality: None,
-            held_out_quality: None,
-            quality_metric: "kl_divergence".into(),
-            cost_objective: "latency".into(),
-            model: "demo".into(),
-            space: "none".into(),
-            scale: ScaleMethod::Mse,
-            rounding: Rounding::Rtn,
-        };
+        let info = hand_export(i as u64, &asg);
         let s = write_compressed(ev.model().as_ref(), &asg, &info, None, &path).unwrap();
         let (evaluated, reproduced) = check_weights(&path, &ev, &data, &asg);
         assert!(
@@ -578,20 +565,7 @@ fn conv_nm_is_stored_along_input_channels() {
     let (_, _, ev) = evaluator();
     let asg = Assignment::new([("conv2".to_string(), "f32+2:4".parse().unwrap())]);
     let path = d.path().join("nm.safetensors");
-    let info = ExportInfo {
-        run: "hand".into(),
-        trial: 0,
-        point: None,
-        hash: asg.hash_hex(),
-        quality: None,
-        held_out_quality: None,
-        quality_metric: "kl_divergence".into(),
-        cost_objective: "latency".into(),
-        model: "demo".into(),
-        space: "none".into(),
-        scale: ScaleMethod::Mse,
-        rounding: Rounding::Rtn,
-    };
+    let info = hand_export(0, &asg);
     write_compressed(ev.model().as_ref(), &asg, &info, None, &path).unwrap();
     let w = load_compressed(&path).unwrap()["conv2"]
         .flatten_all()
@@ -680,4 +654,23 @@ fn bert_lines_use_gguf_names() {
     }
     assert!(text.contains("llama.cpp's GGUF names for BERT"), "{text}");
     assert!(text.contains("(same format)"), "{text}");
+}
+
+/// What a hand-made export of `asg` (no run behind it) records: trial `trial`, MSE scales, rounded to
+/// nearest.
+fn hand_export(trial: u64, asg: &Assignment) -> ExportInfo {
+    ExportInfo {
+        run: "hand".into(),
+        trial,
+        point: None,
+        hash: asg.hash_hex(),
+        quality: None,
+        held_out_quality: None,
+        quality_metric: "kl_divergence".into(),
+        cost_objective: "latency".into(),
+        model: "demo".into(),
+        space: "none".into(),
+        scale: ScaleMethod::Mse,
+        rounding: Rounding::Rtn,
+    }
 }
