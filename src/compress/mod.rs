@@ -13,6 +13,7 @@
 //! | `matrix.rs` | the matrix view of a tensor, and products |
 //! | `quant.rs` | weight quantization: schemes, granularities, min/max, MSE and output-error scales, integer form |
 //! | `stats.rs` | a layer's input statistics `H = XᵀX`, accumulated from captured inputs |
+//! | `ggml.rs` | GGML block formats through candle's own quantizer |
 //! | `gptq.rs` | GPTQ rounding: each column's error compensated through `H` |
 //! | `prune.rs` | unstructured, N:M (along input channels) and output-channel pruning masks |
 //! | `lowrank.rs` | truncated SVD into two factors |
@@ -25,6 +26,7 @@
 mod activation;
 mod apply;
 mod cache;
+pub mod ggml;
 pub mod gptq;
 mod lowrank;
 mod matrix;

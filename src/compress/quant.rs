@@ -400,13 +400,17 @@ impl QuantizedWeight {
 }
 
 /// Fake-quantizes `w` to `format` and returns the dequantized f32 tensor of the same shape: integer
-/// formats through [`QuantizedWeight`]; f16/bf16 through candle's `to_dtype` and back; f32 unchanged.
+/// formats through [`QuantizedWeight`]; f16/bf16 through candle's `to_dtype` and back; GGML block
+/// formats through candle's quantizer and back ([`super::ggml`]); f32 unchanged.
 pub fn quantize_weight(w: &Tensor, format: &WeightQuant, method: ScaleMethod) -> Result<Tensor> {
     match format {
         WeightQuant::F32 => Ok(w.to_dtype(DType::F32)?),
         WeightQuant::F16 => Ok(w.to_dtype(DType::F16)?.to_dtype(DType::F32)?),
         WeightQuant::Bf16 => Ok(w.to_dtype(DType::BF16)?.to_dtype(DType::F32)?),
         WeightQuant::Int { .. } => QuantizedWeight::new(w, format, method)?.dequantize(),
+        WeightQuant::Ggml(g) => {
+            super::ggml::fake_quantize(&WeightMatrix::from_tensor(w)?, *g)?.to_tensor(w.dims())
+        }
     }
 }
 
@@ -431,6 +435,9 @@ pub(crate) fn quantize_matrix(
             granularity,
         } => QuantizedWeight::from_matrix(m, bits, scheme, granularity, method, keep)?
             .dequantize_matrix(),
+        // Block formats take no pruning but whole rows (`channels<P>`), whose zeros every block grid
+        // keeps; the caller re-applies the mask all the same.
+        WeightQuant::Ggml(g) => super::ggml::fake_quantize(m, g),
     }
 }
 

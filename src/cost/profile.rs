@@ -107,6 +107,7 @@ impl Precision {
             WeightQuant::F16 => Precision::F16,
             WeightQuant::Bf16 => Precision::Bf16,
             WeightQuant::Int { bits, .. } => Precision::Int(*bits),
+            WeightQuant::Ggml(g) => Precision::Int(g.code_bits()),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::compress::{
 };
 use crate::data::{Batch, SplitSizes};
 use crate::error::{Error, Result};
-use crate::model::{ForwardCtx, LayerOverride, Model, ModelKind, Overrides};
+use crate::model::{ForwardCtx, LayerKernel, LayerOverride, Model, ModelKind, Overrides};
 use crate::space::{ActQuant, Assignment, Choice};
 
 /// Evaluation data in its three splits (see [`crate::data`]), already in batches: calibration,
@@ -263,7 +263,7 @@ impl CandleEvaluator {
             out.insert(
                 l.name.clone(),
                 LayerOverride {
-                    weight,
+                    kernel: weight.map(LayerKernel::Dense),
                     act: choice.act,
                     act_range,
                 },

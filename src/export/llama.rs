@@ -31,7 +31,8 @@
 //! no GGUF form) keep mpsearch's tensor names (`LAYER.weight`), and the header says so.
 
 use crate::space::{
-    ActQuant, Assignment, Choice, Granularity, LayerInfo, QuantScheme, Sparsity, WeightQuant,
+    ActQuant, Assignment, Choice, GgmlFormat, Granularity, LayerInfo, QuantScheme, Sparsity,
+    WeightQuant,
 };
 
 /// The GGML tensor types the lines use.
@@ -126,6 +127,18 @@ impl GgmlType {
             WeightQuant::F32 => GgmlType::F32,
             WeightQuant::F16 => GgmlType::F16,
             WeightQuant::Bf16 => GgmlType::Bf16,
+            WeightQuant::Ggml(g) => match g {
+                GgmlFormat::Q2K => GgmlType::Q2K,
+                GgmlFormat::Q3K => GgmlType::Q3K,
+                GgmlFormat::Q4K => GgmlType::Q4K,
+                GgmlFormat::Q5K => GgmlType::Q5K,
+                GgmlFormat::Q6K => GgmlType::Q6K,
+                GgmlFormat::Q8_0 => GgmlType::Q8_0,
+                GgmlFormat::Q4_0 => GgmlType::Q4_0,
+                GgmlFormat::Q4_1 => GgmlType::Q4_1,
+                GgmlFormat::Q5_0 => GgmlType::Q5_0,
+                GgmlFormat::Q5_1 => GgmlType::Q5_1,
+            },
             WeightQuant::Int { bits, scheme, .. } => {
                 let asym = scheme == QuantScheme::Asymmetric;
                 match bits {

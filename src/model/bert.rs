@@ -3,7 +3,8 @@
 //! A Hugging Face BERT folder (`config.json`, `model.safetensors`, `tokenizer.json`) run as a sentence
 //! encoder, with a forward pass written here on candle so that every compressible layer goes through
 //! [`ForwardCtx`]: the word, position and token-type embeddings and the six linear layers of each block
-//! take their weight from [`ForwardCtx::weight`] and their input from [`ForwardCtx::input`].
+//! are computed by [`ForwardCtx::lookup`] and [`ForwardCtx::linear`], which read their input through
+//! [`ForwardCtx::input`].
 //!
 //! The computation is Hugging Face's `BertModel` followed by sentence-transformers' pooling:
 //!
@@ -165,10 +166,7 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let x = ctx.input(&self.name, x)?;
-        let w = ctx.weight(&self.name, &self.weight);
-        check_override(&self.name, w, &self.weight)?;
-        Ok(x.matmul(&w.t()?)?.broadcast_add(&self.bias)?)
+        ctx.linear(&self.name, x, &self.weight, Some(&self.bias))
     }
 }
 
@@ -180,12 +178,7 @@ struct Embedding {
 
 impl Embedding {
     fn forward(&self, ids: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        // The input is the ids; activation quantization makes no sense for a lookup (search spaces
-        // refuse it), and `ctx.input` refuses it for integer inputs rather than scramble the ids.
-        let ids = ctx.input(&self.name, ids)?;
-        let table = ctx.weight(&self.name, &self.table);
-        check_override(&self.name, table, &self.table)?;
-        Ok(table.index_select(&ids, 0)?)
+        ctx.lookup(&self.name, ids, &self.table)
     }
 }
 
@@ -608,21 +601,6 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
     let e = shifted.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-/// An override weight must have the original's shape.
-fn check_override(layer: &str, used: &Tensor, original: &Tensor) -> Result<()> {
-    if used.dims() != original.dims() {
-        return Err(Error::Layer {
-            layer: layer.to_string(),
-            message: format!(
-                "the override weight has shape {:?}, the layer's weight has {:?}",
-                used.dims(),
-                original.dims()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// The tensors of a checkpoint, taken out by name with their shapes checked.

@@ -216,31 +216,12 @@ pub(crate) fn forward(params: &[Params], x: &Tensor, ctx: &ForwardCtx) -> Result
 
 /// 3×3 convolution, stride 1, padding 1, plus bias.
 fn conv(p: &Params, name: &str, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-    let x = ctx.input(name, x)?;
-    let w = layer_weight(p, name, ctx)?;
-    let y = x.conv2d(w, 1, 1, 1, 1)?;
-    Ok(y.broadcast_add(&p.bias.reshape((1, (), 1, 1))?)?)
+    ctx.conv2d(name, x, &p.weight, Some(&p.bias), 1, 1)
 }
 
 /// `x Wᵀ + b`.
 fn linear(p: &Params, name: &str, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-    let x = ctx.input(name, x)?;
-    let w = layer_weight(p, name, ctx)?;
-    Ok(x.matmul(&w.t()?)?.broadcast_add(&p.bias)?)
-}
-
-/// The layer's weight from the context, which must keep the original's shape.
-fn layer_weight<'t>(p: &'t Params, name: &str, ctx: &'t ForwardCtx) -> Result<&'t Tensor> {
-    let w = ctx.weight(name, &p.weight);
-    if w.dims() != p.weight.dims() {
-        let message = format!(
-            "override weight of shape {:?}, expected {:?}",
-            w.dims(),
-            p.weight.dims()
-        );
-        return Err(tensor_error("demo", &format!("{name}.weight"), message));
-    }
-    Ok(w)
+    ctx.linear(name, x, &p.weight, Some(&p.bias))
 }
 
 /// Names and shapes of the stored tensors, in inventory order: `<layer>.weight`, `<layer>.bias`.

@@ -1,11 +1,19 @@
 //! The contract between models and everything that runs them: a [`Model`] owns its forward pass and
-//! asks a [`ForwardCtx`] for each compressible layer's weight and input, so that compressed weights,
+//! computes each compressible layer through a [`ForwardCtx`] ([`ForwardCtx::linear`],
+//! [`ForwardCtx::conv2d`], [`ForwardCtx::lookup`]), so that compressed weights, real low-bit kernels,
 //! activation quantization and input capture work the same way in every architecture.
+//!
+//! A layer's [`LayerOverride`] says how it runs differently from the f32 model: its input's activation
+//! quantization, and the [`LayerKernel`] that computes its weight matrix — a dense f32 weight (the
+//! evaluator's fake-quantized values), f16 weights on candle's f16 path, candle's quantized matmul
+//! (`QMatMul`, for the GGML block formats: the kernel quantizes its input on the fly), two kernels for
+//! a factorized weight, or a smaller matrix for removed output channels, its rows scattered back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Tensor, TensorId};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module, Tensor, TensorId};
 
 use super::Inventory;
 use crate::compress::{InputAccumulator, InputStats, LayerInputs};
@@ -13,15 +21,78 @@ use crate::data::Batch;
 use crate::error::Result;
 use crate::space::ActQuant;
 
+/// How a layer's weight matrix is computed. Every kernel maps an input `[.., in]` to `[.., out]`
+/// (`in` the weight's columns: `c·kh·kw` of a convolution, applied to its im2col patches).
+#[derive(Clone, Debug)]
+pub enum LayerKernel {
+    /// An f32 weight of the original's shape (fake-quantized values), multiplied as the f32 model
+    /// does (a convolution by candle's `conv2d`, a look-up by row selection).
+    Dense(Tensor),
+    /// An f16 weight `[out, in]`: the input cast to f16, candle's f16 matmul, the output cast back.
+    F16(Tensor),
+    /// candle's quantized matmul of a block-quantized `[out, in]` weight: the input is quantized on
+    /// the fly to the format's dot-product partner (Q8_K or Q8_0 blocks).
+    Quantized(Arc<QMatMul>),
+    /// A factorized weight `A·B`: `x → b → a`.
+    Factored {
+        a: Box<LayerKernel>,
+        b: Box<LayerKernel>,
+    },
+    /// Removed output channels: `kernel` computes the kept rows only (`kept`, u32 indices into the
+    /// `out` outputs, ascending); the others are exactly zero.
+    Rows {
+        kept: Tensor,
+        out: usize,
+        kernel: Box<LayerKernel>,
+    },
+}
+
+impl LayerKernel {
+    /// `x [.., in]` times the kernel's weight transposed: `[.., out]`.
+    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            LayerKernel::Dense(w) => dense_matmul(x, &w.flatten_from(1)?)?,
+            LayerKernel::F16(w) => x
+                .to_dtype(DType::F16)?
+                .broadcast_matmul(&w.t()?)?
+                .to_dtype(x.dtype())?,
+            LayerKernel::Quantized(q) => q.forward(x)?,
+            LayerKernel::Factored { a, b } => a.matmul(&b.matmul(x)?)?,
+            LayerKernel::Rows { kept, out, kernel } => {
+                let y = kernel.matmul(x)?;
+                let last = y.rank() - 1;
+                let mut dims = y.dims().to_vec();
+                dims[last] = *out;
+                Tensor::zeros(dims, y.dtype(), y.device())?.index_add(kept, &y, last)?
+            }
+        })
+    }
+
+    /// The dense weight of a [`LayerKernel::Dense`] kernel.
+    fn dense(&self) -> Option<&Tensor> {
+        match self {
+            LayerKernel::Dense(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
 /// How one layer runs differently from the f32 model.
 #[derive(Clone, Debug, Default)]
 pub struct LayerOverride {
-    /// The (compressed) weight to use instead of the original, same shape.
-    pub weight: Option<Tensor>,
+    /// What computes the layer's weight matrix instead of the original f32 weight.
+    pub kernel: Option<LayerKernel>,
     /// Activation quantization of the layer's input.
     pub act: ActQuant,
     /// For [`ActQuant::Int8Static`]: the input range (min, max) calibrated on the calibration data.
     pub act_range: Option<(f32, f32)>,
+}
+
+impl LayerOverride {
+    /// The dense weight that replaces the original, if the kernel is [`LayerKernel::Dense`].
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        self.kernel.as_ref().and_then(LayerKernel::dense)
+    }
 }
 
 /// Per-layer overrides by layer name; layers not listed run as in the f32 model.
@@ -36,12 +107,108 @@ pub struct ForwardCtx<'a> {
 }
 
 impl ForwardCtx<'_> {
-    /// The weight of `layer`: its override, or `original`.
-    pub fn weight<'t>(&'t self, layer: &str, original: &'t Tensor) -> &'t Tensor {
+    fn kernel(&self, layer: &str) -> Option<&LayerKernel> {
         self.overrides
             .and_then(|o| o.get(layer))
-            .and_then(|o| o.weight.as_ref())
-            .unwrap_or(original)
+            .and_then(|o| o.kernel.as_ref())
+    }
+
+    /// A dense override must keep the original weight's shape.
+    fn dense<'t>(&'t self, layer: &str, original: &'t Tensor) -> Result<Option<&'t Tensor>> {
+        let Some(kernel) = self.kernel(layer) else {
+            return Ok(Some(original));
+        };
+        let Some(w) = kernel.dense() else {
+            return Ok(None);
+        };
+        if w.dims() != original.dims() {
+            return Err(crate::Error::Layer {
+                layer: layer.to_string(),
+                message: format!(
+                    "the override weight has shape {:?}, the layer's weight has {:?}",
+                    w.dims(),
+                    original.dims()
+                ),
+            });
+        }
+        Ok(Some(w))
+    }
+
+    /// A linear layer `y = x Wᵀ + b` (`W` stored `[out, in]`): its input through [`Self::input`],
+    /// then its kernel (the original weight when not overridden), then the bias.
+    pub fn linear(
+        &self,
+        layer: &str,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let x = self.input(layer, x)?;
+        let y = match (self.dense(layer, weight)?, self.kernel(layer)) {
+            (Some(w), _) => dense_matmul(&x, w)?,
+            (None, Some(k)) => k.matmul(&x)?,
+            (None, None) => {
+                unreachable!("`dense` is the original weight when nothing overrides it")
+            }
+        };
+        Ok(match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// A 2-d convolution of `x [n, c, h, w]` by `weight [out, c, kh, kw]` with square `padding` and
+    /// `stride` (dilation 1, one group), plus the bias `[out]`. A dense kernel runs candle's
+    /// `conv2d`; any other runs on the im2col patches `[n·oh·ow, c·kh·kw]` (the weight's column
+    /// order) and the result is laid back out as `[n, out, oh, ow]`.
+    pub fn conv2d(
+        &self,
+        layer: &str,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        padding: usize,
+        stride: usize,
+    ) -> Result<Tensor> {
+        let x = self.input(layer, x)?;
+        let y = match (self.dense(layer, weight)?, self.kernel(layer)) {
+            (Some(w), _) => x.conv2d(w, padding, stride, 1, 1)?,
+            (None, Some(k)) => {
+                let (kh, kw) = (weight.dim(2)?, weight.dim(3)?);
+                let (patches, oh, ow) = im2col(&x, kh, kw, padding, stride)?;
+                let (n, out) = (x.dim(0)?, weight.dim(0)?);
+                k.matmul(&patches)?
+                    .reshape((n, oh, ow, out))?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?
+            }
+            (None, None) => {
+                unreachable!("`dense` is the original weight when nothing overrides it")
+            }
+        };
+        Ok(match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        })
+    }
+
+    /// An embedding look-up: rows `ids` (u32, any shape) of `table [rows, width]`, or of its dense
+    /// override. A look-up gathers rows and every runtime dequantizes the gathered rows, so it is
+    /// computed on the dense values whatever the format; a non-dense kernel is an error.
+    pub fn lookup(&self, layer: &str, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
+        // The input is the ids; activation quantization makes no sense for a look-up (search spaces
+        // refuse it), and `input` refuses it for integer inputs rather than scramble the ids.
+        let ids = self.input(layer, ids)?;
+        let Some(t) = self.dense(layer, table)? else {
+            return Err(crate::Error::Layer {
+                layer: layer.to_string(),
+                message: "an embedding look-up takes a dense table, not a matmul kernel".into(),
+            });
+        };
+        let flat = t.index_select(&ids.flatten_all()?, 0)?;
+        let mut dims = ids.dims().to_vec();
+        dims.push(t.dim(1)?);
+        Ok(flat.reshape(dims)?)
     }
 
     /// The input of `layer` as the layer sees it: recorded if asked, then activation-quantized if its
@@ -64,6 +231,67 @@ impl ForwardCtx<'_> {
             _ => Ok(x.clone()),
         }
     }
+}
+
+/// `x Wᵀ` for a dense `[out, in]` weight: candle's plain matmul for a matrix input (what the f32
+/// model always ran), broadcast over the leading dimensions otherwise.
+fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(if x.rank() == 2 {
+        x.matmul(&w.t()?)?
+    } else {
+        x.broadcast_matmul(&w.t()?)?
+    })
+}
+
+/// The im2col patches of `x [n, c, h, w]` for a `kh × kw` kernel: `[n·oh·ow, c·kh·kw]`, columns in the
+/// order of a `[out, c, kh, kw]` weight's flattened rows, and the output height and width.
+fn im2col(
+    x: &Tensor,
+    kh: usize,
+    kw: usize,
+    padding: usize,
+    stride: usize,
+) -> Result<(Tensor, usize, usize)> {
+    let (n, c, h, w) = x.dims4()?;
+    let x = x
+        .pad_with_zeros(2, padding, padding)?
+        .pad_with_zeros(3, padding, padding)?;
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if hp < kh || wp < kw || stride == 0 {
+        return Err(crate::Error::Eval {
+            message: format!(
+                "a {kh}x{kw} convolution with stride {stride} does not fit a {h}x{w} input"
+            ),
+        });
+    }
+    let (oh, ow) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+    let mut taps = Vec::with_capacity(kh * kw);
+    for dy in 0..kh {
+        for dx in 0..kw {
+            // [n, c, oh, ow]: the input under tap (dy, dx) at every output position.
+            let t = x
+                .narrow(2, dy, (oh - 1) * stride + 1)?
+                .narrow(3, dx, (ow - 1) * stride + 1)?;
+            let t = if stride > 1 {
+                let rows: Vec<u32> = (0..oh).map(|i| (i * stride) as u32).collect();
+                let cols: Vec<u32> = (0..ow).map(|i| (i * stride) as u32).collect();
+                let rows = Tensor::new(rows.as_slice(), x.device())?;
+                let cols = Tensor::new(cols.as_slice(), x.device())?;
+                t.contiguous()?
+                    .index_select(&rows, 2)?
+                    .index_select(&cols, 3)?
+            } else {
+                t
+            };
+            taps.push(t);
+        }
+    }
+    // [n, c, kh·kw, oh, ow] → [n, oh, ow, c, kh·kw] → rows of c·kh·kw.
+    let patches = Tensor::stack(&taps, 2)?
+        .permute((0, 3, 4, 1, 2))?
+        .contiguous()?
+        .reshape((n * oh * ow, c * kh * kw))?;
+    Ok((patches, oh, ow))
 }
 
 /// A model whose forward pass the project owns.
@@ -189,4 +417,98 @@ pub fn capture_input_stats_with(
         .enumerate()
         .filter_map(|(i, l)| Some((l.name.clone(), Arc::clone(done[source[i]].as_ref()?))))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn seq(dims: &[usize], scale: f32) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 * 0.754_877).fract() - 0.5) * scale)
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn im2col_kernels_compute_what_conv2d_computes() {
+        let x = seq(&[2, 3, 7, 6], 2.0);
+        let w = seq(&[5, 3, 3, 3], 0.3);
+        let bias = seq(&[5], 1.0);
+        for (padding, stride) in [(1, 1), (0, 1), (1, 2)] {
+            let plain = ForwardCtx::default()
+                .conv2d("c", &x, &w, Some(&bias), padding, stride)
+                .unwrap();
+            // The same weight as a factored kernel with an identity first factor runs the im2col path.
+            let cols = 27;
+            let eye = Tensor::eye(cols, DType::F32, &Device::Cpu).unwrap();
+            let kernel = LayerKernel::Factored {
+                a: Box::new(LayerKernel::Dense(w.flatten_from(1).unwrap())),
+                b: Box::new(LayerKernel::Dense(eye)),
+            };
+            let o: Overrides = [(
+                "c".to_string(),
+                LayerOverride {
+                    kernel: Some(kernel),
+                    ..LayerOverride::default()
+                },
+            )]
+            .into();
+            let ctx = ForwardCtx {
+                overrides: Some(&o),
+                capture: None,
+            };
+            let via = ctx
+                .conv2d("c", &x, &w, Some(&bias), padding, stride)
+                .unwrap();
+            assert_eq!(via.dims(), plain.dims());
+            assert!(
+                max_diff(&via, &plain) < 1e-5,
+                "padding {padding} stride {stride}"
+            );
+        }
+    }
+
+    #[test]
+    fn removed_rows_are_zero_and_kept_rows_exact() {
+        let x = seq(&[4, 8], 1.0);
+        let w = seq(&[6, 8], 0.5);
+        let kept = [0u32, 2, 5];
+        let idx = Tensor::new(&kept[..], &Device::Cpu).unwrap();
+        let small = w.index_select(&idx, 0).unwrap();
+        let k = LayerKernel::Rows {
+            kept: idx,
+            out: 6,
+            kernel: Box::new(LayerKernel::Dense(small)),
+        };
+        let y = k.matmul(&x).unwrap();
+        let full = x.matmul(&w.t().unwrap()).unwrap();
+        let y = y.to_vec2::<f32>().unwrap();
+        let full = full.to_vec2::<f32>().unwrap();
+        for (r, f) in y.iter().zip(&full) {
+            for c in 0..6 {
+                let want = if kept.contains(&(c as u32)) {
+                    f[c]
+                } else {
+                    0.0
+                };
+                assert!((r[c] - want).abs() < 1e-6, "{r:?} vs {f:?}");
+            }
+        }
+    }
 }

@@ -66,7 +66,7 @@ use candle_core::{DType, Tensor, Var};
 use crate::compress::ScaleMethod;
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::model::{ForwardCtx, LayerOverride, Model, Overrides};
+use crate::model::{ForwardCtx, LayerKernel, LayerOverride, Model, Overrides};
 use crate::space::{LayerInfo, SearchSpace};
 
 /// The chunk size [`FisherDiagonal::estimate`] is meant to be called with unless there is a reason not
@@ -123,7 +123,7 @@ impl FisherDiagonal {
             .zip(&vars)
             .map(|(l, v)| {
                 let o = LayerOverride {
-                    weight: Some(v.as_tensor().clone()),
+                    kernel: Some(LayerKernel::Dense(v.as_tensor().clone())),
                     ..LayerOverride::default()
                 };
                 (l.name.clone(), o)

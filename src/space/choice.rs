@@ -6,10 +6,18 @@
 //! ```text
 //! WEIGHTS ( '+' PART )*
 //! WEIGHTS = f32 | f16 | bf16 | int<b>-<sym|asym>-<tensor|channel|g<N>>      b in 2..=8
+//!         | q2_k | q3_k | q4_k | q5_k | q6_k | q8_0 | q4_0 | q4_1 | q5_0 | q5_1   GGML block formats
 //! PART    = act8-static | act8-dynamic                                      activation quantization
 //!         | sparse<P> | <N>:<M> | channels<P>                               sparsity (one at most)
 //!         | rank<P>                                                         percent of full rank kept
 //! ```
+//!
+//! A GGML block format ([`GgmlFormat`]) names the arithmetic of llama.cpp's (and candle's) quantized
+//! kernels: block-quantized weights, activations quantized on the fly by the kernel (to Q8_K or Q8_0
+//! blocks). So it takes no `act8-*` part (the kernel already quantizes its input), and no `sparse<P>`
+//! or `N:M` part (a block stores every weight, so pruned zeros save nothing, and a block's grid does
+//! not keep them exactly zero); `channels<P>` (a smaller matrix) and `rank<P>` (two block-quantized
+//! factors) combine with it.
 //!
 //! Parts appear in the canonical order act, sparsity, rank, each at most once. Defaults are written by
 //! leaving the part out (dense, full rank, float activations), so every choice has exactly one spelling
@@ -35,8 +43,9 @@ pub const PERCENT: std::ops::RangeInclusive<u8> = 1..=99;
 pub const MAX_M: u8 = 32;
 
 const WEIGHTS_HELP: &str =
-    "weights are f32, f16, bf16 or int<b>-<sym|asym>-<tensor|channel|g<N>> with b in 2..=8 \
-     (e.g. int8-sym-channel, int4-asym-g32)";
+    "weights are f32, f16, bf16, int<b>-<sym|asym>-<tensor|channel|g<N>> with b in 2..=8 \
+     (e.g. int8-sym-channel, int4-asym-g32), or a GGML block format: q2_k, q3_k, q4_k, q5_k, q6_k, \
+     q8_0, q4_0, q4_1, q5_0, q5_1";
 const PARTS_HELP: &str =
     "parts after the weights, in this order: act8-static | act8-dynamic, then one of \
      sparse<P> | <N>:<M> | channels<P>, then rank<P> (P a whole percent 1..=99)";
@@ -59,6 +68,176 @@ pub enum Granularity {
     Group(u32),
 }
 
+/// A GGML block format: llama.cpp's (and candle's) quantized tensor types. Each stores blocks of
+/// [`block`](GgmlFormat::block) consecutive weights of a row in [`block_bytes`](GgmlFormat::block_bytes)
+/// bytes (codes, scales and, for the affine types, minimums), exactly as `ggml-common.h` lays them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GgmlFormat {
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+}
+
+impl GgmlFormat {
+    /// Every format, K-types first by width, then the legacy 32-blocks.
+    pub const ALL: [GgmlFormat; 10] = [
+        GgmlFormat::Q2K,
+        GgmlFormat::Q3K,
+        GgmlFormat::Q4K,
+        GgmlFormat::Q5K,
+        GgmlFormat::Q6K,
+        GgmlFormat::Q8_0,
+        GgmlFormat::Q4_0,
+        GgmlFormat::Q4_1,
+        GgmlFormat::Q5_0,
+        GgmlFormat::Q5_1,
+    ];
+
+    /// The name in the notation and in GGUF files: `q4_k`, `q8_0`…
+    pub fn name(&self) -> &'static str {
+        match self {
+            GgmlFormat::Q2K => "q2_k",
+            GgmlFormat::Q3K => "q3_k",
+            GgmlFormat::Q4K => "q4_k",
+            GgmlFormat::Q5K => "q5_k",
+            GgmlFormat::Q6K => "q6_k",
+            GgmlFormat::Q8_0 => "q8_0",
+            GgmlFormat::Q4_0 => "q4_0",
+            GgmlFormat::Q4_1 => "q4_1",
+            GgmlFormat::Q5_0 => "q5_0",
+            GgmlFormat::Q5_1 => "q5_1",
+        }
+    }
+
+    /// Whether this is a K-type (256-weight super-blocks).
+    pub fn is_k(&self) -> bool {
+        matches!(
+            self,
+            GgmlFormat::Q2K | GgmlFormat::Q3K | GgmlFormat::Q4K | GgmlFormat::Q5K | GgmlFormat::Q6K
+        )
+    }
+
+    /// Weights per block: 256 for K-types, 32 for the others.
+    pub fn block(&self) -> usize {
+        if self.is_k() {
+            256
+        } else {
+            32
+        }
+    }
+
+    /// Bytes of one block (`ggml-common.h`: `block_q4_K` is 2 f16 + 12 bytes of 6-bit scales + 128
+    /// bytes of nibbles = 144).
+    pub fn block_bytes(&self) -> usize {
+        match self {
+            GgmlFormat::Q2K => 84,
+            GgmlFormat::Q3K => 110,
+            GgmlFormat::Q4K => 144,
+            GgmlFormat::Q5K => 176,
+            GgmlFormat::Q6K => 210,
+            GgmlFormat::Q8_0 => 34,
+            GgmlFormat::Q4_0 => 18,
+            GgmlFormat::Q4_1 => 20,
+            GgmlFormat::Q5_0 => 22,
+            GgmlFormat::Q5_1 => 24,
+        }
+    }
+
+    /// Bits per weight as llama.cpp counts them (block bytes × 8 / block): q4_k 4.5, q8_0 8.5.
+    pub fn bits_per_weight(&self) -> f64 {
+        (self.block_bytes() * 8) as f64 / self.block() as f64
+    }
+
+    /// Bits of one weight's code (the nominal width: 4 for q4_k, q4_0 and q4_1).
+    pub fn code_bits(&self) -> u8 {
+        match self {
+            GgmlFormat::Q2K => 2,
+            GgmlFormat::Q3K => 3,
+            GgmlFormat::Q4K | GgmlFormat::Q4_0 | GgmlFormat::Q4_1 => 4,
+            GgmlFormat::Q5K | GgmlFormat::Q5_0 | GgmlFormat::Q5_1 => 5,
+            GgmlFormat::Q6K => 6,
+            GgmlFormat::Q8_0 => 8,
+        }
+    }
+
+    /// Whether the grid is affine (a per-block minimum as well as a scale): q2_k, q4_k, q5_k, q4_1,
+    /// q5_1. The others are symmetric around zero.
+    pub fn affine(&self) -> bool {
+        matches!(
+            self,
+            GgmlFormat::Q2K
+                | GgmlFormat::Q4K
+                | GgmlFormat::Q5K
+                | GgmlFormat::Q4_1
+                | GgmlFormat::Q5_1
+        )
+    }
+
+    /// The in-features a weight matrix needs, as a multiple, for this format to be offered: its block
+    /// (256 for K-types, 32 otherwise), except q4_1, q5_0 and q5_1 whose candle CPU dot products take
+    /// their 32-blocks in pairs (64): a shape that breaks that assertion panics inside candle's thread
+    /// pool, so such a layer is never offered them.
+    pub fn row_multiple(&self) -> usize {
+        match self {
+            GgmlFormat::Q4_1 | GgmlFormat::Q5_0 | GgmlFormat::Q5_1 => 64,
+            f => f.block(),
+        }
+    }
+
+    /// Why a weight matrix with `cols` in-features (per factor) cannot take this format, or `None`.
+    pub fn misfit(&self, cols: u64) -> Option<String> {
+        let m = self.row_multiple() as u64;
+        (cols % m != 0).then(|| {
+            let why = if m as usize == self.block() {
+                format!("its block of {m} weights")
+            } else {
+                format!(
+                    "its {}-weight blocks, which candle's kernel takes in pairs",
+                    self.block()
+                )
+            };
+            format!(
+                "{} needs in-features that are a multiple of {m} ({why}); this matrix has {cols}",
+                self.name()
+            )
+        })
+    }
+}
+
+impl fmt::Display for GgmlFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for GgmlFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<GgmlFormat> {
+        GgmlFormat::ALL
+            .into_iter()
+            .find(|g| g.name() == s)
+            .ok_or_else(|| {
+                Error::choice(
+                    s,
+                    0,
+                    s.len().max(1),
+                    format!(
+                        "`{s}` is not a GGML block format (q2_k, q3_k, q4_k, q5_k, q6_k, q8_0, \
+                         q4_0, q4_1, q5_0, q5_1)"
+                    ),
+                )
+            })
+    }
+}
+
 /// How a layer's weights are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WeightQuant {
@@ -72,6 +251,8 @@ pub enum WeightQuant {
         scheme: QuantScheme,
         granularity: Granularity,
     },
+    /// A GGML block format, computed by its own kernel (activations quantized on the fly).
+    Ggml(GgmlFormat),
 }
 
 impl WeightQuant {
@@ -81,12 +262,24 @@ impl WeightQuant {
             WeightQuant::F32 => 32,
             WeightQuant::F16 | WeightQuant::Bf16 => 16,
             WeightQuant::Int { bits, .. } => *bits,
+            WeightQuant::Ggml(g) => g.code_bits(),
         }
     }
 
     /// Whether this is one of the float formats.
     pub fn is_float(&self) -> bool {
-        !matches!(self, WeightQuant::Int { .. })
+        matches!(
+            self,
+            WeightQuant::F32 | WeightQuant::F16 | WeightQuant::Bf16
+        )
+    }
+
+    /// The GGML block format, if this is one.
+    pub fn ggml(&self) -> Option<GgmlFormat> {
+        match self {
+            WeightQuant::Ggml(g) => Some(*g),
+            _ => None,
+        }
     }
 }
 
@@ -211,6 +404,7 @@ impl fmt::Display for WeightQuant {
                 scheme,
                 granularity,
             } => write!(f, "int{bits}-{scheme}-{granularity}"),
+            WeightQuant::Ggml(g) => write!(f, "{g}"),
         }
     }
 }
@@ -341,6 +535,9 @@ impl FromStr for WeightQuant {
             "f16" => return Ok(WeightQuant::F16),
             "bf16" => return Ok(WeightQuant::Bf16),
             _ => {}
+        }
+        if let Ok(g) = part.parse::<GgmlFormat>() {
+            return Ok(WeightQuant::Ggml(g));
         }
         let Some(rest) = part.strip_prefix("int") else {
             return Err(err(
@@ -538,6 +735,14 @@ impl FromStr for Choice {
                 }
             }
             last = Some(slot);
+            if let (Some(g), Some(why)) = (choice.weights.ggml(), ggml_refuses(&parsed)) {
+                return Err(Error::choice(
+                    text,
+                    at,
+                    part.len(),
+                    format!("`{g}+{part}`: {why}"),
+                ));
+            }
             match parsed {
                 Part::Act(a) => choice.act = a,
                 Part::Sparsity(s) => choice.sparsity = s,
@@ -546,6 +751,21 @@ impl FromStr for Choice {
             at += part.len() + 1;
         }
         Ok(choice)
+    }
+}
+
+/// Why a GGML block format does not take `part` (see the module docs), or `None`.
+fn ggml_refuses(part: &Part) -> Option<&'static str> {
+    match part {
+        Part::Act(_) => Some(
+            "a GGML block format's kernel quantizes its activations itself (to Q8_K or Q8_0 \
+             blocks); leave the act8 part out",
+        ),
+        Part::Sparsity(Sparsity::Unstructured(_) | Sparsity::NM { .. }) => Some(
+            "a GGML block format stores every weight, so pruned zeros save nothing and its grid \
+             does not keep them zero; use channels<P> (a smaller matrix) or rank<P> instead",
+        ),
+        _ => None,
     }
 }
 
@@ -588,6 +808,10 @@ mod tests {
             "f16+act8-dynamic+sparse50+rank25",
             "int6-asym-g128+channels25",
             "f32+4:8",
+            "q4_k",
+            "q2_k+rank50",
+            "q8_0+channels25+rank10",
+            "q5_1",
         ] {
             let c: Choice = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
@@ -666,6 +890,46 @@ mod tests {
         for s in ["f32+none", "f32+dense"] {
             let e = s.parse::<Choice>().unwrap_err();
             assert!(e.to_string().contains("unknown part"), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn ggml_formats_know_their_blocks_and_refuse_parts_they_do_not_take() {
+        for g in GgmlFormat::ALL {
+            assert_eq!(g.name().parse::<GgmlFormat>().unwrap(), g);
+            assert_eq!(
+                g.to_string().parse::<WeightQuant>().unwrap(),
+                WeightQuant::Ggml(g)
+            );
+            assert!(!WeightQuant::Ggml(g).is_float());
+        }
+        // llama.cpp's accounting: Q4_K 144 bytes per 256 weights = 4.5 bits per weight.
+        assert_eq!(GgmlFormat::Q4K.bits_per_weight(), 4.5);
+        assert_eq!(GgmlFormat::Q8_0.bits_per_weight(), 8.5);
+        assert_eq!(GgmlFormat::Q6K.bits_per_weight(), 6.5625);
+        assert_eq!(GgmlFormat::Q2K.bits_per_weight(), 2.625);
+        assert!(GgmlFormat::Q4K
+            .misfit(384)
+            .unwrap()
+            .contains("multiple of 256"));
+        assert!(GgmlFormat::Q4K.misfit(768).is_none());
+        assert!(GgmlFormat::Q5_0.misfit(96).unwrap().contains("in pairs"));
+        assert!(GgmlFormat::Q8_0.misfit(96).is_none());
+        for (s, at, says) in [
+            ("q4_k+act8-dynamic", 5, "quantizes its activations itself"),
+            ("q4_0+2:4", 5, "stores every weight"),
+            ("q4_0+sparse50+rank50", 5, "stores every weight"),
+        ] {
+            match s.parse::<Choice>().unwrap_err() {
+                e @ Error::Choice { offset, .. } => {
+                    assert_eq!(offset, at, "{s}");
+                    assert!(e.to_string().contains(says), "{s}: {e}");
+                }
+                other => panic!("{other}"),
+            }
+        }
+        for s in ["Q4_K", "q4k", "q4_k-sym-channel", "q8_1", "q8_k"] {
+            assert!(s.parse::<Choice>().is_err(), "{s:?} was accepted");
         }
     }
 

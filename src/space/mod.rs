@@ -16,8 +16,8 @@ use std::path::PathBuf;
 
 pub use assignment::{Assignment, AssignmentJson};
 pub use choice::{
-    kept_rows, rank_k, ActQuant, Choice, Granularity, QuantScheme, Sparsity, WeightQuant, BITS,
-    GROUP_SIZES, MAX_M, PERCENT,
+    kept_rows, rank_k, ActQuant, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity,
+    WeightQuant, BITS, GROUP_SIZES, MAX_M, PERCENT,
 };
 pub use layer::{LayerInfo, LayerKind};
 

@@ -894,7 +894,7 @@ fn act8_dynamic_output_of_an_image_does_not_depend_on_its_batch() {
         .iter()
         .map(|l| {
             let o = LayerOverride {
-                weight: None,
+                kernel: None,
                 act: ActQuant::Int8Dynamic,
                 act_range: None,
             };

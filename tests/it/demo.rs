@@ -234,7 +234,7 @@ fn every_layer_takes_its_weight_from_the_context() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("fc1.weight") && err.contains("[64, 256]") && err.contains("[64, 512]"),
+        err.contains("`fc1`") && err.contains("[64, 256]") && err.contains("[64, 512]"),
         "{err}"
     );
 }

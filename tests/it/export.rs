@@ -15,7 +15,7 @@ use mpsearch::eval::{load, metrics, CandleEvaluator, EvalData, EvalSettings, Eva
 use mpsearch::export::safetensors::{
     load_compressed, max_difference, read_compressed, write_compressed, ExportInfo,
 };
-use mpsearch::model::{ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
+use mpsearch::model::{ForwardCtx, LayerKernel, LayerOverride, Model, ModelSource, Overrides};
 use mpsearch::space::{Assignment, Choice};
 
 use crate::util::{close, fails, ok, run, trials_json, Dir};
@@ -78,7 +78,7 @@ fn quality_with(
         overrides.insert(
             l.name.clone(),
             LayerOverride {
-                weight: weights.get(&l.name).cloned(),
+                kernel: weights.get(&l.name).cloned().map(LayerKernel::Dense),
                 act: c.act,
                 act_range: None,
             },
@@ -124,7 +124,7 @@ fn check_weights(
     let overrides = ev.overrides(asg).unwrap();
     let mut compared = 0;
     for (name, o) in &overrides {
-        match (&o.weight, loaded.get(name)) {
+        match (o.dense_weight(), loaded.get(name)) {
             (Some(w), Some(l)) => {
                 let d = max_difference(w, l).unwrap();
                 assert!(

@@ -471,7 +471,7 @@ fn exported_weights_are_the_evaluated_ones(cwd: &Path, rounding: Rounding) {
     let loaded = load_compressed(&cwd.join("w.safetensors")).unwrap();
     let (mut compared, mut integer) = (0, 0);
     for (name, o) in &ev.overrides(&asg).unwrap() {
-        if let (Some(w), Some(l)) = (&o.weight, loaded.get(name)) {
+        if let (Some(w), Some(l)) = (o.dense_weight(), loaded.get(name)) {
             assert_eq!(max_difference(w, l).unwrap(), 0.0, "layer {name}");
             compared += 1;
             integer += usize::from(is_int(&serde_json::json!(asg

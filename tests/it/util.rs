@@ -9,7 +9,9 @@ use candle_core::Tensor;
 use mpsearch::compress::ScaleMethod;
 use mpsearch::data::Batch;
 use mpsearch::eval::{load, CandleEvaluator, EvalSettings};
-use mpsearch::model::{DemoModel, ForwardCtx, LayerOverride, Model, ModelSource, Overrides};
+use mpsearch::model::{
+    DemoModel, ForwardCtx, LayerKernel, LayerOverride, Model, ModelSource, Overrides,
+};
 use mpsearch::space::{Choice, LayerInfo};
 
 /// A temporary folder that lives as long as the value.
@@ -272,7 +274,7 @@ pub fn forward_with_weight(
     let overrides: Overrides = [(
         layer.to_string(),
         LayerOverride {
-            weight: Some(weight),
+            kernel: Some(LayerKernel::Dense(weight)),
             ..LayerOverride::default()
         },
     )]

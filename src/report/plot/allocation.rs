@@ -38,6 +38,7 @@ fn format_index(w: &WeightQuant) -> usize {
         WeightQuant::F32 => 0,
         WeightQuant::F16 | WeightQuant::Bf16 => 1,
         WeightQuant::Int { bits, .. } => (10 - usize::from(*bits).clamp(2, 8)).min(8),
+        WeightQuant::Ggml(g) => (10 - usize::from(g.code_bits()).clamp(2, 8)).min(8),
     }
 }
 
@@ -71,6 +72,7 @@ pub fn weights(c: &Choice) -> String {
             crate::space::Granularity::Group(g) => format!("int{bits}g{g}"),
             _ => format!("int{bits}"),
         },
+        WeightQuant::Ggml(g) => g.name().into(),
     }
 }
 
