@@ -68,18 +68,18 @@ fn measure(opts: &CalibrateOptions, batch: u32) -> anyhow::Result<Vec<Measuremen
     Ok(ms)
 }
 
-/// The measurements' table, which candle type serves each bit-width, and where the profile went.
+/// The measurements' table, the GGML formats' rates, and where the profile went.
 fn report(ms: &[Measurement], file: &ProfileFile, out: &Path, name: String) -> String {
     let mut report = calibrate::table(ms);
+    report.push_str(&format!(
+        "\nGGML formats, GMAC/s ([ggml]): {}\n",
+        file.ggml
+            .iter()
+            .map(|(g, rate)| format!("{g} {}", rate.get_ref()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     if let Some(c) = &file.calibration {
-        report.push_str(&format!(
-            "\nbit-width -> candle type: {}\n",
-            c.bit_types
-                .iter()
-                .map(|(b, t)| format!("{b}={t}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
         report.push_str(&format!(
             "no fast kernel here (slower than f32 at batch 1): {}\n",
             if c.slow_kernels.is_empty() {

@@ -11,12 +11,16 @@
 //! | float | `act8-*` | that float kernel, after a quantize–dequantize pass over the input (no integer kernel takes float weights; the evaluator computes exactly this: int8-valued activations times the float weights) |
 //! | `int<b>` | float (weight-only) | the profile's weight-only kernel (`[weight_only]`: stored integer weights read as stored and dequantized inside the kernel, multiplied with float activations in its precision: XNNPACK's f32-qc8w/qc4w GEMMs, TensorRT's W8A16/W4A16); without one, the weights are **dequantized once into an f32 copy**, which the f32 kernel reads (what a runtime without such a kernel does: ONNX Runtime constant-folds `DequantizeLinear` on initializers, candle dequantizes) |
 //! | `int<b>` | `act8-*` | the device's integer kernel (W×A8), of width b or the one it falls back to (narrower weights unpacked to it); on a bit-serial device, the overlay at w×8 binary passes; on a device with no integer kernel at all, the fallback float kernel on dequantized weights with a quantize–dequantize pass |
+//! | GGML block format (`q4_k`…) | its activation blocks (`q8_k`, `q8_0`, `q8_1`), quantized on the fly by the kernel | the format's kernel (`[ggml]` rate), reading its exact block bytes; or the format the profile converts it to exactly; without either, the fallback float kernel on a dequantized copy (f32 unless the profile says otherwise) with a quantize–dequantize pass of the input to those blocks |
 //!
-//! Activation quantization applies to the **layer's input** only, as in the evaluator: the second
-//! factor of a factorized layer multiplies the exact (float) intermediate, so it is charged as a
-//! weight-only (or float) kernel whatever the activation part. An embedding's table is read by a row
-//! lookup that dequantizes the gathered rows (every runtime's gather does), so it never needs a
-//! dequantized copy.
+//! Activation quantization (`act8-*`) applies to the **layer's input** only, as in the evaluator: the
+//! second factor of a factorized layer multiplies the exact (float) intermediate, so it is charged as a
+//! weight-only (or float) kernel whatever the activation part. A GGML block format is different: its
+//! kernel quantizes whatever it multiplies, so both factors of `q4_k+rank50` multiply `q8_k` blocks.
+//! An embedding's table is read by a row lookup that dequantizes the gathered rows (every runtime's
+//! gather does, llama.cpp's `get_rows` included), so it never needs a dequantized copy. A float
+//! precision the profile runs from a copy (`[fallback] bf16 = { copy = "f32" }`) is charged as that
+//! copy, like dequantized integer weights.
 //!
 //! **N:M sparsity** is computed sparsely only by a kernel whose precision the profile lists for the
 //! pattern (`[sparsity] nm` and `nm_precisions`); weight-only kernels, which dequantize in the kernel,
@@ -30,7 +34,7 @@ use serde::Serialize;
 
 use super::model::CostModel;
 use super::profile::Precision;
-use crate::space::{ActQuant, Sparsity, WeightQuant};
+use crate::space::{ActQuant, GgmlFormat, Sparsity, WeightQuant};
 
 /// Which kernel of the device computes one weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,8 +49,11 @@ pub enum KernelPath {
     /// A weight-only kernel: integer weights read at `bits` bits, dequantized in the kernel and
     /// multiplied with float activations in `compute`.
     WeightOnly { bits: u8, compute: Precision },
-    /// No kernel for the stored integer weights: a dequantized copy in this float precision, which the
-    /// float kernel of that precision reads.
+    /// The kernel of this GGML block format: its blocks times activations it quantizes on the fly.
+    /// The format of the weights, or one the device converts them to exactly at load.
+    Ggml(GgmlFormat),
+    /// No kernel for the stored weights: a dequantized (or, for float weights, widened) copy in this
+    /// float precision, which the float kernel of that precision reads.
     Dequantized(Precision),
     /// An embedding's row lookup: the gathered rows are read as stored and dequantized.
     Lookup,
@@ -61,6 +68,7 @@ impl KernelPath {
             | KernelPath::WeightOnly { compute: p, .. } => p,
             KernelPath::Int(k) => Precision::Int(k),
             KernelPath::BitSerial { w, .. } => Precision::Int(w),
+            KernelPath::Ggml(g) => Precision::Ggml(g),
             KernelPath::Lookup => weights,
         }
     }
@@ -97,8 +105,9 @@ pub struct Kernel {
     pub path: KernelPath,
     /// The weight values multiplied: the notation's weight format.
     pub weights: Precision,
-    /// The activation values multiplied: int8 for `act8-*` on the layer's input, else the float
-    /// precision the kernel multiplies in.
+    /// The activation values multiplied: int8 for `act8-*` on the layer's input, a GGML format's
+    /// activation blocks ([`Precision::Q8`]) for its kernels, else the float precision the kernel
+    /// multiplies in.
     pub acts: Precision,
     /// The N:M pattern of the choice and how it is computed; `None` without one.
     pub nm: Option<(u8, u8, NmCompute)>,
@@ -110,9 +119,10 @@ impl Kernel {
         self.path.compute(self.weights)
     }
 
-    /// Whether int8 activations are quantized and dequantized around a float kernel.
+    /// Whether quantized activations (int8, or a GGML format's blocks) are quantized and dequantized
+    /// around a float kernel.
     pub fn qdq(&self) -> bool {
-        matches!(self.acts, Precision::Int(_))
+        matches!(self.acts, Precision::Int(_) | Precision::Q8(_))
             && matches!(self.path, KernelPath::Float(_) | KernelPath::Dequantized(_))
     }
 
@@ -121,16 +131,17 @@ impl Kernel {
         matches!(self.nm, Some((_, _, NmCompute::Sparse { .. })))
     }
 
-    /// Bytes per activation value the kernel reads and writes.
+    /// Bytes per activation value the kernel reads and writes (a GGML kernel reads f32 inputs, which
+    /// it quantizes to a smaller copy, and writes f32 outputs).
     pub fn act_bytes(&self) -> f64 {
         match (self.path, self.acts) {
             (KernelPath::Int(_) | KernelPath::BitSerial { .. }, _) => 1.0,
-            (KernelPath::Lookup, _) => 4.0,
+            (KernelPath::Lookup | KernelPath::Ggml(_), _) => 4.0,
             _ => float_bytes(self.compute()),
         }
     }
 
-    /// The arithmetic charged, `weights×activations`: `int8×f32`, `int8×int8`, `f16×f16`.
+    /// The arithmetic charged, `weights×activations`: `int8×f32`, `int8×int8`, `f16×f16`, `q4_k×q8_k`.
     pub fn arithmetic(&self) -> String {
         format!("{}×{}", self.weights, self.acts)
     }
@@ -146,6 +157,7 @@ pub(super) fn float_bytes(p: Precision) -> f64 {
 
 impl fmt::Display for Kernel {
     /// `int8 kernel`, `weight-only f16 kernel`, `dequantized → f32`, `f32 kernel + act8 quantize–dequantize`,
+    /// `q4_k kernel`, `dequantized → f32 + q8_k quantize–dequantize`, `f32 copy → f32 kernel`,
     /// `… + 2:4 sparse`, `… + 2:4 dense (no N:M on f32)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.path {
@@ -166,11 +178,22 @@ impl fmt::Display for Kernel {
                 )?
             }
             KernelPath::WeightOnly { compute, .. } => write!(f, "weight-only {compute} kernel")?,
+            KernelPath::Ggml(g) if Precision::Ggml(g) != self.weights => {
+                write!(f, "{g} kernel ({} converted at load)", self.weights)?
+            }
+            KernelPath::Ggml(g) => write!(f, "{g} kernel")?,
+            KernelPath::Dequantized(p) if self.weights.is_float() => {
+                write!(f, "{p} copy → {p} kernel")?
+            }
             KernelPath::Dequantized(p) => write!(f, "dequantized → {p}")?,
             KernelPath::Lookup => f.write_str("row lookup")?,
         }
-        if self.qdq() {
-            f.write_str(" + act8 quantize–dequantize")?;
+        match self.acts {
+            Precision::Q8(blocks) if self.qdq() => {
+                write!(f, " + {blocks} quantize–dequantize")?;
+            }
+            _ if self.qdq() => f.write_str(" + act8 quantize–dequantize")?,
+            _ => {}
         }
         match self.nm {
             None => {}
@@ -212,13 +235,18 @@ impl CostModel {
     pub(super) fn kernel(&self, k: &KernelInput) -> Kernel {
         let weights = Precision::of_weights(&k.weights);
         let path = self.kernel_path(k);
-        let acts = match (k.act, path) {
-            (ActQuant::Int8Static | ActQuant::Int8Dynamic, _) => Precision::Int(8),
-            // Float activations: the kernel's float precision; a lookup's rows come out as f32.
-            (ActQuant::None, KernelPath::Lookup) => Precision::F32,
-            (ActQuant::None, _) => match path.compute(weights) {
-                Precision::Int(_) => Precision::F32,
-                float => float,
+        let acts = match (k.weights.ggml(), k.act, path) {
+            // A lookup's rows come out as f32.
+            (Some(_), _, KernelPath::Lookup) => Precision::F32,
+            // A GGML format's kernel quantizes whatever it multiplies (both factors of a low-rank
+            // layer) to its activation blocks (a format it is converted to exactly has the same).
+            (Some(g), _, _) => Precision::Q8(g.act_blocks()),
+            (None, ActQuant::Int8Static | ActQuant::Int8Dynamic, _) => Precision::Int(8),
+            (None, ActQuant::None, KernelPath::Lookup) => Precision::F32,
+            // Float activations: the kernel's float precision.
+            (None, ActQuant::None, _) => match path.compute(weights) {
+                float if float.is_float() => float,
+                _ => Precision::F32,
             },
         };
         let nm = match k.sparsity {
@@ -260,7 +288,17 @@ impl CostModel {
                     float => KernelPath::Dequantized(float),
                 }
             }
-            (w, _) => KernelPath::Float(self.runs_as(Precision::of_weights(&w))),
+            (WeightQuant::Ggml(g), _) => match self.runs_as(Precision::Ggml(g)) {
+                Precision::Ggml(h) => KernelPath::Ggml(h),
+                float => KernelPath::Dequantized(float),
+            },
+            (w, _) => {
+                let p = Precision::of_weights(&w);
+                match self.runs_as(p) {
+                    run if run != p && self.profile.copies(p) => KernelPath::Dequantized(run),
+                    run => KernelPath::Float(run),
+                }
+            }
         }
     }
 
@@ -275,6 +313,7 @@ impl CostModel {
             KernelPath::Lookup => return NmCompute::Dense(NmDense::Lookup),
             KernelPath::Float(q) | KernelPath::Dequantized(q) => q,
             KernelPath::Int(b) | KernelPath::BitSerial { w: b, .. } => Precision::Int(b),
+            KernelPath::Ggml(g) => Precision::Ggml(g),
         };
         if p.accelerates_nm_at(n, m, at) {
             NmCompute::Sparse { ragged }

@@ -4,21 +4,25 @@
 //!
 //! - **bytes**: weight storage as exported, device-independent. Values at the format's bits; integer
 //!   formats add one f32 scale per scale group (tensor: 1, channel: one per row, `g<N>`: one per row and N
-//!   columns) and, when asymmetric, one byte of zero point per group; unstructured sparsity stores the
+//!   columns) and, when asymmetric, one byte of zero point per group; a GGML block format is exactly its
+//!   blocks, `rows × (cols / block) × block_bytes` (q4_k: 144 bytes per 256 weights, 4.5 bits per weight
+//!   as llama.cpp counts them; scales and minimums are inside the blocks); unstructured sparsity stores the
 //!   non-zeros plus a 1-bit-per-weight mask (or dense, if smaller); N:M stores the kept values plus
 //!   ⌈log₂ M⌉ bits of position each, its groups running along the input channels at a fixed kernel
 //!   position and the ragged tail of `in mod M` channels stored dense; removed channels disappear (plus a
 //!   1-bit-per-row mask); low rank stores the two factors (m×k)(k×n), k = ⌈rank% × min(m, n)⌉, each
 //!   quantized and sparsified as above. Biases stay f32.
 //! - **bops**: bit operations per inference, MACs × weight bits × activation bits (32 for float
-//!   activations, which the second factor of a factorized layer always multiplies), counting only the
-//!   MACs that remain after pruning and factorization.
+//!   activations, which the second factor of a factorized layer multiplies unless the format is a GGML
+//!   one, whose kernels quantize every input to 8-bit blocks; a GGML format's weight bits are its code
+//!   bits), counting only the MACs that remain after pruning and factorization.
 //! - **latency**: per kernel (one, or two for a factorized layer), the kernel the device runs for the
 //!   arithmetic the choice's notation names ([`super::kernel`]: the notation is the contract); a matching
 //!   measured entry of the profile if there is one; otherwise the roofline `max(compute, memory) +
 //!   per-layer overhead` where compute = remaining MACs × batch / throughput of the kernel's precision,
 //!   and memory = (weight bytes as the device reads them + activation bytes at the kernel's width) /
-//!   bandwidth, plus a quantize–dequantize pass where int8 activations meet a float kernel. The device
+//!   bandwidth, plus a quantize–dequantize pass where int8 activations (or a GGML format's activation
+//!   blocks) meet a float kernel. The device
 //!   reads sparse formats only for patterns its kernel computes sparsely; otherwise it streams dense
 //!   weights, at the width of the kernel (or as the dequantized float copy). Unstructured sparsity saves
 //!   `unstructured_efficiency` of the pruned work; removed channels always save work; N:M saves the pruned
@@ -33,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use super::kernel::{float_bytes, Kernel, KernelInput, KernelPath};
 use super::profile::{HardwareProfile, MeasuredKey, Precision};
 use crate::space::{
-    kept_rows, rank_k, ActQuant, Choice, Granularity, LayerInfo, LayerKind, QuantScheme, Sparsity,
-    WeightQuant,
+    kept_rows, rank_k, ActQuant, Choice, GgmlFormat, Granularity, LayerInfo, LayerKind,
+    QuantScheme, Sparsity, WeightQuant,
 };
 
 /// The three costs of a layer or a model.
@@ -332,8 +336,9 @@ pub struct CostModel {
     us_per_byte: f64,
 }
 
-/// Precisions have 10 slots: f32, f16, bf16, int2..=int8 (int0/int1 unused).
-const SLOTS: usize = 11;
+/// Precision slots: f32, f16, bf16, int2..=int8 (int0/int1 unused), then the GGML block formats in
+/// [`GgmlFormat::ALL`] order. Activation blocks are never a kernel's precision; they share int8's.
+const SLOTS: usize = 11 + GgmlFormat::ALL.len();
 
 fn slot(p: Precision) -> usize {
     match p {
@@ -341,6 +346,8 @@ fn slot(p: Precision) -> usize {
         Precision::F16 => 1,
         Precision::Bf16 => 2,
         Precision::Int(b) => 2 + usize::from(b.min(8)),
+        Precision::Q8(_) => 10,
+        Precision::Ggml(g) => 11 + GgmlFormat::ALL.iter().position(|&f| f == g).unwrap_or(0),
     }
 }
 
@@ -404,6 +411,7 @@ impl CostModel {
         for p in [Precision::F32, Precision::F16, Precision::Bf16]
             .into_iter()
             .chain((2..=8).map(Precision::Int))
+            .chain(GgmlFormat::ALL.map(Precision::Ggml))
         {
             let run = profile.runs_as(p);
             let gmacs = profile
@@ -452,7 +460,11 @@ impl CostModel {
             };
             let work = part.dense_macs() * self.work_fraction(&part);
             macs += work;
-            bops += work * f64::from(choice.weights.bits()) * f64::from(part.act().bits());
+            let act_bits = match choice.weights {
+                WeightQuant::Ggml(_) => 8,
+                _ => part.act().bits(),
+            };
+            bops += work * f64::from(choice.weights.bits()) * f64::from(act_bits);
             latency += match self.measured_us(&part) {
                 Some(us) => us,
                 None => {
@@ -560,6 +572,11 @@ impl CostModel {
                     .flatten()
                     .map(|us| us + self.qdq_us(part))
             }
+            // A GGML format converted at load to one that holds it exactly: that format's entry.
+            KernelPath::Ggml(h) if k.weights != Precision::Ggml(h) => {
+                let run = key(Precision::Ggml(h), ActQuant::None, part.choice.sparsity);
+                self.profile.measured.get(&run).copied()
+            }
             _ => None,
         }
     }
@@ -643,7 +660,8 @@ impl CostModel {
 }
 
 /// The weight format the device reads for `path`: integer weights unpacked to a wider kernel's
-/// width, a dequantized copy in its float precision, else as stored.
+/// width, a GGML format converted to the one whose kernel runs, a dequantized (or widened) copy in its
+/// float precision, else as stored.
 fn weights_as_read(w: WeightQuant, path: KernelPath) -> WeightQuant {
     match (w, path) {
         (
@@ -658,7 +676,8 @@ fn weights_as_read(w: WeightQuant, path: KernelPath) -> WeightQuant {
             scheme,
             granularity,
         },
-        (WeightQuant::Int { .. }, KernelPath::Dequantized(p)) => match p {
+        (WeightQuant::Ggml(_), KernelPath::Ggml(h)) => WeightQuant::Ggml(h),
+        (_, KernelPath::Dequantized(p)) => match p {
             Precision::F16 => WeightQuant::F16,
             Precision::Bf16 => WeightQuant::Bf16,
             _ => WeightQuant::F32,
@@ -698,8 +717,12 @@ fn factor_shape(layer: &LayerInfo, m: &Matrix, factorized: bool, i: usize) -> Ve
 
 /// Bytes of one stored matrix under `c` (values, scales, zero points, sparsity metadata). N:M keeps N
 /// of every M input channels at each kernel position, with ⌈log₂ M⌉ position bits per kept value;
-/// the ragged tail of `in mod M` channels is stored dense.
+/// the ragged tail of `in mod M` channels is stored dense. A GGML block format is its blocks (it takes
+/// no sparsity but removed channels, which the matrix's rows already leave out).
 fn stored_bytes(m: &Matrix, c: &Choice) -> u64 {
+    if let WeightQuant::Ggml(g) = c.weights {
+        return g.bytes(m.rows, m.cols);
+    }
     let values = m.rows * m.cols;
     let bits = u64::from(c.weights.bits());
     let dense_bits = values * bits;

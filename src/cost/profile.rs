@@ -1,9 +1,10 @@
 //! # Hardware profiles
 //!
 //! A profile describes one target device to the cost model: sustained compute throughput per kernel
-//! precision, which weight-only kernels it has, memory bandwidth, per-layer overhead, which sparsity
-//! patterns it accelerates and at which precisions, what a precision it lacks runs as, optional
-//! measured latencies that override the analytic model, and where every number came from.
+//! precision, which weight-only kernels it has, what it does with each GGML block format (its kernel's
+//! rate, or a fallback), memory bandwidth, per-layer overhead, which sparsity patterns it accelerates
+//! and at which precisions, what a precision it lacks runs as, optional measured latencies that
+//! override the analytic model, and where every number came from.
 //!
 //! The file format (TOML; every table but `[profile]`, `[provenance]`, `[compute]` and `[memory]` may be
 //! left out):
@@ -45,13 +46,23 @@
 //!
 //! [fallback]                     # kernel precisions the device lacks, and what they run as
 //! int4 = "int8"
+//! bf16 = { copy = "f32" }        # a float precision may run from a copy made once at load (the
+//!                                # kernel then reads f32 weights), not widened inside the kernel
+//!
+//! [ggml]                         # per GGML block format: its kernel (weights as stored, activations
+//! q4_k = 63.6                    # quantized on the fly to Q8_K / Q8_0 / Q8_1 blocks) at this GMAC/s,
+//! q8_0 = 63.6
+//! q5_0 = { fallback = "f32" }    # or no kernel: a dequantized copy in a float precision of [compute],
+//! q4_0 = { fallback = "q8_0" }   # or a format with a kernel here that holds it exactly (converted
+//!                                # once at load: q4_0 -> q5_0 / q8_0, q5_0 -> q8_0, q4_1 -> q5_1,
+//!                                # q4_k -> q5_k, q3_k -> q6_k)
 //!
 //! [[measured]]                   # measured latencies; a matching entry wins over the analytic model
 //! kind = "linear"
 //! shape = [3072, 768]
 //! batch = 1
-//! weights = "int4"               # f32 | f16 | bf16 | int<b>
-//! act = "act8-dynamic"           # none | act8-static | act8-dynamic (default none)
+//! weights = "int4"               # f32 | f16 | bf16 | int<b> | a GGML block format (q4_k ...)
+//! act = "act8-dynamic"           # none | act8-static | act8-dynamic (default none; none for q-formats)
 //! sparsity = "dense"             # dense | sparse<P> | <N>:<M> | channels<P> (default dense)
 //! us = 75.3
 //! spread_us = 4.0                # optional: interquartile range
@@ -59,16 +70,31 @@
 //! ```
 //!
 //! Without an explicit `[fallback]` entry a missing integer precision runs as the next wider integer
-//! precision the device has, then as f16, then f32; f16 and bf16 fall back to f32.
+//! precision the device has, then as f16, then f32; f16 and bf16 fall back to f32 (widened inside the
+//! kernel, reading the stored 16-bit weights, unless the entry says `{ copy = … }`).
+//!
+//! **GGML block formats** (`q4_k`…, [`GgmlFormat`]) name their kernel's arithmetic: block-quantized
+//! weights times activations the kernel quantizes on the fly ([`GgmlFormat::act_blocks`]). A format
+//! with a `[ggml]` rate runs that kernel, reading its exact block bytes. A format the `[ggml]` table
+//! leaves out — or a profile without the table — runs as a **dequantized f32 copy** read by the f32
+//! kernel, plus a quantize–dequantize pass of the input to the format's activation blocks (what it
+//! takes to compute the notation's arithmetic without the kernel), as `{ fallback = "f32" }` does. A
+//! fallback to an integer kernel is refused: an integer kernel multiplies int8 activations with one
+//! range per tensor or sample, not per block. The keys are the formats' names; `[compute]` and
+//! `[fallback]` refuse them (they belong here), and so do `[weight_only]` and `nm_precisions`.
 //!
 //! Older files keep loading with the meaning they had: `[compute] weight_only = "<precision>"` is a
 //! weight-only kernel of that precision for every integer width (`[weight_only] precision = …, bits =
 //! [2, …, 8]`; giving both forms is an error), and `nm` without `nm_precisions` is accelerated at every
 //! precision. In a profile written by `mpsearch calibrate` (it has a `[calibration]` table), an integer
-//! `[[measured]]` entry with `act = "none"` is read as `act8-dynamic`: candle's quantized kernels
-//! quantize the activations on the fly, and `calibrate` now writes them so.
+//! `[[measured]]` entry with `act = "none"` is read as `act8-dynamic`: older versions of `calibrate`
+//! timed candle's quantized kernels, which quantize the activations on the fly, for the integer widths
+//! (and `[calibration] bit_types` says which). Such a profile keeps those integer rates and entries; a
+//! profile calibrated now has none (candle has no integer kernel: `int<b>` falls back to a
+//! dequantized f32 copy), and times the GGML block formats as themselves (`[ggml]` and their own
+//! `[[measured]]` entries).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -77,7 +103,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Error, Result};
-use crate::space::{ActQuant, Sparsity};
+use crate::space::{ActBlocks, ActQuant, GgmlFormat, Sparsity, WeightQuant};
 
 /// A kernel precision: what a device multiplies in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,27 +113,39 @@ pub enum Precision {
     Bf16,
     /// Integer weights of this many bits.
     Int(u8),
+    /// A GGML block format's weights (`q4_k`…), multiplied by that format's kernel.
+    Ggml(GgmlFormat),
+    /// The 8-bit activation blocks a GGML kernel quantizes its input to (`q8_k`, `q8_0`, `q8_1`):
+    /// only ever the activations of a [`Precision::Ggml`] kernel, never a profile key.
+    Q8(ActBlocks),
 }
 
 impl Precision {
-    /// Bits per weight value.
+    /// Bits per weight value (a GGML format's code bits; its blocks' scales are not counted).
     pub fn bits(&self) -> u8 {
         match self {
             Precision::F32 => 32,
             Precision::F16 | Precision::Bf16 => 16,
             Precision::Int(b) => *b,
+            Precision::Ggml(g) => g.code_bits(),
+            Precision::Q8(_) => 8,
         }
     }
 
-    /// The precision a weight format is computed in when activations are quantized too (or it is float).
-    pub fn of_weights(w: &crate::space::WeightQuant) -> Precision {
-        use crate::space::WeightQuant;
+    /// Whether this is one of the float precisions.
+    pub fn is_float(&self) -> bool {
+        matches!(self, Precision::F32 | Precision::F16 | Precision::Bf16)
+    }
+
+    /// The precision of a weight format: the float formats and integer widths as themselves, a GGML
+    /// block format as itself (its own kernel's arithmetic).
+    pub fn of_weights(w: &WeightQuant) -> Precision {
         match w {
             WeightQuant::F32 => Precision::F32,
             WeightQuant::F16 => Precision::F16,
             WeightQuant::Bf16 => Precision::Bf16,
             WeightQuant::Int { bits, .. } => Precision::Int(*bits),
-            WeightQuant::Ggml(g) => Precision::Int(g.code_bits()),
+            WeightQuant::Ggml(g) => Precision::Ggml(*g),
         }
     }
 }
@@ -119,25 +157,36 @@ impl fmt::Display for Precision {
             Precision::F16 => f.write_str("f16"),
             Precision::Bf16 => f.write_str("bf16"),
             Precision::Int(b) => write!(f, "int{b}"),
+            Precision::Ggml(g) => write!(f, "{g}"),
+            Precision::Q8(a) => write!(f, "{a}"),
         }
     }
 }
 
 impl FromStr for Precision {
     type Err = String;
+    /// `f32`, `f16`, `bf16`, `int2`..`int8` or a GGML block format (`q4_k`…); activation blocks
+    /// (`q8_k`, `q8_1`) are not weight precisions and do not parse.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "f32" => Ok(Precision::F32),
             "f16" => Ok(Precision::F16),
             "bf16" => Ok(Precision::Bf16),
-            _ => s
-                .strip_prefix("int")
-                .and_then(|b| b.parse::<u8>().ok())
-                .filter(|b| crate::space::BITS.contains(b))
-                .map(Precision::Int)
-                .ok_or_else(|| {
-                    format!("`{s}` is not a precision; use f32, f16, bf16 or int2..int8")
-                }),
+            _ => {
+                if let Some(g) = GgmlFormat::ALL.into_iter().find(|g| g.name() == s) {
+                    return Ok(Precision::Ggml(g));
+                }
+                s.strip_prefix("int")
+                    .and_then(|b| b.parse::<u8>().ok())
+                    .filter(|b| crate::space::BITS.contains(b))
+                    .map(Precision::Int)
+                    .ok_or_else(|| {
+                        format!(
+                            "`{s}` is not a precision; use f32, f16, bf16, int2..int8 or a GGML block \
+                             format (q2_k, q3_k, q4_k, q5_k, q6_k, q8_0, q4_0, q4_1, q5_0, q5_1)"
+                        )
+                    })
+            }
         }
     }
 }
@@ -280,8 +329,11 @@ fn default_sparsity() -> String {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
-    /// Integer bit-width -> the candle type measured for it (e.g. `"4" = "Q4K"`).
-    #[serde(default)]
+    /// Older calibrated profiles only: integer bit-width -> the candle type whose rate `[compute]` gave
+    /// it (e.g. `"4" = "Q4K"`). Read and kept, no longer written: candle has no integer kernel, so a
+    /// calibrated profile now charges `int<b>` choices as the dequantized f32 copy `measure` runs, and
+    /// the candle types are the GGML block formats' own `[ggml]` rates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bit_types: BTreeMap<String, String>,
     /// Candle types with no fast kernel on this CPU (slower than f32 at batch 1).
     #[serde(default)]
@@ -306,7 +358,10 @@ pub struct ProfileFile {
     #[serde(default)]
     pub sparsity: SparsitySupport,
     #[serde(default)]
-    pub fallback: BTreeMap<String, Spanned<String>>,
+    pub fallback: BTreeMap<String, Spanned<toml::Value>>,
+    /// `[ggml]` as written: per GGML block format, its kernel's GMAC/s or `{ fallback = "<precision>" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ggml: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measured: Vec<MeasuredEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +389,16 @@ pub struct WeightOnlyKernels {
     pub bits: Vec<u8>,
 }
 
+/// The forms a `[fallback]` value takes.
+const FALLBACK_FORMS: &str = "write the precision it runs as (\"int8\", \"f32\"), or for a float \
+    precision run from a copy made at load, { copy = \"f32\" }";
+
+/// The forms a `[ggml]` value takes.
+const GGML_FORMS: &str =
+    "write the kernel's sustained GMAC/s (q4_k = 40.0), or what the device runs \
+    instead: { fallback = \"f32\" } (a dequantized copy in a float precision of [compute]) or \
+    { fallback = \"q8_0\" } (a format with a kernel here that holds this one exactly)";
+
 /// Every kernel precision, for `nm_precisions` left out.
 const ALL_PRECISIONS: [Precision; 10] = [
     Precision::F32,
@@ -355,7 +420,8 @@ pub struct HardwareProfile {
     pub file: ProfileFile,
     /// Where it was loaded from (`shipped:NAME` for embedded profiles).
     pub origin: PathBuf,
-    /// GMAC/s for each precision the device has.
+    /// GMAC/s for each precision the device has a kernel for: `[compute]`, and the GGML block formats
+    /// with a kernel in `[ggml]` (as [`Precision::Ggml`]).
     pub gmacs: BTreeMap<Precision, f64>,
     /// The weight-only kernels (integer weights × float activations); `None`: the device has none, and
     /// a weight-only layer is dequantized to an f32 copy that its f32 kernel reads.
@@ -368,8 +434,11 @@ pub struct HardwareProfile {
     /// Kernel precisions that compute the `nm` patterns sparsely.
     pub nm_precisions: Vec<Precision>,
     pub unstructured_efficiency: f64,
-    /// Explicit fallbacks.
+    /// Explicit fallbacks: `[fallback]`, and the GGML block formats that `[ggml]` gives a fallback.
     pub fallback: BTreeMap<Precision, Precision>,
+    /// Float precisions whose `[fallback]` is a copy made once at load (`bf16 = { copy = "f32" }`):
+    /// the kernel reads that copy, at its precision's width, not the stored weights.
+    pub copies: BTreeSet<Precision>,
     pub measured: HashMap<MeasuredKey, f64>,
 }
 
@@ -399,10 +468,15 @@ impl HardwareProfile {
             compute.bit_serial_gbops.is_some(),
         )?;
         let unstructured_efficiency = check.unstructured_efficiency(&file.sparsity)?;
-        let fallback = check.fallbacks(&file.fallback, &compute.gmacs)?;
+        let (mut fallback, copies) = check.fallbacks(&file.fallback, &compute.gmacs)?;
+        let mut gmacs = compute.gmacs;
+        let (rates, ggml_fallbacks) = check.ggml(&file.ggml, &gmacs)?;
+        gmacs.extend(rates);
+        fallback.extend(ggml_fallbacks);
         let measured = check.measured(&file.measured, file.calibration.is_some())?;
         Ok(HardwareProfile {
-            gmacs: compute.gmacs,
+            gmacs,
+            copies,
             weight_only,
             bit_serial_gbops: compute.bit_serial_gbops,
             bandwidth_gbs,
@@ -431,19 +505,37 @@ impl HardwareProfile {
         if let Some(p) = self.fallback.get(&want) {
             return *p;
         }
-        // The next wider integer precisions, then f16, then f32 (no allocation: this is on the hot path).
+        // The next wider integer precisions, then f16, then f32 (no allocation: this is on the hot path);
+        // a GGML block format without a kernel or a fallback: a dequantized f32 copy.
         let wider_ints = (2..=8u8)
             .filter(move |&k| matches!(want, Precision::Int(b) if k > b))
             .map(Precision::Int);
         let floats: &[Precision] = match want {
             Precision::Int(_) => &[Precision::F16, Precision::F32],
             Precision::F16 | Precision::Bf16 => &[Precision::F32],
-            Precision::F32 => &[],
+            Precision::F32 | Precision::Ggml(_) | Precision::Q8(_) => &[],
         };
         wider_ints
             .chain(floats.iter().copied())
             .find(|p| self.gmacs.contains_key(p))
             .unwrap_or(Precision::F32)
+    }
+
+    /// Whether the device runs the float precision `p` from a copy made once at load (at the width of
+    /// the precision it runs as) rather than widening the stored weights inside the kernel.
+    pub fn copies(&self, p: Precision) -> bool {
+        self.copies.contains(&p)
+    }
+
+    /// What the device does with GGML block format `g`: `Ok(rate)`, its own kernel's GMAC/s; or
+    /// `Err(precision)`, what it runs instead (a float precision: a dequantized copy; a q-format: that
+    /// format's kernel on a copy converted once at load).
+    pub fn ggml_kernel(&self, g: GgmlFormat) -> std::result::Result<f64, Precision> {
+        let p = Precision::Ggml(g);
+        match self.gmacs.get(&p) {
+            Some(rate) => Ok(*rate),
+            None => Err(self.runs_as(p)),
+        }
     }
 
     /// Whether the device has a kernel that computes the N:M pattern at N/M of the dense work (at some
@@ -521,7 +613,9 @@ impl Checker<'_> {
                         })?;
                     weight_only = Some((p, value.span()));
                 }
-                "bit_serial_gbops" => bit_serial_gbops = Some(self.throughput(key, value)?),
+                "bit_serial_gbops" => {
+                    bit_serial_gbops = Some(self.throughput("[compute] bit_serial_gbops", value)?)
+                }
                 _ => {
                     let p: Precision = key.parse().map_err(|e: String| {
                         self.at(
@@ -529,7 +623,17 @@ impl Checker<'_> {
                             format!("[compute] key {e}; the other allowed keys are weight_only and bit_serial_gbops"),
                         )
                     })?;
-                    gmacs.insert(p, self.throughput(key, value)?);
+                    if let Precision::Ggml(g) = p {
+                        return Err(self.at(
+                            value.span(),
+                            format!(
+                                "[compute] {g}: a GGML block format's kernel goes in the [ggml] table \
+                                 ({g} = <GMAC/s>, or {g} = {{ fallback = \"f32\" }}); [compute] holds \
+                                 the float and integer kernels"
+                            ),
+                        ));
+                    }
+                    gmacs.insert(p, self.throughput(&format!("[compute] {key}"), value)?);
                 }
             }
         }
@@ -593,13 +697,13 @@ impl Checker<'_> {
                 (p, t.precision.span(), bits)
             }
         };
-        if matches!(precision, Precision::Int(_)) {
+        if !precision.is_float() {
             return Err(self.at(
                 span,
                 format!(
                     "weight-only kernels multiply with float activations, so their precision is f32, \
                      f16 or bf16, not {precision}; integer activations are the act8-* choices, which run \
-                     the [compute] {precision} kernel"
+                     an integer kernel of [compute], and GGML block formats run their [ggml] kernels"
                 ),
             ));
         }
@@ -615,8 +719,8 @@ impl Checker<'_> {
         Ok(Some(WeightOnlyKernels { precision, bits }))
     }
 
-    /// A `[compute]` number: positive and finite.
-    fn throughput(&self, key: &str, value: &Spanned<toml::Value>) -> Result<f64> {
+    /// A `[compute]` or `[ggml]` rate (`what` names it): positive and finite.
+    fn throughput(&self, what: &str, value: &Spanned<toml::Value>) -> Result<f64> {
         let v = match value.get_ref() {
             toml::Value::Float(f) => *f,
             toml::Value::Integer(i) => *i as f64,
@@ -627,7 +731,7 @@ impl Checker<'_> {
         } else {
             Err(self.at(
                 value.span(),
-                format!("[compute] {key} must be a positive number (GMAC/s, or giga bit-operations/s for bit_serial_gbops)"),
+                format!("{what} must be a positive number (GMAC/s, or giga bit-operations/s for bit_serial_gbops)"),
             ))
         }
     }
@@ -696,6 +800,15 @@ impl Checker<'_> {
                 .get_ref()
                 .parse()
                 .map_err(|e: String| self.at(p.span(), format!("[sparsity] nm_precisions: {e}")))?;
+            if let Precision::Ggml(g) = prec {
+                return Err(self.at(
+                    p.span(),
+                    format!(
+                        "[sparsity] nm_precisions: {g} is a GGML block format, which takes no N:M \
+                         sparsity (a block stores every weight)"
+                    ),
+                ));
+            }
             let has =
                 gmacs.contains_key(&prec) || (bit_serial && matches!(prec, Precision::Int(_)));
             if !has {
@@ -724,30 +837,140 @@ impl Checker<'_> {
         }
     }
 
-    /// `[fallback]`: precision → the precision it runs as, which the device must have.
+    /// `[fallback]`: precision → the precision it runs as (`int4 = "int8"`), which the device must
+    /// have; a float precision may instead run from a copy made at load (`bf16 = { copy = "f32" }`).
+    /// Returns the fallbacks and the precisions run from a copy.
     fn fallbacks(
         &self,
-        fallback: &BTreeMap<String, Spanned<String>>,
+        fallback: &BTreeMap<String, Spanned<toml::Value>>,
         gmacs: &BTreeMap<Precision, f64>,
-    ) -> Result<BTreeMap<Precision, Precision>> {
+    ) -> Result<(BTreeMap<Precision, Precision>, BTreeSet<Precision>)> {
         let mut out = BTreeMap::new();
-        for (from, to) in fallback {
+        let mut copies = BTreeSet::new();
+        for (from, value) in fallback {
+            let span = value.span();
             let f: Precision = from
                 .parse()
-                .map_err(|e: String| self.at(to.span(), format!("[fallback] key {e}")))?;
-            let t: Precision = to
-                .get_ref()
-                .parse()
-                .map_err(|e: String| self.at(to.span(), format!("[fallback] {from}: {e}")))?;
-            if !gmacs.contains_key(&t) {
+                .map_err(|e: String| self.at(span.clone(), format!("[fallback] key {e}")))?;
+            if let Precision::Ggml(g) = f {
                 return Err(self.at(
-                    to.span(),
+                    span,
+                    format!(
+                        "[fallback] {g}: a GGML block format's fallback goes in the [ggml] table \
+                         ({g} = {{ fallback = \"f32\" }})"
+                    ),
+                ));
+            }
+            let (to, copy) = match value.get_ref() {
+                toml::Value::String(t) => (t.as_str(), false),
+                toml::Value::Table(t) if f.is_float() && t.len() == 1 => match t.get("copy") {
+                    Some(toml::Value::String(c)) => (c.as_str(), true),
+                    _ => return Err(self.at(span, format!("[fallback] {from}: {FALLBACK_FORMS}"))),
+                },
+                _ => return Err(self.at(span, format!("[fallback] {from}: {FALLBACK_FORMS}"))),
+            };
+            let t: Precision = to
+                .parse()
+                .map_err(|e: String| self.at(span.clone(), format!("[fallback] {from}: {e}")))?;
+            if !gmacs.contains_key(&t) || matches!(t, Precision::Ggml(_)) {
+                return Err(self.at(
+                    span,
                     format!("[fallback] {from} = \"{t}\": the device has no {t} throughput in [compute]"),
                 ));
             }
+            if copy && !t.is_float() {
+                return Err(self.at(
+                    span,
+                    format!(
+                        "[fallback] {from} = {{ copy = \"{t}\" }}: a copy is in a float precision"
+                    ),
+                ));
+            }
+            if copy {
+                copies.insert(f);
+            }
             out.insert(f, t);
         }
-        Ok(out)
+        Ok((out, copies))
+    }
+
+    /// `[ggml]`: per GGML block format, its kernel's rate (GMAC/s) or what it falls back to: a float
+    /// precision of `[compute]` (a dequantized copy) or a format with a kernel here that holds it
+    /// exactly ([`GgmlFormat::held_exactly_by`]). Returns the rates and the fallbacks.
+    #[allow(clippy::type_complexity)]
+    fn ggml(
+        &self,
+        table: &BTreeMap<String, Spanned<toml::Value>>,
+        gmacs: &BTreeMap<Precision, f64>,
+    ) -> Result<(BTreeMap<Precision, f64>, BTreeMap<Precision, Precision>)> {
+        let mut rates = BTreeMap::new();
+        let mut wanted = Vec::new();
+        for (key, value) in table {
+            let span = value.span();
+            let g: GgmlFormat = key.parse().map_err(|_| {
+                self.at(
+                    span.clone(),
+                    format!(
+                        "[ggml] key `{key}` is not a GGML block format; the keys are q2_k, q3_k, q4_k, \
+                         q5_k, q6_k, q8_0, q4_0, q4_1, q5_0, q5_1"
+                    ),
+                )
+            })?;
+            match value.get_ref() {
+                toml::Value::Float(_) | toml::Value::Integer(_) => {
+                    rates.insert(
+                        Precision::Ggml(g),
+                        self.throughput(&format!("[ggml] {g}"), value)?,
+                    );
+                }
+                toml::Value::Table(t) if t.len() == 1 => match t.get("fallback") {
+                    Some(toml::Value::String(to)) => wanted.push((g, to.clone(), span)),
+                    _ => return Err(self.at(span, format!("[ggml] {g}: {GGML_FORMS}"))),
+                },
+                _ => return Err(self.at(span, format!("[ggml] {g}: {GGML_FORMS}"))),
+            }
+        }
+        let mut fallbacks = BTreeMap::new();
+        for (g, to, span) in wanted {
+            let t: Precision = to
+                .parse()
+                .map_err(|e: String| self.at(span.clone(), format!("[ggml] {g} fallback: {e}")))?;
+            let ok = match t {
+                p if p.is_float() => gmacs.contains_key(&p).then_some(()).ok_or_else(|| {
+                    format!(
+                        "the device has no {p} throughput in [compute] to run the dequantized copy"
+                    )
+                }),
+                Precision::Ggml(h) if !g.held_exactly_by().contains(&h) => Err(format!(
+                    "{h}'s blocks do not hold every {g} value exactly{}; fall back to a float \
+                     precision (a dequantized copy)",
+                    match g.held_exactly_by() {
+                        [] => String::new(),
+                        some => format!(
+                            " (the formats that do: {})",
+                            some.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+                        ),
+                    }
+                )),
+                Precision::Ggml(h) => rates.contains_key(&t).then_some(()).ok_or_else(|| {
+                    format!("{h} has no kernel rate in [ggml] (`{h} = <GMAC/s>`) to fall back to")
+                }),
+                _ => Err(format!(
+                    "an integer kernel multiplies int8 activations with one range per tensor or \
+                     sample, not the {} blocks {g}'s arithmetic quantizes them to; fall back to a \
+                     float precision (a dequantized copy) or a GGML format that holds {g} exactly",
+                    g.act_blocks()
+                )),
+            };
+            ok.map_err(|why| {
+                self.at(
+                    span,
+                    format!("[ggml] {g} = {{ fallback = \"{to}\" }}: {why}"),
+                )
+            })?;
+            fallbacks.insert(Precision::Ggml(g), t);
+        }
+        Ok((rates, fallbacks))
     }
 
     /// `[[measured]]`: latency by what must match for an entry to apply. `calibrated`: the profile was
@@ -789,7 +1012,24 @@ impl Checker<'_> {
         if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
             return Err(bad("batch and every dimension of shape must be >= 1".into()));
         }
-        // candle's quantized kernels, which `calibrate` times, quantize activations on the fly.
+        if let Precision::Ggml(g) = m.weights {
+            if act != ActQuant::None {
+                return Err(bad(format!(
+                    "weights = \"{g}\" with act = \"{act}\": a GGML block format's kernel quantizes \
+                     its activations itself ({} blocks), so its entries have act = \"none\" (or \
+                     leave act out)",
+                    g.act_blocks()
+                )));
+            }
+            if !matches!(sparsity, Sparsity::None | Sparsity::Channels(_)) {
+                return Err(bad(format!(
+                    "weights = \"{g}\" with sparsity = \"{sparsity}\": a GGML block format takes \
+                     dense or channels<P> only"
+                )));
+            }
+        }
+        // Older calibrated profiles: candle's quantized kernels, which `calibrate` timed for the
+        // integer widths, quantize activations on the fly.
         let act = match (act, m.weights) {
             (ActQuant::None, Precision::Int(_)) if calibrated => ActQuant::Int8Dynamic,
             _ => act,

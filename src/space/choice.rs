@@ -191,6 +191,48 @@ impl GgmlFormat {
         }
     }
 
+    /// Weights per scale: the block for the legacy types, the sub-block of a K-type (16 for q2_k, q3_k
+    /// and q6_k, 32 for q4_k and q5_k), whose scales are themselves quantized against the super-block's.
+    pub fn scale_group(&self) -> usize {
+        match self {
+            GgmlFormat::Q2K | GgmlFormat::Q3K | GgmlFormat::Q6K => 16,
+            _ => 32,
+        }
+    }
+
+    /// The blocks the kernel quantizes its activations to on the fly (ggml's `vec_dot_type`, the same
+    /// in candle's `k_quants.rs`): Q8_K for the K-types, Q8_0 for q8_0, q4_0 and q5_0, Q8_1 for the
+    /// affine q4_1 and q5_1.
+    pub fn act_blocks(&self) -> ActBlocks {
+        match self {
+            GgmlFormat::Q8_0 | GgmlFormat::Q4_0 | GgmlFormat::Q5_0 => ActBlocks::Q8_0,
+            GgmlFormat::Q4_1 | GgmlFormat::Q5_1 => ActBlocks::Q8_1,
+            _ => ActBlocks::Q8K,
+        }
+    }
+
+    /// Stored bytes of a `rows × cols` matrix in this format: whole blocks of each row, `rows ×
+    /// (cols / block) × block_bytes` (llama.cpp's accounting; a row that does not fill its last block
+    /// is counted with that block whole, though no runtime takes such a row).
+    pub fn bytes(&self, rows: u64, cols: u64) -> u64 {
+        rows * cols.div_ceil(self.block() as u64) * self.block_bytes() as u64
+    }
+
+    /// The formats that hold every value of this one exactly, block for block with the same scales, so
+    /// a runtime can convert this format into one of them once at load and run that kernel: a code
+    /// grid that is a sub-range of theirs with the same block structure (q4_0 → q5_0 and q8_0, q5_0 →
+    /// q8_0, q4_1 → q5_1, q4_k → q5_k, q3_k → q6_k).
+    pub fn held_exactly_by(&self) -> &'static [GgmlFormat] {
+        match self {
+            GgmlFormat::Q4_0 => &[GgmlFormat::Q5_0, GgmlFormat::Q8_0],
+            GgmlFormat::Q5_0 => &[GgmlFormat::Q8_0],
+            GgmlFormat::Q4_1 => &[GgmlFormat::Q5_1],
+            GgmlFormat::Q4K => &[GgmlFormat::Q5K],
+            GgmlFormat::Q3K => &[GgmlFormat::Q6K],
+            _ => &[],
+        }
+    }
+
     /// Why a weight matrix with `cols` in-features (per factor) cannot take this format, or `None`.
     pub fn misfit(&self, cols: u64) -> Option<String> {
         let m = self.row_multiple() as u64;
@@ -212,6 +254,32 @@ impl GgmlFormat {
 }
 
 impl fmt::Display for GgmlFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The 8-bit blocks a GGML kernel quantizes its activations to ([`GgmlFormat::act_blocks`]): one f32
+/// (Q8_K, 256 values) or f16 (Q8_0, Q8_1: 32 values; Q8_1 adds the block's sum) scale per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActBlocks {
+    Q8K,
+    Q8_0,
+    Q8_1,
+}
+
+impl ActBlocks {
+    /// ggml's name: `q8_k`, `q8_0`, `q8_1`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ActBlocks::Q8K => "q8_k",
+            ActBlocks::Q8_0 => "q8_0",
+            ActBlocks::Q8_1 => "q8_1",
+        }
+    }
+}
+
+impl fmt::Display for ActBlocks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -362,6 +430,22 @@ impl Choice {
     /// Whether this choice changes nothing.
     pub fn is_uncompressed(&self) -> bool {
         *self == Choice::F32
+    }
+
+    /// Why this choice's GGML block format does not fit a layer whose weight matrix is `rows × cols`
+    /// (every factor's in-features must fit the format: the layer's `cols`, and with `rank<P>` also
+    /// the rank k = [`rank_k`] that the first factor `A` takes in), or `None` (also for any other
+    /// weight format).
+    pub fn block_misfit(&self, rows: u64, cols: u64) -> Option<String> {
+        let g = self.weights.ggml()?;
+        if let Some(why) = g.misfit(cols) {
+            return Some(why);
+        }
+        let p = self.rank?;
+        let k = rank_k(rows, cols, p);
+        g.misfit(k).map(|why| {
+            format!("with rank{p} the first factor takes k = {k} in-features, and {why}")
+        })
     }
 
     /// Validates the numeric ranges a [`Choice`] built in code might violate.
@@ -774,6 +858,12 @@ fn slot_name(s: Slot) -> &'static str {
         Slot::Act => "activation",
         Slot::Sparsity => "sparsity",
         Slot::Rank => "rank",
+    }
+}
+
+impl serde::Serialize for GgmlFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 pub use assignment::{Assignment, AssignmentJson};
 pub use choice::{
-    kept_rows, rank_k, ActQuant, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity,
+    kept_rows, rank_k, ActBlocks, ActQuant, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity,
     WeightQuant, BITS, GROUP_SIZES, MAX_M, PERCENT,
 };
 pub use layer::{LayerInfo, LayerKind};

@@ -6,8 +6,8 @@ use mpsearch::cost::calibrate::{
     Prepared,
 };
 use mpsearch::cost::profile::Provenance;
-use mpsearch::cost::{HardwareProfile, Precision};
-use mpsearch::space::{LayerInfo, LayerKind};
+use mpsearch::cost::{CostModel, HardwareProfile, KernelPath, Precision};
+use mpsearch::space::{Choice, GgmlFormat, LayerInfo, LayerKind};
 
 use candle_core::quantized::GgmlDType;
 
@@ -102,16 +102,15 @@ fn k_types_are_skipped_with_a_note_when_in_features_are_not_a_multiple_of_256() 
         "Q4_1",
         "Q5_0",
         "Q5_1",
-        "Q8_1",
     ] {
         assert!(kernels.contains(&k), "{k} missing from {kernels:?}");
     }
-    for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"] {
+    for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K"] {
         assert!(!kernels.contains(&k), "{k} ran on 192 in-features");
     }
     let profile = to_profile(&ms, &opts, "tiny").unwrap();
     let cal = profile.calibration.as_ref().unwrap();
-    for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"] {
+    for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K"] {
         assert!(
             cal.notes
                 .iter()
@@ -120,24 +119,22 @@ fn k_types_are_skipped_with_a_note_when_in_features_are_not_a_multiple_of_256() 
             cal.notes
         );
     }
-    // Without K-types, 2, 3 and 6 bits have no type on this shape; 4, 5 and 8 use the legacy ones.
+    // The legacy formats ran and have a rate; the K-types ran nowhere: no rate, and a note says they
+    // are charged as a dequantized copy.
+    let rates: Vec<&str> = profile.ggml.keys().map(String::as_str).collect();
+    assert_eq!(rates, ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]);
     assert!(
-        cal.bit_types
-            .get("4")
-            .is_some_and(|t| t == "Q4_0" || t == "Q4_1"),
+        cal.notes
+            .iter()
+            .any(|n| n.starts_with("no [ggml] rate for q2_k, q3_k, q4_k, q5_k, q6_k")),
         "{:?}",
-        cal.bit_types
+        cal.notes
     );
-    assert!(
-        cal.bit_types
-            .get("5")
-            .is_some_and(|t| t == "Q5_0" || t == "Q5_1"),
-        "{:?}",
-        cal.bit_types
-    );
-    assert!(!cal.bit_types.contains_key("2") && !cal.bit_types.contains_key("6"));
+    assert!(cal.bit_types.is_empty());
     let text = toml::to_string_pretty(&profile).unwrap();
-    HardwareProfile::from_toml(&text, "tiny.toml").unwrap();
+    let hp = HardwareProfile::from_toml(&text, "tiny.toml").unwrap();
+    assert_eq!(hp.ggml_kernel(GgmlFormat::Q4K), Err(Precision::F32));
+    assert!(hp.ggml_kernel(GgmlFormat::Q4_0).is_ok_and(|r| r > 0.0));
 
     // 160 = 5 x 32: candle's Q4_1/Q5_0/Q5_1 dot products take 32-blocks in pairs (and assert it).
     let odd = MatrixShape::linear(32, 160);
@@ -183,22 +180,27 @@ fn profile_round_trips_through_toml() {
     );
 }
 
-/// `[compute]` has every precision, `[memory]` and `[overhead]` are positive, `per_layer_us` is the
-/// fastest probe kernel, and the probe has no `[[measured]]` entry (`text` is the profile's TOML).
+/// `[compute]` has f32 and f16 (candle's kernels), `[ggml]` every format, bf16 and the integer widths
+/// fall back to f32 copies, `[memory]` and `[overhead]` are positive, `per_layer_us` is the fastest
+/// probe kernel, and the probe has no `[[measured]]` entry (`text` is the profile's TOML).
 fn assert_headline_figures(hp: &HardwareProfile, ms: &[Measurement], text: &str) {
-    for p in [
-        Precision::F32,
-        Precision::F16,
-        Precision::Bf16,
-        Precision::Int(8),
-        Precision::Int(4),
-        Precision::Int(2),
-    ] {
+    for p in [Precision::F32, Precision::F16]
+        .into_iter()
+        .chain(GgmlFormat::ALL.map(Precision::Ggml))
+    {
         assert!(
             hp.gmacs.get(&p).is_some_and(|g| *g > 0.0),
-            "no {p} in [compute]:\n{text}"
+            "no {p} rate:\n{text}"
         );
     }
+    // No bf16 gemm and no integer kernel in candle: what `measure` runs is an f32 copy.
+    assert!(!hp.gmacs.contains_key(&Precision::Bf16), "{text}");
+    for b in 2..=8 {
+        assert!(!hp.gmacs.contains_key(&Precision::Int(b)), "{text}");
+        assert_eq!(hp.runs_as(Precision::Int(b)), Precision::F32, "int{b}");
+    }
+    assert_eq!(hp.runs_as(Precision::Bf16), Precision::F32);
+    assert!(hp.copies(Precision::Bf16) && !hp.copies(Precision::F16));
     assert!(hp.weight_only.is_none());
     assert!(hp.bandwidth_gbs > 0.0 && hp.per_layer_us > 0.0);
     let fastest = ms
@@ -226,40 +228,44 @@ fn assert_provenance(prov: &Provenance) {
         .any(|s| s.contains("candle-core 0.11.1")));
 }
 
-/// Every requested shape has an f32 batch-1 entry, and every bit-width's entry is the fastest candle
-/// type of that width.
+/// Every requested shape and batch has an f32, an f16 and one entry per GGML format, each the time of
+/// the kernel `measure` runs for it (f16: the plain F16 matmul, not QMatMul-F16), with float
+/// activations in the key (a GGML kernel quantizes its own); no bf16 or integer entries.
 fn assert_measured_entries(hp: &HardwareProfile, ms: &[Measurement], opts: &CalibrateOptions) {
+    let kernel_of = |p: Precision| match p {
+        Precision::F32 => "F32".to_string(),
+        Precision::F16 => "F16".to_string(),
+        Precision::Ggml(g) => Kernel::Quant(mpsearch::compress::ggml::dtype(g)).name(),
+        other => panic!("no kernel is charged for {other}"),
+    };
     for shape in &opts.shapes {
-        let us = hp.measured.iter().find(|(k, _)| {
-            k.kind == LayerKind::Linear
-                && k.shape == shape.shape
-                && k.batch == 1
-                && k.weights == Precision::F32
-        });
-        assert!(
-            us.is_some_and(|(_, us)| *us > 0.0),
-            "no f32 batch-1 entry for {shape:?}"
-        );
+        for &batch in &opts.batches {
+            for p in [Precision::F32, Precision::F16]
+                .into_iter()
+                .chain(GgmlFormat::ALL.map(Precision::Ggml))
+            {
+                let entry = hp
+                    .file
+                    .measured
+                    .iter()
+                    .find(|e| e.shape == shape.shape && e.batch == batch && e.weights == p)
+                    .unwrap_or_else(|| panic!("no {p} entry for {shape:?} batch {batch}"));
+                let name = kernel_of(p);
+                let timed = ms
+                    .iter()
+                    .find(|m| m.shape == *shape && m.batch == batch && m.kernel == name)
+                    .unwrap();
+                assert_eq!(entry.kernel.as_deref(), Some(name.as_str()));
+                assert!((entry.us - timed.median_us).abs() < ROUNDED_US_TOL, "{p}");
+                assert_eq!(entry.act, "none", "{p}");
+            }
+        }
     }
-    let cal = hp.file.calibration.as_ref().unwrap();
-    for e in hp
-        .file
+    assert!(hp
         .measured
-        .iter()
-        .filter(|e| matches!(e.weights, Precision::Int(_)))
-    {
-        let bits = match e.weights {
-            Precision::Int(b) => b,
-            _ => unreachable!(),
-        };
-        let fastest = ms
-            .iter()
-            .filter(|m| m.shape.shape == e.shape && m.batch == e.batch && m.bits == Some(bits))
-            .min_by(|a, b| a.median_us.total_cmp(&b.median_us))
-            .unwrap();
-        assert_eq!(e.kernel.as_deref(), Some(fastest.kernel.as_str()));
-    }
-    assert_eq!(cal.bit_types.len(), 6, "{:?}", cal.bit_types);
+        .keys()
+        .all(|k| !matches!(k.weights, Precision::Int(_) | Precision::Bf16)));
+    assert!(hp.file.calibration.as_ref().unwrap().bit_types.is_empty());
 }
 
 #[test]
@@ -433,36 +439,106 @@ fn standard_grid_on_this_machine() {
     println!("{text}");
 }
 
-/// A calibrated profile's integer entries measured candle's quantized kernels, which quantize the
-/// activations on the fly: they are written as `act8-dynamic`, and an older file that wrote them as
-/// `act = "none"` (it has a `[calibration]` table) is read so.
+/// What a calibrated profile charges is what `measure` runs on candle: a GGML format its own entry;
+/// bf16 the f32 entry (a dense f32 copy); an `int<b>` choice the f32 entry of its dequantized copy,
+/// plus the quantize–dequantize pass with `act8-*`.
 #[test]
-fn calibrated_integer_entries_are_w_x_a8() {
+fn a_calibrated_profile_charges_what_candle_runs() {
     let opts = tiny(vec![MatrixShape::linear(64, 256)]);
     let ms = run(&opts);
-    let file = to_profile(&ms, &opts, "this-machine").unwrap();
-    let ints: Vec<_> = file
-        .measured
-        .iter()
-        .filter(|e| matches!(e.weights, Precision::Int(_)))
-        .collect();
-    assert!(!ints.is_empty());
-    assert!(ints.iter().all(|e| e.act == "act8-dynamic"), "{ints:?}");
-    assert!(file
-        .measured
-        .iter()
-        .filter(|e| !matches!(e.weights, Precision::Int(_)))
-        .all(|e| e.act == "none"));
-    let text = toml::to_string_pretty(&file).unwrap();
-    let old = text.replace("act = \"act8-dynamic\"", "act = \"none\"");
-    assert_ne!(old, text);
-    for t in [&text, &old] {
-        let hp = HardwareProfile::from_toml(t, "calibrated.toml").unwrap();
-        assert!(hp
+    let text = toml::to_string_pretty(&to_profile(&ms, &opts, "this-machine").unwrap()).unwrap();
+    let hp = HardwareProfile::from_toml(&text, "calibrated.toml").unwrap();
+    let entry = |p: Precision, batch: u32| {
+        hp.file
             .measured
-            .keys()
-            .filter(|k| matches!(k.weights, Precision::Int(_)))
-            .all(|k| k.act == mpsearch::space::ActQuant::Int8Dynamic));
-        assert!(!hp.accelerates_nm(2, 4));
+            .iter()
+            .find(|e| e.weights == p && e.batch == batch)
+            .unwrap()
+            .us
+    };
+    let layer = LayerInfo {
+        name: "fc".into(),
+        kind: LayerKind::Linear,
+        shape: vec![64, 256],
+        macs: 64 * 256,
+        bias: false,
+    };
+    for batch in [1, 4] {
+        let m = CostModel::new(hp.clone(), batch).unwrap();
+        let cost = |c: &str| m.layer(&layer, &c.parse::<Choice>().unwrap());
+        let f32_us = entry(Precision::F32, batch);
+        for g in GgmlFormat::ALL {
+            let c = cost(g.name());
+            assert_eq!(c.cost.latency_us, entry(Precision::Ggml(g), batch), "{g}");
+            assert!(c.measured && c.kernel.path == KernelPath::Ggml(g), "{g}");
+            assert_eq!(
+                c.kernel.arithmetic(),
+                format!("{g}×{}", g.act_blocks()),
+                "{g}"
+            );
+        }
+        let bf16 = cost("bf16");
+        assert_eq!(bf16.cost.latency_us, f32_us);
+        assert_eq!(bf16.kernel.to_string(), "f32 copy → f32 kernel");
+        let weight_only = cost("int4-sym-g32");
+        assert_eq!(weight_only.cost.latency_us, f32_us);
+        assert_eq!(
+            weight_only.kernel.path,
+            KernelPath::Dequantized(Precision::F32)
+        );
+        let w8a8 = cost("int8-sym-channel+act8-dynamic");
+        assert!(w8a8.measured && w8a8.cost.latency_us > f32_us);
+        assert_eq!(
+            w8a8.kernel.to_string(),
+            "dequantized → f32 + act8 quantize–dequantize"
+        );
+        assert_eq!(cost("f16").cost.latency_us, entry(Precision::F16, batch));
     }
+}
+
+/// An older calibrated profile keeps the meaning it had: its integer entries timed candle's quantized
+/// kernels, which quantize the activations on the fly, so an entry written with `act = "none"` is
+/// read as `act8-dynamic`, and its integer rates stay in `[compute]`.
+#[test]
+fn older_calibrated_profiles_keep_their_integer_entries() {
+    let old = r#"
+[profile]
+name = "calibrated-old"
+description = "written by an older mpsearch calibrate"
+device = "cpu"
+[provenance]
+sources = ["candle-core 0.11.1"]
+date = "2026-11-20"
+method = "measured"
+[compute]
+f32 = 10.0
+bf16 = 9.0
+int8 = 30.0
+int4 = 40.0
+[memory]
+bandwidth_gbs = 10.0
+[sparsity]
+nm_precisions = []
+[[measured]]
+kind = "linear"
+shape = [64, 256]
+batch = 1
+weights = "int4"
+act = "none"
+us = 3.0
+kernel = "Q4K"
+[calibration]
+bit_types = { "4" = "Q4K", "8" = "Q8_0" }
+"#;
+    let hp = HardwareProfile::from_toml(old, "calibrated-old.toml").unwrap();
+    assert!(hp
+        .measured
+        .keys()
+        .all(|k| k.act == mpsearch::space::ActQuant::Int8Dynamic));
+    assert_eq!(hp.runs_as(Precision::Int(4)), Precision::Int(4));
+    assert_eq!(hp.runs_as(Precision::Bf16), Precision::Bf16);
+    assert_eq!(hp.file.calibration.as_ref().unwrap().bit_types.len(), 2);
+    // It says nothing about GGML formats: they are charged as a dequantized f32 copy.
+    assert_eq!(hp.ggml_kernel(GgmlFormat::Q4K), Err(Precision::F32));
+    assert!(!hp.accelerates_nm(2, 4));
 }

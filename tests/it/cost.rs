@@ -1,9 +1,9 @@
 //! The cost model: roofline against hand computation, measured overrides, additivity, exact
 //! feasibility against brute force, and every shipped profile on the baselines.
 
-use mpsearch::cost::{CostModel, CostTable, HardwareProfile, Objective, Precision};
+use mpsearch::cost::{CostModel, CostTable, HardwareProfile, KernelPath, Objective, Precision};
 use mpsearch::model::{inventory, ModelSource};
-use mpsearch::space::{file, Choice, LayerInfo, LayerKind, SearchSpace};
+use mpsearch::space::{file, Choice, GgmlFormat, LayerInfo, LayerKind, SearchSpace, WeightQuant};
 use rand::{Rng, SeedableRng};
 
 use crate::util::{choice, close, toy_layers, Dir};
@@ -585,4 +585,181 @@ fn cost_of_an_assignment_shows_the_arithmetic_charged() {
         layer("fc2")["latency_us"].as_f64().unwrap() > 0.0,
         "existing fields stay"
     );
+}
+
+/// A GGML block format is stored as its blocks, `rows × (cols / block) × block_bytes`, so its bits per
+/// weight are llama.cpp's; removed channels drop rows first, and a factorized layer stores both
+/// factors in the format.
+#[test]
+fn ggml_formats_store_exactly_their_blocks() {
+    let m = simple("");
+    let l = linear("l", 1000, 1024);
+    let values = 1000.0 * 1024.0;
+    for g in GgmlFormat::ALL {
+        let c = m.layer(&l, &Choice::weights(WeightQuant::Ggml(g)));
+        let blocks = 1000 * (1024 / g.block() as u64);
+        assert_eq!(c.cost.bytes, blocks * g.block_bytes() as u64, "{g}");
+        assert_eq!(
+            c.cost.bytes as f64 * 8.0 / values,
+            g.bits_per_weight(),
+            "{g}"
+        );
+    }
+    // q4_k: 144 bytes per 256 weights.
+    assert_eq!(m.layer(&l, &choice("q4_k")).cost.bytes, 1000 * 4 * 144);
+    // channels25 keeps 750 rows, plus the 1-bit-per-row mask of 1000 rows.
+    assert_eq!(
+        m.layer(&l, &choice("q4_k+channels25")).cost.bytes,
+        750 * 4 * 144 + 125
+    );
+    // rank50 of 512 × 1024: k = 256; A is 512 × 256 and B 256 × 1024, both q4_k.
+    let r = m.layer(&linear("r", 512, 1024), &choice("q4_k+rank50"));
+    assert_eq!(r.cost.bytes, 512 * 144 + 256 * 4 * 144);
+    // Both factors multiply Q8_K blocks: the kernel quantizes the intermediate too.
+    let then = r.then.unwrap();
+    assert_eq!(r.kernel.arithmetic(), "q4_k×q8_k");
+    assert_eq!(then.arithmetic(), "q4_k×q8_k");
+    assert_eq!(r.cost.bops, (512.0 * 256.0 + 256.0 * 1024.0) * 4.0 * 8.0);
+}
+
+/// A q-format with a `[ggml]` rate runs its kernel on its blocks; without one (or with `{ fallback =
+/// "f32" }`, the same) it is a dequantized f32 copy plus a quantize–dequantize pass of the input to its
+/// activation blocks; with a fallback to a format that holds it exactly, that format's kernel on the
+/// converted blocks.
+#[test]
+fn ggml_formats_are_charged_their_kernel_or_their_fallback() {
+    let l = linear("l", 1000, 1024);
+    let activations = (1024.0 + 1000.0) * 4.0;
+    // q4_k at 8 GMAC/s: compute 1024000 / 8000 = 128 µs; memory (576000 block bytes + f32
+    // activations) / 1 GB/s = 584.096 µs.
+    let with = simple("[ggml]\nq4_k = 8.0\nq8_0 = 4\nq4_0 = { fallback = \"q8_0\" }\n");
+    let k = with.layer(&l, &choice("q4_k"));
+    assert_eq!(k.kernel.path, KernelPath::Ggml(GgmlFormat::Q4K));
+    assert_eq!(k.kernel.to_string(), "q4_k kernel");
+    assert_eq!(k.kernel.arithmetic(), "q4_k×q8_k");
+    assert!(close(
+        k.cost.latency_us,
+        (576_000.0 + activations) / 1e3,
+        SUM_TOL
+    ));
+    assert_eq!(k.cost.bops, 1_024_000.0 * 4.0 * 8.0);
+    // Without a kernel: the f32 kernel on an f32 copy (4 bytes per weight), plus the quantize–
+    // dequantize pass of the 1024 inputs (read and written once more at 4 bytes).
+    let f32_latency = (4_096_000.0 + activations) / 1e3;
+    let qdq = 1024.0 * 2.0 * 4.0 / 1e3;
+    for (profile, c) in [
+        (simple(""), "q4_k"),
+        (with.clone(), "q5_0"),
+        (simple("[ggml]\nq5_0 = { fallback = \"f32\" }\n"), "q5_0"),
+    ] {
+        let d = profile.layer(&l, &choice(c));
+        assert_eq!(
+            d.kernel.path,
+            KernelPath::Dequantized(Precision::F32),
+            "{c}"
+        );
+        assert_eq!(
+            d.kernel.to_string(),
+            format!(
+                "dequantized → f32 + {} quantize–dequantize",
+                choice(c).weights.ggml().unwrap().act_blocks()
+            )
+        );
+        assert!(close(d.cost.latency_us, f32_latency + qdq, SUM_TOL), "{c}");
+    }
+    // q4_0 converted to q8_0 at load: the q8_0 kernel (4 GMAC/s: 256 µs) reads 34-byte blocks
+    // (1088000 bytes: 1096.096 µs), stores 18-byte ones.
+    let q = with.layer(&l, &choice("q4_0"));
+    assert_eq!(q.kernel.path, KernelPath::Ggml(GgmlFormat::Q8_0));
+    assert_eq!(q.kernel.to_string(), "q8_0 kernel (q4_0 converted at load)");
+    assert_eq!(q.kernel.arithmetic(), "q4_0×q8_0");
+    assert!(close(
+        q.cost.latency_us,
+        (1_088_000.0 + activations) / 1e3,
+        SUM_TOL
+    ));
+    assert_eq!(q.cost.bytes, 1000 * 32 * 18);
+    // An embedding's lookup reads one row of blocks per sample.
+    let table = LayerInfo {
+        name: "emb".into(),
+        kind: LayerKind::Embedding,
+        shape: vec![1000, 1024],
+        macs: 0,
+        bias: false,
+    };
+    let e = with.layer(&table, &choice("q4_k"));
+    assert_eq!(e.kernel.to_string(), "row lookup");
+    assert_eq!(e.kernel.arithmetic(), "q4_k×f32");
+    assert!(close(
+        e.cost.latency_us,
+        (576.0 + 1024.0 * 4.0) / 1e3,
+        SUM_TOL
+    ));
+}
+
+/// The `[ggml]` table is checked like the rest of a profile, at file:line:column.
+#[test]
+fn ggml_tables_are_validated_where_they_are_wrong() {
+    for (extra, line, says) in [
+        ("[ggml]\nq4_k = \"fast\"\n", 18, "GMAC/s"),
+        ("[ggml]\nq4_k = -2.0\n", 18, "positive number"),
+        ("[ggml]\nq8_k = 3.0\n", 18, "not a GGML block format"),
+        (
+            "[ggml]\nq4_0 = { fallback = \"int8\" }\n",
+            18,
+            "integer kernel",
+        ),
+        (
+            "[ggml]\nq8_0 = 2.0\nq4_k = { fallback = \"q8_0\" }\n",
+            19,
+            "exactly",
+        ),
+        (
+            "[ggml]\nq4_0 = { fallback = \"q8_0\" }\n",
+            18,
+            "no kernel rate",
+        ),
+        ("[ggml]\nq4_0 = { fallback = \"f16\" }\n", 18, "no f16"),
+        ("[ggml]\nq4_0 = { rate = 3.0 }\n", 18, "fallback"),
+        ("[fallback]\nq4_k = \"f32\"\n", 18, "[ggml] table"),
+        (
+            "[fallback]\nbf16 = { copy = \"int8\" }\n",
+            18,
+            "float precision",
+        ),
+        (
+            "[[measured]]\nkind = \"linear\"\nshape = [4, 256]\nbatch = 1\nweights = \"q4_k\"\n\
+             act = \"act8-dynamic\"\nus = 1.0\n",
+            0,
+            "quantizes its activations itself",
+        ),
+    ] {
+        let text = format!("{SIMPLE}{extra}");
+        let e = HardwareProfile::from_toml(&text, "simple.toml")
+            .unwrap_err()
+            .to_string();
+        let at = if line > 0 {
+            format!("simple.toml:{line}:")
+        } else {
+            "simple.toml".into()
+        };
+        assert!(e.starts_with(&at) && e.contains(says), "{extra}: {e}");
+    }
+    let e = HardwareProfile::from_toml(&SIMPLE.replace("int8 = 4.0", "q4_k = 4.0"), "simple.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[ggml] table"), "{e}");
+    // Both forms of [fallback] load; the copy makes bf16 weights an f32 copy the f32 kernel reads.
+    let m = simple("[fallback]\nbf16 = { copy = \"f32\" }\nint4 = \"int8\"\n");
+    let l = linear("l", 1000, 1000);
+    let b = m.layer(&l, &choice("bf16"));
+    assert_eq!(b.kernel.to_string(), "f32 copy → f32 kernel");
+    assert_eq!(b.cost.latency_us, m.layer(&l, &Choice::F32).cost.latency_us);
+    assert_eq!(b.cost.bytes, 2_000_000, "stored as bf16");
+    let widened = simple("").layer(&l, &choice("bf16"));
+    assert_eq!(
+        widened.kernel.to_string(),
+        "f32 kernel (bf16 weights widened)"
+    );
+    assert!(widened.cost.latency_us < b.cost.latency_us);
 }

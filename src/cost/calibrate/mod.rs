@@ -9,13 +9,21 @@
 //!   has no bf16 gemm on the CPU: it widens both operands to f32 on every call);
 //! - `QMatMul-F16`, `QMatMul-BF16`: `QMatMul` built from an F16/BF16 `QTensor`, which dequantizes the
 //!   weight to f32 once at construction and then runs the f32 matmul;
-//! - every quantized `GgmlDType` (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `Q8_1`, `Q2K`..`Q8K`) through
-//!   `QMatMul::forward`, which quantizes the f32 activations to the type's dot-product partner (Q8_0,
-//!   Q8_1 or Q8K) on the fly and runs the integer dot products.
+//! - every GGML block format of the choice notation (`Q8_0`, `Q6K`, `Q5K`, `Q4K`, `Q4_0`, `Q3K`, `Q2K`,
+//!   `Q4_1`, `Q5_0`, `Q5_1`: [`QUANT_TYPES`]) through `QMatMul::forward`, which quantizes the f32
+//!   activations to the type's dot-product partner (Q8_0, Q8_1 or Q8K) on the fly and runs the integer
+//!   dot products. (`Q8K` and `Q8_1` are those partners, not weight formats; [`Kernel::Quant`] can still
+//!   time them when asked.)
+//!
+//! What a profile charges is what `mpsearch measure` runs ([`write`]): f32 the F32 kernel, f16 the
+//! plain F16 one, each GGML format its `QMatMul`; bf16 a dense f32 copy (the F32 time), and `int<b>`
+//! choices a dequantized f32 copy (candle has no integer kernel). `BF16`, `QMatMul-F16` and
+//! `QMatMul-BF16` are timed for the table only.
 //!
 //! A type runs only where the in-features are a multiple of its block: 256 for K-types, 32 for the
 //! legacy types, and 64 for Q4_1, Q5_0 and Q5_1, whose dot products take their 32-blocks in pairs
-//! (see [`Kernel::skip_reason`]); skipped pairs become notes in the profile.
+//! ([`GgmlFormat::row_multiple`], see [`Kernel::skip_reason`]); skipped pairs become notes in the
+//! profile.
 //!
 //! A convolution is timed as its im2col matrix product: `batch · applications` rows of `x` (the output
 //! pixels) against the `[out, in·kh·kw]` weight matrix; the im2col copy itself is not timed.
@@ -44,7 +52,7 @@ use super::profile::{
     Provenance, SparsitySupport,
 };
 use crate::error::{Error, Result};
-use crate::space::{LayerInfo, LayerKind};
+use crate::space::{GgmlFormat, LayerInfo, LayerKind};
 
 /// The candle-core version whose kernels are measured (pinned in Cargo.toml).
 pub const CANDLE_VERSION: &str = "0.11.1";
@@ -249,10 +257,10 @@ pub enum Kernel {
     Quant(GgmlDType),
 }
 
-/// Candle's quantized types, in the order they are measured.
-pub const QUANT_TYPES: [GgmlDType; 12] = [
+/// Candle's types of the GGML block formats of the notation, in the order they are measured (the
+/// SIMD kernels first, the scalar Q4_1/Q5_0/Q5_1 last).
+pub const QUANT_TYPES: [GgmlDType; 10] = [
     GgmlDType::Q8_0,
-    GgmlDType::Q8K,
     GgmlDType::Q6K,
     GgmlDType::Q5K,
     GgmlDType::Q4K,
@@ -262,8 +270,14 @@ pub const QUANT_TYPES: [GgmlDType; 12] = [
     GgmlDType::Q4_1,
     GgmlDType::Q5_0,
     GgmlDType::Q5_1,
-    GgmlDType::Q8_1,
 ];
+
+/// The GGML block format of a candle type, if it is one of the notation's.
+pub fn ggml_format(t: GgmlDType) -> Option<GgmlFormat> {
+    GgmlFormat::ALL
+        .into_iter()
+        .find(|&g| crate::compress::ggml::dtype(g) == t)
+}
 
 impl Kernel {
     /// Every kernel: the float ones, then [`QUANT_TYPES`].
@@ -297,13 +311,15 @@ impl Kernel {
         Kernel::all().into_iter().find(|k| k.name() == name)
     }
 
-    /// The weight precision this kernel computes.
-    pub fn precision(&self) -> Precision {
+    /// The precision a profile charges with this kernel's times: what `mpsearch measure` runs for it
+    /// (f32: `F32`; f16: the plain `F16` matmul; a GGML format: its `QMatMul`); `None` for the kernels
+    /// timed for the table only (`BF16`, `QMatMul-F16`, `QMatMul-BF16`, `Q8K`, `Q8_1`).
+    pub fn precision(&self) -> Option<Precision> {
         match self {
-            Kernel::F32 => Precision::F32,
-            Kernel::F16 | Kernel::QMatMulF16 => Precision::F16,
-            Kernel::Bf16 | Kernel::QMatMulBf16 => Precision::Bf16,
-            Kernel::Quant(t) => Precision::Int(quant_bits(*t)),
+            Kernel::F32 => Some(Precision::F32),
+            Kernel::F16 => Some(Precision::F16),
+            Kernel::Bf16 | Kernel::QMatMulF16 | Kernel::QMatMulBf16 => None,
+            Kernel::Quant(t) => ggml_format(*t).map(Precision::Ggml),
         }
     }
 
@@ -321,8 +337,7 @@ impl Kernel {
     /// poisons it for the rest of the process, so such shapes must never reach the kernel.
     pub fn in_features_multiple(&self) -> usize {
         match self {
-            Kernel::Quant(GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) => 64,
-            Kernel::Quant(t) => t.block_size(),
+            Kernel::Quant(t) => ggml_format(*t).map_or(t.block_size(), |g| g.row_multiple()),
             _ => 1,
         }
     }
@@ -438,8 +453,9 @@ pub struct Measurement {
     pub kernel: String,
     /// Integer bit-width of a quantized type; `None` for float kernels.
     pub bits: Option<u8>,
-    /// The weight precision computed.
-    pub precision: Precision,
+    /// What a profile charges with this measurement ([`Kernel::precision`]); `None` for the kernels
+    /// timed for the table only.
+    pub precision: Option<Precision>,
     /// Median of the timed runs, µs.
     pub median_us: f64,
     /// Interquartile range of the timed runs, µs.
@@ -926,5 +942,19 @@ mod tests {
         }
         assert_eq!(Kernel::Quant(GgmlDType::Q4K).name(), "Q4K");
         assert_eq!(Kernel::Quant(GgmlDType::Q8_0).name(), "Q8_0");
+    }
+
+    #[test]
+    fn every_ggml_format_is_timed_and_charged_as_itself() {
+        for g in GgmlFormat::ALL {
+            let k = Kernel::Quant(crate::compress::ggml::dtype(g));
+            assert!(Kernel::all().contains(&k), "{g} is not timed");
+            assert_eq!(k.precision(), Some(Precision::Ggml(g)));
+            assert_eq!(k.in_features_multiple(), g.row_multiple(), "{g}");
+        }
+        assert_eq!(Kernel::Quant(GgmlDType::Q8K).precision(), None);
+        assert_eq!(Kernel::Bf16.precision(), None);
+        assert_eq!(Kernel::QMatMulF16.precision(), None);
+        assert_eq!(Kernel::F16.precision(), Some(Precision::F16));
     }
 }

@@ -81,14 +81,18 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 }
 
 /// Writes the measurements as a complete hardware profile named `name` (see the module docs of
-/// [`crate::cost::profile`] for the format):
+/// [`crate::cost::profile`] for the format). What it charges is what `mpsearch measure` runs on candle
+/// for each choice:
 ///
-/// - `[compute]`: f32, f16, bf16 and `int<b>` GMAC/s at the largest measured shape (most MACs per
-///   sample) and the largest batch; f16/bf16 from the faster of their plain and `QMatMul` kernels,
-///   `int<b>` from `[calibration] bit_types[b]`, the fastest candle type of b bits there. Candle's
-///   quantized kernels quantize activations on the fly, so the integer rates are W×A8 (`act8-*`
-///   choices); candle has no weight-only kernel, so no `[weight_only]` table: a weight-only choice is
-///   charged as a dequantized f32 copy (the f32 entries).
+/// - `[compute]`: f32 (the `F32` kernel) and f16 (the plain `F16` matmul) GMAC/s at the largest
+///   measured shape (most MACs per sample) and the largest batch. No bf16 and no integer entries:
+///   candle has no bf16 gemm on the CPU and no integer kernel, so `[fallback]` says `bf16 = { copy =
+///   "f32" }` (a dense f32 copy of the bf16 values) and `int2`..`int8 = "f32"` (a dequantized f32
+///   copy; with `act8-*`, plus the quantize–dequantize pass). No `[weight_only]` table either: a
+///   weight-only integer choice is that same dequantized f32 copy.
+/// - `[ggml]`: per GGML block format, its `QMatMul` GMAC/s at the largest shape it ran on (most MACs
+///   per sample) and the largest batch; a format that ran on no shape is left out (so charged as a
+///   dequantized f32 copy) and a note says so.
 /// - `[memory] bandwidth_gbs`: an effective figure, f32 weight bytes of the largest linear weight (the
 ///   largest weight when there is no linear one) over its f32 batch-1 time.
 /// - `[overhead] per_layer_us`: the fastest kernel of the overhead probe (a `[16, 256]` weight at
@@ -97,17 +101,19 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 ///   batch-1 time against f32 weight bytes over the measured linear shapes, clamped to [0, smallest
 ///   f32 batch-1 time] (0 with fewer than two distinct sizes). The probe is not written to
 ///   `[[measured]]`.
-/// - `[[measured]]`: per shape and batch, f32, f16, bf16 (faster kernel) with `act = "none"` and, per
-///   bit-width, the fastest runnable candle type of that width with `act = "act8-dynamic"`, dense.
-/// - `[calibration]`: `bit_types`, `slow_kernels` (kernels more than 10% slower than f32 at batch 1
-///   on the largest shape where both ran: no fast SIMD kernel here) and notes (skips, CPU features).
+/// - `[[measured]]`: per shape and batch, f32 and f16, and every GGML format that ran there (`weights
+///   = "q4_k"`…), all with `act = "none"` (a GGML format's kernel quantizes its activations itself),
+///   dense. bf16 and `int<b>` choices find the f32 entry through their copy.
+/// - `[calibration]`: `slow_kernels` (kernels more than 10% slower than f32 at batch 1 on the largest
+///   shape where both ran: no fast SIMD kernel here) and notes (skips, CPU features, what is charged).
 pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Result<ProfileFile> {
     let probes: Vec<&Measurement> = ms.iter().filter(|m| m.probe).collect();
     let probe_us = probes.iter().map(|m| m.median_us).min_by(f64::total_cmp);
     let requested: Vec<Measurement> = ms.iter().filter(|m| !m.probe).cloned().collect();
     let ms = requested.as_slice();
     let at = Reference::of(ms)?;
-    let (compute, bit_types) = compute_rates(ms, &at)?;
+    let compute = compute_rates(ms, &at)?;
+    let ggml = ggml_rates(ms, at.max_batch);
     let bandwidth = bandwidth_gbs(ms, at.min_batch)?;
     let per_layer_us = probe_us.unwrap_or_else(|| intercept(&f32_time_by_bytes(ms, at.min_batch)));
 
@@ -116,6 +122,7 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
     notes.extend(several_applications_notes(&applications));
     let measured = measured_entries(ms, &applications);
     let slow_kernels = slow_kernels(ms, opts, at.min_batch);
+    notes.extend(unmeasured_formats_note(&ggml));
     notes.extend(busy_machine_notes(ms));
     notes.extend(probe_note(&probes));
     notes.extend(slow_batched_note(ms, &at));
@@ -156,14 +163,37 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             nm_precisions: Some(Vec::new()),
             ..SparsitySupport::default()
         },
-        fallback: BTreeMap::new(),
+        fallback: copies_to_f32(),
+        ggml: ggml
+            .into_iter()
+            .filter_map(|(g, rate)| {
+                let rate = toml::Value::Float(round(rate?, 3).max(0.001));
+                Some((g.name().to_string(), Spanned::new(0..0, rate)))
+            })
+            .collect(),
         measured,
         calibration: Some(Calibration {
-            bit_types,
+            bit_types: BTreeMap::new(),
             slow_kernels,
             notes,
         }),
     })
+}
+
+/// `[fallback]` of a calibrated profile: what candle has no kernel for runs from an f32 copy — bf16
+/// weights widened to f32 at load (`{ copy = "f32" }`), integer weights dequantized to f32.
+fn copies_to_f32() -> BTreeMap<String, Spanned<toml::Value>> {
+    let mut out = BTreeMap::new();
+    let mut copy = toml::map::Map::new();
+    copy.insert("copy".into(), toml::Value::String("f32".into()));
+    out.insert("bf16".into(), Spanned::new(0..0, toml::Value::Table(copy)));
+    for b in crate::space::BITS {
+        out.insert(
+            format!("int{b}"),
+            Spanned::new(0..0, toml::Value::String("f32".into())),
+        );
+    }
+    out
 }
 
 /// The error of measurements a profile cannot be built from.
@@ -199,43 +229,68 @@ impl Reference {
     }
 }
 
-/// Fastest measurement per precision at one (shape, batch).
-fn best<'a>(
+/// The measurement a profile charges for each precision at one (shape, batch) ([`Kernel::precision`]:
+/// one kernel per precision).
+fn charged<'a>(
     ms: &'a [Measurement],
     shape: &MatrixShape,
     batch: u32,
 ) -> BTreeMap<Precision, &'a Measurement> {
-    let mut b: BTreeMap<Precision, &Measurement> = BTreeMap::new();
-    for m in ms.iter().filter(|m| &m.shape == shape && m.batch == batch) {
-        let e = b.entry(m.precision).or_insert(m);
-        if m.median_us < e.median_us {
-            *e = m;
-        }
-    }
-    b
+    ms.iter()
+        .filter(|m| &m.shape == shape && m.batch == batch)
+        .filter_map(|m| Some((m.precision?, m)))
+        .collect()
 }
 
-/// `[compute]` (GMAC/s per precision) and `bit_types` (the candle type of each integer width), from the
-/// largest shape at the largest batch.
-fn compute_rates(
-    ms: &[Measurement],
-    at: &Reference,
-) -> Result<(ComputeFile, BTreeMap<String, String>)> {
-    let mut compute = BTreeMap::new();
-    let mut bit_types = BTreeMap::new();
-    for (p, m) in best(ms, &at.largest, at.max_batch) {
-        compute.insert(
-            p.to_string(),
-            Spanned::new(0..0, toml::Value::Float(round(m.gmacs(), 3).max(0.001))),
-        );
-        if let Precision::Int(b) = p {
-            bit_types.insert(b.to_string(), m.kernel.clone());
-        }
-    }
+/// `[compute]`: f32 and f16 GMAC/s, from the largest shape at the largest batch.
+fn compute_rates(ms: &[Measurement], at: &Reference) -> Result<ComputeFile> {
+    let compute: ComputeFile = charged(ms, &at.largest, at.max_batch)
+        .into_iter()
+        .filter(|(p, _)| p.is_float())
+        .map(|(p, m)| {
+            (
+                p.to_string(),
+                Spanned::new(0..0, toml::Value::Float(round(m.gmacs(), 3).max(0.001))),
+            )
+        })
+        .collect();
     if !compute.contains_key("f32") {
         return Err(no_f32());
     }
-    Ok((compute, bit_types))
+    Ok(compute)
+}
+
+/// `[ggml]`: each GGML format's GMAC/s at the largest batch on the largest shape it ran on (by MACs per
+/// sample); `None` for a format that ran on no shape.
+fn ggml_rates(ms: &[Measurement], max_batch: u32) -> BTreeMap<GgmlFormat, Option<f64>> {
+    GgmlFormat::ALL
+        .into_iter()
+        .map(|g| {
+            let rate = ms
+                .iter()
+                .filter(|m| m.precision == Some(Precision::Ggml(g)) && m.batch == max_batch)
+                .max_by_key(|m| (m.shape.macs(1), &m.shape))
+                .map(Measurement::gmacs);
+            (g, rate)
+        })
+        .collect()
+}
+
+/// The GGML formats that ran on no measured shape (no `[ggml]` rate: charged as a dequantized copy).
+fn unmeasured_formats_note(ggml: &BTreeMap<GgmlFormat, Option<f64>>) -> Option<String> {
+    let missing: Vec<&str> = ggml
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(g, _)| g.name())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "no [ggml] rate for {}: they ran on no measured shape (no shape fits their blocks, see \
+             the skips, or they were not among the timed kernels), so this profile charges them as a \
+             dequantized f32 copy",
+            missing.join(", ")
+        )
+    })
 }
 
 /// f32 weight bytes of a shape.
@@ -309,7 +364,7 @@ fn several_applications_notes(
         .collect()
 }
 
-/// `[[measured]]`: per shape and batch (in measurement order), the fastest kernel of every precision;
+/// `[[measured]]`: per shape and batch (in measurement order), the kernel charged for every precision;
 /// none for a weight shape measured at several output sizes.
 fn measured_entries(
     ms: &[Measurement],
@@ -323,13 +378,13 @@ fn measured_entries(
         {
             continue;
         }
-        for (p, m) in best(ms, shape, batch) {
+        for (p, m) in charged(ms, shape, batch) {
             measured.push(MeasuredEntry {
                 kind: shape.kind,
                 shape: shape.shape.clone(),
                 batch,
                 weights: p,
-                act: measured_act(p).into(),
+                act: "none".into(),
                 sparsity: "dense".into(),
                 us: round(m.median_us, 2),
                 spread_us: Some(round(m.spread_us, 2)),
@@ -338,16 +393,6 @@ fn measured_entries(
         }
     }
     measured
-}
-
-/// The activations a measured kernel of precision `p` multiplies: candle's quantized kernels (every
-/// integer width) quantize them on the fly (Q8_0 / Q8_K blocks, per row: `act8-dynamic`); its float
-/// kernels keep them float.
-fn measured_act(p: Precision) -> &'static str {
-    match p {
-        Precision::Int(_) => "act8-dynamic",
-        _ => "none",
-    }
 }
 
 /// The f32 measurement of `m`'s shape and batch.
@@ -476,8 +521,15 @@ fn kernel_notes() -> Vec<String> {
     notes.push(
         "timed kernels: F32 = x.matmul(w.t()) as candle-nn Linear; F16/BF16 = plain candle half matmul \
          (BF16 widens to f32 on every call); QMatMul-F16/BF16 = QMatMul, which dequantizes the weight to \
-         f32 once; quantized types via QMatMul::forward (activations quantized on the fly); \
-         f16/bf16 entries use the faster of the two"
+         f32 once; GGML formats via QMatMul::forward (activations quantized on the fly to Q8_K, Q8_0 or \
+         Q8_1 blocks)"
+            .to_string(),
+    );
+    notes.push(
+        "charged as mpsearch measure runs them: f32 = F32, f16 = F16, each GGML format = its QMatMul \
+         ([ggml] and its [[measured]] entries); bf16 = a dense f32 copy (candle has no bf16 gemm on the \
+         CPU) and int<b> = a dequantized f32 copy, plus the quantize-dequantize pass with act8-* (candle \
+         has no integer kernel): [fallback]; BF16 and QMatMul-F16/BF16 are in the table only"
             .to_string(),
     );
     notes
@@ -517,8 +569,8 @@ fn method(opts: &CalibrateOptions, probes: &[&Measurement], at: &Reference) -> S
          round doing at least {} warm-up runs and {:.2} s of warm-up, then up to {} timed runs \
          (stopping after {:.2} s once {} are done); median and interquartile range in µs of the \
          fastest round; batch sizes [{batches}] (a convolution is timed as its im2col product, batch \
-         x output-pixel rows); [compute] GMAC/s from the largest shape ({}) at batch {max_batch}, \
-         int<b> from the fastest candle type of b bits there (see [calibration] bit_types); [memory] \
+         x output-pixel rows); [compute] GMAC/s (f32, f16) from the largest shape ({}) at batch \
+         {max_batch}, [ggml] from each format's largest shape at that batch; [memory] \
          bandwidth_gbs is an effective figure: f32 weight bytes of the largest linear weight / its f32 \
          batch-{min_batch} time; [overhead] per_layer_us {overhead}",
         opts.warmup.max(1),
