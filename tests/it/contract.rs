@@ -1,11 +1,14 @@
 //! The notation is the contract: for every shipped hardware profile and every choice of every shipped
 //! search space (on the layers the space allows it, on the demo CNN and a MiniLM-shaped encoder), the
 //! cost model charges the arithmetic the choice's notation names — float activations unless `act8-*`,
-//! int8 with it — and credits N:M only where the profile declares it for the kernel's precision.
+//! int8 with it, a GGML block format's own activation blocks on every factor — and credits N:M only
+//! where the profile declares it for the kernel's precision.
 
 use mpsearch::cost::{CostModel, HardwareProfile, KernelPath, LayerCost, NmCompute, Precision};
 use mpsearch::model::{inventory, ModelSource};
-use mpsearch::space::{ActQuant, Choice, LayerInfo, SearchSpace, Sparsity, WeightQuant};
+use mpsearch::space::{
+    ActQuant, Choice, GgmlFormat, LayerInfo, SearchSpace, Sparsity, WeightQuant,
+};
 
 use crate::util::{minilm_folder, Dir};
 
@@ -45,6 +48,10 @@ fn check_arithmetic(m: &CostModel, c: &Choice, cost: &LayerCost, what: &str) {
         Precision::of_weights(&c.weights),
         "{what}: weights charged"
     );
+    if let Some(g) = c.weights.ggml() {
+        check_ggml(m, g, cost, what);
+        return;
+    }
     match named_acts(c) {
         Some(a) => assert_eq!(
             k.acts, a,
@@ -91,6 +98,40 @@ fn check_arithmetic(m: &CostModel, c: &Choice, cost: &LayerCost, what: &str) {
             cost.cost.latency_us,
             cost.macs
         );
+    }
+}
+
+/// A GGML block format: its weights times its activation blocks on every factor (a lookup's rows come
+/// out f32), computed by its kernel where the profile has one (`[ggml]` rate, or a format that holds it
+/// exactly), else by the float kernel the profile names on a dequantized copy with the quantize–
+/// dequantize pass of the input to those blocks.
+fn check_ggml(m: &CostModel, g: GgmlFormat, cost: &LayerCost, what: &str) {
+    for k in std::iter::once(&cost.kernel).chain(&cost.then) {
+        if k.path == KernelPath::Lookup {
+            assert_eq!(k.acts, Precision::F32, "{what}: {k}");
+            continue;
+        }
+        assert_eq!(k.acts, Precision::Q8(g.act_blocks()), "{what}: {k}");
+        assert_eq!(
+            k.arithmetic(),
+            format!("{g}×{}", g.act_blocks()),
+            "{what}: {k}"
+        );
+        match m.profile.ggml_kernel(g) {
+            Ok(_) => assert_eq!(k.path, KernelPath::Ggml(g), "{what}: {k}"),
+            Err(Precision::Ggml(h)) => {
+                assert!(g.held_exactly_by().contains(&h), "{what}");
+                assert_eq!(k.path, KernelPath::Ggml(h), "{what}: {k}");
+            }
+            Err(float) => {
+                assert!(float.is_float(), "{what}: falls back to {float}");
+                assert_eq!(k.path, KernelPath::Dequantized(float), "{what}: {k}");
+                assert!(
+                    k.qdq(),
+                    "{what}: the quantize–dequantize pass is charged: {k}"
+                );
+            }
+        }
     }
 }
 
@@ -148,7 +189,8 @@ fn spaces(dir: &Dir) -> Vec<(String, Vec<LayerInfo>, SearchSpace)> {
     let minilm = minilm_folder(dir);
     [
         (ModelSource::Demo, "demo"),
-        (ModelSource::Folder(minilm), "bert-base"),
+        (ModelSource::Folder(minilm.clone()), "bert-base"),
+        (ModelSource::Folder(minilm), "ggml"),
     ]
     .into_iter()
     .map(|(model, name)| {
@@ -163,7 +205,7 @@ fn spaces(dir: &Dir) -> Vec<(String, Vec<LayerInfo>, SearchSpace)> {
 fn every_shipped_profile_charges_the_arithmetic_every_shipped_choice_names() {
     let dir = Dir::new();
     let (mut checked, mut nm_checked, mut act8_checked) = (0usize, 0usize, 0usize);
-    let mut nm_sparse = 0usize;
+    let (mut nm_sparse, mut ggml_kernel, mut ggml_fallback) = (0usize, 0usize, 0usize);
     for (space_name, _, space) in spaces(&dir) {
         for (profile, _) in mpsearch::shipped::Kind::Profile.embedded() {
             for batch in BATCHES {
@@ -184,6 +226,13 @@ fn every_shipped_profile_charges_the_arithmetic_every_shipped_choice_names() {
                                 nm_sparse += usize::from(cost.kernel.sparse_nm());
                             }
                             act8_checked += usize::from(c.act != ActQuant::None);
+                            if c.weights.ggml().is_some() {
+                                match cost.kernel.path {
+                                    KernelPath::Ggml(_) => ggml_kernel += 1,
+                                    KernelPath::Dequantized(_) => ggml_fallback += 1,
+                                    _ => {}
+                                }
+                            }
                             checked += 1;
                         }
                     }
@@ -195,6 +244,20 @@ fn every_shipped_profile_charges_the_arithmetic_every_shipped_choice_names() {
         checked > 10_000 && act8_checked > 1000 && nm_checked > 500 && nm_sparse > 50,
         "only {checked} layer choices ({act8_checked} with act8, {nm_checked} N:M, {nm_sparse} sparse)"
     );
+    // Every shipped profile states what it does with the q-formats: the CPUs and the GPU run them,
+    // the NPU and the bit-serial overlays fall back.
+    assert!(
+        ggml_kernel > 500 && ggml_fallback > 300,
+        "{ggml_kernel} q-format layers on a kernel, {ggml_fallback} on a fallback"
+    );
+    for (name, _) in mpsearch::shipped::Kind::Profile.embedded() {
+        let p = mpsearch::shipped::profile(name).unwrap();
+        assert_eq!(
+            p.file.ggml.len(),
+            GgmlFormat::ALL.len(),
+            "{name}.toml: [ggml] names every format"
+        );
+    }
 }
 
 /// The Jetson's sparse tensor cores: 2:4 at int8 and f16 is computed sparsely, at f32 (the CUDA-core

@@ -299,3 +299,41 @@ fn every_profile_declares_its_kernels_in_the_current_form() {
         }
     }
 }
+
+/// Every shipped profile says what it does with each GGML block format, with a source: the CPUs
+/// (llama.cpp's AVX2 / NEON dot products) and the edge GPU (llama.cpp's CUDA MMQ) run them at their
+/// own int8 rate, derived like the rest of the file; the Edge TPU and the bit-serial overlays have no
+/// such kernel and charge a dequantized f32 copy on their host.
+#[test]
+fn every_profile_states_what_it_does_with_the_ggml_formats() {
+    use mpsearch::space::GgmlFormat;
+    for (stem, p) in shipped() {
+        let file = format!("hardware-profiles/{stem}.toml");
+        assert_eq!(p.file.ggml.len(), GgmlFormat::ALL.len(), "{file}");
+        let runs = matches!(
+            stem.as_str(),
+            "cortex-a72" | "cortex-a76" | "x86-avx2" | "jetson-orin-nano"
+        );
+        for g in GgmlFormat::ALL {
+            match p.ggml_kernel(g) {
+                Ok(rate) => {
+                    assert!(runs, "{file}: {g} has a kernel");
+                    assert_eq!(Some(&rate), p.gmacs.get(&Precision::Int(8)), "{file}: {g}");
+                }
+                Err(fallback) => {
+                    assert!(!runs, "{file}: {g} falls back to {fallback}");
+                    assert_eq!(fallback, Precision::F32, "{file}: {g}");
+                }
+            }
+        }
+        let sources = p.file.provenance.sources.join("\n") + &p.file.provenance.method;
+        if runs {
+            assert!(sources.contains("llama.cpp"), "{file}: no llama.cpp source");
+        } else {
+            assert!(
+                sources.contains("GGML block formats"),
+                "{file}: no reason given"
+            );
+        }
+    }
+}
