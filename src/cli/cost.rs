@@ -120,19 +120,26 @@ fn joint_note(
     }))
 }
 
-/// The baselines `cost` and reports compare against: every searchable layer at one choice.
+/// The baselines `cost` and reports compare against: every searchable layer at one choice (and the
+/// space's GGML baselines, which exist only where every searchable layer takes the format).
 fn baselines(
     model: &CostModel,
     space: &SearchSpace,
     layers: &[LayerInfo],
 ) -> Vec<(String, Assignment, Cost)> {
+    let ggml = space
+        .baselines()
+        .into_iter()
+        .filter(|(_, c, _)| c.weights.ggml().is_some())
+        .map(|(n, c, _)| (n, c));
     [
         ("all-f32", "f32"),
         ("all-int8", "int8-sym-channel"),
         ("all-int4", "int4-asym-g32"),
     ]
     .into_iter()
-    .filter_map(|(n, c)| Some((n, c.parse::<Choice>().ok()?)))
+    .filter_map(|(n, c)| Some((n.to_string(), c.parse::<Choice>().ok()?)))
+    .chain(ggml)
     .map(|(n, c)| {
         let asg = space.baseline(&c);
         let (_, total) = model.assignment(layers, &asg);

@@ -55,6 +55,11 @@ fn json(inv: &Inventory, space: Option<&SearchSpace>) -> serde_json::Value {
     });
     if let Some(s) = space {
         doc["space"] = s.name.clone().into();
+        doc["dropped"] = s
+            .dropped
+            .iter()
+            .map(|d| serde_json::json!({"layer": d.layer, "choice": d.choice.to_string(), "why": d.why}))
+            .collect();
     }
     doc
 }
@@ -132,6 +137,29 @@ fn space_text(s: &SearchSpace) -> String {
         ));
         let all: Vec<String> = g.choices.iter().map(|c| c.to_string()).collect();
         out.push_str(&wrap(&all, 100, "    "));
+    }
+    out.push_str(&dropped_text(s));
+    out
+}
+
+/// The choices `[defaults]` offered that some layers cannot take (GGML blocks that do not fit their
+/// in-features), grouped by choice and reason, with the layers.
+fn dropped_text(s: &SearchSpace) -> String {
+    let mut by: Vec<((String, &str), Vec<String>)> = Vec::new();
+    for d in &s.dropped {
+        let key = (d.choice.to_string(), d.why.as_str());
+        match by.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, layers)) => layers.push(d.layer.clone()),
+            None => by.push((key, vec![d.layer.clone()])),
+        }
+    }
+    if by.is_empty() {
+        return String::new();
+    }
+    let mut out = "\nleft out of [defaults] where a layer cannot take them:\n".to_string();
+    for ((choice, why), layers) in by {
+        out.push_str(&format!("  {choice} on {} layers: {why}\n", layers.len()));
+        out.push_str(&wrap(&layers, 100, "    "));
     }
     out
 }

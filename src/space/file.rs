@@ -13,6 +13,7 @@
 //!
 //! [defaults]                          # a product of the lists below...
 //! float = ["f32"]                     # f32, f16, bf16
+//! ggml = ["q8_0", "q4_k"]             # GGML block formats: q2_k … q6_k, q8_0, q4_0, q4_1, q5_0, q5_1
 //! bits = [8, 4]                       # integer bit-widths, 2..=8
 //! schemes = ["sym", "asym"]           # sym, asym
 //! granularity = ["channel", "g32"]    # tensor, channel, g<N>
@@ -35,10 +36,12 @@
 //! match = '^encoder\.layer\.(\d+)\.attention\.self\.(?:query|key|value)$'
 //! ```
 //!
-//! Fields left out of `[defaults]` take these values: `float = ["f32"]`, `bits = []`,
+//! Fields left out of `[defaults]` take these values: `float = ["f32"]`, `ggml = []`, `bits = []`,
 //! `schemes = ["sym"]`, `granularity = ["channel"]`, `activations = ["none"]`, `sparsity = [0.0]`,
 //! `nm = []`, `channels = []`, `rank = [1.0]`. A layer's choice set is the product
-//! (float formats ∪ bits × schemes × granularity) × activations × (sparsity ∪ nm ∪ channels) × rank.
+//! (float formats ∪ ggml formats ∪ bits × schemes × granularity) × activations × (sparsity ∪ nm ∪
+//! channels) × rank, where a GGML format takes only the parts the notation lets it combine with:
+//! activations `none` (its kernel quantizes them itself), dense or `channels<P>`, any rank.
 //! A `[[layer]]` table with product fields replaces just those fields; one with `choices` replaces the
 //! whole set. A group's choices are the intersection of its members' sets.
 //!
@@ -47,6 +50,13 @@
 //! list of its own, one inherited from `[defaults]`, or a pin — is refused at load, with the
 //! `file:line:column` of the entry that gives it. Give such a layer `activations = ["none"]` in a
 //! `[[layer]]` table, or exclude it.
+//!
+//! A GGML block format fits a layer only when the in-features of each of its factors are a multiple of
+//! the format's row multiple ([`GgmlFormat::row_multiple`]: 256 for K-types, 32 or 64 for the others;
+//! with `rank<P>` the first factor's in-features are the rank k). Offered by `[defaults]`, a format is
+//! left out quietly where it does not fit (recorded in [`SearchSpace::dropped`]; `mpsearch inspect
+//! --space` lists them); asked for by a `[[layer]]` table (`ggml` or `choices`) or a pin for a layer it
+//! does not fit, it is an error at the `file:line:column` of that entry, naming the layer and the rule.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -56,8 +66,10 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::choice::{ActQuant, Choice, Granularity, QuantScheme, Sparsity, WeightQuant, BITS};
-use super::{LayerInfo, LayerStatus, SearchSpace, SpaceGroup, SpaceLayer};
+use super::choice::{
+    ActQuant, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity, WeightQuant, BITS,
+};
+use super::{DroppedChoice, LayerInfo, LayerStatus, SearchSpace, SpaceGroup, SpaceLayer};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +104,7 @@ struct ChoiceSet {
     pattern: Option<Spanned<String>>,
     choices: Option<Vec<Spanned<String>>>,
     float: Option<Vec<Spanned<String>>>,
+    ggml: Option<Vec<Spanned<String>>>,
     bits: Option<Vec<Spanned<i64>>>,
     schemes: Option<Vec<Spanned<String>>>,
     granularity: Option<Vec<Spanned<String>>>,
@@ -145,6 +158,8 @@ struct Resolver<'a> {
 #[derive(Clone, Debug)]
 struct Product {
     float: Vec<WeightQuant>,
+    /// GGML block formats, each with where a `[[layer]]` table asked for it (`None`: from `[defaults]`).
+    ggml: Vec<(GgmlFormat, Option<Range<usize>>)>,
     bits: Vec<u8>,
     schemes: Vec<QuantScheme>,
     granularity: Vec<Granularity>,
@@ -161,6 +176,7 @@ impl Default for Product {
     fn default() -> Self {
         Product {
             float: vec![WeightQuant::F32],
+            ggml: vec![],
             bits: vec![],
             schemes: vec![QuantScheme::Symmetric],
             granularity: vec![Granularity::Channel],
@@ -177,6 +193,7 @@ impl Default for Product {
 impl Product {
     fn choices(&self) -> Vec<Choice> {
         let mut weights = self.float.clone();
+        weights.extend(self.ggml.iter().map(|(g, _)| WeightQuant::Ggml(*g)));
         for &bits in &self.bits {
             for &scheme in &self.schemes {
                 for &granularity in &self.granularity {
@@ -199,6 +216,12 @@ impl Product {
         for &w in &weights {
             for &act in &self.activations {
                 for &sparsity in &sparsities {
+                    // A GGML format takes only the parts it combines with (see the module docs).
+                    let takes = act == ActQuant::None
+                        && matches!(sparsity, Sparsity::None | Sparsity::Channels(_));
+                    if w.ggml().is_some() && !takes {
+                        continue;
+                    }
                     for &rank in &self.rank {
                         out.push(Choice {
                             weights: w,
@@ -220,15 +243,20 @@ impl Product {
 #[derive(Clone, Debug)]
 enum Set {
     Product(Product),
-    /// A `choices` list, and where its first choice with activation quantization was written.
-    Explicit(Vec<Choice>, Option<Range<usize>>),
+    /// A `choices` list, where its first choice with activation quantization was written, and where
+    /// each of its GGML block-format choices was written (empty when it is `[defaults]`' list).
+    Explicit(
+        Vec<Choice>,
+        Option<Range<usize>>,
+        Vec<(Choice, Range<usize>)>,
+    ),
 }
 
 impl Set {
     fn choices(&self) -> Vec<Choice> {
         match self {
             Set::Product(p) => p.choices(),
-            Set::Explicit(c, _) => c.clone(),
+            Set::Explicit(c, ..) => c.clone(),
         }
     }
 
@@ -236,7 +264,34 @@ impl Set {
     fn act_span(&self) -> Option<Range<usize>> {
         match self {
             Set::Product(p) => p.act_span.clone(),
-            Set::Explicit(_, span) => span.clone(),
+            Set::Explicit(_, span, _) => span.clone(),
+        }
+    }
+
+    /// The GGML block-format choices a `[[layer]]` table (not `[defaults]`) asked for, with where.
+    fn asked(&self) -> Vec<(Choice, Range<usize>)> {
+        match self {
+            Set::Product(p) => p
+                .choices()
+                .into_iter()
+                .filter_map(|c| {
+                    let g = c.weights.ggml()?;
+                    let span = p.ggml.iter().find(|(f, _)| *f == g)?.1.clone()?;
+                    Some((c, span))
+                })
+                .collect(),
+            Set::Explicit(_, _, asked) => asked.clone(),
+        }
+    }
+
+    /// The same set as `[defaults]` gives it: no choice of it was asked for by a `[[layer]]` table.
+    fn as_defaults(self) -> Set {
+        match self {
+            Set::Product(mut p) => {
+                p.ggml.iter_mut().for_each(|(_, span)| *span = None);
+                Set::Product(p)
+            }
+            Set::Explicit(c, act, _) => Set::Explicit(c, act, Vec::new()),
         }
     }
 }
@@ -249,6 +304,10 @@ struct Layers {
     span: Vec<Range<usize>>,
     /// Where each layer's activation quantization was given, if it is offered any.
     act_span: Vec<Option<Range<usize>>>,
+    /// Each layer's GGML block-format choices asked for by a `[[layer]]` table or a pin, with where.
+    asked: Vec<Vec<(Choice, Range<usize>)>>,
+    /// Choices `[defaults]` offered that a layer's weight cannot take (filled by `fit_blocks`).
+    dropped: Vec<DroppedChoice>,
 }
 
 impl Resolver<'_> {
@@ -339,9 +398,25 @@ impl Resolver<'_> {
     /// Applies the product fields of `set` on top of `base`, validating each value.
     fn merge(&self, mut base: Product, set: &ChoiceSet) -> Result<Product> {
         if let Some(v) = &set.float {
-            base.float = self.strings(v, "float", "f32, f16 or bf16", |s| {
-                s.parse::<WeightQuant>().ok().filter(WeightQuant::is_float)
-            })?;
+            base.float = self.strings(
+                v,
+                "float",
+                "f32, f16 or bf16 (GGML block formats go in `ggml`)",
+                |s| s.parse::<WeightQuant>().ok().filter(WeightQuant::is_float),
+            )?;
+        }
+        if let Some(v) = &set.ggml {
+            let formats = self.strings(
+                v,
+                "ggml",
+                "a GGML block format: q2_k, q3_k, q4_k, q5_k, q6_k, q8_0, q4_0, q4_1, q5_0, q5_1",
+                |s| s.parse::<GgmlFormat>().ok(),
+            )?;
+            base.ggml = formats
+                .into_iter()
+                .zip(v)
+                .map(|(g, s)| (g, Some(s.span())))
+                .collect();
         }
         if let Some(v) = &set.bits {
             base.bits = self.bits(v)?;
@@ -472,14 +547,21 @@ impl Resolver<'_> {
             .zip(&out)
             .find(|(_, c)| c.act != ActQuant::None)
             .map(|(s, _)| s.span());
+        let asked = list
+            .iter()
+            .zip(&out)
+            .filter(|(_, c)| c.weights.ggml().is_some())
+            .map(|(s, c)| (*c, s.span()))
+            .collect();
         out.sort();
         out.dedup();
-        Ok(Set::Explicit(out, act_span))
+        Ok(Set::Explicit(out, act_span, asked))
     }
 
     /// Applies one table (defaults or an override) to a layer's set.
     fn apply(&self, current: &Set, table: &ChoiceSet, span: Range<usize>) -> Result<Set> {
         let has_product = table.float.is_some()
+            || table.ggml.is_some()
             || table.bits.is_some()
             || table.schemes.is_some()
             || table.granularity.is_some()
@@ -492,8 +574,8 @@ impl Resolver<'_> {
             if has_product {
                 return Err(self.err(
                     span,
-                    "a table gives either `choices` or the product fields (float, bits, schemes, granularity, \
-                     activations, sparsity, nm, channels, rank), not both",
+                    "a table gives either `choices` or the product fields (float, ggml, bits, schemes, \
+                     granularity, activations, sparsity, nm, channels, rank), not both",
                 ));
             }
             return self.explicit(list);
@@ -517,6 +599,7 @@ impl Resolver<'_> {
         let mut layers = self.layer_sets(&file)?;
         self.pin(&file.pin, &mut layers)?;
         self.exclude(&file.space.exclude, &mut layers)?;
+        self.fit_blocks(&mut layers)?;
         self.check_not_empty(&layers)?;
         self.check_ids_not_quantized(&layers)?;
         let group_of = self.groups(&file.group)?;
@@ -534,7 +617,9 @@ impl Resolver<'_> {
                     "[defaults] applies to every layer and takes no `match`; put per-layer choices in a [[layer]] table",
                 ))
             }
-            Some(d) => self.apply(&Set::Product(Product::default()), d.get_ref(), d.span())?,
+            Some(d) => self
+                .apply(&Set::Product(Product::default()), d.get_ref(), d.span())?
+                .as_defaults(),
             None => Set::Product(Product::default()),
         };
         let mut sets: Vec<Set> = vec![defaults; n];
@@ -555,6 +640,8 @@ impl Resolver<'_> {
         Ok(Layers {
             choices: sets.iter().map(Set::choices).collect(),
             act_span: sets.iter().map(Set::act_span).collect(),
+            asked: sets.iter().map(Set::asked).collect(),
+            dropped: Vec::new(),
             status: vec![LayerStatus::Searchable; n],
             span,
         })
@@ -574,6 +661,7 @@ impl Resolver<'_> {
                 layers.status[i] = LayerStatus::Pinned;
                 layers.span[i] = p.pattern.span();
                 layers.act_span[i] = (choice.act != ActQuant::None).then(|| p.choice.span());
+                layers.asked[i] = vec![(choice, p.choice.span())];
             }
         }
         Ok(())
@@ -596,25 +684,76 @@ impl Resolver<'_> {
                 layers.choices[i] = vec![Choice::F32];
                 layers.status[i] = LayerStatus::Excluded;
                 layers.act_span[i] = None;
+                layers.asked[i].clear();
             }
+        }
+        Ok(())
+    }
+
+    /// GGML block formats only where every factor's in-features fit their blocks
+    /// ([`Choice::block_misfit`]): one asked for by a `[[layer]]` table or a pin is an error there,
+    /// naming the layer and the rule; one from `[defaults]` is dropped and recorded.
+    fn fit_blocks(&self, layers: &mut Layers) -> Result<()> {
+        for (i, info) in self.layers.iter().enumerate() {
+            let mut kept = Vec::with_capacity(layers.choices[i].len());
+            for &c in &layers.choices[i] {
+                let Some(why) = c.block_misfit(info.rows(), info.cols()) else {
+                    kept.push(c);
+                    continue;
+                };
+                if let Some((_, span)) = layers.asked[i].iter().find(|(a, _)| *a == c) {
+                    return Err(self.err(
+                        span.clone(),
+                        format!(
+                            "layer `{}` ({} {}) cannot take `{c}`: {why}. Leave {} out of the list \
+                             for this layer (in [defaults] a format is left out quietly where it does \
+                             not fit), or narrow the pattern to layers it fits",
+                            info.name,
+                            info.kind,
+                            info.shape_string(),
+                            c.weights
+                        ),
+                    ));
+                }
+                layers.dropped.push(DroppedChoice {
+                    layer: info.name.clone(),
+                    choice: c,
+                    why,
+                });
+            }
+            layers.choices[i] = kept;
         }
         Ok(())
     }
 
     /// Every layer has at least one choice.
     fn check_not_empty(&self, layers: &Layers) -> Result<()> {
-        match layers.choices.iter().position(Vec::is_empty) {
-            None => Ok(()),
-            Some(i) => Err(self.err(
-                layers.span[i].clone(),
-                format!(
-                    "layer `{}` has an empty choice set: a list here (or in [defaults]) is empty, so there \
-                     is nothing to choose from; give at least one weight format (float or bits) and one \
-                     value of each other list",
-                    self.layers[i].name
-                ),
-            )),
-        }
+        let Some(i) = layers.choices.iter().position(Vec::is_empty) else {
+            return Ok(());
+        };
+        let name = &self.layers[i].name;
+        let dropped: Vec<String> = layers
+            .dropped
+            .iter()
+            .filter(|d| &d.layer == name)
+            .map(|d| d.choice.to_string())
+            .collect();
+        let also = if dropped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} left out: their blocks do not fit its in-features)",
+                dropped.join(", ")
+            )
+        };
+        Err(self.err(
+            layers.span[i].clone(),
+            format!(
+                "layer `{name}` has an empty choice set{also}: a list here (or in [defaults]) is \
+                 empty, so there is nothing to choose from; give at least one weight format (float, \
+                 ggml or bits) and one value of each other list"
+            ),
+        ))
     }
 
     /// No layer whose input is ids (an embedding) is offered activation quantization: the error points
@@ -691,6 +830,7 @@ impl Resolver<'_> {
             origin: self.path.to_path_buf(),
             layers: members,
             groups,
+            dropped: layers.dropped,
         })
     }
 

@@ -74,6 +74,17 @@ impl SpaceGroup {
     }
 }
 
+/// A choice `[defaults]` offered a layer that its weight cannot take — a GGML block format whose
+/// blocks do not fit the in-features of one of its factors ([`Choice::block_misfit`]) — left out of
+/// the layer's set (a `[[layer]]` table or pin that asks for one is an error instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedChoice {
+    pub layer: String,
+    pub choice: Choice,
+    /// Why: the block rule it breaks.
+    pub why: String,
+}
+
 /// A point of the space: one choice index per group (the form strategies work with).
 pub type Point = Vec<u16>;
 
@@ -87,6 +98,8 @@ pub struct SearchSpace {
     /// Every compressible layer of the model, in inventory order.
     pub layers: Vec<SpaceLayer>,
     pub groups: Vec<SpaceGroup>,
+    /// Choices `[defaults]` offered that some layers cannot take, left out of their sets.
+    pub dropped: Vec<DroppedChoice>,
 }
 
 impl SearchSpace {
@@ -180,6 +193,11 @@ impl SearchSpace {
     /// choice allowed by the most searchable groups (the first in choice order on a tie) is given to every
     /// searchable group that allows it; the others stay f32 where allowed (else their first choice).
     /// Pinned and excluded layers keep their fixed choice.
+    ///
+    /// Then `all-q8_0`, `all-q4_k` and `all-q4_0` (the plain GGML formats with fast kernels in candle and
+    /// the staples of llama.cpp's mixes), each only where **every** searchable group allows it: whether
+    /// a format fits a layer is its in-features' business, not the space's, so a partial "all-q4_k"
+    /// (q4_k where the blocks fit, f32 elsewhere) would be a mix under a uniform name.
     pub fn baselines(&self) -> Vec<(String, Choice, Assignment)> {
         let plain_int = |c: &Choice, b: u8| {
             matches!(c.weights, WeightQuant::Int { bits, .. } if bits == b)
@@ -238,6 +256,14 @@ impl SearchSpace {
                 (l.info.name.clone(), pick)
             }));
             out.push((label.to_string(), choice, a));
+        }
+        for g in [GgmlFormat::Q8_0, GgmlFormat::Q4K, GgmlFormat::Q4_0] {
+            let choice = Choice::weights(WeightQuant::Ggml(g));
+            let mut searchable = self.searchable_groups().peekable();
+            if searchable.peek().is_none() || !searchable.all(|gr| gr.choices.contains(&choice)) {
+                continue;
+            }
+            out.push((format!("all-{g}"), choice, self.baseline(&choice)));
         }
         out
     }

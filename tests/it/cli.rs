@@ -433,3 +433,27 @@ fn a_malformed_store_url_is_refused_without_echoing_its_password() {
     let e = usage_error(d.path(), &["runs", "--store", "ftp://x"]);
     assert!(e.contains("`ftp://` stores are not supported"), "{e}");
 }
+
+/// `inspect --space ggml` says which formats `[defaults]` offered that a layer cannot take, and why.
+#[test]
+fn inspect_lists_the_ggml_formats_left_out_and_why() {
+    let dir = Dir::new();
+    let m = minilm_folder(&dir);
+    let m = m.to_str().unwrap();
+    let out = ok(dir.path(), &["inspect", "--model", m, "--space", "ggml"]);
+    assert!(
+        out.contains("left out of [defaults] where a layer cannot take them")
+            && out.contains("q4_k on 31 layers: q4_k needs in-features that are a multiple of 256"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        dir.path(),
+        &["inspect", "--model", m, "--space", "ggml", "--json"],
+    ))
+    .unwrap();
+    let dropped = v["dropped"].as_array().unwrap();
+    assert_eq!(dropped.len(), 5 * 31);
+    assert!(dropped
+        .iter()
+        .any(|d| d["layer"] == "embeddings.word_embeddings" && d["choice"] == "q2_k"));
+}

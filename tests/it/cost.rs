@@ -763,3 +763,94 @@ fn ggml_tables_are_validated_where_they_are_wrong() {
     );
     assert!(widened.cost.latency_us < b.cost.latency_us);
 }
+
+/// `cost --assignment` shows a q-format layer's arithmetic (its weights times its activation blocks)
+/// and what runs it: its kernel on a CPU profile, a dequantized f32 copy with the quantize–dequantize
+/// pass on the Edge TPU.
+#[test]
+fn cost_of_an_assignment_shows_the_ggml_kernel_or_its_fallback() {
+    let d = Dir::new();
+    let m = crate::util::minilm_folder(&d);
+    let m = m.to_str().unwrap();
+    d.write(
+        "a.json",
+        r#"{"default": "f32", "layers": {"encoder.layer.0.output.dense": "q4_k", "encoder.layer.0.attention.self.query": "q4_0", "encoder.layer.1.intermediate.dense": "q5_1"}}"#,
+    );
+    let run = |profile: &str| -> serde_json::Value {
+        serde_json::from_str(&crate::util::ok(
+            d.path(),
+            &[
+                "cost",
+                "--model",
+                m,
+                "--space",
+                "ggml",
+                "--profile",
+                profile,
+                "--assignment",
+                "a.json",
+                "--json",
+            ],
+        ))
+        .unwrap()
+    };
+    let layer = |json: &serde_json::Value, name: &str| {
+        json["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let cpu = run("x86-avx2");
+    let tpu = run("edgetpu");
+    for (name, arithmetic, kernel) in [
+        ("encoder.layer.0.output.dense", "q4_k×q8_k", "q4_k kernel"),
+        (
+            "encoder.layer.0.attention.self.query",
+            "q4_0×q8_0",
+            "q4_0 kernel",
+        ),
+        (
+            "encoder.layer.1.intermediate.dense",
+            "q5_1×q8_1",
+            "q5_1 kernel",
+        ),
+    ] {
+        let c = layer(&cpu, name);
+        assert_eq!(c["arithmetic"], arithmetic, "{name}");
+        assert_eq!(c["kernel"], kernel, "{name}");
+        let t = layer(&tpu, name);
+        assert_eq!(t["arithmetic"], arithmetic, "{name}");
+        let blocks = arithmetic.split('×').nth(1).unwrap();
+        assert_eq!(
+            t["kernel"],
+            format!("dequantized → f32 + {blocks} quantize–dequantize"),
+            "{name}"
+        );
+    }
+    // 384 × 1536 in q4_k: 384 rows × 6 blocks × 144 bytes, plus the f32 bias.
+    assert_eq!(
+        layer(&cpu, "encoder.layer.0.output.dense")["bytes"],
+        384 * 6 * 144 + 384 * 4
+    );
+    let table = crate::util::ok(
+        d.path(),
+        &[
+            "cost",
+            "--model",
+            m,
+            "--space",
+            "ggml",
+            "--profile",
+            "edgetpu",
+            "--assignment",
+            "a.json",
+        ],
+    );
+    assert!(
+        table.contains("q4_k×q8_k") && table.contains("dequantized → f32 + q8_k"),
+        "{table}"
+    );
+}

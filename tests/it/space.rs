@@ -2,7 +2,7 @@
 
 use mpsearch::space::{file, Assignment, Choice, LayerStatus, SearchSpace};
 
-use crate::util::{toy_layers, Dir};
+use crate::util::{choice, toy_layers, Dir};
 
 const HEAD: &str = "[space]\nname = \"toy\"\n";
 
@@ -505,6 +505,146 @@ fn baselines_of_the_demo_space_are_the_uniform_references_it_allows() {
                 assert_eq!(a.get("fc2"), Some(&Choice::F32));
                 assert_eq!(a.get("fc1"), Some(choice));
             }
+        }
+    }
+}
+
+/// A GGML block format is offered where its blocks fit every factor's in-features, combined only with
+/// the parts it takes; what `[defaults]` offered a layer that cannot take it is left out and recorded.
+#[test]
+fn ggml_formats_are_offered_only_where_their_blocks_fit() {
+    let s = parse(
+        "[defaults]\nfloat = [\"f32\"]\nggml = [\"q8_0\", \"q4_k\", \"q5_0\"]\n\
+         activations = [\"none\", \"act8-dynamic\"]\nsparsity = [0.0, 0.5]\nchannels = [0.25]\n\
+         rank = [1.0, 0.5]\n",
+    )
+    .unwrap();
+    // block.0.ffn is 256 × 64: rank50 keeps k = 32. f32 takes every part (2 × 3 × 2 = 12); q8_0
+    // takes no act8 and no sparse50 (2 × 2 = 4, k = 32 fits its 32-blocks); q5_0 needs 64 in-features
+    // per factor (its 32-blocks in pairs): full rank only (2); q4_k needs 256: nothing.
+    let ffn = s.groups.iter().find(|g| g.name == "block.0.ffn").unwrap();
+    let ggml: Vec<String> = ffn
+        .choices
+        .iter()
+        .filter(|c| c.weights.ggml().is_some())
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(
+        ggml,
+        [
+            "q8_0",
+            "q8_0+rank50",
+            "q8_0+channels25",
+            "q8_0+channels25+rank50",
+            "q5_0",
+            "q5_0+channels25"
+        ]
+    );
+    assert_eq!(ffn.choices.len(), 12 + 6);
+    let dropped: Vec<(String, &str)> = s
+        .dropped
+        .iter()
+        .filter(|d| d.layer == "block.0.ffn")
+        .map(|d| (d.choice.to_string(), d.why.as_str()))
+        .collect();
+    assert_eq!(dropped.len(), 4 + 2, "{dropped:?}");
+    assert!(dropped
+        .iter()
+        .filter(|(c, _)| c.starts_with("q4_k"))
+        .all(|(_, why)| why.contains("multiple of 256") && why.contains("has 64")));
+    let (_, why) = dropped.iter().find(|(c, _)| c == "q5_0+rank50").unwrap();
+    assert!(
+        why.contains("k = 32") && why.contains("multiple of 64"),
+        "{why}"
+    );
+    // A [[layer]] table that changes only the rank inherits the formats from [defaults]: what no
+    // longer fits is left out quietly there too.
+    let s = parse(
+        "[defaults]\nggml = [\"q5_0\"]\n[[layer]]\nmatch = '^head$'\nrank = [0.5]\nfloat = [\"f32\"]\n",
+    )
+    .unwrap();
+    let head = s.groups.iter().find(|g| g.name == "head").unwrap();
+    assert_eq!(head.choices, vec![choice("f32+rank50")]);
+}
+
+/// Asked for by a `[[layer]]` table or a pin for a layer it does not fit, a GGML format is refused at
+/// the entry, naming the layer and the block rule.
+#[test]
+fn a_ggml_format_asked_for_a_layer_it_does_not_fit_is_refused_where_it_is_asked() {
+    refused_at(
+        "[[layer]]\nmatch = '^head$'\nggml = [\"q8_0\", \"q4_k\"]\n",
+        5,
+        17,
+        &["`head`", "cannot take `q4_k`", "multiple of 256", "has 64"],
+    );
+    refused_at(
+        "[[layer]]\nmatch = '^head$'\nchoices = [\"f32\", \"q8_0+rank50\"]\n",
+        5,
+        19,
+        &["`head`", "q8_0+rank50", "k = 5", "multiple of 32"],
+    );
+    refused_at(
+        "[[pin]]\nmatch = '^head$'\nchoice = \"q5_1+rank50\"\n",
+        5,
+        10,
+        &["`head`", "q5_1+rank50", "k = 5", "multiple of 64"],
+    );
+    refused_at(
+        "[defaults]\nfloat = []\nggml = [\"q4_k\"]\n",
+        3,
+        1,
+        &["`block.0.q`", "empty choice set", "q4_k left out"],
+    );
+    refused_at(
+        "[defaults]\nfloat = [\"q4_k\"]\n",
+        4,
+        10,
+        &["GGML block formats go in `ggml`"],
+    );
+}
+
+/// On a MiniLM-shaped encoder (384 wide, 1536 in the FFN), the shipped `ggml` space offers every
+/// format that fits: the legacy ones everywhere, the K-types only on the FFN down projections; the
+/// position and token-type tables stay f32 as llama.cpp leaves them; its uniform baselines are the
+/// formats every layer takes.
+#[test]
+fn the_ggml_space_fits_a_minilm_shaped_folder() {
+    let dir = Dir::new();
+    let folder = crate::util::minilm_folder(&dir);
+    let inv = mpsearch::model::inventory(&mpsearch::model::ModelSource::Folder(folder)).unwrap();
+    let s = mpsearch::shipped::space("ggml", &inv.layers).unwrap();
+    let names = |layer: &str| -> Vec<String> {
+        let l = s.layers.iter().find(|l| l.info.name == layer).unwrap();
+        s.groups[l.group]
+            .choices
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    };
+    let legacy = ["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"];
+    for layer in [
+        "embeddings.word_embeddings",
+        "encoder.layer.0.attention.self.query",
+        "encoder.layer.3.intermediate.dense",
+    ] {
+        let mut got = names(layer);
+        got.sort();
+        let mut want: Vec<String> = legacy.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "{layer}");
+    }
+    assert_eq!(names("encoder.layer.5.output.dense").len(), 12);
+    assert_eq!(names("embeddings.position_embeddings"), ["f32"]);
+    // 5 K-types left out of 31 layers of 384 in-features (q, k, v, attention output, FFN up × 6,
+    // and the word embeddings).
+    assert_eq!(s.dropped.len(), 5 * 31);
+    assert!(s.dropped.iter().all(|d| d.why.contains("has 384")));
+    let labels: Vec<String> = s.baselines().into_iter().map(|b| b.0).collect();
+    assert_eq!(labels, ["all-f32", "all-f16", "all-q8_0", "all-q4_0"]);
+    // Every q-format choice round-trips through the notation.
+    for g in &s.groups {
+        for c in &g.choices {
+            assert_eq!(c.to_string().parse::<Choice>().unwrap(), *c);
         }
     }
 }
