@@ -6,16 +6,20 @@
 //! that gives the layer, its choice, the type and, where the type is not the same format, what
 //! differs or is dropped.
 //!
-//! **Types** ([`GgmlType::closest`]): by bit-width — 8 → `q8_0`; 7 → `q8_0` (no 7-bit type);
-//! 6 → `q6_k`; 5 → `q5_0` (symmetric) or `q5_1` (asymmetric); 4 → `q4_0` / `q4_1`; 3 → `q3_k`;
-//! 2 → `q2_k`; f32, f16, bf16 → themselves. A mapping is the **same format** when the bits, the scheme
-//! (symmetric ↔ a scale only, asymmetric ↔ a scale and a minimum) and the group size (the GGML block)
-//! agree; otherwise the comment says what differs (per-channel or per-tensor scales become blocks,
-//! an asymmetric grid becomes symmetric, …). Every GGML type stores its block scales in f16 (K-types
-//! quantize the sub-block scales again, to 4–8 bits), and GGML's symmetric types `q4_0`, `q5_0`, `q3_k`,
-//! `q6_k` use the full signed range (e.g. −8…7) where mpsearch's symmetric grid is restricted (−7…7):
-//! `llama-quantize` re-quantizes the original weights with its own scales, so these lines transfer
-//! the per-layer bit allocation, not mpsearch's codes.
+//! **Types** ([`GgmlType::of`]): f32, f16, bf16 and the GGML block formats (`q4_k`…, the notation's
+//! [`GgmlFormat`]) are themselves — a q-format choice is written as exactly its type, which
+//! `llama-quantize` quantizes with ggml's own quantizer (candle's, which mpsearch evaluated, is a port
+//! of ggml's reference quantizers; `--imatrix` would weigh them differently). An `int<b>` choice maps
+//! to the closest type by bit-width — 8 → `q8_0`; 7 → `q8_0` (no 7-bit type); 6 → `q6_k`; 5 → `q5_0`
+//! (symmetric) or `q5_1` (asymmetric); 4 → `q4_0` / `q4_1`; 3 → `q3_k`; 2 → `q2_k` — and is the **same
+//! format** only when the bits, the scheme (symmetric ↔ a scale only, asymmetric ↔ a scale and a
+//! minimum) and the group size (the values per scale) agree; otherwise the comment says what differs
+//! (per-channel or per-tensor scales become blocks, an asymmetric grid becomes symmetric, …). Every
+//! GGML type stores its block scales in f16 (K-types quantize the sub-block scales again, to 4–8
+//! bits), and GGML's symmetric types `q4_0`, `q5_0`, `q3_k`, `q6_k` use the full signed range (e.g.
+//! −8…7) where mpsearch's symmetric grid is restricted (−7…7): `llama-quantize` re-quantizes the
+//! original weights with its own scales, so an `int<b>` line transfers the per-layer bit allocation,
+//! not mpsearch's codes.
 //!
 //! **Dropped** (no GGML equivalent): sparsity (unstructured, N:M, removed channels — GGUF tensors are
 //! dense and `llama-quantize` starts from the dense original), low rank (GGUF stores the full matrix),
@@ -35,22 +39,14 @@ use crate::space::{
     WeightQuant,
 };
 
-/// The GGML tensor types the lines use.
+/// The GGUF tensor types the lines use: the float types and the GGML block formats, whose facts are
+/// [`GgmlFormat`]'s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
     F16,
     Bf16,
-    Q8_0,
-    Q6K,
-    Q5K,
-    Q5_0,
-    Q5_1,
-    Q4K,
-    Q4_0,
-    Q4_1,
-    Q3K,
-    Q2K,
+    Block(GgmlFormat),
 }
 
 impl GgmlType {
@@ -60,16 +56,7 @@ impl GgmlType {
             GgmlType::F32 => "f32",
             GgmlType::F16 => "f16",
             GgmlType::Bf16 => "bf16",
-            GgmlType::Q8_0 => "q8_0",
-            GgmlType::Q6K => "q6_k",
-            GgmlType::Q5K => "q5_k",
-            GgmlType::Q5_0 => "q5_0",
-            GgmlType::Q5_1 => "q5_1",
-            GgmlType::Q4K => "q4_k",
-            GgmlType::Q4_0 => "q4_0",
-            GgmlType::Q4_1 => "q4_1",
-            GgmlType::Q3K => "q3_k",
-            GgmlType::Q2K => "q2_k",
+            GgmlType::Block(g) => g.name(),
         }
     }
 
@@ -78,79 +65,53 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 32,
             GgmlType::F16 | GgmlType::Bf16 => 16,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Q6K => 6,
-            GgmlType::Q5K | GgmlType::Q5_0 | GgmlType::Q5_1 => 5,
-            GgmlType::Q4K | GgmlType::Q4_0 | GgmlType::Q4_1 => 4,
-            GgmlType::Q3K => 3,
-            GgmlType::Q2K => 2,
+            GgmlType::Block(g) => g.code_bits(),
         }
     }
 
     /// Whether blocks carry a minimum besides the scale (affine, like mpsearch's asymmetric scheme).
     pub fn affine(&self) -> bool {
-        matches!(
-            self,
-            GgmlType::Q5K | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q4_1 | GgmlType::Q2K
-        )
+        matches!(self, GgmlType::Block(g) if g.affine())
     }
 
-    /// Values per scale (the block, or the K-types' sub-block); `None` for float types.
-    pub fn block(&self) -> Option<u32> {
+    /// Values per scale (the block, or a K-type's sub-block); `None` for float types.
+    pub fn scale_group(&self) -> Option<u32> {
         match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => None,
-            GgmlType::Q6K | GgmlType::Q3K | GgmlType::Q2K => Some(16),
-            _ => Some(32),
+            GgmlType::Block(g) => Some(g.scale_group() as u32),
+            _ => None,
         }
     }
 
-    /// Whether it is a K-type (super-blocks of 256 values: rows need a multiple of 256 columns).
-    pub fn k_type(&self) -> bool {
-        matches!(
-            self,
-            GgmlType::Q6K | GgmlType::Q5K | GgmlType::Q4K | GgmlType::Q3K | GgmlType::Q2K
-        )
-    }
-
-    /// Columns a row must be a multiple of for this type (1 for float types).
+    /// Columns a row must be a multiple of for `llama-quantize` to store this type: its block (256 for
+    /// K-types, 32 otherwise); 1 for float types.
     pub fn row_multiple(&self) -> usize {
-        match self.block() {
-            None => 1,
-            Some(_) if self.k_type() => 256,
-            Some(b) => b as usize,
+        match self {
+            GgmlType::Block(g) => g.block(),
+            _ => 1,
         }
     }
 
-    /// The closest type to a weight format (see the module docs).
-    pub fn closest(w: &WeightQuant) -> GgmlType {
+    /// The type of a weight format: itself for the float types and the GGML block formats, the closest
+    /// one by bit-width and scheme for `int<b>` (see the module docs).
+    pub fn of(w: &WeightQuant) -> GgmlType {
+        let block = GgmlType::Block;
         match *w {
             WeightQuant::F32 => GgmlType::F32,
             WeightQuant::F16 => GgmlType::F16,
             WeightQuant::Bf16 => GgmlType::Bf16,
-            WeightQuant::Ggml(g) => match g {
-                GgmlFormat::Q2K => GgmlType::Q2K,
-                GgmlFormat::Q3K => GgmlType::Q3K,
-                GgmlFormat::Q4K => GgmlType::Q4K,
-                GgmlFormat::Q5K => GgmlType::Q5K,
-                GgmlFormat::Q6K => GgmlType::Q6K,
-                GgmlFormat::Q8_0 => GgmlType::Q8_0,
-                GgmlFormat::Q4_0 => GgmlType::Q4_0,
-                GgmlFormat::Q4_1 => GgmlType::Q4_1,
-                GgmlFormat::Q5_0 => GgmlType::Q5_0,
-                GgmlFormat::Q5_1 => GgmlType::Q5_1,
-            },
+            WeightQuant::Ggml(g) => block(g),
             WeightQuant::Int { bits, scheme, .. } => {
                 let asym = scheme == QuantScheme::Asymmetric;
-                match bits {
-                    7.. => GgmlType::Q8_0,
-                    6 => GgmlType::Q6K,
-                    5 if asym => GgmlType::Q5_1,
-                    5 => GgmlType::Q5_0,
-                    4 if asym => GgmlType::Q4_1,
-                    4 => GgmlType::Q4_0,
-                    3 => GgmlType::Q3K,
-                    _ => GgmlType::Q2K,
-                }
+                block(match bits {
+                    7.. => GgmlFormat::Q8_0,
+                    6 => GgmlFormat::Q6K,
+                    5 if asym => GgmlFormat::Q5_1,
+                    5 => GgmlFormat::Q5_0,
+                    4 if asym => GgmlFormat::Q4_1,
+                    4 => GgmlFormat::Q4_0,
+                    3 => GgmlFormat::Q3K,
+                    _ => GgmlFormat::Q2K,
+                })
             }
         }
     }
@@ -171,9 +132,10 @@ impl GgmlMapping {
     }
 }
 
-/// Maps `choice` for a weight of `cols` input columns to its closest GGML type.
+/// Maps `choice` for a weight of `cols` input columns to its GGML type: exactly its own for float and
+/// GGML formats, the closest for `int<b>`.
 pub fn map_choice(choice: &Choice, cols: usize) -> GgmlMapping {
-    let ggml = GgmlType::closest(&choice.weights);
+    let ggml = GgmlType::of(&choice.weights);
     let mut d = Vec::new();
     if let WeightQuant::Int {
         bits,
@@ -199,11 +161,10 @@ pub fn map_choice(choice: &Choice, cols: usize) -> GgmlMapping {
                 ggml.name()
             ));
         }
-        let block = ggml.block().unwrap_or(32);
-        let blocks = if ggml.k_type() {
-            format!("blocks of {block} in super-blocks of 256")
-        } else {
-            format!("blocks of {block}")
+        let block = ggml.scale_group().unwrap_or(32);
+        let blocks = match ggml {
+            GgmlType::Block(g) if g.is_k() => format!("blocks of {block} in super-blocks of 256"),
+            _ => format!("blocks of {block}"),
         };
         match granularity {
             Granularity::Group(g) if g == block => {}
@@ -305,9 +266,10 @@ pub fn tensor_type_lines(
     let mut out = format!(
         "# llama-quantize per-tensor types from mpsearch, {}\n\
          # usage: llama-quantize $(grep -v '^#' THIS_FILE) MODEL-f32.gguf OUT.gguf TYPE\n\
-         # Each layer's choice maps to the closest GGML type; comments say where it is not the same format\n\
-         # and what is dropped. llama-quantize re-quantizes the original weights with its own f16 block\n\
-         # scales: these lines carry the per-layer bit allocation, not mpsearch's codes.\n",
+         # A GGML block-format choice (q4_k, q8_0, ...) is exactly its type; an int<b> choice maps to the\n\
+         # closest type, and its comment says where that is not the same format. Comments also say what\n\
+         # is dropped. llama-quantize quantizes the original weights with ggml's own quantizer: for an\n\
+         # int<b> layer these lines carry the bit allocation, not mpsearch's codes.\n",
         header.source
     );
     if bert {
@@ -354,6 +316,22 @@ mod tests {
     }
 
     #[test]
+    fn ggml_formats_are_their_own_type_exactly() {
+        for g in GgmlFormat::ALL {
+            let m = map(g.name(), 512);
+            assert_eq!(m.ggml, GgmlType::Block(g));
+            assert_eq!(m.ggml.name(), g.name());
+            assert!(m.exact(), "{g}: {:?}", m.differences);
+        }
+        // Their removed channels and rank are dropped (GGUF keeps the full dense tensor); the type is
+        // still exact.
+        let m = map("q4_k+channels25+rank50", 512);
+        assert_eq!(m.ggml, GgmlType::Block(GgmlFormat::Q4K));
+        assert_eq!(m.differences.len(), 2, "{:?}", m.differences);
+        assert!(m.differences.iter().all(|d| d.contains("dropped")));
+    }
+
+    #[test]
     fn exact_formats_map_without_notes() {
         for (c, t) in [
             ("f32", "f32"),
@@ -376,10 +354,10 @@ mod tests {
     #[test]
     fn inexact_formats_say_what_differs() {
         let m = map("int4-asym-channel", 512);
-        assert_eq!(m.ggml, GgmlType::Q4_1);
+        assert_eq!(m.ggml, GgmlType::Block(GgmlFormat::Q4_1));
         assert_eq!(m.differences, ["per-channel scales become blocks of 32"]);
         let m = map("int7-asym-tensor+act8-dynamic+2:4+rank50", 512);
-        assert_eq!(m.ggml, GgmlType::Q8_0);
+        assert_eq!(m.ggml, GgmlType::Block(GgmlFormat::Q8_0));
         let all = m.differences.join("; ");
         for part in [
             "no 7-bit",

@@ -5,11 +5,11 @@
 //! - **assignment JSON** ([`assignment_json`]): exactly the `{"default": …, "layers": {…}}` the trial
 //!   was evaluated with, which `mpsearch eval --assignment` and `mpsearch cost --assignment` accept;
 //! - **llama.cpp lines** ([`llama::tensor_type_lines`]): one `--tensor-type NAME=TYPE` line per layer
-//!   for `llama-quantize`, each layer's choice mapped to the closest GGML type, with a comment saying
-//!   where the mapping is not exact;
+//!   for `llama-quantize`: a GGML block-format choice as exactly its type, an `int<b>` choice mapped to
+//!   the closest one, with a comment saying where the mapping is not exact and what is dropped;
 //! - **compressed weights** ([`safetensors::write_compressed`]): every compressed layer in its
-//!   compact form (integer codes with scales and zero points, kept values with their sparsity pattern,
-//!   the two low-rank factors), read back by [`safetensors::load_compressed`].
+//!   compact form (integer codes with scales and zero points, a GGML format's blocks, kept values with
+//!   their sparsity pattern, the two low-rank factors), read back by [`safetensors::load_compressed`].
 //!
 //! Runs are read from the store alone ([`crate::store::query`]), never through the search controller.
 //! The safetensors codec is the one part that touches candle: it compresses the model's weights with

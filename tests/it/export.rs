@@ -598,7 +598,7 @@ fn conv_nm_is_stored_along_input_channels() {
         .collect();
     assert_eq!(vec![places[0] & 3, (places[0] >> 2) & 3], first);
     let file = read_compressed(&path).unwrap();
-    assert_eq!(file.metadata["format_version"], "2");
+    assert_eq!(file.metadata["format_version"], "3");
 }
 
 #[test]
@@ -672,5 +672,123 @@ fn hand_export(trial: u64, asg: &Assignment) -> ExportInfo {
         space: "none".into(),
         scale: ScaleMethod::Mse,
         rounding: Rounding::Rtn,
+    }
+}
+
+/// A GGML-format layer is stored as candle's blocks (ggml's byte layout, U8, format in the metadata)
+/// and reads back to exactly the compressed weight: the blocks dequantized, the values candle's kernel
+/// multiplies. Removed channels keep their kept rows' blocks only; a factorized layer stores both
+/// factors' blocks.
+#[test]
+fn ggml_layers_are_stored_as_their_blocks_and_read_back_exactly() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use mpsearch::compress::apply_choice;
+    let d = Dir::new();
+    let (model, _, _) = evaluator();
+    for (i, a) in [
+        [("fc1", "q4_k"), ("fc2", "q5_1+channels25")],
+        [("fc1", "q8_0+rank50"), ("fc2", "q4_0")],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let asg = Assignment::new(a.iter().map(|(l, c)| (l.to_string(), c.parse().unwrap())));
+        let path = d.path().join(format!("g{i}.safetensors"));
+        write_compressed(
+            model.as_ref(),
+            &asg,
+            &hand_export(i as u64, &asg),
+            None,
+            &path,
+        )
+        .unwrap();
+        let file = read_compressed(&path).unwrap();
+        assert_eq!(file.metadata["format_version"], "3");
+        for (layer, c) in a {
+            let choice: Choice = c.parse().unwrap();
+            let w = model.weight(layer).unwrap();
+            let expected = apply_choice(&w, &choice, ScaleMethod::Mse).unwrap();
+            let d = max_difference(&expected, &file.weights[*layer]).unwrap();
+            assert_eq!(d, 0.0, "{layer} `{c}` reads back {d} away");
+            assert!(file.metadata["layers"].contains(&format!("\"format\":\"{}\"", choice.weights)));
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let len = |t: &str| st.tensor(t).unwrap().data().len();
+        if i == 0 {
+            // fc1 [64, 512] in q4_k: 64 rows × 2 blocks × 144 bytes, byte for byte candle's.
+            let blocks = st.tensor("fc1.w.blocks").unwrap();
+            assert_eq!(blocks.dtype(), safetensors::Dtype::U8);
+            let w = model.weight("fc1").unwrap();
+            let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+            assert_eq!(blocks.data(), &*q.data().unwrap());
+            assert_eq!(blocks.data().len(), 64 * 2 * 144);
+            // ... and they dequantize to the weight read back.
+            let back = q.dequantize(&candle_core::Device::Cpu).unwrap();
+            assert_eq!(max_difference(&back, &file.weights["fc1"]).unwrap(), 0.0);
+            // fc2 [10, 64] without 25% of its rows: 7 kept rows × 2 blocks × 24 bytes.
+            assert_eq!(len("fc2.w.blocks"), 7 * 2 * 24);
+            assert_eq!(len("fc2.w.rows"), 7 * 4);
+            assert!(st.tensor("fc2.w.values").is_err());
+        } else {
+            // fc1 at rank 50: A is 64 × 32 (one 32-block a row), B 32 × 512 (16 blocks a row).
+            assert_eq!(len("fc1.a.blocks"), 64 * 34);
+            assert_eq!(len("fc1.b.blocks"), 32 * 16 * 34);
+            assert_eq!(len("fc2.w.blocks"), 10 * 2 * 18);
+        }
+    }
+}
+
+/// A GGML block-format choice is written as exactly its type, the same format; an int choice still
+/// maps to the closest one.
+#[test]
+fn ggml_choices_are_exported_to_llama_cpp_as_their_own_type() {
+    use mpsearch::export::llama::{tensor_type_lines, LinesHeader};
+    let d = Dir::new();
+    let folder = crate::util::minilm_folder(&d);
+    let inv = mpsearch::model::inventory(&ModelSource::Folder(folder)).unwrap();
+    let asg = Assignment::new(inv.layers.iter().map(|l| {
+        let c = if l.name.ends_with("output.dense") && !l.name.contains("attention") {
+            "q4_k"
+        } else if l.name.contains("attention.self.value") {
+            "q8_0+channels25"
+        } else {
+            "q5_0"
+        };
+        (l.name.clone(), c.parse::<Choice>().unwrap())
+    }));
+    let text = tensor_type_lines(
+        &inv.layers,
+        &asg,
+        &LinesHeader {
+            source: "test".into(),
+            architecture: inv.architecture.clone(),
+        },
+    );
+    assert!(
+        text.contains("--tensor-type blk.0.ffn_down.weight=q4_k"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--tensor-type blk.2.attn_q.weight=q5_0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--tensor-type blk.4.attn_v.weight=q8_0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# encoder.layer.0.output.dense: q4_k -> q4_k (same format)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("q8_0+channels25 -> q8_0 (NOT EXACT: channels25 dropped"),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| l.starts_with("# encoder")) {
+        assert!(
+            !line.contains("becomes"),
+            "a q-format is never approximated: {line}"
+        );
     }
 }

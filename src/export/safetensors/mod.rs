@@ -11,7 +11,7 @@
 //! This module holds the layout's types and bit packing; `write` lays a layer's compressed factors out
 //! as tensors and `read` densifies them back, each in named steps that follow the layout below.
 //!
-//! ## Layout (format version 2)
+//! ## Layout (format version 3)
 //!
 //! A layer `L` has one factor `w`, or two, `a` (rows × k) and `b` (k × cols), when it is factorized
 //! (`rank<P>`: `W ≈ A·B`). The factors are matrices in the matrix view of the weight (rows = output
@@ -27,6 +27,7 @@
 //! | `L.F.scales` | F32 | [stored rows, groups per row], or \[1\] per tensor | one scale per group |
 //! | `L.F.zero_points` | U8 | as `scales` | asymmetric only: one zero point per group |
 //! | `L.F.values` | F32, F16 or BF16 | [rows, cols] dense, else \[n\] | float formats: the stored values |
+//! | `L.F.blocks` | U8 | [stored rows · cols / block · block bytes] | GGML block formats: the stored rows' blocks |
 //! | `L.F.mask` | U8 | [⌈rows·cols/8⌉] | unstructured sparsity: 1 bit per value, 1 = kept |
 //! | `L.F.nm_index` | U8 | [⌈r·⌈log₂M⌉/8⌉] | N:M: each kept value of a full run: its place in the run of M |
 //! | `L.F.rows` | I32 | [kept rows] | removed channels (`w` or `a`): the kept rows, ascending |
@@ -48,6 +49,13 @@
 //! q in −(2^(b−1)−1)…2^(b−1)−1), and have no `zero_points` tensor. Groups: one per tensor, one per row,
 //! or `⌈cols/g⌉` per row of g consecutive columns (the last may be shorter); with removed channels,
 //! the rows of `scales` are the kept rows.
+//!
+//! **GGML blocks**: a factor in a GGML block format (its `format` in the metadata, `q4_k`…) stores
+//! the blocks candle's quantizer made of its stored rows (every row, or the kept rows of removed
+//! channels), one row after the other, each row `cols / block` blocks in candle's — and ggml's
+//! (`ggml-common.h`) — byte layout (`block_q4_K`: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128
+//! bytes of nibbles; little-endian). Their values are the blocks dequantized (by candle on reading):
+//! exactly the weights the evaluator's kernel multiplies. The format takes no other sparsity.
 //!
 //! **Reconstruction**: each factor is zeros but for its stored values; the weight is `w`, or `a·b`
 //! (an f32 product, summing in f32), reshaped to the layer's shape.
@@ -75,9 +83,13 @@ use crate::space::{Choice, Granularity, Sparsity};
 
 /// The `format` metadata value of an mpsearch compressed-weights file.
 pub const FORMAT: &str = "mpsearch-compressed-weights";
-/// The layout version this module writes and reads. Version 1 grouped N:M runs along consecutive
-/// columns (across a convolution's kernel positions) and pruned the ragged tail; it is not read.
-pub const FORMAT_VERSION: u32 = 2;
+/// The layout version this module writes. Version 1 grouped N:M runs along consecutive columns
+/// (across a convolution's kernel positions) and pruned the ragged tail; it is not read. Version 2
+/// stored a GGML format's factors as their dequantized f32 `values` (version 3 stores their `blocks`);
+/// it is read, with that difference.
+pub const FORMAT_VERSION: u32 = 3;
+/// The layout versions this module reads.
+pub const READS: std::ops::RangeInclusive<u32> = 2..=FORMAT_VERSION;
 
 const RECONSTRUCT: &str = "per factor (w, or a and b): zeros except the stored values; stored values \
     in row-major order: all (pattern dense), those whose mask bit is 1 (bitmask), all values of the rows \
@@ -85,8 +97,9 @@ const RECONSTRUCT: &str = "per factor (w, or a and b): zeros except the stored v
     product of shape[2:] for w and b, 1 for a; column = channel*kernel + p), N values per full run of \
     M input channels at their nm_index places, then the ragged tail of (in mod M) channels dense; \
     integer value = (code - z) * s with the group's scale and zero point (symmetric: z = 2^(bits-1)); \
-    codes, mask and nm_index are little-endian bit streams; weight = w, or the f32 product a.b, \
-    reshaped to the layer's shape";
+    codes, mask and nm_index are little-endian bit streams; a GGML format (q4_k, ...) stores the blocks \
+    of its stored rows in ggml's layout (ggml-common.h), values = the blocks dequantized; weight = w, \
+    or the f32 product a.b, reshaped to the layer's shape";
 
 /// Where the weights came from, recorded in the file's metadata.
 #[derive(Clone, Debug)]

@@ -3,16 +3,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
 use super::{
     groups_per_row, index_bits, row_positions, unpack, CompressedFile, FactorRecord, LayerRecord,
-    Pattern, Stored, FORMAT, FORMAT_VERSION,
+    Pattern, Stored, FORMAT, FORMAT_VERSION, READS,
 };
 use crate::compress::{factor_kernel, WeightMatrix};
 use crate::error::{Error, Result};
-use crate::space::{Choice, Granularity, QuantScheme, Sparsity, WeightQuant};
+use crate::space::{Choice, GgmlFormat, Granularity, QuantScheme, Sparsity, WeightQuant};
 
 /// Reads a compressed-weights file into dense f32 weights by layer name (in each layer's shape).
 pub fn load_compressed(path: &Path) -> Result<BTreeMap<String, Tensor>> {
@@ -37,13 +38,17 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<CompressedFile> {
              write one with `mpsearch export RUN --format safetensors`"
         )));
     }
-    let version = metadata.get("format_version").map(String::as_str);
-    if version != Some(&*FORMAT_VERSION.to_string()) {
-        return Err(bad(format!(
-            "format version {} is not the version this mpsearch reads ({FORMAT_VERSION})",
-            version.unwrap_or("(none)")
-        )));
-    }
+    let written = metadata.get("format_version").map(String::as_str);
+    let version = written
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|v| READS.contains(v))
+        .ok_or_else(|| {
+            bad(format!(
+                "format version {} is not one this mpsearch reads ({}..={FORMAT_VERSION})",
+                written.unwrap_or("(none)"),
+                READS.start()
+            ))
+        })?;
     let records: BTreeMap<String, LayerRecord> = metadata
         .get("layers")
         .ok_or_else(|| bad("metadata has no `layers`".into()))
@@ -60,7 +65,7 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<CompressedFile> {
         for (i, f) in r.factors.iter().enumerate() {
             let kernel = factor_kernel(&r.shape, r.factors.len(), i);
             factors.push(
-                read_factor(&st, name, f, kernel, &choice).map_err(|e| match e {
+                read_factor(&st, name, f, (kernel, version), &choice).map_err(|e| match e {
                     Error::Export { message } => bad(message),
                     other => other,
                 })?,
@@ -99,7 +104,7 @@ fn read_factor(
     st: &SafeTensors,
     layer: &str,
     f: &FactorRecord,
-    kernel: usize,
+    (kernel, version): (usize, u32),
     choice: &Choice,
 ) -> Result<WeightMatrix> {
     let t = FactorTensors {
@@ -124,6 +129,8 @@ fn read_factor(
             scheme,
             granularity,
         } => t.codes((bits, scheme, granularity), &stored, f, &mut data)?,
+        // Version 2 stored a GGML format's dequantized values as f32 `values`.
+        WeightQuant::Ggml(g) if version >= 3 => t.blocks(g, &stored, f, &mut data)?,
         format => t.values(&format, &stored.positions, &mut data)?,
     }
     WeightMatrix::new(f.rows, f.cols, data)
@@ -287,6 +294,49 @@ impl FactorTensors<'_> {
                 return Err(self.short("scales"));
             };
             data[p] = (i32::from(c) - i32::from(z)) as f32 * s;
+        }
+        Ok(())
+    }
+
+    /// A GGML factor's values into `data`: its `blocks` (the stored rows, candle's layout) dequantized
+    /// by candle, exactly the values the evaluator's kernel multiplies.
+    fn blocks(
+        &self,
+        g: GgmlFormat,
+        stored: &Stored,
+        f: &FactorRecord,
+        data: &mut [f32],
+    ) -> Result<()> {
+        let bytes = self.get("blocks", Dtype::U8)?;
+        let rows = stored.rows.len();
+        if f.cols % g.block() != 0 {
+            return Err(Error::export(format!(
+                "factor `{}` has {} columns, not whole {g} blocks of {}",
+                self.prefix,
+                f.cols,
+                g.block()
+            )));
+        }
+        let want = g.bytes(rows as u64, f.cols as u64) as usize;
+        if bytes.len() != want {
+            return Err(Error::export(format!(
+                "tensor `{}.blocks` has {} bytes; {rows} rows of {} {g} values take {want}",
+                self.prefix,
+                bytes.len(),
+                f.cols
+            )));
+        }
+        let storage = QStorage::from_data(
+            std::borrow::Cow::Borrowed(&bytes),
+            &Device::Cpu,
+            crate::compress::ggml::dtype(g),
+        )?;
+        let values = QTensor::new(storage, (rows, f.cols))?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (&p, v) in stored.positions.iter().zip(values) {
+            data[p] = v;
         }
         Ok(())
     }

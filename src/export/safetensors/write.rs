@@ -17,7 +17,9 @@ use crate::compress::{
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::space::{Assignment, Choice, Granularity, QuantScheme, Sparsity, WeightQuant};
+use crate::space::{
+    Assignment, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity, WeightQuant,
+};
 
 /// Whether a layer under `choice` has a weight that differs from the original (what is stored).
 fn weight_changes(choice: &Choice) -> bool {
@@ -58,7 +60,21 @@ pub fn compressed_bytes(
         let w = model.weight(&l.name)?;
         let stats = inputs.and_then(|i| i.get(&l.name)).map(AsRef::as_ref);
         let c = compress_with(&w, &choice, &settings, stats)?;
-        let record = layer_tensors(&l.name, &choice, &c, &mut tensors)?;
+        // A GGML format's blocks are quantized from the factors before quantization: the same
+        // factorization and removed rows, kept in f32.
+        let unquantized = match choice.weights {
+            WeightQuant::Ggml(_) => Some(compress_with(
+                &w,
+                &Choice {
+                    weights: WeightQuant::F32,
+                    ..choice
+                },
+                &settings,
+                stats,
+            )?),
+            _ => None,
+        };
+        let record = layer_tensors(&l.name, &choice, &c, unquantized.as_ref(), &mut tensors)?;
         records.insert(l.name.clone(), record);
         dense.insert(l.name.clone(), c.to_tensor()?);
         layers.push(l.name.clone());
@@ -184,11 +200,13 @@ impl Stored {
     }
 }
 
-/// The stored tensors of one layer; returns its metadata record.
+/// The stored tensors of one layer (`unquantized`: for a GGML format, its factors before quantization);
+/// returns its metadata record.
 fn layer_tensors(
     layer: &str,
     choice: &Choice,
     c: &CompressedWeight,
+    unquantized: Option<&CompressedWeight>,
     out: &mut Vec<Owned>,
 ) -> Result<LayerRecord> {
     let names: &[&str] = if c.factors().len() == 2 {
@@ -225,6 +243,16 @@ fn layer_tensors(
                 f.cols(),
                 out,
             ),
+            (_, WeightQuant::Ggml(g)) => {
+                let source = unquantized
+                    .and_then(|u| u.factors().get(i))
+                    .ok_or_else(|| {
+                        Error::export(format!(
+                            "{prefix}: the {g} factor before quantization is missing (a bug in the writer)"
+                        ))
+                    })?;
+                push_blocks(&prefix, source, g, &stored, out)?;
+            }
             (_, format) => push_values(&prefix, f, &format, pattern, &stored, out)?,
         }
         factors.push(FactorRecord {
@@ -338,6 +366,34 @@ fn push_codes(
             data: idx.iter().map(|&g| q.zero_points()[g]).collect(),
         });
     }
+}
+
+/// A GGML factor's `blocks`: its stored rows (all but removed channels) of the factor before
+/// quantization, quantized by candle to `g` — the bytes of candle's (and ggml's) block layout, rows one
+/// after the other, which the evaluator's kernel multiplies.
+fn push_blocks(
+    prefix: &str,
+    f: &WeightMatrix,
+    g: GgmlFormat,
+    stored: &Stored,
+    out: &mut Vec<Owned>,
+) -> Result<()> {
+    let cols = f.cols();
+    let data = stored
+        .rows
+        .iter()
+        .flat_map(|&r| f.row(r).iter().copied())
+        .collect();
+    let rows = WeightMatrix::new(stored.rows.len(), cols, data)?;
+    let q = crate::compress::ggml::quantize(&rows, g)?;
+    let data = q.data()?.into_owned();
+    out.push(Owned {
+        name: format!("{prefix}.blocks"),
+        dtype: Dtype::U8,
+        shape: vec![data.len()],
+        data,
+    });
+    Ok(())
 }
 
 /// A float factor's `values`: the stored values in the format's dtype, as a matrix when dense.
