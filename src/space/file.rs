@@ -285,7 +285,7 @@ impl Set {
     }
 
     /// The same set as `[defaults]` gives it: no choice of it was asked for by a `[[layer]]` table.
-    fn as_defaults(self) -> Set {
+    fn into_defaults(self) -> Set {
         match self {
             Set::Product(mut p) => {
                 p.ggml.iter_mut().for_each(|(_, span)| *span = None);
@@ -619,7 +619,7 @@ impl Resolver<'_> {
             }
             Some(d) => self
                 .apply(&Set::Product(Product::default()), d.get_ref(), d.span())?
-                .as_defaults(),
+                .into_defaults(),
             None => Set::Product(Product::default()),
         };
         let mut sets: Vec<Set> = vec![defaults; n];
