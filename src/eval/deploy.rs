@@ -53,10 +53,10 @@ pub fn describe_layer(l: &LayerInfo, choice: &Choice, o: Option<&LayerOverride>)
     let kernel = o.and_then(|o| o.kernel.as_ref());
     let mut parts = vec![match (l.kind, kernel) {
         (LayerKind::Embedding, None) => format!("f32 look-up table {}", dims(&l.shape)),
-        (LayerKind::Embedding, Some(k)) => format!(
-            "{} look-up table (rows stored as {}, dequantized when read, as llama.cpp's get_rows does)",
-            describe_kernel(k),
-            choice.weights
+        (LayerKind::Embedding, Some(_)) => format!(
+            "dense f32 look-up table {} ({choice} values: a look-up reads rows, dequantized when \
+             read, as llama.cpp's get_rows does)",
+            dims(&l.shape)
         ),
         (LayerKind::Conv2d, None) => format!("f32 conv2d {}", dims(&l.shape)),
         (_, None) => format!("f32 matmul {}", dims(&l.shape)),
@@ -143,4 +143,63 @@ fn tensor_dims(t: &Tensor) -> String {
 fn dims(d: &[usize]) -> String {
     let d: Vec<String> = d.iter().map(usize::to_string).collect();
     format!("[{}]", d.join("x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LayerOverride;
+
+    fn layer(name: &str, kind: LayerKind, shape: &[usize]) -> LayerInfo {
+        LayerInfo {
+            name: name.into(),
+            kind,
+            shape: shape.to_vec(),
+            macs: 0,
+            bias: false,
+        }
+    }
+
+    #[test]
+    fn each_layer_says_what_it_runs() {
+        let table =
+            Tensor::zeros((100, 8), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let dense = LayerOverride {
+            kernel: Some(LayerKernel::Dense(table)),
+            ..LayerOverride::default()
+        };
+        let emb = layer("emb", LayerKind::Embedding, &[100, 8]);
+        let q4: Choice = "q4_k".parse().unwrap();
+        assert_eq!(
+            describe_layer(&emb, &q4, Some(&dense)),
+            "dense f32 look-up table [100x8] (q4_k values: a look-up reads rows, dequantized when \
+             read, as llama.cpp's get_rows does)"
+        );
+        let fc = layer("fc", LayerKind::Linear, &[8, 100]);
+        assert_eq!(
+            describe_layer(&fc, &Choice::F32, None),
+            "f32 matmul [8x100]"
+        );
+        let act: Choice = "f32+act8-static".parse().unwrap();
+        let o = LayerOverride {
+            act: ActQuant::Int8Static,
+            ..LayerOverride::default()
+        };
+        assert_eq!(
+            describe_layer(&fc, &act, Some(&o)),
+            "f32 matmul [8x100]; input int8 quantize-dequantize (static range)"
+        );
+        let bf: Choice = "bf16+sparse50".parse().unwrap();
+        let w =
+            Tensor::zeros((8, 100), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let o = LayerOverride {
+            kernel: Some(LayerKernel::Dense(w)),
+            ..LayerOverride::default()
+        };
+        assert_eq!(
+            describe_layer(&fc, &bf, Some(&o)),
+            "dense f32 matmul [8x100]; bf16 values in f32: candle has no bf16 gemm on CPU; \
+             sparse50 computed dense: candle has no sparse kernels"
+        );
+    }
 }
