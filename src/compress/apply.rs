@@ -183,16 +183,9 @@ pub fn compress_with(
     } else {
         None
     };
-    // 1. Factorize the dense weight.
-    let mut factors = match choice.rank {
-        Some(p) => {
-            let lr = truncated_svd(&original, p)?;
-            vec![lr.a, lr.b]
-        }
-        None => vec![original.clone()],
-    };
-    // 2 and 3. Decide what to remove.
-    let masks = masks(w.dims(), &original, &factors, choice)?;
+    let Prepared {
+        mut factors, masks, ..
+    } = prepare_matrix(w.dims(), &original, choice)?;
     // 4. Quantize what survives, the last factor first (the first factor's inputs are its output).
     let mut quantized = vec![None; factors.len()];
     for i in (0..factors.len()).rev() {
@@ -224,33 +217,68 @@ pub fn compress_with(
     })
 }
 
-/// The keep mask of each factor of a weight of shape `dims`: whole rows by the original's norms, or a
-/// pattern per factor (N:M along input channels, [`factor_kernel`]).
+/// A weight after steps 1–3 of the module docs: its factors (`[W]` or `[A, B]`), not yet quantized
+/// and not yet masked, and what is removed from them.
+pub(crate) struct Prepared {
+    /// `[W]`, or `[A, B]` from the truncated SVD.
+    pub factors: Vec<WeightMatrix>,
+    /// The keep mask of each factor (row-major, `false` where pruned or removed).
+    pub masks: Vec<Vec<bool>>,
+    /// For `channels<P>`: which output channels (rows of `W`, or of `A`) are kept.
+    pub kept_rows: Option<Vec<bool>>,
+}
+
+/// Steps 1–3 of the module docs on `w`: factorize, then decide what to remove.
+pub(crate) fn prepare(w: &Tensor, choice: &Choice) -> Result<Prepared> {
+    prepare_matrix(w.dims(), &WeightMatrix::from_tensor(w)?, choice)
+}
+
+fn prepare_matrix(dims: &[usize], original: &WeightMatrix, choice: &Choice) -> Result<Prepared> {
+    // 1. Factorize the dense weight.
+    let factors = match choice.rank {
+        Some(p) => {
+            let lr = truncated_svd(original, p)?;
+            vec![lr.a, lr.b]
+        }
+        None => vec![original.clone()],
+    };
+    // 2 and 3. Decide what to remove: whole rows by the original's norms, or a pattern per factor.
+    let kept_rows = match choice.sparsity {
+        Sparsity::Channels(p) => Some(prune::channel_mask(original, p)?),
+        _ => None,
+    };
+    let masks = masks(dims, &factors, choice, kept_rows.as_deref())?;
+    Ok(Prepared {
+        factors,
+        masks,
+        kept_rows,
+    })
+}
+
+/// The keep mask of each factor of a weight of shape `dims`: the kept `rows` of the first factor
+/// (`channels<P>`), or a pattern per factor (N:M along input channels, [`factor_kernel`]).
 fn masks(
     dims: &[usize],
-    original: &WeightMatrix,
     factors: &[WeightMatrix],
     choice: &Choice,
+    rows: Option<&[bool]>,
 ) -> Result<Vec<Vec<bool>>> {
-    match choice.sparsity {
-        Sparsity::Channels(p) => {
-            let rows = prune::channel_mask(original, p)?;
-            Ok(factors
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    if i == 0 {
-                        prune::expand_rows(&rows, f.cols())
-                    } else {
-                        vec![true; f.len()]
-                    }
-                })
-                .collect())
-        }
-        s => factors
+    match rows {
+        Some(rows) => Ok(factors
             .iter()
             .enumerate()
-            .map(|(i, f)| prune::mask(f, &s, factor_kernel(dims, factors.len(), i)))
+            .map(|(i, f)| {
+                if i == 0 {
+                    prune::expand_rows(rows, f.cols())
+                } else {
+                    vec![true; f.len()]
+                }
+            })
+            .collect()),
+        None => factors
+            .iter()
+            .enumerate()
+            .map(|(i, f)| prune::mask(f, &choice.sparsity, factor_kernel(dims, factors.len(), i)))
             .collect(),
     }
 }

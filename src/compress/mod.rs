@@ -18,8 +18,9 @@
 //! | `prune.rs` | unstructured, N:M (along input channels) and output-channel pruning masks |
 //! | `lowrank.rs` | truncated SVD into two factors |
 //! | `apply.rs` | a whole [`Choice`](crate::space::Choice) on a weight, in one fixed order |
+//! | `kernel.rs` | a whole choice as the kernel that runs it on candle (QMatMul, f16, factors, kept rows) |
 //! | `activation.rs` | int8 activation fake quantization and range calibration |
-//! | `cache.rs` | the byte-bounded LRU cache of compressed weights |
+//! | `cache.rs` | the byte-bounded LRU cache of compressed weights and kernels |
 //!
 //! Each file's docs give its formulas and references; `apply.rs` gives the order of the steps and why.
 
@@ -28,6 +29,7 @@ mod apply;
 mod cache;
 pub mod ggml;
 pub mod gptq;
+mod kernel;
 mod lowrank;
 mod matrix;
 pub mod prune;
@@ -39,8 +41,9 @@ pub use apply::{
     apply_choice, apply_with, compress_factors, compress_with, factor_kernel, CompressSettings,
     CompressedWeight,
 };
-pub use cache::{CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
+pub use cache::{CacheForm, CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
 pub use gptq::{GptqOptions, Rounding};
+pub use kernel::{block_kernel, changes_weight, deploy_kernel, deploys_dense};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;
 pub use quant::{quantize_weight, IntGrid, QuantizedWeight, ScaleMethod, MSE_CLIP_RATIOS};

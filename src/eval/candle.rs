@@ -13,7 +13,7 @@ use crate::compress::{
 use crate::data::{Batch, SplitSizes};
 use crate::error::{Error, Result};
 use crate::model::{ForwardCtx, LayerKernel, LayerOverride, Model, ModelKind, Overrides};
-use crate::space::{ActQuant, Assignment, Choice};
+use crate::space::{ActQuant, Assignment, Choice, LayerInfo, LayerKind};
 
 /// Evaluation data in its three splits (see [`crate::data`]), already in batches: calibration,
 /// search (`eval`, what every trial is measured on) and held-out (what front points are measured on
@@ -226,32 +226,49 @@ impl CandleEvaluator {
         })
     }
 
-    /// The per-layer overrides of an assignment (compressing weights through the cache).
+    /// The per-layer overrides the evaluator runs an assignment with (compressing weights through
+    /// the cache): a layer in a GGML block format runs its deployed kernel, candle's `QMatMul` on the
+    /// weight quantized by candle ([`compress::deploy_kernel`]: two of them for `rank<P>`, the kept
+    /// rows for `channels<P>`), so its quality is the kernel's, activation quantization included;
+    /// every other layer runs its dense compressed weight (fake-quantized values, and `act8-*` as a
+    /// quantize–dequantize of the input). An embedding table is dense whatever its format: a look-up
+    /// reads rows, and every runtime dequantizes the rows it reads (llama.cpp's `get_rows` too).
     pub fn overrides(&self, a: &Assignment) -> Result<Overrides> {
+        self.overrides_for(a, Purpose::Evaluate)
+    }
+
+    /// The per-layer overrides of the real compressed model of an assignment on candle, what
+    /// `mpsearch measure` times: every layer through the kernel its choice deploys to
+    /// ([`compress::deploy_kernel`]): f32 unchanged; f16 on candle's f16 matmul; bf16 and int* as
+    /// dense f32 of their values (candle has no bf16 gemm on CPU and no integer kernel but the
+    /// q-formats'), with `act8-*` as the evaluator runs it; q-formats on `QMatMul`; `rank<P>` as two
+    /// smaller kernels, each in the format's kernel; `channels<P>` as the kept rows only (a smaller
+    /// matrix, the removed outputs exactly zero); `sparse<P>` and `N:M` computed dense (candle has no
+    /// sparse kernels). Embedding tables are dense, as in [`CandleEvaluator::overrides`]. A q-format
+    /// layer runs the very kernel the evaluator measured; [`CandleEvaluator::describe_deployment`]
+    /// says what was built for each layer.
+    pub fn deploy_overrides(&self, a: &Assignment) -> Result<Overrides> {
+        self.overrides_for(a, Purpose::Deploy)
+    }
+
+    /// What `overrides` ([`CandleEvaluator::deploy_overrides`] of `a`) run for each layer of the
+    /// model, in inventory order ([`super::describe_deployment`]).
+    pub fn describe_deployment(
+        &self,
+        a: &Assignment,
+        overrides: &Overrides,
+    ) -> Vec<super::DeployedLayer> {
+        super::describe_deployment(&self.model.inventory().layers, a, overrides)
+    }
+
+    fn overrides_for(&self, a: &Assignment, purpose: Purpose) -> Result<Overrides> {
         let mut out = Overrides::new();
         for l in &self.model.inventory().layers {
             let choice = a.get(&l.name).copied().unwrap_or(Choice::F32);
             if choice.is_uncompressed() {
                 continue;
             }
-            let original = &self.weights[&l.name];
-            let weights_change = choice.weights != crate::space::WeightQuant::F32
-                || choice.sparsity != crate::space::Sparsity::None
-                || choice.rank.is_some();
-            let weight = if weights_change {
-                let settings = self.settings.compress();
-                let inputs = if settings.needs_inputs(&choice) {
-                    self.input_stats()?.get(&l.name).map(AsRef::as_ref)
-                } else {
-                    None
-                };
-                Some(
-                    self.cache
-                        .get_or_apply_with(&l.name, original, &choice, &settings, inputs)?,
-                )
-            } else {
-                None
-            };
+            let kernel = self.kernel(l, &choice, purpose)?;
             let act_range = match choice.act {
                 ActQuant::Int8Static => {
                     Some(*self.ranges()?.get(&l.name).ok_or_else(|| Error::Eval {
@@ -263,7 +280,7 @@ impl CandleEvaluator {
             out.insert(
                 l.name.clone(),
                 LayerOverride {
-                    kernel: weight.map(LayerKernel::Dense),
+                    kernel,
                     act: choice.act,
                     act_range,
                 },
@@ -271,6 +288,52 @@ impl CandleEvaluator {
         }
         Ok(out)
     }
+
+    /// The kernel of layer `l` under `choice` (`None`: the original weight), through the cache.
+    fn kernel(
+        &self,
+        l: &LayerInfo,
+        choice: &Choice,
+        purpose: Purpose,
+    ) -> Result<Option<LayerKernel>> {
+        if !compress::changes_weight(choice) {
+            return Ok(None);
+        }
+        let original = &self.weights[&l.name];
+        let settings = self.settings.compress();
+        let inputs = if settings.needs_inputs(choice) {
+            self.input_stats()?.get(&l.name).map(AsRef::as_ref)
+        } else {
+            None
+        };
+        let deployed = match purpose {
+            Purpose::Evaluate => choice.weights.ggml().is_some(),
+            Purpose::Deploy => !compress::deploys_dense(choice),
+        };
+        if deployed && l.kind != LayerKind::Embedding {
+            let kernel = self.cache.get_or_build(&l.name, choice, settings, || {
+                compress::deploy_kernel(original, choice, &settings, inputs)?.ok_or_else(|| {
+                    Error::Eval {
+                        message: format!("`{choice}` builds no kernel for layer `{}`", l.name),
+                    }
+                })
+            })?;
+            return Ok(Some(kernel));
+        }
+        let weight = self
+            .cache
+            .get_or_apply_with(&l.name, original, choice, &settings, inputs)?;
+        Ok(Some(LayerKernel::Dense(weight)))
+    }
+}
+
+/// What a set of overrides is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// Quality: dense compressed weights, and the real kernel of the GGML block formats.
+    Evaluate,
+    /// The real compressed model on candle (`measure`).
+    Deploy,
 }
 
 impl Evaluator for CandleEvaluator {

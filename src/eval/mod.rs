@@ -11,8 +11,15 @@
 //! quality every strategy sees, and the **held-out** split, on which a search's front points are
 //! measured again at the end so that reports quote a quality the front was not chosen on. Each split
 //! has its own content key ([`evaluation_key_on`]): the split is part of the key.
+//!
+//! A layer in a GGML block format (`q4_k`…) is evaluated through the kernel that runs it: candle's
+//! `QMatMul` on the weight quantized by candle's own quantizer, its on-the-fly activation quantization
+//! included. [`CandleEvaluator::deploy_overrides`] builds the real compressed model of an assignment,
+//! every layer on the kernel its choice deploys to on candle (what `mpsearch measure` times), and
+//! [`describe_deployment`] says what was built for each layer.
 
 mod candle;
+mod deploy;
 pub mod metrics;
 
 use std::collections::BTreeMap;
@@ -20,6 +27,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use self::candle::{load, CandleEvaluator, EvalData, EvalSettings, SENTENCE_BATCH};
+pub use self::deploy::{describe_deployment, describe_kernel, describe_layer, DeployedLayer};
 use crate::error::{Error, Result};
 use crate::space::Assignment;
 

@@ -56,7 +56,8 @@ impl LayerKernel {
                 .to_dtype(DType::F16)?
                 .broadcast_matmul(&w.t()?)?
                 .to_dtype(x.dtype())?,
-            LayerKernel::Quantized(q) => q.forward(x)?,
+            // candle's quantized matmul takes contiguous inputs only.
+            LayerKernel::Quantized(q) => q.forward(&x.contiguous()?)?,
             LayerKernel::Factored { a, b } => a.matmul(&b.matmul(x)?)?,
             LayerKernel::Rows { kept, out, kernel } => {
                 let y = kernel.matmul(x)?;
@@ -66,6 +67,22 @@ impl LayerKernel {
                 Tensor::zeros(dims, y.dtype(), y.device())?.index_add(kept, &y, last)?
             }
         })
+    }
+
+    /// Bytes of the weights it holds: the tensors' values, a quantized weight's blocks, a `Rows`
+    /// kernel's indices. (candle's x86 quantized matmul may also keep a repacked copy of a Q4K, Q6K or
+    /// Q8_0 weight after its first product; that copy is candle's own and not counted.)
+    pub fn bytes(&self) -> usize {
+        let tensor = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            LayerKernel::Dense(t) | LayerKernel::F16(t) => tensor(t),
+            LayerKernel::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => t.storage_size_in_bytes(),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor(t),
+            },
+            LayerKernel::Factored { a, b } => a.bytes() + b.bytes(),
+            LayerKernel::Rows { kept, kernel, .. } => tensor(kept) + kernel.bytes(),
+        }
     }
 
     /// The dense weight of a [`LayerKernel::Dense`] kernel.

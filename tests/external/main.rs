@@ -85,6 +85,12 @@ fn main() -> ExitCode {
             false,
             minilm::int8_keeps_the_embeddings,
         ),
+        needs(
+            "minilm::q_format_layer_is_candles_qmatmul",
+            &minilm,
+            false,
+            minilm::q_format_layer_is_candles_qmatmul,
+        ),
         needs("minilm::eval_timing", &minilm, true, minilm::eval_timing),
         needs(
             "page::loads_in_headless_chromium_with_every_image_decoded",

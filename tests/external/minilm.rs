@@ -151,3 +151,68 @@ pub fn int8_keeps_the_embeddings(dir: PathBuf) {
     );
     assert!((e.quality - (1.0 - e.metrics["mean_cosine"])).abs() < EXACT_TOL);
 }
+
+/// A q-format layer of MiniLM computes candle's `QMatMul` on the weight quantized by candle, bit for
+/// bit: the model's layer (through the evaluator's overrides) on the input it saw in the model. The
+/// 1536-wide `output.dense` layers take the K-types, the 384-wide ones the 32-blocks.
+pub fn q_format_layer_is_candles_qmatmul(dir: PathBuf) {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::Module;
+    use mpsearch::model::{LayerKernel, Overrides};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let (model, data) = load(&ModelSource::Folder(dir), None).unwrap();
+    let ev = CandleEvaluator::new(model, data, EvalSettings::default()).unwrap();
+    for (layer, c, dtype) in [
+        ("encoder.layer.5.output.dense", "q4_k", GgmlDType::Q4K),
+        ("encoder.layer.2.output.dense", "q6_k", GgmlDType::Q6K),
+        (
+            "encoder.layer.0.attention.self.query",
+            "q8_0",
+            GgmlDType::Q8_0,
+        ),
+        (
+            "encoder.layer.3.intermediate.dense",
+            "q4_0",
+            GgmlDType::Q4_0,
+        ),
+    ] {
+        let a = Assignment::new([(layer.to_string(), c.parse::<Choice>().unwrap())]);
+        let o: Overrides = ev.overrides(&a).unwrap();
+        assert!(matches!(o[layer].kernel, Some(LayerKernel::Quantized(_))));
+        let capture = Mutex::new(HashMap::from([(layer.to_string(), Vec::new())]));
+        let ctx = ForwardCtx {
+            overrides: Some(&o),
+            capture: Some(&capture),
+        };
+        ev.model().forward(&ev.data().eval[0], &ctx).unwrap();
+        let x = capture.lock().unwrap()[layer][0].clone();
+        let w = ev.model().weight(layer).unwrap();
+        let layer_only = ForwardCtx {
+            overrides: Some(&o),
+            capture: None,
+        };
+        let got = layer_only.linear(layer, &x, &w, None).unwrap();
+        let want = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap())
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let (got, want) = (
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let differ = got
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g.to_bits() != w.to_bits())
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "{layer} at {c}: {differ} of {} values differ",
+            got.len()
+        );
+    }
+}
