@@ -532,6 +532,53 @@ mod tests {
     }
 
     #[test]
+    fn every_kernel_materialises_the_matrix_it_multiplies_by() {
+        let x = seq(&[3, 64], 1.0);
+        let w = seq(&[6, 64], 0.5);
+        let q =
+            candle_core::quantized::QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0)
+                .unwrap();
+        let a = seq(&[6, 2], 0.7);
+        let b = seq(&[2, 64], 0.9);
+        let kept = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
+        let kernels = [
+            LayerKernel::Dense(w.clone()),
+            LayerKernel::F16(w.to_dtype(DType::F16).unwrap()),
+            LayerKernel::Quantized(Arc::new(QMatMul::from_qtensor(q).unwrap())),
+            LayerKernel::Factored {
+                a: Box::new(LayerKernel::Dense(a)),
+                b: Box::new(LayerKernel::Dense(b)),
+            },
+            LayerKernel::Rows {
+                kept: kept.clone(),
+                out: 6,
+                kernel: Box::new(LayerKernel::Dense(w.index_select(&kept, 0).unwrap())),
+            },
+        ];
+        for (i, k) in kernels.iter().enumerate() {
+            let dense = k.to_dense().unwrap();
+            assert_eq!(dense.dims(), [6, 64], "kernel {i}");
+            // The f16 and quantized kernels also round their input (to f16, to Q8_0 blocks): close,
+            // not exact.
+            let tol = match i {
+                1 => 5e-3,
+                2 => 2e-2,
+                _ => 1e-5,
+            };
+            let via = k.matmul(&x).unwrap();
+            let plain = x.matmul(&dense.t().unwrap()).unwrap();
+            assert!(
+                max_diff(&via, &plain) < tol,
+                "kernel {i}: {}",
+                max_diff(&via, &plain)
+            );
+        }
+        // No override: the original itself.
+        let ctx = ForwardCtx::default();
+        assert_eq!(max_diff(&ctx.effective_weight("t", &w).unwrap(), &w), 0.0);
+    }
+
+    #[test]
     fn removed_rows_are_zero_and_kept_rows_exact() {
         let x = seq(&[4, 8], 1.0);
         let w = seq(&[6, 8], 0.5);

@@ -57,8 +57,9 @@ impl GgufFile {
             model_error(
                 path,
                 format!(
-                    "cannot read its GGUF header ({e}): the file is truncated or corrupted (download it \
-                     again), or written by a GGUF version or tensor type candle cannot read"
+                    "cannot read its GGUF header ({}): the file is truncated or corrupted (download it \
+                     again), or written by a GGUF version or tensor type candle cannot read",
+                    first_line(&e)
                 ),
             )
         })?;
@@ -253,16 +254,18 @@ impl GgufFile {
     pub fn read_quantized(&self, reader: &mut GgufReader, name: &str) -> Result<QTensor> {
         self.content
             .tensor(&mut reader.0, name, &Device::Cpu)
-            .map_err(|e| self.tensor_error(name, format!("cannot read its data ({e})")))
+            .map_err(|e| {
+                self.tensor_error(name, format!("cannot read its data ({})", first_line(&e)))
+            })
     }
 
     /// Reads tensor `name` and dequantizes it to f32, checking its shape is `shape`.
     pub fn read_f32(&self, reader: &mut GgufReader, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.expect_shape(name, shape)?;
         let q = self.read_quantized(reader, name)?;
-        let t = q
-            .dequantize(&Device::Cpu)
-            .map_err(|e| self.tensor_error(name, format!("cannot dequantize it ({e})")))?;
+        let t = q.dequantize(&Device::Cpu).map_err(|e| {
+            self.tensor_error(name, format!("cannot dequantize it ({})", first_line(&e)))
+        })?;
         Ok(t.to_dtype(DType::F32)?)
     }
 
@@ -289,6 +292,11 @@ impl GgufFile {
         let file = std::fs::File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         Ok(GgufReader(BufReader::new(file)))
     }
+}
+
+/// The first line of a candle error (candle appends a backtrace when `RUST_BACKTRACE` is set).
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// A buffered reader of a [`GgufFile`]'s data (opened once for all its tensors).
