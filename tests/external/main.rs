@@ -21,6 +21,10 @@ mod util;
 mod minilm;
 mod page;
 mod smollm2;
+#[allow(dead_code)]
+#[path = "../it/tiny_gguf.rs"]
+mod tiny_gguf;
+mod tiny_llama;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -71,7 +75,14 @@ fn main() -> ExitCode {
     let chromium = chromium();
     let smollm2 = smollm2::fetched();
     let reference = smollm2::with_reference();
+    let python = smollm2::python_reference();
     let trials = vec![
+        needs(
+            "tiny_llama::match_the_numpy_reference",
+            &python,
+            false,
+            tiny_llama::match_the_numpy_reference,
+        ),
         needs(
             "smollm2::logits_match_the_numpy_reference",
             &reference,

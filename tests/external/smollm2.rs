@@ -36,15 +36,14 @@ pub fn fetched() -> Result<PathBuf, String> {
     }
 }
 
-/// The GGUF file and a `python3` that imports numpy and gguf.
-pub fn with_reference() -> Result<(PathBuf, String), String> {
-    let path = fetched()?;
+/// A `python3` that imports numpy and gguf (what `scripts/llama-reference.py` needs).
+pub fn python_reference() -> Result<String, String> {
     let ok = Command::new("python3")
         .args(["-c", "import numpy, gguf"])
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
-        Ok((path, "python3".into()))
+        Ok("python3".into())
     } else {
         Err(
             "python3 with numpy and gguf is not installed: python3 -m pip install numpy \
@@ -52,6 +51,58 @@ pub fn with_reference() -> Result<(PathBuf, String), String> {
                 .into(),
         )
     }
+}
+
+/// The GGUF file and a `python3` that imports numpy and gguf.
+pub fn with_reference() -> Result<(PathBuf, String), String> {
+    Ok((fetched()?, python_reference()?))
+}
+
+/// The reference's next-token logits of `prompts` on the model in `path`: one row per token, prompt
+/// by prompt (the layout of the decoder's output).
+pub fn reference_logits(python: &str, path: &Path, prompts: &[Vec<u32>]) -> Vec<Vec<f64>> {
+    let mut child = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/llama-reference.py"
+        ))
+        .arg("logits")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the reference");
+    let request = serde_json::to_vec(prompts).unwrap();
+    child.stdin.take().unwrap().write_all(&request).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/llama-reference.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        logits: Vec<Vec<Vec<f64>>>,
+    }
+    let answer: Answer = serde_json::from_slice(&out.stdout).expect("reference JSON");
+    answer.logits.into_iter().flatten().collect()
+}
+
+/// The largest |difference| between our rows and the reference's, and the row where it is.
+pub fn max_diff(ours: &[Vec<f32>], reference: &[Vec<f64>]) -> (f32, usize) {
+    assert_eq!(ours.len(), reference.len(), "rows");
+    let mut worst = (0.0f32, 0usize);
+    for (row, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert_eq!(a.len(), b.len(), "row {row}: vocabulary");
+        for (x, y) in a.iter().zip(b) {
+            let d = (*x - *y as f32).abs();
+            if d > worst.0 {
+                worst = (d, row);
+            }
+        }
+    }
+    worst
 }
 
 /// Sentences and their token ids, produced once by the pure-Python byte-level BPE of
@@ -148,43 +199,8 @@ pub fn logits_match_the_numpy_reference((path, python): (PathBuf, String)) {
     assert_eq!(ours.dims(), [total, 49152], "one row per real token");
     let ours: Vec<Vec<f32>> = ours.to_vec2().unwrap();
 
-    let mut child = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/llama-reference.py"
-        ))
-        .arg("logits")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the reference");
-    let request = serde_json::to_vec(&prompts).unwrap();
-    child.stdin.take().unwrap().write_all(&request).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/llama-reference.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        logits: Vec<Vec<Vec<f64>>>,
-    }
-    let reference: Answer = serde_json::from_slice(&out.stdout).expect("reference JSON");
-    let reference: Vec<&Vec<f64>> = reference.logits.iter().flatten().collect();
-    assert_eq!(reference.len(), total);
-    let mut worst = (0.0f32, 0usize);
-    for (row, (a, b)) in ours.iter().zip(&reference).enumerate() {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b.iter()) {
-            let d = (*x - *y as f32).abs();
-            if d > worst.0 {
-                worst = (d, row);
-            }
-        }
-    }
+    let reference = reference_logits(&python, &path, &prompts);
+    let worst = max_diff(&ours, &reference);
     eprintln!(
         "SmolLM2 logits vs numpy reference: max |diff| {:.2e} over {total} positions x 49152 (row {})",
         worst.0, worst.1
