@@ -509,3 +509,49 @@ fn commands_that_score_refuse_a_language_model_and_write_nothing() {
     );
     assert!(out.contains("all-f32"), "{out}");
 }
+
+#[test]
+fn every_compression_path_runs_on_a_decoder() {
+    // The evaluator cannot score a language model yet (its quality measure is the next step); built by
+    // hand here, it still compresses every layer and runs the decoder through each kind of choice.
+    use mpsearch::eval::{CandleEvaluator, EvalData, EvalSettings, Evaluator};
+    use mpsearch::space::{Assignment, Choice};
+    let dir = Dir::new();
+    let model = Arc::new(LlamaModel::load(&tiny(&dir, "tiny.gguf", &Spec::llama())).unwrap());
+    let batch = |rows: &[Vec<u32>]| token_batch(rows).unwrap();
+    let data = EvalData {
+        description: "tiny".into(),
+        eval: vec![batch(&[vec![5, 257, 260, 9], vec![7, 8]])],
+        labels: None,
+        held_out: vec![batch(&[vec![3, 4, 5]])],
+        held_out_labels: None,
+        calibration: vec![batch(&[vec![1, 2, 3, 4, 5, 6], vec![259, 260]])],
+        sizes: mpsearch::data::SplitSizes {
+            calibration: 2,
+            search: 2,
+            held_out: 1,
+        },
+        fingerprint: blake3::hash(b"tiny"),
+    };
+    let ev = CandleEvaluator::new(model.clone(), data, EvalSettings::default()).unwrap();
+    let layers = &model.inventory().layers;
+    let all = |c: &str| {
+        let c: Choice = c.parse().unwrap();
+        Assignment::new(layers.iter().map(|l| (l.name.clone(), c)))
+    };
+    assert_eq!(ev.evaluate(&all("f32")).unwrap().quality, 0.0);
+    for c in [
+        "f16",
+        "int8-sym-channel",
+        "int4-asym-g32",
+        "int8-sym-channel+act8-dynamic",
+        "int8-sym-channel+act8-static",
+        "int8-sym-channel+2:4",
+        "int8-sym-channel+channels25",
+        "int8-sym-channel+rank50",
+        "q8_0",
+    ] {
+        let e = ev.evaluate(&all(c)).unwrap();
+        assert!(e.quality.is_finite() && e.quality > 0.0, "{c}: {e:?}");
+    }
+}
