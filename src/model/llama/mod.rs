@@ -80,8 +80,8 @@ pub fn quality_not_built(path: &Path) -> Error {
     model_error(
         path,
         "is a language model: `inspect` and `cost --space FILE` work on it, but mpsearch cannot score \
-         a compressed language model yet — its quality measure (KL divergence of next-token distributions to the \
-         base model on real text) is the next step of issue 12",
+         a compressed language model yet — its quality measure (KL divergence of next-token \
+         distributions to the base model on real text) is the next step of issue 12",
     )
 }
 
