@@ -24,8 +24,8 @@ use mpsearch::strategy::StrategyKind;
     version,
     about = "Automated mixed-precision search for neural-network compression",
     long_about = "Searches per-layer bit-width x sparsity x low-rank assignments of a model against a hardware \
-                  cost model. Models: `--model demo` (embedded) or a Hugging Face folder (config.json + \
-                  model.safetensors). Search spaces and hardware profiles: a path, or the bare name of a \
+                  cost model. Models: `--model demo` (embedded), a Hugging Face folder (config.json + \
+                  model.safetensors), or a llama.cpp GGUF file (FILE.gguf). Search spaces and hardware profiles: a path, or the bare name of a \
                   shipped one (`mpsearch profiles` lists profiles)."
 )]
 pub struct Cli {
@@ -76,7 +76,8 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// `demo` (the embedded demo CNN) or a Hugging Face model folder.
+    /// `demo` (the embedded demo CNN), a Hugging Face model folder, or a GGUF file (`*.gguf`: a
+    /// Llama-family decoder).
     #[arg(long, default_value = "demo")]
     pub model: String,
 }

@@ -249,6 +249,7 @@ fn write_weights(
         quality_metric: match model.inventory().kind {
             mpsearch::model::ModelKind::Classifier => "kl_divergence",
             mpsearch::model::ModelKind::Encoder => "cosine_distance",
+            mpsearch::model::ModelKind::LanguageModel => "kl_divergence",
         }
         .to_string(),
         cost_objective: c.objective.to_string(),

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use mpsearch::model::Inventory;
+use mpsearch::model::{Inventory, ModelKind};
 use mpsearch::space::SearchSpace;
 
 use super::args::InspectArgs;
@@ -66,8 +66,13 @@ fn json(inv: &Inventory, space: Option<&SearchSpace>) -> serde_json::Value {
 
 /// The heading, one row per layer (with its status, choice count and group given a space), totals.
 fn layer_table(inv: &Inventory, space: Option<&SearchSpace>) -> String {
+    // A language model's MACs are per token (each token is one sample of its output).
+    let per = match inv.kind {
+        ModelKind::LanguageModel => "token",
+        ModelKind::Classifier | ModelKind::Encoder => "sample",
+    };
     let mut out = format!(
-        "model {} ({}, {}): {} compressible layers, {} weights, {} MACs per sample\n\n",
+        "model {} ({}, {}): {} compressible layers, {} weights, {} MACs per {per}\n\n",
         inv.name,
         inv.architecture,
         inv.kind,
@@ -106,7 +111,7 @@ fn layer_table(inv: &Inventory, space: Option<&SearchSpace>) -> String {
         .collect();
     out.push_str(&table(&header, &rows, 3));
     out.push_str(&format!(
-        "total: {} weights, {} MACs per sample\n",
+        "total: {} weights, {} MACs per {per}\n",
         thousands(inv.params()),
         thousands(inv.macs())
     ));

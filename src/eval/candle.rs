@@ -582,5 +582,10 @@ pub fn load(
             let data = EvalData::sentences(&encoder, &split, SENTENCE_BATCH, &what)?;
             Ok((Arc::new(encoder), data))
         }
+        ModelSource::Gguf(file) => {
+            // The file is checked first, so that a broken file says what is wrong with it.
+            crate::model::inventory(source)?;
+            Err(crate::model::llama::quality_not_built(file))
+        }
     }
 }

@@ -85,6 +85,26 @@ impl LayerKernel {
         }
     }
 
+    /// The kernel's weight as one dense f32 matrix `[out, in]`: dequantized, widened from f16, its
+    /// factors multiplied out, removed rows zero.
+    pub fn to_dense(&self) -> Result<Tensor> {
+        Ok(match self {
+            LayerKernel::Dense(w) => w.flatten_from(1)?,
+            LayerKernel::F16(w) => w.to_dtype(DType::F32)?,
+            LayerKernel::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => t.dequantize(&candle_core::Device::Cpu)?,
+                QMatMul::Tensor(t) => t.to_dtype(DType::F32)?,
+                QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+            },
+            LayerKernel::Factored { a, b } => a.to_dense()?.matmul(&b.to_dense()?)?,
+            LayerKernel::Rows { kept, out, kernel } => {
+                let rows = kernel.to_dense()?;
+                Tensor::zeros((*out, rows.dim(1)?), DType::F32, rows.device())?
+                    .index_add(kept, &rows, 0)?
+            }
+        })
+    }
+
     /// The dense weight of a [`LayerKernel::Dense`] kernel.
     fn dense(&self) -> Option<&Tensor> {
         match self {
@@ -149,6 +169,31 @@ impl ForwardCtx<'_> {
             });
         }
         Ok(Some(w))
+    }
+
+    /// The weight `layer` computes with, as a dense f32 tensor of the original's shape: `original`
+    /// when nothing overrides it, else its kernel's weight materialised ([`LayerKernel::to_dense`]).
+    /// For a table that is both looked up and multiplied — a language model's embedding tied to its
+    /// output head, one tensor and one layer — the look-up reads the rows of the very weight the head
+    /// multiplies, dequantized as every runtime's row look-up does. Records no input.
+    pub fn effective_weight(&self, layer: &str, original: &Tensor) -> Result<Tensor> {
+        match self.kernel(layer) {
+            None => Ok(original.clone()),
+            Some(k) => {
+                let w = k.to_dense()?;
+                if w.elem_count() != original.elem_count() {
+                    return Err(crate::Error::Layer {
+                        layer: layer.to_string(),
+                        message: format!(
+                            "the override computes a {:?} weight, the layer's weight has {:?}",
+                            w.dims(),
+                            original.dims()
+                        ),
+                    });
+                }
+                Ok(w.reshape(original.dims())?)
+            }
+        }
     }
 
     /// A linear layer `y = x Wᵀ + b` (`W` stored `[out, in]`): its input through [`Self::input`],
@@ -317,7 +362,9 @@ pub trait Model: Send + Sync {
     fn inventory(&self) -> &Inventory;
     /// The original f32 weight of a compressible layer, in its stored shape.
     fn weight(&self, layer: &str) -> Result<Tensor>;
-    /// Runs a batch: logits `[n, classes]` for a classifier, embeddings `[n, dim]` for an encoder.
+    /// Runs a batch: logits `[n, classes]` for a classifier, embeddings `[n, dim]` for an encoder,
+    /// next-token logits `[tokens, vocab]` for a language model (one row per real token of the batch,
+    /// sequence by sequence, position by position; see [`crate::model::llama`]).
     fn forward(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor>;
     /// Bytes that identify the model's weights and architecture (hashed into fingerprints).
     fn fingerprint(&self) -> blake3::Hash;
@@ -499,6 +546,53 @@ mod tests {
                 "padding {padding} stride {stride}"
             );
         }
+    }
+
+    #[test]
+    fn every_kernel_materialises_the_matrix_it_multiplies_by() {
+        let x = seq(&[3, 64], 1.0);
+        let w = seq(&[6, 64], 0.5);
+        let q =
+            candle_core::quantized::QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0)
+                .unwrap();
+        let a = seq(&[6, 2], 0.7);
+        let b = seq(&[2, 64], 0.9);
+        let kept = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
+        let kernels = [
+            LayerKernel::Dense(w.clone()),
+            LayerKernel::F16(w.to_dtype(DType::F16).unwrap()),
+            LayerKernel::Quantized(Arc::new(QMatMul::from_qtensor(q).unwrap())),
+            LayerKernel::Factored {
+                a: Box::new(LayerKernel::Dense(a)),
+                b: Box::new(LayerKernel::Dense(b)),
+            },
+            LayerKernel::Rows {
+                kept: kept.clone(),
+                out: 6,
+                kernel: Box::new(LayerKernel::Dense(w.index_select(&kept, 0).unwrap())),
+            },
+        ];
+        for (i, k) in kernels.iter().enumerate() {
+            let dense = k.to_dense().unwrap();
+            assert_eq!(dense.dims(), [6, 64], "kernel {i}");
+            // The f16 and quantized kernels also round their input (to f16, to Q8_0 blocks): close,
+            // not exact.
+            let tol = match i {
+                1 => 5e-3,
+                2 => 2e-2,
+                _ => 1e-5,
+            };
+            let via = k.matmul(&x).unwrap();
+            let plain = x.matmul(&dense.t().unwrap()).unwrap();
+            assert!(
+                max_diff(&via, &plain) < tol,
+                "kernel {i}: {}",
+                max_diff(&via, &plain)
+            );
+        }
+        // No override: the original itself.
+        let ctx = ForwardCtx::default();
+        assert_eq!(max_diff(&ctx.effective_weight("t", &w).unwrap(), &w), 0.0);
     }
 
     #[test]

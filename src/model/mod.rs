@@ -1,13 +1,16 @@
 //! # Models
 //!
-//! Where a model comes from (`--model demo` or a Hugging Face folder) and its layer inventory, read
-//! without running it; the [`Model`] trait and the architectures whose forward passes the project owns:
-//! the embedded, trained demo CNN ([`DemoModel`]) and BERT-family encoders ([`bert`]).
+//! Where a model comes from (`--model demo`, a Hugging Face folder, or a GGUF file) and its layer
+//! inventory, read without running it; the [`Model`] trait and the architectures whose forward passes
+//! the project owns: the embedded, trained demo CNN ([`DemoModel`]), BERT-family encoders ([`bert`])
+//! and Llama-family decoders from GGUF files ([`llama`]).
 
 pub mod bert;
 pub mod demo;
 pub mod forward;
+pub mod gguf;
 mod inventory;
+pub mod llama;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +21,7 @@ pub use forward::{
     LayerOverride, Model, Overrides,
 };
 pub use inventory::{read_safetensors_header, TensorEntry};
+pub use llama::{GgufTokenizer, LlamaConfig, LlamaModel};
 
 use crate::error::{Error, Result};
 use crate::space::LayerInfo;
@@ -30,6 +34,9 @@ pub enum ModelKind {
     Classifier,
     /// Outputs embeddings (sentence encoders).
     Encoder,
+    /// Outputs next-token logits for every token (decoders).
+    #[serde(rename = "language-model")]
+    LanguageModel,
 }
 
 impl std::fmt::Display for ModelKind {
@@ -37,24 +44,34 @@ impl std::fmt::Display for ModelKind {
         f.write_str(match self {
             ModelKind::Classifier => "classifier",
             ModelKind::Encoder => "encoder",
+            ModelKind::LanguageModel => "language-model",
         })
     }
 }
 
-/// A model argument, resolved: `demo` is the embedded demo, anything else a folder.
+/// A model argument, resolved: `demo` is the embedded demo, a path ending in `.gguf` a GGUF file,
+/// anything else a folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
     Demo,
     Folder(PathBuf),
+    /// A llama.cpp GGUF file of a Llama-family decoder.
+    Gguf(PathBuf),
 }
 
 impl ModelSource {
-    /// `demo` or a path.
+    /// `demo` or a path (`*.gguf`, any case, is a GGUF file).
     pub fn parse(arg: &str) -> ModelSource {
+        let path = PathBuf::from(arg);
         if arg == "demo" {
             ModelSource::Demo
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            ModelSource::Gguf(path)
         } else {
-            ModelSource::Folder(PathBuf::from(arg))
+            ModelSource::Folder(path)
         }
     }
 }
@@ -62,10 +79,10 @@ impl ModelSource {
 /// A model's compressible layers and what it is.
 #[derive(Clone, Debug)]
 pub struct Inventory {
-    /// `demo`, or the folder's name.
+    /// `demo`, the folder's name, or the GGUF file's name without `.gguf`.
     pub name: String,
     pub kind: ModelKind,
-    /// The architecture (e.g. `bert`, `demo-cnn`).
+    /// The architecture (e.g. `bert`, `demo-cnn`, `llama`).
     pub architecture: String,
     /// The shipped search space that fits this model.
     pub default_space: &'static str,
@@ -78,7 +95,7 @@ impl Inventory {
         self.layers.iter().map(LayerInfo::params).sum()
     }
 
-    /// Total MACs per sample.
+    /// Total MACs per sample (per token for sequence models).
     pub fn macs(&self) -> u64 {
         self.layers.iter().map(|l| l.macs).sum()
     }
@@ -89,6 +106,7 @@ pub fn inventory(source: &ModelSource) -> Result<Inventory> {
     match source {
         ModelSource::Demo => Ok(demo::inventory()),
         ModelSource::Folder(dir) => inventory::from_folder(dir),
+        ModelSource::Gguf(file) => llama::inventory(file),
     }
 }
 

@@ -194,6 +194,11 @@ pub fn quality_measure(kind: ModelKind) -> QualityMeasure {
             label: "cosine distance to the f32 embeddings".into(),
             secondary: "mean_cosine".into(),
         },
+        ModelKind::LanguageModel => QualityMeasure {
+            name: "kl_divergence".into(),
+            label: "mean per-token KL divergence to the base model (nats)".into(),
+            secondary: "perplexity".into(),
+        },
     }
 }
 

@@ -1,6 +1,8 @@
 //! # Tests that need something from outside the repository
 //!
-//! all-MiniLM-L6-v2 (fetched by `scripts/fetch-minilm.sh`) and headless Chromium (Debian's `chromium`).
+//! all-MiniLM-L6-v2 (fetched by `scripts/fetch-minilm.sh`), SmolLM2-135M as a GGUF file (fetched by
+//! `scripts/fetch-smollm2.sh`; its reference test also needs python3 with numpy and gguf) and headless
+//! Chromium (Debian's `chromium`).
 //! This target has its own harness (libtest-mimic, `harness = false`) because whether they can run is
 //! known only when the tests start, and the built-in harness can mark a test ignored only when it is
 //! compiled. So a test whose resource is missing is:
@@ -18,6 +20,11 @@ mod util;
 
 mod minilm;
 mod page;
+mod smollm2;
+#[allow(dead_code)]
+#[path = "../it/tiny_gguf.rs"]
+mod tiny_gguf;
+mod tiny_llama;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -66,7 +73,34 @@ fn main() -> ExitCode {
     let args = Arguments::from_args();
     let minilm: Result<PathBuf, String> = minilm_folder_fetched();
     let chromium = chromium();
+    let smollm2 = smollm2::fetched();
+    let reference = smollm2::with_reference();
+    let python = smollm2::python_reference();
     let trials = vec![
+        needs(
+            "tiny_llama::match_the_numpy_reference",
+            &python,
+            false,
+            tiny_llama::match_the_numpy_reference,
+        ),
+        needs(
+            "smollm2::logits_match_the_numpy_reference",
+            &reference,
+            false,
+            smollm2::logits_match_the_numpy_reference,
+        ),
+        needs(
+            "smollm2::tokenizer_matches_independent_ids",
+            &smollm2,
+            false,
+            smollm2::tokenizer_matches_independent_ids,
+        ),
+        needs(
+            "smollm2::inventory_has_llama_cpp_names",
+            &smollm2,
+            false,
+            smollm2::inventory_has_llama_cpp_names,
+        ),
         needs(
             "minilm::matches_sentence_transformers",
             &minilm,
@@ -101,7 +135,8 @@ fn main() -> ExitCode {
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     if !args.list && !in_ci() {
-        for why in [minilm.err(), chromium.err()].into_iter().flatten() {
+        let missing = [minilm.err(), chromium.err(), reference.err()];
+        for why in missing.into_iter().flatten() {
             eprintln!("ignored because {why}");
         }
     }
