@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use mpsearch::cost::model::format_us;
 use mpsearch::measure::{self, input, timing, Machine, ProfileMatch, Selection, Target};
+use mpsearch::model::ModelKind;
 use mpsearch::store::{self, Access, Location, MeasurementRecord, RunManifest, TrialRecord};
 
 use super::args::MeasureArgs;
@@ -43,6 +44,13 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
     };
     let plan = measure::plan(&manifest, &trials, &selection)?;
+    if let (Some(t), ModelKind::Classifier) = (a.tokens, plan.kind) {
+        anyhow::bail!(
+            "--tokens {t} applies to sequence models; model {} of run `{}` takes images",
+            manifest.config.model,
+            manifest.name
+        );
+    }
     eprintln!(
         "run `{}`: loading model {} and its data…",
         manifest.name, manifest.config.model

@@ -39,7 +39,7 @@ use crate::cost::{CostModel, HardwareProfile};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, Evaluator};
-use crate::model::{ForwardCtx, LayerKernel, Model, ModelSource, Overrides};
+use crate::model::{ForwardCtx, LayerKernel, Model, ModelKind, ModelSource, Overrides};
 use crate::space::{rank_k, Assignment, Choice, GgmlFormat, LayerInfo, LayerKind, SearchSpace};
 use crate::space::{Sparsity, WeightQuant};
 use crate::store::{MeasuredSource, MeasurementRecord, RunManifest, TrialRecord, TrialState};
@@ -79,6 +79,8 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// The model's compressible layers (from its files' headers).
     pub layers: Vec<LayerInfo>,
+    /// What the model computes: a classifier takes images, an encoder token sequences.
+    pub kind: ModelKind,
     pub notes: Vec<String>,
 }
 
@@ -94,7 +96,7 @@ pub fn plan(manifest: &RunManifest, trials: &[TrialRecord], selection: &Selectio
             manifest.name, c.model
         ))
     })?;
-    let layers = inventory.layers;
+    let (layers, kind) = (inventory.layers, inventory.kind);
     let mut notes = Vec::new();
     let mut targets = picked(manifest, trials, &layers, selection)?;
     if selection.random > 0 {
@@ -110,6 +112,7 @@ pub fn plan(manifest: &RunManifest, trials: &[TrialRecord], selection: &Selectio
     Ok(Plan {
         targets,
         layers,
+        kind,
         notes,
     })
 }

@@ -11,6 +11,7 @@ mod demo;
 mod eval;
 mod export;
 mod fisher;
+mod measure;
 mod profiles;
 mod report;
 mod rounding;
