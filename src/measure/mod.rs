@@ -104,7 +104,15 @@ pub fn plan(manifest: &RunManifest, trials: &[TrialRecord], selection: &Selectio
         targets.extend(random(&space, selection.random, selection.seed));
     }
     let mut seen = std::collections::HashSet::new();
+    let asked = targets.len();
     targets.retain(|t| seen.insert(t.assignment.hash()));
+    if targets.len() < asked {
+        notes.push(format!(
+            "{} of the {asked} assignments asked repeat earlier ones (a point named twice, a trial on \
+             the front, a random draw met again): each is measured once",
+            asked - targets.len()
+        ));
+    }
     for t in &targets {
         check_kernels(t, &layers)?;
     }

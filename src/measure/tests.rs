@@ -122,6 +122,11 @@ fn nothing_picked_is_the_front_and_picks_come_once_in_order() {
             trial(2, None)
         ]
     );
+    assert!(
+        p.notes[0].starts_with("2 of the 6 assignments asked repeat earlier ones"),
+        "{:?}",
+        p.notes
+    );
     let picked = Selection {
         picks: vec![Pick::Trial(2)],
         ..Selection::default()
