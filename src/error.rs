@@ -148,6 +148,12 @@ pub enum Error {
     /// export, a run whose inputs changed, a file that is not an mpsearch export.
     #[error("export: {message}")]
     Export { message: String },
+    // ---- measurements ----
+    /// End-to-end latency that cannot be measured: a point that is not there or has no model (a
+    /// failed trial), a run whose model or data moved or changed, a format this machine has no kernel
+    /// for; `message` names the run and the point.
+    #[error("measure: {message}")]
+    Measure { message: String },
     // ---- reports ----
     /// A report that could not be built or drawn (a run with nothing to show, a plot the drawing
     /// library refused…); `message` names the run or file.
@@ -187,6 +193,13 @@ impl Error {
     /// An [`Error::Sensitivity`] with this message.
     pub fn sensitivity(message: impl Into<String>) -> Self {
         Error::Sensitivity {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Measure`] with this message.
+    pub fn measure(message: impl Into<String>) -> Self {
+        Error::Measure {
             message: message.into(),
         }
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fs;
+pub mod measure;
 pub mod model;
 pub mod pareto;
 pub mod report;

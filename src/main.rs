@@ -47,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trials(a) => cli::trials::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Report(a) => cli::report::run(a),
+        Command::Measure(a) => cli::measure::run(a),
         Command::Profiles => cli::profiles::run(),
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Store(a) => cli::store::run(a),

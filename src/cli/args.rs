@@ -63,6 +63,9 @@ pub enum Command {
     /// PNG) and write one self-contained HTML page; with --profile, re-cost the run under another
     /// hardware profile first (no evaluation is run).
     Report(ReportArgs),
+    /// Build points of a run as real compressed models on candle and time whole forward passes on
+    /// this machine, against the latency the run's profile predicts (stored with the run).
+    Measure(MeasureArgs),
     /// List the shipped hardware profiles and the local ones in ./hardware-profiles/.
     Profiles,
     /// Measure this machine's candle CPU kernels and write a hardware profile.
@@ -502,6 +505,42 @@ pub struct ReportArgs {
 }
 
 #[derive(Args)]
+pub struct MeasureArgs {
+    /// The run's name (see `mpsearch runs`).
+    pub run: String,
+    /// The K-th point of the run's front in cost order (as `export --point K`); repeatable.
+    #[arg(long = "point", value_name = "K")]
+    pub points: Vec<usize>,
+    /// Any complete trial, by number (see `mpsearch trials RUN`); repeatable.
+    #[arg(long = "trial", value_name = "N")]
+    pub trials: Vec<u64>,
+    /// Every point of the run's front (the default when nothing else is picked).
+    #[arg(long)]
+    pub front: bool,
+    /// Also N random assignments of the run's search space (seeded by --seed; stored as measured
+    /// assignments, not as trials).
+    #[arg(long, value_name = "N")]
+    pub random: Option<usize>,
+    /// Seed of the --random assignments.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Samples per forward pass, from the run's search split (images, or sentences).
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Tokens per sentence for sequence models: every sentence is exactly this long (default 32).
+    #[arg(long, value_name = "T")]
+    pub tokens: Option<u32>,
+    /// Timed forward passes per round (3 rounds; the fastest round is reported).
+    #[arg(long, default_value_t = 20)]
+    pub repetitions: usize,
+    /// Print JSON: {"run", "machine", "input", "profile", "measurements": [...], "summary": [...]}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args)]
 pub struct StoreCommandArgs {
     #[command(subcommand)]
     pub command: StoreCommand,
@@ -689,6 +728,27 @@ impl ResumeArgs {
             .as_deref()
             .map(|t| parse_duration(t, "--time"))
             .transpose()
+    }
+}
+
+impl MeasureArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        positive(self.batch.into(), "--batch")?;
+        positive(self.repetitions as u64, "--repetitions")?;
+        if let Some(n) = self.random {
+            positive(n as u64, "--random")?;
+        }
+        if let Some(t) = self.tokens {
+            anyhow::ensure!(
+                t >= 2,
+                "--tokens must be at least 2 (a sentence is [CLS] … [SEP])"
+            );
+        }
+        anyhow::ensure!(
+            !self.points.contains(&0),
+            "--point counts front points from 1 (see `mpsearch runs`)"
+        );
+        Ok(())
     }
 }
 

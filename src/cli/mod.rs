@@ -13,6 +13,7 @@ pub mod drive;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod measure;
 pub mod output;
 pub mod profiles;
 pub mod report;

@@ -2,13 +2,14 @@
 //!
 //! The runs of a store, one row (or one JSON object) each: status, strategy, profile, trials,
 //! evaluations and cache hits, front (with each point's held-out quality, and the front's
-//! search-vs-held-out gap).
+//! search-vs-held-out gap), and what its latency measurements say.
 
 use std::process::ExitCode;
 
 use mpsearch::cost::model::format_us;
 use mpsearch::store::{
-    Access, Controller, HeldOut, HeldOutGap, RunManifest, RunStatus, Store, TrialRecord,
+    Access, Controller, HeldOut, HeldOutGap, MeasurementRecord, RunManifest, RunStatus, Store,
+    TrialRecord,
 };
 
 use super::args::RunsArgs;
@@ -80,6 +81,7 @@ struct Summary<'t> {
     trials: usize,
     evaluated: usize,
     hits: usize,
+    measurements: Vec<MeasurementRecord>,
 }
 
 impl<'t> Summary<'t> {
@@ -105,6 +107,7 @@ impl<'t> Summary<'t> {
             trials: trials.len(),
             evaluated: done(false),
             hits: done(true),
+            measurements: store.measurements(&m.name)?,
         })
     }
 
@@ -117,6 +120,10 @@ impl<'t> Summary<'t> {
             "hypervolume": mpsearch::store::hypervolume(m, trials),
             "splits": m.splits, "held_out_gap": self.gap,
             "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref())).collect::<Vec<_>>(),
+            "measurements": {
+                "count": self.measurements.len(),
+                "settings": mpsearch::store::measurement_summaries(&self.measurements),
+            },
         }))
     }
 

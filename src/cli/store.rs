@@ -32,10 +32,12 @@ fn copy(a: StoreCopyArgs) -> anyhow::Result<ExitCode> {
 /// What a copy did, in one paragraph.
 fn describe(s: &CopySummary, from: &str, to: &str) -> String {
     let mut text = format!(
-        "copied {} ({} trials, {} strategy snapshots), {} and {} from {from} to {to}",
+        "copied {} ({} trials, {} strategy snapshots, {} latency measurements), {} and {} from {from} \
+         to {to}",
         plural(s.runs, "run"),
         s.trials,
         s.snapshots,
+        s.measurements,
         plural(s.cached, "cached evaluation"),
         plural(s.sensitivity, "sensitivity analysis"),
     );

@@ -1,14 +1,17 @@
 //! # `trials`
 //!
 //! Every trial of a run in trial order, as a table or one JSON line each, with its quality on the
-//! search split and, where the store holds it (front points), on the held-out split.
+//! search split and, where the store holds it (front points), on the held-out split, and its measured
+//! latencies (`mpsearch measure`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
 use mpsearch::cost::model::{format_bytes, format_us};
-use mpsearch::store::{Access, HeldOut, RunManifest, Store, TrialRecord};
+use mpsearch::store::{
+    Access, HeldOut, MeasuredSource, MeasurementRecord, RunManifest, Store, TrialRecord,
+};
 
 use super::args::TrialsArgs;
 use super::output::{emit, quality, table};
@@ -21,7 +24,8 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
     let held_out = held_out(&*store, &m, &trials)?;
     let points = points(&m, &trials);
     if a.json {
-        return json_lines(&trials, &held_out, &points);
+        let measured = store.measurements(&m.name)?;
+        return json_lines(&trials, &held_out, &points, &measured);
     }
     let rows: Vec<Vec<String>> = trials
         .iter()
@@ -89,14 +93,33 @@ fn points(m: &RunManifest, trials: &[TrialRecord]) -> BTreeMap<u64, usize> {
         .collect()
 }
 
+/// A trial's measurement as `trials --json` shows it (the assignment is the trial's).
+fn measurement_json(m: &MeasurementRecord) -> serde_json::Value {
+    serde_json::json!({
+        "number": m.number, "batch": m.batch, "tokens": m.tokens, "cost_batch": m.cost_batch,
+        "median_us": m.median_us, "spread_us": m.spread_us, "predicted_us": m.predicted_us,
+        "reference_us": m.reference_us, "speedup": m.speedup(), "repetitions": m.repetitions,
+        "round_medians_us": m.round_medians_us, "host": m.host, "profile": m.profile,
+        "measured_unix": m.measured_unix,
+    })
+}
+
 fn json_lines(
     trials: &[TrialRecord],
     held_out: &BTreeMap<u64, HeldOut>,
     points: &BTreeMap<u64, usize>,
+    measured: &[MeasurementRecord],
 ) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     for t in trials {
         let h = held_out.get(&t.number);
+        let ms: Vec<serde_json::Value> = measured
+            .iter()
+            .filter(
+                |m| matches!(m.source, MeasuredSource::Trial { trial, .. } if trial == t.number),
+            )
+            .map(measurement_json)
+            .collect();
         let v = serde_json::json!({
             "trial": t.number, "state": t.state.to_string(), "strategy": t.strategy,
             "quality": t.quality, "cost": t.cost, "hash": t.hash,
@@ -104,6 +127,7 @@ fn json_lines(
             "cached": t.cached, "seconds": t.seconds, "metrics": t.metrics, "error": t.error,
             "point": points.get(&t.number),
             "held_out_quality": h.map(|h| h.quality), "held_out_metrics": h.map(|h| &h.metrics),
+            "measurements": ms,
         });
         writeln!(out, "{v}")?;
     }

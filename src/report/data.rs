@@ -1,8 +1,9 @@
 //! The plain data of a report, built from a run's stored trials before anything is drawn: every
 //! evaluated point (on the front, dominated, or outside the run's limits), the front with each
 //! point's per-layer allocation and its held-out quality, the search-vs-held-out gap, the baselines,
-//! the hypervolume after each trial of every comparable run, and the sensitivity model's
-//! predicted-vs-measured pairs.
+//! the hypervolume after each trial of every comparable run, the sensitivity model's
+//! predicted-vs-measured pairs, and the run's measured end-to-end latencies against the predicted ones
+//! (per batch size, from `mpsearch measure`).
 //!
 //! Nothing here evaluates a model: qualities come from the trial journal and the evaluation cache
 //! (held-out ones too: a front point the cache has no held-out evaluation for is shown without one,
@@ -20,8 +21,8 @@ use crate::model::{ModelKind, ModelSource};
 use crate::sensitivity::{pick_pairs, rank::spearman, Predictor};
 use crate::space::{Assignment, AssignmentJson, Choice, LayerInfo, SearchSpace};
 use crate::store::{
-    self, find_run, live_status, sensitivity_key, HeldOut, HeldOutGap, RunManifest, Store,
-    TrialRecord, TrialState, COST_REFERENCE,
+    self, find_run, live_status, sensitivity_key, Fidelity, HeldOut, HeldOutGap, MeasuredSetting,
+    MeasuredSource, MeasurementRecord, RunManifest, Store, TrialRecord, TrialState, COST_REFERENCE,
 };
 
 /// Everything a report shows.
@@ -55,6 +56,9 @@ pub struct ReportData {
     /// One series per comparable run of the store (this run first).
     pub hypervolume: Vec<HypervolumeSeries>,
     pub sensitivity: Option<SensitivityFit>,
+    /// Measured against predicted latency, one panel per setting (host, batch); empty when the run
+    /// has no measurements.
+    pub latency: Vec<LatencyPanel>,
     /// What the reader should know (a baseline missing from the cache, a file changed since the run…).
     pub notes: Vec<String>,
 }
@@ -178,6 +182,35 @@ pub struct SensitivityPair {
     pub measured: f64,
 }
 
+/// A run's latencies measured on one machine at one batch size, against the predicted ones.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyPanel {
+    pub setting: MeasuredSetting,
+    /// The hardware profile of the predictions.
+    pub profile: String,
+    pub fidelity: Option<Fidelity>,
+    /// The latest measurement of each assignment, in the order measured.
+    pub points: Vec<LatencyPoint>,
+}
+
+/// One measured assignment.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyPoint {
+    /// `all-f32`, `point 3 (trial 17)`, `trial 12`, `random 4 (seed 0)`.
+    pub label: String,
+    pub trial: Option<u64>,
+    /// Its number on this report's front.
+    pub point: Option<usize>,
+    /// The all-f32 reference.
+    pub reference: bool,
+    pub predicted_us: f64,
+    pub measured_us: f64,
+    /// Interquartile range of the measured passes.
+    pub spread_us: f64,
+    /// The all-f32 model's measured latency over this one's.
+    pub speedup: f64,
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Pure parts: from trials to report data.
 
@@ -205,28 +238,7 @@ pub fn quality_measure(kind: ModelKind) -> QualityMeasure {
 /// The assignment a trial journaled, over `layers`: a listed layer takes its choice, the others the
 /// default (f32 without one). Needs no search space, so a report survives a changed space file.
 pub fn decode(json: &AssignmentJson, layers: &[LayerInfo]) -> Result<Assignment> {
-    let default: Choice = match &json.default {
-        Some(d) => d.parse()?,
-        None => Choice::F32,
-    };
-    let mut out = Vec::with_capacity(layers.len());
-    for l in layers {
-        let c = match json.layers.get(&l.name) {
-            Some(text) => text.parse()?,
-            None => default,
-        };
-        out.push((l.name.clone(), c));
-    }
-    if let Some(unknown) = json
-        .layers
-        .keys()
-        .find(|k| !layers.iter().any(|l| &l.name == *k))
-    {
-        return Err(Error::report(format!(
-            "a stored assignment names layer `{unknown}`, which the model no longer has"
-        )));
-    }
-    Ok(Assignment::new(out))
+    json.over(layers)
 }
 
 /// The trials with their costs recomputed by `model` (every other field unchanged).
@@ -366,6 +378,89 @@ pub fn sensitivity_fit(
     }
 }
 
+/// The latency panels of a run's `measurements` (see [`crate::store::latest_measurements`]): the
+/// latest measurement of each assignment per setting, labelled with its number on `front`. The
+/// predictions are the recorded ones, or recomputed under `repredict` (a report re-costed under
+/// another profile) at the batch each was measured at.
+pub fn latency_panels(
+    measurements: &[MeasurementRecord],
+    front: &[FrontPoint],
+    layers: &[LayerInfo],
+    repredict: Option<&crate::cost::HardwareProfile>,
+) -> Result<Vec<LatencyPanel>> {
+    let mut models: BTreeMap<u32, CostModel> = BTreeMap::new();
+    let mut panels = Vec::new();
+    for (setting, ms) in store::latest_measurements(measurements) {
+        // The all-f32 model is the reference even where a later trial of the same assignment
+        // (the all-f32 baseline) replaced its record.
+        let reference: std::collections::BTreeSet<&str> = measurements
+            .iter()
+            .filter(|m| {
+                m.source == MeasuredSource::Reference && store::MeasuredSetting::of(m) == setting
+            })
+            .map(|m| m.hash.as_str())
+            .collect();
+        let mut points = Vec::with_capacity(ms.len());
+        for m in &ms {
+            let predicted_us = match repredict {
+                Some(p) => {
+                    let model = match models.entry(m.cost_batch) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(CostModel::new(p.clone(), m.cost_batch)?)
+                        }
+                    };
+                    model
+                        .assignment(layers, &decode(&m.assignment, layers)?)
+                        .1
+                        .latency_us
+                }
+                None => m.predicted_us,
+            };
+            let trial = match m.source {
+                MeasuredSource::Trial { trial, .. } => Some(trial),
+                _ => None,
+            };
+            let point = trial.and_then(|n| front.iter().find(|f| f.trial == n).map(|f| f.number));
+            let label = match (&m.source, point) {
+                (MeasuredSource::Trial { trial, .. }, Some(k)) => {
+                    format!("point {k} (trial {trial})")
+                }
+                (MeasuredSource::Trial { trial, .. }, None) => format!("trial {trial}"),
+                (other, _) => other.to_string(),
+            };
+            points.push(LatencyPoint {
+                label,
+                trial,
+                point,
+                reference: reference.contains(m.hash.as_str()),
+                predicted_us,
+                measured_us: m.median_us,
+                spread_us: m.spread_us,
+                speedup: m.speedup(),
+            });
+        }
+        let pairs: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.predicted_us, p.measured_us))
+            .collect();
+        let profile = match repredict {
+            Some(p) => p.name().to_string(),
+            None => ms
+                .iter()
+                .max_by_key(|m| m.number)
+                .map_or_else(String::new, |m| m.profile.clone()),
+        };
+        panels.push(LatencyPanel {
+            fidelity: store::fidelity(&pairs),
+            setting,
+            profile,
+            points,
+        });
+    }
+    Ok(panels)
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Loading: the run, its trials and the cache from a store.
 
@@ -409,6 +504,9 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
         Some(s) => sensitivity(store, &manifest, s, &trials, &mut notes)?,
         None => None,
     };
+    let measurements = store.measurements(run)?;
+    let repredict = costing.recost.then_some(&costing.model.profile);
+    let latency = latency_panels(&measurements, &front, &layers, repredict)?;
     Ok(ReportData {
         run: manifest.name.clone(),
         status: live_status(&manifest, &store.controllers()?).to_string(),
@@ -437,6 +535,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
         baselines,
         hypervolume,
         sensitivity,
+        latency,
         notes,
     })
 }

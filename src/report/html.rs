@@ -1,7 +1,8 @@
 //! The report page: one self-contained HTML file (plots inlined as PNG data, no external request)
 //! with the run's summary (the search-vs-held-out gap included), the plots, a sortable table of the
-//! front points — quality on the search and the held-out split, cost and the choice of every layer —
-//! and the baselines.
+//! front points — quality on the search and the held-out split, cost and the choice of every layer —,
+//! the baselines, and, for a run whose points were measured, their measured latency against the
+//! predicted one.
 //!
 //! A small script on the page checks itself when it loads: every image decoded and no script error
 //! or `console.error`; it writes the result to `<body data-check="ok images=4/4 errors=0">`, which
@@ -11,7 +12,7 @@ use std::fmt::Write;
 
 use base64::Engine;
 
-use super::data::{Baseline, FrontPoint, HeldOutSummary, ReportData};
+use super::data::{Baseline, FrontPoint, HeldOutSummary, LatencyPanel, ReportData};
 use crate::cost::model::{format_bytes, format_us};
 
 /// A plot to inline.
@@ -145,6 +146,12 @@ pub fn page(d: &ReportData, images: &[Image]) -> String {
     h.push_str("<h2>How far to trust the search</h2>\n");
     h.push_str(&figure("hypervolume"));
     h.push_str(&figure("sensitivity"));
+    if !d.latency.is_empty() {
+        h.push_str("<h2>Predicted against measured latency</h2>\n");
+        h.push_str(&latency_summary(&d.latency));
+        h.push_str(&figure("latency"));
+        h.push_str(&latency_table(&d.latency));
+    }
     let _ = write!(
         h,
         "<p>The plots are also in this folder as SVG and PNG files: {}.</p>\n\
@@ -386,5 +393,90 @@ fn baseline_row(d: &ReportData, b: &Baseline) -> String {
     );
     s.push_str(&measures(d, b.quality, &b.metrics, &b.cost));
     s.push_str("</tr>\n");
+    s
+}
+
+/// One row per latency setting: what was measured, and how well the profile predicted it.
+fn latency_summary(panels: &[LatencyPanel]) -> String {
+    let mut s = String::from("<table id=\"latency-summary\">\n<thead><tr>");
+    for head in [
+        "measured on",
+        "predicted by",
+        "points",
+        "MAPE",
+        "Spearman ρ",
+        "all-f32",
+        "best speed-up",
+    ] {
+        let _ = write!(s, "<th>{}</th>", escape(head));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    for p in panels {
+        let f = p.fidelity.as_ref();
+        let reference = p.points.iter().find(|x| x.reference);
+        let best = p
+            .points
+            .iter()
+            .filter(|x| x.trial.is_some())
+            .max_by(|a, b| a.speedup.total_cmp(&b.speedup));
+        let _ =
+            writeln!(
+            s,
+            "<tr><td class=\"choice\">{}</td><td class=\"choice\">{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&p.setting.to_string()),
+            escape(&p.profile),
+            f.map_or(0, |f| f.points),
+            f.map_or("-".into(), |f| format!("{:.1} %", f.mape_percent)),
+            f.and_then(|f| f.spearman)
+                .map_or("-".into(), |r| format!("{r:.3}")),
+            reference.map_or("-".into(), |x| format_us(x.measured_us)),
+            best.map_or("-".into(), |x| escape(&format!("{:.2}× ({})", x.speedup, x.label))),
+        );
+    }
+    s.push_str(
+        "</tbody></table>\n<p>MAPE: mean of |predicted − measured| / measured over the measured \
+         points (the all-f32 reference included); Spearman's ρ: how well the prediction ranks them. \
+         Measured latencies are whole forward passes of the compressed model built on candle, the \
+         median of the fastest of several rounds.</p>\n",
+    );
+    s
+}
+
+/// Every measured point of every setting.
+fn latency_table(panels: &[LatencyPanel]) -> String {
+    let mut s = String::from(
+        "<div class=\"scroll\"><table class=\"sortable\" id=\"latency-table\">\n<thead><tr>",
+    );
+    for head in [
+        "measured on",
+        "point",
+        "predicted",
+        "measured",
+        "spread (IQR)",
+        "measured / predicted",
+        "speed-up over f32",
+    ] {
+        let _ = write!(s, "<th>{}</th>", escape(head));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    for p in panels {
+        for x in &p.points {
+            let _ = write!(
+                s,
+                "<tr><td class=\"choice\">{}</td><td class=\"choice\">{}</td>",
+                escape(&p.setting.to_string()),
+                escape(&x.label)
+            );
+            s.push_str(&num(x.predicted_us, &format_us(x.predicted_us)));
+            s.push_str(&num(x.measured_us, &format_us(x.measured_us)));
+            s.push_str(&num(x.spread_us, &format_us(x.spread_us)));
+            let ratio = x.measured_us / x.predicted_us;
+            s.push_str(&num(ratio, &format!("{ratio:.2}")));
+            s.push_str(&num(x.speedup, &format!("{:.2}×", x.speedup)));
+            s.push_str("</tr>\n");
+        }
+    }
+    s.push_str("</tbody></table></div>\n");
     s
 }

@@ -2,8 +2,9 @@
 //!
 //! What a person looks at in the morning: the Pareto front of a run as a picture that answers "which
 //! point do I ship, and what does it cost me", with the per-layer allocation of every front point,
-//! the hypervolume over trials of this run and of comparable ones, and how well the sensitivity model
-//! predicted the measured qualities.
+//! the hypervolume over trials of this run and of comparable ones, how well the sensitivity model
+//! predicted the measured qualities, and — once `mpsearch measure` has timed some of its points — how
+//! well the cost model predicted their measured latency.
 //!
 //! Data first, drawing second ([`data`]): the report's plain data is built from the stored trials,
 //! the evaluation cache (search and held-out qualities) and the model's layer shapes — never by
@@ -49,7 +50,7 @@ pub fn default_dir(data: &ReportData) -> PathBuf {
 pub fn write(data: &ReportData, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut images = Vec::new();
-    for p in Plot::ALL {
+    for p in Plot::ALL.into_iter().filter(|p| p.applies(data)) {
         let svg = p.svg(data)?;
         crate::fs::write_atomic(&dir.join(format!("{}.svg", p.name())), svg.as_bytes())?;
         let png_path = dir.join(format!("{}.png", p.name()));
@@ -91,6 +92,14 @@ fn caption(p: Plot, d: &ReportData) -> String {
         Plot::Sensitivity => "The sensitivity model's predicted quality of each evaluated trial \
                               against the measured one; Spearman's ρ in the title."
             .into(),
+        Plot::Latency => format!(
+            "Measured end-to-end latency on this machine (mpsearch measure) against the latency \
+             predicted on {}, one panel per machine and batch size, log scales: MAPE and Spearman's \
+             ρ in each title, the all-f32 reference as a triangle, front points numbered.",
+            d.latency
+                .first()
+                .map_or(d.profile.as_str(), |p| p.profile.as_str())
+        ),
     }
 }
 

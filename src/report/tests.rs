@@ -2,8 +2,10 @@
 //!
 //! The report data without drawing: the front is the brute-force non-dominated set of the feasible
 //! trials, the hypervolume history is monotone and matches [`crate::store::hypervolume`] after every
-//! trial, re-costing changes costs only, and the sensitivity pairs are the predictor's. Then the
-//! page and the plots are produced for a full and an empty run without error.
+//! trial, re-costing changes costs only, and the sensitivity pairs are the predictor's; measured
+//! latencies give the MAPE and Spearman's ρ worked out by hand, per setting. Then the page and the
+//! plots are produced for a full and an empty run (and the latency plot for a measured one) without
+//! error.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -298,6 +300,7 @@ fn report(t: &[TrialRecord], m: &RunManifest) -> ReportData {
             values: hypervolume_history(m, t),
         }],
         sensitivity: Some(sensitivity_fit(&predictor, t, 4)),
+        latency: Vec::new(),
         notes: vec!["a <note> & more".into()],
     }
 }
@@ -328,7 +331,12 @@ fn every_plot_and_the_page_are_made_for_a_full_and_an_empty_run() {
         );
         for p in Plot::ALL {
             for ext in ["svg", "png"] {
-                assert!(dir.path().join(format!("{}.{ext}", p.name())).is_file());
+                assert_eq!(
+                    dir.path().join(format!("{}.{ext}", p.name())).is_file(),
+                    p != Plot::Latency,
+                    "{}: the latency plot only for runs with measurements",
+                    p.name()
+                );
             }
         }
     }
@@ -402,4 +410,271 @@ fn the_gap_needs_a_held_out_quality_and_reads_its_sign() {
     assert!((g.worst - 0.05).abs() < 1e-12);
     // Relative over the points of positive search quality: (-50% + 50%) / 2.
     assert!(g.mean_relative.unwrap().abs() < 1e-12, "{g:?}");
+}
+
+/// A measurement record of the fake model's layers: `layers` assigned (others f32), at `batch`.
+fn measured(
+    number: u64,
+    source: store::MeasuredSource,
+    assigned: &[(&str, &str)],
+    (predicted_us, median_us): (f64, f64),
+    batch: u32,
+) -> store::MeasurementRecord {
+    let json = AssignmentJson {
+        default: Some("f32".into()),
+        layers: assigned
+            .iter()
+            .map(|(l, c)| (l.to_string(), c.to_string()))
+            .collect(),
+    };
+    store::MeasurementRecord {
+        schema: SCHEMA_VERSION,
+        number,
+        source,
+        hash: decode(&json, &layers()).unwrap().hash_hex(),
+        assignment: json,
+        batch,
+        tokens: None,
+        cost_batch: batch,
+        repetitions: 10,
+        median_us,
+        spread_us: median_us / 20.0,
+        round_medians_us: vec![median_us, 1.1 * median_us],
+        reference_us: 330.0,
+        other_load: None,
+        host: "h".into(),
+        cpu: "c".into(),
+        cores: 2,
+        candle_version: "0.11.1".into(),
+        profile: "cortex-a76".into(),
+        profile_fingerprint: String::new(),
+        predicted_us,
+        measured_unix: number,
+    }
+}
+
+/// Four measured assignments at batch 1 whose MAPE and Spearman's ρ are worked out by hand: the
+/// all-f32 reference, two trials and a random assignment.
+fn measured_set() -> Vec<store::MeasurementRecord> {
+    use store::MeasuredSource::*;
+    vec![
+        measured(0, Reference, &[], (300.0, 330.0), 1),
+        measured(
+            1,
+            Trial {
+                trial: 5,
+                point: Some(1),
+            },
+            &[("a", "int8-sym-channel")],
+            (100.0, 190.0),
+            1,
+        ),
+        measured(
+            2,
+            Trial {
+                trial: 9,
+                point: None,
+            },
+            &[("b", "f16")],
+            (200.0, 180.0),
+            1,
+        ),
+        measured(
+            3,
+            Random { seed: 0, index: 0 },
+            &[("head", "f16")],
+            (50.0, 40.0),
+            1,
+        ),
+    ]
+}
+
+#[test]
+fn latency_fidelity_is_the_mape_and_spearman_worked_out_by_hand() {
+    // |300-330|/330, |100-190|/190, |200-180|/180, |50-40|/40
+    let mape = 100.0 * (30.0 / 330.0 + 90.0 / 190.0 + 20.0 / 180.0 + 10.0 / 40.0) / 4.0;
+    let pairs = [(300.0, 330.0), (100.0, 190.0), (200.0, 180.0), (50.0, 40.0)];
+    let f = store::fidelity(&pairs).unwrap();
+    assert_eq!(f.points, 4);
+    assert!((f.mape_percent - mape).abs() < 1e-9, "{f:?}, want {mape}");
+    assert!((f.mape_percent - 23.1426).abs() < 1e-3, "{f:?}");
+    // Ranks: predicted 4 2 3 1, measured 4 3 2 1: Σd² = 2, ρ = 1 − 6·2 / (4·15) = 0.8.
+    assert!((f.spearman.unwrap() - 0.8).abs() < 1e-12, "{f:?}");
+    // A perfect prediction, a single pair, and nothing usable.
+    let exact = store::fidelity(&[(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]).unwrap();
+    assert_eq!((exact.mape_percent, exact.spearman), (0.0, Some(1.0)));
+    let one = store::fidelity(&[(2.0, 1.0)]).unwrap();
+    assert_eq!((one.mape_percent, one.spearman), (100.0, None));
+    assert!(store::fidelity(&[(1.0, 0.0), (f64::NAN, 1.0)]).is_none());
+}
+
+#[test]
+fn latency_panels_keep_the_latest_of_each_assignment_per_setting() {
+    use store::MeasuredSource::*;
+    let mut ms = measured_set();
+    // Trial 5 measured again at batch 1 (replaces number 1), and two records at batch 8.
+    ms.push(measured(
+        4,
+        Trial {
+            trial: 5,
+            point: Some(1),
+        },
+        &[("a", "int8-sym-channel")],
+        (100.0, 95.0),
+        1,
+    ));
+    ms.push(measured(5, Reference, &[], (900.0, 1000.0), 8));
+    ms.push(measured(
+        6,
+        Trial {
+            trial: 0,
+            point: Some(3),
+        },
+        &[],
+        (900.0, 990.0),
+        8,
+    ));
+    let latest = store::latest_measurements(&ms);
+    assert_eq!(latest.len(), 2);
+    let numbers: Vec<Vec<u64>> = latest
+        .values()
+        .map(|v| v.iter().map(|m| m.number).collect())
+        .collect();
+    assert_eq!(numbers, vec![vec![0, 2, 3, 4], vec![6]]);
+
+    // The report's front numbers trial 5 as point 2 now.
+    let front = vec![FrontPoint {
+        number: 2,
+        trial: 5,
+        quality: 0.1,
+        metrics: BTreeMap::new(),
+        held_out: None,
+        cost: crate::cost::Cost::default(),
+        hash: String::new(),
+        choices: Vec::new(),
+    }];
+    let panels = latency_panels(&ms, &front, &layers(), None).unwrap();
+    assert_eq!(panels.len(), 2);
+    let b1 = &panels[0];
+    assert_eq!(b1.setting.batch, 1);
+    let labels: Vec<&str> = b1.points.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        vec![
+            "all-f32",
+            "trial 9",
+            "random 0 (seed 0)",
+            "point 2 (trial 5)"
+        ]
+    );
+    assert_eq!(
+        b1.points[3].measured_us, 95.0,
+        "the latest measurement of trial 5"
+    );
+    assert_eq!(b1.points[3].point, Some(2));
+    assert!(b1.points[0].reference && !b1.points[1].reference);
+    let want = store::fidelity(&[(300.0, 330.0), (200.0, 180.0), (50.0, 40.0), (100.0, 95.0)]);
+    assert_eq!(b1.fidelity, want);
+    assert_eq!(b1.profile, "cortex-a76");
+    // At batch 8 the all-f32 trial replaced the reference's record, and is still the reference.
+    assert_eq!(panels[1].points.len(), 1);
+    assert!(panels[1].points[0].reference);
+    assert_eq!(panels[1].points[0].label, "trial 0");
+
+    // Re-costed under another profile: the predictions are that profile's at each batch measured.
+    let other = crate::shipped::profile("jetson-orin-nano").unwrap();
+    let panels = latency_panels(&ms, &front, &layers(), Some(&other)).unwrap();
+    assert_eq!(panels[0].profile, other.name());
+    for (p, m) in panels[0].points.iter().zip(
+        &store::latest_measurements(&ms)
+            .into_values()
+            .next()
+            .unwrap(),
+    ) {
+        let model = CostModel::new(other.clone(), m.cost_batch).unwrap();
+        let a = decode(&m.assignment, &layers()).unwrap();
+        assert_eq!(p.predicted_us, model.assignment(&layers(), &a).1.latency_us);
+        assert_eq!(p.measured_us, m.median_us);
+    }
+
+    let summaries = store::measurement_summaries(&ms);
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0].fidelity, want);
+    assert_eq!(summaries[0].reference_us, 330.0);
+    assert_eq!(summaries[0].best_trial, Some(5));
+    assert_eq!(summaries[0].best_speedup, Some(330.0 / 95.0));
+    assert_eq!(summaries[1].reference_us, 1000.0);
+}
+
+#[test]
+fn a_measured_run_gets_the_latency_plot_with_its_mape_and_spearman() {
+    let m = manifest(None, None);
+    let t = trials(60, 3);
+    let mut d = report(&t, &m);
+    let mut ms = measured_set();
+    ms.push(measured(
+        4,
+        store::MeasuredSource::Reference,
+        &[],
+        (2000.0, 2600.0),
+        32,
+    ));
+    ms.push(measured(
+        5,
+        store::MeasuredSource::Random { seed: 0, index: 1 },
+        &[("a", "f16")],
+        (1500.0, 2100.0),
+        32,
+    ));
+    d.latency = latency_panels(&ms, &d.front, &layers(), None).unwrap();
+    assert!(Plot::Latency.applies(&d));
+    assert_eq!(
+        Plot::Latency.size(&d),
+        (1000, 2 * super::plot::latency::PANEL_HEIGHT)
+    );
+    let svg = Plot::Latency.svg(&d).unwrap();
+    assert!(
+        svg.contains("Latency, batch 1 on h: MAPE 23.1 %, Spearman ρ 0.800 (4 points)"),
+        "the title states MAPE and ρ"
+    );
+    assert!(
+        svg.contains("Latency, batch 32 on h:"),
+        "one panel per batch"
+    );
+    assert!(svg.contains("predicted latency on cortex-a76 (µs, log scale)"));
+    assert!(svg.contains("measured latency on h (ms, log scale)"));
+    assert!(svg.contains("predicted = measured"));
+    let dir = tempfile::tempdir().unwrap();
+    let html = std::fs::read_to_string(super::write(&d, dir.path()).unwrap()).unwrap();
+    for ext in ["svg", "png"] {
+        assert!(dir.path().join(format!("latency.{ext}")).is_file());
+    }
+    assert_eq!(html.matches("<img src=\"data:image/png;base64,").count(), 5);
+    assert!(html.contains("<h2>Predicted against measured latency</h2>"));
+    assert!(
+        html.contains("<td>23.1 %</td><td>0.800</td>"),
+        "MAPE and ρ in the summary table"
+    );
+    assert_eq!(
+        html.matches("<tr><td class=\"choice\">batch ").count(),
+        2 + 6,
+        "summary and point rows"
+    );
+}
+
+#[test]
+fn latency_ticks_are_nice_values_inside_the_range() {
+    use super::plot::latency::log_ticks;
+    // 1-3 and 1-2-5 steps give 3 ticks here; 1-1.5-2-3-5-7 gives 6.
+    assert_eq!(
+        log_ticks(&(25.0..270.0)),
+        vec![30.0, 50.0, 70.0, 100.0, 150.0, 200.0]
+    );
+    assert_eq!(log_ticks(&(0.5..5000.0)), vec![1.0, 10.0, 100.0, 1000.0]);
+    let narrow = log_ticks(&(180.0..260.0));
+    assert!(
+        narrow.len() >= 4 && narrow.iter().all(|v| (180.0..=260.0).contains(v)),
+        "{narrow:?}"
+    );
+    assert!(log_ticks(&(0.0..1.0)).is_empty());
 }

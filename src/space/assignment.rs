@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Choice, LayerStatus, SearchSpace};
+use super::{Choice, LayerInfo, LayerStatus, SearchSpace};
 use crate::error::{Error, Result};
 
 /// First line of the canonical encoding; bump only with a migration of every stored hash.
@@ -114,6 +114,42 @@ impl Assignment {
     /// The JSON form as one line.
     pub fn to_json_string(&self) -> String {
         serde_json::to_string(&self.to_json()).unwrap_or_default()
+    }
+}
+
+impl AssignmentJson {
+    /// The assignment over the model's `layers` as journaled, without a search space: a listed layer
+    /// takes its choice, the others `default` (f32 without one). Reports and measurements read stored
+    /// assignments with it, so they survive a search-space file that changed since the run. A listed
+    /// layer the model does not have is an error.
+    pub fn over(&self, layers: &[LayerInfo]) -> Result<Assignment> {
+        let default: Choice = match &self.default {
+            Some(d) => d.parse()?,
+            None => Choice::F32,
+        };
+        if let Some(unknown) = self
+            .layers
+            .keys()
+            .find(|k| !layers.iter().any(|l| &l.name == *k))
+        {
+            return Err(Error::Assignment {
+                source_name: None,
+                message: format!(
+                    "a stored assignment names layer `{unknown}`, which the model no longer has"
+                ),
+            });
+        }
+        layers
+            .iter()
+            .map(|l| {
+                let c = match self.layers.get(&l.name) {
+                    Some(text) => text.parse()?,
+                    None => default,
+                };
+                Ok((l.name.clone(), c))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Assignment::new)
     }
 }
 

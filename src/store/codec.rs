@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::records::{
-    CachedEvaluation, RunManifest, SensitivityRecord, Snapshot, TrialRecord, SCHEMA_VERSION,
+    CachedEvaluation, MeasurementRecord, RunManifest, SensitivityRecord, Snapshot, TrialRecord,
+    SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 
@@ -34,7 +35,8 @@ record!(
     TrialRecord,
     CachedEvaluation,
     Snapshot,
-    SensitivityRecord
+    SensitivityRecord,
+    MeasurementRecord
 );
 
 /// Only the version of a record, whatever its other fields are.
@@ -94,6 +96,11 @@ fn other_version(location: &str, what: &str, schema: u32) -> Error {
 /// How errors name trial `number` of run `run`.
 pub(crate) fn trial_what(run: &str, number: u64) -> String {
     format!("run `{run}` trial {number}")
+}
+
+/// How errors name measurement `number` of run `run`.
+pub(crate) fn measurement_what(run: &str, number: u64) -> String {
+    format!("run `{run}` measurement {number}")
 }
 
 /// How errors name the record of `kind` under content key `key`.

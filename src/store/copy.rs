@@ -2,13 +2,15 @@
 //!
 //! [`copy`] writes every record of one store into another, whatever their backends (sled →
 //! PostgreSQL to share a store, PostgreSQL → sled to take one home): run manifests, trial journals,
-//! strategy snapshots, the evaluation cache and the sensitivity analyses, each record as it is (same
-//! serde JSON, same schema version), so `runs --json` and `trials --json` print the same for both.
+//! strategy snapshots, latency measurements, the evaluation cache and the sensitivity analyses,
+//! each record as it is (same serde JSON, same schema version), so `runs --json` and `trials
+//! --json` print the same for both.
 //!
 //! The target need not be empty; what it holds already decides, before anything is written:
-//! - a run of the same name must be **identical** (manifest, every trial and snapshot, compared as
-//!   their stored JSON): it is left as it is, so copying again after a copy finished does nothing. A
-//!   run that differs is a **conflict**, and the copy is refused whole, naming every such run;
+//! - a run of the same name must be **identical** (manifest, every trial, snapshot and measurement,
+//!   compared as their stored JSON): it is left as it is, so copying again after a copy finished
+//!   does nothing. A run that differs is a **conflict**, and the copy is refused whole, naming every
+//!   such run (a run measured again in one store since an earlier copy differs from its copy);
 //! - cached evaluations and sensitivity analyses are keyed by content, so a key the target has already
 //!   holds the same evaluation (perhaps timed differently): the target's is kept;
 //! - runs of other names in the target are untouched: two stores can be merged into one.
@@ -16,13 +18,14 @@
 //! A source run that a search drives right now is refused (copy it when the search has ended or
 //! been stopped), and every run copied is locked in the target ([`Store::lock_run`]) before any is
 //! written, so no search drives it meanwhile. A copy interrupted half-way leaves the runs written so
-//! far (each run's manifest, then its trials in one atomic write, then its snapshot); a run whose
+//! far (each run's manifest, then its trials in one atomic write, then its snapshot and its
+//! measurements); a run whose
 //! trials were not written yet then differs from the source and is named as a conflict by the next
 //! copy: remove it from the target, or copy into a fresh one.
 
 use serde::Serialize;
 
-use super::{RunManifest, Snapshot, Store, TrialRecord};
+use super::{MeasurementRecord, RunManifest, Snapshot, Store, TrialRecord};
 use crate::error::{Error, Result};
 
 /// What a copy did.
@@ -32,6 +35,7 @@ pub struct CopySummary {
     pub runs: usize,
     pub trials: usize,
     pub snapshots: usize,
+    pub measurements: usize,
     /// Runs the target held already, identical.
     pub runs_present: usize,
     /// Cached evaluations written, and those the target had already.
@@ -47,6 +51,7 @@ struct SourceRun {
     manifest: RunManifest,
     trials: Vec<TrialRecord>,
     snapshot: Option<Snapshot>,
+    measurements: Vec<MeasurementRecord>,
 }
 
 /// Copies every record of `from` into `to` (see the module docs for what the target may hold).
@@ -68,6 +73,7 @@ pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<CopySummary> {
             Ok(SourceRun {
                 trials: from.trials(&manifest.name)?,
                 snapshot: from.snapshot(&manifest.name)?,
+                measurements: from.measurements(&manifest.name)?,
                 manifest,
             })
         })
@@ -108,6 +114,10 @@ pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<CopySummary> {
         if let Some(s) = &run.snapshot {
             to.put_snapshot(name, s)?;
             summary.snapshots += 1;
+        }
+        if !run.measurements.is_empty() {
+            to.put_measurements(name, &run.measurements)?;
+            summary.measurements += run.measurements.len();
         }
         summary.runs += 1;
         summary.trials += run.trials.len();
@@ -152,6 +162,14 @@ fn difference(to: &dyn Store, run: &SourceRun) -> Result<Option<Difference>> {
         return Ok(Some(Difference::Differs(
             "another strategy snapshot".into(),
         )));
+    }
+    let measurements = to.measurements(name)?;
+    if json(&measurements) != json(&run.measurements) {
+        return Ok(Some(Difference::Differs(format!(
+            "other measurements: {} there, {} here",
+            measurements.len(),
+            run.measurements.len()
+        ))));
     }
     Ok(None)
 }

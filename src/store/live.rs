@@ -2,8 +2,8 @@
 //!
 //! A sled store belongs to one process at a time (its folder is locked), yet a person wants to look at
 //! a search while it runs. So the process that writes a sled store keeps a read-only copy of
-//! everything readers need — run manifests, trial journals, snapshots, the evaluation cache and the
-//! sensitivity analyses, and who drives which run — in `DIR/live-view.json`, rewritten atomically
+//! everything readers need — run manifests, trial journals, snapshots, the evaluation cache, the
+//! sensitivity analyses, latency measurements, and who drives which run — in `DIR/live-view.json`, rewritten atomically
 //! ([`crate::fs::write_atomic`]) when it starts driving a run and after every batch of trials (the
 //! search writes its manifest then). The copy is taken between two writes of the one writing process,
 //! so it is consistent: a cut of the journal at a batch boundary.
@@ -27,8 +27,8 @@ use serde_json::value::RawValue;
 
 use super::codec::{decode, key_what, Record};
 use super::{
-    CachedEvaluation, Controller, RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts,
-    TrialRecord,
+    CachedEvaluation, Controller, MeasurementRecord, RunManifest, SensitivityRecord, Snapshot,
+    Store, StoreCounts, TrialRecord,
 };
 use crate::error::{Error, Result};
 
@@ -89,6 +89,8 @@ pub(super) struct RawRecords {
     /// Run name → its trials' records in number order.
     pub trials: BTreeMap<String, Vec<Vec<u8>>>,
     pub snapshots: BTreeMap<String, Vec<u8>>,
+    /// Run name → its measurements' records in number order.
+    pub measurements: BTreeMap<String, Vec<Vec<u8>>>,
     /// Hex key → record.
     pub cache: BTreeMap<String, Vec<u8>>,
     pub sensitivity: BTreeMap<String, Vec<u8>>,
@@ -108,6 +110,7 @@ struct ViewOut<'a> {
     snapshots: BTreeMap<&'a str, &'a RawValue>,
     cache: BTreeMap<&'a str, &'a RawValue>,
     sensitivity: BTreeMap<&'a str, &'a RawValue>,
+    measurements: BTreeMap<&'a str, Vec<&'a RawValue>>,
 }
 
 /// The view's layout as read.
@@ -128,6 +131,9 @@ struct ViewIn<'a> {
     cache: BTreeMap<String, &'a RawValue>,
     #[serde(borrow)]
     sensitivity: BTreeMap<String, &'a RawValue>,
+    /// Absent from views written before measurements were stored.
+    #[serde(borrow, default)]
+    measurements: BTreeMap<String, Vec<&'a RawValue>>,
 }
 
 /// Writes the view of a store at `dir` (whose messages call it `location`) atomically.
@@ -152,6 +158,18 @@ pub(super) fn write(
             .map(|(k, v)| Ok((k.as_str(), raw_value(v)?)))
             .collect()
     }
+    type PerRun<'a> = BTreeMap<&'a str, Vec<&'a RawValue>>;
+    fn per_run(m: &BTreeMap<String, Vec<Vec<u8>>>) -> std::result::Result<PerRun<'_>, String> {
+        m.iter()
+            .map(|(run, rs)| {
+                let rs = rs
+                    .iter()
+                    .map(|r| raw_value(r))
+                    .collect::<std::result::Result<_, _>>()?;
+                Ok((run.as_str(), rs))
+            })
+            .collect()
+    }
     let view = ViewOut {
         format: FORMAT,
         version: VERSION,
@@ -164,21 +182,11 @@ pub(super) fn write(
             .map(|r| raw_value(r))
             .collect::<std::result::Result<_, _>>()
             .map_err(bad)?,
-        trials: raw
-            .trials
-            .iter()
-            .map(|(run, ts)| {
-                let ts = ts
-                    .iter()
-                    .map(|t| raw_value(t))
-                    .collect::<std::result::Result<_, _>>()?;
-                Ok((run.as_str(), ts))
-            })
-            .collect::<std::result::Result<_, String>>()
-            .map_err(bad)?,
+        trials: per_run(&raw.trials).map_err(bad)?,
         snapshots: map(&raw.snapshots).map_err(bad)?,
         cache: map(&raw.cache).map_err(bad)?,
         sensitivity: map(&raw.sensitivity).map_err(bad)?,
+        measurements: per_run(&raw.measurements).map_err(bad)?,
     };
     let bytes = serde_json::to_vec(&view).map_err(|e| bad(e.to_string()))?;
     crate::fs::write_atomic(&path, &bytes)
@@ -201,6 +209,7 @@ pub struct LiveView {
     snapshots: BTreeMap<String, Snapshot>,
     cache: HashMap<blake3::Hash, CachedEvaluation>,
     sensitivity: HashMap<blake3::Hash, SensitivityRecord>,
+    measurements: BTreeMap<String, Vec<MeasurementRecord>>,
 }
 
 impl LiveView {
@@ -248,6 +257,21 @@ impl LiveView {
                 .collect::<Result<Vec<TrialRecord>>>()?;
             trials.insert(run.clone(), records);
         }
+        let mut measurements = BTreeMap::new();
+        for (run, ms) in &view.measurements {
+            let records = ms
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    one(
+                        location,
+                        &format!("run `{run}` measurement #{i} of the view"),
+                        m,
+                    )
+                })
+                .collect::<Result<Vec<MeasurementRecord>>>()?;
+            measurements.insert(run.clone(), records);
+        }
         let snapshots = view
             .snapshots
             .iter()
@@ -294,6 +318,7 @@ impl LiveView {
             snapshots,
             cache,
             sensitivity,
+            measurements,
         })
     }
 
@@ -393,6 +418,14 @@ impl Store for LiveView {
 
     fn put_sensitivity(&self, _: &blake3::Hash, _: &SensitivityRecord) -> Result<()> {
         self.refuse()
+    }
+
+    fn put_measurements(&self, _: &str, _: &[MeasurementRecord]) -> Result<()> {
+        self.refuse()
+    }
+
+    fn measurements(&self, run: &str) -> Result<Vec<MeasurementRecord>> {
+        Ok(self.measurements.get(run).cloned().unwrap_or_default())
     }
 
     fn counts(&self) -> Result<StoreCounts> {

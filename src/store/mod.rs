@@ -2,7 +2,7 @@
 //!
 //! Everything a search must not lose, behind the [`Store`] trait: run manifests, each run's
 //! append-only trial journal, the content-addressed evaluation cache shared by all runs, strategy
-//! snapshots and sensitivity analyses. Two backends implement it: [`SledStore`], the embedded default
+//! snapshots, sensitivity analyses and each run's end-to-end latency measurements. Two backends implement it: [`SledStore`], the embedded default
 //! (one sled database per folder, used by one process at a time), and [`PostgresStore`], a PostgreSQL
 //! database that several processes (and machines) share. [`Location`] says which a `--store` names (a
 //! `postgres://` URL, else a folder) and [`open`] opens it for reading or for writing. A sled store that
@@ -28,9 +28,10 @@ pub use self::live::{LiveInfo, LiveView};
 pub use self::location::{open, Access, Location, Opened};
 pub use self::postgres::PostgresStore;
 pub use self::query::{
-    cost_of, default_run_name, feasible, find_run, front, front_held_out, held_out, held_out_gap,
-    held_out_key, hypervolume, listed_status, live_status, sensitivity_key, HeldOut, HeldOutGap,
-    COST_REFERENCE, QUALITY_REFERENCE,
+    cost_of, default_run_name, feasible, fidelity, find_run, front, front_held_out, held_out,
+    held_out_gap, held_out_key, hypervolume, latest_measurements, listed_status, live_status,
+    measurement_summaries, sensitivity_key, Fidelity, HeldOut, HeldOutGap, MeasuredSetting,
+    MeasurementSummary, COST_REFERENCE, QUALITY_REFERENCE,
 };
 pub use self::sled::SledStore;
 pub use records::*;
@@ -59,14 +60,15 @@ use crate::error::Result;
 ///     process dies (its connection closes); a second `lock_run` of the run anywhere fails with
 ///     [`crate::Error::RunInUse`], naming the pid and host that drive it. Readers just read.
 /// - **Durability.** When [`Store::put_trial`], [`Store::put_trials`], [`Store::create_run`],
-///   [`Store::put_run`] or [`Store::put_snapshot`] returns `Ok`, the record is on disk and survives a
-///   crash or power loss (sled: flushed and fdatasynced; PostgreSQL: a committed transaction, with
-///   `synchronous_commit` on). In particular **a trial is durable before `put_trial` returns**, so a
-///   trial reported as complete is never lost. [`Store::put_cached`] and [`Store::put_sensitivity`]
+///   [`Store::put_run`], [`Store::put_snapshot`] or [`Store::put_measurements`] returns `Ok`, the
+///   record is on disk and survives a crash or power loss (sled: flushed and fdatasynced;
+///   PostgreSQL: a committed transaction, with `synchronous_commit` on). In particular **a trial is
+///   durable before `put_trial` returns**, so a trial reported as complete is never lost. [`Store::put_cached`] and [`Store::put_sensitivity`]
 ///   need not flush: they become durable with the next flushing write (the search journals a trial
 ///   right after caching its evaluation), and losing one only costs a re-evaluation.
 /// - **Ordering.** [`Store::trials`] returns a run's trials in increasing trial number, whatever
-///   order they were written in; [`Store::runs`] returns runs by creation time, then name (bytewise).
+///   order they were written in (and [`Store::measurements`] its measurements by number);
+///   [`Store::runs`] returns runs by creation time, then name (bytewise).
 ///   Writing a trial number again replaces that trial (a `Running` entry by its `Complete` or
 ///   `Failed` one).
 /// - **Versions.** Every record carries a schema version; reading one of another version, or one
@@ -139,6 +141,14 @@ pub trait Store: Send + Sync {
     /// The runs some handle drives right now (this one's included), and who drives them. A run
     /// marked `running` that no controller drives was left by a process that died.
     fn controllers(&self) -> Result<Vec<Controller>>;
+
+    /// Stores end-to-end latency measurements of run `run` (which must exist) as one atomic write,
+    /// flushed: all of them or none. A record replaces the run's measurement of the same number
+    /// (`measure` numbers new ones after the last).
+    fn put_measurements(&self, run: &str, records: &[MeasurementRecord]) -> Result<()>;
+
+    /// The measurements of run `run` in number order (empty if it has none or does not exist).
+    fn measurements(&self, run: &str) -> Result<Vec<MeasurementRecord>>;
 
     /// Every cached evaluation with its key (for copying a store).
     fn cache_entries(&self) -> Result<Vec<(blake3::Hash, CachedEvaluation)>>;

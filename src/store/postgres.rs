@@ -18,10 +18,12 @@
 //! - `mpsearch_cache(key, record)`: 32-byte content key → [`CachedEvaluation`];
 //! - `mpsearch_snapshots(run, record)`: run → [`Snapshot`];
 //! - `mpsearch_sensitivity(key, record)`: 32-byte key → [`SensitivityRecord`];
+//! - `mpsearch_measurements(run, number, record)`: a run's end-to-end latency measurements, keyed by
+//!   (run, number) → [`MeasurementRecord`] (added by version 2 of the tables);
 //! - `mpsearch_controllers(run, pid, host, since_unix, backend_pid, lock_hi, lock_lo)`: who took each
 //!   run's lock last (see below).
 //!
-//! Trials, snapshots and controllers of a run refer to its row, so writing the trial of an unknown run
+//! Trials, snapshots, measurements and controllers of a run refer to its row, so writing the trial of an unknown run
 //! is refused by the database itself. Room is left for workers (issue 15's second half): a table of
 //! pending evaluations with claims and heartbeats is a later migration.
 //!
@@ -50,15 +52,15 @@ use std::time::Duration;
 use ::postgres::error::SqlState;
 use ::postgres::{Client, NoTls, Statement};
 
-use super::codec::{decode, encode, key_what, trial_what, Record};
+use super::codec::{decode, encode, key_what, measurement_what, trial_what, Record};
 use super::{
-    check_run_name, host_name, now_unix, CachedEvaluation, Controller, RunManifest,
-    SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
+    check_run_name, host_name, now_unix, CachedEvaluation, Controller, MeasurementRecord,
+    RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
 };
 use crate::error::{Error, Result, RunHolder};
 
 /// The version of the tables this mpsearch writes: the last of [`MIGRATIONS`].
-pub const STORE_SCHEMA: i32 = 1;
+pub const STORE_SCHEMA: i32 = 2;
 
 /// One step of the tables' history: applied once, in order, when a store is opened.
 struct Migration {
@@ -68,11 +70,19 @@ struct Migration {
 }
 
 /// Every version of the tables so far. A later mpsearch appends (never edits) steps.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "runs, trials, evaluation cache, snapshots, sensitivity analyses, run controllers",
-    sql: SCHEMA_1,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description:
+            "runs, trials, evaluation cache, snapshots, sensitivity analyses, run controllers",
+        sql: SCHEMA_1,
+    },
+    Migration {
+        version: 2,
+        description: "end-to-end latency measurements",
+        sql: SCHEMA_2,
+    },
+];
 
 const SCHEMA_1: &str = "
 CREATE TABLE mpsearch_runs (
@@ -107,6 +117,15 @@ CREATE TABLE mpsearch_controllers (
     backend_pid integer NOT NULL,
     lock_hi bigint NOT NULL,
     lock_lo bigint NOT NULL
+);
+";
+
+const SCHEMA_2: &str = "
+CREATE TABLE mpsearch_measurements (
+    run text NOT NULL REFERENCES mpsearch_runs (name) ON DELETE CASCADE,
+    number bigint NOT NULL,
+    record json NOT NULL,
+    PRIMARY KEY (run, number)
 );
 ";
 
@@ -793,6 +812,58 @@ impl Store for PostgresStore {
                     since_unix: u64::try_from(r.try_get::<_, i64>(3).map_err(self.sql(what))?)
                         .unwrap_or(0),
                 })
+            })
+            .collect()
+    }
+
+    fn put_measurements(&self, run: &str, records: &[MeasurementRecord]) -> Result<()> {
+        check_run_name(&self.location, run)?;
+        let rows = records
+            .iter()
+            .map(|r| {
+                let what = measurement_what(run, r.number);
+                let number = i64::try_from(r.number).map_err(|_| {
+                    self.error(format!("{what}: the measurement number is too large"))
+                })?;
+                Ok((number, json_text(&self.location, &what, r)?))
+            })
+            .collect::<Result<Vec<(i64, String)>>>()?;
+        let what = format!("the measurements of run `{run}`");
+        let numbers: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let texts: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        // One statement: one commit, all or nothing.
+        self.conn()?
+            .client
+            .execute(
+                "INSERT INTO mpsearch_measurements (run, number, record) \
+                 SELECT $1, m.number, m.record::json \
+                 FROM unnest($2::bigint[], $3::text[]) AS m (number, record) \
+                 ON CONFLICT (run, number) DO UPDATE SET record = EXCLUDED.record",
+                &[&run, &numbers, &texts],
+            )
+            .map(drop)
+            .map_err(self.write_error(run, &what))
+    }
+
+    fn measurements(&self, run: &str) -> Result<Vec<MeasurementRecord>> {
+        check_run_name(&self.location, run)?;
+        let rows = self
+            .conn()?
+            .client
+            .query(
+                "SELECT number, record::text FROM mpsearch_measurements WHERE run = $1 \
+                 ORDER BY number",
+                &[&run],
+            )
+            .map_err(self.sql(&format!("cannot read the measurements of run `{run}`")))?;
+        rows.iter()
+            .map(|r| {
+                let number: i64 = r
+                    .try_get(0)
+                    .map_err(self.sql(&format!("a measurement number of run `{run}`")))?;
+                let what = measurement_what(run, number as u64);
+                let text: String = r.try_get(1).map_err(self.sql(&what))?;
+                decode(&self.location, &what, text.as_bytes())
             })
             .collect()
     }

@@ -3,7 +3,8 @@
 //! What the stored records of a run say, computed from the store alone — no model, no evaluator, no
 //! search controller: the run of a name, a name for a new run, the measured front of a run's trials and
 //! its hypervolume, a trial's held-out evaluation (from the evaluation cache) and the front's
-//! search-vs-held-out gap, a run's status as listed, and the store key of a sensitivity analysis.
+//! search-vs-held-out gap, a run's status as listed, the store key of a sensitivity analysis, and
+//! what a run's latency measurements say (predicted against measured, per setting).
 //! `runs`, `trials`, reports and exports read runs through these, and the search controller writes
 //! runs that they describe.
 
@@ -17,7 +18,10 @@ use crate::eval::{evaluation_key_on, EvalSplit};
 use crate::pareto;
 use crate::space::SearchSpace;
 
-use super::{Controller, RunConfig, RunManifest, RunStatus, Store, TrialRecord, TrialState};
+use super::{
+    Controller, MeasuredSource, MeasurementRecord, RunConfig, RunManifest, RunStatus, Store,
+    TrialRecord, TrialState,
+};
 
 /// Quality reference of the hypervolume when no `--max-drop` is given, in the objective's units: a KL
 /// divergence of 0.1 nat (the demo loses about 4 points of accuracy there) or a cosine distance of 0.1
@@ -272,4 +276,151 @@ pub fn sensitivity_key(
         h.update(&c.to_le_bytes());
     }
     h.finalize()
+}
+
+/// Where and at what size latencies were measured: measurements are compared (and drawn) within one
+/// setting only.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct MeasuredSetting {
+    pub host: String,
+    /// Samples per forward pass.
+    pub batch: u32,
+    /// Tokens per sample of a sequence model.
+    pub tokens: Option<u32>,
+}
+
+impl MeasuredSetting {
+    /// The setting of `m`.
+    pub fn of(m: &MeasurementRecord) -> MeasuredSetting {
+        MeasuredSetting {
+            host: m.host.clone(),
+            batch: m.batch,
+            tokens: m.tokens,
+        }
+    }
+}
+
+impl std::fmt::Display for MeasuredSetting {
+    /// `batch 32 × 32 tokens on host-a`, `batch 1 on host-a`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch {}", self.batch)?;
+        if let Some(t) = self.tokens {
+            write!(f, " × {t} tokens")?;
+        }
+        write!(f, " on {}", self.host)
+    }
+}
+
+/// A run's measurements by setting, keeping the latest of each assignment (by number) within a
+/// setting, in number order.
+pub fn latest_measurements(
+    records: &[MeasurementRecord],
+) -> BTreeMap<MeasuredSetting, Vec<&MeasurementRecord>> {
+    let mut latest: BTreeMap<MeasuredSetting, BTreeMap<&str, &MeasurementRecord>> = BTreeMap::new();
+    for m in records {
+        let per = latest.entry(MeasuredSetting::of(m)).or_default();
+        match per.get(m.hash.as_str()) {
+            Some(old) if old.number > m.number => {}
+            _ => {
+                per.insert(m.hash.as_str(), m);
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(s, per)| {
+            let mut v: Vec<&MeasurementRecord> = per.into_values().collect();
+            v.sort_by_key(|m| m.number);
+            (s, v)
+        })
+        .collect()
+}
+
+/// How well predicted latencies match measured ones.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Fidelity {
+    /// Pairs compared.
+    pub points: usize,
+    /// Mean absolute percentage error of the predictions: mean of |predicted − measured| / measured,
+    /// in percent.
+    pub mape_percent: f64,
+    /// Spearman's rank correlation between predicted and measured (`None` with fewer than 2 pairs
+    /// or a constant side).
+    pub spearman: Option<f64>,
+}
+
+/// The [`Fidelity`] of `(predicted, measured)` pairs; `None` without a pair of positive measured
+/// latency.
+pub fn fidelity(pairs: &[(f64, f64)]) -> Option<Fidelity> {
+    let pairs: Vec<(f64, f64)> = pairs
+        .iter()
+        .copied()
+        .filter(|&(p, m)| p.is_finite() && m.is_finite() && m > 0.0)
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let mape = pairs.iter().map(|(p, m)| (p - m).abs() / m).sum::<f64>() / pairs.len() as f64;
+    let (p, m): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+    Some(Fidelity {
+        points: pairs.len(),
+        mape_percent: 100.0 * mape,
+        spearman: crate::sensitivity::rank::spearman(&p, &m).ok(),
+    })
+}
+
+/// What a run's measurements in one setting say.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MeasurementSummary {
+    #[serde(flatten)]
+    pub setting: MeasuredSetting,
+    /// The hardware profile of the predictions (of the latest measurement).
+    pub profile: String,
+    /// Predicted against measured, over the latest measurement of each assignment (the all-f32
+    /// reference included).
+    pub fidelity: Option<Fidelity>,
+    /// The all-f32 model's latency (the latest), µs.
+    pub reference_us: f64,
+    /// The largest measured speed-up over all-f32 of a trial of the run, and that trial.
+    pub best_speedup: Option<f64>,
+    pub best_trial: Option<u64>,
+    /// When the latest of them was measured.
+    pub measured_unix: u64,
+}
+
+/// One [`MeasurementSummary`] per setting of a run's `records`.
+pub fn measurement_summaries(records: &[MeasurementRecord]) -> Vec<MeasurementSummary> {
+    latest_measurements(records)
+        .into_iter()
+        .filter_map(|(setting, ms)| {
+            let last = *ms.iter().max_by_key(|m| m.number)?;
+            let pairs: Vec<(f64, f64)> = ms.iter().map(|m| (m.predicted_us, m.median_us)).collect();
+            let best = ms
+                .iter()
+                .filter_map(|m| match m.source {
+                    MeasuredSource::Trial { trial, .. } => Some((trial, m.speedup())),
+                    _ => None,
+                })
+                .filter(|(_, s)| s.is_finite())
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            // The latest reference of the setting, also where a later trial of the all-f32
+            // assignment is the latest record of that assignment.
+            let reference = records
+                .iter()
+                .filter(|m| {
+                    m.source == MeasuredSource::Reference && MeasuredSetting::of(m) == setting
+                })
+                .max_by_key(|m| m.number)
+                .map_or(last.reference_us, |m| m.median_us);
+            Some(MeasurementSummary {
+                setting,
+                profile: last.profile.clone(),
+                fidelity: fidelity(&pairs),
+                reference_us: reference,
+                best_speedup: best.map(|b| b.1),
+                best_trial: best.map(|b| b.0),
+                measured_unix: last.measured_unix,
+            })
+        })
+        .collect()
 }

@@ -249,3 +249,94 @@ pub struct SensitivityRecord {
     pub errors: Vec<Vec<f64>>,
     pub measurements: Vec<Measurement>,
 }
+
+/// Where a measured assignment came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MeasuredSource {
+    /// The uncompressed model (every layer f32), timed in every measuring session as the reference
+    /// of its speed-ups.
+    Reference,
+    /// A trial of the run; `point` is its 1-based position on the run's front when it was measured
+    /// (`None` off the front).
+    Trial { trial: u64, point: Option<usize> },
+    /// An assignment drawn at random from the run's search space (not a trial of the run): the
+    /// `index`-th (0-based) of those drawn with `seed`.
+    Random { seed: u64, index: usize },
+}
+
+impl std::fmt::Display for MeasuredSource {
+    /// `all-f32`, `point 3 (trial 17)`, `trial 12`, `random 4 (seed 0)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MeasuredSource::Reference => f.write_str("all-f32"),
+            MeasuredSource::Trial {
+                trial,
+                point: Some(k),
+            } => write!(f, "point {k} (trial {trial})"),
+            MeasuredSource::Trial { trial, point: None } => write!(f, "trial {trial}"),
+            MeasuredSource::Random { seed, index } => write!(f, "random {index} (seed {seed})"),
+        }
+    }
+}
+
+/// One assignment of a run built as a real compressed model and timed end to end on this machine
+/// (`mpsearch measure`): whole forward passes on a batch of the run's search split, against the
+/// latency the run's hardware profile predicts for it.
+///
+/// A run's measurements are numbered 0, 1, … in the order they were stored; measuring again adds
+/// records, it never replaces one. Times are in microseconds of wall clock per forward pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeasurementRecord {
+    pub schema: u32,
+    /// Its number within the run (the store's key, with the run's name).
+    pub number: u64,
+    /// What was measured: the f32 reference, a trial, or a random assignment of the run's space.
+    pub source: MeasuredSource,
+    /// The assignment built, as assignment JSON.
+    pub assignment: AssignmentJson,
+    /// Its canonical hash (hex): the trial's `hash` for a trial.
+    pub hash: String,
+    /// Samples per forward pass (images, or sentences).
+    pub batch: u32,
+    /// Tokens per sentence of a sequence model (every sentence exactly this long); `None` for images.
+    pub tokens: Option<u32>,
+    /// Samples per inference as the cost model counts them (images, or tokens: `batch × tokens`):
+    /// the batch the prediction was made at.
+    pub cost_batch: u32,
+    /// Timed forward passes per round.
+    pub repetitions: usize,
+    /// Median of the fastest round's timed passes.
+    pub median_us: f64,
+    /// Interquartile range of the fastest round's timed passes.
+    pub spread_us: f64,
+    /// The median of every round, in the order they ran (the fastest is reported: other processes
+    /// slow whole rounds).
+    pub round_medians_us: Vec<f64>,
+    /// The all-f32 model's median in the same session: `reference_us / median_us` is the speed-up.
+    pub reference_us: f64,
+    /// Share of the machine's CPU time (0..1) other processes used while this assignment's rounds
+    /// ran, from `/proc/stat` (`None` where it cannot be told).
+    pub other_load: Option<f64>,
+    /// The machine: host name, CPU model, logical cores.
+    pub host: String,
+    pub cpu: String,
+    pub cores: usize,
+    /// The candle-core version whose kernels ran.
+    pub candle_version: String,
+    /// The hardware profile the prediction is from (as the run names it) and its contents'
+    /// fingerprint (hex).
+    pub profile: String,
+    pub profile_fingerprint: String,
+    /// Its predicted latency at `cost_batch`, µs.
+    pub predicted_us: f64,
+    /// When it was measured (seconds since the Unix epoch).
+    pub measured_unix: u64,
+}
+
+impl MeasurementRecord {
+    /// The all-f32 model's latency over this one's (above 1: faster than f32).
+    pub fn speedup(&self) -> f64 {
+        self.reference_us / self.median_us
+    }
+}

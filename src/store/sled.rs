@@ -10,7 +10,9 @@
 //!   contain no NUL, so a prefix scan over `name\0` yields exactly one run's trials, in number order;
 //! - `cache`: 32-byte content key → [`CachedEvaluation`];
 //! - `snapshots`: run name → [`Snapshot`];
-//! - `sensitivity`: 32-byte key → [`SensitivityRecord`].
+//! - `sensitivity`: 32-byte key → [`SensitivityRecord`];
+//! - `measurements`: run name, a 0 byte, measurement number as u64 big-endian →
+//!   [`MeasurementRecord`] (laid out as `trials`).
 //!
 //! **In use.** sled locks `DIR/db/db` with `flock(LOCK_EX | LOCK_NB)` when it opens it (through
 //! fs2), and reports a held lock as `sled::Error::Io` of kind `Other` whose message starts with
@@ -41,11 +43,11 @@ use std::time::{Duration, Instant};
 
 use ::sled::{Batch, Db, Tree};
 
-use super::codec::{decode, encode, key_what, trial_what, Record};
+use super::codec::{decode, encode, key_what, measurement_what, trial_what, Record};
 use super::live::{self, LiveInfo, LiveView, Pace, RawRecords};
 use super::{
-    check_run_name, host_name, now_unix, CachedEvaluation, Controller, RunManifest,
-    SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
+    check_run_name, host_name, now_unix, CachedEvaluation, Controller, MeasurementRecord,
+    RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
 };
 use crate::error::{Error, Result};
 
@@ -78,6 +80,7 @@ pub struct SledStore {
     cache: Tree,
     snapshots: Tree,
     sensitivity: Tree,
+    measurements: Tree,
     /// The runs this handle drives ([`Store::lock_run`]).
     driving: Mutex<Vec<Controller>>,
     /// When the live view was last written.
@@ -138,6 +141,7 @@ impl SledStore {
             cache: tree("cache")?,
             snapshots: tree("snapshots")?,
             sensitivity: tree("sensitivity")?,
+            measurements: tree("measurements")?,
             dir: dir.to_path_buf(),
             location: location.clone(),
             db,
@@ -185,14 +189,15 @@ impl SledStore {
         }
         for entry in self.trials.iter() {
             let (key, value) = entry.map_err(read)?;
-            let run = key
-                .len()
-                .checked_sub(9)
-                .and_then(|n| key.get(..n))
-                .map(String::from_utf8_lossy)
-                .ok_or_else(|| self.error("a trial has a malformed key"))?;
             raw.trials
-                .entry(run.into_owned())
+                .entry(self.run_of(&key)?)
+                .or_default()
+                .push(value.to_vec());
+        }
+        for entry in self.measurements.iter() {
+            let (key, value) = entry.map_err(read)?;
+            raw.measurements
+                .entry(self.run_of(&key)?)
                 .or_default()
                 .push(value.to_vec());
         }
@@ -216,6 +221,15 @@ impl SledStore {
             }
         }
         Ok(raw)
+    }
+
+    /// The run name of a `trials` or `measurements` key (the name, a 0 byte, 8 bytes of number).
+    fn run_of(&self, key: &[u8]) -> Result<String> {
+        key.len()
+            .checked_sub(9)
+            .and_then(|n| key.get(..n))
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .ok_or_else(|| self.error("a trial or measurement has a malformed key"))
     }
 
     /// Every `(key, record)` of a tree keyed by content.
@@ -282,6 +296,7 @@ impl SledStore {
             "cache" => self.cache.clone(),
             "snapshots" => self.snapshots.clone(),
             "sensitivity" => self.sensitivity.clone(),
+            "measurements" => self.measurements.clone(),
             _ => panic!("no tree {name}"),
         }
     }
@@ -340,14 +355,15 @@ fn write_owner(dir: &Path) -> Result<()> {
     )
 }
 
-/// The `trials` key of trial `number` of run `run`.
+/// The `trials` key of trial `number` of run `run` (and the `measurements` key of measurement
+/// `number`).
 pub(super) fn trial_key(run: &str, number: u64) -> Vec<u8> {
     let mut key = trial_prefix(run);
     key.extend_from_slice(&number.to_be_bytes());
     key
 }
 
-/// The prefix of every `trials` key of run `run`.
+/// The prefix of every `trials` (and `measurements`) key of run `run`.
 fn trial_prefix(run: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(run.len() + 9);
     key.extend_from_slice(run.as_bytes());
@@ -522,6 +538,42 @@ impl Store for SledStore {
             .lock()
             .map(|d| d.clone())
             .map_err(|_| self.error("a thread panicked while locking a run"))
+    }
+
+    fn put_measurements(&self, run: &str, records: &[MeasurementRecord]) -> Result<()> {
+        self.require_run(run)?;
+        let mut batch = Batch::default();
+        for r in records {
+            let bytes = encode(&self.location, &measurement_what(run, r.number), r)?;
+            batch.insert(trial_key(run, r.number), bytes);
+        }
+        self.measurements
+            .apply_batch(batch)
+            .map_err(|e| self.error(format!("cannot write measurements of run `{run}`: {e}")))?;
+        self.flush()
+    }
+
+    fn measurements(&self, run: &str) -> Result<Vec<MeasurementRecord>> {
+        check_run_name(&self.location, run)?;
+        let prefix = trial_prefix(run);
+        self.measurements
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, bytes) = entry.map_err(|e| {
+                    self.error(format!("cannot read the measurements of run `{run}`: {e}"))
+                })?;
+                let number = key
+                    .get(prefix.len()..)
+                    .and_then(|n| <[u8; 8]>::try_from(n).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        self.error(format!(
+                            "run `{run}` has a measurement with a malformed key"
+                        ))
+                    })?;
+                decode(&self.location, &measurement_what(run, number), &bytes)
+            })
+            .collect()
     }
 
     fn cache_entries(&self) -> Result<Vec<(blake3::Hash, CachedEvaluation)>> {

@@ -13,6 +13,7 @@ mod export;
 mod fisher;
 mod kernels;
 mod llama;
+mod measure;
 mod profiles;
 mod report;
 mod rounding;

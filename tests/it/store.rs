@@ -206,9 +206,23 @@ fn store_copy_sled_to_postgres_and_back_keeps_runs_and_trials() {
         "rnd",
         &["--trials", "16", "--strategy", "random", "--seed", "2"],
     );
+    // A run's latency measurements travel with it.
+    ok(
+        d.path(),
+        &[
+            "measure",
+            "rnd",
+            "--store",
+            "s",
+            "--point",
+            "1",
+            "--repetitions",
+            "2",
+        ],
+    );
     let out = ok(d.path(), &["store", "copy", "s", &pg.url]);
     assert!(
-        out.contains("copied 2 runs (40 trials, 2 strategy snapshots)"),
+        out.contains("copied 2 runs (40 trials, 2 strategy snapshots, 2 latency measurements)"),
         "{out}"
     );
     let out = ok(d.path(), &["store", "copy", &pg.url, "back"]);
@@ -216,6 +230,13 @@ fn store_copy_sled_to_postgres_and_back_keeps_runs_and_trials() {
 
     let runs = runs_json(d.path(), "s");
     assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
+    let counts: Vec<&serde_json::Value> = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| &r["measurements"]["count"])
+        .collect();
+    assert_eq!(counts, [0, 2], "{runs}");
     // The held-out evaluations of the fronts (in the evaluation cache) are copied with them.
     for r in runs.as_array().into_iter().flatten() {
         assert!(r["held_out_gap"]["points"].as_u64() > Some(0), "{r}");

@@ -9,6 +9,7 @@ mod allocation;
 mod axes;
 mod front;
 mod glyphs;
+pub mod latency;
 mod trends;
 
 use std::path::Path;
@@ -77,15 +78,24 @@ pub enum Plot {
     Hypervolume,
     /// The sensitivity model's predicted quality against the measured one.
     Sensitivity,
+    /// Measured end-to-end latency against the predicted one (runs with measurements only).
+    Latency,
 }
 
 impl Plot {
-    pub const ALL: [Plot; 4] = [
+    pub const ALL: [Plot; 5] = [
         Plot::Front,
         Plot::Allocation,
         Plot::Hypervolume,
         Plot::Sensitivity,
+        Plot::Latency,
     ];
+
+    /// Whether a report of `data` has this plot: the latency plot only when the run has
+    /// measurements, every other plot always.
+    pub fn applies(self, data: &ReportData) -> bool {
+        self != Plot::Latency || !data.latency.is_empty()
+    }
 
     /// The file stem (`front` → `front.svg`, `front.png`).
     pub fn name(self) -> &'static str {
@@ -94,6 +104,7 @@ impl Plot {
             Plot::Allocation => "allocation",
             Plot::Hypervolume => "hypervolume",
             Plot::Sensitivity => "sensitivity",
+            Plot::Latency => "latency",
         }
     }
 
@@ -104,6 +115,10 @@ impl Plot {
             Plot::Allocation => allocation::size(data),
             Plot::Hypervolume => (1200, 640),
             Plot::Sensitivity => (1000, 760),
+            Plot::Latency => (
+                1000,
+                latency::PANEL_HEIGHT * data.latency.len().max(1) as u32,
+            ),
         }
     }
 
@@ -119,6 +134,7 @@ impl Plot {
             Plot::Allocation => allocation::draw(area, data),
             Plot::Hypervolume => trends::hypervolume(area, data),
             Plot::Sensitivity => trends::sensitivity(area, data),
+            Plot::Latency => latency::draw(area, data),
         }
         .map_err(|e| match e {
             Error::Report { message } => {

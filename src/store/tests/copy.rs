@@ -1,6 +1,6 @@
 //! Copies between any two backends: every record arrives as it was, a copy done again changes
-//! nothing, a conflicting run refuses the copy before anything is written, runs of other names are
-//! merged, and a run being driven is not copied.
+//! nothing, a conflicting run (one measured again since, too) refuses the copy before anything is
+//! written, runs of other names are merged, and a run being driven is not copied.
 
 use super::*;
 
@@ -15,6 +15,7 @@ fn copies_everything_and_again_nothing<A: Backend, B: Backend>(a: &A, b: &B) {
             runs: 2,
             trials: 13,
             snapshots: 1,
+            measurements: 4,
             cached: 1,
             sensitivity: 1,
             ..CopySummary::default()
@@ -83,6 +84,22 @@ fn a_conflicting_run_refuses_the_copy_and_other_runs_merge<A: Backend, B: Backen
     assert_eq!(names, vec!["gamma", "alpha", "beta"]);
 }
 
+fn a_run_measured_since_its_copy_differs<A: Backend, B: Backend>(a: &A, b: &B) {
+    let from = a.open();
+    fill(&from);
+    let to = b.open();
+    copy(&from, &to).expect("copy");
+    from.put_measurements("alpha", &[measurement(4, MeasuredSource::Reference)])
+        .expect("measure again");
+    let before = contents(&to);
+    let text = message(copy(&from, &to));
+    assert!(
+        text.contains("`alpha` (other measurements: 4 there, 5 here)"),
+        "{text}"
+    );
+    assert_eq!(contents(&to), before, "nothing was written");
+}
+
 fn a_driven_run_is_not_copied<A: Backend, B: Backend>(a: &A, b: &B) {
     let from = a.open();
     fill(&from);
@@ -119,6 +136,13 @@ macro_rules! between {
             fn a_conflicting_run_refuses_the_copy_and_other_runs_merge() {
                 if let Some((a, b)) = pair() {
                     super::a_conflicting_run_refuses_the_copy_and_other_runs_merge(&a, &b);
+                }
+            }
+
+            #[test]
+            fn a_run_measured_since_its_copy_differs() {
+                if let Some((a, b)) = pair() {
+                    super::a_run_measured_since_its_copy_differs(&a, &b);
                 }
             }
 

@@ -37,6 +37,7 @@ pub enum Raw<'a> {
     Run(&'a str),
     Trial(&'a str, u64),
     Cache(&'a blake3::Hash),
+    Measurement(&'a str, u64),
 }
 
 /// A backend under test: one fresh store, which tests open (and open again) as they need.
@@ -104,6 +105,7 @@ fn sled_key(raw: Raw) -> (&'static str, Vec<u8>) {
         Raw::Run(name) => ("runs", name.as_bytes().to_vec()),
         Raw::Trial(run, n) => ("trials", super::sled::trial_key(run, n)),
         Raw::Cache(key) => ("cache", key.as_bytes().to_vec()),
+        Raw::Measurement(run, n) => ("measurements", super::sled::trial_key(run, n)),
     }
 }
 
@@ -235,6 +237,11 @@ impl Backend for PgBackend {
                  ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
                 &[&key.as_bytes().as_slice(), &text],
             ),
+            Raw::Measurement(run, n) => c.execute(
+                "INSERT INTO mpsearch_measurements (run, number, record) VALUES ($1, $2, $3::text::json) \
+                 ON CONFLICT (run, number) DO UPDATE SET record = EXCLUDED.record",
+                &[&run, &(n as i64), &text],
+            ),
         };
         result.expect("raw insert");
     }
@@ -253,6 +260,10 @@ impl Backend for PgBackend {
             Raw::Cache(key) => c.query_opt(
                 "SELECT record::text FROM mpsearch_cache WHERE key = $1",
                 &[&key.as_bytes().as_slice()],
+            ),
+            Raw::Measurement(run, n) => c.query_opt(
+                "SELECT record::text FROM mpsearch_measurements WHERE run = $1 AND number = $2",
+                &[&run, &(n as i64)],
             ),
         };
         row.expect("raw get")
@@ -392,6 +403,62 @@ pub fn sensitivity_record() -> SensitivityRecord {
     }
 }
 
+/// Measurement `number` of `source`: every field set, the times chosen so that their shortest
+/// decimal forms need all 17 digits (they must come back bit for bit).
+pub fn measurement(number: u64, source: MeasuredSource) -> MeasurementRecord {
+    let base = 0.1 + 0.2 + number as f64;
+    MeasurementRecord {
+        schema: SCHEMA_VERSION,
+        number,
+        assignment: crate::space::AssignmentJson {
+            default: Some("q4_k".into()),
+            layers: BTreeMap::from([("conv1".to_string(), "f32".to_string())]),
+        },
+        hash: blake3::hash(&number.to_le_bytes()).to_hex().to_string(),
+        source,
+        batch: 32,
+        tokens: Some(32),
+        cost_batch: 1024,
+        repetitions: 20,
+        median_us: 1000.0 * base,
+        spread_us: 12.5 / 3.0,
+        round_medians_us: vec![1000.0 * base, 1100.0 * base, 1002.0 * base],
+        reference_us: 2500.0 / 3.0 + 1000.0,
+        other_load: if number % 2 == 0 { Some(0.125) } else { None },
+        host: "bench-host".into(),
+        cpu: "Some CPU @ 2.0GHz".into(),
+        cores: 2,
+        candle_version: "0.11.1".into(),
+        profile: "calibrated-bench-host".into(),
+        profile_fingerprint: blake3::hash(b"profile").to_hex().to_string(),
+        predicted_us: 900.0 * base,
+        measured_unix: 1_764_000_000 + number,
+    }
+}
+
+/// The measurements [`fill`] stores for run `alpha`: the f32 reference, a front point, a trial off
+/// the front and a random assignment.
+pub fn measurements() -> Vec<MeasurementRecord> {
+    vec![
+        measurement(0, MeasuredSource::Reference),
+        measurement(
+            1,
+            MeasuredSource::Trial {
+                trial: 3,
+                point: Some(2),
+            },
+        ),
+        measurement(
+            2,
+            MeasuredSource::Trial {
+                trial: 7,
+                point: None,
+            },
+        ),
+        measurement(3, MeasuredSource::Random { seed: 5, index: 0 }),
+    ]
+}
+
 pub fn snapshot(trials: u64) -> Snapshot {
     Snapshot {
         schema: SCHEMA_VERSION,
@@ -401,8 +468,8 @@ pub fn snapshot(trials: u64) -> Snapshot {
     }
 }
 
-/// A store holding two runs (one with a snapshot), trials, a cached evaluation and a sensitivity
-/// analysis.
+/// A store holding two runs (one with a snapshot and measurements), trials, a cached evaluation and
+/// a sensitivity analysis.
 pub fn fill(store: &dyn Store) {
     store.create_run(&manifest("alpha", 10)).expect("create");
     store.create_run(&manifest("beta", 20)).expect("create");
@@ -426,6 +493,9 @@ pub fn fill(store: &dyn Store) {
         .put_snapshot("alpha", &snapshot(11))
         .expect("snapshot");
     store
+        .put_measurements("alpha", &measurements())
+        .expect("measurements");
+    store
         .put_cached(&blake3::hash(b"k1"), &evaluation())
         .expect("cache");
     store
@@ -443,6 +513,7 @@ pub fn contents(store: &dyn Store) -> serde_json::Value {
                 "manifest": m,
                 "trials": store.trials(&m.name).expect("trials"),
                 "snapshot": store.snapshot(&m.name).expect("snapshot"),
+                "measurements": store.measurements(&m.name).expect("measurements"),
             })
         })
         .collect();

@@ -1,6 +1,7 @@
 //! What only the PostgreSQL backend has: several handles (and processes) share one database, each
 //! run has one controller at a time — released when its process dies —, readers never wait, the
-//! tables carry a version, and a server that cannot be reached is a clear error.
+//! tables carry a version (and older ones are migrated), and a server that cannot be reached is a
+//! clear error.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -141,7 +142,10 @@ fn tables_are_versioned_and_a_newer_database_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![super::super::postgres::STORE_SCHEMA]);
+    assert_eq!(
+        versions,
+        (1..=super::super::postgres::STORE_SCHEMA).collect::<Vec<_>>()
+    );
     // Opening again changes nothing.
     fill(&b.open());
     drop(b.open());
@@ -149,7 +153,7 @@ fn tables_are_versioned_and_a_newer_database_is_refused() {
         .query_one("SELECT count(*) FROM mpsearch_schema_migrations", &[])
         .expect("count")
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, i64::from(super::super::postgres::STORE_SCHEMA));
 
     c.execute(
         "INSERT INTO mpsearch_schema_migrations (version, description) VALUES (99, 'from the future')",
@@ -158,9 +162,79 @@ fn tables_are_versioned_and_a_newer_database_is_refused() {
     .expect("insert");
     let text = message(PostgresStore::connect(&b.url));
     assert!(
-        text.contains("newer mpsearch (store schema 99; this mpsearch knows up to 1)"),
+        text.contains("newer mpsearch (store schema 99; this mpsearch knows up to 2)"),
         "{text}"
     );
+}
+
+/// The tables of version 1 as mpsearch wrote them before measurements (a copy of its first migration:
+/// migrations are never edited, so this is what older databases hold).
+const TABLES_1: &str = "
+CREATE TABLE mpsearch_schema_migrations (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE mpsearch_runs (name text PRIMARY KEY, created_unix bigint NOT NULL, record json NOT NULL);
+CREATE TABLE mpsearch_trials (
+    run text NOT NULL REFERENCES mpsearch_runs (name) ON DELETE CASCADE,
+    number bigint NOT NULL, state text NOT NULL, record json NOT NULL, PRIMARY KEY (run, number));
+CREATE TABLE mpsearch_cache (key bytea PRIMARY KEY, record json NOT NULL);
+CREATE TABLE mpsearch_snapshots (
+    run text PRIMARY KEY REFERENCES mpsearch_runs (name) ON DELETE CASCADE, record json NOT NULL);
+CREATE TABLE mpsearch_sensitivity (key bytea PRIMARY KEY, record json NOT NULL);
+CREATE TABLE mpsearch_controllers (
+    run text PRIMARY KEY, pid bigint NOT NULL, host text NOT NULL, since_unix bigint NOT NULL,
+    backend_pid integer NOT NULL, lock_hi bigint NOT NULL, lock_lo bigint NOT NULL);
+INSERT INTO mpsearch_schema_migrations (version, description)
+    VALUES (1, 'runs, trials, evaluation cache, snapshots, sensitivity analyses, run controllers');
+";
+
+#[test]
+fn a_version_1_database_is_migrated_and_keeps_its_records() {
+    let Some(b) = PgBackend::new() else { return };
+    let mut c = b.client();
+    c.batch_execute(TABLES_1).expect("version 1 tables");
+    // A run and a trial written by the older mpsearch.
+    let m = manifest("old", 1);
+    let t = trial(0, TrialState::Complete);
+    c.execute(
+        "INSERT INTO mpsearch_runs (name, created_unix, record) VALUES ($1, 1, $2::text::json)",
+        &[&"old", &serde_json::to_string(&m).expect("json")],
+    )
+    .expect("run");
+    c.execute(
+        "INSERT INTO mpsearch_trials (run, number, state, record) VALUES ($1, 0, 'complete', $2::text::json)",
+        &[&"old", &serde_json::to_string(&t).expect("json")],
+    )
+    .expect("trial");
+
+    let store = b.open();
+    let versions: Vec<i32> = c
+        .query(
+            "SELECT version FROM mpsearch_schema_migrations ORDER BY version",
+            &[],
+        )
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(store.run("old").expect("run"), Some(m));
+    assert_eq!(store.trials("old").expect("trials"), vec![t]);
+    // The new table is there, and tied to its run.
+    assert_eq!(store.measurements("old").expect("none yet"), vec![]);
+    store
+        .put_measurements("old", &measurements())
+        .expect("measure the old run");
+    assert_eq!(store.measurements("old").expect("read"), measurements());
+    c.execute("DELETE FROM mpsearch_runs WHERE name = 'old'", &[])
+        .expect("delete");
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM mpsearch_measurements", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "a run's measurements go with it");
 }
 
 #[test]
@@ -179,7 +253,7 @@ fn first_opens_at_the_same_time_create_the_tables_once() {
         .query_one("SELECT count(*) FROM mpsearch_schema_migrations", &[])
         .expect("count")
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, i64::from(super::super::postgres::STORE_SCHEMA));
 }
 
 #[test]

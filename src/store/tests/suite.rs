@@ -1,6 +1,6 @@
 //! The guarantees of [`Store`] on every backend: round trips of every record, trial order,
-//! replacement, atomic batches, durability across reopening, the shared cache, concurrent writers,
-//! run controllers, the held-out queries over the evaluation cache, and clear errors for records of another schema or damaged ones.
+//! replacement, atomic batches, durability across reopening, the shared cache, latency measurements,
+//! concurrent writers, run controllers, the held-out queries over the evaluation cache, and clear errors for records of another schema or damaged ones.
 
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ on_every_backend!(
     trials_come_back_in_number_order_and_replace,
     put_trials_writes_a_batch_all_or_nothing,
     cache_snapshot_and_sensitivity_round_trip_and_cache_is_shared,
+    measurements_round_trip_by_run_in_number_order_all_or_nothing,
     held_out_evaluations_are_read_back_by_split_key,
     data_survives_drop_and_reopen,
     concurrent_writers_lose_nothing,
@@ -193,6 +194,79 @@ fn cache_snapshot_and_sensitivity_round_trip_and_cache_is_shared<B: Backend>(b: 
             sensitivity_records: 1
         }
     );
+}
+
+fn measurements_round_trip_by_run_in_number_order_all_or_nothing<B: Backend>(b: &B) {
+    let store = b.open();
+    store.create_run(&manifest("r", 1)).expect("create");
+    // A run whose name extends `r` must not leak into `r`'s measurements.
+    store.create_run(&manifest("r2", 2)).expect("create");
+    assert_eq!(store.measurements("r").expect("none yet"), vec![]);
+    let all = measurements();
+    // Written out of order, in two batches: read back by number.
+    store
+        .put_measurements("r", &[all[3].clone(), all[1].clone()])
+        .expect("put");
+    store
+        .put_measurements("r", &[all[2].clone(), all[0].clone()])
+        .expect("put");
+    store
+        .put_measurements("r2", &[measurement(0, MeasuredSource::Reference)])
+        .expect("put");
+    assert_eq!(store.measurements("r").expect("read"), all);
+    assert_eq!(store.measurements("r2").expect("read").len(), 1);
+    assert_eq!(store.measurements("nobody").expect("read"), vec![]);
+    // Every field comes back bit for bit.
+    let back = &store.measurements("r").expect("read")[1];
+    assert_eq!(back.median_us.to_bits(), all[1].median_us.to_bits());
+    assert_eq!(back.spread_us.to_bits(), all[1].spread_us.to_bits());
+    assert_eq!(back.reference_us.to_bits(), all[1].reference_us.to_bits());
+    assert_eq!(back.speedup(), all[1].reference_us / all[1].median_us);
+
+    // One bad record (another schema) refuses the whole batch.
+    let mut bad = measurement(9, MeasuredSource::Reference);
+    bad.schema = SCHEMA_VERSION + 1;
+    let text =
+        message(store.put_measurements("r", &[measurement(8, MeasuredSource::Reference), bad]));
+    assert!(
+        text.contains("refusing to write run `r` measurement 9"),
+        "{text}"
+    );
+    assert_eq!(store.measurements("r").expect("read"), all);
+    // Measurements of an unknown run are refused.
+    let text =
+        message(store.put_measurements("ghost", &[measurement(0, MeasuredSource::Reference)]));
+    assert!(text.contains("no run named `ghost`"), "{text}");
+
+    // Durable: they survive closing and reopening.
+    drop(store);
+    let store = b.open();
+    assert_eq!(store.measurements("r").expect("read"), all);
+
+    // Another version, and damage, are clear errors naming the measurement.
+    let mut other = measurement(4, MeasuredSource::Reference);
+    other.schema = SCHEMA_VERSION + 1;
+    b.raw_put(
+        &store,
+        Raw::Measurement("r", 4),
+        &serde_json::to_vec(&other).expect("json"),
+    );
+    let text = message(store.measurements("r"));
+    assert!(
+        text.contains("run `r` measurement 4 was written by another mpsearch version"),
+        "{text}"
+    );
+    b.raw_put(
+        &store,
+        Raw::Measurement("r", 4),
+        br#"{"schema":1,"number":"x"}"#,
+    );
+    let text = message(store.measurements("r"));
+    assert!(
+        text.contains("run `r` measurement 4 cannot be decoded"),
+        "{text}"
+    );
+    assert!(b.raw_get(&store, Raw::Measurement("r", 4)).is_some());
 }
 
 fn held_out_evaluations_are_read_back_by_split_key<B: Backend>(b: &B) {
