@@ -8,14 +8,13 @@
 //! the run, exit 1, and the store as it was.
 
 use std::path::Path;
-use std::process::Command;
 
 use mpsearch::cost::CostModel;
 use mpsearch::store::{
     MeasuredSource, MeasurementRecord, SledStore, Store, TrialRecord, TrialState,
 };
 
-use crate::util::{describe, fails, ok, Dir};
+use crate::util::{fails, ok, Dir};
 
 /// fc1 in f32, q4_k or q8_0, fc2 in f32 or q8_0 (64 in-features: two 32-blocks), the convolutions
 /// f32 (9 and 144 in-features fit no block format).
@@ -35,7 +34,7 @@ choices = ["f32", "q8_0"]
 
 /// How much slower than all-f32 the all-q point (fc1 q4_k, fc2 q8_0) may measure before the test
 /// fails. Loose on purpose: the fully connected layers are a small part of the demo's work, and the
-/// machine may be shared (see [`measure_one_thread`]).
+/// machine may be shared.
 const ALL_Q_SLOWER_AT_MOST: f64 = 1.2;
 
 /// A quick search of run `r` over [`Q_SPACE`] in store `s`: the all-f32 baseline, then the space's
@@ -70,30 +69,6 @@ fn json(cwd: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(cwd, args)).expect("JSON")
 }
 
-/// `measure` with candle on one thread, as JSON. `cargo test` runs tests in parallel, so the machine
-/// is shared; candle's multi-threaded quantized kernels spin-wait at a barrier and collapse (up to
-/// 20×) when another process takes a core — what `measure` warns of —, and a test cannot ask for a
-/// quiet machine. On one thread (`RAYON_NUM_THREADS=1`, which candle's thread pools follow) there is
-/// no barrier: other processes slow every kernel alike, and the ordering of two models is the
-/// kernels' own.
-fn measure_one_thread(cwd: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
-        .arg("measure")
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .current_dir(cwd)
-        .output()
-        .expect("run mpsearch");
-    let mut shown = vec!["measure"];
-    shown.extend_from_slice(args);
-    assert!(
-        out.status.success(),
-        "expected success:\n{}",
-        describe(&shown, &out)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
-
 /// The layer choice of `name` in a record's assignment (f32 when the default is f32 and it is not
 /// listed).
 fn choice_of(r: &MeasurementRecord, name: &str) -> String {
@@ -123,9 +98,10 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
         .expect("every point of the space is a trial")["trial"]
         .as_u64()
         .expect("trial number");
-    let out = measure_one_thread(
+    let out = json(
         cwd,
         &[
+            "measure",
             "r",
             "--store",
             "s",
