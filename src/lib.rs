@@ -23,5 +23,6 @@ pub mod shipped;
 pub mod space;
 pub mod store;
 pub mod strategy;
+pub mod timing;
 
 pub use error::{Error, Result};

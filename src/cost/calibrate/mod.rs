@@ -53,6 +53,7 @@ use super::profile::{
 };
 use crate::error::{Error, Result};
 use crate::space::{GgmlFormat, LayerInfo, LayerKind};
+use crate::timing::{median_iqr, CpuSample};
 
 /// The candle-core version whose kernels are measured (pinned in Cargo.toml).
 pub const CANDLE_VERSION: &str = "0.11.1";
@@ -531,60 +532,6 @@ pub fn operands(rows: usize, cols: usize, m: usize, seed: u64) -> Result<(Tensor
     Ok((weight(rows, cols, seed)?, input(m, cols, seed)?))
 }
 
-/// Busy CPU time of the whole machine and of this process, in clock ticks (Linux only).
-fn cpu_sample() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy = cpu
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, v)| v)
-        .sum();
-    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // after the parenthesised command name: state is field 3 of the whole line, utime 14, stime 15
-    let rest = own.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let own = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some((busy, own))
-}
-
-/// Share of the machine's CPU capacity used by other processes between two [`cpu_sample`]s `wall`
-/// apart; `None` when unknown or when the interval is shorter than 0.1 s (ticks are 10 ms).
-fn other_load(
-    before: Option<(u64, u64)>,
-    after: Option<(u64, u64)>,
-    wall: Duration,
-) -> Option<f64> {
-    let ((b0, o0), (b1, o1)) = (before?, after?);
-    if wall < Duration::from_millis(100) {
-        return None;
-    }
-    let ticks_per_s = 100.0; // USER_HZ, 100 on every mainstream Linux
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let others = b1.saturating_sub(b0) as f64 - o1.saturating_sub(o0) as f64;
-    Some((others / (wall.as_secs_f64() * ticks_per_s * cores)).clamp(0.0, 1.0))
-}
-
-/// Median and interquartile range (linear interpolation between order statistics).
-fn median_iqr(times: &mut [f64]) -> (f64, f64) {
-    times.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| {
-        let pos = p * (times.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        times[lo] + (times[hi] - times[lo]) * (pos - lo as f64)
-    };
-    (q(0.5), q(0.75) - q(0.25))
-}
-
 /// Times every runnable kernel of `opts.kernels` on every shape and batch. A kernel that cannot run on
 /// a shape (see [`Kernel::skip_reason`]) is left out; [`to_profile`] records why. `progress` is called
 /// before each timed (round, shape, kernel, batch) with the count done, the total and a description.
@@ -671,7 +618,7 @@ impl Run<'_> {
         // per round: the CPU share other processes used during it
         let mut round_load = Vec::with_capacity(self.rounds);
         for round in 0..self.rounds {
-            let (before, round_started) = (cpu_sample(), Instant::now());
+            let before = CpuSample::now();
             for (ki, &kernel) in kernels.iter().enumerate() {
                 if round == 0 {
                     prepared.push(prepare(kernel, shape, &w, &xs)?);
@@ -685,7 +632,11 @@ impl Run<'_> {
                     times[ki][bi].push((schedule.time(p, &inputs[bi])?, round));
                 }
             }
-            round_load.push(other_load(before, cpu_sample(), round_started.elapsed()));
+            round_load.push(
+                before
+                    .zip(CpuSample::now())
+                    .and_then(|(b, a)| b.others_until(&a)),
+            );
         }
         Ok(summarise(shape, kernels, batches, &mut times, &round_load))
     }
@@ -917,14 +868,6 @@ mod tests {
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
-    }
-
-    #[test]
-    fn quartiles() {
-        let mut t = vec![5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(median_iqr(&mut t), (3.0, 2.0));
-        let mut one = vec![7.0];
-        assert_eq!(median_iqr(&mut one), (7.0, 0.0));
     }
 
     #[test]
