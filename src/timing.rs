@@ -22,6 +22,17 @@ pub fn median_iqr(times: &[f64]) -> (f64, f64) {
     (q(0.5), q(0.75) - q(0.25))
 }
 
+/// The slowest round's median over the reported (fastest) one, `median_us`: near 1 on a quiet
+/// machine; 1 when there is nothing to compare.
+pub fn round_disagreement(median_us: f64, round_medians_us: &[f64]) -> f64 {
+    let max = round_medians_us.iter().copied().fold(f64::NAN, f64::max);
+    if median_us > 0.0 && max.is_finite() {
+        max / median_us
+    } else {
+        1.0
+    }
+}
+
 /// Busy CPU ticks of the whole machine and of this process (Linux only).
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSample {

@@ -95,16 +95,7 @@ impl Timing {
 
     /// The slowest round's median over the fastest's (1 on a perfectly quiet machine).
     pub fn round_disagreement(&self) -> f64 {
-        let max = self
-            .round_medians_us
-            .iter()
-            .copied()
-            .fold(f64::NAN, f64::max);
-        if self.median_us > 0.0 && max.is_finite() {
-            max / self.median_us
-        } else {
-            1.0
-        }
+        crate::timing::round_disagreement(self.median_us, &self.round_medians_us)
     }
 
     /// Whether the figure is noisy: its spread is above [`NOISY_SPREAD`] of the median, or its rounds

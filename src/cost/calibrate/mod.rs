@@ -478,16 +478,7 @@ pub struct Measurement {
 impl Measurement {
     /// Slowest round median over fastest: near 1 on a quiet machine.
     pub fn round_disagreement(&self) -> f64 {
-        let max = self
-            .round_medians_us
-            .iter()
-            .copied()
-            .fold(f64::NAN, f64::max);
-        if self.median_us > 0.0 && max.is_finite() {
-            max / self.median_us
-        } else {
-            1.0
-        }
+        crate::timing::round_disagreement(self.median_us, &self.round_medians_us)
     }
 }
 
