@@ -88,6 +88,56 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Writes records numbered within `run` (trials, measurements) to `tree` in one batch, keyed by
+    /// run and number; `what` names one in errors, `plural` the lot.
+    fn put_numbered<'r, R: Record + 'r>(
+        &self,
+        tree: &Tree,
+        run: &str,
+        records: impl Iterator<Item = (u64, &'r R)>,
+        what: fn(&str, u64) -> String,
+        plural: &str,
+    ) -> Result<()> {
+        self.require_run(run)?;
+        let mut batch = Batch::default();
+        for (number, r) in records {
+            batch.insert(
+                trial_key(run, number),
+                encode(&self.location, &what(run, number), r)?,
+            );
+        }
+        tree.apply_batch(batch)
+            .map_err(|e| self.error(format!("cannot write {plural} of run `{run}`: {e}")))?;
+        self.flush()
+    }
+
+    /// The records numbered within `run` in `tree`, in number order; `one` names one in errors.
+    fn numbered<R: Record>(
+        &self,
+        tree: &Tree,
+        run: &str,
+        what: fn(&str, u64) -> String,
+        one: &str,
+    ) -> Result<Vec<R>> {
+        check_run_name(&self.location, run)?;
+        let prefix = trial_prefix(run);
+        tree.scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, bytes) = entry.map_err(|e| {
+                    self.error(format!("cannot read the {one}s of run `{run}`: {e}"))
+                })?;
+                let number = key
+                    .get(prefix.len()..)
+                    .and_then(|n| <[u8; 8]>::try_from(n).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| {
+                        self.error(format!("run `{run}` has a {one} with a malformed key"))
+                    })?;
+                decode(&self.location, &what(run, number), &bytes)
+            })
+            .collect()
+    }
+
     /// Opens the store in `dir`, creating the folder and the database if missing. Fails with
     /// [`Error::StoreInUse`] if another process (or another handle in this one) holds it.
     pub fn open(dir: &Path) -> Result<SledStore> {
@@ -433,37 +483,12 @@ impl Store for SledStore {
     }
 
     fn put_trials(&self, run: &str, trials: &[TrialRecord]) -> Result<()> {
-        self.require_run(run)?;
-        let mut batch = Batch::default();
-        for trial in trials {
-            let bytes = encode(&self.location, &trial_what(run, trial.number), trial)?;
-            batch.insert(trial_key(run, trial.number), bytes);
-        }
-        self.trials
-            .apply_batch(batch)
-            .map_err(|e| self.error(format!("cannot write trials of run `{run}`: {e}")))?;
-        self.flush()
+        let numbered = trials.iter().map(|t| (t.number, t));
+        self.put_numbered(&self.trials, run, numbered, trial_what, "trials")
     }
 
     fn trials(&self, run: &str) -> Result<Vec<TrialRecord>> {
-        check_run_name(&self.location, run)?;
-        let prefix = trial_prefix(run);
-        self.trials
-            .scan_prefix(&prefix)
-            .map(|entry| {
-                let (key, bytes) = entry.map_err(|e| {
-                    self.error(format!("cannot read the trials of run `{run}`: {e}"))
-                })?;
-                let number = key
-                    .get(prefix.len()..)
-                    .and_then(|n| <[u8; 8]>::try_from(n).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| {
-                        self.error(format!("run `{run}` has a trial with a malformed key"))
-                    })?;
-                decode(&self.location, &trial_what(run, number), &bytes)
-            })
-            .collect()
+        self.numbered(&self.trials, run, trial_what, "trial")
     }
 
     fn cached(&self, key: &blake3::Hash) -> Result<Option<CachedEvaluation>> {
@@ -541,39 +566,18 @@ impl Store for SledStore {
     }
 
     fn put_measurements(&self, run: &str, records: &[MeasurementRecord]) -> Result<()> {
-        self.require_run(run)?;
-        let mut batch = Batch::default();
-        for r in records {
-            let bytes = encode(&self.location, &measurement_what(run, r.number), r)?;
-            batch.insert(trial_key(run, r.number), bytes);
-        }
-        self.measurements
-            .apply_batch(batch)
-            .map_err(|e| self.error(format!("cannot write measurements of run `{run}`: {e}")))?;
-        self.flush()
+        let numbered = records.iter().map(|r| (r.number, r));
+        self.put_numbered(
+            &self.measurements,
+            run,
+            numbered,
+            measurement_what,
+            "measurements",
+        )
     }
 
     fn measurements(&self, run: &str) -> Result<Vec<MeasurementRecord>> {
-        check_run_name(&self.location, run)?;
-        let prefix = trial_prefix(run);
-        self.measurements
-            .scan_prefix(&prefix)
-            .map(|entry| {
-                let (key, bytes) = entry.map_err(|e| {
-                    self.error(format!("cannot read the measurements of run `{run}`: {e}"))
-                })?;
-                let number = key
-                    .get(prefix.len()..)
-                    .and_then(|n| <[u8; 8]>::try_from(n).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| {
-                        self.error(format!(
-                            "run `{run}` has a measurement with a malformed key"
-                        ))
-                    })?;
-                decode(&self.location, &measurement_what(run, number), &bytes)
-            })
-            .collect()
+        self.numbered(&self.measurements, run, measurement_what, "measurement")
     }
 
     fn cache_entries(&self) -> Result<Vec<(blake3::Hash, CachedEvaluation)>> {
