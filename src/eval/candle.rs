@@ -361,6 +361,7 @@ impl Evaluator for CandleEvaluator {
         let ctx = ForwardCtx {
             overrides: Some(&overrides),
             capture: None,
+            timer: None,
         };
         let out = outputs(self.model.as_ref(), batches, &ctx)?;
         let metrics = match labels {

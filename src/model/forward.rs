@@ -141,9 +141,49 @@ pub struct ForwardCtx<'a> {
     pub overrides: Option<&'a Overrides>,
     /// Layers whose inputs to record, and where they go (one tensor per call, in call order).
     pub capture: Option<&'a Mutex<HashMap<String, Vec<Tensor>>>>,
+    /// Where to add up the wall-clock time of each layer's weight product ([`LayerTimes`]).
+    pub timer: Option<&'a LayerTimes>,
+}
+
+/// The wall-clock seconds each layer's weight product took, summed over calls: its input's activation
+/// quantization, then the kernel (a dense matmul or candle's `conv2d`, a quantized matmul, a
+/// factorized or row-reduced product — with the im2col patches and the output layout of a non-dense
+/// convolution) or the look-up; not the bias. What a forward pass spends outside them is the model's
+/// non-matmul work (attention, norms, activations, residual adds, biases): `calibrate --model`
+/// measures it as a forward's time minus its layers'.
+#[derive(Debug, Default)]
+pub struct LayerTimes(Mutex<HashMap<String, f64>>);
+
+impl LayerTimes {
+    fn add(&self, layer: &str, seconds: f64) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(layer.to_string()).or_default() += seconds;
+        }
+    }
+
+    /// The times recorded since the last call, by layer, and the timer emptied.
+    pub fn take(&self) -> HashMap<String, f64> {
+        self.0
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+    }
 }
 
 impl ForwardCtx<'_> {
+    /// Runs `product`, the weight product of `layer`, adding its time to the timer if there is one.
+    fn timed<T>(&self, layer: &str, product: impl FnOnce() -> Result<T>) -> Result<T> {
+        match self.timer {
+            None => product(),
+            Some(t) => {
+                let start = std::time::Instant::now();
+                let out = product();
+                t.add(layer, start.elapsed().as_secs_f64());
+                out
+            }
+        }
+    }
+
     fn kernel(&self, layer: &str) -> Option<&LayerKernel> {
         self.overrides
             .and_then(|o| o.get(layer))
@@ -205,14 +245,17 @@ impl ForwardCtx<'_> {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let x = self.input(layer, x)?;
-        let y = match (self.dense(layer, weight)?, self.kernel(layer)) {
-            (Some(w), _) => dense_matmul(&x, w)?,
-            (None, Some(k)) => k.matmul(&x)?,
-            (None, None) => {
-                unreachable!("`dense` is the original weight when nothing overrides it")
+        let dense = self.dense(layer, weight)?;
+        let y = self.timed(layer, || {
+            let x = self.input(layer, x)?;
+            match (dense, self.kernel(layer)) {
+                (Some(w), _) => dense_matmul(&x, w),
+                (None, Some(k)) => k.matmul(&x),
+                (None, None) => {
+                    unreachable!("`dense` is the original weight when nothing overrides it")
+                }
             }
-        };
+        })?;
         Ok(match bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -232,22 +275,25 @@ impl ForwardCtx<'_> {
         padding: usize,
         stride: usize,
     ) -> Result<Tensor> {
-        let x = self.input(layer, x)?;
-        let y = match (self.dense(layer, weight)?, self.kernel(layer)) {
-            (Some(w), _) => x.conv2d(w, padding, stride, 1, 1)?,
-            (None, Some(k)) => {
-                let (kh, kw) = (weight.dim(2)?, weight.dim(3)?);
-                let (patches, oh, ow) = im2col(&x, kh, kw, padding, stride)?;
-                let (n, out) = (x.dim(0)?, weight.dim(0)?);
-                k.matmul(&patches)?
-                    .reshape((n, oh, ow, out))?
-                    .permute((0, 3, 1, 2))?
-                    .contiguous()?
-            }
-            (None, None) => {
-                unreachable!("`dense` is the original weight when nothing overrides it")
-            }
-        };
+        let dense = self.dense(layer, weight)?;
+        let y = self.timed(layer, || -> Result<Tensor> {
+            let x = self.input(layer, x)?;
+            Ok(match (dense, self.kernel(layer)) {
+                (Some(w), _) => x.conv2d(w, padding, stride, 1, 1)?,
+                (None, Some(k)) => {
+                    let (kh, kw) = (weight.dim(2)?, weight.dim(3)?);
+                    let (patches, oh, ow) = im2col(&x, kh, kw, padding, stride)?;
+                    let (n, out) = (x.dim(0)?, weight.dim(0)?);
+                    k.matmul(&patches)?
+                        .reshape((n, oh, ow, out))?
+                        .permute((0, 3, 1, 2))?
+                        .contiguous()?
+                }
+                (None, None) => {
+                    unreachable!("`dense` is the original weight when nothing overrides it")
+                }
+            })
+        })?;
         Ok(match bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
             None => y,
@@ -267,10 +313,12 @@ impl ForwardCtx<'_> {
                 message: "an embedding look-up takes a dense table, not a matmul kernel".into(),
             });
         };
-        let flat = t.index_select(&ids.flatten_all()?, 0)?;
-        let mut dims = ids.dims().to_vec();
-        dims.push(t.dim(1)?);
-        Ok(flat.reshape(dims)?)
+        self.timed(layer, || {
+            let flat = t.index_select(&ids.flatten_all()?, 0)?;
+            let mut dims = ids.dims().to_vec();
+            dims.push(t.dim(1)?);
+            Ok(flat.reshape(dims)?)
+        })
     }
 
     /// The input of `layer` as the layer sees it: recorded if asked, then activation-quantized if its
@@ -384,6 +432,7 @@ pub fn capture_inputs(model: &dyn Model, batch: &Batch) -> Result<HashMap<String
     let ctx = ForwardCtx {
         overrides: None,
         capture: Some(&capture),
+        timer: None,
     };
     model.forward(batch, &ctx)?;
     capture.into_inner().map_err(|_| crate::Error::Eval {
@@ -536,6 +585,7 @@ mod tests {
             let ctx = ForwardCtx {
                 overrides: Some(&o),
                 capture: None,
+                timer: None,
             };
             let via = ctx
                 .conv2d("c", &x, &w, Some(&bias), padding, stride)

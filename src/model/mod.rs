@@ -18,7 +18,7 @@ pub use bert::{BertConfig, BertEncoder};
 pub use demo::DemoModel;
 pub use forward::{
     capture_input_stats, capture_input_stats_with, capture_inputs, ForwardCtx, LayerKernel,
-    LayerOverride, Model, Overrides,
+    LayerOverride, LayerTimes, Model, Overrides,
 };
 pub use inventory::{read_safetensors_header, TensorEntry};
 pub use llama::{GgufTokenizer, LlamaConfig, LlamaModel};

@@ -132,6 +132,7 @@ impl FisherDiagonal {
         let ctx = ForwardCtx {
             overrides: Some(&overrides),
             capture: None,
+            timer: None,
         };
         let mut sums = GradientSums::new(layers);
         for (batch, labels) in batches {

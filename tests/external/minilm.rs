@@ -185,6 +185,7 @@ pub fn q_format_layer_is_candles_qmatmul(dir: PathBuf) {
         let ctx = ForwardCtx {
             overrides: Some(&o),
             capture: Some(&capture),
+            timer: None,
         };
         ev.model().forward(&ev.data().eval[0], &ctx).unwrap();
         let x = capture.lock().unwrap()[layer][0].clone();
@@ -192,6 +193,7 @@ pub fn q_format_layer_is_candles_qmatmul(dir: PathBuf) {
         let layer_only = ForwardCtx {
             overrides: Some(&o),
             capture: None,
+            timer: None,
         };
         let got = layer_only.linear(layer, &x, &w, None).unwrap();
         let want = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap())

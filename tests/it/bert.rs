@@ -389,6 +389,7 @@ fn act8_dynamic_ranges_are_per_token_and_ids_are_refused() {
     let ctx = ForwardCtx {
         overrides: Some(&linear),
         capture: None,
+        timer: None,
     };
     let batch = model
         .forward(&model.tokenize(&SENTENCES).unwrap(), &ctx)
@@ -414,6 +415,7 @@ fn act8_dynamic_ranges_are_per_token_and_ids_are_refused() {
             &ForwardCtx {
                 overrides: Some(&ids),
                 capture: None,
+                timer: None,
             },
         )
         .unwrap_err()
@@ -449,6 +451,7 @@ fn captured_inputs_are_the_real_tokens() {
             &ForwardCtx {
                 overrides: None,
                 capture: Some(&capture),
+                timer: None,
             },
         )
         .unwrap();

@@ -904,6 +904,7 @@ fn act8_dynamic_output_of_an_image_does_not_depend_on_its_batch() {
     let ctx = ForwardCtx {
         overrides: Some(&overrides),
         capture: None,
+        timer: None,
     };
     let Batch::Images(images) = &data.calibration[0] else {
         panic!("the demo's data are images")

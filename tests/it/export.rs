@@ -94,6 +94,7 @@ fn quality_with(
     let out = run(&ForwardCtx {
         overrides: Some(&overrides),
         capture: None,
+        timer: None,
     });
     metrics::classifier(&reference, &out, data.labels.as_ref().unwrap())["kl_divergence"]
 }

@@ -46,6 +46,7 @@ fn run(ev: &CandleEvaluator, overrides: &Overrides) -> (Vec<Tensor>, HashMap<Str
     let ctx = ForwardCtx {
         overrides: Some(overrides),
         capture: Some(&capture),
+        timer: None,
     };
     let out = ev
         .data()
@@ -145,6 +146,7 @@ fn a_q_format_is_not_its_dequantized_weight() {
             &ForwardCtx {
                 overrides: Some(&ev.overrides(&assignment(&[("fc1", "q8_0")])).unwrap()),
                 capture: None,
+                timer: None,
             },
         )
         .unwrap();
@@ -211,6 +213,7 @@ fn outputs(ev: &CandleEvaluator, o: &Overrides) -> Vec<Tensor> {
     let ctx = ForwardCtx {
         overrides: Some(o),
         capture: None,
+        timer: None,
     };
     ev.data()
         .eval

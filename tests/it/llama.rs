@@ -144,6 +144,7 @@ fn a_separate_head_is_the_layer_output_and_the_table_an_embedding() {
     let ctx = ForwardCtx {
         overrides: None,
         capture: Some(&capture),
+        timer: None,
     };
     let out = logits(&model, &[vec![257, 7], vec![3]], &ctx);
     assert_eq!(out.dims(), [3, 261]);
@@ -252,6 +253,7 @@ fn the_tied_table_is_one_layer_for_the_lookup_and_the_head() {
     let ctx = ForwardCtx {
         overrides: Some(&overrides),
         capture: None,
+        timer: None,
     };
     let rows = [vec![3, 257, 260, 40]];
     let via_override = logits(&base, &rows, &ctx);

@@ -282,6 +282,7 @@ pub fn forward_with_weight(
     let ctx = ForwardCtx {
         overrides: Some(&overrides),
         capture: None,
+        timer: None,
     };
     model.forward(batch, &ctx)
 }
