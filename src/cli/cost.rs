@@ -20,7 +20,7 @@ pub fn run(a: CostArgs) -> anyhow::Result<ExitCode> {
     let budgets = a.check()?;
     let inv = load_model(&a.input.model.model)?;
     let space = load_space(a.input.space.as_deref(), &inv)?;
-    let model = CostModel::new(shipped::profile(&a.profile)?, a.batch)?;
+    let model = CostModel::new(shipped::profile(&a.profile)?, a.batch)?.for_model(&inv.layers);
     if let Some(path) = &a.assignment {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -38,6 +38,7 @@ pub fn run(a: CostArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         let doc = serde_json::json!({
             "model": inv.name, "space": space.name, "profile": model.profile.name(), "batch": a.batch,
+            "non_matmul_us": model.non_matmul_us(),
             "baselines": base.iter().map(|(n, asg, c)| serde_json::json!({
                 "name": n, "hash": asg.hash_hex(), "cost": c})).collect::<Vec<_>>(),
             "reachable": ranges.iter().map(|f| serde_json::json!({
@@ -203,6 +204,7 @@ fn print_assignment(
                     "runs_as": k.compute().to_string(), "nm": k.nm.map(|(n, m, how)| serde_json::json!({
                         "pattern": format!("{n}:{m}"), "computed": how}))})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "non_matmul_us": model.non_matmul_us(),
             "total": total,
         });
         return emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?));
@@ -250,6 +252,12 @@ fn print_assignment(
         &rows,
         5,
     ));
+    if model.non_matmul_us() > 0.0 {
+        out.push_str(&format!(
+            "non-matmul work (attention, norms, activations; measured by calibrate --model): {}\n",
+            Objective::Latency.format(model.non_matmul_us())
+        ));
+    }
     out.push_str(&format!(
         "total: {} · {} · {}   (* = measured entry of the profile)\n",
         Objective::Latency.format(total.latency_us),

@@ -24,11 +24,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         .map(|p| -> anyhow::Result<_> { Ok(CostModel::new(shipped::profile(p)?, a.batch)?) })
         .transpose()?;
     let (evaluator, space, _) = setup::evaluator(&a.setup)?;
+    let layers = evaluator.model().inventory().layers.clone();
     let answerer = Answerer {
-        layers: evaluator.model().inventory().layers.clone(),
+        cost: cost.map(|c| c.for_model(&layers)),
+        layers,
         evaluator,
         space,
-        cost,
     };
     let mut out = std::io::stdout().lock();
     if let Some(path) = &a.assignment {

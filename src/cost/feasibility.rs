@@ -14,6 +14,9 @@ use crate::space::{Point, SearchSpace};
 /// Cost of each group of a space under each of its choices.
 #[derive(Clone, Debug)]
 pub struct CostTable {
+    /// What every assignment costs besides its groups: the model's non-matmul work
+    /// ([`CostModel::non_matmul_us`]).
+    pub base: Cost,
     /// `groups[g][c]`: total cost of group g's members under its choice c.
     pub groups: Vec<Vec<Cost>>,
 }
@@ -36,12 +39,18 @@ impl CostTable {
                     .collect()
             })
             .collect();
-        CostTable { groups }
+        CostTable {
+            base: Cost {
+                latency_us: model.non_matmul_us(),
+                ..Cost::default()
+            },
+            groups,
+        }
     }
 
-    /// The total cost of a point (one choice index per group).
+    /// The total cost of a point (one choice index per group), the base included.
     pub fn cost(&self, point: &[u16]) -> Cost {
-        let mut total = Cost::default();
+        let mut total = self.base;
         for (g, &c) in self.groups.iter().zip(point) {
             total += g[c as usize];
         }
@@ -179,7 +188,7 @@ impl CostTable {
             }
         }
         let mut stages: Vec<Vec<Sum>> = vec![vec![Sum {
-            values: vec![0.0; axes.len()],
+            values: axes.iter().map(|o| o.of(&self.base)).collect(),
             parent: 0,
             choice: 0,
         }]];
@@ -384,6 +393,7 @@ mod tests {
     fn table(groups: usize, choices: usize, seed: u64) -> CostTable {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         CostTable {
+            base: Cost::default(),
             groups: (0..groups)
                 .map(|_| {
                     let mut latency = 0.0;

@@ -35,7 +35,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kernel::{float_bytes, Kernel, KernelInput, KernelPath};
-use super::profile::{HardwareProfile, MeasuredKey, Precision};
+use super::profile::{layers_key, HardwareProfile, MeasuredKey, Precision};
 use crate::space::{
     kept_rows, rank_k, ActQuant, Choice, GgmlFormat, Granularity, LayerInfo, LayerKind,
     QuantScheme, Sparsity, WeightQuant,
@@ -334,6 +334,8 @@ pub struct CostModel {
     runs: [(Precision, f64); SLOTS],
     /// µs per byte of memory traffic.
     us_per_byte: f64,
+    /// The model's non-matmul work, µs ([`CostModel::for_model`]).
+    non_matmul_us: f64,
 }
 
 /// Precision slots: f32, f16, bf16, int2..=int8 (int0/int1 unused), then the GGML block formats in
@@ -427,7 +429,26 @@ impl CostModel {
             batch,
             runs,
             us_per_byte,
+            non_matmul_us: 0.0,
         })
+    }
+
+    /// The cost model of the model whose layers are `layers`: every assignment's latency also pays
+    /// the model's non-matmul work at this batch (attention, norms, activations, biases: what runs
+    /// outside the layers' products), when the profile measured it for this model (`[[model]]`, written
+    /// by `calibrate --model`; see [`HardwareProfile::non_matmul_us`]); otherwise nothing is added.
+    pub fn for_model(mut self, layers: &[LayerInfo]) -> CostModel {
+        self.non_matmul_us = self
+            .profile
+            .non_matmul_us(&layers_key(layers), self.batch)
+            .unwrap_or(0.0);
+        self
+    }
+
+    /// The model's non-matmul work added to every assignment, µs (0 unless [`Self::for_model`] found
+    /// it in the profile).
+    pub fn non_matmul_us(&self) -> f64 {
+        self.non_matmul_us
     }
 
     /// The precision a kernel of precision `p` really runs as on this device.
@@ -445,7 +466,8 @@ impl CostModel {
             2 => [first, self.factor_kernel(layer, choice, &factors, 1)],
             _ => [first; 2],
         };
-        let mut latency = 0.0;
+        let whole = self.measured_whole(layer, choice, &factors, kernels[factors.input]);
+        let mut latency = whole.unwrap_or(0.0);
         let mut macs = 0.0;
         let mut bops = 0.0;
         let mut measured = true;
@@ -465,6 +487,9 @@ impl CostModel {
                 _ => part.act().bits(),
             };
             bops += work * f64::from(choice.weights.bits()) * f64::from(act_bits);
+            if whole.is_some() {
+                continue;
+            }
             latency += match self.measured_us(&part) {
                 Some(us) => us,
                 None => {
@@ -486,6 +511,47 @@ impl CostModel {
             then: (factors.len == 2).then_some(kernels[1 - factors.input]),
             measured,
         }
+    }
+
+    /// A measured entry for a whole factorized layer (`rank = r`, both factors, keyed by the layer's
+    /// shape with its kept rows), as `calibrate --model` times it inside the model: of the notation's
+    /// weights, else of the float precision a dequantized or float path runs in.
+    fn measured_whole(
+        &self,
+        layer: &LayerInfo,
+        choice: &Choice,
+        factors: &Factors,
+        input: Kernel,
+    ) -> Option<f64> {
+        let rank = choice.rank?;
+        if self.profile.measured.is_empty() {
+            return None;
+        }
+        let mut shape = layer.shape.clone();
+        let part = Part {
+            layer,
+            choice,
+            m: &factors.matrices[factors.input],
+            i: factors.input,
+            factors,
+            kernel: input,
+        };
+        // The layer's rows, those of its first factor: its kept rows under channels<P>.
+        shape[0] = factors.matrices[0].rows as usize;
+        let key = |weights: Precision| MeasuredKey {
+            kind: layer.kind,
+            shape: shape.clone(),
+            batch: self.batch,
+            weights,
+            act: choice.act,
+            sparsity: self.sparsity_as_read(&part),
+            rank: Some(rank),
+        };
+        let get = |w: Precision| self.profile.measured.get(&key(w)).copied();
+        get(input.weights).or_else(|| match input.path {
+            KernelPath::Dequantized(p) | KernelPath::Float(p) => get(p),
+            _ => None,
+        })
     }
 
     /// The kernel the device runs for matrix `i` of a layer choice.
@@ -558,6 +624,7 @@ impl CostModel {
             weights,
             act,
             sparsity,
+            rank: None,
         };
         let k = &part.kernel;
         let named = key(k.weights, part.act(), part.choice.sparsity);
@@ -565,8 +632,22 @@ impl CostModel {
             return Some(us);
         }
         match k.path {
-            KernelPath::Dequantized(p) | KernelPath::Float(p) if k.qdq() || k.weights != p => {
-                let run = key(p, ActQuant::None, self.sparsity_as_read(part));
+            KernelPath::Dequantized(p) | KernelPath::Float(p) => {
+                let as_read = self.sparsity_as_read(part);
+                // The float kernel that runs with the input quantization the notation names, as
+                // `calibrate --model` times it inside the model…
+                let act = part.act();
+                if act != ActQuant::None {
+                    let with_act = key(p, act, as_read);
+                    if let Some(&us) = (with_act != named)
+                        .then(|| self.profile.measured.get(&with_act))
+                        .flatten()
+                    {
+                        return Some(us);
+                    }
+                }
+                // … else without it, plus the analytic quantize–dequantize pass (if any).
+                let run = key(p, ActQuant::None, as_read);
                 (run != named)
                     .then(|| self.profile.measured.get(&run))
                     .flatten()
@@ -643,8 +724,8 @@ impl CostModel {
         bytes * self.us_per_byte
     }
 
-    /// Per-layer costs and the total of an assignment over `layers`; a layer the assignment does not
-    /// name stays f32.
+    /// Per-layer costs and the total of an assignment over `layers` (plus the model's non-matmul
+    /// work, [`Self::non_matmul_us`]); a layer the assignment does not name stays f32.
     pub fn assignment(
         &self,
         layers: &[LayerInfo],
@@ -654,7 +735,8 @@ impl CostModel {
             .iter()
             .map(|l| self.layer(l, a.get(&l.name).unwrap_or(&Choice::F32)))
             .collect();
-        let total = per.iter().map(|c| c.cost).sum();
+        let mut total: Cost = per.iter().map(|c| c.cost).sum();
+        total.latency_us += self.non_matmul_us;
         (per, total)
     }
 }
@@ -700,8 +782,13 @@ fn layer_bytes(layer: &LayerInfo, choice: &Choice, factors: &Factors) -> u64 {
 
 /// The shape a measured entry for kernel `i` of `layer` is keyed by.
 fn factor_shape(layer: &LayerInfo, m: &Matrix, factorized: bool, i: usize) -> Vec<usize> {
-    if !factorized && m.rows == layer.rows() {
-        return layer.shape.clone();
+    if !factorized {
+        // The layer's own shape, its rows the kept ones under channels<P>.
+        let mut s = layer.shape.clone();
+        if let Some(r) = s.first_mut() {
+            *r = m.rows as usize;
+        }
+        return s;
     }
     match (layer.kind, i) {
         // A factorized convolution: a k×(in·kh·kw) convolution then a 1×1 convolution.

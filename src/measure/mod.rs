@@ -473,6 +473,7 @@ pub fn time_targets(
         let ctx = ForwardCtx {
             overrides: o,
             capture: None,
+            timer: None,
         };
         std::hint::black_box(model.forward(input, &ctx)?);
         Ok(())
@@ -606,7 +607,7 @@ pub fn records(
     measured: &Measured,
     ctx: &Context,
 ) -> Result<Vec<MeasurementRecord>> {
-    let cost = CostModel::new(ctx.profile.clone(), ctx.input.cost_batch)?;
+    let cost = CostModel::new(ctx.profile.clone(), ctx.input.cost_batch)?.for_model(ctx.layers);
     let reference = Target {
         source: MeasuredSource::Reference,
         assignment: all_f32(ctx.layers),

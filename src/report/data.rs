@@ -407,7 +407,7 @@ pub fn latency_panels(
                     let model = match models.entry(m.cost_batch) {
                         std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                         std::collections::btree_map::Entry::Vacant(e) => {
-                            e.insert(CostModel::new(p.clone(), m.cost_batch)?)
+                            e.insert(CostModel::new(p.clone(), m.cost_batch)?.for_model(layers))
                         }
                     };
                     model
@@ -487,7 +487,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
     let layers = inventory.layers.clone();
     let mut notes = Vec::new();
     let space = matching_space(&manifest, &layers, &mut notes);
-    let costing = costing(&manifest, profile, &mut notes)?;
+    let costing = costing(&manifest, profile, &layers, &mut notes)?;
     let mut trials = store.trials(run)?;
     if costing.recost {
         trials = recost(&trials, &layers, &costing.model)?;
@@ -571,6 +571,7 @@ fn matching_space(
 fn costing(
     manifest: &RunManifest,
     profile: Option<&str>,
+    layers: &[LayerInfo],
     notes: &mut Vec<String>,
 ) -> Result<Costing> {
     let config = &manifest.config;
@@ -595,7 +596,7 @@ fn costing(
         }
     }
     Ok(Costing {
-        model: CostModel::new(hw, config.batch)?,
+        model: CostModel::new(hw, config.batch)?.for_model(layers),
         recost,
     })
 }

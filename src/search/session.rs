@@ -59,7 +59,8 @@ impl Session {
         let (net, data) = crate::eval::load(&source, config.data.as_deref().map(Path::new))?;
         let space = crate::shipped::space(&config.space, &net.inventory().layers)?;
         let profile = crate::shipped::profile(&config.profile)?;
-        let cost_model = CostModel::new(profile.clone(), config.batch)?;
+        let cost_model =
+            CostModel::new(profile.clone(), config.batch)?.for_model(&net.inventory().layers);
         let table = CostTable::new(&cost_model, &space);
         let mut notes = Vec::new();
 
@@ -231,11 +232,19 @@ pub fn evaluator_settings(config: &RunConfig) -> EvalSettings {
 }
 
 /// One objective's table: `[group][choice]`.
+/// The problem's per-group shares of `o`, which add up to the table's totals: the first group's
+/// carry the table's base (the model's non-matmul work) on every choice.
 fn per_group(table: &CostTable, o: Objective) -> Vec<Vec<f64>> {
+    let base = o.of(&table.base);
     table
         .groups
         .iter()
-        .map(|g| g.iter().map(|c| o.of(c)).collect())
+        .enumerate()
+        .map(|(i, g)| {
+            g.iter()
+                .map(|c| o.of(c) + if i == 0 { base } else { 0.0 })
+                .collect()
+        })
         .collect()
 }
 

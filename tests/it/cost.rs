@@ -854,3 +854,75 @@ fn cost_of_an_assignment_shows_the_ggml_kernel_or_its_fallback() {
         "{table}"
     );
 }
+
+/// A profile's `[[model]]` terms: added once to every total of the model they name (tables, ranges,
+/// joint checks, assignments), interpolated linearly in the batch, and checked at load.
+#[test]
+fn a_model_terms_work_is_added_once_to_every_total_of_its_model() {
+    use mpsearch::cost::feasibility::{Limit, Within};
+    use mpsearch::cost::profile::layers_key;
+    let space = small_space();
+    let layers: Vec<LayerInfo> = space.layers.iter().map(|l| l.info.clone()).collect();
+    let key = layers_key(&layers);
+    let term = |batch: u32, us: f64| {
+        format!("[[model]]\nname = \"toy\"\nlayers = \"{key}\"\nbatch = {batch}\nus = {us}\n")
+    };
+    let text = format!("{SIMPLE}{}{}", term(4, 100.0), term(12, 300.0));
+    let p = HardwareProfile::from_toml(&text, "terms.toml").unwrap();
+    // At a measured batch its figure; between, on the line; beyond, along the nearest two, never < 0.
+    for (batch, want) in [(4, 100.0), (12, 300.0), (8, 200.0), (16, 400.0), (1, 25.0)] {
+        assert_eq!(p.non_matmul_us(&key, batch), Some(want), "batch {batch}");
+    }
+    assert_eq!(p.non_matmul_us("0123456789abcdef", 4), None);
+    let one =
+        HardwareProfile::from_toml(&format!("{SIMPLE}{}", term(4, 100.0)), "one.toml").unwrap();
+    assert_eq!(one.non_matmul_us(&key, 64), Some(100.0));
+
+    let bare = CostModel::new(p.clone(), 8).unwrap();
+    let with = CostModel::new(p, 8).unwrap().for_model(&layers);
+    assert_eq!(with.non_matmul_us(), 200.0);
+    let (t0, t1) = (CostTable::new(&bare, &space), CostTable::new(&with, &space));
+    for point in all_points(&space).iter().step_by(97) {
+        let (per, total) = with.assignment(&layers, &space.assignment(point));
+        let layers_sum: f64 = per.iter().map(|c| c.cost.latency_us).sum();
+        assert!(close(total.latency_us, layers_sum + 200.0, SUM_TOL));
+        assert!(close(t1.cost(point).latency_us, total.latency_us, SUM_TOL));
+        assert!(close(
+            t1.cost(point).latency_us,
+            t0.cost(point).latency_us + 200.0,
+            SUM_TOL
+        ));
+        assert_eq!(t1.cost(point).bytes, t0.cost(point).bytes);
+    }
+    let (f0, f1) = (
+        t0.feasibility(Objective::Latency),
+        t1.feasibility(Objective::Latency),
+    );
+    assert!(close(f1.min, f0.min + 200.0, SUM_TOL) && close(f1.max, f0.max + 200.0, SUM_TOL));
+    // A latency limit between the bare and the full cheapest totals: met without the term, not with it.
+    let limit = [Limit {
+        objective: Objective::Latency,
+        max: f0.min + 100.0,
+    }];
+    assert!(matches!(
+        t0.cheapest_within(Objective::Size, &limit),
+        Within::Cheapest { .. }
+    ));
+    assert_eq!(t1.cheapest_within(Objective::Size, &limit), Within::Nothing);
+
+    // Bad terms name the file, the entry and what to fix.
+    for (bad, says) in [
+        (term(0, 1.0), "batch must be at least 1"),
+        (term(4, -1.0), "us must be"),
+        (term(4, 1.0).replace(&key, "mini"), "16-hex-digit layer key"),
+        (format!("{}{}", term(4, 1.0), term(4, 2.0)), "a second term"),
+    ] {
+        let e = HardwareProfile::from_toml(&format!("{SIMPLE}{bad}"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.toml") && e.contains("[[model]] entry") && e.contains(says),
+            "{e}"
+        );
+    }
+}

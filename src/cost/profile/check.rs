@@ -199,6 +199,42 @@ impl Checker<'_> {
         Ok(us)
     }
 
+    /// `[[model]]`: every term names a layer key and a batch once, with a time in µs.
+    pub(super) fn model_terms(&self, terms: &[super::ModelTerm]) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in terms.iter().enumerate() {
+            let bad = |msg: String| {
+                Err(Error::file(
+                    self.path,
+                    format!("[[model]] entry {} (`{}`): {msg}", i + 1, t.name),
+                ))
+            };
+            if t.batch == 0 {
+                return bad("batch must be at least 1".into());
+            }
+            if !(t.us.is_finite() && t.us >= 0.0) {
+                return bad(format!(
+                    "us must be a number of microseconds >= 0, not {}",
+                    t.us
+                ));
+            }
+            if t.layers.len() != 16 || !t.layers.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return bad(format!(
+                    "layers must be the model's 16-hex-digit layer key as `calibrate --model` \
+                     writes it, not `{}`",
+                    t.layers
+                ));
+            }
+            if !seen.insert((t.layers.clone(), t.batch)) {
+                return bad(format!(
+                    "a second term for the same model at batch {}; keep one",
+                    t.batch
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[sparsity] nm`: the N:M patterns the device accelerates.
     pub(super) fn nm_patterns(&self, list: &[Spanned<String>]) -> Result<Vec<(u8, u8)>> {
         list.iter()
@@ -448,6 +484,12 @@ impl Checker<'_> {
                 m.us
             )));
         }
+        if m.rank.is_some_and(|r| !(1..=99).contains(&r)) {
+            return Err(bad(format!(
+                "rank = {} must be the percent of full rank kept, 1 to 99",
+                m.rank.unwrap_or_default()
+            )));
+        }
         if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
             return Err(bad("batch and every dimension of shape must be >= 1".into()));
         }
@@ -480,6 +522,7 @@ impl Checker<'_> {
             weights: m.weights,
             act,
             sparsity,
+            rank: m.rank,
         })
     }
 }

@@ -67,7 +67,22 @@
 //! us = 75.3
 //! spread_us = 4.0                # optional: interquartile range
 //! kernel = "Q4K"                 # optional: what ran
+//! # rank = 50                    # optional: a whole rank<50> layer (both factors; shape is the
+//! #                              # layer's own, its rows the kept ones under channels<P>)
+//!
+//! [[model]]                      # a model's non-matmul work, measured by `calibrate --model`
+//! name = "all-MiniLM-L6-v2"      # for people
+//! layers = "5be0c2a1d3f4e5a6"    # the model's layer key (names, kinds, shapes: [`layers_key`])
+//! batch = 32                     # the cost batch (images, or tokens) it was measured at
+//! us = 7404.0                    # attention, norms, activations, biases, residuals: the forward
+//!                                # pass's time outside its layers' products and look-ups
+//! spread_us = 210.0              # optional: interquartile range
+//! input = "1 sentence of 32 tokens"  # optional: what was timed
 //! ```
+//!
+//! A `[[model]]` term is added once to every assignment of the model whose layers it names ([`HardwareProfile::non_matmul_us`]):
+//! at a batch it was measured at, its figure; between two, interpolated linearly in the batch; beyond
+//! them, extrapolated along the nearest two (never below zero), or the one figure there is.
 //!
 //! Without an explicit `[fallback]` entry a missing integer precision runs as the next wider integer
 //! precision the device has, then as f16, then f32; f16 and bf16 fall back to f32 (widened inside the
@@ -320,6 +335,10 @@ pub struct MeasuredEntry {
     pub spread_us: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// A factorized layer's rank, percent of full rank kept: the entry times the whole layer, both
+    /// factors, at the layer's own `shape` (not one factor's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u8>,
 }
 
 fn default_act() -> String {
@@ -370,6 +389,35 @@ pub struct ProfileFile {
     pub measured: Vec<MeasuredEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// `[[model]]`: models' non-matmul work.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model: Vec<ModelTerm>,
+}
+
+/// One `[[model]]` entry: a model's non-matmul work at one batch (see the module docs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelTerm {
+    pub name: String,
+    /// [`layers_key`] of the model's layers.
+    pub layers: String,
+    pub batch: u32,
+    pub us: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+}
+
+/// The key a `[[model]]` term names its model by: 16 hex digits of a hash of the layers' names, kinds
+/// and shapes — what fixes the work outside them (a fine-tuned copy of a model shares its key; its
+/// weights do not change its attention or norms).
+pub fn layers_key(layers: &[crate::space::LayerInfo]) -> String {
+    let mut h = blake3::Hasher::new();
+    for l in layers {
+        h.update(format!("{}\t{}\t{:?}\n", l.name, l.kind, l.shape).as_bytes());
+    }
+    h.finalize().to_hex()[..16].to_string()
 }
 
 /// Key of a measured entry: everything that must match for it to apply.
@@ -381,6 +429,8 @@ pub struct MeasuredKey {
     pub weights: Precision,
     pub act: ActQuant,
     pub sparsity: Sparsity,
+    /// `Some(r)`: a whole `rank<r>` layer (both factors), keyed by the layer's shape.
+    pub rank: Option<u8>,
 }
 
 /// A device's weight-only kernels: integer weights read as stored (at the kernel's width), dequantized
@@ -478,6 +528,7 @@ impl HardwareProfile {
         gmacs.extend(rates);
         fallback.extend(ggml_fallbacks);
         let measured = check.measured(&file.measured, file.calibration.is_some())?;
+        check.model_terms(&file.model)?;
         Ok(HardwareProfile {
             gmacs,
             copies,
@@ -523,6 +574,30 @@ impl HardwareProfile {
             .chain(floats.iter().copied())
             .find(|p| self.gmacs.contains_key(p))
             .unwrap_or(Precision::F32)
+    }
+
+    /// The non-matmul work of the model whose [`layers_key`] is `key` at cost batch `batch`, µs, from
+    /// its `[[model]]` terms (see the module docs); `None` when the profile has none for it.
+    pub fn non_matmul_us(&self, key: &str, batch: u32) -> Option<f64> {
+        let mut at: Vec<(f64, f64)> = self
+            .file
+            .model
+            .iter()
+            .filter(|t| t.layers == key)
+            .map(|t| (f64::from(t.batch), t.us))
+            .collect();
+        at.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let b = f64::from(batch);
+        let line =
+            |p: (f64, f64), q: (f64, f64)| (p.1 + (q.1 - p.1) * (b - p.0) / (q.0 - p.0)).max(0.0);
+        match at.as_slice() {
+            [] => None,
+            [one] => Some(one.1),
+            _ => {
+                let i = at.partition_point(|p| p.0 < b).clamp(1, at.len() - 1);
+                Some(line(at[i - 1], at[i]))
+            }
+        }
     }
 
     /// Whether the device runs the float precision `p` from a copy made once at load (at the width of
