@@ -566,10 +566,22 @@ pub struct StoreCopyArgs {
 
 #[derive(Args)]
 pub struct CalibrateArgs {
-    /// Measure the distinct layer shapes of this model (`demo` or a folder); default: a standard grid
-    /// of transformer-sized matrices.
+    /// Measure this model (`demo` or a folder) where it runs: its layers inside whole forward passes
+    /// on its own data, kernel by kernel, and its non-matmul work (`[[model]]`); default: a standard
+    /// grid of transformer-sized matrices timed alone.
     #[arg(long)]
     pub model: Option<String>,
+    /// With --model: the sentences file the model's batches come from (as for `search --data`).
+    #[arg(long, requires = "model")]
+    pub data: Option<PathBuf>,
+    /// With --model: the search space whose structured variants (act8-*, channels<P>, rank<P>) are
+    /// also timed inside the model; default: the model's own space.
+    #[arg(long, requires = "model")]
+    pub space: Option<String>,
+    /// With --model, for a sequence model: tokens in every sentence of a batch (the cost batch is
+    /// sentences x tokens).
+    #[arg(long, requires = "model")]
+    pub tokens: Option<u32>,
     /// Where to write the profile; default: hardware-profiles/calibrated-<host>.toml.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -579,7 +591,8 @@ pub struct CalibrateArgs {
     /// Timed repetitions per measurement (at most; a measurement also stops after its time budget).
     #[arg(long, default_value_t = 30)]
     pub repetitions: usize,
-    /// The larger batch measured besides batch 1.
+    /// The larger batch measured besides batch 1: rows of x for the standard grid; with --model,
+    /// samples (images, or sentences of --tokens tokens), as `measure --batch` counts them.
     #[arg(long, default_value_t = 32)]
     pub batch: u32,
 }
@@ -759,6 +772,9 @@ impl CalibrateArgs {
             self.batch >= 2,
             "--batch is the larger batch measured besides 1: give 2 or more"
         );
+        if let Some(t) = self.tokens {
+            positive(u64::from(t), "--tokens")?;
+        }
         Ok(())
     }
 }

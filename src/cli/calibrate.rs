@@ -7,35 +7,169 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use mpsearch::cost::calibrate::in_model::{self, ModelInput};
 use mpsearch::cost::calibrate::{self, CalibrateOptions, Measurement};
-use mpsearch::cost::profile::ProfileFile;
+use mpsearch::cost::profile::{layers_key, MeasuredEntry, ModelTerm, ProfileFile};
 use mpsearch::cost::HardwareProfile;
+use mpsearch::data::Batch;
+use mpsearch::measure::input::{from_search_split, DEFAULT_TOKENS};
+use mpsearch::model::ModelSource;
+use mpsearch::space::Choice;
+
+use super::setup::load_space;
 
 use super::args::CalibrateArgs;
 use super::output::{emit, measure_bar};
-use super::setup::load_model;
 
 pub fn run(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     a.check()?;
-    let mut opts = match &a.model {
-        Some(m) => CalibrateOptions::for_layers(&load_model(m)?.layers),
-        None => CalibrateOptions::standard_grid(),
-    };
-    opts.repetitions = a.repetitions;
-    opts.batches = vec![1, a.batch];
     let out = a.out.clone().unwrap_or_else(default_out);
     let name = a.name.clone().unwrap_or_else(|| {
         out.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "calibrated".into())
     });
-    let ms = measure(&opts, a.batch)?;
-    let file = calibrate::to_profile(&ms, &opts, &name)?;
+    let alone = |mut opts: CalibrateOptions| -> anyhow::Result<_> {
+        opts.repetitions = a.repetitions;
+        opts.batches = vec![1, a.batch];
+        Ok((measure(&opts, a.batch)?, Vec::new(), Vec::new(), opts))
+    };
+    let (ms, terms, variants, opts) = match &a.model {
+        Some(m) => match ModelSource::parse(m) {
+            // A language model has no evaluation data yet to run its forward passes on.
+            source @ ModelSource::Gguf(_) => {
+                let inventory = mpsearch::model::inventory(&source)?;
+                eprintln!(
+                    "note: `{m}` is a language model: its layer shapes are timed alone (as without \
+                     --model), at 1 and {} rows, since its forward passes need the text data that \
+                     language-model evaluation brings; no non-matmul term is written",
+                    a.batch
+                );
+                alone(CalibrateOptions::for_layers(&inventory.layers))?
+            }
+            _ => in_model(&a, m)?,
+        },
+        None => alone(CalibrateOptions::standard_grid())?,
+    };
+    let mut file = calibrate::to_profile(&ms, &terms, &opts, &name)?;
+    file.measured.extend(variants);
     let text = toml::to_string_pretty(&file).context("serialising the profile")?;
     // Check that what we write loads back before writing it.
     HardwareProfile::from_toml(&text, &out)?;
     mpsearch::fs::write_atomic(&out, text.as_bytes())?;
     emit(&report(&ms, &file, &out, name))
+}
+
+/// `--model`: the overhead probes timed alone, then the model's layers and its non-matmul work
+/// inside its forward passes at 1 and `--batch` samples.
+#[allow(clippy::type_complexity)]
+fn in_model(
+    a: &CalibrateArgs,
+    model: &str,
+) -> anyhow::Result<(
+    Vec<Measurement>,
+    Vec<ModelTerm>,
+    Vec<MeasuredEntry>,
+    CalibrateOptions,
+)> {
+    let (net, data) = mpsearch::eval::load(&ModelSource::parse(model), a.data.as_deref())?;
+    let inventory = net.inventory();
+    let space = load_space(a.space.as_deref(), inventory)?;
+    let choices: Vec<Choice> = space
+        .groups
+        .iter()
+        .flat_map(|g| g.choices.iter().copied())
+        .collect();
+    let variants = in_model::variants(&choices);
+    let sequence = matches!(data.eval.first(), Some(Batch::Tokens { .. }));
+    if a.tokens.is_some() && !sequence {
+        anyhow::bail!(
+            "--tokens: model `{model}` takes images, not token sequences; leave --tokens out"
+        );
+    }
+    let tokens = sequence.then(|| a.tokens.unwrap_or(DEFAULT_TOKENS));
+    let inputs = [1, a.batch]
+        .into_iter()
+        .map(|samples| {
+            let i = from_search_split(&data, samples, tokens)?;
+            Ok(ModelInput {
+                batch: i.batch,
+                cost_batch: i.cost_batch,
+                description: i.description,
+            })
+        })
+        .collect::<mpsearch::Result<Vec<_>>>()?;
+    let mut opts = CalibrateOptions::for_layers(&inventory.layers);
+    opts.repetitions = a.repetitions;
+    opts.batches = inputs.iter().map(|i| i.cost_batch).collect();
+    let kernels = in_model::kernels(&opts.kernels);
+    eprintln!(
+        "measuring model `{}` inside its forward passes at cost batches {} ({}): {} layers, {} kernels \
+         ({}) and {} structured variants of space `{}` ({}) one at a time on every layer each fits, \
+         up to {} passes each, and its non-matmul work",
+        inventory.name,
+        opts.batches
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        inputs
+            .iter()
+            .map(|i| i.description.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+        inventory.layers.len(),
+        kernels.len(),
+        kernels.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        variants.len(),
+        space.name,
+        if variants.is_empty() {
+            "none".to_string()
+        } else {
+            variants
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        opts.repetitions
+    );
+    let probes = CalibrateOptions {
+        shapes: Vec::new(),
+        ..opts.clone()
+    };
+    let mut ms = calibrate::measure(&probes, &mut |_, _, _| {})?;
+    let bar = measure_bar();
+    let measured = in_model::measure(
+        net.as_ref(),
+        &inputs,
+        &opts,
+        &variants,
+        &mut |done, total, what| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(what.to_string());
+        },
+    )?;
+    bar.finish_and_clear();
+    ms.extend(measured.measurements);
+    let key = layers_key(&inventory.layers);
+    let terms = measured
+        .non_matmul
+        .iter()
+        .map(|n| ModelTerm {
+            name: inventory.name.clone(),
+            layers: key.clone(),
+            batch: n.cost_batch,
+            us: (n.median_us * 10.0).round() / 10.0,
+            spread_us: Some((n.spread_us * 10.0).round() / 10.0),
+            input: Some(format!(
+                "{}: f32 forward {:.0} µs, of which {:.0} µs outside the layers",
+                n.description, n.forward_us, n.median_us
+            )),
+        })
+        .collect();
+    Ok((ms, terms, measured.variants, opts))
 }
 
 /// `hardware-profiles/calibrated-<host>.toml`.
@@ -87,6 +221,15 @@ fn report(ms: &[Measurement], file: &ProfileFile, out: &Path, name: String) -> S
             } else {
                 c.slow_kernels.join(", ")
             }
+        ));
+    }
+    for t in &file.model {
+        report.push_str(&format!(
+            "non-matmul work of `{}` at cost batch {}: {} ({})\n",
+            t.name,
+            t.batch,
+            mpsearch::cost::model::format_us(t.us),
+            t.input.as_deref().unwrap_or("")
         ));
     }
     report.push_str(&format!(

@@ -62,6 +62,7 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
     let mut notes = plan.notes.clone();
     notes.extend(loaded.notes.iter().cloned());
     notes.push(prediction_note(&manifest, &matched));
+    notes.push(non_matmul_note(&loaded, input.cost_batch));
     describe(&manifest, &plan.targets, &input, &machine, a.repetitions);
     for n in &notes {
         eprintln!("note: {n}");
@@ -150,6 +151,25 @@ fn describe(
         input.description,
         measure::ROUNDS
     );
+}
+
+/// Whether the predictions include the model's non-matmul work (`[[model]]` of the profile).
+fn non_matmul_note(loaded: &measure::RunModel, cost_batch: u32) -> String {
+    let layers = &loaded.evaluator.model().inventory().layers;
+    let key = mpsearch::cost::profile::layers_key(layers);
+    match loaded.profile.non_matmul_us(&key, cost_batch) {
+        Some(us) => format!(
+            "predictions include the model's non-matmul work at cost batch {cost_batch}: {} \
+             (profile `{}`, [[model]])",
+            mpsearch::cost::model::format_us(us),
+            loaded.profile.name()
+        ),
+        None => format!(
+            "profile `{}` has no non-matmul term for this model: the predictions are its layers' \
+             products alone (`mpsearch calibrate --model M` measures the rest on this machine)",
+            loaded.profile.name()
+        ),
+    }
 }
 
 /// What the predictions are worth here: the run's profile against this machine.

@@ -108,7 +108,7 @@ fn k_types_are_skipped_with_a_note_when_in_features_are_not_a_multiple_of_256() 
     for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K"] {
         assert!(!kernels.contains(&k), "{k} ran on 192 in-features");
     }
-    let profile = to_profile(&ms, &opts, "tiny").unwrap();
+    let profile = to_profile(&ms, &[], &opts, "tiny").unwrap();
     let cal = profile.calibration.as_ref().unwrap();
     for k in ["Q2K", "Q3K", "Q4K", "Q5K", "Q6K"] {
         assert!(
@@ -163,7 +163,7 @@ fn profile_round_trips_through_toml() {
         MatrixShape::linear(32, 256),
     ]);
     let ms = run(&opts);
-    let file = to_profile(&ms, &opts, "this-machine").unwrap();
+    let file = to_profile(&ms, &[], &opts, "this-machine").unwrap();
     let text = toml::to_string_pretty(&file).unwrap();
     let hp = HardwareProfile::from_toml(&text, "calibrated.toml")
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -313,7 +313,7 @@ fn convolutions_are_timed_as_im2col_products_and_ambiguous_keys_are_left_out() {
     let ms = run(&opts);
     assert_eq!(ms.len(), 6);
     assert_eq!(ms[0].shape.macs(1), 8 * 32 * 4);
-    let file = to_profile(&ms, &opts, "conv").unwrap();
+    let file = to_profile(&ms, &[], &opts, "conv").unwrap();
     let text = toml::to_string_pretty(&file).unwrap();
     let hp = HardwareProfile::from_toml(&text, "conv.toml").unwrap();
     assert!(
@@ -417,7 +417,7 @@ fn bert_ffn_on_this_machine() {
     let ms = measure(&opts, &mut |_, _, _| {}).unwrap();
     println!("{}", table(&ms));
     println!("took {:.1} s", started.elapsed().as_secs_f64());
-    let file = to_profile(&ms, &opts, "this-machine").unwrap();
+    let file = to_profile(&ms, &[], &opts, "this-machine").unwrap();
     println!("{}", toml::to_string_pretty(&file).unwrap());
 }
 
@@ -433,7 +433,7 @@ fn standard_grid_on_this_machine() {
     .unwrap();
     println!("{}", table(&ms));
     println!("took {:.1} s", started.elapsed().as_secs_f64());
-    let file = to_profile(&ms, &opts, "this-machine").unwrap();
+    let file = to_profile(&ms, &[], &opts, "this-machine").unwrap();
     let text = toml::to_string_pretty(&file).unwrap();
     HardwareProfile::from_toml(&text, "standard.toml").unwrap();
     println!("{text}");
@@ -446,7 +446,8 @@ fn standard_grid_on_this_machine() {
 fn a_calibrated_profile_charges_what_candle_runs() {
     let opts = tiny(vec![MatrixShape::linear(64, 256)]);
     let ms = run(&opts);
-    let text = toml::to_string_pretty(&to_profile(&ms, &opts, "this-machine").unwrap()).unwrap();
+    let text =
+        toml::to_string_pretty(&to_profile(&ms, &[], &opts, "this-machine").unwrap()).unwrap();
     let hp = HardwareProfile::from_toml(&text, "calibrated.toml").unwrap();
     let entry = |p: Precision, batch: u32| {
         hp.file
@@ -541,4 +542,183 @@ bit_types = { "4" = "Q4K", "8" = "Q8_0" }
     // It says nothing about GGML formats: they are charged as a dequantized f32 copy.
     assert_eq!(hp.ggml_kernel(GgmlFormat::Q4K), Err(Precision::F32));
     assert!(!hp.accelerates_nm(2, 4));
+}
+
+/// The demo model at 1 and 3 images, calibrated inside its forward passes with f32 and Q8_0.
+fn demo_in_model() -> (
+    mpsearch::model::DemoModel,
+    mpsearch::cost::calibrate::in_model::InModel,
+    CalibrateOptions,
+) {
+    use mpsearch::cost::calibrate::in_model::{self, ModelInput};
+    use mpsearch::model::Model;
+    let model = mpsearch::model::DemoModel::embedded().unwrap();
+    let data = mpsearch::eval::EvalData::demo().unwrap();
+    let inputs: Vec<ModelInput> = [1, 3]
+        .into_iter()
+        .map(|n| {
+            let i = mpsearch::measure::input::from_search_split(&data, n, None).unwrap();
+            ModelInput {
+                batch: i.batch,
+                cost_batch: i.cost_batch,
+                description: i.description,
+            }
+        })
+        .collect();
+    let mut opts = CalibrateOptions::for_layers(&model.inventory().layers);
+    opts.batches = vec![1, 3];
+    opts.kernels = vec![Kernel::F32, Kernel::Bf16, Kernel::Quant(GgmlDType::Q8_0)];
+    opts.repetitions = 6;
+    opts.rounds = 2;
+    opts.warmup_seconds = 0.0;
+    // Structured variants: f16 alone is a plain kernel; int8 weights run as the f32 path.
+    let variants = in_model::variants(&[
+        crate::util::choice("f16"),
+        crate::util::choice("f32+act8-dynamic"),
+        crate::util::choice("int8-sym-channel+rank50"),
+        crate::util::choice("int4-sym-channel+rank50"),
+    ]);
+    assert_eq!(
+        variants.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        vec!["f32+act8-dynamic", "f32+rank50"]
+    );
+    let mut last = (0, 0);
+    let m = in_model::measure(&model, &inputs, &opts, &variants, &mut |d, t, _| {
+        last = (d, t)
+    })
+    .unwrap();
+    assert_eq!(last.0, last.1, "progress ends at done == total");
+    (model, m, opts)
+}
+
+#[test]
+fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
+    use mpsearch::cost::profile::{layers_key, ModelTerm};
+    use mpsearch::model::Model;
+    let (model, m, opts) = demo_in_model();
+    let layers = &model.inventory().layers;
+    // BF16 is timed for the table only: not a kernel a profile charges, so not deployed.
+    assert!(m.measurements.iter().all(|x| x.kernel != "BF16"));
+    // Every matrix layer's shape gets an f32 figure at both batches; Q8_0 wherever its block fits.
+    for l in layers {
+        let Some(shape) = MatrixShape::of_layer(l) else {
+            continue;
+        };
+        for batch in [1, 3] {
+            let f32 = m
+                .measurements
+                .iter()
+                .find(|x| x.shape == shape && x.batch == batch && x.kernel == "F32");
+            assert!(
+                f32.is_some_and(|x| x.median_us > 0.0),
+                "{} at {batch}",
+                l.name
+            );
+            let q = m
+                .measurements
+                .iter()
+                .any(|x| x.shape == shape && x.batch == batch && x.kernel == "Q8_0");
+            assert_eq!(q, shape.cols % 32 == 0, "{} at {batch}", l.name);
+        }
+    }
+    // The work outside the layers is positive, part of the forward pass, and grows with the batch.
+    assert_eq!(m.non_matmul.len(), 2);
+    for n in &m.non_matmul {
+        assert!(n.median_us > 0.0 && n.median_us < n.forward_us, "{n:?}");
+    }
+    assert!(m.non_matmul[1].forward_us > m.non_matmul[0].forward_us);
+    // Each variant has an entry per layer shape and batch: act8-dynamic on every matrix layer, and a
+    // whole rank<50> layer keyed by the layer's own shape.
+    let matrices = layers.iter().filter_map(MatrixShape::of_layer).count();
+    for (act, rank) in [("act8-dynamic", None), ("none", Some(50))] {
+        let n = m
+            .variants
+            .iter()
+            .filter(|e| e.act == act && e.rank == rank && e.us > 0.0)
+            .count();
+        assert_eq!(n, 2 * matrices, "{act} {rank:?}: {:?}", m.variants);
+    }
+
+    // Written as a profile: the measured entries and the [[model]] terms load back, and the cost
+    // model adds the term to this model's assignments (and only this model's).
+    let terms: Vec<ModelTerm> = m
+        .non_matmul
+        .iter()
+        .map(|n| ModelTerm {
+            name: "demo".into(),
+            layers: layers_key(layers),
+            batch: n.cost_batch,
+            us: n.median_us,
+            spread_us: Some(n.spread_us),
+            input: Some(n.description.clone()),
+        })
+        .collect();
+    let mut file = to_profile(&m.measurements, &terms, &opts, "demo-inside").unwrap();
+    file.measured.extend(m.variants.iter().cloned());
+    let text = toml::to_string_pretty(&file).unwrap();
+    let hp = HardwareProfile::from_toml(&text, "demo-inside.toml")
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(hp
+        .file
+        .provenance
+        .method
+        .contains("inside whole forward passes"));
+    let all_f32 = mpsearch::space::Assignment::default();
+    for n in &m.non_matmul {
+        let bare = CostModel::new(hp.clone(), n.cost_batch).unwrap();
+        let with = bare.clone().for_model(layers);
+        let (_, a) = bare.assignment(layers, &all_f32);
+        let (_, b) = with.assignment(layers, &all_f32);
+        assert!((b.latency_us - a.latency_us - n.median_us).abs() < 1e-9);
+        // The model's f32 forward as predicted: every layer's measured figure plus the term.
+        let per_layer: f64 = layers
+            .iter()
+            .filter_map(MatrixShape::of_layer)
+            .map(|s| {
+                m.measurements
+                    .iter()
+                    .find(|x| x.shape == s && x.batch == n.cost_batch && x.kernel == "F32")
+                    .unwrap()
+                    .median_us
+            })
+            .sum();
+        // The profile keeps figures to 0.01 µs: allow half of that per layer.
+        let matrices = layers.iter().filter_map(MatrixShape::of_layer).count();
+        let embeddings = b.latency_us - n.median_us - per_layer;
+        assert!(
+            embeddings.abs() <= 0.005 * matrices as f64 + 1e-9,
+            "the demo has no look-up: {embeddings}"
+        );
+    }
+    // The cost model takes a whole rank<50> layer's entry, and the f32 path's act8-dynamic entry for
+    // integer weights with dynamic activations (a dequantized copy here).
+    let model1 = CostModel::new(hp.clone(), 3).unwrap();
+    for (notation, act, rank) in [
+        ("int8-sym-channel+rank50", "none", Some(50)),
+        ("int8-sym-channel+act8-dynamic", "act8-dynamic", None),
+    ] {
+        let fc1 = layers.iter().find(|l| l.name == "fc1").unwrap();
+        let c = model1.layer(fc1, &crate::util::choice(notation));
+        let e = m
+            .variants
+            .iter()
+            .find(|e| e.shape == fc1.shape && e.batch == 3 && e.act == act && e.rank == rank)
+            .unwrap();
+        assert!(c.measured, "{notation}");
+        assert!(
+            (c.cost.latency_us - e.us).abs() < 1e-9,
+            "{notation}: {c:?} {e:?}"
+        );
+    }
+    let mut other = layers.to_vec();
+    other[0].name.push_str("-renamed");
+    let (_, c) = CostModel::new(hp.clone(), 1)
+        .unwrap()
+        .for_model(&other)
+        .assignment(&other, &all_f32);
+    let (_, d) = CostModel::new(hp, 1).unwrap().assignment(layers, &all_f32);
+    assert_eq!(
+        c.latency_us, d.latency_us,
+        "another model's layers get no term"
+    );
 }

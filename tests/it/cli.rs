@@ -457,3 +457,96 @@ fn inspect_lists_the_ggml_formats_left_out_and_why() {
         .iter()
         .any(|d| d["layer"] == "embeddings.word_embeddings" && d["choice"] == "q2_k"));
 }
+
+/// `calibrate --model demo` measures inside the model and writes its non-matmul work; `cost` of the
+/// demo under that profile adds it once, on its own line; `--tokens` on an image model is refused.
+#[test]
+fn calibrating_a_model_writes_its_non_matmul_work_and_cost_adds_it() {
+    let dir = Dir::new();
+    ok(
+        dir.path(),
+        &[
+            "calibrate",
+            "--model",
+            "demo",
+            "--batch",
+            "2",
+            "--repetitions",
+            "3",
+            "--out",
+            "hardware-profiles/here.toml",
+        ],
+    );
+    let text = std::fs::read_to_string(dir.path().join("hardware-profiles/here.toml")).unwrap();
+    let file: toml::Value = toml::from_str(&text).unwrap();
+    let terms = file["model"].as_array().unwrap();
+    assert_eq!(
+        terms
+            .iter()
+            .map(|t| t["batch"].as_integer().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(terms
+        .iter()
+        .all(|t| t["us"].as_float().unwrap() > 0.0 && t["name"].as_str() == Some("demo")));
+    assert!(file["measured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["kind"].as_str() == Some("conv2d")));
+
+    let a = dir.write("a.json", r#"{"default": "f32"}"#);
+    let cost = |profile: &str| -> serde_json::Value {
+        let args = [
+            "cost",
+            "--profile",
+            profile,
+            "--assignment",
+            a.to_str().unwrap(),
+            "--json",
+        ];
+        serde_json::from_str(&ok(dir.path(), &args)).unwrap()
+    };
+    let v = cost("here");
+    let term = v["non_matmul_us"].as_f64().unwrap();
+    assert_eq!(term, terms[0]["us"].as_float().unwrap());
+    let sum: f64 = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["latency_us"].as_f64().unwrap())
+        .sum();
+    let total = v["total"]["latency_us"].as_f64().unwrap();
+    assert!(
+        (total - sum - term).abs() < 1e-6 * total,
+        "{total} {sum} {term}"
+    );
+    assert_eq!(cost("cortex-a76")["non_matmul_us"].as_f64(), Some(0.0));
+    let out = ok(
+        dir.path(),
+        &[
+            "cost",
+            "--profile",
+            "here",
+            "--assignment",
+            a.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("non-matmul work"), "{out}");
+
+    let e = fails(
+        dir.path(),
+        &["calibrate", "--model", "demo", "--tokens", "8"],
+    );
+    assert!(e.contains("--tokens") && e.contains("images"), "{e}");
+    let written: Vec<_> = std::fs::read_dir(dir.path().join("hardware-profiles"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        written,
+        vec![std::ffi::OsString::from("here.toml")],
+        "nothing else written"
+    );
+}

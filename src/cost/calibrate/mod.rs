@@ -844,6 +844,7 @@ pub fn table(ms: &[Measurement]) -> String {
     s
 }
 
+pub mod in_model;
 mod write;
 
 pub use write::{cpu_model, to_profile, today};

@@ -2,7 +2,7 @@
 //! and the facts about candle's kernels, with the measuring machine's provenance.
 
 use super::*;
-use crate::cost::profile::ComputeFile;
+use crate::cost::profile::{ComputeFile, ModelTerm};
 
 pub(super) fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
@@ -106,7 +106,15 @@ pub(super) fn simd_features() -> Vec<&'static str> {
 ///   dense. bf16 and `int<b>` choices find the f32 entry through their copy.
 /// - `[calibration]`: `slow_kernels` (kernels more than 10% slower than f32 at batch 1 on the largest
 ///   shape where both ran: no fast SIMD kernel here) and notes (skips, CPU features, what is charged).
-pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Result<ProfileFile> {
+///
+/// `model`: the `[[model]]` terms of a calibration inside a model ([`super::in_model`]), whose
+/// measurements `ms` then are (besides the overhead probes).
+pub fn to_profile(
+    ms: &[Measurement],
+    model: &[ModelTerm],
+    opts: &CalibrateOptions,
+    name: &str,
+) -> Result<ProfileFile> {
     let probes: Vec<&Measurement> = ms.iter().filter(|m| m.probe).collect();
     let probe_us = probes.iter().map(|m| m.median_us).min_by(f64::total_cmp);
     let requested: Vec<Measurement> = ms.iter().filter(|m| !m.probe).cloned().collect();
@@ -144,7 +152,7 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
                 "measured by mpsearch calibrate".into(),
             ],
             date: today(),
-            method: method(opts, &probes, &at),
+            method: method(opts, &probes, &at, model.first()),
             cpu: Some(cpu),
             cores: Some(cores),
             candle_version: Some(CANDLE_VERSION.into()),
@@ -177,6 +185,7 @@ pub fn to_profile(ms: &[Measurement], opts: &CalibrateOptions, name: &str) -> Re
             slow_kernels,
             notes,
         }),
+        model: model.to_vec(),
     })
 }
 
@@ -389,6 +398,7 @@ fn measured_entries(
                 us: round(m.median_us, 2),
                 spread_us: Some(round(m.spread_us, 2)),
                 kernel: Some(m.kernel.clone()),
+                rank: None,
             });
         }
     }
@@ -536,7 +546,12 @@ fn kernel_notes() -> Vec<String> {
 }
 
 /// The provenance's `method`: how the kernels were timed and where each figure comes from.
-fn method(opts: &CalibrateOptions, probes: &[&Measurement], at: &Reference) -> String {
+fn method(
+    opts: &CalibrateOptions,
+    probes: &[&Measurement],
+    at: &Reference,
+    model: Option<&ModelTerm>,
+) -> String {
     let Reference {
         largest,
         min_batch,
@@ -563,21 +578,42 @@ fn method(opts: &CalibrateOptions, probes: &[&Measurement], at: &Reference) -> S
             PROBE_ROWS * PROBE_COLS
         )
     };
+    let what = match model {
+        None => format!(
+            "y = x·Wᵀ on candle-core {CANDLE_VERSION} CPU kernels with seeded N(0, 0.02) weights and \
+             N(0, 1) inputs; each shape's kernels timed in {rounds} rounds, each round doing at least \
+             {} warm-up runs and {:.2} s of warm-up, then up to {} timed runs (stopping after {:.2} s \
+             once {} are done); median and interquartile range in µs of the fastest round; batch \
+             sizes [{batches}] (a convolution is timed as its im2col product, batch x output-pixel \
+             rows)",
+            opts.warmup.max(1),
+            opts.warmup_seconds,
+            reps,
+            opts.max_seconds / rounds as f64,
+            MIN_REPETITIONS.min(reps),
+        ),
+        Some(m) => format!(
+            "every layer timed inside whole forward passes of model `{}` on its own data (cost \
+             batches [{batches}]), deployed with one candle-core {CANDLE_VERSION} kernel at a time on \
+             every layer it fits, as `mpsearch measure` builds it (a convolution runs candle's conv2d \
+             in f32, else im2col, the product and the output layout); per kernel and batch {rounds} \
+             rounds of at least {} warm-up passes and {:.2} s of warm-up, then up to {} timed passes \
+             (stopping after {:.2} s once {} are done); a shape's figure is the mean over its layers \
+             in a pass, median and interquartile range in µs over the passes of the fastest round; \
+             [[model]] is the f32 passes' time outside every layer's product and look-up",
+            m.name,
+            opts.warmup.max(1),
+            opts.warmup_seconds,
+            reps,
+            opts.max_seconds / rounds as f64,
+            MIN_REPETITIONS.min(reps),
+        ),
+    };
     format!(
-        "measured by mpsearch calibrate: y = x·Wᵀ on candle-core {CANDLE_VERSION} CPU kernels with seeded \
-         N(0, 0.02) weights and N(0, 1) inputs; each shape's kernels timed in {rounds} rounds, each \
-         round doing at least {} warm-up runs and {:.2} s of warm-up, then up to {} timed runs \
-         (stopping after {:.2} s once {} are done); median and interquartile range in µs of the \
-         fastest round; batch sizes [{batches}] (a convolution is timed as its im2col product, batch \
-         x output-pixel rows); [compute] GMAC/s (f32, f16) from the largest shape ({}) at batch \
+        "measured by mpsearch calibrate: {what}; [compute] GMAC/s (f32, f16) from the largest shape ({}) at batch \
          {max_batch}, [ggml] from each format's largest shape at that batch; [memory] \
          bandwidth_gbs is an effective figure: f32 weight bytes of the largest linear weight / its f32 \
          batch-{min_batch} time; [overhead] per_layer_us {overhead}",
-        opts.warmup.max(1),
-        opts.warmup_seconds,
-        reps,
-        opts.max_seconds / rounds as f64,
-        MIN_REPETITIONS.min(reps),
         largest.shape_string(),
     )
 }

@@ -1,0 +1,473 @@
+//! # Calibrating inside the model
+//!
+//! `calibrate --model M` times the model's own layers where they run: inside whole forward passes of
+//! the model, on a batch of its own data. A matrix timed alone keeps its weight in cache from one run
+//! to the next and its input laid out for it; inside the model every layer finds its weight evicted
+//! by the layers before it, and a convolution runs candle's `conv2d` (or, for a non-dense kernel, the
+//! im2col patches, the product and the output layout). On this machine the f32 layers of
+//! all-MiniLM-L6-v2 at 32 tokens took 1.4–1.8× their isolated time: a profile of isolated products
+//! predicts half of the model's real time.
+//!
+//! For each kernel the profile charges (f32, the plain f16 path, every GGML block format: the
+//! [`Kernel`]s with a [`Kernel::precision`]), the model is deployed uniformly — every layer that fits
+//! the kernel runs it, built exactly as `mpsearch measure` builds it ([`deploy_kernel`]) — and its
+//! forward passes are timed with a [`LayerTimes`] timer, which records each layer's weight product.
+//! A layer shape's figure is the mean over the layers of that shape within a pass, then the median
+//! over passes, of the fastest of the rounds (as for isolated measurements).
+//!
+//! The same is done for every **structured variant** of a search space's choices — activation
+//! quantization (`act8-*`), removed channels (`channels<P>`: a smaller matrix whose rows are scattered
+//! back), low rank (`rank<P>`: two products, and for a convolution the im2col path) — on each of the
+//! float or block kernels they combine with in the space. Their figures become `[[measured]]` entries
+//! of the kernel that runs with that `act`, `sparsity = "channels<P>"` or `rank = P` (a whole
+//! factorized layer), which the cost model prefers to adding up its analytic parts. Integer and bf16
+//! weights run as the f32 path here (candle has no integer kernel), and unstructured or N:M sparsity
+//! as dense, so neither makes a variant of its own.
+//!
+//! The f32 passes also give the model's **non-matmul work**: a pass's wall time minus the time of all
+//! its layers' products and look-ups — attention scores and softmax, norms, activations, residual
+//! adds, biases, the pooling. The cost model adds it to every assignment of this model at this batch
+//! ([`super::super::profile::ModelTerm`]); it does not depend on the layers' formats.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use super::{CalibrateOptions, Kernel, MatrixShape, Measurement, MIN_REPETITIONS};
+use crate::compress::{deploy_kernel, CompressSettings};
+use crate::cost::profile::{MeasuredEntry, Precision};
+use crate::data::Batch;
+use crate::error::Result;
+use crate::model::{ForwardCtx, LayerOverride, LayerTimes, Model, Overrides};
+use crate::space::{kept_rows, ActQuant, Choice, Sparsity, WeightQuant};
+use crate::timing::{median_iqr, CpuSample};
+
+/// A batch the model is timed on, and the batch the cost model counts it as.
+#[derive(Clone, Debug)]
+pub struct ModelInput {
+    pub batch: Batch,
+    /// Samples per inference as the cost model counts them: images, or tokens.
+    pub cost_batch: u32,
+    /// What the batch is, for people (`1 sentence of 32 tokens from the search split`).
+    pub description: String,
+}
+
+/// The model's non-matmul work at one batch, measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonMatmul {
+    pub cost_batch: u32,
+    pub description: String,
+    /// Median over the fastest round's f32 passes of (pass time − its layers' time), µs.
+    pub median_us: f64,
+    /// Its interquartile range, µs.
+    pub spread_us: f64,
+    /// The median f32 forward pass of that round, µs.
+    pub forward_us: f64,
+    pub round_medians_us: Vec<f64>,
+    pub other_load: Option<f64>,
+}
+
+/// What [`measure`] measured: per layer shape, kernel and batch, the non-matmul terms, and the
+/// structured variants' `[[measured]]` entries.
+#[derive(Clone, Debug, Default)]
+pub struct InModel {
+    pub measurements: Vec<Measurement>,
+    pub non_matmul: Vec<NonMatmul>,
+    pub variants: Vec<MeasuredEntry>,
+}
+
+/// The structured variants of `choices` (see the module docs), each once, as the choice deployed to
+/// time it: its weights as the kernel that runs them (f32 for integer and bf16 weights, f16, or the
+/// block format), its activation quantization, `channels<P>` (other sparsity is computed dense) and
+/// rank. Plain kernels (no act, channels or rank) are not variants: [`kernels`] times them.
+pub fn variants(choices: &[Choice]) -> Vec<Choice> {
+    let mut out: Vec<Choice> = Vec::new();
+    for c in choices {
+        let v = Choice {
+            weights: match c.weights {
+                WeightQuant::F16 => WeightQuant::F16,
+                WeightQuant::Ggml(g) => WeightQuant::Ggml(g),
+                _ => WeightQuant::F32,
+            },
+            act: c.act,
+            sparsity: match c.sparsity {
+                Sparsity::Channels(p) => Sparsity::Channels(p),
+                _ => Sparsity::None,
+            },
+            rank: c.rank,
+        };
+        let plain = v.act == ActQuant::None && v.sparsity == Sparsity::None && v.rank.is_none();
+        if !plain && !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The precision a variant's entry is keyed by.
+fn precision(w: WeightQuant) -> Precision {
+    match w {
+        WeightQuant::F16 => Precision::F16,
+        WeightQuant::Ggml(g) => Precision::Ggml(g),
+        _ => Precision::F32,
+    }
+}
+
+/// The weight choice a kernel deploys.
+fn choice(kernel: Kernel) -> Option<Choice> {
+    let weights = match kernel.precision()? {
+        Precision::F32 => WeightQuant::F32,
+        Precision::F16 => WeightQuant::F16,
+        Precision::Ggml(g) => WeightQuant::Ggml(g),
+        _ => return None,
+    };
+    Some(Choice::weights(weights))
+}
+
+/// The kernels [`measure`] times: those of `kernels` a profile charges.
+pub fn kernels(kernels: &[Kernel]) -> Vec<Kernel> {
+    kernels
+        .iter()
+        .copied()
+        .filter(|&k| choice(k).is_some())
+        .collect()
+}
+
+/// The model deployed with `choice` on every matrix layer it fits, as `measure` builds it, and the
+/// layers it runs on (by name, with their shapes). f32 needs no override.
+fn deploy(
+    model: &dyn Model,
+    choice: &Choice,
+) -> Result<(Overrides, BTreeMap<String, MatrixShape>)> {
+    let mut overrides = Overrides::new();
+    let mut layers = BTreeMap::new();
+    for info in &model.inventory().layers {
+        let Some(shape) = MatrixShape::of_layer(info) else {
+            continue;
+        };
+        if let WeightQuant::Ggml(g) = choice.weights {
+            let kernel = Kernel::Quant(crate::compress::ggml::dtype(g));
+            if kernel.skip_reason(&shape).is_some() {
+                continue;
+            }
+        }
+        if *choice != Choice::F32 {
+            let w = model.weight(&info.name)?;
+            // A factor whose in-features a block format does not fit: not this layer.
+            let Ok(kernel) = deploy_kernel(&w, choice, &CompressSettings::default(), None) else {
+                continue;
+            };
+            overrides.insert(
+                info.name.clone(),
+                LayerOverride {
+                    kernel,
+                    act: choice.act,
+                    // A static range is calibrated on data; its value does not change the work.
+                    act_range: (choice.act == ActQuant::Int8Static).then_some((-1.0, 1.0)),
+                },
+            );
+        }
+        layers.insert(info.name.clone(), shape);
+    }
+    Ok((overrides, layers))
+}
+
+/// One timed pass: its wall time, and per layer the time of its product, µs.
+type Pass = (f64, BTreeMap<String, f64>);
+
+/// A figure over rounds: median and interquartile range of the fastest round, every round's median,
+/// the load in the fastest round, and the passes in all.
+type Figure = (f64, f64, Vec<f64>, Option<f64>, usize);
+
+/// Times `model` on each of `inputs` with each of the profile's kernels among `opts.kernels` (see the
+/// module docs): `opts.rounds` rounds of warm-up then up to `opts.repetitions / rounds` passes (at
+/// least [`MIN_REPETITIONS`], stopping after the round's share of `opts.max_seconds`).
+/// `progress(done, total, what)` is called before each timed (kernel, batch, round).
+///
+/// `variants` ([`variants`] of a space's choices) are timed the same way after the kernels.
+pub fn measure(
+    model: &dyn Model,
+    inputs: &[ModelInput],
+    opts: &CalibrateOptions,
+    variants: &[Choice],
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<InModel> {
+    let kernels = kernels(&opts.kernels);
+    let rounds = opts.rounds.max(1);
+    let total = (kernels.len() + variants.len()) * inputs.len() * rounds;
+    let mut timer = Timer {
+        model,
+        opts,
+        rounds,
+        reps: opts.repetitions.max(1).div_ceil(rounds),
+        budget: opts.max_seconds.max(0.0) / rounds as f64,
+        total,
+        done: 0,
+        progress,
+    };
+    let mut out = InModel::default();
+    for &kernel in &kernels {
+        let Some(choice) = choice(kernel) else {
+            continue;
+        };
+        let (overrides, layers) = deploy(model, &choice)?;
+        if layers.is_empty() {
+            continue;
+        }
+        for input in inputs {
+            let per_round = timer.rounds(&overrides, input, &kernel.name())?;
+            out.measurements
+                .extend(by_shape(kernel, input.cost_batch, &layers, &per_round));
+            if kernel == Kernel::F32 {
+                out.non_matmul.push(non_matmul(input, &per_round));
+            }
+        }
+    }
+    for v in variants {
+        let (overrides, layers) = deploy(model, v)?;
+        if layers.is_empty() {
+            continue;
+        }
+        for input in inputs {
+            let per_round = timer.rounds(&overrides, input, &v.to_string())?;
+            out.variants
+                .extend(variant_entries(v, input.cost_batch, &layers, &per_round));
+        }
+    }
+    (timer.progress)(timer.done, total, "done");
+    Ok(out)
+}
+
+/// Times deployed models in rounds, reporting progress.
+struct Timer<'a> {
+    model: &'a dyn Model,
+    opts: &'a CalibrateOptions,
+    rounds: usize,
+    reps: usize,
+    budget: f64,
+    total: usize,
+    done: usize,
+    progress: &'a mut dyn FnMut(usize, usize, &str),
+}
+
+impl Timer<'_> {
+    /// `self.rounds` rounds of passes of the model under `overrides` on `input`, each with the load
+    /// other processes put on the machine meanwhile.
+    fn rounds(
+        &mut self,
+        overrides: &Overrides,
+        input: &ModelInput,
+        what: &str,
+    ) -> Result<Vec<(Vec<Pass>, Option<f64>)>> {
+        let mut per_round = Vec::with_capacity(self.rounds);
+        for round in 0..self.rounds {
+            (self.progress)(
+                self.done,
+                self.total,
+                &format!(
+                    "{what} on {} (round {}/{})",
+                    input.description,
+                    round + 1,
+                    self.rounds
+                ),
+            );
+            self.done += 1;
+            let before = CpuSample::now();
+            let passes = time_passes(
+                self.model,
+                &input.batch,
+                overrides,
+                self.opts,
+                self.reps,
+                self.budget,
+            )?;
+            let load = before
+                .zip(CpuSample::now())
+                .and_then(|(b, a)| b.others_until(&a));
+            per_round.push((passes, load));
+        }
+        Ok(per_round)
+    }
+}
+
+/// Warm-up (at least `opts.warmup` passes and `opts.warmup_seconds`), then up to `reps` timed passes.
+fn time_passes(
+    model: &dyn Model,
+    batch: &Batch,
+    overrides: &Overrides,
+    opts: &CalibrateOptions,
+    reps: usize,
+    budget: f64,
+) -> Result<Vec<Pass>> {
+    let timer = LayerTimes::default();
+    let ctx = ForwardCtx {
+        overrides: Some(overrides),
+        capture: None,
+        timer: Some(&timer),
+    };
+    let warming = Instant::now();
+    let mut runs = 0;
+    while runs < opts.warmup.max(1) || warming.elapsed().as_secs_f64() < opts.warmup_seconds {
+        std::hint::black_box(model.forward(batch, &ctx)?);
+        runs += 1;
+    }
+    timer.take();
+    let started = Instant::now();
+    let mut passes = Vec::with_capacity(reps);
+    while passes.len() < reps
+        && (passes.len() < MIN_REPETITIONS.min(reps) || started.elapsed().as_secs_f64() < budget)
+    {
+        let t0 = Instant::now();
+        let y: Tensor = model.forward(batch, &ctx)?;
+        let wall = t0.elapsed().as_secs_f64() * 1e6;
+        std::hint::black_box(y);
+        let layers = timer
+            .take()
+            .into_iter()
+            .map(|(name, s)| (name, s * 1e6))
+            .collect();
+        passes.push((wall, layers));
+    }
+    Ok(passes)
+}
+
+/// The fastest round of `per_round` by `figure` (a per-pass value): its median, interquartile range,
+/// the rounds' medians and the machine's load in it.
+fn fastest(
+    per_round: &[(Vec<Pass>, Option<f64>)],
+    figure: impl Fn(&Pass) -> Option<f64>,
+) -> Option<Figure> {
+    let stats: Vec<(f64, f64, Option<f64>, usize)> = per_round
+        .iter()
+        .filter_map(|(passes, load)| {
+            let v: Vec<f64> = passes.iter().filter_map(&figure).collect();
+            (!v.is_empty()).then(|| {
+                let (m, iqr) = median_iqr(&v);
+                (m, iqr, *load, v.len())
+            })
+        })
+        .collect();
+    let best = stats.iter().min_by(|a, b| a.0.total_cmp(&b.0))?;
+    Some((
+        best.0,
+        best.1,
+        stats.iter().map(|s| s.0).collect(),
+        best.2,
+        stats.iter().map(|s| s.3).sum(),
+    ))
+}
+
+/// Per distinct shape among `layers`, the fastest round's figures of the mean time of its layers in a
+/// pass: `(shape, median, spread, round medians, load, passes)`.
+fn per_shape<'s>(
+    layers: &'s BTreeMap<String, MatrixShape>,
+    per_round: &[(Vec<Pass>, Option<f64>)],
+) -> Vec<(&'s MatrixShape, Figure)> {
+    let mut shapes: Vec<&MatrixShape> = layers.values().collect();
+    shapes.sort();
+    shapes.dedup();
+    shapes
+        .into_iter()
+        .filter_map(|shape| {
+            let names: Vec<&String> = layers
+                .iter()
+                .filter(|(_, s)| *s == shape)
+                .map(|(n, _)| n)
+                .collect();
+            let figure = fastest(per_round, |(_, times)| {
+                let v: Vec<f64> = names
+                    .iter()
+                    .filter_map(|n| times.get(*n))
+                    .copied()
+                    .collect();
+                (v.len() == names.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            })?;
+            Some((shape, figure))
+        })
+        .collect()
+}
+
+/// A variant's `[[measured]]` entries: per layer shape, keyed by the layer's shape with its kept rows
+/// (the key the cost model looks up), none where two shapes would share a key (one weight shape
+/// applied at two output sizes).
+fn variant_entries(
+    v: &Choice,
+    cost_batch: u32,
+    layers: &BTreeMap<String, MatrixShape>,
+    per_round: &[(Vec<Pass>, Option<f64>)],
+) -> Vec<MeasuredEntry> {
+    let figures = per_shape(layers, per_round);
+    let key = |s: &MatrixShape| {
+        let mut shape = s.shape.clone();
+        if let Sparsity::Channels(p) = v.sparsity {
+            shape[0] = kept_rows(s.rows as u64, p) as usize;
+        }
+        (s.kind, shape)
+    };
+    figures
+        .iter()
+        .filter(|(s, _)| figures.iter().filter(|(t, _)| key(t) == key(s)).count() == 1)
+        .map(|(s, f)| {
+            let (kind, shape) = key(s);
+            MeasuredEntry {
+                kind,
+                shape,
+                batch: cost_batch,
+                weights: precision(v.weights),
+                act: v.act.to_string(),
+                sparsity: v.sparsity.to_string(),
+                us: super::write::round(f.0, 2),
+                spread_us: Some(super::write::round(f.1, 2)),
+                kernel: Some(format!("{v} inside the model")),
+                rank: v.rank,
+            }
+        })
+        .collect()
+}
+
+/// One measurement per distinct shape among `layers`: per pass, the mean time of the layers of that
+/// shape.
+fn by_shape(
+    kernel: Kernel,
+    cost_batch: u32,
+    layers: &BTreeMap<String, MatrixShape>,
+    per_round: &[(Vec<Pass>, Option<f64>)],
+) -> Vec<Measurement> {
+    per_shape(layers, per_round)
+        .into_iter()
+        .map(|(shape, f)| {
+            let (median_us, spread_us, round_medians_us, other_load, repetitions) = f;
+            Measurement {
+                shape: shape.clone(),
+                batch: cost_batch,
+                kernel: kernel.name(),
+                bits: kernel.bits(),
+                precision: kernel.precision(),
+                median_us,
+                spread_us,
+                repetitions,
+                round_medians_us,
+                other_load,
+                probe: false,
+            }
+        })
+        .collect()
+}
+
+/// The non-matmul work of the f32 passes: wall time minus every layer's product and look-up.
+fn non_matmul(input: &ModelInput, per_round: &[(Vec<Pass>, Option<f64>)]) -> NonMatmul {
+    let rest = |(wall, times): &Pass| Some((wall - times.values().sum::<f64>()).max(0.0));
+    let (median_us, spread_us, round_medians_us, other_load, _) =
+        fastest(per_round, rest).unwrap_or((0.0, 0.0, Vec::new(), None, 0));
+    let forward_us = fastest(per_round, |p| Some(p.0)).map_or(0.0, |f| f.0);
+    NonMatmul {
+        cost_batch: input.cost_batch,
+        description: input.description.clone(),
+        median_us,
+        spread_us,
+        forward_us,
+        round_medians_us,
+        other_load,
+    }
+}
