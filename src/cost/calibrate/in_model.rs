@@ -13,7 +13,8 @@
 //! the kernel runs it, built exactly as `mpsearch measure` builds it ([`deploy_kernel`]) — and its
 //! forward passes are timed with a [`LayerTimes`] timer, which records each layer's weight product.
 //! A layer shape's figure is the mean over the layers of that shape within a pass, then the median
-//! over passes, of the fastest of the rounds (as for isolated measurements).
+//! over passes, of the fastest of the rounds; a round goes over every deployment in turn (as for
+//! isolated measurements), so a slow spell of the machine does not fall on one kernel's rounds.
 //!
 //! The same is done for every **structured variant** of a search space's choices — activation
 //! quantization (`act8-*`), removed channels (`channels<P>`: a smaller matrix whose rows are scattered
@@ -183,9 +184,9 @@ type Figure = (f64, f64, Vec<f64>, Option<f64>, usize);
 /// Times `model` on each of `inputs` with each of the profile's kernels among `opts.kernels` (see the
 /// module docs): `opts.rounds` rounds of warm-up then up to `opts.repetitions / rounds` passes (at
 /// least [`MIN_REPETITIONS`], stopping after the round's share of `opts.max_seconds`).
-/// `progress(done, total, what)` is called before each timed (kernel, batch, round).
+/// `progress(done, total, what)` is called before each timed (deployment, batch, round).
 ///
-/// `variants` ([`variants`] of a space's choices) are timed the same way after the kernels.
+/// `variants` ([`variants`] of a space's choices) are timed the same way, in the same rounds.
 pub fn measure(
     model: &dyn Model,
     inputs: &[ModelInput],
@@ -195,47 +196,68 @@ pub fn measure(
 ) -> Result<InModel> {
     let kernels = kernels(&opts.kernels);
     let rounds = opts.rounds.max(1);
-    let total = (kernels.len() + variants.len()) * inputs.len() * rounds;
     let mut timer = Timer {
         model,
         opts,
         rounds,
         reps: opts.repetitions.max(1).div_ceil(rounds),
         budget: opts.max_seconds.max(0.0) / rounds as f64,
-        total,
+        total: 0,
         done: 0,
         progress,
     };
-    let mut out = InModel::default();
+    // Every deployment first, then rounds over all of them: the machine's state (candle's pool
+    // threads asleep or spinning, another process's burst) shifts for seconds at a time, and a round
+    // per deployment in turn gives each the same chance at a quiet moment (as the isolated grid
+    // does); each keeps its fastest round.
+    enum Which {
+        Kernel(Kernel),
+        Variant(Choice),
+    }
+    let mut deployed = Vec::new();
     for &kernel in &kernels {
         let Some(choice) = choice(kernel) else {
             continue;
         };
-        let (overrides, layers) = deploy(model, &choice)?;
-        if layers.is_empty() {
-            continue;
-        }
-        for input in inputs {
-            let per_round = timer.rounds(&overrides, input, &kernel.name())?;
-            out.measurements
-                .extend(by_shape(kernel, input.cost_batch, &layers, &per_round));
-            if kernel == Kernel::F32 {
-                out.non_matmul.push(non_matmul(input, &per_round));
+        deployed.push((Which::Kernel(kernel), deploy(model, &choice)?));
+    }
+    for v in variants {
+        deployed.push((Which::Variant(*v), deploy(model, v)?));
+    }
+    deployed.retain(|(_, (_, layers))| !layers.is_empty());
+    timer.total = deployed.len() * inputs.len() * rounds;
+    let mut per_round: Vec<Vec<Vec<(Vec<Pass>, Option<f64>)>>> =
+        vec![vec![Vec::with_capacity(rounds); inputs.len()]; deployed.len()];
+    for round in 0..rounds {
+        for ((which, (overrides, _)), per_input) in deployed.iter().zip(&mut per_round) {
+            let what = match which {
+                Which::Kernel(k) => k.name(),
+                Which::Variant(v) => v.to_string(),
+            };
+            for (input, rounds_done) in inputs.iter().zip(per_input.iter_mut()) {
+                rounds_done.push(timer.round(overrides, input, &what, round)?);
             }
         }
     }
-    for v in variants {
-        let (overrides, layers) = deploy(model, v)?;
-        if layers.is_empty() {
-            continue;
-        }
-        for input in inputs {
-            let per_round = timer.rounds(&overrides, input, &v.to_string())?;
-            out.variants
-                .extend(variant_entries(v, input.cost_batch, &layers, &per_round));
+    let mut out = InModel::default();
+    for ((which, (_, layers)), per_input) in deployed.iter().zip(&per_round) {
+        for (input, per_round) in inputs.iter().zip(per_input) {
+            match which {
+                Which::Kernel(kernel) => {
+                    out.measurements
+                        .extend(by_shape(*kernel, input.cost_batch, layers, per_round));
+                    if *kernel == Kernel::F32 {
+                        out.non_matmul.push(non_matmul(input, per_round));
+                    }
+                }
+                Which::Variant(v) => {
+                    out.variants
+                        .extend(variant_entries(v, input.cost_batch, layers, per_round))
+                }
+            }
         }
     }
-    (timer.progress)(timer.done, total, "done");
+    (timer.progress)(timer.done, timer.total, "done");
     Ok(out)
 }
 
@@ -252,42 +274,39 @@ struct Timer<'a> {
 }
 
 impl Timer<'_> {
-    /// `self.rounds` rounds of passes of the model under `overrides` on `input`, each with the load
-    /// other processes put on the machine meanwhile.
-    fn rounds(
+    /// Round `round` of passes of the model under `overrides` on `input`, with the load other
+    /// processes put on the machine meanwhile.
+    fn round(
         &mut self,
         overrides: &Overrides,
         input: &ModelInput,
         what: &str,
-    ) -> Result<Vec<(Vec<Pass>, Option<f64>)>> {
-        let mut per_round = Vec::with_capacity(self.rounds);
-        for round in 0..self.rounds {
-            (self.progress)(
-                self.done,
-                self.total,
-                &format!(
-                    "{what} on {} (round {}/{})",
-                    input.description,
-                    round + 1,
-                    self.rounds
-                ),
-            );
-            self.done += 1;
-            let before = CpuSample::now();
-            let passes = time_passes(
-                self.model,
-                &input.batch,
-                overrides,
-                self.opts,
-                self.reps,
-                self.budget,
-            )?;
-            let load = before
-                .zip(CpuSample::now())
-                .and_then(|(b, a)| b.others_until(&a));
-            per_round.push((passes, load));
-        }
-        Ok(per_round)
+        round: usize,
+    ) -> Result<(Vec<Pass>, Option<f64>)> {
+        (self.progress)(
+            self.done,
+            self.total,
+            &format!(
+                "{what} on {} (round {}/{})",
+                input.description,
+                round + 1,
+                self.rounds
+            ),
+        );
+        self.done += 1;
+        let before = CpuSample::now();
+        let passes = time_passes(
+            self.model,
+            &input.batch,
+            overrides,
+            self.opts,
+            self.reps,
+            self.budget,
+        )?;
+        let load = before
+            .zip(CpuSample::now())
+            .and_then(|(b, a)| b.others_until(&a));
+        Ok((passes, load))
     }
 }
 

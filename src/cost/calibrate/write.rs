@@ -596,8 +596,8 @@ fn method(
             "every layer timed inside whole forward passes of model `{}` on its own data (cost \
              batches [{batches}]), deployed with one candle-core {CANDLE_VERSION} kernel at a time on \
              every layer it fits, as `mpsearch measure` builds it (a convolution runs candle's conv2d \
-             in f32, else im2col, the product and the output layout); per kernel and batch {rounds} \
-             rounds of at least {} warm-up passes and {:.2} s of warm-up, then up to {} timed passes \
+             in f32, else im2col, the product and the output layout); {rounds} rounds over every \
+             deployment and batch, each of at least {} warm-up passes and {:.2} s of warm-up, then up to {} timed passes \
              (stopping after {:.2} s once {} are done); a shape's figure is the mean over its layers \
              in a pass, median and interquartile range in µs over the passes of the fastest round; \
              [[model]] is the f32 passes' time outside every layer's product and look-up",
