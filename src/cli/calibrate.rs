@@ -19,7 +19,7 @@ use mpsearch::space::Choice;
 use super::setup::load_space;
 
 use super::args::CalibrateArgs;
-use super::output::{emit, measure_bar};
+use super::output::{emit, measure_bar, show_progress};
 
 pub fn run(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     a.check()?;
@@ -145,11 +145,7 @@ fn in_model(
         &inputs,
         &opts,
         &variants,
-        &mut |done, total, what| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(what.to_string());
-        },
+        &mut show_progress(&bar),
     )?;
     bar.finish_and_clear();
     ms.extend(measured.measurements);
@@ -193,11 +189,7 @@ fn measure(opts: &CalibrateOptions, batch: u32) -> anyhow::Result<Vec<Measuremen
         opts.repetitions
     );
     let bar = measure_bar();
-    let ms = calibrate::measure(opts, &mut |done, total, what| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(what.to_string());
-    })?;
+    let ms = calibrate::measure(opts, &mut show_progress(&bar))?;
     bar.finish_and_clear();
     Ok(ms)
 }

@@ -14,7 +14,7 @@ use mpsearch::model::ModelKind;
 use mpsearch::store::{self, Access, Location, MeasurementRecord, RunManifest, TrialRecord};
 
 use super::args::MeasureArgs;
-use super::output::{emit, measure_bar, quality, table};
+use super::output::{emit, measure_bar, quality, show_progress, table};
 use super::setup::open_store;
 
 pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
@@ -80,11 +80,7 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
         &input.batch,
         &plan.targets,
         &opts,
-        &mut |done, total, what| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(what.to_string());
-        },
+        &mut show_progress(&bar),
     )?;
     bar.finish_and_clear();
     let first = store

@@ -119,6 +119,15 @@ pub fn measure_bar() -> ProgressBar {
     bar
 }
 
+/// The `progress(done, total, what)` callback of a long measurement, shown on `bar`.
+pub fn show_progress(bar: &ProgressBar) -> impl FnMut(usize, usize, &str) + '_ {
+    |done, total, what| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(what.to_string());
+    }
+}
+
 /// The trials of run `name`, out of `trials` (no length without a trial budget).
 pub fn trial_bar(name: &str, trials: Option<u64>) -> ProgressBar {
     let bar = match trials {

@@ -177,6 +177,9 @@ fn deploy(
 /// One timed pass: its wall time, and per layer the time of its product, µs.
 type Pass = (f64, BTreeMap<String, f64>);
 
+/// One round's passes, and the load other processes put on the machine meanwhile.
+type Round = (Vec<Pass>, Option<f64>);
+
 /// A figure over rounds: median and interquartile range of the fastest round, every round's median,
 /// the load in the fastest round, and the passes in all.
 type Figure = (f64, f64, Vec<f64>, Option<f64>, usize);
@@ -226,7 +229,7 @@ pub fn measure(
     }
     deployed.retain(|(_, (_, layers))| !layers.is_empty());
     timer.total = deployed.len() * inputs.len() * rounds;
-    let mut per_round: Vec<Vec<Vec<(Vec<Pass>, Option<f64>)>>> =
+    let mut per_round: Vec<Vec<Vec<Round>>> =
         vec![vec![Vec::with_capacity(rounds); inputs.len()]; deployed.len()];
     for round in 0..rounds {
         for ((which, (overrides, _)), per_input) in deployed.iter().zip(&mut per_round) {
@@ -282,7 +285,7 @@ impl Timer<'_> {
         input: &ModelInput,
         what: &str,
         round: usize,
-    ) -> Result<(Vec<Pass>, Option<f64>)> {
+    ) -> Result<Round> {
         (self.progress)(
             self.done,
             self.total,
@@ -353,10 +356,7 @@ fn time_passes(
 
 /// The fastest round of `per_round` by `figure` (a per-pass value): its median, interquartile range,
 /// the rounds' medians and the machine's load in it.
-fn fastest(
-    per_round: &[(Vec<Pass>, Option<f64>)],
-    figure: impl Fn(&Pass) -> Option<f64>,
-) -> Option<Figure> {
+fn fastest(per_round: &[Round], figure: impl Fn(&Pass) -> Option<f64>) -> Option<Figure> {
     let stats: Vec<(f64, f64, Option<f64>, usize)> = per_round
         .iter()
         .filter_map(|(passes, load)| {
@@ -381,7 +381,7 @@ fn fastest(
 /// pass: `(shape, median, spread, round medians, load, passes)`.
 fn per_shape<'s>(
     layers: &'s BTreeMap<String, MatrixShape>,
-    per_round: &[(Vec<Pass>, Option<f64>)],
+    per_round: &[Round],
 ) -> Vec<(&'s MatrixShape, Figure)> {
     let mut shapes: Vec<&MatrixShape> = layers.values().collect();
     shapes.sort();
@@ -414,7 +414,7 @@ fn variant_entries(
     v: &Choice,
     cost_batch: u32,
     layers: &BTreeMap<String, MatrixShape>,
-    per_round: &[(Vec<Pass>, Option<f64>)],
+    per_round: &[Round],
 ) -> Vec<MeasuredEntry> {
     let figures = per_shape(layers, per_round);
     let key = |s: &MatrixShape| {
@@ -451,7 +451,7 @@ fn by_shape(
     kernel: Kernel,
     cost_batch: u32,
     layers: &BTreeMap<String, MatrixShape>,
-    per_round: &[(Vec<Pass>, Option<f64>)],
+    per_round: &[Round],
 ) -> Vec<Measurement> {
     per_shape(layers, per_round)
         .into_iter()
@@ -475,7 +475,7 @@ fn by_shape(
 }
 
 /// The non-matmul work of the f32 passes: wall time minus every layer's product and look-up.
-fn non_matmul(input: &ModelInput, per_round: &[(Vec<Pass>, Option<f64>)]) -> NonMatmul {
+fn non_matmul(input: &ModelInput, per_round: &[Round]) -> NonMatmul {
     let rest = |(wall, times): &Pass| Some((wall - times.values().sum::<f64>()).max(0.0));
     let (median_us, spread_us, round_medians_us, other_load, _) =
         fastest(per_round, rest).unwrap_or((0.0, 0.0, Vec::new(), None, 0));
