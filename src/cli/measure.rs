@@ -133,8 +133,8 @@ fn describe(
     repetitions: usize,
 ) {
     eprintln!(
-        "run `{}`: measuring {} assignment{} and the all-f32 model on {} ({}, {} threads, candle \
-         {}): {}; per assignment and round, warm-up passes then {repetitions} timed passes, {} \
+        "run `{}`: measuring {} assignment{} and the all-f32 model on {} ({}, {} cores, candle \
+         {} on {} thread(s)): {}; per assignment and round, warm-up passes then {repetitions} timed passes, {} \
          rounds over all of them, the fastest round's median reported (other processes slow whole \
          rounds)",
         m.name,
@@ -144,6 +144,7 @@ fn describe(
         machine.cpu,
         machine.cores,
         machine.candle_version,
+        machine.threads,
         input.description,
         measure::ROUNDS
     );
@@ -179,6 +180,12 @@ fn prediction_note(m: &RunManifest, matched: &ProfileMatch) -> String {
             "predictions: profile `{p}` was calibrated on another machine ({on}): the comparison is \
              against another machine's model, not a check of it (`mpsearch calibrate` makes one of \
              this machine; `mpsearch report RUN --profile calibrated-<host>` compares under it)"
+        ),
+        ProfileMatch::OtherThreads { calibrated, here } => format!(
+            "predictions: profile `{p}` was calibrated on this machine with candle on {calibrated} \
+             thread(s), and candle runs on {here} here (RAYON_NUM_THREADS / CANDLE_NUM_THREADS): a \
+             small model's latency changes several-fold with the thread count, so the comparison is \
+             with another configuration's model (calibrate again with the same setting)"
         ),
         ProfileMatch::OtherDevice => format!(
             "predictions: profile `{p}` models another device, not this machine: the comparison is \
@@ -289,11 +296,13 @@ fn json(
     let matches = match matched {
         ProfileMatch::ThisMachine => "this-machine",
         ProfileMatch::OtherMachine(_) => "other-machine",
+        ProfileMatch::OtherThreads { .. } => "other-threads",
         ProfileMatch::OtherDevice => "other-device",
     };
     serde_json::json!({
         "run": m.name,
         "machine": {"host": machine.host, "cpu": machine.cpu, "cores": machine.cores,
+                    "threads": machine.threads,
                     "candle_version": machine.candle_version},
         "input": {"batch": input.samples, "tokens": input.tokens, "cost_batch": input.cost_batch,
                   "description": input.description},

@@ -538,6 +538,8 @@ pub struct Machine {
     pub cpu: String,
     /// Logical cores.
     pub cores: usize,
+    /// The threads candle runs on (`RAYON_NUM_THREADS` or `CANDLE_NUM_THREADS`, else every core).
+    pub threads: usize,
     pub candle_version: String,
 }
 
@@ -548,6 +550,7 @@ impl Machine {
             host: crate::store::host_name(),
             cpu: crate::cost::calibrate::cpu_model(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: candle_core::utils::get_num_threads(),
             candle_version: crate::cost::calibrate::CANDLE_VERSION.to_string(),
         }
     }
@@ -560,6 +563,8 @@ pub enum ProfileMatch {
     ThisMachine,
     /// Calibrated on another machine (its CPU and cores, in words).
     OtherMachine(String),
+    /// Calibrated here, with candle on another number of threads than now.
+    OtherThreads { calibrated: usize, here: usize },
     /// A model of another device (not calibrated here at all).
     OtherDevice,
 }
@@ -571,7 +576,16 @@ pub fn profile_match(profile: &HardwareProfile, machine: &Machine) -> ProfileMat
         return ProfileMatch::OtherDevice;
     }
     if p.cpu.as_deref() == Some(machine.cpu.as_str()) && p.cores == Some(machine.cores) {
-        return ProfileMatch::ThisMachine;
+        // Profiles written before `threads` was recorded ran candle on every core.
+        let calibrated = p.threads.unwrap_or(machine.cores);
+        return if calibrated == machine.threads {
+            ProfileMatch::ThisMachine
+        } else {
+            ProfileMatch::OtherThreads {
+                calibrated,
+                here: machine.threads,
+            }
+        };
     }
     ProfileMatch::OtherMachine(format!(
         "{}, {} threads",
@@ -634,6 +648,7 @@ pub fn records(
             host: ctx.machine.host.clone(),
             cpu: ctx.machine.cpu.clone(),
             cores: ctx.machine.cores,
+            threads: Some(ctx.machine.threads),
             candle_version: ctx.machine.candle_version.clone(),
             profile: ctx.profile_name.to_string(),
             profile_fingerprint: ctx.profile.fingerprint().to_hex().to_string(),

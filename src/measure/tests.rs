@@ -375,6 +375,7 @@ fn records_number_from_the_first_and_carry_the_prediction_at_the_batch_measured(
         host: "h".into(),
         cpu: "c".into(),
         cores: 2,
+        threads: 2,
         candle_version: "0.11.1".into(),
     };
     let ctx = Context {
@@ -447,7 +448,26 @@ fn a_profile_describes_this_machine_only_when_calibrated_on_its_cpu() {
     p.file.calibration = Some(Calibration::default());
     p.file.provenance.cpu = Some(machine.cpu.clone());
     p.file.provenance.cores = Some(machine.cores);
+    // An older profile (no threads recorded) ran candle on every core.
+    let every_core = Machine {
+        threads: machine.cores,
+        ..machine.clone()
+    };
+    assert_eq!(profile_match(&p, &every_core), ProfileMatch::ThisMachine);
+    p.file.provenance.threads = Some(machine.threads);
     assert_eq!(profile_match(&p, &machine), ProfileMatch::ThisMachine);
+    // Same CPU and cores, candle on another number of threads: said, not taken for this machine.
+    let one_thread = Machine {
+        threads: machine.threads + 1,
+        ..machine.clone()
+    };
+    assert_eq!(
+        profile_match(&p, &one_thread),
+        ProfileMatch::OtherThreads {
+            calibrated: machine.threads,
+            here: machine.threads + 1
+        }
+    );
     p.file.provenance.cores = Some(machine.cores + 1);
     match profile_match(&p, &machine) {
         ProfileMatch::OtherMachine(on) => {

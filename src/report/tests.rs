@@ -445,6 +445,7 @@ fn measured(
         host: "h".into(),
         cpu: "c".into(),
         cores: 2,
+        threads: Some(2),
         candle_version: "0.11.1".into(),
         profile: "cortex-a76".into(),
         profile_fingerprint: String::new(),

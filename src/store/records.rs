@@ -322,6 +322,9 @@ pub struct MeasurementRecord {
     pub host: String,
     pub cpu: String,
     pub cores: usize,
+    /// The threads candle ran on (`None` in records written before it was recorded).
+    #[serde(default)]
+    pub threads: Option<usize>,
     /// The candle-core version whose kernels ran.
     pub candle_version: String,
     /// The hardware profile the prediction is from (as the run names it) and its contents'

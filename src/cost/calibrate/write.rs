@@ -138,11 +138,13 @@ pub fn to_profile(
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpu_model();
+    let threads = candle_core::utils::get_num_threads();
     Ok(ProfileFile {
         profile: Header {
             name: name.to_string(),
             description: format!(
-                "This machine ({cpu}, {cores} threads) measured with candle-core {CANDLE_VERSION} CPU kernels"
+                "This machine ({cpu}, {cores} threads) measured with candle-core {CANDLE_VERSION} CPU \
+                 kernels on {threads} thread(s)"
             ),
             device: DeviceClass::Cpu,
         },
@@ -155,6 +157,7 @@ pub fn to_profile(
             method: method(opts, &probes, &at, model.first()),
             cpu: Some(cpu),
             cores: Some(cores),
+            threads: Some(threads),
             candle_version: Some(CANDLE_VERSION.into()),
             repetitions: Some(opts.repetitions.max(1)),
         },

@@ -428,6 +428,7 @@ pub fn measurement(number: u64, source: MeasuredSource) -> MeasurementRecord {
         host: "bench-host".into(),
         cpu: "Some CPU @ 2.0GHz".into(),
         cores: 2,
+        threads: if number % 2 == 0 { Some(2) } else { None },
         candle_version: "0.11.1".into(),
         profile: "calibrated-bench-host".into(),
         profile_fingerprint: blake3::hash(b"profile").to_hex().to_string(),
