@@ -9,17 +9,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use mpsearch::cost::calibrate::in_model::{self, ModelInput};
 use mpsearch::cost::calibrate::{self, CalibrateOptions, Measurement};
-use mpsearch::cost::profile::{layers_key, MeasuredEntry, ModelTerm, ProfileFile};
+use mpsearch::cost::profile::{MeasuredEntry, ModelTerm, ProfileFile};
 use mpsearch::cost::HardwareProfile;
 use mpsearch::data::Batch;
 use mpsearch::measure::input::{from_search_split, DEFAULT_TOKENS};
 use mpsearch::model::ModelSource;
 use mpsearch::space::Choice;
 
-use super::setup::load_space;
-
 use super::args::CalibrateArgs;
 use super::output::{emit, measure_bar, show_progress};
+use super::setup::load_space;
 
 pub fn run(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     a.check()?;
@@ -32,9 +31,19 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     let alone = |mut opts: CalibrateOptions| -> anyhow::Result<_> {
         opts.repetitions = a.repetitions;
         opts.batches = vec![1, a.batch];
-        Ok((measure(&opts, a.batch)?, Vec::new(), Vec::new(), opts))
+        Ok(Calibrated {
+            ms: measure(&opts, a.batch)?,
+            terms: Vec::new(),
+            variants: Vec::new(),
+            opts,
+        })
     };
-    let (ms, terms, variants, opts) = match &a.model {
+    let Calibrated {
+        ms,
+        terms,
+        variants,
+        opts,
+    } = match &a.model {
         Some(m) => match ModelSource::parse(m) {
             // A language model has no evaluation data yet to run its forward passes on.
             source @ ModelSource::Gguf(_) => {
@@ -60,18 +69,18 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     emit(&report(&ms, &file, &out, name))
 }
 
+/// What a calibration measured, and how.
+struct Calibrated {
+    ms: Vec<Measurement>,
+    /// `[[model]]` terms and the variants' `[[measured]]` entries (calibrating inside a model).
+    terms: Vec<ModelTerm>,
+    variants: Vec<MeasuredEntry>,
+    opts: CalibrateOptions,
+}
+
 /// `--model`: the overhead probes timed alone, then the model's layers and its non-matmul work
 /// inside its forward passes at 1 and `--batch` samples.
-#[allow(clippy::type_complexity)]
-fn in_model(
-    a: &CalibrateArgs,
-    model: &str,
-) -> anyhow::Result<(
-    Vec<Measurement>,
-    Vec<ModelTerm>,
-    Vec<MeasuredEntry>,
-    CalibrateOptions,
-)> {
+fn in_model(a: &CalibrateArgs, model: &str) -> anyhow::Result<Calibrated> {
     let (net, data) = mpsearch::eval::load(&ModelSource::parse(model), a.data.as_deref())?;
     let inventory = net.inventory();
     let space = load_space(a.space.as_deref(), inventory)?;
@@ -148,24 +157,14 @@ fn in_model(
         &mut show_progress(&bar),
     )?;
     bar.finish_and_clear();
+    let terms = measured.terms(&inventory.name, &inventory.layers);
     ms.extend(measured.measurements);
-    let key = layers_key(&inventory.layers);
-    let terms = measured
-        .non_matmul
-        .iter()
-        .map(|n| ModelTerm {
-            name: inventory.name.clone(),
-            layers: key.clone(),
-            batch: n.cost_batch,
-            us: (n.median_us * 10.0).round() / 10.0,
-            spread_us: Some((n.spread_us * 10.0).round() / 10.0),
-            input: Some(format!(
-                "{}: f32 forward {:.0} µs, of which {:.0} µs outside the layers",
-                n.description, n.forward_us, n.median_us
-            )),
-        })
-        .collect();
-    Ok((ms, terms, measured.variants, opts))
+    Ok(Calibrated {
+        terms,
+        ms,
+        variants: measured.variants,
+        opts,
+    })
 }
 
 /// `hardware-profiles/calibrated-<host>.toml`.

@@ -231,8 +231,7 @@ pub fn evaluator_settings(config: &RunConfig) -> EvalSettings {
     }
 }
 
-/// One objective's table: `[group][choice]`.
-/// The problem's per-group shares of `o`, which add up to the table's totals: the first group's
+/// One objective's table, `[group][choice]`: the problem's per-group shares of `o`, which add up to the table's totals: the first group's
 /// carry the table's base (the model's non-matmul work) on every choice.
 fn per_group(table: &CostTable, o: Objective) -> Vec<Vec<f64>> {
     let base = o.of(&table.base);

@@ -37,11 +37,11 @@ use candle_core::Tensor;
 
 use super::{CalibrateOptions, Kernel, MatrixShape, Measurement, MIN_REPETITIONS};
 use crate::compress::{deploy_kernel, CompressSettings};
-use crate::cost::profile::{MeasuredEntry, Precision};
+use crate::cost::profile::{layers_key, MeasuredEntry, ModelTerm, Precision};
 use crate::data::Batch;
 use crate::error::Result;
 use crate::model::{ForwardCtx, LayerOverride, LayerTimes, Model, Overrides};
-use crate::space::{kept_rows, ActQuant, Choice, Sparsity, WeightQuant};
+use crate::space::{kept_rows, ActQuant, Choice, LayerInfo, Sparsity, WeightQuant};
 use crate::timing::{median_iqr, CpuSample};
 
 /// A batch the model is timed on, and the batch the cost model counts it as.
@@ -78,6 +78,28 @@ pub struct InModel {
     pub variants: Vec<MeasuredEntry>,
 }
 
+impl InModel {
+    /// The `[[model]]` terms of the non-matmul work, for the model named `name` whose layers are
+    /// `layers` (µs to 0.1).
+    pub fn terms(&self, name: &str, layers: &[LayerInfo]) -> Vec<ModelTerm> {
+        let key = layers_key(layers);
+        self.non_matmul
+            .iter()
+            .map(|n| ModelTerm {
+                name: name.to_string(),
+                layers: key.clone(),
+                batch: n.cost_batch,
+                us: super::write::round(n.median_us, 1),
+                spread_us: Some(super::write::round(n.spread_us, 1)),
+                input: Some(format!(
+                    "{}: f32 forward {:.0} µs, of which {:.0} µs outside the layers",
+                    n.description, n.forward_us, n.median_us
+                )),
+            })
+            .collect()
+    }
+}
+
 /// The structured variants of `choices` (see the module docs), each once, as the choice deployed to
 /// time it: its weights as the kernel that runs them (f32 for integer and bf16 weights, f16, or the
 /// block format), its activation quantization, `channels<P>` (other sparsity is computed dense) and
@@ -104,15 +126,6 @@ pub fn variants(choices: &[Choice]) -> Vec<Choice> {
         }
     }
     out
-}
-
-/// The precision a variant's entry is keyed by.
-fn precision(w: WeightQuant) -> Precision {
-    match w {
-        WeightQuant::F16 => Precision::F16,
-        WeightQuant::Ggml(g) => Precision::Ggml(g),
-        _ => Precision::F32,
-    }
 }
 
 /// The weight choice a kernel deploys.
@@ -433,7 +446,7 @@ fn variant_entries(
                 kind,
                 shape,
                 batch: cost_batch,
-                weights: precision(v.weights),
+                weights: Precision::of_weights(&v.weights),
                 act: v.act.to_string(),
                 sparsity: v.sparsity.to_string(),
                 us: super::write::round(f.0, 2),

@@ -581,35 +581,35 @@ fn method(
             PROBE_ROWS * PROBE_COLS
         )
     };
+    // What a round does, of `runs` (the grid's matrix products, or the model's forward passes).
+    let round = |runs: &str| {
+        format!(
+            "at least {} warm-up {runs} and {:.2} s of warm-up, then up to {reps} timed {runs} \
+             (stopping after {:.2} s once {} are done)",
+            opts.warmup.max(1),
+            opts.warmup_seconds,
+            opts.max_seconds / rounds as f64,
+            MIN_REPETITIONS.min(reps),
+        )
+    };
     let what = match model {
         None => format!(
             "y = x·Wᵀ on candle-core {CANDLE_VERSION} CPU kernels with seeded N(0, 0.02) weights and \
-             N(0, 1) inputs; each shape's kernels timed in {rounds} rounds, each round doing at least \
-             {} warm-up runs and {:.2} s of warm-up, then up to {} timed runs (stopping after {:.2} s \
-             once {} are done); median and interquartile range in µs of the fastest round; batch \
-             sizes [{batches}] (a convolution is timed as its im2col product, batch x output-pixel \
-             rows)",
-            opts.warmup.max(1),
-            opts.warmup_seconds,
-            reps,
-            opts.max_seconds / rounds as f64,
-            MIN_REPETITIONS.min(reps),
+             N(0, 1) inputs; each shape's kernels timed in {rounds} rounds, each round doing {}; \
+             median and interquartile range in µs of the fastest round; batch sizes [{batches}] (a \
+             convolution is timed as its im2col product, batch x output-pixel rows)",
+            round("runs"),
         ),
         Some(m) => format!(
             "every layer timed inside whole forward passes of model `{}` on its own data (cost \
              batches [{batches}]), deployed with one candle-core {CANDLE_VERSION} kernel at a time on \
              every layer it fits, as `mpsearch measure` builds it (a convolution runs candle's conv2d \
              in f32, else im2col, the product and the output layout); {rounds} rounds over every \
-             deployment and batch, each of at least {} warm-up passes and {:.2} s of warm-up, then up to {} timed passes \
-             (stopping after {:.2} s once {} are done); a shape's figure is the mean over its layers \
-             in a pass, median and interquartile range in µs over the passes of the fastest round; \
+             deployment and batch, each of {}; a shape's figure is the mean over its layers in a \
+             pass, median and interquartile range in µs over the passes of the fastest round; \
              [[model]] is the f32 passes' time outside every layer's product and look-up",
             m.name,
-            opts.warmup.max(1),
-            opts.warmup_seconds,
-            reps,
-            opts.max_seconds / rounds as f64,
-            MIN_REPETITIONS.min(reps),
+            round("passes"),
         ),
     };
     format!(
