@@ -5,7 +5,6 @@
 
 use std::process::ExitCode;
 
-use mpsearch::model::ModelSource;
 use mpsearch::search;
 use mpsearch::store::{self, Access, RunConfig};
 
@@ -16,10 +15,6 @@ use super::setup::{load_model, open_store};
 pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     let checked = a.check()?;
     let inventory = load_model(&a.input.model.model)?;
-    // Refused before the store is opened: nothing is written for a model that cannot be scored.
-    if let ModelSource::Gguf(path) = ModelSource::parse(&a.input.model.model) {
-        return Err(mpsearch::model::llama::quality_not_built(&path).into());
-    }
     let space = a
         .input
         .space

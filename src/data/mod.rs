@@ -2,7 +2,7 @@
 //!
 //! Evaluation, calibration and training data, held as candle tensors ready for a [`Model`]'s forward
 //! pass: the embedded UCI optical digits (8×8) that the demo model is trained on ([`Digits`]), and
-//! sentence files plus the shipped sentences for encoders ([`text`]). A [`Batch`] is one batch of model
+//! sentence files plus the shipped sentences for encoders ([`text`]), token windows of a text for language models ([`windows`]). A [`Batch`] is one batch of model
 //! input, as every data set hands it out.
 //!
 //! Every model's evaluation data comes in three deterministic splits ([`SplitSizes`]): a
@@ -14,12 +14,14 @@
 //! |---|---|---|---|
 //! | demo digits (of the 360 test + 180 calibration images) | 180 | 240 | 120 |
 //! | sentences (shipped 400, or a `--data` file of n ≥ 4) | every 4th from the 1st (100) | the 2nd and 3rd of every 4 (200) | every 4th from the 4th (100) |
+//! | text windows of 128 tokens for language models ([`windows`]; shipped text or a `--data` file) | every 4th window from the 1st, at most 8 | the 2nd and 3rd of every 4, at most 8 | every 4th from the 4th, at most 8 |
 //!
 //! [`Model`]: crate::model::Model
 
 mod batch;
 mod digits;
 pub mod text;
+pub mod windows;
 
 use serde::{Deserialize, Serialize};
 

@@ -87,23 +87,11 @@ pub fn shipped_sentences() -> Vec<&'static str> {
 /// Reads a sentence file: UTF-8 text, one sentence a line; surrounding spaces are trimmed and blank
 /// lines skipped. A missing, unreadable or empty file is an error naming it.
 pub fn load_sentences(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::file(
-            path,
-            format!(
-                "cannot read the sentence file ({e}); give a text file with one sentence a line"
-            ),
-        )
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::file(
-            path,
-            format!(
-                "is not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
+    let text = read_text(
+        path,
+        "sentence file",
+        "a text file with one sentence a line",
+    )?;
     let sentences: Vec<String> = parse(&text).into_iter().map(str::to_string).collect();
     if sentences.is_empty() {
         return Err(Error::file(
@@ -112,6 +100,39 @@ pub fn load_sentences(path: &Path) -> Result<Vec<String>> {
         ));
     }
     Ok(sentences)
+}
+
+/// The shipped sentences as one text for a language model, one sentence a line.
+pub fn shipped_text() -> String {
+    shipped_sentences().join("\n")
+}
+
+/// Reads a language model's text file, as it is (UTF-8). A missing, unreadable, non-UTF-8 or blank
+/// file is an error naming it.
+pub fn load_text(path: &Path) -> Result<String> {
+    let text = read_text(path, "text file", "a UTF-8 text file")?;
+    if text.trim().is_empty() {
+        return Err(Error::file(
+            path,
+            "is empty: give a UTF-8 text file of running text",
+        ));
+    }
+    Ok(text)
+}
+
+/// A UTF-8 file's text; errors name the file, saying it was read as `what` and should be `want`.
+fn read_text(path: &Path, what: &str, want: &str) -> Result<String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::file(path, format!("cannot read the {what} ({e}); give {want}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::file(
+            path,
+            format!(
+                "is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }
 
 /// A fingerprint of a sentence list (order and content), for evaluation-cache keys.

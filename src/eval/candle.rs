@@ -24,11 +24,12 @@ pub struct EvalData {
     pub description: String,
     /// The search split: what strategies see.
     pub eval: Vec<Batch>,
-    /// True labels of the search split's samples, in order (classifiers).
+    /// True labels of the search split's samples, in order (classifiers); for a language model, each
+    /// position's next token ([`metrics::NO_TARGET`] at a window's last position).
     pub labels: Option<Vec<u32>>,
     /// The held-out split: never searched or calibrated on.
     pub held_out: Vec<Batch>,
-    /// True labels of the held-out samples, in order (classifiers).
+    /// True labels of the held-out samples, in order (as `labels`).
     pub held_out_labels: Option<Vec<u32>>,
     /// The calibration split (static activation ranges, layer statistics).
     pub calibration: Vec<Batch>,
@@ -117,7 +118,7 @@ impl CandleEvaluator {
                 message: format!("no evaluation data ({})", data.description),
             });
         }
-        let reference = outputs(model.as_ref(), &data.eval, &ForwardCtx::default())?;
+        let reference = reference_outputs(model.as_ref(), &data.eval)?;
         let weights = model
             .inventory()
             .layers
@@ -180,12 +181,8 @@ impl CandleEvaluator {
                     if self.data.held_out.is_empty() {
                         return Err(format!("no held-out data ({})", self.data.description));
                     }
-                    outputs(
-                        self.model.as_ref(),
-                        &self.data.held_out,
-                        &ForwardCtx::default(),
-                    )
-                    .map_err(|e| format!("the f32 model's held-out outputs: {e}"))
+                    reference_outputs(self.model.as_ref(), &self.data.held_out)
+                        .map_err(|e| format!("the f32 model's held-out outputs: {e}"))
                 })
                 .as_deref()
                 .map_err(|message| Error::Eval {
@@ -342,7 +339,7 @@ impl Evaluator for CandleEvaluator {
     }
 
     fn objective(&self) -> &'static str {
-        if self.classifies() {
+        if self.classifies() || self.model.inventory().kind == ModelKind::LanguageModel {
             "kl_divergence"
         } else {
             "cosine_distance"
@@ -364,8 +361,20 @@ impl Evaluator for CandleEvaluator {
             timer: None,
         };
         let out = outputs(self.model.as_ref(), batches, &ctx)?;
-        let metrics = match labels {
-            Some(labels) if self.classifies() => metrics::classifier(reference, &out, labels),
+        let metrics = match (labels, self.model.inventory().kind) {
+            (Some(next), ModelKind::LanguageModel) if next.len() == out.len() => {
+                metrics::language_model(reference, &out, next)
+            }
+            (_, ModelKind::LanguageModel) => {
+                return Err(Error::Eval {
+                    message: format!(
+                        "the {split} split's next tokens do not match its {} positions ({})",
+                        out.len(),
+                        self.data.description
+                    ),
+                })
+            }
+            (Some(labels), _) if self.classifies() => metrics::classifier(reference, &out, labels),
             _ => metrics::encoder(reference, &out),
         };
         let quality = metrics.get(self.objective()).copied().unwrap_or(f64::NAN);
@@ -424,6 +433,19 @@ impl Calibration {
             ranges: extremes,
         })
     }
+}
+
+/// The uncompressed model's output rows on `batches`: its outputs, and for a language model their
+/// log-probabilities (log-softmax), kept once so that each evaluation computes only the compressed
+/// model's side of the KL.
+fn reference_outputs(model: &dyn Model, batches: &[Batch]) -> Result<Vec<Vec<f32>>> {
+    let mut rows = outputs(model, batches, &ForwardCtx::default())?;
+    if model.inventory().kind == ModelKind::LanguageModel {
+        use rayon::prelude::*;
+        rows.par_iter_mut()
+            .for_each(|r| metrics::log_softmax_in_place(r));
+    }
+    Ok(rows)
 }
 
 /// The model's output rows on `batches`, in order.
@@ -545,11 +567,82 @@ impl EvalData {
     }
 }
 
+/// Text windows per batch for language models.
+pub const WINDOW_BATCH: usize = 4;
+
+impl EvalData {
+    /// A language model's data: `text` tokenized once and cut into windows
+    /// ([`crate::data::windows`]: of [`crate::data::windows::WINDOW`] tokens, or the model's context
+    /// length if shorter), in batches of [`WINDOW_BATCH`] windows; each position's label is
+    /// the next token of its window ([`metrics::NO_TARGET`] at a window's last position).
+    pub fn windows(model: &crate::model::LlamaModel, text: &str, source: &str) -> Result<EvalData> {
+        use crate::data::windows::{WindowSplit, WINDOW};
+        let tokenizer = model.tokenizer();
+        let tokens = tokenizer.encode_plain(text)?;
+        let bos = tokenizer.bos().filter(|_| tokenizer.adds_bos());
+        // A model trained on shorter contexts gets windows of its context length.
+        let window = WINDOW.min(model.config().context.unwrap_or(WINDOW));
+        let split = WindowSplit::new(&tokens, window, bos, source)?;
+        let batches = |windows: &[Vec<u32>]| -> Result<Vec<Batch>> {
+            windows
+                .chunks(WINDOW_BATCH)
+                .map(crate::model::llama::token_batch)
+                .collect()
+        };
+        let next = |windows: &[Vec<u32>]| -> Vec<u32> {
+            windows
+                .iter()
+                .flat_map(|w| {
+                    w.iter()
+                        .skip(1)
+                        .copied()
+                        .chain(std::iter::once(metrics::NO_TARGET))
+                })
+                .collect()
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"text windows: search, held-out, calibration\n");
+        for part in [&split.search, &split.held_out, &split.calibration] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            for w in part {
+                h.update(&(w.len() as u64).to_le_bytes());
+                w.iter().for_each(|t| {
+                    h.update(&t.to_le_bytes());
+                });
+            }
+        }
+        let sizes = SplitSizes {
+            calibration: split.calibration.len(),
+            search: split.search.len(),
+            held_out: split.held_out.len(),
+        };
+        Ok(EvalData {
+            description: format!(
+                "{source}: {} tokens in {} windows of {window}; {} search windows, {} held-out, {} \
+                 calibration",
+                tokens.len(),
+                split.total,
+                sizes.search,
+                sizes.held_out,
+                sizes.calibration
+            ),
+            eval: batches(&split.search)?,
+            labels: Some(next(&split.search)),
+            held_out: batches(&split.held_out)?,
+            held_out_labels: Some(next(&split.held_out)),
+            calibration: batches(&split.calibration)?,
+            sizes,
+            fingerprint: h.finalize(),
+        })
+    }
+}
+
 /// Sentences per batch for encoders.
 pub const SENTENCE_BATCH: usize = 32;
 
-/// Loads a model and the data it is evaluated on: the demo with its digits, or an encoder folder with
-/// `sentences` (a file, one per line) or the shipped sentences.
+/// Loads a model and the data it is evaluated on: the demo with its digits, an encoder folder with
+/// `sentences` (a file, one per line) or the shipped sentences, or a GGUF decoder with the text of
+/// that file (or the shipped sentences, one a line) cut into windows.
 pub fn load(
     source: &crate::model::ModelSource,
     sentences: Option<&std::path::Path>,
@@ -584,9 +677,16 @@ pub fn load(
             Ok((Arc::new(encoder), data))
         }
         ModelSource::Gguf(file) => {
-            // The file is checked first, so that a broken file says what is wrong with it.
-            crate::model::inventory(source)?;
-            Err(crate::model::llama::quality_not_built(file))
+            let model = crate::model::LlamaModel::load(file)?;
+            let (text, what) = match sentences {
+                Some(p) => (crate::data::text::load_text(p)?, p.display().to_string()),
+                None => (
+                    crate::data::text::shipped_text(),
+                    "shipped text (The Devil's Dictionary)".to_string(),
+                ),
+            };
+            let data = EvalData::windows(&model, &text, &what)?;
+            Ok((Arc::new(model), data))
         }
     }
 }

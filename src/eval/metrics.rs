@@ -135,6 +135,91 @@ pub fn encoder(reference: &[Vec<f32>], embeddings: &[Vec<f32>]) -> BTreeMap<Stri
     ])
 }
 
+/// Next-token id of a position that has none in its window (a window's last position): no
+/// perplexity term there, its KL and top-1 agreement still count.
+pub const NO_TARGET: u32 = u32::MAX;
+
+/// A row of logits turned into log-probabilities in place (log-softmax, stably; f64 sums): what the
+/// language-model evaluator keeps of the base model's outputs.
+pub fn log_softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = row
+        .iter()
+        .map(|&z| ((z - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+        + max;
+    for z in row.iter_mut() {
+        *z -= lse;
+    }
+}
+
+/// Language-model metrics of a compressed model's next-token `logits` against the base model's
+/// `reference` **log-probabilities** (rows already through [`log_softmax_in_place`]), one row per
+/// position, with each position's true next token in `next` ([`NO_TARGET`] where there is none):
+///
+/// - `kl_divergence`: mean over every position of KL(base ‖ compressed), nats;
+/// - `perplexity`, `base_perplexity`: exp of the mean negative log-likelihood of the next tokens,
+///   compressed and base (positions with a target only);
+/// - `top1_agreement`: fraction of positions where both models' most likely next token is the same.
+///
+/// Rows are processed in parallel (rayon), each in f64 accumulators.
+pub fn language_model(
+    reference: &[Vec<f32>],
+    logits: &[Vec<f32>],
+    next: &[u32],
+) -> BTreeMap<String, f64> {
+    use rayon::prelude::*;
+    struct Row {
+        kl: f64,
+        nll: Option<(f64, f64)>,
+        agree: bool,
+    }
+    let rows: Vec<Row> = reference
+        .par_iter()
+        .zip(logits.par_iter())
+        .zip(next.par_iter())
+        .map(|((r, o), &t)| {
+            // Both sides through the same f32 log-softmax: identical logits give a KL of exactly 0.
+            let mut lo = o.clone();
+            log_softmax_in_place(&mut lo);
+            let kl = r
+                .iter()
+                .zip(&lo)
+                .map(|(&lr, &l)| (lr as f64).exp() * (lr as f64 - l as f64))
+                .sum::<f64>()
+                .max(0.0);
+            let nll = (t != NO_TARGET).then(|| (-(r[t as usize] as f64), -(lo[t as usize] as f64)));
+            Row {
+                kl,
+                nll,
+                agree: argmax(r) == argmax(o),
+            }
+        })
+        .collect();
+    let n = rows.len().max(1) as f64;
+    let targets: Vec<(f64, f64)> = rows.iter().filter_map(|r| r.nll).collect();
+    let m = targets.len().max(1) as f64;
+    BTreeMap::from([
+        (
+            "kl_divergence".to_string(),
+            rows.iter().map(|r| r.kl).sum::<f64>() / n,
+        ),
+        (
+            "base_perplexity".to_string(),
+            (targets.iter().map(|t| t.0).sum::<f64>() / m).exp(),
+        ),
+        (
+            "perplexity".to_string(),
+            (targets.iter().map(|t| t.1).sum::<f64>() / m).exp(),
+        ),
+        (
+            "top1_agreement".to_string(),
+            rows.iter().filter(|r| r.agree).count() as f64 / n,
+        ),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +247,43 @@ mod tests {
         let ce = (-log_softmax(&[2.0, 0.0])[0] - log_softmax(&[2.0, 0.0])[1]) / 2.0;
         assert!((m["cross_entropy"] - ce).abs() < TOL);
         assert!((m["kl_divergence"] - kl_divergence(&[0.0, 2.0], &[2.0, 0.0]) / 2.0).abs() < TOL);
+    }
+
+    #[test]
+    fn language_model_metrics_by_hand() {
+        let base = vec![
+            vec![2.0f32, 0.0, -1.0],
+            vec![0.0, 1.0, 0.5],
+            vec![0.3, 0.2, 0.1],
+        ];
+        let mut reference = base.clone();
+        reference.iter_mut().for_each(|r| log_softmax_in_place(r));
+        // The base against itself: KL 0, perplexities equal, full agreement.
+        let m = language_model(&reference, &base, &[1, 2, NO_TARGET]);
+        assert!(m["kl_divergence"].abs() < 1e-7, "{m:?}");
+        assert!((m["perplexity"] - m["base_perplexity"]).abs() < 1e-5);
+        let nll = -(log_softmax(&base[0])[1] + log_softmax(&base[1])[2]) / 2.0;
+        assert!((m["base_perplexity"] - nll.exp()).abs() < 1e-5, "{m:?}");
+        assert_eq!(m["top1_agreement"], 1.0);
+        // Another model: mean of the row KLs, its own perplexity, agreement on the argmax.
+        let other = vec![
+            vec![0.0f32, 2.0, -1.0],
+            vec![0.0, 1.0, 0.5],
+            vec![0.3, 0.2, 0.1],
+        ];
+        let m = language_model(&reference, &other, &[1, 2, NO_TARGET]);
+        let want = (kl_divergence(&base[0], &other[0])
+            + kl_divergence(&base[1], &other[1])
+            + kl_divergence(&base[2], &other[2]))
+            / 3.0;
+        assert!(
+            (m["kl_divergence"] - want).abs() < 1e-6,
+            "{} {want}",
+            m["kl_divergence"]
+        );
+        let nll = -(log_softmax(&other[0])[1] + log_softmax(&other[1])[2]) / 2.0;
+        assert!((m["perplexity"] - nll.exp()).abs() < 1e-5);
+        assert!((m["top1_agreement"] - 2.0 / 3.0).abs() < TOL);
     }
 
     #[test]

@@ -461,7 +461,7 @@ fn unsupported_architectures_and_inconsistent_files_are_refused() {
 }
 
 #[test]
-fn commands_that_score_refuse_a_language_model_and_write_nothing() {
+fn commands_that_score_measure_kl_on_text_windows_and_short_text_is_refused() {
     let dir = Dir::new();
     let path = tiny(&dir, "tiny.gguf", &Spec::llama());
     let p = path.to_str().unwrap();
@@ -473,49 +473,98 @@ fn commands_that_score_refuse_a_language_model_and_write_nothing() {
          rank = [1.0]\n",
     );
     let s = space.to_str().unwrap();
-    let assignment = cwd.write("a.json", r#"{"default": "f32"}"#);
-    let a = assignment.to_str().unwrap();
-    for args in [
-        vec!["search", "--model", p, "--space", s, "--trials", "2"],
-        vec!["eval", "--model", p, "--space", s, "--assignment", a],
-        vec!["sensitivity", "--model", p, "--space", s],
-    ] {
-        let err = fails(cwd.path(), &args);
-        assert!(
-            err.contains("is a language model") && err.contains("next step of issue 12"),
-            "{err}"
+    let base = cwd.write("a.json", r#"{"default": "f32"}"#);
+    let int8 = cwd.write("b.json", r#"{"default": "int8-sym-g32"}"#);
+    // The base against itself: KL 0, equal perplexities, full agreement; int8 costs a little KL.
+    let json = |a: &Path| -> serde_json::Value {
+        let out = ok(
+            cwd.path(),
+            &[
+                "eval",
+                "--model",
+                p,
+                "--space",
+                s,
+                "--assignment",
+                a.to_str().unwrap(),
+            ],
         );
-    }
-    let entries: Vec<_> = std::fs::read_dir(cwd.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    let mut entries: Vec<String> = entries
-        .into_iter()
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
-    assert_eq!(entries, ["a.json", "space.toml"], "nothing written");
-    // Costing needs no quality: it works.
-    let out = ok(
-        cwd.path(),
-        &[
-            "cost",
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let b = json(&base);
+    let m = &b["metrics"];
+    assert_eq!(m["kl_divergence"].as_f64(), Some(0.0), "{b}");
+    assert_eq!(m["top1_agreement"].as_f64(), Some(1.0), "{b}");
+    let ppl = m["perplexity"].as_f64().unwrap();
+    assert!(
+        ppl > 1.0 && ppl == m["base_perplexity"].as_f64().unwrap(),
+        "{b}"
+    );
+    let q = json(&int8);
+    let kl = q["metrics"]["kl_divergence"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 0.1, "{q}");
+    assert_eq!(
+        q["quality"].as_f64(),
+        Some(kl),
+        "the objective is the KL: {q}"
+    );
+
+    // Text shorter than the four windows it needs (of 64 tokens, the tiny model's context): a clear error naming the file, nothing written.
+    let short = cwd.write("short.txt", "Too short to make even one window of text.");
+    let sh = short.to_str().unwrap();
+    let store = cwd.path().join("store");
+    for args in [
+        vec![
+            "eval",
             "--model",
             p,
             "--space",
             s,
-            "--profile",
-            "cortex-a76",
+            "--assignment",
+            base.to_str().unwrap(),
+            "--data",
+            sh,
         ],
+        vec![
+            "search",
+            "--model",
+            p,
+            "--space",
+            s,
+            "--trials",
+            "2",
+            "--data",
+            sh,
+            "--store",
+            store.to_str().unwrap(),
+        ],
+    ] {
+        let err = fails(cwd.path(), &args);
+        assert!(
+            err.contains("short.txt")
+                && err.contains("windows of 64")
+                && err.contains("longer text"),
+            "{err}"
+        );
+    }
+    let mut entries: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|e| e != "store")
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["a.json", "b.json", "short.txt", "space.toml"],
+        "nothing written"
     );
-    assert!(out.contains("all-f32"), "{out}");
 }
 
 #[test]
 fn every_compression_path_runs_on_a_decoder() {
-    // The evaluator cannot score a language model yet (its quality measure is the next step); built by
-    // hand here, it still compresses every layer and runs the decoder through each kind of choice.
+    // An evaluator built by hand on a few token rows compresses every layer and runs the decoder
+    // through each kind of choice.
+    use mpsearch::eval::metrics::NO_TARGET;
     use mpsearch::eval::{CandleEvaluator, EvalData, EvalSettings, Evaluator};
     use mpsearch::space::{Assignment, Choice};
     let dir = Dir::new();
@@ -524,9 +573,9 @@ fn every_compression_path_runs_on_a_decoder() {
     let data = EvalData {
         description: "tiny".into(),
         eval: vec![batch(&[vec![5, 257, 260, 9], vec![7, 8]])],
-        labels: None,
+        labels: Some(vec![257, 260, 9, NO_TARGET, 8, NO_TARGET]),
         held_out: vec![batch(&[vec![3, 4, 5]])],
-        held_out_labels: None,
+        held_out_labels: Some(vec![4, 5, NO_TARGET]),
         calibration: vec![batch(&[vec![1, 2, 3, 4, 5, 6], vec![259, 260]])],
         sizes: mpsearch::data::SplitSizes {
             calibration: 2,

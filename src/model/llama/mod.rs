@@ -56,7 +56,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::forward::{ForwardCtx, Model};
 use super::gguf::GgufFile;
-use super::{model_error, Inventory};
+use super::Inventory;
 use crate::data::Batch;
 use crate::error::{Error, Result};
 
@@ -72,17 +72,6 @@ pub fn inventory(path: &Path) -> Result<Inventory> {
     let file = GgufFile::open(path)?;
     let config = LlamaConfig::read(&file)?;
     Ok(config.inventory(&file))
-}
-
-/// The error the commands that measure quality give for a language model until its quality measure
-/// exists.
-pub fn quality_not_built(path: &Path) -> Error {
-    model_error(
-        path,
-        "is a language model: `inspect` and `cost --space FILE` work on it, but mpsearch cannot score \
-         a compressed language model yet — its quality measure (KL divergence of next-token \
-         distributions to the base model on real text) is the next step of issue 12",
-    )
 }
 
 /// A linear layer `y = x Wᵀ (+ b)`, `W` stored `[out, in]`.

@@ -266,6 +266,20 @@ impl GgufTokenizer {
 
     /// The token ids of `text`: BOS first if the file says to add it, EOS last likewise.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let plain = self.encode_plain(text)?;
+        let mut ids = Vec::with_capacity(plain.len() + 2);
+        if let (true, Some(b)) = (self.add_bos, self.bos) {
+            ids.push(b);
+        }
+        ids.extend_from_slice(&plain);
+        if let (true, Some(e)) = (self.add_eos, self.eos) {
+            ids.push(e);
+        }
+        Ok(ids)
+    }
+
+    /// The token ids of `text` alone: no BOS, no EOS (a stream to cut into windows).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .tokenizer
             .encode(text, false)
@@ -273,15 +287,7 @@ impl GgufTokenizer {
                 name: "text".into(),
                 message: format!("cannot tokenize {:?} ({e})", truncate(text)),
             })?;
-        let mut ids = Vec::with_capacity(enc.len() + 2);
-        if let (true, Some(b)) = (self.add_bos, self.bos) {
-            ids.push(b);
-        }
-        ids.extend_from_slice(enc.get_ids());
-        if let (true, Some(e)) = (self.add_eos, self.eos) {
-            ids.push(e);
-        }
-        Ok(ids)
+        Ok(enc.get_ids().to_vec())
     }
 
     /// The text of `ids` (byte-level decoded; control tokens as their strings).
