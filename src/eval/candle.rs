@@ -315,7 +315,11 @@ impl CandleEvaluator {
                     }
                 })
             })?;
-            return Ok(Some(kernel));
+            // Quality: the kernel's arithmetic, computed densely (same blocks, f32 summation order).
+            return Ok(Some(match purpose {
+                Purpose::Evaluate => kernel.emulated(),
+                Purpose::Deploy => kernel,
+            }));
         }
         let weight = self
             .cache
@@ -568,7 +572,7 @@ impl EvalData {
 }
 
 /// Text windows per batch for language models.
-pub const WINDOW_BATCH: usize = 4;
+pub const WINDOW_BATCH: usize = 8;
 
 impl EvalData {
     /// A language model's data: `text` tokenized once and cut into windows

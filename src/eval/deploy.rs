@@ -107,15 +107,20 @@ pub fn describe_kernel(k: &LayerKernel) -> String {
         LayerKernel::F16(w) => format!("f16 matmul {}", tensor_dims(w)),
         LayerKernel::Quantized(q) => match q.as_ref() {
             QMatMul::QTensor(t) => {
-                let name = GgmlFormat::ALL
-                    .into_iter()
-                    .find(|g| ggml::dtype(*g) == t.dtype())
-                    .map_or_else(|| format!("{:?}", t.dtype()), |g| g.name().to_string());
-                format!("QMatMul {name} {}", dims(t.shape().dims()))
+                format!(
+                    "QMatMul {} {}",
+                    ggml_name(t.dtype()),
+                    dims(t.shape().dims())
+                )
             }
             QMatMul::Tensor(w) => format!("QMatMul dequantized to f32 {}", tensor_dims(w)),
             QMatMul::TensorF16(w) => format!("QMatMul dequantized to f16 {}", tensor_dims(w)),
         },
+        LayerKernel::Emulated(t) => format!(
+            "{} arithmetic in one f32 gemm {}",
+            ggml_name(t.dtype()),
+            dims(t.shape().dims())
+        ),
         LayerKernel::Factored { a, b } => {
             format!("factored: {} · {}", describe_kernel(a), describe_kernel(b))
         }
@@ -125,6 +130,14 @@ pub fn describe_kernel(k: &LayerKernel) -> String {
             describe_kernel(kernel)
         ),
     }
+}
+
+/// The notation's name of candle's block type (`q4_k`), else candle's.
+fn ggml_name(t: candle_core::quantized::GgmlDType) -> String {
+    GgmlFormat::ALL
+        .into_iter()
+        .find(|g| ggml::dtype(*g) == t)
+        .map_or_else(|| format!("{t:?}"), |g| g.name().to_string())
 }
 
 /// The blocks candle's kernel quantizes a q-format layer's input to (its dot-product partner).

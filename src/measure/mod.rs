@@ -31,7 +31,6 @@ pub mod timing;
 
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
 use rand::SeedableRng;
 
 use self::timing::{CpuSample, Schedule, Timing};
@@ -432,25 +431,11 @@ pub struct Measured {
     pub targets: Vec<Timing>,
 }
 
-/// Bytes of the weights a kernel holds.
-fn kernel_bytes(k: &LayerKernel) -> usize {
-    let tensor = |t: &candle_core::Tensor| t.elem_count() * t.dtype().size_in_bytes();
-    match k {
-        LayerKernel::Dense(t) | LayerKernel::F16(t) => tensor(t),
-        LayerKernel::Quantized(q) => match q.as_ref() {
-            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => tensor(t),
-        },
-        LayerKernel::Factored { a, b } => kernel_bytes(a) + kernel_bytes(b),
-        LayerKernel::Rows { kept, kernel, .. } => tensor(kept) + kernel_bytes(kernel),
-    }
-}
-
 /// Bytes of the weights a built model holds besides the original ones.
 pub fn overrides_bytes(o: &Overrides) -> usize {
     o.values()
         .filter_map(|l| l.kernel.as_ref())
-        .map(kernel_bytes)
+        .map(LayerKernel::bytes)
         .sum()
 }
 

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 pub use bert::{BertConfig, BertEncoder};
 pub use demo::DemoModel;
 pub use forward::{
-    capture_input_stats, capture_input_stats_with, capture_inputs, ForwardCtx, LayerKernel,
-    LayerOverride, LayerTimes, Model, Overrides,
+    activation_blocks, capture_input_stats, capture_input_stats_with, capture_inputs, ForwardCtx,
+    LayerKernel, LayerOverride, LayerTimes, Model, Overrides,
 };
 pub use inventory::{read_safetensors_header, TensorEntry};
 pub use llama::{GgufTokenizer, LlamaConfig, LlamaModel};
