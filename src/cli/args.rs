@@ -157,7 +157,8 @@ pub struct BudgetArgs {
     /// Latency limit (e.g. 800us, 2.5ms), checked against the space's reachable range first.
     #[arg(long, value_name = "LATENCY")]
     pub max_latency: Option<String>,
-    /// Size limit (e.g. 300000, 512KiB, 2MB), checked against the space's reachable range first.
+    /// Size limit (e.g. 300000, 512KiB, 2MB, or 4.5bpw: bits per weight as llama.cpp counts them),
+    /// checked against the space's reachable range first.
     #[arg(long, value_name = "SIZE")]
     pub max_size: Option<String>,
     /// Bit-operations limit (e.g. 1.2G), checked against the space's reachable range first.
@@ -263,6 +264,23 @@ impl ObjectiveArg {
     }
 }
 
+/// `eval --split`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Search,
+    HeldOut,
+}
+
+impl SplitArg {
+    /// The library's split.
+    pub fn split(self) -> mpsearch::eval::EvalSplit {
+        match self {
+            SplitArg::Search => mpsearch::eval::EvalSplit::Search,
+            SplitArg::HeldOut => mpsearch::eval::EvalSplit::HeldOut,
+        }
+    }
+}
+
 /// `--scale`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScaleArg {
@@ -303,6 +321,9 @@ pub enum ExportFormat {
     LlamaCpp,
     /// The compressed weights (compact form) as a safetensors file.
     Safetensors,
+    /// A language model as a llama.cpp GGUF file: each tensor in its chosen type, re-quantized from the
+    /// base, the source's metadata kept.
+    Gguf,
 }
 
 // ---- commands ----
@@ -340,7 +361,7 @@ pub struct CostArgs {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["assignment", "stdin"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["assignment", "stdin", "recipe", "from_gguf"])))]
 pub struct EvalArgs {
     #[command(flatten)]
     pub setup: EvaluatorArgs,
@@ -350,6 +371,17 @@ pub struct EvalArgs {
     /// Read assignments from standard input, one JSON per line; answer each line as it arrives.
     #[arg(long)]
     pub stdin: bool,
+    /// Evaluate llama.cpp's standard mix instead of an assignment: Q3_K_M, Q4_K_M or Q5_K_M (language
+    /// models; the types llama-quantize gives each tensor, as an assignment of the space).
+    #[arg(long, value_name = "RECIPE")]
+    pub recipe: Option<String>,
+    /// Evaluate the types a GGUF file exported from this model stores (`export --format gguf`), its
+    /// blocks checked to be the ones mpsearch builds from the base.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub from_gguf: Option<PathBuf>,
+    /// The split to measure on: search (what a search sees) or held-out (what reports quote).
+    #[arg(long, value_enum, default_value_t = SplitArg::Search)]
+    pub split: SplitArg,
     /// Also cost each assignment under this hardware profile.
     #[arg(long)]
     pub profile: Option<String>,
@@ -605,9 +637,21 @@ pub struct Budgets {
     pub latency_us: Option<f64>,
     pub bytes: Option<f64>,
     pub bops: Option<f64>,
+    /// `--max-size` given in bits per weight (`4.5bpw`): turned into `bytes` once the model's weights
+    /// are counted ([`Budgets::resolve`]).
+    pub bits_per_weight: Option<f64>,
 }
 
 impl Budgets {
+    /// A `--max-size` in bits per weight as bytes of `layers`' weights (`bpw × weights / 8`, llama.cpp's
+    /// accounting).
+    pub fn resolve(&mut self, layers: &[mpsearch::space::LayerInfo]) {
+        if let Some(bpw) = self.bits_per_weight.take() {
+            let params: u64 = layers.iter().map(|l| l.params()).sum();
+            self.bytes = Some(bpw * params as f64 / 8.0);
+        }
+    }
+
     /// The limits given, in [`Objective::ALL`] order.
     pub fn given(&self) -> Vec<(Objective, f64)> {
         [
@@ -629,10 +673,36 @@ impl BudgetArgs {
                 .map(|t| parse_budget(o, t).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
                 .transpose()
         };
+        let bpw = self.max_size.as_deref().and_then(|t| {
+            let t = t.trim();
+            t.len()
+                .checked_sub(3)
+                .filter(|&i| t.is_char_boundary(i) && t[i..].eq_ignore_ascii_case("bpw"))
+                .map(|i| t[..i].trim().to_string())
+        });
+        let bits_per_weight = match &bpw {
+            Some(n) => {
+                let v: f64 = n.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--max-size: `{n}` is not a number of bits per weight (e.g. 4.5bpw)"
+                    )
+                })?;
+                anyhow::ensure!(
+                    v.is_finite() && v > 0.0 && v <= 32.0,
+                    "--max-size: {v} bits per weight is out of range; give a value in (0, 32], e.g. 4.5bpw"
+                );
+                Some(v)
+            }
+            None => None,
+        };
         Ok(Budgets {
             latency_us: one(Objective::Latency, &self.max_latency, "--max-latency")?,
-            bytes: one(Objective::Size, &self.max_size, "--max-size")?,
+            bytes: match bits_per_weight {
+                Some(_) => None,
+                None => one(Objective::Size, &self.max_size, "--max-size")?,
+            },
             bops: one(Objective::Bops, &self.max_bops, "--max-bops")?,
+            bits_per_weight,
         })
     }
 }
@@ -669,6 +739,10 @@ impl CostArgs {
 impl EvalArgs {
     pub fn check(&self) -> anyhow::Result<()> {
         self.setup.check()?;
+        if let Some(r) = &self.recipe {
+            r.parse::<mpsearch::space::recipe::Recipe>()
+                .map_err(|e| anyhow::anyhow!("--recipe: {e}"))?;
+        }
         positive(self.batch.into(), "--batch")
     }
 }

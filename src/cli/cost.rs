@@ -17,8 +17,9 @@ use super::output::{emit, table, thousands};
 use super::setup::{load_model, load_space};
 
 pub fn run(a: CostArgs) -> anyhow::Result<ExitCode> {
-    let budgets = a.check()?;
+    let mut budgets = a.check()?;
     let inv = load_model(&a.input.model.model)?;
+    budgets.resolve(&inv.layers);
     let space = load_space(a.input.space.as_deref(), &inv)?;
     let model = CostModel::new(shipped::profile(&a.profile)?, a.batch)?.for_model(&inv.layers);
     if let Some(path) = &a.assignment {

@@ -41,14 +41,30 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
     let bar = progress_bar(0, "sensitivity: cheap errors");
     let mut phase = None;
+    let mut started = std::time::Instant::now();
+    let mut told = false;
     move |p, d, t| {
         if phase != Some(p) {
             phase = Some(p);
+            started = std::time::Instant::now();
             bar.reset();
             bar.set_length(t as u64);
             bar.set_message(match p {
                 SetupPhase::CheapErrors => "sensitivity: cheap errors",
                 SetupPhase::Measurements => "sensitivity: one at a time",
+            });
+        }
+        // The set-up's time, said up front (also without a terminal, where no bar is drawn): from the
+        // first measurements' pace.
+        if p == SetupPhase::Measurements && !told && d >= 2 && d < t {
+            told = true;
+            let each = started.elapsed().as_secs_f64() / d as f64;
+            bar.suspend(|| {
+                eprintln!(
+                    "sensitivity: {t} one-at-a-time measurements, {each:.1} s each so far: about {} \
+                     for the set-up",
+                    super::output::duration(each * t as f64)
+                )
             });
         }
         bar.set_position(d as u64);
@@ -81,6 +97,12 @@ pub fn describe(session: &search::Session) {
          held-out one)",
         session.evaluator.data().description
     );
+    if let Some(trials) = c.trials {
+        eprintln!(
+            "budget: {trials} trials, at most about {} of evaluations (fewer where the cache answers)",
+            super::output::duration(trials as f64 * session.forward_seconds)
+        );
+    }
     for n in &session.notes {
         eprintln!("note: {n}");
     }

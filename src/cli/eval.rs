@@ -1,15 +1,19 @@
 //! # `eval`
 //!
 //! Assignments evaluated with the candle evaluator, one result JSON line per assignment (from a file,
-//! or from standard input line by line, flushed as each is answered), costed too with `--profile`.
+//! or from standard input line by line, flushed as each is answered), or llama.cpp's recipe for a
+//! language model (`--recipe`), on the search or the held-out split; with stored bytes and bits per
+//! weight, and costed too with `--profile`.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use mpsearch::cost::model::{assignment_bytes, bits_per_weight};
 use mpsearch::cost::CostModel;
-use mpsearch::eval::{CandleEvaluator, Evaluator};
+use mpsearch::eval::{CandleEvaluator, EvalSplit, Evaluator};
 use mpsearch::shipped;
+use mpsearch::space::recipe::Recipe;
 use mpsearch::space::{LayerInfo, SearchSpace};
 
 use super::args::EvalArgs;
@@ -30,8 +34,33 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         layers,
         evaluator,
         space,
+        split: a.split.split(),
     };
     let mut out = std::io::stdout().lock();
+    let given = match (&a.recipe, &a.from_gguf) {
+        (Some(r), _) => {
+            let recipe: Recipe = r.parse().map_err(anyhow::Error::msg)?;
+            Some((
+                recipe.assignment(&answerer.layers)?,
+                ("recipe", recipe.name().to_string()),
+            ))
+        }
+        (None, Some(path)) => {
+            let model = answerer.evaluator.model().clone();
+            let asg = mpsearch::export::gguf::stored_assignment(path, &answerer.layers, &|l| {
+                model.weight(l)
+            })?;
+            Some((asg, ("gguf", path.display().to_string())))
+        }
+        (None, None) => None,
+    };
+    if let Some((asg, (key, name))) = given {
+        let mut v = answerer.answer(&asg.to_json_string(), &format!("{key} {name}"))?;
+        v[key] = serde_json::json!(name);
+        writeln!(out, "{v}")?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(path) = &a.assignment {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -61,19 +90,24 @@ struct Answerer {
     space: SearchSpace,
     layers: Vec<LayerInfo>,
     cost: Option<CostModel>,
+    split: EvalSplit,
 }
 
 impl Answerer {
     /// The result line of assignment JSON `text` (`source` names it in errors).
     fn answer(&self, text: &str, source: &str) -> mpsearch::Result<serde_json::Value> {
         let asg = self.space.parse_assignment(text, Some(source))?;
-        let e = self.evaluator.evaluate(&asg)?;
+        let e = self.evaluator.evaluate_on(self.split, &asg)?;
+        let bytes = assignment_bytes(&self.layers, &asg);
         let mut v = serde_json::json!({
-            "hash": self.evaluator.key(&asg).to_hex().to_string(),
+            "hash": self.evaluator.key_on(self.split, &asg).to_hex().to_string(),
             "quality": e.quality,
             "objective": self.evaluator.objective(),
             "metrics": e.metrics,
             "seconds": e.seconds,
+            "split": self.split.name(),
+            "bytes": bytes,
+            "bits_per_weight": bits_per_weight(&self.layers, bytes as f64),
         });
         if let Some(m) = &self.cost {
             let (_, total) = m.assignment(&self.layers, &asg);

@@ -64,7 +64,54 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
             )
         }
         ExportFormat::Safetensors => write_weights(&manifest, &sel, held_out.as_ref(), a.out),
+        ExportFormat::Gguf => write_gguf(&manifest, &sel, held_out.as_ref(), a.out),
     }
+}
+
+/// `--format gguf`: the point as a llama.cpp GGUF file of the run's model, with where it came from and
+/// its qualities in `mpsearch.*` metadata.
+fn write_gguf(
+    m: &RunManifest,
+    sel: &Selected,
+    held_out: Option<&HeldOut>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use candle_core::quantized::gguf_file::Value;
+    let c = &m.config;
+    let ModelSource::Gguf(source) = ModelSource::parse(&c.model) else {
+        anyhow::bail!(
+            "run `{}` searched {}, which is not a GGUF model: --format gguf writes language models              (use --format safetensors)",
+            m.name,
+            c.model
+        );
+    };
+    let inv = mpsearch::model::inventory(&ModelSource::Gguf(source.clone()))?;
+    let (_, asg) = resolve(m, sel, &inv.layers)?;
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.gguf", m.name, sel.label())));
+    let mut extra = vec![
+        (
+            "mpsearch.source".to_string(),
+            Value::String(source_text(m, sel)),
+        ),
+        (
+            "mpsearch.assignment".to_string(),
+            Value::String(sel.trial.hash.clone()),
+        ),
+    ];
+    if let Some(q) = sel.trial.quality {
+        extra.push(("mpsearch.kl_search".to_string(), Value::F64(q)));
+    }
+    if let Some(h) = held_out {
+        extra.push(("mpsearch.kl_held_out".to_string(), Value::F64(h.quality)));
+    }
+    mpsearch::export::gguf::write_gguf(&source, &inv.layers, &asg, &extra, &path)?;
+    eprintln!(
+        "wrote {} (check it: mpsearch eval --model {} --from-gguf {})",
+        path.display(),
+        c.model,
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The secondary metric of a trial's metrics, in words (`, accuracy 0.9833`).

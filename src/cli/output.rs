@@ -73,6 +73,16 @@ pub fn wrap(items: &[String], width: usize, indent: &str) -> String {
     out
 }
 
+/// A duration in words for people: `45 s`, `12 min`, `1 h 20 min`.
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=5399 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600 + 30) / 60),
+    }
+}
+
 /// `1234567` → `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();

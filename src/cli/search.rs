@@ -13,8 +13,9 @@ use super::drive;
 use super::setup::{load_model, open_store};
 
 pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
-    let checked = a.check()?;
+    let mut checked = a.check()?;
     let inventory = load_model(&a.input.model.model)?;
+    checked.budgets.resolve(&inventory.layers);
     let space = a
         .input
         .space

@@ -768,6 +768,24 @@ fn weights_as_read(w: WeightQuant, path: KernelPath) -> WeightQuant {
     }
 }
 
+/// Stored bytes of an assignment's layers (the `size` objective, device-independent; a layer the
+/// assignment leaves out is f32).
+pub fn assignment_bytes(layers: &[LayerInfo], a: &crate::space::Assignment) -> u64 {
+    layers
+        .iter()
+        .map(|l| {
+            let c = a.get(&l.name).copied().unwrap_or(Choice::F32);
+            layer_bytes(l, &c, &Factors::of(l, &c))
+        })
+        .sum()
+}
+
+/// Bits per weight of `bytes` over the layers' weights, as llama.cpp counts a model's size (`4.5bpw`).
+pub fn bits_per_weight(layers: &[LayerInfo], bytes: f64) -> f64 {
+    let params: u64 = layers.iter().map(LayerInfo::params).sum();
+    8.0 * bytes / params.max(1) as f64
+}
+
 /// Stored bytes of a layer choice: its matrices, a 1-bit-per-row mask of removed channels, f32 biases.
 fn layer_bytes(layer: &LayerInfo, choice: &Choice, factors: &Factors) -> u64 {
     let mut bytes: u64 = factors.iter().map(|(_, m)| stored_bytes(m, choice)).sum();

@@ -9,7 +9,9 @@
 //!   the closest one, with a comment saying where the mapping is not exact and what is dropped;
 //! - **compressed weights** ([`safetensors::write_compressed`]): every compressed layer in its
 //!   compact form (integer codes with scales and zero points, a GGML format's blocks, kept values with
-//!   their sparsity pattern, the two low-rank factors), read back by [`safetensors::load_compressed`].
+//!   their sparsity pattern, the two low-rank factors), read back by [`safetensors::load_compressed`];
+//! - **a GGUF file** ([`gguf::write_gguf`], language models): the source file with every layer in its
+//!   chosen llama.cpp type, re-quantized from the base, served as is by llama.cpp.
 //!
 //! Runs are read from the store alone ([`crate::store::query`]), never through the search controller.
 //! The safetensors codec is the one part that touches candle: it compresses the model's weights with
@@ -35,6 +37,7 @@
 //! each, relative to the limit (`latency / max_latency − 1` when positive, …) —, and [`Selected`]
 //! says so (`feasible` is false).
 
+pub mod gguf;
 pub mod llama;
 pub mod safetensors;
 

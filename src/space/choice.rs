@@ -334,6 +334,16 @@ impl WeightQuant {
         }
     }
 
+    /// Stored bits per weight of the format: a GGML block format's block bytes × 8 / block
+    /// (`q6_k` 6.5625, `q5_1` 6, `q4_k` 4.5, as llama.cpp counts them), 32 or 16 for the floats, an
+    /// integer format's bit-width (its scales not counted).
+    pub fn bits_per_weight(&self) -> f64 {
+        match self {
+            WeightQuant::Ggml(g) => g.bits_per_weight(),
+            other => f64::from(other.bits()),
+        }
+    }
+
     /// Whether this is one of the float formats.
     pub fn is_float(&self) -> bool {
         matches!(

@@ -22,11 +22,17 @@
 //! nm = ["2:4"]                        # N:M patterns (N < M)
 //! channels = [0.25]                   # fractions of output channels removed, in [0, 1)
 //! rank = [1.0, 0.5]                   # fractions of full rank kept, in (0, 1]; 1.0 = full rank
+//! # min_bpw = 6.0                     # leave out weight formats of fewer stored bits per weight
 //! # choices = ["int8-sym-channel", "int4-asym-g32+2:4"]   # ...or an explicit list (not both)
 //!
 //! [[layer]]                           # overrides for matching layers; later tables win
 //! match = 'attention\.output\.dense$'
 //! bits = [8]
+//!
+//! [[layer]]                           # kind = "linear" | "conv2d" | "embedding": only layers of
+//! match = '^(output|token_embd)$'     # that kind among those the pattern matches (a tied
+//! kind = "linear"                     # token_embd is the output head, a linear layer)
+//! min_bpw = 6.0
 //!
 //! [[pin]]                             # a fixed choice
 //! match = '^pooler\.dense$'
@@ -38,7 +44,10 @@
 //!
 //! Fields left out of `[defaults]` take these values: `float = ["f32"]`, `ggml = []`, `bits = []`,
 //! `schemes = ["sym"]`, `granularity = ["channel"]`, `activations = ["none"]`, `sparsity = [0.0]`,
-//! `nm = []`, `channels = []`, `rank = [1.0]`. A layer's choice set is the product
+//! `nm = []`, `channels = []`, `rank = [1.0]`, no `min_bpw`. `min_bpw` keeps only the weight formats
+//! of at least that many stored bits per weight (a GGML format's block bytes × 8 / block — `q6_k`
+//! 6.5625, `q5_1` 6, `q4_k` 4.5 —, 16 or 32 for the floats, an integer format's bit-width) — e.g. an
+//! output head kept at 6 bits or more whatever formats `[defaults]` offers. A layer's choice set is the product
 //! (float formats ∪ ggml formats ∪ bits × schemes × granularity) × activations × (sparsity ∪ nm ∪
 //! channels) × rank, where a GGML format takes only the parts the notation lets it combine with:
 //! activations `none` (its kernel quantizes them itself), dense or `channels<P>`, any rank.
@@ -69,7 +78,9 @@ use toml::Spanned;
 use super::choice::{
     ActQuant, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity, WeightQuant, BITS,
 };
-use super::{DroppedChoice, LayerInfo, LayerStatus, SearchSpace, SpaceGroup, SpaceLayer};
+use super::{
+    DroppedChoice, LayerInfo, LayerKind, LayerStatus, SearchSpace, SpaceGroup, SpaceLayer,
+};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +113,8 @@ struct ChoiceSet {
     /// Only in `[[layer]]` tables.
     #[serde(rename = "match")]
     pattern: Option<Spanned<String>>,
+    /// Only in `[[layer]]` tables: the table applies to matching layers of this kind only.
+    kind: Option<Spanned<String>>,
     choices: Option<Vec<Spanned<String>>>,
     float: Option<Vec<Spanned<String>>>,
     ggml: Option<Vec<Spanned<String>>>,
@@ -113,6 +126,7 @@ struct ChoiceSet {
     nm: Option<Vec<Spanned<String>>>,
     channels: Option<Vec<Spanned<f64>>>,
     rank: Option<Vec<Spanned<f64>>>,
+    min_bpw: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +182,8 @@ struct Product {
     nm: Vec<Sparsity>,
     channels: Vec<Sparsity>,
     rank: Vec<Option<u8>>,
+    /// Weight formats of fewer stored bits per weight are left out ([`WeightQuant::bits_per_weight`]).
+    min_bpw: Option<f64>,
     /// Where the first activation quantization of `activations` was written, if it has one.
     act_span: Option<Range<usize>>,
 }
@@ -185,6 +201,7 @@ impl Default for Product {
             nm: vec![],
             channels: vec![],
             rank: vec![None],
+            min_bpw: None,
             act_span: None,
         }
     }
@@ -204,6 +221,9 @@ impl Product {
                     });
                 }
             }
+        }
+        if let Some(min) = self.min_bpw {
+            weights.retain(|w| w.bits_per_weight() >= min);
         }
         let sparsities: Vec<Sparsity> = self
             .sparsity
@@ -240,6 +260,8 @@ impl Product {
 }
 
 /// A layer's choice set while overrides are applied.
+// One per layer while a file resolves, never in a hot loop: boxing the product would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Set {
     Product(Product),
@@ -455,7 +477,33 @@ impl Resolver<'_> {
         if let Some(v) = &set.rank {
             base.rank = self.ranks(v)?;
         }
+        if let Some(v) = &set.min_bpw {
+            let x = *v.get_ref();
+            if !(x.is_finite() && (0.0..=32.0).contains(&x)) {
+                return Err(self.err(
+                    v.span(),
+                    format!("min_bpw = {x}: give bits per weight between 0 and 32 (e.g. 6.0)"),
+                ));
+            }
+            base.min_bpw = Some(x);
+        }
         Ok(base)
+    }
+
+    /// `kind = "..."`: a layer kind as `inspect` prints it.
+    fn kind(&self, k: &Spanned<String>) -> Result<LayerKind> {
+        [LayerKind::Linear, LayerKind::Conv2d, LayerKind::Embedding]
+            .into_iter()
+            .find(|kind| kind.to_string() == *k.get_ref())
+            .ok_or_else(|| {
+                self.err(
+                    k.span(),
+                    format!(
+                        "kind = \"{}\": give linear, conv2d or embedding",
+                        k.get_ref()
+                    ),
+                )
+            })
     }
 
     /// `bits = [...]`: integer bit-widths in [`BITS`].
@@ -569,13 +617,14 @@ impl Resolver<'_> {
             || table.sparsity.is_some()
             || table.nm.is_some()
             || table.channels.is_some()
-            || table.rank.is_some();
+            || table.rank.is_some()
+            || table.min_bpw.is_some();
         if let Some(list) = &table.choices {
             if has_product {
                 return Err(self.err(
                     span,
                     "a table gives either `choices` or the product fields (float, ggml, bits, schemes, \
-                     granularity, activations, sparsity, nm, channels, rank), not both",
+                     granularity, activations, sparsity, nm, channels, rank, min_bpw), not both",
                 ));
             }
             return self.explicit(list);
@@ -611,10 +660,10 @@ impl Resolver<'_> {
         let n = self.layers.len();
         let default_span = file.defaults.as_ref().map(|d| d.span()).unwrap_or(0..0);
         let defaults = match &file.defaults {
-            Some(d) if d.get_ref().pattern.is_some() => {
+            Some(d) if d.get_ref().pattern.is_some() || d.get_ref().kind.is_some() => {
                 return Err(self.err(
                     d.span(),
-                    "[defaults] applies to every layer and takes no `match`; put per-layer choices in a [[layer]] table",
+                    "[defaults] applies to every layer and takes no `match` or `kind`; put per-layer choices in a [[layer]] table",
                 ))
             }
             Some(d) => self
@@ -632,7 +681,24 @@ impl Resolver<'_> {
                 ));
             };
             let re = self.regex(pattern)?;
-            for i in self.matching(pattern, &re, "[[layer]]")? {
+            let kind = o.kind.as_ref().map(|k| self.kind(k)).transpose()?;
+            let hits = self.matching(pattern, &re, "[[layer]]")?;
+            let hits: Vec<usize> = hits
+                .into_iter()
+                .filter(|&i| kind.is_none_or(|k| self.layers[i].kind == k))
+                .collect();
+            if let (Some(k), true) = (&o.kind, hits.is_empty()) {
+                return Err(self.err(
+                    k.span(),
+                    format!(
+                        "[[layer]] pattern `{}` matches no {} layer of the model (`mpsearch inspect` \
+                         lists every layer with its kind)",
+                        pattern.get_ref(),
+                        k.get_ref()
+                    ),
+                ));
+            }
+            for i in hits {
                 sets[i] = self.apply(&sets[i], o, pattern.span())?;
                 span[i] = pattern.span();
             }

@@ -11,6 +11,7 @@ mod assignment;
 mod choice;
 pub mod file;
 mod layer;
+pub mod recipe;
 
 use std::path::PathBuf;
 

@@ -606,3 +606,109 @@ fn every_compression_path_runs_on_a_decoder() {
         assert!(e.quality.is_finite() && e.quality > 0.0, "{c}: {e:?}");
     }
 }
+
+#[test]
+fn a_searched_point_exports_to_gguf_and_reads_back_to_its_stored_kl() {
+    let dir = Dir::new();
+    let path = tiny(&dir, "tiny.gguf", &Spec::llama());
+    let p = path.to_str().unwrap();
+    let cwd = Dir::new();
+    // The shipped `llm` space on the tiny decoder (32 wide: q8_0, q4_0 and f16; its tied head at 6
+    // bits per weight or more), searched on size under a bits-per-weight budget.
+    let out = ok(
+        cwd.path(),
+        &[
+            "search",
+            "--model",
+            p,
+            "--objective",
+            "size",
+            "--max-size",
+            "12bpw",
+            "--trials",
+            "8",
+            "--pairs",
+            "12",
+            "--store",
+            "s",
+            "--run",
+            "r",
+        ],
+    );
+    assert!(!out.is_empty());
+    let runs: serde_json::Value =
+        serde_json::from_str(&ok(cwd.path(), &["runs", "--store", "s", "--json"])).unwrap();
+    let front = runs[0]["front"].as_array().unwrap().clone();
+    assert!(!front.is_empty(), "{runs}");
+    let trial = front[0]["trial"].as_u64().unwrap();
+    let trials: Vec<serde_json::Value> = ok(cwd.path(), &["trials", "r", "--store", "s", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stored = trials
+        .iter()
+        .find(|t| t["trial"].as_u64() == Some(trial))
+        .unwrap();
+    let bytes = stored["cost"]["bytes"].as_f64().unwrap();
+
+    let gguf = cwd.path().join("point.gguf");
+    ok(
+        cwd.path(),
+        &[
+            "export",
+            "r",
+            "--store",
+            "s",
+            "--point",
+            "1",
+            "--format",
+            "gguf",
+            "--out",
+            gguf.to_str().unwrap(),
+        ],
+    );
+    // The file is a model mpsearch (and llama.cpp) loads, its tensors in the chosen types.
+    let back = LlamaModel::load(&gguf).unwrap();
+    assert_eq!(back.inventory().layers.len(), 15);
+    let read: serde_json::Value = serde_json::from_str(&ok(
+        cwd.path(),
+        &["eval", "--model", p, "--from-gguf", gguf.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(
+        read["quality"].as_f64(),
+        stored["quality"].as_f64(),
+        "the exported file's KL is the stored one, exactly: {read} vs {stored}"
+    );
+    assert_eq!(read["bytes"].as_f64(), Some(bytes), "{read}");
+    assert!(read["bits_per_weight"].as_f64().unwrap() <= 12.0, "{read}");
+
+    // A file not exported from this model: refused naming the file and the tensor.
+    let other = tiny(
+        &dir,
+        "other.gguf",
+        &Spec {
+            seed: 0.5,
+            ..Spec::llama()
+        },
+    );
+    let err = fails(
+        cwd.path(),
+        &["eval", "--model", p, "--from-gguf", other.to_str().unwrap()],
+    );
+    assert!(
+        err.contains("other.gguf") && err.contains("not exported by mpsearch from this model"),
+        "{err}"
+    );
+    // llama.cpp's recipe of the same model, as an assignment of the space.
+    let recipe: serde_json::Value = serde_json::from_str(&ok(
+        cwd.path(),
+        &[
+            "eval", "--model", p, "--recipe", "Q4_K_M", "--split", "held-out",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(recipe["recipe"], "Q4_K_M");
+    assert_eq!(recipe["split"], "held-out");
+    assert!(recipe["quality"].as_f64().unwrap() > 0.0, "{recipe}");
+}
