@@ -1,13 +1,21 @@
 //! The base forward pass of a GGUF decoder: SmolLM2-135M (30 blocks, width 576, vocabulary 49152) on
 //! one 64-token window, and on 8 windows batched, when scripts/fetch-smollm2.sh has fetched it
 //! (`MPSEARCH_SMOLLM2` points elsewhere). Without the file it says so and measures nothing.
+//!
+//! `smollm2_evaluation` holds an evaluation against a base forward on the same text, side by side:
+//! the base model's forward pass over the search split (4 windows of 128 tokens), and the evaluator
+//! scoring llama.cpp's Q4_K_M and Q5_K_M mixes (their layers memoised, as in a search once a layer's
+//! choice has been seen): the compressed forward pass plus the KL, perplexity and top-1 metrics against
+//! the stored base log-probabilities. Target: an evaluation ≤ 1.3× the base forward.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use mpsearch::eval::{CandleEvaluator, EvalSettings, Evaluator};
 use mpsearch::model::llama::token_batch;
-use mpsearch::model::{ForwardCtx, LlamaModel, Model};
+use mpsearch::model::{ForwardCtx, LlamaModel, Model, ModelSource};
+use mpsearch::space::recipe::Recipe;
 
 /// Tokens per window.
 const WINDOW: usize = 64;
@@ -47,6 +55,28 @@ fn bench(c: &mut Criterion) {
     group.bench_function("8x64_tokens", |b| {
         b.iter(|| black_box(model.forward(&eight, &ctx).expect("forward")))
     });
+    group.finish();
+
+    let (net, data) = mpsearch::eval::load(&ModelSource::Gguf(path), None).expect("SmolLM2 data");
+    let search = data.eval.clone();
+    let ev = CandleEvaluator::new(net.clone(), data, EvalSettings::default()).expect("evaluator");
+    let layers = net.inventory().layers.clone();
+    let mut group = c.benchmark_group("smollm2_evaluation");
+    group.sample_size(10);
+    group.bench_function("base_forward_search_split", |b| {
+        b.iter(|| {
+            for batch in &search {
+                black_box(net.forward(batch, &ctx).expect("forward"));
+            }
+        })
+    });
+    for recipe in [Recipe::Q4KM, Recipe::Q5KM] {
+        let a = recipe.assignment(&layers).expect("recipe");
+        ev.evaluate(&a).expect("warm the layer cache");
+        group.bench_function(format!("evaluate_{}_memoised", recipe.name()), |b| {
+            b.iter(|| black_box(ev.evaluate(&a).expect("evaluate")))
+        });
+    }
     group.finish();
 }
 
