@@ -16,6 +16,11 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     let mut checked = a.check()?;
     let inventory = load_model(&a.input.model.model)?;
     checked.budgets.resolve(&inventory.layers);
+    // Data that cannot be used is refused before the store is opened: nothing is written.
+    mpsearch::eval::check_data(
+        &mpsearch::model::ModelSource::parse(&a.input.model.model),
+        a.data.data.as_deref(),
+    )?;
     let space = a
         .input
         .space

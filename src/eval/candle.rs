@@ -580,13 +580,8 @@ impl EvalData {
     /// length if shorter), in batches of [`WINDOW_BATCH`] windows; each position's label is
     /// the next token of its window ([`metrics::NO_TARGET`] at a window's last position).
     pub fn windows(model: &crate::model::LlamaModel, text: &str, source: &str) -> Result<EvalData> {
-        use crate::data::windows::{WindowSplit, WINDOW};
-        let tokenizer = model.tokenizer();
-        let tokens = tokenizer.encode_plain(text)?;
-        let bos = tokenizer.bos().filter(|_| tokenizer.adds_bos());
-        // A model trained on shorter contexts gets windows of its context length.
-        let window = WINDOW.min(model.config().context.unwrap_or(WINDOW));
-        let split = WindowSplit::new(&tokens, window, bos, source)?;
+        let (tokens, window, split) =
+            text_windows(model.tokenizer(), model.config().context, text, source)?;
         let batches = |windows: &[Vec<u32>]| -> Result<Vec<Batch>> {
             windows
                 .chunks(WINDOW_BATCH)
@@ -641,6 +636,54 @@ impl EvalData {
     }
 }
 
+/// `text` tokenized and cut into windows for a model with `tokenizer` and `context` (see
+/// [`EvalData::windows`]): its tokens, the window length and the split.
+fn text_windows(
+    tokenizer: &crate::model::GgufTokenizer,
+    context: Option<usize>,
+    text: &str,
+    source: &str,
+) -> Result<(Vec<u32>, usize, crate::data::windows::WindowSplit)> {
+    use crate::data::windows::{WindowSplit, WINDOW};
+    let tokens = tokenizer.encode_plain(text)?;
+    let bos = tokenizer.bos().filter(|_| tokenizer.adds_bos());
+    // A model trained on shorter contexts gets windows of its context length.
+    let window = WINDOW.min(context.unwrap_or(WINDOW));
+    let split = WindowSplit::new(&tokens, window, bos, source)?;
+    Ok((tokens, window, split))
+}
+
+/// The text (a language model's) or sentence file (an encoder's) a model would be evaluated on,
+/// checked without loading the model's weights: a file that cannot be read, or a language model's text
+/// too short for its windows, is the error [`load`] would give. Lets a command refuse bad data before
+/// it writes anything.
+pub fn check_data(
+    source: &crate::model::ModelSource,
+    data: Option<&std::path::Path>,
+) -> Result<()> {
+    use crate::model::ModelSource;
+    match (source, data) {
+        (ModelSource::Gguf(file), _) => {
+            let (tokenizer, context) = crate::model::llama::tokenizer(file)?;
+            let (text, what) = language_text(data)?;
+            text_windows(&tokenizer, context, &text, &what).map(|_| ())
+        }
+        (ModelSource::Folder(_), Some(p)) => crate::data::text::TextSplit::from_file(p).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// A language model's text: the file's, or the shipped sentences one a line; and its name.
+fn language_text(data: Option<&std::path::Path>) -> Result<(String, String)> {
+    Ok(match data {
+        Some(p) => (crate::data::text::load_text(p)?, p.display().to_string()),
+        None => (
+            crate::data::text::shipped_text(),
+            "shipped text (The Devil's Dictionary)".to_string(),
+        ),
+    })
+}
+
 /// Sentences per batch for encoders.
 pub const SENTENCE_BATCH: usize = 32;
 
@@ -682,13 +725,7 @@ pub fn load(
         }
         ModelSource::Gguf(file) => {
             let model = crate::model::LlamaModel::load(file)?;
-            let (text, what) = match sentences {
-                Some(p) => (crate::data::text::load_text(p)?, p.display().to_string()),
-                None => (
-                    crate::data::text::shipped_text(),
-                    "shipped text (The Devil's Dictionary)".to_string(),
-                ),
-            };
+            let (text, what) = language_text(sentences)?;
             let data = EvalData::windows(&model, &text, &what)?;
             Ok((Arc::new(model), data))
         }

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use self::candle::{load, CandleEvaluator, EvalData, EvalSettings, SENTENCE_BATCH};
+pub use self::candle::{check_data, load, CandleEvaluator, EvalData, EvalSettings, SENTENCE_BATCH};
 pub use self::deploy::{describe_deployment, describe_kernel, describe_layer, DeployedLayer};
 use crate::error::{Error, Result};
 use crate::space::Assignment;

@@ -139,6 +139,17 @@ impl std::fmt::Debug for LlamaModel {
     }
 }
 
+/// A GGUF decoder's tokenizer and context length, from its header only (the file checked as
+/// [`inventory`] checks it): enough to cut its evaluation text into windows before loading weights.
+pub fn tokenizer(path: &Path) -> Result<(GgufTokenizer, Option<usize>)> {
+    let file = GgufFile::open(path)?;
+    let config = LlamaConfig::read(&file)?;
+    Ok((
+        GgufTokenizer::from_gguf(&file, config.vocab)?,
+        config.context,
+    ))
+}
+
 impl LlamaModel {
     /// Loads a GGUF decoder: checks the file (see [`inventory`]), builds its tokenizer, and reads and
     /// dequantizes every tensor to f32. Every problem is an error naming the file (and the tensor).
