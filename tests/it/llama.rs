@@ -711,3 +711,67 @@ fn a_searched_point_exports_to_gguf_and_reads_back_to_its_stored_kl() {
     assert_eq!(recipe["split"], "held-out");
     assert!(recipe["quality"].as_f64().unwrap() > 0.0, "{recipe}");
 }
+
+#[test]
+fn a_size_in_bits_per_weight_is_the_models_weights_times_bpw() {
+    let dir = Dir::new();
+    let path = tiny(&dir, "tiny.gguf", &Spec::llama());
+    let p = path.to_str().unwrap();
+    let cwd = Dir::new();
+    let inv = mpsearch::model::inventory(&ModelSource::Gguf(path.clone())).unwrap();
+    let weights = inv.params() as f64;
+    // 1 bit per weight is below anything the llm space reaches (q4_0 is 4.5): the error gives the
+    // reachable range, in bytes of these weights.
+    let err = fails(
+        cwd.path(),
+        &[
+            "cost",
+            "--model",
+            p,
+            "--profile",
+            "cortex-a76",
+            "--max-size",
+            "1bpw",
+        ],
+    );
+    assert!(err.contains("size") && err.contains("reach"), "{err}");
+    // 9 bpw is reachable, and is 9/8 bytes a weight.
+    let out: serde_json::Value = serde_json::from_str(&ok(
+        cwd.path(),
+        &[
+            "cost",
+            "--model",
+            p,
+            "--profile",
+            "cortex-a76",
+            "--max-size",
+            "9bpw",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let text = out["budgets"].to_string();
+    let bytes = mpsearch::cost::model::format_bytes(9.0 * weights / 8.0);
+    assert!(
+        text.contains(&format!("max size {bytes} ")),
+        "the budget is {bytes}: {text}"
+    );
+    for bad in ["40bpw", "xbpw", "0bpw"] {
+        let err = fails(
+            cwd.path(),
+            &[
+                "cost",
+                "--model",
+                p,
+                "--profile",
+                "cortex-a76",
+                "--max-size",
+                bad,
+            ],
+        );
+        assert!(
+            err.contains("--max-size") && err.contains("bits per weight"),
+            "{bad}: {err}"
+        );
+    }
+}
