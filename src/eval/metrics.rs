@@ -143,9 +143,10 @@ pub const NO_TARGET: u32 = u32::MAX;
 /// language-model evaluator keeps of the base model's outputs.
 pub fn log_softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // exp in f32 (each term to ~1e-7 relative, every term ≤ 1), summed in f64.
     let lse = row
         .iter()
-        .map(|&z| ((z - max) as f64).exp())
+        .map(|&z| f64::from((z - max).exp()))
         .sum::<f64>()
         .ln() as f32
         + max;
@@ -186,7 +187,7 @@ pub fn language_model(
             let kl = r
                 .iter()
                 .zip(&lo)
-                .map(|(&lr, &l)| (lr as f64).exp() * (lr as f64 - l as f64))
+                .map(|(&lr, &l)| f64::from(lr.exp()) * (f64::from(lr) - f64::from(l)))
                 .sum::<f64>()
                 .max(0.0);
             let nll = (t != NO_TARGET).then(|| (-(r[t as usize] as f64), -(lo[t as usize] as f64)));
