@@ -367,7 +367,7 @@ impl Evaluator for CandleEvaluator {
         let out = outputs(self.model.as_ref(), batches, &ctx)?;
         let metrics = match (labels, self.model.inventory().kind) {
             (Some(next), ModelKind::LanguageModel) if next.len() == out.len() => {
-                metrics::language_model(reference, &out, next)
+                metrics::language_model(reference, out, next)
             }
             (_, ModelKind::LanguageModel) => {
                 return Err(Error::Eval {

@@ -155,7 +155,8 @@ pub fn log_softmax_in_place(row: &mut [f32]) {
     }
 }
 
-/// Language-model metrics of a compressed model's next-token `logits` against the base model's
+/// Language-model metrics of a compressed model's next-token `logits` (consumed: each row becomes its
+/// log-probabilities in place, no copy of the 49k-wide rows) against the base model's
 /// `reference` **log-probabilities** (rows already through [`log_softmax_in_place`]), one row per
 /// position, with each position's true next token in `next` ([`NO_TARGET`] where there is none):
 ///
@@ -167,7 +168,7 @@ pub fn log_softmax_in_place(row: &mut [f32]) {
 /// Rows are processed in parallel (rayon), each in f64 accumulators.
 pub fn language_model(
     reference: &[Vec<f32>],
-    logits: &[Vec<f32>],
+    logits: Vec<Vec<f32>>,
     next: &[u32],
 ) -> BTreeMap<String, f64> {
     use rayon::prelude::*;
@@ -178,11 +179,12 @@ pub fn language_model(
     }
     let rows: Vec<Row> = reference
         .par_iter()
-        .zip(logits.par_iter())
+        .zip(logits.into_par_iter())
         .zip(next.par_iter())
-        .map(|((r, o), &t)| {
-            // Both sides through the same f32 log-softmax: identical logits give a KL of exactly 0.
-            let mut lo = o.clone();
+        .map(|((r, mut lo), &t)| {
+            let agree = argmax(r) == argmax(&lo);
+            // Both sides through the same f32 log-softmax (the compressed rows turned into
+            // log-probabilities in place): identical logits give a KL of exactly 0.
             log_softmax_in_place(&mut lo);
             let kl = r
                 .iter()
@@ -191,11 +193,7 @@ pub fn language_model(
                 .sum::<f64>()
                 .max(0.0);
             let nll = (t != NO_TARGET).then(|| (-(r[t as usize] as f64), -(lo[t as usize] as f64)));
-            Row {
-                kl,
-                nll,
-                agree: argmax(r) == argmax(o),
-            }
+            Row { kl, nll, agree }
         })
         .collect();
     let n = rows.len().max(1) as f64;
@@ -260,7 +258,7 @@ mod tests {
         let mut reference = base.clone();
         reference.iter_mut().for_each(|r| log_softmax_in_place(r));
         // The base against itself: KL 0, perplexities equal, full agreement.
-        let m = language_model(&reference, &base, &[1, 2, NO_TARGET]);
+        let m = language_model(&reference, base.clone(), &[1, 2, NO_TARGET]);
         assert!(m["kl_divergence"].abs() < 1e-7, "{m:?}");
         assert!((m["perplexity"] - m["base_perplexity"]).abs() < 1e-5);
         let nll = -(log_softmax(&base[0])[1] + log_softmax(&base[1])[2]) / 2.0;
@@ -272,7 +270,7 @@ mod tests {
             vec![0.0, 1.0, 0.5],
             vec![0.3, 0.2, 0.1],
         ];
-        let m = language_model(&reference, &other, &[1, 2, NO_TARGET]);
+        let m = language_model(&reference, other.clone(), &[1, 2, NO_TARGET]);
         let want = (kl_divergence(&base[0], &other[0])
             + kl_divergence(&base[1], &other[1])
             + kl_divergence(&base[2], &other[2]))
