@@ -105,9 +105,11 @@ pub struct DataArgs {
     /// the least output error on the calibration inputs.
     #[arg(long, value_enum, default_value_t = ScaleArg::Mse)]
     pub scale: ScaleArg,
-    /// How integer weights are rounded: to nearest, or by GPTQ (each column's rounding error
-    /// compensated in the later columns through the calibration inputs' statistics).
-    #[arg(long, value_enum, default_value_t = RoundingArg::Rtn)]
+    /// How integer weights are rounded: by GPTQ (each column's rounding error compensated in the
+    /// later columns through the calibration inputs' statistics), or to nearest.
+    // GPTQ is the default by measurement (BENCHMARKS.md, "Rounding"): at 2–4 bits it lowers the demo's
+    // KL 2–27× and raises MiniLM's cosine at every choice, for a few seconds of set-up.
+    #[arg(long, value_enum, default_value_t = RoundingArg::Gptq)]
     pub rounding: RoundingArg,
     /// GPTQ's dampening of H, as a fraction of the mean of its diagonal.
     #[arg(long, default_value_t = mpsearch::compress::gptq::DEFAULT_DAMP, value_name = "FRACTION")]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use mpsearch::compress::{Rounding, ScaleMethod};
-use mpsearch::eval::{load, metrics, CandleEvaluator, EvalData, EvalSettings, Evaluator};
+use mpsearch::eval::{metrics, CandleEvaluator, EvalData, Evaluator};
 use mpsearch::export::safetensors::{
     load_compressed, max_difference, read_compressed, write_compressed, ExportInfo,
 };
@@ -99,18 +99,10 @@ fn quality_with(
     metrics::classifier(&reference, &out, data.labels.as_ref().unwrap())["kl_divergence"]
 }
 
+/// The demo, its data and the evaluator a search with the command line's defaults runs.
 fn evaluator() -> (Arc<dyn Model>, EvalData, CandleEvaluator) {
-    let (model, data) = load(&ModelSource::Demo, None).unwrap();
-    let ev = CandleEvaluator::new(
-        model.clone(),
-        data.clone(),
-        EvalSettings {
-            scale: ScaleMethod::Mse,
-            ..EvalSettings::default()
-        },
-    )
-    .unwrap();
-    (model, data, ev)
+    let ev = crate::util::cli_default_evaluator();
+    (ev.model().clone(), ev.data().clone(), ev)
 }
 
 /// The file's weights equal the evaluator's compressed weights, and running the model with them
@@ -472,7 +464,9 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
 #[test]
 fn every_compact_form_reads_back_exactly() {
     let d = Dir::new();
-    let (_, data, ev) = evaluator();
+    // Round-to-nearest: the hand exports below are written without calibration statistics.
+    let ev = crate::util::demo_evaluator(ScaleMethod::Mse);
+    let data = ev.data().clone();
     let assignments = [
         [
             ("conv1", "int6-sym-tensor"),

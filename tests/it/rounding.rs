@@ -525,7 +525,10 @@ fn the_run_records_its_rounding_and_resume_refuses_another() {
     let err = fails(d.path(), &["resume", "r", "--store", "s", "--trials", "2"]);
     assert!(err.contains("evaluator settings changed"), "{err}");
     // Flags that only GPTQ reads are refused without it.
-    let err = fails(d.path(), &["eval", "--stdin", "--act-order"]);
+    let err = fails(
+        d.path(),
+        &["eval", "--stdin", "--rounding", "rtn", "--act-order"],
+    );
     assert!(err.contains("--rounding gptq"), "{err}");
     // A manifest written before rounding was a setting reads as round-to-nearest.
     let mut old = serde_json::to_value(RunConfig::default()).unwrap();

@@ -538,7 +538,7 @@ fn the_front_is_evaluated_on_the_held_out_split_when_the_run_ends() {
     assert_eq!(r["held_out_gap"]["missing"].as_u64(), Some(0));
 
     // Each held-out quality is the evaluator's on the held-out split, and not its search quality.
-    let ev = crate::util::demo_evaluator(mpsearch::compress::ScaleMethod::Mse);
+    let ev = crate::util::cli_default_evaluator();
     let space = mpsearch::shipped::space("demo", &ev.model().inventory().layers).unwrap();
     let mut differ = 0;
     for p in front {

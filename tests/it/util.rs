@@ -264,6 +264,18 @@ pub fn demo_evaluator(scale: ScaleMethod) -> CandleEvaluator {
     CandleEvaluator::new(model, data, settings).unwrap()
 }
 
+/// The demo evaluator with the command line's default settings (MSE scales, GPTQ rounding): what
+/// `mpsearch search` and `eval` run without flags.
+pub fn cli_default_evaluator() -> CandleEvaluator {
+    let (model, data) = load(&ModelSource::Demo, None).unwrap();
+    let settings = EvalSettings {
+        scale: ScaleMethod::Mse,
+        rounding: mpsearch::compress::Rounding::gptq(),
+        ..EvalSettings::default()
+    };
+    CandleEvaluator::new(model, data, settings).unwrap()
+}
+
 /// `model`'s output on `batch` with `layer`'s weight replaced by `weight`.
 pub fn forward_with_weight(
     model: &dyn Model,
