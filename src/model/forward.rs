@@ -104,11 +104,11 @@ impl LayerKernel {
             LayerKernel::Dense(w) => w.flatten_from(1)?,
             LayerKernel::F16(w) => w.to_dtype(DType::F32)?,
             LayerKernel::Quantized(q) => match q.as_ref() {
-                QMatMul::QTensor(t) => t.dequantize(&candle_core::Device::Cpu)?,
+                QMatMul::QTensor(t) => dequantize(t)?,
                 QMatMul::Tensor(t) => t.to_dtype(DType::F32)?,
                 QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
             },
-            LayerKernel::Emulated(q) => q.dequantize(&candle_core::Device::Cpu)?,
+            LayerKernel::Emulated(q) => dequantize(q)?,
             LayerKernel::Factored { a, b } => a.to_dense()?.matmul(&b.to_dense()?)?,
             LayerKernel::Rows { kept, out, kernel } => {
                 let rows = kernel.to_dense()?;
@@ -116,6 +116,26 @@ impl LayerKernel {
                     .index_add(kept, &rows, 0)?
             }
         })
+    }
+
+    /// Rows `ids` (u32, any shape) of the kernel's weight as dense f32 values, `[ids.., in]`: what a
+    /// look-up reads. A block-quantized weight dequantizes the gathered rows only, as every runtime's
+    /// row look-up does (the same values as the rows of [`Self::to_dense`], without materialising a
+    /// vocabulary-sized table).
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let block_rows = |q: &QTensor| -> Result<Tensor> { Ok(q.embedding(ids)?) };
+        match self {
+            LayerKernel::Emulated(q) => block_rows(q),
+            LayerKernel::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => block_rows(t),
+                _ => gather(&self.to_dense()?, ids),
+            },
+            LayerKernel::Dense(w) => gather(&w.flatten_from(1)?, ids),
+            LayerKernel::F16(w) => Ok(gather(w, ids)?.to_dtype(DType::F32)?),
+            LayerKernel::Factored { .. } | LayerKernel::Rows { .. } => {
+                gather(&self.to_dense()?, ids)
+            }
+        }
     }
 
     /// This kernel with every candle `QMatMul` of a block-quantized weight replaced by its dense
@@ -245,29 +265,29 @@ impl ForwardCtx<'_> {
         Ok(Some(w))
     }
 
-    /// The weight `layer` computes with, as a dense f32 tensor of the original's shape: `original`
-    /// when nothing overrides it, else its kernel's weight materialised ([`LayerKernel::to_dense`]).
-    /// For a table that is both looked up and multiplied — a language model's embedding tied to its
-    /// output head, one tensor and one layer — the look-up reads the rows of the very weight the head
-    /// multiplies, dequantized as every runtime's row look-up does. Records no input.
-    pub fn effective_weight(&self, layer: &str, original: &Tensor) -> Result<Tensor> {
-        match self.kernel(layer) {
-            None => Ok(original.clone()),
-            Some(k) => {
-                let w = k.to_dense()?;
-                if w.elem_count() != original.elem_count() {
-                    return Err(crate::Error::Layer {
-                        layer: layer.to_string(),
-                        message: format!(
-                            "the override computes a {:?} weight, the layer's weight has {:?}",
-                            w.dims(),
-                            original.dims()
-                        ),
-                    });
-                }
-                Ok(w.reshape(original.dims())?)
-            }
+    /// Rows `ids` of the weight `layer` computes with, as dense f32 values `[ids.., width]`: rows of
+    /// `original` when nothing overrides it, else the kernel's rows ([`LayerKernel::rows`]: a block
+    /// format dequantizes the gathered rows only). For a table that is both looked up and multiplied —
+    /// a language model's embedding tied to its output head, one tensor and one layer — the look-up
+    /// reads the rows of the very weight the head multiplies, dequantized as every runtime's row
+    /// look-up does. Records no input.
+    pub fn effective_rows(&self, layer: &str, ids: &Tensor, original: &Tensor) -> Result<Tensor> {
+        let Some(k) = self.kernel(layer) else {
+            return gather(original, ids);
+        };
+        let rows = k.rows(ids)?;
+        let width = original.dim(1)?;
+        if rows.dim(rows.rank() - 1)? != width {
+            return Err(crate::Error::Layer {
+                layer: layer.to_string(),
+                message: format!(
+                    "the override's rows have {} values, the layer's weight has {:?}",
+                    rows.dim(rows.rank() - 1)?,
+                    original.dims()
+                ),
+            });
         }
+        Ok(rows)
     }
 
     /// A linear layer `y = x Wᵀ + b` (`W` stored `[out, in]`): its input through [`Self::input`],
@@ -347,12 +367,7 @@ impl ForwardCtx<'_> {
                 message: "an embedding look-up takes a dense table, not a matmul kernel".into(),
             });
         };
-        self.timed(layer, || {
-            let flat = t.index_select(&ids.flatten_all()?, 0)?;
-            let mut dims = ids.dims().to_vec();
-            dims.push(t.dim(1)?);
-            Ok(flat.reshape(dims)?)
-        })
+        self.timed(layer, || gather(t, &ids))
     }
 
     /// The input of `layer` as the layer sees it: recorded if asked, then activation-quantized if its
@@ -377,93 +392,162 @@ impl ForwardCtx<'_> {
     }
 }
 
+/// Rows `ids` (any shape) of the matrix `w [rows, width]`: `[ids.., width]`.
+fn gather(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let flat = w.index_select(&ids.flatten_all()?, 0)?;
+    let mut dims = ids.dims().to_vec();
+    dims.push(w.dim(1)?);
+    Ok(flat.reshape(dims)?)
+}
+
+/// A block-quantized `[rows, cols]` weight dequantized to f32, in parallel over runs of rows (candle's
+/// `QTensor::dequantize` is one pass on one thread; a language model's evaluation dequantizes every
+/// q-format weight on each forward). The same values: each run is candle's own dequantization of the
+/// run's blocks.
+fn dequantize(q: &QTensor) -> Result<Tensor> {
+    dequantize_with(q, false)
+}
+
+/// [`dequantize`]; with `mins`, each row followed by its blocks' mins `m` (Q4_1, Q5_1: `[rows, cols
+/// + cols / 32]`), the columns that multiply an input's [`QuantizedInput`] min terms.
+fn dequantize_with(q: &QTensor, mins: bool) -> Result<Tensor> {
+    use rayon::prelude::*;
+    /// Rows dequantized by one task (a few hundred KiB of f32 at a language model's widths).
+    const ROWS: usize = 64;
+    let cpu = candle_core::Device::Cpu;
+    let dtype = q.dtype();
+    let (rows, cols) = match q.shape().dims() {
+        [rows, cols] if mins || *rows > ROWS => (*rows, *cols),
+        _ => return Ok(q.dequantize(&cpu)?),
+    };
+    let nb = cols / dtype.block_size();
+    let width = if mins { cols + nb } else { cols };
+    let row_bytes = nb * dtype.type_size();
+    let data = q.data()?;
+    let mut values = vec![0f32; rows * width];
+    values
+        .par_chunks_mut(ROWS * width)
+        .zip(data.par_chunks(ROWS * row_bytes))
+        .try_for_each(|(out, bytes)| -> Result<()> {
+            let n = out.len() / width;
+            let part = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                dtype,
+                bytes,
+                vec![n, cols],
+                &cpu,
+            )?;
+            let part = part.dequantize(&cpu)?;
+            let (storage, layout) = part.storage_and_layout();
+            let v = cpu_f32(&storage)?;
+            let v = &v[layout.start_offset()..layout.start_offset() + n * cols];
+            if !mins {
+                out.copy_from_slice(v);
+                return Ok(());
+            }
+            let m = second_halves(bytes, dtype.type_size(), n * nb);
+            for ((row, v), m) in out
+                .chunks_exact_mut(width)
+                .zip(v.chunks_exact(cols))
+                .zip(m.chunks_exact(nb))
+            {
+                row[..cols].copy_from_slice(v);
+                row[cols..].copy_from_slice(m);
+            }
+            Ok(())
+        })?;
+    Ok(Tensor::from_vec(values, (rows, width), &cpu)?)
+}
+
+/// The f32 values of a CPU storage.
+fn cpu_f32(storage: &candle_core::Storage) -> Result<&[f32]> {
+    match storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(v),
+        _ => Err(candle_core::Error::Msg("expected f32 values on the CPU".into()).into()),
+    }
+}
+
 /// `x Wᵀ` for a dense `[out, in]` weight: candle's plain matmul for a matrix input (what the f32
 /// model always ran), broadcast over the leading dimensions otherwise.
 /// [`LayerKernel::Emulated`]: `x [.., in]` times the block-quantized `q [out, in]` with the arithmetic
 /// of candle's quantized matmul, computed densely.
+///
+/// A Q4_1 or Q5_1 weight is `d·q + m` per block of 32. The kernel multiplies the block's min `m` by the
+/// input block's sum as Q8_1 stores it (`s`, rounded to f16), not by the sum `X̄` of the dequantized
+/// inputs that `x·Wᵀ` holds: so the product is `x·Wᵀ + (S − X̄)·Mᵀ`, with `S`, `X̄` and `M` per block —
+/// one gemm of the input widened by its `S − X̄` columns and the weight widened by its `M` columns.
 fn emulate(q: &QTensor, x: &Tensor) -> Result<Tensor> {
-    let cpu = candle_core::Device::Cpu;
     let dims = x.dims();
     let cols = dims[dims.len() - 1];
     let rows = x.elem_count() / cols.max(1);
     let out = q.shape().dims()[0];
     let blocks = activation_blocks(q.dtype())?;
-    let (xd, sums) = quantized_input(x, rows, cols, blocks)?;
-    let w = q.dequantize(&cpu)?;
-    let y = xd.matmul(&w.t()?)?;
-    let y = match sums {
-        // A Q4_1 or Q5_1 weight is d·q + m per block of 32. The kernel multiplies the block's min m
-        // by the input block's sum as Q8_1 stores it (`s`, rounded to f16), not by the sum of the
-        // dequantized inputs X̄ that x·Wᵀ holds: so the product is x·Wᵀ + (S − X̄)·Mᵀ, with S, X̄ and M
-        // per block.
-        Some(s) => {
-            let nb = cols / 32;
-            let m = second_halves(&q.data()?, q.dtype().type_size(), out * nb);
-            let m = Tensor::from_vec(m, (out, nb), &cpu)?;
-            let s = Tensor::from_vec(s.to_vec(), (rows, nb), &cpu)?;
-            let xbar = xd.reshape((rows, nb, 32))?.sum(2)?;
-            (y + (s - xbar)?.matmul(&m.t()?)?)?
-        }
-        None => y,
-    };
+    let input = quantized_input(x, rows, cols, blocks)?;
+    let w = dequantize_with(q, blocks == GgmlDType::Q8_1)?;
+    let y = input.matmul(&w.t()?)?;
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("an input has a last dimension") = out;
     Ok(y.reshape(shape)?)
 }
 
-/// The input `x` (`rows × cols` values) quantized to `blocks` and dequantized, with Q8_1's block sums
-/// ([`quantize_rows`]); the last result is kept (per thread, by the input tensor's id, which candle
-/// never reuses), so that layers reading the same input — q, k and v; gate and up — quantize it once.
-fn quantized_input(
-    x: &Tensor,
-    rows: usize,
-    cols: usize,
-    blocks: GgmlDType,
-) -> Result<(Tensor, Option<Arc<Vec<f32>>>)> {
-    type Last = Option<(TensorId, GgmlDType, Tensor, Option<Arc<Vec<f32>>>)>;
+/// The input `x` (`rows × cols` values) quantized to `blocks` and dequantized ([`quantize_rows`]);
+/// the last result is kept (per thread, by the input tensor's id, which candle never reuses), so that
+/// layers reading the same input — q, k and v; gate and up — quantize it once.
+fn quantized_input(x: &Tensor, rows: usize, cols: usize, blocks: GgmlDType) -> Result<Tensor> {
+    type Last = Option<(TensorId, GgmlDType, Tensor)>;
     thread_local! {
         static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
     }
     if let Some(hit) = LAST.with(|l| match &*l.borrow() {
-        Some((id, b, t, s)) if *id == x.id() && *b == blocks => Some((t.clone(), s.clone())),
+        Some((id, b, q)) if *id == x.id() && *b == blocks => Some(q.clone()),
         _ => None,
     }) {
         return Ok(hit);
     }
-    let (t, s) = quantize_rows(&x.reshape((rows, cols))?, blocks)?;
-    let s = s.map(Arc::new);
-    LAST.with(|l| *l.borrow_mut() = Some((x.id(), blocks, t.clone(), s.clone())));
-    Ok((t, s))
+    let q = quantize_rows(&x.reshape((rows, cols))?, blocks)?;
+    LAST.with(|l| *l.borrow_mut() = Some((x.id(), blocks, q.clone())));
+    Ok(q)
 }
 
-/// Rows of `x [rows, cols]` quantized to `blocks` by candle's quantizer (as its quantized matmul
-/// quantizes its input) and dequantized, in parallel over runs of rows; for Q8_1 also every block's
-/// stored sum `s`, row-major.
-fn quantize_rows(x: &Tensor, blocks: GgmlDType) -> Result<(Tensor, Option<Vec<f32>>)> {
+/// Rows of `x [rows, cols]` quantized to `blocks` as candle's quantized matmul quantizes its input
+/// and dequantized ([`super::q8`], bit for bit candle's quantizer), in parallel over runs of rows,
+/// into one buffer. For Q8_1 blocks each row is followed by its blocks' min terms `S − X̄` (the
+/// block's sum as Q8_1 stores it, f16, minus the sum of its dequantized values):
+/// `[rows, cols + cols / 32]`.
+fn quantize_rows(x: &Tensor, blocks: GgmlDType) -> Result<Tensor> {
     use rayon::prelude::*;
     /// Rows quantized by one task: enough to amortise a task, few enough to spread 1 024 rows.
     const ROWS: usize = 64;
-    let cols = x.dims2()?.1;
-    // Each run of rows as a tensor of its own: candle's quantizer reads a tensor's storage from its
-    // start, whatever the view's offset (a `narrow` of rows would quantize the first rows again).
-    let values = x.flatten_all()?.to_vec1::<f32>()?;
-    let parts = values
-        .par_chunks(ROWS * cols.max(1))
-        .map(|chunk| -> Result<(Tensor, Vec<f32>)> {
-            let n = chunk.len() / cols;
-            let t = Tensor::from_slice(chunk, (n, cols), &candle_core::Device::Cpu)?;
-            let q = QTensor::quantize(&t, blocks)?;
-            let sums = if blocks == GgmlDType::Q8_1 {
-                second_halves(&q.data()?, blocks.type_size(), n * cols / 32)
-            } else {
-                Vec::new()
-            };
-            Ok((q.dequantize(&candle_core::Device::Cpu)?, sums))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (values, sums): (Vec<Tensor>, Vec<Vec<f32>>) = parts.into_iter().unzip();
-    let sums = (blocks == GgmlDType::Q8_1).then(|| sums.concat());
-    Ok((Tensor::cat(&values, 0)?, sums))
+    let (rows, cols) = x.dims2()?;
+    let nb = cols / 32;
+    let width = if blocks == GgmlDType::Q8_1 {
+        cols + nb
+    } else {
+        cols
+    };
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let input = &cpu_f32(&storage)?[layout.start_offset()..layout.start_offset() + rows * cols];
+    let mut values = vec![0f32; rows * width];
+    values
+        .par_chunks_mut(ROWS * width.max(1))
+        .zip(input.par_chunks(ROWS * cols.max(1)))
+        .for_each(|(out, chunk)| {
+            for (o, r) in out.chunks_exact_mut(width).zip(chunk.chunks_exact(cols)) {
+                match blocks {
+                    GgmlDType::Q8_1 => {
+                        let (o, terms) = o.split_at_mut(cols);
+                        super::q8::q8_1_row(r, o, terms)
+                    }
+                    GgmlDType::Q8K => super::q8::q8_k_row(r, o),
+                    _ => super::q8::q8_0_row(r, o),
+                }
+            }
+        });
+    Ok(Tensor::from_vec(
+        values,
+        (rows, width),
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 /// The second f16 of each of `n` blocks of `size` bytes (Q4_1's and Q5_1's min `m`, Q8_1's sum `s`:
@@ -796,9 +880,31 @@ mod tests {
                 max_diff(&via, &plain)
             );
         }
-        // No override: the original itself.
+        // A look-up's rows are the materialised matrix's rows, exactly (a block format
+        // dequantizes the gathered rows only), in the ids' shape; the emulated kernel's too.
+        let ids = Tensor::new(&[[5u32, 0], [2, 2]], &Device::Cpu).unwrap();
+        let flat = ids.flatten_all().unwrap();
+        for (i, k) in kernels.iter().chain([&kernels[2].emulated()]).enumerate() {
+            let rows = k.rows(&ids).unwrap();
+            assert_eq!(rows.dims(), [2, 2, 64], "kernel {i}");
+            let want = k.to_dense().unwrap().index_select(&flat, 0).unwrap();
+            assert_eq!(
+                max_diff(&rows.reshape((4, 64)).unwrap(), &want),
+                0.0,
+                "kernel {i}"
+            );
+        }
+        // No override: the original's rows.
         let ctx = ForwardCtx::default();
-        assert_eq!(max_diff(&ctx.effective_weight("t", &w).unwrap(), &w), 0.0);
+        let want = w
+            .index_select(&flat, 0)
+            .unwrap()
+            .reshape((2, 2, 64))
+            .unwrap();
+        assert_eq!(
+            max_diff(&ctx.effective_rows("t", &ids, &w).unwrap(), &want),
+            0.0
+        );
     }
 
     #[test]

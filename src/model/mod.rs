@@ -11,6 +11,7 @@ pub mod forward;
 pub mod gguf;
 mod inventory;
 pub mod llama;
+mod q8;
 
 use std::path::{Path, PathBuf};
 

@@ -39,7 +39,7 @@
 //! - **A tied head** (no `output.weight`, as SmolLM2) is one tensor in the file and one layer here:
 //!   `token_embd`, of kind linear (`[vocab, width]`, `vocab·width` MACs per token: it is the output
 //!   head's matrix), whose compressed values the embedding look-up also reads
-//!   ([`ForwardCtx::effective_weight`]). So it takes one choice and is counted once, as llama.cpp
+//!   ([`ForwardCtx::effective_rows`]). So it takes one choice and is counted once, as llama.cpp
 //!   stores and quantizes it (its quantizer gives a tied `token_embd` the output tensor's type). With a
 //!   separate `output.weight`, `token_embd` is an embedding (a look-up, no MACs) and `output` a linear
 //!   layer.
@@ -412,8 +412,7 @@ impl LlamaModel {
     fn embed(&self, ids: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         if self.config.tied {
             // One tensor, one layer: the look-up reads the rows of the matrix the head multiplies.
-            let table = ctx.effective_weight(config::EMBEDDING, &self.embedding)?;
-            Ok(table.index_select(ids, 0)?)
+            ctx.effective_rows(config::EMBEDDING, ids, &self.embedding)
         } else {
             ctx.lookup(config::EMBEDDING, ids, &self.embedding)
         }
