@@ -7,6 +7,8 @@
 //! scoring llama.cpp's Q4_K_M and Q5_K_M mixes (their layers memoised, as in a search once a layer's
 //! choice has been seen): the compressed forward pass plus the KL, perplexity and top-1 metrics against
 //! the stored base log-probabilities. Target: an evaluation ≤ 1.3× the base forward.
+//! `smollm2_evaluation_paired` times the two back to back in every iteration and prints the median
+//! ratio of the pairs (the figure to quote on a shared machine).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -76,6 +78,49 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("evaluate_{}_memoised", recipe.name()), |b| {
             b.iter(|| black_box(ev.evaluate(&a).expect("evaluate")))
         });
+    }
+    group.finish();
+
+    // The ratio itself, pair by pair: each iteration times a base forward and then an evaluation,
+    // back to back, so that the machine's drift (this one is shared: a base forward takes 1.5 s in
+    // one minute and 2 s in the next) cancels in each pair. Criterion reports the evaluations' time;
+    // the median of the pairs' ratios is printed.
+    let mut group = c.benchmark_group("smollm2_evaluation_paired");
+    group.sample_size(10);
+    for recipe in [Recipe::Q4KM, Recipe::Q5KM] {
+        let a = recipe.assignment(&layers).expect("recipe");
+        let mut ratios = Vec::new();
+        group.bench_function(
+            format!("evaluate_{}_after_a_base_forward", recipe.name()),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = std::time::Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = std::time::Instant::now();
+                        for batch in &search {
+                            black_box(net.forward(batch, &ctx).expect("forward"));
+                        }
+                        let base = t.elapsed();
+                        let t = std::time::Instant::now();
+                        black_box(ev.evaluate(&a).expect("evaluate"));
+                        let evaluation = t.elapsed();
+                        ratios.push(evaluation.as_secs_f64() / base.as_secs_f64());
+                        total += evaluation;
+                    }
+                    total
+                })
+            },
+        );
+        ratios.sort_by(f64::total_cmp);
+        if let Some(median) = ratios.get(ratios.len() / 2) {
+            eprintln!(
+                "{}: evaluation / base forward, median of {} back-to-back pairs: {median:.3} (range {:.3}-{:.3})",
+                recipe.name(),
+                ratios.len(),
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+        }
     }
     group.finish();
 }

@@ -89,9 +89,9 @@ pub struct CandleEvaluator {
     data: EvalData,
     settings: EvalSettings,
     /// The f32 model's output rows on the search split.
-    reference: Vec<Vec<f32>>,
+    reference: Reference,
     /// The f32 model's output rows on the held-out split, computed on first use.
-    held_out_reference: OnceLock<std::result::Result<Vec<Vec<f32>>, String>>,
+    held_out_reference: OnceLock<std::result::Result<Reference, String>>,
     cache: CompressCache,
     /// Original weights by layer.
     weights: HashMap<String, Tensor>,
@@ -118,7 +118,7 @@ impl CandleEvaluator {
                 message: format!("no evaluation data ({})", data.description),
             });
         }
-        let reference = reference_outputs(model.as_ref(), &data.eval)?;
+        let reference = reference_outputs(model.as_ref(), &data.eval, data.labels.as_deref())?;
         let weights = model
             .inventory()
             .layers
@@ -172,7 +172,7 @@ impl CandleEvaluator {
     }
 
     /// The f32 model's outputs on `split` (the held-out ones computed once, on first use).
-    fn reference_on(&self, split: EvalSplit) -> Result<&[Vec<f32>]> {
+    fn reference_on(&self, split: EvalSplit) -> Result<&Reference> {
         match split {
             EvalSplit::Search => Ok(&self.reference),
             EvalSplit::HeldOut => self
@@ -181,10 +181,14 @@ impl CandleEvaluator {
                     if self.data.held_out.is_empty() {
                         return Err(format!("no held-out data ({})", self.data.description));
                     }
-                    reference_outputs(self.model.as_ref(), &self.data.held_out)
-                        .map_err(|e| format!("the f32 model's held-out outputs: {e}"))
+                    reference_outputs(
+                        self.model.as_ref(),
+                        &self.data.held_out,
+                        self.data.held_out_labels.as_deref(),
+                    )
+                    .map_err(|e| format!("the f32 model's held-out outputs: {e}"))
                 })
-                .as_deref()
+                .as_ref()
                 .map_err(|message| Error::Eval {
                     message: message.clone(),
                 }),
@@ -365,11 +369,11 @@ impl Evaluator for CandleEvaluator {
             timer: None,
         };
         let out = outputs(self.model.as_ref(), batches, &ctx)?;
-        let metrics = match (labels, self.model.inventory().kind) {
-            (Some(next), ModelKind::LanguageModel) if next.len() == out.len() => {
-                metrics::language_model(reference, out, next)
+        let metrics = match (labels, reference) {
+            (Some(next), Reference::Lm(r)) if next.len() == out.len() && r.len() == out.len() => {
+                metrics::language_model(r, out, next)
             }
-            (_, ModelKind::LanguageModel) => {
+            (_, Reference::Lm(_)) => {
                 return Err(Error::Eval {
                     message: format!(
                         "the {split} split's next tokens do not match its {} positions ({})",
@@ -378,8 +382,10 @@ impl Evaluator for CandleEvaluator {
                     ),
                 })
             }
-            (Some(labels), _) if self.classifies() => metrics::classifier(reference, &out, labels),
-            _ => metrics::encoder(reference, &out),
+            (Some(labels), Reference::Outputs(r)) if self.classifies() => {
+                metrics::classifier(r, &out, labels)
+            }
+            (_, Reference::Outputs(r)) => metrics::encoder(r, &out),
         };
         let quality = metrics.get(self.objective()).copied().unwrap_or(f64::NAN);
         if !quality.is_finite() {
@@ -439,17 +445,28 @@ impl Calibration {
     }
 }
 
-/// The uncompressed model's output rows on `batches`: its outputs, and for a language model their
-/// log-probabilities (log-softmax), kept once so that each evaluation computes only the compressed
-/// model's side of the KL.
-fn reference_outputs(model: &dyn Model, batches: &[Batch]) -> Result<Vec<Vec<f32>>> {
-    let mut rows = outputs(model, batches, &ForwardCtx::default())?;
-    if model.inventory().kind == ModelKind::LanguageModel {
-        use rayon::prelude::*;
-        rows.par_iter_mut()
-            .for_each(|r| metrics::log_softmax_in_place(r));
-    }
-    Ok(rows)
+/// What the evaluator keeps of the uncompressed model's outputs on a split.
+enum Reference {
+    /// Its output rows (class logits, embeddings).
+    Outputs(Vec<Vec<f32>>),
+    /// A language model's next-token distributions, prepared once so that each evaluation computes
+    /// only the compressed model's side of the KL.
+    Lm(metrics::LmReference),
+}
+
+/// The uncompressed model's outputs on `batches` (with the split's `labels`: a language model's next
+/// tokens).
+fn reference_outputs(
+    model: &dyn Model,
+    batches: &[Batch],
+    labels: Option<&[u32]>,
+) -> Result<Reference> {
+    let rows = outputs(model, batches, &ForwardCtx::default())?;
+    Ok(if model.inventory().kind == ModelKind::LanguageModel {
+        Reference::Lm(metrics::LmReference::new(rows, labels))
+    } else {
+        Reference::Outputs(rows)
+    })
 }
 
 /// The model's output rows on `batches`, in order.

@@ -155,19 +155,89 @@ pub fn log_softmax_in_place(row: &mut [f32]) {
     }
 }
 
+/// What the language-model metrics keep of the base model's next-token outputs on a split, computed
+/// once from its logits: per position, the probabilities `p` (f32: the exps of the f32 log-softmax
+/// [`log_softmax_in_place`]), `Σ p·log p` (f64), the log-probability of the true next token and the
+/// most likely token. So each evaluation computes only the compressed model's side of the KL — no
+/// exp of the base's 49k-wide rows per evaluation.
+#[derive(Debug)]
+pub struct LmReference {
+    probs: Vec<Vec<f32>>,
+    neg_entropy: Vec<f64>,
+    target: Vec<Option<f64>>,
+    top: Vec<usize>,
+}
+
+impl LmReference {
+    /// From the base model's `logits` (one row per position, consumed) and each position's true next
+    /// token (`next`, [`NO_TARGET`] where there is none; `None` or a shorter list: no targets).
+    pub fn new(logits: Vec<Vec<f32>>, next: Option<&[u32]>) -> LmReference {
+        use rayon::prelude::*;
+        let rows: Vec<(Vec<f32>, f64, Option<f64>, usize)> = logits
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, mut lr)| {
+                log_softmax_in_place(&mut lr);
+                let target = next
+                    .and_then(|n| n.get(i))
+                    .filter(|&&t| t != NO_TARGET)
+                    .and_then(|&t| lr.get(t as usize))
+                    .map(|&l| f64::from(l));
+                let top = argmax(&lr);
+                let probs: Vec<f32> = lr.iter().map(|l| l.exp()).collect();
+                let neg_entropy = cross(&probs, &lr);
+                (probs, neg_entropy, target, top)
+            })
+            .collect();
+        let mut r = LmReference {
+            probs: Vec::with_capacity(rows.len()),
+            neg_entropy: Vec::with_capacity(rows.len()),
+            target: Vec::with_capacity(rows.len()),
+            top: Vec::with_capacity(rows.len()),
+        };
+        for (p, h, t, top) in rows {
+            r.probs.push(p);
+            r.neg_entropy.push(h);
+            r.target.push(t);
+            r.top.push(top);
+        }
+        r
+    }
+
+    /// Positions.
+    pub fn len(&self) -> usize {
+        self.probs.len()
+    }
+
+    /// Whether there are no positions.
+    pub fn is_empty(&self) -> bool {
+        self.probs.is_empty()
+    }
+}
+
+/// `Σ p·l` in f64, in index order (the same order for the base's own `Σ p·log p`, so that identical
+/// log-probabilities give a KL of exactly 0).
+fn cross(p: &[f32], l: &[f32]) -> f64 {
+    p.iter()
+        .zip(l)
+        .map(|(&p, &l)| f64::from(p) * f64::from(l))
+        .sum()
+}
+
 /// Language-model metrics of a compressed model's next-token `logits` (consumed: each row becomes its
 /// log-probabilities in place, no copy of the 49k-wide rows) against the base model's
-/// `reference` **log-probabilities** (rows already through [`log_softmax_in_place`]), one row per
-/// position, with each position's true next token in `next` ([`NO_TARGET`] where there is none):
+/// [`LmReference`], one row per position, with each position's true next token in `next`
+/// ([`NO_TARGET`] where there is none):
 ///
-/// - `kl_divergence`: mean over every position of KL(base ‖ compressed), nats;
+/// - `kl_divergence`: mean over every position of KL(base ‖ compressed) = `Σ p·log p − Σ p·log q`,
+///   nats;
 /// - `perplexity`, `base_perplexity`: exp of the mean negative log-likelihood of the next tokens,
 ///   compressed and base (positions with a target only);
 /// - `top1_agreement`: fraction of positions where both models' most likely next token is the same.
 ///
 /// Rows are processed in parallel (rayon), each in f64 accumulators.
 pub fn language_model(
-    reference: &[Vec<f32>],
+    reference: &LmReference,
     logits: Vec<Vec<f32>>,
     next: &[u32],
 ) -> BTreeMap<String, f64> {
@@ -177,22 +247,18 @@ pub fn language_model(
         nll: Option<(f64, f64)>,
         agree: bool,
     }
-    let rows: Vec<Row> = reference
-        .par_iter()
-        .zip(logits.into_par_iter())
+    let rows: Vec<Row> = logits
+        .into_par_iter()
+        .enumerate()
         .zip(next.par_iter())
-        .map(|((r, mut lo), &t)| {
-            let agree = argmax(r) == argmax(&lo);
-            // Both sides through the same f32 log-softmax (the compressed rows turned into
-            // log-probabilities in place): identical logits give a KL of exactly 0.
+        .map(|((i, mut lo), &t)| {
+            let agree = reference.top[i] == argmax(&lo);
+            // The compressed rows through the base's f32 log-softmax, in place.
             log_softmax_in_place(&mut lo);
-            let kl = r
-                .iter()
-                .zip(&lo)
-                .map(|(&lr, &l)| f64::from(lr.exp()) * (f64::from(lr) - f64::from(l)))
-                .sum::<f64>()
-                .max(0.0);
-            let nll = (t != NO_TARGET).then(|| (-(r[t as usize] as f64), -(lo[t as usize] as f64)));
+            let kl = (reference.neg_entropy[i] - cross(&reference.probs[i], &lo)).max(0.0);
+            let nll = reference.target[i]
+                .zip(lo.get(t as usize))
+                .map(|(base, &l)| (-base, -f64::from(l)));
             Row { kl, nll, agree }
         })
         .collect();
@@ -255,11 +321,11 @@ mod tests {
             vec![0.0, 1.0, 0.5],
             vec![0.3, 0.2, 0.1],
         ];
-        let mut reference = base.clone();
-        reference.iter_mut().for_each(|r| log_softmax_in_place(r));
-        // The base against itself: KL 0, perplexities equal, full agreement.
-        let m = language_model(&reference, base.clone(), &[1, 2, NO_TARGET]);
-        assert!(m["kl_divergence"].abs() < 1e-7, "{m:?}");
+        let next = [1, 2, NO_TARGET];
+        let reference = LmReference::new(base.clone(), Some(&next));
+        // The base against itself: KL exactly 0, perplexities equal, full agreement.
+        let m = language_model(&reference, base.clone(), &next);
+        assert_eq!(m["kl_divergence"], 0.0, "{m:?}");
         assert!((m["perplexity"] - m["base_perplexity"]).abs() < 1e-5);
         let nll = -(log_softmax(&base[0])[1] + log_softmax(&base[1])[2]) / 2.0;
         assert!((m["base_perplexity"] - nll.exp()).abs() < 1e-5, "{m:?}");
@@ -270,7 +336,7 @@ mod tests {
             vec![0.0, 1.0, 0.5],
             vec![0.3, 0.2, 0.1],
         ];
-        let m = language_model(&reference, other.clone(), &[1, 2, NO_TARGET]);
+        let m = language_model(&reference, other.clone(), &next);
         let want = (kl_divergence(&base[0], &other[0])
             + kl_divergence(&base[1], &other[1])
             + kl_divergence(&base[2], &other[2]))
