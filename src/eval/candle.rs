@@ -228,9 +228,11 @@ impl CandleEvaluator {
     }
 
     /// The per-layer overrides the evaluator runs an assignment with (compressing weights through
-    /// the cache): a layer in a GGML block format runs its deployed kernel, candle's `QMatMul` on the
-    /// weight quantized by candle ([`compress::deploy_kernel`]: two of them for `rank<P>`, the kept
-    /// rows for `channels<P>`), so its quality is the kernel's, activation quantization included;
+    /// the cache): a layer in a GGML block format runs the arithmetic of its deployed kernel,
+    /// candle's `QMatMul` on the weight quantized by candle, computed densely
+    /// ([`LayerKernel::emulated`](crate::model::LayerKernel::emulated): two of them for `rank<P>`,
+    /// the kept rows for `channels<P>`), so its quality is the kernel's, activation quantization
+    /// included;
     /// every other layer runs its dense compressed weight (fake-quantized values, and `act8-*` as a
     /// quantize–dequantize of the input). An embedding table is dense whatever its format: a look-up
     /// reads rows, and every runtime dequantizes the rows it reads (llama.cpp's `get_rows` too).
