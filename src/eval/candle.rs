@@ -596,7 +596,7 @@ pub const WINDOW_BATCH: usize = 8;
 impl EvalData {
     /// A language model's data: `text` tokenized once and cut into windows
     /// ([`crate::data::windows`]: of [`crate::data::windows::WINDOW`] tokens, or the model's context
-    /// length if shorter), in batches of [`WINDOW_BATCH`] windows; each position's label is
+    /// length if shorter), in batches of `WINDOW_BATCH` (8) windows; each position's label is
     /// the next token of its window ([`metrics::NO_TARGET`] at a window's last position).
     pub fn windows(model: &crate::model::LlamaModel, text: &str, source: &str) -> Result<EvalData> {
         let (tokens, window, split) =

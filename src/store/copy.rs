@@ -1,6 +1,6 @@
 //! # Copying a store
 //!
-//! [`copy`] writes every record of one store into another, whatever their backends (sled →
+//! [`copy`](fn@copy) writes every record of one store into another, whatever their backends (sled →
 //! PostgreSQL to share a store, PostgreSQL → sled to take one home): run manifests, trial journals,
 //! strategy snapshots, latency measurements, the evaluation cache and the sensitivity analyses,
 //! each record as it is (same serde JSON, same schema version), so `runs --json` and `trials

@@ -9,7 +9,7 @@
 //! a search holds is read through its [`LiveView`] (a read-only copy the search keeps up to date after
 //! each batch). Nothing outside this module knows which backend it has. The [`query`] functions read
 //! runs back (a run by name, its measured front and hypervolume), so that listings, reports and
-//! exports need nothing but a store; [`copy`] copies every record of one store into another.
+//! exports need nothing but a store; [`copy`](fn@copy) copies every record of one store into another.
 
 mod codec;
 pub mod copy;

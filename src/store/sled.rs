@@ -146,7 +146,7 @@ impl SledStore {
 
     /// Opens the store in `dir` for reading: the store itself when it is free, else the live view of
     /// the process that holds it (`Err(view)`). Without a view by the holder (a search that has not
-    /// started a run yet, another listing), it waits up to [`LOCK_WAIT`] for the store, then fails
+    /// started a run yet, another listing), it waits up to `LOCK_WAIT` (1 s) for the store, then fails
     /// with [`Error::StoreInUse`].
     pub fn open_or_view(dir: &Path) -> Result<std::result::Result<SledStore, LiveView>> {
         match SledStore::open_waiting(dir, Duration::ZERO) {

@@ -4,7 +4,7 @@
 //! or `qwen2` (q/k/v biases) run as a language model, with a forward pass written here on candle so
 //! that every compressible layer goes through [`ForwardCtx`]. Hyperparameters come from the file's
 //! metadata and are checked against its tensors ([`config`]); the tokenizer is built from the
-//! metadata ([`tokenizer`]).
+//! metadata ([`tokenizer`](mod@tokenizer)).
 //!
 //! **The base model is the file's weights dequantized to f32** (SmolLM2's file stores Q4_1 and Q8_0
 //! blocks): every quality figure of a compressed assignment is relative to that base, not to the

@@ -5,7 +5,7 @@
 //! on the server `MPSEARCH_TEST_POSTGRES` names for PostgreSQL. Then what only one backend has: the
 //! sled folder's in-use errors ([`sled_only`]), PostgreSQL's per-run locks and table versions
 //! ([`postgres_only`]), the live view of a held sled store ([`live`]), and copies between any two
-//! backends ([`copy`]).
+//! backends ([`copy`](fn@crate::store::copy)).
 //!
 //! Without `MPSEARCH_TEST_POSTGRES` (`bash scripts/test-postgres.sh run cargo test` sets it) the
 //! PostgreSQL tests print `SKIPPED` and pass; under `CI=true` they fail instead, since CI starts the
