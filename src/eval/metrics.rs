@@ -26,11 +26,23 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 /// KL(p_ref ‖ p) of two rows of logits: Σ p_ref · (log p_ref − log p).
 pub fn kl_divergence(reference: &[f32], other: &[f32]) -> f64 {
     let (lr, lo) = (log_softmax(reference), log_softmax(other));
-    lr.iter()
+    let kl = lr
+        .iter()
         .zip(&lo)
         .map(|(a, b)| a.exp() * (a - b))
-        .sum::<f64>()
-        .max(0.0)
+        .sum::<f64>();
+    nonnegative(kl)
+}
+
+/// A KL clamped at 0 from below (f64 rounding can leave −1e-17), NaN kept: a model whose outputs hold
+/// NaN must not score a perfect 0 (`f64::max` would turn NaN into 0); the evaluator refuses a
+/// non-finite quality.
+fn nonnegative(kl: f64) -> f64 {
+    if kl.is_nan() {
+        kl
+    } else {
+        kl.max(0.0)
+    }
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -255,7 +267,7 @@ pub fn language_model(
             let agree = reference.top[i] == argmax(&lo);
             // The compressed rows through the base's f32 log-softmax, in place.
             log_softmax_in_place(&mut lo);
-            let kl = (reference.neg_entropy[i] - cross(&reference.probs[i], &lo)).max(0.0);
+            let kl = nonnegative(reference.neg_entropy[i] - cross(&reference.probs[i], &lo));
             let nll = reference.target[i]
                 .zip(lo.get(t as usize))
                 .map(|(base, &l)| (-base, -f64::from(l)));
@@ -312,6 +324,15 @@ mod tests {
         let ce = (-log_softmax(&[2.0, 0.0])[0] - log_softmax(&[2.0, 0.0])[1]) / 2.0;
         assert!((m["cross_entropy"] - ce).abs() < TOL);
         assert!((m["kl_divergence"] - kl_divergence(&[0.0, 2.0], &[2.0, 0.0]) / 2.0).abs() < TOL);
+    }
+
+    #[test]
+    fn nan_outputs_never_score_a_perfect_kl() {
+        assert!(kl_divergence(&[1.0, 2.0], &[f32::NAN, 0.0]).is_nan());
+        let base = vec![vec![2.0f32, 0.0, -1.0]];
+        let reference = LmReference::new(base, Some(&[1]));
+        let m = language_model(&reference, vec![vec![f32::NAN, 0.0, 0.0]], &[1]);
+        assert!(m["kl_divergence"].is_nan(), "{m:?}");
     }
 
     #[test]

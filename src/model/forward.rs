@@ -34,11 +34,13 @@ pub enum LayerKernel {
     /// the fly to the format's dot-product partner (Q8_K or Q8_0 blocks).
     Quantized(Arc<QMatMul>),
     /// The arithmetic of [`LayerKernel::Quantized`] computed densely, as the evaluator runs a GGML
-    /// block-format layer: the input quantized to the kernel's activation blocks by candle's own
-    /// quantizer (Q8_0, Q8_1 or Q8_K, exactly as `QMatMul` quantizes it) and dequantized, the weight's
-    /// blocks dequantized, one f32 gemm. The same integer weights times the same integer activations
-    /// with the same scales as the kernel: only the order of the f32 sums differs (relative difference
-    /// of the outputs ~1e-7, tested). Why: candle's quantized matmul is one dot product per output and
+    /// block-format layer: the input quantized to the kernel's activation blocks with candle's
+    /// quantizer arithmetic (Q8_0, Q8_1 or Q8_K, exactly as `QMatMul` quantizes it; the `q8` module)
+    /// and dequantized, the weight's blocks dequantized, one f32 gemm. The same integer weights times
+    /// the same integer activations with the same scales as the kernel; only f32 rounding differs —
+    /// the order of the sums and, for Q4_1/Q5_1, the rounding of each dequantized `d·q + m` and the
+    /// cancellation of its `m` against the input block sum (relative difference of the outputs
+    /// ~1e-7, tested). Why: candle's quantized matmul is one dot product per output and
     /// input row, 4× slower than the f32 gemm on the 1 024-row inputs of a language model's windows.
     /// The weight is dequantized on every product (a pass over its blocks, a few percent of the
     /// product's time), so that a cached kernel holds the format's bytes, not an f32 copy.
