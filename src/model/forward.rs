@@ -910,6 +910,42 @@ mod tests {
     }
 
     #[test]
+    fn parallel_dequantization_is_candles_and_min_columns_follow_each_row() {
+        use candle_core::quantized::GgmlDType as G;
+        for dtype in [
+            G::Q8_0,
+            G::Q4_0,
+            G::Q4_1,
+            G::Q5_0,
+            G::Q5_1,
+            G::Q2K,
+            G::Q3K,
+            G::Q4K,
+            G::Q5K,
+            G::Q6K,
+        ] {
+            // Fewer rows than a run, a run and one more, several runs and a partial last one.
+            for rows in [3, 65, 200] {
+                let w = seq(&[rows, 512], 0.3);
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let want = q.dequantize(&Device::Cpu).unwrap();
+                let got = dequantize(&q).unwrap();
+                assert_eq!(got.dims(), want.dims(), "{dtype:?} {rows}");
+                assert_eq!(max_diff(&got, &want), 0.0, "{dtype:?} {rows}");
+                if matches!(dtype, G::Q4_1 | G::Q5_1) {
+                    let wide = dequantize_with(&q, true).unwrap();
+                    assert_eq!(wide.dims(), [rows, 512 + 16]);
+                    let body = wide.narrow(1, 0, 512).unwrap();
+                    assert_eq!(max_diff(&body, &want), 0.0, "{dtype:?} {rows}");
+                    let mins = second_halves(&q.data().unwrap(), dtype.type_size(), rows * 16);
+                    let tail = wide.narrow(1, 512, 16).unwrap().flatten_all().unwrap();
+                    assert_eq!(tail.to_vec1::<f32>().unwrap(), mins, "{dtype:?} {rows}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn removed_rows_are_zero_and_kept_rows_exact() {
         let x = seq(&[4, 8], 1.0);
         let w = seq(&[6, 8], 0.5);
