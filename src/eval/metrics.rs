@@ -174,10 +174,19 @@ pub fn log_softmax_in_place(row: &mut [f32]) {
 /// exp of the base's 49k-wide rows per evaluation.
 #[derive(Debug)]
 pub struct LmReference {
-    probs: Vec<Vec<f32>>,
-    neg_entropy: Vec<f64>,
-    target: Vec<Option<f64>>,
-    top: Vec<usize>,
+    rows: Vec<BaseRow>,
+}
+
+/// One position of an [`LmReference`].
+#[derive(Debug)]
+struct BaseRow {
+    probs: Vec<f32>,
+    /// `Σ p·log p`.
+    neg_entropy: f64,
+    /// log p of the true next token, where there is one.
+    target: Option<f64>,
+    /// The most likely token.
+    top: usize,
 }
 
 impl LmReference {
@@ -185,7 +194,7 @@ impl LmReference {
     /// token (`next`, [`NO_TARGET`] where there is none; `None` or a shorter list: no targets).
     pub fn new(logits: Vec<Vec<f32>>, next: Option<&[u32]>) -> LmReference {
         use rayon::prelude::*;
-        let rows: Vec<(Vec<f32>, f64, Option<f64>, usize)> = logits
+        let rows = logits
             .into_par_iter()
             .enumerate()
             .map(|(i, mut lr)| {
@@ -195,35 +204,26 @@ impl LmReference {
                     .filter(|&&t| t != NO_TARGET)
                     .and_then(|&t| lr.get(t as usize))
                     .map(|&l| f64::from(l));
-                let top = argmax(&lr);
                 let probs: Vec<f32> = lr.iter().map(|l| l.exp()).collect();
-                let neg_entropy = cross(&probs, &lr);
-                (probs, neg_entropy, target, top)
+                BaseRow {
+                    neg_entropy: cross(&probs, &lr),
+                    target,
+                    top: argmax(&lr),
+                    probs,
+                }
             })
             .collect();
-        let mut r = LmReference {
-            probs: Vec::with_capacity(rows.len()),
-            neg_entropy: Vec::with_capacity(rows.len()),
-            target: Vec::with_capacity(rows.len()),
-            top: Vec::with_capacity(rows.len()),
-        };
-        for (p, h, t, top) in rows {
-            r.probs.push(p);
-            r.neg_entropy.push(h);
-            r.target.push(t);
-            r.top.push(top);
-        }
-        r
+        LmReference { rows }
     }
 
     /// Positions.
     pub fn len(&self) -> usize {
-        self.probs.len()
+        self.rows.len()
     }
 
     /// Whether there are no positions.
     pub fn is_empty(&self) -> bool {
-        self.probs.is_empty()
+        self.rows.is_empty()
     }
 }
 
@@ -261,14 +261,15 @@ pub fn language_model(
     }
     let rows: Vec<Row> = logits
         .into_par_iter()
-        .enumerate()
+        .zip(reference.rows.par_iter())
         .zip(next.par_iter())
-        .map(|((i, mut lo), &t)| {
-            let agree = reference.top[i] == argmax(&lo);
+        .map(|((mut lo, base), &t)| {
+            let agree = base.top == argmax(&lo);
             // The compressed rows through the base's f32 log-softmax, in place.
             log_softmax_in_place(&mut lo);
-            let kl = nonnegative(reference.neg_entropy[i] - cross(&reference.probs[i], &lo));
-            let nll = reference.target[i]
+            let kl = nonnegative(base.neg_entropy - cross(&base.probs, &lo));
+            let nll = base
+                .target
                 .zip(lo.get(t as usize))
                 .map(|(base, &l)| (-base, -f64::from(l)));
             Row { kl, nll, agree }

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod demo;
+mod emulate;
 pub mod forward;
 pub mod gguf;
 mod inventory;
@@ -17,9 +18,10 @@ use std::path::{Path, PathBuf};
 
 pub use bert::{BertConfig, BertEncoder};
 pub use demo::DemoModel;
+pub use emulate::activation_blocks;
 pub use forward::{
-    activation_blocks, capture_input_stats, capture_input_stats_with, capture_inputs, ForwardCtx,
-    LayerKernel, LayerOverride, LayerTimes, Model, Overrides,
+    capture_input_stats, capture_input_stats_with, capture_inputs, ForwardCtx, LayerKernel,
+    LayerOverride, LayerTimes, Model, Overrides,
 };
 pub use inventory::{read_safetensors_header, TensorEntry};
 pub use llama::{GgufTokenizer, LlamaConfig, LlamaModel};

@@ -720,36 +720,25 @@ fn a_size_in_bits_per_weight_is_the_models_weights_times_bpw() {
     let cwd = Dir::new();
     let inv = mpsearch::model::inventory(&ModelSource::Gguf(path.clone())).unwrap();
     let weights = inv.params() as f64;
+    let cost = |size: &'static str| {
+        vec![
+            "cost",
+            "--model",
+            p,
+            "--profile",
+            "cortex-a76",
+            "--max-size",
+            size,
+        ]
+    };
     // 1 bit per weight is below anything the llm space reaches (q4_0 is 4.5): the error gives the
     // reachable range, in bytes of these weights.
-    let err = fails(
-        cwd.path(),
-        &[
-            "cost",
-            "--model",
-            p,
-            "--profile",
-            "cortex-a76",
-            "--max-size",
-            "1bpw",
-        ],
-    );
+    let err = fails(cwd.path(), &cost("1bpw"));
     assert!(err.contains("size") && err.contains("reach"), "{err}");
     // 9 bpw is reachable, and is 9/8 bytes a weight.
-    let out: serde_json::Value = serde_json::from_str(&ok(
-        cwd.path(),
-        &[
-            "cost",
-            "--model",
-            p,
-            "--profile",
-            "cortex-a76",
-            "--max-size",
-            "9bpw",
-            "--json",
-        ],
-    ))
-    .unwrap();
+    let mut json = cost("9bpw");
+    json.push("--json");
+    let out: serde_json::Value = serde_json::from_str(&ok(cwd.path(), &json)).unwrap();
     let text = out["budgets"].to_string();
     let bytes = mpsearch::cost::model::format_bytes(9.0 * weights / 8.0);
     assert!(
@@ -757,18 +746,7 @@ fn a_size_in_bits_per_weight_is_the_models_weights_times_bpw() {
         "the budget is {bytes}: {text}"
     );
     for bad in ["40bpw", "xbpw", "0bpw"] {
-        let err = fails(
-            cwd.path(),
-            &[
-                "cost",
-                "--model",
-                p,
-                "--profile",
-                "cortex-a76",
-                "--max-size",
-                bad,
-            ],
-        );
+        let err = fails(cwd.path(), &cost(bad));
         assert!(
             err.contains("--max-size") && err.contains("bits per weight"),
             "{bad}: {err}"
