@@ -34,6 +34,8 @@ fn manifest() -> RunManifest {
         reference: [40.0, 0.1],
         fingerprints: Default::default(),
         splits: None,
+        setup: None,
+        evaluations: None,
     }
 }
 

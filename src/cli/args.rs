@@ -456,9 +456,10 @@ pub struct SearchArgs {
     /// Samples per inference the cost model assumes (images, or tokens of a sequence).
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
-    /// Sensitivity: at most this many (group, choice) pairs measured one at a time before the search.
-    #[arg(long, default_value_t = 400)]
-    pub pairs: usize,
+    /// Sensitivity pairs measured one at a time before the search: `auto` (only those the predicted
+    /// front needs, at most a fifth of the run's budget; see README) or at most N (a seeded sample).
+    #[arg(long, value_name = "auto|N", default_value = "auto")]
+    pub pairs: mpsearch::sensitivity::Pairs,
 }
 
 #[derive(Args)]
@@ -778,10 +779,6 @@ impl SearchArgs {
         positive(self.ask as u64, "--ask")?;
         anyhow::ensure!(self.trials != Some(0), "--trials must be at least 1");
         positive(self.batch.into(), "--batch")?;
-        anyhow::ensure!(
-            self.pairs >= 1,
-            "--pairs must be at least 1: the sensitivity model is fitted to one-at-a-time measurements"
-        );
         if let Some(d) = self.max_drop {
             anyhow::ensure!(
                 d.is_finite() && d > 0.0,

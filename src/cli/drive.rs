@@ -52,23 +52,37 @@ pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
             bar.set_message(match p {
                 SetupPhase::CheapErrors => "sensitivity: cheap errors",
                 SetupPhase::Measurements => "sensitivity: one at a time",
+                SetupPhase::Frugal => "sensitivity: one at a time (frugal, at most)",
             });
+            if p == SetupPhase::Frugal {
+                bar.suspend(|| {
+                    eprintln!(
+                        "sensitivity: frugal set-up, at most {t} one-at-a-time measurements (a fifth of \
+                         the run's budget; it stops once the predicted front is stable)"
+                    )
+                });
+            }
         }
         // The set-up's time, said up front (also without a terminal, where no bar is drawn): from the
         // first measurements' pace.
-        if p == SetupPhase::Measurements && !told && d >= 2 && d < t {
+        let measuring = p != SetupPhase::CheapErrors;
+        if measuring && !told && d >= 2 && d < t {
             told = true;
             let each = started.elapsed().as_secs_f64() / d as f64;
+            let (n, most) = match p {
+                SetupPhase::Frugal => ("at most ", "at most "),
+                _ => ("", ""),
+            };
             bar.suspend(|| {
                 eprintln!(
-                    "sensitivity: {t} one-at-a-time measurements, {each:.1} s each so far: about {} \
-                     for the set-up",
+                    "sensitivity: {n}{t} one-at-a-time measurements, {each:.1} s each so far: {most}about \
+                     {} for the set-up",
                     super::output::duration(each * t as f64)
                 )
             });
         }
         bar.set_position(d as u64);
-        if d == t && p == SetupPhase::Measurements {
+        if d == t && measuring {
             bar.finish_and_clear();
         }
     }
@@ -121,8 +135,13 @@ pub fn drive(
     let mut on_progress = |p: &Progress| {
         bar.set_position(p.trials);
         bar.set_message(format!(
-            "evaluated {} · cache hits {} · failed {} · front {} · HV {:.4}",
-            p.evaluated, p.cache_hits, p.failed, p.front, p.hypervolume
+            "evaluations {} (set-up {}) · cache hits {} · failed {} · front {} · HV {:.4}",
+            p.evaluations.total,
+            p.evaluations.setup.evaluated,
+            p.cache_hits,
+            p.failed,
+            p.front,
+            p.hypervolume
         ));
     };
     let mut control = Control {
@@ -175,6 +194,9 @@ fn summarise(
         o.seconds,
         100.0 * o.strategy_seconds / o.seconds.max(1e-9)
     );
+    out.push_str(&evaluations_line(&mpsearch::store::evaluations(
+        m, &o.trials,
+    )));
     out.push_str(&front_table(
         mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
         &front,
@@ -210,6 +232,30 @@ fn summarise(
     }
     print!("{out}");
     Ok(())
+}
+
+/// The run's model evaluations by what they were for, in a sentence.
+pub fn evaluations_line(e: &mpsearch::store::EvaluationCounts) -> String {
+    let part = |what: &str, c: mpsearch::store::EvalCount| {
+        if c.cached > 0 {
+            format!("{what} {} (+{} from the cache)", c.evaluated, c.cached)
+        } else {
+            format!("{what} {}", c.evaluated)
+        }
+    };
+    format!(
+        "evaluations: {} in all — {}, {}, {}, {}{}\n\n",
+        e.total,
+        part("set-up", e.setup),
+        part("baselines", e.baselines),
+        part("trials", e.trials),
+        part("held-out", e.held_out),
+        if e.complete {
+            ""
+        } else {
+            " (this run was recorded before its set-up and held-out evaluations were counted)"
+        }
+    )
 }
 
 /// The front as a table: point number, trial, quality and accuracy (classifiers) or mean cosine on

@@ -80,7 +80,15 @@ pub fn complete_held_out(
         held_out::complete(&ev, store, manifest, &points)
     });
     match outcome {
-        Ok(o) => held_out_summary(&o),
+        Ok(o) => {
+            held_out_summary(&o);
+            if let Err(e) = held_out::record(store, &manifest.name, &o) {
+                eprintln!(
+                    "warning: run `{}`: its held-out evaluations could not be counted: {e}",
+                    manifest.name
+                );
+            }
+        }
         Err(e) => eprintln!(
             "warning: {} point{} of run `{}` keep no held-out quality: {e}",
             missing.len(),

@@ -60,6 +60,7 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
                 "trials",
                 "evaluated",
                 "cache hits",
+                "evaluations (set-up)",
                 "front",
                 "held-out gap (mean/worst)",
                 "elapsed",
@@ -81,6 +82,7 @@ struct Summary<'t> {
     trials: usize,
     evaluated: usize,
     hits: usize,
+    evaluations: mpsearch::store::EvaluationCounts,
     measurements: Vec<MeasurementRecord>,
 }
 
@@ -107,6 +109,7 @@ impl<'t> Summary<'t> {
             trials: trials.len(),
             evaluated: done(false),
             hits: done(true),
+            evaluations: mpsearch::store::evaluations(m, trials),
             measurements: store.measurements(&m.name)?,
         })
     }
@@ -118,7 +121,10 @@ impl<'t> Summary<'t> {
             "objective": m.config.objective, "strategy": m.config.strategy,
             "elapsed_seconds": m.elapsed_seconds, "seed": m.config.seed,
             "hypervolume": mpsearch::store::hypervolume(m, trials),
+            "held_out_hypervolume": mpsearch::store::held_out_hypervolume(m, &self.front, &self.held_out),
             "splits": m.splits, "held_out_gap": self.gap,
+            "evaluations": self.evaluations, "setup": m.setup, "pairs": m.config.pairs,
+            "evaluations_to_99_percent": mpsearch::report::data::HypervolumeSeries::of(m, trials, true).evaluations_to(0.99),
             "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref())).collect::<Vec<_>>(),
             "measurements": {
                 "count": self.measurements.len(),
@@ -149,6 +155,14 @@ impl<'t> Summary<'t> {
             self.trials.to_string(),
             self.evaluated.to_string(),
             self.hits.to_string(),
+            if self.evaluations.complete {
+                format!(
+                    "{} ({})",
+                    self.evaluations.total, self.evaluations.setup.evaluated
+                )
+            } else {
+                format!("{}+? (?)", self.evaluations.total)
+            },
             self.front.len().to_string(),
             self.gap
                 .map_or("-".into(), |g| format!("{:+.2e}/{:+.2e}", g.mean, g.worst)),

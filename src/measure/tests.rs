@@ -28,6 +28,8 @@ fn manifest() -> RunManifest {
         reference: [100.0, 0.1],
         fingerprints: Fingerprints::default(),
         splits: None,
+        setup: None,
+        evaluations: None,
     }
 }
 

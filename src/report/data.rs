@@ -18,7 +18,7 @@ use crate::cost::{Cost, CostModel, CostTable, Objective};
 use crate::data::SplitSizes;
 use crate::error::{Error, Result};
 use crate::model::{ModelKind, ModelSource};
-use crate::sensitivity::{pick_pairs, rank::spearman, Predictor};
+use crate::sensitivity::{pick_pairs, rank::spearman, Pairs, Predictor};
 use crate::space::{Assignment, AssignmentJson, Choice, LayerInfo, SearchSpace};
 use crate::store::{
     self, find_run, live_status, sensitivity_key, Fidelity, HeldOut, HeldOutGap, MeasuredSetting,
@@ -55,6 +55,8 @@ pub struct ReportData {
     pub baselines: Vec<Baseline>,
     /// One series per comparable run of the store (this run first).
     pub hypervolume: Vec<HypervolumeSeries>,
+    /// The run's model evaluations by what they were for.
+    pub evaluations: store::EvaluationCounts,
     pub sensitivity: Option<SensitivityFit>,
     /// Measured against predicted latency, one panel per setting (host, batch); empty when the run
     /// has no measurements.
@@ -162,6 +164,36 @@ pub struct HypervolumeSeries {
     pub current: bool,
     /// `values[i]`: after the first `i + 1` trials.
     pub values: Vec<f64>,
+    /// `evaluations[i]`: model evaluations computed when trial `i` had finished, set-up and baselines
+    /// included ([`store::evaluations_at_each_trial`]).
+    pub evaluations: Vec<u64>,
+    /// Whether the run counted its set-up's evaluations (runs recorded before: trials only).
+    pub counted: bool,
+}
+
+impl HypervolumeSeries {
+    /// The series of run `manifest` with `trials`.
+    pub fn of(manifest: &RunManifest, trials: &[TrialRecord], current: bool) -> HypervolumeSeries {
+        HypervolumeSeries {
+            run: manifest.name.clone(),
+            strategy: manifest.config.strategy.to_string(),
+            current,
+            values: hypervolume_history(manifest, trials),
+            evaluations: store::evaluations_at_each_trial(manifest, trials),
+            counted: manifest.evaluations.is_some(),
+        }
+    }
+
+    /// The evaluations (set-up included) after which the front first reached `share` of its final
+    /// hypervolume; `None` before any feasible point.
+    pub fn evaluations_to(&self, share: f64) -> Option<u64> {
+        let last = *self.values.last()?;
+        if last <= 0.0 {
+            return None;
+        }
+        let i = self.values.iter().position(|&v| v >= share * last)?;
+        self.evaluations.get(i).copied()
+    }
 }
 
 /// How well the sensitivity model predicted the measured qualities of the run's trials.
@@ -534,6 +566,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
         layers: layers.iter().map(|l| l.name.clone()).collect(),
         baselines,
         hypervolume,
+        evaluations: store::evaluations(&manifest, &trials),
         sensitivity,
         latency,
         notes,
@@ -636,12 +669,7 @@ fn hypervolume_series(
     layers: &[LayerInfo],
     costing: &Costing,
 ) -> Result<Vec<HypervolumeSeries>> {
-    let mut out = vec![HypervolumeSeries {
-        run: manifest.name.clone(),
-        strategy: manifest.config.strategy.to_string(),
-        current: true,
-        values: hypervolume_history(manifest, trials),
-    }];
+    let mut out = vec![HypervolumeSeries::of(manifest, trials, true)];
     for other in store.runs()? {
         if other.name == manifest.name || !comparable(manifest, &other) {
             continue;
@@ -654,12 +682,7 @@ fn hypervolume_series(
             reference: manifest.reference,
             ..other
         };
-        out.push(HypervolumeSeries {
-            values: hypervolume_history(&m, &theirs),
-            run: m.name,
-            strategy: m.config.strategy.to_string(),
-            current: false,
-        });
+        out.push(HypervolumeSeries::of(&m, &theirs, false));
     }
     Ok(out)
 }
@@ -746,9 +769,18 @@ fn sensitivity(
     notes: &mut Vec<String>,
 ) -> Result<Option<SensitivityFit>> {
     let c = &manifest.config;
-    let fp = evaluator_fingerprint(manifest)?;
-    let key = sensitivity_key(&fp, space, &pick_pairs(space, c.pairs, c.seed));
-    let Some(rec) = store.sensitivity(&key)? else {
+    // The run's own record of where its analysis is; runs recorded before it was kept had a fixed
+    // number of pairs, from which the key follows.
+    let key = match (&manifest.setup, c.pairs) {
+        (Some(s), _) => blake3::Hash::from_hex(&s.key).ok(),
+        (None, Pairs::Fixed(n)) => Some(sensitivity_key(
+            &evaluator_fingerprint(manifest)?,
+            space,
+            &pick_pairs(space, n, c.seed),
+        )),
+        (None, Pairs::Auto) => None,
+    };
+    let Some(rec) = key.map(|k| store.sensitivity(&k)).transpose()?.flatten() else {
         notes
             .push("the run's sensitivity analysis is not in the store: no sensitivity plot".into());
         return Ok(None);

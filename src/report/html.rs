@@ -145,6 +145,8 @@ pub fn page(d: &ReportData, images: &[Image]) -> String {
     h.push_str(&baseline_table(d));
     h.push_str("<h2>How far to trust the search</h2>\n");
     h.push_str(&figure("hypervolume"));
+    h.push_str(&evaluations_table(d));
+    h.push_str(&figure("hypervolume-evaluations"));
     h.push_str(&figure("sensitivity"));
     if !d.latency.is_empty() {
         h.push_str("<h2>Predicted against measured latency</h2>\n");
@@ -163,6 +165,50 @@ pub fn page(d: &ReportData, images: &[Image]) -> String {
             .join("; ")
     );
     h
+}
+
+/// The run's model evaluations by what they were for, and when its front reached 99% of its final
+/// hypervolume.
+fn evaluations_table(d: &ReportData) -> String {
+    let e = &d.evaluations;
+    let row = |what: &str, c: crate::store::EvalCount| {
+        format!(
+            "<tr><td>{what}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+            c.evaluated, c.cached
+        )
+    };
+    let mut s = String::from(
+        "<table class=\"evaluations\">\n<thead><tr><th>evaluations</th><th>computed</th><th>from the \
+         cache</th></tr></thead>\n<tbody>\n",
+    );
+    s.push_str(&row("set-up (one-at-a-time measurements)", e.setup));
+    s.push_str(&row("baselines", e.baselines));
+    s.push_str(&row("trials", e.trials));
+    s.push_str(&row("held-out (front points)", e.held_out));
+    let _ = writeln!(
+        s,
+        "<tr><td>in all</td><td class=\"num\">{}</td><td></td></tr>\n</tbody>\n</table>",
+        e.total
+    );
+    if !e.complete {
+        s.push_str(
+            "<p>This run was recorded before its set-up and held-out evaluations were counted: only \
+             its trials are.</p>\n",
+        );
+    }
+    if let Some(n) = d
+        .hypervolume
+        .iter()
+        .find(|s| s.current)
+        .and_then(|s| s.evaluations_to(0.99))
+    {
+        let _ = writeln!(
+            s,
+            "<p>The front reached 99% of its final hypervolume after {n} model evaluations (set-up \
+             and baselines included).</p>"
+        );
+    }
+    s
 }
 
 fn summary(d: &ReportData) -> String {

@@ -89,6 +89,12 @@ fn caption(p: Plot, d: &ReportData) -> String {
              store (same model, data, space, profile, objective and limits), under {}.",
             d.profile
         ),
+        Plot::HypervolumeEvaluations => format!(
+            "The same hypervolume against the model evaluations computed (the set-up's one-at-a-time \
+             measurements and the baselines included, the cache's answers free): what the search \
+             paid for its front, under {}.",
+            d.profile
+        ),
         Plot::Sensitivity => "The sensitivity model's predicted quality of each evaluated trial \
                               against the measured one; Spearman's ρ in the title."
             .into(),

@@ -49,12 +49,14 @@ fn manifest(max_latency_us: Option<f64>, max_drop: Option<f64>) -> RunManifest {
             max_latency_us,
             max_drop,
             trials: Some(200),
-            pairs: 8,
+            pairs: crate::sensitivity::Pairs::Fixed(8),
             ..RunConfig::default()
         },
         reference: [100.0, 0.1],
         fingerprints: Fingerprints::default(),
         splits: None,
+        setup: None,
+        evaluations: None,
     }
 }
 
@@ -293,12 +295,8 @@ fn report(t: &[TrialRecord], m: &RunManifest) -> ReportData {
         held_out: HeldOutSummary::default(),
         layers: layers().into_iter().map(|l| l.name).collect(),
         baselines: Vec::new(),
-        hypervolume: vec![HypervolumeSeries {
-            run: "r".into(),
-            strategy: "random".into(),
-            current: true,
-            values: hypervolume_history(m, t),
-        }],
+        hypervolume: vec![HypervolumeSeries::of(m, t, true)],
+        evaluations: store::evaluations(m, t),
         sensitivity: Some(sensitivity_fit(&predictor, t, 4)),
         latency: Vec::new(),
         notes: vec!["a <note> & more".into()],
@@ -319,7 +317,20 @@ fn every_plot_and_the_page_are_made_for_a_full_and_an_empty_run() {
         }
         let index = super::write(&d, dir.path()).unwrap();
         let html = std::fs::read_to_string(&index).unwrap();
-        assert_eq!(html.matches("<img src=\"data:image/png;base64,").count(), 4);
+        assert_eq!(html.matches("<img src=\"data:image/png;base64,").count(), 5);
+        // The evaluations table: every kind, and the total the run's records give.
+        for what in [
+            "set-up (one-at-a-time measurements)",
+            "baselines",
+            "trials",
+            "held-out (front points)",
+        ] {
+            assert!(html.contains(&format!("<tr><td>{what}</td>")), "{what}");
+        }
+        assert!(html.contains(&format!(
+            "<tr><td>in all</td><td class=\"num\">{}</td>",
+            store::evaluations(&m, &t).total
+        )));
         assert!(
             html.contains("a &lt;note&gt; &amp; more"),
             "notes are escaped"
@@ -650,7 +661,7 @@ fn a_measured_run_gets_the_latency_plot_with_its_mape_and_spearman() {
     for ext in ["svg", "png"] {
         assert!(dir.path().join(format!("latency.{ext}")).is_file());
     }
-    assert_eq!(html.matches("<img src=\"data:image/png;base64,").count(), 5);
+    assert_eq!(html.matches("<img src=\"data:image/png;base64,").count(), 6);
     assert!(html.contains("<h2>Predicted against measured latency</h2>"));
     assert!(
         html.contains("<td>23.1 %</td><td>0.800</td>"),
@@ -678,4 +689,73 @@ fn latency_ticks_are_nice_values_inside_the_range() {
         "{narrow:?}"
     );
     assert!(log_ticks(&(0.0..1.0)).is_empty());
+}
+
+#[test]
+fn evaluations_are_counted_by_kind_and_the_hypervolume_axis_starts_after_the_setup() {
+    let mut m = manifest(None, None);
+    let mut t = trials(40, 3);
+    for (i, r) in t.iter_mut().enumerate() {
+        if i < 3 {
+            r.strategy = crate::strategy::BASELINE.into();
+        }
+        r.cached = i % 7 == 1;
+        if i == 20 {
+            // Failed before its model ran: no evaluation.
+            r.state = TrialState::Failed;
+            r.quality = None;
+            r.seconds = 0.0;
+        }
+    }
+    t.push(TrialRecord {
+        state: TrialState::Running,
+        number: 40,
+        ..t[0].clone()
+    });
+    let old = store::evaluations(&m, &t);
+    assert!(!old.complete);
+    m.evaluations = Some(crate::store::Evaluations {
+        setup: crate::store::EvalCount {
+            evaluated: 17,
+            cached: 2,
+        },
+        baselines: crate::store::EvalCount {
+            evaluated: 1,
+            cached: 0,
+        },
+        held_out: crate::store::EvalCount {
+            evaluated: 6,
+            cached: 1,
+        },
+    });
+    let e = store::evaluations(&m, &t);
+    assert!(e.complete);
+    // Trials 0..40 less the one that failed before running; trial 40 is still running.
+    let ran: Vec<&TrialRecord> = t[..40].iter().filter(|r| r.number != 20).collect();
+    let cached = |b: bool, baseline: bool| {
+        ran.iter()
+            .filter(|r| r.cached == b && (r.number < 3) == baseline)
+            .count() as u64
+    };
+    assert_eq!(e.baselines.evaluated, 1 + cached(false, true));
+    assert_eq!(e.baselines.cached, cached(true, true));
+    assert_eq!(e.trials.evaluated, cached(false, false));
+    assert_eq!(e.trials.cached, cached(true, false));
+    assert_eq!(e.setup.evaluated, 17);
+    assert_eq!(e.held_out.evaluated, 6);
+    assert_eq!(e.total, 17 + 6 + e.baselines.evaluated + e.trials.evaluated);
+    let s = HypervolumeSeries::of(&m, &t, true);
+    assert_eq!(s.evaluations.len(), t.len());
+    // After the first trial: the set-up, the baseline outside the trials and that trial.
+    assert_eq!(s.evaluations[0], 17 + 1 + u64::from(!t[0].cached));
+    assert!(s.evaluations.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(
+        *s.evaluations.last().unwrap(),
+        e.total - e.held_out.evaluated
+    );
+    // The front first reaches 99% of its final hypervolume at some trial, and that trial's count is
+    // what `evaluations_to` gives.
+    let last = *s.values.last().unwrap();
+    let k = s.values.iter().position(|&v| v >= 0.99 * last).unwrap();
+    assert_eq!(s.evaluations_to(0.99), Some(s.evaluations[k]));
 }

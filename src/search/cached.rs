@@ -2,20 +2,37 @@
 //! (model, data, evaluator settings, split, assignment) is cached is answered from the store; anything
 //! else is evaluated and stored. Quality only — cost is never cached with it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::error::Result;
 use crate::eval::{EvalSplit, Evaluation, Evaluator};
 use crate::space::Assignment;
-use crate::store::{CachedEvaluation, Store, SCHEMA_VERSION};
+use crate::store::{CachedEvaluation, EvalCount, Store, SCHEMA_VERSION};
 
-/// Evaluates through the store's cache.
+/// Evaluates through the store's cache, counting what it computed and what the cache answered.
 pub struct CachingEvaluator<'a> {
     inner: &'a dyn Evaluator,
     store: &'a dyn Store,
+    evaluated: AtomicU64,
+    cached: AtomicU64,
 }
 
 impl<'a> CachingEvaluator<'a> {
     pub fn new(inner: &'a dyn Evaluator, store: &'a dyn Store) -> CachingEvaluator<'a> {
-        CachingEvaluator { inner, store }
+        CachingEvaluator {
+            inner,
+            store,
+            evaluated: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
+        }
+    }
+
+    /// Evaluations computed, and answered from the cache, through this so far.
+    pub fn counts(&self) -> EvalCount {
+        EvalCount {
+            evaluated: self.evaluated.load(Ordering::Relaxed),
+            cached: self.cached.load(Ordering::Relaxed),
+        }
     }
 
     /// The evaluator behind the cache.
@@ -37,6 +54,7 @@ impl<'a> CachingEvaluator<'a> {
         let key = self.inner.key_on(split, a);
         if let Some(c) = self.store.cached(&key)? {
             if c.objective == self.inner.objective() {
+                self.cached.fetch_add(1, Ordering::Relaxed);
                 return Ok((
                     Evaluation {
                         quality: c.quality,
@@ -48,6 +66,7 @@ impl<'a> CachingEvaluator<'a> {
             }
         }
         let e = self.inner.evaluate_on(split, a)?;
+        self.evaluated.fetch_add(1, Ordering::Relaxed);
         if e.quality.is_finite() {
             self.store.put_cached(
                 &key,

@@ -117,13 +117,20 @@ pub fn run(
     records.extend(store.trials(&name)?.into_iter().skip(records.len()));
     let held_out = match reason {
         StopReason::Interrupted => None,
-        _ => Some(complete_front(
-            evaluator.inner(),
-            &session.space,
-            store,
-            &manifest,
-            &records,
-        )?),
+        _ => {
+            let h = complete_front(
+                evaluator.inner(),
+                &session.space,
+                store,
+                &manifest,
+                &records,
+            )?;
+            if let Some(e) = manifest.evaluations.as_mut() {
+                e.held_out.add(h.count());
+                store.put_run(&manifest)?;
+            }
+            Some(h)
+        }
     };
     Ok(Outcome {
         held_out,
@@ -433,6 +440,7 @@ fn progress(
         budget: manifest.config.trials,
         time_budget: manifest.config.time_seconds,
         elapsed: manifest.elapsed_seconds,
+        evaluations: crate::store::evaluations(manifest, records),
         front: history.front(&session.problem).len(),
         hypervolume: history.hypervolume(&session.problem),
         ..Progress::default()

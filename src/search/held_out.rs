@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, EvalSplit, Evaluator};
 use crate::model::ModelSource;
 use crate::space::{Assignment, SearchSpace};
-use crate::store::{self, RunManifest, Store, TrialRecord};
+use crate::store::{self, EvalCount, RunManifest, Store, TrialRecord};
 
 /// What completing held-out evaluations did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -31,6 +31,36 @@ pub struct HeldOutOutcome {
     pub failed: Vec<String>,
     /// Wall seconds of the evaluations.
     pub seconds: f64,
+}
+
+impl HeldOutOutcome {
+    /// The evaluations it computed and found (failed ones computed nothing that counts).
+    pub fn count(&self) -> EvalCount {
+        EvalCount {
+            evaluated: self.evaluated as u64,
+            cached: self.cached as u64,
+        }
+    }
+}
+
+/// Adds the held-out evaluations `outcome` computed to run `name`'s count in `store` (a run recorded
+/// before evaluations were counted is left as it is, and so is a run another process drives: its
+/// controller owns the manifest, and the count is lost rather than its status).
+pub fn record(store: &dyn Store, name: &str, outcome: &HeldOutOutcome) -> Result<()> {
+    if outcome.evaluated == 0 || store.controllers()?.iter().any(|c| c.run == name) {
+        return Ok(());
+    }
+    let Some(mut m) = store.run(name)? else {
+        return Ok(());
+    };
+    if let Some(e) = m.evaluations.as_mut() {
+        e.held_out.add(EvalCount {
+            evaluated: outcome.evaluated as u64,
+            cached: 0,
+        });
+        store.put_run(&m)?;
+    }
+    Ok(())
 }
 
 /// The trials of `trials` whose held-out evaluation the store lacks (in the given order).

@@ -14,12 +14,19 @@
 //! manifest whose fingerprints no longer match the files is refused with what changed
 //! ([`Error::RunChanged`]).
 //!
+//! The set-up's one-at-a-time measurements are frugal by default (`--pairs auto`, [`frugal`]): only the
+//! pairs the predicted front uses, their neighbours and rivals, round by round until the front's
+//! membership is stable or a fifth of the run's budget is spent. Every model evaluation a run spends
+//! is counted by what it was for — set-up, baselines, trials, held-out — in its manifest and trial
+//! records ([`crate::store::evaluations`]).
+//!
 //! When a run ends (not when it is interrupted), every point of its front is evaluated on the
 //! held-out split of the data as well ([`held_out`]), so that reports and exports quote a quality the
 //! front was not chosen on; strategies only ever see the search split.
 
 mod cached;
 mod controller;
+pub mod frugal;
 pub mod held_out;
 mod session;
 
@@ -57,6 +64,9 @@ pub struct Progress {
     pub time_budget: Option<f64>,
     /// Wall seconds over every session of the run.
     pub elapsed: f64,
+    /// Model evaluations computed for the run so far, by what for (set-up, baselines, trials, held-out;
+    /// see [`crate::store::evaluations`]).
+    pub evaluations: crate::store::EvaluationCounts,
     /// Trials evaluated for real.
     pub evaluated: u64,
     /// Trials answered by the evaluation cache.
@@ -85,7 +95,7 @@ pub fn create(
             ),
         ));
     }
-    let session = Session::prepare(config, store, progress)?;
+    let session = Session::prepare(config, store, None, progress)?;
     let manifest = RunManifest {
         schema: SCHEMA_VERSION,
         name: name.to_string(),
@@ -98,6 +108,8 @@ pub fn create(
         reference: session.problem.reference,
         fingerprints: session.fingerprints.clone(),
         splits: Some(session.evaluator.data().sizes),
+        setup: Some(session.setup.clone()),
+        evaluations: Some(session.evaluations),
     };
     store.create_run(&manifest)?;
     Ok((session, manifest))
@@ -110,14 +122,17 @@ pub fn open(
     name: &str,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
 ) -> Result<(Session, RunManifest)> {
-    let manifest = find_run(store, name)?;
-    let session = Session::prepare(manifest.config.clone(), store, progress)?;
-    let changes = changed(&manifest.fingerprints, &session.fingerprints);
-    if !changes.is_empty() {
-        return Err(Error::RunChanged {
-            run: name.to_string(),
-            changes,
-        });
+    let mut manifest = find_run(store, name)?;
+    // The inputs' fingerprints are checked before the set-up evaluates anything.
+    let session = Session::prepare(manifest.config.clone(), store, Some(&manifest), progress)?;
+    // What this session's set-up spent is the run's too (nothing when its analysis was found; a run
+    // recorded before evaluations were counted keeps not counting them, rather than count a part).
+    if let Some(e) = manifest.evaluations.as_mut() {
+        e.setup.add(session.evaluations.setup);
+        e.baselines.add(session.evaluations.baselines);
+    }
+    if manifest.setup.is_none() {
+        manifest.setup = Some(session.setup.clone());
     }
     Ok((session, manifest))
 }

@@ -5,17 +5,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::cached::CachingEvaluator;
+use super::frugal;
 use crate::cost::feasibility::{BudgetFit, Limit};
 use crate::cost::model::Objective;
 use crate::cost::{CostModel, CostTable, HardwareProfile};
 use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, EvalSettings, Evaluator};
 use crate::model::ModelSource;
-use crate::sensitivity::{analysis, pick_pairs, Predictor};
+use crate::sensitivity::{analysis, one_at_a_time, pick_pairs, Pairs, Predictor};
 use crate::space::{Point, SearchSpace};
 use crate::store::{
-    sensitivity_key, Fingerprints, RunConfig, SensitivityRecord, Store, COST_REFERENCE,
-    QUALITY_REFERENCE, SCHEMA_VERSION,
+    sensitivity_key, EvalCount, Evaluations, Fingerprints, RunConfig, RunManifest,
+    SensitivityRecord, SetupSummary, Store, COST_REFERENCE, QUALITY_REFERENCE, SCHEMA_VERSION,
 };
 use crate::strategy::{CostLimit, Problem};
 
@@ -26,6 +27,9 @@ pub enum SetupPhase {
     CheapErrors,
     /// One-at-a-time measurements (counted in pairs).
     Measurements,
+    /// One-at-a-time measurements of the frugal set-up, counted against its budget (it usually stops
+    /// well before).
+    Frugal,
 }
 
 /// Everything a run needs, ready.
@@ -44,14 +48,23 @@ pub struct Session {
     pub notes: Vec<String>,
     /// Seconds the f32 reference forward took (one evaluation's order of magnitude).
     pub forward_seconds: f64,
+    /// How the set-up built the sensitivity model.
+    pub setup: SetupSummary,
+    /// The evaluations this session's set-up spent (its measurements and the baselines outside the
+    /// trials).
+    pub evaluations: Evaluations,
 }
 
 impl Session {
     /// Loads and checks everything `config` names; runs (or reuses from `store`) the sensitivity
-    /// analysis. `progress(phase, done, total)` reports the analysis.
+    /// analysis. `resuming` is the stored run this session continues: its inputs' fingerprints are
+    /// checked before anything is evaluated ([`Error::RunChanged`] names what changed), and its own
+    /// analysis (stored under its set-up's key) is the one used when the store has it.
+    /// `progress(phase, done, total)` reports the analysis.
     pub fn prepare(
         config: RunConfig,
         store: &dyn Store,
+        resuming: Option<&RunManifest>,
         progress: &mut dyn FnMut(SetupPhase, usize, usize),
     ) -> Result<Session> {
         let objective = config.objective;
@@ -73,9 +86,16 @@ impl Session {
         let forward_seconds = t0.elapsed().as_secs_f64();
 
         let fingerprints = fingerprints(&evaluator, &space, &profile);
-        let predictor = sensitivity(&evaluator, &space, &config, store, &mut notes, progress)?;
-        let baselines = baselines(evaluator.as_ref(), &space, store, &mut notes);
-
+        if let Some(m) = resuming {
+            let changes = super::changed(&m.fingerprints, &fingerprints);
+            if !changes.is_empty() {
+                return Err(Error::RunChanged {
+                    run: m.name.clone(),
+                    changes,
+                });
+            }
+        }
+        let known_setup = resuming.and_then(|m| m.setup.as_ref());
         let feasibility = table.feasibility(objective);
         let objective_limit = cost_limits
             .iter()
@@ -85,20 +105,46 @@ impl Session {
             objective_limit.unwrap_or(feasibility.max * COST_REFERENCE),
             config.max_drop.unwrap_or(QUALITY_REFERENCE),
         ];
-        let problem = Problem::new(
-            space
-                .groups
-                .iter()
-                .map(|g| g.choices.len() as u16)
-                .collect(),
-            per_group(&table, objective),
-            cost_limits,
-            config.max_drop,
-            predictor,
-            config.seed,
-            reference,
-        )?
-        .with_baselines(baselines)?;
+        let choices: Vec<u16> = space
+            .groups
+            .iter()
+            .map(|g| g.choices.len() as u16)
+            .collect();
+        let cost = per_group(&table, objective);
+        let build = |predictor: Predictor| {
+            Problem::new(
+                choices.clone(),
+                cost.clone(),
+                cost_limits.clone(),
+                config.max_drop,
+                predictor,
+                config.seed,
+                reference,
+            )
+        };
+        let mut evaluations = Evaluations::default();
+        let (predictor, setup) = sensitivity(
+            &SetupInputs {
+                ev: &evaluator,
+                space: &space,
+                config: &config,
+                store,
+                known: known_setup,
+                forward_seconds,
+                build: &build,
+            },
+            &mut evaluations.setup,
+            &mut notes,
+            progress,
+        )?;
+        let baselines = baselines(
+            evaluator.as_ref(),
+            &space,
+            store,
+            &mut evaluations.baselines,
+            &mut notes,
+        );
+        let problem = build(predictor)?.with_baselines(baselines)?;
         predicted_drop(&problem, &objective, &mut notes)?;
         Ok(Session {
             config,
@@ -112,6 +158,8 @@ impl Session {
             fingerprints,
             notes,
             forward_seconds,
+            setup,
+            evaluations,
         })
     }
 }
@@ -183,6 +231,7 @@ fn baselines(
     evaluator: &dyn Evaluator,
     space: &SearchSpace,
     store: &dyn Store,
+    count: &mut EvalCount,
     notes: &mut Vec<String>,
 ) -> Vec<Point> {
     let cached = CachingEvaluator::new(evaluator, store);
@@ -197,6 +246,7 @@ fn baselines(
             }
         }
     }
+    count.add(cached.counts());
     points
 }
 
@@ -261,44 +311,242 @@ pub fn fingerprints(
     }
 }
 
-/// The fitted predictor: from the store's record of this (evaluator, space, pairs) if there is one,
-/// else by running the analysis — its one-at-a-time measurements through the evaluation cache — and
-/// storing the result.
+/// What the set-up's sensitivity analysis needs.
+struct SetupInputs<'a> {
+    ev: &'a Arc<CandleEvaluator>,
+    space: &'a SearchSpace,
+    config: &'a RunConfig,
+    store: &'a dyn Store,
+    /// The run's own analysis, when resuming.
+    known: Option<&'a SetupSummary>,
+    forward_seconds: f64,
+    /// The run's problem with a given predictor.
+    build: &'a dyn Fn(Predictor) -> Result<Problem>,
+}
+
+/// The fitted predictor and how it was had: the run's own stored analysis when resuming, else the
+/// store's record of this analysis if there is one, else computed — its one-at-a-time measurements
+/// through the evaluation cache (counted in `count`) — and stored.
+///
+/// With `--pairs N`, the record is keyed by the evaluator, the space and the pairs
+/// ([`sensitivity_key`]). With `--pairs auto` ([`super::frugal`]), the cheap errors are stored on
+/// their own (keyed by the evaluator and the space, so every run of them shares one computation) and
+/// the analysis under a key that adds the problem (cost tables, limits) and the set-up's budget.
 fn sensitivity(
-    ev: &Arc<CandleEvaluator>,
-    space: &SearchSpace,
-    config: &RunConfig,
-    store: &dyn Store,
+    inputs: &SetupInputs,
+    count: &mut EvalCount,
     notes: &mut Vec<String>,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
-) -> Result<Predictor> {
-    let pairs = pick_pairs(space, config.pairs, config.seed);
-    let key = sensitivity_key(&ev.fingerprint(), space, &pairs);
-    let record = match store.sensitivity(&key)? {
-        Some(r) => {
-            notes.push(format!(
-                "sensitivity model reused from the store ({} one-at-a-time measurements)",
-                r.measurements.len()
-            ));
-            r
+) -> Result<(Predictor, SetupSummary)> {
+    let SetupInputs {
+        ev,
+        space,
+        config,
+        store,
+        ..
+    } = *inputs;
+    if let Some(known) = inputs.known {
+        if let Some(record) = blake3::Hash::from_hex(&known.key)
+            .ok()
+            .and_then(|k| store.sensitivity(&k).transpose())
+        {
+            let record = record?;
+            let predictor = fit(&record)?;
+            return Ok((predictor, known.clone()));
         }
-        None => {
-            let measurer = CachingEvaluator::new(ev.as_ref(), store);
-            let an = analysis::analyse(ev, &measurer, space, &pairs, &mut |p, d, t| {
-                let phase = match p {
-                    analysis::Phase::CheapErrors => SetupPhase::CheapErrors,
-                    analysis::Phase::Measurements => SetupPhase::Measurements,
-                };
-                progress(phase, d, t)
-            })?;
-            let r = SensitivityRecord {
-                schema: SCHEMA_VERSION,
-                errors: an.errors,
-                measurements: an.measurements,
+    }
+    match config.pairs {
+        Pairs::Fixed(n) => {
+            let pairs = pick_pairs(space, n, config.seed);
+            let key = sensitivity_key(&ev.fingerprint(), space, &pairs);
+            let (record, reused) = match store.sensitivity(&key)? {
+                Some(r) => (r, true),
+                None => {
+                    let measurer = CachingEvaluator::new(ev.as_ref(), store);
+                    let an = analysis::analyse(ev, &measurer, space, &pairs, &mut |p, d, t| {
+                        let phase = match p {
+                            analysis::Phase::CheapErrors => SetupPhase::CheapErrors,
+                            analysis::Phase::Measurements => SetupPhase::Measurements,
+                        };
+                        progress(phase, d, t)
+                    })?;
+                    count.add(measurer.counts());
+                    let r = SensitivityRecord {
+                        schema: SCHEMA_VERSION,
+                        errors: an.errors,
+                        measurements: an.measurements,
+                    };
+                    store.put_sensitivity(&key, &r)?;
+                    (r, false)
+                }
             };
-            store.put_sensitivity(&key, &r)?;
-            r
+            if reused {
+                notes.push(format!(
+                    "sensitivity model reused from the store ({} one-at-a-time measurements)",
+                    record.measurements.len()
+                ));
+            }
+            let summary = SetupSummary {
+                key: key.to_hex().to_string(),
+                measured: record.measurements.len(),
+                budget: None,
+                rounds: None,
+                stop: None,
+                reused,
+            };
+            Ok((fit(&record)?, summary))
+        }
+        Pairs::Auto => frugal_sensitivity(inputs, count, notes, progress),
+    }
+}
+
+/// The frugal set-up of `--pairs auto` (see [`sensitivity`] and [`super::frugal`]).
+fn frugal_sensitivity(
+    inputs: &SetupInputs,
+    count: &mut EvalCount,
+    notes: &mut Vec<String>,
+    progress: &mut dyn FnMut(SetupPhase, usize, usize),
+) -> Result<(Predictor, SetupSummary)> {
+    let SetupInputs {
+        ev,
+        space,
+        config,
+        store,
+        ..
+    } = *inputs;
+    let fingerprint = ev.fingerprint();
+    let measurable = pick_pairs(space, usize::MAX, config.seed);
+    let budget = frugal::setup_budget(
+        config.trials,
+        config.time_seconds,
+        inputs.forward_seconds,
+        space.searchable_groups().count(),
+        measurable.len(),
+    );
+    let errors_key = cheap_errors_key(&fingerprint, space);
+    let errors = match store.sensitivity(&errors_key)? {
+        Some(r) => r.errors,
+        None => {
+            let errors = analysis::cheap(ev, space, &mut |d, t| {
+                progress(SetupPhase::CheapErrors, d, t)
+            })?;
+            store.put_sensitivity(
+                &errors_key,
+                &SensitivityRecord {
+                    schema: SCHEMA_VERSION,
+                    errors: errors.clone(),
+                    measurements: Vec::new(),
+                },
+            )?;
+            errors
         }
     };
+    // The problem the front is solved for (its cost tables and limits) and the budget decide which
+    // pairs are measured, so they are part of the key.
+    let probe = (inputs.build)(Predictor::from_table(errors.clone())?)?;
+    let key = frugal_key(&fingerprint, space, &probe, budget);
+    if let Some(record) = store.sensitivity(&key)? {
+        notes.push(format!(
+            "sensitivity model reused from the store ({} one-at-a-time measurements of the frugal              set-up)",
+            record.measurements.len()
+        ));
+        let summary = SetupSummary {
+            key: key.to_hex().to_string(),
+            measured: record.measurements.len(),
+            budget: Some(budget),
+            rounds: None,
+            stop: None,
+            reused: true,
+        };
+        return Ok((fit(&record)?, summary));
+    }
+    let measurer = CachingEvaluator::new(ev.as_ref(), store);
+    let mut done = 0;
+    progress(SetupPhase::Frugal, 0, budget);
+    let outcome = frugal::frugal_setup(
+        &errors,
+        &measurable,
+        inputs.build,
+        budget,
+        &mut |group, choice| {
+            let q = one_at_a_time(&measurer, space, group, choice)?;
+            done += 1;
+            progress(SetupPhase::Frugal, done, budget);
+            Ok(q)
+        },
+    )?;
+    progress(SetupPhase::Frugal, budget, budget);
+    count.add(measurer.counts());
+    notes.push(format!(
+        "frugal set-up: {} of {} (group, choice) pairs measured one at a time in {} rounds: {} \
+         (budget {budget}, a fifth of the run's); {} points on the predicted front",
+        outcome.measurements.len(),
+        measurable.len(),
+        outcome.rounds,
+        outcome.stop,
+        outcome.front
+    ));
+    let record = SensitivityRecord {
+        schema: SCHEMA_VERSION,
+        errors,
+        measurements: outcome.measurements,
+    };
+    store.put_sensitivity(&key, &record)?;
+    let summary = SetupSummary {
+        key: key.to_hex().to_string(),
+        measured: record.measurements.len(),
+        budget: Some(budget),
+        rounds: Some(outcome.rounds),
+        stop: Some(format!("{:?}", outcome.stop).to_lowercase()),
+        reused: false,
+    };
+    Ok((fit(&record)?, summary))
+}
+
+/// The predictor of a stored analysis.
+fn fit(record: &SensitivityRecord) -> Result<Predictor> {
+    if record.measurements.is_empty() {
+        return Predictor::from_table(record.errors.clone());
+    }
     Ok(Predictor::fit(&record.errors, &record.measurements)?.with_measured(&record.measurements))
+}
+
+/// Store key of the cheap errors of `space` under the evaluator `fingerprint`.
+fn cheap_errors_key(fingerprint: &blake3::Hash, space: &SearchSpace) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-cheap-errors-v1\n");
+    h.update(fingerprint.as_bytes());
+    h.update(space.fingerprint().as_bytes());
+    h.finalize()
+}
+
+/// Store key of a frugal set-up: the evaluator, the space, the problem's cost tables and limits, and
+/// the budget.
+fn frugal_key(
+    fingerprint: &blake3::Hash,
+    space: &SearchSpace,
+    problem: &Problem,
+    budget: usize,
+) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-frugal-setup-v1\n");
+    h.update(fingerprint.as_bytes());
+    h.update(space.fingerprint().as_bytes());
+    h.update(&(budget as u64).to_le_bytes());
+    let table = |h: &mut blake3::Hasher, t: &[Vec<f64>]| {
+        for row in t {
+            h.update(&(row.len() as u64).to_le_bytes());
+            for v in row {
+                h.update(&v.to_bits().to_le_bytes());
+            }
+        }
+    };
+    table(&mut h, &problem.cost);
+    for l in &problem.cost_limits {
+        h.update(l.name.as_bytes());
+        h.update(&l.max.to_bits().to_le_bytes());
+        table(&mut h, &l.table);
+    }
+    h.update(&problem.max_quality.unwrap_or(0.0).to_bits().to_le_bytes());
+    h.finalize()
 }

@@ -58,14 +58,7 @@ pub fn analyse(
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<Analysis> {
     let started = Instant::now();
-    // The evaluator's input statistics (one capture of the calibration split, shared with GPTQ,
-    // output-error scales and the static ranges) and its compression settings: the cheap errors
-    // measure the weights the evaluator runs.
-    let stats = capture(ev, space)?;
-    let settings = ev.settings().compress();
-    let errors = cheap_errors_with_progress(space, &stats, settings, &mut |d, t| {
-        progress(Phase::CheapErrors, d, t)
-    })?;
+    let errors = cheap(ev, space, &mut |d, t| progress(Phase::CheapErrors, d, t))?;
     let cheap_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut cache = MeasurementCache::default();
@@ -82,6 +75,21 @@ pub fn analyse(
         cheap_seconds,
         measure_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The cheap error of every (group, choice) of `space` (`errors[group][choice]`), from `ev`'s model and
+/// calibration split; `progress(done, total)` after each group. No model evaluation.
+pub fn cheap(
+    ev: &CandleEvaluator,
+    space: &SearchSpace,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f64>>> {
+    // The evaluator's input statistics (one capture of the calibration split, shared with GPTQ,
+    // output-error scales and the static ranges) and its compression settings: the cheap errors
+    // measure the weights the evaluator runs.
+    let stats = capture(ev, space)?;
+    let settings = ev.settings().compress();
+    cheap_errors_with_progress(space, &stats, settings, progress)
 }
 
 /// Every layer's statistics on `ev`'s calibration split: the evaluator's input statistics and, when

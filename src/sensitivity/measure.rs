@@ -150,3 +150,68 @@ impl MeasurementCache {
         self.hits
     }
 }
+
+/// How many (group, choice) pairs a search's set-up measures one at a time.
+///
+/// Stored in a run's configuration as `"auto"` or a number (manifests written before `auto` existed
+/// hold a number, and read as [`Pairs::Fixed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pairs {
+    /// Only the pairs the predicted front needs, refined round by round until the front's membership
+    /// is stable or the set-up's share of the run's budget is spent (the search's frugal set-up).
+    #[default]
+    Auto,
+    /// At most this many, a seeded uniform sample when the space has more ([`pick_pairs`]).
+    Fixed(usize),
+}
+
+impl std::fmt::Display for Pairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pairs::Auto => f.write_str("auto"),
+            Pairs::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Pairs {
+    type Err = Error;
+
+    /// `auto` or a positive whole number.
+    fn from_str(s: &str) -> Result<Pairs> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Pairs::Auto);
+        }
+        match s.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Pairs::Fixed(n)),
+            _ => Err(Error::sensitivity(format!(
+                "`{s}` is not a number of pairs: give `auto` or a whole number of at least 1 (the \
+                 predictor is fitted to one-at-a-time measurements)"
+            ))),
+        }
+    }
+}
+
+impl serde::Serialize for Pairs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Pairs::Auto => s.serialize_str("auto"),
+            Pairs::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Pairs, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}

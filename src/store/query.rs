@@ -19,8 +19,8 @@ use crate::pareto;
 use crate::space::SearchSpace;
 
 use super::{
-    Controller, MeasuredSource, MeasurementRecord, RunConfig, RunManifest, RunStatus, Store,
-    TrialRecord, TrialState,
+    Controller, EvalCount, MeasuredSource, MeasurementRecord, RunConfig, RunManifest, RunStatus,
+    Store, TrialRecord, TrialState,
 };
 
 /// Quality reference of the hypervolume when no `--max-drop` is given, in the objective's units: a KL
@@ -114,6 +114,74 @@ pub fn hypervolume(manifest: &RunManifest, trials: &[TrialRecord]) -> f64 {
         .map(|t| [cost_of(o, t) / rc, t.quality.unwrap_or(f64::INFINITY) / rq])
         .collect();
     pareto::hypervolume_2d(&pts, [1.0, 1.0])
+}
+
+/// A run's model evaluations by what they were for (see [`evaluations`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EvaluationCounts {
+    /// The set-up's one-at-a-time measurements.
+    pub setup: EvalCount,
+    /// The space's uniform baselines: those run as the first trials and those evaluated for the
+    /// report's reference lines only.
+    pub baselines: EvalCount,
+    /// The strategy's trials (complete or failed with a quality).
+    pub trials: EvalCount,
+    /// Front points evaluated on the held-out split.
+    pub held_out: EvalCount,
+    /// Evaluations computed in all (the cache's answers are free and not counted here).
+    pub total: u64,
+    /// Whether the run counted its evaluations outside the trials (runs recorded before they were
+    /// counted show their trials only).
+    pub complete: bool,
+}
+
+/// The evaluations run `manifest` spent, from its manifest and its `trials`.
+pub fn evaluations(manifest: &RunManifest, trials: &[TrialRecord]) -> EvaluationCounts {
+    let outside = manifest.evaluations.unwrap_or_default();
+    let mut c = EvaluationCounts {
+        setup: outside.setup,
+        baselines: outside.baselines,
+        held_out: outside.held_out,
+        complete: manifest.evaluations.is_some(),
+        ..EvaluationCounts::default()
+    };
+    for t in trials {
+        let Some(count) = trial_evaluation(t) else {
+            continue;
+        };
+        if t.strategy == crate::strategy::BASELINE {
+            c.baselines.add(count);
+        } else {
+            c.trials.add(count);
+        }
+    }
+    c.total = c.setup.evaluated + c.baselines.evaluated + c.trials.evaluated + c.held_out.evaluated;
+    c
+}
+
+/// What a finished trial cost: one evaluation, computed or from the cache (`None` while it runs, or
+/// when it failed before its model ran).
+fn trial_evaluation(t: &TrialRecord) -> Option<EvalCount> {
+    let ran = t.state == TrialState::Complete || (t.state == TrialState::Failed && t.seconds > 0.0);
+    ran.then_some(EvalCount {
+        evaluated: u64::from(!t.cached),
+        cached: u64::from(t.cached),
+    })
+}
+
+/// The evaluations computed when each of `trials` had finished, set-up and baselines included: the
+/// x axis of the hypervolume against evaluations. Held-out evaluations come after the search and are
+/// not included.
+pub fn evaluations_at_each_trial(manifest: &RunManifest, trials: &[TrialRecord]) -> Vec<u64> {
+    let outside = manifest.evaluations.unwrap_or_default();
+    let mut n = outside.setup.evaluated + outside.baselines.evaluated;
+    trials
+        .iter()
+        .map(|t| {
+            n += trial_evaluation(t).map_or(0, |c| c.evaluated);
+            n
+        })
+        .collect()
 }
 
 /// The value of cost objective `o` in a trial's journaled cost.
@@ -240,6 +308,24 @@ pub fn front_held_out(
         })
         .collect();
     Ok((held, held_out_gap(&pairs)))
+}
+
+/// The normalised hypervolume (as [`hypervolume`]) of `front`'s points at their held-out qualities
+/// `held` (in order): the front the search chose, judged on data it never saw. `None` unless every
+/// point has one.
+pub fn held_out_hypervolume(
+    manifest: &RunManifest,
+    front: &[&TrialRecord],
+    held: &[Option<HeldOut>],
+) -> Option<f64> {
+    let o = manifest.config.objective;
+    let [rc, rq] = manifest.reference;
+    let pts: Vec<[f64; 2]> = front
+        .iter()
+        .zip(held)
+        .map(|(t, h)| Some([cost_of(o, t) / rc, h.as_ref()?.quality / rq]))
+        .collect::<Option<_>>()?;
+    (!pts.is_empty()).then(|| pareto::hypervolume_2d(&pts, [1.0, 1.0]))
 }
 
 /// A run's status as listed when no process drives it: a run still marked `running` was left by a

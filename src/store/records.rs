@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::compress::{Rounding, ScaleMethod};
 use crate::cost::{Cost, Objective};
 use crate::data::SplitSizes;
-use crate::sensitivity::Measurement;
+use crate::sensitivity::{Measurement, Pairs};
 use crate::space::AssignmentJson;
 use crate::strategy::StrategyKind;
 
@@ -76,14 +76,15 @@ pub struct RunConfig {
     /// Round-to-nearest is not written, so that those manifests are rewritten byte for byte.
     #[serde(default, skip_serializing_if = "Rounding::is_rtn")]
     pub rounding: Rounding,
-    /// Sensitivity pairs measured one at a time before the search.
-    pub pairs: usize,
+    /// Sensitivity pairs measured one at a time before the search: `auto` (the frugal set-up) or at
+    /// most a number (manifests written before `auto` existed hold a number).
+    pub pairs: Pairs,
 }
 
 impl Default for RunConfig {
     /// What `mpsearch search` runs without flags: the demo model and its space on the Cortex-A76
     /// profile, `auto` (bayes) minimising latency, no limits, seed 0, 8 points asked at a time, 500
-    /// trials, MSE scales, 400 sensitivity pairs.
+    /// trials, MSE scales, the frugal set-up (`--pairs auto`).
     fn default() -> RunConfig {
         RunConfig {
             model: "demo".into(),
@@ -103,7 +104,7 @@ impl Default for RunConfig {
             time_seconds: None,
             scale: ScaleMethod::Mse,
             rounding: Rounding::Rtn,
-            pairs: 400,
+            pairs: Pairs::Auto,
         }
     }
 }
@@ -144,6 +145,60 @@ pub struct RunManifest {
     /// wrote it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub splits: Option<SplitSizes>,
+    /// The set-up's sensitivity analysis: where it is stored and how its pairs were chosen (`None` in
+    /// runs recorded before this was kept; the analysis is then found by its fixed pairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupSummary>,
+    /// The model evaluations the run spent outside its trials (`None` in runs recorded before they
+    /// were counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluations: Option<Evaluations>,
+}
+
+/// Evaluations of one kind: computed, and answered from the evaluation cache (free).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalCount {
+    pub evaluated: u64,
+    pub cached: u64,
+}
+
+impl EvalCount {
+    /// Both counts added.
+    pub fn add(&mut self, other: EvalCount) {
+        self.evaluated += other.evaluated;
+        self.cached += other.cached;
+    }
+}
+
+/// The model evaluations a run spent outside its trials (the trials' own are in their records).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluations {
+    /// One-at-a-time measurements of the set-up (zero evaluated when its analysis was reused).
+    pub setup: EvalCount,
+    /// The space's baselines that cannot be trials, evaluated for the report's reference lines.
+    pub baselines: EvalCount,
+    /// Front points evaluated on the held-out split.
+    pub held_out: EvalCount,
+}
+
+/// How a run's set-up built its sensitivity model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetupSummary {
+    /// Store key of the sensitivity analysis (hex).
+    pub key: String,
+    /// One-at-a-time measurements the analysis holds.
+    pub measured: usize,
+    /// The frugal set-up's budget in measurements (`None` for a fixed `--pairs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<usize>,
+    /// The frugal set-up's rounds and why it stopped (`None` for a fixed `--pairs`, or when the
+    /// analysis was reused from the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// Whether the analysis was found in the store (computed by an earlier run).
+    pub reused: bool,
 }
 
 /// A trial's state.

@@ -125,6 +125,12 @@ fn main() -> ExitCode {
             false,
             minilm::q_format_layer_is_candles_qmatmul,
         ),
+        needs(
+            "minilm::frugal_setup_measures_fewer_pairs_than_the_space",
+            &minilm,
+            false,
+            minilm::frugal_setup_measures_fewer_pairs_than_the_space,
+        ),
         needs("minilm::eval_timing", &minilm, true, minilm::eval_timing),
         needs(
             "page::loads_in_headless_chromium_with_every_image_decoded",

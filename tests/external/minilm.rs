@@ -247,3 +247,76 @@ pub fn q_format_layer_is_candles_qmatmul(dir: PathBuf) {
         );
     }
 }
+
+/// `--pairs auto` on all-MiniLM-L6-v2 (a space of f16 and int8/int4 per channel or g32, 40 shipped sentences so that each evaluation
+/// is quick): the set-up measures one pair per searchable group and no more than its budget — far
+/// fewer than the space's pairs — and the run counts them as its set-up's evaluations.
+pub fn frugal_setup_measures_fewer_pairs_than_the_space(dir: PathBuf) {
+    let d = crate::util::Dir::new();
+    let space = d.write(
+        "space.toml",
+        r#"[space]
+name = "small"
+exclude = ['embeddings\.(position|token_type)_embeddings$']
+
+[defaults]
+float = ["f32", "f16"]
+bits = [8, 4]
+schemes = ["sym"]
+granularity = ["channel", "g32"]
+activations = ["none"]
+sparsity = [0.0]
+nm = []
+rank = [1.0]
+
+[[group]]
+match = 'encoder\.layer\.(\d+)\.attention\.self\.(?:query|key|value)$'
+"#,
+    );
+    let shipped = mpsearch::data::text::TextSplit::shipped();
+    let sentences: Vec<&str> = shipped
+        .calibration
+        .iter()
+        .chain(&shipped.search)
+        .take(40)
+        .map(String::as_str)
+        .collect();
+    let data = d.write("sentences.txt", &sentences.join("\n"));
+    let model = dir.to_str().unwrap();
+    let (space_arg, data_arg) = (space.to_str().unwrap(), data.to_str().unwrap());
+    crate::util::ok(
+        d.path(),
+        &[
+            "search", "--model", model, "--space", space_arg, "--data", data_arg, "--trials", "8",
+            "--store", "s", "--run", "r",
+        ],
+    );
+    let runs: serde_json::Value = serde_json::from_str(&crate::util::ok(
+        d.path(),
+        &["runs", "--store", "s", "--json"],
+    ))
+    .unwrap();
+    let r = &runs[0];
+    let inventory = mpsearch::model::inventory(&ModelSource::Folder(dir.clone())).unwrap();
+    let s = mpsearch::shipped::space(space_arg, &inventory.layers).unwrap();
+    let pairs = mpsearch::sensitivity::pick_pairs(&s, usize::MAX, 0).len() as u64;
+    let groups = s.searchable_groups().count() as u64;
+    let measured = r["setup"]["measured"].as_u64().unwrap();
+    let budget = r["setup"]["budget"].as_u64().unwrap();
+    // A fifth of 8 trials is less than one per group: the budget is one per searchable group.
+    assert_eq!(budget, groups, "{}", r["setup"]);
+    assert!(
+        measured <= budget && measured >= groups.min(budget),
+        "{}",
+        r["setup"]
+    );
+    assert!(
+        measured < pairs,
+        "measured {measured} of the space's {pairs} pairs"
+    );
+    assert_eq!(
+        r["evaluations"]["setup"]["evaluated"].as_u64(),
+        Some(measured)
+    );
+    eprintln!("MiniLM: {measured} of {pairs} pairs measured ({groups} searchable groups)");
+}

@@ -12,8 +12,14 @@ use crate::util::{describe, fails, ok, run, trials_json, Dir};
 const QUICK: [&str; 4] = ["--pairs", "24", "--ask", "8"];
 
 fn search(cwd: &Path, store: &str, run_name: &str, extra: &[&str]) -> String {
-    let mut args = vec!["search", "--store", store, "--run", run_name];
-    args.extend(QUICK);
+    search_with(cwd, store, run_name, "24", extra)
+}
+
+/// [`search`] with `--pairs pairs` (`auto`, the default, or a number).
+fn search_with(cwd: &Path, store: &str, run_name: &str, pairs: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "search", "--store", store, "--run", run_name, "--pairs", pairs, "--ask", "8",
+    ];
     args.extend(extra);
     ok(cwd, &args)
 }
@@ -129,27 +135,30 @@ fn a_seeded_run_gives_the_same_trials_whatever_jobs_is() {
 }
 
 /// Runs `strategy` for 80 trials uninterrupted, then again killed with SIGKILL part-way and resumed:
-/// both must end with the same trials and front.
-fn killed_and_resumed_equals_uninterrupted(strategy: &str) {
+/// both must end with the same trials and front (and, with `--pairs auto`, the same set-up).
+fn killed_and_resumed_equals_uninterrupted(strategy: &str, pairs: &str) {
     let d = Dir::new();
     let common = ["--trials", "80", "--seed", "5", "--strategy", strategy];
-    search(d.path(), "whole", "r", &common);
+    search_with(d.path(), "whole", "r", pairs, &common);
     let whole = identity(&trials_json(d.path(), "whole", "r"));
     assert_eq!(whole.len(), 80);
 
-    // Warm the second store's sensitivity record so the killed run starts its trials at once.
-    search(
-        d.path(),
-        "killed",
-        "warm",
-        &["--trials", "1", "--seed", "5"],
-    );
+    // Warm the second store's sensitivity record so the killed run starts its trials at once: a
+    // fixed sample is keyed by its seed; a frugal set-up by the problem and its budget (a fifth of
+    // 80 trials), not by the seed or strategy, so other trials warm it without caching these.
+    let warm: &[&str] = if pairs == "auto" {
+        &["--trials", "80", "--seed", "99", "--strategy", "random"]
+    } else {
+        &["--trials", "1", "--seed", "5"]
+    };
+    search_with(d.path(), "killed", "warm", pairs, warm);
     let mut delay = Duration::from_millis(1500);
     let mut killed_at = None;
     for attempt in 0..6 {
         let name = format!("r{attempt}");
-        let mut args = vec!["search", "--store", "killed", "--run", &name];
-        args.extend(QUICK);
+        let mut args = vec![
+            "search", "--store", "killed", "--run", &name, "--pairs", pairs, "--ask", "8",
+        ];
         args.extend(common);
         let mut child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
             .args(&args)
@@ -199,16 +208,149 @@ fn killed_and_resumed_equals_uninterrupted(strategy: &str) {
             .collect()
     };
     assert_eq!(strip(&fronts[0]), strip(&whole_front));
+    let setup = |store: &str, run: &str| {
+        runs_json(d.path(), store)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == run)
+            .map(|r| (r["setup"]["key"].clone(), r["setup"]["measured"].clone()))
+            .unwrap()
+    };
+    assert_eq!(setup("killed", &name), setup("whole", "r"));
 }
 
 #[test]
 fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
-    killed_and_resumed_equals_uninterrupted("evolution");
+    killed_and_resumed_equals_uninterrupted("evolution", "24");
 }
 
 #[test]
 fn a_bayes_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
-    killed_and_resumed_equals_uninterrupted("bayes");
+    killed_and_resumed_equals_uninterrupted("bayes", "24");
+}
+
+#[test]
+fn a_frugal_bayes_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
+    killed_and_resumed_equals_uninterrupted("bayes", "auto");
+}
+
+#[test]
+fn a_seeded_frugal_run_gives_the_same_set_up_and_trials_whatever_jobs_is() {
+    let d = Dir::new();
+    let common = ["--trials", "40", "--seed", "3"];
+    search_with(
+        d.path(),
+        "one",
+        "r",
+        "auto",
+        &[&common[..], &["--jobs", "1"]].concat(),
+    );
+    search_with(
+        d.path(),
+        "two",
+        "r",
+        "auto",
+        &[&common[..], &["--jobs", "2"]].concat(),
+    );
+    let a = identity(&trials_json(d.path(), "one", "r"));
+    let b = identity(&trials_json(d.path(), "two", "r"));
+    assert_eq!(a, b);
+    let (x, y) = (
+        &runs_json(d.path(), "one")[0],
+        &runs_json(d.path(), "two")[0],
+    );
+    assert_eq!(x["setup"], y["setup"]);
+    assert_eq!(x["evaluations"], y["evaluations"]);
+}
+
+/// The default set-up on the demo: it measures a small part of the space's pairs, stops by its own
+/// rule before its budget, and every evaluation of the run is counted where it belongs.
+#[test]
+fn the_frugal_set_up_measures_few_pairs_and_every_evaluation_is_counted() {
+    let d = Dir::new();
+    let args = ["search", "--store", "s", "--run", "r", "--trials", "150"];
+    let out = run(d.path(), &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sensitivity: frugal set-up, at most 30 one-at-a-time measurements"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("evaluations: "), "{stdout}");
+    let r = &runs_json(d.path(), "s")[0];
+    assert_eq!(r["pairs"], "auto");
+    let setup = &r["setup"];
+    let measured = setup["measured"].as_u64().unwrap();
+    // 4 searchable groups of 81 choices, 324 compressing pairs; the budget is a fifth of 150 trials.
+    assert_eq!(setup["budget"], 30, "{setup}");
+    assert!((4..30).contains(&measured), "{setup}");
+    assert!(
+        ["stable", "covered"].contains(&setup["stop"].as_str().unwrap()),
+        "{setup}"
+    );
+    assert_eq!(setup["reused"], false);
+
+    let e = &r["evaluations"];
+    assert_eq!(e["complete"], true);
+    assert_eq!(e["setup"]["evaluated"].as_u64().unwrap(), measured, "{e}");
+    let t = trials_json(d.path(), "s", "r");
+    let count = |baseline: bool, cached: bool| {
+        t.iter()
+            .filter(|v| (v["strategy"] == "baseline") == baseline && v["cached"] == cached)
+            .count() as u64
+    };
+    assert_eq!(
+        e["trials"]["evaluated"].as_u64().unwrap(),
+        count(false, false),
+        "{e}"
+    );
+    assert_eq!(
+        e["trials"]["cached"].as_u64().unwrap(),
+        count(false, true),
+        "{e}"
+    );
+    assert_eq!(
+        e["baselines"]["evaluated"].as_u64().unwrap(),
+        count(true, false),
+        "{e}"
+    );
+    // A fresh store: each front point was evaluated on the held-out split once.
+    let front = r["front"].as_array().unwrap().len() as u64;
+    assert_eq!(e["held_out"]["evaluated"].as_u64().unwrap(), front, "{e}");
+    let parts: u64 = ["setup", "baselines", "trials", "held_out"]
+        .iter()
+        .map(|k| e[*k]["evaluated"].as_u64().unwrap())
+        .sum();
+    assert_eq!(e["total"].as_u64().unwrap(), parts);
+    // The demo's front is found with few evaluations (issue target: 99% of the final hypervolume in
+    // at most 40, set-up included).
+    let to99 = r["evaluations_to_99_percent"].as_u64().unwrap();
+    assert!(
+        to99 <= 40,
+        "{to99} evaluations to 99% of the final hypervolume"
+    );
+
+    // A second run of the same problem reuses the set-up: nothing measured, and said.
+    let args = [
+        "search", "--store", "s", "--run", "again", "--trials", "150", "--seed", "1",
+    ];
+    let out = run(d.path(), &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sensitivity model reused from the store")
+    );
+    let again = runs_json(d.path(), "s")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "again")
+        .cloned()
+        .unwrap();
+    assert_eq!(again["setup"]["reused"], true);
+    assert_eq!(again["setup"]["key"], setup["key"]);
+    assert_eq!(again["evaluations"]["setup"]["evaluated"], 0);
 }
 
 /// The uniform baselines of the demo space (all-f32, all-f16, all-int8, …), each evaluated and costed
@@ -455,7 +597,7 @@ fn failed_evaluations_are_recorded_as_failed_trials_and_the_search_goes_on() {
         objective: Objective::Size,
         seed: 1,
         trials: Some(40),
-        pairs: 12,
+        pairs: mpsearch::sensitivity::Pairs::Fixed(12),
         ..RunConfig::default()
     };
     let (session, manifest) = search::create(&store, "flaky", config, &mut |_, _, _| {}).unwrap();

@@ -76,6 +76,8 @@ pub enum Plot {
     Allocation,
     /// Hypervolume after each trial, one line per comparable run.
     Hypervolume,
+    /// The same against model evaluations, the set-up's included.
+    HypervolumeEvaluations,
     /// The sensitivity model's predicted quality against the measured one.
     Sensitivity,
     /// Measured end-to-end latency against the predicted one (runs with measurements only).
@@ -83,10 +85,11 @@ pub enum Plot {
 }
 
 impl Plot {
-    pub const ALL: [Plot; 5] = [
+    pub const ALL: [Plot; 6] = [
         Plot::Front,
         Plot::Allocation,
         Plot::Hypervolume,
+        Plot::HypervolumeEvaluations,
         Plot::Sensitivity,
         Plot::Latency,
     ];
@@ -103,6 +106,7 @@ impl Plot {
             Plot::Front => "front",
             Plot::Allocation => "allocation",
             Plot::Hypervolume => "hypervolume",
+            Plot::HypervolumeEvaluations => "hypervolume-evaluations",
             Plot::Sensitivity => "sensitivity",
             Plot::Latency => "latency",
         }
@@ -113,7 +117,7 @@ impl Plot {
         match self {
             Plot::Front => (1200, 760),
             Plot::Allocation => allocation::size(data),
-            Plot::Hypervolume => (1200, 640),
+            Plot::Hypervolume | Plot::HypervolumeEvaluations => (1200, 640),
             Plot::Sensitivity => (1000, 760),
             Plot::Latency => (
                 1000,
@@ -132,7 +136,10 @@ impl Plot {
         match self {
             Plot::Front => front::draw(area, data),
             Plot::Allocation => allocation::draw(area, data),
-            Plot::Hypervolume => trends::hypervolume(area, data),
+            Plot::Hypervolume => trends::hypervolume(area, data, trends::Along::Trials),
+            Plot::HypervolumeEvaluations => {
+                trends::hypervolume(area, data, trends::Along::Evaluations)
+            }
             Plot::Sensitivity => trends::sensitivity(area, data),
             Plot::Latency => latency::draw(area, data),
         }

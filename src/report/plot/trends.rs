@@ -12,24 +12,39 @@ use super::{centred_note, frame, mesh_style, plotters_error as pe, FRONT, PALETT
 use crate::error::Result;
 use crate::report::data::{HypervolumeSeries, ReportData};
 
+/// What the hypervolume plot's x axis counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Along {
+    /// Trials.
+    Trials,
+    /// Model evaluations computed, the set-up's included (what a search pays for).
+    Evaluations,
+}
+
 pub fn hypervolume<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     d: &ReportData,
+    along: Along,
 ) -> Result<()> {
+    let x = |s: &HypervolumeSeries, k: usize| match along {
+        Along::Trials => (k + 1) as f64,
+        Along::Evaluations => s.evaluations.get(k).copied().unwrap_or(0) as f64,
+    };
     let n = d
         .hypervolume
         .iter()
-        .map(|s| s.values.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let mut chart = frame(area, hypervolume_caption(d))
-        .build_cartesian_2d(0.0..n as f64, hypervolume_range(d))
+        .filter_map(|s| s.values.len().checked_sub(1).map(|k| x(s, k)))
+        .fold(1.0, f64::max);
+    let mut chart = frame(area, hypervolume_caption(d, along))
+        .build_cartesian_2d(0.0..n, hypervolume_range(d))
         .map_err(pe)?;
     let y_tick = |v: &f64| short(*v);
     let x_tick = |v: &f64| format!("{v:.0}");
     mesh_style(&mut chart.configure_mesh())
-        .x_desc("trials")
+        .x_desc(match along {
+            Along::Trials => "trials",
+            Along::Evaluations => "model evaluations (set-up, baselines and trials)",
+        })
         .y_desc(format!(
             "hypervolume of the front (normalised; {} profile)",
             d.profile
@@ -48,12 +63,18 @@ pub fn hypervolume<DB: DrawingBackend>(
             .values
             .iter()
             .enumerate()
-            .map(|(k, v)| ((k + 1) as f64, *v))
+            .map(|(k, v)| (x(s, k), *v))
             .collect();
+        let label = match along {
+            Along::Evaluations if !s.counted => {
+                format!("{} (set-up not counted)", series_label(s))
+            }
+            _ => series_label(s),
+        };
         chart
             .draw_series(LineSeries::new(pts, colour.stroke_width(width)))
             .map_err(pe)?
-            .label(series_label(s))
+            .label(label)
             .legend(move |(x, y)| {
                 PathElement::new([(x - 14, y), (x + 14, y)], colour.stroke_width(width))
             });
@@ -62,16 +83,17 @@ pub fn hypervolume<DB: DrawingBackend>(
 }
 
 /// The hypervolume plot's title: this run, and how many comparable runs are drawn with it.
-fn hypervolume_caption(d: &ReportData) -> String {
+fn hypervolume_caption(d: &ReportData, along: Along) -> String {
+    let after = match along {
+        Along::Trials => "Hypervolume after each trial",
+        Along::Evaluations => "Hypervolume against model evaluations",
+    };
     if d.hypervolume.len() > 1 {
         let n = d.hypervolume.len() - 1;
         let s = if n == 1 { "" } else { "s" };
-        format!(
-            "Hypervolume after each trial: run {} and {n} comparable run{s}",
-            d.run
-        )
+        format!("{after}: run {} and {n} comparable run{s}", d.run)
     } else {
-        format!("Hypervolume after each trial: run {}", d.run)
+        format!("{after}: run {}", d.run)
     }
 }
 

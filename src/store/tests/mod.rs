@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use tempfile::TempDir;
 
 use super::*;
-use crate::sensitivity::Measurement;
+use crate::sensitivity::{Measurement, Pairs};
 use crate::strategy::StrategyKind;
 
 /// The environment variable naming the test server (a `postgres://` URL of a superuser's database).
@@ -311,7 +311,7 @@ pub fn manifest(name: &str, created_unix: u64) -> RunManifest {
             max_latency_us: Some(120.0),
             max_drop: Some(0.01),
             seed: 7,
-            pairs: 12,
+            pairs: Pairs::Fixed(12),
             ..RunConfig::default()
         },
         reference: [100.0, 1.0],
@@ -320,6 +320,28 @@ pub fn manifest(name: &str, created_unix: u64) -> RunManifest {
             ..Fingerprints::default()
         },
         splits: None,
+        setup: Some(SetupSummary {
+            key: "5e".repeat(32),
+            measured: 17,
+            budget: Some(100),
+            rounds: Some(5),
+            stop: Some("stable".into()),
+            reused: false,
+        }),
+        evaluations: Some(Evaluations {
+            setup: EvalCount {
+                evaluated: 17,
+                cached: 2,
+            },
+            baselines: EvalCount {
+                evaluated: 1,
+                cached: 0,
+            },
+            held_out: EvalCount {
+                evaluated: 9,
+                cached: 3,
+            },
+        }),
     }
 }
 
@@ -558,4 +580,40 @@ fn database_urls_keep_user_host_and_parameters() {
         "postgresql://u:p@h:5433/x?sslmode=disable"
     );
     assert_eq!(database_url("postgres://u@h", "x"), "postgres://u@h/x");
+}
+
+#[test]
+fn pairs_read_as_written_and_older_manifests_read_unchanged() {
+    // `--pairs` is stored as "auto" or a number; manifests written before `auto` hold a number.
+    let fixed: Pairs = serde_json::from_str("400").unwrap();
+    assert_eq!(fixed, Pairs::Fixed(400));
+    assert_eq!(serde_json::to_string(&fixed).unwrap(), "400");
+    let auto: Pairs = serde_json::from_str("\"auto\"").unwrap();
+    assert_eq!(auto, Pairs::Auto);
+    assert_eq!(serde_json::to_string(&auto).unwrap(), "\"auto\"");
+    for bad in ["0", "\"many\"", "-3", "2.5"] {
+        assert!(serde_json::from_str::<Pairs>(bad).is_err(), "{bad}");
+    }
+    assert_eq!("auto".parse::<Pairs>().unwrap(), Pairs::Auto);
+    assert_eq!(" 12 ".parse::<Pairs>().unwrap(), Pairs::Fixed(12));
+    let e = "0".parse::<Pairs>().unwrap_err().to_string();
+    assert!(e.contains("`auto` or a whole number of at least 1"), "{e}");
+
+    // A manifest from before the set-up and its evaluations were recorded reads without them and is
+    // written back byte for byte.
+    let mut old = manifest("old", 1);
+    old.setup = None;
+    old.evaluations = None;
+    let json = serde_json::to_string(&old).unwrap();
+    assert!(
+        !json.contains("\"setup\"") && !json.contains("\"evaluations\""),
+        "{json}"
+    );
+    assert!(json.contains("\"pairs\":12"), "{json}");
+    let back: RunManifest = serde_json::from_str(&json).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    // And a new one keeps both.
+    let new = manifest("new", 1);
+    let back: RunManifest = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+    assert_eq!(back, new);
 }
