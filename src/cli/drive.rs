@@ -58,7 +58,8 @@ pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
                 bar.suspend(|| {
                     eprintln!(
                         "sensitivity: frugal set-up, at most {t} one-at-a-time measurements (a fifth of \
-                         the run's budget; it stops once the predicted front is stable)"
+                         the run's budget, at least one per searchable group; it stops once the \
+                         predicted front is stable)"
                     )
                 });
             }

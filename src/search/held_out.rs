@@ -47,17 +47,15 @@ impl HeldOutOutcome {
 /// before evaluations were counted is left as it is, and so is a run another process drives: its
 /// controller owns the manifest, and the count is lost rather than its status).
 pub fn record(store: &dyn Store, name: &str, outcome: &HeldOutOutcome) -> Result<()> {
-    if outcome.evaluated == 0 || store.controllers()?.iter().any(|c| c.run == name) {
+    if outcome.evaluated + outcome.cached == 0 || store.controllers()?.iter().any(|c| c.run == name)
+    {
         return Ok(());
     }
     let Some(mut m) = store.run(name)? else {
         return Ok(());
     };
     if let Some(e) = m.evaluations.as_mut() {
-        e.held_out.add(EvalCount {
-            evaluated: outcome.evaluated as u64,
-            cached: 0,
-        });
+        e.held_out.add(outcome.count());
         store.put_run(&m)?;
     }
     Ok(())

@@ -131,9 +131,8 @@ pub fn open(
         e.setup.add(session.evaluations.setup);
         e.baselines.add(session.evaluations.baselines);
     }
-    if manifest.setup.is_none() {
-        manifest.setup = Some(session.setup.clone());
-    }
+    // The analysis this session uses (the run's own, or, if the store lost it, the one built now).
+    manifest.setup = Some(session.setup.clone());
     Ok((session, manifest))
 }
 

@@ -354,6 +354,11 @@ fn sensitivity(
             let predictor = fit(&record)?;
             return Ok((predictor, known.clone()));
         }
+        notes.push(format!(
+            "the run's own sensitivity analysis (key {}) is not in the store any more: it is built \
+             again, and the trials from here on are asked with the new one",
+            known.key.chars().take(12).collect::<String>()
+        ));
     }
     match config.pairs {
         Pairs::Fixed(n) => {
@@ -441,13 +446,22 @@ fn frugal_sensitivity(
             errors
         }
     };
-    // The problem the front is solved for (its cost tables and limits) and the budget decide which
-    // pairs are measured, so they are part of the key.
+    // The problem the front is solved for (its cost tables and limits) decides which pairs are
+    // measured, so it is part of the key. The budget is too, unless the set-up stopped by its own
+    // rule before reaching it: then any budget at least as large measures the same pairs (the budget
+    // only ever cuts the set-up short), so that analysis is stored under a key without the budget and
+    // serves every such run — e.g. the same problem under another trial or time budget.
     let probe = (inputs.build)(Predictor::from_table(errors.clone())?)?;
-    let key = frugal_key(&fingerprint, space, &probe, budget);
-    if let Some(record) = store.sensitivity(&key)? {
+    let natural = frugal_key(&fingerprint, space, &probe, None);
+    let capped = frugal_key(&fingerprint, space, &probe, Some(budget));
+    let found = match store.sensitivity(&natural)? {
+        Some(r) if r.measurements.len() <= budget => Some((natural, r)),
+        _ => store.sensitivity(&capped)?.map(|r| (capped, r)),
+    };
+    if let Some((key, record)) = found {
         notes.push(format!(
-            "sensitivity model reused from the store ({} one-at-a-time measurements of the frugal              set-up)",
+            "sensitivity model reused from the store ({} one-at-a-time measurements of the frugal \
+             set-up)",
             record.measurements.len()
         ));
         let summary = SetupSummary {
@@ -479,7 +493,8 @@ fn frugal_sensitivity(
     count.add(measurer.counts());
     notes.push(format!(
         "frugal set-up: {} of {} (group, choice) pairs measured one at a time in {} rounds: {} \
-         (budget {budget}, a fifth of the run's); {} points on the predicted front",
+         (budget {budget}: a fifth of the run's, at least one per searchable group); {} points on \
+         the predicted front",
         outcome.measurements.len(),
         measurable.len(),
         outcome.rounds,
@@ -490,6 +505,11 @@ fn frugal_sensitivity(
         schema: SCHEMA_VERSION,
         errors,
         measurements: outcome.measurements,
+    };
+    let key = if outcome.stop != frugal::FrugalStop::Budget && record.measurements.len() < budget {
+        natural
+    } else {
+        capped
     };
     store.put_sensitivity(&key, &record)?;
     let summary = SetupSummary {
@@ -503,12 +523,10 @@ fn frugal_sensitivity(
     Ok((fit(&record)?, summary))
 }
 
-/// The predictor of a stored analysis.
+/// The predictor of a stored analysis (the frugal set-up's rule: the raw cheap errors when no
+/// measurement can fit a scale).
 fn fit(record: &SensitivityRecord) -> Result<Predictor> {
-    if record.measurements.is_empty() {
-        return Predictor::from_table(record.errors.clone());
-    }
-    Ok(Predictor::fit(&record.errors, &record.measurements)?.with_measured(&record.measurements))
+    frugal::predictor(&record.errors, &record.measurements)
 }
 
 /// Store key of the cheap errors of `space` under the evaluator `fingerprint`.
@@ -520,19 +538,23 @@ fn cheap_errors_key(fingerprint: &blake3::Hash, space: &SearchSpace) -> blake3::
     h.finalize()
 }
 
-/// Store key of a frugal set-up: the evaluator, the space, the problem's cost tables and limits, and
-/// the budget.
+/// Store key of a frugal set-up: the evaluator, the space, the problem's cost tables and cost limits
+/// (what its exact front depends on), and the budget when it cut the set-up short (see
+/// [`frugal_sensitivity`]).
 fn frugal_key(
     fingerprint: &blake3::Hash,
     space: &SearchSpace,
     problem: &Problem,
-    budget: usize,
+    budget: Option<usize>,
 ) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(b"mpsearch-frugal-setup-v1\n");
     h.update(fingerprint.as_bytes());
     h.update(space.fingerprint().as_bytes());
-    h.update(&(budget as u64).to_le_bytes());
+    match budget {
+        Some(b) => h.update(&(b as u64).to_le_bytes()),
+        None => h.update(b"no budget reached"),
+    };
     let table = |h: &mut blake3::Hasher, t: &[Vec<f64>]| {
         for row in t {
             h.update(&(row.len() as u64).to_le_bytes());
@@ -547,6 +569,5 @@ fn frugal_key(
         h.update(&l.max.to_bits().to_le_bytes());
         table(&mut h, &l.table);
     }
-    h.update(&problem.max_quality.unwrap_or(0.0).to_bits().to_le_bytes());
     h.finalize()
 }

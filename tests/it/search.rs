@@ -351,6 +351,23 @@ fn the_frugal_set_up_measures_few_pairs_and_every_evaluation_is_counted() {
     assert_eq!(again["setup"]["reused"], true);
     assert_eq!(again["setup"]["key"], setup["key"]);
     assert_eq!(again["evaluations"]["setup"]["evaluated"], 0);
+    // Another budget that the set-up did not reach (a fifth of 130 trials is 26) measures the same
+    // pairs, so it reuses the same analysis too.
+    let args = [
+        "search", "--store", "s", "--run", "other", "--trials", "130",
+    ];
+    let out = run(d.path(), &args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let other = runs_json(d.path(), "s")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "other")
+        .cloned()
+        .unwrap();
+    assert_eq!(other["setup"]["budget"], 26);
+    assert_eq!(other["setup"]["key"], setup["key"], "{}", other["setup"]);
+    assert_eq!(other["evaluations"]["setup"]["evaluated"], 0);
 }
 
 /// The uniform baselines of the demo space (all-f32, all-f16, all-int8, …), each evaluated and costed
