@@ -58,7 +58,7 @@ pub fn loads_with_every_image_decoded(chromium: String) {
                 log
             )
         });
-    assert_eq!(check, "ok images=4/4 errors=0", "page {url}");
+    assert_eq!(check, "ok images=5/5 errors=0", "page {url}");
     assert!(
         dom.contains("id=\"front-table\""),
         "the front table is on the page"
