@@ -331,7 +331,8 @@ struct SetupInputs<'a> {
 /// With `--pairs N`, the record is keyed by the evaluator, the space and the pairs
 /// ([`sensitivity_key`]). With `--pairs auto` ([`super::frugal`]), the cheap errors are stored on
 /// their own (keyed by the evaluator and the space, so every run of them shares one computation) and
-/// the analysis under a key that adds the problem (cost tables, limits) and the set-up's budget.
+/// the analysis under a key that adds the problem (cost tables, limits) and, only when it cut the
+/// set-up short, the set-up's budget (see [`frugal_sensitivity`]).
 fn sensitivity(
     inputs: &SetupInputs,
     count: &mut EvalCount,
