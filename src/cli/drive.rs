@@ -236,7 +236,7 @@ fn summarise(
 }
 
 /// The run's model evaluations by what they were for, in a sentence.
-pub fn evaluations_line(e: &mpsearch::store::EvaluationCounts) -> String {
+fn evaluations_line(e: &mpsearch::store::EvaluationCounts) -> String {
     let part = |what: &str, c: mpsearch::store::EvalCount| {
         if c.cached > 0 {
             format!("{what} {} (+{} from the cache)", c.evaluated, c.cached)

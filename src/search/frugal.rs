@@ -32,8 +32,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde::Serialize;
-
 use crate::error::Result;
 use crate::sensitivity::{Measurement, Predictor};
 use crate::space::Point;
@@ -46,8 +44,7 @@ const RIVALS: usize = 2;
 pub const SETUP_SHARE: f64 = 0.2;
 
 /// Why the frugal set-up stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrugalStop {
     /// The predicted front's membership did not change over the last round.
     Stable,
@@ -55,6 +52,17 @@ pub enum FrugalStop {
     Covered,
     /// The set-up's budget is spent.
     Budget,
+}
+
+impl FrugalStop {
+    /// Its one-word name, as a run's manifest records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrugalStop::Stable => "stable",
+            FrugalStop::Covered => "covered",
+            FrugalStop::Budget => "budget",
+        }
+    }
 }
 
 impl std::fmt::Display for FrugalStop {

@@ -518,7 +518,7 @@ fn frugal_sensitivity(
         measured: record.measurements.len(),
         budget: Some(budget),
         rounds: Some(outcome.rounds),
-        stop: Some(format!("{:?}", outcome.stop).to_lowercase()),
+        stop: Some(outcome.stop.name().to_string()),
         reused: false,
     };
     Ok((fit(&record)?, summary))
