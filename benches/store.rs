@@ -73,6 +73,8 @@ fn trial(number: u64, state: TrialState) -> TrialRecord {
         },
         cached: false,
         seconds: 0.02,
+
+        proxy: None,
     }
 }
 

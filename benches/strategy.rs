@@ -195,6 +195,7 @@ fn resume(c: &mut Criterion) {
             number: r.number,
             point: r.point.clone(),
             quality: r.quality,
+            proxy: false,
         });
     }
     g.bench_function("10000/rebuild-evolution-from-history", |b| {

@@ -460,6 +460,10 @@ pub struct SearchArgs {
     /// front needs, at most a fifth of the run's budget; see README) or at most N (a seeded sample).
     #[arg(long, value_name = "auto|N", default_value = "auto")]
     pub pairs: mpsearch::sensitivity::Pairs,
+    /// Proxy evaluations: each trial is first evaluated on this share of the search split (its first
+    /// samples, e.g. 0.25), and in full only if that could put it on the front (see README).
+    #[arg(long, value_name = "SHARE")]
+    pub fidelity: Option<f64>,
 }
 
 #[derive(Args)]
@@ -784,6 +788,9 @@ impl SearchArgs {
                 d.is_finite() && d > 0.0,
                 "--max-drop must be a positive number, not {d}"
             );
+        }
+        if let Some(f) = self.fidelity {
+            mpsearch::search::fidelity::check_fidelity(f)?;
         }
         if let Some(n) = &self.run {
             anyhow::ensure!(

@@ -135,8 +135,13 @@ pub fn drive(
     let bar = trial_bar(&manifest.name, manifest.config.trials);
     let mut on_progress = |p: &Progress| {
         bar.set_position(p.trials);
+        let pruned = if p.evaluations.proxy.evaluated + p.evaluations.proxy.cached > 0 {
+            format!(" · pruned {}", p.pruned)
+        } else {
+            String::new()
+        };
         bar.set_message(format!(
-            "evaluations {} (set-up {}) · cache hits {} · failed {} · front {} · HV {:.4}",
+            "evaluations {} (set-up {}) · cache hits {} · failed {}{pruned} · front {} · HV {:.4}",
             p.evaluations.total,
             p.evaluations.setup.evaluated,
             p.cache_hits,
@@ -198,6 +203,9 @@ fn summarise(
     out.push_str(&evaluations_line(&mpsearch::store::evaluations(
         m, &o.trials,
     )));
+    if let Some(p) = mpsearch::store::proxy_summary(&o.trials) {
+        out.push_str(&proxy_line(&p));
+    }
     out.push_str(&front_table(
         mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
         &front,
@@ -244,8 +252,17 @@ fn evaluations_line(e: &mpsearch::store::EvaluationCounts) -> String {
             format!("{what} {}", c.evaluated)
         }
     };
+    let proxies = e.proxy.evaluated + e.proxy.cached;
+    let (in_full, proxy) = if proxies > 0 {
+        (
+            format!(" ({:.1} in full evaluations)", e.full_equivalent),
+            format!(", {}", part("proxies", e.proxy)),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
-        "evaluations: {} in all — {}, {}, {}, {}{}\n\n",
+        "evaluations: {}{in_full} in all — {}, {}, {}{proxy}, {}{}\n\n",
         e.total,
         part("set-up", e.setup),
         part("baselines", e.baselines),
@@ -256,6 +273,27 @@ fn evaluations_line(e: &mpsearch::store::EvaluationCounts) -> String {
         } else {
             " (this run was recorded before its set-up and held-out evaluations were counted)"
         }
+    )
+}
+
+/// What the proxy evaluations (`--fidelity`) did, in a sentence.
+pub fn proxy_line(p: &mpsearch::store::ProxySummary) -> String {
+    let rho = p
+        .spearman
+        .map_or("no proxy-vs-full rank correlation yet".to_string(), |r| {
+            format!(
+                "proxy-vs-full Spearman ρ {r:.3} over the {} trials evaluated both ways",
+                p.promoted
+            )
+        });
+    format!(
+        "proxy: the first {} search samples ({:.0}% of the split); {} trials evaluated on it, {} \
+         then in full, {} pruned; {rho}\n\n",
+        p.samples,
+        100.0 * p.share,
+        p.proxies,
+        p.promoted,
+        p.pruned
     )
 }
 

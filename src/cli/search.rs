@@ -74,5 +74,6 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
         scale: a.data.scale.method(),
         rounding: checked.rounding,
         pairs: a.pairs,
+        fidelity: a.fidelity,
     }
 }

@@ -37,8 +37,14 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
                 points
                     .get(&t.number)
                     .map_or(String::new(), |k| k.to_string()),
-                t.quality
-                    .map_or_else(|| t.error.clone().unwrap_or_default(), quality),
+                match (t.quality, &t.proxy) {
+                    (Some(q), _) => quality(q),
+                    // A pruned trial: its proxy quality, marked as such.
+                    (None, Some(p)) if t.error.is_none() => {
+                        format!("{} (proxy)", quality(p.quality))
+                    }
+                    _ => t.error.clone().unwrap_or_default(),
+                },
                 held_out
                     .get(&t.number)
                     .map_or("-".into(), |h| quality(h.quality)),
@@ -127,6 +133,7 @@ fn json_lines(
             "cached": t.cached, "seconds": t.seconds, "metrics": t.metrics, "error": t.error,
             "point": points.get(&t.number),
             "held_out_quality": h.map(|h| h.quality), "held_out_metrics": h.map(|h| &h.metrics),
+            "proxy": t.proxy,
             "measurements": ms,
         });
         writeln!(out, "{v}")?;

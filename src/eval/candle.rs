@@ -1,7 +1,7 @@
 //! The candle evaluator: compressed weights, candle forward, metrics against the f32 outputs.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -92,6 +92,8 @@ pub struct CandleEvaluator {
     reference: Reference,
     /// The f32 model's output rows on the held-out split, computed on first use.
     held_out_reference: OnceLock<std::result::Result<Reference, String>>,
+    /// Proxy splits by size, each with the f32 model's outputs on it, built on first use.
+    proxies: Mutex<HashMap<u32, Arc<ProxySplit>>>,
     cache: CompressCache,
     /// Original weights by layer.
     weights: HashMap<String, Tensor>,
@@ -140,6 +142,7 @@ impl CandleEvaluator {
             settings,
             reference,
             held_out_reference: OnceLock::new(),
+            proxies: Mutex::new(HashMap::new()),
             weights,
             calibration: OnceLock::new(),
             fingerprint,
@@ -171,9 +174,60 @@ impl CandleEvaluator {
         &self.cache
     }
 
-    /// The f32 model's outputs on `split` (the held-out ones computed once, on first use).
+    /// The proxy of the first `n` search samples: its batches, labels and the f32 model's outputs
+    /// on it, built once per size.
+    fn proxy(&self, n: u32) -> Result<Arc<ProxySplit>> {
+        let mut proxies = self.proxies.lock().map_err(|_| Error::Eval {
+            message: "a proxy evaluation panicked earlier".into(),
+        })?;
+        if let Some(p) = proxies.get(&n) {
+            return Ok(p.clone());
+        }
+        let samples = self.data.sizes.search;
+        if n == 0 || n as usize > samples {
+            return Err(Error::Eval {
+                message: format!(
+                    "a proxy of {n} samples: the search split has {samples} ({})",
+                    self.data.description
+                ),
+            });
+        }
+        let mut batches = Vec::new();
+        let mut left = n as usize;
+        for b in &self.data.eval {
+            if left == 0 {
+                break;
+            }
+            let b = b.head(left)?;
+            left -= b.len();
+            batches.push(b);
+        }
+        // Labels are per sample for a classifier, per position for a language model.
+        let labels = self.data.labels.as_ref().map(|l| {
+            let per_position = self.model.inventory().kind == ModelKind::LanguageModel;
+            let count: usize = batches
+                .iter()
+                .map(|b| if per_position { b.positions() } else { b.len() })
+                .sum();
+            l[..count.min(l.len())].to_vec()
+        });
+        let reference = reference_outputs(self.model.as_ref(), &batches, labels.as_deref())?;
+        let p = Arc::new(ProxySplit {
+            batches,
+            labels,
+            reference,
+        });
+        proxies.insert(n, p.clone());
+        Ok(p)
+    }
+
+    /// The f32 model's outputs on the search or held-out split (the held-out ones computed once,
+    /// on first use).
     fn reference_on(&self, split: EvalSplit) -> Result<&Reference> {
         match split {
+            EvalSplit::Proxy(_) => Err(Error::Eval {
+                message: "a proxy's reference is kept with its batches".into(),
+            }),
             EvalSplit::Search => Ok(&self.reference),
             EvalSplit::HeldOut => self
                 .held_out_reference
@@ -360,10 +414,23 @@ impl Evaluator for CandleEvaluator {
         self.evaluate_on(EvalSplit::Search, a)
     }
 
+    fn search_samples(&self) -> Option<usize> {
+        Some(self.data.sizes.search)
+    }
+
     fn evaluate_on(&self, split: EvalSplit, a: &Assignment) -> Result<Evaluation> {
         let started = Instant::now();
-        let reference = self.reference_on(split)?;
-        let (batches, labels) = self.data.split(split);
+        let proxy = match split {
+            EvalSplit::Proxy(n) => Some(self.proxy(n)?),
+            _ => None,
+        };
+        let (reference, batches, labels) = match &proxy {
+            Some(p) => (&p.reference, &p.batches[..], p.labels.as_deref()),
+            None => {
+                let (batches, labels) = self.data.split(split);
+                (self.reference_on(split)?, batches, labels)
+            }
+        };
         let overrides = self.overrides(a)?;
         let ctx = ForwardCtx {
             overrides: Some(&overrides),
@@ -404,6 +471,13 @@ impl Evaluator for CandleEvaluator {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// A proxy: the first samples of the search split, and the f32 model's outputs on them.
+struct ProxySplit {
+    batches: Vec<Batch>,
+    labels: Option<Vec<u32>>,
+    reference: Reference,
 }
 
 /// What the evaluator takes from the calibration split, in one capture of every layer's inputs.
@@ -505,10 +579,11 @@ fn hash_tensors(h: &mut blake3::Hasher, tensors: &[&Tensor]) -> Result<()> {
 }
 
 impl EvalData {
-    /// The batches and labels (classifiers) of `split`.
+    /// The batches and labels (classifiers) of `split` (a proxy's are those of the search split,
+    /// whose first samples it takes).
     pub fn split(&self, split: EvalSplit) -> (&[Batch], Option<&[u32]>) {
         match split {
-            EvalSplit::Search => (&self.eval, self.labels.as_deref()),
+            EvalSplit::Search | EvalSplit::Proxy(_) => (&self.eval, self.labels.as_deref()),
             EvalSplit::HeldOut => (&self.held_out, self.held_out_labels.as_deref()),
         }
     }

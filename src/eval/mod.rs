@@ -10,7 +10,9 @@
 //! An evaluator measures on one of two splits of its data ([`EvalSplit`]): the **search** split, the
 //! quality every strategy sees, and the **held-out** split, on which a search's front points are
 //! measured again at the end so that reports quote a quality the front was not chosen on. Each split
-//! has its own content key ([`evaluation_key_on`]): the split is part of the key.
+//! has its own content key ([`evaluation_key_on`]): the split is part of the key. A **proxy**
+//! ([`EvalSplit::Proxy`]) is the first `n` samples of the search split, in the split's order: a
+//! cheaper evaluation (`search --fidelity`) with its own key, so proxy and full results never mix.
 //!
 //! A layer in a GGML block format (`q4_k`…) is evaluated through the kernel that runs it: candle's
 //! `QMatMul` on the weight quantized by candle's own quantizer, its on-the-fly activation quantization
@@ -39,21 +41,36 @@ pub enum EvalSplit {
     Search,
     /// The split a front is reported on, never searched on.
     HeldOut,
+    /// The first `n` samples (images, sentences, text windows) of the search split, in its order:
+    /// a proxy evaluation, compared with the f32 model's outputs on the same samples.
+    Proxy(u32),
 }
 
 impl EvalSplit {
-    /// How messages and JSON name it: `search`, `held-out`.
+    /// How messages and JSON name it: `search`, `held-out`, `proxy`.
     pub fn name(self) -> &'static str {
         match self {
             EvalSplit::Search => "search",
             EvalSplit::HeldOut => "held-out",
+            EvalSplit::Proxy(_) => "proxy",
+        }
+    }
+
+    /// What goes into its evaluations' keys: its name, and a proxy's size (`proxy-60`).
+    fn key_label(self) -> String {
+        match self {
+            EvalSplit::Proxy(n) => format!("proxy-{n}"),
+            _ => self.name().to_string(),
         }
     }
 }
 
 impl std::fmt::Display for EvalSplit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        match self {
+            EvalSplit::Proxy(n) => write!(f, "proxy (the first {n} search samples)"),
+            _ => f.write_str(self.name()),
+        }
     }
 }
 
@@ -84,10 +101,16 @@ pub trait Evaluator: Send + Sync {
     fn evaluate_on(&self, split: EvalSplit, assignment: &Assignment) -> Result<Evaluation> {
         match split {
             EvalSplit::Search => self.evaluate(assignment),
-            EvalSplit::HeldOut => Err(Error::Eval {
-                message: "this evaluator has no held-out split".into(),
+            EvalSplit::HeldOut | EvalSplit::Proxy(_) => Err(Error::Eval {
+                message: format!("this evaluator has no {} split", split.name()),
             }),
         }
+    }
+
+    /// Samples in the search split (what a proxy's size is a share of); `None` for an evaluator
+    /// that cannot evaluate a proxy.
+    fn search_samples(&self) -> Option<usize> {
+        None
     }
 
     /// The content key of an assignment's evaluation on the search split (see
@@ -122,7 +145,7 @@ pub fn evaluation_key_on(
     let mut h = blake3::Hasher::new();
     h.update(b"mpsearch-evaluation-v2\n");
     h.update(fingerprint.as_bytes());
-    h.update(split.name().as_bytes());
+    h.update(split.key_label().as_bytes());
     h.update(b"\n");
     h.update(assignment.as_bytes());
     h.finalize()

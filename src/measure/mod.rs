@@ -196,7 +196,9 @@ fn trial<'t>(manifest: &RunManifest, trials: &'t [TrialRecord], n: u64) -> Resul
         )));
     };
     match t.state {
-        TrialState::Complete => Ok(t),
+        // A pruned trial's model is as real as a complete one's: only its quality was not measured
+        // in full, and measuring times the model, not its quality.
+        TrialState::Complete | TrialState::Pruned => Ok(t),
         TrialState::Failed => Err(Error::measure(format!(
             "trial {n} of run `{}` failed ({}): there is no evaluated model to measure; pick a \
              complete trial",

@@ -57,6 +57,8 @@ pub struct ReportData {
     pub hypervolume: Vec<HypervolumeSeries>,
     /// The run's model evaluations by what they were for.
     pub evaluations: store::EvaluationCounts,
+    /// How its proxy evaluations went (`--fidelity`; `None` without).
+    pub proxy: Option<store::ProxySummary>,
     pub sensitivity: Option<SensitivityFit>,
     /// Measured against predicted latency, one panel per setting (host, batch); empty when the run
     /// has no measurements.
@@ -165,8 +167,8 @@ pub struct HypervolumeSeries {
     /// `values[i]`: after the first `i + 1` trials.
     pub values: Vec<f64>,
     /// `evaluations[i]`: model evaluations computed when trial `i` had finished, set-up and baselines
-    /// included ([`store::evaluations_at_each_trial`]).
-    pub evaluations: Vec<u64>,
+    /// included, a proxy counted as its share ([`store::evaluations_at_each_trial`]).
+    pub evaluations: Vec<f64>,
     /// Whether the run counted its set-up's evaluations (runs recorded before: trials only).
     pub counted: bool,
 }
@@ -186,7 +188,7 @@ impl HypervolumeSeries {
 
     /// The evaluations (set-up included) after which the front first reached `share` of its final
     /// hypervolume; `None` before any feasible point.
-    pub fn evaluations_to(&self, share: f64) -> Option<u64> {
+    pub fn evaluations_to(&self, share: f64) -> Option<f64> {
         let last = *self.values.last()?;
         if last <= 0.0 {
             return None;
@@ -565,6 +567,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
         held_out,
         layers: layers.iter().map(|l| l.name.clone()).collect(),
         baselines,
+        proxy: store::proxy_summary(&trials),
         hypervolume,
         evaluations: store::evaluations(&manifest, &trials),
         sensitivity,

@@ -184,12 +184,40 @@ fn evaluations_table(d: &ReportData) -> String {
     s.push_str(&row("set-up (one-at-a-time measurements)", e.setup));
     s.push_str(&row("baselines", e.baselines));
     s.push_str(&row("trials", e.trials));
+    if let Some(p) = &d.proxy {
+        s.push_str(&row(
+            &format!(
+                "proxies (each {:.0}% of a full evaluation)",
+                100.0 * p.share
+            ),
+            e.proxy,
+        ));
+    }
     s.push_str(&row("held-out (front points)", e.held_out));
     let _ = writeln!(
         s,
         "<tr><td>in all</td><td class=\"num\">{}</td><td></td></tr>\n</tbody>\n</table>",
         e.total
     );
+    if let Some(p) = &d.proxy {
+        let rho = p
+            .spearman
+            .map_or("no rank correlation yet".to_string(), |r| {
+                format!("a proxy-vs-full Spearman ρ of {r:.3}")
+            });
+        let _ = writeln!(
+            s,
+            "<p>Proxy evaluations on the first {} search samples ({:.0}% of the split): {} trials \
+             evaluated on the proxy, {} of them then in full ({rho} over those), {} pruned on the \
+             proxy alone. In full evaluations, the run cost {:.1}.</p>",
+            p.samples,
+            100.0 * p.share,
+            p.proxies,
+            p.promoted,
+            p.pruned,
+            e.full_equivalent
+        );
+    }
     if !e.complete {
         s.push_str(
             "<p>This run was recorded before its set-up and held-out evaluations were counted: only \
@@ -204,8 +232,13 @@ fn evaluations_table(d: &ReportData) -> String {
     {
         let _ = writeln!(
             s,
-            "<p>The front reached 99% of its final hypervolume after {n} model evaluations (set-up \
-             and baselines included).</p>"
+            "<p>The front reached 99% of its final hypervolume after {} model evaluations (set-up \
+             and baselines included; a proxy counted as its share of a full one).</p>",
+            if n.fract() == 0.0 {
+                format!("{n}")
+            } else {
+                format!("{n:.1}")
+            }
         );
     }
     s

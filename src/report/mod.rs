@@ -91,8 +91,8 @@ fn caption(p: Plot, d: &ReportData) -> String {
         ),
         Plot::HypervolumeEvaluations => format!(
             "The same hypervolume against the model evaluations computed (the set-up's one-at-a-time \
-             measurements and the baselines included, the cache's answers free): what the search \
-             paid for its front, under {}.",
+             measurements and the baselines included, a proxy evaluation counted as its share of a full \
+             one, the cache's answers free): what the search paid for its front, under {}.",
             d.profile
         ),
         Plot::Sensitivity => "The sensitivity model's predicted quality of each evaluated trial \

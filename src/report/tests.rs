@@ -93,6 +93,7 @@ fn trials(n: u64, seed: u64) -> Vec<TrialRecord> {
                 },
                 cached: false,
                 seconds: 0.1,
+                proxy: None,
             }
         })
         .collect()
@@ -297,6 +298,7 @@ fn report(t: &[TrialRecord], m: &RunManifest) -> ReportData {
         baselines: Vec::new(),
         hypervolume: vec![HypervolumeSeries::of(m, t, true)],
         evaluations: store::evaluations(m, t),
+        proxy: None,
         sensitivity: Some(sensitivity_fit(&predictor, t, 4)),
         latency: Vec::new(),
         notes: vec!["a <note> & more".into()],
@@ -747,15 +749,67 @@ fn evaluations_are_counted_by_kind_and_the_hypervolume_axis_starts_after_the_set
     let s = HypervolumeSeries::of(&m, &t, true);
     assert_eq!(s.evaluations.len(), t.len());
     // After the first trial: the set-up, the baseline outside the trials and that trial.
-    assert_eq!(s.evaluations[0], 17 + 1 + u64::from(!t[0].cached));
+    assert_eq!(s.evaluations[0], (17 + 1 + u64::from(!t[0].cached)) as f64);
     assert!(s.evaluations.windows(2).all(|w| w[0] <= w[1]));
     assert_eq!(
         *s.evaluations.last().unwrap(),
-        e.total - e.held_out.evaluated
+        (e.total - e.held_out.evaluated) as f64
     );
     // The front first reaches 99% of its final hypervolume at some trial, and that trial's count is
     // what `evaluations_to` gives.
     let last = *s.values.last().unwrap();
     let k = s.values.iter().position(|&v| v >= 0.99 * last).unwrap();
     assert_eq!(s.evaluations_to(0.99), Some(s.evaluations[k]));
+}
+
+/// Proxy evaluations (`--fidelity`) are counted apart, cost their share of a full evaluation, and a
+/// pruned trial (proxy only) adds no full evaluation; the summary's Spearman is over the trials
+/// evaluated both ways.
+#[test]
+fn proxies_are_counted_at_their_share_and_pruned_trials_cost_no_full_evaluation() {
+    let m = manifest(None, None);
+    let mut t = trials(30, 5);
+    for (i, r) in t.iter_mut().enumerate() {
+        r.state = TrialState::Complete;
+        r.error = None;
+        r.cached = false;
+        r.quality = Some(0.01 * (i + 1) as f64);
+        let pruned = i % 3 == 2;
+        r.proxy = Some(crate::store::ProxyRecord {
+            samples: 60,
+            share: 0.25,
+            // Ranks agree with the full quality but for one swap (trials 3 and 4, both promoted).
+            quality: 0.011
+                * (if i == 3 {
+                    5
+                } else if i == 4 {
+                    4
+                } else {
+                    i + 1
+                }) as f64,
+            metrics: Default::default(),
+            cached: i == 0,
+            seconds: 0.01,
+        });
+        if pruned {
+            r.state = TrialState::Pruned;
+            r.quality = None;
+        }
+    }
+    let e = store::evaluations(&m, &t);
+    assert_eq!((e.proxy.evaluated, e.proxy.cached), (29, 1));
+    assert_eq!(
+        e.trials.evaluated, 20,
+        "the 10 pruned trials ran no full evaluation"
+    );
+    assert_eq!(e.total, 20 + 29);
+    assert_eq!(e.full_equivalent, 20.0 + 0.25 * 29.0);
+    let s = HypervolumeSeries::of(&m, &t, true);
+    assert_eq!(*s.evaluations.last().unwrap(), e.full_equivalent);
+    let p = store::proxy_summary(&t).unwrap();
+    assert_eq!((p.proxies, p.promoted, p.pruned), (30, 20, 10));
+    // 20 trials evaluated both ways with one adjacent swap: ρ = 1 − 6·2/(n³ − n).
+    let n = 20.0f64;
+    assert!((p.spearman.unwrap() - (1.0 - 12.0 / (n * n * n - n))).abs() < 1e-12);
+    assert!(store::proxy_summary(&t[..0]).is_none());
 }

@@ -6,13 +6,16 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::cached::CachingEvaluator;
+use super::fidelity::{self, Gate, Proxy};
 use super::held_out::{complete_front, HeldOutOutcome};
 use super::session::Session;
 use super::{Progress, StopReason};
 use crate::error::{Error, Result};
 use crate::eval::Evaluator;
 use crate::store::SCHEMA_VERSION;
-use crate::store::{RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState};
+use crate::store::{
+    ProxyRecord, RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState,
+};
 use crate::strategy::{self, History, Observed, Problem, Strategy, StrategyKind};
 
 /// How a session of a run is driven.
@@ -48,15 +51,19 @@ pub struct Outcome {
     pub held_out: Option<HeldOutOutcome>,
 }
 
-/// The point of a stored trial, as strategies see it.
+/// The point of a stored trial, as strategies see it: a pruned trial with its proxy quality, as an
+/// estimate that no front counts.
 fn observed(r: &TrialRecord) -> Observed {
+    let (quality, proxy) = match r.state {
+        TrialState::Complete => (r.quality, false),
+        TrialState::Pruned => (r.proxy.as_ref().map(|p| p.quality), true),
+        TrialState::Running | TrialState::Failed => (None, false),
+    };
     Observed {
         number: r.number,
         point: r.point.clone(),
-        quality: match r.state {
-            TrialState::Complete => r.quality,
-            _ => None,
-        },
+        quality,
+        proxy,
     }
 }
 
@@ -80,6 +87,10 @@ pub fn run(
     let mut journal = Journal::load(&session.problem, store, &name, kind)?;
     manifest.status = RunStatus::Running;
     store.put_run(&manifest)?;
+    let proxy = match manifest.config.fidelity {
+        Some(f) => Some(Proxy::new(f, evaluator)?),
+        None => None,
+    };
     let evaluator = CachingEvaluator::new(evaluator, store);
     let pool = thread_pool(control.jobs)?;
     let reason = loop {
@@ -90,8 +101,19 @@ pub fn run(
         let Some(batch) = journal.next_batch(session, &evaluator, store, &manifest)? else {
             break StopReason::Exhausted;
         };
-        let finish =
-            |r: TrialRecord| finish_trial(session, &evaluator, store, &name, control.stop, r);
+        // Decided from the trials before the batch only, whatever order its evaluations finish in.
+        let gate = fidelity::gate(session, proxy, &journal.records);
+        let finish = |r: TrialRecord| {
+            finish_trial(
+                session,
+                &evaluator,
+                gate.as_ref(),
+                store,
+                &name,
+                control.stop,
+                r,
+            )
+        };
         let Some(finished) = finish_batch(batch, pool.as_ref(), finish)? else {
             break StopReason::Interrupted;
         };
@@ -362,10 +384,13 @@ fn rebuild(
 }
 
 /// Evaluates a journaled `running` trial (through the cache) and journals its result durably; a trial
-/// already finished is returned as it is; `None` if `stop` is set before it starts.
+/// already finished is returned as it is; `None` if `stop` is set before it starts. With a `gate`
+/// (`--fidelity`), the trial is first evaluated on the proxy, and pruned there unless the gate
+/// promotes it.
 fn finish_trial(
     session: &Session,
     evaluator: &CachingEvaluator,
+    gate: Option<&Gate>,
     store: &dyn Store,
     run: &str,
     stop: &AtomicBool,
@@ -378,6 +403,41 @@ fn finish_trial(
         return Ok(None);
     }
     let a = session.space.assignment(&r.point);
+    if let Some(gate) = gate {
+        match evaluator.evaluate_cached_on(gate.proxy.split(), &a) {
+            Ok((e, cached)) if e.quality.is_finite() => {
+                let promoted = gate.promotes(&session.problem, &r.strategy, &r.point, e.quality);
+                r.proxy = Some(ProxyRecord {
+                    samples: gate.proxy.samples,
+                    share: gate.proxy.share,
+                    quality: e.quality,
+                    metrics: e.metrics,
+                    cached,
+                    seconds: e.seconds,
+                });
+                if !promoted {
+                    r.state = TrialState::Pruned;
+                    store.put_trial(run, &r)?;
+                    return Ok(Some(r));
+                }
+            }
+            Ok((e, _)) => {
+                r.state = TrialState::Failed;
+                r.error = Some(format!(
+                    "the proxy evaluation gave a quality of {}",
+                    e.quality
+                ));
+                store.put_trial(run, &r)?;
+                return Ok(Some(r));
+            }
+            Err(e) => {
+                r.state = TrialState::Failed;
+                r.error = Some(format!("the proxy evaluation: {e}"));
+                store.put_trial(run, &r)?;
+                return Ok(Some(r));
+            }
+        }
+    }
     match evaluator.evaluate_cached(&a) {
         Ok((e, cached)) if e.quality.is_finite() => {
             r.state = TrialState::Complete;
@@ -426,6 +486,7 @@ fn new_record(
         cost: c.into(),
         cached: false,
         seconds: 0.0,
+        proxy: None,
     }
 }
 
@@ -450,6 +511,7 @@ fn progress(
             TrialState::Complete if r.cached => p.cache_hits += 1,
             TrialState::Complete => p.evaluated += 1,
             TrialState::Failed => p.failed += 1,
+            TrialState::Pruned => p.pruned += 1,
             TrialState::Running => {}
         }
     }

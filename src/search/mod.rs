@@ -20,12 +20,18 @@
 //! is counted by what it was for — set-up, baselines, trials, held-out — in its manifest and trial
 //! records ([`crate::store::evaluations`]).
 //!
+//! With `--fidelity` ([`fidelity`]) each trial is first evaluated on a proxy — the first samples of the
+//! search split, under its own cache key — and in full only if the proxy says it could reach the
+//! front; the others are journaled `pruned` with their proxy quality, which strategies learn from and
+//! fronts ignore.
+//!
 //! When a run ends (not when it is interrupted), every point of its front is evaluated on the
 //! held-out split of the data as well ([`held_out`]), so that reports and exports quote a quality the
 //! front was not chosen on; strategies only ever see the search split.
 
 mod cached;
 mod controller;
+pub mod fidelity;
 pub mod frugal;
 pub mod held_out;
 mod session;
@@ -72,6 +78,8 @@ pub struct Progress {
     /// Trials answered by the evaluation cache.
     pub cache_hits: u64,
     pub failed: u64,
+    /// Trials pruned on their proxy evaluation (`--fidelity`).
+    pub pruned: u64,
     /// Points on the measured feasible front.
     pub front: usize,
     /// Normalised hypervolume of the measured front (0..1, see [`History::hypervolume`](crate::strategy::History::hypervolume)).

@@ -31,8 +31,9 @@ pub use self::query::{
     cost_of, default_run_name, evaluations, evaluations_at_each_trial, feasible, fidelity,
     find_run, front, front_held_out, held_out, held_out_gap, held_out_hypervolume, held_out_key,
     hypervolume, latest_measurements, listed_status, live_status, measurement_summaries,
-    sensitivity_key, EvaluationCounts, Fidelity, HeldOut, HeldOutGap, MeasuredSetting,
-    MeasurementSummary, COST_REFERENCE, QUALITY_REFERENCE,
+    proxy_and_full, proxy_summary, sensitivity_key, EvaluationCounts, Fidelity, HeldOut,
+    HeldOutGap, MeasuredSetting, MeasurementSummary, ProxySummary, COST_REFERENCE,
+    QUALITY_REFERENCE,
 };
 pub use self::sled::SledStore;
 pub use records::*;

@@ -117,7 +117,7 @@ pub fn hypervolume(manifest: &RunManifest, trials: &[TrialRecord]) -> f64 {
 }
 
 /// A run's model evaluations by what they were for (see [`evaluations`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct EvaluationCounts {
     /// The set-up's one-at-a-time measurements.
     pub setup: EvalCount,
@@ -128,8 +128,14 @@ pub struct EvaluationCounts {
     pub trials: EvalCount,
     /// Front points evaluated on the held-out split.
     pub held_out: EvalCount,
-    /// Evaluations computed in all (the cache's answers are free and not counted here).
+    /// Trials' proxy evaluations (`--fidelity`), each on a share of the search split.
+    pub proxy: EvalCount,
+    /// Evaluations computed in all, proxies included (the cache's answers are free and not counted
+    /// here).
     pub total: u64,
+    /// The same in full evaluations: a proxy counts as its share of the search split (what the
+    /// evaluations cost, in units of one full evaluation).
+    pub full_equivalent: f64,
     /// Whether the run counted its evaluations outside the trials (runs recorded before they were
     /// counted show their trials only).
     pub complete: bool,
@@ -145,7 +151,15 @@ pub fn evaluations(manifest: &RunManifest, trials: &[TrialRecord]) -> Evaluation
         complete: manifest.evaluations.is_some(),
         ..EvaluationCounts::default()
     };
+    let mut proxy_cost = 0.0;
     for t in trials {
+        if let Some(p) = &t.proxy {
+            c.proxy.add(EvalCount {
+                evaluated: u64::from(!p.cached),
+                cached: u64::from(p.cached),
+            });
+            proxy_cost += proxy_cost_of(t);
+        }
         let Some(count) = trial_evaluation(t) else {
             continue;
         };
@@ -155,8 +169,20 @@ pub fn evaluations(manifest: &RunManifest, trials: &[TrialRecord]) -> Evaluation
             c.trials.add(count);
         }
     }
-    c.total = c.setup.evaluated + c.baselines.evaluated + c.trials.evaluated + c.held_out.evaluated;
+    let full =
+        c.setup.evaluated + c.baselines.evaluated + c.trials.evaluated + c.held_out.evaluated;
+    c.total = full + c.proxy.evaluated;
+    c.full_equivalent = full as f64 + proxy_cost;
     c
+}
+
+/// What a trial's proxy evaluation cost, in full evaluations: its share of the search split when it
+/// was computed, 0 when the cache answered or there was none.
+fn proxy_cost_of(t: &TrialRecord) -> f64 {
+    t.proxy
+        .as_ref()
+        .filter(|p| !p.cached)
+        .map_or(0.0, |p| p.share)
 }
 
 /// What a finished trial cost: one evaluation, computed or from the cache (`None` while it runs, or
@@ -169,19 +195,60 @@ fn trial_evaluation(t: &TrialRecord) -> Option<EvalCount> {
     })
 }
 
-/// The evaluations computed when each of `trials` had finished, set-up and baselines included: the
-/// x axis of the hypervolume against evaluations. Held-out evaluations come after the search and are
-/// not included.
-pub fn evaluations_at_each_trial(manifest: &RunManifest, trials: &[TrialRecord]) -> Vec<u64> {
+/// The evaluations computed when each of `trials` had finished, set-up and baselines included, in
+/// full evaluations (a proxy counts as its share of the search split): the x axis of the hypervolume
+/// against evaluations. Held-out evaluations come after the search and are not included.
+pub fn evaluations_at_each_trial(manifest: &RunManifest, trials: &[TrialRecord]) -> Vec<f64> {
     let outside = manifest.evaluations.unwrap_or_default();
-    let mut n = outside.setup.evaluated + outside.baselines.evaluated;
+    let mut n = (outside.setup.evaluated + outside.baselines.evaluated) as f64;
     trials
         .iter()
         .map(|t| {
-            n += trial_evaluation(t).map_or(0, |c| c.evaluated);
+            n += trial_evaluation(t).map_or(0, |c| c.evaluated) as f64 + proxy_cost_of(t);
             n
         })
         .collect()
+}
+
+/// How a run's proxy evaluations (`--fidelity`) went.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProxySummary {
+    /// Search samples a proxy takes, and their share of the split.
+    pub samples: u32,
+    pub share: f64,
+    /// Trials evaluated on the proxy, then in full (promoted), and on the proxy only (pruned).
+    pub proxies: u64,
+    pub promoted: u64,
+    pub pruned: u64,
+    /// Spearman's ρ between proxy and full quality over the promoted trials (`None` with fewer than
+    /// two, or constant qualities).
+    pub spearman: Option<f64>,
+}
+
+/// (proxy, full) quality of every trial evaluated both ways.
+pub fn proxy_and_full(trials: &[TrialRecord]) -> impl Iterator<Item = (f64, f64)> + '_ {
+    trials.iter().filter_map(|t| {
+        let p = t.proxy.as_ref()?;
+        (t.state == TrialState::Complete).then_some((p.quality, t.quality?))
+    })
+}
+
+/// The summary of `trials`' proxy evaluations; `None` when no trial had one.
+pub fn proxy_summary(trials: &[TrialRecord]) -> Option<ProxySummary> {
+    let first = trials.iter().find_map(|t| t.proxy.as_ref())?;
+    let both: Vec<(f64, f64)> = proxy_and_full(trials).collect();
+    let (p, f): (Vec<f64>, Vec<f64>) = both.iter().copied().unzip();
+    Some(ProxySummary {
+        samples: first.samples,
+        share: first.share,
+        proxies: trials.iter().filter(|t| t.proxy.is_some()).count() as u64,
+        promoted: both.len() as u64,
+        pruned: trials
+            .iter()
+            .filter(|t| t.state == TrialState::Pruned)
+            .count() as u64,
+        spearman: crate::sensitivity::rank::spearman(&p, &f).ok(),
+    })
 }
 
 /// The value of cost objective `o` in a trial's journaled cost.

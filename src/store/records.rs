@@ -79,6 +79,10 @@ pub struct RunConfig {
     /// Sensitivity pairs measured one at a time before the search: `auto` (the frugal set-up) or at
     /// most a number (manifests written before `auto` existed hold a number).
     pub pairs: Pairs,
+    /// Proxy evaluations (`--fidelity`): the share of the search split a trial is first evaluated
+    /// on; `None`: every trial in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<f64>,
 }
 
 impl Default for RunConfig {
@@ -105,6 +109,7 @@ impl Default for RunConfig {
             scale: ScaleMethod::Mse,
             rounding: Rounding::Rtn,
             pairs: Pairs::Auto,
+            fidelity: None,
         }
     }
 }
@@ -209,6 +214,9 @@ pub enum TrialState {
     Running,
     Complete,
     Failed,
+    /// Evaluated on the proxy only (`search --fidelity`): its proxy quality showed it could not
+    /// reach the front, so it was never evaluated in full (no quality; see [`TrialRecord::proxy`]).
+    Pruned,
 }
 
 impl std::fmt::Display for TrialState {
@@ -217,6 +225,7 @@ impl std::fmt::Display for TrialState {
             TrialState::Running => "running",
             TrialState::Complete => "complete",
             TrialState::Failed => "failed",
+            TrialState::Pruned => "pruned",
         })
     }
 }
@@ -273,6 +282,24 @@ pub struct TrialRecord {
     /// Whether the quality came from the evaluation cache.
     pub cached: bool,
     /// Seconds the evaluation took (when it was computed).
+    pub seconds: f64,
+    /// Its proxy evaluation, in a run with `--fidelity` (evaluated before the full one, which only
+    /// runs if the proxy says the point could reach the front).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyRecord>,
+}
+
+/// A trial's evaluation on the proxy (the first samples of the search split, `search --fidelity`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxyRecord {
+    /// Search samples it took.
+    pub samples: u32,
+    /// Their share of the search split: what a proxy costs, in full evaluations.
+    pub share: f64,
+    pub quality: f64,
+    pub metrics: BTreeMap<String, f64>,
+    /// Whether it came from the evaluation cache.
+    pub cached: bool,
     pub seconds: f64,
 }
 

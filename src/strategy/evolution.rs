@@ -643,6 +643,7 @@ mod tests {
                     number: i as u64,
                     point,
                     quality: Some(0.5),
+                    proxy: false,
                 });
             }
             let mut e = evolution();

@@ -227,6 +227,9 @@ pub struct Observed {
     pub point: Point,
     /// Measured quality drop; `None` for a failed trial.
     pub quality: Option<f64>,
+    /// Whether `quality` is a proxy's estimate (a trial pruned on its proxy evaluation, `search
+    /// --fidelity`): strategies learn from it; the measured front and its hypervolume ignore it.
+    pub proxy: bool,
 }
 
 /// The trials so far, in trial order, with a set of the points already tried.
@@ -273,6 +276,7 @@ impl History {
             .trials
             .iter()
             .enumerate()
+            .filter(|(_, t)| !t.proxy)
             .filter_map(|(i, t)| {
                 let q = t.quality?;
                 (problem.violation(&t.point, Some(q)) == 0.0)
@@ -293,6 +297,7 @@ impl History {
         let pts: Vec<[f64; 2]> = self
             .trials
             .iter()
+            .filter(|t| !t.proxy)
             .filter_map(|t| {
                 let q = t.quality?;
                 (problem.violation(&t.point, Some(q)) == 0.0)
@@ -428,6 +433,7 @@ pub fn drive(
                 number,
                 point,
                 quality,
+                proxy: false,
             });
         }
         strategy.tell(problem, &history, start..history.len())?;

@@ -105,6 +105,7 @@ mod tests {
                 number: i as u64,
                 point,
                 quality: None,
+                proxy: false,
             });
         }
         let a = RandomStrategy::new().ask(&s.problem, &history, 7).unwrap();
@@ -132,6 +133,7 @@ mod tests {
                 number: i as u64,
                 point,
                 quality: Some(0.1),
+                proxy: false,
             });
         }
         assert!(r.ask(&s.problem, &history, 3).unwrap().is_empty());

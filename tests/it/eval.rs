@@ -116,6 +116,54 @@ fn the_demo_data_splits_into_calibration_search_and_held_out() {
     assert!(data.description.contains("240 search") && data.description.contains("120 held-out"));
 }
 
+/// A proxy is the first `n` search samples: all of them give the search split's own metrics, fewer
+/// give another mean under another key, and a size the split cannot give is refused.
+#[test]
+fn a_proxy_evaluates_the_first_search_samples_under_its_own_key() {
+    let ev = demo_evaluator(ScaleMethod::Mse);
+    assert_eq!(ev.search_samples(), Some(240));
+    let a = uniform(&ev, "int4-sym-channel");
+    let full = ev.evaluate(&a).unwrap();
+    let all = ev.evaluate_on(EvalSplit::Proxy(240), &a).unwrap();
+    assert!(
+        (all.quality - full.quality).abs() <= 1e-12 * full.quality,
+        "{} vs {}",
+        all.quality,
+        full.quality
+    );
+    assert_eq!(all.metrics["accuracy"], full.metrics["accuracy"]);
+    let quarter = ev.evaluate_on(EvalSplit::Proxy(60), &a).unwrap();
+    assert!(quarter.quality > 0.0 && quarter.quality != full.quality);
+    // Its accuracy is a count over its 60 images.
+    let correct = quarter.metrics["accuracy"] * 60.0;
+    assert!((correct - correct.round()).abs() < 1e-9, "{correct}");
+    // The f32 model against itself on the proxy too.
+    assert_eq!(
+        ev.evaluate_on(EvalSplit::Proxy(60), &uniform(&ev, "f32"))
+            .unwrap()
+            .quality,
+        0.0
+    );
+    let keys = [
+        ev.key_on(EvalSplit::Search, &a),
+        ev.key_on(EvalSplit::Proxy(240), &a),
+        ev.key_on(EvalSplit::Proxy(60), &a),
+        ev.key_on(EvalSplit::HeldOut, &a),
+    ];
+    for i in 0..keys.len() {
+        for j in i + 1..keys.len() {
+            assert_ne!(keys[i], keys[j], "keys {i} and {j}");
+        }
+    }
+    for n in [0, 241] {
+        let e = ev
+            .evaluate_on(EvalSplit::Proxy(n), &a)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("240"), "{e}");
+    }
+}
+
 #[test]
 fn each_split_is_evaluated_on_its_own_data_under_its_own_key() {
     let ev = demo_evaluator(ScaleMethod::Mse);

@@ -348,6 +348,8 @@ fn hand_trial(number: u64, state: TrialState, assigned: &[(&str, &str)]) -> Tria
         },
         cached: false,
         seconds: 0.0,
+
+        proxy: None,
     }
 }
 

@@ -24,9 +24,20 @@ fn search_with(cwd: &Path, store: &str, run_name: &str, pairs: &str, extra: &[&s
     ok(cwd, &args)
 }
 
+/// A trial as [`identity`] sees it.
+type Identity = (
+    u64,
+    String,
+    String,
+    String,
+    Option<f64>,
+    Option<f64>,
+    String,
+);
+
 /// What must be equal between two runs of the same seed: number, state, strategy, assignment hash,
-/// quality and cost of every trial.
-fn identity(t: &[serde_json::Value]) -> Vec<(u64, String, String, String, Option<f64>, String)> {
+/// quality, proxy quality (`--fidelity`) and cost of every trial.
+fn identity(t: &[serde_json::Value]) -> Vec<Identity> {
     t.iter()
         .map(|v| {
             (
@@ -35,6 +46,7 @@ fn identity(t: &[serde_json::Value]) -> Vec<(u64, String, String, String, Option
                 v["strategy"].as_str().unwrap().to_string(),
                 v["hash"].as_str().unwrap().to_string(),
                 v["quality"].as_f64(),
+                v["proxy"]["quality"].as_f64(),
                 v["cost"].to_string(),
             )
         })
@@ -136,9 +148,13 @@ fn a_seeded_run_gives_the_same_trials_whatever_jobs_is() {
 
 /// Runs `strategy` for 80 trials uninterrupted, then again killed with SIGKILL part-way and resumed:
 /// both must end with the same trials and front (and, with `--pairs auto`, the same set-up).
-fn killed_and_resumed_equals_uninterrupted(strategy: &str, pairs: &str) {
+fn killed_and_resumed_equals_uninterrupted(strategy: &str, pairs: &str, extra: &[&str]) {
     let d = Dir::new();
-    let common = ["--trials", "80", "--seed", "5", "--strategy", strategy];
+    let common = [
+        &["--trials", "80", "--seed", "5", "--strategy", strategy][..],
+        extra,
+    ]
+    .concat();
     search_with(d.path(), "whole", "r", pairs, &common);
     let whole = identity(&trials_json(d.path(), "whole", "r"));
     assert_eq!(whole.len(), 80);
@@ -159,7 +175,7 @@ fn killed_and_resumed_equals_uninterrupted(strategy: &str, pairs: &str) {
         let mut args = vec![
             "search", "--store", "killed", "--run", &name, "--pairs", pairs, "--ask", "8",
         ];
-        args.extend(common);
+        args.extend(&common);
         let mut child = Command::new(env!("CARGO_BIN_EXE_mpsearch"))
             .args(&args)
             .current_dir(d.path())
@@ -222,17 +238,22 @@ fn killed_and_resumed_equals_uninterrupted(strategy: &str, pairs: &str) {
 
 #[test]
 fn a_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
-    killed_and_resumed_equals_uninterrupted("evolution", "24");
+    killed_and_resumed_equals_uninterrupted("evolution", "24", &[]);
 }
 
 #[test]
 fn a_bayes_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
-    killed_and_resumed_equals_uninterrupted("bayes", "24");
+    killed_and_resumed_equals_uninterrupted("bayes", "24", &[]);
+}
+
+#[test]
+fn a_run_with_proxies_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
+    killed_and_resumed_equals_uninterrupted("bayes", "24", &["--fidelity", "0.25"]);
 }
 
 #[test]
 fn a_frugal_bayes_run_killed_with_sigkill_and_resumed_ends_like_an_uninterrupted_one() {
-    killed_and_resumed_equals_uninterrupted("bayes", "auto");
+    killed_and_resumed_equals_uninterrupted("bayes", "auto", &[]);
 }
 
 #[test]
@@ -262,6 +283,91 @@ fn a_seeded_frugal_run_gives_the_same_set_up_and_trials_whatever_jobs_is() {
     );
     assert_eq!(x["setup"], y["setup"]);
     assert_eq!(x["evaluations"], y["evaluations"]);
+}
+
+/// `--fidelity 0.25` on the demo: every trial is first evaluated on the first 60 search images; the
+/// pruned ones never reach the front; the run is the same whatever `--jobs`; and it ends with the
+/// held-out front of the same run without proxies for fewer evaluations, counted in full ones.
+#[test]
+fn proxies_prune_trials_and_keep_the_front_for_fewer_evaluations() {
+    let d = Dir::new();
+    let common = ["--trials", "120", "--seed", "1"];
+    let out = search(
+        d.path(),
+        "fid",
+        "r",
+        &[&common[..], &["--fidelity", "0.25", "--jobs", "1"]].concat(),
+    );
+    assert!(out.contains("proxy: the first 60 search samples"), "{out}");
+    search(
+        d.path(),
+        "fid2",
+        "r",
+        &[&common[..], &["--fidelity", "0.25", "--jobs", "2"]].concat(),
+    );
+    search(d.path(), "full", "r", &common);
+    let trials = trials_json(d.path(), "fid", "r");
+    assert_eq!(
+        identity(&trials),
+        identity(&trials_json(d.path(), "fid2", "r"))
+    );
+
+    let run = runs_json(d.path(), "fid")[0].clone();
+    let proxy = &run["proxy"];
+    assert_eq!(proxy["samples"], 60);
+    assert_eq!(proxy["proxies"], 120, "every trial has a proxy: {proxy}");
+    let (promoted, pruned) = (
+        proxy["promoted"].as_u64().unwrap(),
+        proxy["pruned"].as_u64().unwrap(),
+    );
+    assert_eq!(promoted + pruned, 120);
+    assert!(pruned > 0 && promoted >= 8, "{proxy}");
+    assert!(proxy["spearman"].as_f64().unwrap() > 0.5, "{proxy}");
+    for t in &trials {
+        assert!(t["proxy"]["quality"].is_number(), "{t}");
+        if t["state"] == "pruned" {
+            assert!(t["quality"].is_null(), "{t}");
+        }
+    }
+    let front: Vec<u64> = run["front"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["trial"].as_u64().unwrap())
+        .collect();
+    assert!(front
+        .iter()
+        .all(|&n| trials[n as usize]["state"] == "complete"));
+    // The evaluations: a proxy counts as a quarter of a full one.
+    let e = &run["evaluations"];
+    let proxies = e["proxy"]["evaluated"].as_u64().unwrap();
+    assert_eq!(proxies, 120);
+    let full = e["total"].as_u64().unwrap() - proxies;
+    assert_eq!(
+        e["full_equivalent"].as_f64().unwrap(),
+        full as f64 + 0.25 * proxies as f64
+    );
+    let without = runs_json(d.path(), "full")[0].clone();
+    assert!(
+        e["full_equivalent"].as_f64().unwrap() < without["evaluations"]["total"].as_f64().unwrap(),
+        "{e} vs {}",
+        without["evaluations"]
+    );
+    let hv = |r: &serde_json::Value| r["held_out_hypervolume"].as_f64().unwrap();
+    assert!(
+        hv(&run) >= hv(&without) - 1e-4,
+        "held-out hypervolume {} with proxies, {} without",
+        hv(&run),
+        hv(&without)
+    );
+    // The proxy evaluations are in the cache under their own keys: a second run is answered by it.
+    let again = search(
+        d.path(),
+        "fid",
+        "again",
+        &[&common[..], &["--fidelity", "0.25"]].concat(),
+    );
+    assert!(again.contains("proxies 0 (+120 from the cache)"), "{again}");
 }
 
 /// The default set-up on the demo: it measures a small part of the space's pairs, stops by its own
@@ -326,9 +432,9 @@ fn the_frugal_set_up_measures_few_pairs_and_every_evaluation_is_counted() {
     assert_eq!(e["total"].as_u64().unwrap(), parts);
     // The demo's front is found with few evaluations (issue target: 99% of the final hypervolume in
     // at most 40, set-up included).
-    let to99 = r["evaluations_to_99_percent"].as_u64().unwrap();
+    let to99 = r["evaluations_to_99_percent"].as_f64().unwrap();
     assert!(
-        to99 <= 40,
+        to99 <= 40.0,
         "{to99} evaluations to 99% of the final hypervolume"
     );
 
@@ -489,6 +595,20 @@ fn resume_refuses_a_run_whose_search_space_changed() {
     assert!(err.contains("start a new run"), "{err}");
     // Nothing was lost: the run still has its 8 trials.
     assert_eq!(trials_json(d.path(), "s", "r").len(), 8);
+}
+
+#[test]
+fn a_fidelity_that_is_not_a_share_is_refused_before_anything_is_stored() {
+    let d = Dir::new();
+    for f in ["1.5", "0", "1", "-0.2", "nan"] {
+        let arg = format!("--fidelity={f}");
+        let err = fails(d.path(), &["search", "--store", "s", &arg, "--trials", "5"]);
+        assert!(
+            err.contains("--fidelity") && err.contains("above 0 and below 1"),
+            "{f}: {err}"
+        );
+    }
+    assert!(!d.path().join("s").exists(), "nothing is stored");
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub fn hypervolume<DB: DrawingBackend>(
 ) -> Result<()> {
     let x = |s: &HypervolumeSeries, k: usize| match along {
         Along::Trials => (k + 1) as f64,
-        Along::Evaluations => s.evaluations.get(k).copied().unwrap_or(0) as f64,
+        Along::Evaluations => s.evaluations.get(k).copied().unwrap_or(0.0),
     };
     let n = d
         .hypervolume

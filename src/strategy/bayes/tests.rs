@@ -72,6 +72,7 @@ fn tell_split_and_snapshot_restore_give_the_same_next_ask() {
         number: 0,
         point: vec![9; 8],
         quality: Some(0.1),
+        proxy: false,
     });
     let e = whole.ask(&s.problem, &other, 1).unwrap_err().to_string();
     assert!(e.contains("not in this 8-group space"), "{e}");
@@ -130,6 +131,7 @@ fn training_set_is_capped_and_keeps_the_front() {
                 number: h.len() as u64,
                 point,
                 quality,
+                proxy: false,
             });
         }
     }
