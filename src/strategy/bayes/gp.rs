@@ -137,6 +137,7 @@ fn fit_cell(
     .ok()?;
     let mut z = Mat::from_fn(n, 1, |i, _| ys[i]);
     solve_lower_triangular_in_place(chol.as_ref(), z.as_mut(), Par::Seq);
+    clear_upper_avx();
     let q: f64 = (0..n).map(|i| z[(i, 0)] * z[(i, 0)]).sum();
     let signal = (q / n as f64).max(1e-12);
     let log_det: f64 = (0..n).map(|i| chol[(i, i)].ln()).sum();
@@ -151,6 +152,28 @@ fn fit_cell(
         chol,
         z,
     })
+}
+
+/// Clears the upper halves of the AVX registers (`vzeroupper`); a no-op without AVX. faer's kernels
+/// return without it, and the scalar code after them — libm's `exp` in every kernel evaluation, `erf`
+/// in the EHVI — then ran about 20 times slower on this machine (AMD EPYC: 65,536 Matérn evaluations
+/// right after a faer product took 8.4 ms, 0.36 ms after this; BENCHMARKS.md), the penalty for
+/// mixing dirty upper AVX state with SSE instructions. Called after each faer call here; it changes no
+/// value.
+fn clear_upper_avx() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above), which is all `vzeroupper` needs; it only
+        // zeroes the upper halves of the YMM registers, and no value lives in them across this call
+        // (compiled code assumes nothing about them across a call).
+        unsafe { vzeroupper() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn vzeroupper() {
+    std::arch::x86_64::_mm256_zeroupper();
 }
 
 /// Matérn 5/2 correlation at distance `r` with lengthscale `l`.
@@ -181,6 +204,7 @@ fn distances(a: &[f64], p: usize, b: &[f64], q: usize, dim: usize) -> Mat<f64> {
             .map(|r| r.iter().map(|v| v * v).sum())
             .collect()
     };
+    clear_upper_avx();
     let (na, nb) = (sq(a), sq(b));
     for (j, nbj) in nb.iter().enumerate() {
         for (v, nai) in d.col_as_slice_mut(j).iter_mut().zip(&na) {
@@ -277,6 +301,7 @@ impl Gp {
             return Gp::prior(dim, offset, scale);
         };
         solve_upper_triangular_in_place(chol.as_ref().transpose(), z.as_mut(), Par::Seq);
+        clear_upper_avx();
         Gp {
             x,
             dim,
@@ -329,6 +354,7 @@ impl Gp {
             })
             .collect();
         solve_lower_triangular_in_place(self.chol.as_ref(), v.as_mut(), Par::Seq);
+        clear_upper_avx();
         let s2 = self.signal * self.scale * self.scale;
         let var = (0..m)
             .map(|j| {
