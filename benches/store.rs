@@ -75,6 +75,7 @@ fn trial(number: u64, state: TrialState) -> TrialRecord {
         seconds: 0.02,
 
         proxy: None,
+        batch: None,
     }
 }
 

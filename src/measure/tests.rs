@@ -63,6 +63,7 @@ fn trial(number: u64, state: TrialState, assigned: &[(&str, &str)], latency: f64
         cached: false,
         seconds: 0.1,
         proxy: None,
+        batch: None,
     }
 }
 

@@ -94,6 +94,7 @@ fn trials(n: u64, seed: u64) -> Vec<TrialRecord> {
                 cached: false,
                 seconds: 0.1,
                 proxy: None,
+                batch: None,
             }
         })
         .collect()

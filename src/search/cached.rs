@@ -99,4 +99,8 @@ impl Evaluator for CachingEvaluator<'_> {
     fn evaluate_on(&self, split: EvalSplit, a: &Assignment) -> Result<Evaluation> {
         self.evaluate_cached_on(split, a).map(|(e, _)| e)
     }
+
+    fn search_samples(&self) -> Option<usize> {
+        self.inner.search_samples()
+    }
 }

@@ -101,8 +101,11 @@ pub fn run(
         let Some(batch) = journal.next_batch(session, &evaluator, store, &manifest)? else {
             break StopReason::Exhausted;
         };
-        // Decided from the trials before the batch only, whatever order its evaluations finish in.
-        let gate = fidelity::gate(session, proxy, &journal.records);
+        // Decided from the trials before the batch only, whatever order its evaluations finish in and
+        // whichever of them a resume finds finished.
+        let start = batch.first().map_or(0, |r| r.batch.unwrap_or(r.number));
+        let before = journal.records.partition_point(|r| r.number < start);
+        let gate = fidelity::gate(session, proxy, &journal.records[..before]);
         let finish = |r: TrialRecord| {
             finish_trial(
                 session,
@@ -168,7 +171,8 @@ pub fn run(
 }
 
 /// A session's view of its run: the journal, the strategy's history and state, and what this session
-/// did. The journal is the truth: complete and failed trials up to the first one still `running`
+/// did. The journal is the truth: finished trials (complete, failed, pruned) up to the first one still
+/// `running`
 /// form the history; from there on, the last asked batch is finished before anything new is asked.
 struct Journal {
     /// Finished trials, in order: the stored ones before the first `running` one, then this session's.
@@ -277,7 +281,11 @@ impl Journal {
         let recs: Vec<TrialRecord> = points
             .into_iter()
             .enumerate()
-            .map(|(i, p)| new_record(session, evaluator, name, done + i as u64, p))
+            .map(|(i, p)| {
+                let mut r = new_record(session, evaluator, name, done + i as u64, p);
+                r.batch = config.fidelity.map(|_| done);
+                r
+            })
             .collect();
         store.put_trials(&manifest.name, &recs)?;
         Ok(Some(recs))
@@ -487,6 +495,7 @@ fn new_record(
         cached: false,
         seconds: 0.0,
         proxy: None,
+        batch: None,
     }
 }
 

@@ -11,7 +11,8 @@
 //! ratios (the proxy's most flattering tenth for the candidate); it is **pruned** when a measured
 //! front point no dearer is better than that, or when even that quality breaks `--max-drop`, or when
 //! its cost breaks a cost limit (no quality puts it on the front). Until [`MIN_PAIRS`] trials are
-//! measured both ways there is no ratio to trust and every trial is evaluated in full; the space's
+//! measured both ways (both qualities above 0) there is no ratio to trust and every trial is
+//! evaluated in full; the space's
 //! baselines always are. A pruned trial keeps its proxy quality: strategies learn from it as an
 //! estimate, fronts and reports never show it.
 
@@ -48,6 +49,13 @@ impl Proxy {
             ));
         };
         let samples = ((fidelity * n as f64).ceil() as usize).clamp(1, n.max(1));
+        if samples >= n {
+            return Err(Error::search(format!(
+                "--fidelity {fidelity}: a proxy of {samples} samples is the whole search split ({n}): \
+                 a proxy must be smaller than what it stands for; give a smaller share (e.g. 0.25) or \
+                 leave --fidelity out"
+            )));
+        }
         Ok(Proxy {
             samples: samples as u32,
             share: samples as f64 / n.max(1) as f64,
@@ -182,6 +190,7 @@ mod tests {
             cost: CostRecord::default(),
             cached: false,
             seconds: 0.0,
+            batch: None,
             proxy: Some(ProxyRecord {
                 samples: PROXY.samples,
                 share: PROXY.share,

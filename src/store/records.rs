@@ -287,6 +287,10 @@ pub struct TrialRecord {
     /// runs if the proxy says the point could reach the front).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyRecord>,
+    /// The number of the first trial of the batch it was asked in, in a run with proxies: the batch's
+    /// gate is built from the trials before it, also when a resume finds some of the batch finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
 }
 
 /// A trial's evaluation on the proxy (the first samples of the search split, `search --fidelity`).

@@ -350,6 +350,7 @@ fn hand_trial(number: u64, state: TrialState, assigned: &[(&str, &str)]) -> Tria
         seconds: 0.0,
 
         proxy: None,
+        batch: None,
     }
 }
 

@@ -871,3 +871,129 @@ fn the_front_is_evaluated_on_the_held_out_split_when_the_run_ends() {
     );
     assert_eq!(count(), before, "resume evaluated something");
 }
+
+/// A run with proxies stopped part-way through a batch (some of its trials finished, the rest left
+/// `running`) and resumed decides that batch's remaining trials as the uninterrupted run did: the
+/// gate is built from the trials before the batch, never from its own finished ones.
+#[test]
+fn a_run_with_proxies_stopped_inside_a_batch_resumes_to_the_same_trials() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use mpsearch::eval::{EvalSplit, Evaluation, Evaluator};
+    use mpsearch::search::{self, Control, Progress};
+    use mpsearch::space::Assignment;
+    use mpsearch::store::{RunConfig, SledStore, Store};
+
+    /// Sets `stop` once `after` proxy evaluations (one per trial started) have been made.
+    struct StopAfter<'a> {
+        inner: &'a dyn Evaluator,
+        started: AtomicUsize,
+        after: usize,
+        stop: &'a AtomicBool,
+    }
+    impl Evaluator for StopAfter<'_> {
+        fn fingerprint(&self) -> blake3::Hash {
+            self.inner.fingerprint()
+        }
+        fn objective(&self) -> &'static str {
+            self.inner.objective()
+        }
+        fn evaluate(&self, a: &Assignment) -> mpsearch::Result<Evaluation> {
+            self.inner.evaluate(a)
+        }
+        fn evaluate_on(&self, split: EvalSplit, a: &Assignment) -> mpsearch::Result<Evaluation> {
+            if matches!(split, EvalSplit::Proxy(_))
+                && self.started.fetch_add(1, Ordering::SeqCst) + 1 >= self.after
+            {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+            self.inner.evaluate_on(split, a)
+        }
+        fn search_samples(&self) -> Option<usize> {
+            self.inner.search_samples()
+        }
+    }
+
+    let config = RunConfig {
+        seed: 2,
+        trials: Some(64),
+        pairs: mpsearch::sensitivity::Pairs::Fixed(24),
+        fidelity: Some(0.25),
+        ..RunConfig::default()
+    };
+    let drive = |store: &SledStore, after: usize| {
+        let name = "r";
+        let (session, manifest) = match store.run(name).unwrap() {
+            None => search::create(store, name, config.clone(), &mut |_, _, _| {}).unwrap(),
+            Some(_) => search::open(store, name, &mut |_, _, _| {}).unwrap(),
+        };
+        let stop = AtomicBool::new(false);
+        let ev = StopAfter {
+            inner: session.evaluator.as_ref(),
+            started: AtomicUsize::new(0),
+            after,
+            stop: &stop,
+        };
+        let mut progress = |_: &Progress| {};
+        search::run(
+            &session,
+            &ev,
+            store,
+            manifest,
+            &mut Control {
+                jobs: 1,
+                stop: &stop,
+                progress: &mut progress,
+            },
+        )
+        .unwrap()
+    };
+    /// Number, state, point, quality and proxy quality of a trial.
+    type Decided = (u64, String, Vec<u16>, Option<f64>, Option<f64>);
+    let identity = |o: &search::Outcome| -> Vec<Decided> {
+        o.trials
+            .iter()
+            .map(|t| {
+                (
+                    t.number,
+                    t.state.to_string(),
+                    t.point.clone(),
+                    t.quality,
+                    t.proxy.as_ref().map(|p| p.quality),
+                )
+            })
+            .collect()
+    };
+    let d = Dir::new();
+    let whole = drive(
+        &SledStore::open(&d.path().join("whole")).unwrap(),
+        usize::MAX,
+    );
+    assert!(whole.trials.iter().any(|t| t.state.to_string() == "pruned"));
+    // The baselines are trials 0–4 and the strategy's batches start at 5, 13, 21…: each trial
+    // journals its batch's first trial.
+    let starts: Vec<Option<u64>> = whole.trials.iter().map(|t| t.batch).collect();
+    assert_eq!(
+        &starts[..14],
+        &[[Some(0); 5].as_slice(), &[Some(5); 8], &[Some(13)]].concat()[..]
+    );
+    // Stopped after trial 9 (the batch's own finished trials would give the gate its first 8 pairs:
+    // the batch must still be decided as a whole, every trial in full) and inside a later batch.
+    for cut in [10, 27] {
+        let store = SledStore::open(&d.path().join(format!("cut{cut}"))).unwrap();
+        let first = drive(&store, cut);
+        assert!(
+            first
+                .trials
+                .iter()
+                .any(|t| t.state.to_string() == "running"),
+            "cut {cut}"
+        );
+        let resumed = drive(&store, usize::MAX);
+        assert_eq!(
+            identity(&resumed),
+            identity(&whole),
+            "stopped after trial {cut}"
+        );
+    }
+}

@@ -374,6 +374,7 @@ pub fn trial(number: u64, state: TrialState) -> TrialRecord {
         cached: false,
         seconds: 0.25,
         proxy: None,
+        batch: None,
     }
 }
 

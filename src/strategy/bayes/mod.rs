@@ -64,7 +64,8 @@
 //! **lazily**: a pick only lowers the others' EHVI, so each candidate's last score bounds its current
 //! one and only the candidate on top of the heap is rescored (with its believer updates, each
 //! O(`max_points` + batch)) until the top is fresh — the batch a full scan would pick, with about one rescoring
-//! per pick instead of `candidates`. EHVI sums skip the steps more than [`CERTAIN_Z`] standard
+//! per pick instead of `candidates` (the same batch but where two candidates' EHVIs tie to within
+//! rounding). EHVI sums skip the steps more than [`CERTAIN_Z`] standard
 //! deviations from the mean by prefix sums. Measured in release (`cargo bench --bench strategy`, a warm
 //! strategy at a 2,000-trial history, ask 8 + tell 8): 3.3 ms on a demo-shaped problem, 5.8 ms on a
 //! MiniLM-shaped one — 0.4 to 0.7 ms per trial.
@@ -542,7 +543,8 @@ fn pick_batch(
     // update their variance, and EHVI grows with both), so a value computed at an earlier pick bounds
     // the current one from above. The heap holds each candidate's latest value and the pick it was
     // computed at; the top, once fresh, is the candidate of largest EHVI (lowest index among equals),
-    // as a full scan would find, with a few recomputations per pick instead of all of them.
+    // as a full scan would find (up to rounding: the staircase's prefix sums are recomputed on each
+    // insert, so a value may rise by an ulp), with a few recomputations per pick instead of all.
     let mut heap: BinaryHeap<Scored> = (0..m)
         .map(|i| Scored {
             value: score(&mut believer, &stairs, i),
