@@ -277,7 +277,7 @@ fn evaluations_line(e: &mpsearch::store::EvaluationCounts) -> String {
 }
 
 /// What the proxy evaluations (`--fidelity`) did, in a sentence.
-pub fn proxy_line(p: &mpsearch::store::ProxySummary) -> String {
+fn proxy_line(p: &mpsearch::store::ProxySummary) -> String {
     let rho = p
         .spearman
         .map_or("no proxy-vs-full rank correlation yet".to_string(), |r| {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::cached::CachingEvaluator;
-use super::fidelity::{self, Gate, Proxy};
+use super::fidelity::{Gate, Proxy};
 use super::held_out::{complete_front, HeldOutOutcome};
 use super::session::Session;
 use super::{Progress, StopReason};
@@ -105,7 +105,7 @@ pub fn run(
         // whichever of them a resume finds finished.
         let start = batch.first().map_or(0, |r| r.batch.unwrap_or(r.number));
         let before = journal.records.partition_point(|r| r.number < start);
-        let gate = fidelity::gate(session, proxy, &journal.records[..before]);
+        let gate = proxy.map(|p| Gate::new(p, &session.problem, &journal.records[..before]));
         let finish = |r: TrialRecord| {
             finish_trial(
                 session,

@@ -16,7 +16,6 @@
 //! baselines always are. A pruned trial keeps its proxy quality: strategies learn from it as an
 //! estimate, fronts and reports never show it.
 
-use super::session::Session;
 use crate::error::{Error, Result};
 use crate::eval::{EvalSplit, Evaluator};
 use crate::store::{TrialRecord, TrialState};
@@ -146,11 +145,6 @@ impl Gate {
             .iter()
             .any(|&[c, q]| c <= cost && q <= best && (c < cost || q < best))
     }
-}
-
-/// The gate of the batch after `finished`, in a run with proxies.
-pub fn gate(session: &Session, proxy: Option<Proxy>, finished: &[TrialRecord]) -> Option<Gate> {
-    proxy.map(|p| Gate::new(p, &session.problem, finished))
 }
 
 #[cfg(test)]

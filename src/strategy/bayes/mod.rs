@@ -202,9 +202,11 @@ impl BayesStrategy {
         for t in &history.trials()[..at] {
             prefix.push(t.clone());
         }
+        let front = prefix.front(problem);
         let gp = fit(
             problem,
             &prefix,
+            &front,
             self.config.max_points,
             encoder,
             Grid::Full,
@@ -218,20 +220,9 @@ impl BayesStrategy {
     }
 }
 
-/// The GP of the residuals `quality − predicted` of `history`'s training set.
-fn fit(problem: &Problem, history: &History, cap: usize, encoder: &Encoder, grid: Grid) -> Gp {
-    fit_on(
-        problem,
-        history,
-        &history.front(problem),
-        cap,
-        encoder,
-        grid,
-    )
-}
-
-/// [`fit`], given `history`'s measured front.
-fn fit_on(
+/// The GP of the residuals `quality − predicted` of `history`'s training set; `front` is `history`'s
+/// measured front.
+fn fit(
     problem: &Problem,
     history: &History,
     front: &[usize],
@@ -274,7 +265,7 @@ impl Strategy for BayesStrategy {
         let grid = self.grid(problem, history, &encoder);
         // The measured front, once: the training set, the candidates' parents and the EHVI use it.
         let front = history.front(problem);
-        let gp = fit_on(
+        let gp = fit(
             problem,
             history,
             &front,

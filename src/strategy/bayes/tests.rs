@@ -202,7 +202,7 @@ fn ask_time_at_two_thousand_trials() {
 fn full_scan(problem: &Problem, history: &History, candidates: &[Point], n: usize) -> Vec<Point> {
     let encoder = Encoder::new(problem);
     let front = history.front(problem);
-    let gp = fit_on(problem, history, &front, 256, &encoder, Grid::Full);
+    let gp = fit(problem, history, &front, 256, &encoder, Grid::Full);
     let m = candidates.len();
     let [rc, rq] = problem.reference;
     let mut xs = Vec::new();
@@ -262,7 +262,7 @@ fn the_lazy_greedy_batch_is_the_batch_a_full_scan_picks() {
         let front = h.front(&s.problem);
         let pool = candidates(&s.problem, &h, &front, 256, &mut rng).unwrap();
         let encoder = Encoder::new(&s.problem);
-        let gp = fit_on(&s.problem, &h, &front, 256, &encoder, Grid::Full);
+        let gp = fit(&s.problem, &h, &front, 256, &encoder, Grid::Full);
         for n in [1, 8, 32] {
             let lazy = pick_batch(&s.problem, &h, &front, &encoder, &gp, pool.clone(), n);
             assert_eq!(
