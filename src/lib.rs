@@ -8,6 +8,7 @@
 
 pub mod compress;
 pub mod cost;
+pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -464,6 +464,10 @@ pub struct SearchArgs {
     /// samples, e.g. 0.25), and in full only if that could put it on the front (see README).
     #[arg(long, value_name = "SHARE")]
     pub fidelity: Option<f64>,
+    /// Keep the set-up's predictor for the whole run: by default finished trials refine it (at 16,
+    /// 32, 64… trials; see README).
+    #[arg(long)]
+    pub no_refine: bool,
 }
 
 #[derive(Args)]

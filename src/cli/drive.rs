@@ -206,6 +206,7 @@ fn summarise(
     if let Some(p) = mpsearch::store::proxy_summary(&o.trials) {
         out.push_str(&proxy_line(&p));
     }
+    out.push_str(&refinement_line(&o.refinements));
     out.push_str(&front_table(
         mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
         &front,
@@ -273,6 +274,39 @@ fn evaluations_line(e: &mpsearch::store::EvaluationCounts) -> String {
         } else {
             " (this run was recorded before its set-up and held-out evaluations were counted)"
         }
+    )
+}
+
+/// What the trials' refits of the predictor chose in this session, in a sentence (empty without one).
+fn refinement_line(refits: &[mpsearch::strategy::refine::Choice]) -> String {
+    if refits.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = refits
+        .iter()
+        .map(|c| match c.fit {
+            None => format!(
+                "at {} trials the set-up's kept (mean squared log error {:.3} on the later {}; no \
+                 refit on the first half did better)",
+                c.at, c.set_up_error, c.checked
+            ),
+            Some(fit) => format!(
+                "at {at} trials the {kind} refit (mean squared log error on the later {checked}: \
+                 {before:.3} with the set-up's, {after:.3} fitted on the first half)",
+                at = c.at,
+                kind = match fit {
+                    mpsearch::sensitivity::Fit::Absolute => "absolute",
+                    mpsearch::sensitivity::Fit::Relative => "relative",
+                },
+                checked = c.checked,
+                before = c.set_up_error,
+                after = c.error
+            ),
+        })
+        .collect();
+    format!(
+        "predictor: refitted to the trials — {}\n\n",
+        each.join("; ")
     )
 }
 

@@ -75,5 +75,6 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
         rounding: checked.rounding,
         pairs: a.pairs,
         fidelity: a.fidelity,
+        refine: !a.no_refine,
     }
 }

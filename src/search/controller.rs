@@ -16,6 +16,7 @@ use crate::store::SCHEMA_VERSION;
 use crate::store::{
     ProxyRecord, RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState,
 };
+use crate::strategy::refine::{Choice, Refined};
 use crate::strategy::{self, History, Observed, Problem, Strategy, StrategyKind};
 
 /// How a session of a run is driven.
@@ -44,6 +45,8 @@ pub struct Outcome {
     pub cache_hits: u64,
     /// Seconds the strategy spent asking and telling in this session.
     pub strategy_seconds: f64,
+    /// The predictor's refits in this session, and what each chose ([`strategy::refine`]).
+    pub refinements: Vec<Choice>,
     /// Wall seconds of this session's loop.
     pub seconds: f64,
     /// The front's held-out evaluations completed at the end (`None` when interrupted: the next
@@ -120,7 +123,7 @@ pub fn run(
         let Some(finished) = finish_batch(batch, pool.as_ref(), finish)? else {
             break StopReason::Interrupted;
         };
-        journal.record(&session.problem, store, &name, finished)?;
+        journal.record(session, store, &name, finished)?;
         manifest.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
         store.put_run(&manifest)?;
         (control.progress)(&progress(
@@ -166,6 +169,7 @@ pub fn run(
         evaluated: journal.evaluated,
         cache_hits: journal.cache_hits,
         strategy_seconds: journal.strategy_seconds,
+        refinements: journal.refinements,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -181,6 +185,11 @@ struct Journal {
     pending: Vec<TrialRecord>,
     history: History,
     strategy: Box<dyn Strategy>,
+    /// The problem with the predictor refined on the first trials ([`strategy::refine`]), once the run
+    /// has that many; the session's problem until then (or when the run does not refine).
+    refined: Refined,
+    /// The refits made in this session.
+    refinements: Vec<Choice>,
     /// Trials finished in this session, and of those the complete ones evaluated and from the cache.
     new_trials: u64,
     evaluated: u64,
@@ -214,6 +223,8 @@ impl Journal {
             pending,
             history,
             strategy,
+            refined: Refined::default(),
+            refinements: Vec::new(),
             new_trials: 0,
             evaluated: 0,
             cache_hits: 0,
@@ -269,7 +280,9 @@ impl Journal {
         let baselines = strategy::untried_baselines(&session.problem, &self.history, n);
         let (name, points) = if baselines.is_empty() {
             let t = Instant::now();
-            let points = self.strategy.ask(&session.problem, &self.history, n)?;
+            self.refine(session, config)?;
+            let problem = self.refined.problem(&session.problem);
+            let points = self.strategy.ask(problem, &self.history, n)?;
             self.strategy_seconds += t.elapsed().as_secs_f64();
             (self.strategy.name(), points)
         } else {
@@ -291,11 +304,26 @@ impl Journal {
         Ok(Some(recs))
     }
 
+    /// Brings the refined problem up to date with the finished trials (see [`strategy::refine`]).
+    fn refine(&mut self, session: &Session, config: &RunConfig) -> Result<()> {
+        if !config.refine {
+            return Ok(());
+        }
+        let refiner = strategy::refine::Refiner {
+            errors: &session.sensitivity.errors,
+            measurements: &session.sensitivity.measurements,
+        };
+        if let Some(chosen) = refiner.update(&session.problem, &self.history, &mut self.refined)? {
+            self.refinements.push(chosen);
+        }
+        Ok(())
+    }
+
     /// Adds a finished batch to the journal and the history, tells the strategy, and stores its
     /// snapshot for run `name`.
     fn record(
         &mut self,
-        problem: &Problem,
+        session: &Session,
         store: &dyn Store,
         name: &str,
         finished: Vec<TrialRecord>,
@@ -314,6 +342,7 @@ impl Journal {
             self.records.push(r);
         }
         let t = Instant::now();
+        let problem = self.refined.problem(&session.problem);
         self.strategy
             .tell(problem, &self.history, start..self.history.len())?;
         let state = self.strategy.snapshot()?;

@@ -25,6 +25,10 @@
 //! front; the others are journaled `pruned` with their proxy quality, which strategies learn from and
 //! fronts ignore.
 //!
+//! Finished trials refine the predictor the strategy is asked with ([`crate::strategy::refine`]): at 16 trials, then each
+//! time their number doubles, the per-group scales are refitted to the set-up's measurements and the
+//! trials jointly (a trial measures every group at once).
+//!
 //! When a run ends (not when it is interrupted), every point of its front is evaluated on the
 //! held-out split of the data as well ([`held_out`]), so that reports and exports quote a quality the
 //! front was not chosen on; strategies only ever see the search split.

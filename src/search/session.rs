@@ -50,6 +50,9 @@ pub struct Session {
     pub forward_seconds: f64,
     /// How the set-up built the sensitivity model.
     pub setup: SetupSummary,
+    /// The set-up's cheap errors and one-at-a-time measurements (what trials refine the predictor
+    /// with; see [`crate::strategy::refine`]).
+    pub sensitivity: SensitivityRecord,
     /// The evaluations this session's set-up spent (its measurements and the baselines outside the
     /// trials).
     pub evaluations: Evaluations,
@@ -123,7 +126,7 @@ impl Session {
             )
         };
         let mut evaluations = Evaluations::default();
-        let (predictor, setup) = sensitivity(
+        let (record, setup) = sensitivity(
             &SetupInputs {
                 ev: &evaluator,
                 space: &space,
@@ -137,6 +140,7 @@ impl Session {
             &mut notes,
             progress,
         )?;
+        let predictor = fit(&record)?;
         let baselines = baselines(
             evaluator.as_ref(),
             &space,
@@ -159,6 +163,7 @@ impl Session {
             notes,
             forward_seconds,
             setup,
+            sensitivity: record,
             evaluations,
         })
     }
@@ -324,7 +329,7 @@ struct SetupInputs<'a> {
     build: &'a dyn Fn(Predictor) -> Result<Problem>,
 }
 
-/// The fitted predictor and how it was had: the run's own stored analysis when resuming, else the
+/// The set-up's analysis (cheap errors and measurements) and how it was had: the run's own stored analysis when resuming, else the
 /// store's record of this analysis if there is one, else computed — its one-at-a-time measurements
 /// through the evaluation cache (counted in `count`) — and stored.
 ///
@@ -338,7 +343,7 @@ fn sensitivity(
     count: &mut EvalCount,
     notes: &mut Vec<String>,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
-) -> Result<(Predictor, SetupSummary)> {
+) -> Result<(SensitivityRecord, SetupSummary)> {
     let SetupInputs {
         ev,
         space,
@@ -352,8 +357,7 @@ fn sensitivity(
             .and_then(|k| store.sensitivity(&k).transpose())
         {
             let record = record?;
-            let predictor = fit(&record)?;
-            return Ok((predictor, known.clone()));
+            return Ok((record, known.clone()));
         }
         notes.push(format!(
             "the run's own sensitivity analysis (key {}) is not in the store any more: it is built \
@@ -400,7 +404,7 @@ fn sensitivity(
                 stop: None,
                 reused,
             };
-            Ok((fit(&record)?, summary))
+            Ok((record, summary))
         }
         Pairs::Auto => frugal_sensitivity(inputs, count, notes, progress),
     }
@@ -412,7 +416,7 @@ fn frugal_sensitivity(
     count: &mut EvalCount,
     notes: &mut Vec<String>,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
-) -> Result<(Predictor, SetupSummary)> {
+) -> Result<(SensitivityRecord, SetupSummary)> {
     let SetupInputs {
         ev,
         space,
@@ -473,7 +477,7 @@ fn frugal_sensitivity(
             stop: None,
             reused: true,
         };
-        return Ok((fit(&record)?, summary));
+        return Ok((record, summary));
     }
     let measurer = CachingEvaluator::new(ev.as_ref(), store);
     let mut done = 0;
@@ -521,7 +525,7 @@ fn frugal_sensitivity(
         stop: Some(outcome.stop.name().to_string()),
         reused: false,
     };
-    Ok((fit(&record)?, summary))
+    Ok((record, summary))
 }
 
 /// The predictor of a stored analysis (the frugal set-up's rule: the raw cheap errors when no

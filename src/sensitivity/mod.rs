@@ -29,5 +29,5 @@ pub use fisher::{fisher_errors, FisherDiagonal};
 pub use measure::{
     measure, one_at_a_time, one_at_a_time_assignment, pick_pairs, MeasurementCache, Pairs,
 };
-pub use predictor::{Measurement, Predictor};
+pub use predictor::{Fit, Measurement, Predictor};
 pub use stats::{cheap_errors, cheap_errors_with_progress, ActRanges, LayerStats};

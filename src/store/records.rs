@@ -83,12 +83,17 @@ pub struct RunConfig {
     /// on; `None`: every trial in full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<f64>,
+    /// Whether finished trials refine the predictor the strategy is asked with (at 16, 32, 64…
+    /// trials; see `strategy::refine`). Manifests written before this setting existed did not, and are
+    /// resumed as they were run; `false` is not written, so that they are rewritten byte for byte.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refine: bool,
 }
 
 impl Default for RunConfig {
     /// What `mpsearch search` runs without flags: the demo model and its space on the Cortex-A76
     /// profile, `auto` (bayes) minimising latency, no limits, seed 0, 8 points asked at a time, 500
-    /// trials, MSE scales, the frugal set-up (`--pairs auto`).
+    /// trials, MSE scales, the frugal set-up (`--pairs auto`), trials refining the predictor.
     fn default() -> RunConfig {
         RunConfig {
             model: "demo".into(),
@@ -110,6 +115,7 @@ impl Default for RunConfig {
             rounding: Rounding::Rtn,
             pairs: Pairs::Auto,
             fidelity: None,
+            refine: true,
         }
     }
 }

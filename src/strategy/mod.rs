@@ -20,6 +20,7 @@ pub mod bayes;
 pub mod evolution;
 pub mod exact;
 pub mod random;
+pub mod refine;
 pub mod synthetic;
 
 use std::collections::HashSet;
@@ -68,6 +69,10 @@ pub struct Problem {
     /// The space's uniform baselines (all-f32, all-f16, all-int8…): the first trials of every run,
     /// before the strategy is asked anything (see [`untried_baselines`]).
     baselines: Vec<Point>,
+    /// Which predictor this is: 0 for the set-up's, else the number of trials that refined it (see
+    /// [`Problem::with_predictor`]); what a strategy memoising anything derived from the predictor keys
+    /// it by.
+    revision: usize,
     exact: OnceLock<Result<Vec<FrontPoint>>>,
     spread: OnceLock<Vec<usize>>,
 }
@@ -120,6 +125,7 @@ impl Problem {
             seed,
             reference,
             baselines: Vec::new(),
+            revision: 0,
             exact: OnceLock::new(),
             spread: OnceLock::new(),
         })
@@ -143,6 +149,28 @@ impl Problem {
             }
         }
         Ok(self)
+    }
+
+    /// The same problem with another `predictor` (of the same shape), as revision `revision` (the number
+    /// of trials that refined it): the search controller's way of letting trials refine the predictor.
+    pub fn with_predictor(&self, predictor: Predictor, revision: usize) -> Result<Problem> {
+        let mut p = Problem::new(
+            self.choices.clone(),
+            self.cost.clone(),
+            self.cost_limits.clone(),
+            self.max_quality,
+            predictor,
+            self.seed,
+            self.reference,
+        )?;
+        p.baselines = self.baselines.clone();
+        p.revision = revision;
+        Ok(p)
+    }
+
+    /// Which predictor the problem has: 0 for the set-up's, else the number of trials that refined it.
+    pub fn revision(&self) -> usize {
+        self.revision
     }
 
     /// The uniform baselines every run starts with.
@@ -411,14 +439,31 @@ pub fn drive(
     problem: &Problem,
     trials: usize,
     batch: usize,
+    evaluate: impl FnMut(&[u16]) -> Option<f64>,
+) -> Result<History> {
+    drive_refined(strategy, problem, None, trials, batch, evaluate)
+}
+
+/// [`drive`], with the trials refining the predictor as a run's do (see [`refine`]) when `refiner` is
+/// given.
+pub fn drive_refined(
+    strategy: &mut dyn Strategy,
+    problem: &Problem,
+    refiner: Option<refine::Refiner>,
+    trials: usize,
+    batch: usize,
     mut evaluate: impl FnMut(&[u16]) -> Option<f64>,
 ) -> Result<History> {
     let mut history = History::new();
+    let mut refined = refine::Refined::default();
     while history.len() < trials {
         let n = batch.min(trials - history.len());
         let baselines = untried_baselines(problem, &history, n);
         let asked = if baselines.is_empty() {
-            strategy.ask(problem, &history, n)?
+            if let Some(r) = refiner {
+                r.update(problem, &history, &mut refined)?;
+            }
+            strategy.ask(refined.problem(problem), &history, n)?
         } else {
             baselines
         };
@@ -436,7 +481,7 @@ pub fn drive(
                 proxy: false,
             });
         }
-        strategy.tell(problem, &history, start..history.len())?;
+        strategy.tell(refined.problem(problem), &history, start..history.len())?;
     }
     Ok(history)
 }

@@ -997,3 +997,58 @@ fn a_run_with_proxies_stopped_inside_a_batch_resumes_to_the_same_trials() {
         );
     }
 }
+
+/// Trials refine the predictor by default: the search says what each refit chose, and the strategy
+/// asks the same points as with `--no-refine` until the first refit that changed the predictor, other
+/// points from there on; `runs --json` says whether the run refines.
+#[test]
+fn trials_refine_the_predictor_the_strategy_is_asked_with_unless_told_not_to() {
+    let d = Dir::new();
+    let common = ["--trials", "48", "--seed", "2"];
+    let refined = search_with(d.path(), "a", "r", "auto", &common);
+    let kept = search_with(
+        d.path(),
+        "b",
+        "r",
+        "auto",
+        &[&common[..], &["--no-refine"]].concat(),
+    );
+    let line = refined
+        .lines()
+        .find(|l| l.starts_with("predictor: refitted to the trials"))
+        .unwrap_or_else(|| panic!("no refit line in:\n{refined}"));
+    assert!(
+        line.contains("at 16 trials the ") && line.contains("at 32 trials the "),
+        "{line}"
+    );
+    // The first refit that changed the predictor.
+    let first = line
+        .split("; ")
+        .find(|part| part.contains(" refit (mean squared log error"))
+        .and_then(|part| {
+            part.split("at ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no refit adopted: {line}"));
+    assert!(!kept.contains("predictor: refitted"), "{kept}");
+    assert_eq!(runs_json(d.path(), "a")[0]["refine"], true);
+    assert_eq!(runs_json(d.path(), "b")[0]["refine"], false);
+    let (a, b) = (
+        identity(&trials_json(d.path(), "a", "r")),
+        identity(&trials_json(d.path(), "b", "r")),
+    );
+    assert_eq!(
+        a[..first],
+        b[..first],
+        "the same trials before the refit at {first}"
+    );
+    assert_ne!(
+        a[first..],
+        b[first..],
+        "the refit at {first} changed nothing the strategy asked"
+    );
+}

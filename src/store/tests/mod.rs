@@ -603,19 +603,27 @@ fn pairs_read_as_written_and_older_manifests_read_unchanged() {
 
     // A manifest from before the set-up and its evaluations were recorded reads without them and is
     // written back byte for byte.
+    // The same for one from before trials refined the predictor: it reads as not refining.
     let mut old = manifest("old", 1);
     old.setup = None;
     old.evaluations = None;
+    old.config.refine = false;
     let json = serde_json::to_string(&old).unwrap();
     assert!(
-        !json.contains("\"setup\"") && !json.contains("\"evaluations\""),
+        !json.contains("\"setup\"")
+            && !json.contains("\"evaluations\"")
+            && !json.contains("\"refine\""),
         "{json}"
     );
     assert!(json.contains("\"pairs\":12"), "{json}");
     let back: RunManifest = serde_json::from_str(&json).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), json);
-    // And a new one keeps both.
+    assert!(!back.config.refine);
+    // And a new one keeps all three.
     let new = manifest("new", 1);
-    let back: RunManifest = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+    assert!(new.config.refine);
+    let json = serde_json::to_string(&new).unwrap();
+    assert!(json.contains("\"refine\":true"), "{json}");
+    let back: RunManifest = serde_json::from_str(&json).unwrap();
     assert_eq!(back, new);
 }

@@ -16,6 +16,7 @@
 //! - C. E. Rasmussen, C. K. I. Williams, "Gaussian processes for machine learning", MIT Press, 2006
 //!   (algorithm 2.1, the Matérn class §4.2, the marginal likelihood §5.4).
 
+use crate::cpu::clear_upper_avx;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul;
@@ -152,28 +153,6 @@ fn fit_cell(
         chol,
         z,
     })
-}
-
-/// Clears the upper halves of the AVX registers (`vzeroupper`); a no-op without AVX. faer's kernels
-/// return without it, and the scalar code after them — libm's `exp` in every kernel evaluation, `erf`
-/// in the EHVI — then ran about 20 times slower on this machine (AMD EPYC: 65,536 Matérn evaluations
-/// right after a faer product took 8.4 ms, 0.36 ms after this; BENCHMARKS.md), the penalty for
-/// mixing dirty upper AVX state with SSE instructions. Called after each faer call here; it changes no
-/// value.
-fn clear_upper_avx() {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX (checked just above), which is all `vzeroupper` needs; it only
-        // zeroes the upper halves of the YMM registers, and no value lives in them across this call
-        // (compiled code assumes nothing about them across a call).
-        unsafe { vzeroupper() }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn vzeroupper() {
-    std::arch::x86_64::_mm256_zeroupper();
 }
 
 /// Matérn 5/2 correlation at distance `r` with lengthscale `l`.

@@ -155,9 +155,10 @@ impl BayesConfig {
 pub struct BayesStrategy {
     config: BayesConfig,
     state: State,
-    /// Memo of the hyperparameters chosen at a multiple of [`REFIT`] trials (a pure function of the
-    /// history, so not part of the state).
-    hyper: Option<(usize, Grid)>,
+    /// Memo of the hyperparameters chosen at a multiple of [`REFIT`] trials, with the revision of the
+    /// problem's predictor they were chosen under (a pure function of the history and the problem, so
+    /// not part of the state).
+    hyper: Option<(usize, usize, Grid)>,
 }
 
 /// Everything `tell` learns: the number of trials told.
@@ -186,15 +187,16 @@ impl BayesStrategy {
 
 impl BayesStrategy {
     /// The hyperparameter grid for an `ask` at this history: the cell the full grid chose on the
-    /// history as it was at the last multiple of [`REFIT`] trials (memoised), or the full grid before
-    /// the first one. A function of the history only, so resumed and uninterrupted runs agree.
+    /// history as it was at the last multiple of [`REFIT`] trials (memoised for this predictor
+    /// revision), or the full grid before the first one. A function of the history and the problem
+    /// only, so resumed and uninterrupted runs agree.
     fn grid(&mut self, problem: &Problem, history: &History, encoder: &Encoder) -> Grid {
         let at = history.len() / REFIT * REFIT;
         if at == 0 {
             return Grid::Full;
         }
-        if let Some((memo_at, grid)) = self.hyper {
-            if memo_at == at {
+        if let Some((memo_at, revision, grid)) = self.hyper {
+            if memo_at == at && revision == problem.revision() {
                 return grid;
             }
         }
@@ -215,7 +217,7 @@ impl BayesStrategy {
             factor: gp.factor,
             noise_ratio: gp.noise_ratio,
         };
-        self.hyper = Some((at, grid));
+        self.hyper = Some((at, problem.revision(), grid));
         grid
     }
 }
