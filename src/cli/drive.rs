@@ -37,8 +37,11 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// Progress of the set-up (the sensitivity analysis).
-pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
+/// Progress of the set-up (the sensitivity analysis) of a run with a time budget of `time_seconds`
+/// (`--time`), if any.
+pub fn setup_progress(time_seconds: Option<f64>) -> impl FnMut(SetupPhase, usize, usize) {
+    let share = time_seconds.map(|t| mpsearch::search::frugal::SETUP_SHARE * t);
+    let set_up_started = std::time::Instant::now();
     let bar = progress_bar(0, "sensitivity: cheap errors");
     let mut phase = None;
     let mut started = std::time::Instant::now();
@@ -55,10 +58,16 @@ pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
                 SetupPhase::Frugal => "sensitivity: one at a time (frugal, at most)",
             });
             if p == SetupPhase::Frugal {
+                let time = share.map_or(String::new(), |s| {
+                    format!(
+                        ", and within {} of the run's time, cheap errors included",
+                        super::output::duration(s)
+                    )
+                });
                 bar.suspend(|| {
                     eprintln!(
                         "sensitivity: frugal set-up, at most {t} one-at-a-time measurements (a fifth of \
-                         the run's budget, at least one per searchable group; it stops once the \
+                         the run's budget, at least one per searchable group{time}; it stops once the \
                          predicted front is stable)"
                     )
                 });
@@ -74,11 +83,22 @@ pub fn setup_progress() -> impl FnMut(SetupPhase, usize, usize) {
                 SetupPhase::Frugal => ("at most ", "at most "),
                 _ => ("", ""),
             };
+            // The frugal set-up also stops at its share of a time budget.
+            let left = share
+                .filter(|_| p == SetupPhase::Frugal)
+                .map(|s| (s - set_up_started.elapsed().as_secs_f64()).max(0.0));
+            let rest = each * t as f64;
+            let bound = left.map_or(rest, |l| l.min(rest));
             bar.suspend(|| {
                 eprintln!(
                     "sensitivity: {n}{t} one-at-a-time measurements, {each:.1} s each so far: {most}about \
-                     {} for the set-up",
-                    super::output::duration(each * t as f64)
+                     {} for the set-up{}",
+                    super::output::duration(bound),
+                    if bound < rest {
+                        " (its share of the run's time)"
+                    } else {
+                        ""
+                    }
                 )
             });
         }

@@ -19,7 +19,9 @@ pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     mpsearch::store::find_run(&*store, &a.run)?;
     store.lock_run(&a.run)?;
     let stop = drive::stop_flag()?;
-    let (session, mut manifest) = search::open(&*store, &a.run, &mut drive::setup_progress())?;
+    // A resumed run reuses its stored set-up; one rebuilt is still cut at its share of `--time` (the
+    // bar just does not say so).
+    let (session, mut manifest) = search::open(&*store, &a.run, &mut drive::setup_progress(None))?;
     let done = store.trials(&manifest.name)?.len() as u64;
     if let Some(n) = a.trials {
         manifest.config.trials = Some(done + n);

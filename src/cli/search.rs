@@ -41,7 +41,9 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let stop = drive::stop_flag()?;
-    let (session, manifest) = search::create(&*store, &name, config, &mut drive::setup_progress())?;
+    let time = config.time_seconds;
+    let (session, manifest) =
+        search::create(&*store, &name, config, &mut drive::setup_progress(time))?;
     drive::describe(&session);
     drive::drive(&session, &*store, manifest, a.jobs, &stop, &a.store.store)
 }

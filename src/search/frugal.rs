@@ -16,8 +16,10 @@
 //!    front of cost against predicted term (the choices that could take its place if the prediction is
 //!    wrong).
 //! 3. **Stop** when the front's membership (its set of points) is the same after a round as before it
-//!    ([`FrugalStop::Stable`]), when no candidate is left ([`FrugalStop::Covered`]), or when the
-//!    set-up's budget is spent ([`FrugalStop::Budget`]).
+//!    ([`FrugalStop::Stable`]), when no candidate is left ([`FrugalStop::Covered`]), when the
+//!    set-up's budget is spent ([`FrugalStop::Budget`]), or — with a time budget — when the set-up
+//!    has taken its share of it, cheap errors included ([`FrugalStop::Time`]; a measurement costs more
+//!    than the base forward the budget is counted in, so the count alone cannot promise the share).
 //!
 //! The set-up's budget ([`setup_budget`]) is [`SETUP_SHARE`] of the run's: a fifth of its trial budget,
 //! or of the evaluations its time budget affords at one evaluation's time, whichever is smaller — at
@@ -52,6 +54,8 @@ pub enum FrugalStop {
     Covered,
     /// The set-up's budget is spent.
     Budget,
+    /// The set-up's share of the run's time budget is spent (`--time`).
+    Time,
 }
 
 impl FrugalStop {
@@ -61,6 +65,7 @@ impl FrugalStop {
             FrugalStop::Stable => "stable",
             FrugalStop::Covered => "covered",
             FrugalStop::Budget => "budget",
+            FrugalStop::Time => "time",
         }
     }
 }
@@ -71,6 +76,7 @@ impl std::fmt::Display for FrugalStop {
             FrugalStop::Stable => "the predicted front's membership is stable",
             FrugalStop::Covered => "every pair the predicted front uses or neighbours is measured",
             FrugalStop::Budget => "the set-up's budget is spent",
+            FrugalStop::Time => "the set-up's share of the time budget is spent",
         })
     }
 }
@@ -114,13 +120,16 @@ pub fn setup_budget(
 /// - `errors[group][choice]`: the cheap errors;
 /// - `measurable`: the pairs that may be measured (searchable groups, compressing choices);
 /// - `problem(predictor)`: the run's problem (cost tables, limits) with that predictor;
-/// - `measure(group, choice)`: one one-at-a-time measurement (through the evaluation cache).
+/// - `measure(group, choice)`: one one-at-a-time measurement (through the evaluation cache);
+/// - `out_of_time()`: whether the set-up's share of a time budget is spent (checked before each
+///   measurement; always false without `--time`).
 pub fn frugal_setup(
     errors: &[Vec<f64>],
     measurable: &[(usize, u16)],
     problem: &dyn Fn(Predictor) -> Result<Problem>,
     budget: usize,
     measure: &mut dyn FnMut(usize, u16) -> Result<f64>,
+    out_of_time: &dyn Fn() -> bool,
 ) -> Result<Frugal> {
     let allowed: HashSet<(usize, u16)> = measurable.iter().copied().collect();
     let groups: BTreeSet<usize> = measurable.iter().map(|p| p.0).collect();
@@ -157,6 +166,14 @@ pub fn frugal_setup(
         }
         let room = budget - measurements.len();
         for (group, choice) in picks.into_iter().take(round_size.min(room)) {
+            if out_of_time() {
+                return Ok(Frugal {
+                    measurements,
+                    rounds: rounds + 1,
+                    stop: FrugalStop::Time,
+                    front: members.len(),
+                });
+            }
             let quality = measure(group, choice)?;
             measured.insert((group, choice));
             measurements.push(Measurement {
@@ -443,6 +460,7 @@ mod tests {
                     calls.push((g, c));
                     Ok(s.truth[g][c as usize])
                 },
+                &|| false,
             )
             .unwrap();
             assert_eq!(calls.len(), frugal.measurements.len());
@@ -504,15 +522,80 @@ mod tests {
             )
         };
         let mut n = 0;
-        let f = frugal_setup(&errors, &measurable, &build, 11, &mut |g, c| {
-            n += 1;
-            Ok(errors[g][c as usize] * 3.0 + 0.01 * (g as f64))
-        })
+        let f = frugal_setup(
+            &errors,
+            &measurable,
+            &build,
+            11,
+            &mut |g, c| {
+                n += 1;
+                Ok(errors[g][c as usize] * 3.0 + 0.01 * (g as f64))
+            },
+            &|| false,
+        )
         .unwrap();
         // Round 0 measures one pair of each of the 8 groups, round 1 the 3 the budget leaves.
         assert_eq!((n, f.measurements.len()), (11, 11));
         assert_eq!(f.stop, FrugalStop::Budget);
         let groups: HashSet<usize> = f.measurements[..8].iter().map(|m| m.group).collect();
         assert_eq!(groups.len(), 8, "round 0 measures every group");
+    }
+
+    #[test]
+    fn the_time_share_stops_the_set_up_before_its_next_measurement() {
+        let s = Synthetic::new(8, 10, 7);
+        let measurable: Vec<(usize, u16)> = (0..8)
+            .flat_map(|g| (0..9u16).map(move |c| (g, c)))
+            .collect();
+        let errors = s.problem.predictor.table().to_vec();
+        let build = |p: Predictor| {
+            Problem::new(
+                s.problem.choices.clone(),
+                s.problem.cost.clone(),
+                Vec::new(),
+                None,
+                p,
+                7,
+                s.problem.reference,
+            )
+        };
+        let measure = |g: usize, c: u16| Ok(errors[g][c as usize] * 3.0 + 0.01 * (g as f64));
+        let full = frugal_setup(
+            &errors,
+            &measurable,
+            &build,
+            72,
+            &mut |g, c| measure(g, c),
+            &|| false,
+        )
+        .unwrap();
+        assert!(full.measurements.len() > 5);
+        // A clock that runs out after 5 measurements: the set-up stops there, its measurements the
+        // first 5 of the uncut one's (so a count budget of 5 would measure the same).
+        let made = std::cell::Cell::new(0);
+        let cut = frugal_setup(
+            &errors,
+            &measurable,
+            &build,
+            72,
+            &mut |g, c| {
+                made.set(made.get() + 1);
+                measure(g, c)
+            },
+            &|| made.get() >= 5,
+        )
+        .unwrap();
+        assert_eq!(cut.stop, FrugalStop::Time);
+        assert_eq!(cut.measurements, full.measurements[..5]);
+        let budget = frugal_setup(
+            &errors,
+            &measurable,
+            &build,
+            5,
+            &mut |g, c| measure(g, c),
+            &|| false,
+        )
+        .unwrap();
+        assert_eq!(budget.measurements, cut.measurements);
     }
 }

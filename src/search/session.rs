@@ -70,6 +70,7 @@ impl Session {
         resuming: Option<&RunManifest>,
         progress: &mut dyn FnMut(SetupPhase, usize, usize),
     ) -> Result<Session> {
+        let started = std::time::Instant::now();
         let objective = config.objective;
         let source = ModelSource::parse(&config.model);
         let (net, data) = crate::eval::load(&source, config.data.as_deref().map(Path::new))?;
@@ -134,6 +135,7 @@ impl Session {
                 store,
                 known: known_setup,
                 forward_seconds,
+                started,
                 build: &build,
             },
             &mut evaluations.setup,
@@ -325,6 +327,9 @@ struct SetupInputs<'a> {
     /// The run's own analysis, when resuming.
     known: Option<&'a SetupSummary>,
     forward_seconds: f64,
+    /// When the set-up started (loading the model included): its share of a time budget counts from
+    /// here.
+    started: std::time::Instant,
     /// The run's problem with a given predictor.
     build: &'a dyn Fn(Predictor) -> Result<Problem>,
 }
@@ -493,6 +498,11 @@ fn frugal_sensitivity(
             progress(SetupPhase::Frugal, done, budget);
             Ok(q)
         },
+        &|| {
+            config
+                .time_seconds
+                .is_some_and(|t| inputs.started.elapsed().as_secs_f64() >= frugal::SETUP_SHARE * t)
+        },
     )?;
     progress(SetupPhase::Frugal, budget, budget);
     count.add(measurer.counts());
@@ -511,10 +521,16 @@ fn frugal_sensitivity(
         errors,
         measurements: outcome.measurements,
     };
-    let key = if outcome.stop != frugal::FrugalStop::Budget && record.measurements.len() < budget {
-        natural
-    } else {
-        capped
+    // A set-up cut by time measured the first picks of the uncut sequence: exactly what a count budget
+    // of that many measures, so it is stored as that.
+    let key = match outcome.stop {
+        frugal::FrugalStop::Time => {
+            frugal_key(&fingerprint, space, &probe, Some(record.measurements.len()))
+        }
+        _ if outcome.stop != frugal::FrugalStop::Budget && record.measurements.len() < budget => {
+            natural
+        }
+        _ => capped,
     };
     store.put_sensitivity(&key, &record)?;
     let summary = SetupSummary {
