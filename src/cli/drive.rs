@@ -88,7 +88,7 @@ pub fn setup_progress(time_seconds: Option<f64>) -> impl FnMut(SetupPhase, usize
                 .filter(|_| p == SetupPhase::Frugal)
                 .map(|s| (s - set_up_started.elapsed().as_secs_f64()).max(0.0));
             let rest = each * t as f64;
-            let bound = left.map_or(rest, |l| l.min(rest));
+            let bound = left.map_or(rest, |l| rest.min(started.elapsed().as_secs_f64() + l));
             bar.suspend(|| {
                 eprintln!(
                     "sensitivity: {n}{t} one-at-a-time measurements, {each:.1} s each so far: {most}about \
@@ -304,13 +304,22 @@ fn refinement_line(refits: &[mpsearch::strategy::refine::Choice]) -> String {
     }
     let each: Vec<String> = refits
         .iter()
-        .map(|c| match c.fit {
-            None => format!(
+        .map(|c| match (c.fit, &c.failure) {
+            (_, Some(why)) => format!(
+                "at {} trials the set-up's kept (no refit could be computed: {why})",
+                c.at
+            ),
+            (None, None) if c.checked == 0 => format!(
+                "at {} trials the set-up's kept (no complete trial in the later half to check a \
+                 refit on)",
+                c.at
+            ),
+            (None, None) => format!(
                 "at {} trials the set-up's kept (mean squared log error {:.3} on the later {}; no \
-                 refit on the first half did better)",
+                 refit fitted on the first half did 5% better)",
                 c.at, c.set_up_error, c.checked
             ),
-            Some(fit) => format!(
+            (Some(fit), None) => format!(
                 "at {at} trials the {kind} refit (mean squared log error on the later {checked}: \
                  {before:.3} with the set-up's, {after:.3} fitted on the first half)",
                 at = c.at,

@@ -45,7 +45,8 @@ pub struct Outcome {
     pub cache_hits: u64,
     /// Seconds the strategy spent asking and telling in this session.
     pub strategy_seconds: f64,
-    /// The predictor's refits in this session, and what each chose ([`strategy::refine`]).
+    /// The predictor's refits computed in this session, and what each chose ([`strategy::refine`]; a
+    /// resumed session first recomputes the one in force).
     pub refinements: Vec<Choice>,
     /// Wall seconds of this session's loop.
     pub seconds: f64,
@@ -342,9 +343,10 @@ impl Journal {
             self.records.push(r);
         }
         let t = Instant::now();
-        let problem = self.refined.problem(&session.problem);
+        // Told with the set-up's problem, as a resume's rebuild tells the whole history (see
+        // `Strategy::tell`).
         self.strategy
-            .tell(problem, &self.history, start..self.history.len())?;
+            .tell(&session.problem, &self.history, start..self.history.len())?;
         let state = self.strategy.snapshot()?;
         self.strategy_seconds += t.elapsed().as_secs_f64();
         store.put_snapshot(

@@ -122,7 +122,7 @@ pub fn setup_budget(
 /// - `problem(predictor)`: the run's problem (cost tables, limits) with that predictor;
 /// - `measure(group, choice)`: one one-at-a-time measurement (through the evaluation cache);
 /// - `out_of_time()`: whether the set-up's share of a time budget is spent (checked before each
-///   measurement; always false without `--time`).
+///   measurement, so a round's exact front may run past it; always false without `--time`).
 pub fn frugal_setup(
     errors: &[Vec<f64>],
     measurable: &[(usize, u16)],
@@ -165,11 +165,11 @@ pub fn frugal_setup(
             });
         }
         let room = budget - measurements.len();
-        for (group, choice) in picks.into_iter().take(round_size.min(room)) {
+        for (i, (group, choice)) in picks.into_iter().take(round_size.min(room)).enumerate() {
             if out_of_time() {
                 return Ok(Frugal {
                     measurements,
-                    rounds: rounds + 1,
+                    rounds: rounds + usize::from(i > 0),
                     stop: FrugalStop::Time,
                     front: members.len(),
                 });

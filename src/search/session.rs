@@ -431,13 +431,18 @@ fn frugal_sensitivity(
     } = *inputs;
     let fingerprint = ev.fingerprint();
     let measurable = pick_pairs(space, usize::MAX, config.seed);
-    let budget = frugal::setup_budget(
-        config.trials,
-        config.time_seconds,
-        inputs.forward_seconds,
-        space.searchable_groups().count(),
-        measurable.len(),
-    );
+    // A resumed run whose set-up was cut by time, rebuilt because the store lost it, measures what
+    // the cut left: the same first picks.
+    let budget = match inputs.known {
+        Some(k) if k.stop.as_deref() == Some(frugal::FrugalStop::Time.name()) => k.measured,
+        _ => frugal::setup_budget(
+            config.trials,
+            config.time_seconds,
+            inputs.forward_seconds,
+            space.searchable_groups().count(),
+            measurable.len(),
+        ),
+    };
     let errors_key = cheap_errors_key(&fingerprint, space);
     let errors = match store.sensitivity(&errors_key)? {
         Some(r) => r.errors,
@@ -498,10 +503,14 @@ fn frugal_sensitivity(
             progress(SetupPhase::Frugal, done, budget);
             Ok(q)
         },
+        // The run's share of `--time`, from the session's start; not when rebuilding a resumed run's
+        // own set-up that the store lost (it follows its count budget, as the first build did up to
+        // its cut, so the rebuild is the same whatever the clock).
         &|| {
-            config
-                .time_seconds
-                .is_some_and(|t| inputs.started.elapsed().as_secs_f64() >= frugal::SETUP_SHARE * t)
+            inputs.known.is_none()
+                && config.time_seconds.is_some_and(|t| {
+                    inputs.started.elapsed().as_secs_f64() >= frugal::SETUP_SHARE * t
+                })
         },
     )?;
     progress(SetupPhase::Frugal, budget, budget);

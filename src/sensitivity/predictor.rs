@@ -154,10 +154,6 @@ impl Predictor {
         trials: &[(&[u16], f64)],
         errors_are: Fit,
     ) -> Result<Predictor> {
-        let weight = |q: f64| match errors_are {
-            Fit::Absolute => Some(1.0),
-            Fit::Relative => relative_weight(q),
-        };
         check_table(errors, "errors")?;
         let groups = errors.len();
         if self.scales.len() != groups {
@@ -184,6 +180,16 @@ impl Predictor {
         let mut qualities: Vec<f64> = trials.iter().map(|t| t.1).filter(|q| *q > 0.0).collect();
         qualities.sort_by(f64::total_cmp);
         let typical = qualities.get(qualities.len() / 2).copied().unwrap_or(1.0);
+        let largest = qualities
+            .iter()
+            .chain(measurements.iter().map(|m| &m.quality))
+            .copied()
+            .filter(|q| q.is_finite())
+            .fold(0.0, f64::max);
+        let weight = |q: f64| match errors_are {
+            Fit::Absolute => Some(1.0),
+            Fit::Relative => relative_weight(q, RELATIVE_FLOOR * largest),
+        };
         // Normal equations `a s = b` of the least-squares rows (see the module docs).
         let mut a = vec![vec![0.0; groups]; groups];
         let mut b = vec![0.0; groups];
@@ -301,12 +307,17 @@ impl Predictor {
     }
 }
 
-/// The least-squares weight of a row whose measured (or prior) quality is `q`: `1/q²`, so that each row
-/// counts its **relative** error — qualities on one front span orders of magnitude (a KL of 10⁻⁸ and
-/// one of 0.3), and absolute errors would let the few large ones decide every scale. `None` for a
-/// quality of 0 (or below), which has no relative error to fit.
-fn relative_weight(q: f64) -> Option<f64> {
-    (q > 0.0).then(|| 1.0 / (q * q))
+/// Below this share of the largest quality, a relative fit weighs a row as if its quality were that
+/// share: differences far below every quality that matters do not decide the scales (and a quality of
+/// 10⁻²⁰⁰ cannot make a weight overflow).
+pub const RELATIVE_FLOOR: f64 = 1e-6;
+
+/// The least-squares weight of a row whose measured (or prior) quality is `q`: `1/max(q, floor)²`, so
+/// that each row counts its **relative** error — qualities on one front span orders of magnitude (a KL
+/// of 10⁻⁸ and one of 0.3), and absolute errors would let the few large ones decide every scale.
+/// `None` for a quality of 0 (or below), which has no relative error to fit.
+fn relative_weight(q: f64, floor: f64) -> Option<f64> {
+    (q > 0.0).then(|| 1.0 / q.max(floor).powi(2))
 }
 
 /// Solves `a s = b` (symmetric, positive semi-definite) for `s ≥ 0`: groups whose row is empty

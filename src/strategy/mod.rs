@@ -347,7 +347,10 @@ pub trait Strategy: Send {
     fn ask(&mut self, problem: &Problem, history: &History, n: usize) -> Result<Vec<Point>>;
 
     /// Learns trials `told` of `history` (already pushed, in trial order). Telling `a..b` then `b..c`
-    /// leaves the same state as telling `a..c`. A strategy whose proposals depend on the history alone
+    /// leaves the same state as telling `a..c`. `problem` is always the run's set-up problem, also when
+    /// `ask` is given one whose predictor trials refined ([`refine`]): what `tell` learns must not
+    /// depend on the predictor, so that a resumed run, which tells its whole history at once, is in
+    /// the state of the uninterrupted one. A strategy whose proposals depend on the history alone
     /// (read at each `ask`) keeps this default, which learns nothing.
     fn tell(
         &mut self,
@@ -481,7 +484,7 @@ pub fn drive_refined(
                 proxy: false,
             });
         }
-        strategy.tell(refined.problem(problem), &history, start..history.len())?;
+        strategy.tell(problem, &history, start..history.len())?;
     }
     Ok(history)
 }

@@ -77,7 +77,22 @@ impl Refiner<'_> {
             refined.problem = None;
             return Ok(None);
         };
-        let (problem, chosen) = self.refine(base, &history.trials()[..at])?;
+        // A refit that cannot be computed (a least-squares system too ill-conditioned to solve, say)
+        // leaves the set-up's predictor in place: it must never end an overnight run.
+        let (problem, chosen) = match self.refine(base, &history.trials()[..at]) {
+            Ok(done) => done,
+            Err(e) => (
+                None,
+                Choice {
+                    at,
+                    fit: None,
+                    error: f64::NAN,
+                    set_up_error: f64::NAN,
+                    checked: 0,
+                    failure: Some(e.to_string()),
+                },
+            ),
+        };
         refined.problem = problem;
         Ok(Some(chosen))
     }
@@ -110,6 +125,7 @@ impl Refiner<'_> {
             error: error(&base.predictor),
             set_up_error: error(&base.predictor),
             checked: check_on.len(),
+            failure: None,
         };
         if check_on.is_empty() {
             return Ok(chosen);
@@ -145,7 +161,7 @@ impl Refined {
 }
 
 /// What [`Refiner::choose`] found.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
     /// Trials the refit was made on (the first ones of the run).
     pub at: usize,
@@ -157,6 +173,8 @@ pub struct Choice {
     pub set_up_error: f64,
     /// Complete trials checked (the second half).
     pub checked: usize,
+    /// Why no refit could be computed (the set-up's predictor kept), if that happened.
+    pub failure: Option<String>,
 }
 
 /// How much lower a refit's error on the later half must be than the set-up predictor's for it to be
@@ -231,14 +249,13 @@ mod tests {
     }
 
     #[test]
-    fn refined_predictors_do_not_hurt_bayes() {
+    fn refined_predictors_lead_bayes_to_a_better_front() {
         let hv = with_and_without(
             &|| Box::new(BayesStrategy::new(BayesConfig::default()).unwrap()),
             96,
         );
         eprintln!("bayes, refined vs not: {hv:?}");
-        let (r, n): (f64, f64) = hv.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-        assert!(r >= n, "{hv:?}");
+        assert!(hv.iter().all(|(r, n)| r > n), "{hv:?}");
     }
 
     #[test]

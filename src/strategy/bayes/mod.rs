@@ -22,7 +22,8 @@
 //! - **Kernel and hyperparameters.** A Gaussian process with a Matérn 5/2 kernel on the encoded points,
 //!   its lengthscale and noise chosen on the grid [`LENGTHSCALES`] × [`NOISE_RATIOS`] by the log marginal
 //!   likelihood (`gp.rs`). The grid is searched once per [`REFIT`] trials, on the history up to the last
-//!   multiple of it (memoised; a function of the history alone, so resumed runs choose the same); the
+//!   multiple of it (memoised per predictor revision; a function of the history and the problem alone,
+//!   so resumed runs choose the same); the
 //!   asks in between fit the chosen cell only.
 //! - **Training set.** The complete trials (finite quality). Beyond `max_points` of them: the measured
 //!   front (thinned in spread order to at most half of `max_points`), then the most recent others. The
