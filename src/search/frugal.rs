@@ -503,24 +503,33 @@ mod tests {
         }
     }
 
+    /// The compressing pairs (all but each group's last, uncompressed choice) of a synthetic 8 × 10
+    /// problem, and its predictor's table as the cheap errors.
+    fn measurable_of(s: &Synthetic) -> (Vec<(usize, u16)>, Vec<Vec<f64>>) {
+        let measurable = (0..8)
+            .flat_map(|g| (0..9u16).map(move |c| (g, c)))
+            .collect();
+        (measurable, s.problem.predictor.table().to_vec())
+    }
+
+    /// `s`'s problem with predictor `p`.
+    fn rebuild(s: &Synthetic, p: Predictor) -> Result<Problem> {
+        Problem::new(
+            s.problem.choices.clone(),
+            s.problem.cost.clone(),
+            Vec::new(),
+            None,
+            p,
+            7,
+            s.problem.reference,
+        )
+    }
+
     #[test]
     fn the_budget_caps_the_measurements() {
         let s = Synthetic::new(8, 10, 7);
-        let measurable: Vec<(usize, u16)> = (0..8)
-            .flat_map(|g| (0..9u16).map(move |c| (g, c)))
-            .collect();
-        let errors = s.problem.predictor.table().to_vec();
-        let build = |p: Predictor| {
-            Problem::new(
-                s.problem.choices.clone(),
-                s.problem.cost.clone(),
-                Vec::new(),
-                None,
-                p,
-                7,
-                s.problem.reference,
-            )
-        };
+        let (measurable, errors) = measurable_of(&s);
+        let build = |p: Predictor| rebuild(&s, p);
         let mut n = 0;
         let f = frugal_setup(
             &errors,
@@ -544,21 +553,8 @@ mod tests {
     #[test]
     fn the_time_share_stops_the_set_up_before_its_next_measurement() {
         let s = Synthetic::new(8, 10, 7);
-        let measurable: Vec<(usize, u16)> = (0..8)
-            .flat_map(|g| (0..9u16).map(move |c| (g, c)))
-            .collect();
-        let errors = s.problem.predictor.table().to_vec();
-        let build = |p: Predictor| {
-            Problem::new(
-                s.problem.choices.clone(),
-                s.problem.cost.clone(),
-                Vec::new(),
-                None,
-                p,
-                7,
-                s.problem.reference,
-            )
-        };
+        let (measurable, errors) = measurable_of(&s);
+        let build = |p: Predictor| rebuild(&s, p);
         let measure = |g: usize, c: u16| Ok(errors[g][c as usize] * 3.0 + 0.01 * (g as f64));
         let full = frugal_setup(
             &errors,

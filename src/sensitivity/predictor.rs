@@ -131,16 +131,21 @@ impl Predictor {
         let scales: Vec<f64> = (0..errors.len())
             .map(|g| if fitted[g] { em[g] / ee[g] } else { median })
             .collect();
+        Ok(Predictor::scaled(errors, scales, fitted))
+    }
+
+    /// The predictor `table[g][c] = scales[g] · errors[g][c]`.
+    fn scaled(errors: &[Vec<f64>], scales: Vec<f64>, fitted: Vec<bool>) -> Predictor {
         let table = errors
             .iter()
             .zip(&scales)
             .map(|(row, s)| row.iter().map(|e| s * e).collect())
             .collect();
-        Ok(Predictor {
+        Predictor {
             table,
             scales,
             fitted,
-        })
+        }
     }
 
     /// The predictor fitted to `measurements` and to `trials` (each a point and its measured quality
@@ -249,17 +254,7 @@ impl Predictor {
         }
         let scales = nonnegative_solve(&a, &b, &self.scales)?;
         let fitted = (0..groups).map(|g| self.fitted(g) || informed[g]).collect();
-        let table = errors
-            .iter()
-            .zip(&scales)
-            .map(|(row, s)| row.iter().map(|e| s * e).collect())
-            .collect();
-        Ok(Predictor {
-            table,
-            scales,
-            fitted,
-        }
-        .with_measured(measurements))
+        Ok(Predictor::scaled(errors, scales, fitted).with_measured(measurements))
     }
 
     /// The same predictor with each measured (group, choice) predicted as its measurement: a measured
