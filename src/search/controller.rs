@@ -281,7 +281,7 @@ impl Journal {
         let baselines = strategy::untried_baselines(&session.problem, &self.history, n);
         let (name, points) = if baselines.is_empty() {
             let t = Instant::now();
-            self.refine(session, config)?;
+            self.refine(session, config);
             let problem = self.refined.problem(&session.problem);
             let points = self.strategy.ask(problem, &self.history, n)?;
             self.strategy_seconds += t.elapsed().as_secs_f64();
@@ -306,18 +306,17 @@ impl Journal {
     }
 
     /// Brings the refined problem up to date with the finished trials (see [`strategy::refine`]).
-    fn refine(&mut self, session: &Session, config: &RunConfig) -> Result<()> {
+    fn refine(&mut self, session: &Session, config: &RunConfig) {
         if !config.refine {
-            return Ok(());
+            return;
         }
         let refiner = strategy::refine::Refiner {
             errors: &session.sensitivity.errors,
             measurements: &session.sensitivity.measurements,
         };
-        if let Some(chosen) = refiner.update(&session.problem, &self.history, &mut self.refined)? {
+        if let Some(chosen) = refiner.update(&session.problem, &self.history, &mut self.refined) {
             self.refinements.push(chosen);
         }
-        Ok(())
     }
 
     /// Adds a finished batch to the journal and the history, tells the strategy, and stores its

@@ -441,14 +441,18 @@ mod tests {
             let setup = Predictor::fit(&errors, &measurements)
                 .unwrap()
                 .with_measured(&measurements);
-            let trials = random_points(groups, choices, 60, seed + 100);
-            let observed: Vec<(&[u16], f64)> = trials
-                .iter()
-                .map(|x| (x.as_slice(), truth(&errors, &scales, x)))
-                .collect();
-            let refined = setup
-                .refine(&errors, &measurements, &observed, fit)
-                .unwrap();
+            // `setup` refitted on `n` random trials of the true model.
+            let refit = |n: usize, seed: u64| {
+                let trials = random_points(groups, choices, n, seed);
+                let observed: Vec<(&[u16], f64)> = trials
+                    .iter()
+                    .map(|x| (x.as_slice(), truth(&errors, &scales, x)))
+                    .collect();
+                setup
+                    .refine(&errors, &measurements, &observed, fit)
+                    .unwrap()
+            };
+            let refined = refit(60, seed + 100);
             let unseen = random_points(groups, choices, 200, seed + 200);
             let (before, after) = (
                 error(&setup, &errors, &scales, &unseen),
@@ -463,14 +467,7 @@ mod tests {
             }
             assert!((0..groups).all(|g| refined.fitted(g)));
             // More trials, less pull from the prior: the scales converge on the truth.
-            let many = random_points(groups, choices, 2_000, seed + 300);
-            let observed: Vec<(&[u16], f64)> = many
-                .iter()
-                .map(|x| (x.as_slice(), truth(&errors, &scales, x)))
-                .collect();
-            let refined = setup
-                .refine(&errors, &measurements, &observed, fit)
-                .unwrap();
+            let refined = refit(2_000, seed + 300);
             for (g, (s, want)) in refined.scales().iter().zip(&scales).enumerate() {
                 assert!(
                     (s - want).abs() < 0.02 * want,

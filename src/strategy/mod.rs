@@ -464,7 +464,7 @@ pub fn drive_refined(
         let baselines = untried_baselines(problem, &history, n);
         let asked = if baselines.is_empty() {
             if let Some(r) = refiner {
-                r.update(problem, &history, &mut refined)?;
+                r.update(problem, &history, &mut refined);
             }
             strategy.ask(refined.problem(problem), &history, n)?
         } else {

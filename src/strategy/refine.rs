@@ -67,15 +67,15 @@ impl Refiner<'_> {
         base: &Problem,
         history: &History,
         refined: &mut Refined,
-    ) -> Result<Option<Choice>> {
+    ) -> Option<Choice> {
         let at = refinement_at(history.len());
         if at == refined.checked {
-            return Ok(None);
+            return None;
         }
         refined.checked = at;
         let Some(at) = at else {
             refined.problem = None;
-            return Ok(None);
+            return None;
         };
         // A refit that cannot be computed (a least-squares system too ill-conditioned to solve, say)
         // leaves the set-up's predictor in place: it must never end an overnight run.
@@ -94,7 +94,7 @@ impl Refiner<'_> {
             ),
         };
         refined.problem = problem;
-        Ok(Some(chosen))
+        Some(chosen)
     }
 
     /// `base` with its predictor refined on the complete trials of `trials` (the first
@@ -117,13 +117,18 @@ impl Refiner<'_> {
     pub fn choose(&self, base: &Problem, trials: &[Observed]) -> Result<Choice> {
         let half = trials.len() / 2;
         let (fit_on, check_on) = (complete(&trials[..half]), complete(&trials[half..]));
-        let floor = LOG_FLOOR * complete(trials).iter().map(|t| t.1).fold(0.0, f64::max);
-        let error = |p: &Predictor| log_error(p, &check_on, floor);
+        let largest = fit_on
+            .iter()
+            .chain(&check_on)
+            .map(|t| t.1)
+            .fold(0.0, f64::max);
+        let error = |p: &Predictor| log_error(p, &check_on, LOG_FLOOR * largest);
+        let set_up_error = error(&base.predictor);
         let mut chosen = Choice {
             at: trials.len(),
             fit: None,
-            error: error(&base.predictor),
-            set_up_error: error(&base.predictor),
+            error: set_up_error,
+            set_up_error,
             checked: check_on.len(),
             failure: None,
         };
