@@ -35,6 +35,7 @@ fn manifest() -> RunManifest {
         fingerprints: Default::default(),
         splits: None,
         setup: None,
+        setup_seconds: None,
         evaluations: None,
     }
 }

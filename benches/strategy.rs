@@ -151,8 +151,14 @@ fn resume(c: &mut Criterion) {
     };
     {
         let store = SledStore::open(dir.path()).expect("store");
-        let (session, m) =
-            search::create(&store, "big", config, &mut |_, _, _| {}).expect("create");
+        let (session, m) = search::create(
+            &store,
+            "big",
+            config,
+            &AtomicBool::new(false),
+            &mut |_, _, _| {},
+        )
+        .expect("create");
         let t = Instant::now();
         let o = control_run(&session, &Quick { session: &session }, &store, m);
         eprintln!(
@@ -172,7 +178,8 @@ fn resume(c: &mut Criterion) {
                 let t = Instant::now();
                 let store = SledStore::open(dir.path()).expect("store");
                 let (session, mut m) =
-                    search::open(&store, "big", &mut |_, _, _| {}).expect("open");
+                    search::open(&store, "big", &AtomicBool::new(false), &mut |_, _, _| {})
+                        .expect("open");
                 let done = store.trials("big").expect("trials").len() as u64;
                 m.config.trials = Some(done + 1);
                 let o = control_run(&session, &Quick { session: &session }, &store, m);
@@ -187,7 +194,8 @@ fn resume(c: &mut Criterion) {
     g.bench_function("10000/read-journal", |b| {
         b.iter(|| black_box(store.trials("big").expect("trials")))
     });
-    let (session, _) = search::open(&store, "big", &mut |_, _, _| {}).expect("open");
+    let (session, _) =
+        search::open(&store, "big", &AtomicBool::new(false), &mut |_, _, _| {}).expect("open");
     let records = store.trials("big").expect("trials");
     let mut history = History::new();
     for r in &records {

@@ -128,6 +128,11 @@ pub enum Error {
     #[error("search: {message}")]
     Search { message: String },
 
+    /// The user stopped run `run` (Ctrl-C) during its set-up. Not a failure: everything the set-up
+    /// computed is kept, and `mpsearch resume` continues it.
+    #[error("run `{run}` was stopped during its set-up; what it computed is kept, and `mpsearch resume {run}` continues it")]
+    Interrupted { run: String },
+
     // ---- store ----
     /// The store could not be opened, read or written; `location` is its folder.
     #[error("store {location}: {message}")]

@@ -26,21 +26,63 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let s = stop.clone();
     ctrlc::set_handler(move || {
         if s.swap(true, Ordering::SeqCst) {
-            eprintln!("\nstopped at once; unfinished trials will be re-run on resume");
+            eprintln!("\nstopped at once; the unfinished work is done again on resume");
             std::process::exit(INTERRUPTED as i32);
         }
         eprintln!(
-            "\nstopping after the evaluations in flight (Ctrl-C again to quit at once; nothing is lost)"
+            "\nstopping after the work in flight (Ctrl-C again to quit at once; nothing is lost)"
         );
     })
     .context("cannot install the Ctrl-C handler")?;
     Ok(stop)
 }
 
+/// The session a set-up ([`search::create`], [`search::open`]) made ready, or `None` when the user
+/// stopped it: then what the run kept is said, with how to resume it.
+pub fn set_up(
+    result: mpsearch::Result<(search::Session, RunManifest)>,
+    store: &dyn Store,
+    location: &Location,
+) -> anyhow::Result<Option<(search::Session, RunManifest)>> {
+    let run = match result {
+        Ok(ready) => return Ok(Some(ready)),
+        Err(mpsearch::Error::Interrupted { run }) => run,
+        Err(e) => return Err(e.into()),
+    };
+    let m = mpsearch::store::find_run(store, &run)?;
+    let measured = m
+        .evaluations
+        .map_or(0, |e| e.setup.evaluated + e.setup.cached);
+    eprintln!(
+        "run `{run}` stopped in its set-up after {}: its cheap errors so far and {measured} \
+         one-at-a-time measurements are kept\nresume with: mpsearch resume {run}{}",
+        super::output::duration(m.setup_seconds.unwrap_or(0.0)),
+        store_arg(location)
+    );
+    Ok(None)
+}
+
+/// The exit code of a run the user stopped.
+pub fn interrupted() -> ExitCode {
+    ExitCode::from(INTERRUPTED)
+}
+
+/// ` --store LOCATION` for a command line, or nothing for the default store.
+fn store_arg(location: &Location) -> String {
+    if *location == Location::Sled("mpsearch-store".into()) {
+        String::new()
+    } else {
+        format!(" --store {location}")
+    }
+}
+
 /// Progress of the set-up (the sensitivity analysis) of a run with a time budget of `time_seconds`
-/// (`--time`), if any.
-pub fn setup_progress(time_seconds: Option<f64>) -> impl FnMut(SetupPhase, usize, usize) {
-    let share = time_seconds.map(|t| mpsearch::search::frugal::SETUP_SHARE * t);
+/// (`--time`), if any, whose set-up already took `spent` seconds in earlier sessions.
+pub fn setup_progress(
+    time_seconds: Option<f64>,
+    spent: f64,
+) -> impl FnMut(SetupPhase, usize, usize) {
+    let share = time_seconds.map(|t| (mpsearch::search::frugal::SETUP_SHARE * t - spent).max(0.0));
     let set_up_started = std::time::Instant::now();
     let bar = progress_bar(0, "sensitivity: cheap errors");
     let mut phase = None;
@@ -233,11 +275,7 @@ fn summarise(
         &held_out,
     ));
     out.push_str(&gap_line(session, gap.as_ref()));
-    let store_arg = if *location == Location::Sled("mpsearch-store".into()) {
-        String::new()
-    } else {
-        format!(" --store {location}")
-    };
+    let store_arg = store_arg(location);
     out.push_str(&format!(
         "\nresults: store {} run `{}` — `mpsearch trials {}{store_arg}` lists every trial, `mpsearch runs{store_arg}` \
          every run\n",

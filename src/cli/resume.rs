@@ -16,12 +16,27 @@ pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     let more_seconds = a.check()?;
     let store = open_store(&a.store.store, Access::Write)?;
     // This process drives the run (another driver of it is refused before anything is loaded).
-    mpsearch::store::find_run(&*store, &a.run)?;
+    let stored = mpsearch::store::find_run(&*store, &a.run)?;
     store.lock_run(&a.run)?;
     let stop = drive::stop_flag()?;
-    // A resumed run reuses its stored set-up; one rebuilt is still cut at its share of `--time` (the
-    // bar just does not say so).
-    let (session, mut manifest) = search::open(&*store, &a.run, &mut drive::setup_progress(None))?;
+    // A run stopped in its set-up continues it (with what is left of its share of `--time`); any
+    // other reuses its stored set-up (one the store lost is rebuilt, cut as its first build was).
+    let mut progress = if mpsearch::store::in_set_up(&stored) {
+        let spent = stored.setup_seconds.unwrap_or(0.0);
+        eprintln!(
+            "resuming run `{}` in its set-up ({} spent on it so far): what it kept is read back, the \
+             rest computed",
+            stored.name,
+            super::output::duration(spent)
+        );
+        drive::setup_progress(stored.config.time_seconds, spent)
+    } else {
+        drive::setup_progress(None, 0.0)
+    };
+    let opened = search::open(&*store, &a.run, &stop, &mut progress);
+    let Some((session, mut manifest)) = drive::set_up(opened, &*store, &a.store.store)? else {
+        return Ok(drive::interrupted());
+    };
     let done = store.trials(&manifest.name)?.len() as u64;
     if let Some(n) = a.trials {
         manifest.config.trials = Some(done + n);

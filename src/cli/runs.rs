@@ -125,7 +125,7 @@ impl<'t> Summary<'t> {
             "splits": m.splits, "held_out_gap": self.gap,
             "evaluations": self.evaluations, "setup": m.setup, "pairs": m.config.pairs,
             "fidelity": m.config.fidelity, "proxy": mpsearch::store::proxy_summary(trials),
-            "refine": m.config.refine,
+            "refine": m.config.refine, "setup_seconds": m.setup_seconds,
             "evaluations_to_99_percent": mpsearch::report::data::HypervolumeSeries::of(m, trials, true).evaluations_to(0.99),
             "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref())).collect::<Vec<_>>(),
             "measurements": {
@@ -151,7 +151,12 @@ impl<'t> Summary<'t> {
             .join(" ");
         vec![
             m.name.clone(),
-            self.status.to_string(),
+            match self.status {
+                RunStatus::Interrupted if mpsearch::store::in_set_up(m) => {
+                    "interrupted in set-up".to_string()
+                }
+                s => s.to_string(),
+            },
             m.config.strategy.to_string(),
             m.config.profile.clone(),
             self.trials.to_string(),

@@ -42,8 +42,16 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     }
     let stop = drive::stop_flag()?;
     let time = config.time_seconds;
-    let (session, manifest) =
-        search::create(&*store, &name, config, &mut drive::setup_progress(time))?;
+    let created = search::create(
+        &*store,
+        &name,
+        config,
+        &stop,
+        &mut drive::setup_progress(time, 0.0),
+    );
+    let Some((session, manifest)) = drive::set_up(created, &*store, &a.store.store)? else {
+        return Ok(drive::interrupted());
+    };
     drive::describe(&session);
     drive::drive(&session, &*store, manifest, a.jobs, &stop, &a.store.store)
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use mpsearch::eval::{CandleEvaluator, Evaluator};
 use mpsearch::sensitivity::analysis::{self, Analysis, Validation};
-use mpsearch::sensitivity::{pick_pairs, Predictor};
+use mpsearch::sensitivity::{pick_pairs, NoCheckpoint, Predictor};
 use mpsearch::space::{LayerStatus, Point, SearchSpace, SpaceGroup};
 
 use super::args::SensitivityArgs;
@@ -70,7 +70,7 @@ fn analyse(
 ) -> anyhow::Result<Analysis> {
     let bar = progress_bar(space.groups.len(), "cheap errors");
     let mut phase = analysis::Phase::CheapErrors;
-    let an = analysis::analyse(ev, ev, space, pairs, &mut |p, d, t| {
+    let an = analysis::analyse(ev, ev, space, pairs, &mut NoCheckpoint, &mut |p, d, t| {
         if p != phase {
             phase = p;
             bar.reset();

@@ -29,6 +29,7 @@ fn manifest() -> RunManifest {
         fingerprints: Fingerprints::default(),
         splits: None,
         setup: None,
+        setup_seconds: None,
         evaluations: None,
     }
 }

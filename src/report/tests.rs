@@ -56,6 +56,7 @@ fn manifest(max_latency_us: Option<f64>, max_drop: Option<f64>) -> RunManifest {
         fingerprints: Fingerprints::default(),
         splits: None,
         setup: None,
+        setup_seconds: None,
         evaluations: None,
     }
 }

@@ -14,6 +14,12 @@
 //! manifest whose fingerprints no longer match the files is refused with what changed
 //! ([`Error::RunChanged`]).
 //!
+//! A run exists from its first second: [`create`] writes its manifest, in `setting-up`, once its inputs
+//! are loaded and checked ([`Loaded`]), and the set-up ([`Loaded::set_up`]) checkpoints each group's
+//! cheap errors and each one-at-a-time measurement as it goes, so that [`open`] continues a set-up
+//! that was stopped (Ctrl-C: [`Error::Interrupted`]) or killed where it stopped, to the analysis an
+//! uninterrupted one builds.
+//!
 //! The set-up's one-at-a-time measurements are frugal by default (`--pairs auto`, [`frugal`]): only the
 //! pairs the predicted front uses, their neighbours and rivals, round by round until the front's
 //! membership is stable or a fifth of the run's budget is spent. Every model evaluation a run spends
@@ -40,16 +46,16 @@ pub mod frugal;
 pub mod held_out;
 mod session;
 
+use std::sync::atomic::AtomicBool;
+
 use serde::Serialize;
 
 pub use self::cached::CachingEvaluator;
 pub use self::controller::{run, Control, Outcome};
 pub use self::held_out::HeldOutOutcome;
-pub use self::session::{evaluator_settings, fingerprints, Session, SetupPhase};
+pub use self::session::{evaluator_settings, fingerprints, Loaded, Session, SetupPhase};
 use crate::error::{Error, Result};
-use crate::store::{
-    find_run, Fingerprints, RunConfig, RunManifest, RunStatus, Store, SCHEMA_VERSION,
-};
+use crate::store::{find_run, Fingerprints, RunConfig, RunManifest, Store};
 
 /// Why a session of a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -90,12 +96,16 @@ pub struct Progress {
     pub hypervolume: f64,
 }
 
-/// Sets up a new run named `name` and records its manifest (an error if the store has one by that
-/// name).
+/// Creates the run `name` (an error if the store has one by that name) and sets it up. The run exists
+/// from the start: its manifest is written, in `setting-up`, as soon as its inputs are loaded and
+/// checked (bad inputs leave nothing behind), and its set-up checkpoints as it goes (see
+/// [`Loaded::set_up`]). When `stop` is set during the set-up, the result is [`Error::Interrupted`]
+/// and the run is stored for [`open`] to continue.
 pub fn create(
     store: &dyn Store,
     name: &str,
     config: RunConfig,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
 ) -> Result<(Session, RunManifest)> {
     if store.run(name)?.is_some() {
@@ -107,44 +117,26 @@ pub fn create(
             ),
         ));
     }
-    let session = Session::prepare(config, store, None, progress)?;
-    let manifest = RunManifest {
-        schema: SCHEMA_VERSION,
-        name: name.to_string(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        status: RunStatus::Running,
-        elapsed_seconds: 0.0,
-        config: session.config.clone(),
-        reference: session.problem.reference,
-        fingerprints: session.fingerprints.clone(),
-        splits: Some(session.evaluator.data().sizes),
-        setup: Some(session.setup.clone()),
-        evaluations: Some(session.evaluations),
-    };
+    let loaded = Loaded::load(config, None)?;
+    let mut manifest = loaded.manifest(name);
     store.create_run(&manifest)?;
+    let session = loaded.set_up(store, &mut manifest, stop, progress)?;
     Ok((session, manifest))
 }
 
 /// Opens the stored run `name` for resuming: its inputs loaded again and checked against the
-/// fingerprints in its manifest.
+/// fingerprints in its manifest, and its set-up read back — or, for a run stopped in its set-up,
+/// continued where it stopped (with `stop` as [`create`] has it).
 pub fn open(
     store: &dyn Store,
     name: &str,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
 ) -> Result<(Session, RunManifest)> {
     let mut manifest = find_run(store, name)?;
     // The inputs' fingerprints are checked before the set-up evaluates anything.
-    let session = Session::prepare(manifest.config.clone(), store, Some(&manifest), progress)?;
-    // What this session's set-up spent is the run's too (nothing when its analysis was found; a run
-    // recorded before evaluations were counted keeps not counting them, rather than count a part).
-    if let Some(e) = manifest.evaluations.as_mut() {
-        e.setup.add(session.evaluations.setup);
-        e.baselines.add(session.evaluations.baselines);
-    }
-    // The analysis this session uses (the run's own, or, if the store lost it, the one built now).
-    manifest.setup = Some(session.setup.clone());
+    let loaded = Loaded::load(manifest.config.clone(), Some(&manifest))?;
+    let session = loaded.set_up(store, &mut manifest, stop, progress)?;
     Ok((session, manifest))
 }
 

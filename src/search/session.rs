@@ -1,8 +1,12 @@
 //! Setting a run up: the model, data and evaluator, the space, the cost tables, the feasibility check
-//! of every limit, the sensitivity model (from the store when it has it), and the strategy's problem.
+//! of every limit ([`Loaded`]), then the sensitivity model (from the store when it has it, continued
+//! from the run's checkpoints when a set-up was stopped) and the strategy's problem
+//! ([`Loaded::set_up`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::cached::CachingEvaluator;
 use super::frugal;
@@ -12,10 +16,10 @@ use crate::cost::{CostModel, CostTable, HardwareProfile};
 use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, EvalSettings, Evaluator};
 use crate::model::ModelSource;
-use crate::sensitivity::{analysis, one_at_a_time, pick_pairs, Pairs, Predictor};
+use crate::sensitivity::{analysis, one_at_a_time, pick_pairs, Checkpoint, Pairs, Predictor};
 use crate::space::{Point, SearchSpace};
 use crate::store::{
-    sensitivity_key, EvalCount, Evaluations, Fingerprints, RunConfig, RunManifest,
+    sensitivity_key, EvalCount, Evaluations, Fingerprints, RunConfig, RunManifest, RunStatus,
     SensitivityRecord, SetupSummary, Store, COST_REFERENCE, QUALITY_REFERENCE, SCHEMA_VERSION,
 };
 use crate::strategy::{CostLimit, Problem};
@@ -58,19 +62,33 @@ pub struct Session {
     pub evaluations: Evaluations,
 }
 
-impl Session {
-    /// Loads and checks everything `config` names; runs (or reuses from `store`) the sensitivity
-    /// analysis. `resuming` is the stored run this session continues: its inputs' fingerprints are
-    /// checked before anything is evaluated ([`Error::RunChanged`] names what changed), and its own
-    /// analysis (stored under its set-up's key) is the one used when the store has it.
-    /// `progress(phase, done, total)` reports the analysis.
-    pub fn prepare(
-        config: RunConfig,
-        store: &dyn Store,
-        resuming: Option<&RunManifest>,
-        progress: &mut dyn FnMut(SetupPhase, usize, usize),
-    ) -> Result<Session> {
-        let started = std::time::Instant::now();
+/// A run's inputs loaded and checked — model, data and evaluator, space, hardware profile, cost
+/// tables, every limit — and not yet set up: what a new run's manifest records before its set-up
+/// starts ([`Loaded::manifest`]).
+pub struct Loaded {
+    config: RunConfig,
+    evaluator: Arc<CandleEvaluator>,
+    space: SearchSpace,
+    profile: HardwareProfile,
+    cost_model: CostModel,
+    table: CostTable,
+    objective: Objective,
+    cost_limits: Vec<CostLimit>,
+    /// The run's hypervolume reference `[cost, quality]`.
+    reference: [f64; 2],
+    fingerprints: Fingerprints,
+    notes: Vec<String>,
+    forward_seconds: f64,
+    /// When loading started: the set-up's time counts from here.
+    started: Instant,
+}
+
+impl Loaded {
+    /// Loads and checks everything `config` names, and checks every limit against the range the
+    /// space reaches, before anything is evaluated. `resuming` is the stored run this continues: its
+    /// inputs' fingerprints are checked ([`Error::RunChanged`] names what changed).
+    pub fn load(config: RunConfig, resuming: Option<&RunManifest>) -> Result<Loaded> {
+        let started = Instant::now();
         let objective = config.objective;
         let source = ModelSource::parse(&config.model);
         let (net, data) = crate::eval::load(&source, config.data.as_deref().map(Path::new))?;
@@ -85,7 +103,7 @@ impl Session {
         let cost_limits = limits(&config, &table, &space, &profile, &mut notes)?;
 
         let settings = evaluator_settings(&config);
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let evaluator = Arc::new(CandleEvaluator::new(net, data, settings)?);
         let forward_seconds = t0.elapsed().as_secs_f64();
 
@@ -99,7 +117,6 @@ impl Session {
                 });
             }
         }
-        let known_setup = resuming.and_then(|m| m.setup.as_ref());
         let feasibility = table.feasibility(objective);
         let objective_limit = cost_limits
             .iter()
@@ -109,6 +126,76 @@ impl Session {
             objective_limit.unwrap_or(feasibility.max * COST_REFERENCE),
             config.max_drop.unwrap_or(QUALITY_REFERENCE),
         ];
+        Ok(Loaded {
+            config,
+            evaluator,
+            space,
+            profile,
+            cost_model,
+            table,
+            objective,
+            cost_limits,
+            reference,
+            fingerprints,
+            notes,
+            forward_seconds,
+            started,
+        })
+    }
+
+    /// The manifest of a new run `name` of these inputs, in its set-up (status `setting-up`, no
+    /// set-up summary yet, nothing spent).
+    pub fn manifest(&self, name: &str) -> RunManifest {
+        RunManifest {
+            schema: SCHEMA_VERSION,
+            name: name.to_string(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            status: RunStatus::SettingUp,
+            elapsed_seconds: 0.0,
+            config: self.config.clone(),
+            reference: self.reference,
+            fingerprints: self.fingerprints.clone(),
+            splits: Some(self.evaluator.data().sizes),
+            setup: None,
+            setup_seconds: Some(0.0),
+            evaluations: Some(Evaluations::default()),
+        }
+    }
+
+    /// Sets up run `manifest` (stored, with these inputs): its sensitivity analysis — the run's own
+    /// from the store when its set-up is done, else built, continuing from what an earlier session of
+    /// the run kept —, the space's baselines, and the strategy's problem.
+    ///
+    /// While the set-up of a run in `setting-up` runs, each group's cheap errors and each one-at-a-time
+    /// measurement is durable when done: the manifest (with what the set-up has spent so far) is written
+    /// after each, which flushes them. `stop` is checked there too: when set, the set-up ends with
+    /// [`Error::Interrupted`], everything it did kept, and `resume` continues it. When it ends, the
+    /// manifest says what it built and spent, and a run in `setting-up` becomes `running`.
+    /// `progress(phase, done, total)` reports the analysis.
+    pub fn set_up(
+        self,
+        store: &dyn Store,
+        manifest: &mut RunManifest,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(SetupPhase, usize, usize),
+    ) -> Result<Session> {
+        let Loaded {
+            config,
+            evaluator,
+            space,
+            profile,
+            cost_model,
+            table,
+            objective,
+            cost_limits,
+            reference,
+            fingerprints,
+            mut notes,
+            forward_seconds,
+            started,
+        } = self;
         let choices: Vec<u16> = space
             .groups
             .iter()
@@ -126,23 +213,46 @@ impl Session {
                 reference,
             )
         };
-        let mut evaluations = Evaluations::default();
-        let (record, setup) = sensitivity(
-            &SetupInputs {
-                ev: &evaluator,
-                space: &space,
-                config: &config,
+        let fresh = manifest.status == RunStatus::SettingUp;
+        let known = manifest.setup.clone();
+        let before = manifest.evaluations;
+        let seconds_before = manifest.setup_seconds.unwrap_or(0.0);
+        let measurer = CachingEvaluator::new(evaluator.as_ref(), store);
+        let (record, setup) = {
+            let mut checkpoint = RunCheckpoint {
                 store,
-                known: known_setup,
-                forward_seconds,
+                manifest: &mut *manifest,
+                measurer: &measurer,
+                before,
+                seconds_before: fresh.then_some(seconds_before),
                 started,
-                build: &build,
-            },
-            &mut evaluations.setup,
-            &mut notes,
-            progress,
-        )?;
+                stop,
+                fingerprint: evaluator.fingerprint(),
+                space: &space,
+            };
+            sensitivity(
+                &SetupInputs {
+                    ev: &evaluator,
+                    space: &space,
+                    config: &config,
+                    store,
+                    known: known.as_ref(),
+                    forward_seconds,
+                    started,
+                    seconds_before,
+                    build: &build,
+                    measurer: &measurer,
+                },
+                &mut checkpoint,
+                &mut notes,
+                progress,
+            )?
+        };
         let predictor = fit(&record)?;
+        let mut evaluations = Evaluations {
+            setup: measurer.counts(),
+            ..Evaluations::default()
+        };
         let baselines = baselines(
             evaluator.as_ref(),
             &space,
@@ -152,6 +262,22 @@ impl Session {
         );
         let problem = build(predictor)?.with_baselines(baselines)?;
         predicted_drop(&problem, &objective, &mut notes)?;
+        // What this session's set-up spent is the run's too (nothing when its analysis was found; a
+        // run recorded before evaluations were counted keeps not counting them, rather than count a
+        // part).
+        if let (Some(e), Some(b)) = (manifest.evaluations.as_mut(), before) {
+            e.setup = b.setup;
+            e.setup.add(evaluations.setup);
+            e.baselines = b.baselines;
+            e.baselines.add(evaluations.baselines);
+        }
+        // The analysis this session uses (the run's own, or, if the store lost it, the one built now).
+        manifest.setup = Some(setup.clone());
+        if fresh {
+            manifest.setup_seconds = Some(seconds_before + started.elapsed().as_secs_f64());
+            manifest.status = RunStatus::Running;
+        }
+        store.put_run(manifest)?;
         Ok(Session {
             config,
             evaluator,
@@ -168,6 +294,71 @@ impl Session {
             sensitivity: record,
             evaluations,
         })
+    }
+}
+
+/// The set-up's [`Checkpoint`] in the run's store: a group's cheap errors under their own key
+/// ([`cheap_group_key`]), a measurement's evaluation in the evaluation cache (the measurer's), and
+/// after each the run's manifest with what the set-up has spent so far — a flushing write, which
+/// makes both durable — and then the user's stop, if asked for.
+struct RunCheckpoint<'a> {
+    store: &'a dyn Store,
+    manifest: &'a mut RunManifest,
+    measurer: &'a CachingEvaluator<'a>,
+    /// The run's evaluations before this session.
+    before: Option<Evaluations>,
+    /// The set-up's seconds before this session (`None` when the run's set-up was done before:
+    /// rebuilding an analysis the store lost is not the set-up's time).
+    seconds_before: Option<f64>,
+    started: Instant,
+    stop: &'a AtomicBool,
+    fingerprint: blake3::Hash,
+    space: &'a SearchSpace,
+}
+
+impl RunCheckpoint<'_> {
+    fn save(&mut self) -> Result<()> {
+        if let (Some(e), Some(b)) = (self.manifest.evaluations.as_mut(), self.before) {
+            e.setup = b.setup;
+            e.setup.add(self.measurer.counts());
+        }
+        if let Some(s) = self.seconds_before {
+            self.manifest.setup_seconds = Some(s + self.started.elapsed().as_secs_f64());
+        }
+        self.store.put_run(self.manifest)?;
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted {
+                run: self.manifest.name.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Checkpoint for RunCheckpoint<'_> {
+    fn cheap_row(&mut self, group: usize) -> Result<Option<Vec<f64>>> {
+        let key = cheap_group_key(&self.fingerprint, self.space, group);
+        Ok(self
+            .store
+            .sensitivity(&key)?
+            .and_then(|r| r.errors.into_iter().next()))
+    }
+
+    fn keep_cheap_row(&mut self, group: usize, row: &[f64]) -> Result<()> {
+        let key = cheap_group_key(&self.fingerprint, self.space, group);
+        self.store.put_sensitivity(
+            &key,
+            &SensitivityRecord {
+                schema: SCHEMA_VERSION,
+                errors: vec![row.to_vec()],
+                measurements: Vec::new(),
+            },
+        )?;
+        self.save()
+    }
+
+    fn measured(&mut self) -> Result<()> {
+        self.save()
     }
 }
 
@@ -327,16 +518,19 @@ struct SetupInputs<'a> {
     /// The run's own analysis, when resuming.
     known: Option<&'a SetupSummary>,
     forward_seconds: f64,
-    /// When the set-up started (loading the model included): its share of a time budget counts from
-    /// here.
-    started: std::time::Instant,
+    /// When this session's set-up started (loading the model included), and the seconds earlier
+    /// sessions of the run's set-up took: its share of a time budget counts both.
+    started: Instant,
+    seconds_before: f64,
     /// The run's problem with a given predictor.
     build: &'a dyn Fn(Predictor) -> Result<Problem>,
+    /// The one-at-a-time measurements' evaluator (through the store's evaluation cache).
+    measurer: &'a CachingEvaluator<'a>,
 }
 
 /// The set-up's analysis (cheap errors and measurements) and how it was had: the run's own stored analysis when resuming, else the
 /// store's record of this analysis if there is one, else computed — its one-at-a-time measurements
-/// through the evaluation cache (counted in `count`) — and stored.
+/// through the evaluation cache, each kept by the checkpoint as it is done — and stored.
 ///
 /// With `--pairs N`, the record is keyed by the evaluator, the space and the pairs
 /// ([`sensitivity_key`]). With `--pairs auto` ([`super::frugal`]), the cheap errors are stored on
@@ -345,7 +539,7 @@ struct SetupInputs<'a> {
 /// set-up short, the set-up's budget (see [`frugal_sensitivity`]).
 fn sensitivity(
     inputs: &SetupInputs,
-    count: &mut EvalCount,
+    checkpoint: &mut dyn Checkpoint,
     notes: &mut Vec<String>,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
 ) -> Result<(SensitivityRecord, SetupSummary)> {
@@ -377,15 +571,20 @@ fn sensitivity(
             let (record, reused) = match store.sensitivity(&key)? {
                 Some(r) => (r, true),
                 None => {
-                    let measurer = CachingEvaluator::new(ev.as_ref(), store);
-                    let an = analysis::analyse(ev, &measurer, space, &pairs, &mut |p, d, t| {
-                        let phase = match p {
-                            analysis::Phase::CheapErrors => SetupPhase::CheapErrors,
-                            analysis::Phase::Measurements => SetupPhase::Measurements,
-                        };
-                        progress(phase, d, t)
-                    })?;
-                    count.add(measurer.counts());
+                    let an = analysis::analyse(
+                        ev,
+                        inputs.measurer,
+                        space,
+                        &pairs,
+                        checkpoint,
+                        &mut |p, d, t| {
+                            let phase = match p {
+                                analysis::Phase::CheapErrors => SetupPhase::CheapErrors,
+                                analysis::Phase::Measurements => SetupPhase::Measurements,
+                            };
+                            progress(phase, d, t)
+                        },
+                    )?;
                     let r = SensitivityRecord {
                         schema: SCHEMA_VERSION,
                         errors: an.errors,
@@ -411,14 +610,14 @@ fn sensitivity(
             };
             Ok((record, summary))
         }
-        Pairs::Auto => frugal_sensitivity(inputs, count, notes, progress),
+        Pairs::Auto => frugal_sensitivity(inputs, checkpoint, notes, progress),
     }
 }
 
 /// The frugal set-up of `--pairs auto` (see [`sensitivity`] and [`super::frugal`]).
 fn frugal_sensitivity(
     inputs: &SetupInputs,
-    count: &mut EvalCount,
+    checkpoint: &mut dyn Checkpoint,
     notes: &mut Vec<String>,
     progress: &mut dyn FnMut(SetupPhase, usize, usize),
 ) -> Result<(SensitivityRecord, SetupSummary)> {
@@ -447,7 +646,7 @@ fn frugal_sensitivity(
     let errors = match store.sensitivity(&errors_key)? {
         Some(r) => r.errors,
         None => {
-            let errors = analysis::cheap(ev, space, &mut |d, t| {
+            let errors = analysis::cheap(ev, space, checkpoint, &mut |d, t| {
                 progress(SetupPhase::CheapErrors, d, t)
             })?;
             store.put_sensitivity(
@@ -489,7 +688,6 @@ fn frugal_sensitivity(
         };
         return Ok((record, summary));
     }
-    let measurer = CachingEvaluator::new(ev.as_ref(), store);
     let mut done = 0;
     progress(SetupPhase::Frugal, 0, budget);
     let outcome = frugal::frugal_setup(
@@ -498,7 +696,8 @@ fn frugal_sensitivity(
         inputs.build,
         budget,
         &mut |group, choice| {
-            let q = one_at_a_time(&measurer, space, group, choice)?;
+            let q = one_at_a_time(inputs.measurer, space, group, choice)?;
+            checkpoint.measured()?;
             done += 1;
             progress(SetupPhase::Frugal, done, budget);
             Ok(q)
@@ -509,12 +708,12 @@ fn frugal_sensitivity(
         &|| {
             inputs.known.is_none()
                 && config.time_seconds.is_some_and(|t| {
-                    inputs.started.elapsed().as_secs_f64() >= frugal::SETUP_SHARE * t
+                    inputs.seconds_before + inputs.started.elapsed().as_secs_f64()
+                        >= frugal::SETUP_SHARE * t
                 })
         },
     )?;
     progress(SetupPhase::Frugal, budget, budget);
-    count.add(measurer.counts());
     notes.push(format!(
         "frugal set-up: {} of {} (group, choice) pairs measured one at a time in {} rounds: {} \
          (budget {budget}: a fifth of the run's, at least one per searchable group); {} points on \
@@ -557,6 +756,17 @@ fn frugal_sensitivity(
 /// measurement can fit a scale).
 fn fit(record: &SensitivityRecord) -> Result<Predictor> {
     frugal::predictor(&record.errors, &record.measurements)
+}
+
+/// Store key of the cheap errors of group `group` of `space` under the evaluator `fingerprint`, as
+/// the set-up keeps them one group at a time (weights only: see [`Checkpoint`]).
+fn cheap_group_key(fingerprint: &blake3::Hash, space: &SearchSpace, group: usize) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mpsearch-cheap-group-v1\n");
+    h.update(fingerprint.as_bytes());
+    h.update(space.fingerprint().as_bytes());
+    h.update(&(group as u64).to_le_bytes());
+    h.finalize()
 }
 
 /// Store key of the cheap errors of `space` under the evaluator `fingerprint`.

@@ -8,9 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::rank::{kendall_tau_b, mean_absolute_error, spearman};
-use super::{
-    cheap_errors_with_progress, ActRanges, LayerStats, Measurement, MeasurementCache, Predictor,
-};
+use super::stats::{cheap_errors_checkpointed, known_row};
+use super::{ActRanges, Checkpoint, LayerStats, Measurement, MeasurementCache, Predictor};
 use crate::error::Result;
 use crate::eval::{CandleEvaluator, Evaluator};
 use crate::space::{ActQuant, Point, SearchSpace};
@@ -49,22 +48,27 @@ pub enum Phase {
 /// Runs the analysis: `progress(phase, done, total)` after each group of cheap errors and each
 /// measurement. The cheap errors come from `ev`'s model and calibration data; the one-at-a-time
 /// measurements are evaluated by `measure_with` (`ev` itself, or a wrapper that caches evaluations, as
-/// the search's store does).
+/// the search's store does). `checkpoint` gets each group's cheap errors and each measurement as they
+/// are done (and gives back the groups an earlier session kept).
 pub fn analyse(
     ev: &CandleEvaluator,
     measure_with: &dyn Evaluator,
     space: &SearchSpace,
     pairs: &[(usize, u16)],
+    checkpoint: &mut dyn Checkpoint,
     progress: &mut dyn FnMut(Phase, usize, usize),
 ) -> Result<Analysis> {
     let started = Instant::now();
-    let errors = cheap(ev, space, &mut |d, t| progress(Phase::CheapErrors, d, t))?;
+    let errors = cheap(ev, space, checkpoint, &mut |d, t| {
+        progress(Phase::CheapErrors, d, t)
+    })?;
     let cheap_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut cache = MeasurementCache::default();
     let mut measurements = Vec::with_capacity(pairs.len());
     for (i, pair) in pairs.iter().enumerate() {
         measurements.extend(cache.measure(measure_with, space, std::slice::from_ref(pair))?);
+        checkpoint.measured()?;
         progress(Phase::Measurements, i + 1, pairs.len());
     }
     let predictor = Predictor::fit(&errors, &measurements)?.with_measured(&measurements);
@@ -78,18 +82,35 @@ pub fn analyse(
 }
 
 /// The cheap error of every (group, choice) of `space` (`errors[group][choice]`), from `ev`'s model and
-/// calibration split; `progress(done, total)` after each group. No model evaluation.
+/// calibration split; `progress(done, total)` after each group. No model evaluation. The groups
+/// `checkpoint` kept are taken from it, the others handed to it when computed; when it has every
+/// group and the space quantizes no activation, nothing is computed at all.
 pub fn cheap(
     ev: &CandleEvaluator,
     space: &SearchSpace,
+    checkpoint: &mut dyn Checkpoint,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
+    let acts = space
+        .groups
+        .iter()
+        .flat_map(|g| &g.choices)
+        .any(|c| c.act != ActQuant::None);
+    if !acts {
+        let known = (0..space.groups.len())
+            .map(|g| known_row(checkpoint, space, g))
+            .collect::<Result<Option<Vec<Vec<f64>>>>>()?;
+        if let Some(errors) = known {
+            progress(space.groups.len(), space.groups.len());
+            return Ok(errors);
+        }
+    }
     // The evaluator's input statistics (one capture of the calibration split, shared with GPTQ,
     // output-error scales and the static ranges) and its compression settings: the cheap errors
     // measure the weights the evaluator runs.
     let stats = capture(ev, space)?;
     let settings = ev.settings().compress();
-    cheap_errors_with_progress(space, &stats, settings, progress)
+    cheap_errors_checkpointed(space, &stats, settings, checkpoint, progress)
 }
 
 /// Every layer's statistics on `ev`'s calibration split: the evaluator's input statistics and, when

@@ -348,6 +348,7 @@ pub fn fisher_errors(
         &fisher.layers,
         &scale.into(),
         "Fisher estimate",
+        &mut super::NoCheckpoint,
         &mut |_, _| {},
     )
 }

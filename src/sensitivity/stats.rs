@@ -68,6 +68,7 @@ use candle_core::{DType, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 
+use super::{Checkpoint, NoCheckpoint};
 use crate::compress::{
     input_rows, quantize_activation, CompressSettings, InputAccumulator, InputStats, LayerInputs,
 };
@@ -436,11 +437,24 @@ pub fn cheap_errors_with_progress(
     settings: impl Into<CompressSettings>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
+    cheap_errors_checkpointed(space, stats, settings.into(), &mut NoCheckpoint, progress)
+}
+
+/// [`cheap_errors_with_progress`], taking each group's weight errors from `checkpoint` when an earlier
+/// session kept them and handing it each group's when computed.
+pub(crate) fn cheap_errors_checkpointed(
+    space: &crate::space::SearchSpace,
+    stats: &[LayerStats],
+    settings: CompressSettings,
+    checkpoint: &mut dyn Checkpoint,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f64>>> {
     let mut errors = errors_per_choice(
         space,
         stats,
-        &settings.into(),
+        &settings,
         "calibration statistics",
+        checkpoint,
         progress,
     )?;
     add_activation_errors(space, stats, &mut errors)?;
@@ -513,12 +527,18 @@ pub(crate) fn errors_per_choice<M: LayerMeasure>(
     measures: &[M],
     settings: &CompressSettings,
     what: &str,
+    checkpoint: &mut dyn Checkpoint,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f64>>> {
     use rayon::prelude::*;
     let by_name: HashMap<&str, &M> = measures.iter().map(|s| (s.layer_name(), s)).collect();
     let mut out = Vec::with_capacity(space.groups.len());
     for (gi, g) in space.groups.iter().enumerate() {
+        if let Some(row) = known_row(checkpoint, space, gi)? {
+            out.push(row);
+            progress(gi + 1, space.groups.len());
+            continue;
+        }
         let weight_only: Vec<crate::space::Choice> = g
             .choices
             .iter()
@@ -552,15 +572,28 @@ pub(crate) fn errors_per_choice<M: LayerMeasure>(
                 *error.entry(*c).or_default() += e;
             }
         }
-        out.push(
-            weight_only
-                .iter()
-                .map(|c| error.get(c).copied().unwrap_or(0.0))
-                .collect(),
-        );
+        let row: Vec<f64> = weight_only
+            .iter()
+            .map(|c| error.get(c).copied().unwrap_or(0.0))
+            .collect();
+        checkpoint.keep_cheap_row(gi, &row)?;
+        out.push(row);
         progress(gi + 1, space.groups.len());
     }
     Ok(out)
+}
+
+/// Group `group`'s weight errors as `checkpoint` kept them, if it has a row of the group's length
+/// (anything else is computed again).
+pub(crate) fn known_row(
+    checkpoint: &mut dyn Checkpoint,
+    space: &crate::space::SearchSpace,
+    group: usize,
+) -> Result<Option<Vec<f64>>> {
+    let choices = space.groups[group].choices.len();
+    Ok(checkpoint
+        .cheap_row(group)?
+        .filter(|r| r.len() == choices && r.iter().all(|e| e.is_finite())))
 }
 
 impl LayerStats {

@@ -30,7 +30,7 @@ pub use self::postgres::PostgresStore;
 pub use self::query::{
     cost_of, default_run_name, evaluations, evaluations_at_each_trial, feasible, fidelity,
     find_run, front, front_held_out, held_out, held_out_gap, held_out_hypervolume, held_out_key,
-    hypervolume, latest_measurements, listed_status, live_status, measurement_summaries,
+    hypervolume, in_set_up, latest_measurements, listed_status, live_status, measurement_summaries,
     proxy_and_full, proxy_summary, sensitivity_key, EvaluationCounts, Fidelity, HeldOut,
     HeldOutGap, MeasuredSetting, MeasurementSummary, ProxySummary, COST_REFERENCE,
     QUALITY_REFERENCE,

@@ -399,18 +399,27 @@ pub fn held_out_hypervolume(
 /// process that died; it is resumable like an interrupted one.
 pub fn listed_status(m: &RunManifest) -> RunStatus {
     match m.status {
-        RunStatus::Running => RunStatus::Interrupted,
+        RunStatus::Running | RunStatus::SettingUp => RunStatus::Interrupted,
         s => s,
     }
 }
 
 /// A run's status as listed, knowing which runs are driven right now ([`Store::controllers`]):
-/// `running` only while a controller drives it, else as [`listed_status`] says.
+/// `setting-up` or `running` only while a controller drives it, else as [`listed_status`] says.
 pub fn live_status(m: &RunManifest, controllers: &[Controller]) -> RunStatus {
     match m.status {
-        RunStatus::Running if controllers.iter().any(|c| c.run == m.name) => RunStatus::Running,
+        s @ (RunStatus::Running | RunStatus::SettingUp)
+            if controllers.iter().any(|c| c.run == m.name) =>
+        {
+            s
+        }
         _ => listed_status(m),
     }
+}
+
+/// Whether run `m` stopped (or is) in its set-up: its manifest says `setting-up`.
+pub fn in_set_up(m: &RunManifest) -> bool {
+    m.status == RunStatus::SettingUp
 }
 
 /// The store key of the sensitivity analysis of `space` measured at `pairs` by an evaluator with

@@ -21,6 +21,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    /// Its set-up (the sensitivity analysis) is under way, or was until it was stopped or its process
+    /// died: `resume` continues the set-up where it stopped (see [`crate::search`]).
+    #[serde(rename = "setting-up")]
+    SettingUp,
     /// A process is running it (or was, until it died: `resume` continues it).
     Running,
     /// Stopped by Ctrl-C or a signal; `resume` continues it.
@@ -34,6 +38,7 @@ pub enum RunStatus {
 impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            RunStatus::SettingUp => "setting-up",
             RunStatus::Running => "running",
             RunStatus::Interrupted => "interrupted",
             RunStatus::Complete => "complete",
@@ -160,6 +165,11 @@ pub struct RunManifest {
     /// runs recorded before this was kept; the analysis is then found by its fixed pairs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup: Option<SetupSummary>,
+    /// Wall seconds the set-up took (loading the inputs included), over every session that worked on
+    /// it: what a set-up stopped part-way has spent of its share of `--time`. `None` in runs recorded
+    /// before the set-up was checkpointed, and in runs whose set-up was read back whole from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_seconds: Option<f64>,
     /// The model evaluations the run spent outside its trials (`None` in runs recorded before they
     /// were counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]

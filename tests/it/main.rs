@@ -19,6 +19,7 @@ mod report;
 mod rounding;
 mod search;
 mod sensitivity;
+mod setup;
 mod space;
 mod store;
 mod tiny_gguf;

@@ -737,7 +737,14 @@ fn failed_evaluations_are_recorded_as_failed_trials_and_the_search_goes_on() {
         pairs: mpsearch::sensitivity::Pairs::Fixed(12),
         ..RunConfig::default()
     };
-    let (session, manifest) = search::create(&store, "flaky", config, &mut |_, _, _| {}).unwrap();
+    let (session, manifest) = search::create(
+        &store,
+        "flaky",
+        config,
+        &AtomicBool::new(false),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     let stop = AtomicBool::new(false);
     let mut progress = |_: &Progress| {};
     let flaky = Flaky(session.evaluator.as_ref());
@@ -924,8 +931,17 @@ fn a_run_with_proxies_stopped_inside_a_batch_resumes_to_the_same_trials() {
     let drive = |store: &SledStore, after: usize| {
         let name = "r";
         let (session, manifest) = match store.run(name).unwrap() {
-            None => search::create(store, name, config.clone(), &mut |_, _, _| {}).unwrap(),
-            Some(_) => search::open(store, name, &mut |_, _, _| {}).unwrap(),
+            None => search::create(
+                store,
+                name,
+                config.clone(),
+                &AtomicBool::new(false),
+                &mut |_, _, _| {},
+            )
+            .unwrap(),
+            Some(_) => {
+                search::open(store, name, &AtomicBool::new(false), &mut |_, _, _| {}).unwrap()
+            }
         };
         let stop = AtomicBool::new(false);
         let ev = StopAfter {

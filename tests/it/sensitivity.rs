@@ -9,8 +9,8 @@ use mpsearch::compress::{apply_choice, quantize_activation, ScaleMethod};
 use mpsearch::eval::CandleEvaluator;
 use mpsearch::sensitivity::rank::{average_ranks, kendall_tau_b, mean_absolute_error, spearman};
 use mpsearch::sensitivity::{
-    cheap_errors, measure, one_at_a_time, pick_pairs, LayerStats, Measurement, MeasurementCache,
-    Predictor,
+    cheap_errors, measure, one_at_a_time, pick_pairs, Checkpoint, LayerStats, Measurement,
+    MeasurementCache, Predictor,
 };
 use mpsearch::space::{ActQuant, Choice, LayerInfo, LayerKind, SearchSpace};
 use rand::{Rng, SeedableRng};
@@ -728,7 +728,15 @@ fn demo_trust_spearman_is_at_least_0_9() {
     use mpsearch::sensitivity::analysis::{analyse, validate};
     let (ev, space) = demo_with_space();
     let pairs = pick_pairs(&space, TRUST_PAIRS, TRUST_SEED);
-    let an = analyse(&ev, &ev, &space, &pairs, &mut |_, _, _| {}).unwrap();
+    let an = analyse(
+        &ev,
+        &ev,
+        &space,
+        &pairs,
+        &mut mpsearch::sensitivity::NoCheckpoint,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     let v = validate(
         &ev,
         &space,
@@ -821,4 +829,100 @@ fn activation_term_from_the_evaluator_statistics_equals_one_capture() {
         }
     }
     assert_eq!(once.len(), space.layers.len());
+}
+
+/// A checkpoint that knows some groups' cheap errors, records what it is handed, and (like a user's
+/// Ctrl-C) fails once it has been handed `stop_after` groups.
+struct Recording {
+    known: Vec<Option<Vec<f64>>>,
+    kept: Vec<(usize, Vec<f64>)>,
+    stop_after: Option<usize>,
+}
+
+impl Recording {
+    fn knowing(known: Vec<Option<Vec<f64>>>) -> Recording {
+        Recording {
+            known,
+            kept: Vec::new(),
+            stop_after: None,
+        }
+    }
+    fn kept_groups(&self) -> Vec<usize> {
+        self.kept.iter().map(|k| k.0).collect()
+    }
+}
+
+impl Checkpoint for Recording {
+    fn cheap_row(&mut self, group: usize) -> mpsearch::Result<Option<Vec<f64>>> {
+        Ok(self.known[group].clone())
+    }
+    fn keep_cheap_row(&mut self, group: usize, row: &[f64]) -> mpsearch::Result<()> {
+        self.kept.push((group, row.to_vec()));
+        if self.stop_after == Some(self.kept.len()) {
+            return Err(mpsearch::Error::Interrupted { run: "r".into() });
+        }
+        Ok(())
+    }
+    fn measured(&mut self) -> mpsearch::Result<()> {
+        Ok(())
+    }
+}
+
+/// The set-up's cheap errors continue from the groups a checkpoint kept: only the others are computed
+/// (and handed over as they are), and the result is bit for bit the uninterrupted one; a kept row that
+/// cannot be right (wrong length, not finite) is computed again; a checkpoint's error (the user
+/// stopping) ends the computation right after the group it was handed.
+#[test]
+fn the_cheap_errors_continue_from_the_groups_a_checkpoint_kept() {
+    use mpsearch::sensitivity::analysis::cheap;
+    let (ev, space) = demo_with_space();
+    let n = space.groups.len();
+    assert!(n >= 3, "the demo space has {n} groups");
+    let mut first = Recording::knowing(vec![None; n]);
+    let whole = cheap(&ev, &space, &mut first, &mut |_, _| {}).unwrap();
+    assert_eq!(first.kept_groups(), (0..n).collect::<Vec<_>>());
+    let rows: Vec<Vec<f64>> = first.kept.iter().map(|k| k.1.clone()).collect();
+
+    // Stopped after two groups: the error is the checkpoint's, and two rows were handed over.
+    let mut stopped = Recording::knowing(vec![None; n]);
+    stopped.stop_after = Some(2);
+    let err = cheap(&ev, &space, &mut stopped, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, mpsearch::Error::Interrupted { .. }), "{err}");
+    assert_eq!(stopped.kept.len(), 2);
+    assert_eq!(stopped.kept[1].1, rows[1]);
+
+    // Continued from those two: the rest computed, the same errors.
+    let mut known = vec![None; n];
+    for (g, row) in &stopped.kept {
+        known[*g] = Some(row.clone());
+    }
+    let mut second = Recording::knowing(known);
+    let mut reported = Vec::new();
+    let again = cheap(&ev, &space, &mut second, &mut |d, t| reported.push((d, t))).unwrap();
+    assert_eq!(second.kept_groups(), (2..n).collect::<Vec<_>>());
+    assert_eq!(again, whole);
+    assert_eq!(reported, (1..=n).map(|d| (d, n)).collect::<Vec<_>>());
+
+    // Rows that cannot be right are computed again.
+    let mut bad: Vec<Option<Vec<f64>>> = rows.iter().cloned().map(Some).collect();
+    bad[0].as_mut().unwrap().pop();
+    bad[1].as_mut().unwrap()[0] = f64::NAN;
+    let mut third = Recording::knowing(bad);
+    assert_eq!(
+        cheap(&ev, &space, &mut third, &mut |_, _| {}).unwrap(),
+        whole
+    );
+    assert_eq!(third.kept_groups(), vec![0, 1]);
+
+    // A space that quantizes no activation, every group known: nothing computed, the rows as kept.
+    let mut weights_only = space.clone();
+    for g in &mut weights_only.groups {
+        g.choices.retain(|c| c.act == ActQuant::None);
+    }
+    let mut fresh = Recording::knowing(vec![None; n]);
+    let computed = cheap(&ev, &weights_only, &mut fresh, &mut |_, _| {}).unwrap();
+    let mut all_known = Recording::knowing(fresh.kept.iter().map(|k| Some(k.1.clone())).collect());
+    let read = cheap(&ev, &weights_only, &mut all_known, &mut |_, _| {}).unwrap();
+    assert_eq!(read, computed);
+    assert!(all_known.kept.is_empty());
 }

@@ -328,6 +328,7 @@ pub fn manifest(name: &str, created_unix: u64) -> RunManifest {
             stop: Some("stable".into()),
             reused: false,
         }),
+        setup_seconds: Some(12.5),
         evaluations: Some(Evaluations {
             setup: EvalCount {
                 evaluated: 17,
