@@ -134,6 +134,7 @@ fn control_run(
         store,
         m,
         &mut Control {
+            workers: None,
             jobs: 1,
             stop: &stop,
             progress: &mut progress,

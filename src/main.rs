@@ -51,5 +51,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profiles => cli::profiles::run(),
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Store(a) => cli::store::run(a),
+        Command::Worker(a) => cli::worker::run(a),
     }
 }

@@ -73,6 +73,46 @@ pub enum Command {
     /// Whole stores: `store copy FROM TO` copies every record between folders (sled) and
     /// PostgreSQL databases.
     Store(StoreCommandArgs),
+    /// Evaluate the trials that runs of a shared (PostgreSQL) store queue for workers (`search
+    /// --workers`), on any machine that has their model, data and profile, until Ctrl-C.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// The shared store: postgres://USER@HOST/DATABASE.
+    #[arg(long, value_name = "URL", value_parser = LocationParser)]
+    pub store: Location,
+    /// Evaluations at once (1 lets candle use every core inside each).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// How old a claim's heartbeat may be before another worker takes its evaluation over (this
+    /// worker beats four times per lease).
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub lease: String,
+    /// Stop after this long without anything to evaluate (default: wait until Ctrl-C).
+    #[arg(long, value_name = "DURATION")]
+    pub idle: Option<String>,
+}
+
+impl WorkerArgs {
+    /// Checks every value; returns the lease and the idle time in seconds.
+    pub fn check(&self) -> anyhow::Result<(f64, Option<f64>)> {
+        positive(self.jobs as u64, "--jobs")?;
+        anyhow::ensure!(
+            matches!(self.store, Location::Postgres(_)),
+            "a worker needs the store its runs' controllers share: --store \
+             postgres://USER@HOST/DATABASE (the sled store {} belongs to one process)",
+            self.store
+        );
+        let lease = parse_duration(&self.lease, "--lease")?;
+        let idle = self
+            .idle
+            .as_deref()
+            .map(|t| parse_duration(t, "--idle"))
+            .transpose()?;
+        Ok((lease, idle))
+    }
 }
 
 // ---- shared groups ----
@@ -448,6 +488,11 @@ pub struct SearchArgs {
     /// Points asked of the strategy at a time (part of the run: fixed when it starts).
     #[arg(long, default_value_t = 8)]
     pub ask: usize,
+    /// Have `mpsearch worker` processes, on this or other machines, evaluate the trials: each batch
+    /// is queued in the (PostgreSQL) store and told to the strategy in trial order, so the trials are
+    /// those of a run without workers.
+    #[arg(long)]
+    pub workers: bool,
     /// Run name; default: <space>-<profile>-<n>.
     #[arg(long)]
     pub run: Option<String>,
@@ -484,6 +529,9 @@ pub struct ResumeArgs {
     /// Evaluations at once.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Have `mpsearch worker` processes evaluate the trials (a PostgreSQL store only); see `search`.
+    #[arg(long)]
+    pub workers: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -727,6 +775,16 @@ pub fn parse_duration(text: &str, flag: &str) -> anyhow::Result<f64> {
     Ok(d.as_secs_f64())
 }
 
+/// `--workers` (or `worker`) needs a store that several processes share.
+fn shared_store(workers: bool, store: &Location) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !workers || matches!(store, Location::Postgres(_)),
+        "--workers needs a store that workers share: --store postgres://USER@HOST/DATABASE (the \
+         sled store {store} belongs to one process)"
+    );
+    Ok(())
+}
+
 fn positive(value: u64, flag: &str) -> anyhow::Result<()> {
     anyhow::ensure!(value >= 1, "{flag} must be at least 1");
     Ok(())
@@ -785,6 +843,7 @@ impl SearchArgs {
     pub fn check(&self) -> anyhow::Result<SearchChecked> {
         positive(self.jobs as u64, "--jobs")?;
         positive(self.ask as u64, "--ask")?;
+        shared_store(self.workers, &self.store.store)?;
         anyhow::ensure!(self.trials != Some(0), "--trials must be at least 1");
         positive(self.batch.into(), "--batch")?;
         if let Some(d) = self.max_drop {
@@ -818,6 +877,7 @@ impl ResumeArgs {
     /// Checks every value; returns the parsed extra wall time.
     pub fn check(&self) -> anyhow::Result<Option<f64>> {
         positive(self.jobs as u64, "--jobs")?;
+        shared_store(self.workers, &self.store.store)?;
         if let Some(n) = self.trials {
             positive(n, "--trials")?;
         }

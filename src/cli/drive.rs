@@ -185,16 +185,27 @@ pub fn describe(session: &search::Session) {
     }
 }
 
-/// Runs the trials with a progress bar, prints the summary, and returns 0, or 130 when interrupted.
+/// Runs the trials with a progress bar (evaluated here, `jobs` at once, or by workers), prints the
+/// summary, and returns 0, or 130 when interrupted.
 pub fn drive(
     session: &search::Session,
     store: &dyn Store,
     manifest: RunManifest,
     jobs: usize,
+    workers: bool,
     stop: &AtomicBool,
     location: &Location,
 ) -> anyhow::Result<ExitCode> {
     let bar = trial_bar(&manifest.name, manifest.config.trials);
+    if workers {
+        bar.suspend(|| {
+            eprintln!(
+                "workers: each batch is queued in {location} for `mpsearch worker --store \
+                 {location}` processes"
+            )
+        });
+    }
+    let mut say = |m: &str| bar.suspend(|| eprintln!("note: {m}"));
     let mut on_progress = |p: &Progress| {
         bar.set_position(p.trials);
         let pruned = if p.evaluations.proxy.evaluated + p.evaluations.proxy.cached > 0 {
@@ -214,6 +225,7 @@ pub fn drive(
     };
     let mut control = Control {
         jobs,
+        workers: if workers { Some(&mut say) } else { None },
         stop,
         progress: &mut on_progress,
     };

@@ -24,3 +24,4 @@ pub mod sensitivity;
 pub mod setup;
 pub mod store;
 pub mod trials;
+pub mod worker;

@@ -63,5 +63,13 @@ pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         mpsearch::store::listed_status(&manifest)
     );
     drive::describe(&session);
-    drive::drive(&session, &*store, manifest, a.jobs, &stop, &a.store.store)
+    drive::drive(
+        &session,
+        &*store,
+        manifest,
+        a.jobs,
+        a.workers,
+        &stop,
+        &a.store.store,
+    )
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use mpsearch::cost::model::format_us;
 use mpsearch::store::{
     Access, Controller, HeldOut, HeldOutGap, MeasurementRecord, RunManifest, RunStatus, Store,
-    TrialRecord,
+    TrialRecord, WorkerSeen,
 };
 
 use super::args::RunsArgs;
@@ -49,8 +49,32 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
+    let workers: String = match store.queue() {
+        Some(q) => q
+            .workers(None)?
+            .iter()
+            .map(|w| {
+                format!(
+                    "worker {} (pid {} on host {}): {} trials finished, {} in hand, last heartbeat {} \
+                     ago\n",
+                    w.id,
+                    w.pid,
+                    w.host,
+                    w.finished,
+                    w.claims,
+                    super::output::duration(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                            .saturating_sub(w.heartbeat_unix) as f64
+                    )
+                )
+            })
+            .collect(),
+        None => String::new(),
+    };
     emit(&format!(
-        "{backend}{}{driven}",
+        "{backend}{}{driven}{workers}",
         table(
             &[
                 "run",
@@ -84,6 +108,8 @@ struct Summary<'t> {
     hits: usize,
     evaluations: mpsearch::store::EvaluationCounts,
     measurements: Vec<MeasurementRecord>,
+    /// The workers that evaluated its trials (a shared store's).
+    workers: Vec<WorkerSeen>,
 }
 
 impl<'t> Summary<'t> {
@@ -111,6 +137,10 @@ impl<'t> Summary<'t> {
             hits: done(true),
             evaluations: mpsearch::store::evaluations(m, trials),
             measurements: store.measurements(&m.name)?,
+            workers: match store.queue() {
+                Some(q) => q.workers(Some(&m.name))?,
+                None => Vec::new(),
+            },
         })
     }
 
@@ -126,6 +156,7 @@ impl<'t> Summary<'t> {
             "evaluations": self.evaluations, "setup": m.setup, "pairs": m.config.pairs,
             "fidelity": m.config.fidelity, "proxy": mpsearch::store::proxy_summary(trials),
             "refine": m.config.refine, "setup_seconds": m.setup_seconds,
+            "workers": self.workers,
             "evaluations_to_99_percent": mpsearch::report::data::HypervolumeSeries::of(m, trials, true).evaluations_to(0.99),
             "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref())).collect::<Vec<_>>(),
             "measurements": {

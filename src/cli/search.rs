@@ -53,7 +53,15 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
         return Ok(drive::interrupted());
     };
     drive::describe(&session);
-    drive::drive(&session, &*store, manifest, a.jobs, &stop, &a.store.store)
+    drive::drive(
+        &session,
+        &*store,
+        manifest,
+        a.jobs,
+        a.workers,
+        &stop,
+        &a.store.store,
+    )
 }
 
 /// The run's configuration as the store records it.

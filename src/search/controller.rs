@@ -1,7 +1,7 @@
 //! The search loop: ask → journal → evaluate (cache first, in parallel) → journal → tell.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::eval::Evaluator;
 use crate::store::SCHEMA_VERSION;
 use crate::store::{
-    ProxyRecord, RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState,
+    ProxyRecord, Queue, RunConfig, RunManifest, RunStatus, Snapshot, Store, TrialRecord, TrialState,
 };
 use crate::strategy::refine::{Choice, Refined};
 use crate::strategy::{self, History, Observed, Problem, Strategy, StrategyKind};
@@ -23,6 +23,10 @@ use crate::strategy::{self, History, Observed, Problem, Strategy, StrategyKind};
 pub struct Control<'a> {
     /// Evaluations run at once (1: one at a time, candle using every core inside it).
     pub jobs: usize,
+    /// `Some` to have `mpsearch worker` processes evaluate the trials, through the store's queue
+    /// ([`crate::store::Queue`]; `jobs` is then unused): the callback hears what the controller waits
+    /// for (no worker has finished anything for a while).
+    pub workers: Option<&'a mut dyn FnMut(&str)>,
     /// Set (by Ctrl-C) to stop: evaluations already started finish, the rest stay `running` in the
     /// journal and are evaluated first when the run is resumed.
     pub stop: &'a AtomicBool,
@@ -121,7 +125,20 @@ pub fn run(
                 r,
             )
         };
-        let Some(finished) = finish_batch(batch, pool.as_ref(), finish)? else {
+        let finished = match (control.workers.as_mut(), store.queue()) {
+            (Some(say), Some(queue)) => {
+                finish_remotely(queue, store, &name, batch, control.stop, &mut **say)?
+            }
+            (Some(_), None) => {
+                return Err(Error::search(format!(
+                    "store {} has no evaluation queue: workers share a PostgreSQL store \
+                     (--store postgres://…)",
+                    store.location()
+                )))
+            }
+            (None, _) => finish_batch(batch, pool.as_ref(), finish)?,
+        };
+        let Some(finished) = finished else {
             break StopReason::Interrupted;
         };
         journal.record(session, store, &name, finished)?;
@@ -398,6 +415,89 @@ where
     Ok((!interrupted).then_some(finished))
 }
 
+/// How long the controller waits for a worker to finish something before it says so.
+const QUIET_WORKERS: Duration = Duration::from_secs(20);
+/// The first and the longest pause between two looks at the queue.
+const POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(400));
+
+/// Finishes the `running` trials of `batch` on workers: enqueued in the store's `queue`, then taken
+/// back as workers finish them, each journaled durably when it comes; the batch in trial order, or
+/// `None` if `stop` is set first (what is queued stays queued, for a resume to take). `say` hears when
+/// no worker has finished anything for [`QUIET_WORKERS`].
+fn finish_remotely(
+    queue: &dyn Queue,
+    store: &dyn Store,
+    run: &str,
+    mut batch: Vec<TrialRecord>,
+    stop: &AtomicBool,
+    say: &mut dyn FnMut(&str),
+) -> Result<Option<Vec<TrialRecord>>> {
+    let open: Vec<TrialRecord> = batch
+        .iter()
+        .filter(|r| r.state == TrialState::Running)
+        .cloned()
+        .collect();
+    queue.enqueue(run, &open)?;
+    let mut waiting: Vec<u64> = open.iter().map(|r| r.number).collect();
+    let mut pause = POLL.0;
+    let mut quiet = Instant::now();
+    let mut said = false;
+    while !waiting.is_empty() {
+        let got = queue.finished(run, &waiting)?;
+        if got.is_empty() {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            if !said && quiet.elapsed() >= QUIET_WORKERS {
+                said = true;
+                say(&format!(
+                    "{} trials of run `{run}` are queued and no worker has finished one for {} s: \
+                     start workers with `mpsearch worker --store {}` (they need the run's model, \
+                     data and profile)",
+                    waiting.len(),
+                    QUIET_WORKERS.as_secs(),
+                    store.location()
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(POLL.1);
+            continue;
+        }
+        let mut finished = Vec::with_capacity(got.len());
+        for f in got {
+            let slot = batch
+                .iter_mut()
+                .find(|r| r.number == f.trial.number)
+                .ok_or_else(|| {
+                    Error::search(format!("trial {} is not in the batch", f.trial.number))
+                })?;
+            if f.trial.hash != slot.hash || f.trial.state == TrialState::Running {
+                return Err(Error::search(format!(
+                    "worker {} handed back trial {} of run `{run}` {}; the queue is not what this \
+                     controller wrote",
+                    f.worker,
+                    f.trial.number,
+                    if f.trial.state == TrialState::Running {
+                        "unfinished".to_string()
+                    } else {
+                        format!("with another assignment ({})", f.trial.hash)
+                    }
+                )));
+            }
+            *slot = f.trial.clone();
+            finished.push(f.trial);
+        }
+        store.put_trials(run, &finished)?;
+        let numbers: Vec<u64> = finished.iter().map(|r| r.number).collect();
+        queue.taken(run, &numbers)?;
+        waiting.retain(|n| !numbers.contains(n));
+        pause = POLL.0;
+        quiet = Instant::now();
+        said = false;
+    }
+    Ok(Some(batch))
+}
+
 /// The strategy of a run, in the state the stored history gives: its snapshot when that covers exactly
 /// this history, else a fresh strategy told every trial (the same state, by the tell contract).
 fn rebuild(
@@ -422,9 +522,8 @@ fn rebuild(
 }
 
 /// Evaluates a journaled `running` trial (through the cache) and journals its result durably; a trial
-/// already finished is returned as it is; `None` if `stop` is set before it starts. With a `gate`
-/// (`--fidelity`), the trial is first evaluated on the proxy, and pruned there unless the gate
-/// promotes it.
+/// already finished is returned as it is; `None` if `stop` is set before it starts (see
+/// [`evaluate_trial`]).
 fn finish_trial(
     session: &Session,
     evaluator: &CachingEvaluator,
@@ -432,13 +531,30 @@ fn finish_trial(
     store: &dyn Store,
     run: &str,
     stop: &AtomicBool,
-    mut r: TrialRecord,
+    r: TrialRecord,
 ) -> Result<Option<TrialRecord>> {
     if r.state != TrialState::Running {
         return Ok(Some(r));
     }
-    if stop.load(Ordering::SeqCst) {
+    let Some(r) = evaluate_trial(session, evaluator, gate, stop, r) else {
         return Ok(None);
+    };
+    store.put_trial(run, &r)?;
+    Ok(Some(r))
+}
+
+/// A `running` trial evaluated (through the cache) and finished — complete, failed, or with a `gate`
+/// (`--fidelity`) first evaluated on the proxy and pruned there unless the gate promotes it —; `None`
+/// if `stop` is set before it starts. A failed evaluation is a failed trial, never an error.
+pub(super) fn evaluate_trial(
+    session: &Session,
+    evaluator: &CachingEvaluator,
+    gate: Option<&Gate>,
+    stop: &AtomicBool,
+    mut r: TrialRecord,
+) -> Option<TrialRecord> {
+    if stop.load(Ordering::SeqCst) {
+        return None;
     }
     let a = session.space.assignment(&r.point);
     if let Some(gate) = gate {
@@ -455,8 +571,7 @@ fn finish_trial(
                 });
                 if !promoted {
                     r.state = TrialState::Pruned;
-                    store.put_trial(run, &r)?;
-                    return Ok(Some(r));
+                    return Some(r);
                 }
             }
             Ok((e, _)) => {
@@ -465,14 +580,12 @@ fn finish_trial(
                     "the proxy evaluation gave a quality of {}",
                     e.quality
                 ));
-                store.put_trial(run, &r)?;
-                return Ok(Some(r));
+                return Some(r);
             }
             Err(e) => {
                 r.state = TrialState::Failed;
                 r.error = Some(format!("the proxy evaluation: {e}"));
-                store.put_trial(run, &r)?;
-                return Ok(Some(r));
+                return Some(r);
             }
         }
     }
@@ -495,8 +608,7 @@ fn finish_trial(
             r.error = Some(e.to_string());
         }
     }
-    store.put_trial(run, &r)?;
-    Ok(Some(r))
+    Some(r)
 }
 
 /// A freshly asked trial, journaled as `running` before it is evaluated.

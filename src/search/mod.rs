@@ -45,6 +45,7 @@ pub mod fidelity;
 pub mod frugal;
 pub mod held_out;
 mod session;
+pub mod worker;
 
 use std::sync::atomic::AtomicBool;
 

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, EvalSettings, Evaluator};
 use crate::model::ModelSource;
 use crate::sensitivity::{analysis, one_at_a_time, pick_pairs, Checkpoint, Pairs, Predictor};
-use crate::space::{Point, SearchSpace};
+use crate::space::{Assignment, Point, SearchSpace};
 use crate::store::{
     sensitivity_key, EvalCount, Evaluations, Fingerprints, RunConfig, RunManifest, RunStatus,
     SensitivityRecord, SetupSummary, Store, COST_REFERENCE, QUALITY_REFERENCE, SCHEMA_VERSION,
@@ -175,49 +175,19 @@ impl Loaded {
     /// manifest says what it built and spent, and a run in `setting-up` becomes `running`.
     /// `progress(phase, done, total)` reports the analysis.
     pub fn set_up(
-        self,
+        mut self,
         store: &dyn Store,
         manifest: &mut RunManifest,
         stop: &AtomicBool,
         progress: &mut dyn FnMut(SetupPhase, usize, usize),
     ) -> Result<Session> {
-        let Loaded {
-            config,
-            evaluator,
-            space,
-            profile,
-            cost_model,
-            table,
-            objective,
-            cost_limits,
-            reference,
-            fingerprints,
-            mut notes,
-            forward_seconds,
-            started,
-        } = self;
-        let choices: Vec<u16> = space
-            .groups
-            .iter()
-            .map(|g| g.choices.len() as u16)
-            .collect();
-        let cost = per_group(&table, objective);
-        let build = |predictor: Predictor| {
-            Problem::new(
-                choices.clone(),
-                cost.clone(),
-                cost_limits.clone(),
-                config.max_drop,
-                predictor,
-                config.seed,
-                reference,
-            )
-        };
         let fresh = manifest.status == RunStatus::SettingUp;
         let known = manifest.setup.clone();
         let before = manifest.evaluations;
         let seconds_before = manifest.setup_seconds.unwrap_or(0.0);
-        let measurer = CachingEvaluator::new(evaluator.as_ref(), store);
+        let mut notes = std::mem::take(&mut self.notes);
+        let build = |predictor: Predictor| self.problem(predictor);
+        let measurer = CachingEvaluator::new(self.evaluator.as_ref(), store);
         let (record, setup) = {
             let mut checkpoint = RunCheckpoint {
                 store,
@@ -225,20 +195,20 @@ impl Loaded {
                 measurer: &measurer,
                 before,
                 seconds_before: fresh.then_some(seconds_before),
-                started,
+                started: self.started,
                 stop,
-                fingerprint: evaluator.fingerprint(),
-                space: &space,
+                fingerprint: self.evaluator.fingerprint(),
+                space: &self.space,
             };
             sensitivity(
                 &SetupInputs {
-                    ev: &evaluator,
-                    space: &space,
-                    config: &config,
+                    ev: &self.evaluator,
+                    space: &self.space,
+                    config: &self.config,
                     store,
                     known: known.as_ref(),
-                    forward_seconds,
-                    started,
+                    forward_seconds: self.forward_seconds,
+                    started: self.started,
                     seconds_before,
                     build: &build,
                     measurer: &measurer,
@@ -248,20 +218,19 @@ impl Loaded {
                 progress,
             )?
         };
-        let predictor = fit(&record)?;
         let mut evaluations = Evaluations {
             setup: measurer.counts(),
             ..Evaluations::default()
         };
         let baselines = baselines(
-            evaluator.as_ref(),
-            &space,
+            self.evaluator.as_ref(),
+            &self.space,
             store,
             &mut evaluations.baselines,
             &mut notes,
         );
-        let problem = build(predictor)?.with_baselines(baselines)?;
-        predicted_drop(&problem, &objective, &mut notes)?;
+        let problem = build(fit(&record)?)?.with_baselines(baselines)?;
+        predicted_drop(&problem, &self.objective, &mut notes)?;
         // What this session's set-up spent is the run's too (nothing when its analysis was found; a
         // run recorded before evaluations were counted keeps not counting them, rather than count a
         // part).
@@ -274,26 +243,88 @@ impl Loaded {
         // The analysis this session uses (the run's own, or, if the store lost it, the one built now).
         manifest.setup = Some(setup.clone());
         if fresh {
-            manifest.setup_seconds = Some(seconds_before + started.elapsed().as_secs_f64());
+            manifest.setup_seconds = Some(seconds_before + self.started.elapsed().as_secs_f64());
             manifest.status = RunStatus::Running;
         }
         store.put_run(manifest)?;
-        Ok(Session {
-            config,
-            evaluator,
-            space,
-            profile,
-            cost_model,
-            table,
-            objective,
+        self.notes = notes;
+        Ok(self.into_session(problem, setup, record, evaluations))
+    }
+}
+
+impl Loaded {
+    /// The session of run `manifest` (stored, its set-up done, with these inputs) for a process that
+    /// evaluates its trials without driving it (`mpsearch worker`): the run's own sensitivity
+    /// analysis read back and its problem built, nothing evaluated and nothing written. An error when
+    /// the run's set-up is not done or its analysis is not in the store.
+    pub fn attach(self, store: &dyn Store, manifest: &RunManifest) -> Result<Session> {
+        let Some(setup) = manifest.setup.clone() else {
+            return Err(Error::search(format!(
+                "run `{}` has not finished its set-up (its controller builds the sensitivity model \
+                 before any trial is queued)",
+                manifest.name
+            )));
+        };
+        let record = blake3::Hash::from_hex(&setup.key)
+            .ok()
+            .map(|k| store.sensitivity(&k))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| {
+                Error::search(format!(
+                    "run `{}`: its sensitivity analysis (key {}) is not in the store; resume the \
+                     run to build it again",
+                    manifest.name,
+                    setup.key.chars().take(12).collect::<String>()
+                ))
+            })?;
+        let (baselines, _) = baseline_points(&self.space);
+        let problem = self.problem(fit(&record)?)?.with_baselines(baselines)?;
+        Ok(self.into_session(problem, setup, record, Evaluations::default()))
+    }
+
+    /// The run's problem with `predictor`.
+    fn problem(&self, predictor: Predictor) -> Result<Problem> {
+        let choices: Vec<u16> = self
+            .space
+            .groups
+            .iter()
+            .map(|g| g.choices.len() as u16)
+            .collect();
+        Problem::new(
+            choices,
+            per_group(&self.table, self.objective),
+            self.cost_limits.clone(),
+            self.config.max_drop,
+            predictor,
+            self.config.seed,
+            self.reference,
+        )
+    }
+
+    fn into_session(
+        self,
+        problem: Problem,
+        setup: SetupSummary,
+        sensitivity: SensitivityRecord,
+        evaluations: Evaluations,
+    ) -> Session {
+        Session {
+            config: self.config,
+            evaluator: self.evaluator,
+            space: self.space,
+            profile: self.profile,
+            cost_model: self.cost_model,
+            table: self.table,
+            objective: self.objective,
             problem,
-            fingerprints,
-            notes,
-            forward_seconds,
+            fingerprints: self.fingerprints,
+            notes: self.notes,
+            forward_seconds: self.forward_seconds,
             setup,
-            sensitivity: record,
+            sensitivity,
             evaluations,
-        })
+        }
     }
 }
 
@@ -433,19 +464,27 @@ fn baselines(
     notes: &mut Vec<String>,
 ) -> Vec<Point> {
     let cached = CachingEvaluator::new(evaluator, store);
-    let mut points = Vec::new();
-    for (label, _, a) in space.baselines() {
-        match space.point(&a) {
-            Ok(p) => points.push(p),
-            Err(_) => {
-                if let Err(e) = cached.evaluate(&a) {
-                    notes.push(format!("baseline {label} could not be evaluated: {e}"));
-                }
-            }
+    let (points, others) = baseline_points(space);
+    for (label, a) in others {
+        if let Err(e) = cached.evaluate(&a) {
+            notes.push(format!("baseline {label} could not be evaluated: {e}"));
         }
     }
     count.add(cached.counts());
     points
+}
+
+/// The space's baselines that are points of it (the run's first trials), and the others, by label.
+fn baseline_points(space: &SearchSpace) -> (Vec<Point>, Vec<(String, Assignment)>) {
+    let mut points = Vec::new();
+    let mut others = Vec::new();
+    for (label, _, a) in space.baselines() {
+        match space.point(&a) {
+            Ok(p) => points.push(p),
+            Err(_) => others.push((label.to_string(), a)),
+        }
+    }
+    (points, others)
 }
 
 /// `--max-drop` cannot be checked before evaluation (quality is measured, not known); it is checked

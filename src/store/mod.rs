@@ -17,6 +17,7 @@ mod live;
 mod location;
 mod postgres;
 pub mod query;
+mod queue;
 mod records;
 mod sled;
 
@@ -35,6 +36,7 @@ pub use self::query::{
     HeldOutGap, MeasuredSetting, MeasurementSummary, ProxySummary, COST_REFERENCE,
     QUALITY_REFERENCE,
 };
+pub use self::queue::{Finished, Queue, Task, WorkerId, WorkerSeen};
 pub use self::sled::SledStore;
 pub use records::*;
 
@@ -157,6 +159,12 @@ pub trait Store: Send + Sync {
 
     /// Every sensitivity analysis with its key (for copying a store).
     fn sensitivity_entries(&self) -> Result<Vec<(blake3::Hash, SensitivityRecord)>>;
+
+    /// The queue through which `mpsearch worker` processes evaluate runs' trials, when several
+    /// processes share this store ([`Queue`]; PostgreSQL); `None` for a store one process owns.
+    fn queue(&self) -> Option<&dyn Queue> {
+        None
+    }
 }
 
 /// Who drives a run: the process that called [`Store::lock_run`] for it.

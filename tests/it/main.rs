@@ -24,3 +24,4 @@ mod space;
 mod store;
 mod tiny_gguf;
 mod util;
+mod worker;

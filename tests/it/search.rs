@@ -754,6 +754,7 @@ fn failed_evaluations_are_recorded_as_failed_trials_and_the_search_goes_on() {
         &store,
         manifest,
         &mut Control {
+            workers: None,
             jobs: 1,
             stop: &stop,
             progress: &mut progress,
@@ -957,6 +958,7 @@ fn a_run_with_proxies_stopped_inside_a_batch_resumes_to_the_same_trials() {
             store,
             manifest,
             &mut Control {
+                workers: None,
                 jobs: 1,
                 stop: &stop,
                 progress: &mut progress,

@@ -31,6 +31,7 @@ fn drive(store: &SledStore, session: &search::Session, manifest: RunManifest) ->
         store,
         manifest,
         &mut Control {
+            workers: None,
             jobs: 1,
             stop: &stop,
             progress: &mut progress,

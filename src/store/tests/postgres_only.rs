@@ -162,7 +162,7 @@ fn tables_are_versioned_and_a_newer_database_is_refused() {
     .expect("insert");
     let text = message(PostgresStore::connect(&b.url));
     assert!(
-        text.contains("newer mpsearch (store schema 99; this mpsearch knows up to 2)"),
+        text.contains("newer mpsearch (store schema 99; this mpsearch knows up to 3)"),
         "{text}"
     );
 }
@@ -219,7 +219,7 @@ fn a_version_1_database_is_migrated_and_keeps_its_records() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     assert_eq!(store.run("old").expect("run"), Some(m));
     assert_eq!(store.trials("old").expect("trials"), vec![t]);
     // The new table is there, and tied to its run.
@@ -268,4 +268,77 @@ fn an_unreachable_server_is_a_clear_error_without_the_password() {
     );
     assert!(text.contains("Is the server running"), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// The evaluation queue: each task goes to one claimant (`SKIP LOCKED`), in the order enqueued, never
+/// from a skipped run; a claim kept alive by heartbeats stays, one whose heartbeat lapsed goes to
+/// another worker, and the first to finish wins (a late result is dropped); the controller takes the
+/// finished trials once; a released task is claimable again; `workers` says who did what.
+#[test]
+fn the_queue_hands_each_task_to_one_worker_and_a_lapsed_claim_to_another() {
+    let Some(b) = PgBackend::new() else { return };
+    let store = b.open();
+    let q = store.queue().expect("a PostgreSQL store has a queue");
+    store.create_run(&manifest("r", 1)).expect("run");
+    store.create_run(&manifest("other", 2)).expect("run");
+    let running: Vec<TrialRecord> = (0..3).map(|n| trial(n, TrialState::Running)).collect();
+    q.enqueue("r", &running).expect("enqueue");
+    q.enqueue("other", &running[..1]).expect("enqueue");
+    // Enqueued again (a restarted controller): nothing changes.
+    q.enqueue("r", &running).expect("enqueue again");
+    let (a, z) = (
+        WorkerId::this_process(),
+        WorkerId {
+            id: "elsewhere:1:0".into(),
+            host: "elsewhere".into(),
+            pid: 1,
+        },
+    );
+    let lease = Duration::from_secs(60);
+    let skip = vec!["other".to_string()];
+    let first = q.claim(&a, &skip, lease).expect("claim").expect("a task");
+    let second = q.claim(&z, &skip, lease).expect("claim").expect("a task");
+    assert_eq!((first.run.as_str(), first.trial.number), ("r", 0));
+    assert_eq!((second.run.as_str(), second.trial.number), ("r", 1));
+    assert_eq!(first.trial, running[0]);
+    // Released, trial 1 is claimable again (before trial 2: enqueued first).
+    q.release(&z, "r", 1).expect("release");
+    assert_eq!(q.claim(&z, &skip, lease).unwrap().unwrap().trial.number, 1);
+    assert_eq!(q.claim(&z, &skip, lease).unwrap().unwrap().trial.number, 2);
+    assert!(
+        q.claim(&z, &skip, lease).unwrap().is_none(),
+        "only `other` is left"
+    );
+    // A claim whose heartbeat is older than the lease goes to another worker.
+    q.heartbeat(&a).expect("beat");
+    std::thread::sleep(Duration::from_millis(1200));
+    let short = Duration::from_secs(1);
+    let retaken = q
+        .claim(&z, &skip, short)
+        .expect("claim")
+        .expect("a lapsed claim");
+    assert_eq!(retaken.trial.number, 0);
+    // Kept alive, a claim is not taken over.
+    q.heartbeat(&z).expect("beat");
+    assert!(q.claim(&a, &skip, short).unwrap().is_none());
+    // The first to finish wins.
+    let mut done = running[0].clone();
+    done.state = TrialState::Complete;
+    done.quality = Some(0.25);
+    assert!(q.finish(&z, "r", &done).expect("finish"));
+    assert!(!q.finish(&a, "r", &done).expect("a late finish"));
+    let finished = q.finished("r", &[0, 1, 2]).expect("finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].trial, done);
+    assert_eq!(finished[0].worker, z.id);
+    q.taken("r", &[0]).expect("taken");
+    assert!(q.finished("r", &[0]).unwrap().is_empty(), "taken once");
+    // Who did what: z finished one and holds two claims (trials 1 and 2).
+    let seen = q.workers(Some("r")).expect("workers");
+    let z_seen = seen.iter().find(|w| w.id == z.id).expect("z");
+    assert_eq!((z_seen.finished, z_seen.claims), (1, 2));
+    assert!(q.workers(Some("other")).unwrap().is_empty());
+    // A trial of a run that does not exist is refused by the database.
+    let err = q.enqueue("nobody", &running[..1]).unwrap_err().to_string();
+    assert!(err.contains("there is no run named `nobody`"), "{err}");
 }
