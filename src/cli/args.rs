@@ -106,6 +106,11 @@ impl WorkerArgs {
             self.store
         );
         let lease = parse_duration(&self.lease, "--lease")?;
+        anyhow::ensure!(
+            lease >= 1.0,
+            "--lease {}: a claim's lease must be at least 1s (the worker beats four times per lease)",
+            self.lease
+        );
         let idle = self
             .idle
             .as_deref()

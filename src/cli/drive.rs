@@ -41,21 +41,40 @@ pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 /// stopped it: then what the run kept is said, with how to resume it.
 pub fn set_up(
     result: mpsearch::Result<(search::Session, RunManifest)>,
+    name: &str,
     store: &dyn Store,
     location: &Location,
 ) -> anyhow::Result<Option<(search::Session, RunManifest)>> {
     let run = match result {
         Ok(ready) => return Ok(Some(ready)),
         Err(mpsearch::Error::Interrupted { run }) => run,
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // A run that failed in its set-up is kept as far as it got: say how to go on.
+            let kept = match &e {
+                mpsearch::Error::RunChanged { .. } => None,
+                _ => store
+                    .run(name)
+                    .ok()
+                    .flatten()
+                    .filter(mpsearch::store::in_set_up),
+            };
+            return Err(match kept {
+                Some(m) => anyhow::Error::new(e).context(format!(
+                    "run `{}` failed in its set-up; what it computed is kept, and once the cause is \
+                     fixed `mpsearch resume {}{}` continues it",
+                    m.name,
+                    m.name,
+                    store_arg(location)
+                )),
+                None => e.into(),
+            });
+        }
     };
     let m = mpsearch::store::find_run(store, &run)?;
-    let measured = m
-        .evaluations
-        .map_or(0, |e| e.setup.evaluated + e.setup.cached);
+    let measured = m.evaluations.map_or(0, |e| e.setup.evaluated);
     eprintln!(
-        "run `{run}` stopped in its set-up after {}: its cheap errors so far and {measured} \
-         one-at-a-time measurements are kept\nresume with: mpsearch resume {run}{}",
+        "run `{run}` stopped in its set-up after {}: what it computed is kept (its cheap errors so \
+         far, and {measured} one-at-a-time measurements)\nresume with: mpsearch resume {run}{}",
         super::output::duration(m.setup_seconds.unwrap_or(0.0)),
         store_arg(location)
     );

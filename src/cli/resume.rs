@@ -34,7 +34,8 @@ pub fn run(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         drive::setup_progress(None, 0.0)
     };
     let opened = search::open(&*store, &a.run, &stop, &mut progress);
-    let Some((session, mut manifest)) = drive::set_up(opened, &*store, &a.store.store)? else {
+    let Some((session, mut manifest)) = drive::set_up(opened, &a.run, &*store, &a.store.store)?
+    else {
         return Ok(drive::interrupted());
     };
     let done = store.trials(&manifest.name)?.len() as u64;

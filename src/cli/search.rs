@@ -49,7 +49,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
         &stop,
         &mut drive::setup_progress(time, 0.0),
     );
-    let Some((session, manifest)) = drive::set_up(created, &*store, &a.store.store)? else {
+    let Some((session, manifest)) = drive::set_up(created, &name, &*store, &a.store.store)? else {
         return Ok(drive::interrupted());
     };
     drive::describe(&session);

@@ -92,6 +92,11 @@ pub fn run(
     // One controller per run (see `Store`): on a shared store this refuses a run another process
     // drives; on sled it also starts the live view that readers of the held store see.
     store.lock_run(&name)?;
+    // Evaluated here: what an earlier session queued for workers is withdrawn (a worker that still
+    // finishes one has its result dropped).
+    if let (None, Some(queue)) = (control.workers.as_ref(), store.queue()) {
+        queue.withdraw(&name)?;
+    }
     let mut journal = Journal::load(&session.problem, store, &name, kind)?;
     manifest.status = RunStatus::Running;
     store.put_run(&manifest)?;

@@ -182,6 +182,11 @@ impl Loaded {
         progress: &mut dyn FnMut(SetupPhase, usize, usize),
     ) -> Result<Session> {
         let fresh = manifest.status == RunStatus::SettingUp;
+        if fresh && stop.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted {
+                run: manifest.name.clone(),
+            });
+        }
         let known = manifest.setup.clone();
         let before = manifest.evaluations;
         let seconds_before = manifest.setup_seconds.unwrap_or(0.0);
@@ -218,6 +223,12 @@ impl Loaded {
                 progress,
             )?
         };
+        // The analysis is the run's from here on: recorded at once, with it (which the write flushes),
+        // so that a kill before the end finds it as the run's own and not as one another run built.
+        if fresh {
+            manifest.setup = Some(setup.clone());
+            store.put_run(manifest)?;
+        }
         let mut evaluations = Evaluations {
             setup: measurer.counts(),
             ..Evaluations::default()

@@ -104,6 +104,12 @@ pub fn work(
         let jobs: Vec<_> = (0..options.jobs.max(1))
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
+                    // A job that fails stops the whole worker at once: its claim given back (best
+                    // effort) and no more heartbeats, so nothing it held waits on it.
+                    let failed = |e: Error| {
+                        stop.store(true, Ordering::SeqCst);
+                        Err(e)
+                    };
                     let job = Job {
                         store,
                         queue,
@@ -116,8 +122,14 @@ pub fn work(
                         if stop.load(Ordering::SeqCst) {
                             return Ok(());
                         }
-                        let skip = runs.refused()?;
-                        let Some(task) = queue.claim(&me, &skip, options.lease)? else {
+                        let claimed = runs
+                            .refused()
+                            .and_then(|skip| queue.claim(&me, &skip, options.lease));
+                        let claimed = match claimed {
+                            Ok(c) => c,
+                            Err(e) => return failed(e),
+                        };
+                        let Some(task) = claimed else {
                             let since = *idle_since
                                 .lock()
                                 .map_err(|_| Error::search("a worker thread panicked"))?;
@@ -127,10 +139,15 @@ pub fn work(
                             std::thread::sleep(Duration::from_millis(100));
                             continue;
                         };
-                        match job.evaluate(task)? {
-                            Some(true) => finished.fetch_add(1, Ordering::SeqCst),
-                            Some(false) => dropped.fetch_add(1, Ordering::SeqCst),
-                            None => 0,
+                        let (run, number) = (task.run.clone(), task.trial.number);
+                        match job.evaluate(task) {
+                            Ok(Some(true)) => finished.fetch_add(1, Ordering::SeqCst),
+                            Ok(Some(false)) => dropped.fetch_add(1, Ordering::SeqCst),
+                            Ok(None) => 0,
+                            Err(e) => {
+                                let _ = queue.release(&me, &run, number);
+                                return failed(e);
+                            }
                         };
                         *idle_since
                             .lock()

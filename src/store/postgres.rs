@@ -23,9 +23,10 @@
 //! - `mpsearch_controllers(run, pid, host, since_unix, backend_pid, lock_hi, lock_lo)`: who took each
 //!   run's lock last (see below).
 //!
-//! - `mpsearch_tasks(run, number, state, record, worker, heartbeat, enqueued)`: the evaluation queue
+//! - `mpsearch_tasks(run, number, state, record, worker, heartbeat, lease, enqueued)`: the evaluation queue
 //!   of `mpsearch worker` processes ([`Queue`]; added by version 3): a trial enqueued `pending`,
-//!   `claimed` by a worker (who, and its last heartbeat), `finished` (the finished trial in `record`),
+//!   `claimed` by a worker (who, its last heartbeat, and its lease in seconds: the claim lapses when
+//!   its heartbeat is older), `finished` (the finished trial in `record`),
 //!   then `taken` once its controller journaled it (`record` dropped);
 //! - `mpsearch_workers(id, host, pid, heartbeat)`: every worker seen, and its last heartbeat.
 //!
@@ -148,6 +149,7 @@ CREATE TABLE mpsearch_tasks (
     record json,
     worker text,
     heartbeat timestamptz,
+    lease float8,
     enqueued timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (run, number)
 );
@@ -958,10 +960,11 @@ impl Queue for PostgresStore {
         let row = c
             .client
             .query_opt(
-                "UPDATE mpsearch_tasks t SET state = 'claimed', worker = $1, heartbeat = now() \
+                "UPDATE mpsearch_tasks t SET state = 'claimed', worker = $1, heartbeat = now(), \
+                 lease = $2 \
                  FROM (SELECT run, number FROM mpsearch_tasks \
                        WHERE (state = 'pending' OR (state = 'claimed' \
-                              AND heartbeat < now() - make_interval(secs => $2))) \
+                              AND heartbeat < now() - make_interval(secs => lease))) \
                          AND NOT (run = ANY($3)) \
                        ORDER BY enqueued, run, number LIMIT 1 FOR UPDATE SKIP LOCKED) open \
                  WHERE t.run = open.run AND t.number = open.number \
@@ -1004,7 +1007,8 @@ impl Queue for PostgresStore {
         self.conn()?
             .client
             .execute(
-                "UPDATE mpsearch_tasks SET state = 'pending', worker = NULL, heartbeat = NULL \
+                "UPDATE mpsearch_tasks SET state = 'pending', worker = NULL, heartbeat = NULL, \
+                 lease = NULL \
                  WHERE run = $1 AND number = $2 AND state = 'claimed' AND worker = $3",
                 &[&run, &number, &worker.id],
             )
@@ -1012,6 +1016,17 @@ impl Queue for PostgresStore {
                 "cannot release {}",
                 trial_what(run, number as u64)
             )))?;
+        Ok(())
+    }
+
+    fn withdraw(&self, run: &str) -> Result<()> {
+        self.conn()?
+            .client
+            .execute(
+                "DELETE FROM mpsearch_tasks WHERE run = $1 AND state IN ('pending', 'claimed')",
+                &[&run],
+            )
+            .map_err(self.sql(&format!("cannot update the queue of run `{run}`")))?;
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 //! the finished ones ([`Queue::finished`]), journals them itself — the controller stays the one writer
 //! of its run's journal — and marks them taken ([`Queue::taken`]). A claim whose heartbeat is older than
 //! the claiming worker's lease (the worker was killed, its machine lost) is claimable again, so another
-//! worker re-runs it; a late result of the first is refused, the trial being finished already.
+//! worker re-runs it; whichever finishes first is kept, and the other's result dropped.
 //! Evaluations are deterministic, so whoever finishes a trial finishes it the same.
 //!
 //! Only a store that several processes share has a queue ([`super::Store::queue`]): PostgreSQL.
@@ -83,7 +83,8 @@ pub trait Queue: Send + Sync {
     fn enqueue(&self, run: &str, trials: &[TrialRecord]) -> Result<()>;
 
     /// Claims the oldest claimable task outside the runs `skip`: one nobody claimed, or one whose
-    /// claim's heartbeat is older than `lease`. `None` when there is none.
+    /// claim lapsed (its heartbeat is older than the lease its claimant gave). This claim lapses when
+    /// `worker`'s heartbeats stop for `lease`. `None` when there is none.
     fn claim(&self, worker: &WorkerId, skip: &[String], lease: Duration) -> Result<Option<Task>>;
 
     /// Records that `worker` is alive: its row, and the heartbeat of each claim it holds.
@@ -91,6 +92,10 @@ pub trait Queue: Send + Sync {
 
     /// Gives a claimed task back, for another worker (one that refuses its run, or is stopping).
     fn release(&self, worker: &WorkerId, run: &str, number: u64) -> Result<()>;
+
+    /// Withdraws the tasks of run `run` that no worker finished (its controller evaluates them itself
+    /// now): a worker that finishes one after all has its result dropped.
+    fn withdraw(&self, run: &str) -> Result<()>;
 
     /// Hands back trial `trial` of run `run`, finished by `worker`. `false` when it was finished
     /// already (by a worker that claimed it after this one's claim lapsed): this result is dropped.

@@ -273,7 +273,7 @@ fn a_search_stopped_with_ctrl_c_in_its_set_up_is_listed_and_resumed() {
     assert!(sent.success());
     let said = wait_line(&lines, "stopped in its set-up after");
     assert!(
-        said.contains("one-at-a-time measurements are kept"),
+        said.contains("what it computed is kept (its cheap errors so far, and "),
         "{said}"
     );
     assert_eq!(

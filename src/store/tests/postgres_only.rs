@@ -295,8 +295,10 @@ fn the_queue_hands_each_task_to_one_worker_and_a_lapsed_claim_to_another() {
         },
     );
     let lease = Duration::from_secs(60);
+    let short = Duration::from_secs(1);
     let skip = vec!["other".to_string()];
-    let first = q.claim(&a, &skip, lease).expect("claim").expect("a task");
+    // `a` claims with a short lease, `z` with a long one: each claim lapses by its own.
+    let first = q.claim(&a, &skip, short).expect("claim").expect("a task");
     let second = q.claim(&z, &skip, lease).expect("claim").expect("a task");
     assert_eq!((first.run.as_str(), first.trial.number), ("r", 0));
     assert_eq!((second.run.as_str(), second.trial.number), ("r", 1));
@@ -309,17 +311,23 @@ fn the_queue_hands_each_task_to_one_worker_and_a_lapsed_claim_to_another() {
         q.claim(&z, &skip, lease).unwrap().is_none(),
         "only `other` is left"
     );
-    // A claim whose heartbeat is older than the lease goes to another worker.
+    // A claim whose heartbeat is older than its lease goes to another worker; `z`'s, of a longer
+    // lease, do not.
     q.heartbeat(&a).expect("beat");
     std::thread::sleep(Duration::from_millis(1200));
-    let short = Duration::from_secs(1);
     let retaken = q
         .claim(&z, &skip, short)
         .expect("claim")
         .expect("a lapsed claim");
     assert_eq!(retaken.trial.number, 0);
-    // Kept alive, a claim is not taken over.
+    assert!(
+        q.claim(&a, &skip, short).unwrap().is_none(),
+        "z's claims hold"
+    );
+    // Kept alive, a claim of a short lease is not taken over either.
+    std::thread::sleep(Duration::from_millis(700));
     q.heartbeat(&z).expect("beat");
+    std::thread::sleep(Duration::from_millis(700));
     assert!(q.claim(&a, &skip, short).unwrap().is_none());
     // The first to finish wins.
     let mut done = running[0].clone();
@@ -338,6 +346,16 @@ fn the_queue_hands_each_task_to_one_worker_and_a_lapsed_claim_to_another() {
     let z_seen = seen.iter().find(|w| w.id == z.id).expect("z");
     assert_eq!((z_seen.finished, z_seen.claims), (1, 2));
     assert!(q.workers(Some("other")).unwrap().is_empty());
+    // Withdrawn (its controller evaluates locally now): the unfinished tasks go, and a late finish
+    // is dropped.
+    q.withdraw("r").expect("withdraw");
+    assert!(q
+        .claim(&a, &[], lease)
+        .unwrap()
+        .is_some_and(|t| t.run == "other"));
+    let mut late = running[2].clone();
+    late.state = TrialState::Failed;
+    assert!(!q.finish(&z, "r", &late).expect("a withdrawn task's finish"));
     // A trial of a run that does not exist is refused by the database.
     let err = q.enqueue("nobody", &running[..1]).unwrap_err().to_string();
     assert!(err.contains("there is no run named `nobody`"), "{err}");
