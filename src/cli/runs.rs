@@ -16,6 +16,9 @@ use super::args::RunsArgs;
 use super::output::{emit, quality, table};
 use super::setup::open_store;
 
+/// The workers `runs` lists at most (the most recent heartbeats first).
+const SHOWN_WORKERS: usize = 10;
+
 pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
     let location = &a.store.store;
     let store = open_store(location, Access::Read)?;
@@ -50,10 +53,13 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let workers: String = match store.queue() {
-        Some(q) => q
-            .workers(None)?
-            .iter()
-            .map(|w| {
+        Some(q) => {
+            let seen = q.workers(None)?;
+            let more = seen.len().saturating_sub(SHOWN_WORKERS);
+            let lines: String = seen
+                .iter()
+                .take(SHOWN_WORKERS)
+                .map(|w| {
                 format!(
                     "worker {} (pid {} on host {}): {} trials finished, {} in hand, last heartbeat {} \
                      ago\n",
@@ -68,9 +74,15 @@ pub fn run(a: RunsArgs) -> anyhow::Result<ExitCode> {
                             .map_or(0, |d| d.as_secs())
                             .saturating_sub(w.heartbeat_unix) as f64
                     )
-                )
-            })
-            .collect(),
+                    )
+                })
+                .collect();
+            if more > 0 {
+                format!("{lines}… and {more} workers seen before them (`runs --json` lists each run's)\n")
+            } else {
+                lines
+            }
+        }
         None => String::new(),
     };
     emit(&format!(
