@@ -402,6 +402,10 @@ impl Checkpoint for RunCheckpoint<'_> {
     fn measured(&mut self) -> Result<()> {
         self.save()
     }
+
+    fn captured(&mut self) -> Result<()> {
+        self.save()
+    }
 }
 
 /// The run's cost limits, each checked against the range the space reaches under the profile (an

@@ -109,6 +109,7 @@ pub fn cheap(
     // output-error scales and the static ranges) and its compression settings: the cheap errors
     // measure the weights the evaluator runs.
     let stats = capture(ev, space)?;
+    checkpoint.captured()?;
     let settings = ev.settings().compress();
     cheap_errors_checkpointed(space, &stats, settings, checkpoint, progress)
 }

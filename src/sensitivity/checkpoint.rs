@@ -19,6 +19,12 @@ pub trait Checkpoint {
 
     /// One more one-at-a-time measurement is done.
     fn measured(&mut self) -> Result<()>;
+
+    /// The calibration pass the cheap errors need is done (a long one on a language model: where a
+    /// stop can be honoured before the first group).
+    fn captured(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Keeps nothing: an analysis stopped part-way starts again.

@@ -837,6 +837,8 @@ struct Recording {
     known: Vec<Option<Vec<f64>>>,
     kept: Vec<(usize, Vec<f64>)>,
     stop_after: Option<usize>,
+    /// Calibration passes made.
+    captures: usize,
 }
 
 impl Recording {
@@ -845,6 +847,7 @@ impl Recording {
             known,
             kept: Vec::new(),
             stop_after: None,
+            captures: 0,
         }
     }
     fn kept_groups(&self) -> Vec<usize> {
@@ -866,12 +869,17 @@ impl Checkpoint for Recording {
     fn measured(&mut self) -> mpsearch::Result<()> {
         Ok(())
     }
+    fn captured(&mut self) -> mpsearch::Result<()> {
+        self.captures += 1;
+        Ok(())
+    }
 }
 
 /// The set-up's cheap errors continue from the groups a checkpoint kept: only the others are computed
 /// (and handed over as they are), and the result is bit for bit the uninterrupted one; a kept row that
 /// cannot be right (wrong length, not finite) is computed again; a checkpoint's error (the user
-/// stopping) ends the computation right after the group it was handed.
+/// stopping) ends the computation right after the group it was handed; with every group kept and no
+/// activation quantized, not even the calibration pass is made.
 #[test]
 fn the_cheap_errors_continue_from_the_groups_a_checkpoint_kept() {
     use mpsearch::sensitivity::analysis::cheap;
@@ -925,4 +933,9 @@ fn the_cheap_errors_continue_from_the_groups_a_checkpoint_kept() {
     let read = cheap(&ev, &weights_only, &mut all_known, &mut |_, _| {}).unwrap();
     assert_eq!(read, computed);
     assert!(all_known.kept.is_empty());
+    assert_eq!(
+        (fresh.captures, all_known.captures),
+        (1, 0),
+        "no calibration pass"
+    );
 }
