@@ -92,10 +92,19 @@ pub fn run(
     // One controller per run (see `Store`): on a shared store this refuses a run another process
     // drives; on sled it also starts the live view that readers of the held store see.
     store.lock_run(&name)?;
-    // Evaluated here: what an earlier session queued for workers is withdrawn (a worker that still
-    // finishes one has its result dropped).
-    if let (None, Some(queue)) = (control.workers.as_ref(), store.queue()) {
-        queue.withdraw(&name)?;
+    let queue = store.queue();
+    match (control.workers.is_some(), queue) {
+        (true, None) => {
+            return Err(Error::search(format!(
+                "store {} has no evaluation queue: workers share a PostgreSQL store \
+                 (--store postgres://…)",
+                store.location()
+            )))
+        }
+        // Evaluated here: what an earlier session queued for workers is withdrawn (a worker that still
+        // finishes one has its result dropped).
+        (false, Some(queue)) => queue.withdraw(&name)?,
+        _ => {}
     }
     let mut journal = Journal::load(&session.problem, store, &name, kind)?;
     manifest.status = RunStatus::Running;
@@ -130,18 +139,11 @@ pub fn run(
                 r,
             )
         };
-        let finished = match (control.workers.as_mut(), store.queue()) {
+        let finished = match (control.workers.as_mut(), queue) {
             (Some(say), Some(queue)) => {
                 finish_remotely(queue, store, &name, batch, control.stop, &mut **say)?
             }
-            (Some(_), None) => {
-                return Err(Error::search(format!(
-                    "store {} has no evaluation queue: workers share a PostgreSQL store \
-                     (--store postgres://…)",
-                    store.location()
-                )))
-            }
-            (None, _) => finish_batch(batch, pool.as_ref(), finish)?,
+            _ => finish_batch(batch, pool.as_ref(), finish)?,
         };
         let Some(finished) = finished else {
             break StopReason::Interrupted;

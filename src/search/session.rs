@@ -202,8 +202,7 @@ impl Loaded {
                 seconds_before: fresh.then_some(seconds_before),
                 started: self.started,
                 stop,
-                fingerprint: self.evaluator.fingerprint(),
-                space: &self.space,
+                fingerprints: (self.evaluator.fingerprint(), self.space.fingerprint()),
             };
             sensitivity(
                 &SetupInputs {
@@ -354,8 +353,8 @@ struct RunCheckpoint<'a> {
     seconds_before: Option<f64>,
     started: Instant,
     stop: &'a AtomicBool,
-    fingerprint: blake3::Hash,
-    space: &'a SearchSpace,
+    /// The evaluator's and the space's fingerprints, which key each group's cheap errors.
+    fingerprints: (blake3::Hash, blake3::Hash),
 }
 
 impl RunCheckpoint<'_> {
@@ -379,7 +378,7 @@ impl RunCheckpoint<'_> {
 
 impl Checkpoint for RunCheckpoint<'_> {
     fn cheap_row(&mut self, group: usize) -> Result<Option<Vec<f64>>> {
-        let key = cheap_group_key(&self.fingerprint, self.space, group);
+        let key = cheap_group_key(self.fingerprints, group);
         Ok(self
             .store
             .sensitivity(&key)?
@@ -387,7 +386,7 @@ impl Checkpoint for RunCheckpoint<'_> {
     }
 
     fn keep_cheap_row(&mut self, group: usize, row: &[f64]) -> Result<()> {
-        let key = cheap_group_key(&self.fingerprint, self.space, group);
+        let key = cheap_group_key(self.fingerprints, group);
         self.store.put_sensitivity(
             &key,
             &SensitivityRecord {
@@ -812,13 +811,14 @@ fn fit(record: &SensitivityRecord) -> Result<Predictor> {
     frugal::predictor(&record.errors, &record.measurements)
 }
 
-/// Store key of the cheap errors of group `group` of `space` under the evaluator `fingerprint`, as
-/// the set-up keeps them one group at a time (weights only: see [`Checkpoint`]).
-fn cheap_group_key(fingerprint: &blake3::Hash, space: &SearchSpace, group: usize) -> blake3::Hash {
+/// Store key of the cheap errors of group `group` of a space under an evaluator, given their
+/// fingerprints `(evaluator, space)`, as the set-up keeps them one group at a time (weights only: see
+/// [`Checkpoint`]).
+fn cheap_group_key((evaluator, space): (blake3::Hash, blake3::Hash), group: usize) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(b"mpsearch-cheap-group-v1\n");
-    h.update(fingerprint.as_bytes());
-    h.update(space.fingerprint().as_bytes());
+    h.update(evaluator.as_bytes());
+    h.update(space.as_bytes());
     h.update(&(group as u64).to_le_bytes());
     h.finalize()
 }

@@ -188,6 +188,32 @@ struct Runs {
 struct Attached {
     manifest: RunManifest,
     session: Session,
+    /// The gate (`--fidelity`) of the batch last evaluated here, by the batch's first trial: every
+    /// trial of a batch has the same, so the journal is read once a batch.
+    gate: Mutex<Option<(u64, Arc<Gate>)>>,
+}
+
+impl Attached {
+    /// The gate of the batch that starts at trial `start`: decided from the run's trials before it,
+    /// which are all finished (the controller queues a batch only after the last one).
+    fn gate(&self, store: &dyn Store, run: &str, fidelity: f64, start: u64) -> Result<Arc<Gate>> {
+        let mut last = self
+            .gate
+            .lock()
+            .map_err(|_| Error::search("a worker thread panicked"))?;
+        if let Some((_, gate)) = last.as_ref().filter(|(s, _)| *s == start) {
+            return Ok(gate.clone());
+        }
+        let proxy = Proxy::new(fidelity, self.session.evaluator.as_ref())?;
+        let before: Vec<TrialRecord> = store
+            .trials(run)?
+            .into_iter()
+            .filter(|t| t.number < start && t.state != TrialState::Running)
+            .collect();
+        let gate = Arc::new(Gate::new(proxy, &self.session.problem, &before));
+        *last = Some((start, gate.clone()));
+        Ok(gate)
+    }
 }
 
 impl Runs {
@@ -222,24 +248,15 @@ impl Job<'_> {
         let evaluator = CachingEvaluator::new(run.session.evaluator.as_ref(), self.store);
         let gate = match run.manifest.config.fidelity {
             Some(f) => {
-                let proxy = Proxy::new(f, run.session.evaluator.as_ref())?;
-                // The gate of the trial's batch: decided from the run's trials before it, which are
-                // all finished (the controller queues a batch only after the last one).
                 let start = task.trial.batch.unwrap_or(task.trial.number);
-                let before: Vec<TrialRecord> = self
-                    .store
-                    .trials(&task.run)?
-                    .into_iter()
-                    .filter(|t| t.number < start && t.state != TrialState::Running)
-                    .collect();
-                Some(Gate::new(proxy, &run.session.problem, &before))
+                Some(run.gate(self.store, &task.run, f, start)?)
             }
             None => None,
         };
         let Some(trial) = evaluate_trial(
             &run.session,
             &evaluator,
-            gate.as_ref(),
+            gate.as_deref(),
             self.stop,
             task.trial.clone(),
         ) else {
@@ -279,7 +296,11 @@ impl Job<'_> {
         let attached = find_run(self.store, name).and_then(|manifest| {
             let session = Loaded::load(manifest.config.clone(), Some(&manifest))?
                 .attach(self.store, &manifest)?;
-            Ok(Attached { manifest, session })
+            Ok(Attached {
+                manifest,
+                session,
+                gate: Mutex::new(None),
+            })
         });
         match attached {
             Ok(run) => {
