@@ -114,10 +114,11 @@ fn rounding(c: &mut Criterion) {
     let gptq = CompressSettings {
         scale: ScaleMethod::MinMax,
         rounding: Rounding::gptq(),
+        ..CompressSettings::default()
     };
     let output = CompressSettings::from(ScaleMethod::Output);
     let run = |choice: &Choice, s: &CompressSettings, h: &InputStats| {
-        black_box(compress_with(black_box(&w), choice, s, Some(h)).expect("compress"))
+        black_box(compress_with(black_box(&w), choice, s, Some(h), None).expect("compress"))
     };
     let mut g = c.benchmark_group("rounding_768x3072");
     g.bench_function("rtn_int4_sym_channel_minmax", |b| {

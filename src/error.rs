@@ -195,6 +195,13 @@ impl Error {
         }
     }
 
+    /// An [`Error::Eval`] with this message.
+    pub fn eval(message: impl Into<String>) -> Self {
+        Error::Eval {
+            message: message.into(),
+        }
+    }
+
     /// An [`Error::Sensitivity`] with this message.
     pub fn sensitivity(message: impl Into<String>) -> Self {
         Error::Sensitivity {

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use mpsearch::compress::{GptqOptions, Rounding, ScaleMethod};
+use mpsearch::compress::{GptqOptions, Importance, Rounding, ScaleMethod};
 use mpsearch::cost::model::parse_budget;
 use mpsearch::cost::Objective;
 use mpsearch::store::Location;
@@ -163,6 +163,12 @@ pub struct DataArgs {
     /// up front).
     #[arg(long)]
     pub act_order: bool,
+    /// What pruning (sparse<P>, N:M, channels<P>) ranks weights by: their magnitude, or the
+    /// calibration loss's gradients — taylor |g·w|, fisher ½·F·w² (cross-entropy on the labels for
+    /// a classifier, distillation of the embeddings for an encoder; one backward pass per
+    /// calibration sample).
+    #[arg(long, value_enum, default_value_t = ImportanceArg::Magnitude)]
+    pub importance: ImportanceArg,
 }
 
 impl DataArgs {
@@ -346,6 +352,28 @@ impl ScaleArg {
             ScaleArg::Minmax => ScaleMethod::MinMax,
             ScaleArg::Mse => ScaleMethod::Mse,
             ScaleArg::Output => ScaleMethod::Output,
+        }
+    }
+}
+
+/// `--importance`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportanceArg {
+    // |w|, rows by their L2 norm.
+    Magnitude,
+    // |g·w| from per-sample gradients of the calibration loss.
+    Taylor,
+    // ½·F·w², F the diagonal empirical Fisher.
+    Fisher,
+}
+
+impl ImportanceArg {
+    /// The library's importance.
+    pub fn importance(self) -> Importance {
+        match self {
+            ImportanceArg::Magnitude => Importance::Magnitude,
+            ImportanceArg::Taylor => Importance::Taylor,
+            ImportanceArg::Fisher => Importance::Fisher,
         }
     }
 }

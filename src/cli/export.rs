@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use mpsearch::compress::LayerInputs;
 use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::eval::{CandleEvaluator, EvalData, Evaluator};
+use mpsearch::export::safetensors::LayerCalibration;
 use mpsearch::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::model::{Model, ModelSource};
 use mpsearch::space::{Assignment, SearchSpace};
@@ -227,18 +227,23 @@ fn output(out: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The layers' calibration statistics when the run's scale method or rounding uses them (GPTQ,
-/// output-error scales), from an evaluator with the run's settings, which must be the one that
-/// evaluated the run (same model, data and settings), so that the exported weights are the evaluated
-/// ones.
-fn calibration_inputs(
+/// What the calibration data says about the layers when the run's settings use it — the input
+/// statistics for its scale method or rounding (GPTQ, output-error scales), the importance scores for
+/// a gradient pruning importance — from an evaluator with the run's settings, which must be the one
+/// that evaluated the run (same model, data and settings), so that the exported weights are the
+/// evaluated ones.
+fn layer_calibration(
     m: &RunManifest,
     model: Arc<dyn Model>,
     data: EvalData,
-) -> anyhow::Result<Option<LayerInputs>> {
+) -> anyhow::Result<LayerCalibration> {
     let settings = mpsearch::search::evaluator_settings(&m.config);
-    if !settings.compress().uses_inputs() {
-        return Ok(None);
+    let (inputs, scores) = (
+        settings.compress().uses_inputs(),
+        settings.importance.needs_gradients(),
+    );
+    if !inputs && !scores {
+        return Ok(LayerCalibration::default());
     }
     let ev = CandleEvaluator::new(model, data, settings)?;
     let (recorded, now) = (
@@ -247,17 +252,21 @@ fn calibration_inputs(
     );
     anyhow::ensure!(
         *recorded == now,
-        "run `{}` was evaluated with {} scales and {} rounding, which fit each weight to the \
-         calibration data; that data or the evaluator changed since (fingerprint {} → {}), so the \
-         exported weights would not be the ones evaluated. Restore the data, or export --format json \
-         and evaluate it again",
+        "run `{}` was evaluated with {} scales, {} rounding and {} pruning importance, which fit \
+         each weight to the calibration data; that data or the evaluator changed since \
+         (fingerprint {} → {}), so the exported weights would not be the ones evaluated. Restore the \
+         data, or export --format json and evaluate it again",
         m.name,
         m.config.scale,
         m.config.rounding,
+        m.config.importance,
         short(recorded),
         short(&now)
     );
-    Ok(Some(ev.input_stats()?.clone()))
+    Ok(LayerCalibration {
+        inputs: inputs.then(|| ev.input_stats().cloned()).transpose()?,
+        scores: scores.then(|| ev.weight_scores().cloned()).transpose()?,
+    })
 }
 
 fn write_weights(
@@ -304,9 +313,10 @@ fn write_weights(
         space: c.space.clone(),
         scale: c.scale,
         rounding: c.rounding,
+        importance: c.importance,
     };
-    let inputs = calibration_inputs(m, model.clone(), data)?;
-    let s = safetensors::write_compressed(model.as_ref(), &asg, &info, inputs.as_ref(), &path)?;
+    let calibration = layer_calibration(m, model.clone(), data)?;
+    let s = safetensors::write_compressed(model.as_ref(), &asg, &info, &calibration, &path)?;
     eprintln!(
         "wrote {}: {} compressed layers in {} tensors, {} of weight data ({} bytes in all); left out \
          (unchanged): {}",

@@ -168,6 +168,7 @@ impl<'t> Summary<'t> {
             "evaluations": self.evaluations, "setup": m.setup, "pairs": m.config.pairs,
             "fidelity": m.config.fidelity, "proxy": mpsearch::store::proxy_summary(trials),
             "refine": m.config.refine, "setup_seconds": m.setup_seconds,
+            "importance": m.config.importance,
             "workers": self.workers,
             "evaluations_to_99_percent": mpsearch::report::data::HypervolumeSeries::of(m, trials, true).evaluations_to(0.99),
             "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref())).collect::<Vec<_>>(),

@@ -91,6 +91,7 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
         time_seconds: checked.time_seconds,
         scale: a.data.scale.method(),
         rounding: checked.rounding,
+        importance: a.data.importance.importance(),
         pairs: a.pairs,
         fidelity: a.fidelity,
         refine: !a.no_refine,

@@ -52,6 +52,7 @@ pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<(CandleEvaluator, SearchSp
     let settings = EvalSettings {
         scale: a.data.scale.method(),
         rounding: a.data.rounding()?,
+        importance: a.data.importance.importance(),
         cache_bytes: a.cache_mb.saturating_mul(1 << 20),
         ..EvalSettings::default()
     };

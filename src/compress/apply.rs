@@ -47,6 +47,7 @@ use faer::{Accum, Mat, MatRef, Par};
 use serde::{Deserialize, Serialize};
 
 use super::gptq::{self, Format, Rounding};
+use super::importance::{Importance, WeightScores};
 use super::lowrank::truncated_svd;
 use super::matrix::WeightMatrix;
 use super::prune;
@@ -55,12 +56,16 @@ use super::stats::InputStats;
 use crate::error::{Error, Result};
 use crate::space::{Choice, Sparsity, WeightQuant};
 
-/// How a choice's integer formats are fitted and rounded: the scale method and the rounding. Part of
-/// the evaluator's fingerprint and of the compressed-weight cache key.
+/// How a choice's integer formats are fitted and rounded (the scale method and the rounding), and
+/// how pruning ranks weights (the importance). Part of the evaluator's fingerprint and of the
+/// compressed-weight cache key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CompressSettings {
     pub scale: ScaleMethod,
     pub rounding: Rounding,
+    /// Magnitude is not written, so settings serialised before this field existed read back equal.
+    #[serde(default, skip_serializing_if = "Importance::is_magnitude")]
+    pub importance: Importance,
 }
 
 impl From<ScaleMethod> for CompressSettings {
@@ -69,6 +74,7 @@ impl From<ScaleMethod> for CompressSettings {
         CompressSettings {
             scale,
             rounding: Rounding::Rtn,
+            importance: Importance::Magnitude,
         }
     }
 }
@@ -83,6 +89,12 @@ impl CompressSettings {
     /// Whether compressing any layer may need input statistics.
     pub fn uses_inputs(&self) -> bool {
         self.scale.needs_inputs() || self.rounding.needs_inputs()
+    }
+
+    /// Whether compressing a weight under `choice` needs the layer's importance scores: a gradient
+    /// importance and a choice that prunes.
+    pub fn needs_scores(&self, choice: &Choice) -> bool {
+        self.importance.needs_gradients() && choice.sparsity != Sparsity::None
     }
 }
 
@@ -141,7 +153,7 @@ pub fn compress_factors(
     choice: &Choice,
     scale: ScaleMethod,
 ) -> Result<CompressedWeight> {
-    compress_with(w, choice, &scale.into(), None)
+    compress_with(w, choice, &scale.into(), None, None)
 }
 
 /// The dense f32 weight, of `w`'s shape, that the evaluator uses for a layer under `choice`:
@@ -151,25 +163,30 @@ pub fn apply_choice(w: &Tensor, choice: &Choice, scale: ScaleMethod) -> Result<T
     compress_factors(w, choice, scale)?.to_tensor()
 }
 
-/// [`apply_choice`] with `settings` and the layer's input statistics (needed when
-/// [`CompressSettings::needs_inputs`] says so; an error names what is missing).
+/// [`apply_choice`] with `settings`, the layer's input statistics (needed when
+/// [`CompressSettings::needs_inputs`] says so) and its importance scores (needed when
+/// [`CompressSettings::needs_scores`] says so); an error names what is missing.
 pub fn apply_with(
     w: &Tensor,
     choice: &Choice,
     settings: &CompressSettings,
     inputs: Option<&InputStats>,
+    scores: Option<&WeightScores>,
 ) -> Result<Tensor> {
-    compress_with(w, choice, settings, inputs)?.to_tensor()
+    compress_with(w, choice, settings, inputs, scores)?.to_tensor()
 }
 
-/// [`compress_factors`] with `settings` and the layer's input statistics (see the module docs).
+/// [`compress_factors`] with `settings`, the layer's input statistics and its importance scores
+/// (see the module docs and [`apply_with`]).
 pub fn compress_with(
     w: &Tensor,
     choice: &Choice,
     settings: &CompressSettings,
     inputs: Option<&InputStats>,
+    scores: Option<&WeightScores>,
 ) -> Result<CompressedWeight> {
     let original = WeightMatrix::from_tensor(w)?;
+    let scores = layer_scores(&original, choice, settings, scores)?;
     let inputs = if settings.needs_inputs(choice) {
         let s = inputs.ok_or_else(|| {
             Error::compress(format!(
@@ -185,7 +202,7 @@ pub fn compress_with(
     };
     let Prepared {
         mut factors, masks, ..
-    } = prepare_matrix(w.dims(), &original, choice)?;
+    } = prepare_matrix(w.dims(), &original, choice, scores)?;
     // 4. Quantize what survives, the last factor first (the first factor's inputs are its output).
     let mut quantized = vec![None; factors.len()];
     for i in (0..factors.len()).rev() {
@@ -228,12 +245,50 @@ pub(crate) struct Prepared {
     pub kept_rows: Option<Vec<bool>>,
 }
 
-/// Steps 1–3 of the module docs on `w`: factorize, then decide what to remove.
-pub(crate) fn prepare(w: &Tensor, choice: &Choice) -> Result<Prepared> {
-    prepare_matrix(w.dims(), &WeightMatrix::from_tensor(w)?, choice)
+/// The scores pruning ranks `original`'s values by under `settings` (`None`: magnitude), checked to
+/// fit; an error when `choice` needs them and none were given.
+fn layer_scores<'a>(
+    original: &WeightMatrix,
+    choice: &Choice,
+    settings: &CompressSettings,
+    scores: Option<&'a WeightScores>,
+) -> Result<Option<&'a WeightScores>> {
+    if !settings.needs_scores(choice) {
+        return Ok(None);
+    }
+    let s = scores.ok_or_else(|| {
+        Error::compress(format!(
+            "{choice} with {} importance needs the layer's importance scores (gradients on the \
+             calibration data); none were given",
+            settings.importance
+        ))
+    })?;
+    s.check_fits(original.rows(), original.cols(), &choice.to_string())?;
+    Ok(Some(s))
 }
 
-fn prepare_matrix(dims: &[usize], original: &WeightMatrix, choice: &Choice) -> Result<Prepared> {
+/// Steps 1–3 of the module docs on `w`: factorize, then decide what to remove (ranked by `scores`
+/// when `settings` asks for a gradient importance; see [`apply_with`]).
+pub(crate) fn prepare(
+    w: &Tensor,
+    choice: &Choice,
+    settings: &CompressSettings,
+    scores: Option<&WeightScores>,
+) -> Result<Prepared> {
+    let original = WeightMatrix::from_tensor(w)?;
+    let scores = layer_scores(&original, choice, settings, scores)?;
+    prepare_matrix(w.dims(), &original, choice, scores)
+}
+
+/// Steps 1–3; `scores` (when given) rank `original`'s values and rows in place of magnitude. The
+/// factors of a low-rank pair are pruned by magnitude: they are not the model's parameters and have
+/// no scores of their own ([`super::importance`]).
+fn prepare_matrix(
+    dims: &[usize],
+    original: &WeightMatrix,
+    choice: &Choice,
+    scores: Option<&WeightScores>,
+) -> Result<Prepared> {
     // 1. Factorize the dense weight.
     let factors = match choice.rank {
         Some(p) => {
@@ -244,10 +299,11 @@ fn prepare_matrix(dims: &[usize], original: &WeightMatrix, choice: &Choice) -> R
     };
     // 2 and 3. Decide what to remove: whole rows by the original's norms, or a pattern per factor.
     let kept_rows = match choice.sparsity {
-        Sparsity::Channels(p) => Some(prune::channel_mask(original, p)?),
+        Sparsity::Channels(p) => Some(prune::channel_mask_scored(original, p, scores)?),
         _ => None,
     };
-    let masks = masks(dims, &factors, choice, kept_rows.as_deref())?;
+    let factor_scores = if factors.len() == 1 { scores } else { None };
+    let masks = masks(dims, &factors, choice, kept_rows.as_deref(), factor_scores)?;
     Ok(Prepared {
         factors,
         masks,
@@ -256,12 +312,14 @@ fn prepare_matrix(dims: &[usize], original: &WeightMatrix, choice: &Choice) -> R
 }
 
 /// The keep mask of each factor of a weight of shape `dims`: the kept `rows` of the first factor
-/// (`channels<P>`), or a pattern per factor (N:M along input channels, [`factor_kernel`]).
+/// (`channels<P>`), or a pattern per factor (N:M along input channels, [`factor_kernel`]), ranked by
+/// `scores` when given (a single factor, `W`).
 fn masks(
     dims: &[usize],
     factors: &[WeightMatrix],
     choice: &Choice,
     rows: Option<&[bool]>,
+    scores: Option<&WeightScores>,
 ) -> Result<Vec<Vec<bool>>> {
     match rows {
         Some(rows) => Ok(factors
@@ -278,7 +336,10 @@ fn masks(
         None => factors
             .iter()
             .enumerate()
-            .map(|(i, f)| prune::mask(f, &choice.sparsity, factor_kernel(dims, factors.len(), i)))
+            .map(|(i, f)| {
+                let kernel = factor_kernel(dims, factors.len(), i);
+                prune::mask_scored(f, &choice.sparsity, kernel, scores)
+            })
             .collect(),
     }
 }

@@ -34,6 +34,7 @@ use candle_core::Tensor;
 use lru::LruCache;
 
 use super::apply::{apply_choice, apply_with, CompressSettings};
+use super::importance::WeightScores;
 use super::quant::ScaleMethod;
 use super::stats::InputStats;
 use crate::error::{Error, Result};
@@ -178,8 +179,8 @@ impl CompressCache {
         self.get_or_compute(layer, choice, scale, || apply_choice(weight, choice, scale))
     }
 
-    /// [`CompressCache::get_or_apply`] with `settings` and the layer's input statistics
-    /// ([`apply_with`]).
+    /// [`CompressCache::get_or_apply`] with `settings`, the layer's input statistics and its
+    /// importance scores ([`apply_with`]).
     pub fn get_or_apply_with(
         &self,
         layer: &str,
@@ -187,9 +188,10 @@ impl CompressCache {
         choice: &Choice,
         settings: &CompressSettings,
         inputs: Option<&InputStats>,
+        scores: Option<&WeightScores>,
     ) -> Result<Tensor> {
         self.get_or_compute(layer, choice, *settings, || {
-            apply_with(weight, choice, settings, inputs)
+            apply_with(weight, choice, settings, inputs, scores)
         })
     }
 

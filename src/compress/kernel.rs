@@ -34,6 +34,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::apply::{compress_with, prepare, CompressSettings};
 use super::ggml;
+use super::importance::WeightScores;
 use super::matrix::WeightMatrix;
 use super::stats::InputStats;
 use crate::error::{Error, Result};
@@ -58,14 +59,16 @@ pub fn deploys_dense(choice: &Choice) -> bool {
 
 /// The kernel that computes a matmul layer's weight `w` (`[out, in]`, or a convolution's
 /// `[out, c, kh, kw]`) under `choice` as deployed on candle (see the module docs), or `None` when the
-/// choice leaves the weight as it is. `settings` and `inputs` are [`compress_with`]'s (integer
-/// formats); block formats take candle's quantizer as is. A block format that does not fit a factor's
+/// choice leaves the weight as it is. `settings`, `inputs` and `scores` are [`compress_with`]'s
+/// (integer formats; `scores` also rank the rows `channels<P>` removes); block formats take candle's
+/// quantizer as is. A block format that does not fit a factor's
 /// in-features is an error that says why.
 pub fn deploy_kernel(
     w: &Tensor,
     choice: &Choice,
     settings: &CompressSettings,
     inputs: Option<&InputStats>,
+    scores: Option<&WeightScores>,
 ) -> Result<Option<LayerKernel>> {
     if !changes_weight(choice) {
         return Ok(None);
@@ -79,11 +82,11 @@ pub fn deploy_kernel(
                 )));
             }
             // Unquantized factors; removed rows are dropped below, so the masks are not applied.
-            let p = prepare(w, choice)?;
+            let p = prepare(w, choice, settings, scores)?;
             (p.factors, p.kept_rows, Leaf::Block(g))
         }
         format => {
-            let c = compress_with(w, choice, settings, inputs)?;
+            let c = compress_with(w, choice, settings, inputs, scores)?;
             if deploys_dense(choice) {
                 return Ok(Some(LayerKernel::Dense(c.to_tensor()?)));
             }
@@ -205,7 +208,7 @@ mod tests {
         let s = CompressSettings::default();
         let c: Choice = "q8_0+channels25+rank50".parse().unwrap();
         let Some(LayerKernel::Rows { kept, out, kernel }) =
-            deploy_kernel(&w, &c, &s, None).unwrap()
+            deploy_kernel(&w, &c, &s, None, None).unwrap()
         else {
             panic!("channels<P> builds kept rows")
         };
@@ -215,14 +218,17 @@ mod tests {
         };
         assert_eq!((shape(&a), shape(&b)), (vec![48, 32], vec![32, 512]));
         let c: Choice = "f16+rank50".parse().unwrap();
-        let Some(LayerKernel::Factored { a, b }) = deploy_kernel(&w, &c, &s, None).unwrap() else {
+        let Some(LayerKernel::Factored { a, b }) = deploy_kernel(&w, &c, &s, None, None).unwrap()
+        else {
             panic!("rank<P> builds two factors")
         };
         assert!(matches!(*a, LayerKernel::F16(_)) && matches!(*b, LayerKernel::F16(_)));
         let c: Choice = "int4-sym-channel+2:4".parse().unwrap();
-        let k = deploy_kernel(&w, &c, &s, None).unwrap();
+        let k = deploy_kernel(&w, &c, &s, None, None).unwrap();
         assert!(matches!(k, Some(LayerKernel::Dense(t)) if t.dims() == [64, 512]));
-        assert!(deploy_kernel(&w, &Choice::F32, &s, None).unwrap().is_none());
+        assert!(deploy_kernel(&w, &Choice::F32, &s, None, None)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -231,7 +237,7 @@ mod tests {
         let x = weight(5, 512);
         let s = CompressSettings::default();
         let c: Choice = "q4_k+channels25".parse().unwrap();
-        let k = deploy_kernel(&w, &c, &s, None).unwrap().unwrap();
+        let k = deploy_kernel(&w, &c, &s, None, None).unwrap().unwrap();
         let y = k.matmul(&x).unwrap().to_vec2::<f32>().unwrap();
         // The masked matrix quantized by candle: the kept outputs are its outputs, the others zero.
         let keep =
@@ -263,7 +269,9 @@ mod tests {
             }
         }
         let bad: Choice = "q4_k+rank50".parse().unwrap();
-        let msg = deploy_kernel(&w, &bad, &s, None).unwrap_err().to_string();
+        let msg = deploy_kernel(&w, &bad, &s, None, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("multiple of 256") && msg.contains("32"),
             "{msg}"

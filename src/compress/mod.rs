@@ -15,6 +15,7 @@
 //! | `stats.rs` | a layer's input statistics `H = XᵀX`, accumulated from captured inputs |
 //! | `ggml.rs` | GGML block formats through candle's own quantizer |
 //! | `gptq.rs` | GPTQ rounding: each column's error compensated through `H` |
+//! | `importance.rs` | what pruning ranks weights by: magnitude, or Taylor / Fisher scores from calibration gradients |
 //! | `prune.rs` | unstructured, N:M (along input channels) and output-channel pruning masks |
 //! | `lowrank.rs` | truncated SVD into two factors |
 //! | `apply.rs` | a whole [`Choice`](crate::space::Choice) on a weight, in one fixed order |
@@ -29,6 +30,7 @@ mod apply;
 mod cache;
 pub mod ggml;
 pub mod gptq;
+mod importance;
 mod kernel;
 mod lowrank;
 mod matrix;
@@ -43,6 +45,7 @@ pub use apply::{
 };
 pub use cache::{CacheForm, CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
 pub use gptq::{GptqOptions, Rounding};
+pub use importance::{Importance, ImportanceSums, LayerScores, WeightScores};
 pub use kernel::{block_kernel, changes_weight, deploy_kernel, deploys_dense};
 pub use lowrank::{truncated_svd, LowRank};
 pub use matrix::WeightMatrix;

@@ -1,13 +1,14 @@
 //! # Pruning
 //!
-//! Magnitude pruning on the matrix view of a weight ([`WeightMatrix`]: rows are output channels,
-//! columns inputs). Each function returns a **keep mask**: one flag per value, row-major, `false` where
-//! the weight is pruned; [`prune`] applies it. Importance is the magnitude `|w|` (for rows, the L2
-//! norm); every ranking breaks ties by position (the earlier value, or row, counts as the less
-//! important one), so masks are deterministic.
+//! Pruning on the matrix view of a weight ([`WeightMatrix`]: rows are output channels, columns
+//! inputs). Each function returns a **keep mask**: one flag per value, row-major, `false` where the
+//! weight is pruned; [`prune`] applies it. Importance is the magnitude `|w|` (for rows, the L2 norm),
+//! or given [`WeightScores`] (gradient importance, [`super::importance`]: the `*_scored` functions);
+//! every ranking breaks ties by position (the earlier value, or row, counts as the less important
+//! one), so masks are deterministic.
 //!
 //! - **Unstructured** ([`unstructured_mask`]) at P percent of `n` values: exactly `⌊P·n/100⌋` zeros, the
-//!   values of smallest `|w|`.
+//!   values of smallest `|w|` (or score).
 //! - **N:M** ([`nm_mask`]): groups of M run along the **input channels at a fixed kernel position**,
 //!   the layout sparse tensor cores use (the reduction dimension of the GEMM, channels innermost). A
 //!   row of the matrix view holds `in · k` values, `k` the kernel positions per input channel (`kh·kw`
@@ -32,6 +33,7 @@
 
 use std::cmp::Ordering;
 
+use super::importance::WeightScores;
 use super::matrix::WeightMatrix;
 use crate::error::{Error, Result};
 use crate::space::{Sparsity, MAX_M, PERCENT};
@@ -39,14 +41,58 @@ use crate::space::{Sparsity, MAX_M, PERCENT};
 /// The keep mask of `sparsity` for `m` (all `true` when dense). `kernel` is the number of kernel
 /// positions per input channel (`kh·kw` for a convolution's weight, 1 otherwise); only N:M uses it.
 pub fn mask(m: &WeightMatrix, sparsity: &Sparsity, kernel: usize) -> Result<Vec<bool>> {
+    mask_scored(m, sparsity, kernel, None)
+}
+
+/// [`mask`] ranking by `scores` (one per value and one per row of `m`) instead of magnitude when
+/// given.
+pub fn mask_scored(
+    m: &WeightMatrix,
+    sparsity: &Sparsity,
+    kernel: usize,
+    scores: Option<&WeightScores>,
+) -> Result<Vec<bool>> {
+    let key = Key::new(m, scores)?;
     match *sparsity {
         Sparsity::None => Ok(vec![true; m.len()]),
-        Sparsity::Unstructured(p) => unstructured_mask(m, p),
-        Sparsity::NM { n, m: mm } => nm_mask(m, n, mm, kernel),
+        Sparsity::Unstructured(p) => unstructured_by(&key, m.len(), p),
+        Sparsity::NM { n, m: mm } => nm_by(&key, m.rows(), m.cols(), n, mm, kernel),
         Sparsity::Channels(p) => {
-            let rows = channel_mask(m, p)?;
+            let rows = channel_mask_scored(m, p, scores)?;
             Ok(expand_rows(&rows, m.cols()))
         }
+    }
+}
+
+/// What a value is ranked by: its magnitude, or its score.
+enum Key<'a> {
+    Magnitude(&'a [f32]),
+    Scores(&'a [f64]),
+}
+
+impl<'a> Key<'a> {
+    fn new(m: &'a WeightMatrix, scores: Option<&'a WeightScores>) -> Result<Key<'a>> {
+        Ok(match scores {
+            Some(s) => {
+                s.check_fits(m.rows(), m.cols(), "pruning")?;
+                Key::Scores(s.values())
+            }
+            None => Key::Magnitude(m.data()),
+        })
+    }
+
+    /// The importance of value `i` (`|w|` widened exactly to f64, so magnitude orders as before).
+    fn get(&self, i: usize) -> f64 {
+        match self {
+            Key::Magnitude(d) => f64::from(d[i].abs()),
+            Key::Scores(s) => s[i],
+        }
+    }
+
+    /// Orders positions `a`, `b` from less to more important: smaller key first, and for equal keys
+    /// the earlier position first.
+    fn order(&self, a: usize, b: usize) -> Ordering {
+        self.get(a).total_cmp(&self.get(b)).then(a.cmp(&b))
     }
 }
 
@@ -60,16 +106,19 @@ pub fn prune(m: &WeightMatrix, sparsity: &Sparsity, kernel: usize) -> Result<Wei
 
 /// Keeps all but the `⌊percent·n/100⌋` values of smallest `|w|`.
 pub fn unstructured_mask(m: &WeightMatrix, percent: u8) -> Result<Vec<bool>> {
+    unstructured_by(&Key::Magnitude(m.data()), m.len(), percent)
+}
+
+/// Keeps all but the `⌊percent·n/100⌋` values of smallest key.
+fn unstructured_by(key: &Key<'_>, n: usize, percent: u8) -> Result<Vec<bool>> {
     check_percent("unstructured sparsity", percent)?;
-    let n = m.len();
     let prune = n * usize::from(percent) / 100;
     let mut keep = vec![true; n];
     if prune == 0 {
         return Ok(keep);
     }
-    let data = m.data();
     let mut order: Vec<usize> = (0..n).collect();
-    order.select_nth_unstable_by(prune - 1, |&a, &b| by_magnitude(data, a, b));
+    order.select_nth_unstable_by(prune - 1, |&a, &b| key.order(a, b));
     for &i in &order[..prune] {
         keep[i] = false;
     }
@@ -80,31 +129,44 @@ pub fn unstructured_mask(m: &WeightMatrix, percent: u8) -> Result<Vec<bool>> {
 /// consecutive input channels; the ragged tail of `in mod m` channels stays dense (see the module
 /// docs). `kernel` is the number of kernel positions per input channel and must divide the columns.
 pub fn nm_mask(w: &WeightMatrix, n: u8, m: u8, kernel: usize) -> Result<Vec<bool>> {
+    nm_by(&Key::Magnitude(w.data()), w.rows(), w.cols(), n, m, kernel)
+}
+
+/// [`nm_mask`] of a `rows × cols` weight ranked by `key`.
+fn nm_by(
+    key: &Key<'_>,
+    rows: usize,
+    cols: usize,
+    n: u8,
+    m: u8,
+    kernel: usize,
+) -> Result<Vec<bool>> {
     if !(n >= 1 && n < m && m <= MAX_M) {
         return Err(Error::compress(format!(
             "{n}:{m} is not an N:M pattern; it needs 1 <= N < M <= {MAX_M}"
         )));
     }
-    let (n, m, cols) = (usize::from(n), usize::from(m), w.cols());
+    let (n, m) = (usize::from(n), usize::from(m));
     if kernel == 0 || cols % kernel != 0 {
         return Err(Error::compress(format!(
             "a row of {cols} columns does not hold whole input channels of {kernel} kernel positions"
         )));
     }
     let runs = cols / kernel / m;
-    let mut keep = vec![true; w.len()];
-    for r in 0..w.rows() {
-        let row = w.row(r);
+    let mut keep = vec![true; rows * cols];
+    for r in 0..rows {
+        let at = |c: usize| key.get(r * cols + c);
         for p in 0..kernel {
             for run in 0..runs {
                 let col = |t: usize| (run * m + t) * kernel + p;
                 for i in 0..m {
                     // A value is kept when fewer than `n` values of its run are more important than
-                    // it (larger |w|, or equal |w| at a later channel): O(M²) comparisons, no sorting.
-                    let x = row[col(i)].abs();
+                    // it (larger key, or an equal key at a later channel): O(M²) comparisons, no
+                    // sorting.
+                    let x = at(col(i));
                     let above = (0..m)
                         .filter(|&j| {
-                            let v = row[col(j)].abs();
+                            let v = at(col(j));
                             v > x || (v == x && j > i)
                         })
                         .count();
@@ -133,7 +195,20 @@ pub fn kernel_positions(dims: &[usize]) -> usize {
 /// One flag per row: `false` for the `round(percent·rows/100)` rows of smallest L2 norm (at least one
 /// row is kept).
 pub fn channel_mask(m: &WeightMatrix, percent: u8) -> Result<Vec<bool>> {
+    channel_mask_scored(m, percent, None)
+}
+
+/// [`channel_mask`] ranking the rows by `scores`' row scores instead of their norms when given.
+pub fn channel_mask_scored(
+    m: &WeightMatrix,
+    percent: u8,
+    scores: Option<&WeightScores>,
+) -> Result<Vec<bool>> {
     check_percent("channel removal", percent)?;
+    if let Some(s) = scores {
+        s.check_fits(m.rows(), m.cols(), "channel removal")?;
+        return channel_mask_by_norm(s.rows(), percent);
+    }
     let norms: Vec<f64> = (0..m.rows())
         .map(|r| m.row(r).iter().map(|&v| f64::from(v) * f64::from(v)).sum())
         .collect();
@@ -165,12 +240,6 @@ pub(crate) fn expand_rows(rows: &[bool], cols: usize) -> Vec<bool> {
     rows.iter()
         .flat_map(|&k| std::iter::repeat_n(k, cols))
         .collect()
-}
-
-/// Orders positions `a`, `b` of `data` from less to more important: smaller `|w|` first, and for
-/// equal magnitudes the earlier position first.
-fn by_magnitude(data: &[f32], a: usize, b: usize) -> Ordering {
-    data[a].abs().total_cmp(&data[b].abs()).then(a.cmp(&b))
 }
 
 fn check_percent(what: &str, percent: u8) -> Result<()> {
@@ -230,6 +299,44 @@ mod tests {
         );
         // Runs of consecutive columns would have kept 3, 4 and 7, 8.
         assert_ne!(nm_mask(&m, 2, 4, 2).unwrap(), nm_mask(&m, 2, 4, 1).unwrap());
+    }
+
+    #[test]
+    fn scores_rank_in_place_of_magnitude() {
+        // Scores that reverse the magnitudes reverse every choice; ties still prune the earlier.
+        let m = WeightMatrix::new(2, 4, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]).unwrap();
+        let rev = |v: &[f32]| v.iter().map(|x| 10.0 - f64::from(*x)).collect::<Vec<f64>>();
+        let s = WeightScores::new(rev(m.data()), vec![2.0, 1.0]).unwrap();
+        let un = Sparsity::Unstructured(50);
+        assert_eq!(
+            mask_scored(&m, &un, 1, Some(&s)).unwrap(),
+            [vec![true; 4], vec![false; 4]].concat()
+        );
+        assert_eq!(
+            mask_scored(&m, &Sparsity::NM { n: 2, m: 4 }, 1, Some(&s)).unwrap(),
+            vec![true, true, false, false, true, true, false, false]
+        );
+        // Rows by their row scores: row 1 scores less, so it goes (its norm is the larger).
+        assert_eq!(
+            channel_mask_scored(&m, 50, Some(&s)).unwrap(),
+            vec![true, false]
+        );
+        assert_eq!(channel_mask(&m, 50).unwrap(), vec![false, true]);
+        // Scores equal to |w| give the magnitude masks exactly.
+        let mag = WeightScores::new(
+            m.data().iter().map(|x| f64::from(x.abs())).collect(),
+            vec![30.0, 174.0],
+        )
+        .unwrap();
+        for sp in [un, Sparsity::NM { n: 1, m: 2 }, Sparsity::Channels(50)] {
+            assert_eq!(
+                mask_scored(&m, &sp, 1, Some(&mag)).unwrap(),
+                mask(&m, &sp, 1).unwrap()
+            );
+        }
+        // Scores of another shape are refused.
+        let bad = WeightScores::new(vec![1.0; 4], vec![1.0]).unwrap();
+        assert!(mask_scored(&m, &un, 1, Some(&bad)).is_err());
     }
 
     #[test]

@@ -4,14 +4,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::{metrics, EvalSplit, Evaluation, Evaluator};
 use crate::compress::{
     self, CompressCache, CompressSettings, LayerInputs, RangeMethod, Rounding, ScaleMethod,
 };
+use crate::compress::{Importance, ImportanceSums, LayerScores};
 use crate::data::{Batch, SplitSizes};
 use crate::error::{Error, Result};
+use crate::model::gradients::{chunk_gradients, CalibrationLoss};
 use crate::model::{ForwardCtx, LayerKernel, LayerOverride, Model, ModelKind, Overrides};
 use crate::space::{ActQuant, Assignment, Choice, LayerInfo, LayerKind};
 
@@ -33,6 +35,10 @@ pub struct EvalData {
     pub held_out_labels: Option<Vec<u32>>,
     /// The calibration split (static activation ranges, layer statistics).
     pub calibration: Vec<Batch>,
+    /// True labels of the calibration samples, in order (classifiers; gradient importance takes
+    /// its cross-entropy on them). Not part of [`EvalData::fingerprint`]: a setting that reads them
+    /// is in the evaluator's.
+    pub calibration_labels: Option<Vec<u32>>,
     /// Samples in each split.
     pub sizes: SplitSizes,
     /// Hash of the data's content: every split, and which sample is in which.
@@ -48,6 +54,8 @@ pub struct EvalSettings {
     pub rounding: Rounding,
     /// How static activation ranges are calibrated.
     pub act_range: RangeMethod,
+    /// How pruning ranks weights (magnitude, or gradient scores on the calibration split).
+    pub importance: Importance,
     /// Bytes of compressed weights kept in memory.
     pub cache_bytes: usize,
 }
@@ -58,6 +66,7 @@ impl Default for EvalSettings {
             scale: ScaleMethod::Mse,
             rounding: Rounding::Rtn,
             act_range: RangeMethod::MinMax,
+            importance: Importance::Magnitude,
             cache_bytes: 1 << 30,
         }
     }
@@ -71,14 +80,19 @@ impl EvalSettings {
         if self.rounding != Rounding::Rtn {
             d.push_str(&format!(";rounding={}", self.rounding));
         }
+        // Likewise magnitude importance, the only one before importance was a setting.
+        if !self.importance.is_magnitude() {
+            d.push_str(&format!(";importance={}", self.importance));
+        }
         d
     }
 
-    /// How weights are compressed: the scale method and the rounding.
+    /// How weights are compressed: the scale method, the rounding and the pruning importance.
     pub fn compress(&self) -> CompressSettings {
         CompressSettings {
             scale: self.scale,
             rounding: self.rounding,
+            importance: self.importance,
         }
     }
 }
@@ -100,6 +114,9 @@ pub struct CandleEvaluator {
     /// Input statistics (`H`) and static activation ranges per layer, from one capture of the
     /// calibration split on first use.
     calibration: OnceLock<Result<Calibration>>,
+    /// Pruning importance scores per layer (gradient importance), from the calibration split on
+    /// first use.
+    scores: OnceLock<std::result::Result<LayerScores, String>>,
     fingerprint: blake3::Hash,
 }
 
@@ -119,6 +136,12 @@ impl CandleEvaluator {
             return Err(Error::Eval {
                 message: format!("no evaluation data ({})", data.description),
             });
+        }
+        if settings.importance.needs_gradients() {
+            // Refused up front, not at the first pruned layer: the loss needs labels or embeddings.
+            let labels = data.calibration_labels.as_ref().map(|_| &[][..]);
+            let what = format!("--importance {}", settings.importance);
+            CalibrationLoss::for_kind(model.inventory().kind, labels, &what)?;
         }
         let reference = reference_outputs(model.as_ref(), &data.eval, data.labels.as_deref())?;
         let weights = model
@@ -145,6 +168,7 @@ impl CandleEvaluator {
             proxies: Mutex::new(HashMap::new()),
             weights,
             calibration: OnceLock::new(),
+            scores: OnceLock::new(),
             fingerprint,
         })
     }
@@ -263,6 +287,35 @@ impl CandleEvaluator {
         self.calibration().map(|c| &c.inputs)
     }
 
+    /// Every layer's pruning importance scores under the settings' gradient importance
+    /// ([`compress::Importance`]), from the gradients of the calibration loss on the calibration
+    /// split, one sample per backward pass; computed on the first call and kept. An error for
+    /// magnitude importance (which needs no scores) and for models it does not cover.
+    pub fn weight_scores(&self) -> Result<&LayerScores> {
+        let importance = self.settings.importance;
+        if !importance.needs_gradients() {
+            return Err(Error::eval(format!(
+                "{importance} importance ranks weights by themselves: it has no scores"
+            )));
+        }
+        self.scores
+            .get_or_init(|| {
+                importance_scores(
+                    self.model.as_ref(),
+                    &self.data,
+                    importance,
+                    IMPORTANCE_CHUNK,
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|message| {
+                Error::eval(format!(
+                    "{importance} importance scores on the calibration split: {message}"
+                ))
+            })
+    }
+
     /// The input statistics and static ranges, from one capture of the calibration split (the first
     /// call captures, later ones share the result).
     fn calibration(&self) -> Result<&Calibration> {
@@ -363,17 +416,22 @@ impl CandleEvaluator {
         } else {
             None
         };
+        let scores = if settings.needs_scores(choice) {
+            self.weight_scores()?.get(&l.name).map(AsRef::as_ref)
+        } else {
+            None
+        };
         let deployed = match purpose {
             Purpose::Evaluate => choice.weights.ggml().is_some(),
             Purpose::Deploy => !compress::deploys_dense(choice),
         };
         if deployed && l.kind != LayerKind::Embedding {
             let kernel = self.cache.get_or_build(&l.name, choice, settings, || {
-                compress::deploy_kernel(original, choice, &settings, inputs)?.ok_or_else(|| {
-                    Error::Eval {
+                compress::deploy_kernel(original, choice, &settings, inputs, scores)?.ok_or_else(
+                    || Error::Eval {
                         message: format!("`{choice}` builds no kernel for layer `{}`", l.name),
-                    }
-                })
+                    },
+                )
             })?;
             // Quality: the kernel's arithmetic, computed densely (same blocks, f32 summation order).
             return Ok(Some(match purpose {
@@ -383,7 +441,7 @@ impl CandleEvaluator {
         }
         let weight = self
             .cache
-            .get_or_apply_with(&l.name, original, choice, &settings, inputs)?;
+            .get_or_apply_with(&l.name, original, choice, &settings, inputs, scores)?;
         Ok(Some(LayerKernel::Dense(weight)))
     }
 }
@@ -521,6 +579,59 @@ impl Calibration {
     }
 }
 
+/// Samples per backward pass of the importance scores: one, the per-sample gradients the Taylor and
+/// Fisher criteria are defined on (see [`compress::Importance`]).
+pub const IMPORTANCE_CHUNK: usize = 1;
+
+/// Every layer's scores under `importance` from the gradients of `model`'s calibration loss on
+/// `data`'s calibration split, in chunks of `chunk` samples ([`crate::model::gradients`]).
+pub fn importance_scores(
+    model: &dyn Model,
+    data: &EvalData,
+    importance: compress::Importance,
+    chunk: usize,
+) -> Result<LayerScores> {
+    let labels: Option<Vec<Tensor>> = match &data.calibration_labels {
+        Some(all) => {
+            let mut at = 0;
+            let mut out = Vec::with_capacity(data.calibration.len());
+            for b in &data.calibration {
+                let n = b.len();
+                let part = all.get(at..at + n).ok_or_else(|| {
+                    Error::eval(format!(
+                        "{} calibration labels for more calibration samples",
+                        all.len()
+                    ))
+                })?;
+                out.push(Tensor::new(part, &candle_core::Device::Cpu)?);
+                at += n;
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let inventory = model.inventory();
+    let what = format!("--importance {importance}");
+    let loss = CalibrationLoss::for_kind(inventory.kind, labels.as_deref(), &what)?;
+    let mut sums: Vec<ImportanceSums> = inventory
+        .layers
+        .iter()
+        .map(|l| {
+            let w = model.weight(&l.name)?.flatten_all()?.to_dtype(DType::F32)?;
+            ImportanceSums::new(importance, w.to_vec1::<f32>()?, l.shape[0])
+        })
+        .collect::<Result<_>>()?;
+    chunk_gradients(model, &data.calibration, loss, chunk, &mut |i, g, size| {
+        sums[i].add(g, size)
+    })?;
+    inventory
+        .layers
+        .iter()
+        .zip(sums)
+        .map(|(l, s)| Ok((l.name.clone(), Arc::new(s.finish()?))))
+        .collect()
+}
+
 /// What the evaluator keeps of the uncompressed model's outputs on a split.
 enum Reference {
     /// Its output rows (class logits, embeddings).
@@ -621,6 +732,7 @@ impl EvalData {
             held_out: vec![Batch::Images(held_out.images.clone())],
             held_out_labels: Some(held_out.classes().to_vec()),
             calibration: vec![Batch::Images(calibration.images.clone())],
+            calibration_labels: Some(calibration.classes().to_vec()),
             sizes,
             fingerprint: h.finalize(),
         })
@@ -659,6 +771,7 @@ impl EvalData {
             held_out: tokenize(&split.held_out)?,
             held_out_labels: None,
             calibration: tokenize(&split.calibration)?,
+            calibration_labels: None,
             sizes,
             fingerprint: h.finalize(),
         })
@@ -724,6 +837,7 @@ impl EvalData {
             held_out: batches(&split.held_out)?,
             held_out_labels: Some(next(&split.held_out)),
             calibration: batches(&split.calibration)?,
+            calibration_labels: None,
             sizes,
             fingerprint: h.finalize(),
         })

@@ -28,7 +28,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use self::candle::{check_data, load, CandleEvaluator, EvalData, EvalSettings, SENTENCE_BATCH};
+pub use self::candle::{
+    check_data, importance_scores, load, CandleEvaluator, EvalData, EvalSettings, IMPORTANCE_CHUNK,
+    SENTENCE_BATCH,
+};
 pub use self::deploy::{describe_deployment, describe_kernel, describe_layer, DeployedLayer};
 use crate::error::{Error, Result};
 use crate::space::Assignment;

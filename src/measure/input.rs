@@ -177,6 +177,7 @@ mod tests {
             held_out: Vec::new(),
             held_out_labels: None,
             calibration: Vec::new(),
+            calibration_labels: None,
             sizes: SplitSizes {
                 calibration: 0,
                 search: 0,

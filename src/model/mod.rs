@@ -10,6 +10,7 @@ pub mod demo;
 mod emulate;
 pub mod forward;
 pub mod gguf;
+pub mod gradients;
 mod inventory;
 pub mod llama;
 mod q8;

@@ -528,6 +528,7 @@ pub fn evaluator_settings(config: &RunConfig) -> EvalSettings {
     EvalSettings {
         scale: config.scale,
         rounding: config.rounding,
+        importance: config.importance,
         ..EvalSettings::default()
     }
 }

@@ -116,10 +116,20 @@ pub fn cheap(
 
 /// Every layer's statistics on `ev`'s calibration split: the evaluator's input statistics and, when
 /// `space` offers activation quantization anywhere, the activation term, accumulated in one more pass
-/// over that split (with the evaluator's static ranges when `space` offers `act8-static`).
+/// over that split (with the evaluator's static ranges when `space` offers `act8-static`); with the
+/// evaluator's importance scores when it prunes by a gradient importance and `space` prunes anywhere.
 fn capture(ev: &CandleEvaluator, space: &SearchSpace) -> Result<Vec<LayerStats>> {
     let model = ev.model().as_ref();
-    let stats = LayerStats::for_model(model, ev.input_stats()?)?;
+    let mut stats = LayerStats::for_model(model, ev.input_stats()?)?;
+    let settings = ev.settings().compress();
+    if space
+        .groups
+        .iter()
+        .flat_map(|g| &g.choices)
+        .any(|c| settings.needs_scores(c))
+    {
+        stats = LayerStats::with_scores(stats, ev.weight_scores()?)?;
+    }
     let acts: Vec<ActQuant> = space
         .groups
         .iter()

@@ -60,13 +60,13 @@
 //!   approximation for natural gradient descent", NeurIPS 2019 (what the empirical Fisher is and is
 //!   not).
 
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 
 use crate::compress::ScaleMethod;
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::model::{ForwardCtx, LayerKernel, LayerOverride, Model, Overrides};
+use crate::model::gradients::{chunk_gradients, CalibrationLoss};
+use crate::model::Model;
 use crate::space::{LayerInfo, SearchSpace};
 
 /// The chunk size [`FisherDiagonal::estimate`] is meant to be called with unless there is a reason not
@@ -114,43 +114,27 @@ impl FisherDiagonal {
             .iter()
             .map(|l| model.weight(&l.name))
             .collect::<Result<_>>()?;
-        let vars: Vec<Var> = weights
-            .iter()
-            .map(|w| Var::from_tensor(&w.to_dtype(DType::F32)?))
-            .collect::<candle_core::Result<_>>()?;
-        let overrides: Overrides = layers
-            .iter()
-            .zip(&vars)
-            .map(|(l, v)| {
-                let o = LayerOverride {
-                    kernel: Some(LayerKernel::Dense(v.as_tensor().clone())),
-                    ..LayerOverride::default()
-                };
-                (l.name.clone(), o)
-            })
-            .collect();
-        let ctx = ForwardCtx {
-            overrides: Some(&overrides),
-            capture: None,
-            timer: None,
-        };
+        let (inputs, labels): (Vec<Batch>, Vec<Tensor>) = batches.iter().cloned().unzip();
         let mut sums = GradientSums::new(layers);
-        for (batch, labels) in batches {
-            let n = batch.len();
-            if labels.dims() != [n] {
-                return Err(Error::sensitivity(format!(
-                    "fisher: a batch of {n} samples has labels of shape {:?}, expected [{n}]",
-                    labels.dims()
-                )));
-            }
-            for start in (0..n).step_by(chunk) {
-                let size = chunk.min(n - start);
-                let (b, y) = (narrow(batch, start, size)?, labels.narrow(0, start, size)?);
-                let logits = model.forward(&b, &ctx)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &y.to_dtype(DType::U32)?)?;
-                sums.add(&loss.backward()?, &vars, size)?;
-            }
-        }
+        let (samples, chunks) = chunk_gradients(
+            model,
+            &inputs,
+            CalibrationLoss::CrossEntropy(&labels),
+            chunk,
+            &mut |i, g, size| {
+                sums.add(i, g, size);
+                Ok(())
+            },
+        )
+        .map_err(|e| match e {
+            Error::Eval { message } => Error::sensitivity(format!(
+                "fisher: {}",
+                message.trim_start_matches("gradients: ")
+            )),
+            e => e,
+        })?;
+        sums.samples = samples;
+        sums.chunks = chunks;
         sums.finish(layers, weights)
     }
 
@@ -227,23 +211,15 @@ impl GradientSums {
         }
     }
 
-    /// Adds the mean-loss gradients of one chunk of `size` samples with respect to `vars`.
-    fn add(&mut self, store: &GradStore, vars: &[Var], size: usize) -> Result<()> {
-        for (i, v) in vars.iter().enumerate() {
-            // A layer the loss does not depend on has no gradient: it adds zeros.
-            let Some(gc) = store.get(v.as_tensor()) else {
-                continue;
-            };
-            let gc = gc.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            let w = size as f64;
-            for ((f, g), &x) in self.fisher[i].iter_mut().zip(&mut self.grad[i]).zip(&gc) {
-                *f += w * x * x;
-                *g += w * x;
-            }
+    /// Adds layer `i`'s mean-loss gradient over one chunk of `size` samples (a layer the loss does
+    /// not reach gets no call: it adds zeros).
+    fn add(&mut self, i: usize, gc: &[f32], size: usize) {
+        let w = size as f64;
+        for ((f, g), &x) in self.fisher[i].iter_mut().zip(&mut self.grad[i]).zip(gc) {
+            let x = f64::from(x);
+            *f += w * x * x;
+            *g += w * x;
         }
-        self.samples += size;
-        self.chunks += 1;
-        Ok(())
     }
 
     /// The estimate: the sums over the samples, with each layer's `weights` (in `layers`' order).
@@ -318,17 +294,6 @@ impl LayerFisher {
 
 fn flat_f64(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
-}
-
-/// Samples `start..start + len` of a batch.
-fn narrow(batch: &Batch, start: usize, len: usize) -> Result<Batch> {
-    Ok(match batch {
-        Batch::Images(t) => Batch::Images(t.narrow(0, start, len)?),
-        Batch::Tokens { ids, mask } => Batch::Tokens {
-            ids: ids.narrow(0, start, len)?,
-            mask: mask.narrow(0, start, len)?,
-        },
-    })
 }
 
 /// The Fisher error of every (group, choice) of `space`: the sum over the group's layers of their

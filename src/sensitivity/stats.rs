@@ -71,6 +71,7 @@ use faer::{Accum, Mat, Par};
 use super::{Checkpoint, NoCheckpoint};
 use crate::compress::{
     input_rows, quantize_activation, CompressSettings, InputAccumulator, InputStats, LayerInputs,
+    LayerScores, WeightScores,
 };
 use crate::data::Batch;
 use crate::error::{Error, Result};
@@ -97,6 +98,9 @@ pub struct LayerStats {
     rows: usize,
     cols: usize,
     inputs: Arc<InputStats>,
+    /// Pruning importance scores of the weight, when compression ranks by a gradient importance
+    /// ([`LayerStats::with_scores`]).
+    scores: Option<Arc<WeightScores>>,
     /// `trace(W H Wᵀ)`: the squared norm of the weight's part of the calibration outputs.
     reference: f64,
     /// The activation quantization's output energy (`None` for an embedding, or when the statistics
@@ -224,9 +228,25 @@ impl LayerStats {
             rows,
             cols,
             inputs,
+            scores: None,
             reference,
             act: None,
         })
+    }
+
+    /// `stats` with every layer's pruning importance scores from `scores` (an error names a layer
+    /// without any), for compression settings with a gradient importance.
+    pub fn with_scores(stats: Vec<LayerStats>, scores: &LayerScores) -> Result<Vec<LayerStats>> {
+        stats
+            .into_iter()
+            .map(|mut s| {
+                let found = scores.get(&s.info.name).ok_or_else(|| {
+                    Error::sensitivity(format!("no importance scores for layer `{}`", s.info.name))
+                })?;
+                s.scores = Some(Arc::clone(found));
+                Ok(s)
+            })
+            .collect()
     }
 
     /// The layer.
@@ -499,6 +519,10 @@ pub(crate) trait LayerMeasure: Sync {
     fn inputs(&self) -> Option<&InputStats> {
         None
     }
+    /// The layer's pruning importance scores, for compression settings that need them.
+    fn scores(&self) -> Option<&WeightScores> {
+        None
+    }
 }
 
 impl LayerMeasure for LayerStats {
@@ -513,6 +537,9 @@ impl LayerMeasure for LayerStats {
     }
     fn inputs(&self) -> Option<&InputStats> {
         Some(&self.inputs)
+    }
+    fn scores(&self) -> Option<&WeightScores> {
+        self.scores.as_deref()
     }
 }
 
@@ -564,7 +591,13 @@ pub(crate) fn errors_per_choice<M: LayerMeasure>(
             let errs: Vec<f64> = distinct
                 .par_iter()
                 .map(|c| {
-                    let w = crate::compress::apply_with(&original, c, settings, s.inputs())?;
+                    let w = crate::compress::apply_with(
+                        &original,
+                        c,
+                        settings,
+                        s.inputs(),
+                        s.scores(),
+                    )?;
                     s.error(&w)
                 })
                 .collect::<Result<_>>()?;

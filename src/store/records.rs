@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compress::{Rounding, ScaleMethod};
+use crate::compress::{Importance, Rounding, ScaleMethod};
 use crate::cost::{Cost, Objective};
 use crate::data::SplitSizes;
 use crate::sensitivity::{Measurement, Pairs};
@@ -81,6 +81,10 @@ pub struct RunConfig {
     /// Round-to-nearest is not written, so that those manifests are rewritten byte for byte.
     #[serde(default, skip_serializing_if = "Rounding::is_rtn")]
     pub rounding: Rounding,
+    /// How pruning ranks weights (manifests written before this setting existed: by magnitude).
+    /// Magnitude is not written, so that those manifests are rewritten byte for byte.
+    #[serde(default, skip_serializing_if = "Importance::is_magnitude")]
+    pub importance: Importance,
     /// Sensitivity pairs measured one at a time before the search: `auto` (the frugal set-up) or at
     /// most a number (manifests written before `auto` existed hold a number).
     pub pairs: Pairs,
@@ -118,6 +122,7 @@ impl Default for RunConfig {
             time_seconds: None,
             scale: ScaleMethod::Mse,
             rounding: Rounding::Rtn,
+            importance: Importance::Magnitude,
             pairs: Pairs::Auto,
             fidelity: None,
             refine: true,

@@ -10,10 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use mpsearch::compress::{Rounding, ScaleMethod};
+use mpsearch::compress::{Importance, Rounding, ScaleMethod};
 use mpsearch::eval::{metrics, CandleEvaluator, EvalData, Evaluator};
 use mpsearch::export::safetensors::{
     load_compressed, max_difference, read_compressed, write_compressed, ExportInfo,
+    LayerCalibration,
 };
 use mpsearch::model::{ForwardCtx, LayerKernel, LayerOverride, Model, ModelSource, Overrides};
 use mpsearch::space::{Assignment, Choice};
@@ -499,7 +500,14 @@ fn every_compact_form_reads_back_exactly() {
         let asg = Assignment::new(a.iter().map(|(l, c)| (l.to_string(), c.parse().unwrap())));
         let path = d.path().join(format!("a{i}.safetensors"));
         let info = hand_export(i as u64, &asg);
-        let s = write_compressed(ev.model().as_ref(), &asg, &info, None, &path).unwrap();
+        let s = write_compressed(
+            ev.model().as_ref(),
+            &asg,
+            &info,
+            &LayerCalibration::default(),
+            &path,
+        )
+        .unwrap();
         let (evaluated, reproduced) = check_weights(&path, &ev, &data, &asg);
         assert!(
             close(evaluated, reproduced, QUALITY_REL_TOL),
@@ -561,7 +569,14 @@ fn conv_nm_is_stored_along_input_channels() {
     let asg = Assignment::new([("conv2".to_string(), "f32+2:4".parse().unwrap())]);
     let path = d.path().join("nm.safetensors");
     let info = hand_export(0, &asg);
-    write_compressed(ev.model().as_ref(), &asg, &info, None, &path).unwrap();
+    write_compressed(
+        ev.model().as_ref(),
+        &asg,
+        &info,
+        &LayerCalibration::default(),
+        &path,
+    )
+    .unwrap();
     let w = load_compressed(&path).unwrap()["conv2"]
         .flatten_all()
         .unwrap()
@@ -667,6 +682,7 @@ fn hand_export(trial: u64, asg: &Assignment) -> ExportInfo {
         space: "none".into(),
         scale: ScaleMethod::Mse,
         rounding: Rounding::Rtn,
+        importance: Importance::Magnitude,
     }
 }
 
@@ -693,7 +709,7 @@ fn ggml_layers_are_stored_as_their_blocks_and_read_back_exactly() {
             model.as_ref(),
             &asg,
             &hand_export(i as u64, &asg),
-            None,
+            &LayerCalibration::default(),
             &path,
         )
         .unwrap();

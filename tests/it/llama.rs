@@ -576,6 +576,7 @@ fn every_compression_path_runs_on_a_decoder() {
         held_out: vec![batch(&[vec![3, 4, 5]])],
         held_out_labels: Some(vec![4, 5, NO_TARGET]),
         calibration: vec![batch(&[vec![1, 2, 3, 4, 5, 6], vec![259, 260]])],
+        calibration_labels: None,
         sizes: mpsearch::data::SplitSizes {
             calibration: 2,
             search: 2,

@@ -11,6 +11,7 @@ mod demo;
 mod eval;
 mod export;
 mod fisher;
+mod importance;
 mod kernels;
 mod llama;
 mod measure;

@@ -84,7 +84,11 @@ fn identity(cols: usize) -> InputStats {
 }
 
 fn settings(scale: ScaleMethod, rounding: Rounding) -> CompressSettings {
-    CompressSettings { scale, rounding }
+    CompressSettings {
+        scale,
+        rounding,
+        ..CompressSettings::default()
+    }
 }
 
 fn gptq(act_order: bool) -> Rounding {
@@ -93,7 +97,7 @@ fn gptq(act_order: bool) -> Rounding {
 
 /// The integer form of `w` under `c` (one factor).
 fn quantized(w: &Tensor, c: &Choice, s: CompressSettings, h: &InputStats) -> QuantizedWeight {
-    compress_with(w, c, &s, Some(h)).unwrap().quantized()[0]
+    compress_with(w, c, &s, Some(h), None).unwrap().quantized()[0]
         .clone()
         .unwrap()
 }
@@ -101,7 +105,7 @@ fn quantized(w: &Tensor, c: &Choice, s: CompressSettings, h: &InputStats) -> Qua
 /// `trace(ΔW H ΔWᵀ)` of the compressed weight.
 fn output_error(w: &Tensor, c: &Choice, s: CompressSettings, h: &InputStats) -> f64 {
     let (rows, cols) = w.dims2().unwrap();
-    let w2 = compress_with(w, c, &s, Some(h))
+    let w2 = compress_with(w, c, &s, Some(h), None)
         .unwrap()
         .to_tensor()
         .unwrap();
@@ -191,7 +195,7 @@ fn gptq_keeps_pruned_weights_at_zero_and_embeddings_round_to_nearest() {
         "int3-asym-channel+sparse50",
         "int4-sym-channel+channels25",
     ] {
-        let cw = compress_with(&w, &choice(c), &s, Some(&h)).unwrap();
+        let cw = compress_with(&w, &choice(c), &s, Some(&h), None).unwrap();
         for (f, keep) in cw.factors().iter().zip(cw.masks()) {
             for (v, &k) in f.data().iter().zip(keep) {
                 assert!(k || *v == 0.0, "{c}: a pruned weight is {v}");
@@ -199,7 +203,7 @@ fn gptq_keeps_pruned_weights_at_zero_and_embeddings_round_to_nearest() {
         }
     }
     // Dead inputs: their weights are zeroed, as the reference does.
-    let cw = compress_with(&w, &choice("int4-sym-channel"), &s, Some(&h)).unwrap();
+    let cw = compress_with(&w, &choice("int4-sym-channel"), &s, Some(&h), None).unwrap();
     for r in 0..rows {
         assert_eq!(cw.factors()[0].row(r)[3], 0.0);
         assert_eq!(cw.factors()[0].row(r)[40], 0.0);
@@ -258,12 +262,12 @@ fn output_scales_and_gptq_need_input_statistics() {
         settings(ScaleMethod::Output, Rounding::Rtn),
         settings(ScaleMethod::Mse, gptq(false)),
     ] {
-        let err = compress_with(&w, &choice("int4-sym-channel"), &s, None)
+        let err = compress_with(&w, &choice("int4-sym-channel"), &s, None, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("input statistics"), "{err}");
         // Float formats do not round to a grid: they need nothing.
-        compress_with(&w, &choice("f16+2:4"), &s, None).unwrap();
+        compress_with(&w, &choice("f16+2:4"), &s, None, None).unwrap();
     }
     // Statistics of the wrong size are refused.
     let err = compress_with(
@@ -271,6 +275,7 @@ fn output_scales_and_gptq_need_input_statistics() {
         &choice("int4-sym-channel"),
         &settings(ScaleMethod::Mse, gptq(false)),
         Some(&identity(9)),
+        None,
     )
     .unwrap_err()
     .to_string();

@@ -169,7 +169,8 @@ fn deploy(
         if *choice != Choice::F32 {
             let w = model.weight(&info.name)?;
             // A factor whose in-features a block format does not fit: not this layer.
-            let Ok(kernel) = deploy_kernel(&w, choice, &CompressSettings::default(), None) else {
+            let Ok(kernel) = deploy_kernel(&w, choice, &CompressSettings::default(), None, None)
+            else {
                 continue;
             };
             overrides.insert(

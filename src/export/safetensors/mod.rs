@@ -63,7 +63,8 @@
 //! The `__metadata__` records: `format` (`mpsearch-compressed-weights`), `format_version`, the run, trial
 //! (and front point), assignment hash, quality (search split; `held_out_quality` too when known) and its
 //! metric, cost objective, model, space, scale method and rounding (`rtn`, `gptq`: the weights are those
-//! the run evaluated, GPTQ's from the same calibration statistics), the whole assignment JSON, `layers`
+//! the run evaluated, GPTQ's from the same calibration statistics), pruning importance (`magnitude`,
+//! `taylor`, `fisher`: the masks are the run's, from the same calibration gradients), the whole assignment JSON, `layers`
 //! (per layer: its choice, shape, and per factor its rows, columns, format, pattern and stored-value
 //! count), `not_included` (the layers left out) and `reconstruct` (these rules in short).
 
@@ -76,8 +77,8 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use self::read::{load_compressed, read_bytes, read_compressed};
-pub use self::write::{compressed_bytes, write_compressed};
-use crate::compress::{Rounding, ScaleMethod};
+pub use self::write::{compressed_bytes, write_compressed, LayerCalibration};
+use crate::compress::{Importance, Rounding, ScaleMethod};
 use crate::error::Result;
 use crate::space::{Choice, Granularity, Sparsity};
 
@@ -123,6 +124,8 @@ pub struct ExportInfo {
     pub scale: ScaleMethod,
     /// How integer weights were rounded.
     pub rounding: Rounding,
+    /// How pruning ranked the weights.
+    pub importance: Importance,
 }
 
 /// What [`write_compressed`] wrote.

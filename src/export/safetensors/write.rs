@@ -12,8 +12,8 @@ use super::{
     RECONSTRUCT,
 };
 use crate::compress::{
-    compress_with, factor_kernel, CompressSettings, CompressedWeight, LayerInputs, QuantizedWeight,
-    WeightMatrix,
+    compress_with, factor_kernel, CompressSettings, CompressedWeight, LayerInputs, LayerScores,
+    QuantizedWeight, WeightMatrix,
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -34,18 +34,28 @@ struct Owned {
     data: Vec<u8>,
 }
 
-/// The file's bytes for `assignment` on `model` (see the module docs), and what it holds. `inputs`
-/// are the layers' calibration statistics, needed when `info`'s scale method or rounding uses them
-/// ([`CompressSettings::uses_inputs`]).
+/// What the calibration data says about the layers, for compressing them as the evaluator did: the
+/// input statistics, needed when the scale method or rounding uses them
+/// ([`CompressSettings::uses_inputs`]), and the importance scores, needed when pruning ranks by a
+/// gradient importance.
+#[derive(Clone, Debug, Default)]
+pub struct LayerCalibration {
+    pub inputs: Option<LayerInputs>,
+    pub scores: Option<LayerScores>,
+}
+
+/// The file's bytes for `assignment` on `model` (see the module docs), and what it holds.
+/// `calibration` holds what `info`'s settings need ([`LayerCalibration`]).
 pub fn compressed_bytes(
     model: &dyn Model,
     assignment: &Assignment,
     info: &ExportInfo,
-    inputs: Option<&LayerInputs>,
+    calibration: &LayerCalibration,
 ) -> Result<(Vec<u8>, WriteSummary, BTreeMap<String, Tensor>)> {
     let settings = CompressSettings {
         scale: info.scale,
         rounding: info.rounding,
+        importance: info.importance,
     };
     let mut tensors = Vec::new();
     let mut records = BTreeMap::new();
@@ -58,8 +68,13 @@ pub fn compressed_bytes(
             continue;
         }
         let w = model.weight(&l.name)?;
-        let stats = inputs.and_then(|i| i.get(&l.name)).map(AsRef::as_ref);
-        let c = compress_with(&w, &choice, &settings, stats)?;
+        let stats = (calibration.inputs.as_ref())
+            .and_then(|i| i.get(&l.name))
+            .map(AsRef::as_ref);
+        let scores = (calibration.scores.as_ref())
+            .and_then(|s| s.get(&l.name))
+            .map(AsRef::as_ref);
+        let c = compress_with(&w, &choice, &settings, stats, scores)?;
         // A GGML format's blocks are quantized from the factors before quantization: the same
         // factorization and removed rows, kept in f32.
         let unquantized = match choice.weights {
@@ -71,6 +86,7 @@ pub fn compressed_bytes(
                 },
                 &settings,
                 stats,
+                scores,
             )?),
             _ => None,
         };
@@ -119,6 +135,7 @@ fn metadata(
         ("space".into(), info.space.clone()),
         ("scale".into(), info.scale.to_string()),
         ("rounding".into(), info.rounding.to_string()),
+        ("importance".into(), info.importance.to_string()),
         ("assignment".into(), assignment.to_json_string()),
         (
             "layers".into(),
@@ -149,16 +166,16 @@ fn metadata(
 }
 
 /// Writes the compressed weights of `assignment` on `model` to `path` atomically, then reads the file
-/// back and checks that it reproduces the compressed weights bit for bit (`inputs`: see
+/// back and checks that it reproduces the compressed weights bit for bit (`calibration`: see
 /// [`compressed_bytes`]).
 pub fn write_compressed(
     model: &dyn Model,
     assignment: &Assignment,
     info: &ExportInfo,
-    inputs: Option<&LayerInputs>,
+    calibration: &LayerCalibration,
     path: &Path,
 ) -> Result<WriteSummary> {
-    let (bytes, summary, dense) = compressed_bytes(model, assignment, info, inputs)?;
+    let (bytes, summary, dense) = compressed_bytes(model, assignment, info, calibration)?;
     let back = read_bytes(&bytes, path)?;
     for (name, t) in &dense {
         let Some(b) = back.weights.get(name) else {
