@@ -40,6 +40,13 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
             a.strategy.kind().name()
         );
     }
+    if config.importance.needs_gradients() {
+        eprintln!(
+            "pruning importance: {} — scores from one backward pass per calibration sample, taken \
+             once before the cheap errors (seconds on the demo, about a minute on MiniLM-L6)",
+            config.importance
+        );
+    }
     let stop = drive::stop_flag()?;
     let time = config.time_seconds;
     let created = search::create(
