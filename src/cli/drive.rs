@@ -114,6 +114,7 @@ pub fn setup_progress(
             bar.reset();
             bar.set_length(t as u64);
             bar.set_message(match p {
+                SetupPhase::Importance => "pruning importance: calibration gradients",
                 SetupPhase::CheapErrors => "sensitivity: cheap errors",
                 SetupPhase::Measurements => "sensitivity: one at a time",
                 SetupPhase::Frugal => "sensitivity: one at a time (frugal, at most)",
@@ -136,7 +137,7 @@ pub fn setup_progress(
         }
         // The set-up's time, said up front (also without a terminal, where no bar is drawn): from the
         // first measurements' pace.
-        let measuring = p != SetupPhase::CheapErrors;
+        let measuring = matches!(p, SetupPhase::Measurements | SetupPhase::Frugal);
         if measuring && !told && d >= 2 && d < t {
             told = true;
             let each = started.elapsed().as_secs_f64() / d as f64;

@@ -292,6 +292,15 @@ impl CandleEvaluator {
     /// split, one sample per backward pass; computed on the first call and kept. An error for
     /// magnitude importance (which needs no scores) and for models it does not cover.
     pub fn weight_scores(&self) -> Result<&LayerScores> {
+        self.weight_scores_with(&mut |_, _| {})
+    }
+
+    /// [`CandleEvaluator::weight_scores`], calling `progress(samples done, samples)` after each
+    /// backward pass when they are computed now.
+    pub fn weight_scores_with(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<&LayerScores> {
         let importance = self.settings.importance;
         if !importance.needs_gradients() {
             return Err(Error::eval(format!(
@@ -305,6 +314,7 @@ impl CandleEvaluator {
                     &self.data,
                     importance,
                     IMPORTANCE_CHUNK,
+                    progress,
                 )
                 .map_err(|e| e.to_string())
             })
@@ -584,12 +594,14 @@ impl Calibration {
 pub const IMPORTANCE_CHUNK: usize = 1;
 
 /// Every layer's scores under `importance` from the gradients of `model`'s calibration loss on
-/// `data`'s calibration split, in chunks of `chunk` samples ([`crate::model::gradients`]).
+/// `data`'s calibration split, in chunks of `chunk` samples ([`crate::model::gradients`]);
+/// `progress(samples done, samples)` after each chunk.
 pub fn importance_scores(
     model: &dyn Model,
     data: &EvalData,
     importance: compress::Importance,
     chunk: usize,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LayerScores> {
     let labels: Option<Vec<Tensor>> = match &data.calibration_labels {
         Some(all) => {
@@ -621,9 +633,14 @@ pub fn importance_scores(
             ImportanceSums::new(importance, w.to_vec1::<f32>()?, l.shape[0])
         })
         .collect::<Result<_>>()?;
-    chunk_gradients(model, &data.calibration, loss, chunk, &mut |i, g, size| {
-        sums[i].add(g, size)
-    })?;
+    chunk_gradients(
+        model,
+        &data.calibration,
+        loss,
+        chunk,
+        &mut |i, g, size| sums[i].add(g, size),
+        progress,
+    )?;
     inventory
         .layers
         .iter()

@@ -84,14 +84,16 @@ pub type GradientVisitor<'a> = dyn FnMut(usize, &[f32], usize) -> Result<()> + '
 /// Runs `model` on `batches` in chunks of `chunk` samples and calls `visit(layer, gradient, size)`
 /// for every compressible layer (inventory index) with the gradient of the chunk's mean loss,
 /// flattened row-major like the weight, and the chunk's size. A layer the loss does not reach gets
-/// no call for that chunk. Returns the samples and chunks seen. `chunk` 0, labels that do not match
-/// their batch, or no samples at all are errors.
+/// no call for that chunk. `progress(done, total)` is called with the samples done after each chunk.
+/// Returns the samples and chunks seen. `chunk` 0, labels that do not match their batch, or no samples
+/// at all are errors.
 pub fn chunk_gradients(
     model: &dyn Model,
     batches: &[Batch],
     loss: CalibrationLoss<'_>,
     chunk: usize,
     visit: &mut GradientVisitor<'_>,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(usize, usize)> {
     if chunk == 0 {
         return Err(Error::eval("gradients: chunk 0 is outside 1.."));
@@ -131,6 +133,7 @@ pub fn chunk_gradients(
         timer: None,
     };
     let (mut samples, mut chunks) = (0, 0);
+    let total: usize = batches.iter().map(Batch::len).sum();
     for (bi, batch) in batches.iter().enumerate() {
         let n = batch.len();
         for start in (0..n).step_by(chunk) {
@@ -161,6 +164,7 @@ pub fn chunk_gradients(
             }
             samples += size;
             chunks += 1;
+            progress(samples, total);
         }
     }
     if samples == 0 {

@@ -27,6 +27,8 @@ use crate::strategy::{CostLimit, Problem};
 /// What a phase of the set-up is doing, for progress reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetupPhase {
+    /// Pruning importance scores (`--importance taylor|fisher`), counted in calibration samples.
+    Importance,
     /// Cheap per-layer errors (counted in groups).
     CheapErrors,
     /// One-at-a-time measurements (counted in pairs).
@@ -191,6 +193,21 @@ impl Loaded {
         let before = manifest.evaluations;
         let seconds_before = manifest.setup_seconds.unwrap_or(0.0);
         let mut notes = std::mem::take(&mut self.notes);
+        // Gradient importance scores, when a choice of the space needs them: taken here, as a phase
+        // of their own with its progress, rather than silently inside the first pruned compression.
+        let compress = self.evaluator.settings().compress();
+        if (self.space.groups.iter())
+            .flat_map(|g| &g.choices)
+            .any(|c| compress.needs_scores(c))
+        {
+            self.evaluator
+                .weight_scores_with(&mut |d, t| progress(SetupPhase::Importance, d, t))?;
+            if fresh && stop.load(Ordering::SeqCst) {
+                return Err(Error::Interrupted {
+                    run: manifest.name.clone(),
+                });
+            }
+        }
         let build = |predictor: Predictor| self.problem(predictor);
         let measurer = CachingEvaluator::new(self.evaluator.as_ref(), store);
         let (record, setup) = {

@@ -125,6 +125,7 @@ impl FisherDiagonal {
                 sums.add(i, g, size);
                 Ok(())
             },
+            &mut |_, _| {},
         )
         .map_err(|e| match e {
             Error::Eval { message } => Error::sensitivity(format!(

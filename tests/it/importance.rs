@@ -80,7 +80,8 @@ fn taylor_scores_follow_the_per_sample_gradients() {
     // the mean gradient (|ḡ·w|, the first-order term FisherDiagonal::gradient gives), and the two
     // importances rank weights differently.
     let (model, data) = load(&ModelSource::Demo, None).unwrap();
-    let taylor = importance_scores(model.as_ref(), &data, Importance::Taylor, 1).unwrap();
+    let taylor =
+        importance_scores(model.as_ref(), &data, Importance::Taylor, 1, &mut |_, _| {}).unwrap();
     let cal = Digits::load().unwrap().calibration;
     let batches = vec![(Batch::Images(cal.images.clone()), cal.labels.clone())];
     let fd = FisherDiagonal::estimate(model.as_ref(), &batches, 1).unwrap();
@@ -98,7 +99,14 @@ fn taylor_scores_follow_the_per_sample_gradients() {
         assert!(*ti + 1e-12 >= (gi * f64::from(*wi)).abs(), "{ti} < |ḡ·w|");
     }
     // Chunks of the whole split: one chunk, so Σ_c |g_c·w| is exactly |ḡ·w|.
-    let whole = importance_scores(model.as_ref(), &data, Importance::Taylor, 1000).unwrap();
+    let whole = importance_scores(
+        model.as_ref(),
+        &data,
+        Importance::Taylor,
+        1000,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let expect: Vec<f64> = g
         .iter()
         .zip(&w)
