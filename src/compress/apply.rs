@@ -92,9 +92,16 @@ impl CompressSettings {
     }
 
     /// Whether compressing a weight under `choice` needs the layer's importance scores: a gradient
-    /// importance and a choice that prunes.
+    /// importance and a choice that prunes the layer's own weight — `channels<P>` always (it ranks
+    /// the original rows), `sparse<P>` and `N:M` only without `rank<P>` (the factors of a low-rank
+    /// pair are pruned by magnitude).
     pub fn needs_scores(&self, choice: &Choice) -> bool {
-        self.importance.needs_gradients() && choice.sparsity != Sparsity::None
+        self.importance.needs_gradients()
+            && match choice.sparsity {
+                Sparsity::None => false,
+                Sparsity::Channels(_) => true,
+                _ => choice.rank.is_none(),
+            }
     }
 }
 

@@ -64,10 +64,11 @@ pub fn mask_scored(
     }
 }
 
-/// What a value is ranked by: its magnitude, or its score.
+/// What a value is ranked by: its magnitude, or its score and then its magnitude (weights the
+/// calibration gradients never reached all score 0; among them the smaller go first, not the earlier).
 enum Key<'a> {
     Magnitude(&'a [f32]),
-    Scores(&'a [f64]),
+    Scores(&'a [f64], &'a [f32]),
 }
 
 impl<'a> Key<'a> {
@@ -75,24 +76,21 @@ impl<'a> Key<'a> {
         Ok(match scores {
             Some(s) => {
                 s.check_fits(m.rows(), m.cols(), "pruning")?;
-                Key::Scores(s.values())
+                Key::Scores(s.values(), m.data())
             }
             None => Key::Magnitude(m.data()),
         })
     }
 
-    /// The importance of value `i` (`|w|` widened exactly to f64, so magnitude orders as before).
-    fn get(&self, i: usize) -> f64 {
-        match self {
-            Key::Magnitude(d) => f64::from(d[i].abs()),
-            Key::Scores(s) => s[i],
-        }
-    }
-
-    /// Orders positions `a`, `b` from less to more important: smaller key first, and for equal keys
-    /// the earlier position first.
+    /// Orders positions `a`, `b` from less to more important: smaller key first (score, then
+    /// `|w|`), and for equal keys the earlier position first.
     fn order(&self, a: usize, b: usize) -> Ordering {
-        self.get(a).total_cmp(&self.get(b)).then(a.cmp(&b))
+        let magnitude = |d: &[f32]| d[a].abs().total_cmp(&d[b].abs());
+        match self {
+            Key::Magnitude(d) => magnitude(d),
+            Key::Scores(s, d) => s[a].total_cmp(&s[b]).then_with(|| magnitude(d)),
+        }
+        .then(a.cmp(&b))
     }
 }
 
@@ -155,20 +153,16 @@ fn nm_by(
     let runs = cols / kernel / m;
     let mut keep = vec![true; rows * cols];
     for r in 0..rows {
-        let at = |c: usize| key.get(r * cols + c);
+        let at = |c: usize| r * cols + c;
         for p in 0..kernel {
             for run in 0..runs {
                 let col = |t: usize| (run * m + t) * kernel + p;
                 for i in 0..m {
                     // A value is kept when fewer than `n` values of its run are more important than
-                    // it (larger key, or an equal key at a later channel): O(M²) comparisons, no
+                    // it (a larger key, or an equal key at a later channel): O(M²) comparisons, no
                     // sorting.
-                    let x = at(col(i));
                     let above = (0..m)
-                        .filter(|&j| {
-                            let v = at(col(j));
-                            v > x || (v == x && j > i)
-                        })
+                        .filter(|&j| key.order(at(col(j)), at(col(i))) == Ordering::Greater)
                         .count();
                     keep[r * cols + col(i)] = above < n;
                 }
@@ -205,23 +199,33 @@ pub fn channel_mask_scored(
     scores: Option<&WeightScores>,
 ) -> Result<Vec<bool>> {
     check_percent("channel removal", percent)?;
-    if let Some(s) = scores {
-        s.check_fits(m.rows(), m.cols(), "channel removal")?;
-        return channel_mask_by_norm(s.rows(), percent);
-    }
     let norms: Vec<f64> = (0..m.rows())
         .map(|r| m.row(r).iter().map(|&v| f64::from(v) * f64::from(v)).sum())
         .collect();
-    channel_mask_by_norm(&norms, percent)
+    match scores {
+        Some(s) => {
+            s.check_fits(m.rows(), m.cols(), "channel removal")?;
+            rows_by(s.rows(), Some(&norms), percent)
+        }
+        None => channel_mask_by_norm(&norms, percent),
+    }
 }
 
 /// [`channel_mask`] from given squared row norms (or any per-row importance).
 pub(crate) fn channel_mask_by_norm(norms: &[f64], percent: u8) -> Result<Vec<bool>> {
+    rows_by(norms, None, percent)
+}
+
+/// Removes the rows of least `keys`, ties broken by `then` (when given), then by position.
+fn rows_by(keys: &[f64], then: Option<&[f64]>, percent: u8) -> Result<Vec<bool>> {
     check_percent("channel removal", percent)?;
-    let rows = norms.len();
+    let rows = keys.len();
     let remove = rows - kept_rows(rows, percent);
     let mut order: Vec<usize> = (0..rows).collect();
-    order.sort_unstable_by(|&a, &b| norms[a].total_cmp(&norms[b]).then(a.cmp(&b)));
+    order.sort_unstable_by(|&a, &b| {
+        let tie = then.map_or(Ordering::Equal, |t| t[a].total_cmp(&t[b]));
+        keys[a].total_cmp(&keys[b]).then(tie).then(a.cmp(&b))
+    });
     let mut keep = vec![true; rows];
     for &r in &order[..remove] {
         keep[r] = false;
@@ -332,6 +336,15 @@ mod tests {
             assert_eq!(
                 mask_scored(&m, &sp, 1, Some(&mag)).unwrap(),
                 mask(&m, &sp, 1).unwrap()
+            );
+        }
+        // Weights the gradients never reached score 0: among them the smaller |w| go first.
+        let zero = WeightScores::new(vec![0.0; 8], vec![0.0, 0.0]).unwrap();
+        for sp in [un, Sparsity::NM { n: 2, m: 4 }, Sparsity::Channels(50)] {
+            assert_eq!(
+                mask_scored(&m, &sp, 1, Some(&zero)).unwrap(),
+                mask(&m, &sp, 1).unwrap(),
+                "{sp}"
             );
         }
         // Scores of another shape are refused.

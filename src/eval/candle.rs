@@ -36,8 +36,8 @@ pub struct EvalData {
     /// The calibration split (static activation ranges, layer statistics).
     pub calibration: Vec<Batch>,
     /// True labels of the calibration samples, in order (classifiers; gradient importance takes
-    /// its cross-entropy on them). Not part of [`EvalData::fingerprint`]: a setting that reads them
-    /// is in the evaluator's.
+    /// its cross-entropy on them). Not part of [`EvalData::fingerprint`]: the evaluator's fingerprint
+    /// hashes them when its settings read them.
     pub calibration_labels: Option<Vec<u32>>,
     /// Samples in each split.
     pub sizes: SplitSizes,
@@ -157,6 +157,16 @@ impl CandleEvaluator {
         h.update(model.fingerprint().as_bytes());
         h.update(data.fingerprint.as_bytes());
         h.update(settings.describe().as_bytes());
+        if settings.importance.needs_gradients() {
+            // The scores come from the calibration labels too, which the data's fingerprint (older
+            // than gradient importance) leaves out; magnitude runs keep their fingerprint.
+            if let Some(labels) = &data.calibration_labels {
+                h.update(b"calibration labels\n");
+                labels.iter().for_each(|l| {
+                    h.update(&l.to_le_bytes());
+                });
+            }
+        }
         let fingerprint = h.finalize();
         Ok(CandleEvaluator {
             cache: CompressCache::new(settings.cache_bytes)?,
@@ -954,5 +964,31 @@ pub fn load(
             let data = EvalData::windows(&model, &text, &what)?;
             Ok((Arc::new(model), data))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_describe_as_before_the_later_settings_existed() {
+        // The evaluator fingerprint of every stored run hashes this text: settings added later
+        // (rounding, importance) appear only when not their default.
+        let d = EvalSettings::default();
+        assert_eq!(d.describe(), "scale=Mse;act_range=MinMax");
+        let gptq = EvalSettings {
+            rounding: Rounding::gptq(),
+            ..EvalSettings::default()
+        };
+        assert_eq!(gptq.describe(), "scale=Mse;act_range=MinMax;rounding=gptq");
+        let fisher = EvalSettings {
+            importance: Importance::Fisher,
+            ..gptq
+        };
+        assert_eq!(
+            fisher.describe(),
+            "scale=Mse;act_range=MinMax;rounding=gptq;importance=fisher"
+        );
     }
 }
