@@ -474,13 +474,15 @@ impl Evaluator for CandleEvaluator {
                     Some(next) if next.len() == rows.len() && r.len() == rows.len() => {
                         metrics::language_model(r, &rows, next)
                     }
-                    _ => return Err(Error::Eval {
-                        message: format!(
+                    _ => {
+                        return Err(Error::Eval {
+                            message: format!(
                             "the {split} split's next tokens do not match its {} positions ({})",
                             rows.len(),
                             self.data.description
                         ),
-                    }),
+                        })
+                    }
                 }
             }
             (Some(labels), Reference::Outputs(r)) if self.classifies() => {
