@@ -8,7 +8,10 @@
 //! choice has been seen): the compressed forward pass plus the KL, perplexity and top-1 metrics against
 //! the stored base log-probabilities. Target: an evaluation ≤ 1.3× the base forward.
 //! `smollm2_evaluation_paired` times the two back to back in every iteration and prints the median
-//! ratio of the pairs (the figure to quote on a shared machine).
+//! ratio of the pairs (the figure to quote on a shared machine), then the hit rate of the f32 tier of
+//! dequantized block weights ([`mpsearch::model::DenseTier`]): 100% here, since the same assignment
+//! is evaluated again and again. `MPSEARCH_F32_TIER_MB=0` measures the evaluation without the tier
+//! (every weight dequantized on every product, as on a search's layers whose choice changed).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -123,6 +126,14 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
+    let t = mpsearch::model::DenseTier::global().stats();
+    eprintln!(
+        "f32 tier: {} hits, {} misses, {} MiB held of {} MiB",
+        t.hits,
+        t.misses,
+        t.bytes >> 20,
+        t.capacity_bytes >> 20
+    );
 }
 
 criterion_group!(benches, bench);

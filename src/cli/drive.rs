@@ -265,6 +265,23 @@ pub fn drive(
     })
 }
 
+/// How often the evaluator's emulated block layers found their dequantized weight in the process's
+/// f32 tier ([`mpsearch::model::DenseTier`]); nothing when no such layer ran.
+fn dense_tier_line(s: &mpsearch::model::DenseTierStats) -> String {
+    let runs = s.hits + s.misses;
+    if runs == 0 {
+        return String::new();
+    }
+    format!(
+        "f32 tier of dequantized block weights: {} of {} layer products hit ({:.1}%), {} MiB of {} MiB held\n",
+        s.hits,
+        runs,
+        100.0 * s.hits as f64 / runs as f64,
+        s.bytes >> 20,
+        s.capacity_bytes >> 20
+    )
+}
+
 fn summarise(
     session: &search::Session,
     store: &dyn Store,
@@ -301,6 +318,9 @@ fn summarise(
         out.push_str(&proxy_line(&p));
     }
     out.push_str(&refinement_line(&o.refinements));
+    out.push_str(&dense_tier_line(
+        &mpsearch::model::DenseTier::global().stats(),
+    ));
     out.push_str(&front_table(
         mpsearch::eval::Evaluator::objective(session.evaluator.as_ref()),
         &front,

@@ -515,24 +515,60 @@ impl Evaluator for CandleEvaluator {
             capture: None,
             timer: None,
         };
-        let out = outputs(self.model.as_ref(), batches, &ctx)?;
         let metrics = match (labels, reference) {
-            (Some(next), Reference::Lm(r)) if next.len() == out.len() && r.len() == out.len() => {
-                metrics::language_model(r, out, next)
-            }
-            (_, Reference::Lm(_)) => {
-                return Err(Error::Eval {
-                    message: format!(
-                        "the {split} split's next tokens do not match its {} positions ({})",
-                        out.len(),
-                        self.data.description
-                    ),
-                })
+            (labels, Reference::Lm(r)) => {
+                // The rows are read where the forward pass wrote them: copying a split's logits
+                // into rows of their own (100 MB for SmolLM2's search split) cost more than the
+                // metrics' exps.
+                let logits = batches
+                    .iter()
+                    .map(|b| {
+                        Ok(self
+                            .model
+                            .forward(b, &ctx)?
+                            .to_dtype(DType::F32)?
+                            .contiguous()?)
+                    })
+                    .collect::<Result<Vec<Tensor>>>()?;
+                let held = logits
+                    .iter()
+                    .map(|t| Ok((t.storage_and_layout(), t.dims2()?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut rows: Vec<&[f32]> = Vec::new();
+                for ((storage, layout), (n, width)) in &held {
+                    let values = match &**storage {
+                        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v,
+                        _ => {
+                            return Err(Error::Eval {
+                                message: "a language model's logits are not f32 on the CPU".into(),
+                            })
+                        }
+                    };
+                    let start = layout.start_offset();
+                    let values = &values[start..start + n * width];
+                    rows.extend(values.chunks_exact((*width).max(1)));
+                }
+                match labels {
+                    Some(next) if next.len() == rows.len() && r.len() == rows.len() => {
+                        metrics::language_model(r, &rows, next)
+                    }
+                    _ => {
+                        return Err(Error::Eval {
+                            message: format!(
+                            "the {split} split's next tokens do not match its {} positions ({})",
+                            rows.len(),
+                            self.data.description
+                        ),
+                        })
+                    }
+                }
             }
             (Some(labels), Reference::Outputs(r)) if self.classifies() => {
-                metrics::classifier(r, &out, labels)
+                metrics::classifier(r, &outputs(self.model.as_ref(), batches, &ctx)?, labels)
             }
-            (_, Reference::Outputs(r)) => metrics::encoder(r, &out),
+            (_, Reference::Outputs(r)) => {
+                metrics::encoder(r, &outputs(self.model.as_ref(), batches, &ctx)?)
+            }
         };
         let quality = metrics.get(self.objective()).copied().unwrap_or(f64::NAN);
         if !quality.is_finite() {

@@ -5,8 +5,11 @@
 //! dequantized, one f32 gemm — the kernel's integers and scales, at the speed of the f32 gemm rather
 //! than of candle's one-dot-product-per-output quantized matmul.
 
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Tensor, TensorId};
+use lru::LruCache;
 
 use super::q8;
 use crate::error::Result;
@@ -69,6 +72,196 @@ fn dequantize_with(q: &QTensor, mins: bool) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, (rows, width), &cpu)?)
 }
 
+/// Default byte budget of the [`DenseTier`]: 512 MiB (`MPSEARCH_F32_TIER_MB` overrides it, 0 turns
+/// the tier off).
+pub const DENSE_TIER_BYTES: usize = 512 << 20;
+
+/// # The f32 tier: dequantized block weights of recently run layers
+///
+/// An emulated layer ([`LayerKernel::Emulated`](super::LayerKernel::Emulated)) dequantizes its
+/// weight's blocks on every product: for SmolLM2 ~106 M weights, 425 MB of f32 written per forward
+/// (candle's scalar `to_float` of each block, and the zero-filled, freshly faulted buffers),
+/// 5–8% of an evaluation's samples. This tier keeps the dequantized f32 form of the most recently
+/// run block weights, so that a layer whose choice did not change since the previous evaluation —
+/// most layers, between a search's consecutive trials — is not dequantized again.
+///
+/// Why a separate, small tier and not f32 copies in the [`CompressCache`](crate::compress::CompressCache)
+/// itself: the main cache must hold the blocks of every (layer, choice) a search keeps coming back to
+/// (1 GiB holds nearly all of a SmolLM2 search's), and f32 copies would hold a fifth as many, so
+/// more re-quantization (GPTQ, seconds) to save dequantization (milliseconds). The tier holds only
+/// what the last forward passes ran — 512 MiB holds every linear layer of SmolLM2 in f32 once, with
+/// room for the layers whose choice changes — and costs a miss nothing but a look-up.
+///
+/// - **Key**: the identity of the weight's blocks (the `Arc<QTensor>` the main cache hands out: its
+///   address, with a `Weak` that keeps the address from being reused while the entry lives), so the
+///   tier can never answer for other blocks; blocks the main cache evicted and dropped leave dead
+///   entries, dropped first.
+/// - **Value**: exactly what [`dequantize_with`] returns for the layer (a test holds hits to it).
+/// - **Eviction**: least recently used first, but never an entry used in the current pass over the
+///   layers (a pass ends when a layer is run twice): a model whose f32 weights exceed the budget keeps
+///   its first layers cached pass after pass instead of evicting each layer just before it is run
+///   again (plain LRU under a cyclic sweep hits nothing). A weight that does not fit is not kept.
+/// - **One per process**, shared by every evaluator, bounded by its own budget on top of the main
+///   cache's (`--cache-mb`).
+pub struct DenseTier {
+    inner: Mutex<TierInner>,
+    capacity: usize,
+}
+
+struct TierEntry {
+    owner: Weak<QTensor>,
+    weight: Tensor,
+    bytes: usize,
+    pass: u64,
+}
+
+struct TierInner {
+    map: LruCache<usize, TierEntry>,
+    bytes: usize,
+    pass: u64,
+    stats: DenseTierStats,
+}
+
+/// Counters and occupancy of a [`DenseTier`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenseTierStats {
+    /// Products whose weight came from the tier.
+    pub hits: u64,
+    /// Products that dequantized their weight.
+    pub misses: u64,
+    /// Dequantized weights not kept (no room without evicting one of the current pass).
+    pub not_kept: u64,
+    /// Entries evicted (or dropped with their blocks).
+    pub evictions: u64,
+    pub entries: usize,
+    pub bytes: usize,
+    pub capacity_bytes: usize,
+}
+
+impl DenseTier {
+    /// An empty tier of `capacity` bytes (0: keeps nothing).
+    pub fn new(capacity: usize) -> DenseTier {
+        DenseTier {
+            inner: Mutex::new(TierInner {
+                map: LruCache::unbounded(),
+                bytes: 0,
+                pass: 0,
+                stats: DenseTierStats::default(),
+            }),
+            capacity,
+        }
+    }
+
+    /// The process's tier: [`DENSE_TIER_BYTES`], or `MPSEARCH_F32_TIER_MB` MiB when set to a
+    /// number.
+    pub fn global() -> &'static DenseTier {
+        static TIER: OnceLock<DenseTier> = OnceLock::new();
+        TIER.get_or_init(|| {
+            let bytes = std::env::var("MPSEARCH_F32_TIER_MB")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .map_or(DENSE_TIER_BYTES, |mb| mb.saturating_mul(1 << 20));
+            DenseTier::new(bytes)
+        })
+    }
+
+    /// The dequantized weight of the blocks `q`: the tier's, or `dequantize()`'s, kept if there is
+    /// room. `dequantize` runs without the lock held.
+    pub fn get_or_dequantize(
+        &self,
+        q: &Arc<QTensor>,
+        dequantize: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let key = Arc::as_ptr(q) as usize;
+        {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            // The entry's `Weak` keeps the address from being reused, so an entry at this address
+            // whose blocks are alive holds these very blocks.
+            if let Some(e) = inner
+                .map
+                .get_mut(&key)
+                .filter(|e| e.owner.strong_count() > 0)
+            {
+                if e.pass == inner.pass {
+                    inner.pass += 1;
+                }
+                e.pass = inner.pass;
+                inner.stats.hits += 1;
+                return Ok(e.weight.clone());
+            }
+            inner.stats.misses += 1;
+        }
+        let weight = dequantize()?;
+        let bytes = weight.elem_count() * weight.dtype().size_in_bytes();
+        let mut inner = self.lock();
+        inner.admit(key, q, &weight, bytes, self.capacity);
+        Ok(weight)
+    }
+
+    /// Counters and occupancy.
+    pub fn stats(&self) -> DenseTierStats {
+        let inner = self.lock();
+        DenseTierStats {
+            entries: inner.map.len(),
+            bytes: inner.bytes,
+            capacity_bytes: self.capacity,
+            ..inner.stats
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TierInner> {
+        // No code between the map's and the byte count's updates panics: a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl TierInner {
+    fn admit(&mut self, key: usize, q: &Arc<QTensor>, weight: &Tensor, bytes: usize, cap: usize) {
+        if bytes > cap {
+            self.stats.not_kept += 1;
+            return;
+        }
+        // Dead entries (blocks dropped by the main cache) and a stale one at this address first.
+        let dead: Vec<usize> = self
+            .map
+            .iter()
+            .filter(|(k, e)| e.owner.strong_count() == 0 || **k == key)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in dead {
+            if let Some(e) = self.map.pop(&k) {
+                self.bytes -= e.bytes;
+                self.stats.evictions += 1;
+            }
+        }
+        while self.bytes + bytes > cap {
+            match self.map.peek_lru() {
+                Some((_, e)) if e.pass < self.pass => {
+                    if let Some((_, e)) = self.map.pop_lru() {
+                        self.bytes -= e.bytes;
+                        self.stats.evictions += 1;
+                    }
+                }
+                _ => {
+                    self.stats.not_kept += 1;
+                    return;
+                }
+            }
+        }
+        self.map.put(
+            key,
+            TierEntry {
+                owner: Arc::downgrade(q),
+                weight: weight.clone(),
+                bytes,
+                pass: self.pass,
+            },
+        );
+        self.bytes += bytes;
+    }
+}
+
 /// The f32 values of a CPU storage.
 fn cpu_f32(storage: &candle_core::Storage) -> Result<&[f32]> {
     match storage {
@@ -84,14 +277,17 @@ fn cpu_f32(storage: &candle_core::Storage) -> Result<&[f32]> {
 /// input block's sum as Q8_1 stores it (`s`, rounded to f16), not by the sum `X̄` of the dequantized
 /// inputs that `x·Wᵀ` holds: so the product is `x·Wᵀ + (S − X̄)·Mᵀ`, with `S`, `X̄` and `M` per block —
 /// one gemm of the input widened by its `S − X̄` columns and the weight widened by its `M` columns.
-pub(super) fn emulate(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+///
+/// The dequantized weight comes from the [`DenseTier`] when it holds it.
+pub(super) fn emulate(q: &Arc<QTensor>, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let cols = dims[dims.len() - 1];
     let rows = x.elem_count() / cols.max(1);
     let out = q.shape().dims()[0];
     let blocks = activation_blocks(q.dtype())?;
     let input = quantized_input(x, rows, cols, blocks)?;
-    let w = dequantize_with(q, blocks == GgmlDType::Q8_1)?;
+    let w = DenseTier::global()
+        .get_or_dequantize(q, || dequantize_with(q, blocks == GgmlDType::Q8_1))?;
     let y = input.matmul(&w.t()?)?;
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("an input has a last dimension") = out;
@@ -194,6 +390,53 @@ mod tests {
 
     fn values(t: &Tensor) -> Vec<Vec<f32>> {
         t.to_vec2::<f32>().unwrap()
+    }
+
+    #[test]
+    fn the_f32_tier_returns_what_dequantization_returns_and_stays_in_budget() {
+        let w = Tensor::arange(0f32, (96 * 64) as f32, &Device::Cpu)
+            .unwrap()
+            .affine(0.01, -3.0)
+            .unwrap()
+            .cos()
+            .unwrap()
+            .reshape((96, 64))
+            .unwrap();
+        let blocks = |t| Arc::new(QTensor::quantize(&w, t).unwrap());
+        let (a, b) = (blocks(GgmlDType::Q4_1), blocks(GgmlDType::Q5_0));
+        let bytes = 96 * (64 + 2) * 4;
+        // Room for one widened Q4_1 weight and one plain Q5_0 weight, not a third.
+        let tier = DenseTier::new(bytes + 96 * 64 * 4);
+        let deq = |q: &Arc<QTensor>| dequantize_with(q, q.dtype() == GgmlDType::Q4_1);
+        let x = Tensor::ones((3, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for round in 0..3 {
+            for q in [&a, &b] {
+                let got = tier.get_or_dequantize(q, || deq(q)).unwrap();
+                assert_eq!(values(&got), values(&deq(q).unwrap()), "round {round}");
+            }
+        }
+        let s = tier.stats();
+        assert_eq!((s.hits, s.misses, s.entries), (4, 2, 2), "{s:?}");
+        assert!(s.bytes <= s.capacity_bytes);
+        // A product through the process's tier equals one through a fresh dequantization.
+        let via_tier = emulate(&a, &x).unwrap();
+        let again = emulate(&a, &x).unwrap();
+        assert_eq!(values(&via_tier), values(&again));
+        // Other blocks at the same time: a third weight finds no room used by the current pass
+        // and is not kept; once its blocks are dropped, an entry leaves at the next admission.
+        let c = blocks(GgmlDType::Q8_0);
+        tier.get_or_dequantize(&c, || deq(&c)).unwrap();
+        assert_eq!(tier.stats().not_kept, 1);
+        drop(b);
+        tier.get_or_dequantize(&c, || deq(&c)).unwrap();
+        let s = tier.stats();
+        assert_eq!(s.entries, 2, "{s:?}");
+        assert!(s.bytes <= s.capacity_bytes);
+        // A tier of 0 bytes keeps nothing and still answers.
+        let none = DenseTier::new(0);
+        let got = none.get_or_dequantize(&a, || deq(&a)).unwrap();
+        assert_eq!(values(&got), values(&deq(&a).unwrap()));
+        assert_eq!(none.stats().entries, 0);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use bert::{BertConfig, BertEncoder};
 pub use demo::DemoModel;
-pub use emulate::activation_blocks;
+pub use emulate::{activation_blocks, DenseTier, DenseTierStats, DENSE_TIER_BYTES};
 pub use forward::{
     capture_input_stats, capture_input_stats_with, capture_inputs, ForwardCtx, LayerKernel,
     LayerOverride, LayerTimes, Model, Overrides,
