@@ -68,17 +68,6 @@ fn analyse(
     space: &SearchSpace,
     pairs: &[(usize, u16)],
 ) -> anyhow::Result<Analysis> {
-    // Gradient importance scores first, with their own bar, when a choice of the space prunes by them.
-    let compress = ev.settings().compress();
-    if (space.groups.iter())
-        .flat_map(|g| &g.choices)
-        .any(|c| compress.needs_scores(c))
-    {
-        let samples = ev.data().sizes.calibration;
-        let bar = progress_bar(samples, "pruning importance: calibration gradients");
-        ev.weight_scores_with(&mut |d, _| bar.set_position(d as u64))?;
-        bar.finish_and_clear();
-    }
     let bar = progress_bar(space.groups.len(), "cheap errors");
     let mut phase = analysis::Phase::CheapErrors;
     let an = analysis::analyse(ev, ev, space, pairs, &mut NoCheckpoint, &mut |p, d, t| {

@@ -67,5 +67,28 @@ pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<(CandleEvaluator, SearchSp
         space.name,
         started.elapsed().as_secs_f64()
     );
+    importance_scores(&evaluator, &space)?;
     Ok((evaluator, space, forward))
+}
+
+/// Takes `ev`'s gradient importance scores now, under a progress bar, when a choice of `space` prunes
+/// by them (rather than silently inside the first pruned evaluation); they are kept by the evaluator.
+pub fn importance_scores(ev: &CandleEvaluator, space: &SearchSpace) -> anyhow::Result<()> {
+    let compress = ev.settings().compress();
+    if (space.groups.iter())
+        .flat_map(|g| &g.choices)
+        .any(|c| compress.needs_scores(c))
+    {
+        let started = std::time::Instant::now();
+        let samples = ev.data().sizes.calibration;
+        let bar = super::output::progress_bar(samples, "pruning importance: calibration gradients");
+        ev.weight_scores_with(&mut |d, _| bar.set_position(d as u64))?;
+        bar.finish_and_clear();
+        eprintln!(
+            "pruning importance: {} scores from {samples} calibration samples in {:.1} s",
+            compress.importance,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }

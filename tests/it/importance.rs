@@ -261,3 +261,54 @@ fn the_run_records_its_importance_and_export_reproduces_its_masks() {
     let config: RunConfig = serde_json::from_value(old).unwrap();
     assert_eq!(config.importance, Importance::Magnitude);
 }
+
+/// `eval --importance` takes the scores up front and says so, then scores an assignment with them;
+/// without a pruning choice in the space nothing is taken.
+#[test]
+fn eval_takes_the_scores_up_front_and_says_so() {
+    let d = Dir::new();
+    let a = d.write(
+        "a.json",
+        r#"{"default": "f32", "layers": {"fc1": "f32+2:4"}}"#,
+    );
+    let out = crate::util::run(
+        d.path(),
+        &[
+            "eval",
+            "--assignment",
+            a.to_str().unwrap(),
+            "--importance",
+            "fisher",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("pruning importance: fisher scores from 180 calibration samples"),
+        "{err}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["quality"].as_f64().unwrap() > 0.0, "{json}");
+    let space = d.write(
+        "s.toml",
+        "[space]\nname = \"q\"\ndescription = \"q\"\n[defaults]\nfloat = [\"f32\"]\nbits = [8]\n\
+         schemes = [\"sym\"]\ngranularity = [\"channel\"]\nactivations = [\"none\"]\n\
+         sparsity = [0.0]\nnm = []\nrank = [1.0]\n",
+    );
+    let b = d.write("b.json", r#"{"default": "int8-sym-channel"}"#);
+    let out = crate::util::run(
+        d.path(),
+        &[
+            "eval",
+            "--space",
+            space.to_str().unwrap(),
+            "--assignment",
+            b.to_str().unwrap(),
+            "--importance",
+            "taylor",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("pruning importance"), "{err}");
+}
