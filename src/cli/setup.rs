@@ -74,11 +74,7 @@ pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<(CandleEvaluator, SearchSp
 /// Takes `ev`'s gradient importance scores now, under a progress bar, when a choice of `space` prunes
 /// by them (rather than silently inside the first pruned evaluation); they are kept by the evaluator.
 pub fn importance_scores(ev: &CandleEvaluator, space: &SearchSpace) -> anyhow::Result<()> {
-    let compress = ev.settings().compress();
-    if (space.groups.iter())
-        .flat_map(|g| &g.choices)
-        .any(|c| compress.needs_scores(c))
-    {
+    if ev.space_needs_scores(space) {
         let started = std::time::Instant::now();
         let samples = ev.data().sizes.calibration;
         let bar = super::output::progress_bar(samples, "pruning importance: calibration gradients");
@@ -86,7 +82,7 @@ pub fn importance_scores(ev: &CandleEvaluator, space: &SearchSpace) -> anyhow::R
         bar.finish_and_clear();
         eprintln!(
             "pruning importance: {} scores from {samples} calibration samples in {:.1} s",
-            compress.importance,
+            ev.settings().importance,
             started.elapsed().as_secs_f64()
         );
     }

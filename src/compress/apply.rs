@@ -289,7 +289,7 @@ pub(crate) fn prepare(
 
 /// Steps 1–3; `scores` (when given) rank `original`'s values and rows in place of magnitude. The
 /// factors of a low-rank pair are pruned by magnitude: they are not the model's parameters and have
-/// no scores of their own ([`super::importance`]).
+/// no scores of their own ([`super::Importance`]).
 fn prepare_matrix(
     dims: &[usize],
     original: &WeightMatrix,

@@ -3,7 +3,7 @@
 //! Pruning on the matrix view of a weight ([`WeightMatrix`]: rows are output channels, columns
 //! inputs). Each function returns a **keep mask**: one flag per value, row-major, `false` where the
 //! weight is pruned; [`prune`] applies it. Importance is the magnitude `|w|` (for rows, the L2 norm),
-//! or given [`WeightScores`] (gradient importance, [`super::importance`]: the `*_scored` functions);
+//! or given [`WeightScores`] (gradient importance, [`super::Importance`]: the `*_scored` functions);
 //! every ranking breaks ties by position (the earlier value, or row, counts as the less important
 //! one), so masks are deterministic.
 //!

@@ -256,7 +256,7 @@ fn cross(p: &[f32], z: &[f32], lse: f64, mass: f64) -> f64 {
 
 /// What the language-model metrics keep of the base model's next-token outputs on a split, computed
 /// once from its logits: per position, the probabilities `p` (f32: the exps of the f32 log-softmax
-/// [`log_softmax_in_place`]) and their sum, `Σ p·log p` (f64, [`cross`] of its own logits), the
+/// [`log_softmax_in_place`]) and their sum, `Σ p·log p` (f64, `cross` of its own logits), the
 /// log-probability of the true next token and the most likely token. So each evaluation computes
 /// only the compressed model's side of the KL — no exp of the base's 49k-wide rows per evaluation.
 #[derive(Debug)]
@@ -327,7 +327,7 @@ impl LmReference {
 /// ([`NO_TARGET`] where there is none):
 ///
 /// - `kl_divergence`: mean over every position of KL(base ‖ compressed) = `Σ p·log p − Σ p·log q`,
-///   nats, `log q = z − lse(z)` in f64 ([`cross`]);
+///   nats, `log q = z − lse(z)` in f64 (`cross`);
 /// - `perplexity`, `base_perplexity`: exp of the mean negative log-likelihood of the next tokens,
 ///   compressed and base (positions with a target only);
 /// - `top1_agreement`: fraction of positions where both models' most likely next token is the same.

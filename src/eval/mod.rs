@@ -19,8 +19,16 @@
 //! included. [`CandleEvaluator::deploy_overrides`] builds the real compressed model of an assignment,
 //! every layer on the kernel its choice deploys to on candle (what `mpsearch measure` times), and
 //! [`describe_deployment`] says what was built for each layer.
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `candle.rs` | the [`CandleEvaluator`]: compressed weights through the cache, forward, metrics; calibration statistics and importance scores |
+//! | `data.rs` | [`EvalData`], a model's splits in batches, and [`load`], which pairs a model with its data |
+//! | `deploy.rs` | what the deployed kernels of an assignment are, for `measure` |
+//! | `metrics.rs` | quality metrics against the f32 outputs |
 
 mod candle;
+mod data;
 mod deploy;
 pub mod metrics;
 
@@ -28,10 +36,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use self::candle::{
-    check_data, importance_scores, load, CandleEvaluator, EvalData, EvalSettings, IMPORTANCE_CHUNK,
-    SENTENCE_BATCH,
-};
+pub use self::candle::{importance_scores, CandleEvaluator, EvalSettings, IMPORTANCE_CHUNK};
+pub use self::data::{check_data, load, EvalData, SENTENCE_BATCH, WINDOW_BATCH};
 pub use self::deploy::{describe_deployment, describe_kernel, describe_layer, DeployedLayer};
 use crate::error::{Error, Result};
 use crate::space::Assignment;

@@ -96,7 +96,7 @@ pub const DENSE_TIER_BYTES: usize = 512 << 20;
 ///   address, with a `Weak` that keeps the address from being reused while the entry lives), so the
 ///   tier can never answer for other blocks; blocks the main cache evicted and dropped leave dead
 ///   entries, dropped first.
-/// - **Value**: exactly what [`dequantize_with`] returns for the layer (a test holds hits to it).
+/// - **Value**: exactly what `dequantize_with` returns for the layer (a test holds hits to it).
 /// - **Eviction**: least recently used first, but never an entry used in the current pass over the
 ///   layers (a pass ends when a layer is run twice): a model whose f32 weights exceed the budget keeps
 ///   its first layers cached pass after pass instead of evicting each layer just before it is run

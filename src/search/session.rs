@@ -195,11 +195,7 @@ impl Loaded {
         let mut notes = std::mem::take(&mut self.notes);
         // Gradient importance scores, when a choice of the space needs them: taken here, as a phase
         // of their own with its progress, rather than silently inside the first pruned compression.
-        let compress = self.evaluator.settings().compress();
-        if (self.space.groups.iter())
-            .flat_map(|g| &g.choices)
-            .any(|c| compress.needs_scores(c))
-        {
+        if self.evaluator.space_needs_scores(&self.space) {
             self.evaluator
                 .weight_scores_with(&mut |d, t| progress(SetupPhase::Importance, d, t))?;
             if fresh && stop.load(Ordering::SeqCst) {

@@ -121,13 +121,7 @@ pub fn cheap(
 fn capture(ev: &CandleEvaluator, space: &SearchSpace) -> Result<Vec<LayerStats>> {
     let model = ev.model().as_ref();
     let mut stats = LayerStats::for_model(model, ev.input_stats()?)?;
-    let settings = ev.settings().compress();
-    if space
-        .groups
-        .iter()
-        .flat_map(|g| &g.choices)
-        .any(|c| settings.needs_scores(c))
-    {
+    if ev.space_needs_scores(space) {
         stats = LayerStats::with_scores(stats, ev.weight_scores()?)?;
     }
     let acts: Vec<ActQuant> = space
