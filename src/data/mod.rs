@@ -1,7 +1,7 @@
 //! # Data sets
 //!
 //! Evaluation, calibration and training data, held as candle tensors ready for a [`Model`]'s forward
-//! pass: the embedded UCI optical digits (8×8) that the demo model is trained on ([`Digits`]), and
+//! pass: a sample of Fashion-MNIST (28×28) that the demo model is evaluated on ([`FashionMnist`]), and
 //! sentence files plus the shipped sentences for encoders ([`text`]), token windows of a text for language models ([`windows`]). A [`Batch`] is one batch of model
 //! input, as every data set hands it out.
 //!
@@ -12,21 +12,21 @@
 //!
 //! | data | calibration | search | held-out |
 //! |---|---|---|---|
-//! | demo digits (of the 360 test + 180 calibration images) | 180 | 240 | 120 |
+//! | demo: Fashion-MNIST (1,000 embedded test images) | 200 | 300 | 500 |
 //! | sentences (shipped 400, or a `--data` file of n ≥ 4) | every 4th from the 1st (100) | the 2nd and 3rd of every 4 (200) | every 4th from the 4th (100) |
 //! | text windows of 128 tokens for language models ([`windows`]; shipped text or a `--data` file) | every 4th window from the 1st, at most 8 | the 2nd and 3rd of every 4, at most 8 | every 4th from the 4th, at most 8 |
 //!
 //! [`Model`]: crate::model::Model
 
 mod batch;
-mod digits;
+mod fashion;
 pub mod text;
 pub mod windows;
 
 use serde::{Deserialize, Serialize};
 
 pub use batch::Batch;
-pub use digits::{Digits, Split, CLASSES, SAMPLES, SIDE, SPLIT_SEED};
+pub use fashion::{default_dir as fashion_dir, FashionMnist, FullSet, Split, CLASSES, CLASS_NAMES, EMBEDDED, SIDE, SPLIT_SEED};
 
 /// How many samples (images or sentences) each split of a model's evaluation data holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use crate::model::Model;
 /// again, for reports).
 #[derive(Clone, Debug)]
 pub struct EvalData {
-    /// What it is, for people (`8x8 digits: 240 search, 120 held-out, 180 calibration images`).
+    /// What it is, for people (`Fashion-MNIST 28x28: 300 search images, 500 held-out, 200 calibration`).
     pub description: String,
     /// The search split: what strategies see.
     pub eval: Vec<Batch>,
@@ -72,14 +72,14 @@ impl EvalData {
         }
     }
 
-    /// The demo's data: the digits test split as a search split (240 images) and a held-out split
-    /// (120), and the calibration split (180).
+    /// The demo's data: the embedded Fashion-MNIST test images as a search split (300 images), a
+    /// held-out split (500) and a calibration split (200).
     pub fn demo() -> Result<EvalData> {
-        let digits = crate::data::Digits::load()?;
+        let fashion = crate::data::FashionMnist::load()?;
         let (search, held_out, calibration) =
-            (&digits.search, &digits.held_out, &digits.calibration);
+            (&fashion.search, &fashion.held_out, &fashion.calibration);
         let mut h = blake3::Hasher::new();
-        h.update(b"digits-search+held-out+calibration\n");
+        h.update(b"fashion-mnist-search+held-out+calibration\n");
         hash_tensors(
             &mut h,
             &[
@@ -97,7 +97,7 @@ impl EvalData {
         };
         Ok(EvalData {
             description: format!(
-                "8x8 digits: {} search images, {} held-out, {} calibration",
+                "Fashion-MNIST 28x28: {} search images, {} held-out, {} calibration",
                 sizes.search, sizes.held_out, sizes.calibration
             ),
             eval: vec![Batch::Images(search.images.clone())],
@@ -268,7 +268,7 @@ fn language_text(data: Option<&std::path::Path>) -> Result<(String, String)> {
 /// Sentences per batch for encoders.
 pub const SENTENCE_BATCH: usize = 32;
 
-/// Loads a model and the data it is evaluated on: the demo with its digits, an encoder folder with
+/// Loads a model and the data it is evaluated on: the demo with its Fashion-MNIST images, an encoder folder with
 /// `sentences` (a file, one per line) or the shipped sentences, or a GGUF decoder with the text of
 /// that file (or the shipped sentences, one a line) cut into windows.
 pub fn load(
@@ -281,7 +281,7 @@ pub fn load(
             if let Some(p) = sentences {
                 return Err(Error::file(
                     p,
-                    "the demo model is evaluated on its embedded digits; --data applies to encoder models",
+                    "the demo model is evaluated on its embedded Fashion-MNIST images; --data applies to encoder and language models",
                 ));
             }
             Ok((

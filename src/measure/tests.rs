@@ -68,12 +68,12 @@ fn trial(number: u64, state: TrialState, assigned: &[(&str, &str)], latency: f64
     }
 }
 
-/// Trials 0 (all-f32, dearest, quality 0), 1 (fc1 q4_k), 2 (dominated), 3 (failed), 4 (running), 5
+/// Trials 0 (all-f32, dearest, quality 0), 1 (fc1 q4_0), 2 (dominated), 3 (failed), 4 (running), 5
 /// (fc1 int8, cheapest). Front by cost: 5, 1, 0.
 fn journal() -> Vec<TrialRecord> {
     vec![
         trial(0, TrialState::Complete, &[], 40.0),
-        trial(1, TrialState::Complete, &[("fc1", "q4_k")], 30.0),
+        trial(1, TrialState::Complete, &[("fc1", "q4_0")], 30.0),
         trial(2, TrialState::Complete, &[("fc1", "f16")], 35.0),
         trial(3, TrialState::Failed, &[("fc2", "q8_0")], 31.0),
         trial(4, TrialState::Running, &[("fc2", "f16")], 31.0),
@@ -108,7 +108,7 @@ fn nothing_picked_is_the_front_and_picks_come_once_in_order() {
     );
     assert_eq!(
         p.targets[1].assignment.get("fc1").map(|c| c.to_string()),
-        Some("q4_k".into())
+        Some("q4_0".into())
     );
     assert_eq!(p.targets[1].assignment.hash_hex(), t[1].hash);
     // Trials and points, with the front, each assignment once (the first way it was asked).
@@ -180,9 +180,9 @@ fn missing_points_failed_and_unfinished_trials_are_errors_naming_them() {
 fn a_format_without_a_kernel_for_a_layer_is_an_error_naming_the_point() {
     let m = manifest();
     let mut t = journal();
-    // fc2 has 64 in-features: q4_k's 256-weight blocks do not tile its rows.
-    t.push(trial(6, TrialState::Complete, &[("fc2", "q4_k")], 10.0));
-    // fc1 (512 in-features) at rank 10 %: B reads 512 (fits), A reads k = 7 (does not).
+    // fc1 has 1568 in-features: q4_k's 256-weight blocks do not tile its rows.
+    t.push(trial(6, TrialState::Complete, &[("fc1", "q4_k")], 10.0));
+    // fc1 (1568 in-features) at rank 10 %: B reads 1568 (fits q8_0's 32), A reads k = 26 (does not).
     t.push(trial(
         7,
         TrialState::Complete,
@@ -195,15 +195,15 @@ fn a_format_without_a_kernel_for_a_layer_is_an_error_naming_the_point() {
     };
     let e = message(plan(&m, &t, &pick(6)));
     assert!(
-        e.contains("point 1 (trial 6): layer `fc2` (10x64) takes `q4_k`, which this machine has no kernel for"),
+        e.contains("point 1 (trial 6): layer `fc1` (256x1568) takes `q4_k`, which this machine has no kernel for"),
         "{e}"
     );
     assert!(e.contains("multiple of 256"), "{e}");
     let e = message(plan(&m, &t, &pick(7)));
     assert!(e.contains("trial 7: layer `fc1`"), "{e}");
-    assert!(e.contains("this matrix has 7"), "{e}");
-    // The same format where it fits is fine.
-    plan(&m, &t, &pick(1)).expect("q4_k on fc1");
+    assert!(e.contains("this matrix has 26"), "{e}");
+    // A format where it fits is fine.
+    plan(&m, &t, &pick(1)).expect("q4_0 on fc1");
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn targets_are_timed_in_rounds_with_the_reference_in_every_group() {
     let (model, data) = demo();
     let ev = CandleEvaluator::new(model.clone(), data, Default::default()).expect("evaluator");
     let input = input::from_search_split(ev.data(), 2, None).expect("input");
-    let targets: Vec<Target> = ["q4_k", "f16", "int8-sym-channel"]
+    let targets: Vec<Target> = ["q4_0", "f16", "int8-sym-channel"]
         .iter()
         .enumerate()
         .map(|(i, c)| Target {
@@ -359,7 +359,7 @@ fn records_number_from_the_first_and_carry_the_prediction_at_the_batch_measured(
             trial: 1,
             point: Some(2),
         },
-        assignment: trial(1, TrialState::Complete, &[("fc1", "q4_k")], 1.0)
+        assignment: trial(1, TrialState::Complete, &[("fc1", "q4_0")], 1.0)
             .assignment
             .over(&layers)
             .expect("decodes"),
@@ -490,7 +490,7 @@ fn built_models_are_sized_by_their_kernels() {
     let (model, data) = demo();
     let ev = CandleEvaluator::new(model, data, Default::default()).expect("evaluator");
     let a = |c: &str| Assignment::new([("fc1".to_string(), c.parse().expect("choice"))]);
-    let f32_bytes = 64 * 512 * 4;
+    let f32_bytes = 256 * 1568 * 4;
     assert_eq!(
         overrides_bytes(&ev.deploy_overrides(&a("f32")).expect("built")),
         0

@@ -1,12 +1,30 @@
-//! # The embedded demo: a small CNN for the 8×8 digits data set
+//! # The embedded demo: a 7-layer CNN for Fashion-MNIST
 //!
-//! Architecture (input 1×8×8): conv1 3×3, 1→16, padding 1, ReLU; conv2 3×3, 16→32, padding 1, ReLU;
-//! 2×2 max-pool to 32×4×4; fc1 512→64, ReLU; fc2 64→10. Both convolutions keep the 8×8 size, so each
-//! applies its kernel at 64 output pixels. All layers have biases.
+//! Architecture (input 1×28×28; every convolution 3×3, stride 1, padding 1, so it keeps the size it is
+//! applied at; every layer has a bias and is followed by a ReLU except fc2):
+//!
+//! | layer | shape | applied at | then |
+//! |---|---|---|---|
+//! | conv1 | 1→8 | 28×28 | 2×2 max-pool to 14×14 |
+//! | conv2 | 8→16 | 14×14 | |
+//! | conv3 | 16→16 | 14×14 | 2×2 max-pool to 7×7 |
+//! | conv4 | 16→32 | 7×7 | |
+//! | conv5 | 32→32 | 7×7 | flatten to 1568 |
+//! | fc1 | 1568→256 | | |
+//! | fc2 | 256→10 | | logits |
+//!
+//! 1.8 M multiply-accumulates per image, 1.4 M of them in the convolutions (compute-bound); 0.42 M
+//! parameters, 0.40 M of them in fc1 (memory-bound at batch 1): a trade-off between weight bits,
+//! sparsity and rank that a search can see. It is small so that a search of hundreds of trials takes
+//! seconds on two cores; fc2's 256 in-features fit the 256-weight blocks of GGML's k-quants.
+//!
+//! The 2×2 max-pools are maxima over a reshaped tensor ([`max_pool2`]), not candle's `max_pool2d`,
+//! whose backward in candle-core 0.11.1 scales the gradient by 1/4 (see `sensitivity::fisher`): the
+//! forward is the same, and gradients (training, pruning importance, recovery) are exact.
 //!
 //! [`DemoModel::embedded`] loads the shipped weights (`demo.safetensors`, trained by [`train`] from
-//! [`SEED`] for [`EPOCHS`] epochs on [`Digits`](crate::data::Digits)' training split). To regenerate them:
-//! `cargo test --release -- --ignored regenerate_demo_weights` (or `scripts/train-demo.sh`).
+//! [`SEED`] for [`EPOCHS`] epochs on Fashion-MNIST's 60,000 training images). To regenerate them:
+//! `scripts/train-demo.sh` (fetches the data set, then trains; minutes on 2 cores).
 
 mod train;
 
@@ -22,8 +40,6 @@ use crate::data::{Batch, Split, SIDE};
 use crate::error::{Error, Result};
 use crate::space::{LayerInfo, LayerKind};
 
-/// Output pixels of each convolution.
-const PIXELS: u64 = 64;
 
 fn layer(name: &str, kind: LayerKind, shape: &[usize], applications: u64) -> LayerInfo {
     let params: u64 = shape.iter().map(|&d| d as u64).product();
@@ -41,13 +57,16 @@ pub fn inventory() -> Inventory {
     Inventory {
         name: "demo".into(),
         kind: ModelKind::Classifier,
-        architecture: "demo-cnn (8x8 digits)".into(),
+        architecture: "demo-cnn (28x28 Fashion-MNIST)".into(),
         default_space: "demo",
         layers: vec![
-            layer("conv1", LayerKind::Conv2d, &[16, 1, 3, 3], PIXELS),
-            layer("conv2", LayerKind::Conv2d, &[32, 16, 3, 3], PIXELS),
-            layer("fc1", LayerKind::Linear, &[64, 512], 1),
-            layer("fc2", LayerKind::Linear, &[10, 64], 1),
+            layer("conv1", LayerKind::Conv2d, &[8, 1, 3, 3], 28 * 28),
+            layer("conv2", LayerKind::Conv2d, &[16, 8, 3, 3], 14 * 14),
+            layer("conv3", LayerKind::Conv2d, &[16, 16, 3, 3], 14 * 14),
+            layer("conv4", LayerKind::Conv2d, &[32, 16, 3, 3], 7 * 7),
+            layer("conv5", LayerKind::Conv2d, &[32, 32, 3, 3], 7 * 7),
+            layer("fc1", LayerKind::Linear, &[256, 1568], 1),
+            layer("fc2", LayerKind::Linear, &[10, 256], 1),
         ],
     }
 }
@@ -56,8 +75,9 @@ pub fn inventory() -> Inventory {
 
 /// What the fingerprint hashes besides the weights: the architecture and the forward's conventions.
 /// Change it whenever the forward computes something else from the same weights.
-pub const ARCHITECTURE_TAG: &str =
-    "mpsearch demo-cnn v1: conv3x3(1->16,pad1)+relu, conv3x3(16->32,pad1)+relu, maxpool2, fc(512->64)+relu, fc(64->10)";
+pub const ARCHITECTURE_TAG: &str = "mpsearch demo-cnn v2 (fashion-mnist 28x28): conv3x3(1->8,pad1)+relu, maxpool2, \
+     conv3x3(8->16,pad1)+relu, conv3x3(16->16,pad1)+relu, maxpool2, conv3x3(16->32,pad1)+relu, \
+     conv3x3(32->32,pad1)+relu, flatten, fc(1568->256)+relu, fc(256->10)";
 
 /// Name of the shipped weights, used in error messages.
 pub const WEIGHTS_NAME: &str = "demo.safetensors";
@@ -76,8 +96,8 @@ pub(crate) struct Params {
 ///
 /// Its forward asks the [`ForwardCtx`] for every layer's weight and input. The *input* of a layer is
 /// the tensor the layer is applied to: for a convolution its input feature map (`conv1`: the images
-/// `[n, 1, 8, 8]`; `conv2`: conv1's activations `[n, 16, 8, 8]`), for a linear layer its input vectors
-/// (`fc1`: the pooled, flattened features `[n, 512]`; `fc2`: `[n, 64]`).
+/// `[n, 1, 28, 28]`; `conv2`: conv1's pooled activations `[n, 8, 14, 14]`), for a linear layer its input
+/// vectors (`fc1`: conv5's flattened activations `[n, 1568]`; `fc2`: `[n, 256]`).
 #[derive(Clone, Debug)]
 pub struct DemoModel {
     inventory: Inventory,
@@ -204,14 +224,24 @@ impl Model for DemoModel {
 
 /// The forward pass, shared by [`DemoModel::forward`] and [`train`]: logits `[n, 10]`.
 pub(crate) fn forward(params: &[Params], x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-    let [conv1, conv2, fc1, fc2] = params else {
-        unreachable!("the demo has four layers");
+    let [conv1, conv2, conv3, conv4, conv5, fc1, fc2] = params else {
+        unreachable!("the demo has seven layers");
     };
-    let x = conv(conv1, "conv1", x, ctx)?.relu()?;
+    let x = max_pool2(&conv(conv1, "conv1", x, ctx)?.relu()?)?;
     let x = conv(conv2, "conv2", &x, ctx)?.relu()?;
-    let x = x.max_pool2d(2)?.flatten_from(1)?;
+    let x = max_pool2(&conv(conv3, "conv3", &x, ctx)?.relu()?)?;
+    let x = conv(conv4, "conv4", &x, ctx)?.relu()?;
+    let x = conv(conv5, "conv5", &x, ctx)?.relu()?.flatten_from(1)?;
     let x = linear(fc1, "fc1", &x, ctx)?.relu()?;
     linear(fc2, "fc2", &x, ctx)
+}
+
+/// 2×2 max-pool, stride 2, of `[n, c, h, w]` (h and w even): the maximum over each window, taken as
+/// two max-reductions of `[n, c, h/2, 2, w/2, 2]`, whose backward sends the gradient to the maximum
+/// (candle-core 0.11.1's `max_pool2d` backward scales it by 1/4).
+pub(crate) fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    Ok(x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)
 }
 
 /// 3×3 convolution, stride 1, padding 1, plus bias.

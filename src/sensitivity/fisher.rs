@@ -37,18 +37,14 @@
 //! on the demo (180 images, a 4-layer CNN) is well under a second; for larger models a chunk of a few
 //! samples trades some of the estimate's fidelity for fewer passes.
 //!
-//! ## Known limitation: candle's max-pool backward
+//! ## candle's max-pool backward
 //!
 //! candle-core 0.11.1 (`backprop.rs`, `Op::MaxPool2D`) multiplies the incoming gradient by the
 //! *share* of maxima in each pooling window (`avg_pool` of the max mask: 1/4 for a 2×2 window with
-//! one maximum) where it should divide by their *number*. Every layer before a max-pool therefore gets
-//! its gradient scaled by about 1/4 (exactly, where each window has a single maximum) — on the demo,
-//! `conv1` and `conv2`: ×0.25 within 2 % against central finite differences, pinned by a test — so
-//! their `g` is about 1/4 and their `F` about 1/16 of the true value. The layers after the pool
-//! (`fc1`, `fc2`) are exact. The [`Predictor`](super::Predictor) fits one scale per group, which
-//! absorbs such a per-layer constant; but raw values are not comparable across the pool until the
-//! demo's forward pools without `max_pool2d`'s backward (which would also change the demo's training,
-//! so it is left to its own change).
+//! one maximum) where it should divide by their *number*, so every layer before a `max_pool2d` would
+//! get its gradient scaled by 1/4 per pool. The demo pools with max-reductions instead
+//! (`model::demo::max_pool2`), whose backward is exact; a test holds every demo layer's gradient
+//! against central finite differences.
 //!
 //! ## References
 //!

@@ -20,12 +20,15 @@ fn inspect_json_has_the_fixed_form() {
         serde_json::from_str(&ok(dir.path(), &["inspect", "--json"])).unwrap();
     assert_eq!(v["model"], "demo");
     let layers = v["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 4);
+    assert_eq!(layers.len(), 7);
     assert_eq!(layers[0]["name"], "conv1");
     assert_eq!(layers[0]["kind"], "conv2d");
-    assert_eq!(layers[0]["shape"], serde_json::json!([16, 1, 3, 3]));
-    assert_eq!(layers[0]["params"], 144);
-    assert_eq!(layers[0]["macs"], 144 * 64);
+    assert_eq!(layers[0]["shape"], serde_json::json!([8, 1, 3, 3]));
+    assert_eq!(layers[0]["params"], 72);
+    assert_eq!(layers[0]["macs"], 72 * 28 * 28);
+    assert_eq!(layers[5]["name"], "fc1");
+    assert_eq!(layers[5]["shape"], serde_json::json!([256, 1568]));
+    assert_eq!(layers[5]["macs"], 256 * 1568);
     assert!(
         layers[0].get("choices").is_none(),
         "choices only with --space"
@@ -98,7 +101,7 @@ fn cost_of_an_assignment_and_of_the_baselines() {
     ];
     let v: serde_json::Value = serde_json::from_str(&ok(dir.path(), &args)).unwrap();
     let layers = v["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 4);
+    assert_eq!(layers.len(), 7);
     assert_eq!(layers[0]["choice"], "int8-sym-channel");
     let sum: f64 = layers
         .iter()

@@ -12,7 +12,7 @@ use mpsearch::space::{Assignment, Choice};
 use crate::util::{demo_evaluator, fails, Dir};
 
 /// The f32 demo's accuracy on its evaluation data, at least.
-const MIN_ACCURACY: f64 = 0.97;
+const MIN_ACCURACY: f64 = 0.85;
 /// Largest KL divergence of all-f16 (nearly lossless) and of int8 activations, on the demo.
 const F16_MAX_KL: f64 = 1e-6;
 const ACT8_MAX_KL: f64 = 0.05;
@@ -74,7 +74,11 @@ fn compressed_weights_are_memoised_per_layer_and_choice() {
     let a = uniform(&ev, "int4-asym-channel");
     let first = ev.evaluate(&a).unwrap();
     let misses = ev.cache().stats().misses;
-    assert_eq!(misses, 4, "one compression per layer");
+    assert_eq!(
+        misses as usize,
+        ev.model().inventory().layers.len(),
+        "one compression per layer"
+    );
     let again = ev.evaluate(&a).unwrap();
     assert_eq!(again.quality, first.quality, "deterministic");
     let st = ev.cache().stats();
@@ -106,14 +110,14 @@ fn fingerprints_and_keys_follow_the_settings() {
 fn the_demo_data_splits_into_calibration_search_and_held_out() {
     let (_, data) = load(&ModelSource::Demo, None).unwrap();
     let s = data.sizes;
-    assert_eq!((s.calibration, s.search, s.held_out), (180, 240, 120));
+    assert_eq!((s.calibration, s.search, s.held_out), (200, 300, 500));
     let count = |b: &[mpsearch::data::Batch]| b.iter().map(|x| x.len()).sum::<usize>();
-    assert_eq!(count(&data.calibration), 180);
-    assert_eq!(count(&data.eval), 240);
-    assert_eq!(count(&data.held_out), 120);
-    assert_eq!(data.labels.as_ref().map(Vec::len), Some(240));
-    assert_eq!(data.held_out_labels.as_ref().map(Vec::len), Some(120));
-    assert!(data.description.contains("240 search") && data.description.contains("120 held-out"));
+    assert_eq!(count(&data.calibration), 200);
+    assert_eq!(count(&data.eval), 300);
+    assert_eq!(count(&data.held_out), 500);
+    assert_eq!(data.labels.as_ref().map(Vec::len), Some(300));
+    assert_eq!(data.held_out_labels.as_ref().map(Vec::len), Some(500));
+    assert!(data.description.contains("300 search") && data.description.contains("500 held-out"));
 }
 
 /// A proxy is the first `n` search samples: all of them give the search split's own metrics, fewer
@@ -121,10 +125,10 @@ fn the_demo_data_splits_into_calibration_search_and_held_out() {
 #[test]
 fn a_proxy_evaluates_the_first_search_samples_under_its_own_key() {
     let ev = demo_evaluator(ScaleMethod::Mse);
-    assert_eq!(ev.search_samples(), Some(240));
+    assert_eq!(ev.search_samples(), Some(300));
     let a = uniform(&ev, "int4-sym-channel");
     let full = ev.evaluate(&a).unwrap();
-    let all = ev.evaluate_on(EvalSplit::Proxy(240), &a).unwrap();
+    let all = ev.evaluate_on(EvalSplit::Proxy(300), &a).unwrap();
     assert!(
         (all.quality - full.quality).abs() <= 1e-12 * full.quality,
         "{} vs {}",
@@ -132,22 +136,22 @@ fn a_proxy_evaluates_the_first_search_samples_under_its_own_key() {
         full.quality
     );
     assert_eq!(all.metrics["accuracy"], full.metrics["accuracy"]);
-    let quarter = ev.evaluate_on(EvalSplit::Proxy(60), &a).unwrap();
+    let quarter = ev.evaluate_on(EvalSplit::Proxy(75), &a).unwrap();
     assert!(quarter.quality > 0.0 && quarter.quality != full.quality);
-    // Its accuracy is a count over its 60 images.
-    let correct = quarter.metrics["accuracy"] * 60.0;
+    // Its accuracy is a count over its 75 images.
+    let correct = quarter.metrics["accuracy"] * 75.0;
     assert!((correct - correct.round()).abs() < 1e-9, "{correct}");
     // The f32 model against itself on the proxy too.
     assert_eq!(
-        ev.evaluate_on(EvalSplit::Proxy(60), &uniform(&ev, "f32"))
+        ev.evaluate_on(EvalSplit::Proxy(75), &uniform(&ev, "f32"))
             .unwrap()
             .quality,
         0.0
     );
     let keys = [
         ev.key_on(EvalSplit::Search, &a),
-        ev.key_on(EvalSplit::Proxy(240), &a),
-        ev.key_on(EvalSplit::Proxy(60), &a),
+        ev.key_on(EvalSplit::Proxy(300), &a),
+        ev.key_on(EvalSplit::Proxy(75), &a),
         ev.key_on(EvalSplit::HeldOut, &a),
     ];
     for i in 0..keys.len() {
@@ -155,12 +159,12 @@ fn a_proxy_evaluates_the_first_search_samples_under_its_own_key() {
             assert_ne!(keys[i], keys[j], "keys {i} and {j}");
         }
     }
-    for n in [0, 241] {
+    for n in [0, 301] {
         let e = ev
             .evaluate_on(EvalSplit::Proxy(n), &a)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("240"), "{e}");
+        assert!(e.contains("300"), "{e}");
     }
 }
 
@@ -188,8 +192,8 @@ fn each_split_is_evaluated_on_its_own_data_under_its_own_key() {
     let held = ev.evaluate_on(EvalSplit::HeldOut, &a).unwrap();
     assert!(held.quality > 0.0 && held.quality.is_finite());
     assert_ne!(held.quality, search.quality, "another split, another mean");
-    // The held-out split's accuracy is a count over its 120 images.
-    let correct = held.metrics["accuracy"] * 120.0;
+    // The held-out split's accuracy is a count over its 500 images.
+    let correct = held.metrics["accuracy"] * 500.0;
     assert!(
         (correct - correct.round()).abs() < 1e-9,
         "{:?}",

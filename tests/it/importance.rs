@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mpsearch::compress::{prune, Importance, Rounding, ScaleMethod, WeightMatrix};
-use mpsearch::data::{Batch, Digits};
+use mpsearch::data::{Batch, FashionMnist};
 use mpsearch::eval::{
     importance_scores, load, CandleEvaluator, EvalSettings, EvalSplit, Evaluator,
 };
@@ -43,7 +43,7 @@ fn fisher_scores_are_half_the_fisher_diagonal_times_w_squared() {
     // passes) is an independent consumer of the gradients: ½·F·w² from it must equal the scores.
     let ev = evaluator(Importance::Fisher);
     let scores = ev.weight_scores().unwrap();
-    let cal = Digits::load().unwrap().calibration;
+    let cal = FashionMnist::load().unwrap().calibration;
     let batches = vec![(Batch::Images(cal.images.clone()), cal.labels.clone())];
     let model = ev.model().as_ref();
     let fd = FisherDiagonal::estimate(model, &batches, 1).unwrap();
@@ -82,7 +82,7 @@ fn taylor_scores_follow_the_per_sample_gradients() {
     let (model, data) = load(&ModelSource::Demo, None).unwrap();
     let taylor =
         importance_scores(model.as_ref(), &data, Importance::Taylor, 1, &mut |_, _| {}).unwrap();
-    let cal = Digits::load().unwrap().calibration;
+    let cal = FashionMnist::load().unwrap().calibration;
     let batches = vec![(Batch::Images(cal.images.clone()), cal.labels.clone())];
     let fd = FisherDiagonal::estimate(model.as_ref(), &batches, 1).unwrap();
     let l = "fc1";
@@ -284,7 +284,7 @@ fn eval_takes_the_scores_up_front_and_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("pruning importance: fisher scores from 180 calibration samples"),
+        err.contains("pruning importance: fisher scores from 200 calibration samples"),
         "{err}"
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
