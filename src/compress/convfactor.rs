@@ -75,9 +75,52 @@ fn conv_dims(dims: &[usize], f: ConvFactor) -> Result<ConvDims> {
     })
 }
 
+/// Factorizations kept for reuse ([`factorize`]): every weight format of a `tucker<P>` / `cp<P>`
+/// choice starts from the same unquantized factors.
+const MEMO_ENTRIES: usize = 32;
+
+/// The last [`MEMO_ENTRIES`] factorizations, keyed by the kernel's bytes, shape and `f`.
+type Memo = Vec<(blake3::Hash, Vec<WeightMatrix>)>;
+static MEMO: std::sync::Mutex<Memo> = std::sync::Mutex::new(Vec::new());
+
+fn memo_key(w: &WeightMatrix, dims: &[usize], f: ConvFactor) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(f.to_string().as_bytes());
+    for d in dims {
+        h.update(&(*d as u64).to_le_bytes());
+    }
+    for v in w.data() {
+        h.update(&v.to_le_bytes());
+    }
+    h.finalize()
+}
+
 /// Factorizes the weight `w` (matrix view of a kernel of shape `dims`) under `f` (see the module
 /// docs), with the ranks [`tucker_ranks`] / [`cp_rank`] give; an error says why `f` does not apply.
+/// A pure function of its inputs, memoised for the last few kernels (CP-ALS is the slow part of
+/// compressing such a layer, and every weight format of the choice needs the same factors).
 pub fn factorize(w: &WeightMatrix, dims: &[usize], f: ConvFactor) -> Result<Vec<WeightMatrix>> {
+    let key = memo_key(w, dims, f);
+    if let Ok(memo) = MEMO.lock() {
+        if let Some((_, factors)) = memo.iter().find(|(k, _)| *k == key) {
+            return Ok(factors.clone());
+        }
+    }
+    let factors = factorize_uncached(w, dims, f)?;
+    if let Ok(mut memo) = MEMO.lock() {
+        if memo.len() >= MEMO_ENTRIES {
+            memo.remove(0);
+        }
+        memo.push((key, factors.clone()));
+    }
+    Ok(factors)
+}
+
+fn factorize_uncached(
+    w: &WeightMatrix,
+    dims: &[usize],
+    f: ConvFactor,
+) -> Result<Vec<WeightMatrix>> {
     let d = conv_dims(dims, f)?;
     if let Some(why) = f.misfit(d) {
         return Err(Error::compress(format!("{f} on a {dims:?} kernel: {why}")));
@@ -518,16 +561,12 @@ mod tests {
     /// A kernel of exact multilinear rank (r_out, r_in) on the channel modes.
     fn low_multilinear(dims: [usize; 4], r_in: usize, r_out: usize) -> WeightMatrix {
         let [o, i, kh, kw] = dims;
-        let k = kh * kw;
         let g = kernel([r_out, r_in, kh, kw], 1);
         let u_out = kernel([o, r_out, 1, 1], 2);
         let u_in_t = kernel([r_in, i, 1, 1], 3);
-        reconstruct(ConvFactor::Tucker(50), &dims, &[u_out, g, u_in_t])
-            .map(|m| {
-                assert_eq!(m.cols(), i * k);
-                m
-            })
-            .unwrap()
+        let m = reconstruct(ConvFactor::Tucker(50), &dims, &[u_out, g, u_in_t]).unwrap();
+        assert_eq!(m.cols(), i * kh * kw);
+        m
     }
 
     #[test]
