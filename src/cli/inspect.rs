@@ -148,13 +148,19 @@ fn space_text(s: &SearchSpace) -> String {
 }
 
 /// The choices `[defaults]` offered that some layers cannot take (GGML blocks that do not fit their
-/// in-features), grouped by choice and reason, with the layers.
+/// in-features, `tucker<P>` / `cp<P>` where they do not apply), grouped by choice — by the
+/// factorization alone for `tucker<P>` / `cp<P>`, whatever the weights — and reason, with the layers.
 fn dropped_text(s: &SearchSpace) -> String {
     let mut by: Vec<((String, &str), Vec<String>)> = Vec::new();
     for d in &s.dropped {
-        let key = (d.choice.to_string(), d.why.as_str());
+        let choice = match d.choice.conv {
+            Some(f) => format!("{f} (with any weights)"),
+            None => d.choice.to_string(),
+        };
+        let key = (choice, d.why.as_str());
         match by.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, layers)) => layers.push(d.layer.clone()),
+            Some((_, layers)) if !layers.contains(&d.layer) => layers.push(d.layer.clone()),
+            Some(_) => {}
             None => by.push((key, vec![d.layer.clone()])),
         }
     }

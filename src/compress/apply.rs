@@ -38,6 +38,15 @@
 //! would size the grid for values that are then thrown away. This is also how the cost model counts
 //! bytes ([`crate::cost::CostModel`]): each factor stored pruned and quantized, `k = rank_k(…)`.
 //!
+//! **Convolution factorizations** (`tucker<P>`, `cp<P>`) replace step 1 by Tucker-2 or CP of the
+//! kernel ([`super::convfactor`]: three or four factor matrices), take no step 2 or 3 (the notation
+//! refuses sparsity parts with them) and quantize each factor on its own in step 4, round-to-nearest
+//! with the run's scale method: the factors have no input statistics of their own here, so
+//! output-error scales fall back to MSE scales and GPTQ to round-to-nearest (as a factorized
+//! embedding's `B` does). Step 5 multiplies the chain back into the kernel it computes
+//! ([`super::convfactor::reconstruct`]): the evaluator scores that kernel, the same linear map as the
+//! chain of convolutions `measure` runs.
+//!
 //! Activation quantization is not part of the weight: the evaluator passes `choice.act` to
 //! [`quantize_activation`](super::quantize_activation) at run time.
 
@@ -46,6 +55,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use serde::{Deserialize, Serialize};
 
+use super::convfactor;
 use super::gptq::{self, Format, Rounding};
 use super::importance::{Importance, WeightScores};
 use super::lowrank::truncated_svd;
@@ -54,7 +64,7 @@ use super::prune;
 use super::quant::{quantize_matrix, QuantizedWeight, ScaleMethod};
 use super::stats::InputStats;
 use crate::error::{Error, Result};
-use crate::space::{Choice, Sparsity, WeightQuant};
+use crate::space::{Choice, ConvFactor, Sparsity, WeightQuant};
 
 /// How a choice's integer formats are fitted and rounded (the scale method and the rounding), and
 /// how pruning ranks weights (the importance). Part of the evaluator's fingerprint and of the
@@ -83,6 +93,7 @@ impl CompressSettings {
     /// Whether compressing a weight under `choice` needs the layer's input statistics.
     pub fn needs_inputs(&self, choice: &Choice) -> bool {
         matches!(choice.weights, WeightQuant::Int { .. })
+            && choice.conv.is_none()
             && (self.scale.needs_inputs() || self.rounding.needs_inputs())
     }
 
@@ -113,10 +124,13 @@ pub struct CompressedWeight {
     masks: Vec<Vec<bool>>,
     quantized: Vec<Option<QuantizedWeight>>,
     shape: Vec<usize>,
+    /// The convolution factorization the factors come from, if any.
+    conv: Option<ConvFactor>,
 }
 
 impl CompressedWeight {
-    /// `[W]`, or `[A, B]` when factorized, as dequantized f32 matrices.
+    /// `[W]`, or `[A, B]` when factorized, or a convolution factorization's three (Tucker-2) or four
+    /// (CP) factors ([`super::convfactor`]), as dequantized f32 matrices.
     pub fn factors(&self) -> &[WeightMatrix] {
         &self.factors
     }
@@ -138,8 +152,16 @@ impl CompressedWeight {
         &self.shape
     }
 
-    /// The dense matrix: `W`, or `A·B`.
+    /// The convolution factorization the factors come from (`tucker<P>`, `cp<P>`), if any.
+    pub fn conv(&self) -> Option<ConvFactor> {
+        self.conv
+    }
+
+    /// The dense matrix: `W`, or `A·B`, or the kernel a convolution factorization's chain computes.
     pub fn product(&self) -> Result<WeightMatrix> {
+        if let Some(f) = self.conv {
+            return convfactor::reconstruct(f, &self.shape, &self.factors);
+        }
         match self.factors.as_slice() {
             [a, b] => a.matmul(b),
             [w] => Ok(w.clone()),
@@ -193,6 +215,9 @@ pub fn compress_with(
     scores: Option<&WeightScores>,
 ) -> Result<CompressedWeight> {
     let original = WeightMatrix::from_tensor(w)?;
+    if let Some(f) = choice.conv {
+        return compress_conv(w.dims(), &original, choice, f, settings);
+    }
     let scores = layer_scores(&original, choice, settings, scores)?;
     let inputs = if settings.needs_inputs(choice) {
         let s = inputs.ok_or_else(|| {
@@ -238,6 +263,48 @@ pub fn compress_with(
         masks,
         quantized,
         shape: w.dims().to_vec(),
+        conv: None,
+    })
+}
+
+/// A convolution factorization under `choice` (see the module docs): the factors, each quantized
+/// round-to-nearest on its own (output-error scales as MSE scales), none pruned.
+fn compress_conv(
+    dims: &[usize],
+    original: &WeightMatrix,
+    choice: &Choice,
+    f: ConvFactor,
+    settings: &CompressSettings,
+) -> Result<CompressedWeight> {
+    if choice.sparsity != Sparsity::None || choice.weights.ggml().is_some() {
+        return Err(Error::compress(format!(
+            "{choice}: {f} takes float or integer weights and no sparsity part"
+        )));
+    }
+    let mut factors = convfactor::factorize(original, dims, f)?;
+    let masks: Vec<Vec<bool>> = factors.iter().map(|m| vec![true; m.len()]).collect();
+    let mut settings = CompressSettings {
+        rounding: Rounding::Rtn,
+        ..*settings
+    };
+    if settings.scale.needs_inputs() {
+        settings.scale = ScaleMethod::Mse;
+    }
+    let mut quantized = Vec::with_capacity(factors.len());
+    for (factor, keep) in factors.iter_mut().zip(&masks) {
+        let q = quantize_factor(factor, keep, &choice.weights, &settings, None)?;
+        *factor = match &q {
+            Some(q) => q.dequantize_matrix()?,
+            None => quantize_matrix(factor, &choice.weights, settings.scale, None)?,
+        };
+        quantized.push(q);
+    }
+    Ok(CompressedWeight {
+        factors,
+        masks,
+        quantized,
+        shape: dims.to_vec(),
+        conv: Some(f),
     })
 }
 

@@ -14,6 +14,7 @@
 //! | `sparse<P>`, `N:M` | the format's kernel on the pruned weight, computed dense: candle has no sparse kernels |
 //! | `rank<P>` | [`LayerKernel::Factored`]: two smaller kernels `A [out, k]` and `B [k, in]`, each in the format's kernel |
 //! | `channels<P>` | [`LayerKernel::Rows`]: the kept rows only (of `W`, or of `A`), a smaller matrix whose outputs are scattered back; the removed outputs are exactly zero |
+//! | `tucker<P>`, `cp<P>` | [`LayerKernel::Chain`]: the factors as a chain of candle `conv2d`s (1×1 → kh×kw → 1×1, or 1×1 → kh×1 → 1×kw depthwise → 1×1), each in f32 holding the format's (dequantized, or f16-rounded) values: candle has no integer convolution, and its f16 path is a matmul's |
 //!
 //! Without `rank<P>` or `channels<P>`, an f32, bf16 or int* layer's kernel is [`LayerKernel::Dense`]
 //! in the weight's own shape ([`deploys_dense`]): the very tensor the evaluator runs (a convolution
@@ -33,17 +34,21 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use super::apply::{compress_with, prepare, CompressSettings};
+use super::convfactor;
 use super::ggml;
 use super::importance::WeightScores;
 use super::matrix::WeightMatrix;
 use super::stats::InputStats;
 use crate::error::{Error, Result};
-use crate::model::LayerKernel;
-use crate::space::{Choice, GgmlFormat, Sparsity, WeightQuant};
+use crate::model::{ChainConv, LayerKernel};
+use crate::space::{Choice, ConvFactor, GgmlFormat, Sparsity, WeightQuant};
 
 /// Whether `choice` changes a layer's weight at all (else only its activations, or nothing).
 pub fn changes_weight(choice: &Choice) -> bool {
-    choice.weights != WeightQuant::F32 || choice.sparsity != Sparsity::None || choice.rank.is_some()
+    choice.weights != WeightQuant::F32
+        || choice.sparsity != Sparsity::None
+        || choice.rank.is_some()
+        || choice.conv.is_some()
 }
 
 /// Whether the deployed kernel of a matmul layer under `choice` is the dense compressed weight in the
@@ -54,6 +59,7 @@ pub fn deploys_dense(choice: &Choice) -> bool {
         choice.weights,
         WeightQuant::F32 | WeightQuant::Bf16 | WeightQuant::Int { .. }
     ) && choice.rank.is_none()
+        && choice.conv.is_none()
         && !matches!(choice.sparsity, Sparsity::Channels(_))
 }
 
@@ -72,6 +78,9 @@ pub fn deploy_kernel(
 ) -> Result<Option<LayerKernel>> {
     if !changes_weight(choice) {
         return Ok(None);
+    }
+    if let Some(f) = choice.conv {
+        return chain_kernel(w, choice, f, settings).map(Some);
     }
     let (factors, kept, leaf) = match choice.weights {
         WeightQuant::Ggml(g) => {
@@ -130,6 +139,35 @@ pub fn deploy_kernel(
         }
         None => kernel,
     }))
+}
+
+/// The chain of convolutions of a `tucker<P>` / `cp<P>` choice on the kernel `w`.
+fn chain_kernel(
+    w: &Tensor,
+    choice: &Choice,
+    f: ConvFactor,
+    settings: &CompressSettings,
+) -> Result<LayerKernel> {
+    let c = compress_with(w, choice, settings, None, None)?;
+    let shapes = convfactor::factor_shapes(f, w.dims(), c.factors());
+    // Storage order is the last applied first.
+    let convs = c
+        .factors()
+        .iter()
+        .zip(shapes)
+        .rev()
+        .map(|(m, (shape, groups))| {
+            Ok(ChainConv {
+                weight: m.to_tensor(&shape)?,
+                groups,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let p = c.product()?;
+    Ok(LayerKernel::Chain {
+        convs,
+        dense: p.to_tensor(&[p.rows(), p.cols()])?,
+    })
 }
 
 /// candle's `QMatMul` of `m` quantized to `g` by candle. Built as the quantized variant directly, so

@@ -18,6 +18,7 @@
 //! | `importance.rs` | what pruning ranks weights by: magnitude, or Taylor / Fisher scores from calibration gradients |
 //! | `prune.rs` | unstructured, N:M (along input channels) and output-channel pruning masks |
 //! | `lowrank.rs` | truncated SVD into two factors |
+//! | `convfactor.rs` | Tucker-2 (HOSVD + HOOI) and CP (ALS) of a convolution kernel into a chain of smaller convolutions |
 //! | `apply.rs` | a whole [`Choice`](crate::space::Choice) on a weight, in one fixed order |
 //! | `kernel.rs` | a whole choice as the kernel that runs it on candle (QMatMul, f16, factors, kept rows) |
 //! | `activation.rs` | int8 activation fake quantization and range calibration |
@@ -28,6 +29,7 @@
 mod activation;
 mod apply;
 mod cache;
+pub mod convfactor;
 pub mod ggml;
 pub mod gptq;
 mod importance;

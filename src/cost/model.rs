@@ -11,7 +11,9 @@
 //!   ⌈log₂ M⌉ bits of position each, its groups running along the input channels at a fixed kernel
 //!   position and the ragged tail of `in mod M` channels stored dense; removed channels disappear (plus a
 //!   1-bit-per-row mask); low rank stores the two factors (m×k)(k×n), k = ⌈rank% × min(m, n)⌉, each
-//!   quantized and sparsified as above. Biases stay f32.
+//!   quantized and sparsified as above; a convolution factorized by `tucker<P>` or `cp<P>` stores its
+//!   chain's factors ([`crate::space::ConvFactor::matrices`]: Tucker-2 `o×r_out`, `r_out×r_in·kh·kw`,
+//!   `r_in×i`; CP `o×R`, `R×kw`, `R×kh`, `R×i`), each in the weight format. Biases stay f32.
 //! - **bops**: bit operations per inference, MACs × weight bits × activation bits (32 for float
 //!   activations, which the second factor of a factorized layer multiplies unless the format is a GGML
 //!   one, whose kernels quantize every input to 8-bit blocks; a GGML format's weight bits are its code
@@ -28,6 +30,14 @@
 //!   `unstructured_efficiency` of the pruned work; removed channels always save work; N:M saves the pruned
 //!   share of its full groups only in kernels of the precisions the profile lists for the pattern.
 //!
+//! A factorized convolution (`tucker<P>`, `cp<P>`) is charged per convolution of its chain, each as
+//! its own kernel: MACs = the factor's values × the layer's output pixels (a depthwise factor's
+//! values are its MACs per pixel: each output channel reads one input channel), its roofline from
+//! those MACs at the rate of the format's precision and its weight and activation bytes. The first
+//! 1×1 convolution runs on the input pixels, which this counts as the output pixels (equal for the
+//! stride-1, same-padding convolutions these are offered on; a strided layer is undercharged there).
+//! Measured profile entries are never used for a chain (none are keyed by its factors' shapes).
+//!
 //! A model runs its layers one after another, so every cost is additive over layers: a total is the
 //! sum of the per-layer figures (a test checks this), and the cheapest and dearest reachable totals of a
 //! space are sums of per-group minima and maxima ([`super::Feasibility`]).
@@ -37,8 +47,8 @@ use serde::{Deserialize, Serialize};
 use super::kernel::{float_bytes, Kernel, KernelInput, KernelPath};
 use super::profile::{layers_key, HardwareProfile, MeasuredKey, Precision};
 use crate::space::{
-    kept_rows, rank_k, ActQuant, Choice, GgmlFormat, Granularity, LayerInfo, LayerKind,
-    QuantScheme, Sparsity, WeightQuant,
+    kept_rows, rank_k, ActQuant, Choice, ConvDims, ConvFactor, GgmlFormat, Granularity, LayerInfo,
+    LayerKind, QuantScheme, Sparsity, WeightQuant,
 };
 
 /// The three costs of a layer or a model.
@@ -230,12 +240,23 @@ struct Matrix {
     rows: u64,
     cols: u64,
     kernel: u64,
+    /// A depthwise convolution of a factorized kernel: each row reads its own input channel.
+    depthwise: bool,
 }
 
 impl Matrix {
     /// Input channels of a row: the axis N:M groups run along.
     fn channels(&self) -> u64 {
         self.cols / self.kernel.max(1)
+    }
+
+    /// Input values per application: a depthwise convolution reads one channel per row.
+    fn inputs(&self) -> u64 {
+        if self.depthwise {
+            self.rows
+        } else {
+            self.channels()
+        }
     }
 
     /// Values of one row an `n:m` pattern keeps: `(in N:M groups, in the dense ragged tail)`.
@@ -253,10 +274,10 @@ impl Matrix {
 }
 
 /// The weight matrices of a layer choice in storage order: the layer's weight, or the factors `A`
-/// (rows×k) and `B` (k×cols) of a low-rank layer.
+/// (rows×k) and `B` (k×cols) of a low-rank layer, or the three or four of a factorized convolution.
 #[derive(Clone, Copy, Debug)]
 struct Factors {
-    matrices: [Matrix; 2],
+    matrices: [Matrix; 4],
     len: usize,
     /// Index of the matrix that reads the layer's input (`B`, or `A`'s rows for an embedding lookup).
     input: usize,
@@ -273,28 +294,47 @@ impl Factors {
             LayerKind::Conv2d => layer.shape.iter().skip(2).product::<usize>().max(1) as u64,
             _ => 1,
         };
+        let matrix = |rows, cols, kernel| Matrix {
+            rows,
+            cols,
+            kernel,
+            depthwise: false,
+        };
+        let chain = choice
+            .conv
+            .zip(ConvDims::of(layer))
+            .and_then(|(f, d)| f.matrices(d).ok().map(|m| (f, m)));
+        if let Some((f, shapes)) = chain {
+            let mut matrices = [matrix(1, 1, 1); 4];
+            for (j, &(rows, cols)) in shapes.iter().enumerate() {
+                let middle = j > 0 && j + 1 < shapes.len();
+                matrices[j] = match (f, middle) {
+                    // Tucker-2's core keeps the kernel's positions.
+                    (ConvFactor::Tucker(_), true) => matrix(rows, cols, positions),
+                    // CP's k×1 and 1×k: depthwise, `cols` taps of one channel per row.
+                    (ConvFactor::Cp(_), true) => Matrix {
+                        depthwise: true,
+                        ..matrix(rows, cols, cols)
+                    },
+                    _ => matrix(rows, cols, 1),
+                };
+            }
+            return Factors {
+                matrices,
+                len: shapes.len(),
+                input: shapes.len() - 1,
+            };
+        }
         let (matrices, len) = match choice.rank {
             Some(r) => {
                 let k = rank_k(rows, cols, r);
-                let a = Matrix {
-                    rows: kept_rows,
-                    cols: k,
-                    kernel: 1,
-                };
-                let b = Matrix {
-                    rows: k,
-                    cols,
-                    kernel: positions,
-                };
-                ([a, b], 2)
+                let a = matrix(kept_rows, k, 1);
+                let b = matrix(k, cols, positions);
+                ([a, b, b, b], 2)
             }
             None => {
-                let w = Matrix {
-                    rows: kept_rows,
-                    cols,
-                    kernel: positions,
-                };
-                ([w, w], 1)
+                let w = matrix(kept_rows, cols, positions);
+                ([w; 4], 1)
             }
         };
         let input = if layer.kind == LayerKind::Embedding {
@@ -386,9 +426,9 @@ impl Part<'_> {
     }
 
     /// Input values per application: the input feature map's channels for a convolution (not its
-    /// im2col expansion), the columns otherwise.
+    /// im2col expansion; a depthwise factor's rows), the columns otherwise.
     fn inputs(&self) -> f64 {
-        self.m.channels() as f64
+        self.m.inputs() as f64
     }
 
     /// Applications per sample for the activation traffic (output pixels of a convolution).
@@ -461,11 +501,9 @@ impl CostModel {
     /// the stored bytes and the bit operations.
     pub fn layer(&self, layer: &LayerInfo, choice: &Choice) -> LayerCost {
         let factors = Factors::of(layer, choice);
-        let first = self.factor_kernel(layer, choice, &factors, 0);
-        let kernels = match factors.len {
-            2 => [first, self.factor_kernel(layer, choice, &factors, 1)],
-            _ => [first; 2],
-        };
+        let kernels: [Kernel; 4] = std::array::from_fn(|i| {
+            self.factor_kernel(layer, choice, &factors, i.min(factors.len - 1))
+        });
         let whole = self.measured_whole(layer, choice, &factors, kernels[factors.input]);
         let mut latency = whole.unwrap_or(0.0);
         let mut macs = 0.0;
@@ -508,7 +546,8 @@ impl CostModel {
             macs,
             runs_as: kernel.compute(),
             kernel,
-            then: (factors.len == 2).then_some(kernels[1 - factors.input]),
+            // The factor applied last (the first in storage order, unless that reads the input).
+            then: (factors.len >= 2).then_some(kernels[usize::from(factors.input == 0)]),
             measured,
         }
     }
@@ -524,7 +563,7 @@ impl CostModel {
         input: Kernel,
     ) -> Option<f64> {
         let rank = choice.rank?;
-        if self.profile.measured.is_empty() {
+        if self.profile.measured.is_empty() || choice.conv.is_some() {
             return None;
         }
         let mut shape = layer.shape.clone();
@@ -607,7 +646,7 @@ impl CostModel {
     /// or a quantize–dequantize pass around a float kernel) of the float kernel that really runs, plus
     /// the analytic quantize–dequantize pass.
     fn measured_us(&self, part: &Part) -> Option<f64> {
-        if self.profile.measured.is_empty() {
+        if self.profile.measured.is_empty() || part.choice.conv.is_some() {
             return None;
         }
         let key = |weights: Precision, act: ActQuant, sparsity: Sparsity| MeasuredKey {
@@ -875,6 +914,7 @@ mod tests {
             rows,
             cols,
             kernel: 1,
+            depthwise: false,
         }
     }
 
@@ -906,6 +946,7 @@ mod tests {
             rows: 2,
             cols: 24,
             kernel: 4,
+            depthwise: false,
         };
         assert_eq!(conv.nm_kept_per_row(2, 4), (8, 8));
         assert!(conv.ragged(4) && !conv.ragged(2) && !conv.ragged(3));

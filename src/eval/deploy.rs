@@ -60,7 +60,9 @@ pub fn describe_layer(l: &LayerInfo, choice: &Choice, o: Option<&LayerOverride>)
         ),
         (LayerKind::Conv2d, None) => format!("f32 conv2d {}", dims(&l.shape)),
         (_, None) => format!("f32 matmul {}", dims(&l.shape)),
-        (LayerKind::Conv2d, Some(k @ LayerKernel::Dense(_))) => describe_kernel(k),
+        (LayerKind::Conv2d, Some(k @ (LayerKernel::Dense(_) | LayerKernel::Chain { .. }))) => {
+            describe_kernel(k)
+        }
         (LayerKind::Conv2d, Some(k)) => format!("{} on im2col patches", describe_kernel(k)),
         (_, Some(k)) => describe_kernel(k),
     }];
@@ -129,6 +131,20 @@ pub fn describe_kernel(k: &LayerKernel) -> String {
             kept.elem_count(),
             describe_kernel(kernel)
         ),
+        LayerKernel::Chain { convs, .. } => {
+            let steps: Vec<String> = convs
+                .iter()
+                .map(|c| {
+                    let d = c.weight.dims();
+                    let depthwise = if c.groups > 1 { " depthwise" } else { "" };
+                    format!("{}x{}{depthwise} {}", d[2], d[3], tensor_dims(&c.weight))
+                })
+                .collect();
+            format!(
+                "chain of f32 conv2d: {} (factor values in the format, run in f32)",
+                steps.join(" → ")
+            )
+        }
     }
 }
 

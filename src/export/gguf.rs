@@ -25,7 +25,10 @@ use crate::space::{Assignment, Choice, GgmlFormat, LayerInfo, Sparsity, WeightQu
 
 /// The GGUF type a choice is stored as, or why it cannot be.
 fn stored_type(layer: &str, c: &Choice) -> Result<GgmlDType> {
-    let plain = c.sparsity == Sparsity::None && c.rank.is_none() && c.act == Default::default();
+    let plain = c.sparsity == Sparsity::None
+        && c.rank.is_none()
+        && c.conv.is_none()
+        && c.act == Default::default();
     match c.weights {
         WeightQuant::F32 if plain => Ok(GgmlDType::F32),
         WeightQuant::F16 if plain => Ok(GgmlDType::F16),

@@ -208,6 +208,11 @@ pub fn map_choice(choice: &Choice, cols: usize) -> GgmlMapping {
             "rank{p} dropped (GGUF has no factorized tensors; the full matrix is quantized)"
         ));
     }
+    if let Some(f) = choice.conv {
+        d.push(format!(
+            "{f} dropped (GGUF has no factorized tensors; the full kernel is quantized)"
+        ));
+    }
     GgmlMapping {
         ggml,
         differences: d,

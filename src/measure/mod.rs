@@ -308,6 +308,14 @@ fn kernel_notes(targets: &[Target]) -> Vec<String> {
                 .into(),
         );
     }
+    if choices().any(|c| c.conv.is_some()) {
+        notes.push(
+            "tucker<P> and cp<P> layers run their chain of convolutions (candle conv2d, depthwise \
+             ones grouped), each factor's values in f32: candle has no integer or f16 convolution \
+             kernel on CPU, so an int or f16 chain is timed as f32"
+                .into(),
+        );
+    }
     let scalar: Vec<&str> = [GgmlFormat::Q4_1, GgmlFormat::Q5_0, GgmlFormat::Q5_1]
         .into_iter()
         .filter(|g| choices().any(|c| c.weights == WeightQuant::Ggml(*g)))

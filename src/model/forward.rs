@@ -57,6 +57,23 @@ pub enum LayerKernel {
         out: usize,
         kernel: Box<LayerKernel>,
     },
+    /// A convolution kernel factorized into a chain of smaller convolutions (`tucker<P>`, `cp<P>`),
+    /// run one after another by candle's `conv2d` ([`ForwardCtx::conv2d`]). `dense` is the kernel the
+    /// chain computes, `[out, in·kh·kw]`, for every use that is not a convolution (a matmul on im2col
+    /// patches, [`LayerKernel::to_dense`]); it is not counted in [`LayerKernel::bytes`].
+    Chain {
+        convs: Vec<ChainConv>,
+        dense: Tensor,
+    },
+}
+
+/// One convolution of a [`LayerKernel::Chain`], in the order they run.
+#[derive(Clone, Debug)]
+pub struct ChainConv {
+    /// `[out, in / groups, kh, kw]` (f32).
+    pub weight: Tensor,
+    /// 1, or the channels of a depthwise convolution.
+    pub groups: usize,
 }
 
 impl LayerKernel {
@@ -72,6 +89,7 @@ impl LayerKernel {
             LayerKernel::Quantized(q) => q.forward(&x.contiguous()?)?,
             LayerKernel::Emulated(q) => super::emulate::emulate(q, x)?,
             LayerKernel::Factored { a, b } => a.matmul(&b.matmul(x)?)?,
+            LayerKernel::Chain { dense, .. } => dense_matmul(x, dense)?,
             LayerKernel::Rows { kept, out, kernel } => {
                 let y = kernel.matmul(x)?;
                 let last = y.rank() - 1;
@@ -96,6 +114,7 @@ impl LayerKernel {
             LayerKernel::Emulated(q) => q.storage_size_in_bytes(),
             LayerKernel::Factored { a, b } => a.bytes() + b.bytes(),
             LayerKernel::Rows { kept, kernel, .. } => tensor(kept) + kernel.bytes(),
+            LayerKernel::Chain { convs, .. } => convs.iter().map(|c| tensor(&c.weight)).sum(),
         }
     }
 
@@ -112,6 +131,7 @@ impl LayerKernel {
             },
             LayerKernel::Emulated(q) => super::emulate::dequantize(q)?,
             LayerKernel::Factored { a, b } => a.to_dense()?.matmul(&b.to_dense()?)?,
+            LayerKernel::Chain { dense, .. } => dense.clone(),
             LayerKernel::Rows { kept, out, kernel } => {
                 let rows = kernel.to_dense()?;
                 Tensor::zeros((*out, rows.dim(1)?), DType::F32, rows.device())?
@@ -134,7 +154,7 @@ impl LayerKernel {
             },
             LayerKernel::Dense(w) => gather(&w.flatten_from(1)?, ids),
             LayerKernel::F16(w) => Ok(gather(w, ids)?.to_dtype(DType::F32)?),
-            LayerKernel::Factored { .. } | LayerKernel::Rows { .. } => {
+            LayerKernel::Factored { .. } | LayerKernel::Rows { .. } | LayerKernel::Chain { .. } => {
                 gather(&self.to_dense()?, ids)
             }
         }
@@ -157,7 +177,10 @@ impl LayerKernel {
                 out: *out,
                 kernel: Box::new(kernel.emulated()),
             },
-            LayerKernel::Dense(_) | LayerKernel::F16(_) | LayerKernel::Emulated(_) => self.clone(),
+            LayerKernel::Dense(_)
+            | LayerKernel::F16(_)
+            | LayerKernel::Emulated(_)
+            | LayerKernel::Chain { .. } => self.clone(),
         }
     }
 
@@ -320,8 +343,9 @@ impl ForwardCtx<'_> {
 
     /// A 2-d convolution of `x [n, c, h, w]` by `weight [out, c, kh, kw]` with square `padding` and
     /// `stride` (dilation 1, one group), plus the bias `[out]`. A dense kernel runs candle's
-    /// `conv2d`; any other runs on the im2col patches `[n·oh·ow, c·kh·kw]` (the weight's column
-    /// order) and the result is laid back out as `[n, out, oh, ow]`.
+    /// `conv2d`; a chain of convolutions runs each by candle's `conv2d` ([`run_chain`]); any other
+    /// runs on the im2col patches `[n·oh·ow, c·kh·kw]` (the weight's column order) and the result
+    /// is laid back out as `[n, out, oh, ow]`.
     pub fn conv2d(
         &self,
         layer: &str,
@@ -336,6 +360,9 @@ impl ForwardCtx<'_> {
             let x = self.input(layer, x)?;
             Ok(match (dense, self.kernel(layer)) {
                 (Some(w), _) => x.conv2d(w, padding, stride, 1, 1)?,
+                (None, Some(LayerKernel::Chain { convs, .. })) => {
+                    run_chain(&x, convs, padding, stride)?
+                }
                 (None, Some(k)) => {
                     let (kh, kw) = (weight.dim(2)?, weight.dim(3)?);
                     let (patches, oh, ow) = im2col(&x, kh, kw, padding, stride)?;
@@ -392,6 +419,44 @@ impl ForwardCtx<'_> {
             _ => Ok(x.clone()),
         }
     }
+}
+
+/// A chain of convolutions on `x [n, c, h, w]` with the layer's square `padding` and `stride`: the
+/// padding of each dimension is added (as zeros) before the first convolution that extends over it
+/// (before the first at all if none does: the 1×1 convolutions before it have no bias, so zeros stay
+/// zeros and the result is the layer's); the stride is taken by the last convolution with a spatial
+/// extent when it extends over both dimensions (Tucker-2's core), else that convolution runs at
+/// stride 1 and its output is subsampled (CP's `1×kw`; a stride-`s` convolution is a stride-1
+/// convolution's every `s`-th output).
+pub fn run_chain(x: &Tensor, convs: &[ChainConv], padding: usize, stride: usize) -> Result<Tensor> {
+    let extent =
+        |c: &ChainConv| -> Result<(usize, usize)> { Ok((c.weight.dim(2)?, c.weight.dim(3)?)) };
+    let extents = convs.iter().map(extent).collect::<Result<Vec<_>>>()?;
+    let first_rows = extents.iter().position(|e| e.0 > 1).unwrap_or(0);
+    let first_cols = extents.iter().position(|e| e.1 > 1).unwrap_or(0);
+    let last = extents
+        .iter()
+        .rposition(|e| e.0 > 1 || e.1 > 1)
+        .unwrap_or(0);
+    let both = extents.get(last).is_some_and(|e| e.0 > 1 && e.1 > 1);
+    let mut y = x.clone();
+    for (j, c) in convs.iter().enumerate() {
+        if padding > 0 && j == first_rows {
+            y = y.pad_with_zeros(2, padding, padding)?;
+        }
+        if padding > 0 && j == first_cols {
+            y = y.pad_with_zeros(3, padding, padding)?;
+        }
+        let s = if j == last && both { stride } else { 1 };
+        y = y.conv2d(&c.weight, 0, s, 1, c.groups)?;
+        if j == last && !both && stride > 1 {
+            let device = y.device().clone();
+            let every = |n: usize| Tensor::arange_step(0u32, n as u32, stride as u32, &device);
+            let (h, w) = (y.dim(2)?, y.dim(3)?);
+            y = y.index_select(&every(h)?, 2)?.index_select(&every(w)?, 3)?;
+        }
+    }
+    Ok(y)
 }
 
 /// Rows `ids` (any shape) of the matrix `w [rows, width]`: `[ids.., width]`.

@@ -21,8 +21,8 @@ pub use bert::{BertConfig, BertEncoder};
 pub use demo::DemoModel;
 pub use emulate::{activation_blocks, DenseTier, DenseTierStats, DENSE_TIER_BYTES};
 pub use forward::{
-    capture_input_stats, capture_input_stats_with, capture_inputs, ForwardCtx, LayerKernel,
-    LayerOverride, LayerTimes, Model, Overrides,
+    capture_input_stats, capture_input_stats_with, capture_inputs, run_chain, ChainConv,
+    ForwardCtx, LayerKernel, LayerOverride, LayerTimes, Model, Overrides,
 };
 pub use inventory::{read_safetensors_header, TensorEntry};
 pub use llama::{GgufTokenizer, LlamaConfig, LlamaModel};

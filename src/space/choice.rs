@@ -10,7 +10,16 @@
 //! PART    = act8-static | act8-dynamic                                      activation quantization
 //!         | sparse<P> | <N>:<M> | channels<P>                               sparsity (one at most)
 //!         | rank<P>                                                         percent of full rank kept
+//!         | tucker<P> | cp<P>                                               convolution factorizations
 //! ```
+//!
+//! `tucker<P>` and `cp<P>` ([`ConvFactor`], `P` the percent of the layer's parameters kept) fill the
+//! rank slot, so a choice has at most one of `rank<P>`, `tucker<P>`, `cp<P>`. They factorize a
+//! convolution kernel into a chain of smaller convolutions (see [`super::conv`]); each factor is
+//! stored in the weight format (float, or integer quantized factor by factor), and they combine with
+//! activation quantization of the layer's input, but with no sparsity part (the factors are dense) and
+//! no GGML block format (its blocks would run along the factors' few in-features, and candle has no
+//! quantized convolution to chain).
 //!
 //! A GGML block format ([`GgmlFormat`]) names the arithmetic of llama.cpp's (and candle's) quantized
 //! kernels: block-quantized weights, activations quantized on the fly by the kernel (to Q8_K or Q8_0
@@ -31,6 +40,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::conv::{ConvDims, ConvFactor};
+use super::layer::LayerInfo;
 use crate::error::{Error, Result};
 
 /// Smallest and largest integer bit-width.
@@ -48,7 +59,8 @@ const WEIGHTS_HELP: &str =
      q8_0, q4_0, q4_1, q5_0, q5_1";
 const PARTS_HELP: &str =
     "parts after the weights, in this order: act8-static | act8-dynamic, then one of \
-     sparse<P> | <N>:<M> | channels<P>, then rank<P> (P a whole percent 1..=99)";
+     sparse<P> | <N>:<M> | channels<P>, then one of rank<P> | tucker<P> | cp<P> (P a whole percent \
+     1..=99)";
 
 /// Symmetric (zero point 0) or asymmetric (affine) integer quantization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -418,6 +430,8 @@ pub struct Choice {
     pub sparsity: Sparsity,
     /// Percent of full rank kept, 1..=99; `None` keeps full rank (no factorization).
     pub rank: Option<u8>,
+    /// A convolution kernel's Tucker-2 or CP factorization (the rank slot: never with `rank`).
+    pub conv: Option<ConvFactor>,
 }
 
 impl Choice {
@@ -427,6 +441,7 @@ impl Choice {
         act: ActQuant::None,
         sparsity: Sparsity::None,
         rank: None,
+        conv: None,
     };
 
     /// A choice with only the weight format set.
@@ -456,6 +471,23 @@ impl Choice {
         g.misfit(k).map(|why| {
             format!("with rank{p} the first factor takes k = {k} in-features, and {why}")
         })
+    }
+
+    /// Why this choice does not fit `layer`, or `None`: a block format whose blocks do not tile a
+    /// factor's in-features ([`Choice::block_misfit`]), or `tucker<P>` / `cp<P>` where it does not
+    /// apply ([`ConvFactor::misfit`]: not a convolution, a 1×1 kernel, one channel for Tucker-2, a
+    /// budget too small for rank 1).
+    pub fn layer_misfit(&self, layer: &LayerInfo) -> Option<String> {
+        if let Some(c) = self.conv {
+            return match ConvDims::of(layer) {
+                None => Some(format!(
+                    "{c} factorizes convolution kernels, and this is a {} layer",
+                    layer.kind
+                )),
+                Some(d) => c.misfit(d),
+            };
+        }
+        self.block_misfit(layer.rows(), layer.cols())
     }
 
     /// Validates the numeric ranges a [`Choice`] built in code might violate.
@@ -535,6 +567,9 @@ impl fmt::Display for Choice {
         }
         if let Some(r) = self.rank {
             write!(f, "+rank{r}")?;
+        }
+        if let Some(c) = self.conv {
+            write!(f, "+{c}")?;
         }
         Ok(())
     }
@@ -741,7 +776,11 @@ fn percent_part(name: &str, rest: &str, what: &str) -> Result<u8> {
             part.len(),
             format!(
                 "`{part}`: {what} must be a whole percent in 1..=99 (leave the part out for {})",
-                if name == "rank" { "full rank" } else { "dense" }
+                match name {
+                    "rank" => "full rank",
+                    "tucker" | "cp" => "the unfactorized kernel",
+                    _ => "dense",
+                }
             ),
         )
     })
@@ -759,6 +798,7 @@ enum Part {
     Act(ActQuant),
     Sparsity(Sparsity),
     Rank(u8),
+    Conv(ConvFactor),
 }
 
 /// One part after the weights; errors point into `part`. `none` and `dense` are not parts: a choice
@@ -770,6 +810,14 @@ fn parse_part(part: &str) -> Result<Part> {
     }
     if let Some(rest) = part.strip_prefix("rank") {
         return percent_part("rank", rest, "the kept share of full rank").map(Part::Rank);
+    }
+    if let Some(rest) = part.strip_prefix("tucker") {
+        return percent_part("tucker", rest, "the kept share of the layer's parameters")
+            .map(|p| Part::Conv(ConvFactor::Tucker(p)));
+    }
+    if let Some(rest) = part.strip_prefix("cp") {
+        return percent_part("cp", rest, "the kept share of the layer's parameters")
+            .map(|p| Part::Conv(ConvFactor::Cp(p)));
     }
     if Sparsity::is_written(part) {
         return part.parse().map(Part::Sparsity);
@@ -805,7 +853,7 @@ impl FromStr for Choice {
             let slot = match parsed {
                 Part::Act(_) => Slot::Act,
                 Part::Sparsity(_) => Slot::Sparsity,
-                Part::Rank(_) => Slot::Rank,
+                Part::Rank(_) | Part::Conv(_) => Slot::Rank,
             };
             if let Some(prev) = last {
                 if slot == prev {
@@ -837,10 +885,22 @@ impl FromStr for Choice {
                     format!("`{g}+{part}`: {why}"),
                 ));
             }
+            if let (Part::Conv(c), true) = (&parsed, choice.sparsity != Sparsity::None) {
+                return Err(Error::choice(
+                    text,
+                    at,
+                    part.len(),
+                    format!(
+                        "`{}+{c}`: {c} factors are stored and run dense; it takes no sparsity part",
+                        choice.sparsity
+                    ),
+                ));
+            }
             match parsed {
                 Part::Act(a) => choice.act = a,
                 Part::Sparsity(s) => choice.sparsity = s,
                 Part::Rank(r) => choice.rank = Some(r),
+                Part::Conv(c) => choice.conv = Some(c),
             }
             at += part.len() + 1;
         }
@@ -859,6 +919,11 @@ fn ggml_refuses(part: &Part) -> Option<&'static str> {
             "a GGML block format stores every weight, so pruned zeros save nothing and its grid \
              does not keep them zero; use channels<P> (a smaller matrix) or rank<P> instead",
         ),
+        Part::Conv(_) => Some(
+            "a convolution factorization (tucker<P>, cp<P>) takes float or integer weights, not a \
+             GGML block format: its blocks would run along the factors' few in-features, and candle \
+             has no quantized convolution to chain; use rank<P>",
+        ),
         _ => None,
     }
 }
@@ -867,7 +932,7 @@ fn slot_name(s: Slot) -> &'static str {
     match s {
         Slot::Act => "activation",
         Slot::Sparsity => "sparsity",
-        Slot::Rank => "rank",
+        Slot::Rank => "rank (rank<P>, tucker<P> or cp<P>)",
     }
 }
 
@@ -912,6 +977,10 @@ mod tests {
             "q2_k+rank50",
             "q8_0+channels25+rank10",
             "q5_1",
+            "f32+tucker50",
+            "f16+cp25",
+            "int8-sym-channel+act8-dynamic+tucker10",
+            "bf16+cp1",
         ] {
             let c: Choice = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
@@ -1034,6 +1103,39 @@ mod tests {
     }
 
     #[test]
+    fn convolution_factorizations_refuse_what_they_do_not_combine_with() {
+        for (s, at, says) in [
+            ("f32+2:4+tucker50", 8, "no sparsity part"),
+            ("f32+channels25+cp50", 15, "no sparsity part"),
+            ("q4_k+tucker50", 5, "not a GGML block format"),
+            ("f32+rank50+cp50", 11, "a second rank"),
+        ] {
+            match s.parse::<Choice>().unwrap_err() {
+                e @ Error::Choice { offset, .. } => {
+                    assert_eq!(offset, at, "{s}: {e}");
+                    assert!(e.to_string().contains(says), "{s}: {e}");
+                }
+                other => panic!("{other}"),
+            }
+        }
+        let c: Choice = "f16+tucker25".parse().unwrap();
+        assert_eq!((c.conv, c.rank), (Some(ConvFactor::Tucker(25)), None::<u8>));
+        let conv = |shape: Vec<usize>, kind| LayerInfo {
+            name: "x".into(),
+            kind,
+            shape,
+            macs: 0,
+            bias: true,
+        };
+        let linear = conv(vec![32, 64], super::super::LayerKind::Linear);
+        assert!(c.layer_misfit(&linear).unwrap().contains("linear layer"));
+        let k3 = conv(vec![32, 16, 3, 3], super::super::LayerKind::Conv2d);
+        assert!(c.layer_misfit(&k3).is_none());
+        let k1 = conv(vec![32, 16, 1, 1], super::super::LayerKind::Conv2d);
+        assert!(c.layer_misfit(&k1).unwrap().contains("1×1"));
+    }
+
+    #[test]
     fn non_canonical_spellings_are_refused() {
         for s in [
             "",
@@ -1050,6 +1152,12 @@ mod tests {
             "int4-sym",
             "int4-sym-g1",
             "f32+act8-static+act8-dynamic",
+            "f32+rank50+tucker50",
+            "f32+tucker50+cp50",
+            "f32+tucker0",
+            "f32+cp100",
+            "f32+tucker",
+            "f32+tucker50+act8-static",
         ] {
             assert!(s.parse::<Choice>().is_err(), "{s:?} was accepted");
         }

@@ -22,6 +22,8 @@
 //! nm = ["2:4"]                        # N:M patterns (N < M)
 //! channels = [0.25]                   # fractions of output channels removed, in [0, 1)
 //! rank = [1.0, 0.5]                   # fractions of full rank kept, in (0, 1]; 1.0 = full rank
+//! tucker = [0.5, 0.25]                # Tucker-2 of conv kernels: fractions of parameters kept, (0, 1)
+//! cp = [0.25]                         # CP of conv kernels: fractions of parameters kept, (0, 1)
 //! # min_bpw = 6.0                     # leave out weight formats of fewer stored bits per weight
 //! # choices = ["int8-sym-channel", "int4-asym-g32+2:4"]   # ...or an explicit list (not both)
 //!
@@ -44,13 +46,14 @@
 //!
 //! Fields left out of `[defaults]` take these values: `float = ["f32"]`, `ggml = []`, `bits = []`,
 //! `schemes = ["sym"]`, `granularity = ["channel"]`, `activations = ["none"]`, `sparsity = [0.0]`,
-//! `nm = []`, `channels = []`, `rank = [1.0]`, no `min_bpw`. `min_bpw` keeps only the weight formats
+//! `nm = []`, `channels = []`, `rank = [1.0]`, `tucker = []`, `cp = []`, no `min_bpw`. `min_bpw` keeps only the weight formats
 //! of at least that many stored bits per weight (a GGML format's block bytes × 8 / block — `q6_k`
 //! 6.5625, `q5_1` 6, `q4_k` 4.5 —, 16 or 32 for the floats, an integer format's bit-width) — e.g. an
 //! output head kept at 6 bits or more whatever formats `[defaults]` offers. A layer's choice set is the product
 //! (float formats ∪ ggml formats ∪ bits × schemes × granularity) × activations × (sparsity ∪ nm ∪
-//! channels) × rank, where a GGML format takes only the parts the notation lets it combine with:
-//! activations `none` (its kernel quantizes them itself), dense or `channels<P>`, any rank.
+//! channels) × (rank ∪ tucker ∪ cp), where a GGML format takes only the parts the notation lets it
+//! combine with: activations `none` (its kernel quantizes them itself), dense or `channels<P>`, any
+//! rank but no tucker or cp; and `tucker<P>` / `cp<P>` take dense weights only (no sparsity part).
 //! A `[[layer]]` table with product fields replaces just those fields; one with `choices` replaces the
 //! whole set. A group's choices are the intersection of its members' sets.
 //!
@@ -66,6 +69,13 @@
 //! left out quietly where it does not fit (recorded in [`SearchSpace::dropped`]; `mpsearch inspect
 //! --space` lists them); asked for by a `[[layer]]` table (`ggml` or `choices`) or a pin for a layer it
 //! does not fit, it is an error at the `file:line:column` of that entry, naming the layer and the rule.
+//!
+//! `tucker<P>` and `cp<P>` follow the same rule ([`Choice::layer_misfit`]): they apply to convolutions
+//! with a spatial kernel (not to linear or embedding layers, not to 1×1 convolutions; Tucker-2 not to a
+//! convolution with one input or output channel, where it is `rank<P>`) whose budget holds rank 1.
+//! From `[defaults]` they are left out quietly elsewhere (so `[defaults] tucker = [0.5]` offers them
+//! on every convolution they fit); from a `[[layer]]` table, a `choices` list or a pin, a layer they
+//! do not fit is an error naming the layer and why.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -78,6 +88,7 @@ use toml::Spanned;
 use super::choice::{
     ActQuant, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity, WeightQuant, BITS,
 };
+use super::conv::ConvFactor;
 use super::{
     DroppedChoice, LayerInfo, LayerKind, LayerStatus, SearchSpace, SpaceGroup, SpaceLayer,
 };
@@ -126,6 +137,8 @@ struct ChoiceSet {
     nm: Option<Vec<Spanned<String>>>,
     channels: Option<Vec<Spanned<f64>>>,
     rank: Option<Vec<Spanned<f64>>>,
+    tucker: Option<Vec<Spanned<f64>>>,
+    cp: Option<Vec<Spanned<f64>>>,
     min_bpw: Option<Spanned<f64>>,
 }
 
@@ -182,6 +195,9 @@ struct Product {
     nm: Vec<Sparsity>,
     channels: Vec<Sparsity>,
     rank: Vec<Option<u8>>,
+    /// Convolution factorizations offered besides `rank`, with where a `[[layer]]` table gave them
+    /// (`None`: from `[defaults]`).
+    conv: Vec<(ConvFactor, Option<Range<usize>>)>,
     /// Weight formats of fewer stored bits per weight are left out ([`WeightQuant::bits_per_weight`]).
     min_bpw: Option<f64>,
     /// Where the first activation quantization of `activations` was written, if it has one.
@@ -201,6 +217,7 @@ impl Default for Product {
             nm: vec![],
             channels: vec![],
             rank: vec![None],
+            conv: vec![],
             min_bpw: None,
             act_span: None,
         }
@@ -248,6 +265,20 @@ impl Product {
                             act,
                             sparsity,
                             rank,
+                            conv: None,
+                        });
+                    }
+                    // A convolution factorization takes dense, non-block weights.
+                    if w.ggml().is_some() || sparsity != Sparsity::None {
+                        continue;
+                    }
+                    for &(conv, _) in &self.conv {
+                        out.push(Choice {
+                            weights: w,
+                            act,
+                            sparsity,
+                            rank: None,
+                            conv: Some(conv),
                         });
                     }
                 }
@@ -290,16 +321,22 @@ impl Set {
         }
     }
 
-    /// The GGML block-format choices a `[[layer]]` table (not `[defaults]`) asked for, with where.
+    /// The GGML block-format and convolution-factorization choices a `[[layer]]` table (not
+    /// `[defaults]`) asked for, with where.
     fn asked(&self) -> Vec<(Choice, Range<usize>)> {
         match self {
             Set::Product(p) => p
                 .choices()
                 .into_iter()
                 .filter_map(|c| {
-                    let g = c.weights.ggml()?;
-                    let span = p.ggml.iter().find(|(f, _)| *f == g)?.1.clone()?;
-                    Some((c, span))
+                    let conv = c
+                        .conv
+                        .and_then(|f| p.conv.iter().find(|(g, _)| *g == f)?.1.clone());
+                    let block = || {
+                        let g = c.weights.ggml()?;
+                        p.ggml.iter().find(|(f, _)| *f == g)?.1.clone()
+                    };
+                    Some((c, conv.or_else(block)?))
                 })
                 .collect(),
             Set::Explicit(_, _, asked) => asked.clone(),
@@ -311,6 +348,7 @@ impl Set {
         match self {
             Set::Product(mut p) => {
                 p.ggml.iter_mut().for_each(|(_, span)| *span = None);
+                p.conv.iter_mut().for_each(|(_, span)| *span = None);
                 Set::Product(p)
             }
             Set::Explicit(c, act, _) => Set::Explicit(c, act, Vec::new()),
@@ -477,6 +515,27 @@ impl Resolver<'_> {
         if let Some(v) = &set.rank {
             base.rank = self.ranks(v)?;
         }
+        if set.tucker.is_some() || set.cp.is_some() {
+            let mut conv = Vec::new();
+            for (list, make) in [
+                (&set.tucker, ConvFactor::Tucker as fn(u8) -> ConvFactor),
+                (&set.cp, ConvFactor::Cp),
+            ] {
+                match list {
+                    Some(v) => conv.extend(self.conv_factors(v, make)?),
+                    // A table that gives one of the two keeps the other's values.
+                    None => conv.extend(
+                        base.conv
+                            .iter()
+                            .filter(|(f, _)| {
+                                std::mem::discriminant(f) == std::mem::discriminant(&make(1))
+                            })
+                            .cloned(),
+                    ),
+                }
+            }
+            base.conv = conv;
+        }
         if let Some(v) = &set.min_bpw {
             let x = *v.get_ref();
             if !(x.is_finite() && (0.0..=32.0).contains(&x)) {
@@ -581,6 +640,28 @@ impl Resolver<'_> {
         Ok(ranks)
     }
 
+    /// `tucker = [...]` or `cp = [...]`: fractions of the layer's parameters kept, in (0, 1).
+    fn conv_factors(
+        &self,
+        list: &[Spanned<f64>],
+        make: fn(u8) -> ConvFactor,
+    ) -> Result<Vec<(ConvFactor, Option<Range<usize>>)>> {
+        let field = make(1).name();
+        let percents = self.percents(list, field, "(0, 1)", |x| x > 0.0 && x < 1.0)?;
+        list.iter()
+            .zip(percents)
+            .map(|(v, p)| {
+                if p < 1 {
+                    return Err(self.err(
+                        v.span(),
+                        format!("{field}: keep at least 1% of the parameters (0.01)"),
+                    ));
+                }
+                Ok((make(p), Some(v.span())))
+            })
+            .collect()
+    }
+
     fn explicit(&self, list: &[Spanned<String>]) -> Result<Set> {
         let mut out = list
             .iter()
@@ -598,7 +679,7 @@ impl Resolver<'_> {
         let asked = list
             .iter()
             .zip(&out)
-            .filter(|(_, c)| c.weights.ggml().is_some())
+            .filter(|(_, c)| c.weights.ggml().is_some() || c.conv.is_some())
             .map(|(s, c)| (*c, s.span()))
             .collect();
         out.sort();
@@ -618,13 +699,16 @@ impl Resolver<'_> {
             || table.nm.is_some()
             || table.channels.is_some()
             || table.rank.is_some()
+            || table.tucker.is_some()
+            || table.cp.is_some()
             || table.min_bpw.is_some();
         if let Some(list) = &table.choices {
             if has_product {
                 return Err(self.err(
                     span,
                     "a table gives either `choices` or the product fields (float, ggml, bits, schemes, \
-                     granularity, activations, sparsity, nm, channels, rank, min_bpw), not both",
+                     granularity, activations, sparsity, nm, channels, rank, tucker, cp, min_bpw), \
+                     not both",
                 ));
             }
             return self.explicit(list);
@@ -757,13 +841,14 @@ impl Resolver<'_> {
     }
 
     /// GGML block formats only where every factor's in-features fit their blocks
-    /// ([`Choice::block_misfit`]): one asked for by a `[[layer]]` table or a pin is an error there,
+    /// ([`Choice::block_misfit`]), `tucker<P>` / `cp<P>` only where they apply
+    /// ([`Choice::layer_misfit`]): one asked for by a `[[layer]]` table or a pin is an error there,
     /// naming the layer and the rule; one from `[defaults]` is dropped and recorded.
     fn fit_blocks(&self, layers: &mut Layers) -> Result<()> {
         for (i, info) in self.layers.iter().enumerate() {
             let mut kept = Vec::with_capacity(layers.choices[i].len());
             for &c in &layers.choices[i] {
-                let Some(why) = c.block_misfit(info.rows(), info.cols()) else {
+                let Some(why) = c.layer_misfit(info) else {
                     kept.push(c);
                     continue;
                 };
@@ -772,12 +857,16 @@ impl Resolver<'_> {
                         span.clone(),
                         format!(
                             "layer `{}` ({} {}) cannot take `{c}`: {why}. Leave {} out of the list \
-                             for this layer (in [defaults] a format is left out quietly where it does \
+                             for this layer (in [defaults] {} is left out quietly where it does \
                              not fit), or narrow the pattern to layers it fits",
                             info.name,
                             info.kind,
                             info.shape_string(),
-                            c.weights
+                            match c.conv {
+                                Some(f) => f.to_string(),
+                                None => c.weights.to_string(),
+                            },
+                            if c.conv.is_some() { "a factorization" } else { "a format" }
                         ),
                     ));
                 }
@@ -808,7 +897,7 @@ impl Resolver<'_> {
             String::new()
         } else {
             format!(
-                " ({} left out: their blocks do not fit its in-features)",
+                " ({} left out: they do not fit it: `mpsearch inspect --space` says why)",
                 dropped.join(", ")
             )
         };

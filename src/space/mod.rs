@@ -9,6 +9,7 @@
 
 mod assignment;
 mod choice;
+pub mod conv;
 pub mod file;
 mod layer;
 pub mod recipe;
@@ -20,6 +21,7 @@ pub use choice::{
     kept_rows, rank_k, ActBlocks, ActQuant, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity,
     WeightQuant, BITS, GROUP_SIZES, MAX_M, PERCENT,
 };
+pub use conv::{cp_rank, tucker_params, tucker_ranks, ConvDims, ConvFactor};
 pub use layer::{LayerInfo, LayerKind};
 
 /// Whether the search may change a layer.
@@ -76,8 +78,9 @@ impl SpaceGroup {
 }
 
 /// A choice `[defaults]` offered a layer that its weight cannot take — a GGML block format whose
-/// blocks do not fit the in-features of one of its factors ([`Choice::block_misfit`]) — left out of
-/// the layer's set (a `[[layer]]` table or pin that asks for one is an error instead).
+/// blocks do not fit the in-features of one of its factors ([`Choice::block_misfit`]), or a
+/// `tucker<P>` / `cp<P>` where it does not apply ([`Choice::layer_misfit`]) — left out of the layer's
+/// set (a `[[layer]]` table or pin that asks for one is an error instead).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DroppedChoice {
     pub layer: String,
@@ -205,6 +208,7 @@ impl SearchSpace {
                 && c.act == ActQuant::None
                 && c.sparsity == Sparsity::None
                 && c.rank.is_none()
+                && c.conv.is_none()
         };
         let plain_float = |c: &Choice, w: WeightQuant| {
             *c == Choice {

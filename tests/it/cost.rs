@@ -926,3 +926,43 @@ fn a_model_terms_work_is_added_once_to_every_total_of_its_model() {
         );
     }
 }
+
+/// A factorized convolution is charged per convolution of its chain, by hand on a 32×16×3×3 kernel
+/// applied at 64 output pixels (1 GMAC/s, 1 GB/s, no overhead).
+#[test]
+fn conv_chains_are_charged_per_convolution() {
+    let m = simple("");
+    let l = LayerInfo {
+        name: "conv".into(),
+        kind: LayerKind::Conv2d,
+        shape: vec![32, 16, 3, 3],
+        macs: 4608 * 64,
+        bias: true,
+    };
+    // tucker50: ranks (r_in, r_out) = (9, 18): 1×1 16→9, 3×3 9→18, 1×1 18→32 = 144 + 1458 + 576
+    // weights, each applied at 64 pixels; every factor is compute-bound here (1 µs per 1000 MACs).
+    let t = m.layer(&l, &choice("f32+tucker50"));
+    assert_eq!(t.macs, (144.0 + 1458.0 + 576.0) * 64.0);
+    assert_eq!(t.cost.bytes, 2178 * 4 + 32 * 4);
+    assert!(
+        close(t.cost.latency_us, 139.392, SUM_TOL),
+        "{}",
+        t.cost.latency_us
+    );
+    assert!(t.then.is_some());
+    // cp25: R = ⌊1152 / 54⌋ = 21: 1×1 16→21 (336), 3×1 and 1×3 depthwise (63 each), 1×1 21→32
+    // (672). A depthwise factor reads 21 channels and writes 21 per pixel: memory-bound,
+    // (252 weight bytes + 42 × 64 × 4 activation bytes) / 1 GB/s = 11.004 µs each.
+    let c = m.layer(&l, &choice("f32+cp25"));
+    assert_eq!(c.macs, (336.0 + 63.0 + 63.0 + 672.0) * 64.0);
+    assert_eq!(c.cost.bytes, 1134 * 4 + 32 * 4);
+    assert!(
+        close(c.cost.latency_us, 21.504 + 2.0 * 11.004 + 43.008, SUM_TOL),
+        "{}",
+        c.cost.latency_us
+    );
+    // int8 factors: a byte per value plus a scale per row of each factor.
+    let q = m.layer(&l, &choice("int8-sym-channel+tucker50"));
+    assert_eq!(q.cost.bytes, 2178 + 4 * (32 + 18 + 9) + 32 * 4);
+    assert_eq!(q.macs, t.macs);
+}

@@ -6,6 +6,7 @@ mod calibrate;
 mod cli;
 mod compress;
 mod contract;
+mod convfactor;
 mod cost;
 mod demo;
 mod eval;

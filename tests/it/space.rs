@@ -648,3 +648,93 @@ fn the_ggml_space_fits_a_minilm_shaped_folder() {
         }
     }
 }
+
+/// Convolution layers for the `tucker` / `cp` keys: a 3×3 convolution with several input channels, one
+/// with a single input channel, a 1×1 convolution and a linear layer.
+fn conv_layers() -> Vec<mpsearch::space::LayerInfo> {
+    use mpsearch::space::{LayerInfo, LayerKind};
+    let l = |name: &str, kind, shape: Vec<usize>| LayerInfo {
+        name: name.into(),
+        kind,
+        macs: shape.iter().product::<usize>() as u64 * 64,
+        shape,
+        bias: true,
+    };
+    vec![
+        l("conv.a", LayerKind::Conv2d, vec![16, 1, 3, 3]),
+        l("conv.b", LayerKind::Conv2d, vec![32, 16, 3, 3]),
+        l("conv.pw", LayerKind::Conv2d, vec![32, 32, 1, 1]),
+        l("fc", LayerKind::Linear, vec![10, 64]),
+    ]
+}
+
+fn parse_convs(body: &str) -> mpsearch::Result<SearchSpace> {
+    file::parse(&format!("{HEAD}{body}"), "toy.toml", &conv_layers())
+}
+
+/// `tucker` and `cp` from `[defaults]` are offered where they apply (dense float or integer weights,
+/// no sparsity part) and left out quietly elsewhere, with the reason; asked for a layer they do not
+/// fit by a `[[layer]]` table, a `choices` list or a pin, they are refused there, naming the layer.
+#[test]
+fn conv_factorizations_are_offered_only_where_they_apply() {
+    let s = parse_convs(
+        "[defaults]\nfloat = [\"f32\"]\nbits = [8]\nsparsity = [0.0, 0.5]\ntucker = [0.5, 0.25]\ncp = [0.25]\n",
+    )
+    .unwrap();
+    let of = |name: &str| -> Vec<String> {
+        let g = s.groups.iter().find(|g| g.name == name).unwrap();
+        g.choices
+            .iter()
+            .filter(|c| c.conv.is_some())
+            .map(|c| c.to_string())
+            .collect()
+    };
+    assert_eq!(
+        of("conv.b"),
+        [
+            "f32+tucker25",
+            "f32+tucker50",
+            "f32+cp25",
+            "int8-sym-channel+tucker25",
+            "int8-sym-channel+tucker50",
+            "int8-sym-channel+cp25"
+        ]
+    );
+    // One input channel: CP applies, Tucker-2 (which would be rank<P>) does not.
+    assert_eq!(of("conv.a"), ["f32+cp25", "int8-sym-channel+cp25"]);
+    assert!(of("conv.pw").is_empty() && of("fc").is_empty());
+    let why = |layer: &str, c: &str| -> String {
+        s.dropped
+            .iter()
+            .find(|d| d.layer == layer && d.choice.to_string() == c)
+            .unwrap_or_else(|| panic!("{c} on {layer} not dropped: {:?}", s.dropped))
+            .why
+            .clone()
+    };
+    assert!(why("conv.a", "f32+tucker50").contains("1 input channel"));
+    assert!(why("conv.pw", "f32+cp25").contains("1×1"));
+    assert!(why("fc", "f32+tucker25").contains("linear layer"));
+    let e = parse_convs("[[layer]]\nmatch = '^fc$'\ntucker = [0.5]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("toy.toml:5:11:"), "{e}");
+    for needle in ["`fc`", "cannot take `f32+tucker50`", "linear layer"] {
+        assert!(e.contains(needle), "{needle} in {e}");
+    }
+    let e = parse_convs("[[layer]]\nmatch = 'pw'\nchoices = [\"f32\", \"f16+cp50\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`conv.pw`") && e.contains("1×1"), "{e}");
+    let e = parse_convs("[[pin]]\nmatch = 'conv.a'\nchoice = \"f32+tucker50\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`conv.a`") && e.contains("rank<P>"), "{e}");
+    let e = parse_convs("[defaults]\ntucker = [1.0]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tucker: 1 is outside (0, 1)"), "{e}");
+    let e = parse_convs("[defaults]\ncp = [0.001]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cp"), "{e}");
+}

@@ -119,6 +119,8 @@ pub fn variants(choices: &[Choice]) -> Vec<Choice> {
                 _ => Sparsity::None,
             },
             rank: c.rank,
+            // calibrate --model times no chain of convolutions (the cost model uses none).
+            conv: None,
         };
         let plain = v.act == ActQuant::None && v.sparsity == Sparsity::None && v.rank.is_none();
         if !plain && !out.contains(&v) {

@@ -57,8 +57,19 @@
 //! bytes of nibbles; little-endian). Their values are the blocks dequantized (by candle on reading):
 //! exactly the weights the evaluator's kernel multiplies. The format takes no other sparsity.
 //!
+//! **Convolution factorizations** (`tucker<P>`, `cp<P>`) store their chain's factors, dense, in the
+//! weight format, as matrices in storage order (the last applied first; see
+//! [`crate::compress::convfactor`]): Tucker-2 `u_out` (o × r_out, the last 1×1 convolution), `core`
+//! (r_out × r_in·kh·kw, the kh×kw convolution `[r_out, r_in, kh, kw]`), `u_in` (r_in × i, the first
+//! 1×1 convolution); CP `cp_out` (o × R), `cp_w` (R × kw, the 1×kw depthwise), `cp_h` (R × kh, the
+//! kh×1 depthwise), `cp_in` (R × i). As convolution weights they are `u_out [o, r_out, 1, 1]`,
+//! `core [r_out, r_in, kh, kw]`, `u_in [r_in, i, 1, 1]`, `cp_out [o, R, 1, 1]`, `cp_w [R, 1, 1, kw]`,
+//! `cp_h [R, 1, kh, 1]`, `cp_in [R, i, 1, 1]`.
+//!
 //! **Reconstruction**: each factor is zeros but for its stored values; the weight is `w`, or `a·b`
-//! (an f32 product, summing in f32), reshaped to the layer's shape.
+//! (an f32 product, summing in f32), or for `tucker<P>` `W[o,i,y,x] = Σ u_out[o,a]·core[a,b,y,x]·
+//! u_in[b,i]` and for `cp<P>` `W[o,i,y,x] = Σ_r cp_out[o,r]·cp_in[r,i]·cp_h[r,y]·cp_w[r,x]` (summed
+//! in f64, rounded to f32), reshaped to the layer's shape.
 //!
 //! The `__metadata__` records: `format` (`mpsearch-compressed-weights`), `format_version`, the run, trial
 //! (and front point), assignment hash, quality (search split; `held_out_quality` too when known) and its
@@ -92,6 +103,14 @@ pub const FORMAT_VERSION: u32 = 3;
 /// The layout versions this module reads.
 pub const READS: std::ops::RangeInclusive<u32> = 2..=FORMAT_VERSION;
 
+/// The factor names of a convolution factorization, in storage order (see the module docs).
+fn conv_factor_names(f: crate::space::ConvFactor) -> &'static [&'static str] {
+    match f {
+        crate::space::ConvFactor::Tucker(_) => &["u_out", "core", "u_in"],
+        crate::space::ConvFactor::Cp(_) => &["cp_out", "cp_w", "cp_h", "cp_in"],
+    }
+}
+
 const RECONSTRUCT: &str = "per factor (w, or a and b): zeros except the stored values; stored values \
     in row-major order: all (pattern dense), those whose mask bit is 1 (bitmask), all values of the rows \
     listed in .rows (rows); N:M in channels-last order: per row, per kernel position p (kernel = \
@@ -100,7 +119,9 @@ const RECONSTRUCT: &str = "per factor (w, or a and b): zeros except the stored v
     integer value = (code - z) * s with the group's scale and zero point (symmetric: z = 2^(bits-1)); \
     codes, mask and nm_index are little-endian bit streams; a GGML format (q4_k, ...) stores the blocks \
     of its stored rows in ggml's layout (ggml-common.h), values = the blocks dequantized; weight = w, \
-    or the f32 product a.b, reshaped to the layer's shape";
+    or the f32 product a.b; tucker<P>: W[o,i,y,x] = sum u_out[o,a] core[a,(b,y,x)] u_in[b,i]; cp<P>: \
+    W[o,i,y,x] = sum_r cp_out[o,r] cp_in[r,i] cp_h[r,y] cp_w[r,x] (in f64, rounded to f32); reshaped \
+    to the layer's shape";
 
 /// Where the weights came from, recorded in the file's metadata.
 #[derive(Clone, Debug)]

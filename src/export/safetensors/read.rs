@@ -71,9 +71,11 @@ pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<CompressedFile> {
                 })?,
             );
         }
-        let m = match factors.as_slice() {
-            [w] => w.clone(),
-            [a, b] => a.matmul(b)?,
+        let m = match (choice.conv, factors.as_slice()) {
+            (Some(f), _) => crate::compress::convfactor::reconstruct(f, &r.shape, &factors)
+                .map_err(|e| bad(format!("layer `{name}`: {e}")))?,
+            (None, [w]) => w.clone(),
+            (None, [a, b]) => a.matmul(b)?,
             _ => {
                 return Err(bad(format!(
                     "layer `{name}` has {} factors; a layer has 1 (w) or 2 (a, b)",

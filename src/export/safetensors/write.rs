@@ -17,13 +17,11 @@ use crate::compress::{
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::space::{
-    Assignment, Choice, GgmlFormat, Granularity, QuantScheme, Sparsity, WeightQuant,
-};
+use crate::space::{Assignment, Choice, GgmlFormat, Granularity, QuantScheme, WeightQuant};
 
 /// Whether a layer under `choice` has a weight that differs from the original (what is stored).
 fn weight_changes(choice: &Choice) -> bool {
-    choice.weights != WeightQuant::F32 || choice.sparsity != Sparsity::None || choice.rank.is_some()
+    crate::compress::changes_weight(choice)
 }
 
 /// An owned tensor to serialise.
@@ -226,10 +224,10 @@ fn layer_tensors(
     unquantized: Option<&CompressedWeight>,
     out: &mut Vec<Owned>,
 ) -> Result<LayerRecord> {
-    let names: &[&str] = if c.factors().len() == 2 {
-        &["a", "b"]
-    } else {
-        &["w"]
+    let names: &[&str] = match (c.conv(), c.factors().len()) {
+        (Some(f), _) => super::conv_factor_names(f),
+        (None, 2) => &["a", "b"],
+        _ => &["w"],
     };
     let mut factors = Vec::new();
     for (i, ((f, mask), q)) in c

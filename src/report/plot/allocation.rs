@@ -10,7 +10,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::{plotters_error as pe, text, title, LEGEND, TICKS};
 use crate::error::Result;
 use crate::report::data::ReportData;
-use crate::space::{ActQuant, Choice, Sparsity, WeightQuant};
+use crate::space::{ActQuant, Choice, ConvFactor, Sparsity, WeightQuant};
 
 const CELL_W: i32 = 74;
 const CELL_H: i32 = 40;
@@ -53,6 +53,11 @@ pub fn parts(c: &Choice) -> String {
     }
     if let Some(r) = c.rank {
         p.push(format!("r{r}"));
+    }
+    match c.conv {
+        Some(ConvFactor::Tucker(x)) => p.push(format!("t{x}")),
+        Some(ConvFactor::Cp(x)) => p.push(format!("cp{x}")),
+        None => {}
     }
     if c.act != ActQuant::None {
         p.push("a8".into());
@@ -195,7 +200,7 @@ fn cell<DB: DrawingBackend>(
         ))
         .map_err(pe)?;
     }
-    if c.rank.is_some() {
+    if c.rank.is_some() || c.conv.is_some() {
         area.draw(&Circle::new((x + 7, y + CELL_H - 7), 4, ink.filled()))
             .map_err(pe)?;
     }
@@ -223,7 +228,8 @@ fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, x: i32, used: &[usi
     let key = [
         "▲ pruned: s50 = 50 % of weights,",
         "   2:4 = N:M, c25 = 25 % of channels",
-        "● low rank: r50 = 50 % of rank kept",
+        "● low rank: r50 = 50 % of rank kept,",
+        "   t50 / cp50 = Tucker-2 / CP, 50 % of params",
         "a8 = int8 activations",
         "g32 = one scale per 32 columns",
     ];
