@@ -505,7 +505,7 @@ pub struct SearchArgs {
     /// for encoders).
     #[arg(long, value_name = "DROP")]
     pub max_drop: Option<f64>,
-    /// Trial budget; default 500, or none when --time is given (the run then ends with its time).
+    /// Trial budget; default 300, or none when --time is given (the run then ends with its time).
     #[arg(long)]
     pub trials: Option<u64>,
     /// Wall-time budget (e.g. 8h, 90m); the run ends at whichever budget is spent first.

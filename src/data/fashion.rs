@@ -101,14 +101,14 @@ pub struct FullSet {
 
 impl FashionMnist {
     /// Test images embedded (the first of `t10k`).
-    pub const TEST: usize = 1000;
+    pub const TEST: usize = 900;
     /// Training images embedded (the first of the training file): the tune split.
     pub const TUNE: usize = 2000;
     /// Test images a search measures quality on (few, so that a trial is quick).
-    pub const SEARCH: usize = 300;
+    pub const SEARCH: usize = 200;
     /// Test images held out of the search, for reporting its front (only front points are measured on
     /// them, so they can be more).
-    pub const HELD_OUT: usize = 500;
+    pub const HELD_OUT: usize = 400;
     /// Test images for calibration.
     pub const CALIBRATION: usize = Self::TEST - Self::SEARCH - Self::HELD_OUT;
 
@@ -399,7 +399,7 @@ mod tests {
         let d = FashionMnist::load().unwrap();
         assert_eq!(
             (d.search.len(), d.held_out.len(), d.calibration.len()),
-            (300, 500, 200)
+            (200, 400, 300)
         );
         let mut all: Vec<usize> = [&d.search, &d.held_out, &d.calibration]
             .iter()

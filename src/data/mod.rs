@@ -12,7 +12,7 @@
 //!
 //! | data | calibration | search | held-out |
 //! |---|---|---|---|
-//! | demo: Fashion-MNIST (1,000 embedded test images) | 200 | 300 | 500 |
+//! | demo: Fashion-MNIST (900 embedded test images) | 300 | 200 | 400 |
 //! | sentences (shipped 400, or a `--data` file of n ≥ 4) | every 4th from the 1st (100) | the 2nd and 3rd of every 4 (200) | every 4th from the 4th (100) |
 //! | text windows of 128 tokens for language models ([`windows`]; shipped text or a `--data` file) | every 4th window from the 1st, at most 8 | the 2nd and 3rd of every 4, at most 8 | every 4th from the 4th, at most 8 |
 //!

@@ -15,7 +15,7 @@ use crate::model::Model;
 /// again, for reports).
 #[derive(Clone, Debug)]
 pub struct EvalData {
-    /// What it is, for people (`Fashion-MNIST 28x28: 300 search images, 500 held-out, 200 calibration`).
+    /// What it is, for people (`Fashion-MNIST 28x28: 200 search images, 400 held-out, 300 calibration`).
     pub description: String,
     /// The search split: what strategies see.
     pub eval: Vec<Batch>,
@@ -72,8 +72,8 @@ impl EvalData {
         }
     }
 
-    /// The demo's data: the embedded Fashion-MNIST test images as a search split (300 images), a
-    /// held-out split (500) and a calibration split (200).
+    /// The demo's data: the embedded Fashion-MNIST test images as a search split (200 images), a
+    /// held-out split (400) and a calibration split (300).
     pub fn demo() -> Result<EvalData> {
         let fashion = crate::data::FashionMnist::load()?;
         let (search, held_out, calibration) =

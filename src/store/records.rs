@@ -101,7 +101,7 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     /// What `mpsearch search` runs without flags: the demo model and its space on the Cortex-A76
-    /// profile, `auto` (bayes) minimising latency, no limits, seed 0, 8 points asked at a time, 500
+    /// profile, `auto` (bayes) minimising latency, no limits, seed 0, 8 points asked at a time, 300
     /// trials, MSE scales, the frugal set-up (`--pairs auto`), trials refining the predictor.
     fn default() -> RunConfig {
         RunConfig {
@@ -118,7 +118,7 @@ impl Default for RunConfig {
             max_drop: None,
             seed: 0,
             ask_batch: 8,
-            trials: Some(500),
+            trials: Some(300),
             time_seconds: None,
             scale: ScaleMethod::Mse,
             rounding: Rounding::Rtn,

@@ -74,20 +74,17 @@ fn compressed_weights_are_memoised_per_layer_and_choice() {
     let a = uniform(&ev, "int4-asym-channel");
     let first = ev.evaluate(&a).unwrap();
     let misses = ev.cache().stats().misses;
-    assert_eq!(
-        misses as usize,
-        ev.model().inventory().layers.len(),
-        "one compression per layer"
-    );
+    let layers = ev.model().inventory().layers.len() as u64;
+    assert_eq!(misses, layers, "one compression per layer");
     let again = ev.evaluate(&a).unwrap();
     assert_eq!(again.quality, first.quality, "deterministic");
     let st = ev.cache().stats();
-    assert_eq!((st.misses, st.hits), (4, 4));
+    assert_eq!((st.misses, st.hits), (layers, layers));
     // A new assignment made of the same (layer, choice) pairs plus one new pair costs one compression.
-    let mut layers: Vec<(String, Choice)> = a.iter().map(|(n, c)| (n.to_string(), *c)).collect();
-    layers[0].1 = "int8-sym-channel".parse().unwrap();
-    ev.evaluate(&Assignment::new(layers)).unwrap();
-    assert_eq!(ev.cache().stats().misses, 5);
+    let mut pairs: Vec<(String, Choice)> = a.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+    pairs[0].1 = "int8-sym-channel".parse().unwrap();
+    ev.evaluate(&Assignment::new(pairs)).unwrap();
+    assert_eq!(ev.cache().stats().misses, layers + 1);
 }
 
 #[test]
@@ -110,14 +107,14 @@ fn fingerprints_and_keys_follow_the_settings() {
 fn the_demo_data_splits_into_calibration_search_and_held_out() {
     let (_, data) = load(&ModelSource::Demo, None).unwrap();
     let s = data.sizes;
-    assert_eq!((s.calibration, s.search, s.held_out), (200, 300, 500));
+    assert_eq!((s.calibration, s.search, s.held_out), (300, 200, 400));
     let count = |b: &[mpsearch::data::Batch]| b.iter().map(|x| x.len()).sum::<usize>();
-    assert_eq!(count(&data.calibration), 200);
-    assert_eq!(count(&data.eval), 300);
-    assert_eq!(count(&data.held_out), 500);
-    assert_eq!(data.labels.as_ref().map(Vec::len), Some(300));
-    assert_eq!(data.held_out_labels.as_ref().map(Vec::len), Some(500));
-    assert!(data.description.contains("300 search") && data.description.contains("500 held-out"));
+    assert_eq!(count(&data.calibration), 300);
+    assert_eq!(count(&data.eval), 200);
+    assert_eq!(count(&data.held_out), 400);
+    assert_eq!(data.labels.as_ref().map(Vec::len), Some(200));
+    assert_eq!(data.held_out_labels.as_ref().map(Vec::len), Some(400));
+    assert!(data.description.contains("200 search") && data.description.contains("400 held-out"));
 }
 
 /// A proxy is the first `n` search samples: all of them give the search split's own metrics, fewer
@@ -125,10 +122,10 @@ fn the_demo_data_splits_into_calibration_search_and_held_out() {
 #[test]
 fn a_proxy_evaluates_the_first_search_samples_under_its_own_key() {
     let ev = demo_evaluator(ScaleMethod::Mse);
-    assert_eq!(ev.search_samples(), Some(300));
+    assert_eq!(ev.search_samples(), Some(200));
     let a = uniform(&ev, "int4-sym-channel");
     let full = ev.evaluate(&a).unwrap();
-    let all = ev.evaluate_on(EvalSplit::Proxy(300), &a).unwrap();
+    let all = ev.evaluate_on(EvalSplit::Proxy(200), &a).unwrap();
     assert!(
         (all.quality - full.quality).abs() <= 1e-12 * full.quality,
         "{} vs {}",
@@ -136,22 +133,22 @@ fn a_proxy_evaluates_the_first_search_samples_under_its_own_key() {
         full.quality
     );
     assert_eq!(all.metrics["accuracy"], full.metrics["accuracy"]);
-    let quarter = ev.evaluate_on(EvalSplit::Proxy(75), &a).unwrap();
+    let quarter = ev.evaluate_on(EvalSplit::Proxy(50), &a).unwrap();
     assert!(quarter.quality > 0.0 && quarter.quality != full.quality);
-    // Its accuracy is a count over its 75 images.
-    let correct = quarter.metrics["accuracy"] * 75.0;
+    // Its accuracy is a count over its 50 images.
+    let correct = quarter.metrics["accuracy"] * 50.0;
     assert!((correct - correct.round()).abs() < 1e-9, "{correct}");
     // The f32 model against itself on the proxy too.
     assert_eq!(
-        ev.evaluate_on(EvalSplit::Proxy(75), &uniform(&ev, "f32"))
+        ev.evaluate_on(EvalSplit::Proxy(50), &uniform(&ev, "f32"))
             .unwrap()
             .quality,
         0.0
     );
     let keys = [
         ev.key_on(EvalSplit::Search, &a),
-        ev.key_on(EvalSplit::Proxy(300), &a),
-        ev.key_on(EvalSplit::Proxy(75), &a),
+        ev.key_on(EvalSplit::Proxy(200), &a),
+        ev.key_on(EvalSplit::Proxy(50), &a),
         ev.key_on(EvalSplit::HeldOut, &a),
     ];
     for i in 0..keys.len() {
@@ -159,12 +156,12 @@ fn a_proxy_evaluates_the_first_search_samples_under_its_own_key() {
             assert_ne!(keys[i], keys[j], "keys {i} and {j}");
         }
     }
-    for n in [0, 301] {
+    for n in [0, 201] {
         let e = ev
             .evaluate_on(EvalSplit::Proxy(n), &a)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("300"), "{e}");
+        assert!(e.contains("200"), "{e}");
     }
 }
 
@@ -192,8 +189,8 @@ fn each_split_is_evaluated_on_its_own_data_under_its_own_key() {
     let held = ev.evaluate_on(EvalSplit::HeldOut, &a).unwrap();
     assert!(held.quality > 0.0 && held.quality.is_finite());
     assert_ne!(held.quality, search.quality, "another split, another mean");
-    // The held-out split's accuracy is a count over its 500 images.
-    let correct = held.metrics["accuracy"] * 500.0;
+    // The held-out split's accuracy is a count over its 400 images.
+    let correct = held.metrics["accuracy"] * 400.0;
     assert!(
         (correct - correct.round()).abs() < 1e-9,
         "{:?}",

@@ -17,7 +17,7 @@ use crate::util::{demo_model, forward_with_weight};
 /// Relative tolerance of the backprop gradient against central finite differences (f32 forward).
 const GRAD_RTOL: f64 = 1e-2;
 /// Step of the central finite differences.
-const FD_STEP: f32 = 1e-2;
+const FD_STEP: f32 = 3e-3;
 /// Step of the central finite differences on the convolutions, whose loss curves faster (ReLU and
 /// max-pool switches): 1e-2 is not yet converged there.
 const CONV_FD_STEP: f32 = 1e-3;

@@ -284,7 +284,7 @@ fn eval_takes_the_scores_up_front_and_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("pruning importance: fisher scores from 200 calibration samples"),
+        err.contains("pruning importance: fisher scores from 300 calibration samples"),
         "{err}"
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -142,7 +142,7 @@ fn a_q_format_layer_is_candles_qmatmul_arithmetic() {
     let (b1, b2) = (demo.bias("fc1").unwrap(), demo.bias("fc2").unwrap());
     let fc2 = demo.weight("fc2").unwrap();
     // fc2 [10, 256] takes every format; fc1 [256, 1568] (49 blocks of 32 a row) those whose blocks
-    // candle takes singly (q4_1 and q5_1 take them in pairs).
+    // candle takes singly, q8_0 and q4_0 (the others take them in pairs: 1568 is not a multiple of 64).
     for (f1, f2, d1, d2, a1, a2) in [
         (
             "q8_0",
@@ -161,9 +161,9 @@ fn a_q_format_layer_is_candles_qmatmul_arithmetic() {
             GgmlDType::Q8K,
         ),
         (
-            "q5_0",
+            "q8_0",
             "q6_k",
-            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
             GgmlDType::Q6K,
             GgmlDType::Q8_0,
             GgmlDType::Q8K,
@@ -178,8 +178,16 @@ fn a_q_format_layer_is_candles_qmatmul_arithmetic() {
         ),
         (
             "q8_0",
-            "q5_1",
+            "q5_0",
             GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q8_0,
+        ),
+        (
+            "q4_0",
+            "q5_1",
+            GgmlDType::Q4_0,
             GgmlDType::Q5_1,
             GgmlDType::Q8_0,
             GgmlDType::Q8_1,

@@ -131,7 +131,7 @@ fn search_writes_the_report_and_report_rebuilds_it_from_the_store() {
         .expect("the run records its split sizes");
     assert_eq!(
         (splits.calibration, splits.search, splits.held_out),
-        (200, 300, 500)
+        (300, 200, 400)
     );
     let fit = data
         .sensitivity

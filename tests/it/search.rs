@@ -285,7 +285,7 @@ fn a_seeded_frugal_run_gives_the_same_set_up_and_trials_whatever_jobs_is() {
     assert_eq!(x["evaluations"], y["evaluations"]);
 }
 
-/// `--fidelity 0.25` on the demo: every trial is first evaluated on the first 75 search images; the
+/// `--fidelity 0.25` on the demo: every trial is first evaluated on the first 50 search images; the
 /// pruned ones never reach the front; the run is the same whatever `--jobs`; and it ends with the
 /// held-out front of the same run without proxies for fewer evaluations, counted in full ones.
 #[test]
@@ -298,7 +298,7 @@ fn proxies_prune_trials_and_keep_the_front_for_fewer_evaluations() {
         "r",
         &[&common[..], &["--fidelity", "0.25", "--jobs", "1"]].concat(),
     );
-    assert!(out.contains("proxy: the first 75 search samples"), "{out}");
+    assert!(out.contains("proxy: the first 50 search samples"), "{out}");
     search(
         d.path(),
         "fid2",
@@ -314,7 +314,7 @@ fn proxies_prune_trials_and_keep_the_front_for_fewer_evaluations() {
 
     let run = runs_json(d.path(), "fid")[0].clone();
     let proxy = &run["proxy"];
-    assert_eq!(proxy["samples"], 75);
+    assert_eq!(proxy["samples"], 50);
     assert_eq!(proxy["proxies"], 120, "every trial has a proxy: {proxy}");
     let (promoted, pruned) = (
         proxy["promoted"].as_u64().unwrap(),
@@ -815,7 +815,7 @@ fn the_front_is_evaluated_on_the_held_out_split_when_the_run_ends() {
     let r = &runs[0];
     assert_eq!(
         r["splits"],
-        serde_json::json!({"calibration": 200, "search": 300, "held_out": 500})
+        serde_json::json!({"calibration": 300, "search": 200, "held_out": 400})
     );
     let front = r["front"].as_array().unwrap();
     assert_eq!(
