@@ -8,7 +8,7 @@
 //! [`SEED`] for [`EPOCHS`] epochs on [`Digits`](crate::data::Digits)' training split). To regenerate them:
 //! `cargo test --release -- --ignored regenerate_demo_weights` (or `scripts/train-demo.sh`).
 
-mod train;
+pub(crate) mod train;
 
 use std::collections::HashMap;
 
