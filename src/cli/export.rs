@@ -340,7 +340,8 @@ fn recovered_calibration(
     teacher: Arc<dyn Model>,
     data: EvalData,
 ) -> anyhow::Result<LayerCalibration> {
-    let settings = mpsearch::search::evaluator_settings(&m.config);
+    let settings =
+        mpsearch::recover::variant_settings(&mpsearch::search::evaluator_settings(&m.config));
     let (inputs, scores) = (
         settings.compress().uses_inputs(),
         settings.importance.needs_gradients(),
@@ -412,8 +413,8 @@ fn write_weights(
         cost_objective: c.objective.to_string(),
         model: c.model.clone(),
         space: c.space.clone(),
-        scale: c.scale,
-        rounding: c.rounding,
+        scale: recovered.as_ref().map_or(c.scale, |(r, _)| r.scale),
+        rounding: recovered.as_ref().map_or(c.rounding, |(r, _)| r.rounding),
         importance: c.importance,
     };
     let calibration = match recovered {

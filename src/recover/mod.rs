@@ -7,8 +7,10 @@
 //!
 //! ## What is trained, and how
 //!
-//! Every compressible layer's weight is a parameter (biases, normalisations and embedding tables
-//! left in f32 are frozen). The forward pass runs each layer's compressed weight through a
+//! The weight of every layer whose choice changes it (quantized, pruned or factorised) is a
+//! parameter; everything else is frozen — biases, normalisations, and layers the point leaves in f32
+//! (an export leaves those out and takes them from the original model, so they must stay the
+//! original's). The forward pass runs each layer's compressed weight through a
 //! **straight-through estimator**: with `l` the layer's latent weight and `Q` the project's own
 //! compression of the layer's choice, the layer runs `l + (Q(l) − l).detach()` — its value is
 //! `Q(l)`, its gradient the identity on `l`.
@@ -16,8 +18,11 @@
 //! - **Quantized weights** (`int<b>-…`, `f16`, `bf16`): `Q` is the project's quantizer with
 //!   round-to-nearest; **scales are re-derived from the current weights at every step** (not
 //!   learned, not frozen), with the run's scale method — or MSE-optimal clipping when the run's
-//!   method needs input statistics (`output`), and round-to-nearest where the run rounds by GPTQ
-//!   (the stored variant is then evaluated with the run's own settings on the trained weights).
+//!   method needs input statistics (`output`). A run that rounds by GPTQ (the command line's
+//!   default) gets round-to-nearest for its recovered variants: GPTQ is a post-training rounding
+//!   that fine-tuning replaces, and re-rounding trained weights by GPTQ undoes the training (int2
+//!   points came out worse than before). The variant is evaluated and exported with exactly the
+//!   arithmetic it was trained with ([`variant_settings`], stored in the record).
 //! - **GGML block formats** (`q4_k`, …): fake-quantized through candle's quantizer and its
 //!   dequantized values; the kernel's on-the-fly 8-bit activation blocks are not simulated during
 //!   training (the recovered variant's evaluation includes them).
@@ -74,7 +79,7 @@ pub use self::weights::{RecoveredModel, RecoveredWeights};
 use crate::compress::{Rounding, ScaleMethod};
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::eval::{CandleEvaluator, EvalData, EvalSplit, Evaluator};
+use crate::eval::{CandleEvaluator, EvalData, EvalSettings, EvalSplit, Evaluator};
 use crate::export::{select, Pick};
 use crate::model::{Model, ModelKind, ModelSource};
 use crate::space::{ActQuant, Assignment};
@@ -93,6 +98,22 @@ pub fn defaults(kind: ModelKind) -> (usize, f64, usize) {
 
 /// The encoder losses, by name.
 pub const ENCODER_LOSSES: &[&str] = &["cosine", "mse"];
+
+/// The evaluator settings of a recovered variant of a run evaluated with `run`: the arithmetic it is
+/// trained with — round-to-nearest (GPTQ is a post-training rounding that fine-tuning replaces),
+/// the run's scale method, or MSE-optimal clipping where the run's needs input statistics — and
+/// the run's importance and activation ranges.
+pub fn variant_settings(run: &EvalSettings) -> EvalSettings {
+    EvalSettings {
+        scale: if run.scale.needs_inputs() {
+            ScaleMethod::Mse
+        } else {
+            run.scale
+        },
+        rounding: Rounding::Rtn,
+        ..run.clone()
+    }
+}
 
 /// Checks a recipe's hyper-parameters, naming the one out of range.
 pub fn check_recipe(r: &RecoverRecipe) -> Result<()> {
@@ -324,16 +345,8 @@ pub fn recover(
             )))
         }
     };
-    let settings = loaded.evaluator.settings().compress();
-    let train_settings = crate::compress::CompressSettings {
-        scale: if settings.scale.needs_inputs() {
-            ScaleMethod::Mse
-        } else {
-            settings.scale
-        },
-        rounding: Rounding::Rtn,
-        importance: settings.importance,
-    };
+    let variant = variant_settings(loaded.evaluator.settings());
+    let settings = variant.compress();
     let needs_ranges = loaded
         .assignment
         .iter()
@@ -349,7 +362,7 @@ pub fn recover(
         None
     };
     let setup = Setup {
-        settings: train_settings,
+        settings,
         scores,
         ranges,
     };
@@ -371,7 +384,7 @@ pub fn recover(
         recovered,
         loaded.model.clone(),
         loaded.data.clone(),
-        loaded.evaluator.settings().clone(),
+        variant.clone(),
     )?;
     let search = ev.evaluate(&loaded.assignment)?;
     let has_held_out = !loaded.data.held_out.is_empty();
@@ -413,6 +426,8 @@ pub fn recover(
         held_out_metrics: held_out.map(|h| h.metrics).unwrap_or_default(),
         before_held_out_quality: before.as_ref().map(|b| b.0),
         before_held_out_metrics: before.map(|b| b.1).unwrap_or_default(),
+        scale: variant.scale,
+        rounding: variant.rounding,
         weights: blob_key.to_hex().to_string(),
         seconds,
         threads: candle_core::utils::get_num_threads(),

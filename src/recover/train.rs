@@ -19,7 +19,7 @@ use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::demo::train::cosine;
 use crate::model::{ForwardCtx, LayerKernel, LayerOverride, Model, Overrides};
-use crate::space::{Assignment, Choice, LayerKind};
+use crate::space::{Assignment, Choice};
 use crate::store::RecoverRecipe;
 
 /// What the student is trained to match.
@@ -263,7 +263,8 @@ impl LayerState {
 /// passes over `data.train` in mini-batches of `recipe.batch` in an order seeded by `recipe.seed`,
 /// the validation loss after every epoch (and when `stop` is raised, which ends training after the
 /// current step); returns the weights of the step with the lowest validation loss (the point as
-/// it was, step 0, included). Embedding tables left in f32 are not trained.
+/// it was, step 0, included). Layers whose choice leaves the weight unchanged (f32, dense, full
+/// rank; activation quantization alone) are not trained.
 pub fn train(
     teacher: &dyn Model,
     assignment: &Assignment,
@@ -283,7 +284,9 @@ pub fn train(
     let mut layers = Vec::new();
     for l in &teacher.inventory().layers {
         let choice = assignment.get(&l.name).copied().unwrap_or(Choice::F32);
-        if l.kind == LayerKind::Embedding && !changes_weight(&choice) {
+        // A layer whose weight the choice leaves as it is stays the original's: exports leave such
+        // layers out ("take them from the original model"), so training them would not survive.
+        if !changes_weight(&choice) {
             continue;
         }
         layers.push(LayerState::new(teacher, &l.name, &l.shape, choice, setup)?);
@@ -468,4 +471,103 @@ pub fn loss(
         }
         Objective::Mse => (s - t)?.sqr()?.sum_all()?.affine(1.0 / n, 0.0)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::ScaleMethod;
+    use crate::model::DemoModel;
+
+    /// Largest |a − b| over two tensors of one shape.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn state(choice: &str) -> (LayerState, Setup<'static>) {
+        let model = DemoModel::embedded().unwrap();
+        let setup = Setup {
+            settings: CompressSettings::from(ScaleMethod::Mse),
+            scores: None,
+            ranges: HashMap::new(),
+        };
+        let s = LayerState::new(&model, "fc1", &[64, 512], choice.parse().unwrap(), &setup)
+            .unwrap();
+        (s, setup)
+    }
+
+    /// The straight-through weight runs `Q(l)` forward and passes the gradient through unchanged:
+    /// `∂⟨C, w⟩/∂l = C` (times the fixed mask, for a pruned weight, whose pruned entries are 0).
+    #[test]
+    fn the_straight_through_gradient_is_the_identity_on_the_fake_quantized_weight() {
+        for choice in ["int3-sym-channel", "int4-asym-channel+2:4"] {
+            let (s, setup) = state(choice);
+            let o = s.override_for(&setup, true).unwrap();
+            let Some(LayerKernel::Dense(w)) = &o.kernel else {
+                panic!("{choice}: a dense kernel expected");
+            };
+            let q = s.fake_quantized(&s.latent().unwrap(), &setup).unwrap();
+            assert!(max_diff(w, &q) < 1e-6, "{choice}: the forward value is Q(l)");
+            let c = Tensor::randn(0f32, 1.0, (64, 512), &Device::Cpu).unwrap();
+            let grads = (w * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let Params::Dense { w: var, keep } = &s.params else {
+                panic!("{choice}: one dense parameter expected");
+            };
+            let g = grads.get(var.as_tensor()).expect("a gradient");
+            let expected = match keep {
+                Some((_, mask)) => (&c * mask).unwrap(),
+                None => c.clone(),
+            };
+            assert_eq!(max_diff(g, &expected), 0.0, "{choice}: gradient ≠ identity");
+            if let Some((keep, _)) = keep {
+                let values = q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(keep.iter().zip(&values).all(|(k, v)| *k || *v == 0.0));
+                assert_eq!(keep.iter().filter(|k| !**k).count(), 64 * 512 / 2, "2:4 keeps half");
+            }
+        }
+    }
+
+    /// A low-rank layer trains its two factors, and runs the choice on their product.
+    #[test]
+    fn low_rank_layers_train_both_factors() {
+        let (s, setup) = state("int8-sym-channel+rank50");
+        let o = s.override_for(&setup, true).unwrap();
+        let Some(LayerKernel::Dense(w)) = &o.kernel else {
+            panic!("a dense kernel expected");
+        };
+        let grads = w.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let Params::Factors { a, b } = &s.params else {
+            panic!("two factors expected");
+        };
+        assert_eq!(a.dims(), [64, 32]);
+        assert_eq!(b.dims(), [32, 512]);
+        assert!(grads.get(a.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn the_distillation_loss_is_zero_at_the_teacher_and_positive_elsewhere() {
+        let t = Tensor::new(&[[1.0f32, 2.0, 0.5], [0.0, -1.0, 3.0]], &Device::Cpu).unwrap();
+        let s = (&t * 0.5).unwrap();
+        let kd = Objective::Classifier {
+            alpha: 0.0,
+            temperature: 4.0,
+        };
+        for o in [kd, Objective::Cosine, Objective::Mse] {
+            let same = loss(o, &t, &t, None).unwrap().to_scalar::<f32>().unwrap();
+            assert!(same.abs() < 1e-6, "{o:?}: {same}");
+        }
+        for o in [kd, Objective::Mse] {
+            let other = loss(o, &s, &t, None).unwrap().to_scalar::<f32>().unwrap();
+            assert!(other > 1e-4, "{o:?}: {other}");
+        }
+    }
 }

@@ -527,6 +527,11 @@ pub struct RecoveredRecord {
     /// The point's held-out quality and metrics before fine-tuning (same evaluator).
     pub before_held_out_quality: Option<f64>,
     pub before_held_out_metrics: BTreeMap<String, f64>,
+    /// How its weights are quantized — in training and in its evaluation and export:
+    /// round-to-nearest (GPTQ is a post-training rounding that fine-tuning replaces) with the run's
+    /// scale method, or MSE-optimal clipping where the run's needs input statistics.
+    pub scale: ScaleMethod,
+    pub rounding: Rounding,
     /// Blob key (hex) of the fine-tuned weights.
     pub weights: String,
     /// Seconds of training, and the threads candle ran on.
