@@ -259,8 +259,13 @@ pub fn point_trial(
             "--point counts front points from 1 (see `mpsearch runs` or `mpsearch report`)",
         ));
     }
-    let sel = select(manifest, trials, Pick::Point(point))
-        .map_err(|e| Error::recover(format!("run `{}`: {e}", manifest.name)))?;
+    let sel = select(manifest, trials, Pick::Point(point)).map_err(|e| {
+        let e = e.to_string();
+        Error::recover(format!(
+            "--point {point}: {}",
+            e.trim_start_matches("export: ")
+        ))
+    })?;
     if sel.trial.state != TrialState::Complete || sel.trial.quality.is_none() {
         return Err(Error::recover(format!(
             "point {point} of run `{}` is trial {}, which is {}: only an evaluated point can be \

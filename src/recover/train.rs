@@ -500,8 +500,8 @@ mod tests {
             scores: None,
             ranges: HashMap::new(),
         };
-        let s = LayerState::new(&model, "fc1", &[64, 512], choice.parse().unwrap(), &setup)
-            .unwrap();
+        let s =
+            LayerState::new(&model, "fc1", &[64, 512], choice.parse().unwrap(), &setup).unwrap();
         (s, setup)
     }
 
@@ -516,7 +516,10 @@ mod tests {
                 panic!("{choice}: a dense kernel expected");
             };
             let q = s.fake_quantized(&s.latent().unwrap(), &setup).unwrap();
-            assert!(max_diff(w, &q) < 1e-6, "{choice}: the forward value is Q(l)");
+            assert!(
+                max_diff(w, &q) < 1e-6,
+                "{choice}: the forward value is Q(l)"
+            );
             let c = Tensor::randn(0f32, 1.0, (64, 512), &Device::Cpu).unwrap();
             let grads = (w * &c).unwrap().sum_all().unwrap().backward().unwrap();
             let Params::Dense { w: var, keep } = &s.params else {
@@ -531,7 +534,11 @@ mod tests {
             if let Some((keep, _)) = keep {
                 let values = q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert!(keep.iter().zip(&values).all(|(k, v)| *k || *v == 0.0));
-                assert_eq!(keep.iter().filter(|k| !**k).count(), 64 * 512 / 2, "2:4 keeps half");
+                assert_eq!(
+                    keep.iter().filter(|k| !**k).count(),
+                    64 * 512 / 2,
+                    "2:4 keeps half"
+                );
             }
         }
     }
