@@ -370,6 +370,7 @@ pub fn recover(
         settings,
         scores,
         ranges,
+        objective,
     };
     let started = Instant::now();
     let outcome = train::train(
@@ -378,7 +379,6 @@ pub fn recover(
         &setup,
         &data,
         &recipe,
-        objective,
         progress,
         stop,
     )?;

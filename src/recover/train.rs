@@ -80,6 +80,8 @@ pub struct Setup<'a> {
     pub scores: Option<&'a LayerScores>,
     /// Calibrated static activation ranges (`act8-static`).
     pub ranges: HashMap<String, (f32, f32)>,
+    /// The loss.
+    pub objective: Objective,
 }
 
 /// Where training stands, for a progress bar.
@@ -271,10 +273,10 @@ pub fn train(
     setup: &Setup,
     data: &TrainData,
     recipe: &RecoverRecipe,
-    objective: Objective,
     progress: &mut dyn FnMut(&Progress),
     stop: &AtomicBool,
 ) -> Result<TrainOutcome> {
+    let objective = setup.objective;
     if data.train.is_empty() || data.validation.is_empty() {
         return Err(Error::recover(format!(
             "no samples to train on ({}) or to validate on ({})",
@@ -499,6 +501,7 @@ mod tests {
             settings: CompressSettings::from(ScaleMethod::Mse),
             scores: None,
             ranges: HashMap::new(),
+            objective: Objective::Cosine,
         };
         let s =
             LayerState::new(&model, "fc1", &[64, 512], choice.parse().unwrap(), &setup).unwrap();

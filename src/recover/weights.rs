@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::model::{ForwardCtx, Inventory, LayerKernel, LayerOverride, Model, Overrides};
+use crate::model::{ForwardCtx, Inventory, LayerKernel, Model, Overrides};
 
 /// First bytes of the format (version 1).
 const MAGIC: &[u8] = b"mpsearch-recovered-weights-v1\n";
@@ -173,9 +173,7 @@ impl Model for RecoveredModel {
     fn forward(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
         let mut overrides: Overrides = ctx.overrides.cloned().unwrap_or_default();
         for (name, w) in &self.weights {
-            let o = overrides
-                .entry(name.clone())
-                .or_insert_with(LayerOverride::default);
+            let o = overrides.entry(name.clone()).or_default();
             if o.kernel.is_none() {
                 o.kernel = Some(LayerKernel::Dense(w.clone()));
             }
