@@ -159,6 +159,12 @@ pub enum Error {
     /// for; `message` names the run and the point.
     #[error("measure: {message}")]
     Measure { message: String },
+    // ---- recovery ----
+    /// A point that cannot be fine-tuned: no such run or point, a failed trial, a model or data that
+    /// changed since the search, a hyper-parameter outside its range, a choice training cannot
+    /// simulate; `message` names what and says what to do.
+    #[error("recover: {message}")]
+    Recover { message: String },
     // ---- reports ----
     /// A report that could not be built or drawn (a run with nothing to show, a plot the drawing
     /// library refused…); `message` names the run or file.
@@ -226,6 +232,13 @@ impl Error {
     /// An [`Error::Export`] with this message.
     pub fn export(message: impl Into<String>) -> Self {
         Error::Export {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Recover`] with this message.
+    pub fn recover(message: impl Into<String>) -> Self {
+        Error::Recover {
             message: message.into(),
         }
     }

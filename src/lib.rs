@@ -17,6 +17,7 @@ pub mod fs;
 pub mod measure;
 pub mod model;
 pub mod pareto;
+pub mod recover;
 pub mod report;
 pub mod search;
 pub mod sensitivity;

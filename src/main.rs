@@ -46,6 +46,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(a) => cli::runs::run(a),
         Command::Trials(a) => cli::trials::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Recover(a) => cli::recover::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Measure(a) => cli::measure::run(a),
         Command::Profiles => cli::profiles::run(),

@@ -59,6 +59,9 @@ pub enum Command {
     /// Export a point of a run: its assignment JSON, llama.cpp --tensor-type lines, or its compressed
     /// weights as safetensors (default point: the best one; see README).
     Export(ExportArgs),
+    /// Fine-tune a point of a run (quantization-aware training with distillation from the f32
+    /// model) and store the result in the run as a recovered variant of the point (see README).
+    Recover(RecoverArgs),
     /// Draw a run's Pareto front, per-layer allocation, hypervolume and sensitivity plots (SVG and
     /// PNG) and write one self-contained HTML page; with --profile, re-cost the run under another
     /// hardware profile first (no evaluation is run).
@@ -602,6 +605,10 @@ pub struct ExportArgs {
     /// Any complete trial, by number (see `mpsearch trials RUN`).
     #[arg(long, value_name = "N")]
     pub trial: Option<u64>,
+    /// Export the point's recovered variant (`mpsearch recover`) instead: its fine-tuned weights
+    /// (the variant with the best held-out quality, if the point has several).
+    #[arg(long)]
+    pub recovered: bool,
     /// What to write.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
@@ -611,6 +618,46 @@ pub struct ExportArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// The run's name (see `mpsearch runs`).
+    pub run: String,
+    /// The K-th point of the run's front in cost order (as `export --point K`).
+    #[arg(long, value_name = "K")]
+    pub point: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Passes over the training data (default: 10 for classifiers, 3 for encoders).
+    #[arg(long, value_name = "E")]
+    pub epochs: Option<usize>,
+    /// AdamW's peak learning rate, decayed to 0 by a cosine (default: 1e-3 for classifiers, 1e-4
+    /// for encoders).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// Samples per step (default: 64 images, 16 sentences).
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
+    /// Classifiers: weight of the hard-label cross-entropy; 1 − ALPHA goes to distillation.
+    #[arg(long, default_value_t = 0.5, value_name = "A")]
+    pub alpha: f64,
+    /// Classifiers: distillation temperature.
+    #[arg(long, default_value_t = 4.0, value_name = "T")]
+    pub temperature: f64,
+    /// Seed of the sample order.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Encoders: the embedding distillation loss.
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "mse"])]
+    pub loss: String,
+    /// Encoders: sentences to distil on, one per line (default: the run's calibration and search
+    /// sentences; never the held-out ones).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Print the stored variant as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

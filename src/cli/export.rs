@@ -15,8 +15,12 @@ use mpsearch::eval::{CandleEvaluator, EvalData, Evaluator};
 use mpsearch::export::safetensors::LayerCalibration;
 use mpsearch::export::{self, llama, safetensors, Pick, Selected};
 use mpsearch::model::{Model, ModelSource};
+use mpsearch::recover::{RecoveredModel, RecoveredWeights};
 use mpsearch::space::{Assignment, SearchSpace};
-use mpsearch::store::{self, Access, HeldOut, Location, RunManifest, TrialRecord};
+use mpsearch::store::{
+    self, Access, HeldOut, Location, RecoveredRecord, RecoveredState, RunManifest, Store,
+    TrialRecord,
+};
 
 use super::args::{ExportArgs, ExportFormat};
 use super::output::emit;
@@ -45,10 +49,34 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
         shown.push(sel.trial);
     }
     super::report::complete_held_out(&*store, opened.live.as_ref(), &manifest, &shown);
-    let held_out = store::held_out(&*store, &manifest, sel.trial)?;
+    let mut held_out = store::held_out(&*store, &manifest, sel.trial)?;
+    let recovered = if a.recovered {
+        let r = best_recovered(&*store, &manifest, sel.trial)?;
+        let weights = mpsearch::recover::stored_weights(&*store, &r)?;
+        held_out = r.held_out_quality.map(|quality| HeldOut {
+            quality,
+            metrics: r.held_out_metrics.clone(),
+        });
+        Some((r, weights))
+    } else {
+        None
+    };
     // Release the store before the export's own work (a search may open it meanwhile).
     drop(store);
     describe(&manifest, &sel, held_out.as_ref());
+    if let Some((r, _)) = &recovered {
+        eprintln!(
+            "exporting its recovered variant {} (fine-tuned: search quality {}, {} steps{})",
+            &r.key[..12.min(r.key.len())],
+            super::output::quality(r.quality),
+            r.steps,
+            if r.state == RecoveredState::Interrupted {
+                ", interrupted"
+            } else {
+                ""
+            }
+        );
+    }
     match a.format {
         ExportFormat::Json => output(a.out.as_deref(), &export::assignment_json(sel.trial)?),
         ExportFormat::LlamaCpp => {
@@ -63,7 +91,9 @@ pub fn run(a: ExportArgs) -> anyhow::Result<ExitCode> {
                 &llama::tensor_type_lines(&inv.layers, &asg, &header),
             )
         }
-        ExportFormat::Safetensors => write_weights(&manifest, &sel, held_out.as_ref(), a.out),
+        ExportFormat::Safetensors => {
+            write_weights(&manifest, &sel, held_out.as_ref(), recovered, a.out)
+        }
         ExportFormat::Gguf => write_gguf(&manifest, &sel, held_out.as_ref(), a.out),
     }
 }
@@ -269,15 +299,79 @@ fn layer_calibration(
     })
 }
 
+/// The recovered variant of `trial` with the best held-out quality (else search quality), complete
+/// ones first; an error when the trial has none.
+fn best_recovered(
+    store: &dyn Store,
+    m: &RunManifest,
+    trial: &TrialRecord,
+) -> anyhow::Result<RecoveredRecord> {
+    let key = |r: &RecoveredRecord| {
+        (
+            r.state != RecoveredState::Complete,
+            r.held_out_quality.unwrap_or(r.quality),
+        )
+    };
+    store
+        .recovered(&m.name)?
+        .into_iter()
+        .filter(|r| r.trial == trial.number)
+        .min_by(|a, b| {
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "trial {} of run `{}` has no recovered variant: make one with `mpsearch recover {} \
+                 --point K`, or export without --recovered",
+                trial.number,
+                m.name,
+                m.name
+            )
+        })
+}
+
+/// [`layer_calibration`] of a recovered variant's model: the statistics its evaluation used (of
+/// the fine-tuned weights, on the run's calibration split).
+fn recovered_calibration(
+    m: &RunManifest,
+    model: Arc<dyn Model>,
+    teacher: Arc<dyn Model>,
+    data: EvalData,
+) -> anyhow::Result<LayerCalibration> {
+    let settings =
+        mpsearch::recover::variant_settings(&mpsearch::search::evaluator_settings(&m.config));
+    let (inputs, scores) = (
+        settings.compress().uses_inputs(),
+        settings.importance.needs_gradients(),
+    );
+    if !inputs && !scores {
+        return Ok(LayerCalibration::default());
+    }
+    let ev = CandleEvaluator::with_teacher(model, teacher, data, settings)?;
+    Ok(LayerCalibration {
+        inputs: inputs.then(|| ev.input_stats().cloned()).transpose()?,
+        scores: scores.then(|| ev.weight_scores().cloned()).transpose()?,
+    })
+}
+
 fn write_weights(
     m: &RunManifest,
     sel: &Selected,
     held_out: Option<&HeldOut>,
+    recovered: Option<(RecoveredRecord, RecoveredWeights)>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let c = &m.config;
-    let path =
-        out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.safetensors", m.name, sel.label())));
+    let path = out.unwrap_or_else(|| {
+        let suffix = if recovered.is_some() {
+            "-recovered"
+        } else {
+            ""
+        };
+        PathBuf::from(format!("{}-{}{suffix}.safetensors", m.name, sel.label()))
+    });
     let (model, data) = mpsearch::eval::load(
         &ModelSource::parse(&c.model),
         c.data.as_deref().map(Path::new),
@@ -295,12 +389,20 @@ fn write_weights(
         short(&now)
     );
     let (_, asg) = resolve(m, sel, &model.inventory().layers)?;
+    let teacher = model.clone();
+    let model: Arc<dyn Model> = match &recovered {
+        Some((_, w)) => Arc::new(RecoveredModel::new(model, w)?),
+        None => model,
+    };
     let info = safetensors::ExportInfo {
         run: m.name.clone(),
         trial: sel.trial.number,
         point: sel.point,
         hash: sel.trial.hash.clone(),
-        quality: sel.trial.quality,
+        quality: match &recovered {
+            Some((r, _)) => Some(r.quality),
+            None => sel.trial.quality,
+        },
         held_out_quality: held_out.map(|h| h.quality),
         quality_metric: match model.inventory().kind {
             mpsearch::model::ModelKind::Classifier => "kl_divergence",
@@ -311,11 +413,14 @@ fn write_weights(
         cost_objective: c.objective.to_string(),
         model: c.model.clone(),
         space: c.space.clone(),
-        scale: c.scale,
-        rounding: c.rounding,
+        scale: recovered.as_ref().map_or(c.scale, |(r, _)| r.scale),
+        rounding: recovered.as_ref().map_or(c.rounding, |(r, _)| r.rounding),
         importance: c.importance,
     };
-    let calibration = layer_calibration(m, model.clone(), data)?;
+    let calibration = match recovered {
+        Some(_) => recovered_calibration(m, model.clone(), teacher, data)?,
+        None => layer_calibration(m, model.clone(), data)?,
+    };
     let s = safetensors::write_compressed(model.as_ref(), &asg, &info, &calibration, &path)?;
     eprintln!(
         "wrote {}: {} compressed layers in {} tensors, {} of weight data ({} bytes in all); left out \

@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod measure;
 pub mod output;
 pub mod profiles;
+pub mod recover;
 pub mod report;
 pub mod resume;
 pub mod runs;

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use mpsearch::cost::model::format_us;
 use mpsearch::store::{
-    Access, Controller, HeldOut, HeldOutGap, MeasurementRecord, RunManifest, RunStatus, Store,
-    TrialRecord, WorkerSeen,
+    Access, Controller, HeldOut, HeldOutGap, MeasurementRecord, RecoveredRecord, RunManifest,
+    RunStatus, Store, TrialRecord, WorkerSeen,
 };
 
 use super::args::RunsArgs;
@@ -122,6 +122,8 @@ struct Summary<'t> {
     measurements: Vec<MeasurementRecord>,
     /// The workers that evaluated its trials (a shared store's).
     workers: Vec<WorkerSeen>,
+    /// Its recovered variants (`mpsearch recover`).
+    recovered: Vec<RecoveredRecord>,
 }
 
 impl<'t> Summary<'t> {
@@ -153,6 +155,7 @@ impl<'t> Summary<'t> {
                 Some(q) => q.workers(Some(&m.name))?,
                 None => Vec::new(),
             },
+            recovered: store.recovered(&m.name)?,
         })
     }
 
@@ -171,7 +174,7 @@ impl<'t> Summary<'t> {
             "importance": m.config.importance,
             "workers": self.workers,
             "evaluations_to_99_percent": mpsearch::report::data::HypervolumeSeries::of(m, trials, true).evaluations_to(0.99),
-            "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref())).collect::<Vec<_>>(),
+            "front": self.front.iter().zip(&self.held_out).map(|(t, h)| front_json(t, h.as_ref(), &self.recovered)).collect::<Vec<_>>(),
             "measurements": {
                 "count": self.measurements.len(),
                 "settings": mpsearch::store::measurement_summaries(&self.measurements),
@@ -223,8 +226,18 @@ impl<'t> Summary<'t> {
     }
 }
 
-fn front_json(t: &TrialRecord, held_out: Option<&HeldOut>) -> serde_json::Value {
+fn front_json(
+    t: &TrialRecord,
+    held_out: Option<&HeldOut>,
+    recovered: &[RecoveredRecord],
+) -> serde_json::Value {
+    let variants: Vec<serde_json::Value> = recovered
+        .iter()
+        .filter(|r| r.trial == t.number)
+        .map(super::trials::recovered_json)
+        .collect();
     serde_json::json!({
+        "recovered": variants,
         "trial": t.number, "quality": t.quality, "cost": t.cost, "hash": t.hash,
         "assignment": t.assignment,
         "held_out_quality": held_out.map(|h| h.quality),

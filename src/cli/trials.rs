@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use mpsearch::cost::model::{format_bytes, format_us};
 use mpsearch::store::{
-    Access, HeldOut, MeasuredSource, MeasurementRecord, RunManifest, Store, TrialRecord,
+    Access, HeldOut, MeasuredSource, MeasurementRecord, RecoveredRecord, RunManifest, Store,
+    TrialRecord,
 };
 
 use super::args::TrialsArgs;
@@ -23,13 +24,60 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
     let trials = store.trials(&m.name)?;
     let held_out = held_out(&*store, &m, &trials)?;
     let points = points(&m, &trials);
+    let recovered = store.recovered(&m.name)?;
     if a.json {
         let measured = store.measurements(&m.name)?;
-        return json_lines(&trials, &held_out, &points, &measured);
+        return json_lines(&trials, &held_out, &points, &measured, &recovered);
     }
     let rows: Vec<Vec<String>> = trials
         .iter()
-        .map(|t| {
+        .flat_map(|t| {
+            let variants = recovered
+                .iter()
+                .filter(|r| r.trial == t.number)
+                .map(|r| recovered_row(t, r, points.get(&t.number)));
+            std::iter::once(trial_row(t, &points, &held_out)).chain(variants)
+        })
+        .collect();
+    emit(&table(
+        &[
+            "trial",
+            "state",
+            "strategy",
+            "point",
+            "quality",
+            "held-out",
+            "latency",
+            "size",
+            "evaluation",
+        ],
+        &rows,
+        3,
+    ))
+}
+
+/// A recovered variant's row, under its trial's: `17r`, its state, `recover`, its qualities.
+fn recovered_row(t: &TrialRecord, r: &RecoveredRecord, point: Option<&usize>) -> Vec<String> {
+    vec![
+        format!("{}r", t.number),
+        format!("recovered ({})", r.state),
+        "recover".into(),
+        point.map_or(String::new(), |k| format!("{k}r")),
+        quality(r.quality),
+        r.held_out_quality.map_or("-".into(), quality),
+        format_us(t.cost.latency_us),
+        format_bytes(t.cost.bytes as f64),
+        format!("{:.2} s", r.seconds),
+    ]
+}
+
+fn trial_row(
+    t: &TrialRecord,
+    points: &BTreeMap<u64, usize>,
+    held_out: &BTreeMap<u64, HeldOut>,
+) -> Vec<String> {
+    {
+        {
             vec![
                 t.number.to_string(),
                 t.state.to_string(),
@@ -56,23 +104,8 @@ pub fn run(a: TrialsArgs) -> anyhow::Result<ExitCode> {
                     format!("{:.2} s", t.seconds)
                 },
             ]
-        })
-        .collect();
-    emit(&table(
-        &[
-            "trial",
-            "state",
-            "strategy",
-            "point",
-            "quality",
-            "held-out",
-            "latency",
-            "size",
-            "evaluation",
-        ],
-        &rows,
-        3,
-    ))
+        }
+    }
 }
 
 /// The held-out evaluation of every complete trial that the store holds one for, by trial number.
@@ -110,11 +143,27 @@ fn measurement_json(m: &MeasurementRecord) -> serde_json::Value {
     })
 }
 
+/// A recovered variant as `trials --json` and `runs --json` show it (under its trial or front
+/// point, whose assignment and cost it shares).
+pub fn recovered_json(r: &RecoveredRecord) -> serde_json::Value {
+    serde_json::json!({
+        "key": r.key, "state": r.state, "quality": r.quality, "metrics": r.metrics,
+        "held_out_quality": r.held_out_quality, "held_out_metrics": r.held_out_metrics,
+        "before_held_out_quality": r.before_held_out_quality,
+        "before_held_out_metrics": r.before_held_out_metrics,
+        "recipe": r.recipe, "steps": r.steps, "total_steps": r.total_steps,
+        "best_step": r.best_step, "validation_loss": r.validation_loss,
+        "initial_validation_loss": r.initial_validation_loss, "seconds": r.seconds,
+        "threads": r.threads, "weights": r.weights,
+    })
+}
+
 fn json_lines(
     trials: &[TrialRecord],
     held_out: &BTreeMap<u64, HeldOut>,
     points: &BTreeMap<u64, usize>,
     measured: &[MeasurementRecord],
+    recovered: &[RecoveredRecord],
 ) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     for t in trials {
@@ -135,6 +184,8 @@ fn json_lines(
             "held_out_quality": h.map(|h| h.quality), "held_out_metrics": h.map(|h| &h.metrics),
             "proxy": t.proxy,
             "measurements": ms,
+            "recovered": recovered.iter().filter(|r| r.trial == t.number).map(recovered_json)
+                .collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
     }

@@ -308,6 +308,29 @@ fn compress_conv(
     })
 }
 
+/// Step 4 alone with round-to-nearest: `f` masked by `keep`, quantized under `weights` with `scale`
+/// fitted to the kept values only, the mask applied again — what [`compress_with`] does to each
+/// factor. Fine-tuning ([`crate::recover`]) runs it on the current weights at every step (fake
+/// quantization with re-derived scales). `scale` must not need input statistics.
+pub(crate) fn fake_quantize_masked(
+    f: &WeightMatrix,
+    keep: &[bool],
+    weights: &WeightQuant,
+    scale: ScaleMethod,
+) -> Result<WeightMatrix> {
+    let settings = CompressSettings::from(scale);
+    let mut out = match quantize_factor(f, keep, weights, &settings, None)? {
+        Some(q) => q.dequantize_matrix()?,
+        None => {
+            let mut m = f.clone();
+            m.apply_mask(keep);
+            quantize_matrix(&m, weights, scale, Some(keep))?
+        }
+    };
+    out.apply_mask(keep);
+    Ok(out)
+}
+
 /// A weight after steps 1–3 of the module docs: its factors (`[W]` or `[A, B]`), not yet quantized
 /// and not yet masked, and what is removed from them.
 pub(crate) struct Prepared {

@@ -45,6 +45,7 @@ pub use apply::{
     apply_choice, apply_with, compress_factors, compress_with, factor_kernel, CompressSettings,
     CompressedWeight,
 };
+pub(crate) use apply::{fake_quantize_masked, prepare};
 pub use cache::{CacheForm, CacheKey, CacheStats, CompressCache, DEFAULT_CACHE_BYTES};
 pub use gptq::{GptqOptions, Rounding};
 pub use importance::{Importance, ImportanceSums, LayerScores, WeightScores};

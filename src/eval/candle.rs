@@ -73,6 +73,9 @@ impl EvalSettings {
 /// Evaluates assignments with a candle model.
 pub struct CandleEvaluator {
     model: Arc<dyn Model>,
+    /// The model whose f32 outputs are the reference: `model` itself, or the original model of a
+    /// recovered variant ([`CandleEvaluator::with_teacher`]).
+    teacher: Arc<dyn Model>,
     data: EvalData,
     settings: EvalSettings,
     /// The f32 model's output rows on the search split.
@@ -105,6 +108,33 @@ impl CandleEvaluator {
         data: EvalData,
         settings: EvalSettings,
     ) -> Result<CandleEvaluator> {
+        CandleEvaluator::build(model.clone(), model, data, settings)
+    }
+
+    /// An evaluator of `model` (a fine-tuned copy of `teacher`: a recovered variant, see
+    /// [`crate::recover`]) whose reference outputs are `teacher`'s: its qualities measure the
+    /// distance to the original f32 model, as every other point's do. `model` and `teacher` must
+    /// have the same inventory. Its fingerprint hashes both.
+    pub fn with_teacher(
+        model: Arc<dyn Model>,
+        teacher: Arc<dyn Model>,
+        data: EvalData,
+        settings: EvalSettings,
+    ) -> Result<CandleEvaluator> {
+        if model.inventory().layers != teacher.inventory().layers {
+            return Err(Error::Eval {
+                message: "a recovered model must have its teacher's layers".into(),
+            });
+        }
+        CandleEvaluator::build(model, teacher, data, settings)
+    }
+
+    fn build(
+        model: Arc<dyn Model>,
+        teacher: Arc<dyn Model>,
+        data: EvalData,
+        settings: EvalSettings,
+    ) -> Result<CandleEvaluator> {
         if data.eval.is_empty() {
             return Err(Error::Eval {
                 message: format!("no evaluation data ({})", data.description),
@@ -116,7 +146,7 @@ impl CandleEvaluator {
             let what = format!("--importance {}", settings.importance);
             CalibrationLoss::for_kind(model.inventory().kind, labels, &what)?;
         }
-        let reference = reference_outputs(model.as_ref(), &data.eval, data.labels.as_deref())?;
+        let reference = reference_outputs(teacher.as_ref(), &data.eval, data.labels.as_deref())?;
         let weights = model
             .inventory()
             .layers
@@ -128,6 +158,10 @@ impl CandleEvaluator {
         // with a dense ragged tail (issue 10) — evaluations stored under v1 measured other arithmetic.
         h.update(b"mpsearch-candle-evaluator-v2\n");
         h.update(model.fingerprint().as_bytes());
+        if teacher.fingerprint() != model.fingerprint() {
+            h.update(b"teacher\n");
+            h.update(teacher.fingerprint().as_bytes());
+        }
         h.update(data.fingerprint.as_bytes());
         h.update(settings.describe().as_bytes());
         if settings.importance.needs_gradients() {
@@ -144,6 +178,7 @@ impl CandleEvaluator {
         Ok(CandleEvaluator {
             cache: CompressCache::new(settings.cache_bytes)?,
             model,
+            teacher,
             data,
             settings,
             reference,
@@ -218,7 +253,7 @@ impl CandleEvaluator {
                 .sum();
             l[..count.min(l.len())].to_vec()
         });
-        let reference = reference_outputs(self.model.as_ref(), &batches, labels.as_deref())?;
+        let reference = reference_outputs(self.teacher.as_ref(), &batches, labels.as_deref())?;
         let p = Arc::new(ProxySplit {
             batches,
             labels,
@@ -243,7 +278,7 @@ impl CandleEvaluator {
                         return Err(format!("no held-out data ({})", self.data.description));
                     }
                     reference_outputs(
-                        self.model.as_ref(),
+                        self.teacher.as_ref(),
                         &self.data.held_out,
                         self.data.held_out_labels.as_deref(),
                     )
@@ -394,6 +429,7 @@ impl CandleEvaluator {
                     kernel,
                     act: choice.act,
                     act_range,
+                    straight_through: false,
                 },
             );
         }

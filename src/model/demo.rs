@@ -26,7 +26,7 @@
 //! [`SEED`] for [`EPOCHS`] epochs on Fashion-MNIST's 60,000 training images). To regenerate them:
 //! `scripts/train-demo.sh` (fetches the data set, then trains; minutes on 2 cores).
 
-mod train;
+pub(crate) mod train;
 
 use std::collections::HashMap;
 

@@ -202,6 +202,10 @@ pub struct LayerOverride {
     pub act: ActQuant,
     /// For [`ActQuant::Int8Static`]: the input range (min, max) calibrated on the calibration data.
     pub act_range: Option<(f32, f32)>,
+    /// Training ([`crate::recover`]): the input's activation quantization passes gradients straight
+    /// through (`x + (q(x) − x).detach()`: the forward value is `q(x)` up to one rounding, the
+    /// gradient the identity). Off, the quantized input is a constant, as the evaluator runs it.
+    pub straight_through: bool,
 }
 
 impl LayerOverride {
@@ -413,6 +417,10 @@ impl ForwardCtx<'_> {
             }
         }
         match self.overrides.and_then(|o| o.get(layer)) {
+            Some(o) if o.act != ActQuant::None && o.straight_through => {
+                let q = crate::compress::quantize_activation(&x.detach(), o.act, o.act_range)?;
+                Ok((x + (q - x)?.detach())?)
+            }
             Some(o) if o.act != ActQuant::None => {
                 crate::compress::quantize_activation(x, o.act, o.act_range)
             }

@@ -134,6 +134,25 @@ pub struct FrontPoint {
     pub hash: String,
     /// One choice per entry of [`ReportData::layers`].
     pub choices: Vec<Choice>,
+    /// Its best recovered variant (`mpsearch recover`: same assignment and cost, fine-tuned
+    /// weights), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<RecoveredPoint>,
+}
+
+/// A front point's recovered variant, for the plot's before → after arrow and the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecoveredPoint {
+    /// The variant's content key (hex).
+    pub key: String,
+    /// `complete` or `interrupted`.
+    pub state: String,
+    /// Quality and metrics on the search split.
+    pub quality: f64,
+    pub metrics: BTreeMap<String, f64>,
+    /// Quality and metrics on the held-out split.
+    pub held_out_quality: Option<f64>,
+    pub held_out_metrics: BTreeMap<String, f64>,
 }
 
 /// How the front's held-out qualities compare with its search qualities.
@@ -341,6 +360,7 @@ pub fn classify(
                     .iter()
                     .map(|l| a.get(&l.name).copied().unwrap_or(Choice::F32))
                     .collect(),
+                recovered: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -529,6 +549,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
     }
     let (points, mut front) = classify(&manifest, &trials, &layers)?;
     let held_out = held_out(store, &manifest, &trials, &mut front, &mut notes)?;
+    add_recovered(&store.recovered(run)?, &mut front);
     let hypervolume = hypervolume_series(store, &manifest, &trials, &layers, &costing)?;
     let baselines = match &space {
         Some(s) => baselines(store, &manifest, s, &layers, &costing.model, &mut notes)?,
@@ -688,6 +709,35 @@ fn hypervolume_series(
         out.push(HypervolumeSeries::of(&m, &theirs, false));
     }
     Ok(out)
+}
+
+/// Gives each front point its best recovered variant (lowest held-out quality, else search quality;
+/// complete ones first).
+fn add_recovered(recovered: &[store::RecoveredRecord], front: &mut [FrontPoint]) {
+    let rank = |r: &store::RecoveredRecord| {
+        (
+            r.state != store::RecoveredState::Complete,
+            r.held_out_quality.unwrap_or(r.quality),
+        )
+    };
+    for f in front.iter_mut() {
+        f.recovered = recovered
+            .iter()
+            .filter(|r| r.trial == f.trial)
+            .min_by(|a, b| {
+                rank(a)
+                    .partial_cmp(&rank(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|r| RecoveredPoint {
+                key: r.key.clone(),
+                state: r.state.to_string(),
+                quality: r.quality,
+                metrics: r.metrics.clone(),
+                held_out_quality: r.held_out_quality,
+                held_out_metrics: r.held_out_metrics.clone(),
+            });
+    }
 }
 
 /// Fills in each front point's held-out evaluation from the evaluation cache, and sums up the gap; a

@@ -568,6 +568,7 @@ fn latency_panels_keep_the_latest_of_each_assignment_per_setting() {
         cost: crate::cost::Cost::default(),
         hash: String::new(),
         choices: Vec::new(),
+        recovered: None,
     }];
     let panels = latency_panels(&ms, &front, &layers(), None).unwrap();
     assert_eq!(panels.len(), 2);

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::records::{
-    CachedEvaluation, MeasurementRecord, RunManifest, SensitivityRecord, Snapshot, TrialRecord,
-    SCHEMA_VERSION,
+    CachedEvaluation, MeasurementRecord, RecoveredRecord, RunManifest, SensitivityRecord, Snapshot,
+    TrialRecord, SCHEMA_VERSION,
 };
 use crate::error::{Error, Result};
 
@@ -36,7 +36,8 @@ record!(
     CachedEvaluation,
     Snapshot,
     SensitivityRecord,
-    MeasurementRecord
+    MeasurementRecord,
+    RecoveredRecord
 );
 
 /// Only the version of a record, whatever its other fields are.

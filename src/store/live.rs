@@ -27,8 +27,8 @@ use serde_json::value::RawValue;
 
 use super::codec::{decode, key_what, Record};
 use super::{
-    CachedEvaluation, Controller, MeasurementRecord, RunManifest, SensitivityRecord, Snapshot,
-    Store, StoreCounts, TrialRecord,
+    CachedEvaluation, Controller, MeasurementRecord, RecoveredRecord, RunManifest,
+    SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
 };
 use crate::error::{Error, Result};
 
@@ -386,6 +386,24 @@ impl Store for LiveView {
 
     fn put_trial(&self, _: &str, _: &TrialRecord) -> Result<()> {
         self.refuse()
+    }
+
+    fn put_recovered(&self, _: &str, _: &RecoveredRecord) -> Result<()> {
+        self.refuse()
+    }
+
+    /// A live view carries the journal, not recovered variants (recovery needs the store itself,
+    /// which a running search holds).
+    fn recovered(&self, _: &str) -> Result<Vec<RecoveredRecord>> {
+        Ok(Vec::new())
+    }
+
+    fn put_blob(&self, _: &blake3::Hash, _: &[u8]) -> Result<()> {
+        self.refuse()
+    }
+
+    fn blob(&self, _: &blake3::Hash) -> Result<Option<Vec<u8>>> {
+        Ok(None)
     }
 
     fn put_trials(&self, _: &str, _: &[TrialRecord]) -> Result<()> {

@@ -103,6 +103,20 @@ pub trait Store: Send + Sync {
     /// Every run, by creation time then name.
     fn runs(&self) -> Result<Vec<RunManifest>>;
 
+    /// Stores a recovered variant of a point of run `run` (which must exist), replacing the variant
+    /// of the same key. Its weights blob must be stored first. Durable when it returns.
+    fn put_recovered(&self, run: &str, record: &RecoveredRecord) -> Result<()>;
+
+    /// The recovered variants of run `run`, by trial then key (empty if none).
+    fn recovered(&self, run: &str) -> Result<Vec<RecoveredRecord>>;
+
+    /// Stores opaque bytes (recovered weights) under content key `key`, replacing what was there.
+    /// Durable when it returns.
+    fn put_blob(&self, key: &blake3::Hash, bytes: &[u8]) -> Result<()>;
+
+    /// The bytes stored under `key`, if any.
+    fn blob(&self, key: &blake3::Hash) -> Result<Option<Vec<u8>>>;
+
     /// Journals one trial of run `run` (which must exist), inserting it or replacing the trial of
     /// the same number. Durable (flushed) when it returns.
     fn put_trial(&self, run: &str, trial: &TrialRecord) -> Result<()>;

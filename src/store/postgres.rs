@@ -61,14 +61,14 @@ use ::postgres::{Client, NoTls, Statement};
 use super::codec::{decode, encode, key_what, measurement_what, trial_what, Record};
 use super::{
     check_run_name, host_name, now_unix, CachedEvaluation, Controller, MeasurementRecord, Queue,
-    RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
+    RecoveredRecord, RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
 };
 use crate::error::{Error, Result, RunHolder};
 
 mod queue;
 
 /// The version of the tables this mpsearch writes: the last of [`MIGRATIONS`].
-pub const STORE_SCHEMA: i32 = 3;
+pub const STORE_SCHEMA: i32 = 4;
 
 /// One step of the tables' history: applied once, in order, when a store is opened.
 struct Migration {
@@ -94,6 +94,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "the evaluation queue of workers, and the workers seen",
         sql: SCHEMA_3,
+    },
+    Migration {
+        version: 4,
+        description: "recovered variants of points (mpsearch recover) and their weight blobs",
+        sql: SCHEMA_4,
     },
 ];
 
@@ -162,6 +167,20 @@ CREATE TABLE mpsearch_workers (
     host text NOT NULL,
     pid bigint NOT NULL,
     heartbeat timestamptz NOT NULL
+);
+";
+
+const SCHEMA_4: &str = "
+CREATE TABLE mpsearch_recovered (
+    run text NOT NULL REFERENCES mpsearch_runs (name) ON DELETE CASCADE,
+    key text NOT NULL,
+    trial bigint NOT NULL,
+    record json NOT NULL,
+    PRIMARY KEY (run, key)
+);
+CREATE TABLE mpsearch_blobs (
+    key bytea PRIMARY KEY,
+    data bytea NOT NULL
 );
 ";
 
@@ -902,6 +921,76 @@ impl Store for PostgresStore {
                 decode(&self.location, &what, text.as_bytes())
             })
             .collect()
+    }
+
+    fn put_recovered(&self, run: &str, record: &RecoveredRecord) -> Result<()> {
+        check_run_name(&self.location, run)?;
+        let what = format!("recovered variant {} of run `{run}`", record.key);
+        let text = json_text(&self.location, &what, record)?;
+        let trial = i64::try_from(record.trial)
+            .map_err(|_| self.error(format!("{what}: the trial number is too large")))?;
+        self.conn()?
+            .client
+            .execute(
+                "INSERT INTO mpsearch_recovered (run, key, trial, record) \
+                 VALUES ($1, $2, $3, $4::text::json) \
+                 ON CONFLICT (run, key) DO UPDATE SET trial = EXCLUDED.trial, record = EXCLUDED.record",
+                &[&run, &record.key, &trial, &text],
+            )
+            .map(drop)
+            .map_err(self.write_error(run, &what))
+    }
+
+    fn recovered(&self, run: &str) -> Result<Vec<RecoveredRecord>> {
+        check_run_name(&self.location, run)?;
+        let rows = self
+            .conn()?
+            .client
+            .query(
+                "SELECT key, record::text FROM mpsearch_recovered WHERE run = $1 \
+                 ORDER BY trial, key",
+                &[&run],
+            )
+            .map_err(self.sql(&format!(
+                "cannot read the recovered variants of run `{run}`"
+            )))?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r
+                    .try_get(0)
+                    .map_err(self.sql(&format!("a recovered variant of run `{run}`")))?;
+                let what = format!("recovered variant {key} of run `{run}`");
+                let text: String = r.try_get(1).map_err(self.sql(&what))?;
+                decode(&self.location, &what, text.as_bytes())
+            })
+            .collect()
+    }
+
+    fn put_blob(&self, key: &blake3::Hash, bytes: &[u8]) -> Result<()> {
+        let what = format!("blob {}", key.to_hex());
+        self.conn()?
+            .client
+            .execute(
+                "INSERT INTO mpsearch_blobs (key, data) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data",
+                &[&key.as_bytes().as_slice(), &bytes],
+            )
+            .map(drop)
+            .map_err(self.sql(&format!("cannot write {what}")))
+    }
+
+    fn blob(&self, key: &blake3::Hash) -> Result<Option<Vec<u8>>> {
+        let what = format!("blob {}", key.to_hex());
+        let row = self
+            .conn()?
+            .client
+            .query_opt(
+                "SELECT data FROM mpsearch_blobs WHERE key = $1",
+                &[&key.as_bytes().as_slice()],
+            )
+            .map_err(self.sql(&format!("cannot read {what}")))?;
+        row.map(|r| r.try_get::<_, Vec<u8>>(0).map_err(self.sql(&what)))
+            .transpose()
     }
 
     fn cache_entries(&self) -> Result<Vec<(blake3::Hash, CachedEvaluation)>> {

@@ -450,3 +450,93 @@ impl MeasurementRecord {
         self.reference_us / self.median_us
     }
 }
+
+/// How a point was fine-tuned (`mpsearch recover`): the hyper-parameters, the seed and what it was
+/// trained on. Part of a recovered variant's content key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoverRecipe {
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// AdamW's peak learning rate (cosine decay to 0 over the run).
+    pub lr: f64,
+    /// Samples per step.
+    pub batch: usize,
+    /// Classifiers: weight of the hard-label cross-entropy (`1 − alpha` goes to distillation).
+    pub alpha: f64,
+    /// Classifiers: distillation temperature.
+    pub temperature: f64,
+    /// Encoders: the embedding distillation loss (`cosine` or `mse`).
+    pub loss: String,
+    /// The seed of the sample order.
+    pub seed: u64,
+    /// What it was trained on, in words (`digits training split (1 257 images)`).
+    pub data: String,
+    /// Hash (hex) of the training data's content.
+    pub data_fingerprint: String,
+}
+
+/// How a recovery ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveredState {
+    /// Every epoch ran.
+    Complete,
+    /// Stopped (Ctrl-C) before the last epoch: the best checkpoint so far was kept.
+    Interrupted,
+}
+
+impl std::fmt::Display for RecoveredState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecoveredState::Complete => "complete",
+            RecoveredState::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// A recovered variant of a run's point: the point's assignment with fine-tuned weights
+/// (`mpsearch recover`), evaluated like any point. Its weights are a blob ([`crate::store::Store::blob`])
+/// under `weights`. A run's variants are keyed by `key`; storing a key again replaces it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveredRecord {
+    pub schema: u32,
+    /// The variant's content key (hex): the evaluator's fingerprint, the point's assignment hash and
+    /// the recipe.
+    pub key: String,
+    /// The trial it fine-tunes, and that trial's assignment hash (hex).
+    pub trial: u64,
+    pub hash: String,
+    pub recipe: RecoverRecipe,
+    pub state: RecoveredState,
+    /// Optimizer steps run, of the recipe's total.
+    pub steps: u64,
+    pub total_steps: u64,
+    /// The step whose weights were kept (the best validation loss), and that loss; the validation
+    /// loss of the point before fine-tuning.
+    pub best_step: u64,
+    pub validation_loss: f64,
+    pub initial_validation_loss: f64,
+    /// What the validation loss was measured on, in words.
+    pub validation: String,
+    /// Quality and metrics on the search split.
+    pub quality: f64,
+    pub metrics: BTreeMap<String, f64>,
+    /// Quality and metrics on the held-out split (`None`: the data has none).
+    pub held_out_quality: Option<f64>,
+    pub held_out_metrics: BTreeMap<String, f64>,
+    /// The point's held-out quality and metrics before fine-tuning (same evaluator).
+    pub before_held_out_quality: Option<f64>,
+    pub before_held_out_metrics: BTreeMap<String, f64>,
+    /// How its weights are quantized — in training and in its evaluation and export:
+    /// round-to-nearest (GPTQ is a post-training rounding that fine-tuning replaces) with the run's
+    /// scale method, or MSE-optimal clipping where the run's needs input statistics.
+    pub scale: ScaleMethod,
+    pub rounding: Rounding,
+    /// Blob key (hex) of the fine-tuned weights.
+    pub weights: String,
+    /// Seconds of training, and the threads candle ran on.
+    pub seconds: f64,
+    pub threads: usize,
+    /// When it was stored (seconds since the Unix epoch).
+    pub created_unix: u64,
+}

@@ -47,7 +47,7 @@ use super::codec::{decode, encode, key_what, measurement_what, trial_what, Recor
 use super::live::{self, LiveInfo, LiveView, Pace, RawRecords};
 use super::{
     check_run_name, host_name, now_unix, CachedEvaluation, Controller, MeasurementRecord,
-    RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
+    RecoveredRecord, RunManifest, SensitivityRecord, Snapshot, Store, StoreCounts, TrialRecord,
 };
 use crate::error::{Error, Result};
 
@@ -81,6 +81,10 @@ pub struct SledStore {
     snapshots: Tree,
     sensitivity: Tree,
     measurements: Tree,
+    /// Recovered variants, keyed by run, NUL, variant key (hex).
+    recovered: Tree,
+    /// Opaque blobs (recovered weights) by content key.
+    blobs: Tree,
     /// The runs this handle drives ([`Store::lock_run`]).
     driving: Mutex<Vec<Controller>>,
     /// When the live view was last written.
@@ -192,6 +196,8 @@ impl SledStore {
             snapshots: tree("snapshots")?,
             sensitivity: tree("sensitivity")?,
             measurements: tree("measurements")?,
+            recovered: tree("recovered")?,
+            blobs: tree("blobs")?,
             dir: dir.to_path_buf(),
             location: location.clone(),
             db,
@@ -514,6 +520,52 @@ impl Store for SledStore {
         let what = format!("the snapshot of run `{run}`");
         self.insert(&self.snapshots, run.as_bytes(), &what, snapshot)?;
         self.flush()
+    }
+
+    fn put_recovered(&self, run: &str, record: &RecoveredRecord) -> Result<()> {
+        self.require_run(run)?;
+        let what = format!("recovered variant {} of run `{run}`", record.key);
+        let mut key = trial_prefix(run);
+        key.extend_from_slice(record.key.as_bytes());
+        self.insert(&self.recovered, &key, &what, record)?;
+        self.flush()
+    }
+
+    fn recovered(&self, run: &str) -> Result<Vec<RecoveredRecord>> {
+        check_run_name(&self.location, run)?;
+        let prefix = trial_prefix(run);
+        let mut out = self
+            .recovered
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, bytes) = entry.map_err(|e| {
+                    self.error(format!(
+                        "cannot read the recovered variants of run `{run}`: {e}"
+                    ))
+                })?;
+                let what = format!(
+                    "recovered variant {} of run `{run}`",
+                    String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default())
+                );
+                decode::<RecoveredRecord>(&self.location, &what, &bytes)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.trial, &a.key).cmp(&(b.trial, &b.key)));
+        Ok(out)
+    }
+
+    fn put_blob(&self, key: &blake3::Hash, bytes: &[u8]) -> Result<()> {
+        self.blobs
+            .insert(key.as_bytes(), bytes)
+            .map_err(|e| self.error(format!("cannot write blob {}: {e}", key.to_hex())))?;
+        self.flush()
+    }
+
+    fn blob(&self, key: &blake3::Hash) -> Result<Option<Vec<u8>>> {
+        self.blobs
+            .get(key.as_bytes())
+            .map(|v| v.map(|b| b.to_vec()))
+            .map_err(|e| self.error(format!("cannot read blob {}: {e}", key.to_hex())))
     }
 
     fn sensitivity(&self, key: &blake3::Hash) -> Result<Option<SensitivityRecord>> {

@@ -897,6 +897,7 @@ fn act8_dynamic_output_of_an_image_does_not_depend_on_its_batch() {
                 kernel: None,
                 act: ActQuant::Int8Dynamic,
                 act_range: None,
+                straight_through: false,
             };
             (l.name.clone(), o)
         })

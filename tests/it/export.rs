@@ -82,6 +82,7 @@ fn quality_with(
                 kernel: weights.get(&l.name).cloned().map(LayerKernel::Dense),
                 act: c.act,
                 act_range: None,
+                straight_through: false,
             },
         );
     }

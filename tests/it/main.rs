@@ -17,6 +17,7 @@ mod kernels;
 mod llama;
 mod measure;
 mod profiles;
+mod recover;
 mod report;
 mod rounding;
 mod search;

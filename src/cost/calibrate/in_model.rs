@@ -182,6 +182,7 @@ fn deploy(
                     act: choice.act,
                     // A static range is calibrated on data; its value does not change the work.
                     act_range: (choice.act == ActQuant::Int8Static).then_some((-1.0, 1.0)),
+                    straight_through: false,
                 },
             );
         }

@@ -149,6 +149,6 @@ fn initial_vars(rng: &mut ChaCha8Rng) -> Result<Vec<Var>> {
 }
 
 /// Cosine decay from `base` at step 0 to 0 at `total`.
-fn cosine(base: f64, step: usize, total: usize) -> f64 {
+pub(crate) fn cosine(base: f64, step: usize, total: usize) -> f64 {
     base * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos())
 }

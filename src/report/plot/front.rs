@@ -18,6 +18,9 @@ use crate::cost::{Cost, Objective};
 use crate::error::Result;
 use crate::report::data::{PointStatus, ReportData};
 
+/// A recovered variant's marker and arrow (`mpsearch recover`).
+const RECOVERED: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+
 /// Radius of a front point's marker.
 const FRONT_RADIUS: i32 = 7;
 
@@ -52,6 +55,11 @@ impl Axes {
                         .iter()
                         .filter_map(|f| Some(f.held_out.as_ref()?.quality)),
                 )
+                .chain(
+                    d.front
+                        .iter()
+                        .filter_map(|f| Some(f.recovered.as_ref()?.quality)),
+                )
                 .chain(d.baselines.iter().map(|b| b.quality))
                 .chain(d.limits.max_drop),
         );
@@ -82,6 +90,7 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &ReportData) -
     draw_other_trials(&mut chart, d, &axes)?;
     draw_held_out(&mut chart, d, &axes)?;
     draw_front(&mut chart, &front)?;
+    draw_recovered(&mut chart, d, &axes)?;
     let baselines: Vec<(f64, f64)> = d
         .baselines
         .iter()
@@ -223,6 +232,47 @@ fn draw_held_out<DB: DrawingBackend>(
             pairs.len()
         ))
         .legend(|(x, y)| Circle::new((x, y), FRONT_RADIUS - 1, HELD_OUT.stroke_width(2)));
+    Ok(())
+}
+
+/// Each front point's recovered variant (search quality after fine-tuning, same cost): a line
+/// from the point to a green dot.
+fn draw_recovered<DB: DrawingBackend>(
+    chart: &mut Chart<DB>,
+    d: &ReportData,
+    axes: &Axes,
+) -> Result<()> {
+    let pairs: Vec<((f64, f64), (f64, f64))> = d
+        .front
+        .iter()
+        .filter_map(|f| {
+            let r = f.recovered.as_ref()?;
+            Some((axes.at(&f.cost, f.quality), axes.at(&f.cost, r.quality)))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    for &(before, after) in &pairs {
+        chart
+            .draw_series(LineSeries::new(
+                [before, after],
+                RECOVERED.mix(0.8).stroke_width(2),
+            ))
+            .map_err(pe)?;
+    }
+    chart
+        .draw_series(
+            pairs
+                .iter()
+                .map(|&(_, after)| Circle::new(after, FRONT_RADIUS - 2, RECOVERED.filled())),
+        )
+        .map_err(pe)?
+        .label(format!(
+            "recovered (fine-tuned) front points ({}): before → after",
+            pairs.len()
+        ))
+        .legend(|(x, y)| Circle::new((x, y), FRONT_RADIUS - 2, RECOVERED.filled()));
     Ok(())
 }
 

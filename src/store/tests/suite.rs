@@ -15,6 +15,7 @@ on_every_backend!(
     put_trials_writes_a_batch_all_or_nothing,
     cache_snapshot_and_sensitivity_round_trip_and_cache_is_shared,
     measurements_round_trip_by_run_in_number_order_all_or_nothing,
+    recovered_variants_and_blobs_round_trip_and_replace_by_key,
     held_out_evaluations_are_read_back_by_split_key,
     data_survives_drop_and_reopen,
     concurrent_writers_lose_nothing,
@@ -554,4 +555,76 @@ fn timings<B: Backend>(b: &B) {
          read back in {read:?}; put_trial + flush {per_trial:?} each (mean of {FLUSHED})",
         store.location()
     );
+}
+
+fn recovered(key: &str, trial: u64) -> RecoveredRecord {
+    RecoveredRecord {
+        schema: SCHEMA_VERSION,
+        key: key.into(),
+        trial,
+        hash: "ab".into(),
+        recipe: RecoverRecipe {
+            epochs: 2,
+            lr: 1e-3,
+            batch: 64,
+            alpha: 0.5,
+            temperature: 4.0,
+            loss: "cosine".into(),
+            seed: 1,
+            data: "digits".into(),
+            data_fingerprint: "00".into(),
+        },
+        state: RecoveredState::Complete,
+        steps: 40,
+        total_steps: 40,
+        best_step: 40,
+        validation_loss: 0.1,
+        initial_validation_loss: 1.0,
+        validation: "calibration".into(),
+        quality: 0.01,
+        metrics: [("accuracy".to_string(), 0.97)].into(),
+        held_out_quality: Some(0.02),
+        held_out_metrics: BTreeMap::new(),
+        before_held_out_quality: Some(0.2),
+        before_held_out_metrics: BTreeMap::new(),
+        scale: ScaleMethod::Mse,
+        rounding: crate::compress::Rounding::Rtn,
+        weights: blake3::hash(b"w").to_hex().to_string(),
+        seconds: 1.5,
+        threads: 2,
+        created_unix: 1,
+    }
+}
+
+fn recovered_variants_and_blobs_round_trip_and_replace_by_key<B: Backend>(b: &B) {
+    let store = b.open();
+    store.create_run(&manifest("r", 10)).expect("create");
+    store.create_run(&manifest("other", 10)).expect("create");
+    assert_eq!(store.recovered("r").expect("read"), Vec::new());
+    let text = message(store.put_recovered("nope", &recovered("k", 1)));
+    assert!(text.contains("no run named `nope`"), "{text}");
+    let (k2, k1) = (recovered("k2", 5), recovered("k1", 3));
+    store.put_recovered("r", &k2).expect("put");
+    store.put_recovered("r", &k1).expect("put");
+    assert_eq!(
+        store.recovered("r").expect("read"),
+        vec![k1.clone(), k2.clone()]
+    );
+    assert_eq!(store.recovered("other").expect("read"), Vec::new());
+    let mut interrupted = k2.clone();
+    interrupted.state = RecoveredState::Interrupted;
+    store.put_recovered("r", &interrupted).expect("replace");
+    assert_eq!(store.recovered("r").expect("read"), vec![k1, interrupted]);
+
+    let key = blake3::hash(b"w");
+    assert_eq!(store.blob(&key).expect("read"), None);
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    store.put_blob(&key, &bytes).expect("put blob");
+    assert_eq!(store.blob(&key).expect("read"), Some(bytes));
+    store.put_blob(&key, b"again").expect("replace blob");
+    assert_eq!(store.blob(&key).expect("read"), Some(b"again".to_vec()));
+    drop(store);
+    let store = b.open();
+    assert_eq!(store.recovered("r").expect("reopened").len(), 2);
+    assert!(store.blob(&key).expect("reopened").is_some());
 }
