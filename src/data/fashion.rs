@@ -148,7 +148,10 @@ impl FashionMnist {
                 )));
             }
             if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
-                return Err(data_error(format!("{}: label {bad} above 9", dir.display())));
+                return Err(data_error(format!(
+                    "{}: label {bad} above 9",
+                    dir.display()
+                )));
             }
             Ok((images, labels))
         };
@@ -442,7 +445,10 @@ mod tests {
         let err = decode(&BYTES[..BYTES.len() - 1], "fashion.bin")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not a whole number of 785-byte records"), "{err}");
+        assert!(
+            err.contains("not a whole number of 785-byte records"),
+            "{err}"
+        );
     }
 
     #[test]

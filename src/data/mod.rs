@@ -26,7 +26,10 @@ pub mod windows;
 use serde::{Deserialize, Serialize};
 
 pub use batch::Batch;
-pub use fashion::{default_dir as fashion_dir, FashionMnist, FullSet, Split, CLASSES, CLASS_NAMES, EMBEDDED, SIDE, SPLIT_SEED};
+pub use fashion::{
+    default_dir as fashion_dir, FashionMnist, FullSet, Split, CLASSES, CLASS_NAMES, EMBEDDED, SIDE,
+    SPLIT_SEED,
+};
 
 /// How many samples (images or sentences) each split of a model's evaluation data holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

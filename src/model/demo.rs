@@ -40,7 +40,6 @@ use crate::data::{Batch, Split, SIDE};
 use crate::error::{Error, Result};
 use crate::space::{LayerInfo, LayerKind};
 
-
 fn layer(name: &str, kind: LayerKind, shape: &[usize], applications: u64) -> LayerInfo {
     let params: u64 = shape.iter().map(|&d| d as u64).product();
     LayerInfo {
@@ -75,7 +74,8 @@ pub fn inventory() -> Inventory {
 
 /// What the fingerprint hashes besides the weights: the architecture and the forward's conventions.
 /// Change it whenever the forward computes something else from the same weights.
-pub const ARCHITECTURE_TAG: &str = "mpsearch demo-cnn v2 (fashion-mnist 28x28): conv3x3(1->8,pad1)+relu, maxpool2, \
+pub const ARCHITECTURE_TAG: &str =
+    "mpsearch demo-cnn v2 (fashion-mnist 28x28): conv3x3(1->8,pad1)+relu, maxpool2, \
      conv3x3(8->16,pad1)+relu, conv3x3(16->16,pad1)+relu, maxpool2, conv3x3(16->32,pad1)+relu, \
      conv3x3(32->32,pad1)+relu, flatten, fc(1568->256)+relu, fc(256->10)";
 

@@ -39,8 +39,8 @@
 //! ## Losses and data
 //!
 //! - Classifiers: `α·CE(z_s, y) + (1−α)·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T))`, the f32 model as
-//!   teacher; trained on the model's training split (the demo: the digits training split, which
-//!   neither the search nor the held-out split overlaps), validated on the calibration split.
+//!   teacher; trained on the model's training split (the demo: the tune split, 2,000 embedded
+//!   Fashion-MNIST training images, which neither the search nor the held-out split overlaps), validated on the calibration split.
 //! - Encoders: distillation of the f32 model's embeddings (`1 − cos` or squared error), on the
 //!   sentences of `--data FILE`, or the run's sentences' calibration and search splits; validated
 //!   on the search split. Never the held-out split.
@@ -483,13 +483,13 @@ fn train_data(manifest: &RunManifest, loaded: &Loaded, request: &Request) -> Res
             if request.data.is_some() {
                 return Err(Error::recover(
                     "--data is for encoders (sentences to distil on); the demo trains on its \
-                     digits training split",
+                     embedded tune split (2,000 Fashion-MNIST training images)",
                 ));
             }
-            let digits = crate::data::Digits::load()?;
-            let train = &digits.train;
+            let fashion = crate::data::FashionMnist::load()?;
+            let train = &fashion.tune;
             let mut h = blake3::Hasher::new();
-            h.update(b"digits-train\n");
+            h.update(b"fashion-mnist-tune\n");
             h.update(&(train.len() as u64).to_le_bytes());
             let labels = loaded.data.calibration_labels.clone().unwrap_or_default();
             let validation = loaded
@@ -507,7 +507,10 @@ fn train_data(manifest: &RunManifest, loaded: &Loaded, request: &Request) -> Res
                 .map(|(b, l)| Ok((b, l.transpose()?)))
                 .collect::<Result<Vec<_>>>()?;
             Ok(TrainData {
-                description: format!("digits training split ({} images)", train.len()),
+                description: format!(
+                    "the tune split ({} Fashion-MNIST training images)",
+                    train.len()
+                ),
                 train: TrainSet::Images {
                     images: train.images.clone(),
                     labels: train.labels.clone(),

@@ -68,7 +68,12 @@ fn the_embedded_images_load_in_fixed_disjoint_splits() {
         .fold((f32::MAX, f32::MIN), |(l, h), &p| (l.min(p), h.max(p)));
     assert_eq!((lo, hi), (0.0, 1.0), "pixels scaled to [0, 1]");
     // The first images of Fashion-MNIST's files: t10k starts with an ankle boot (9), train with one too.
-    assert_eq!(d.search.rows[0].min(d.held_out.rows[0]).min(d.calibration.rows[0]), 0);
+    assert_eq!(
+        d.search.rows[0]
+            .min(d.held_out.rows[0])
+            .min(d.calibration.rows[0]),
+        0
+    );
     let first_test = [&d.search, &d.held_out, &d.calibration]
         .into_iter()
         .find(|s| s.rows[0] == 0)
@@ -93,7 +98,8 @@ fn every_class_is_in_every_split_in_proportion() {
         ("calibration", &d.calibration),
     ] {
         for (c, &n) in s.class_counts().iter().enumerate() {
-            let gap = (n as f64 / s.len() as f64 - test[c] as f64 / FashionMnist::TEST as f64).abs();
+            let gap =
+                (n as f64 / s.len() as f64 - test[c] as f64 / FashionMnist::TEST as f64).abs();
             assert!(
                 gap <= MAX_SHARE_GAP,
                 "{name}: class {c} ({}) has {n} of {} (share off by {gap:.4})",
