@@ -27,21 +27,8 @@ nm = ["2:4"]
 rank = [1.0]
 "#;
 
-/// Every layer int2 per channel (one assignment).
-const INT2_SPACE: &str = r#"
-[space]
-name = "int2"
-description = "every layer int2-sym-channel"
-[defaults]
-float = []
-bits = [2]
-schemes = ["sym"]
-granularity = ["channel"]
-activations = ["none"]
-sparsity = [0.0]
-nm = []
-rank = [1.0]
-"#;
+/// Held-out accuracy a short recovery of the all-2:4 demo point must win back (it wins about 0.06).
+const MIN_RECOVERED_POINTS: f64 = 0.03;
 
 /// How far an export's reproduced quality may be from the stored one (f32 sums in another order).
 const QUALITY_TOL: f64 = 1e-4;
@@ -70,35 +57,36 @@ fn accuracy(metrics: &serde_json::Value) -> f64 {
     metrics["accuracy"].as_f64().unwrap()
 }
 
-/// A short recovery of the int2 point gets back most of what int2 lost on the held-out split, and a
-/// second run of the same recovery is answered from the store.
+/// A short recovery of the all-2:4 point gets back most of what 2:4 lost on the held-out split (on
+/// the Fashion-MNIST demo, 83.5% → 89.5% against 91.25% for f32 in release), and a second run of the
+/// same recovery is answered from the store.
 #[test]
 fn recovery_improves_a_damaged_point_and_a_rerun_is_a_cache_hit() {
     let dir = Dir::new();
-    searched(&dir, INT2_SPACE, "i2");
+    searched(&dir, NM_SPACE, "nm");
     let flags = ["--epochs", "2", "--lr", "3e-3"];
-    let r = recover(dir.path(), "i2", &flags);
+    let r = recover(dir.path(), "nm", &flags);
     let before = accuracy(&r["before_held_out_metrics"]);
     let after = accuracy(&r["held_out_metrics"]);
     assert!(
-        after >= before + 0.02 && after >= 0.97,
+        after >= before + MIN_RECOVERED_POINTS,
         "held-out accuracy {before} → {after}"
     );
     assert!(r["held_out_quality"].as_f64() < r["before_held_out_quality"].as_f64());
     assert_eq!(r["cached"], false);
     assert_eq!(r["state"], "complete");
-    let again = recover(dir.path(), "i2", &flags);
+    let again = recover(dir.path(), "nm", &flags);
     assert_eq!(again["cached"], true, "{again}");
     assert_eq!(again["key"], r["key"]);
     assert_eq!(again["weights"], r["weights"]);
     // Shown beside its trial by `trials` (table and JSON) and under its front point by `runs --json`.
-    let table = ok(dir.path(), &["trials", "i2", "--store", "s"]);
+    let table = ok(dir.path(), &["trials", "nm", "--store", "s"]);
     assert!(
         table.contains("0r") && table.contains("recovered (complete)"),
         "{table}"
     );
     let line: serde_json::Value = serde_json::from_str(
-        ok(dir.path(), &["trials", "i2", "--store", "s", "--json"])
+        ok(dir.path(), &["trials", "nm", "--store", "s", "--json"])
             .lines()
             .next()
             .unwrap(),
