@@ -504,7 +504,7 @@ mod tests {
             objective: Objective::Cosine,
         };
         let s =
-            LayerState::new(&model, "fc1", &[64, 512], choice.parse().unwrap(), &setup).unwrap();
+            LayerState::new(&model, "fc1", &[256, 1568], choice.parse().unwrap(), &setup).unwrap();
         (s, setup)
     }
 
@@ -523,7 +523,7 @@ mod tests {
                 max_diff(w, &q) < 1e-6,
                 "{choice}: the forward value is Q(l)"
             );
-            let c = Tensor::randn(0f32, 1.0, (64, 512), &Device::Cpu).unwrap();
+            let c = Tensor::randn(0f32, 1.0, (256, 1568), &Device::Cpu).unwrap();
             let grads = (w * &c).unwrap().sum_all().unwrap().backward().unwrap();
             let Params::Dense { w: var, keep } = &s.params else {
                 panic!("{choice}: one dense parameter expected");
@@ -539,7 +539,7 @@ mod tests {
                 assert!(keep.iter().zip(&values).all(|(k, v)| *k || *v == 0.0));
                 assert_eq!(
                     keep.iter().filter(|k| !**k).count(),
-                    64 * 512 / 2,
+                    256 * 1568 / 2,
                     "2:4 keeps half"
                 );
             }
@@ -558,8 +558,8 @@ mod tests {
         let Params::Factors { a, b } = &s.params else {
             panic!("two factors expected");
         };
-        assert_eq!(a.dims(), [64, 32]);
-        assert_eq!(b.dims(), [32, 512]);
+        assert_eq!(a.dims(), [256, 128]);
+        assert_eq!(b.dims(), [128, 1568]);
         assert!(grads.get(a.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
     }
 

@@ -297,7 +297,7 @@ fn capture_records_the_input_of_every_layer() {
     for (name, rest) in expected {
         let shapes: Vec<Vec<usize>> = got[name].iter().map(|t| t.dims().to_vec()).collect();
         let tail: Vec<usize> = rest.iter().copied().filter(|&d| d > 0).collect();
-        let want: Vec<Vec<usize>> = [100, 100]
+        let want: Vec<Vec<usize>> = [100, 100, 100]
             .iter()
             .map(|&n| [vec![n], tail.clone()].concat())
             .collect();
