@@ -172,6 +172,10 @@ pub struct DataArgs {
     /// calibration sample).
     #[arg(long, value_enum, default_value_t = ImportanceArg::Magnitude)]
     pub importance: ImportanceArg,
+    /// Measure quality on the first N samples of the search split and of the held-out split only
+    /// (default: all of them): quicker, coarser evaluations (see README). A run records it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub samples: Option<u64>,
 }
 
 impl DataArgs {

@@ -372,10 +372,7 @@ fn write_weights(
         };
         PathBuf::from(format!("{}-{}{suffix}.safetensors", m.name, sel.label()))
     });
-    let (model, data) = mpsearch::eval::load(
-        &ModelSource::parse(&c.model),
-        c.data.as_deref().map(Path::new),
-    )?;
+    let (model, data) = mpsearch::eval::load_run_data(&c.model, c.data.as_deref(), c.samples)?;
     let recorded = &m.fingerprints.model;
     let now = model.fingerprint().to_hex().to_string();
     anyhow::ensure!(

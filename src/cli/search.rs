@@ -102,5 +102,6 @@ fn run_config(a: &SearchArgs, checked: SearchChecked, space: String) -> RunConfi
         pairs: a.pairs,
         fidelity: a.fidelity,
         refine: !a.no_refine,
+        samples: a.data.samples.map(|n| n as usize),
     }
 }

@@ -44,9 +44,13 @@ pub fn open_opened(location: &Location, access: Access) -> anyhow::Result<store:
 /// A ready evaluator, the space resolved against the layers the model runs, and the seconds the f32
 /// reference took. Says on standard error what was loaded and how long it took.
 pub fn evaluator(a: &EvaluatorArgs) -> anyhow::Result<(CandleEvaluator, SearchSpace, f64)> {
-    let source = ModelSource::parse(&a.input.model.model);
     let started = std::time::Instant::now();
-    let (net, data) = mpsearch::eval::load(&source, a.data.data.as_deref())?;
+    let data_file = a.data.data.as_deref().map(|p| p.display().to_string());
+    let (net, data) = mpsearch::eval::load_run_data(
+        &a.input.model.model,
+        data_file.as_deref(),
+        a.data.samples.map(|n| n as usize),
+    )?;
     // The space is resolved against the layers the model runs (an encoder never runs its pooler).
     let space = load_space(a.input.space.as_deref(), net.inventory())?;
     let settings = EvalSettings {

@@ -38,6 +38,37 @@ pub struct EvalData {
     pub fingerprint: blake3::Hash,
 }
 
+/// The first `n` samples of `batches` and their labels (per sample for a classifier, per position
+/// for a language model), and how many samples that is.
+fn cut(
+    batches: &[Batch],
+    labels: Option<&[u32]>,
+    n: usize,
+) -> Result<(Vec<Batch>, Option<Vec<u32>>, usize)> {
+    let positions: usize = batches.iter().map(Batch::positions).sum();
+    let mut kept = Vec::new();
+    let mut left = n;
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let b = b.head(left)?;
+        left -= b.len();
+        kept.push(b);
+    }
+    let samples = n - left;
+    let labels = labels.map(|l| {
+        let per_position = l.len() == positions;
+        let count: usize = if per_position {
+            kept.iter().map(Batch::positions).sum()
+        } else {
+            samples
+        };
+        l[..count.min(l.len())].to_vec()
+    });
+    Ok((kept, labels, samples))
+}
+
 /// Hash of tensors' contents (f32 / u32 bytes), for data fingerprints.
 fn hash_tensors(h: &mut blake3::Hasher, tensors: &[&Tensor]) -> Result<()> {
     for t in tensors {
@@ -70,6 +101,41 @@ impl EvalData {
             EvalSplit::Search | EvalSplit::Proxy(_) => (&self.eval, self.labels.as_deref()),
             EvalSplit::HeldOut => (&self.held_out, self.held_out_labels.as_deref()),
         }
+    }
+
+    /// The data with its search and held-out splits cut to their first `n` samples (`--samples`; a
+    /// split of fewer keeps them all); the calibration split is kept whole. The fingerprint hashes
+    /// the cut, so a cut run's evaluations are cached under their own keys. An error when `n` is 0.
+    pub fn head(self, n: usize) -> Result<EvalData> {
+        if n == 0 {
+            return Err(Error::eval(
+                "--samples 0: a quality needs at least one sample; give a positive count, or leave \
+                 --samples out to evaluate on every sample",
+            ));
+        }
+        let (eval, labels, search) = cut(&self.eval, self.labels.as_deref(), n)?;
+        let (held_out, held_out_labels, held) =
+            cut(&self.held_out, self.held_out_labels.as_deref(), n)?;
+        let mut h = blake3::Hasher::new();
+        h.update(self.fingerprint.as_bytes());
+        h.update(format!("head {n}: {search} search, {held} held-out").as_bytes());
+        Ok(EvalData {
+            description: format!(
+                "{} — cut to the first {search} search and {held} held-out (--samples {n})",
+                self.description
+            ),
+            eval,
+            labels,
+            held_out,
+            held_out_labels,
+            sizes: SplitSizes {
+                search,
+                held_out: held,
+                ..self.sizes
+            },
+            fingerprint: h.finalize(),
+            ..self
+        })
     }
 
     /// The demo's data: the embedded Fashion-MNIST test images as a search split (200 images), a
@@ -310,5 +376,74 @@ pub fn load(
             let data = EvalData::windows(&model, &text, &what)?;
             Ok((Arc::new(model), data))
         }
+    }
+}
+
+/// What a run evaluates on, from its settings: the model `model` names (`demo`, a folder or a GGUF
+/// file) with its data ([`load`]), the search and held-out splits cut to their first `samples`
+/// when the run set `--samples` ([`EvalData::head`]).
+pub fn load_run_data(
+    model: &str,
+    data: Option<&str>,
+    samples: Option<usize>,
+) -> Result<(Arc<dyn Model>, EvalData)> {
+    let (model, d) = load(
+        &crate::model::ModelSource::parse(model),
+        data.map(std::path::Path::new),
+    )?;
+    let d = match samples {
+        Some(n) => d.head(n)?,
+        None => d,
+    };
+    Ok((model, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_cuts_the_search_and_held_out_splits_and_their_labels() {
+        let full = EvalData::demo().unwrap();
+        let cut = full.clone().head(50).unwrap();
+        assert_eq!((cut.sizes.search, cut.sizes.held_out), (50, 50));
+        assert_eq!(cut.sizes.calibration, full.sizes.calibration);
+        assert_eq!(
+            cut.labels.as_deref(),
+            Some(&full.labels.as_ref().unwrap()[..50])
+        );
+        assert_eq!(
+            cut.held_out_labels.as_deref(),
+            Some(&full.held_out_labels.as_ref().unwrap()[..50])
+        );
+        let samples: usize = cut.eval.iter().map(Batch::len).sum();
+        assert_eq!(samples, 50);
+        assert_ne!(cut.fingerprint, full.fingerprint);
+        assert!(
+            cut.description.contains("--samples 50"),
+            "{}",
+            cut.description
+        );
+        // More than a split has: that split is kept whole (the held-out one here).
+        let wide = full.clone().head(300).unwrap();
+        assert_eq!((wide.sizes.search, wide.sizes.held_out), (200, 300));
+        assert_ne!(wide.fingerprint, full.fingerprint);
+        let err = full.head(0).unwrap_err().to_string();
+        assert!(err.contains("--samples 0"), "{err}");
+    }
+
+    #[test]
+    fn head_cuts_per_position_labels_by_the_positions_kept() {
+        let ids =
+            Tensor::zeros((3, 4), candle_core::DType::U32, &candle_core::Device::Cpu).unwrap();
+        let batch = Batch::Tokens {
+            ids: ids.clone(),
+            mask: ids,
+        };
+        let labels: Vec<u32> = (0..12).collect();
+        let (kept, l, n) = cut(&[batch], Some(&labels), 2).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(kept[0].len(), 2);
+        assert_eq!(l.unwrap(), (0..8).collect::<Vec<u32>>());
     }
 }

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use self::candle::{importance_scores, CandleEvaluator, EvalSettings, IMPORTANCE_CHUNK};
-pub use self::data::{check_data, load, EvalData, SENTENCE_BATCH, WINDOW_BATCH};
+pub use self::data::{check_data, load, load_run_data, EvalData, SENTENCE_BATCH, WINDOW_BATCH};
 pub use self::deploy::{describe_deployment, describe_kernel, describe_layer, DeployedLayer};
 use crate::error::{Error, Result};
 use crate::space::Assignment;

@@ -349,17 +349,14 @@ pub struct RunModel {
 /// Errors name the run and say what to restore.
 pub fn load_run(manifest: &RunManifest) -> Result<RunModel> {
     let c = &manifest.config;
-    let (model, data) = crate::eval::load(
-        &ModelSource::parse(&c.model),
-        c.data.as_deref().map(std::path::Path::new),
-    )
-    .map_err(|e| {
-        Error::measure(format!(
-            "run `{}`: its model and data cannot be loaded ({e}); restore the files the run \
+    let (model, data) = crate::eval::load_run_data(&c.model, c.data.as_deref(), c.samples)
+        .map_err(|e| {
+            Error::measure(format!(
+                "run `{}`: its model and data cannot be loaded ({e}); restore the files the run \
              searched to build its points",
-            manifest.name
-        ))
-    })?;
+                manifest.name
+            ))
+        })?;
     let now = model.fingerprint().to_hex().to_string();
     if now != manifest.fingerprints.model {
         return Err(Error::measure(format!(

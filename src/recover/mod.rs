@@ -197,17 +197,14 @@ pub struct Loaded {
 /// resolves `trial`'s assignment against the run's space.
 pub fn load(manifest: &RunManifest, trial: &TrialRecord) -> Result<Loaded> {
     let c = &manifest.config;
-    let (model, data) = crate::eval::load(
-        &ModelSource::parse(&c.model),
-        c.data.as_deref().map(Path::new),
-    )
-    .map_err(|e| {
-        Error::recover(format!(
-            "run `{}` searched model {} — it cannot be loaded now ({e}). Restore it where \
+    let (model, data) = crate::eval::load_run_data(&c.model, c.data.as_deref(), c.samples)
+        .map_err(|e| {
+            Error::recover(format!(
+                "run `{}` searched model {} — it cannot be loaded now ({e}). Restore it where \
                      the run found it",
-            manifest.name, c.model
-        ))
-    })?;
+                manifest.name, c.model
+            ))
+        })?;
     let now = model.fingerprint().to_hex().to_string();
     if now != manifest.fingerprints.model {
         return Err(Error::recover(format!(

@@ -16,7 +16,6 @@ use super::cached::CachingEvaluator;
 use super::session::evaluator_settings;
 use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, EvalSplit, Evaluator};
-use crate::model::ModelSource;
 use crate::space::{Assignment, SearchSpace};
 use crate::store::{self, EvalCount, RunManifest, Store, TrialRecord};
 
@@ -150,10 +149,7 @@ pub fn complete_front(
 /// error says why it cannot be had (the model or data missing, or changed since the run).
 pub fn run_evaluator(manifest: &RunManifest) -> Result<CandleEvaluator> {
     let c = &manifest.config;
-    let (model, data) = crate::eval::load(
-        &ModelSource::parse(&c.model),
-        c.data.as_deref().map(std::path::Path::new),
-    )?;
+    let (model, data) = crate::eval::load_run_data(&c.model, c.data.as_deref(), c.samples)?;
     let ev = CandleEvaluator::new(model, data, evaluator_settings(c))?;
     let now = ev.fingerprint().to_hex().to_string();
     if now != manifest.fingerprints.evaluator {

@@ -3,7 +3,6 @@
 //! from the run's checkpoints when a set-up was stopped) and the strategy's problem
 //! ([`Loaded::set_up`]).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +14,6 @@ use crate::cost::model::Objective;
 use crate::cost::{CostModel, CostTable, HardwareProfile};
 use crate::error::{Error, Result};
 use crate::eval::{CandleEvaluator, EvalSettings, Evaluator};
-use crate::model::ModelSource;
 use crate::sensitivity::{analysis, one_at_a_time, pick_pairs, Checkpoint, Pairs, Predictor};
 use crate::space::{Assignment, Point, SearchSpace};
 use crate::store::{
@@ -92,8 +90,8 @@ impl Loaded {
     pub fn load(config: RunConfig, resuming: Option<&RunManifest>) -> Result<Loaded> {
         let started = Instant::now();
         let objective = config.objective;
-        let source = ModelSource::parse(&config.model);
-        let (net, data) = crate::eval::load(&source, config.data.as_deref().map(Path::new))?;
+        let (net, data) =
+            crate::eval::load_run_data(&config.model, config.data.as_deref(), config.samples)?;
         let space = crate::shipped::space(&config.space, &net.inventory().layers)?;
         let profile = crate::shipped::profile(&config.profile)?;
         let cost_model =

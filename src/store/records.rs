@@ -97,6 +97,11 @@ pub struct RunConfig {
     /// resumed as they were run; `false` is not written, so that they are rewritten byte for byte.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refine: bool,
+    /// `--samples N`: quality measured on the first N samples of the search and held-out splits
+    /// (`None`: all of them; not written, so manifests written before it are rewritten byte for
+    /// byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
 }
 
 impl Default for RunConfig {
@@ -126,6 +131,7 @@ impl Default for RunConfig {
             pairs: Pairs::Auto,
             fidelity: None,
             refine: true,
+            samples: None,
         }
     }
 }
