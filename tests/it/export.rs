@@ -19,7 +19,7 @@ use mpsearch::export::safetensors::{
 use mpsearch::model::{ForwardCtx, LayerKernel, LayerOverride, Model, ModelSource, Overrides};
 use mpsearch::space::{Assignment, Choice};
 
-use crate::util::{close, fails, ok, run, trials_json, Dir};
+use crate::util::{close, fails, ok, run, trials_json, Dir, FEW};
 
 /// Largest difference allowed between a weight read back from the file and the evaluator's
 /// compressed weight: none (the reader repeats the same f32 operations).
@@ -50,6 +50,8 @@ fn search(cwd: &Path) {
             "24",
             "--pairs",
             "24",
+            FEW[0],
+            FEW[1],
             "--strategy",
             "evolution",
         ],
@@ -103,7 +105,10 @@ fn quality_with(
 
 /// The demo, its data and the evaluator a search with the command line's defaults runs.
 fn evaluator() -> (Arc<dyn Model>, EvalData, CandleEvaluator) {
-    let ev = crate::util::cli_default_evaluator();
+    let ev = crate::util::cli_evaluator(
+        Some(FEW[1].parse().unwrap()),
+        mpsearch::compress::Rounding::gptq(),
+    );
     (ev.model().clone(), ev.data().clone(), ev)
 }
 
@@ -192,7 +197,15 @@ fn exports_of_a_search_round_trip() {
         let file = file.to_str().unwrap();
         let e: serde_json::Value = serde_json::from_str(&ok(
             cwd,
-            &["eval", "--assignment", file, "--profile", "cortex-a76"],
+            &[
+                "eval",
+                "--assignment",
+                file,
+                "--profile",
+                "cortex-a76",
+                FEW[0],
+                FEW[1],
+            ],
         ))
         .unwrap();
         let q = e["quality"].as_f64().unwrap();
@@ -409,6 +422,8 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
             "16",
             "--pairs",
             "24",
+            FEW[0],
+            FEW[1],
             "--max-drop",
             "0.001",
         ],
@@ -442,6 +457,8 @@ fn limits_pick_the_best_point_or_the_closest_trial() {
             "8",
             "--pairs",
             "24",
+            FEW[0],
+            FEW[1],
             "--max-drop",
             "1e-30",
         ],

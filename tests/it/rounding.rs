@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::util::{choice, demo_evaluator, fails, ok, trials_json, Dir};
+use crate::util::{choice, demo_evaluator, fails, ok, trials_json, Dir, FEW};
 
 /// Entries of the numpy reference that may differ from ours (by one quantization step at most).
 const REFERENCE_MISMATCH_FRACTION: f64 = 0.001;
@@ -510,6 +510,8 @@ fn the_run_records_its_rounding_and_resume_refuses_another() {
             "8",
             "--pairs",
             "8",
+            FEW[0],
+            FEW[1],
             "--rounding",
             "gptq",
             "--gptq-damp",

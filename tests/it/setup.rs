@@ -16,7 +16,7 @@ use mpsearch::store::{RunConfig, RunManifest, RunStatus, SledStore, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::util::{describe, ok, run, trials_json, Dir};
+use crate::util::{describe, ok, run, trials_json, Dir, FAST};
 
 /// How long a test waits for a search it started to get somewhere.
 const PATIENCE: Duration = Duration::from_secs(180);
@@ -232,8 +232,9 @@ fn outcome(cwd: &Path, store: &str) -> (serde_json::Value, Vec<Trial>, serde_jso
 }
 
 /// A search with a long set-up (every pair measured) and a short search.
-const LONG_SET_UP: [&str; 8] = [
-    "--pairs", "324", "--trials", "24", "--seed", "3", "--ask", "8",
+const LONG_SET_UP: [&str; 12] = [
+    "--pairs", "324", "--trials", "24", "--seed", "3", "--ask", "8", FAST[0], FAST[1], FAST[2],
+    FAST[3],
 ];
 
 /// Ctrl-C during the set-up: while it sets up the run is listed (through the live view) as
@@ -316,7 +317,8 @@ fn a_search_stopped_with_ctrl_c_in_its_set_up_is_listed_and_resumed() {
 fn a_run_killed_at_random_moments_of_its_set_up_and_search_ends_like_an_uninterrupted_one() {
     let d = Dir::new();
     let common = [
-        "--pairs", "160", "--trials", "48", "--seed", "6", "--ask", "8",
+        "--pairs", "160", "--trials", "48", "--seed", "6", "--ask", "8", FAST[0], FAST[1], FAST[2],
+        FAST[3],
     ];
     let mut args = vec!["search", "--store", "whole", "--run", "r"];
     args.extend(common);
@@ -353,14 +355,21 @@ fn a_run_killed_at_random_moments_of_its_set_up_and_search_ends_like_an_uninterr
         } else {
             0.5
         };
-        let kill_at = if setting_up && in_set_up < 2 {
-            Some(rng.random_range(0.2..0.9) * left_set_up)
+        // A kill in the search waits for the session's first new journaled trial, then a random
+        // share of what is left: a resumed session replays its cached set-up faster than the
+        // uninterrupted one measured it, so a delay counted from its start could land past the end.
+        let trials_before = r["trials"].as_u64().unwrap_or(0);
+        let (kill_at, after_a_trial) = if setting_up && in_set_up < 2 {
+            (Some(rng.random_range(0.2..0.9) * left_set_up), false)
         } else if in_search < 2 && search_attempts < 5 {
             search_attempts += 1;
-            let done = r["trials"].as_u64().unwrap_or(0) as f64 / 48.0;
-            Some(left_set_up + rng.random_range(0.2..0.9) * search * (1.0 - done))
+            let done = trials_before as f64 / 48.0;
+            (
+                Some(rng.random_range(0.05..0.5) * search * (1.0 - done)),
+                true,
+            )
         } else {
-            None
+            (None, false)
         };
         let Some(delay) = kill_at else {
             let out = run(d.path(), &args);
@@ -374,6 +383,18 @@ fn a_run_killed_at_random_moments_of_its_set_up_and_search_ends_like_an_uninterr
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mpsearch");
+        if after_a_trial {
+            let waiting = Instant::now();
+            while child.try_wait().expect("wait").is_none()
+                && waiting.elapsed() < Duration::from_secs(120)
+                && runs_json(d.path(), "killed")[0]["trials"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    <= trials_before
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         std::thread::sleep(Duration::from_secs_f64(delay));
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
         child.wait().expect("reaped");

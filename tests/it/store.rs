@@ -12,10 +12,12 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{describe, fails, ok, run, trials_json, Dir, PgDatabase};
+use crate::util::{describe, fails, ok, run, trials_json, Dir, PgDatabase, FAST};
 
 /// Few sensitivity pairs and small batches: each search takes seconds in the debug build.
-const QUICK: [&str; 4] = ["--pairs", "24", "--ask", "8"];
+const QUICK: [&str; 8] = [
+    "--pairs", "24", "--ask", "8", FAST[0], FAST[1], FAST[2], FAST[3],
+];
 /// How long a test waits for a search it started to get somewhere.
 const PATIENCE: Duration = Duration::from_secs(180);
 

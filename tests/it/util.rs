@@ -153,6 +153,15 @@ pub fn toy_layers() -> Vec<LayerInfo> {
 }
 
 /// Runs the binary with `args` in `cwd`.
+/// `--samples 50`: a search measures the demo on its first 50 search and held-out images, a quarter
+/// of the full splits' time per evaluation. What the search tests check (journals, resume, caching,
+/// fronts against brute force) does not depend on the split sizes.
+pub const FEW: [&str; 2] = ["--samples", "50"];
+
+/// [`FEW`] and round-to-nearest: for the tests of the search's machinery (journals, kills and resumes,
+/// workers, stores), which GPTQ's calibration in every process would only slow down.
+pub const FAST: [&str; 4] = ["--samples", "50", "--rounding", "rtn"];
+
 pub fn run(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mpsearch"))
         .args(args)
@@ -264,13 +273,16 @@ pub fn demo_evaluator(scale: ScaleMethod) -> CandleEvaluator {
     CandleEvaluator::new(model, data, settings).unwrap()
 }
 
-/// The demo evaluator with the command line's default settings (MSE scales, GPTQ rounding): what
-/// `mpsearch search` and `eval` run without flags.
-pub fn cli_default_evaluator() -> CandleEvaluator {
-    let (model, data) = load(&ModelSource::Demo, None).unwrap();
+/// The demo evaluator with the command line's default scales (MSE), `rounding` (GPTQ by default) and
+/// `--samples samples`: what `mpsearch search` and `eval` run with those flags.
+pub fn cli_evaluator(
+    samples: Option<usize>,
+    rounding: mpsearch::compress::Rounding,
+) -> CandleEvaluator {
+    let (model, data) = mpsearch::eval::load_run_data("demo", None, samples).unwrap();
     let settings = EvalSettings {
         scale: ScaleMethod::Mse,
-        rounding: mpsearch::compress::Rounding::gptq(),
+        rounding,
         ..EvalSettings::default()
     };
     CandleEvaluator::new(model, data, settings).unwrap()

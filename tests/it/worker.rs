@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::util::{describe, fails, ok, run, trials_json, Dir, PgDatabase};
+use crate::util::{describe, fails, ok, run, trials_json, Dir, PgDatabase, FAST};
 
 /// How long a test waits for a search to end.
 const PATIENCE: Duration = Duration::from_secs(300);
 
-/// Few sensitivity pairs and small batches: each search takes seconds in the debug build.
-const QUICK: [&str; 4] = ["--pairs", "24", "--ask", "8"];
+/// Few sensitivity pairs, small batches and 50 images: each search takes seconds in the debug build.
+const QUICK: [&str; 8] = [
+    "--pairs", "8", "--ask", "8", FAST[0], FAST[1], FAST[2], FAST[3],
+];
 
 fn spawn(cwd: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mpsearch"))
@@ -31,11 +33,11 @@ fn spawn(cwd: &Path, args: &[&str]) -> Child {
         .expect("spawn mpsearch")
 }
 
-/// A worker on `url` that stops after 8 s without work, its claims lapsing 2 s after it dies.
+/// A worker on `url` that stops after 15 s without work, its claims lapsing 2 s after it dies.
 fn worker(cwd: &Path, url: &str) -> Child {
     spawn(
         cwd,
-        &["worker", "--store", url, "--lease", "2s", "--idle", "8s"],
+        &["worker", "--store", url, "--lease", "2s", "--idle", "15s"],
     )
 }
 
