@@ -234,25 +234,8 @@ impl CandleEvaluator {
                 ),
             });
         }
-        let mut batches = Vec::new();
-        let mut left = n as usize;
-        for b in &self.data.eval {
-            if left == 0 {
-                break;
-            }
-            let b = b.head(left)?;
-            left -= b.len();
-            batches.push(b);
-        }
-        // Labels are per sample for a classifier, per position for a language model.
-        let labels = self.data.labels.as_ref().map(|l| {
-            let per_position = self.model.inventory().kind == ModelKind::LanguageModel;
-            let count: usize = batches
-                .iter()
-                .map(|b| if per_position { b.positions() } else { b.len() })
-                .sum();
-            l[..count.min(l.len())].to_vec()
-        });
+        let (batches, labels, _) =
+            super::data::cut(&self.data.eval, self.data.labels.as_deref(), n as usize)?;
         let reference = reference_outputs(self.teacher.as_ref(), &batches, labels.as_deref())?;
         let p = Arc::new(ProxySplit {
             batches,

@@ -39,8 +39,8 @@ pub struct EvalData {
 }
 
 /// The first `n` samples of `batches` and their labels (per sample for a classifier, per position
-/// for a language model), and how many samples that is.
-fn cut(
+/// for a language model), and how many samples that is: `--samples`' cut and a proxy's.
+pub(super) fn cut(
     batches: &[Batch],
     labels: Option<&[u32]>,
     n: usize,
