@@ -9,7 +9,9 @@ Without an argument it runs `apt-get download dict-devil` in a temporary folder.
 into sentences: prose paragraphs (verse and quotations are indented in the source, and are skipped) are
 joined, split where the source puts two spaces after a sentence's end, and kept when 5 to 60 words
 long; `_` italics markers are dropped. 400 sentences are taken evenly spaced from the whole book, in its
-order. Deterministic: the same package gives the same file.
+order, for sentences.txt; every other one goes to tune-sentences.txt, in the book's order (what `recover`
+distils an encoder on: never a sentence of the 400, so never one of their held-out split).
+Deterministic: the same package gives the same files.
 """
 
 import gzip
@@ -21,7 +23,9 @@ import tempfile
 
 COUNT = 400
 MIN_WORDS, MAX_WORDS = 5, 60
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "data", "sentences.txt")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "data")
+OUT = os.path.join(DATA, "sentences.txt")
+TUNE = os.path.join(DATA, "tune-sentences.txt")
 
 
 def dict_text(deb: str | None) -> str:
@@ -88,10 +92,15 @@ def main() -> None:
     pool = list(dict.fromkeys(pool))  # no duplicates, first occurrence kept
     if len(pool) < COUNT:
         sys.exit(f"only {len(pool)} sentences found, want {COUNT}")
-    chosen = [pool[i * len(pool) // COUNT] for i in range(COUNT)]
+    picked = {i * len(pool) // COUNT for i in range(COUNT)}
+    chosen = [pool[i] for i in sorted(picked)]
+    rest = [s for i, s in enumerate(pool) if i not in picked]
     with open(OUT, "w", encoding="utf-8") as f:
         f.write("\n".join(chosen) + "\n")
+    with open(TUNE, "w", encoding="utf-8") as f:
+        f.write("\n".join(rest) + "\n")
     print(f"wrote {os.path.normpath(OUT)}: {COUNT} of {len(pool)} sentences", file=sys.stderr)
+    print(f"wrote {os.path.normpath(TUNE)}: the other {len(rest)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

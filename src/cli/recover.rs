@@ -144,7 +144,8 @@ fn describe(run: &str, r: &Recovered, location: &Location) {
     );
     eprintln!(
         "  trained on {}: straight-through fake quantization (scales re-derived from the current \
-         weights every step), pruning masks fixed, low-rank factors trained",
+         weights every step), pruning masks fixed, low-rank factors trained, lookup tables not \
+         trained",
         c.data
     );
     if let (Some(b), Some(h)) = (rec.before_held_out_quality, rec.held_out_quality) {

@@ -42,8 +42,12 @@
 //!   teacher; trained on the model's training split (the demo: the tune split, 2,000 embedded
 //!   Fashion-MNIST training images, which neither the search nor the held-out split overlaps), validated on the calibration split.
 //! - Encoders: distillation of the f32 model's embeddings (`1 − cos` or squared error), on the
-//!   sentences of `--data FILE`, or the run's sentences' calibration and search splits; validated
-//!   on the search split. Never the held-out split.
+//!   sentences of `--data FILE`, or by default the shipped tune sentences (1,393 sentences of the
+//!   book the shipped 400 come from, none of them among the 400) and, for a run on the user's own
+//!   sentences, that run's calibration split; validated on the search split. Never the held-out
+//!   split. Lookup tables (word embeddings) are not trained: a row only learns from sentences that
+//!   contain its token, so training would tune the tuning text's vocabulary and leave the rest; they
+//!   keep their compressed values and the layers after them learn to compensate.
 //!
 //! AdamW without weight decay, cosine learning-rate decay, mini-batches in an order seeded by the
 //! seed: the same seed and thread count give the same weights. The weights kept are those of the
@@ -91,7 +95,7 @@ use crate::store::{
 /// Defaults of `mpsearch recover` by model kind: (epochs, lr, batch).
 pub fn defaults(kind: ModelKind) -> (usize, f64, usize) {
     match kind {
-        ModelKind::Encoder => (3, 1e-4, 16),
+        ModelKind::Encoder => (5, 1e-4, 16),
         _ => (10, 1e-3, 64),
     }
 }
@@ -531,14 +535,28 @@ fn train_data(manifest: &RunManifest, loaded: &Loaded, request: &Request) -> Res
                     crate::data::text::load_sentences(p)?,
                     p.display().to_string(),
                 ),
+                // The shipped tune sentences (none of them is in a shipped split); a run on the
+                // user's own sentences adds its calibration split, its domain's text. The search
+                // split validates, so it is never trained on; the held-out split is never read.
                 None => {
-                    let split = match &c.data {
-                        Some(p) => crate::data::text::TextSplit::from_file(Path::new(p))?,
-                        None => crate::data::text::TextSplit::shipped(),
-                    };
-                    let mut s = split.calibration.clone();
-                    s.extend(split.search.iter().cloned());
-                    (s, "the run's calibration and search sentences".to_string())
+                    let tune = crate::data::text::shipped_tune_sentences();
+                    let mut s: Vec<String> = tune.iter().map(|s| s.to_string()).collect();
+                    match &c.data {
+                        Some(p) => {
+                            let split = crate::data::text::TextSplit::from_file(Path::new(p))?;
+                            s.extend(split.calibration.iter().cloned());
+                            (
+                                s,
+                                format!(
+                                    "the shipped tune sentences ({}) and the run's calibration \
+                                     split ({})",
+                                    tune.len(),
+                                    split.calibration.len()
+                                ),
+                            )
+                        }
+                        None => (s, "the shipped tune sentences".to_string()),
+                    }
                 }
             };
             let batches = sentences

@@ -130,6 +130,8 @@ enum Params {
     },
     /// A low-rank layer's two factors `A [m, k]`, `B [k, n]`, trained directly.
     Factors { a: Var, b: Var },
+    /// A layer that is not trained (a lookup table): its compressed weight, computed once.
+    Frozen(Tensor),
 }
 
 impl LayerState {
@@ -184,7 +186,19 @@ impl LayerState {
         match &self.params {
             Params::Dense { w, .. } => vec![w.clone()],
             Params::Factors { a, b } => vec![a.clone(), b.clone()],
+            Params::Frozen(_) => Vec::new(),
         }
+    }
+
+    /// Stops training the layer: from now on it runs its compressed weight, a constant.
+    fn freeze(&mut self, setup: &Setup) -> Result<()> {
+        let q = self.fake_quantized(&self.latent()?, setup)?;
+        self.params = Params::Frozen(q);
+        Ok(())
+    }
+
+    fn is_frozen(&self) -> bool {
+        matches!(self.params, Params::Frozen(_))
     }
 
     /// The latent weight in the layer's shape, in the graph: the masked weight, or `A·B`.
@@ -199,6 +213,7 @@ impl LayerState {
                 .as_tensor()
                 .matmul(b.as_tensor())?
                 .reshape(self.shape.as_slice())?,
+            Params::Frozen(q) => q.clone(),
         })
     }
 
@@ -222,6 +237,7 @@ impl LayerState {
                 fake_quantize_masked(&m, keep, &self.choice.weights, setup.settings.scale)?
                     .to_tensor(&self.shape)
             }
+            Params::Frozen(q) => Ok(q.clone()),
             Params::Factors { .. } => {
                 let scores = setup
                     .scores
@@ -237,7 +253,9 @@ impl LayerState {
     /// also straight through. With `train` false: `Q(l)` as a constant (validation).
     fn override_for(&self, setup: &Setup, train: bool) -> Result<LayerOverride> {
         let latent = self.latent()?;
-        let weight = if !changes_weight(&self.choice) {
+        let weight = if self.is_frozen() {
+            latent
+        } else if !changes_weight(&self.choice) {
             if train {
                 latent
             } else {
@@ -266,7 +284,8 @@ impl LayerState {
 /// the validation loss after every epoch (and when `stop` is raised, which ends training after the
 /// current step); returns the weights of the step with the lowest validation loss (the point as
 /// it was, step 0, included). Layers whose choice leaves the weight unchanged (f32, dense, full
-/// rank; activation quantization alone) are not trained.
+/// rank; activation quantization alone) are not trained, nor are lookup tables (they run their
+/// compressed weight, and the variant keeps the original's).
 pub fn train(
     teacher: &dyn Model,
     assignment: &Assignment,
@@ -291,7 +310,14 @@ pub fn train(
         if !changes_weight(&choice) {
             continue;
         }
-        layers.push(LayerState::new(teacher, &l.name, &l.shape, choice, setup)?);
+        let mut state = LayerState::new(teacher, &l.name, &l.shape, choice, setup)?;
+        // A lookup table's row learns only from samples that contain its token: trained, it would
+        // fit the tuning text's vocabulary and leave every other row behind. It keeps its
+        // compressed values; the layers after it compensate.
+        if l.kind.takes_ids() {
+            state.freeze(setup)?;
+        }
+        layers.push(state);
     }
     let vars: Vec<Var> = layers.iter().flat_map(LayerState::vars).collect();
     let mut opt = AdamW::new(
@@ -417,8 +443,10 @@ pub fn train(
     for (v, t) in vars.iter().zip(&best) {
         v.set(t)?;
     }
+    // A frozen layer's weight is the original's: the variant takes it from the original model.
     let weights = layers
         .iter()
+        .filter(|l| !l.is_frozen())
         .map(|l| Ok((l.name.clone(), l.latent()?.detach().copy()?)))
         .collect::<Result<Vec<_>>>()?;
     Ok(TrainOutcome {
@@ -506,6 +534,24 @@ mod tests {
         let s =
             LayerState::new(&model, "fc1", &[256, 1568], choice.parse().unwrap(), &setup).unwrap();
         (s, setup)
+    }
+
+    /// A frozen layer (a lookup table) has nothing to train and runs its compressed weight as a
+    /// constant, in training as in validation.
+    #[test]
+    fn a_frozen_layer_runs_its_compressed_weight_and_trains_nothing() {
+        let (mut s, setup) = state("int4-sym-channel");
+        let q = s.fake_quantized(&s.latent().unwrap(), &setup).unwrap();
+        s.freeze(&setup).unwrap();
+        assert!(s.is_frozen() && s.vars().is_empty());
+        for train in [true, false] {
+            let o = s.override_for(&setup, train).unwrap();
+            let Some(LayerKernel::Dense(w)) = &o.kernel else {
+                panic!("a dense kernel expected");
+            };
+            assert_eq!(max_diff(w, &q), 0.0, "train {train}: the compressed weight");
+            assert!(!w.track_op(), "train {train}: a constant");
+        }
     }
 
     /// The straight-through weight runs `Q(l)` forward and passes the gradient through unchanged:

@@ -131,6 +131,18 @@ fn main() -> ExitCode {
             false,
             minilm::frugal_setup_measures_fewer_pairs_than_the_space,
         ),
+        needs(
+            "minilm::recovery_of_an_int4_encoder_wins_back_held_out_cosine",
+            &minilm,
+            false,
+            minilm::recovery_of_an_int4_encoder_wins_back_held_out_cosine,
+        ),
+        needs(
+            "minilm::default_recovery_of_an_int4_encoder_reaches_0_98",
+            &minilm,
+            true,
+            minilm::default_recovery_of_an_int4_encoder_reaches_0_98,
+        ),
         needs("minilm::eval_timing", &minilm, true, minilm::eval_timing),
         needs(
             "page::loads_in_headless_chromium_with_every_image_decoded",

@@ -1,7 +1,7 @@
 //! all-MiniLM-L6-v2 itself (fetched by `scripts/fetch-minilm.sh`): the BERT encoder against an
 //! independent reference, its inventory, and int8 weights through the candle evaluator.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -319,4 +319,119 @@ match = 'encoder\.layer\.(\d+)\.attention\.self\.(?:query|key|value)$'
         Some(measured)
     );
     eprintln!("MiniLM: {measured} of {pairs} pairs measured ({groups} searchable groups)");
+}
+
+/// Every layer of all-MiniLM-L6-v2 in int4, symmetric, per channel (the table of position and token
+/// type embeddings left f32, as the shipped BERT space leaves them).
+const INT4_SPACE: &str = r#"[space]
+name = "all-int4-channel"
+exclude = ['embeddings\.(position|token_type)_embeddings$']
+
+[defaults]
+float = []
+bits = [4]
+schemes = ["sym"]
+granularity = ["channel"]
+activations = ["none"]
+sparsity = [0.0]
+nm = []
+rank = [1.0]
+"#;
+
+/// A store `s` in `d` with run `q4`: all-MiniLM-L6-v2 with every layer int4 per channel, `flags`
+/// added to the search; returns the recovery's JSON for `recover` flags `extra`.
+fn recovered_int4(
+    d: &crate::util::Dir,
+    dir: &Path,
+    flags: &[&str],
+    extra: &[&str],
+) -> serde_json::Value {
+    let space = d.write("int4.toml", INT4_SPACE);
+    let mut args = vec![
+        "search",
+        "--model",
+        dir.to_str().unwrap(),
+        "--space",
+        space.to_str().unwrap(),
+        "--trials",
+        "2",
+        "--store",
+        "s",
+        "--run",
+        "q4",
+    ];
+    args.extend_from_slice(flags);
+    crate::util::ok(d.path(), &args);
+    let mut args = vec!["recover", "q4", "--point", "1", "--store", "s", "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(crate::util::ok(d.path(), &args).trim()).unwrap()
+}
+
+fn held_out_cosine(metrics: &serde_json::Value) -> f64 {
+    metrics["mean_cosine"]
+        .as_f64()
+        .expect("a held-out mean cosine")
+}
+
+/// A short distillation of the all-int4 point (round-to-nearest, the rounding recovery trains with)
+/// on 160 of the shipped tune sentences (10 steps at the default lr 1e-4) already wins back held-out
+/// cosine on 40 held-out sentences (release build: 0.9340 → 0.9584; at lr 3e-4 the same 10 steps
+/// lose 0.008):
+/// the encoder path of `recover` end to end — tokenized batches, the cosine loss, gradients through
+/// every transformer block, the word embeddings run compressed but not trained.
+pub fn recovery_of_an_int4_encoder_wins_back_held_out_cosine(dir: PathBuf) {
+    let d = crate::util::Dir::new();
+    let tune: Vec<&str> = mpsearch::data::text::shipped_tune_sentences()
+        .into_iter()
+        .take(160)
+        .collect();
+    let data = d.write("tune.txt", &tune.join("\n"));
+    let r = recovered_int4(
+        &d,
+        &dir,
+        &["--rounding", "rtn", "--samples", "40"],
+        &["--epochs", "1", "--data", data.to_str().unwrap()],
+    );
+    let (before, after) = (
+        held_out_cosine(&r["before_held_out_metrics"]),
+        held_out_cosine(&r["held_out_metrics"]),
+    );
+    eprintln!("MiniLM int4 per channel, 10 steps on 160 sentences: held-out cosine {before:.4} → {after:.4}");
+    assert!(
+        after >= before + MIN_SHORT_RECOVERY_GAIN,
+        "held-out mean cosine {before} → {after}: {r}"
+    );
+    assert_eq!(r["state"], "complete");
+    assert!(
+        r["recipe"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("160 sentences"),
+        "{r}"
+    );
+}
+
+/// Held-out mean cosine that 10 steps of recovery must win back on the all-int4 MiniLM point (it wins
+/// 0.024).
+const MIN_SHORT_RECOVERY_GAIN: f64 = 0.01;
+
+/// Issue 14's target, by hand (about 12 minutes on 2 cores): the default recovery of the all-int4
+/// MiniLM point (the command line's defaults: GPTQ for the search, 5 epochs on the shipped tune
+/// sentences) reaches a held-out mean cosine of at least 0.98 on the 100 held-out sentences.
+/// `cargo test --release --test external -- --ignored minilm::default_recovery`.
+pub fn default_recovery_of_an_int4_encoder_reaches_0_98(dir: PathBuf) {
+    let d = crate::util::Dir::new();
+    let r = recovered_int4(&d, &dir, &[], &[]);
+    let (before, after) = (
+        held_out_cosine(&r["before_held_out_metrics"]),
+        held_out_cosine(&r["held_out_metrics"]),
+    );
+    eprintln!(
+        "MiniLM int4 per channel, default recovery ({} s on {} threads): held-out cosine {before:.4} → {after:.4}",
+        r["seconds"], r["threads"]
+    );
+    assert!(
+        after >= 0.98,
+        "held-out mean cosine {before} → {after}: {r}"
+    );
 }
