@@ -32,19 +32,21 @@ fn copy(a: StoreCopyArgs) -> anyhow::Result<ExitCode> {
 /// What a copy did, in one paragraph.
 fn describe(s: &CopySummary, from: &str, to: &str) -> String {
     let mut text = format!(
-        "copied {} ({} trials, {} strategy snapshots, {} latency measurements), {} and {} from {from} \
-         to {to}",
+        "copied {} ({} trials, {} strategy snapshots, {} latency measurements), {}, {} and {} from \
+         {from} to {to}",
         plural(s.runs, "run"),
         s.trials,
         s.snapshots,
         s.measurements,
+        plural(s.recovered, "recovered variant"),
         plural(s.cached, "cached evaluation"),
         plural(s.sensitivity, "sensitivity analysis"),
     );
-    if s.runs_present + s.cached_present + s.sensitivity_present > 0 {
+    if s.runs_present + s.recovered_present + s.cached_present + s.sensitivity_present > 0 {
         text.push_str(&format!(
-            "; {to} already held {} (identical), {} and {} (kept)",
+            "; {to} already held {} (identical), {}, {} and {} (kept)",
             plural(s.runs_present, "run"),
+            plural(s.recovered_present, "recovered variant"),
             plural(s.cached_present, "cached evaluation"),
             plural(s.sensitivity_present, "sensitivity analysis"),
         ));

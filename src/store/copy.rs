@@ -2,8 +2,8 @@
 //!
 //! [`copy`](fn@copy) writes every record of one store into another, whatever their backends (sled →
 //! PostgreSQL to share a store, PostgreSQL → sled to take one home): run manifests, trial journals,
-//! strategy snapshots, latency measurements, the evaluation cache and the sensitivity analyses,
-//! each record as it is (same serde JSON, same schema version), so `runs --json` and `trials
+//! strategy snapshots, latency measurements, recovered variants with their weights, the evaluation
+//! cache and the sensitivity analyses, each record as it is (same serde JSON, same schema version), so `runs --json` and `trials
 //! --json` print the same for both.
 //!
 //! The target need not be empty; what it holds already decides, before anything is written:
@@ -13,6 +13,10 @@
 //!   such run (a run measured again in one store since an earlier copy differs from its copy);
 //! - cached evaluations and sensitivity analyses are keyed by content, so a key the target has already
 //!   holds the same evaluation (perhaps timed differently): the target's is kept;
+//! - recovered variants are keyed by content too (the point, the recipe, the seed, the data): the
+//!   target gets the variants of each copied or identical run that it lacks, each with its weights
+//!   blob (written before its record, as `recover` does); those it has are kept. So a point
+//!   recovered in one store after an earlier copy reaches the other by copying again;
 //! - runs of other names in the target are untouched: two stores can be merged into one.
 //!
 //! A source run that a search drives right now is refused (copy it when the search has ended or
@@ -25,7 +29,7 @@
 
 use serde::Serialize;
 
-use super::{MeasurementRecord, RunManifest, Snapshot, Store, TrialRecord};
+use super::{MeasurementRecord, RecoveredRecord, RunManifest, Snapshot, Store, TrialRecord};
 use crate::error::{Error, Result};
 
 /// What a copy did.
@@ -36,6 +40,9 @@ pub struct CopySummary {
     pub trials: usize,
     pub snapshots: usize,
     pub measurements: usize,
+    /// Recovered variants written (with their weights), and those the target had already.
+    pub recovered: usize,
+    pub recovered_present: usize,
     /// Runs the target held already, identical.
     pub runs_present: usize,
     /// Cached evaluations written, and those the target had already.
@@ -52,6 +59,7 @@ struct SourceRun {
     trials: Vec<TrialRecord>,
     snapshot: Option<Snapshot>,
     measurements: Vec<MeasurementRecord>,
+    recovered: Vec<RecoveredRecord>,
 }
 
 /// Copies every record of `from` into `to` (see the module docs for what the target may hold).
@@ -74,6 +82,7 @@ pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<CopySummary> {
                 trials: from.trials(&manifest.name)?,
                 snapshot: from.snapshot(&manifest.name)?,
                 measurements: from.measurements(&manifest.name)?,
+                recovered: from.recovered(&manifest.name)?,
                 manifest,
             })
         })
@@ -122,7 +131,52 @@ pub fn copy(from: &dyn Store, to: &dyn Store) -> Result<CopySummary> {
         summary.runs += 1;
         summary.trials += run.trials.len();
     }
+    for run in &source {
+        copy_recovered(from, to, run, &mut summary)?;
+    }
     Ok(summary)
+}
+
+/// The recovered variants of `run` that the target lacks, each after its weights blob.
+fn copy_recovered(
+    from: &dyn Store,
+    to: &dyn Store,
+    run: &SourceRun,
+    summary: &mut CopySummary,
+) -> Result<()> {
+    let name = &run.manifest.name;
+    let present: std::collections::HashSet<String> =
+        to.recovered(name)?.into_iter().map(|r| r.key).collect();
+    for record in &run.recovered {
+        if present.contains(&record.key) {
+            summary.recovered_present += 1;
+            continue;
+        }
+        let key = blake3::Hash::from_hex(&record.weights).map_err(|_| {
+            Error::store(
+                from.location(),
+                format!(
+                    "recovered variant {} of run `{name}` has a malformed weights key `{}`; \
+                     nothing of it was copied",
+                    record.key, record.weights
+                ),
+            )
+        })?;
+        let bytes = from.blob(&key)?.ok_or_else(|| {
+            Error::store(
+                from.location(),
+                format!(
+                    "the weights of recovered variant {} of run `{name}` are not in the store; \
+                     nothing of it was copied (recover the point again, then copy)",
+                    record.key
+                ),
+            )
+        })?;
+        to.put_blob(&key, &bytes)?;
+        to.put_recovered(name, record)?;
+        summary.recovered += 1;
+    }
+    Ok(())
 }
 
 /// How a target's run of a source run's name differs from it.

@@ -222,13 +222,64 @@ fn store_copy_sled_to_postgres_and_back_keeps_runs_and_trials() {
             "2",
         ],
     );
+    // So do its recovered variants, with their weights.
+    let recovered: serde_json::Value = serde_json::from_str(
+        ok(
+            d.path(),
+            &[
+                "recover", "rnd", "--point", "1", "--store", "s", "--epochs", "1", "--json",
+            ],
+        )
+        .trim(),
+    )
+    .unwrap();
     let out = ok(d.path(), &["store", "copy", "s", &pg.url]);
     assert!(
-        out.contains("copied 2 runs (40 trials, 2 strategy snapshots, 2 latency measurements)"),
+        out.contains(
+            "copied 2 runs (40 trials, 2 strategy snapshots, 2 latency measurements), 1 recovered \
+             variant,"
+        ),
         "{out}"
     );
     let out = ok(d.path(), &["store", "copy", &pg.url, "back"]);
     assert!(out.contains("copied 2 runs (40 trials"), "{out}");
+    assert!(out.contains("1 recovered variant,"), "{out}");
+    let export = |store: &str, file: &str| {
+        ok(
+            d.path(),
+            &[
+                "export",
+                "rnd",
+                "--point",
+                "1",
+                "--recovered",
+                "--format",
+                "safetensors",
+                "--out",
+                file,
+                "--store",
+                store,
+            ],
+        );
+        // The header as JSON (its key order is a hash map's, not stable across processes) and the
+        // tensor data.
+        let bytes = std::fs::read(d.path().join(file)).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        (header, bytes[8 + n..].to_vec())
+    };
+    let (copied, copied_data) = export("back", "back.safetensors");
+    let (original, original_data) = export("s", "s.safetensors");
+    assert_eq!(
+        copied, original,
+        "the variant {}: its export's header",
+        recovered["key"]
+    );
+    assert!(
+        copied_data == original_data,
+        "the variant {}: its export's tensor data differs in the copy",
+        recovered["key"]
+    );
 
     let runs = runs_json(d.path(), "s");
     assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
@@ -257,7 +308,10 @@ fn store_copy_sled_to_postgres_and_back_keeps_runs_and_trials() {
     // Copying again writes nothing; a report is drawn from the PostgreSQL store.
     let out = ok(d.path(), &["store", "copy", "s", &pg.url]);
     assert!(out.contains("copied 0 runs"), "{out}");
-    assert!(out.contains("already held 2 runs (identical)"), "{out}");
+    assert!(
+        out.contains("already held 2 runs (identical), 1 recovered variant,"),
+        "{out}"
+    );
     let printed = ok(
         d.path(),
         &["report", "evo", "--store", &pg.url, "--out", "pg"],
