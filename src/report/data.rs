@@ -63,6 +63,9 @@ pub struct ReportData {
     /// Measured against predicted latency, one panel per setting (host, batch); empty when the run
     /// has no measurements.
     pub latency: Vec<LatencyPanel>,
+    /// Every recovered variant of the run (`mpsearch recover`), by trial then key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<store::RecoveredRecord>,
     /// What the reader should know (a baseline missing from the cache, a file changed since the run…).
     pub notes: Vec<String>,
 }
@@ -549,7 +552,8 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
     }
     let (points, mut front) = classify(&manifest, &trials, &layers)?;
     let held_out = held_out(store, &manifest, &trials, &mut front, &mut notes)?;
-    add_recovered(&store.recovered(run)?, &mut front);
+    let recovered = store.recovered(run)?;
+    add_recovered(&recovered, &mut front);
     let hypervolume = hypervolume_series(store, &manifest, &trials, &layers, &costing)?;
     let baselines = match &space {
         Some(s) => baselines(store, &manifest, s, &layers, &costing.model, &mut notes)?,
@@ -593,6 +597,7 @@ pub fn load(store: &dyn Store, run: &str, profile: Option<&str>) -> Result<Repor
         evaluations: store::evaluations(&manifest, &trials),
         sensitivity,
         latency,
+        recovered,
         notes,
     })
 }

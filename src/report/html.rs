@@ -139,6 +139,10 @@ pub fn page(d: &ReportData, images: &[Image]) -> String {
     h.push_str("<h2>Which point to ship</h2>\n");
     h.push_str(&figure("front"));
     h.push_str(&front_table(d));
+    if !d.recovered.is_empty() {
+        h.push_str("<h2>Recovered variants</h2>\n");
+        h.push_str(&recovered_table(d));
+    }
     h.push_str("<h2>What each front point does to each layer</h2>\n");
     h.push_str(&figure("allocation"));
     h.push_str("<h2>Baselines</h2>\n");
@@ -435,6 +439,91 @@ fn front_row(d: &ReportData, f: &FrontPoint) -> String {
         let _ = write!(s, "<td class=\"choice\">{}</td>", escape(&c.to_string()));
     }
     s.push_str("</tr>\n");
+    s
+}
+
+/// Every recovered variant of the run: which point it fine-tunes, how, and its quality before and
+/// after on the held-out split.
+fn recovered_table(d: &ReportData) -> String {
+    let second = d.quality.secondary.replace('_', " ");
+    let mut s = String::from(
+        "<div class=\"scroll\"><table class=\"sortable\" id=\"recovered-table\">\n<thead><tr>",
+    );
+    for head in [
+        "point",
+        "trial",
+        "variant",
+        "state",
+        &format!("{} (held-out) before", d.quality.name),
+        "after",
+        &format!("{second} (held-out) before"),
+        "after",
+        &format!("{} (search)", d.quality.name),
+        "recipe",
+        "steps (best)",
+        "trained",
+    ] {
+        let _ = write!(s, "<th>{}</th>", escape(head));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    let optional = |q: Option<f64>| match q {
+        Some(q) => num(q, &quality(q)),
+        None => "<td data-v=\"Infinity\">-</td>".into(),
+    };
+    for r in &d.recovered {
+        let point = d.front.iter().find(|f| f.trial == r.trial);
+        s.push_str("<tr>");
+        match point {
+            Some(f) => s.push_str(&num(f.number as f64, &f.number.to_string())),
+            None => s.push_str("<td data-v=\"Infinity\" title=\"not on the front\">-</td>"),
+        }
+        s.push_str(&num(r.trial as f64, &r.trial.to_string()));
+        let _ = write!(
+            s,
+            "<td class=\"choice\" title=\"{}\">{}</td><td>{}</td>",
+            escape(&r.key),
+            escape(&r.key.chars().take(12).collect::<String>()),
+            escape(&r.state.to_string())
+        );
+        s.push_str(&optional(r.before_held_out_quality));
+        s.push_str(&optional(r.held_out_quality));
+        s.push_str(&secondary(d, Some(&r.before_held_out_metrics)));
+        s.push_str(&secondary(d, Some(&r.held_out_metrics)));
+        s.push_str(&num(r.quality, &quality(r.quality)));
+        let c = &r.recipe;
+        // Encoders (scored by cosine distance) distil by their loss; classifiers by alpha and T.
+        let loss = if d.quality.name == "cosine_distance" {
+            format!("{} loss", c.loss)
+        } else {
+            format!("alpha {}, T {}", c.alpha, c.temperature)
+        };
+        let _ = write!(
+            s,
+            "<td class=\"choice\" title=\"{}\">{} epochs, batch {}, lr {:e}, {loss}, seed {}</td>",
+            escape(&c.data),
+            c.epochs,
+            c.batch,
+            c.lr,
+            c.seed
+        );
+        let _ = write!(
+            s,
+            "<td data-v=\"{}\">{} of {} ({})</td>",
+            r.steps, r.steps, r.total_steps, r.best_step
+        );
+        s.push_str(&num(r.seconds, &format!("{:.1} s", r.seconds)));
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</tbody></table></div>\n");
+    let _ = writeln!(
+        s,
+        "<p>Each variant keeps its point's assignment and cost and fine-tunes its weights \
+         (<code>mpsearch recover</code>); its qualities are measured against the original f32 model, \
+         the held-out ones on data neither the search nor the training saw. The front plot joins each \
+         point to its best variant. Export one with <code>mpsearch export {} --point K --recovered \
+         --format safetensors</code>.</p>",
+        escape(&d.run)
+    );
     s
 }
 

@@ -303,6 +303,7 @@ fn report(t: &[TrialRecord], m: &RunManifest) -> ReportData {
         proxy: None,
         sensitivity: Some(sensitivity_fit(&predictor, t, 4)),
         latency: Vec::new(),
+        recovered: Vec::new(),
         notes: vec!["a <note> & more".into()],
     }
 }

@@ -97,6 +97,27 @@ fn recovery_improves_a_damaged_point_and_a_rerun_is_a_cache_hit() {
     let runs: serde_json::Value =
         serde_json::from_str(&ok(dir.path(), &["runs", "--store", "s", "--json"])).unwrap();
     assert_eq!(runs[0]["front"][0]["recovered"][0]["key"], r["key"]);
+    // The report's table of variants: the variant beside its point, before and after.
+    let page = ok(
+        dir.path(),
+        &["report", "nm", "--store", "s", "--out", "rep"],
+    );
+    let html = std::fs::read_to_string(dir.path().join(page.trim())).unwrap();
+    let table = html
+        .split("<table class=\"sortable\" id=\"recovered-table\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .expect("a table of recovered variants");
+    let key = r["key"].as_str().unwrap();
+    let row = table
+        .split("<tr>")
+        .find(|row| row.contains(&key[..12]))
+        .expect("the variant's row");
+    for v in [&r["before_held_out_quality"], &r["held_out_quality"]] {
+        let q = v.as_f64().unwrap();
+        assert!(row.contains(&format!("data-v=\"{q}\"")), "{q} in {row}");
+    }
+    assert!(row.contains("2 epochs"), "{row}");
 }
 
 /// Pruned weights are exactly zero after training, in the pattern the point's choice made; the
