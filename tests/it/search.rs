@@ -955,7 +955,7 @@ fn a_run_with_proxies_stopped_inside_a_batch_resumes_to_the_same_trials() {
         trials: Some(64),
         pairs: mpsearch::sensitivity::Pairs::Fixed(24),
         fidelity: Some(0.25),
-        ..RunConfig::default()
+        ..crate::util::fast_config()
     };
     let drive = |store: &SledStore, after: usize| {
         let name = "r";

@@ -162,6 +162,15 @@ pub const FEW: [&str; 2] = ["--samples", "50"];
 /// workers, stores), which GPTQ's calibration in every process would only slow down.
 pub const FAST: [&str; 4] = ["--samples", "50", "--rounding", "rtn"];
 
+/// The run settings of [`FAST`], for tests that drive a search through the library.
+pub fn fast_config() -> mpsearch::store::RunConfig {
+    mpsearch::store::RunConfig {
+        samples: Some(50),
+        rounding: mpsearch::compress::Rounding::Rtn,
+        ..mpsearch::store::RunConfig::default()
+    }
+}
+
 pub fn run(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mpsearch"))
         .args(args)
