@@ -138,22 +138,7 @@ fn masks_stay_exact_zeros_training_is_deterministic_and_the_export_reproduces_th
     let r3 = recover(other.path(), "nm", &["--epochs", "1", "--seed", "8"]);
     assert_ne!(r3["key"], r["key"], "the seed is part of the key");
 
-    ok(
-        dir.path(),
-        &[
-            "export",
-            "nm",
-            "--point",
-            "1",
-            "--recovered",
-            "--format",
-            "safetensors",
-            "--out",
-            "rec.safetensors",
-            "--store",
-            "s",
-        ],
-    );
+    crate::util::export_recovered(dir.path(), "nm", "s", "rec.safetensors");
     let weights =
         mpsearch::export::safetensors::load_compressed(&dir.path().join("rec.safetensors"))
             .unwrap();

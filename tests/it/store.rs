@@ -245,22 +245,7 @@ fn store_copy_sled_to_postgres_and_back_keeps_runs_and_trials() {
     assert!(out.contains("copied 2 runs (40 trials"), "{out}");
     assert!(out.contains("1 recovered variant,"), "{out}");
     let export = |store: &str, file: &str| {
-        ok(
-            d.path(),
-            &[
-                "export",
-                "rnd",
-                "--point",
-                "1",
-                "--recovered",
-                "--format",
-                "safetensors",
-                "--out",
-                file,
-                "--store",
-                store,
-            ],
-        );
+        crate::util::export_recovered(d.path(), "rnd", store, file);
         // The header as JSON (its key order is a hash map's, not stable across processes) and the
         // tensor data.
         let bytes = std::fs::read(d.path().join(file)).unwrap();

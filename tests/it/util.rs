@@ -171,6 +171,27 @@ pub fn fast_config() -> mpsearch::store::RunConfig {
     }
 }
 
+/// `export RUN --point 1 --recovered --format safetensors --out FILE --store STORE` in `cwd`: the
+/// weights of point 1's recovered variant.
+pub fn export_recovered(cwd: &Path, run: &str, store: &str, file: &str) {
+    ok(
+        cwd,
+        &[
+            "export",
+            run,
+            "--point",
+            "1",
+            "--recovered",
+            "--format",
+            "safetensors",
+            "--out",
+            file,
+            "--store",
+            store,
+        ],
+    );
+}
+
 pub fn run(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mpsearch"))
         .args(args)
