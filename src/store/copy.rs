@@ -3,8 +3,8 @@
 //! [`copy`](fn@copy) writes every record of one store into another, whatever their backends (sled →
 //! PostgreSQL to share a store, PostgreSQL → sled to take one home): run manifests, trial journals,
 //! strategy snapshots, latency measurements, recovered variants with their weights, the evaluation
-//! cache and the sensitivity analyses, each record as it is (same serde JSON, same schema version), so `runs --json` and `trials
-//! --json` print the same for both.
+//! cache and the sensitivity analyses, each record as it is (same serde JSON, same schema version),
+//! so `runs --json` and `trials --json` print the same for both.
 //!
 //! The target need not be empty; what it holds already decides, before anything is written:
 //! - a run of the same name must be **identical** (manifest, every trial, snapshot and measurement,
