@@ -1,4 +1,4 @@
-//! What the CPU needs told: the AVX state faer's kernels leave behind.
+//! What the CPU needs told: the AVX state faer's kernels leave behind, and candle's thread count.
 
 /// Clears the upper halves of the AVX registers (`vzeroupper`); a no-op without AVX. faer's kernels
 /// return without it, and the scalar code after them — libm's `exp` in every kernel evaluation, `erf`
@@ -20,4 +20,29 @@ pub fn clear_upper_avx() {
 #[target_feature(enable = "avx")]
 unsafe fn vzeroupper() {
     std::arch::x86_64::_mm256_zeroupper();
+}
+
+/// Fixes the number of threads candle's CPU kernels use, by setting `RAYON_NUM_THREADS` to the count
+/// candle would pick itself (the physical cores), unless the variable is already set. Returns the
+/// count.
+///
+/// candle-core 0.11.1 asks `candle_core::utils::get_num_threads` on **every** f32 matmul (and every
+/// tile of its direct convolution), and without the variable that reads and parses `/proc/cpuinfo`
+/// to count the physical cores: 45 µs per call on this machine, against a whole batch-1 forward of
+/// the demo of about 200 µs. Measured (BENCHMARKS.md, "Builds and tests"): 9,343 reads of
+/// `/proc/cpuinfo` in a 16-trial search of the demo, and a 32-trial search took 21.1 s (3.4 s of it
+/// in the kernel) without the variable, 18.8 s (0.4 s) with it. With the variable set, the count is
+/// one environment look-up. The value is the one candle computes, so candle's kernels run on as many
+/// threads as before; rayon's global pool, which candle's quantized kernels and this crate's parallel
+/// loops use, takes the same count (candle's own `init_global_threadpool` sizes it the same way).
+///
+/// Changing the environment is only sound while no other thread reads it: call this first thing in
+/// `main`, before any thread starts (the binary does; the library never calls it).
+pub fn pin_candle_threads() -> usize {
+    const VAR: &str = "RAYON_NUM_THREADS";
+    let threads = candle_core::utils::get_num_threads();
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, threads.to_string());
+    }
+    threads
 }

@@ -15,6 +15,8 @@ mod cli;
 use cli::args::{Cli, Command};
 
 fn main() -> ExitCode {
+    // First, before any thread starts: candle otherwise re-reads /proc/cpuinfo on every matmul.
+    mpsearch::cpu::pin_candle_threads();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -183,7 +183,7 @@ fn prediction_note(m: &RunManifest, matched: &ProfileMatch) -> String {
         ),
         ProfileMatch::OtherThreads { calibrated, here } => format!(
             "predictions: profile `{p}` was calibrated on this machine with candle on {calibrated} \
-             thread(s), and candle runs on {here} here (RAYON_NUM_THREADS / CANDLE_NUM_THREADS): a \
+             thread(s), and candle runs on {here} here (RAYON_NUM_THREADS): a \
              small model's latency changes several-fold with the thread count, so the comparison is \
              with another configuration's model (calibrate again with the same setting)"
         ),

@@ -370,16 +370,19 @@ impl<'a> Run<'a> {
                 self.fit_group_at(col);
             }
             let d = self.prep.u[(p, p)];
-            for r in 0..rows {
-                let x = w1[(r, i)];
+            let e_i = err.col_as_slice_mut(i);
+            for (r, (&x, e)) in w1.col_as_slice(i).iter().zip(e_i.iter_mut()).enumerate() {
                 let q = self.quantize_one(r, col, x);
-                err[(r, i)] = (x - q) / d;
+                *e = (x - q) / d;
             }
+            // Column slices (faer matrices are column-major): the update vectorizes, where indexing
+            // element by element did not (it was a fifth of a demo search's CPU time).
+            let e_i = err.col_as_slice(i);
             for k in i + 1..count {
                 let u = self.prep.u[(p, span.start + k)];
                 if u != 0.0 {
-                    for r in 0..rows {
-                        w1[(r, k)] -= err[(r, i)] * u;
+                    for (w, &e) in w1.col_as_slice_mut(k).iter_mut().zip(e_i) {
+                        *w -= e * u;
                     }
                 }
             }

@@ -530,7 +530,7 @@ pub struct Machine {
     pub cpu: String,
     /// Logical cores.
     pub cores: usize,
-    /// The threads candle runs on (`RAYON_NUM_THREADS` or `CANDLE_NUM_THREADS`, else every core).
+    /// The threads candle runs on (`RAYON_NUM_THREADS`, else the physical cores).
     pub threads: usize,
     pub candle_version: String,
 }

@@ -269,8 +269,8 @@ pub struct Provenance {
     pub cpu: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<usize>,
-    /// The threads candle ran on while measuring (`RAYON_NUM_THREADS` or `CANDLE_NUM_THREADS`, else
-    /// every core): a small model's latency changes several-fold with it.
+    /// The threads candle ran on while measuring (`RAYON_NUM_THREADS`, else the physical cores): a
+    /// small model's latency changes several-fold with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
