@@ -36,7 +36,9 @@
 //! those MACs at the rate of the format's precision and its weight and activation bytes. The first
 //! 1×1 convolution runs on the input pixels, which this counts as the output pixels (equal for the
 //! stride-1, same-padding convolutions these are offered on; a strided layer is undercharged there).
-//! Measured profile entries are never used for a chain (none are keyed by its factors' shapes).
+//! A profile entry measured for the whole chain (`conv = "tucker<P>"`, written by `calibrate --model`)
+//! replaces that sum; entries of single matrices are never used for a chain (none are keyed by its
+//! factors' shapes).
 //!
 //! A model runs its layers one after another, so every cost is additive over layers: a total is the
 //! sum of the per-layer figures (a test checks this), and the cheapest and dearest reachable totals of a
@@ -553,8 +555,9 @@ impl CostModel {
     }
 
     /// A measured entry for a whole factorized layer (`rank = r`, both factors, keyed by the layer's
-    /// shape with its kept rows), as `calibrate --model` times it inside the model: of the notation's
-    /// weights, else of the float precision a dequantized or float path runs in.
+    /// shape with its kept rows; or `conv = f`, a convolution's whole chain, which runs in f32), as
+    /// `calibrate --model` times it inside the model: of the notation's weights, else of the float
+    /// precision a dequantized or float path runs in.
     fn measured_whole(
         &self,
         layer: &LayerInfo,
@@ -562,10 +565,24 @@ impl CostModel {
         factors: &Factors,
         input: Kernel,
     ) -> Option<f64> {
-        let rank = choice.rank?;
-        if self.profile.measured.is_empty() || choice.conv.is_some() {
+        if self.profile.measured.is_empty() || (choice.rank.is_none() && choice.conv.is_none()) {
             return None;
         }
+        if let Some(conv) = choice.conv {
+            // Sparsity and channel removal do not combine with a chain (the notation refuses them).
+            let key = MeasuredKey {
+                kind: layer.kind,
+                shape: layer.shape.clone(),
+                batch: self.batch,
+                weights: Precision::F32,
+                act: choice.act,
+                sparsity: Sparsity::None,
+                rank: None,
+                conv: Some(conv),
+            };
+            return self.profile.measured.get(&key).copied();
+        }
+        let rank = choice.rank;
         let mut shape = layer.shape.clone();
         let part = Part {
             layer,
@@ -584,7 +601,8 @@ impl CostModel {
             weights,
             act: choice.act,
             sparsity: self.sparsity_as_read(&part),
-            rank: Some(rank),
+            rank,
+            conv: None,
         };
         let get = |w: Precision| self.profile.measured.get(&key(w)).copied();
         get(input.weights).or_else(|| match input.path {
@@ -664,6 +682,7 @@ impl CostModel {
             act,
             sparsity,
             rank: None,
+            conv: None,
         };
         let k = &part.kernel;
         let named = key(k.weights, part.act(), part.choice.sparsity);

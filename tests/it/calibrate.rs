@@ -577,10 +577,13 @@ fn demo_in_model() -> (
         crate::util::choice("f32+act8-dynamic"),
         crate::util::choice("int8-sym-channel+rank50"),
         crate::util::choice("int4-sym-channel+rank50"),
+        crate::util::choice("int4-sym-channel+tucker25"),
+        crate::util::choice("f16+tucker25"),
     ]);
+    // A chain runs its factors' values in f32 whatever their format: one variant for both.
     assert_eq!(
         variants.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-        vec!["f32+act8-dynamic", "f32+rank50"]
+        vec!["f32+act8-dynamic", "f32+rank50", "f32+tucker25"]
     );
     let mut last = (0, 0);
     let m = in_model::measure(&model, &inputs, &opts, &variants, &mut |d, t, _| {
@@ -637,6 +640,18 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
             .filter(|e| e.act == act && e.rank == rank && e.us > 0.0)
             .count();
         assert_eq!(n, 2 * matrices, "{act} {rank:?}: {:?}", m.variants);
+    }
+    // tucker25: a whole chain per convolution it applies to (not a 1-input-channel one), none for
+    // the linear layers.
+    let tucker = mpsearch::space::ConvFactor::Tucker(25);
+    for l in layers {
+        let fits = mpsearch::space::ConvDims::of(l).is_some_and(|d| tucker.misfit(d).is_none());
+        for batch in [1, 3] {
+            let e = m.variants.iter().find(|e| {
+                e.shape == l.shape && e.batch == batch && e.conv.as_deref() == Some("tucker25")
+            });
+            assert_eq!(e.is_some_and(|e| e.us > 0.0), fits, "{} at {batch}", l.name);
+        }
     }
 
     // Written as a profile: the measured entries and the [[model]] terms load back, and the cost
@@ -710,6 +725,18 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
             "{notation}: {c:?} {e:?}"
         );
     }
+    // … and a whole chain's, for an int8 chain too.
+    let conv3 = layers.iter().find(|l| l.name == "conv3").unwrap();
+    let c = model1.layer(conv3, &crate::util::choice("int8-sym-channel+tucker25"));
+    let e = m
+        .variants
+        .iter()
+        .find(|e| e.shape == conv3.shape && e.batch == 3 && e.conv.as_deref() == Some("tucker25"))
+        .unwrap();
+    assert!(
+        c.measured && (c.cost.latency_us - e.us).abs() < 1e-9,
+        "{c:?} {e:?}"
+    );
     let mut other = layers.to_vec();
     other[0].name.push_str("-renamed");
     let (_, c) = CostModel::new(hp.clone(), 1)

@@ -733,6 +733,18 @@ fn ggml_tables_are_validated_where_they_are_wrong() {
             0,
             "quantizes its activations itself",
         ),
+        (
+            "[[measured]]\nkind = \"conv2d\"\nshape = [4, 4, 3, 3]\nbatch = 1\nweights = \"f32\"\n\
+             us = 1.0\nconv = \"tucker\"\n",
+            0,
+            "is not tucker<P> or cp<P>",
+        ),
+        (
+            "[[measured]]\nkind = \"conv2d\"\nshape = [4, 4, 3, 3]\nbatch = 1\nweights = \"f32\"\n\
+             us = 1.0\nconv = \"cp25\"\nrank = 50\n",
+            0,
+            "rank and conv both set",
+        ),
     ] {
         let text = format!("{SIMPLE}{extra}");
         let e = HardwareProfile::from_toml(&text, "simple.toml")
@@ -965,4 +977,35 @@ fn conv_chains_are_charged_per_convolution() {
     let q = m.layer(&l, &choice("int8-sym-channel+tucker50"));
     assert_eq!(q.cost.bytes, 2178 + 4 * (32 + 18 + 9) + 32 * 4);
     assert_eq!(q.macs, t.macs);
+    assert!(!t.measured && !q.measured);
+
+    // A whole chain measured inside the model (`calibrate --model`) replaces the sum, for every
+    // format of the chain's factors (they run in f32), with its activation quantization; another
+    // factorization, percent or act keeps the analytic sum.
+    let entry = |conv: &str, act: &str, us: f64| {
+        format!(
+            "[[measured]]\nkind = \"conv2d\"\nshape = [32, 16, 3, 3]\nbatch = 1\nweights = \"f32\"\n\
+             act = \"{act}\"\nus = {us}\nconv = \"{conv}\"\n"
+        )
+    };
+    let w = simple(&(entry("tucker50", "none", 250.0) + &entry("cp25", "act8-dynamic", 90.0)));
+    for notation in ["f32+tucker50", "int8-sym-channel+tucker50", "f16+tucker50"] {
+        let c = w.layer(&l, &choice(notation));
+        assert!(c.measured, "{notation}");
+        assert_eq!(c.cost.latency_us, 250.0, "{notation}");
+        assert_eq!(c.macs, t.macs, "{notation}: the work is still the chain's");
+    }
+    assert_eq!(
+        w.layer(&l, &choice("f32+act8-dynamic+cp25"))
+            .cost
+            .latency_us,
+        90.0
+    );
+    for (notation, analytic) in [("f32+tucker25", None), ("f32+cp25", Some(&c))] {
+        let other = w.layer(&l, &choice(notation));
+        assert!(!other.measured, "{notation}");
+        if let Some(a) = analytic {
+            assert_eq!(other.cost.latency_us, a.cost.latency_us);
+        }
+    }
 }

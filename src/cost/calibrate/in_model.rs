@@ -18,10 +18,12 @@
 //!
 //! The same is done for every **structured variant** of a search space's choices — activation
 //! quantization (`act8-*`), removed channels (`channels<P>`: a smaller matrix whose rows are scattered
-//! back), low rank (`rank<P>`: two products, and for a convolution the im2col path) — on each of the
-//! float or block kernels they combine with in the space. Their figures become `[[measured]]` entries
-//! of the kernel that runs with that `act`, `sparsity = "channels<P>"` or `rank = P` (a whole
-//! factorized layer), which the cost model prefers to adding up its analytic parts. Integer and bf16
+//! back), low rank (`rank<P>`: two products, and for a convolution the im2col path), a convolution's
+//! chain (`tucker<P>`, `cp<P>`: three or four candle `conv2d`s, each with its own per-call cost, which
+//! on small inputs is most of it) — on each of the float or block kernels they combine with in the
+//! space. Their figures become `[[measured]]` entries of the kernel that runs with that `act`,
+//! `sparsity = "channels<P>"`, `rank = P` or `conv = "tucker<P>"` (a whole factorized layer), which
+//! the cost model prefers to adding up its analytic parts. Integer and bf16
 //! weights run as the f32 path here (candle has no integer kernel), and unstructured or N:M sparsity
 //! as dense, so neither makes a variant of its own.
 //!
@@ -109,6 +111,8 @@ pub fn variants(choices: &[Choice]) -> Vec<Choice> {
     for c in choices {
         let v = Choice {
             weights: match c.weights {
+                // A chain of convolutions runs its factors' values in f32 whatever their format.
+                _ if c.conv.is_some() => WeightQuant::F32,
                 WeightQuant::F16 => WeightQuant::F16,
                 WeightQuant::Ggml(g) => WeightQuant::Ggml(g),
                 _ => WeightQuant::F32,
@@ -119,10 +123,12 @@ pub fn variants(choices: &[Choice]) -> Vec<Choice> {
                 _ => Sparsity::None,
             },
             rank: c.rank,
-            // calibrate --model times no chain of convolutions (the cost model uses none).
-            conv: None,
+            conv: c.conv,
         };
-        let plain = v.act == ActQuant::None && v.sparsity == Sparsity::None && v.rank.is_none();
+        let plain = v.act == ActQuant::None
+            && v.sparsity == Sparsity::None
+            && v.rank.is_none()
+            && v.conv.is_none();
         if !plain && !out.contains(&v) {
             out.push(v);
         }
@@ -457,6 +463,7 @@ fn variant_entries(
                 spread_us: Some(super::write::round(f.1, 2)),
                 kernel: Some(format!("{v} inside the model")),
                 rank: v.rank,
+                conv: v.conv.map(|c| c.to_string()),
             }
         })
         .collect()

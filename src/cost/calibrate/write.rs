@@ -402,6 +402,7 @@ fn measured_entries(
                 spread_us: Some(round(m.spread_us, 2)),
                 kernel: Some(m.kernel.clone()),
                 rank: None,
+                conv: None,
             });
         }
     }

@@ -490,6 +490,28 @@ impl Checker<'_> {
                 m.rank.unwrap_or_default()
             )));
         }
+        // The notation's own parser, on the part alone.
+        let conv = match &m.conv {
+            None => None,
+            Some(c) => Some(
+                format!("f32+{c}")
+                    .parse::<crate::space::Choice>()
+                    .ok()
+                    .and_then(|choice| choice.conv)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "conv = \"{c}\" is not tucker<P> or cp<P> (P the percent of the \
+                             layer's parameters kept, 1 to 99)"
+                        ))
+                    })?,
+            ),
+        };
+        if conv.is_some() && m.rank.is_some() {
+            return Err(bad(
+                "rank and conv both set: an entry times one factorization of the layer, give one"
+                    .into(),
+            ));
+        }
         if m.batch == 0 || m.shape.is_empty() || m.shape.contains(&0) {
             return Err(bad("batch and every dimension of shape must be >= 1".into()));
         }
@@ -523,6 +545,7 @@ impl Checker<'_> {
             act,
             sparsity,
             rank: m.rank,
+            conv,
         })
     }
 }

@@ -69,6 +69,8 @@
 //! kernel = "Q4K"                 # optional: what ran
 //! # rank = 50                    # optional: a whole rank<50> layer (both factors; shape is the
 //! #                              # layer's own, its rows the kept ones under channels<P>)
+//! # conv = "tucker25"            # optional: a whole tucker<P> / cp<P> convolution (its chain;
+//! #                              # shape is the layer's own, weights "f32": the chain runs in f32)
 //!
 //! [[model]]                      # a model's non-matmul work, measured by `calibrate --model`
 //! name = "all-MiniLM-L6-v2"      # for people
@@ -343,6 +345,11 @@ pub struct MeasuredEntry {
     /// factors, at the layer's own `shape` (not one factor's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<u8>,
+    /// A factorized convolution, `tucker<P>` or `cp<P>`: the entry times the whole layer, every
+    /// convolution of its chain, at the layer's own `shape` (with `weights = "f32"`: the chain runs
+    /// its factors' values in f32 whatever their format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<String>,
 }
 
 fn default_act() -> String {
@@ -435,6 +442,9 @@ pub struct MeasuredKey {
     pub sparsity: Sparsity,
     /// `Some(r)`: a whole `rank<r>` layer (both factors), keyed by the layer's shape.
     pub rank: Option<u8>,
+    /// `Some(f)`: a whole `tucker<P>` / `cp<P>` layer (its chain of convolutions), keyed by the
+    /// layer's shape.
+    pub conv: Option<crate::space::ConvFactor>,
 }
 
 /// A device's weight-only kernels: integer weights read as stored (at the kernel's width), dequantized
