@@ -705,9 +705,14 @@ pub struct MeasureArgs {
     /// Tokens per sentence for sequence models: every sentence is exactly this long (default 32).
     #[arg(long, value_name = "T")]
     pub tokens: Option<u32>,
-    /// Timed forward passes per round (3 rounds; the fastest round is reported).
+    /// Timed forward passes per round.
     #[arg(long, default_value_t = 20)]
     pub repetitions: usize,
+    /// Rounds over all the points; each point's figure is its fastest round's median. More rounds
+    /// give a steadier figure on a busy machine (two 3-round measurements of the demo's points, minutes
+    /// apart, rank them alike only to Spearman 0.72 here).
+    #[arg(long, default_value_t = mpsearch::measure::ROUNDS)]
+    pub rounds: usize,
     /// Print JSON: {"run", "machine", "input", "profile", "measurements": [...], "summary": [...]}.
     #[arg(long)]
     pub json: bool,
@@ -976,6 +981,7 @@ impl MeasureArgs {
     pub fn check(&self) -> anyhow::Result<()> {
         positive(self.batch.into(), "--batch")?;
         positive(self.repetitions as u64, "--repetitions")?;
+        positive(self.rounds as u64, "--rounds")?;
         if let Some(n) = self.random {
             positive(n as u64, "--random")?;
         }

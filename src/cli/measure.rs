@@ -63,7 +63,14 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
     notes.extend(loaded.notes.iter().cloned());
     notes.push(prediction_note(&manifest, &matched));
     notes.push(non_matmul_note(&loaded, input.cost_batch));
-    describe(&manifest, &plan.targets, &input, &machine, a.repetitions);
+    describe(
+        &manifest,
+        &plan.targets,
+        &input,
+        &machine,
+        a.repetitions,
+        a.rounds,
+    );
     for n in &notes {
         eprintln!("note: {n}");
     }
@@ -72,6 +79,7 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
             repetitions: a.repetitions,
             ..measure::Options::default().schedule
         },
+        rounds: a.rounds,
         ..measure::Options::default()
     };
     let bar = measure_bar();
@@ -131,11 +139,12 @@ fn describe(
     input: &input::MeasureInput,
     machine: &Machine,
     repetitions: usize,
+    rounds: usize,
 ) {
     eprintln!(
         "run `{}`: measuring {} assignment{} and the all-f32 model on {} ({}, {} cores, candle \
-         {} on {} thread(s)): {}; per assignment and round, warm-up passes then {repetitions} timed passes, {} \
-         rounds over all of them, the fastest round's median reported (other processes slow whole \
+         {} on {} thread(s)): {}; per assignment and round, warm-up passes then {repetitions} timed passes, \
+         {rounds} round{} over all of them, the fastest round's median reported (other processes slow whole \
          rounds)",
         m.name,
         targets.len(),
@@ -146,7 +155,7 @@ fn describe(
         machine.candle_version,
         machine.threads,
         input.description,
-        measure::ROUNDS
+        if rounds == 1 { "" } else { "s" }
     );
 }
 

@@ -237,11 +237,17 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
             "3",
             "--repetitions",
             "3",
+            "--rounds",
+            "2",
             "--json",
         ],
     );
     let more: Vec<MeasurementRecord> =
         serde_json::from_value(again["measurements"].clone()).expect("records");
+    assert!(
+        more.iter().all(|r| r.round_medians_us.len() == 2),
+        "--rounds 2: {more:?}"
+    );
     let n = records.len() as u64;
     let numbers: Vec<u64> = more.iter().map(|r| r.number).collect();
     assert_eq!(numbers, (n..n + more.len() as u64).collect::<Vec<_>>());
@@ -412,6 +418,7 @@ fn bad_input_is_an_error_naming_the_point_or_run_and_the_store_is_untouched() {
             &["--tokens", "32"],
             "--tokens 32 applies to sequence models",
         ),
+        (&["--rounds", "0"], "--rounds must be at least 1"),
     ] {
         let e = measure(extra);
         assert!(e.contains(want), "{extra:?}: {e}");
