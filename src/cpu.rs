@@ -23,26 +23,24 @@ unsafe fn vzeroupper() {
 }
 
 /// Fixes the number of threads candle's CPU kernels use, by setting `RAYON_NUM_THREADS` to the count
-/// candle would pick itself (the physical cores), unless the variable is already set. Returns the
-/// count.
+/// candle would pick itself (the physical cores), unless the variable is already set.
 ///
 /// candle-core 0.11.1 asks `candle_core::utils::get_num_threads` on **every** f32 matmul (and every
 /// tile of its direct convolution), and without the variable that reads and parses `/proc/cpuinfo`
-/// to count the physical cores: 45 µs per call on this machine, against a whole batch-1 forward of
-/// the demo of about 200 µs. Measured (BENCHMARKS.md, "Builds and tests"): 9,343 reads of
-/// `/proc/cpuinfo` in a 16-trial search of the demo, and a 32-trial search took 21.1 s (3.4 s of it
-/// in the kernel) without the variable, 18.8 s (0.4 s) with it. With the variable set, the count is
-/// one environment look-up. The value is the one candle computes, so candle's kernels run on as many
-/// threads as before; rayon's global pool, which candle's quantized kernels and this crate's parallel
-/// loops use, takes the same count (candle's own `init_global_threadpool` sizes it the same way).
+/// to count the physical cores: 45 µs per read on this machine, against 460–500 µs for a whole
+/// batch-1 forward of the demo. Measured (BENCHMARKS.md, "End-to-end latency"): 9,343 reads of
+/// `/proc/cpuinfo` in an 8-trial search of the demo; the demo's all-f32 forward at batch 64 took
+/// 28.5 ms without the variable and 20.7 ms with it; a 32-trial search 21.1 s (3.4 s of it in the
+/// kernel) and 18.8 s (0.4 s). With the variable set, the count is one environment look-up. The value
+/// is the one candle computes, so candle's kernels run on as many threads as before; rayon's global
+/// pool, which candle's quantized kernels and this crate's parallel loops use, takes the same count
+/// (candle's own `init_global_threadpool` sizes it the same way).
 ///
 /// Changing the environment is only sound while no other thread reads it: call this first thing in
 /// `main`, before any thread starts (the binary does; the library never calls it).
-pub fn pin_candle_threads() -> usize {
+pub fn pin_candle_threads() {
     const VAR: &str = "RAYON_NUM_THREADS";
-    let threads = candle_core::utils::get_num_threads();
     if std::env::var_os(VAR).is_none() {
-        std::env::set_var(VAR, threads.to_string());
+        std::env::set_var(VAR, candle_core::utils::get_num_threads().to_string());
     }
-    threads
 }
