@@ -771,6 +771,10 @@ pub struct CalibrateArgs {
     /// Timed repetitions per measurement (at most; a measurement also stops after its time budget).
     #[arg(long, default_value_t = 30)]
     pub repetitions: usize,
+    /// Rounds over every kernel (and, with --model, every deployment) in turn; each figure is its
+    /// fastest round's. More rounds give steadier figures on a busy machine.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// The larger batch measured besides batch 1: rows of x for the standard grid; with --model,
     /// samples (images, or sentences of --tokens tokens), as `measure --batch` counts them.
     #[arg(long, default_value_t = 32)]
@@ -1002,6 +1006,7 @@ impl MeasureArgs {
 impl CalibrateArgs {
     pub fn check(&self) -> anyhow::Result<()> {
         positive(self.repetitions as u64, "--repetitions")?;
+        positive(self.rounds as u64, "--rounds")?;
         anyhow::ensure!(
             self.batch >= 2,
             "--batch is the larger batch measured besides 1: give 2 or more"

@@ -30,6 +30,7 @@ pub fn run(a: CalibrateArgs) -> anyhow::Result<ExitCode> {
     });
     let alone = |mut opts: CalibrateOptions| -> anyhow::Result<_> {
         opts.repetitions = a.repetitions;
+        opts.rounds = a.rounds;
         opts.batches = vec![1, a.batch];
         Ok(Calibrated {
             ms: measure(&opts, a.batch)?,
@@ -112,6 +113,7 @@ fn in_model(a: &CalibrateArgs, model: &str) -> anyhow::Result<Calibrated> {
         .collect::<mpsearch::Result<Vec<_>>>()?;
     let mut opts = CalibrateOptions::for_layers(&inventory.layers);
     opts.repetitions = a.repetitions;
+    opts.rounds = a.rounds;
     opts.batches = inputs.iter().map(|i| i.cost_batch).collect();
     let kernels = in_model::kernels(&opts.kernels);
     eprintln!(

@@ -345,7 +345,7 @@ fn a_name_not_in_a_flags_list_is_a_usage_error_that_lists_the_allowed_names() {
 fn bad_flag_values_are_refused_before_any_work() {
     let dir = Dir::new();
     let missing = "--model=missing-folder";
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 14] = [
         (
             &["sensitivity", "--validate", "1"],
             "--validate needs at least 2",
@@ -401,6 +401,10 @@ fn bad_flag_values_are_refused_before_any_work() {
         (
             &["resume", "r", "--store", "s", "--time", "soon"],
             "--time `soon`",
+        ),
+        (
+            &["calibrate", "--model", "demo", "--rounds", "0"],
+            "--rounds must be at least 1",
         ),
     ];
     for (args, message) in cases {
@@ -476,6 +480,8 @@ fn calibrating_a_model_writes_its_non_matmul_work_and_cost_adds_it() {
             "2",
             "--repetitions",
             "3",
+            "--rounds",
+            "1",
             "--out",
             "hardware-profiles/here.toml",
         ],
