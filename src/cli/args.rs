@@ -773,7 +773,7 @@ pub struct CalibrateArgs {
     pub repetitions: usize,
     /// Rounds over every kernel (and, with --model, every deployment) in turn; each figure is its
     /// fastest round's. More rounds give steadier figures on a busy machine.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = mpsearch::cost::calibrate::ROUNDS)]
     pub rounds: usize,
     /// The larger batch measured besides batch 1: rows of x for the standard grid; with --model,
     /// samples (images, or sentences of --tokens tokens), as `measure --batch` counts them.

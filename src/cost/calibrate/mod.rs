@@ -166,6 +166,9 @@ pub struct CalibrateOptions {
     pub overhead_probe: bool,
 }
 
+/// Default rounds of a calibration ([`CalibrateOptions::rounds`], `calibrate --rounds`).
+pub const ROUNDS: usize = 3;
+
 impl Default for CalibrateOptions {
     fn default() -> Self {
         CalibrateOptions {
@@ -175,7 +178,7 @@ impl Default for CalibrateOptions {
             warmup_seconds: 0.05,
             repetitions: 90,
             max_seconds: 0.9,
-            rounds: 3,
+            rounds: ROUNDS,
             seed: 0x6d70_7365_6172_6368, // "mpsearch"
             kernels: Kernel::all(),
             overhead_probe: true,
