@@ -1,8 +1,20 @@
 //! # Timing statistics and the machine's load
 //!
-//! What `calibrate` and `measure` share when they time candle: the median and interquartile range of
-//! a round of timed runs, and how much of the machine other processes used meanwhile (from
+//! What `calibrate` and `measure` share when they time candle: the figure of several rounds of timed
+//! runs ([`RoundFigure`]), and how much of the machine other processes used meanwhile (from
 //! `/proc/stat`), so that a figure taken on a busy machine can be told from a quiet one.
+//!
+//! **The figure is the fastest run.** On a shared machine other processes only ever add time to a run
+//! (a preempted thread, a cache another process evicted, candle's pool threads spinning for a core
+//! that is busy elsewhere), never take it away, so the fastest of many runs is the estimate of the
+//! machine running the model alone that moves least from one measurement to the next — the argument
+//! of Chen & Revels, "Robust benchmarking in noisy environments", arXiv:1608.04295, 2016 (the
+//! estimator of Julia's BenchmarkTools). Measured here (BENCHMARKS.md, "Which figure"): two
+//! measurements of the same 58 demo points minutes apart rank them alike to Spearman 0.954 by their
+//! fastest pass, 0.896 by the median of their fastest round, 0.78 by the median of all passes.
+//! `calibrate` and `measure` use the same figure, so a prediction and a measurement compare like
+//! with like. The median and interquartile range of the round with the lowest median are kept to
+//! describe the spread, and every round's median to tell a noisy figure.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +32,62 @@ pub fn median_iqr(times: &[f64]) -> (f64, f64) {
         t[lo] + (t[hi] - t[lo]) * (pos - lo as f64)
     };
     (q(0.5), q(0.75) - q(0.25))
+}
+
+/// The figure of rounds of timed runs of one thing (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundFigure {
+    /// The fastest run of all rounds, µs: the figure.
+    pub fastest_us: f64,
+    /// Median of the runs of the round with the lowest median, µs.
+    pub median_us: f64,
+    /// Interquartile range of that round, µs.
+    pub spread_us: f64,
+    /// Every round's median, in order.
+    pub round_medians_us: Vec<f64>,
+    /// Share of the CPUs other processes used during the round with the lowest median.
+    pub other_load: Option<f64>,
+    /// Timed runs in all rounds.
+    pub runs: usize,
+}
+
+impl RoundFigure {
+    /// The figure of `rounds`, each its runs' times in µs and the load during it; rounds without a
+    /// run are left out. `None` without a run.
+    pub fn of<'a>(
+        rounds: impl IntoIterator<Item = (&'a [f64], Option<f64>)>,
+    ) -> Option<RoundFigure> {
+        let mut fastest_us = f64::INFINITY;
+        let mut best: Option<(f64, f64, Option<f64>)> = None;
+        let mut round_medians_us = Vec::new();
+        let mut runs = 0;
+        for (times, load) in rounds {
+            if times.is_empty() {
+                continue;
+            }
+            let (median, iqr) = median_iqr(times);
+            fastest_us = times.iter().copied().fold(fastest_us, f64::min);
+            if best.is_none_or(|b| median < b.0) {
+                best = Some((median, iqr, load));
+            }
+            round_medians_us.push(median);
+            runs += times.len();
+        }
+        let (median_us, spread_us, other_load) = best?;
+        Some(RoundFigure {
+            fastest_us,
+            median_us,
+            spread_us,
+            round_medians_us,
+            other_load,
+            runs,
+        })
+    }
+
+    /// The slowest round's median over the lowest one (1 on a perfectly quiet machine).
+    pub fn round_disagreement(&self) -> f64 {
+        round_disagreement(self.median_us, &self.round_medians_us)
+    }
 }
 
 /// The slowest round's median over the reported (fastest) one, `median_us`: near 1 on a quiet

@@ -705,12 +705,15 @@ pub struct MeasureArgs {
     /// Tokens per sentence for sequence models: every sentence is exactly this long (default 32).
     #[arg(long, value_name = "T")]
     pub tokens: Option<u32>,
-    /// Timed forward passes per round.
-    #[arg(long, default_value_t = 20)]
+    /// Timed forward passes of a point per round, at most (see --seconds).
+    #[arg(long, default_value_t = mpsearch::measure::REPETITIONS)]
     pub repetitions: usize,
-    /// Rounds over all the points; each point's figure is its fastest round's median. More rounds
-    /// give a steadier figure on a busy machine (two 3-round measurements of the demo's points, minutes
-    /// apart, rank them alike only to Spearman 0.72 here).
+    /// Per point and round, no timed pass is started after this many seconds once 3 are done (a
+    /// large model at a large batch takes a second a pass).
+    #[arg(long, value_name = "S", allow_negative_numbers = true, default_value_t = mpsearch::measure::MAX_SECONDS)]
+    pub seconds: f64,
+    /// Rounds over all the points; each point's figure is its fastest pass of all rounds. More rounds
+    /// give each point more chances at a quiet moment on a busy machine.
     #[arg(long, default_value_t = mpsearch::measure::ROUNDS)]
     pub rounds: usize,
     /// Print JSON: {"run", "machine", "input", "profile", "measurements": [...], "summary": [...]}.
@@ -768,11 +771,13 @@ pub struct CalibrateArgs {
     /// Profile name; default: the output file's stem.
     #[arg(long)]
     pub name: Option<String>,
-    /// Timed repetitions per measurement (at most; a measurement also stops after its time budget).
-    #[arg(long, default_value_t = 30)]
+    /// Timed repetitions per measurement over all its rounds (at most; a measurement also stops
+    /// after its time budget).
+    #[arg(long, default_value_t = mpsearch::cost::calibrate::REPETITIONS)]
     pub repetitions: usize,
     /// Rounds over every kernel (and, with --model, every deployment) in turn; each figure is its
-    /// fastest round's. More rounds give steadier figures on a busy machine.
+    /// fastest run of all rounds. More rounds give each more chances at a quiet moment on a busy
+    /// machine.
     #[arg(long, default_value_t = mpsearch::cost::calibrate::ROUNDS)]
     pub rounds: usize,
     /// The larger batch measured besides batch 1: rows of x for the standard grid; with --model,
@@ -986,6 +991,11 @@ impl MeasureArgs {
         positive(self.batch.into(), "--batch")?;
         positive(self.repetitions as u64, "--repetitions")?;
         positive(self.rounds as u64, "--rounds")?;
+        anyhow::ensure!(
+            self.seconds.is_finite() && self.seconds >= 0.0,
+            "--seconds must be a number of seconds, 0 or more (0: only the least 3 passes per point \
+             and round)"
+        );
         if let Some(n) = self.random {
             positive(n as u64, "--random")?;
         }

@@ -69,6 +69,7 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
         &input,
         &machine,
         a.repetitions,
+        a.seconds,
         a.rounds,
     );
     for n in &notes {
@@ -77,6 +78,7 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
     let opts = measure::Options {
         schedule: timing::Schedule {
             repetitions: a.repetitions,
+            max_seconds: a.seconds,
             ..measure::Options::default().schedule
         },
         rounds: a.rounds,
@@ -139,13 +141,14 @@ fn describe(
     input: &input::MeasureInput,
     machine: &Machine,
     repetitions: usize,
+    seconds: f64,
     rounds: usize,
 ) {
     eprintln!(
         "run `{}`: measuring {} assignment{} and the all-f32 model on {} ({}, {} cores, candle \
-         {} on {} thread(s)): {}; per assignment and round, warm-up passes then {repetitions} timed passes, \
-         {rounds} round{} over all of them, the fastest round's median reported (other processes slow whole \
-         rounds)",
+         {} on {} thread(s)): {}; per assignment and round, warm-up passes then up to {repetitions} timed passes \
+         (none started after {seconds} s once {} are done), {rounds} round{} over all of them, the fastest pass reported (other processes only ever slow \
+         a pass down)",
         m.name,
         targets.len(),
         if targets.len() == 1 { "" } else { "s" },
@@ -155,6 +158,7 @@ fn describe(
         machine.candle_version,
         machine.threads,
         input.description,
+        timing::MIN_PASSES,
         if rounds == 1 { "" } else { "s" }
     );
 }
@@ -225,7 +229,7 @@ fn noisy_warning(records: &[MeasurementRecord]) -> Option<String> {
         "{} of {} figures are noisy (spread above {:.0}% of the median, or rounds more than {}× \
          apart): {}{}. The machine is not quiet: candle's quantized kernels spin-wait and slow down \
          badly (up to 20×) when other processes share the cores. The figures are each the fastest \
-         round's, which limits but does not remove the effect: measure again on a quiet machine",
+         pass, which limits but does not remove the effect: measure again on a quiet machine",
         noisy.len(),
         records.len(),
         100.0 * timing::NOISY_SPREAD,
@@ -259,10 +263,10 @@ fn text(records: &[MeasurementRecord], trials: &[TrialRecord]) -> String {
             vec![
                 r.source.to_string(),
                 q,
-                format_us(r.median_us),
+                format_us(r.figure_us()),
                 format!("{:.1}%", 100.0 * r.spread_us / r.median_us),
                 format_us(r.predicted_us),
-                format!("{:.2}", r.median_us / r.predicted_us),
+                format!("{:.2}", r.figure_us() / r.predicted_us),
                 format!("{:.2}×", r.speedup()),
             ]
         })

@@ -136,7 +136,8 @@ fn points(m: &RunManifest, trials: &[TrialRecord]) -> BTreeMap<u64, usize> {
 fn measurement_json(m: &MeasurementRecord) -> serde_json::Value {
     serde_json::json!({
         "number": m.number, "batch": m.batch, "tokens": m.tokens, "cost_batch": m.cost_batch,
-        "median_us": m.median_us, "spread_us": m.spread_us, "predicted_us": m.predicted_us,
+        "latency_us": m.figure_us(), "median_us": m.median_us, "spread_us": m.spread_us,
+        "predicted_us": m.predicted_us, "reference_latency_us": m.reference_figure_us(),
         "reference_us": m.reference_us, "speedup": m.speedup(), "repetitions": m.repetitions,
         "round_medians_us": m.round_medians_us, "host": m.host, "profile": m.profile,
         "measured_unix": m.measured_unix,

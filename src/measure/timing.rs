@@ -1,18 +1,19 @@
 //! # Timing whole forward passes
 //!
 //! How `measure` times one built model: untimed warm-up passes, then a number of timed passes, in
-//! several rounds; the figure is the median (and interquartile range) of the **fastest round**.
+//! several rounds; the figure is the **fastest pass** of all rounds ([`crate::timing`] says why).
 //! Other processes on a shared machine slow whole rounds — candle's quantized kernels by up to 20×,
 //! since the threads of its pool spin-wait for each other and collapse when another process takes a
 //! core —, and a latency figure describes the machine running the model alone, as the calibrated
-//! profile does (`calibrate` keeps its fastest round too). Every round's median is kept, and the load
-//! other processes put on the machine during the reported round is read from `/proc/stat`, so a noisy
-//! figure can be told from a quiet one.
+//! profile does (`calibrate` takes the same figure). The median and interquartile range of the round
+//! with the lowest median describe the spread; every round's median is kept, and the load other
+//! processes put on the machine during that round is read from `/proc/stat`, so a noisy figure can be
+//! told from a quiet one.
 
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-pub use crate::timing::{median_iqr, CpuSample};
+pub use crate::timing::{median_iqr, CpuSample, RoundFigure};
 
 /// Spread (interquartile range over median) above which a figure is called noisy.
 pub const NOISY_SPREAD: f64 = 0.10;
@@ -27,12 +28,19 @@ pub struct Schedule {
     /// … going on for at least this many seconds (caches, clocks and candle's thread pool settle
     /// after switching models).
     pub warmup_seconds: f64,
-    /// Timed passes.
+    /// Timed passes at most …
     pub repetitions: usize,
+    /// … and none started after this many seconds of them once [`MIN_PASSES`] are done (a large
+    /// model at a large batch takes a second a pass).
+    pub max_seconds: f64,
 }
 
+/// Timed passes always done per (assignment, round), whatever [`Schedule::max_seconds`].
+pub const MIN_PASSES: usize = 3;
+
 impl Schedule {
-    /// Warms `pass` up, then times `repetitions` calls of it; the times in µs, in call order.
+    /// Warms `pass` up, then times up to `repetitions` calls of it (see [`Schedule::max_seconds`]);
+    /// the times in µs, in call order.
     pub fn time(&self, mut pass: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
         let warming = Instant::now();
         let warmup_time = Duration::from_secs_f64(self.warmup_seconds.max(0.0));
@@ -41,8 +49,12 @@ impl Schedule {
             pass()?;
             runs += 1;
         }
-        let mut times = Vec::with_capacity(self.repetitions);
-        for _ in 0..self.repetitions.max(1) {
+        let reps = self.repetitions.max(1);
+        let least = MIN_PASSES.min(reps);
+        let budget = Duration::from_secs_f64(self.max_seconds.max(0.0));
+        let started = Instant::now();
+        let mut times = Vec::with_capacity(reps);
+        while times.len() < reps && (times.len() < least || started.elapsed() < budget) {
             let t0 = Instant::now();
             pass()?;
             times.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -54,37 +66,32 @@ impl Schedule {
 /// What the rounds of one assignment say.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timing {
-    /// Median of the fastest round's timed passes, µs.
+    /// The fastest timed pass of all rounds, µs: the figure (see [`crate::timing`]).
+    pub fastest_us: f64,
+    /// Median of the timed passes of the round with the lowest median, µs.
     pub median_us: f64,
-    /// Interquartile range of the fastest round's timed passes, µs.
+    /// Interquartile range of that round's timed passes, µs.
     pub spread_us: f64,
     /// Every round's median, in the order they ran.
     pub round_medians_us: Vec<f64>,
     /// Timed passes per round.
     pub repetitions: usize,
-    /// Share of the CPUs other processes used during the fastest round.
+    /// Share of the CPUs other processes used during the round with the lowest median.
     pub other_load: Option<f64>,
 }
 
 impl Timing {
-    /// The figure of `rounds` (each round's timed passes in µs and the load during it): the round of
-    /// the lowest median. `None` without a round.
+    /// The figure of `rounds` (each round's timed passes in µs and the load during it). `None`
+    /// without a timed pass.
     pub fn of_rounds(rounds: &[(Vec<f64>, Option<f64>)]) -> Option<Timing> {
-        let stats: Vec<(f64, f64, Option<f64>)> = rounds
-            .iter()
-            .map(|(t, load)| {
-                let (m, iqr) = median_iqr(t);
-                (m, iqr, *load)
-            })
-            .collect();
-        let &(median_us, spread_us, other_load) =
-            stats.iter().min_by(|a, b| a.0.total_cmp(&b.0))?;
+        let f = RoundFigure::of(rounds.iter().map(|(t, load)| (t.as_slice(), *load)))?;
         Some(Timing {
-            median_us,
-            spread_us,
-            round_medians_us: stats.iter().map(|s| s.0).collect(),
+            fastest_us: f.fastest_us,
+            median_us: f.median_us,
+            spread_us: f.spread_us,
+            round_medians_us: f.round_medians_us,
             repetitions: rounds.iter().map(|r| r.0.len()).max().unwrap_or(0),
-            other_load,
+            other_load: f.other_load,
         })
     }
 
@@ -118,13 +125,14 @@ mod tests {
     }
 
     #[test]
-    fn the_fastest_round_is_reported_with_every_round_median() {
+    fn the_fastest_pass_is_the_figure_with_every_round_median() {
         let rounds = vec![
             (vec![30.0, 31.0, 29.0], Some(0.5)),
             (vec![10.0, 12.0, 11.0, 13.0, 9.0], Some(0.0)),
             (vec![20.0, 20.0, 20.0], None),
         ];
         let t = Timing::of_rounds(&rounds).expect("rounds");
+        assert_eq!(t.fastest_us, 9.0);
         assert_eq!(t.median_us, 11.0);
         assert_eq!(t.spread_us, 2.0);
         assert_eq!(t.round_medians_us, vec![30.0, 11.0, 20.0]);
@@ -138,12 +146,31 @@ mod tests {
     }
 
     #[test]
+    fn the_fastest_pass_may_come_from_another_round_than_the_lowest_median() {
+        // Round 0 has one quiet pass among slow ones; round 1 the lower median; round 2 is empty.
+        let f = RoundFigure::of([
+            (&[50.0, 8.0, 40.0][..], Some(0.5)),
+            (&[12.0, 11.0, 10.0][..], Some(0.1)),
+            (&[][..], None),
+        ])
+        .expect("runs");
+        assert_eq!(f.fastest_us, 8.0);
+        assert_eq!((f.median_us, f.spread_us), (11.0, 1.0));
+        assert_eq!(f.round_medians_us, vec![40.0, 11.0]);
+        assert_eq!(f.other_load, Some(0.1));
+        assert_eq!(f.runs, 6);
+        assert!((f.round_disagreement() - 40.0 / 11.0).abs() < 1e-12);
+        assert_eq!(RoundFigure::of([(&[][..], None)]), None);
+    }
+
+    #[test]
     fn a_schedule_warms_up_then_times_its_repetitions() {
         let mut calls = 0;
         let s = Schedule {
             warmup: 3,
             warmup_seconds: 0.0,
             repetitions: 4,
+            max_seconds: 60.0,
         };
         let times = s
             .time(|| {
@@ -154,5 +181,20 @@ mod tests {
         assert_eq!(times.len(), 4);
         assert_eq!(calls, 7);
         assert!(times.iter().all(|t| *t >= 0.0));
+        // Out of time: the least number of passes, then no more.
+        let slow = Schedule {
+            warmup: 1,
+            warmup_seconds: 0.0,
+            repetitions: 50,
+            max_seconds: 0.02,
+        };
+        let times = slow
+            .time(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                Ok(())
+            })
+            .expect("time");
+        assert_eq!(times.len(), MIN_PASSES, "{times:?}");
+        assert!(times.iter().all(|t| *t >= 10_000.0), "{times:?}");
     }
 }

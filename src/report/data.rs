@@ -261,7 +261,7 @@ pub struct LatencyPoint {
     pub reference: bool,
     pub predicted_us: f64,
     pub measured_us: f64,
-    /// Interquartile range of the measured passes.
+    /// Interquartile range of the measured passes (of the round with the lowest median).
     pub spread_us: f64,
     /// The all-f32 model's measured latency over this one's.
     pub speedup: f64,
@@ -492,7 +492,7 @@ pub fn latency_panels(
                 point,
                 reference: reference.contains(m.hash.as_str()),
                 predicted_us,
-                measured_us: m.median_us,
+                measured_us: m.figure_us(),
                 spread_us: m.spread_us,
                 speedup: m.speedup(),
             });

@@ -606,7 +606,7 @@ fn latency_summary(panels: &[LatencyPanel]) -> String {
         "</tbody></table>\n<p>MAPE: mean of |predicted − measured| / measured over the measured \
          points (the all-f32 reference included); Spearman's ρ: how well the prediction ranks them. \
          Measured latencies are whole forward passes of the compressed model built on candle, the \
-         median of the fastest of several rounds.</p>\n",
+         fastest of several rounds of passes (other processes only ever slow a pass down).</p>\n",
     );
     s
 }

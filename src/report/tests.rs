@@ -433,7 +433,7 @@ fn measured(
     number: u64,
     source: store::MeasuredSource,
     assigned: &[(&str, &str)],
-    (predicted_us, median_us): (f64, f64),
+    (predicted_us, fastest_us): (f64, f64),
     batch: u32,
 ) -> store::MeasurementRecord {
     let json = AssignmentJson {
@@ -453,10 +453,12 @@ fn measured(
         tokens: None,
         cost_batch: batch,
         repetitions: 10,
-        median_us,
-        spread_us: median_us / 20.0,
-        round_medians_us: vec![median_us, 1.1 * median_us],
-        reference_us: 330.0,
+        fastest_us: Some(fastest_us),
+        median_us: fastest_us / 0.95,
+        spread_us: fastest_us / 20.0,
+        round_medians_us: vec![fastest_us / 0.95, 1.1 * fastest_us],
+        reference_us: 330.0 / 0.95,
+        reference_fastest_us: Some(330.0),
         other_load: None,
         host: "h".into(),
         cpu: "c".into(),
@@ -612,7 +614,7 @@ fn latency_panels_keep_the_latest_of_each_assignment_per_setting() {
         let model = CostModel::new(other.clone(), m.cost_batch).unwrap();
         let a = decode(&m.assignment, &layers()).unwrap();
         assert_eq!(p.predicted_us, model.assignment(&layers(), &a).1.latency_us);
-        assert_eq!(p.measured_us, m.median_us);
+        assert_eq!(p.measured_us, m.figure_us());
     }
 
     let summaries = store::measurement_summaries(&ms);

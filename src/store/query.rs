@@ -556,7 +556,8 @@ pub fn measurement_summaries(records: &[MeasurementRecord]) -> Vec<MeasurementSu
         .into_iter()
         .filter_map(|(setting, ms)| {
             let last = *ms.iter().max_by_key(|m| m.number)?;
-            let pairs: Vec<(f64, f64)> = ms.iter().map(|m| (m.predicted_us, m.median_us)).collect();
+            let pairs: Vec<(f64, f64)> =
+                ms.iter().map(|m| (m.predicted_us, m.figure_us())).collect();
             let best = ms
                 .iter()
                 .filter_map(|m| match m.source {
@@ -573,7 +574,7 @@ pub fn measurement_summaries(records: &[MeasurementRecord]) -> Vec<MeasurementSu
                     m.source == MeasuredSource::Reference && MeasuredSetting::of(m) == setting
                 })
                 .max_by_key(|m| m.number)
-                .map_or(last.reference_us, |m| m.median_us);
+                .map_or(last.reference_figure_us(), |m| m.figure_us());
             Some(MeasurementSummary {
                 setting,
                 profile: last.profile.clone(),

@@ -419,15 +419,21 @@ pub struct MeasurementRecord {
     pub cost_batch: u32,
     /// Timed forward passes per round.
     pub repetitions: usize,
-    /// Median of the fastest round's timed passes.
+    /// The fastest timed pass of all rounds: the figure ([`MeasurementRecord::figure_us`]; `None` in
+    /// records written before it was kept, whose figure is `median_us`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastest_us: Option<f64>,
+    /// Median of the timed passes of the round with the lowest median.
     pub median_us: f64,
-    /// Interquartile range of the fastest round's timed passes.
+    /// Interquartile range of that round's timed passes.
     pub spread_us: f64,
-    /// The median of every round, in the order they ran (the fastest is reported: other processes
-    /// slow whole rounds).
+    /// The median of every round, in the order they ran (other processes slow whole rounds).
     pub round_medians_us: Vec<f64>,
-    /// The all-f32 model's median in the same session: `reference_us / median_us` is the speed-up.
+    /// The all-f32 model's median in the same session (as `median_us`).
     pub reference_us: f64,
+    /// The all-f32 model's fastest pass in the same session (as `fastest_us`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_fastest_us: Option<f64>,
     /// Share of the machine's CPU time (0..1) other processes used while this assignment's rounds
     /// ran, from `/proc/stat` (`None` where it cannot be told).
     pub other_load: Option<f64>,
@@ -451,9 +457,20 @@ pub struct MeasurementRecord {
 }
 
 impl MeasurementRecord {
-    /// The all-f32 model's latency over this one's (above 1: faster than f32).
+    /// Its measured latency, µs: the fastest pass (see [`crate::timing`]), or the median of the
+    /// fastest round in records written before the fastest pass was kept.
+    pub fn figure_us(&self) -> f64 {
+        self.fastest_us.unwrap_or(self.median_us)
+    }
+
+    /// The all-f32 model's latency in the same session, as [`MeasurementRecord::figure_us`].
+    pub fn reference_figure_us(&self) -> f64 {
+        self.reference_fastest_us.unwrap_or(self.reference_us)
+    }
+
+    /// The all-f32 model's latency over this one's (above 1: faster than f32), by their figures.
     pub fn speedup(&self) -> f64 {
-        self.reference_us / self.median_us
+        self.reference_figure_us() / self.figure_us()
     }
 }
 

@@ -63,6 +63,7 @@ fn measures_every_runnable_type_and_batch() {
                 assert_eq!(m.repetitions, 6);
                 assert_eq!(m.round_medians_us.len(), 2);
                 assert!(m.round_medians_us.iter().all(|r| *r >= m.median_us));
+                assert!(m.fastest_us > 0.0 && m.fastest_us <= m.median_us, "{m:?}");
                 assert_eq!(m.bits, k.bits());
             }
         }
@@ -206,7 +207,7 @@ fn assert_headline_figures(hp: &HardwareProfile, ms: &[Measurement], text: &str)
     let fastest = ms
         .iter()
         .filter(|m| m.probe)
-        .map(|m| m.median_us)
+        .map(|m| m.fastest_us)
         .fold(f64::INFINITY, f64::min);
     assert!(
         (hp.per_layer_us - fastest).abs() < ROUNDED_US_TOL,
@@ -256,7 +257,7 @@ fn assert_measured_entries(hp: &HardwareProfile, ms: &[Measurement], opts: &Cali
                     .find(|m| m.shape == *shape && m.batch == batch && m.kernel == name)
                     .unwrap();
                 assert_eq!(entry.kernel.as_deref(), Some(name.as_str()));
-                assert!((entry.us - timed.median_us).abs() < ROUNDED_US_TOL, "{p}");
+                assert!((entry.us - timed.fastest_us).abs() < ROUNDED_US_TOL, "{p}");
                 assert_eq!(entry.act, "none", "{p}");
             }
         }
@@ -613,7 +614,7 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
                 .iter()
                 .find(|x| x.shape == shape && x.batch == batch && x.kernel == "F32");
             assert!(
-                f32.is_some_and(|x| x.median_us > 0.0),
+                f32.is_some_and(|x| x.fastest_us > 0.0),
                 "{} at {batch}",
                 l.name
             );
@@ -627,7 +628,7 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
     // The work outside the layers is positive, part of the forward pass, and grows with the batch.
     assert_eq!(m.non_matmul.len(), 2);
     for n in &m.non_matmul {
-        assert!(n.median_us > 0.0 && n.median_us < n.forward_us, "{n:?}");
+        assert!(n.us > 0.0 && n.us < n.forward_us, "{n:?}");
     }
     assert!(m.non_matmul[1].forward_us > m.non_matmul[0].forward_us);
     // Each variant has an entry per layer shape and batch: act8-dynamic on every matrix layer, and a
@@ -663,7 +664,7 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
             name: "demo".into(),
             layers: layers_key(layers),
             batch: n.cost_batch,
-            us: n.median_us,
+            us: n.us,
             spread_us: Some(n.spread_us),
             input: Some(n.description.clone()),
         })
@@ -684,7 +685,7 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
         let with = bare.clone().for_model(layers);
         let (_, a) = bare.assignment(layers, &all_f32);
         let (_, b) = with.assignment(layers, &all_f32);
-        assert!((b.latency_us - a.latency_us - n.median_us).abs() < 1e-9);
+        assert!((b.latency_us - a.latency_us - n.us).abs() < 1e-9);
         // The model's f32 forward as predicted: every layer's measured figure plus the term.
         let per_layer: f64 = layers
             .iter()
@@ -694,12 +695,12 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
                     .iter()
                     .find(|x| x.shape == s && x.batch == n.cost_batch && x.kernel == "F32")
                     .unwrap()
-                    .median_us
+                    .fastest_us
             })
             .sum();
         // The profile keeps figures to 0.01 µs: allow half of that per layer.
         let matrices = layers.iter().filter_map(MatrixShape::of_layer).count();
-        let embeddings = b.latency_us - n.median_us - per_layer;
+        let embeddings = b.latency_us - n.us - per_layer;
         assert!(
             embeddings.abs() <= 0.005 * matrices as f64 + 1e-9,
             "the demo has no look-up: {embeddings}"

@@ -115,6 +115,8 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
             "16",
             "--repetitions",
             "12",
+            "--rounds",
+            "3",
             "--json",
         ],
     );
@@ -154,12 +156,20 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
             .iter()
             .copied()
             .fold(f64::INFINITY, f64::min);
-        assert_eq!(r.median_us, fastest, "the fastest round is reported");
+        assert_eq!(
+            r.median_us, fastest,
+            "the round with the lowest median is described"
+        );
+        let figure = r.fastest_us.expect("the fastest pass is kept");
+        assert!(figure > 0.0 && figure <= r.median_us, "{r:?}");
+        assert_eq!(r.figure_us(), figure);
         assert_eq!(
             (r.batch, r.tokens, r.cost_batch, r.repetitions),
             (16, None, 16, 12)
         );
         assert_eq!(r.reference_us, records[0].median_us);
+        assert_eq!(r.reference_fastest_us, records[0].fastest_us);
+        assert_eq!(r.speedup(), records[0].figure_us() / figure);
         assert_eq!(r.profile, "cortex-a76");
         assert_eq!(r.candle_version, "0.11.1");
         assert!(!r.host.is_empty() && r.cores >= 1);
@@ -208,6 +218,11 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
         assert_eq!(shown.len(), mine.len(), "trial {n}");
         for (s, r) in shown.iter().zip(mine) {
             assert_eq!(s["median_us"].as_f64(), Some(r.median_us));
+            assert_eq!(s["latency_us"].as_f64(), Some(r.figure_us()));
+            assert_eq!(
+                s["reference_latency_us"].as_f64(),
+                Some(r.reference_figure_us())
+            );
             assert_eq!(s["predicted_us"].as_f64(), Some(r.predicted_us));
             assert_eq!(s["speedup"].as_f64(), Some(r.speedup()));
         }
@@ -275,7 +290,7 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
     // processes — the other tests of this binary on a 2-core machine — can slow a measurement of
     // them many times over. Each further attempt is a fresh `measure` of the reference and the all-q
     // point on one thread; the ordering must hold in one of a few attempts.
-    let mut seen = vec![(q.median_us, records[0].median_us)];
+    let mut seen = vec![(q.figure_us(), records[0].figure_us())];
     while !seen
         .iter()
         .any(|(q_us, f32_us)| *q_us <= ALL_Q_SLOWER_AT_MOST * f32_us)
@@ -295,6 +310,8 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
                 "16",
                 "--repetitions",
                 "12",
+                "--rounds",
+                "3",
                 "--json",
             ])
             .env("RAYON_NUM_THREADS", "1")
@@ -312,9 +329,9 @@ fn measured_points_are_stored_as_printed_with_the_prediction_at_the_batch_measur
         let q_us = again
             .iter()
             .find(|r| matches!(r.source, MeasuredSource::Trial { trial, .. } if trial == all_q))
-            .map(|r| r.median_us)
+            .map(MeasurementRecord::figure_us)
             .expect("the all-q trial measured again");
-        seen.push((q_us, again[0].median_us));
+        seen.push((q_us, again[0].figure_us()));
     }
     assert!(
         seen.iter()
@@ -419,6 +436,10 @@ fn bad_input_is_an_error_naming_the_point_or_run_and_the_store_is_untouched() {
             "--tokens 32 applies to sequence models",
         ),
         (&["--rounds", "0"], "--rounds must be at least 1"),
+        (
+            &["--seconds", "-1"],
+            "--seconds must be a number of seconds",
+        ),
     ] {
         let e = measure(extra);
         assert!(e.contains(want), "{extra:?}: {e}");

@@ -12,9 +12,10 @@
 //! [`Kernel`]s with a [`Kernel::precision`]), the model is deployed uniformly — every layer that fits
 //! the kernel runs it, built exactly as `mpsearch measure` builds it ([`deploy_kernel`]) — and its
 //! forward passes are timed with a [`LayerTimes`] timer, which records each layer's weight product.
-//! A layer shape's figure is the mean over the layers of that shape within a pass, then the median
-//! over passes, of the fastest of the rounds; a round goes over every deployment in turn (as for
-//! isolated measurements), so a slow spell of the machine does not fall on one kernel's rounds.
+//! A layer shape's figure is the mean over the layers of that shape within a pass, then the least over
+//! the passes of every round ([`crate::timing`] says why); a round goes over every deployment in turn
+//! (as for isolated measurements), so a slow spell of the machine does not fall on one kernel's
+//! rounds.
 //!
 //! The same is done for every **structured variant** of a search space's choices — activation
 //! quantization (`act8-*`), removed channels (`channels<P>`: a smaller matrix whose rows are scattered
@@ -44,7 +45,7 @@ use crate::data::Batch;
 use crate::error::Result;
 use crate::model::{ForwardCtx, LayerOverride, LayerTimes, Model, Overrides};
 use crate::space::{kept_rows, ActQuant, Choice, LayerInfo, Sparsity, WeightQuant};
-use crate::timing::{median_iqr, CpuSample};
+use crate::timing::{CpuSample, RoundFigure};
 
 /// A batch the model is timed on, and the batch the cost model counts it as.
 #[derive(Clone, Debug)]
@@ -61,11 +62,11 @@ pub struct ModelInput {
 pub struct NonMatmul {
     pub cost_batch: u32,
     pub description: String,
-    /// Median over the fastest round's f32 passes of (pass time − its layers' time), µs.
-    pub median_us: f64,
-    /// Its interquartile range, µs.
+    /// The least, over the f32 passes of every round, of (pass time − its layers' time), µs.
+    pub us: f64,
+    /// Its interquartile range in the round with the lowest median, µs.
     pub spread_us: f64,
-    /// The median f32 forward pass of that round, µs.
+    /// The fastest f32 forward pass, µs.
     pub forward_us: f64,
     pub round_medians_us: Vec<f64>,
     pub other_load: Option<f64>,
@@ -91,11 +92,11 @@ impl InModel {
                 name: name.to_string(),
                 layers: key.clone(),
                 batch: n.cost_batch,
-                us: super::write::round(n.median_us, 1),
+                us: super::write::round(n.us, 1),
                 spread_us: Some(super::write::round(n.spread_us, 1)),
                 input: Some(format!(
                     "{}: f32 forward {:.0} µs, of which {:.0} µs outside the layers",
-                    n.description, n.forward_us, n.median_us
+                    n.description, n.forward_us, n.us
                 )),
             })
             .collect()
@@ -203,10 +204,6 @@ type Pass = (f64, BTreeMap<String, f64>);
 /// One round's passes, and the load other processes put on the machine meanwhile.
 type Round = (Vec<Pass>, Option<f64>);
 
-/// A figure over rounds: median and interquartile range of the fastest round, every round's median,
-/// the load in the fastest round, and the passes in all.
-type Figure = (f64, f64, Vec<f64>, Option<f64>, usize);
-
 /// Times `model` on each of `inputs` with each of the profile's kernels among `opts.kernels` (see the
 /// module docs): `opts.rounds` rounds of warm-up then up to `opts.repetitions / rounds` passes (at
 /// least [`MIN_REPETITIONS`], stopping after the round's share of `opts.max_seconds`).
@@ -235,7 +232,7 @@ pub fn measure(
     // Every deployment first, then rounds over all of them: the machine's state (candle's pool
     // threads asleep or spinning, another process's burst) shifts for seconds at a time, and a round
     // per deployment in turn gives each the same chance at a quiet moment (as the isolated grid
-    // does); each keeps its fastest round.
+    // does); each figure is its fastest of all rounds.
     enum Which {
         Kernel(Kernel),
         Variant(Choice),
@@ -377,35 +374,20 @@ fn time_passes(
     Ok(passes)
 }
 
-/// The fastest round of `per_round` by `figure` (a per-pass value): its median, interquartile range,
-/// the rounds' medians and the machine's load in it.
-fn fastest(per_round: &[Round], figure: impl Fn(&Pass) -> Option<f64>) -> Option<Figure> {
-    let stats: Vec<(f64, f64, Option<f64>, usize)> = per_round
+/// The [`RoundFigure`] of `figure` (a per-pass value) over the passes of `per_round`.
+fn fastest(per_round: &[Round], figure: impl Fn(&Pass) -> Option<f64>) -> Option<RoundFigure> {
+    let values: Vec<(Vec<f64>, Option<f64>)> = per_round
         .iter()
-        .filter_map(|(passes, load)| {
-            let v: Vec<f64> = passes.iter().filter_map(&figure).collect();
-            (!v.is_empty()).then(|| {
-                let (m, iqr) = median_iqr(&v);
-                (m, iqr, *load, v.len())
-            })
-        })
+        .map(|(passes, load)| (passes.iter().filter_map(&figure).collect(), *load))
         .collect();
-    let best = stats.iter().min_by(|a, b| a.0.total_cmp(&b.0))?;
-    Some((
-        best.0,
-        best.1,
-        stats.iter().map(|s| s.0).collect(),
-        best.2,
-        stats.iter().map(|s| s.3).sum(),
-    ))
+    RoundFigure::of(values.iter().map(|(v, load)| (v.as_slice(), *load)))
 }
 
-/// Per distinct shape among `layers`, the fastest round's figures of the mean time of its layers in a
-/// pass: `(shape, median, spread, round medians, load, passes)`.
+/// Per distinct shape among `layers`, the figure of the mean time of its layers in a pass.
 fn per_shape<'s>(
     layers: &'s BTreeMap<String, MatrixShape>,
     per_round: &[Round],
-) -> Vec<(&'s MatrixShape, Figure)> {
+) -> Vec<(&'s MatrixShape, RoundFigure)> {
     let mut shapes: Vec<&MatrixShape> = layers.values().collect();
     shapes.sort();
     shapes.dedup();
@@ -459,8 +441,8 @@ fn variant_entries(
                 weights: Precision::of_weights(&v.weights),
                 act: v.act.to_string(),
                 sparsity: v.sparsity.to_string(),
-                us: super::write::round(f.0, 2),
-                spread_us: Some(super::write::round(f.1, 2)),
+                us: super::write::round(f.fastest_us, 2),
+                spread_us: Some(super::write::round(f.spread_us, 2)),
                 kernel: Some(format!("{v} inside the model")),
                 rank: v.rank,
                 conv: v.conv.map(|c| c.to_string()),
@@ -479,38 +461,24 @@ fn by_shape(
 ) -> Vec<Measurement> {
     per_shape(layers, per_round)
         .into_iter()
-        .map(|(shape, f)| {
-            let (median_us, spread_us, round_medians_us, other_load, repetitions) = f;
-            Measurement {
-                shape: shape.clone(),
-                batch: cost_batch,
-                kernel: kernel.name(),
-                bits: kernel.bits(),
-                precision: kernel.precision(),
-                median_us,
-                spread_us,
-                repetitions,
-                round_medians_us,
-                other_load,
-                probe: false,
-            }
-        })
+        .map(|(shape, f)| Measurement::new(shape, cost_batch, kernel, f))
         .collect()
 }
 
 /// The non-matmul work of the f32 passes: wall time minus every layer's product and look-up.
 fn non_matmul(input: &ModelInput, per_round: &[Round]) -> NonMatmul {
     let rest = |(wall, times): &Pass| Some((wall - times.values().sum::<f64>()).max(0.0));
-    let (median_us, spread_us, round_medians_us, other_load, _) =
-        fastest(per_round, rest).unwrap_or((0.0, 0.0, Vec::new(), None, 0));
-    let forward_us = fastest(per_round, |p| Some(p.0)).map_or(0.0, |f| f.0);
+    let f = fastest(per_round, rest);
+    let forward_us = fastest(per_round, |p| Some(p.0)).map_or(0.0, |f| f.fastest_us);
     NonMatmul {
         cost_batch: input.cost_batch,
         description: input.description.clone(),
-        median_us,
-        spread_us,
+        us: f.as_ref().map_or(0.0, |f| f.fastest_us),
+        spread_us: f.as_ref().map_or(0.0, |f| f.spread_us),
         forward_us,
-        round_medians_us,
-        other_load,
+        round_medians_us: f
+            .as_ref()
+            .map_or(Vec::new(), |f| f.round_medians_us.clone()),
+        other_load: f.and_then(|f| f.other_load),
     }
 }

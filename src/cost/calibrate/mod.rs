@@ -33,10 +33,12 @@
 //! kernel does at least `warmup` untimed runs (at least one: some quantized types repack their weights
 //! lazily on the first call) for at least `warmup_seconds`, then its share of `repetitions` timed runs
 //! (stopping early once its share of `max_seconds` has passed and [`MIN_REPETITIONS`] runs are done).
-//! A measurement reports the median and interquartile range, in microseconds, of its fastest round:
-//! on a shared machine other processes slow whole rounds, candle's quantized kernels by up to 20x
-//! (their barrier-pool threads spin-wait for each other), and a profile describes the machine running
-//! the model alone. [`Measurement::round_medians_us`] keeps every round.
+//! A measurement's figure is its fastest run of all rounds, in microseconds (the module
+//! [`crate::timing`] says why): on a shared machine other processes only ever slow runs down,
+//! candle's quantized kernels by up to 20x (their barrier-pool threads spin-wait for each other), and
+//! a profile describes the machine running the model alone. The median and interquartile range of
+//! the round with the lowest median describe the spread; [`Measurement::round_medians_us`] keeps
+//! every round's median.
 //!
 //! [`to_profile`] turns the measurements into a complete hardware profile (see [`super::profile`]).
 
@@ -53,7 +55,7 @@ use super::profile::{
 };
 use crate::error::{Error, Result};
 use crate::space::{GgmlFormat, LayerInfo, LayerKind};
-use crate::timing::{median_iqr, CpuSample};
+use crate::timing::{CpuSample, RoundFigure};
 
 /// The candle-core version whose kernels are measured (pinned in Cargo.toml).
 pub const CANDLE_VERSION: &str = "0.11.1";
@@ -166,8 +168,13 @@ pub struct CalibrateOptions {
     pub overhead_probe: bool,
 }
 
-/// Default rounds of a calibration ([`CalibrateOptions::rounds`], `calibrate --rounds`).
-pub const ROUNDS: usize = 3;
+/// Default rounds of a calibration ([`CalibrateOptions::rounds`], `calibrate --rounds`): as many as
+/// `measure` does, so that a prediction and a measurement take their fastest run from as many chances
+/// at a quiet moment.
+pub const ROUNDS: usize = 9;
+/// Default timed runs of a measurement over all its rounds (`calibrate --repetitions`): 30 a round,
+/// as `measure` does.
+pub const REPETITIONS: usize = 270;
 
 impl Default for CalibrateOptions {
     fn default() -> Self {
@@ -176,7 +183,7 @@ impl Default for CalibrateOptions {
             batches: vec![1, 32],
             warmup: 2,
             warmup_seconds: 0.05,
-            repetitions: 90,
+            repetitions: REPETITIONS,
             max_seconds: 0.9,
             rounds: ROUNDS,
             seed: 0x6d70_7365_6172_6368, // "mpsearch"
@@ -460,15 +467,16 @@ pub struct Measurement {
     /// What a profile charges with this measurement ([`Kernel::precision`]); `None` for the kernels
     /// timed for the table only.
     pub precision: Option<Precision>,
-    /// Median of the timed runs, µs.
+    /// The fastest timed run of all rounds, µs: the figure a profile records.
+    pub fastest_us: f64,
+    /// Median of the timed runs of the round with the lowest median, µs.
     pub median_us: f64,
-    /// Interquartile range of the timed runs, µs.
+    /// Interquartile range of that round's runs, µs.
     pub spread_us: f64,
     /// Timed runs done (over all rounds).
     pub repetitions: usize,
     /// The median of each round. Other load on the machine slows whole rounds (candle's quantized
-    /// kernels by up to 20x when their threads have to share a core), so `median_us` and `spread_us`
-    /// are those of the fastest round: a profile describes the machine running the model alone.
+    /// kernels by up to 20x when their threads have to share a core).
     pub round_medians_us: Vec<f64>,
     /// Share of the machine's CPU time (0..1) that other processes used during the reported round (of
     /// all kernels of this shape), from `/proc/stat`; `None` off Linux or when the round was too
@@ -479,6 +487,24 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// The measurement of `kernel` on `shape` at `batch` with figure `f`.
+    pub fn new(shape: &MatrixShape, batch: u32, kernel: Kernel, f: RoundFigure) -> Measurement {
+        Measurement {
+            shape: shape.clone(),
+            batch,
+            kernel: kernel.name(),
+            bits: kernel.bits(),
+            precision: kernel.precision(),
+            fastest_us: f.fastest_us,
+            median_us: f.median_us,
+            spread_us: f.spread_us,
+            repetitions: f.runs,
+            round_medians_us: f.round_medians_us,
+            other_load: f.other_load,
+            probe: false,
+        }
+    }
+
     /// Slowest round median over fastest: near 1 on a quiet machine.
     pub fn round_disagreement(&self) -> f64 {
         crate::timing::round_disagreement(self.median_us, &self.round_medians_us)
@@ -486,9 +512,9 @@ impl Measurement {
 }
 
 impl Measurement {
-    /// Sustained GMAC/s of this measurement.
+    /// Sustained GMAC/s of this measurement (at its fastest run).
     pub fn gmacs(&self) -> f64 {
-        self.shape.macs(self.batch) as f64 / (self.median_us * 1e3)
+        self.shape.macs(self.batch) as f64 / (self.fastest_us * 1e3)
     }
 }
 
@@ -532,8 +558,8 @@ pub fn operands(rows: usize, cols: usize, m: usize, seed: u64) -> Result<(Tensor
 ///
 /// Each shape's kernels are prepared once (weights converted or quantized), then timed in
 /// `opts.rounds` rounds over all its kernels and batches, each round doing its share of the
-/// repetitions and of the time budget; a measurement reports the round with the lowest median (see
-/// [`Measurement::round_medians_us`]).
+/// repetitions and of the time budget; a measurement's figure is its fastest run of all rounds (see
+/// [`Measurement::fastest_us`]).
 pub fn measure(
     opts: &CalibrateOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
@@ -711,8 +737,7 @@ impl Schedule {
     }
 }
 
-/// One measurement per timed (batch, kernel) of `shape`, batch-major: its fastest round's median and
-/// spread, every round's median, and the load of other processes during the fastest round.
+/// One measurement per timed (batch, kernel) of `shape`, batch-major: its [`RoundFigure`].
 fn summarise(
     shape: &MatrixShape,
     kernels: &[Kernel],
@@ -723,35 +748,13 @@ fn summarise(
     let mut out = Vec::new();
     for (bi, &batch) in batches.iter().enumerate() {
         for (ki, &kernel) in kernels.iter().enumerate() {
-            let per_round = &mut times[ki][bi];
-            if per_round.is_empty() {
-                continue;
-            }
-            let stats: Vec<(f64, f64, Option<f64>)> = per_round
-                .iter_mut()
-                .map(|(t, round)| {
-                    let (median, iqr) = median_iqr(t);
-                    (median, iqr, round_load[*round])
-                })
-                .collect();
-            let (median_us, spread_us, other_load) = stats
+            let rounds = times[ki][bi]
                 .iter()
-                .copied()
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .unwrap_or_default();
-            out.push(Measurement {
-                shape: shape.clone(),
-                batch,
-                kernel: kernel.name(),
-                bits: kernel.bits(),
-                precision: kernel.precision(),
-                median_us,
-                spread_us,
-                repetitions: per_round.iter().map(|r| r.0.len()).sum(),
-                round_medians_us: stats.iter().map(|s| s.0).collect(),
-                other_load,
-                probe: false,
-            });
+                .map(|(t, round)| (t.as_slice(), round_load[*round]));
+            let Some(f) = RoundFigure::of(rounds) else {
+                continue;
+            };
+            out.push(Measurement::new(shape, batch, kernel, f));
         }
     }
     out
@@ -770,7 +773,7 @@ pub fn skip_notes(opts: &CalibrateOptions) -> Vec<String> {
     notes
 }
 
-/// A human-readable table: shape, batch, kernel, bits, median µs, spread µs, ratio to f32 (of the same
+/// A human-readable table: shape, batch, kernel, bits, fastest µs, spread µs, ratio to f32 (of the same
 /// shape and batch), GMAC/s, slowest round over fastest ("rounds ×"), and the share of the CPUs
 /// other processes used during the reported round ("others %", see [`Measurement::other_load`]).
 pub fn table(ms: &[Measurement]) -> String {
@@ -779,7 +782,7 @@ pub fn table(ms: &[Measurement]) -> String {
             .find(|o| {
                 o.shape == m.shape && o.batch == m.batch && o.probe == m.probe && o.kernel == "F32"
             })
-            .map(|o| o.median_us)
+            .map(|o| o.fastest_us)
     };
     let rows: Vec<[String; 10]> = ms
         .iter()
@@ -792,9 +795,9 @@ pub fn table(ms: &[Measurement]) -> String {
                 m.batch.to_string(),
                 m.kernel.clone(),
                 m.bits.map_or("-".into(), |b| b.to_string()),
-                format!("{:.1}", m.median_us),
+                format!("{:.1}", m.fastest_us),
                 format!("{:.1}", m.spread_us),
-                f32_us(m).map_or("-".into(), |f| format!("{:.2}", m.median_us / f)),
+                f32_us(m).map_or("-".into(), |f| format!("{:.2}", m.fastest_us / f)),
                 format!("{:.2}", m.gmacs()),
                 format!("{:.2}", m.round_disagreement()),
                 m.other_load
@@ -807,7 +810,7 @@ pub fn table(ms: &[Measurement]) -> String {
         "batch",
         "kernel",
         "bits",
-        "median µs",
+        "fastest µs",
         "spread µs",
         "× f32",
         "GMAC/s",

@@ -116,7 +116,7 @@ pub fn to_profile(
     name: &str,
 ) -> Result<ProfileFile> {
     let probes: Vec<&Measurement> = ms.iter().filter(|m| m.probe).collect();
-    let probe_us = probes.iter().map(|m| m.median_us).min_by(f64::total_cmp);
+    let probe_us = probes.iter().map(|m| m.fastest_us).min_by(f64::total_cmp);
     let requested: Vec<Measurement> = ms.iter().filter(|m| !m.probe).cloned().collect();
     let ms = requested.as_slice();
     let at = Reference::of(ms)?;
@@ -322,7 +322,7 @@ fn bandwidth_gbs(ms: &[Measurement], min_batch: u32) -> Result<f64> {
             key(a).cmp(&key(b))
         })
         .ok_or_else(no_f32)?;
-    Ok(f32_bytes(&f32_b1.shape) / (f32_b1.median_us * 1e3))
+    Ok(f32_bytes(&f32_b1.shape) / (f32_b1.fastest_us * 1e3))
 }
 
 /// (f32 weight bytes, f32 time) of the linear shapes at the smallest batch, for the `[overhead]`
@@ -330,7 +330,7 @@ fn bandwidth_gbs(ms: &[Measurement], min_batch: u32) -> Result<f64> {
 fn f32_time_by_bytes(ms: &[Measurement], min_batch: u32) -> Vec<(f64, f64)> {
     ms.iter()
         .filter(|m| m.kernel == "F32" && m.batch == min_batch && m.shape.applications == 1)
-        .map(|m| (f32_bytes(&m.shape), m.median_us))
+        .map(|m| (f32_bytes(&m.shape), m.fastest_us))
         .collect()
 }
 
@@ -398,7 +398,7 @@ fn measured_entries(
                 weights: p,
                 act: "none".into(),
                 sparsity: "dense".into(),
-                us: round(m.median_us, 2),
+                us: round(m.fastest_us, 2),
                 spread_us: Some(round(m.spread_us, 2)),
                 kernel: Some(m.kernel.clone()),
                 rank: None,
@@ -429,7 +429,7 @@ fn slow_kernels(ms: &[Measurement], opts: &CalibrateOptions, min_batch: u32) -> 
             .filter(|m| m.kernel == name && m.batch == min_batch)
             .filter_map(|m| {
                 let f = f32_twin(ms, m)?;
-                Some((m.shape.macs(1), m.median_us, f.median_us))
+                Some((m.shape.macs(1), m.fastest_us, f.fastest_us))
             })
             .max_by(|a, b| a.0.cmp(&b.0));
         if let Some((_, us, f32_us)) = pair {
@@ -461,7 +461,7 @@ fn busy_machine_notes(ms: &[Measurement]) -> Vec<String> {
             .unwrap_or_default();
         notes.push(format!(
             "{disagreeing} of {} measurements had rounds more than 1.5x apart (worst {worst}): the \
-             machine was busy with other work; each uses its fastest round",
+             machine was busy with other work; each uses its fastest run",
             ms.len()
         ));
     }
@@ -495,7 +495,7 @@ fn probe_note(probes: &[&Measurement]) -> Option<String> {
         "overhead probe ({PROBE_ROWS}x{PROBE_COLS} weight, batch 1): {}",
         probes
             .iter()
-            .map(|m| format!("{} {:.1} µs", m.kernel, m.median_us))
+            .map(|m| format!("{} {:.1} µs", m.kernel, m.fastest_us))
             .collect::<Vec<_>>()
             .join(", ")
     ))
@@ -508,8 +508,8 @@ fn slow_batched_note(ms: &[Measurement], at: &Reference) -> Option<String> {
         .filter(|m| m.shape == at.largest && m.batch == at.max_batch && m.kernel != "F32")
         .filter_map(|m| {
             let f = f32_twin(ms, m)?;
-            (m.median_us > 1.1 * f.median_us)
-                .then(|| format!("{} {:.2}x", m.kernel, m.median_us / f.median_us))
+            (m.fastest_us > 1.1 * f.fastest_us)
+                .then(|| format!("{} {:.2}x", m.kernel, m.fastest_us / f.fastest_us))
         })
         .collect();
     (at.max_batch != at.min_batch && !batched.is_empty()).then(|| {
@@ -597,7 +597,8 @@ fn method(
         None => format!(
             "y = x·Wᵀ on candle-core {CANDLE_VERSION} CPU kernels with seeded N(0, 0.02) weights and \
              N(0, 1) inputs; each shape's kernels timed in {rounds} rounds, each round doing {}; \
-             median and interquartile range in µs of the fastest round; batch sizes [{batches}] (a \
+             the figure is the fastest run of all rounds, in µs (spread_us: the interquartile range of \
+             the round with the lowest median); batch sizes [{batches}] (a \
              convolution is timed as its im2col product, batch x output-pixel rows)",
             round("runs"),
         ),
@@ -607,7 +608,8 @@ fn method(
              every layer it fits, as `mpsearch measure` builds it (a convolution runs candle's conv2d \
              in f32, else im2col, the product and the output layout); {rounds} rounds over every \
              deployment and batch, each of {}; a shape's figure is the mean over its layers in a \
-             pass, median and interquartile range in µs over the passes of the fastest round; \
+             pass, the least over the passes of every round, in µs (spread_us: the interquartile \
+             range of the round with the lowest median); \
              [[model]] is the f32 passes' time outside every layer's product and look-up",
             m.name,
             round("passes"),

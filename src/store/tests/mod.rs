@@ -445,10 +445,13 @@ pub fn measurement(number: u64, source: MeasuredSource) -> MeasurementRecord {
         tokens: Some(32),
         cost_batch: 1024,
         repetitions: 20,
+        // Odd numbers: a record written before the fastest pass was kept.
+        fastest_us: (number % 2 == 0).then_some(990.0 * base),
         median_us: 1000.0 * base,
         spread_us: 12.5 / 3.0,
         round_medians_us: vec![1000.0 * base, 1100.0 * base, 1002.0 * base],
         reference_us: 2500.0 / 3.0 + 1000.0,
+        reference_fastest_us: (number % 2 == 0).then_some(2400.0 / 3.0 + 1000.0),
         other_load: if number % 2 == 0 { Some(0.125) } else { None },
         host: "bench-host".into(),
         cpu: "Some CPU @ 2.0GHz".into(),

@@ -222,7 +222,19 @@ fn measurements_round_trip_by_run_in_number_order_all_or_nothing<B: Backend>(b: 
     assert_eq!(back.median_us.to_bits(), all[1].median_us.to_bits());
     assert_eq!(back.spread_us.to_bits(), all[1].spread_us.to_bits());
     assert_eq!(back.reference_us.to_bits(), all[1].reference_us.to_bits());
+    assert_eq!(back.fastest_us, None, "an older record");
     assert_eq!(back.speedup(), all[1].reference_us / all[1].median_us);
+    let newer = &store.measurements("r").expect("read")[2];
+    let fastest = newer.fastest_us.expect("kept");
+    assert_eq!(
+        fastest.to_bits(),
+        all[2].fastest_us.expect("kept").to_bits()
+    );
+    assert_eq!(newer.figure_us(), fastest);
+    assert_eq!(
+        newer.speedup(),
+        newer.reference_fastest_us.expect("kept") / fastest
+    );
 
     // One bad record (another schema) refuses the whole batch.
     let mut bad = measurement(9, MeasuredSource::Reference);
