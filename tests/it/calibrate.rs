@@ -750,3 +750,28 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
         "another model's layers get no term"
     );
 }
+
+/// [`MIN_REPETITIONS`](mpsearch::cost::calibrate::MIN_REPETITIONS) timed runs are shared by the rounds
+/// (at least one a round), and a round never does more than its share of the repetitions.
+#[test]
+fn the_least_runs_are_shared_by_the_rounds() {
+    let o = |rounds, repetitions| CalibrateOptions {
+        rounds,
+        repetitions,
+        ..CalibrateOptions::default()
+    };
+    assert_eq!(o(9, 270).reps_per_round(), 30);
+    assert_eq!(o(9, 270).least_per_round(), 1);
+    assert_eq!(o(1, 30).least_per_round(), 3);
+    assert_eq!(o(2, 30).least_per_round(), 2);
+    assert_eq!(o(3, 3).least_per_round(), 1);
+    assert_eq!(
+        (o(1, 2).reps_per_round(), o(1, 2).least_per_round()),
+        (2, 2)
+    );
+    assert_eq!(
+        o(0, 0).least_per_round(),
+        1,
+        "zero rounds and repetitions count as one"
+    );
+}

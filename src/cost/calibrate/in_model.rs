@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::{CalibrateOptions, Kernel, MatrixShape, Measurement, MIN_REPETITIONS};
+use super::{CalibrateOptions, Kernel, MatrixShape, Measurement};
 use crate::compress::{deploy_kernel, CompressSettings};
 use crate::cost::profile::{layers_key, MeasuredEntry, ModelTerm, Precision};
 use crate::data::Batch;
@@ -206,7 +206,8 @@ type Round = (Vec<Pass>, Option<f64>);
 
 /// Times `model` on each of `inputs` with each of the profile's kernels among `opts.kernels` (see the
 /// module docs): `opts.rounds` rounds of warm-up then up to `opts.repetitions / rounds` passes (at
-/// least [`MIN_REPETITIONS`], stopping after the round's share of `opts.max_seconds`).
+/// least [`CalibrateOptions::least_per_round`], stopping after the round's share of
+/// `opts.max_seconds`).
 /// `progress(done, total, what)` is called before each timed (deployment, batch, round).
 ///
 /// `variants` ([`variants`] of a space's choices) are timed the same way, in the same rounds.
@@ -223,7 +224,7 @@ pub fn measure(
         model,
         opts,
         rounds,
-        reps: opts.repetitions.max(1).div_ceil(rounds),
+        reps: opts.reps_per_round(),
         budget: opts.max_seconds.max(0.0) / rounds as f64,
         total: 0,
         done: 0,
@@ -358,7 +359,8 @@ fn time_passes(
     let started = Instant::now();
     let mut passes = Vec::with_capacity(reps);
     while passes.len() < reps
-        && (passes.len() < MIN_REPETITIONS.min(reps) || started.elapsed().as_secs_f64() < budget)
+        && (passes.len() < opts.least_per_round().min(reps)
+            || started.elapsed().as_secs_f64() < budget)
     {
         let t0 = Instant::now();
         let y: Tensor = model.forward(batch, &ctx)?;

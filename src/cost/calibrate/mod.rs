@@ -32,7 +32,8 @@
 //! candle's CPU RNG cannot be seeded. Each shape's kernels are timed in `rounds` rounds; in each, a
 //! kernel does at least `warmup` untimed runs (at least one: some quantized types repack their weights
 //! lazily on the first call) for at least `warmup_seconds`, then its share of `repetitions` timed runs
-//! (stopping early once its share of `max_seconds` has passed and [`MIN_REPETITIONS`] runs are done).
+//! (stopping early once its share of `max_seconds` has passed and its share of [`MIN_REPETITIONS`]
+//! runs, at least one, is done).
 //! A measurement's figure is its fastest run of all rounds, in microseconds (the module
 //! [`crate::timing`] says why): on a shared machine other processes only ever slow runs down,
 //! candle's quantized kernels by up to 20x (their barrier-pool threads spin-wait for each other), and
@@ -60,7 +61,9 @@ use crate::timing::{CpuSample, RoundFigure};
 /// The candle-core version whose kernels are measured (pinned in Cargo.toml).
 pub const CANDLE_VERSION: &str = "0.11.1";
 
-/// Timed runs always done per round, whatever the time budget.
+/// Timed runs of a measurement always done over all its rounds (and at least one a round), whatever
+/// the time budget: a pass of a large model at a large batch takes seconds, and 9 rounds of 3 of
+/// them made a MiniLM calibration take 24 minutes.
 pub const MIN_REPETITIONS: usize = 3;
 
 /// One weight matrix to measure.
@@ -152,8 +155,8 @@ pub struct CalibrateOptions {
     pub warmup_seconds: f64,
     /// Timed runs per measurement (at most).
     pub repetitions: usize,
-    /// Stop repeating a measurement after this many seconds (shared by its rounds) once
-    /// [`MIN_REPETITIONS`] runs per round are done.
+    /// Stop repeating a measurement after this many seconds (shared by its rounds) once its least
+    /// runs are done ([`CalibrateOptions::least_per_round`]).
     pub max_seconds: f64,
     /// Rounds over all kernels of a shape; `repetitions` and `max_seconds` are split between them and
     /// each measurement keeps its fastest round (see [`Measurement::round_medians_us`]).
@@ -194,6 +197,18 @@ impl Default for CalibrateOptions {
 }
 
 impl CalibrateOptions {
+    /// Timed runs of a measurement per round, at most: its share of `repetitions`.
+    pub fn reps_per_round(&self) -> usize {
+        self.repetitions.max(1).div_ceil(self.rounds.max(1))
+    }
+
+    /// Timed runs of a measurement per round always done: [`MIN_REPETITIONS`] shared by the rounds.
+    pub fn least_per_round(&self) -> usize {
+        MIN_REPETITIONS
+            .div_ceil(self.rounds.max(1))
+            .min(self.reps_per_round())
+    }
+
     /// Transformer-sized matrices without a model: BERT-base attention (768x768), FFN up (3072x768) and
     /// down (768x3072), and a 7B-class projection (4096x4096), at batch 1 and 32. About 75 s on an
     /// otherwise idle 2-core machine (release build), of which the scalar Q4_1/Q5_0/Q5_1/Q8_1 kernels
@@ -706,12 +721,11 @@ struct Schedule {
 
 impl Schedule {
     fn new(opts: &CalibrateOptions, rounds: usize) -> Schedule {
-        let reps = opts.repetitions.max(1).div_ceil(rounds);
         Schedule {
             warmup: opts.warmup.max(1),
             warmup_time: Duration::from_secs_f64(opts.warmup_seconds.max(0.0)),
-            reps,
-            min_reps: MIN_REPETITIONS.min(reps),
+            reps: opts.reps_per_round(),
+            min_reps: opts.least_per_round(),
             budget: Duration::from_secs_f64(opts.max_seconds.max(0.0) / rounds as f64),
         }
     }

@@ -568,7 +568,7 @@ fn method(
         .collect::<Vec<_>>()
         .join(", ");
     let rounds = opts.rounds.max(1);
-    let reps = opts.repetitions.max(1).div_ceil(rounds);
+    let reps = opts.reps_per_round();
     let overhead = if probes.is_empty() {
         format!(
             "is the least-squares intercept of f32 batch-{min_batch} time against weight bytes over the \
@@ -590,7 +590,7 @@ fn method(
             opts.warmup.max(1),
             opts.warmup_seconds,
             opts.max_seconds / rounds as f64,
-            MIN_REPETITIONS.min(reps),
+            opts.least_per_round(),
         )
     };
     let what = match model {
