@@ -35,7 +35,7 @@ pub fn median_iqr(times: &[f64]) -> (f64, f64) {
 }
 
 /// The figure of rounds of timed runs of one thing (see the module docs).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoundFigure {
     /// The fastest run of all rounds, µs: the figure.
     pub fastest_us: f64,

@@ -470,17 +470,16 @@ fn by_shape(
 /// The non-matmul work of the f32 passes: wall time minus every layer's product and look-up.
 fn non_matmul(input: &ModelInput, per_round: &[Round]) -> NonMatmul {
     let rest = |(wall, times): &Pass| Some((wall - times.values().sum::<f64>()).max(0.0));
-    let f = fastest(per_round, rest);
+    // No pass timed: zeros, as an empty figure.
+    let f = fastest(per_round, rest).unwrap_or_default();
     let forward_us = fastest(per_round, |p| Some(p.0)).map_or(0.0, |f| f.fastest_us);
     NonMatmul {
         cost_batch: input.cost_batch,
         description: input.description.clone(),
-        us: f.as_ref().map_or(0.0, |f| f.fastest_us),
-        spread_us: f.as_ref().map_or(0.0, |f| f.spread_us),
+        us: f.fastest_us,
+        spread_us: f.spread_us,
         forward_us,
-        round_medians_us: f
-            .as_ref()
-            .map_or(Vec::new(), |f| f.round_medians_us.clone()),
-        other_load: f.and_then(|f| f.other_load),
+        round_medians_us: f.round_medians_us,
+        other_load: f.other_load,
     }
 }
