@@ -79,6 +79,7 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
         schedule: timing::Schedule {
             repetitions: a.repetitions,
             max_seconds: a.seconds,
+            least: timing::Schedule::least_per_round(a.rounds),
             ..measure::Options::default().schedule
         },
         rounds: a.rounds,
@@ -147,7 +148,7 @@ fn describe(
     eprintln!(
         "run `{}`: measuring {} assignment{} and the all-f32 model on {} ({}, {} cores, candle \
          {} on {} thread(s)): {}; per assignment and round, warm-up passes then up to {repetitions} timed passes \
-         (none started after {seconds} s once {} are done), {rounds} round{} over all of them, the fastest pass reported (other processes only ever slow \
+         (none started after {seconds} s once {} {} done), {rounds} round{} over all of them, the fastest pass reported (other processes only ever slow \
          a pass down)",
         m.name,
         targets.len(),
@@ -158,7 +159,8 @@ fn describe(
         machine.candle_version,
         machine.threads,
         input.description,
-        timing::MIN_PASSES,
+        timing::Schedule::least_per_round(rounds),
+        if timing::Schedule::least_per_round(rounds) == 1 { "is" } else { "are" },
         if rounds == 1 { "" } else { "s" }
     );
 }
@@ -208,15 +210,11 @@ fn prediction_note(m: &RunManifest, matched: &ProfileMatch) -> String {
     }
 }
 
-/// A warning when some figures are noisy (see [`timing::Timing::noisy`]).
+/// A warning when some figures are noisy (see [`timing::noisy`]).
 fn noisy_warning(records: &[MeasurementRecord]) -> Option<String> {
     let noisy: Vec<&MeasurementRecord> = records
         .iter()
-        .filter(|r| {
-            let max = r.round_medians_us.iter().copied().fold(f64::NAN, f64::max);
-            r.spread_us / r.median_us > timing::NOISY_SPREAD
-                || max / r.median_us > timing::NOISY_ROUNDS
-        })
+        .filter(|r| timing::noisy(r.median_us, r.spread_us, &r.round_medians_us))
         .collect();
     if noisy.is_empty() {
         return None;

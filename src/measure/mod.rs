@@ -419,7 +419,8 @@ pub struct Options {
 pub const ROUNDS: usize = 9;
 /// Timed passes of a point per round, at most …
 pub const REPETITIONS: usize = 30;
-/// … and none started after this many seconds once [`timing::MIN_PASSES`] are done.
+/// … and none started after this many seconds once the round's share of [`timing::MIN_PASSES`]
+/// is done.
 pub const MAX_SECONDS: f64 = 1.0;
 
 impl Default for Options {
@@ -430,6 +431,7 @@ impl Default for Options {
                 warmup_seconds: 0.05,
                 repetitions: REPETITIONS,
                 max_seconds: MAX_SECONDS,
+                least: Schedule::least_per_round(ROUNDS),
             },
             rounds: ROUNDS,
             chunk_bytes: 512 << 20,
@@ -639,13 +641,13 @@ pub fn records(
             tokens: ctx.input.tokens,
             cost_batch: ctx.input.cost_batch,
             repetitions: timing.repetitions,
-            fastest_us: Some(timing.fastest_us),
-            median_us: timing.median_us,
-            spread_us: timing.spread_us,
-            round_medians_us: timing.round_medians_us.clone(),
-            reference_us: measured.reference.median_us,
-            reference_fastest_us: Some(measured.reference.fastest_us),
-            other_load: timing.other_load,
+            fastest_us: Some(timing.figure.fastest_us),
+            median_us: timing.figure.median_us,
+            spread_us: timing.figure.spread_us,
+            round_medians_us: timing.figure.round_medians_us.clone(),
+            reference_us: measured.reference.figure.median_us,
+            reference_fastest_us: Some(measured.reference.figure.fastest_us),
+            other_load: timing.figure.other_load,
             host: ctx.machine.host.clone(),
             cpu: ctx.machine.cpu.clone(),
             cores: ctx.machine.cores,

@@ -12,6 +12,7 @@ use crate::cost::profile::Calibration;
 use crate::eval::EvalData;
 use crate::space::AssignmentJson;
 use crate::store::{CostRecord, Fingerprints, RunConfig, RunStatus, SCHEMA_VERSION};
+use crate::timing::RoundFigure;
 
 fn layers() -> Vec<LayerInfo> {
     crate::model::demo::inventory().layers
@@ -258,6 +259,7 @@ fn quick(rounds: usize, chunk_bytes: usize) -> Options {
             warmup_seconds: 0.0,
             repetitions: 3,
             max_seconds: 60.0,
+            least: 1,
         },
         rounds,
         chunk_bytes,
@@ -289,26 +291,30 @@ fn targets_are_timed_in_rounds_with_the_reference_in_every_group() {
     )
     .expect("timed");
     assert_eq!(m.targets.len(), 3);
-    assert_eq!(m.reference.round_medians_us.len(), 2 * 3);
+    assert_eq!(m.reference.figure.round_medians_us.len(), 2 * 3);
     for t in m.targets.iter().chain([&m.reference]) {
-        assert!(t.median_us > 0.0 && t.median_us.is_finite(), "{t:?}");
-        assert!(t.spread_us >= 0.0, "{t:?}");
+        assert!(
+            t.figure.median_us > 0.0 && t.figure.median_us.is_finite(),
+            "{t:?}"
+        );
+        assert!(t.figure.spread_us >= 0.0, "{t:?}");
         assert_eq!(t.repetitions, 3);
-        let fastest = t
+        let f = &t.figure;
+        let fastest = f
             .round_medians_us
             .iter()
             .copied()
             .fold(f64::INFINITY, f64::min);
         assert_eq!(
-            t.median_us, fastest,
+            f.median_us, fastest,
             "the round with the lowest median is described"
         );
         assert!(
-            t.fastest_us > 0.0 && t.fastest_us <= t.median_us,
+            f.fastest_us > 0.0 && f.fastest_us <= f.median_us,
             "the fastest pass is the figure: {t:?}"
         );
     }
-    assert_eq!(m.targets[0].round_medians_us.len(), 2);
+    assert_eq!(m.targets[0].figure.round_medians_us.len(), 2);
     assert_eq!(calls.len(), 2 * 3 + 1);
     assert_eq!(calls[0], (0, 6, "round 1/2: random 0 (seed 0)".to_string()));
     assert_eq!(calls.last().map(|c| c.0), Some(6));
@@ -322,7 +328,7 @@ fn targets_are_timed_in_rounds_with_the_reference_in_every_group() {
         &mut |_, _, _| {},
     )
     .expect("timed");
-    assert_eq!(m.reference.round_medians_us.len(), 2);
+    assert_eq!(m.reference.figure.round_medians_us.len(), 2);
     // A target that cannot be built is an error naming it; nothing else is timed after it.
     let e = time_targets(
         model.as_ref(),
@@ -373,12 +379,15 @@ fn records_number_from_the_first_and_carry_the_prediction_at_the_batch_measured(
             .expect("decodes"),
     }];
     let timing = |m: f64| Timing {
-        fastest_us: m - 2.0,
-        median_us: m,
-        spread_us: 1.0,
-        round_medians_us: vec![m, m + 5.0],
+        figure: RoundFigure {
+            fastest_us: m - 2.0,
+            median_us: m,
+            spread_us: 1.0,
+            round_medians_us: vec![m, m + 5.0],
+            other_load: Some(0.25),
+            runs: 14,
+        },
         repetitions: 7,
-        other_load: Some(0.25),
     };
     let measured = Measured {
         reference: timing(200.0),

@@ -30,15 +30,24 @@ pub struct Schedule {
     pub warmup_seconds: f64,
     /// Timed passes at most …
     pub repetitions: usize,
-    /// … and none started after this many seconds of them once [`MIN_PASSES`] are done (a large
-    /// model at a large batch takes a second a pass).
+    /// … and none started after this many seconds of them once [`Schedule::least`] are done (a
+    /// large model at a large batch takes a second a pass).
     pub max_seconds: f64,
+    /// Timed passes always done in this round, whatever [`Schedule::max_seconds`] (at least one):
+    /// the round's share of [`MIN_PASSES`] ([`Schedule::least_per_round`]).
+    pub least: usize,
 }
 
-/// Timed passes always done per (assignment, round), whatever [`Schedule::max_seconds`].
+/// Timed passes always done per assignment, over all its rounds together, whatever
+/// [`Schedule::max_seconds`]: 9 rounds take one each, as `calibrate` shares its least runs.
 pub const MIN_PASSES: usize = 3;
 
 impl Schedule {
+    /// [`MIN_PASSES`] shared by `rounds` rounds: the timed passes each round always does.
+    pub fn least_per_round(rounds: usize) -> usize {
+        MIN_PASSES.div_ceil(rounds.max(1))
+    }
+
     /// Warms `pass` up, then times up to `repetitions` calls of it (see [`Schedule::max_seconds`]);
     /// the times in µs, in call order.
     pub fn time(&self, mut pass: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
@@ -50,7 +59,7 @@ impl Schedule {
             runs += 1;
         }
         let reps = self.repetitions.max(1);
-        let least = MIN_PASSES.min(reps);
+        let least = self.least.clamp(1, reps);
         let budget = Duration::from_secs_f64(self.max_seconds.max(0.0));
         let started = Instant::now();
         let mut times = Vec::with_capacity(reps);
@@ -63,53 +72,38 @@ impl Schedule {
     }
 }
 
-/// What the rounds of one assignment say.
+/// What the rounds of one assignment say: the [`RoundFigure`] of its passes, and the passes a round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timing {
-    /// The fastest timed pass of all rounds, µs: the figure (see [`crate::timing`]).
-    pub fastest_us: f64,
-    /// Median of the timed passes of the round with the lowest median, µs.
-    pub median_us: f64,
-    /// Interquartile range of that round's timed passes, µs.
-    pub spread_us: f64,
-    /// Every round's median, in the order they ran.
-    pub round_medians_us: Vec<f64>,
-    /// Timed passes per round.
+    pub figure: RoundFigure,
+    /// Timed passes per round (the most any round did).
     pub repetitions: usize,
-    /// Share of the CPUs other processes used during the round with the lowest median.
-    pub other_load: Option<f64>,
 }
 
 impl Timing {
     /// The figure of `rounds` (each round's timed passes in µs and the load during it). `None`
     /// without a timed pass.
     pub fn of_rounds(rounds: &[(Vec<f64>, Option<f64>)]) -> Option<Timing> {
-        let f = RoundFigure::of(rounds.iter().map(|(t, load)| (t.as_slice(), *load)))?;
+        let figure = RoundFigure::of(rounds.iter().map(|(t, load)| (t.as_slice(), *load)))?;
         Some(Timing {
-            fastest_us: f.fastest_us,
-            median_us: f.median_us,
-            spread_us: f.spread_us,
-            round_medians_us: f.round_medians_us,
+            figure,
             repetitions: rounds.iter().map(|r| r.0.len()).max().unwrap_or(0),
-            other_load: f.other_load,
         })
     }
 
-    /// The spread as a share of the median.
-    pub fn relative_spread(&self) -> f64 {
-        self.spread_us / self.median_us
-    }
-
-    /// The slowest round's median over the fastest's (1 on a perfectly quiet machine).
-    pub fn round_disagreement(&self) -> f64 {
-        crate::timing::round_disagreement(self.median_us, &self.round_medians_us)
-    }
-
-    /// Whether the figure is noisy: its spread is above [`NOISY_SPREAD`] of the median, or its rounds
-    /// are more than [`NOISY_ROUNDS`] apart.
+    /// Whether the figure is noisy (see [`noisy`]).
     pub fn noisy(&self) -> bool {
-        self.relative_spread() > NOISY_SPREAD || self.round_disagreement() > NOISY_ROUNDS
+        let f = &self.figure;
+        noisy(f.median_us, f.spread_us, &f.round_medians_us)
     }
+}
+
+/// Whether a figure is noisy: the spread of its quietest round is above [`NOISY_SPREAD`] of that
+/// round's median (`median_us`), or its rounds' medians are more than [`NOISY_ROUNDS`] apart. The
+/// one rule for a fresh [`Timing`] and a stored measurement record.
+pub fn noisy(median_us: f64, spread_us: f64, round_medians_us: &[f64]) -> bool {
+    spread_us / median_us > NOISY_SPREAD
+        || crate::timing::round_disagreement(median_us, round_medians_us) > NOISY_ROUNDS
 }
 
 #[cfg(test)]
@@ -132,16 +126,26 @@ mod tests {
             (vec![20.0, 20.0, 20.0], None),
         ];
         let t = Timing::of_rounds(&rounds).expect("rounds");
-        assert_eq!(t.fastest_us, 9.0);
-        assert_eq!(t.median_us, 11.0);
-        assert_eq!(t.spread_us, 2.0);
-        assert_eq!(t.round_medians_us, vec![30.0, 11.0, 20.0]);
-        assert_eq!(t.other_load, Some(0.0));
+        let f = &t.figure;
+        assert_eq!(f.fastest_us, 9.0);
+        assert_eq!(f.median_us, 11.0);
+        assert_eq!(f.spread_us, 2.0);
+        assert_eq!(f.round_medians_us, vec![30.0, 11.0, 20.0]);
+        assert_eq!(f.other_load, Some(0.0));
         assert_eq!(t.repetitions, 5);
-        assert!((t.round_disagreement() - 30.0 / 11.0).abs() < 1e-12);
+        assert!((f.round_disagreement() - 30.0 / 11.0).abs() < 1e-12);
         assert!(t.noisy(), "rounds 2.7x apart");
         let quiet = Timing::of_rounds(&[(vec![100.0, 101.0, 99.0, 100.0], None)]).expect("one");
         assert!(!quiet.noisy(), "{quiet:?}");
+        // One round, so no disagreement, but its quartiles 20% of its median apart.
+        let wide =
+            Timing::of_rounds(&[(vec![90.0, 100.0, 110.0, 120.0, 80.0], None)]).expect("one");
+        assert!(wide.noisy(), "{wide:?}");
+        assert!(
+            !noisy(100.0, 10.0, &[100.0, 125.0]),
+            "both limits are inclusive"
+        );
+        assert!(noisy(100.0, 10.1, &[100.0]) && noisy(100.0, 0.0, &[100.0, 125.1]));
         assert_eq!(Timing::of_rounds(&[]), None);
     }
 
@@ -171,6 +175,7 @@ mod tests {
             warmup_seconds: 0.0,
             repetitions: 4,
             max_seconds: 60.0,
+            least: 1,
         };
         let times = s
             .time(|| {
@@ -186,7 +191,8 @@ mod tests {
             warmup: 1,
             warmup_seconds: 0.0,
             repetitions: 50,
-            max_seconds: 0.02,
+            max_seconds: 0.0,
+            least: 2,
         };
         let times = slow
             .time(|| {
@@ -194,7 +200,12 @@ mod tests {
                 Ok(())
             })
             .expect("time");
-        assert_eq!(times.len(), MIN_PASSES, "{times:?}");
+        assert_eq!(times.len(), 2, "{times:?}");
         assert!(times.iter().all(|t| *t >= 10_000.0), "{times:?}");
+        // The least passes are shared by the rounds: 9 rounds do one each, one round all three.
+        assert_eq!(
+            [1, 2, 3, 9].map(Schedule::least_per_round),
+            [MIN_PASSES, 2, 1, 1]
+        );
     }
 }
