@@ -378,6 +378,9 @@ pub struct CostModel {
     us_per_byte: f64,
     /// The model's non-matmul work, µs ([`CostModel::for_model`]).
     non_matmul_us: f64,
+    /// Per kernel precision, what a layer on it adds to the rest of the model's pass, µs
+    /// ([`CostModel::for_model`], [`HardwareProfile::spill_us`]).
+    spill_us: [Option<f64>; SLOTS],
 }
 
 /// Precision slots: f32, f16, bf16, int2..=int8 (int0/int1 unused), then the GGML block formats in
@@ -472,6 +475,7 @@ impl CostModel {
             runs,
             us_per_byte,
             non_matmul_us: 0.0,
+            spill_us: [None; SLOTS],
         })
     }
 
@@ -479,11 +483,15 @@ impl CostModel {
     /// the model's non-matmul work at this batch (attention, norms, activations, biases: what runs
     /// outside the layers' products), when the profile measured it for this model (`[[model]]`, written
     /// by `calibrate --model`; see [`HardwareProfile::non_matmul_us`]); otherwise nothing is added.
+    /// Likewise each layer (not an embedding look-up) whose kernel runs a precision with a measured
+    /// `spill_us` pays it: what that kernel adds to the rest of the pass.
     pub fn for_model(mut self, layers: &[LayerInfo]) -> CostModel {
-        self.non_matmul_us = self
-            .profile
-            .non_matmul_us(&layers_key(layers), self.batch)
-            .unwrap_or(0.0);
+        let key = layers_key(layers);
+        self.non_matmul_us = self.profile.non_matmul_us(&key, self.batch).unwrap_or(0.0);
+        self.spill_us = [None; SLOTS];
+        for (p, us) in self.profile.spill_us(&key, self.batch) {
+            self.spill_us[slot(p)] = Some(us);
+        }
         self
     }
 
@@ -539,6 +547,9 @@ impl CostModel {
             };
         }
         let kernel = kernels[factors.input];
+        if layer.kind != LayerKind::Embedding {
+            latency += self.spill_us[slot(kernel.compute())].unwrap_or(0.0);
+        }
         LayerCost {
             cost: Cost {
                 latency_us: latency,

@@ -667,6 +667,7 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
             us: n.us,
             spread_us: Some(n.spread_us),
             input: Some(n.description.clone()),
+            spill_us: n.spill_us.clone(),
         })
         .collect();
     let mut file = to_profile(&m.measurements, &terms, &opts, "demo-inside").unwrap();
@@ -704,6 +705,33 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
         assert!(
             embeddings.abs() <= 0.005 * matrices as f64 + 1e-9,
             "the demo has no look-up: {embeddings}"
+        );
+    }
+    // Every block format deployed gets a spill (what a layer on it adds to the rest of the pass),
+    // which the cost model charges once per layer on that kernel, to this model only; f32 has none.
+    let q8 = Precision::Ggml(GgmlFormat::Q8_0);
+    let fits = layers
+        .iter()
+        .find(|l| MatrixShape::of_layer(l).is_some_and(|s| s.cols % 32 == 0))
+        .expect("a layer q8_0 fits");
+    for n in &m.non_matmul {
+        assert!(n.spill_us.contains_key(&q8), "{n:?}");
+        assert!(
+            n.spill_us
+                .iter()
+                .all(|(p, us)| *p != Precision::F32 && us.is_finite()),
+            "{n:?}"
+        );
+        let term = hp.spill_us(&layers_key(layers), n.cost_batch)[&q8];
+        assert!((term - n.spill_us[&q8]).abs() <= 0.05, "{term} {n:?}");
+        let bare = CostModel::new(hp.clone(), n.cost_batch).unwrap();
+        let with = bare.clone().for_model(layers);
+        let q = crate::util::choice("q8_0");
+        let charged = with.layer(fits, &q).cost.latency_us - bare.layer(fits, &q).cost.latency_us;
+        assert!((charged - term).abs() < 1e-9, "{charged} {term}");
+        assert_eq!(
+            with.layer(fits, &Choice::F32).cost.latency_us,
+            bare.layer(fits, &Choice::F32).cost.latency_us
         );
     }
     // The cost model takes a whole rank<50> layer's entry, and the f32 path's act8-dynamic entry for

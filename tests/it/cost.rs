@@ -922,8 +922,29 @@ fn a_model_terms_work_is_added_once_to_every_total_of_its_model() {
     ));
     assert_eq!(t1.cheapest_within(Objective::Size, &limit), Within::Nothing);
 
+    // A spill: per layer on its kernel, interpolated in the batch as the term, and signed.
+    let spill = |batch: u32, us: &str, p: &str| {
+        format!("{}spill_us = {{ {p} = {us} }}\n", term(batch, 100.0))
+    };
+    let s = HardwareProfile::from_toml(
+        &format!(
+            "{SIMPLE}{}{}",
+            spill(4, "10.0", "q8_0"),
+            spill(12, "-6.0", "q8_0")
+        ),
+        "spill.toml",
+    )
+    .unwrap();
+    let q8 = Precision::Ggml(GgmlFormat::Q8_0);
+    assert_eq!(s.spill_us(&key, 8).get(&q8), Some(&2.0));
+    assert_eq!(s.spill_us(&key, 16).get(&q8), Some(&-14.0));
+    assert!(s.spill_us("0123456789abcdef", 8).is_empty());
+    assert!(one.spill_us(&key, 8).is_empty(), "no spill measured");
+
     // Bad terms name the file, the entry and what to fix.
     for (bad, says) in [
+        (spill(4, "nan", "q8_0"), "spill_us.q8_0 must be"),
+        (spill(4, "3.0", "f32"), "spill_us names f32"),
         (term(0, 1.0), "batch must be at least 1"),
         (term(4, -1.0), "us must be"),
         (term(4, 1.0).replace(&key, "mini"), "16-hex-digit layer key"),

@@ -70,6 +70,9 @@ pub struct NonMatmul {
     pub forward_us: f64,
     pub round_medians_us: Vec<f64>,
     pub other_load: Option<f64>,
+    /// Per kernel precision other than f32: what each layer on that kernel adds to the rest of the
+    /// pass, µs ([`spill`]).
+    pub spill_us: BTreeMap<Precision, f64>,
 }
 
 /// What [`measure`] measured: per layer shape, kernel and batch, the non-matmul terms, and the
@@ -98,6 +101,11 @@ impl InModel {
                     "{}: f32 forward {:.0} µs, of which {:.0} µs outside the layers",
                     n.description, n.forward_us, n.us
                 )),
+                spill_us: n
+                    .spill_us
+                    .iter()
+                    .map(|(&p, &us)| (p, super::write::round(us, 1)))
+                    .collect(),
             })
             .collect()
     }
@@ -264,14 +272,26 @@ pub fn measure(
         }
     }
     let mut out = InModel::default();
+    let all_rounds = &per_round;
     for ((which, (_, layers)), per_input) in deployed.iter().zip(&per_round) {
-        for (input, per_round) in inputs.iter().zip(per_input) {
+        for (i, (input, per_round)) in inputs.iter().zip(per_input).enumerate() {
             match which {
                 Which::Kernel(kernel) => {
                     out.measurements
                         .extend(by_shape(*kernel, input.cost_batch, layers, per_round));
                     if *kernel == Kernel::F32 {
-                        out.non_matmul.push(non_matmul(input, per_round));
+                        let mut n = non_matmul(input, per_round);
+                        // Every other kernel's deployment against this one, at this input.
+                        for ((w, (_, l)), rounds) in deployed.iter().zip(all_rounds) {
+                            let Which::Kernel(k) = w else { continue };
+                            let Some(p) = k.precision().filter(|&p| p != Precision::F32) else {
+                                continue;
+                            };
+                            if let Some(us) = spill((layers, per_round), (l, &rounds[i])) {
+                                n.spill_us.insert(p, us);
+                            }
+                        }
+                        out.non_matmul.push(n);
                     }
                 }
                 Which::Variant(v) => {
@@ -467,6 +487,34 @@ fn by_shape(
         .collect()
 }
 
+/// What each layer of a kernel's deployment adds to the **rest** of the pass, µs: the deployment's
+/// fastest pass over the f32 model's, less what its layers' own figures changed (per layer shape,
+/// as the cost model charges them), shared by its layers. candle runs the GGML block formats on its
+/// own pool of threads, which spin for a while after each product before they sleep, and f32 products
+/// on rayon's: on a machine with few cores the spinning threads take cores from the f32 products and
+/// the attention, norms and activations that follow a block-format layer (BENCHMARKS.md, "The spill
+/// of a kernel"). `None` when the deployment has no layer or a figure is missing.
+fn spill(
+    f32: (&BTreeMap<String, MatrixShape>, &[Round]),
+    kernel: (&BTreeMap<String, MatrixShape>, &[Round]),
+) -> Option<f64> {
+    let wall = |rounds: &[Round]| fastest(rounds, |p| Some(p.0)).map(|f| f.fastest_us);
+    let figures = |layers, rounds| -> BTreeMap<MatrixShape, f64> {
+        per_shape(layers, rounds)
+            .into_iter()
+            .map(|(shape, f)| (shape.clone(), f.fastest_us))
+            .collect()
+    };
+    let (f32_figures, k_figures) = (figures(f32.0, f32.1), figures(kernel.0, kernel.1));
+    let mut changed = 0.0;
+    for shape in kernel.0.values() {
+        changed += k_figures.get(shape)? - f32_figures.get(shape)?;
+    }
+    let n = kernel.0.len();
+    (n > 0).then_some(())?;
+    Some((wall(kernel.1)? - wall(f32.1)? - changed) / n as f64)
+}
+
 /// The non-matmul work of the f32 passes: wall time minus every layer's product and look-up.
 fn non_matmul(input: &ModelInput, per_round: &[Round]) -> NonMatmul {
     let rest = |(wall, times): &Pass| Some((wall - times.values().sum::<f64>()).max(0.0));
@@ -481,5 +529,73 @@ fn non_matmul(input: &ModelInput, per_round: &[Round]) -> NonMatmul {
         forward_us,
         round_medians_us: f.round_medians_us,
         other_load: f.other_load,
+        spill_us: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(wall: f64, layers: &[(&str, f64)]) -> Pass {
+        (
+            wall,
+            layers.iter().map(|&(n, us)| (n.to_string(), us)).collect(),
+        )
+    }
+
+    #[test]
+    fn a_kernels_spill_is_its_pass_less_its_layers_change_per_layer() {
+        let (small, big) = (MatrixShape::linear(8, 32), MatrixShape::linear(32, 8));
+        let f32_layers: BTreeMap<String, MatrixShape> = [
+            ("a".to_string(), small.clone()),
+            ("b".to_string(), small.clone()),
+            ("c".to_string(), big.clone()),
+        ]
+        .into();
+        // f32: fastest pass 100 µs; figures a/b (mean per pass) 20, c 30 (each its least).
+        let f32_rounds: Vec<Round> = vec![
+            (
+                vec![pass(104.0, &[("a", 21.0), ("b", 19.0), ("c", 31.0)])],
+                None,
+            ),
+            (
+                vec![pass(100.0, &[("a", 20.0), ("b", 22.0), ("c", 30.0)])],
+                None,
+            ),
+        ];
+        // The kernel fits a and b only: 12 µs each instead of 20 (−16 µs), yet the pass is 94 µs,
+        // not 84: each of its two layers adds 5 µs elsewhere.
+        let k_layers: BTreeMap<String, MatrixShape> =
+            [("a".to_string(), small.clone()), ("b".to_string(), small)].into();
+        let k_rounds: Vec<Round> = vec![(
+            vec![
+                pass(94.0, &[("a", 12.0), ("b", 12.0), ("c", 31.0)]),
+                pass(97.0, &[("a", 13.0), ("b", 12.0), ("c", 30.0)]),
+            ],
+            None,
+        )];
+        let s = spill((&f32_layers, &f32_rounds), (&k_layers, &k_rounds)).expect("spill");
+        assert!((s - 5.0).abs() < 1e-9, "{s}");
+        // A kernel that changes nothing but its own layers has none; one that speeds the rest up
+        // (or a noisy f32 figure) a negative one, kept as measured.
+        let exact: Vec<Round> = vec![(vec![pass(84.0, &[("a", 12.0), ("b", 12.0)])], None)];
+        let s = spill((&f32_layers, &f32_rounds), (&k_layers, &exact)).expect("spill");
+        assert!(s.abs() < 1e-9, "{s}");
+        let faster: Vec<Round> = vec![(vec![pass(80.0, &[("a", 12.0), ("b", 12.0)])], None)];
+        let s = spill((&f32_layers, &f32_rounds), (&k_layers, &faster)).expect("spill");
+        assert!((s + 2.0).abs() < 1e-9, "{s}");
+        // No layer, or no timed pass: nothing to say.
+        assert_eq!(
+            spill((&f32_layers, &f32_rounds), (&BTreeMap::new(), &exact)),
+            None
+        );
+        assert_eq!(spill((&f32_layers, &f32_rounds), (&k_layers, &[])), None);
+        let big_only: BTreeMap<String, MatrixShape> = [("c".to_string(), big)].into();
+        assert_eq!(
+            spill((&f32_layers, &f32_rounds), (&big_only, &exact)),
+            None,
+            "the deployment's passes never timed c"
+        );
     }
 }

@@ -218,6 +218,18 @@ impl Checker<'_> {
                     t.us
                 ));
             }
+            if let Some((p, us)) = t.spill_us.iter().find(|(_, us)| !us.is_finite()) {
+                return bad(format!(
+                    "spill_us.{p} must be a number of microseconds, not {us}"
+                ));
+            }
+            if t.spill_us.contains_key(&Precision::F32) {
+                return bad(
+                    "spill_us names f32: it is what a layer on another kernel adds to a pass \
+                     of f32 layers, so f32 has none; remove it"
+                        .into(),
+                );
+            }
             if t.layers.len() != 16 || !t.layers.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return bad(format!(
                     "layers must be the model's 16-hex-digit layer key as `calibrate --model` \

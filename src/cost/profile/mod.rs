@@ -80,11 +80,16 @@
 //!                                # pass's time outside its layers' products and look-ups
 //! spread_us = 210.0              # optional: interquartile range
 //! input = "1 sentence of 32 tokens"  # optional: what was timed
+//! spill_us = { q4_k = 240.0 }    # optional: per layer on that kernel, the time it adds to the
+//!                                # rest of the pass (its pool's threads spin after each product)
 //! ```
 //!
 //! A `[[model]]` term is added once to every assignment of the model whose layers it names ([`HardwareProfile::non_matmul_us`]):
 //! at a batch it was measured at, its figure; between two, interpolated linearly in the batch; beyond
-//! them, extrapolated along the nearest two (never below zero), or the one figure there is.
+//! them, extrapolated along the nearest two (never below zero), or the one figure there is. Its
+//! `spill_us` is added once per layer (not an embedding look-up) whose kernel runs that precision
+//! ([`HardwareProfile::spill_us`]), at the same batches, interpolated the same way (it may be
+//! negative: a measured figure, not a floor).
 //!
 //! Without an explicit `[fallback]` entry a missing integer precision runs as the next wider integer
 //! precision the device has, then as f16, then f32; f16 and bf16 fall back to f32 (widened inside the
@@ -418,6 +423,12 @@ pub struct ModelTerm {
     pub spread_us: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
+    /// Per kernel precision: the time each layer running that kernel adds to the **rest** of the
+    /// pass, µs (`calibrate --model`, [`crate::cost::calibrate::in_model`]: candle's block formats run
+    /// on their own thread pool, whose spinning threads slow the f32 products and the non-matmul
+    /// work after them). Charged per layer, on top of the layer's own measured time.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spill_us: BTreeMap<Precision, f64>,
 }
 
 /// The key a `[[model]]` term names its model by: 16 hex digits of a hash of the layers' names, kinds
@@ -429,6 +440,24 @@ pub fn layers_key(layers: &[crate::space::LayerInfo]) -> String {
         h.update(format!("{}\t{}\t{:?}\n", l.name, l.kind, l.shape).as_bytes());
     }
     h.finalize().to_hex()[..16].to_string()
+}
+
+/// The value at `batch` of figures measured at some batches: the figure at a measured batch; between
+/// two, linear in the batch; beyond them, along the nearest two; the one figure there is. `None`
+/// without a figure.
+fn along_batch(at: impl Iterator<Item = (f64, f64)>, batch: u32) -> Option<f64> {
+    let mut at: Vec<(f64, f64)> = at.collect();
+    at.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let b = f64::from(batch);
+    let line = |p: (f64, f64), q: (f64, f64)| p.1 + (q.1 - p.1) * (b - p.0) / (q.0 - p.0);
+    match at.as_slice() {
+        [] => None,
+        [one] => Some(one.1),
+        _ => {
+            let i = at.partition_point(|p| p.0 < b).clamp(1, at.len() - 1);
+            Some(line(at[i - 1], at[i]))
+        }
+    }
 }
 
 /// Key of a measured entry: everything that must match for it to apply.
@@ -593,25 +622,33 @@ impl HardwareProfile {
     /// The non-matmul work of the model whose [`layers_key`] is `key` at cost batch `batch`, µs, from
     /// its `[[model]]` terms (see the module docs); `None` when the profile has none for it.
     pub fn non_matmul_us(&self, key: &str, batch: u32) -> Option<f64> {
-        let mut at: Vec<(f64, f64)> = self
+        let at = self
             .file
             .model
             .iter()
             .filter(|t| t.layers == key)
-            .map(|t| (f64::from(t.batch), t.us))
+            .map(|t| (f64::from(t.batch), t.us));
+        along_batch(at, batch).map(|us| us.max(0.0))
+    }
+
+    /// Per kernel precision, the time a layer on that kernel adds to the rest of a pass of the model
+    /// whose [`layers_key`] is `key`, at `batch` (interpolated as [`Self::non_matmul_us`], without the
+    /// floor): the `spill_us` of its `[[model]]` terms. Empty when none was measured.
+    pub fn spill_us(&self, key: &str, batch: u32) -> BTreeMap<Precision, f64> {
+        let terms: Vec<&ModelTerm> = self.file.model.iter().filter(|t| t.layers == key).collect();
+        let precisions: std::collections::BTreeSet<Precision> = terms
+            .iter()
+            .flat_map(|t| t.spill_us.keys().copied())
             .collect();
-        at.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let b = f64::from(batch);
-        let line =
-            |p: (f64, f64), q: (f64, f64)| (p.1 + (q.1 - p.1) * (b - p.0) / (q.0 - p.0)).max(0.0);
-        match at.as_slice() {
-            [] => None,
-            [one] => Some(one.1),
-            _ => {
-                let i = at.partition_point(|p| p.0 < b).clamp(1, at.len() - 1);
-                Some(line(at[i - 1], at[i]))
-            }
-        }
+        precisions
+            .into_iter()
+            .filter_map(|p| {
+                let at = terms
+                    .iter()
+                    .filter_map(|t| Some((f64::from(t.batch), *t.spill_us.get(&p)?)));
+                Some((p, along_batch(at, batch)?))
+            })
+            .collect()
     }
 
     /// Whether the device runs the float precision `p` from a copy made once at load (at the width of
