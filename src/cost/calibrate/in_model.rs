@@ -31,7 +31,11 @@
 //! The f32 passes also give the model's **non-matmul work**: a pass's wall time minus the time of all
 //! its layers' products and look-ups — attention scores and softmax, norms, activations, residual
 //! adds, biases, the pooling. The cost model adds it to every assignment of this model at this batch
-//! ([`super::super::profile::ModelTerm`]); it does not depend on the layers' formats.
+//! ([`super::super::profile::ModelTerm`]); it does not depend on the layers' formats. Each other
+//! kernel's deployment, held against the f32 passes, gives that kernel's **spill** ([`spill`]): what
+//! each of its layers adds to the rest of the pass (candle's block formats run on a pool of threads
+//! that spin after each product and take cores from the f32 work after it), written as the term's
+//! `spill_us` and charged per layer on that kernel.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
