@@ -145,6 +145,7 @@ fn describe(
     seconds: f64,
     rounds: usize,
 ) {
+    let least = timing::Schedule::least_per_round(rounds);
     eprintln!(
         "run `{}`: measuring {} assignment{} and the all-f32 model on {} ({}, {} cores, candle \
          {} on {} thread(s)): {}; per assignment and round, warm-up passes then up to {repetitions} timed passes \
@@ -159,8 +160,8 @@ fn describe(
         machine.candle_version,
         machine.threads,
         input.description,
-        timing::Schedule::least_per_round(rounds),
-        if timing::Schedule::least_per_round(rounds) == 1 { "is" } else { "are" },
+        least,
+        if least == 1 { "is" } else { "are" },
         if rounds == 1 { "" } else { "s" }
     );
 }

@@ -502,6 +502,9 @@ fn spill(
     f32: (&BTreeMap<String, MatrixShape>, &[Round]),
     kernel: (&BTreeMap<String, MatrixShape>, &[Round]),
 ) -> Option<f64> {
+    if kernel.0.is_empty() {
+        return None;
+    }
     let wall = |rounds: &[Round]| fastest(rounds, |p| Some(p.0)).map(|f| f.fastest_us);
     let figures = |layers, rounds| -> BTreeMap<MatrixShape, f64> {
         per_shape(layers, rounds)
@@ -514,9 +517,7 @@ fn spill(
     for shape in kernel.0.values() {
         changed += k_figures.get(shape)? - f32_figures.get(shape)?;
     }
-    let n = kernel.0.len();
-    (n > 0).then_some(())?;
-    Some((wall(kernel.1)? - wall(f32.1)? - changed) / n as f64)
+    Some((wall(kernel.1)? - wall(f32.1)? - changed) / kernel.0.len() as f64)
 }
 
 /// The non-matmul work of the f32 passes: wall time minus every layer's product and look-up.
