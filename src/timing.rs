@@ -1,7 +1,8 @@
 //! # Timing statistics and the machine's load
 //!
-//! What `calibrate` and `measure` share when they time candle: the figure of several rounds of timed
-//! runs ([`RoundFigure`]), and how much of the machine other processes used meanwhile (from
+//! What `calibrate` and `measure` share when they time candle: how one round times a thing
+//! ([`Schedule`]: warm-up, then timed runs until there are enough or the round's time is up), the
+//! figure of several rounds of timed runs ([`RoundFigure`]), and how much of the machine other processes used meanwhile (from
 //! `/proc/stat`), so that a figure taken on a busy machine can be told from a quiet one.
 //!
 //! **The figure is the fastest run.** On a shared machine other processes only ever add time to a run
@@ -17,6 +18,79 @@
 //! describe the spread, and every round's median to tell a noisy figure.
 
 use std::time::{Duration, Instant};
+
+use crate::error::Result;
+
+/// How one thing (a kernel on a shape, a model's forward pass) is timed in one round: untimed warm-up,
+/// then timed runs until there are enough or the round's time is up. The one schedule of `calibrate`
+/// (isolated shapes and inside the model) and `measure`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// Untimed runs first (at least one: some kernels repack their weights on the first call) …
+    pub warmup: usize,
+    /// … going on for at least this many seconds (caches, clocks and candle's thread pool settle
+    /// after switching models).
+    pub warmup_seconds: f64,
+    /// Timed runs at most …
+    pub repetitions: usize,
+    /// … and none started after this many seconds of them once [`Schedule::least`] are done (a
+    /// large model at a large batch takes a second a pass).
+    pub max_seconds: f64,
+    /// Timed runs always done in this round, whatever [`Schedule::max_seconds`] (at least one):
+    /// the round's share of [`MIN_PASSES`] ([`Schedule::least_per_round`]).
+    pub least: usize,
+}
+
+/// Timed runs always done per measured thing, over all its rounds together, whatever
+/// [`Schedule::max_seconds`]: 9 rounds take one each. A pass of a large model at a large batch takes
+/// seconds, and 9 rounds of 3 of them made a MiniLM calibration take 24 minutes.
+pub const MIN_PASSES: usize = 3;
+
+impl Schedule {
+    /// [`MIN_PASSES`] shared by `rounds` rounds: the timed runs each round always does.
+    pub fn least_per_round(rounds: usize) -> usize {
+        MIN_PASSES.div_ceil(rounds.max(1))
+    }
+
+    /// Warms `run` up, then times up to `repetitions` calls of it (see [`Schedule::max_seconds`]);
+    /// the times in µs, in call order.
+    pub fn time(&self, mut run: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        Ok(self
+            .time_reading(&mut run, || ())?
+            .into_iter()
+            .map(|(us, ())| us)
+            .collect())
+    }
+
+    /// [`Schedule::time`], calling `read` after each run (warm-up included), outside the timed span:
+    /// what the run recorded (a model's per-layer times), beside its time.
+    pub fn time_reading<T>(
+        &self,
+        mut run: impl FnMut() -> Result<()>,
+        mut read: impl FnMut() -> T,
+    ) -> Result<Vec<(f64, T)>> {
+        let warming = Instant::now();
+        let warmup_time = Duration::from_secs_f64(self.warmup_seconds.max(0.0));
+        let mut runs = 0;
+        while runs < self.warmup.max(1) || warming.elapsed() < warmup_time {
+            run()?;
+            read();
+            runs += 1;
+        }
+        let reps = self.repetitions.max(1);
+        let least = self.least.clamp(1, reps);
+        let budget = Duration::from_secs_f64(self.max_seconds.max(0.0));
+        let started = Instant::now();
+        let mut times = Vec::with_capacity(reps);
+        while times.len() < reps && (times.len() < least || started.elapsed() < budget) {
+            let t0 = Instant::now();
+            run()?;
+            let us = t0.elapsed().as_secs_f64() * 1e6;
+            times.push((us, read()));
+        }
+        Ok(times)
+    }
+}
 
 /// Median and interquartile range of `times` (linear interpolation between order statistics); `(NaN,
 /// NaN)` for no times.
@@ -152,5 +226,68 @@ impl CpuSample {
         let others =
             later.busy.saturating_sub(self.busy) as f64 - later.own.saturating_sub(self.own) as f64;
         Some((others / (wall.as_secs_f64() * ticks_per_s * cores)).clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_warms_up_then_times_its_repetitions() {
+        let mut calls = 0;
+        let s = Schedule {
+            warmup: 3,
+            warmup_seconds: 0.0,
+            repetitions: 4,
+            max_seconds: 60.0,
+            least: 1,
+        };
+        let times = s
+            .time(|| {
+                calls += 1;
+                Ok(())
+            })
+            .expect("time");
+        assert_eq!(times.len(), 4);
+        assert_eq!(calls, 7);
+        assert!(times.iter().all(|t| *t >= 0.0));
+        // What each timed run recorded is read after it, warm-up runs' readings dropped.
+        let (mut runs, mut reads) = (0, 0);
+        let read = s
+            .time_reading(
+                || {
+                    runs += 1;
+                    Ok(())
+                },
+                || {
+                    reads += 1;
+                    reads
+                },
+            )
+            .expect("time");
+        assert_eq!(read.iter().map(|r| r.1).collect::<Vec<_>>(), [4, 5, 6, 7]);
+        assert_eq!(runs, 7);
+        // Out of time: the least number of passes, then no more.
+        let slow = Schedule {
+            warmup: 1,
+            warmup_seconds: 0.0,
+            repetitions: 50,
+            max_seconds: 0.0,
+            least: 2,
+        };
+        let times = slow
+            .time(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                Ok(())
+            })
+            .expect("time");
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert!(times.iter().all(|t| *t >= 10_000.0), "{times:?}");
+        // The least passes are shared by the rounds: 9 rounds do one each, one round all three.
+        assert_eq!(
+            [1, 2, 3, 9].map(Schedule::least_per_round),
+            [MIN_PASSES, 2, 1, 1]
+        );
     }
 }

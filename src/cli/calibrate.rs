@@ -226,6 +226,18 @@ fn report(ms: &[Measurement], file: &ProfileFile, out: &Path, name: String) -> S
             mpsearch::cost::model::format_us(t.us),
             t.input.as_deref().unwrap_or("")
         ));
+        let spills: Vec<String> = t
+            .spill_us
+            .iter()
+            .filter(|(_, &us)| us != 0.0)
+            .map(|(p, &us)| format!("{p} {us:+.1} µs"))
+            .collect();
+        if !spills.is_empty() {
+            report.push_str(&format!(
+                "  spill per layer on a kernel (charged on top of its own time): {}\n",
+                spills.join(", ")
+            ));
+        }
     }
     report.push_str(&format!(
         "\nwrote {} (use it as --profile {})\n",

@@ -76,10 +76,10 @@ pub fn run(a: MeasureArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {n}");
     }
     let opts = measure::Options {
-        schedule: timing::Schedule {
+        schedule: mpsearch::timing::Schedule {
             repetitions: a.repetitions,
             max_seconds: a.seconds,
-            least: timing::Schedule::least_per_round(a.rounds),
+            least: mpsearch::timing::Schedule::least_per_round(a.rounds),
             ..measure::Options::default().schedule
         },
         rounds: a.rounds,
@@ -145,7 +145,7 @@ fn describe(
     seconds: f64,
     rounds: usize,
 ) {
-    let least = timing::Schedule::least_per_round(rounds);
+    let least = mpsearch::timing::Schedule::least_per_round(rounds);
     eprintln!(
         "run `{}`: measuring {} assignment{} and the all-f32 model on {} ({}, {} cores, candle \
          {} on {} thread(s)): {}; per assignment and round, warm-up passes then up to {repetitions} timed passes \

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use rand::SeedableRng;
 
-use self::timing::{CpuSample, Schedule, Timing};
+use self::timing::{CpuSample, Timing};
 use crate::cost::{CostModel, HardwareProfile};
 use crate::data::Batch;
 use crate::error::{Error, Result};
@@ -42,6 +42,7 @@ use crate::model::{ForwardCtx, LayerKernel, Model, ModelKind, ModelSource, Overr
 use crate::space::{rank_k, Assignment, Choice, GgmlFormat, LayerInfo, LayerKind, SearchSpace};
 use crate::space::{Sparsity, WeightQuant};
 use crate::store::{MeasuredSource, MeasurementRecord, RunManifest, TrialRecord, TrialState};
+use crate::timing::Schedule;
 
 /// A point of a run to measure, as the command line names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,7 +420,7 @@ pub struct Options {
 pub const ROUNDS: usize = 9;
 /// Timed passes of a point per round, at most …
 pub const REPETITIONS: usize = 30;
-/// … and none started after this many seconds once the round's share of [`timing::MIN_PASSES`]
+/// … and none started after this many seconds once the round's share of [`crate::timing::MIN_PASSES`]
 /// is done.
 pub const MAX_SECONDS: f64 = 1.0;
 

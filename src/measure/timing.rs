@@ -1,7 +1,7 @@
 //! # Timing whole forward passes
 //!
 //! How `measure` times one built model: untimed warm-up passes, then a number of timed passes, in
-//! several rounds; the figure is the **fastest pass** of all rounds ([`crate::timing`] says why).
+//! several rounds (each as [`crate::timing::Schedule`] says, as `calibrate` times); the figure is the **fastest pass** of all rounds ([`crate::timing`] says why).
 //! Other processes on a shared machine slow whole rounds — candle's quantized kernels by up to 20×,
 //! since the threads of its pool spin-wait for each other and collapse when another process takes a
 //! core —, and a latency figure describes the machine running the model alone, as the calibrated
@@ -10,67 +10,12 @@
 //! processes put on the machine during that round is read from `/proc/stat`, so a noisy figure can be
 //! told from a quiet one.
 
-use std::time::{Duration, Instant};
-
-use crate::error::Result;
 pub use crate::timing::{median_iqr, CpuSample, RoundFigure};
 
 /// Spread (interquartile range over median) above which a figure is called noisy.
 pub const NOISY_SPREAD: f64 = 0.10;
 /// Slowest round median over the fastest above which a figure is called noisy.
 pub const NOISY_ROUNDS: f64 = 1.25;
-
-/// How one (assignment, round) is timed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Schedule {
-    /// Untimed passes first (at least one: some kernels repack their weights on the first call) …
-    pub warmup: usize,
-    /// … going on for at least this many seconds (caches, clocks and candle's thread pool settle
-    /// after switching models).
-    pub warmup_seconds: f64,
-    /// Timed passes at most …
-    pub repetitions: usize,
-    /// … and none started after this many seconds of them once [`Schedule::least`] are done (a
-    /// large model at a large batch takes a second a pass).
-    pub max_seconds: f64,
-    /// Timed passes always done in this round, whatever [`Schedule::max_seconds`] (at least one):
-    /// the round's share of [`MIN_PASSES`] ([`Schedule::least_per_round`]).
-    pub least: usize,
-}
-
-/// Timed passes always done per assignment, over all its rounds together, whatever
-/// [`Schedule::max_seconds`]: 9 rounds take one each, as `calibrate` shares its least runs.
-pub const MIN_PASSES: usize = 3;
-
-impl Schedule {
-    /// [`MIN_PASSES`] shared by `rounds` rounds: the timed passes each round always does.
-    pub fn least_per_round(rounds: usize) -> usize {
-        MIN_PASSES.div_ceil(rounds.max(1))
-    }
-
-    /// Warms `pass` up, then times up to `repetitions` calls of it (see [`Schedule::max_seconds`]);
-    /// the times in µs, in call order.
-    pub fn time(&self, mut pass: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-        let warming = Instant::now();
-        let warmup_time = Duration::from_secs_f64(self.warmup_seconds.max(0.0));
-        let mut runs = 0;
-        while runs < self.warmup.max(1) || warming.elapsed() < warmup_time {
-            pass()?;
-            runs += 1;
-        }
-        let reps = self.repetitions.max(1);
-        let least = self.least.clamp(1, reps);
-        let budget = Duration::from_secs_f64(self.max_seconds.max(0.0));
-        let started = Instant::now();
-        let mut times = Vec::with_capacity(reps);
-        while times.len() < reps && (times.len() < least || started.elapsed() < budget) {
-            let t0 = Instant::now();
-            pass()?;
-            times.push(t0.elapsed().as_secs_f64() * 1e6);
-        }
-        Ok(times)
-    }
-}
 
 /// What the rounds of one assignment say: the [`RoundFigure`] of its passes, and the passes a round.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,47 +110,5 @@ mod tests {
         assert_eq!(f.runs, 6);
         assert!((f.round_disagreement() - 40.0 / 11.0).abs() < 1e-12);
         assert_eq!(RoundFigure::of([(&[][..], None)]), None);
-    }
-
-    #[test]
-    fn a_schedule_warms_up_then_times_its_repetitions() {
-        let mut calls = 0;
-        let s = Schedule {
-            warmup: 3,
-            warmup_seconds: 0.0,
-            repetitions: 4,
-            max_seconds: 60.0,
-            least: 1,
-        };
-        let times = s
-            .time(|| {
-                calls += 1;
-                Ok(())
-            })
-            .expect("time");
-        assert_eq!(times.len(), 4);
-        assert_eq!(calls, 7);
-        assert!(times.iter().all(|t| *t >= 0.0));
-        // Out of time: the least number of passes, then no more.
-        let slow = Schedule {
-            warmup: 1,
-            warmup_seconds: 0.0,
-            repetitions: 50,
-            max_seconds: 0.0,
-            least: 2,
-        };
-        let times = slow
-            .time(|| {
-                std::thread::sleep(Duration::from_millis(10));
-                Ok(())
-            })
-            .expect("time");
-        assert_eq!(times.len(), 2, "{times:?}");
-        assert!(times.iter().all(|t| *t >= 10_000.0), "{times:?}");
-        // The least passes are shared by the rounds: 9 rounds do one each, one round all three.
-        assert_eq!(
-            [1, 2, 3, 9].map(Schedule::least_per_round),
-            [MIN_PASSES, 2, 1, 1]
-        );
     }
 }

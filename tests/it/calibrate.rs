@@ -779,7 +779,7 @@ fn calibrating_inside_the_model_times_every_layer_and_the_work_outside_them() {
     );
 }
 
-/// [`MIN_REPETITIONS`](mpsearch::cost::calibrate::MIN_REPETITIONS) timed runs are shared by the rounds
+/// [`MIN_PASSES`](mpsearch::timing::MIN_PASSES) timed runs are shared by the rounds
 /// (at least one a round), and a round never does more than its share of the repetitions.
 #[test]
 fn the_least_runs_are_shared_by_the_rounds() {

@@ -35,12 +35,10 @@
 //! kernel's deployment, held against the f32 passes, gives that kernel's **spill** ([`spill`]): what
 //! each of its layers adds to the rest of the pass (candle's block formats run on a pool of threads
 //! that spin after each product and take cores from the f32 work after it), written as the term's
-//! `spill_us` and charged per layer on that kernel.
+//! `spill_us` and charged per layer on that kernel — when the rounds agree on it ([`agreed_spill`]),
+//! and as 0 when they cannot tell it from the noise of the passes.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
-
-use candle_core::Tensor;
 
 use super::{CalibrateOptions, Kernel, MatrixShape, Measurement};
 use crate::compress::{deploy_kernel, CompressSettings};
@@ -49,7 +47,7 @@ use crate::data::Batch;
 use crate::error::Result;
 use crate::model::{ForwardCtx, LayerOverride, LayerTimes, Model, Overrides};
 use crate::space::{kept_rows, ActQuant, Choice, LayerInfo, Sparsity, WeightQuant};
-use crate::timing::{CpuSample, RoundFigure};
+use crate::timing::{CpuSample, RoundFigure, Schedule};
 
 /// A batch the model is timed on, and the batch the cost model counts it as.
 #[derive(Clone, Debug)]
@@ -75,9 +73,27 @@ pub struct NonMatmul {
     pub round_medians_us: Vec<f64>,
     pub other_load: Option<f64>,
     /// Per kernel precision other than f32: what each layer on that kernel adds to the rest of the
-    /// pass, µs ([`spill`]).
+    /// pass, µs ([`agreed_spill`]; 0 where the rounds could not tell it from nothing).
     pub spill_us: BTreeMap<Precision, f64>,
+    /// The spills written as 0 because the rounds did not agree on them, as measured.
+    pub spill_within_noise: BTreeMap<Precision, Spill>,
 }
+
+/// A kernel's spill as [`agreed_spill`] judges it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spill {
+    /// What is written and charged per layer, µs: the measured spill, or 0 when the rounds cannot
+    /// tell it from nothing.
+    pub us: f64,
+    /// What the fastest passes of all rounds gave ([`spill`]), µs.
+    pub measured_us: f64,
+    /// How far from 0 the rounds' median spill must be to count, µs (twice its standard error over
+    /// the rounds); `None` with fewer than [`SPILL_LEAST_ROUNDS`] rounds to judge by.
+    pub margin_us: Option<f64>,
+}
+
+/// Rounds needed to tell a spill from the noise of the passes.
+pub const SPILL_LEAST_ROUNDS: usize = 3;
 
 /// What [`measure`] measured: per layer shape, kernel and batch, the non-matmul terms, and the
 /// structured variants' `[[measured]]` entries.
@@ -102,8 +118,11 @@ impl InModel {
                 us: super::write::round(n.us, 1),
                 spread_us: Some(super::write::round(n.spread_us, 1)),
                 input: Some(format!(
-                    "{}: f32 forward {:.0} µs, of which {:.0} µs outside the layers",
-                    n.description, n.forward_us, n.us
+                    "{}: f32 forward {:.0} µs, of which {:.0} µs outside the layers{}",
+                    n.description,
+                    n.forward_us,
+                    n.us,
+                    within_noise(&n.spill_within_noise)
                 )),
                 spill_us: n
                     .spill_us
@@ -234,10 +253,8 @@ pub fn measure(
     let rounds = opts.rounds.max(1);
     let mut timer = Timer {
         model,
-        opts,
+        schedule: opts.schedule(),
         rounds,
-        reps: opts.reps_per_round(),
-        budget: opts.max_seconds.max(0.0) / rounds as f64,
         total: 0,
         done: 0,
         progress,
@@ -291,8 +308,11 @@ pub fn measure(
                             let Some(p) = k.precision().filter(|&p| p != Precision::F32) else {
                                 continue;
                             };
-                            if let Some(us) = spill((layers, per_round), (l, &rounds[i])) {
-                                n.spill_us.insert(p, us);
+                            if let Some(s) = agreed_spill((layers, per_round), (l, &rounds[i])) {
+                                if s.us == 0.0 && s.measured_us != 0.0 {
+                                    n.spill_within_noise.insert(p, s);
+                                }
+                                n.spill_us.insert(p, s.us);
                             }
                         }
                         out.non_matmul.push(n);
@@ -312,10 +332,8 @@ pub fn measure(
 /// Times deployed models in rounds, reporting progress.
 struct Timer<'a> {
     model: &'a dyn Model,
-    opts: &'a CalibrateOptions,
+    schedule: Schedule,
     rounds: usize,
-    reps: usize,
-    budget: f64,
     total: usize,
     done: usize,
     progress: &'a mut dyn FnMut(usize, usize, &str),
@@ -343,14 +361,7 @@ impl Timer<'_> {
         );
         self.done += 1;
         let before = CpuSample::now();
-        let passes = time_passes(
-            self.model,
-            &input.batch,
-            overrides,
-            self.opts,
-            self.reps,
-            self.budget,
-        )?;
+        let passes = time_passes(self.model, &input.batch, overrides, &self.schedule)?;
         let load = before
             .zip(CpuSample::now())
             .and_then(|(b, a)| b.others_until(&a));
@@ -358,14 +369,13 @@ impl Timer<'_> {
     }
 }
 
-/// Warm-up (at least `opts.warmup` passes and `opts.warmup_seconds`), then up to `reps` timed passes.
+/// Passes of `model` on `batch` under `overrides` as `schedule` times them, each with its layers'
+/// times (read after the pass, outside its timed span).
 fn time_passes(
     model: &dyn Model,
     batch: &Batch,
     overrides: &Overrides,
-    opts: &CalibrateOptions,
-    reps: usize,
-    budget: f64,
+    schedule: &Schedule,
 ) -> Result<Vec<Pass>> {
     let timer = LayerTimes::default();
     let ctx = ForwardCtx {
@@ -373,31 +383,19 @@ fn time_passes(
         capture: None,
         timer: Some(&timer),
     };
-    let warming = Instant::now();
-    let mut runs = 0;
-    while runs < opts.warmup.max(1) || warming.elapsed().as_secs_f64() < opts.warmup_seconds {
-        std::hint::black_box(model.forward(batch, &ctx)?);
-        runs += 1;
-    }
-    timer.take();
-    let started = Instant::now();
-    let mut passes = Vec::with_capacity(reps);
-    while passes.len() < reps
-        && (passes.len() < opts.least_per_round().min(reps)
-            || started.elapsed().as_secs_f64() < budget)
-    {
-        let t0 = Instant::now();
-        let y: Tensor = model.forward(batch, &ctx)?;
-        let wall = t0.elapsed().as_secs_f64() * 1e6;
-        std::hint::black_box(y);
-        let layers = timer
-            .take()
-            .into_iter()
-            .map(|(name, s)| (name, s * 1e6))
-            .collect();
-        passes.push((wall, layers));
-    }
-    Ok(passes)
+    schedule.time_reading(
+        || {
+            std::hint::black_box(model.forward(batch, &ctx)?);
+            Ok(())
+        },
+        || {
+            timer
+                .take()
+                .into_iter()
+                .map(|(name, s)| (name, s * 1e6))
+                .collect()
+        },
+    )
 }
 
 /// The [`RoundFigure`] of `figure` (a per-pass value) over the passes of `per_round`.
@@ -520,6 +518,67 @@ fn spill(
     Some((wall(kernel.1)? - wall(f32.1)? - changed) / kernel.0.len() as f64)
 }
 
+/// [`spill`] from the fastest passes of all rounds, written only when the rounds agree on it: the
+/// same difference computed round by round (each round of the kernel against the f32 round beside
+/// it, timed moments apart) has a median further from 0 than twice its standard error
+/// (1.4826 × MAD / √rounds), on the same side. Otherwise it is written as 0 — measured, and not told
+/// from nothing — rather than left out, which would let the spill at another batch be extrapolated
+/// to this one. A spill is charged once per layer, so an error in it is multiplied by the layer
+/// count: at 1,024 tokens MiniLM's deployments got 3 passes each and spills of −3.9 to +6.6 ms per
+/// layer, on passes of 320 ms, from noise alone (BENCHMARKS.md, "The spill of a kernel").
+fn agreed_spill(
+    f32: (&BTreeMap<String, MatrixShape>, &[Round]),
+    kernel: (&BTreeMap<String, MatrixShape>, &[Round]),
+) -> Option<Spill> {
+    let measured_us = spill(f32, kernel)?;
+    let per_round: Vec<f64> = f32
+        .1
+        .iter()
+        .zip(kernel.1)
+        .filter_map(|(a, b)| {
+            spill(
+                (f32.0, std::slice::from_ref(a)),
+                (kernel.0, std::slice::from_ref(b)),
+            )
+        })
+        .collect();
+    if per_round.len() < SPILL_LEAST_ROUNDS {
+        return Some(Spill {
+            us: 0.0,
+            measured_us,
+            margin_us: None,
+        });
+    }
+    let median = crate::timing::median_iqr(&per_round).0;
+    let deviations: Vec<f64> = per_round.iter().map(|s| (s - median).abs()).collect();
+    let mad = crate::timing::median_iqr(&deviations).0;
+    let margin_us = 2.0 * 1.4826 * mad / (per_round.len() as f64).sqrt();
+    let agreed = median.abs() > margin_us && median * measured_us > 0.0;
+    Some(Spill {
+        us: if agreed { measured_us } else { 0.0 },
+        measured_us,
+        margin_us: Some(margin_us),
+    })
+}
+
+/// The spills written as 0, for the term's description (empty when there is none).
+fn within_noise(spills: &BTreeMap<Precision, Spill>) -> String {
+    if spills.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = spills
+        .iter()
+        .map(|(p, s)| match s.margin_us {
+            Some(m) => format!("{p} {:+.1} µs (rounds ±{m:.1})", s.measured_us),
+            None => format!("{p} {:+.1} µs (too few rounds to judge)", s.measured_us),
+        })
+        .collect();
+    format!(
+        "; spill written as 0, the rounds did not tell it from nothing: {}",
+        each.join(", ")
+    )
+}
+
 /// The non-matmul work of the f32 passes: wall time minus every layer's product and look-up.
 fn non_matmul(input: &ModelInput, per_round: &[Round]) -> NonMatmul {
     let rest = |(wall, times): &Pass| Some((wall - times.values().sum::<f64>()).max(0.0));
@@ -535,6 +594,7 @@ fn non_matmul(input: &ModelInput, per_round: &[Round]) -> NonMatmul {
         round_medians_us: f.round_medians_us,
         other_load: f.other_load,
         spill_us: BTreeMap::new(),
+        spill_within_noise: BTreeMap::new(),
     }
 }
 
@@ -601,6 +661,67 @@ mod tests {
             spill((&f32_layers, &f32_rounds), (&big_only, &exact)),
             None,
             "the deployment's passes never timed c"
+        );
+    }
+
+    /// `rounds` f32 rounds (fastest pass `f32_walls[r]`, layers a and b 20 µs each) against a kernel
+    /// whose two layers take 12 µs each and whose fastest pass in round r is `k_walls[r]`.
+    fn paired(f32_walls: &[f64], k_walls: &[f64]) -> Option<Spill> {
+        let layers: BTreeMap<String, MatrixShape> = [
+            ("a".to_string(), MatrixShape::linear(8, 32)),
+            ("b".to_string(), MatrixShape::linear(8, 32)),
+        ]
+        .into();
+        let rounds = |walls: &[f64], us: f64| -> Vec<Round> {
+            walls
+                .iter()
+                .map(|&w| (vec![pass(w, &[("a", us), ("b", us)])], None))
+                .collect()
+        };
+        agreed_spill(
+            (&layers, &rounds(f32_walls, 20.0)),
+            (&layers, &rounds(k_walls, 12.0)),
+        )
+    }
+
+    #[test]
+    fn a_spill_is_written_only_when_the_rounds_agree_on_it() {
+        // Every round: the kernel's pass 84 + 10 µs against f32's 100, give or take 1 µs of noise —
+        // 5 µs per layer in each round, and from the fastest passes.
+        let f32_walls = [100.0, 101.0, 100.5, 102.0, 100.0];
+        let k_walls = [94.0, 95.5, 94.0, 96.0, 95.0];
+        let s = paired(&f32_walls, &k_walls).expect("spill");
+        assert!((s.us - 5.0).abs() < 1e-9 && s.us == s.measured_us, "{s:?}");
+        assert!(s.margin_us.is_some_and(|m| m < 1.0), "{s:?}");
+        // The rounds swing by ±20 µs a layer: the fastest passes give +10 µs, the rounds' median is
+        // no further from 0 than their noise — written as 0, kept as measured for the description.
+        let f32_walls = [100.0, 140.0, 100.0, 140.0, 110.0];
+        let k_walls = [164.0, 84.0, 124.0, 104.0, 84.0];
+        let per_round: Vec<f64> = f32_walls
+            .iter()
+            .zip(&k_walls)
+            .map(|(f, k)| (k - f + 16.0) / 2.0)
+            .collect();
+        assert_eq!(per_round, [40.0, -20.0, 20.0, -10.0, -5.0]);
+        let s = paired(&f32_walls, &k_walls).expect("spill");
+        assert_eq!(s.us, 0.0, "{s:?}");
+        assert!((s.measured_us - 0.0).abs() < 1e-9, "{s:?}");
+        let k_walls = [184.0, 104.0, 144.0, 124.0, 104.0];
+        let s = paired(&f32_walls, &k_walls).expect("spill");
+        assert!((s.measured_us - 10.0).abs() < 1e-9, "{s:?}");
+        assert_eq!(
+            s.us, 0.0,
+            "median 5 µs against a margin of {:?}",
+            s.margin_us
+        );
+        // Fewer than three rounds: nothing to judge by, written as 0.
+        let s = paired(&[100.0, 100.0], &[94.0, 94.0]).expect("spill");
+        assert_eq!((s.us, s.measured_us, s.margin_us), (0.0, 5.0, None));
+        // What the profile's description says of it.
+        let said = within_noise(&[(Precision::Ggml(crate::space::GgmlFormat::Q8_0), s)].into());
+        assert!(
+            said.contains("q8_0 +5.0 µs (too few rounds to judge)"),
+            "{said}"
         );
     }
 }

@@ -32,8 +32,9 @@
 //! candle's CPU RNG cannot be seeded. Each shape's kernels are timed in `rounds` rounds; in each, a
 //! kernel does at least `warmup` untimed runs (at least one: some quantized types repack their weights
 //! lazily on the first call) for at least `warmup_seconds`, then its share of `repetitions` timed runs
-//! (stopping early once its share of `max_seconds` has passed and its share of [`MIN_REPETITIONS`]
-//! runs, at least one, is done).
+//! (stopping early once its share of `max_seconds` has passed and its share of
+//! [`MIN_PASSES`](crate::timing::MIN_PASSES) runs, at least one, is done; [`crate::timing::Schedule`],
+//! as `measure` times).
 //! A measurement's figure is its fastest run of all rounds, in microseconds (the module
 //! [`crate::timing`] says why): on a shared machine other processes only ever slow runs down,
 //! candle's quantized kernels by up to 20x (their barrier-pool threads spin-wait for each other), and
@@ -44,7 +45,6 @@
 //! [`to_profile`] turns the measurements into a complete hardware profile (see [`super::profile`]).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -56,15 +56,10 @@ use super::profile::{
 };
 use crate::error::{Error, Result};
 use crate::space::{GgmlFormat, LayerInfo, LayerKind};
-use crate::timing::{CpuSample, RoundFigure};
+use crate::timing::{CpuSample, RoundFigure, Schedule};
 
 /// The candle-core version whose kernels are measured (pinned in Cargo.toml).
 pub const CANDLE_VERSION: &str = "0.11.1";
-
-/// Timed runs of a measurement always done over all its rounds (and at least one a round), whatever
-/// the time budget: a pass of a large model at a large batch takes seconds, and 9 rounds of 3 of
-/// them made a MiniLM calibration take 24 minutes.
-pub const MIN_REPETITIONS: usize = 3;
 
 /// One weight matrix to measure.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -202,11 +197,22 @@ impl CalibrateOptions {
         self.repetitions.max(1).div_ceil(self.rounds.max(1))
     }
 
-    /// Timed runs of a measurement per round always done: [`MIN_REPETITIONS`] shared by the rounds.
+    /// Timed runs of a measurement per round always done: [`MIN_PASSES`](crate::timing::MIN_PASSES)
+    /// shared by the rounds.
     pub fn least_per_round(&self) -> usize {
-        MIN_REPETITIONS
-            .div_ceil(self.rounds.max(1))
-            .min(self.reps_per_round())
+        Schedule::least_per_round(self.rounds).min(self.reps_per_round())
+    }
+
+    /// How each measurement is timed in one round: its warm-up, and the round's share of
+    /// `repetitions`, of `max_seconds` and of [`MIN_PASSES`](crate::timing::MIN_PASSES).
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            warmup: self.warmup.max(1),
+            warmup_seconds: self.warmup_seconds,
+            repetitions: self.reps_per_round(),
+            max_seconds: self.max_seconds.max(0.0) / self.rounds.max(1) as f64,
+            least: self.least_per_round(),
+        }
     }
 
     /// Transformer-sized matrices without a model: BERT-base attention (768x768), FFN up (3072x768) and
@@ -640,7 +646,7 @@ impl Run<'_> {
         kernels: &[Kernel],
         batches: &[u32],
     ) -> Result<Vec<Measurement>> {
-        let schedule = Schedule::new(self.opts, self.rounds);
+        let schedule = self.opts.schedule();
         let w = weight(shape.rows, shape.cols, self.opts.seed)?;
         let xs = batches
             .iter()
@@ -664,7 +670,12 @@ impl Run<'_> {
                     let Some((p, inputs)) = ready else {
                         continue;
                     };
-                    times[ki][bi].push((schedule.time(p, &inputs[bi])?, round));
+                    let x = &inputs[bi];
+                    let runs = schedule.time(|| {
+                        std::hint::black_box(p.forward(x)?);
+                        Ok(())
+                    })?;
+                    times[ki][bi].push((runs, round));
                 }
             }
             round_load.push(
@@ -706,49 +717,6 @@ fn prepare(kernel: Kernel, shape: &MatrixShape, w: &Tensor, xs: &[Tensor]) -> Re
     let p = Prepared::new(kernel, w)?;
     let inputs = xs.iter().map(|x| p.input(x)).collect::<Result<Vec<_>>>()?;
     Ok(Some((p, inputs)))
-}
-
-/// How one (kernel, batch) is timed in one round.
-struct Schedule {
-    /// Untimed runs at least, and warm-up time at least.
-    warmup: usize,
-    warmup_time: Duration,
-    /// Timed runs at most, at least, and the time after which no more are started past the least.
-    reps: usize,
-    min_reps: usize,
-    budget: Duration,
-}
-
-impl Schedule {
-    fn new(opts: &CalibrateOptions, rounds: usize) -> Schedule {
-        Schedule {
-            warmup: opts.warmup.max(1),
-            warmup_time: Duration::from_secs_f64(opts.warmup_seconds.max(0.0)),
-            reps: opts.reps_per_round(),
-            min_reps: opts.least_per_round(),
-            budget: Duration::from_secs_f64(opts.max_seconds.max(0.0) / rounds as f64),
-        }
-    }
-
-    /// Warms `p` up on `x`, then times its runs, in µs.
-    fn time(&self, p: &Prepared, x: &Tensor) -> Result<Vec<f64>> {
-        // at least one untimed run: some quantized types repack their weight on the first call
-        let warming = Instant::now();
-        let mut runs = 0;
-        while runs < self.warmup || warming.elapsed() < self.warmup_time {
-            std::hint::black_box(p.forward(x)?);
-            runs += 1;
-        }
-        let started = Instant::now();
-        let mut t = Vec::with_capacity(self.reps);
-        while t.len() < self.reps && (t.len() < self.min_reps || started.elapsed() < self.budget) {
-            let t0 = Instant::now();
-            let y = p.forward(x)?;
-            t.push(t0.elapsed().as_secs_f64() * 1e6);
-            std::hint::black_box(y);
-        }
-        Ok(t)
-    }
 }
 
 /// One measurement per timed (batch, kernel) of `shape`, batch-major: its [`RoundFigure`].
