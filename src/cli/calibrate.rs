@@ -116,6 +116,17 @@ fn in_model(a: &CalibrateArgs, model: &str) -> anyhow::Result<Calibrated> {
     opts.rounds = a.rounds;
     opts.batches = inputs.iter().map(|i| i.cost_batch).collect();
     let kernels = in_model::kernels(&opts.kernels);
+    // Passes a deployment always gets: its rounds' least, or all its repetitions.
+    let certain = (opts.least_per_round() * opts.rounds.max(1)).min(opts.repetitions.max(1));
+    if certain < in_model::SPILL_LEAST_PASSES && kernels.len() > 1 {
+        eprintln!(
+            "note: {certain} passes per deployment are certain with these settings; where the time \
+             budget allows no more (a large model, a large batch), a kernel's spill (what its layers \
+             add to the rest of a pass) cannot be told from noise and is written as 0 ({} passes \
+             needed; the default 9 rounds give at least 9)",
+            in_model::SPILL_LEAST_PASSES
+        );
+    }
     eprintln!(
         "measuring model `{}` inside its forward passes at cost batches {} ({}): {} layers, {} kernels \
          ({}) and {} structured variants of space `{}` ({}) one at a time on every layer each fits, \
