@@ -531,7 +531,7 @@ fn spill(
 /// count: at 1,024 tokens two MiniLM calibrations gave `q2_k` +2.2 and −1.3 ms per layer, on passes
 /// of 260 ms (BENCHMARKS.md, "The spill judged by its passes"). The test uses every pass, not the
 /// rounds' own spills: a round's fastest passes are few, and a sign test over the 9 rounds' spills
-/// wrote 0 for the K-formats' 400–600 µs at 32 tokens, which two calibrations reproduced. What is
+/// wrote 0 for the K-formats' 330–610 µs at 32 tokens, which two calibrations reproduced. What is
 /// written, when the passes show it, is the figure of the fastest passes of all rounds, as every
 /// layer's figure is: with it the prediction of the kernel's uniform deployment is that deployment's
 /// fastest pass.
