@@ -2,8 +2,8 @@
 //!
 //! What `calibrate` and `measure` share when they time candle: how one round times a thing
 //! ([`Schedule`]: warm-up, then timed runs until there are enough or the round's time is up), the
-//! figure of several rounds of timed runs ([`RoundFigure`]), and how much of the machine other processes used meanwhile (from
-//! `/proc/stat`), so that a figure taken on a busy machine can be told from a quiet one.
+//! figure of several rounds of timed runs ([`RoundFigure`]), and how much of the machine other
+//! processes used meanwhile (from `/proc/stat`), so that a figure taken on a busy machine can be told from a quiet one.
 //!
 //! **The figure is the fastest run.** On a shared machine other processes only ever add time to a run
 //! (a preempted thread, a cache another process evicted, candle's pool threads spinning for a core

@@ -420,8 +420,8 @@ pub struct Options {
 pub const ROUNDS: usize = 9;
 /// Timed passes of a point per round, at most …
 pub const REPETITIONS: usize = 30;
-/// … and none started after this many seconds once the round's share of [`crate::timing::MIN_PASSES`]
-/// is done.
+/// … and none started after this many seconds once the round's share of
+/// [`crate::timing::MIN_PASSES`] is done.
 pub const MAX_SECONDS: f64 = 1.0;
 
 impl Default for Options {

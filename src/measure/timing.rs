@@ -1,7 +1,8 @@
 //! # Timing whole forward passes
 //!
 //! How `measure` times one built model: untimed warm-up passes, then a number of timed passes, in
-//! several rounds (each as [`crate::timing::Schedule`] says, as `calibrate` times); the figure is the **fastest pass** of all rounds ([`crate::timing`] says why).
+//! several rounds (each as [`crate::timing::Schedule`] says, as `calibrate` times); the figure is
+//! the **fastest pass** of all rounds ([`crate::timing`] says why).
 //! Other processes on a shared machine slow whole rounds — candle's quantized kernels by up to 20×,
 //! since the threads of its pool spin-wait for each other and collapse when another process takes a
 //! core —, and a latency figure describes the machine running the model alone, as the calibrated

@@ -73,9 +73,9 @@ pub struct NonMatmul {
     pub round_medians_us: Vec<f64>,
     pub other_load: Option<f64>,
     /// Per kernel precision other than f32: what each layer on that kernel adds to the rest of the
-    /// pass, µs ([`agreed_spill`]; 0 where the rounds could not tell it from nothing).
+    /// pass, µs ([`agreed_spill`]; 0 where its passes could not tell it from nothing).
     pub spill_us: BTreeMap<Precision, f64>,
-    /// The spills written as 0 because the rounds did not agree on them, as measured.
+    /// The spills written as 0 because the rank test did not show them, as measured.
     pub spill_within_noise: BTreeMap<Precision, Spill>,
 }
 
